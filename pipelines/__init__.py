@@ -1,0 +1,1 @@
+"""Generation: endpoint registry, weight loading, conditioning, samplers, video I/O and encoding."""

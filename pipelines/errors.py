@@ -1,0 +1,30 @@
+"""Errors that reach the user as fal-shaped validation errors instead of tracebacks.
+
+fal answers bad input with HTTP 422 and ``{"detail": [{"loc": ["body", field], "msg": ..., "type": ...}]}``.
+Every part of the generation path raises :class:`InputError` for problems the caller can fix (an undecodable
+video, an image URL that is not an image, a failed download), so the CLI can print one clear line and the server
+can return the same body fal would.
+"""
+
+from __future__ import annotations
+
+
+class InputError(ValueError):
+    """A problem with one input field that the caller can fix."""
+
+    def __init__(self, field: str | tuple[str | int, ...], msg: str, type: str = "value_error") -> None:
+        super().__init__(msg)
+        self.loc: tuple[str | int, ...] = (field,) if isinstance(field, str) else tuple(field)
+        self.msg = msg
+        self.type = type
+
+    def detail(self) -> list[dict[str, object]]:
+        """The fal/FastAPI ``detail`` list for this error."""
+        return [{"loc": ["body", *self.loc], "msg": self.msg, "type": self.type}]
+
+    def __str__(self) -> str:
+        return f"{'.'.join(str(p) for p in self.loc)}: {self.msg} ({self.type})"
+
+
+class JobCancelled(RuntimeError):
+    """Raised from the per-step callback when the caller cancelled the job; aborts denoising at once."""

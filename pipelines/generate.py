@@ -1,0 +1,200 @@
+"""``generate()``: one job from a validated request to the fal output, shared by the CLI, the sync route and the
+queue worker.
+
+Read top to bottom, it is the whole job: fetch the media, plan frames and size, build the VACE conditioning, run
+the diffusers ``WanVACEPipeline`` with the requested sampler, seed and guidance (reporting every step and stopping
+at the next step once cancelled), encode with ffmpeg and publish the files. Where a file ends up (a path for the
+CLI, a served URL or a data URI for the server) is the caller's ``publish`` function.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import WanVACEPipeline
+
+from .conditioning import Conditioning, build_conditioning
+from .encode import encode_video, write_frames_zip
+from .errors import InputError, JobCancelled
+from .fetch import fetch_to_file, load_image
+from .frame_plan import plan_frames
+from .loading import ModelManager
+from .registry import Task
+from .samplers import make_scheduler
+from .schema import File, VaceInput, VaceOutput, VideoFile
+from .sizing import output_size
+from .video_io import probe_video, read_frames
+
+Publish = Callable[[Path, str], str]
+"""Turns a finished local file (path, content type) into the URL the output reports."""
+
+
+def _ignore(*_args: object) -> None:
+    return None
+
+
+@dataclass
+class JobHooks:
+    """How a job talks to its caller: log lines, step progress and the cancel flag."""
+
+    log: Callable[[str], None] = _ignore
+    step: Callable[[int, int], None] = _ignore
+    cancelled: Callable[[], bool] = field(default=lambda: False)
+
+
+def _refuse_unbuilt(inp: VaceInput) -> None:
+    """Refuse, with a clear 422, options whose parts this build does not have yet, instead of ignoring them."""
+    unbuilt = {
+        "preprocess": (inp.preprocess, "pose/depth preprocessing"),
+        "num_interpolated_frames": (inp.num_interpolated_frames > 0, "frame interpolation"),
+        "temporal_downsample_factor": (inp.temporal_downsample_factor > 0, "temporal downsampling"),
+        "enable_auto_downsample": (inp.enable_auto_downsample, "automatic temporal downsampling"),
+        "enable_safety_checker": (inp.enable_safety_checker, "the safety checker"),
+    }
+    for name, (asked, what) in unbuilt.items():
+        if asked:
+            raise InputError(name, f"{what} is not available in this server build yet", "not_supported")
+
+
+def to_uint8(frames: np.ndarray) -> np.ndarray:
+    """Pipeline output in [0, 1] to uint8 frames."""
+    return np.clip(np.round(frames * 255.0), 0, 255).astype(np.uint8)
+
+
+def denoise(
+    pipe: WanVACEPipeline,
+    cond: Conditioning,
+    inp: VaceInput,
+    *,
+    prompt: str,
+    width: int,
+    height: int,
+    seed: int,
+    hooks: JobHooks,
+) -> np.ndarray:
+    """Run the diffusers pipeline; returns float frames (N, H, W, 3) in [0, 1]."""
+    total = inp.num_inference_steps
+
+    def on_step_end(_pipe: WanVACEPipeline, i: int, _t: torch.Tensor, _kw: dict) -> dict:
+        hooks.step(i + 1, total)
+        if hooks.cancelled():
+            raise JobCancelled(f"cancelled after step {i + 1}/{total}")
+        return {}
+
+    result = pipe(
+        prompt=prompt,
+        negative_prompt=inp.negative_prompt,
+        video=cond.video,
+        mask=cond.mask,
+        reference_images=cond.reference_images,
+        height=height,
+        width=width,
+        num_frames=len(cond.video),
+        num_inference_steps=total,
+        guidance_scale=inp.guidance_scale,
+        generator=torch.Generator("cpu").manual_seed(seed),
+        output_type="np",
+        callback_on_step_end=on_step_end,
+    )
+    return result.frames[0]
+
+
+def generate(
+    inp: VaceInput,
+    *,
+    task: Task,
+    model: str,
+    models: ModelManager,
+    workdir: Path,
+    publish: Publish,
+    hooks: JobHooks | None = None,
+) -> VaceOutput:
+    """Run one ``task`` job on ``model``; files are written under ``workdir`` and handed to ``publish``."""
+    hooks = hooks or JobHooks()
+    started = time.perf_counter()
+    _refuse_unbuilt(inp)
+    seed = inp.seed if inp.seed is not None else secrets.randbelow(2**31)
+    prompt = inp.prompt
+    if inp.enable_prompt_expansion:
+        hooks.log("prompt expansion is not configured on this server; using the prompt as given")
+    if inp.acceleration != "none":
+        hooks.log(f"acceleration={inp.acceleration}: no step cache in this build; every step runs in full")
+
+    hooks.log("fetching inputs")
+    video_path = fetch_to_file(inp.video_url, "video_url", workdir)
+    info = probe_video(video_path)
+    first = load_image(inp.first_frame_url, "first_frame_url", workdir) if inp.first_frame_url else None
+    last = load_image(inp.last_frame_url, "last_frame_url", workdir) if inp.last_frame_url else None
+    refs = [
+        load_image(url, ("ref_image_urls", i), workdir) for i, url in enumerate(inp.ref_image_urls or [])
+    ] or None
+
+    plan = plan_frames(
+        info,
+        num_frames=inp.num_frames,
+        frames_per_second=inp.frames_per_second,
+        match_input_num_frames=inp.match_input_num_frames,
+        match_input_frames_per_second=inp.match_input_frames_per_second,
+    )
+    width, height = output_size(inp.resolution, inp.aspect_ratio, info.width, info.height)
+    hooks.log(
+        f"input {info.width}x{info.height}, {info.num_frames} frames at {info.fps:g} fps; "
+        f"generating {plan.num_frames} frames at {plan.fps:g} fps, {width}x{height}, seed {seed}"
+    )
+    if plan.held_frames:
+        hooks.log(f"the input ends early: its last frame is held for {plan.held_frames} frames")
+
+    control = read_frames(video_path, plan.source_indices)
+    cond = build_conditioning(
+        control,
+        width,
+        height,
+        first_frame=first,
+        last_frame=last,
+        reference_images=refs,
+        transparency_mode=inp.transparency_mode,
+    )
+    del control
+    if hooks.cancelled():
+        raise JobCancelled("cancelled before denoising")
+
+    hooks.log(f"loading {model}")
+    pipe = models.get(model).pipeline(make_scheduler(inp.sampler, inp.shift))
+    hooks.log(f"denoising: {inp.num_inference_steps} steps, sampler {inp.sampler}, shift {inp.shift:g}")
+    frames = to_uint8(
+        denoise(pipe, cond, inp, prompt=prompt, width=width, height=height, seed=seed, hooks=hooks)
+    )
+
+    hooks.log(f"encoding ({inp.video_quality} quality, {inp.video_write_mode} write mode)")
+    encoded = encode_video(
+        frames, workdir / "video.mp4", plan.fps, quality=inp.video_quality, write_mode=inp.video_write_mode
+    )
+    video = VideoFile(
+        url=publish(encoded.path, "video/mp4"),
+        content_type="video/mp4",
+        file_name=encoded.path.name,
+        file_size=encoded.file_size,
+        width=encoded.width,
+        height=encoded.height,
+        fps=encoded.fps,
+        duration=encoded.duration,
+        num_frames=encoded.num_frames,
+    )
+    frames_zip = None
+    if inp.return_frames_zip:
+        zip_path = write_frames_zip(frames, workdir / "frames.zip")
+        zip_size = zip_path.stat().st_size
+        frames_zip = File(
+            url=publish(zip_path, "application/zip"),
+            content_type="application/zip",
+            file_name=zip_path.name,
+            file_size=zip_size,
+        )
+    hooks.log(f"{task} job done in {time.perf_counter() - started:.1f} s")
+    return VaceOutput(video=video, prompt=prompt, seed=seed, frames_zip=frames_zip)

@@ -1,0 +1,108 @@
+"""The fal input and output schema of the two seed endpoints, as pydantic models.
+
+This is the single source of truth for field names, defaults and ranges: the CLI builds its flags from it, the
+server validates request bodies with it and generates ``/openapi.json`` from it. Both endpoints
+(``fal-ai/wan-vace-14b/pose`` and ``fal-ai/wan-22-vace-fun-a14b/depth``) take the same fields, so one model serves
+every app and task.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+DEFAULT_NEGATIVE_PROMPT = (
+    "letterboxing, borders, black bars, bright colors, overexposed, static, blurred details, subtitles, style, "
+    "artwork, painting, picture, still, overall gray, worst quality, low quality, JPEG compression residue, ugly, "
+    "incomplete, extra fingers, poorly drawn hands, poorly drawn faces, deformed, disfigured, malformed limbs, "
+    "fused fingers, still picture, cluttered background, three legs, many people in the background, "
+    "walking backwards"
+)
+
+Resolution = Literal["auto", "240p", "360p", "480p", "580p", "720p"]
+AspectRatio = Literal["auto", "16:9", "1:1", "9:16"]
+Sampler = Literal["unipc", "dpm++", "euler"]
+Acceleration = Literal["none", "low", "regular"]
+VideoQuality = Literal["low", "medium", "high", "maximum"]
+VideoWriteMode = Literal["fast", "balanced", "small"]
+Interpolator = Literal["rife", "film"]
+TransparencyMode = Literal["content_aware", "white", "black"]
+
+
+class VaceInput(BaseModel):
+    """Request body of ``fal-ai/wan-vace-14b/{pose,depth}`` and ``fal-ai/wan-22-vace-fun-a14b/{pose,depth}``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    prompt: str = Field(..., min_length=1, description="The text prompt to guide video generation.")
+    negative_prompt: str = Field(DEFAULT_NEGATIVE_PROMPT, description="What the video should not show.")
+    video_url: str = Field(
+        ..., min_length=1, description="URL, data URI or local path of the source (or control) video."
+    )
+    match_input_num_frames: bool = Field(
+        False, description="Cover the whole input video at the output frame rate instead of using num_frames."
+    )
+    num_frames: int = Field(81, ge=17, le=241, description="Frames to generate; rounded down to 4k+1.")
+    match_input_frames_per_second: bool = Field(False, description="Use the input video's frame rate.")
+    frames_per_second: int = Field(16, ge=5, le=30, description="Frame rate of the generated video.")
+    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Random seed; random when absent.")
+    resolution: Resolution = Field("auto", description="Output resolution; auto follows the input video.")
+    aspect_ratio: AspectRatio = Field("auto", description="Output aspect ratio; auto follows the input video.")
+    num_inference_steps: int = Field(30, ge=2, le=50, description="Denoising steps.")
+    guidance_scale: float = Field(5.0, ge=1.0, le=10.0, description="Classifier-free guidance scale.")
+    sampler: Sampler = Field("unipc", description="Sampler (scheduler) used for denoising.")
+    shift: float = Field(5.0, ge=1.0, le=15.0, description="Flow-matching timestep shift.")
+    ref_image_urls: list[str] | None = Field(None, description="Reference images of the subject or scene.")
+    first_frame_url: str | None = Field(None, description="Image that the video must start with.")
+    last_frame_url: str | None = Field(None, description="Image that the video must end with.")
+    enable_safety_checker: bool = Field(False, description="Check input and output for unsafe content.")
+    enable_prompt_expansion: bool = Field(False, description="Expand the prompt with a language model.")
+    preprocess: bool = Field(
+        False, description="Turn the input video into the task's control video (pose or depth) first."
+    )
+    acceleration: Acceleration = Field("regular", description="Speed/quality trade-off of the step cache.")
+    video_quality: VideoQuality = Field("high", description="Quality of the encoded video (x264 CRF).")
+    video_write_mode: VideoWriteMode = Field("balanced", description="Encoder speed versus file size.")
+    num_interpolated_frames: int = Field(
+        0, ge=0, le=5, description="Frames inserted between each pair of generated frames."
+    )
+    temporal_downsample_factor: int = Field(
+        0, ge=0, le=5, description="Generate every (f+1)-th frame and interpolate the rest."
+    )
+    enable_auto_downsample: bool = Field(False, description="Choose the temporal downsample factor automatically.")
+    auto_downsample_min_fps: float = Field(15, ge=1, le=60, description="Lowest frame rate auto-downsampling uses.")
+    interpolator_model: Interpolator = Field("film", description="Frame interpolation model.")
+    sync_mode: bool = Field(False, description="Return media as data URIs and keep nothing on the server.")
+    transparency_mode: TransparencyMode = Field(
+        "content_aware", description="How transparent areas of first/last frame images are filled."
+    )
+    return_frames_zip: bool = Field(False, description="Also return a zip of the frames as PNG files.")
+
+
+class File(BaseModel):
+    """A file produced by a job."""
+
+    url: str
+    content_type: str | None = None
+    file_name: str | None = None
+    file_size: int | None = None
+
+
+class VideoFile(File):
+    """The generated video and what a player needs to know about it."""
+
+    width: int | None = None
+    height: int | None = None
+    fps: float | None = None
+    duration: float | None = None
+    num_frames: int | None = None
+
+
+class VaceOutput(BaseModel):
+    """Response body of every VACE endpoint."""
+
+    video: VideoFile
+    prompt: str = Field(..., description="The prompt actually used (after expansion, when enabled).")
+    seed: int
+    frames_zip: File | None = None

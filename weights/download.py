@@ -1,0 +1,187 @@
+"""Fetch real weights from the Hugging Face hub into the layout of ``weights/LAYOUT.md``.
+
+Per entry: resolve the source revision to a commit (with the hub's per-file LFS sizes and sha256), drop local files
+whose size is wrong so they are fetched again, ``snapshot_download`` the entry's patterns into its folder, apply
+fix-ups (``boundary_ratio``), link the shared components, and write ``.vace-files.json`` for ``check``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from huggingface_hub import HfApi, snapshot_download
+from huggingface_hub.utils import filter_repo_objects
+
+from weights.check import check, read_records, sha256_file, write_records
+from weights.manifest import ENTRIES, SHARED, SHARED_COMPONENTS, SHARED_FOLDER, ModelEntry, Source, WeightEntry
+
+
+@dataclass
+class _HubFile:
+    size: int | None
+    sha256: str | None  # LFS sha256; None for small git-stored files
+
+
+def download(keys: list[str], weights_dir: Path, token: str | None = None) -> None:
+    """Download the entries ``keys`` (model keys such as ``wan-vace-14b``, or any manifest key) into weights_dir.
+
+    The shared text encoder, tokenizer and VAE are fetched once into ``wan-shared/`` whenever a model needs them.
+    Re-running is cheap: files already there at the same commit are kept.
+    """
+    weights_dir = Path(weights_dir)
+    unknown = [k for k in keys if k not in ENTRIES]
+    if unknown:
+        raise ValueError(f"unknown weight keys {unknown}; known: {list(ENTRIES)}")
+    entries = [ENTRIES[k] for k in dict.fromkeys(keys)]
+    if any(isinstance(e, ModelEntry) and e.uses_shared for e in entries) and SHARED not in entries:
+        entries.insert(0, SHARED)
+    entries.sort(key=lambda e: e is not SHARED)  # shared first: models link to it
+
+    for entry in entries:
+        folder = weights_dir / entry.folder
+        folder.mkdir(parents=True, exist_ok=True)
+        _log(entry, f"-> {folder} (~{entry.approx_size_gb:g} GB)")
+        fetched = [(source, *_fetch(entry, source, folder, token)) for source in entry.sources]
+        if isinstance(entry, ModelEntry):
+            if entry.boundary_ratio is not None:
+                _ensure_boundary_ratio(entry, folder / "model_index.json", entry.boundary_ratio)
+            if entry.uses_shared:
+                link_shared(folder, weights_dir)
+        for source, commit, hub_files in fetched:
+            _record(entry, folder, source, commit, hub_files)
+
+    report = check(weights_dir, keys=[e.key for e in entries])
+    for key, e in report.entries.items():
+        more = f": {len(e.problems)} problem(s), see `vace weights check`" if e.problems else ""
+        print(f"[{key}] {e.status}{more}", flush=True)
+
+
+def link_shared(folder: Path, weights_dir: Path) -> None:
+    """Make ``folder/<component>`` relative symlinks to ``wan-shared/<component>``.
+
+    An existing link is re-pointed; a real folder is replaced only when it is empty.
+    """
+    for name in SHARED_COMPONENTS:
+        link = folder / name
+        target = os.path.relpath(weights_dir / SHARED_FOLDER / name, folder)
+        if link.is_symlink():
+            if os.readlink(link) == target:
+                continue
+            link.unlink()
+        elif link.is_dir():
+            if any(link.iterdir()):
+                print(f"[{folder.name}] keeping the non-empty folder {name}/ instead of linking {target}", flush=True)
+                continue
+            link.rmdir()
+        elif link.exists():
+            print(f"[{folder.name}] {name} is a file, not linking {target}", flush=True)
+            continue
+        os.symlink(target, link, target_is_directory=True)
+        print(f"[{folder.name}] {name} -> {target}", flush=True)
+
+
+def _log(entry: WeightEntry, msg: str) -> None:
+    print(f"[{entry.key}] {msg}", flush=True)
+
+
+def _fetch(entry: WeightEntry, source: Source, folder: Path, token: str | None) -> tuple[str, dict[str, _HubFile]]:
+    """Download one source; returns the commit it came from and the hub's file metadata ({} when unavailable)."""
+    commit, hub_files = _hub_metadata(entry, source, token)
+    _drop_damaged(entry, source, folder, hub_files)
+    _log(entry, f"downloading {source.repo_id}@{commit[:12]}: {', '.join(source.allow_patterns)}")
+    snapshot_download(
+        source.repo_id,
+        revision=commit,
+        allow_patterns=list(source.allow_patterns),
+        local_dir=folder,
+        token=token,
+    )
+    return commit, hub_files
+
+
+def _hub_metadata(entry: WeightEntry, source: Source, token: str | None) -> tuple[str, dict[str, _HubFile]]:
+    """Resolve the revision to a commit and read per-file sizes and LFS sha256 for the source's patterns.
+
+    Best effort: if the metadata call fails, download by revision and hash locally afterwards; snapshot_download
+    then raises the real error (auth, network) if there is one.
+    """
+    try:
+        info = HfApi().model_info(source.repo_id, revision=source.revision, files_metadata=True, token=token)
+    except Exception as e:  # any failure here only costs us the hub checksums
+        _log(entry, f"no file metadata from the hub for {source.repo_id} ({type(e).__name__}: {e}); hashing locally")
+        return source.revision, {}
+    wanted = _selected([s.rfilename for s in info.siblings or []], source)
+    files = {
+        s.rfilename: _HubFile(size=s.lfs.size if s.lfs else s.size, sha256=s.lfs.sha256 if s.lfs else None)
+        for s in info.siblings or []
+        if s.rfilename in wanted
+    }
+    return info.sha or source.revision, files
+
+
+def _drop_damaged(entry: WeightEntry, source: Source, folder: Path, hub_files: dict[str, _HubFile]) -> None:
+    """Delete local files whose size differs from the hub's (or, offline, the recorded) size, so they are fetched
+    again: at a pinned commit snapshot_download trusts any file it already has."""
+    expected = {name: rec.get("size") for name, rec in read_records(folder).items() if rec.get("size") is not None}
+    expected |= {name: f.size for name, f in hub_files.items() if f.size is not None and f.sha256}
+    for name in sorted(_selected(expected, source)):
+        path = folder / name
+        if path.is_file() and not path.is_symlink() and path.stat().st_size != expected[name]:
+            _log(entry, f"{name}: size {path.stat().st_size} != {expected[name]}, fetching it again")
+            path.unlink()
+
+
+def _ensure_boundary_ratio(entry: WeightEntry, path: Path, ratio: float) -> None:
+    """Two-expert pipelines need boundary_ratio in model_index.json; some conversions leave it out."""
+    index = json.loads(path.read_text())
+    if index.get("boundary_ratio") is not None:
+        return
+    index["boundary_ratio"] = ratio
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(index, indent=2) + "\n")
+    os.replace(tmp, path)  # also replaces a symlink instead of writing through it
+    _log(entry, f"wrote boundary_ratio={ratio} into {path.name}")
+
+
+def _record(entry: WeightEntry, folder: Path, source: Source, commit: str, hub_files: dict[str, _HubFile]) -> None:
+    """Write size and sha256 of the source's files into folder/.vace-files.json.
+
+    LFS files get the hub's size and sha256 (so a bad download shows up in check); other files, small and possibly
+    fixed up by us, are measured locally.
+    """
+    old = read_records(folder)
+    stale = _selected(old, source)  # re-measured below; gone if no longer on disk
+    records = {name: rec for name, rec in old.items() if name not in stale}
+    for name in sorted(_selected([p.relative_to(folder).as_posix() for p in _files(folder)], source)):
+        path = folder / name
+        size = path.stat().st_size
+        hub = hub_files.get(name)
+        if hub and hub.sha256 and hub.size is not None:
+            if hub.size != size:
+                _log(entry, f"WARNING {name}: {size} bytes on disk, the hub says {hub.size}")
+            size, sha = hub.size, hub.sha256
+        else:
+            if size > 100_000_000:
+                _log(entry, f"hashing {name} ({size / 1e9:.1f} GB)")
+            sha = sha256_file(path)
+        records[name] = {"size": size, "sha256": sha, "repo_id": source.repo_id, "commit": commit}
+    write_records(folder, records)
+    _log(entry, f"recorded {len(records)} file(s) in {folder.name}/.vace-files.json")
+
+
+def _selected(names, source: Source) -> set[str]:
+    """The names that the source's allow_patterns select, matched exactly as snapshot_download matches them."""
+    return set(filter_repo_objects(list(names), allow_patterns=list(source.allow_patterns)))
+
+
+def _files(folder: Path):
+    """Regular files under folder, not following symlinks, skipping hidden names (.cache, records)."""
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            path = Path(dirpath) / name
+            if not name.startswith(".") and not path.is_symlink():
+                yield path

@@ -1,0 +1,158 @@
+"""Manifest of the real weights: where each folder of the weights directory comes from and what it must contain.
+
+The layout itself is described in ``weights/LAYOUT.md``. Everything here is data; ``download.py`` fetches it and
+``check.py`` verifies it. Sizes are approximate and only used for messages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SHARED_FOLDER = "wan-shared"
+SHARED_COMPONENTS = ("text_encoder", "tokenizer", "vae")
+RECORD_FILE = ".vace-files.json"  # per-folder size/sha256 record written by the downloader
+
+
+@dataclass(frozen=True)
+class Source:
+    """Files taken from one Hugging Face hub repo (``allow_patterns`` as in ``snapshot_download``)."""
+
+    repo_id: str
+    allow_patterns: tuple[str, ...]
+    revision: str = "main"
+
+
+@dataclass(frozen=True, kw_only=True)
+class WeightEntry:
+    """One folder of the weights directory.
+
+    ``required`` are relative paths that must exist; each group in ``required_any`` needs at least one existing path
+    (e.g. a single weights file or a sharded index). Annotators and interpolators are plain entries like this.
+    """
+
+    key: str
+    folder: str
+    sources: tuple[Source, ...] = ()
+    approx_size_gb: float = 0.0
+    required: tuple[str, ...] = ()
+    required_any: tuple[tuple[str, ...], ...] = ()
+    notes: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelEntry(WeightEntry):
+    """A diffusers WanVACEPipeline folder; text_encoder, tokenizer and vae are symlinks into ``wan-shared``.
+
+    ``approx_size_gb`` counts the model's own files only (the shared folder is ~12 GB on top, once).
+    """
+
+    endpoint: str | None = None  # fal app id served by this model, None for an extra option
+    two_experts: bool = False  # has transformer_2 (Wan2.2 A14B high/low-noise experts)
+    boundary_ratio: float | None = None  # written into model_index.json when the repo lacks it
+    uses_shared: bool = True
+
+
+_DIFFUSERS_OWN = ("model_index.json", "scheduler/*", "transformer/*")
+
+SHARED = WeightEntry(
+    key=SHARED_FOLDER,
+    folder=SHARED_FOLDER,
+    sources=(Source("Wan-AI/Wan2.1-VACE-1.3B-diffusers", tuple(f"{c}/*" for c in SHARED_COMPONENTS)),),
+    approx_size_gb=12.0,
+    notes="UMT5-XXL text encoder (~11.4 GB bf16), tokenizer, Wan2.1 VAE (~0.5 GB); same files as in the 14B repo.",
+)
+
+MODELS: dict[str, ModelEntry] = {
+    m.key: m
+    for m in (
+        ModelEntry(
+            key="wan-vace-14b",
+            folder="wan2.1-vace-14b",
+            endpoint="fal-ai/wan-vace-14b",
+            sources=(Source("Wan-AI/Wan2.1-VACE-14B-diffusers", _DIFFUSERS_OWN),),
+            approx_size_gb=70.0,
+            notes="Wan2.1 VACE 14B; transformer stored as fp32 shards.",
+        ),
+        ModelEntry(
+            key="wan-22-vace-fun-a14b",
+            folder="wan2.2-vace-fun-a14b",
+            endpoint="fal-ai/wan-22-vace-fun-a14b",
+            sources=(Source("linoyts/Wan2.2-VACE-Fun-14B-diffusers", _DIFFUSERS_OWN + ("transformer_2/*",)),),
+            two_experts=True,
+            boundary_ratio=0.875,
+            approx_size_gb=70.0,
+            notes=(
+                "Wan2.2 VACE-Fun A14B, two experts (community diffusers conversion; ~70 GB in bf16, about twice that "
+                "if stored fp32). Can also be produced from alibaba-pai/Wan2.2-VACE-Fun-A14B with diffusers' "
+                "scripts/convert_wan_to_diffusers.py --model_type Wan2.2-VACE-Fun-14B."
+            ),
+        ),
+        ModelEntry(
+            key="wan-vace-1.3b",
+            folder="wan2.1-vace-1.3b",
+            endpoint=None,
+            sources=(Source("Wan-AI/Wan2.1-VACE-1.3B-diffusers", _DIFFUSERS_OWN),),
+            approx_size_gb=7.0,
+            notes="Wan2.1 VACE 1.3B, the light option (480p).",
+        ),
+    )
+}
+
+# Annotator / interpolator entries (plain WeightEntry with `required` files) are added to EXTRAS later.
+EXTRAS: dict[str, WeightEntry] = {}
+
+ENTRIES: dict[str, WeightEntry] = {SHARED.key: SHARED, **MODELS, **EXTRAS}
+
+# Weights file names, single-file and sharded, per library.
+_DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json")
+_TRANSFORMERS_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+_COMPONENT_WEIGHTS = {
+    "transformer": _DIFFUSERS_WEIGHTS,
+    "transformer_2": _DIFFUSERS_WEIGHTS,
+    "vae": _DIFFUSERS_WEIGHTS,
+    "text_encoder": _TRANSFORMERS_WEIGHTS,
+}
+_TOKENIZER_FILES = ("tokenizer.json", "spiece.model")
+
+
+def components(entry: WeightEntry) -> tuple[str, ...]:
+    """Component subfolders of a diffusers model folder (or of the shared folder); () for other entries."""
+    if isinstance(entry, ModelEntry):
+        own = ("scheduler", "transformer") + (("transformer_2",) if entry.two_experts else ())
+        return own + SHARED_COMPONENTS
+    if entry.key == SHARED.key:
+        return SHARED_COMPONENTS
+    return ()
+
+
+def _component_paths(name: str) -> tuple[list[str], list[tuple[str, ...]]]:
+    if name == "scheduler":
+        return ["scheduler/scheduler_config.json"], []
+    if name == "tokenizer":
+        return ["tokenizer/tokenizer_config.json"], [tuple(f"tokenizer/{f}" for f in _TOKENIZER_FILES)]
+    return [f"{name}/config.json"], [tuple(f"{name}/{f}" for f in _COMPONENT_WEIGHTS[name])]
+
+
+def required_paths(entry: WeightEntry) -> list[str]:
+    """Relative paths (to the entry's folder) that must exist: model_index.json, every component's config file."""
+    paths = ["model_index.json"] if isinstance(entry, ModelEntry) else []
+    for name in components(entry):
+        paths += _component_paths(name)[0]
+    return paths + list(entry.required)
+
+
+def required_any(entry: WeightEntry) -> list[tuple[str, ...]]:
+    """Groups of relative paths of which at least one must exist (weights files, tokenizer vocabulary)."""
+    groups: list[tuple[str, ...]] = []
+    for name in components(entry):
+        groups += _component_paths(name)[1]
+    return groups + list(entry.required_any)
+
+
+def endpoints() -> dict[str, list[str]]:
+    """fal app id -> keys of the models that serve it."""
+    out: dict[str, list[str]] = {}
+    for m in MODELS.values():
+        if m.endpoint:
+            out.setdefault(m.endpoint, []).append(m.key)
+    return out
