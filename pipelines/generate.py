@@ -9,6 +9,7 @@ CLI, a served URL or a data URI for the server) is the caller's ``publish`` func
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from .frame_plan import plan_frames
 from .loading import ModelManager
 from .registry import Task
 from .samplers import make_scheduler
+from .step_cache import THRESHOLDS, StepCacheController, step_cache
 from .schema import File, VaceInput, VaceOutput, VideoFile
 from .sizing import output_size
 from .video_io import probe_video, read_frames
@@ -46,6 +48,7 @@ class JobHooks:
     log: Callable[[str], None] = _ignore
     step: Callable[[int, int], None] = _ignore
     cancelled: Callable[[], bool] = field(default=lambda: False)
+    metric: Callable[[str, float], None] = _ignore
 
 
 def _refuse_unbuilt(inp: VaceInput) -> None:
@@ -77,31 +80,41 @@ def denoise(
     height: int,
     seed: int,
     hooks: JobHooks,
+    cache: StepCacheController | None = None,
 ) -> np.ndarray:
-    """Run the diffusers pipeline; returns float frames (N, H, W, 3) in [0, 1]."""
+    """Run the diffusers pipeline, with the step cache when given; returns float frames (N, H, W, 3) in [0, 1]."""
     total = inp.num_inference_steps
+    experts = {"high-noise": pipe.transformer, "low-noise": pipe.transformer_2} if pipe.transformer_2 else {
+        "transformer": pipe.transformer
+    }
 
     def on_step_end(_pipe: WanVACEPipeline, i: int, _t: torch.Tensor, _kw: dict) -> dict:
         hooks.step(i + 1, total)
+        if cache is not None:
+            cache.step = i + 1
         if hooks.cancelled():
             raise JobCancelled(f"cancelled after step {i + 1}/{total}")
         return {}
 
-    result = pipe(
-        prompt=prompt,
-        negative_prompt=inp.negative_prompt,
-        video=cond.video,
-        mask=cond.mask,
-        reference_images=cond.reference_images,
-        height=height,
-        width=width,
-        num_frames=len(cond.video),
-        num_inference_steps=total,
-        guidance_scale=inp.guidance_scale,
-        generator=torch.Generator("cpu").manual_seed(seed),
-        output_type="np",
-        callback_on_step_end=on_step_end,
-    )
+    with step_cache(experts, cache) if cache is not None else contextlib.nullcontext():
+        result = pipe(
+            prompt=prompt,
+            negative_prompt=inp.negative_prompt,
+            video=cond.video,
+            mask=cond.mask,
+            reference_images=cond.reference_images,
+            height=height,
+            width=width,
+            num_frames=len(cond.video),
+            num_inference_steps=total,
+            guidance_scale=inp.guidance_scale,
+            generator=torch.Generator("cpu").manual_seed(seed),
+            output_type="np",
+            callback_on_step_end=on_step_end,
+        )
+    if cache is not None:
+        hooks.log(cache.summary())
+        hooks.metric("cached_transformer_calls", sum(len(v) for v in cache.skipped.values()))
     return result.frames[0]
 
 
@@ -123,8 +136,6 @@ def generate(
     prompt = inp.prompt
     if inp.enable_prompt_expansion:
         hooks.log("prompt expansion is not configured on this server; using the prompt as given")
-    if inp.acceleration != "none":
-        hooks.log(f"acceleration={inp.acceleration}: no step cache in this build; every step runs in full")
 
     hooks.log("fetching inputs")
     video_path = fetch_to_file(inp.video_url, "video_url", workdir)
@@ -167,8 +178,10 @@ def generate(
     hooks.log(f"loading {model}")
     pipe = models.get(model).pipeline(make_scheduler(inp.sampler, inp.shift))
     hooks.log(f"denoising: {inp.num_inference_steps} steps, sampler {inp.sampler}, shift {inp.shift:g}")
+    threshold = THRESHOLDS[inp.acceleration]
+    cache = StepCacheController(threshold, inp.num_inference_steps) if threshold is not None else None
     frames = to_uint8(
-        denoise(pipe, cond, inp, prompt=prompt, width=width, height=height, seed=seed, hooks=hooks)
+        denoise(pipe, cond, inp, prompt=prompt, width=width, height=height, seed=seed, hooks=hooks, cache=cache)
     )
 
     hooks.log(f"encoding ({inp.video_quality} quality, {inp.video_write_mode} write mode)")

@@ -15,7 +15,9 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+import diffusers
 import torch
+import transformers
 from diffusers import AutoencoderKLWan, WanVACEPipeline, WanVACETransformer3DModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, UMT5EncoderModel
@@ -72,6 +74,9 @@ class ModelManager:
         max_models: int = 2,
     ) -> None:
         self.weights_dir = Path(weights_dir)
+        # Jobs report progress through their own hooks; the libraries' per-file bars would only clutter logs.
+        diffusers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.disable_progress_bar()
         self.device = torch.device(device) if device is not None else default_device()
         self.dtype = dtype or default_dtype(self.device)
         self.max_models = max_models

@@ -14,7 +14,9 @@ import os
 import shutil
 from pathlib import Path
 
+import diffusers
 import torch
+import transformers
 from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanVACEPipeline, WanVACETransformer3DModel
 from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordLevel
@@ -105,6 +107,8 @@ def _link_shared(model_dir: Path) -> None:
 def build_tiny_weights(weights_dir: Path, seed: int = 0) -> Path:
     """Write every generation model of the manifest with tiny random weights into ``weights_dir``."""
     weights_dir = Path(weights_dir)
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
     weights_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     tokenizer = build_tokenizer()

@@ -1,0 +1,34 @@
+# Every target installs what it needs into .venv first, so each one works on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+WEIGHTS_DIR ?= $(HOME)/.cache/vace/weights
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: install demo test serve bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test]"
+	if [ -f tests/js/package.json ]; then cd tests/js && npm ci --no-audit --no-fund --loglevel=error; fi
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/vace demo --weights-dir tiny-weights --out out
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+serve: $(STAMP)
+	$(VENV)/bin/vace serve --weights-dir $(WEIGHTS_DIR) --host $(HOST) --port $(PORT)
+
+bench: $(STAMP)
+	$(PY) bench/generate_overhead.py
+
+clean:
+	rm -rf $(VENV) tiny-weights out .pytest_cache

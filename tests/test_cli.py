@@ -1,0 +1,67 @@
+"""The ``vace`` command line: generate with schema flags, clear errors, and the weights commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipelines.video_io import probe_video
+from server.cli import main
+
+
+def test_generate_writes_the_video_and_prints_the_fal_output(tiny_weights, pose_video, tmp_path, capsys):
+    out = tmp_path / "result.mp4"
+    code = main([
+        "generate", "depth", "--model", "wan-vace-14b", "--weights-dir", str(tiny_weights), "-q",
+        "--video", str(pose_video), "--prompt", "a robot walking", "--num-frames", "17",
+        "--num_inference_steps", "2", "--seed", "5", "--acceleration", "none", "--frames_per_second", "12",
+        "--return_frames_zip", "-o", str(out),
+    ])
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["seed"] == 5 and printed["prompt"] == "a robot walking"
+    assert printed["video"]["url"] == out.as_uri()
+    assert printed["frames_zip"]["url"] == out.with_suffix(".zip").as_uri()
+    info = probe_video(out)
+    assert (info.num_frames, info.fps, info.width, info.height) == (17, 12, 416, 240)
+
+
+def test_out_of_range_flag_is_a_one_line_error(tiny_weights, pose_video, tmp_path, capsys):
+    code = main([
+        "generate", "pose", "--weights-dir", str(tiny_weights), "--video", str(pose_video), "--prompt", "p",
+        "--num_frames", "300", "-o", str(tmp_path / "x.mp4"),
+    ])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "num_frames" in err and "less than or equal to 241" in err and "Traceback" not in err
+
+
+def test_missing_video_is_a_download_error(tiny_weights, tmp_path, capsys):
+    code = main([
+        "generate", "pose", "--weights-dir", str(tiny_weights), "--video", str(tmp_path / "nope.mp4"),
+        "--prompt", "p", "-o", str(tmp_path / "x.mp4"),
+    ])
+    assert code == 2
+    assert "video_url" in capsys.readouterr().err
+
+
+def test_missing_weights_say_how_to_get_them(pose_video, tmp_path, capsys):
+    code = main([
+        "generate", "pose", "--weights-dir", str(tmp_path / "empty"), "--video", str(pose_video), "--prompt", "p",
+        "--num_inference_steps", "2", "-o", str(tmp_path / "x.mp4"),
+    ])
+    assert code == 1
+    assert "vace weights download" in capsys.readouterr().err
+
+
+def test_weights_check_passes_on_a_complete_dir_and_fails_on_a_broken_one(tiny_weights, tmp_path, capsys):
+    assert main(["weights", "check", str(tiny_weights)]) == 0
+    report = capsys.readouterr().out
+    assert "wan-vace-14b" in report and "wan-22-vace-fun-a14b" in report
+
+    broken = tmp_path / "broken"
+    main(["weights", "tiny", str(broken)])
+    (broken / "wan2.2-vace-fun-a14b" / "transformer_2" / "diffusion_pytorch_model.safetensors").write_bytes(b"\0" * 64)
+    capsys.readouterr()
+    assert main(["weights", "check", str(broken)]) == 1
+    assert "corrupt" in capsys.readouterr().out
