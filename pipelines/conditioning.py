@@ -82,15 +82,21 @@ def build_conditioning(
     *,
     first_frame: Image.Image | None = None,
     last_frame: Image.Image | None = None,
+    last_index: int | None = None,
     reference_images: list[Image.Image] | None = None,
     transparency_mode: str = "content_aware",
 ) -> Conditioning:
-    """Frames, mask and references for one job; every frame is exactly ``width`` x ``height``."""
+    """Frames, mask and references for one job; every frame is exactly ``width`` x ``height``.
+
+    ``last_index`` places the last frame earlier than the final position, for generated videos that run past the
+    end of the control video (temporal downsampling rounds their length up) and are cut back after interpolation.
+    """
     video = [fit_frame(f, width, height) for f in control_frames]
     generate = Image.new("L", (width, height), GENERATE)
     keep = Image.new("L", (width, height), KEEP)
     mask = [generate] * len(video)
-    for index, image in ((0, first_frame), (len(video) - 1, last_frame)):
+    end = len(video) - 1 if last_index is None else last_index
+    for index, image in ((0, first_frame), (end, last_frame)):
         if image is not None:
             video[index] = fit_frame(flatten_alpha(image, transparency_mode), width, height)
             mask[index] = keep

@@ -10,9 +10,10 @@ CLI, a served URL or a data URI for the server) is the caller's ``publish`` func
 from __future__ import annotations
 
 import contextlib
+import itertools
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from .frame_plan import plan_frames
 from .loading import ModelManager
 from .registry import Task
 from .samplers import make_scheduler
+from .temporal import plan_temporal
 from .step_cache import THRESHOLDS, StepCacheController, step_cache
 from .schema import File, VaceInput, VaceOutput, VideoFile
 from .sizing import output_size
@@ -55,9 +57,6 @@ def _refuse_unbuilt(inp: VaceInput) -> None:
     """Refuse, with a clear 422, options whose parts this build does not have yet, instead of ignoring them."""
     unbuilt = {
         "preprocess": (inp.preprocess, "pose/depth preprocessing"),
-        "num_interpolated_frames": (inp.num_interpolated_frames > 0, "frame interpolation"),
-        "temporal_downsample_factor": (inp.temporal_downsample_factor > 0, "temporal downsampling"),
-        "enable_auto_downsample": (inp.enable_auto_downsample, "automatic temporal downsampling"),
         "enable_safety_checker": (inp.enable_safety_checker, "the safety checker"),
     }
     for name, (asked, what) in unbuilt.items():
@@ -153,21 +152,37 @@ def generate(
         match_input_num_frames=inp.match_input_num_frames,
         match_input_frames_per_second=inp.match_input_frames_per_second,
     )
+    timing = plan_temporal(
+        plan.num_frames,
+        plan.fps,
+        num_interpolated_frames=inp.num_interpolated_frames,
+        temporal_downsample_factor=inp.temporal_downsample_factor,
+        enable_auto_downsample=inp.enable_auto_downsample,
+        auto_downsample_min_fps=inp.auto_downsample_min_fps,
+    )
     width, height = output_size(inp.resolution, inp.aspect_ratio, info.width, info.height)
     hooks.log(
         f"input {info.width}x{info.height}, {info.num_frames} frames at {info.fps:g} fps; "
-        f"generating {plan.num_frames} frames at {plan.fps:g} fps, {width}x{height}, seed {seed}"
+        f"output {timing.output_frames} frames at {timing.output_fps:g} fps, {width}x{height}, seed {seed}"
     )
     if plan.held_frames:
         hooks.log(f"the input ends early: its last frame is held for {plan.held_frames} frames")
+    for note in timing.notes:
+        hooks.log(note)
+    if timing.interpolates:
+        hooks.log(
+            f"generating {timing.generate_frames} frames (one control frame in {timing.downsample_factor + 1}) and "
+            f"interpolating {timing.n_between} between each pair with {inp.interpolator_model}"
+        )
 
-    control = read_frames(video_path, plan.source_indices)
+    control = read_frames(video_path, [plan.source_indices[j] for j in timing.control_indices])
     cond = build_conditioning(
         control,
         width,
         height,
         first_frame=first,
         last_frame=last,
+        last_index=timing.generate_frames - 1 - timing.held_frames,
         reference_images=refs,
         transparency_mode=inp.transparency_mode,
     )
@@ -184,9 +199,16 @@ def generate(
         denoise(pipe, cond, inp, prompt=prompt, width=width, height=height, seed=seed, hooks=hooks, cache=cache)
     )
 
+    output: Iterable[np.ndarray] = frames
+    if timing.interpolates:
+        interpolator = models.interpolator(inp.interpolator_model)
+        output = itertools.islice(interpolator.interpolate(frames, timing.n_between), timing.output_frames)
+    if inp.return_frames_zip:
+        output = list(output)  # encoded and zipped: materialise once rather than interpolate twice
+
     hooks.log(f"encoding ({inp.video_quality} quality, {inp.video_write_mode} write mode)")
     encoded = encode_video(
-        frames, workdir / "video.mp4", plan.fps, quality=inp.video_quality, write_mode=inp.video_write_mode
+        output, workdir / "video.mp4", timing.output_fps, quality=inp.video_quality, write_mode=inp.video_write_mode
     )
     video = VideoFile(
         url=publish(encoded.path, "video/mp4"),
@@ -201,7 +223,7 @@ def generate(
     )
     frames_zip = None
     if inp.return_frames_zip:
-        zip_path = write_frames_zip(frames, workdir / "frames.zip")
+        zip_path = write_frames_zip(output, workdir / "frames.zip")
         zip_size = zip_path.stat().st_size
         frames_zip = File(
             url=publish(zip_path, "application/zip"),

@@ -22,6 +22,7 @@ from diffusers import AutoencoderKLWan, WanVACEPipeline, WanVACETransformer3DMod
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, UMT5EncoderModel
 
+from .interpolation import FrameInterpolator, load_interpolator
 from .registry import MODELS
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,7 @@ class ModelManager:
         self.max_models = max_models
         self._components: dict[tuple[str, Path], object] = {}
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._interpolators: dict[str, FrameInterpolator] = {}
         self._lock = threading.Lock()
 
     def model_dir(self, key: str) -> Path:
@@ -112,6 +114,14 @@ class ModelManager:
         log.info("loading transformer from %s", path)
         model = WanVACETransformer3DModel.from_pretrained(path, torch_dtype=self.dtype)
         return model.to(self.device).eval()
+
+    def interpolator(self, kind: str) -> FrameInterpolator:
+        """The RIFE or FILM interpolator, loaded once from ``weights_dir/interpolation``."""
+        with self._lock:
+            if kind not in self._interpolators:
+                log.info("loading %s interpolator", kind)
+                self._interpolators[kind] = load_interpolator(kind, self.weights_dir, self.device)  # type: ignore[arg-type]
+            return self._interpolators[kind]
 
     def get(self, key: str) -> LoadedModel:
         """The loaded model ``key``, loading it (and evicting the least recently used) if needed."""

@@ -190,3 +190,37 @@ def test_bad_media_gives_a_clear_input_error(models, tmp_path, pose_video, field
         run_job(models, tmp_path, **resolved)
     assert err.value.loc == loc and err.value.type == kind
     assert err.value.detail()[0]["loc"] == ["body", *loc]
+
+
+def test_interpolated_frames_keep_the_generated_ones_in_place(models, tmp_path, pose_video):
+    common = {"video_url": str(pose_video), "num_frames": 17, "return_frames_zip": True, "seed": 9}
+    plain = run_job(models, tmp_path / "plain", **common)
+    doubled = run_job(models, tmp_path / "rife", num_interpolated_frames=2, interpolator_model="rife", **common)
+    info = probe_video(Path(doubled.video.url))
+    assert (info.num_frames, info.fps) == (49, 48)  # (17 - 1) * 3 + 1 frames at 16 * 3 fps: same duration
+    assert (info.num_frames - 1) / info.fps == pytest.approx((17 - 1) / 16)  # the same span of time
+    frames_plain, frames_doubled = zip_frames(plain.frames_zip.url), zip_frames(doubled.frames_zip.url)
+    assert len(frames_doubled) == 49
+    assert np.array_equal(frames_doubled[::3], frames_plain)
+
+
+def test_temporal_downsampling_generates_fewer_frames_and_restores_the_length(models, tmp_path, pose_video):
+    log: list[str] = []
+    out = run_job(
+        models, tmp_path, hooks=JobHooks(log=log.append), video_url=str(pose_video), num_frames=49,
+        temporal_downsample_factor=2, interpolator_model="film",
+    )
+    info = probe_video(Path(out.video.url))
+    assert (info.num_frames, info.fps) == (49, 16)
+    assert any("generating 17 frames (one control frame in 3)" in line for line in log)
+
+
+def test_auto_downsample_picks_the_smallest_factor_that_fits(models, tmp_path, pose_video):
+    log: list[str] = []
+    out = run_job(
+        models, tmp_path, hooks=JobHooks(log=log.append), video_url=str(pose_video), num_frames=97,
+        enable_auto_downsample=True, auto_downsample_min_fps=8, interpolator_model="film",
+    )
+    assert (out.video.num_frames, out.video.fps) == (97, 16)
+    assert any("f=1" in line for line in log)
+    assert any("generating 49 frames" in line for line in log)

@@ -22,6 +22,8 @@ from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordLevel
 from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 
+from pipelines.interpolation import build_tiny_interpolators
+
 from .manifest import MODELS, SHARED_COMPONENTS, SHARED_FOLDER
 
 TEXT_DIM = 32
@@ -137,4 +139,5 @@ def build_tiny_weights(weights_dir: Path, seed: int = 0) -> Path:
         _link_shared(model_dir)
         index = json.loads((model_dir / "model_index.json").read_text())
         assert index.get("boundary_ratio") == entry.boundary_ratio
+    build_tiny_interpolators(weights_dir)
     return weights_dir

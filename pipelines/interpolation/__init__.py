@@ -1,0 +1,154 @@
+"""Frame interpolation between generated frames: one streaming interface over RIFE and FILM.
+
+``load_interpolator(kind, weights_dir, device)`` loads ``WEIGHTS_DIR/interpolation/rife/flownet.pkl`` (Practical-RIFE
+4.x, our IFNet) or ``WEIGHTS_DIR/interpolation/film/film_net_fp32.pt`` (FILM TorchScript) and returns a
+``FrameInterpolator``. Its ``interpolate(frames, n_between)`` takes an iterable of uint8 HxWx3 RGB frames and yields
+every input frame (the same array objects, unchanged) with ``n_between`` new frames after each one but the last,
+at t = 1/(n+1) .. n/(n+1). It reads and emits ``batch_size`` pairs at a time, so it can sit between the decoder of
+the generated video and the encoder without holding the whole video.
+
+Precision: RIFE runs fp16 on CUDA (its warps use a float32 grid) and fp32 on CPU; FILM runs fp32 everywhere (see
+``film.py``). Frames are padded right and bottom to the network's multiple (64 for both) and cropped back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .film import FILM_FILE, PAD_MULTIPLE as FILM_PAD_MULTIPLE, build_tiny_film, film_frames_between, load_film
+from .rife import RIFE_FILE, build_tiny_rife, load_rife, rife_frames_between
+
+__all__ = [
+    "FrameInterpolator",
+    "InterpolatorKind",
+    "build_tiny_film",
+    "build_tiny_interpolators",
+    "build_tiny_rife",
+    "load_interpolator",
+    "weights_path",
+]
+
+InterpolatorKind = Literal["rife", "film"]
+
+INTERPOLATION_FOLDER = "interpolation"
+_FILES: dict[str, str] = {"rife": RIFE_FILE, "film": FILM_FILE}
+
+# Pairs per batch, by (kind, device type). GPU batches keep the device busy; FILM's decoder runs at full resolution
+# with hundreds of channels where RIFE's blocks run at 1/4 and below, hence its smaller batch. On CPU batching gains
+# little and costs memory.
+_BATCH = {("rife", "cuda"): 16, ("film", "cuda"): 4, ("rife", "cpu"): 2, ("film", "cpu"): 2}
+
+Between = Callable[[nn.Module, Tensor, Tensor, int, int], Tensor]
+
+
+def weights_path(kind: InterpolatorKind, weights_dir: Path) -> Path:
+    """Where ``kind``'s weights file lives in a weights directory."""
+    if kind not in _FILES:
+        raise ValueError(f"unknown interpolator {kind!r}; expected one of {sorted(_FILES)}")
+    return Path(weights_dir) / INTERPOLATION_FOLDER / kind / _FILES[kind]
+
+
+def build_tiny_interpolators(weights_dir: Path) -> list[Path]:
+    """Write random-weight RIFE (real 4.26 shapes) and FILM (reduced widths) files where the loaders look."""
+    return [build_tiny_rife(weights_path("rife", weights_dir)), build_tiny_film(weights_path("film", weights_dir))]
+
+
+class FrameInterpolator:
+    """A loaded interpolation network plus the streaming, batching, padding and uint8 conversion around it.
+
+    ``batch_size`` is both the number of pairs read before the network runs and the most frames one network call
+    makes, which bounds memory either way.
+    """
+
+    def __init__(
+        self,
+        kind: InterpolatorKind,
+        model: nn.Module,
+        between: Between,
+        *,
+        device: torch.device,
+        dtype: torch.dtype,
+        pad_multiple: int,
+        batch_size: int,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.kind, self.model, self._between = kind, model, between
+        self.device, self.dtype, self.pad_multiple, self.batch_size = device, dtype, pad_multiple, batch_size
+
+    def interpolate(self, frames: Iterable[np.ndarray], n_between: int) -> Iterator[np.ndarray]:
+        """Yield ``frames`` with ``n_between`` interpolated frames between consecutive ones.
+
+        N input frames give ``(N - 1) * (n_between + 1) + 1`` output frames; input frame ``i`` is yielded as is at
+        position ``i * (n_between + 1)``. ``n_between == 0`` passes the frames through without touching the model.
+        """
+        if n_between < 0:
+            raise ValueError(f"n_between must be >= 0, got {n_between}")
+        it = iter(frames)
+        if n_between == 0:
+            yield from it
+            return
+        pending: list[np.ndarray] = []
+        for frame in it:
+            pending.append(frame)
+            if len(pending) > self.batch_size:  # batch_size pairs, plus the frame that starts the next batch
+                yield from self._pairs(pending, n_between)
+                pending = pending[-1:]
+        if len(pending) > 1:
+            yield from self._pairs(pending, n_between)
+        if pending:
+            yield pending[-1]
+
+    def _pairs(self, frames: list[np.ndarray], n: int) -> Iterator[np.ndarray]:
+        """Each frame but the last, followed by the ``n`` frames between it and the next."""
+        first = frames[0]
+        for f in frames:
+            if f.dtype != np.uint8 or f.ndim != 3 or f.shape[2] != 3 or f.shape != first.shape:
+                raise ValueError(
+                    f"frames must all be uint8 HxWx3 of one size; got {f.dtype} {f.shape} after {first.shape}"
+                )
+        h, w = first.shape[:2]
+        x = torch.from_numpy(np.stack(frames)).to(self.device).permute(0, 3, 1, 2).to(self.dtype) / 255
+        m = self.pad_multiple
+        x = F.pad(x, (0, -w % m, 0, -h % m))
+        mids = self._between(self.model, x[:-1], x[1:], n, self.batch_size)[..., :h, :w]
+        mids = (mids.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 1, 3, 4, 2).cpu().numpy()
+        for frame, between in zip(frames[:-1], mids):
+            yield frame
+            yield from between
+
+
+def load_interpolator(
+    kind: InterpolatorKind, weights_dir: Path, device: torch.device | str = "cpu", *, batch_size: int | None = None
+) -> FrameInterpolator:
+    """Load ``kind``'s weights from ``weights_dir`` onto ``device``.
+
+    Raises FileNotFoundError when the file is absent and ValueError (naming the file) when it is not a valid
+    checkpoint of that network.
+    """
+    path = weights_path(kind, weights_dir)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{kind} weights not found at {path} (run `vace weights download` or `vace weights tiny`)"
+        )
+    device = torch.device(device)
+    model: nn.Module
+    between: Between
+    if kind == "rife":
+        net = load_rife(path)
+        model, between, multiple = net, rife_frames_between, net.config.pad_multiple
+        dtype = torch.float16 if device.type == "cuda" else torch.float32
+    else:
+        model, between, multiple, dtype = load_film(path), film_frames_between, FILM_PAD_MULTIPLE, torch.float32
+    model = model.to(device=device, dtype=dtype)
+    size = batch_size or _BATCH[(kind, "cuda" if device.type == "cuda" else "cpu")]
+    return FrameInterpolator(
+        kind, model, between, device=device, dtype=dtype, pad_multiple=multiple, batch_size=size
+    )

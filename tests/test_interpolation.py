@@ -1,0 +1,301 @@
+"""Frame interpolation (RIFE, FILM) on tiny weights in the real formats, and the temporal planner. CPU, small frames."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipelines.interpolation import (
+    FrameInterpolator,
+    build_tiny_interpolators,
+    load_interpolator,
+    weights_path,
+)
+from pipelines.interpolation.film import FILMNet, _midpoint_rounds, build_tiny_film, load_film
+from pipelines.interpolation.rife import IFNetConfig, build_tiny_rife, load_rife, rife_frames_between
+from pipelines.temporal import NATIVE_FRAMES, frames_to_generate, max_factor, plan_temporal
+
+H, W = 48, 64  # not a multiple of 64 in height: exercises pad and crop
+SMALL_RIFE = IFNetConfig(head_width=8, feature_channels=4, block_widths=(16, 16, 8, 8, 8))
+
+
+@pytest.fixture(scope="module")
+def weights_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("interp-weights")
+    build_tiny_interpolators(root)
+    return root
+
+
+@pytest.fixture(scope="module", params=["rife", "film"])
+def interpolator(request: pytest.FixtureRequest, weights_dir: Path) -> FrameInterpolator:
+    return load_interpolator(request.param, weights_dir, "cpu", batch_size=2)
+
+
+def make_frames(n: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
+    return [np.roll(base, 3 * i, axis=1) for i in range(n)]  # a pattern moving right
+
+
+@pytest.mark.parametrize("k", [0, 1, 2, 3])
+def test_exact_counts_and_original_frames_unchanged(interpolator: FrameInterpolator, k: int) -> None:
+    frames = make_frames(4)
+    copies = [f.copy() for f in frames]
+    out = list(interpolator.interpolate(iter(frames), k))
+    assert len(out) == (len(frames) - 1) * (k + 1) + 1
+    assert all(f.shape == (H, W, 3) and f.dtype == np.uint8 for f in out)
+    for i, (frame, copy) in enumerate(zip(frames, copies)):
+        assert out[i * (k + 1)] is frame
+        np.testing.assert_array_equal(frame, copy)
+
+
+def test_streams_in_batches(interpolator: FrameInterpolator) -> None:
+    consumed = 0
+
+    def source() -> Iterator[np.ndarray]:
+        nonlocal consumed
+        for f in make_frames(10):
+            consumed += 1
+            yield f
+
+    out = interpolator.interpolate(source(), 1)
+    next(out)
+    assert consumed == interpolator.batch_size + 1  # one batch of pairs, not the whole video
+    assert 1 + sum(1 for _ in out) == 19
+
+
+def test_single_and_empty_inputs(interpolator: FrameInterpolator) -> None:
+    one = make_frames(1)
+    out = list(interpolator.interpolate(one, 2))
+    assert len(out) == 1 and out[0] is one[0]
+    assert list(interpolator.interpolate([], 2)) == []
+
+
+def test_batched_equals_one_by_one(weights_dir: Path) -> None:
+    frames = make_frames(4)
+    for kind in ("rife", "film"):
+        batched = load_interpolator(kind, weights_dir, batch_size=3).interpolate(frames, 2)
+        single = load_interpolator(kind, weights_dir, batch_size=1).interpolate(frames, 2)
+        for a, b in itertools.zip_longest(batched, single):
+            assert np.abs(a.astype(int) - b.astype(int)).max() <= 1, kind  # float reassociation across batch sizes
+
+
+def test_rejects_frames_of_another_size(interpolator: FrameInterpolator) -> None:
+    frames = make_frames(2) + [np.zeros((H, W + 2, 3), np.uint8)]
+    with pytest.raises(ValueError, match="uint8 HxWx3 of one size"):
+        list(interpolator.interpolate(frames, 1))
+
+
+def test_load_interpolator_errors(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown interpolator"):
+        load_interpolator("dain", tmp_path)  # type: ignore[arg-type]
+    with pytest.raises(FileNotFoundError, match="flownet.pkl"):
+        load_interpolator("rife", tmp_path)
+
+
+# RIFE ------------------------------------------------------------------------------------------------------------
+
+
+def test_rife_checkpoint_is_a_prefixed_state_dict_of_the_real_layout(weights_dir: Path) -> None:
+    raw = torch.load(weights_path("rife", weights_dir), weights_only=True)
+    assert all(k.startswith("module.") for k in raw)
+    assert raw["module.block0.conv0.0.0.weight"].shape == (96, 15, 3, 3)  # 4.26: 7 + 2x4 input channels, c=192
+    assert raw["module.block4.lastconv.0.weight"].shape == (32, 52, 4, 4)  # 4 x (4 flow + 1 mask + 8 features)
+    assert "module.encode.cnn3.weight" in raw
+    net = load_rife(weights_path("rife", weights_dir))
+    assert net.config == IFNetConfig() and net.config.pad_multiple == 64
+    assert 5.5e6 < sum(p.numel() for p in net.parameters()) < 5.8e6
+
+
+def test_rife_loads_other_layouts_and_ignores_training_only_tensors(tmp_path: Path) -> None:
+    path = build_tiny_rife(tmp_path / "flownet.pkl", SMALL_RIFE)
+    raw = torch.load(path, weights_only=True)
+    raw["module.teacher.conv0.0.0.weight"] = torch.zeros(1)  # 4.26's release file still carries these
+    raw["module.caltime.0.weight"] = torch.zeros(1)
+    torch.save(raw, path)
+    assert load_rife(path).config == SMALL_RIFE
+    old = IFNetConfig(head_width=8, feature_channels=8, block_widths=(16, 16, 8, 8), carries_features=False)
+    assert load_rife(build_tiny_rife(tmp_path / "old.pkl", old)).config.pad_multiple == 32
+
+
+@pytest.mark.parametrize(
+    "mutate,message",
+    [
+        (lambda sd: sd.update({"module.block9.extra": torch.zeros(1)}), "unexpected keys block9.extra"),
+        (lambda sd: sd.pop("module.block2.convblock.3.beta"), "missing keys block2.convblock.3.beta"),
+        (lambda sd: sd.pop("module.encode.cnn0.weight"), "missing key 'encode.cnn0.weight'"),
+        (lambda sd: sd.update({"module.block1.conv0.0.0.weight": torch.zeros(8, 3, 3, 3)}), "inconsistent"),
+    ],
+)
+def test_rife_rejects_a_wrong_state_dict(tmp_path: Path, mutate, message: str) -> None:
+    path = build_tiny_rife(tmp_path / "flownet.pkl", SMALL_RIFE)
+    raw = torch.load(path, weights_only=True)
+    mutate(raw)
+    torch.save(raw, path)
+    with pytest.raises(ValueError, match=message) as err:
+        load_rife(path)
+    assert str(path) in str(err.value)
+
+
+def test_rife_rejects_files_that_are_not_state_dicts(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.pkl"
+    garbage.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ValueError, match="garbage.pkl: not a readable PyTorch checkpoint"):
+        load_rife(garbage)
+    listed = tmp_path / "list.pkl"
+    torch.save([torch.zeros(1)], listed)
+    with pytest.raises(ValueError, match="expected a state dict"):
+        load_rife(listed)
+
+
+def test_rife_with_zero_flow_and_mask_heads_is_the_even_blend(weights_dir: Path) -> None:
+    net = load_rife(weights_path("rife", weights_dir))
+    with torch.no_grad():
+        for i in range(len(net.config.block_widths)):
+            last = getattr(net, f"block{i}").lastconv[0]
+            last.weight.zero_()
+            last.bias.zero_()
+    torch.manual_seed(0)
+    a, b = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
+    with torch.inference_mode():
+        out = net(a, b, torch.tensor([0.25, 0.5]))  # the mask, not t, weighs the images: sigmoid(0) = 0.5
+    torch.testing.assert_close(out, (a + b) / 2, atol=1e-5, rtol=0)  # grid_sample at exact pixel centres
+
+    frames = make_frames(3)
+    interp = FrameInterpolator("rife", net, rife_frames_between, device=torch.device("cpu"), dtype=torch.float32,
+                               pad_multiple=net.config.pad_multiple, batch_size=2)
+    out_frames = list(interp.interpolate(frames, 1))
+    for i in range(2):
+        expected = (frames[i].astype(float) + frames[i + 1]) / 2
+        assert np.abs(out_frames[2 * i + 1] - expected).max() <= 0.5 + 1e-6
+
+
+def test_rife_batch_equals_single_at_tensor_level(weights_dir: Path) -> None:
+    net = load_rife(weights_path("rife", weights_dir))
+    torch.manual_seed(1)
+    a, b, t = torch.rand(3, 3, 64, 64), torch.rand(3, 3, 64, 64), torch.tensor([0.2, 0.5, 0.8])
+    with torch.inference_mode():
+        batched = net(a, b, t)
+        single = torch.cat([net(a[i : i + 1], b[i : i + 1], t[i : i + 1]) for i in range(3)])
+    torch.testing.assert_close(batched, single, atol=1e-5, rtol=0)
+
+
+# FILM ------------------------------------------------------------------------------------------------------------
+
+
+def test_film_file_is_torchscript_with_the_port_interface(weights_dir: Path) -> None:
+    model = load_film(weights_path("film", weights_dir))
+    assert isinstance(model, torch.jit.ScriptModule)
+    x0, x1 = torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64)
+    with torch.inference_mode(), torch.jit.optimized_execution(False):
+        out = model(x0, x1, x0.new_full((1, 1), 0.5))  # the port's call: dt of shape (B, 1)
+    assert out.shape == (1, 3, 64, 64)
+    eager = FILMNet(filters=4, flow_filters=(4, 4, 8, 8)).eval()
+    eager.load_state_dict(model.state_dict())
+    with torch.inference_mode():
+        torch.testing.assert_close(eager(x0, x1, torch.full((1, 1), 0.5)), out)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+def test_film_rejects_non_torchscript_and_foreign_torchscript(tmp_path: Path) -> None:
+    state = tmp_path / "state.pt"
+    torch.save(FILMNet(filters=4, flow_filters=(4, 4, 8, 8)).state_dict(), state)
+    with pytest.raises(ValueError, match="state.pt: not a TorchScript file"):
+        load_film(state)
+    other = tmp_path / "conv.pt"
+    torch.jit.script(torch.nn.Conv2d(3, 3, 1)).save(str(other))
+    with pytest.raises(ValueError, match="conv.pt: TorchScript file is not FILM"):
+        load_film(other)
+
+
+def test_tiny_film_is_small(tmp_path: Path) -> None:
+    assert build_tiny_film(tmp_path / "f.pt").stat().st_size < 2_000_000
+
+
+@pytest.mark.parametrize("n", range(1, 6))
+def test_film_midpoint_schedule_fills_every_frame_from_known_ones(n: int) -> None:
+    known = {0, n + 1}
+    for steps in _midpoint_rounds(n):
+        for target, left, right, dt in steps:
+            assert left in known and right in known and left < target < right
+            assert dt == pytest.approx((target - left) / (right - left))
+        known |= {s[0] for s in steps}
+    assert known == set(range(n + 2))
+
+
+# Temporal plan ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("k", range(6))
+def test_interpolated_frames_multiply_fps_and_keep_duration(k: int) -> None:
+    plan = plan_temporal(81, 16, num_interpolated_frames=k)
+    assert (plan.generate_frames, plan.n_between) == (81, k)
+    assert (plan.output_frames, plan.output_fps) == (80 * (k + 1) + 1, 16.0 * (k + 1))
+    assert (plan.output_frames - 1) / plan.output_fps == pytest.approx(80 / 16)
+    assert plan.control_indices == tuple(range(81))
+
+
+@pytest.mark.parametrize(
+    "f,generate,held,notes",
+    [(0, 81, 0, 0), (1, 41, 0, 0), (2, 29, 2, 0), (3, 21, 0, 0), (4, 17, 0, 0), (5, 17, 0, 1)],
+)
+def test_downsample_keeps_every_f_plus_1th_frame(f: int, generate: int, held: int, notes: int) -> None:
+    plan = plan_temporal(81, 16, temporal_downsample_factor=f)
+    used = min(f, 4)  # 81 frames at f=5 would need fewer than 17 generated frames
+    assert plan.downsample_factor == used and len(plan.notes) == notes
+    assert plan.generate_frames == generate and plan.held_frames == held
+    assert plan.control_indices == tuple(min(i * (used + 1), 80) for i in range(generate))
+    assert (plan.n_between, plan.output_frames, plan.output_fps, plan.generate_fps) == (used, 81, 16.0, 16 / (used + 1))
+
+
+def test_downsample_and_interpolation_combine_in_one_pass() -> None:
+    plan = plan_temporal(81, 16, num_interpolated_frames=1, temporal_downsample_factor=1)
+    assert (plan.generate_frames, plan.n_between, plan.output_frames, plan.output_fps) == (41, 3, 161, 32.0)
+
+
+@pytest.mark.parametrize(
+    "frames,fps,min_fps,f,reason",
+    [
+        (81, 16, 15, 0, "already fit"),
+        (161, 30, 15, 1, "keeping 1 frame in 2 generates 81 frames at 15 fps"),
+        (241, 30, 5, 2, "keeping 1 frame in 3 generates 81 frames at 10 fps"),
+        (161, 16, 15, 0, "cannot fit the native 81 without going below 15 fps"),
+        (241, 30, 15, 1, "f=1 generates 121 frames at 15 fps"),
+        (81, 10, 15, 0, "already below the 15 fps minimum"),
+    ],
+)
+def test_auto_downsample_choice_and_reason(frames: int, fps: float, min_fps: float, f: int, reason: str) -> None:
+    plan = plan_temporal(frames, fps, enable_auto_downsample=True, auto_downsample_min_fps=min_fps,
+                         temporal_downsample_factor=3)
+    assert plan.downsample_factor == f
+    assert reason in plan.notes[0] and "temporal_downsample_factor=3 ignored" in plan.notes[0]
+    assert (plan.output_frames, plan.output_fps) == (frames, fps)
+
+
+@pytest.mark.parametrize("frames", [17, 21, 33, 77, 81, 121, 161, 241])
+def test_plan_invariants_for_every_combination(frames: int) -> None:
+    for fps, k, f, auto in itertools.product((8, 16, 30), range(6), range(6), (False, True)):
+        plan = plan_temporal(frames, fps, num_interpolated_frames=k, temporal_downsample_factor=f,
+                             enable_auto_downsample=auto)
+        g, step = plan.generate_frames, plan.n_between + 1
+        assert g % 4 == 1 and 17 <= g <= 241
+        if auto and g > NATIVE_FRAMES:  # only when a larger f would drop below 15 fps or is not possible
+            assert fps / (plan.downsample_factor + 2) < 15 or plan.downsample_factor == max_factor(frames)
+        assert plan.output_frames == (frames - 1) * (k + 1) + 1 and plan.output_fps == fps * (k + 1)
+        assert step == (plan.downsample_factor + 1) * (k + 1)
+        stream = (g - 1) * step + 1  # what interpolating the generated frames yields before the cut
+        assert plan.output_frames <= stream < plan.output_frames + 4 * step
+        assert g == frames_to_generate(frames, plan.downsample_factor)
+        assert plan.held_frames == sum(i * (plan.downsample_factor + 1) > frames - 1 for i in range(g))
+
+
+def test_plan_rejects_out_of_range_lengths() -> None:
+    with pytest.raises(ValueError):
+        plan_temporal(16, 16)
+    with pytest.raises(ValueError):
+        plan_temporal(242, 16)
