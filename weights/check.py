@@ -1,12 +1,17 @@
 """Say what is present, missing or corrupt in a weights directory, per manifest entry and per endpoint.
 
 Generic over anything that follows ``weights/LAYOUT.md``: real downloads and tiny test weights are checked alike.
+Models, annotators and interpolators are all manifest entries; only the models decide whether an endpoint is ready,
+annotators and interpolators are listed per feature (``CheckReport.annotators`` / ``interpolators``).
 Checks, all cheap unless ``deep``:
 - required paths (``manifest.required_paths`` / ``required_any``) exist; symlinks resolve;
 - every JSON file parses; a model's ``model_index.json`` names only component folders that exist, and a two-expert
   model's has ``transformer_2`` and ``boundary_ratio``;
 - every ``*.safetensors`` header parses and covers the file exactly (a truncated download fails here);
 - every shard named by a ``*.safetensors.index.json`` exists and holds the tensors the index maps to it;
+- annotator / interpolator files (``.onnx``, torch ``.pt``/``.pth``/``.pkl``, ``.zip``) are not empty, and those in
+  zip form (every ``.zip``, and torch files saved as zip archives) have a readable central directory, which a
+  truncated download lacks;
 - against ``.vace-files.json`` (written by the downloader): recorded files exist and have the recorded size,
   and with ``deep`` the recorded sha256.
 """
@@ -18,10 +23,21 @@ import json
 import math
 import os
 import struct
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from weights.manifest import ENTRIES, RECORD_FILE, ModelEntry, WeightEntry, endpoints, required_any, required_paths
+from weights.manifest import (
+    ENTRIES,
+    INTERPOLATORS,
+    RECORD_FILE,
+    TASK_ANNOTATORS,
+    ModelEntry,
+    WeightEntry,
+    endpoints,
+    required_any,
+    required_paths,
+)
 
 MISSING = "missing"
 BROKEN_LINK = "broken_link"
@@ -34,6 +50,8 @@ _DTYPE_BYTES = {
     "U64": 8, "I64": 8, "F64": 8,
 }  # fmt: skip
 _MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit
+_NON_EMPTY = (".onnx", ".pt", ".pth", ".pkl", ".ckpt", ".zip")  # opaque weights files: at least not empty
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save (since 1.6) and TorchScript files are zip archives too
 
 
 # ---------------------------------------------------------------- shared helpers (also used by download.py)
@@ -164,6 +182,17 @@ class CheckReport:
         """fal app id -> keys of the models that could serve it right now (empty list: not servable)."""
         return {app: [k for k in keys if k in self.entries and self.entries[k].ok] for app, keys in endpoints().items()}
 
+    def annotators(self) -> dict[str, dict[str, str]]:
+        """task -> {annotator key: status}, the task's default first; only what was checked. Informational:
+        annotators are needed only for preprocess=true, and an absent alternative is not a problem."""
+        out = {task: {k: self.entries[k].status for k in keys if k in self.entries}
+               for task, keys in TASK_ANNOTATORS.items()}  # fmt: skip
+        return {task: statuses for task, statuses in out.items() if statuses}
+
+    def interpolators(self) -> dict[str, str]:
+        """interpolator key -> status, for those checked."""
+        return {k: self.entries[k].status for k in INTERPOLATORS if k in self.entries}
+
     @property
     def ok(self) -> bool:
         """Nothing corrupt or half-there (absent entries are fine: they were never downloaded)."""
@@ -187,6 +216,12 @@ class CheckReport:
         lines.append("\nEndpoints:")
         for app, keys in self.endpoints().items():
             lines.append(f"  {app}: " + (f"ready ({', '.join(keys)})" if keys else "NOT READY"))
+        if annotators := self.annotators():
+            lines.append("Annotators (for preprocess=true; the first is the default):")
+            for task, statuses in annotators.items():
+                lines.append(f"  {task}: " + ", ".join(f"{k} {s}" for k, s in statuses.items()))
+        if interpolators := self.interpolators():
+            lines.append("Interpolators: " + ", ".join(f"{k} {s}" for k, s in interpolators.items()))
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -199,6 +234,8 @@ class CheckReport:
                 for k, e in self.entries.items()
             },
             "endpoints": self.endpoints(),
+            "annotators": self.annotators(),
+            "interpolators": self.interpolators(),
         }
 
 
@@ -322,6 +359,9 @@ class _Checker:
                 return [Problem(CORRUPT, rel, f"invalid JSON ({e})")]
             if rel.endswith(".safetensors.index.json"):
                 return self._check_index(root, rel, data)
+        if rel.endswith(_NON_EMPTY):
+            problem = _opaque_file_problem(Path(real), rel.endswith(".zip"))
+            return [Problem(CORRUPT, rel, problem)] if problem else []
         return []
 
     def _header(self, real: str) -> dict | str:
@@ -407,6 +447,28 @@ class _Checker:
                     if self._sha[real] != rec["sha256"]:
                         problems.append(Problem(CORRUPT, rel, "sha256 differs from the recorded one"))
         return problems
+
+
+def _opaque_file_problem(path: Path, must_be_zip: bool) -> str | None:
+    """What is wrong with a weights file whose format we do not parse (ONNX, torch pickles), or None.
+
+    Such files must not be empty; a zip (a torch.save / TorchScript file is one) must have a readable central
+    directory at its end, so a truncated download shows up without reading the whole file.
+    """
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            return "empty file"
+        with open(path, "rb") as f:
+            is_zip = f.read(len(_ZIP_MAGIC)) == _ZIP_MAGIC
+        if is_zip or must_be_zip:
+            with zipfile.ZipFile(path):
+                pass
+    except zipfile.BadZipFile as e:
+        return f"damaged zip archive, truncated? ({e})"
+    except OSError as e:
+        return f"unreadable ({e})"
+    return None
 
 
 def _display(real: str, scopes: list[tuple[str, str]]) -> str | None:

@@ -20,6 +20,9 @@ class Source:
     repo_id: str
     allow_patterns: tuple[str, ...]
     revision: str = "main"
+    # Files the repo only ships inside a .zip: after the download each name is taken out of the source's zip files
+    # (the one member whose basename it is) into the entry folder under that name.
+    extract: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -27,7 +30,8 @@ class WeightEntry:
     """One folder of the weights directory.
 
     ``required`` are relative paths that must exist; each group in ``required_any`` needs at least one existing path
-    (e.g. a single weights file or a sharded index). Annotators and interpolators are plain entries like this.
+    (e.g. a single weights file or a sharded index). Annotators and interpolators (``EXTRAS``) are plain entries
+    like this.
     """
 
     key: str
@@ -98,10 +102,85 @@ MODELS: dict[str, ModelEntry] = {
     )
 }
 
-# Annotator / interpolator entries (plain WeightEntry with `required` files) are added to EXTRAS later.
-EXTRAS: dict[str, WeightEntry] = {}
+# Annotators (control-video makers for preprocess=true) and frame interpolators: plain entries with `required` files.
+EXTRAS: dict[str, WeightEntry] = {
+    e.key: e
+    for e in (
+        WeightEntry(
+            key="dwpose",
+            folder="annotators/dwpose",
+            sources=(Source("yzd-v/DWPose", ("yolox_l.onnx", "dw-ll_ucoco_384.onnx")),),
+            approx_size_gb=0.35,
+            required=("yolox_l.onnx", "dw-ll_ucoco_384.onnx"),
+            notes=(
+                "DWPose as VACE's pose annotator: YOLOX-L person detector + RTMPose-L whole-body 384x288 "
+                "(onnxruntime). Same files as ali-vilab/VACE-Annotators pose/."
+            ),
+        ),
+        WeightEntry(
+            key="midas",
+            folder="annotators/midas",
+            sources=(Source("lllyasviel/Annotators", ("dpt_hybrid-midas-501f0c75.pt",)),),
+            approx_size_gb=0.49,
+            required=("dpt_hybrid-midas-501f0c75.pt",),
+            notes=(
+                "MiDaS DPT-Hybrid, VACE's depth annotator (controlnet-aux DPTDepthModel). Same file as "
+                "VACE-Annotators depth/."
+            ),
+        ),
+        WeightEntry(
+            key="openpose",
+            folder="annotators/openpose",
+            sources=(Source("lllyasviel/Annotators", ("body_pose_model.pth",)),),
+            approx_size_gb=0.2,
+            required=("body_pose_model.pth",),
+            notes="OpenPose body (controlnet-aux), alternative pose annotator.",
+        ),
+        WeightEntry(
+            key="depth-anything-v2",
+            folder="annotators/depth_anything_v2",
+            sources=(Source("depth-anything/Depth-Anything-V2-Small-hf", ("config.json", "model.safetensors")),),
+            approx_size_gb=0.1,
+            required=("config.json",),
+            required_any=(("model.safetensors",),),
+            notes="Depth Anything V2 Small (Apache-2.0), alternative depth annotator; VACE's depthv2 uses ViT-L.",
+        ),
+        WeightEntry(
+            key="rife",
+            folder="interpolation/rife",
+            sources=(Source("hzwer/RIFE", ("RIFEv4.26_0921.zip",), extract=("flownet.pkl",)),),
+            approx_size_gb=0.023,
+            required=("flownet.pkl",),
+            notes="Practical-RIFE 4.26 (MIT). The hub holds a zip; the downloader extracts its */flownet.pkl here.",
+        ),
+        WeightEntry(
+            key="film",
+            folder="interpolation/film",
+            sources=(Source("nguu/film-pytorch", ("film_net_fp32.pt",)),),
+            approx_size_gb=0.14,
+            required=("film_net_fp32.pt",),
+            notes=(
+                "FILM film_net (Google, Apache-2.0) as TorchScript from the dajes/frame-interpolation-pytorch port "
+                "(community mirror; also on that project's GitHub releases)."
+            ),
+        ),
+    )
+}
+
+# Which extras each feature can use; the first annotator of a task is VACE's default (the runtime's default too).
+# The alternatives are only reported by `check`, never demanded.
+TASK_ANNOTATORS: dict[str, tuple[str, ...]] = {"pose": ("dwpose", "openpose"), "depth": ("midas", "depth-anything-v2")}
+INTERPOLATORS: tuple[str, ...] = ("rife", "film")
 
 ENTRIES: dict[str, WeightEntry] = {SHARED.key: SHARED, **MODELS, **EXTRAS}
+
+# What `vace weights download` fetches by default: the models behind the fal endpoints, each task's default
+# annotator and both interpolators (the shared text encoder / tokenizer / VAE come with the models).
+DEFAULT_DOWNLOAD: tuple[str, ...] = (
+    *(m.key for m in MODELS.values() if m.endpoint),
+    *(keys[0] for keys in TASK_ANNOTATORS.values()),
+    *INTERPOLATORS,
+)
 
 # Weights file names, single-file and sharded, per library.
 _DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json")

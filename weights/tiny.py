@@ -23,6 +23,7 @@ from tokenizers.models import WordLevel
 from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 
 from pipelines.interpolation import build_tiny_interpolators
+from preprocessors.tiny import build_tiny_annotators
 
 from .manifest import MODELS, SHARED_COMPONENTS, SHARED_FOLDER
 
@@ -107,7 +108,8 @@ def _link_shared(model_dir: Path) -> None:
 
 
 def build_tiny_weights(weights_dir: Path, seed: int = 0) -> Path:
-    """Write every generation model of the manifest with tiny random weights into ``weights_dir``."""
+    """Write every model of the manifest (generation models, annotators, interpolators) with tiny random weights
+    into ``weights_dir``."""
     weights_dir = Path(weights_dir)
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
@@ -140,4 +142,5 @@ def build_tiny_weights(weights_dir: Path, seed: int = 0) -> Path:
         index = json.loads((model_dir / "model_index.json").read_text())
         assert index.get("boundary_ratio") == entry.boundary_ratio
     build_tiny_interpolators(weights_dir)
+    build_tiny_annotators(weights_dir)
     return weights_dir
