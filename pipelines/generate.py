@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from diffusers import WanVACEPipeline
 
+from preprocessors import ANNOTATORS
+
 from .conditioning import Conditioning, build_conditioning
 from .encode import encode_video, write_frames_zip
 from .errors import InputError, JobCancelled
@@ -56,7 +58,6 @@ class JobHooks:
 def _refuse_unbuilt(inp: VaceInput) -> None:
     """Refuse, with a clear 422, options whose parts this build does not have yet, instead of ignoring them."""
     unbuilt = {
-        "preprocess": (inp.preprocess, "pose/depth preprocessing"),
         "enable_safety_checker": (inp.enable_safety_checker, "the safety checker"),
     }
     for name, (asked, what) in unbuilt.items():
@@ -176,6 +177,14 @@ def generate(
         )
 
     control = read_frames(video_path, [plan.source_indices[j] for j in timing.control_indices])
+    if inp.preprocess:
+        if inp.annotator is not None and inp.annotator not in ANNOTATORS[task]:
+            raise InputError(
+                "annotator", f"{inp.annotator} is not a {task} annotator; use one of {sorted(ANNOTATORS[task])}"
+            )
+        preprocessor = models.preprocessor(task, inp.annotator)
+        hooks.log(f"preprocessing {len(control)} frames into {task} control ({type(preprocessor).__name__})")
+        control = list(preprocessor.process(control))
     cond = build_conditioning(
         control,
         width,

@@ -20,10 +20,14 @@ import torch
 import transformers
 from diffusers import AutoencoderKLWan, WanVACEPipeline, WanVACETransformer3DModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, UMT5EncoderModel
+from transformers import AutoTokenizer, UMT5EncoderModel
+
+from preprocessors import Preprocessor, make_preprocessor
 
 from .interpolation import FrameInterpolator, load_interpolator
 from .registry import MODELS
+from .runtime import RuntimeConfig, place_module, resolve_attention, resolve_memory_mode
+from .samplers import make_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -39,29 +43,23 @@ def default_dtype(device: torch.device) -> torch.dtype:
 
 @dataclass
 class LoadedModel:
-    """The modules of one model; ``pipeline()`` wraps them with a job's scheduler."""
+    """The modules of one model, wrapped once in a pipeline that jobs reuse with their own scheduler."""
 
     key: str
-    tokenizer: PreTrainedTokenizerBase
-    text_encoder: UMT5EncoderModel
-    vae: AutoencoderKLWan
-    transformer: WanVACETransformer3DModel
-    transformer_2: WanVACETransformer3DModel | None
-    boundary_ratio: float | None
+    pipe: WanVACEPipeline
+
+    @property
+    def transformer(self) -> WanVACETransformer3DModel:
+        return self.pipe.transformer
+
+    @property
+    def transformer_2(self) -> WanVACETransformer3DModel | None:
+        return self.pipe.transformer_2
 
     def pipeline(self, scheduler: SchedulerMixin) -> WanVACEPipeline:
-        """A pipeline for one job. Cheap: it only registers the already loaded modules."""
-        pipe = WanVACEPipeline(
-            tokenizer=self.tokenizer,
-            text_encoder=self.text_encoder,
-            vae=self.vae,
-            scheduler=scheduler,
-            transformer=self.transformer,
-            transformer_2=self.transformer_2,
-            boundary_ratio=self.boundary_ratio,
-        )
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
+        """The pipeline with a job's scheduler. Jobs on one device run one at a time, so sharing it is safe."""
+        self.pipe.scheduler = scheduler
+        return self.pipe
 
 
 class ModelManager:
@@ -73,6 +71,7 @@ class ModelManager:
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         max_models: int = 2,
+        runtime: RuntimeConfig | None = None,
     ) -> None:
         self.weights_dir = Path(weights_dir)
         # Jobs report progress through their own hooks; the libraries' per-file bars would only clutter logs.
@@ -80,11 +79,27 @@ class ModelManager:
         transformers.utils.logging.disable_progress_bar()
         self.device = torch.device(device) if device is not None else default_device()
         self.dtype = dtype or default_dtype(self.device)
-        self.max_models = max_models
+        self.runtime = runtime or RuntimeConfig()
+        self.memory_mode = resolve_memory_mode(self.runtime.memory_mode, self.device)
+        self.attention = resolve_attention(self.runtime.attention, self.device)
+        # Offload hooks of one pipeline cover the shared modules: with model offload only one pipeline may live.
+        self.max_models = 1 if self.memory_mode == "model_offload" else max_models
         self._components: dict[tuple[str, Path], object] = {}
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
         self._interpolators: dict[str, FrameInterpolator] = {}
+        self._preprocessors: dict[tuple[str, str], Preprocessor] = {}
         self._lock = threading.Lock()
+
+    def describe(self) -> dict[str, object]:
+        """What ``/ready`` and the logs report about the runtime."""
+        return {
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "memory_mode": self.memory_mode,
+            "attention_backend": self.attention,
+            "compile": self.runtime.compile and self.device.type == "cuda",
+            "loaded_models": list(self._models),
+        }
 
     def model_dir(self, key: str) -> Path:
         return self.weights_dir / MODELS[key].folder
@@ -104,16 +119,26 @@ class ModelManager:
             if kind == "tokenizer":
                 module: object = AutoTokenizer.from_pretrained(path)
             elif kind == "text_encoder":
-                module = UMT5EncoderModel.from_pretrained(path, torch_dtype=self.dtype).to(self.device).eval()
+                encoder = UMT5EncoderModel.from_pretrained(path, torch_dtype=self.dtype).eval()
+                module = place_module(encoder, self.memory_mode, self.device, self.dtype, fp8=False)
             else:  # the Wan VAE runs in fp32: its decoder is sensitive to reduced precision
-                module = AutoencoderKLWan.from_pretrained(path, torch_dtype=torch.float32).to(self.device).eval()
+                vae = AutoencoderKLWan.from_pretrained(path, torch_dtype=torch.float32).eval()
+                tiling = self.runtime.vae_tiling
+                if tiling or (tiling is None and self.memory_mode != "full"):
+                    vae.enable_tiling()
+                module = vae if self.memory_mode == "model_offload" else vae.to(self.device)
             self._components[cache_key] = module
         return self._components[cache_key]
 
     def _transformer(self, path: Path) -> WanVACETransformer3DModel:
-        log.info("loading transformer from %s", path)
-        model = WanVACETransformer3DModel.from_pretrained(path, torch_dtype=self.dtype)
-        return model.to(self.device).eval()
+        log.info("loading transformer from %s (%s, attention %s)", path, self.memory_mode, self.attention)
+        model = WanVACETransformer3DModel.from_pretrained(path, torch_dtype=self.dtype).eval()
+        if self.attention != "native":
+            model.set_attention_backend(self.attention)
+        model = place_module(model, self.memory_mode, self.device, self.dtype, fp8=True)
+        if self.runtime.compile and self.device.type == "cuda":
+            model.compile_repeated_blocks(fullgraph=True)  # once per loaded model, i.e. once per process
+        return model
 
     def interpolator(self, kind: str) -> FrameInterpolator:
         """The RIFE or FILM interpolator, loaded once from ``weights_dir/interpolation``."""
@@ -122,6 +147,15 @@ class ModelManager:
                 log.info("loading %s interpolator", kind)
                 self._interpolators[kind] = load_interpolator(kind, self.weights_dir, self.device)  # type: ignore[arg-type]
             return self._interpolators[kind]
+
+    def preprocessor(self, task: str, annotator: str | None = None) -> Preprocessor:
+        """The control-video maker of ``task`` with ``annotator`` (default: the runtime's), loaded once."""
+        name = annotator or dict(self.runtime.annotators)[task]
+        with self._lock:
+            if (task, name) not in self._preprocessors:
+                log.info("loading %s annotator %s", task, name)
+                self._preprocessors[(task, name)] = make_preprocessor(task, name, self.weights_dir, self.device)
+            return self._preprocessors[(task, name)]
 
     def get(self, key: str) -> LoadedModel:
         """The loaded model ``key``, loading it (and evicting the least recently used) if needed."""
@@ -142,14 +176,18 @@ class ModelManager:
                 log.info("evicting %s", evicted)
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
-            model = LoadedModel(
-                key=key,
-                tokenizer=self._shared("tokenizer", folder / "tokenizer"),  # type: ignore[arg-type]
-                text_encoder=self._shared("text_encoder", folder / "text_encoder"),  # type: ignore[arg-type]
-                vae=self._shared("vae", folder / "vae"),  # type: ignore[arg-type]
+            pipe = WanVACEPipeline(
+                tokenizer=self._shared("tokenizer", folder / "tokenizer"),
+                text_encoder=self._shared("text_encoder", folder / "text_encoder"),
+                vae=self._shared("vae", folder / "vae"),
+                scheduler=make_scheduler("unipc", 5.0),  # replaced by each job's own
                 transformer=self._transformer(folder / "transformer"),
                 transformer_2=self._transformer(folder / "transformer_2") if has_second else None,
                 boundary_ratio=index.get("boundary_ratio"),
             )
+            pipe.set_progress_bar_config(disable=True)
+            if self.memory_mode == "model_offload":
+                pipe.enable_model_cpu_offload(device=self.device)
+            model = LoadedModel(key=key, pipe=pipe)
             self._models[key] = model
             return model

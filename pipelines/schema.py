@@ -27,6 +27,7 @@ Acceleration = Literal["none", "low", "regular"]
 VideoQuality = Literal["low", "medium", "high", "maximum"]
 VideoWriteMode = Literal["fast", "balanced", "small"]
 Interpolator = Literal["rife", "film"]
+Annotator = Literal["dwpose", "openpose", "midas", "depth_anything_v2"]
 TransparencyMode = Literal["content_aware", "white", "black"]
 
 
@@ -78,6 +79,13 @@ class VaceInput(BaseModel):
         "content_aware", description="How transparent areas of first/last frame images are filled."
     )
     return_frames_zip: bool = Field(False, description="Also return a zip of the frames as PNG files.")
+    annotator: Annotator | None = Field(
+        None,
+        description=(
+            "Extension (not in fal's schema): the annotator used with preprocess=true; pose takes dwpose or "
+            "openpose, depth takes midas or depth_anything_v2. Default: the server's (VACE's: dwpose, midas)."
+        ),
+    )
 
 
 class File(BaseModel):

@@ -173,7 +173,7 @@ def test_progress_and_cancel_at_the_next_step(models, tmp_path, pose_video):
         ({"video_url": "NOT_A_VIDEO"}, ("video_url",), "video_decode_error"),
         ({"first_frame_url": "NOT_AN_IMAGE"}, ("first_frame_url",), "image_load_error"),
         ({"ref_image_urls": ["AN_IMAGE", "NOT_AN_IMAGE"]}, ("ref_image_urls", 1), "image_load_error"),
-        ({"preprocess": True}, ("preprocess",), "not_supported"),
+        ({"preprocess": True, "annotator": "midas"}, ("annotator",), "value_error"),
     ],
 )
 def test_bad_media_gives_a_clear_input_error(models, tmp_path, pose_video, fields, loc, kind):
@@ -224,3 +224,21 @@ def test_auto_downsample_picks_the_smallest_factor_that_fits(models, tmp_path, p
     assert (out.video.num_frames, out.video.fps) == (97, 16)
     assert any("f=1" in line for line in log)
     assert any("generating 49 frames" in line for line in log)
+
+
+@pytest.mark.parametrize(
+    "model,task,annotator",
+    [("wan-vace-14b", "pose", None), ("wan-22-vace-fun-a14b", "depth", "depth_anything_v2")],
+)
+def test_preprocess_turns_the_input_into_the_control_video(models, tmp_path, model, task, annotator):
+    rgb = tmp_path / "rgb.mp4"
+    gradient = np.linspace(0, 255, 416, dtype=np.uint8)[None, :, None].repeat(240, 0).repeat(3, 2)
+    encode_video([np.roll(gradient, 8 * i, axis=1) for i in range(17)], rgb, 16)
+    log: list[str] = []
+    out = run_job(
+        models, tmp_path, model, task, hooks=JobHooks(log=log.append), video_url=str(rgb), num_frames=17,
+        preprocess=True, annotator=annotator,
+    )
+    assert (out.video.num_frames, out.video.width, out.video.height) == (17, 416, 240)
+    expected = "DWPosePreprocessor" if task == "pose" else "DepthAnythingPreprocessor"
+    assert any(f"into {task} control ({expected})" in line for line in log)

@@ -1,0 +1,97 @@
+"""How the models sit on the device: memory mode, attention backend and compilation.
+
+The 14B transformers are ~28 GB each in bf16 (two of them for Wan2.2 A14B) next to an ~11 GB text encoder, so what
+fits depends on the card. The memory modes, all built from diffusers' own mechanisms:
+
+* ``full``: every module on the device in the compute dtype. Fastest; needs ~50 GB (14B) or ~80 GB (A14B).
+* ``fp8``: transformer weights stored in float8 (e4m3) and cast to the compute dtype layer by layer
+  (``enable_layerwise_casting``): half the transformer memory for a small accuracy cost.
+* ``group_offload``: transformer and text encoder live in CPU memory and each layer is copied to the GPU just before
+  it runs, on a side CUDA stream so copies overlap compute (``apply_group_offloading``, leaf level). Only the
+  running layers (so only the active expert of a two-expert model) occupy the GPU: fits 24 GB cards.
+* ``model_offload``: whole components move to the GPU when used (``enable_model_cpu_offload``): fits when the
+  largest single component does, slower than full, simpler than group offload.
+
+``auto`` picks by free device memory (CPU runs are always ``full``). VAE tiling decodes large frames in overlapping
+tiles; it is switched on for the offload and fp8 modes, where memory is short and 720p decoding would peak highest.
+Attention: on CUDA the fastest installed backend (FlashAttention 3, FlashAttention 2, SageAttention, else cuDNN
+SDPA) through diffusers' ``set_attention_backend``; PyTorch SDPA elsewhere.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass
+
+import torch
+from diffusers.hooks import apply_group_offloading
+
+log = logging.getLogger(__name__)
+
+MEMORY_MODES = ("auto", "full", "fp8", "group_offload", "model_offload")
+GIB = 1024**3
+# Free device memory needed for each mode without offloading, for the largest model (A14B, two experts).
+FULL_MIN_FREE = 75 * GIB
+FP8_MIN_FREE = 40 * GIB
+# (diffusers backend name, module that provides it), fastest first.
+CUDA_ATTENTION = (("_flash_3", "flash_attn_interface"), ("flash", "flash_attn"), ("sage", "sageattention"))
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Server-wide settings for placing models; every field has a working automatic default."""
+
+    memory_mode: str = "auto"
+    attention: str = "auto"
+    compile: bool = False
+    vae_tiling: bool | None = None  # None: on for the memory-saving modes
+    annotators: tuple[tuple[str, str], ...] = (("pose", "dwpose"), ("depth", "midas"))  # task -> default annotator
+
+    def __post_init__(self) -> None:
+        if self.memory_mode not in MEMORY_MODES:
+            raise ValueError(f"memory_mode must be one of {MEMORY_MODES}, got {self.memory_mode!r}")
+
+
+def resolve_memory_mode(requested: str, device: torch.device) -> str:
+    """The concrete memory mode for ``device``: ``auto`` looks at the free memory."""
+    if requested != "auto":
+        return requested
+    if device.type != "cuda":
+        return "full"
+    free, _total = torch.cuda.mem_get_info(device)
+    mode = "full" if free >= FULL_MIN_FREE else "fp8" if free >= FP8_MIN_FREE else "group_offload"
+    log.info("memory mode auto: %.1f GiB free on %s -> %s", free / GIB, device, mode)
+    return mode
+
+
+def resolve_attention(requested: str, device: torch.device) -> str:
+    """The attention backend name for diffusers: the fastest installed one on CUDA, PyTorch SDPA elsewhere."""
+    if requested != "auto":
+        return requested
+    if device.type != "cuda":
+        return "native"
+    for name, module in CUDA_ATTENTION:
+        if importlib.util.find_spec(module) is not None:
+            return name
+    return "_native_cudnn"
+
+
+def place_module(module: torch.nn.Module, mode: str, device: torch.device, compute_dtype: torch.dtype, *, fp8: bool) -> torch.nn.Module:
+    """Put one large module (a transformer or the text encoder) on ``device`` the way ``mode`` says.
+
+    ``fp8`` marks modules that support float8 storage (diffusers models); others stay in the compute dtype.
+    ``model_offload`` leaves the module on the CPU: the pipeline's offload hooks move it when used.
+    """
+    if mode == "fp8" and fp8:
+        module.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=compute_dtype)
+        return module.to(device)
+    if mode == "group_offload":
+        apply_group_offloading(
+            module, onload_device=device, offload_device=torch.device("cpu"), offload_type="leaf_level",
+            use_stream=device.type == "cuda",
+        )
+        return module
+    if mode == "model_offload":
+        return module
+    return module.to(device)
