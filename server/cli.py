@@ -1,4 +1,4 @@
-"""The ``vace`` command line: weights, local generation and the demo.
+"""The ``vace`` command line: weights, local generation and preprocessing, the demo and the server.
 
 ``vace generate`` runs the same ``generate()`` as the server, in-process, with a progress bar; every field of the
 fal schema is a flag named after it (``--num_frames 33`` or ``--num-frames 33``).
@@ -19,7 +19,11 @@ from pydantic import ValidationError
 
 from pipelines.errors import InputError, JobCancelled
 from pipelines.registry import MODELS, TASKS
+from weights.manifest import DEFAULT_DOWNLOAD, ENTRIES
+from pipelines.runtime import MEMORY_MODES, RuntimeConfig
 from pipelines.schema import VaceInput
+from preprocessors import ANNOTATORS, DEFAULT_ANNOTATORS
+from server.config import DEFAULT_DATA_DIR
 
 DEFAULT_WEIGHTS_DIR = Path(os.environ.get("VACE_WEIGHTS_DIR", Path.home() / ".cache" / "vace" / "weights"))
 DEFAULT_MODEL_FOR_TASK = {"pose": "wan-vace-14b", "depth": "wan-22-vace-fun-a14b"}
@@ -49,6 +53,32 @@ def _add_field_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(*flags, dest=name, nargs="+", help=help_text)
         else:
             parser.add_argument(*flags, dest=name, help=help_text)
+
+
+def _add_runtime_flags(parser: argparse.ArgumentParser) -> None:
+    """How models sit on the device; each flag has an environment variable for container setups."""
+    env = os.environ.get
+    parser.add_argument("--memory-mode", choices=MEMORY_MODES, default=env("VACE_MEMORY_MODE", "auto"),
+                        help="full | fp8 | group_offload | model_offload; auto picks by free VRAM (env VACE_MEMORY_MODE)")
+    parser.add_argument("--attention", default=env("VACE_ATTENTION", "auto"),
+                        help="diffusers attention backend; auto picks the fastest installed (env VACE_ATTENTION)")
+    parser.add_argument("--compile", action="store_true", default=env("VACE_COMPILE", "") == "1",
+                        help="torch.compile the repeated transformer blocks on CUDA (env VACE_COMPILE=1)")
+    parser.add_argument("--pose-annotator", choices=sorted(ANNOTATORS["pose"]),
+                        default=env("VACE_POSE_ANNOTATOR", DEFAULT_ANNOTATORS["pose"]),
+                        help="default pose annotator for preprocess=true (env VACE_POSE_ANNOTATOR)")
+    parser.add_argument("--depth-annotator", choices=sorted(ANNOTATORS["depth"]),
+                        default=env("VACE_DEPTH_ANNOTATOR", DEFAULT_ANNOTATORS["depth"]),
+                        help="default depth annotator for preprocess=true (env VACE_DEPTH_ANNOTATOR)")
+
+
+def _runtime(args: argparse.Namespace) -> RuntimeConfig:
+    return RuntimeConfig(
+        memory_mode=args.memory_mode,
+        attention=args.attention,
+        compile=args.compile,
+        annotators=(("pose", args.pose_annotator), ("depth", args.depth_annotator)),
+    )
 
 
 def _print_input_error(detail: list[dict]) -> None:
@@ -87,7 +117,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         return target.as_uri()
 
     hooks = JobHooks(log=(lambda m: None) if args.quiet else (lambda m: bar.write(m)), step=on_step)
-    models = ModelManager(Path(args.weights_dir))
+    models = ModelManager(Path(args.weights_dir), runtime=_runtime(args))
     try:
         with tempfile.TemporaryDirectory(prefix="vace-job-") as workdir:
             result = generate(
@@ -103,6 +133,31 @@ def cmd_generate(args: argparse.Namespace) -> int:
         return 1
     bar.close()
     print(result.model_dump_json(indent=2, exclude_none=True))
+    return 0
+
+
+def cmd_preprocess(args: argparse.Namespace) -> int:
+    """Write the control video only: decode, annotate and encode stream frame batches end to end."""
+    from pipelines.encode import encode_video
+    from pipelines.fetch import fetch_to_file
+    from pipelines.loading import ModelManager
+    from pipelines.video_io import iter_frames, probe_video
+
+    models = ModelManager(Path(args.weights_dir), runtime=_runtime(args))
+    try:
+        with tempfile.TemporaryDirectory(prefix="vace-preprocess-") as workdir:
+            video = fetch_to_file(args.video, "video_url", Path(workdir))
+            info = probe_video(video)
+            preprocessor = models.preprocessor(args.task, args.annotator)
+            encoded = encode_video(preprocessor.process(iter_frames(video)), Path(args.output), info.fps, quality="maximum")
+    except InputError as exc:
+        _print_input_error(exc.detail())
+        return 2
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.task} control video: {encoded.path} ({encoded.width}x{encoded.height}, "
+          f"{encoded.num_frames} frames at {encoded.fps:g} fps)")
     return 0
 
 
@@ -132,6 +187,49 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _api_keys(args: argparse.Namespace) -> frozenset[str]:
+    """Keys from ``--api-key``, ``--api-keys-file`` (one per line, # comments) and ``VACE_API_KEYS`` (comma-separated)."""
+    keys = set(args.api_key or [])
+    keys.update(k.strip() for k in os.environ.get("VACE_API_KEYS", "").split(","))
+    if args.api_keys_file:
+        lines = Path(args.api_keys_file).read_text().splitlines()
+        keys.update(line.split("#", 1)[0].strip() for line in lines)
+    return frozenset(k for k in keys if k)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from server.app import serve
+    from server.config import ServerConfig, is_loopback
+    from server.jobs import StoreLockedError
+
+    keys = _api_keys(args)
+    if not keys and not is_loopback(args.host) and not args.insecure_no_auth:
+        print(
+            f"error: {args.host} is reachable from other machines and no API key is set; pass --api-key KEY "
+            "(or VACE_API_KEYS), or --insecure-no-auth to serve without auth anyway",
+            file=sys.stderr,
+        )
+        return 2
+    config = ServerConfig(
+        weights_dir=Path(args.weights_dir),
+        data_dir=Path(args.data_dir),
+        host=args.host,
+        port=args.port,
+        tls=args.tls,
+        public_url=args.public_url,
+        api_keys=keys,
+        devices=tuple(args.devices or ()),
+        max_models=args.max_models,
+        runtime=_runtime(args),
+    )
+    try:
+        serve(config, log_level="debug" if args.verbose else "info", access_log=args.verbose or args.access_log)
+    except StoreLockedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vace", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
@@ -142,7 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = wsub.add_parser("tiny", help="write tiny random-weight models in the real layout")
     tiny.add_argument("dir")
     download = wsub.add_parser("download", help="download real weights from the Hugging Face hub")
-    download.add_argument("--models", nargs="+", default=list(DEFAULT_MODEL_FOR_TASK.values()), choices=list(MODELS))
+    download.add_argument("--models", nargs="+", default=list(DEFAULT_DOWNLOAD), choices=list(ENTRIES),
+                          help=f"default: {' '.join(DEFAULT_DOWNLOAD)}")
     download.add_argument("--dir", default=str(DEFAULT_WEIGHTS_DIR))
     check = wsub.add_parser("check", help="say which weights are present, missing or corrupt")
     check.add_argument("dir", nargs="?", default=str(DEFAULT_WEIGHTS_DIR))
@@ -155,8 +254,34 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--weights-dir", default=str(DEFAULT_WEIGHTS_DIR))
     gen.add_argument("-o", "--output", required=True, help="output .mp4 path")
     gen.add_argument("-q", "--quiet", action="store_true", help="no progress bar or logs")
+    _add_runtime_flags(gen)
     _add_field_flags(gen)
     gen.set_defaults(func=cmd_generate)
+
+    pre = sub.add_parser("preprocess", help="write the pose or depth control video of a video")
+    pre.add_argument("task", choices=TASKS)
+    pre.add_argument("--video", required=True, help="input video: path, http(s) URL or data URI")
+    pre.add_argument("--annotator", help="pose: dwpose | openpose; depth: midas | depth_anything_v2")
+    pre.add_argument("--weights-dir", default=str(DEFAULT_WEIGHTS_DIR))
+    pre.add_argument("-o", "--output", required=True, help="output .mp4 path")
+    _add_runtime_flags(pre)
+    pre.set_defaults(func=cmd_preprocess)
+
+    srv = sub.add_parser("serve", help="run the fal-compatible HTTP server")
+    srv.add_argument("--weights-dir", default=str(DEFAULT_WEIGHTS_DIR))
+    srv.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--tls", action="store_true", help="https with a self-signed certificate made on first start")
+    srv.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="job store, files and certificate")
+    srv.add_argument("--public-url", help="base URL for the URLs the server hands out (behind a proxy)")
+    srv.add_argument("--api-key", action="append", help="accepted 'Authorization: Key ...' value (repeatable)")
+    srv.add_argument("--api-keys-file", help="file with one API key per line")
+    srv.add_argument("--insecure-no-auth", action="store_true", help="allow a non-loopback --host without keys")
+    srv.add_argument("--devices", nargs="+", help="one worker per device, e.g. cuda:0 cuda:1 (default: all GPUs or cpu)")
+    srv.add_argument("--max-models", type=int, default=2, help="models kept loaded per device")
+    srv.add_argument("--access-log", action="store_true", help="log every HTTP request")
+    _add_runtime_flags(srv)
+    srv.set_defaults(func=cmd_serve)
 
     demo = sub.add_parser("demo", help="build tiny weights and run one pose and one depth job")
     demo.add_argument("--weights-dir", default="tiny-weights")

@@ -65,3 +65,16 @@ def test_weights_check_passes_on_a_complete_dir_and_fails_on_a_broken_one(tiny_w
     capsys.readouterr()
     assert main(["weights", "check", str(broken)]) == 1
     assert "corrupt" in capsys.readouterr().out
+
+
+def test_preprocess_writes_a_control_video_of_the_same_shape(tiny_weights, pose_video, tmp_path, capsys):
+    out = tmp_path / "control.mp4"
+    code = main([
+        "preprocess", "depth", "--annotator", "depth_anything_v2", "--weights-dir", str(tiny_weights),
+        "--video", str(pose_video), "-o", str(out),
+    ])
+    assert code == 0, capsys.readouterr().err
+    source, control = probe_video(pose_video), probe_video(out)
+    assert (control.num_frames, control.width, control.height) == (source.num_frames, source.width, source.height)
+    assert control.fps == source.fps
+    assert "depth control video" in capsys.readouterr().out

@@ -1,0 +1,160 @@
+"""The FastAPI app of ``vace serve``: wiring of store, files, workers, webhooks, auth and metrics, the service
+routes (``/health``, ``/ready``, ``/metrics``, ``/``) and fal-shaped error bodies; ``serve()`` runs it in uvicorn.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from urllib.parse import urlsplit
+
+import torch
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from pipelines.errors import InputError
+from pipelines.fetch import register_local_resolver
+from pipelines.loading import ModelManager
+from pipelines.registry import APPS, TASKS
+
+from .auth import Auth, load_secret
+from .config import ServerConfig
+from .events import Changes
+from .files import FileStore
+from .jobs import SqliteJobStore
+from .metrics import CONTENT_TYPE, Metrics
+from .protocol import validation_detail
+from .routes import fal_router
+from .tls import certificate_names, client_hostport, ensure_certificate, fal_client_env
+from .uploads import storage_router
+from .webhooks import Webhooks
+from .worker import WorkerPool
+
+log = logging.getLogger(__name__)
+
+
+def resolve_devices(names: tuple[str, ...]) -> list[torch.device]:
+    """The devices to run workers on: as configured, else every CUDA device, else the CPU."""
+    if names:
+        return [torch.device(n) for n in names]
+    if torch.cuda.is_available():
+        return [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
+    return [torch.device("cpu")]
+
+
+def create_app(config: ServerConfig) -> FastAPI:
+    """The app; opening it takes the data directory (one server per directory), starting it starts the workers."""
+    store = SqliteJobStore(config.jobs_db)
+    files = FileStore(config.files_dir, config.uploads_dir, config.max_upload_bytes)
+    register_local_resolver(files.local_path)
+    changes = Changes()
+    devices = resolve_devices(config.devices)
+    metrics = Metrics(store, devices)
+    webhooks = Webhooks(store, attempts=config.webhook_attempts, backoff_s=config.webhook_backoff_s,
+                        timeout_s=config.webhook_timeout_s)
+    managers = [
+        ModelManager(config.weights_dir, device=d, max_models=config.max_models, runtime=config.runtime)
+        for d in devices
+    ]
+    pool = WorkerPool(store=store, files=files, changes=changes, metrics=metrics, managers=managers,
+                      work_dir=config.work_dir, on_finished=webhooks.schedule)
+    auth = Auth(config.api_keys, load_secret(config.data_dir / "secret"))
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        for job_id in store.recover(config.max_attempts):
+            log.warning("job %s was running when the server stopped: %s", job_id, store.logs(job_id)[-1].message)
+        await webhooks.start()
+        pool.start()
+        try:
+            yield
+        finally:
+            await run_in_threadpool(pool.stop)
+            await webhooks.stop()
+            store.close()
+
+    app = FastAPI(
+        title="vace-server",
+        version="0.1.0",
+        summary="Self-hosted, fal-compatible Wan VACE pose and depth video-to-video",
+        description="fal's HTTP protocol for " + ", ".join(f"`{a}/{{{'|'.join(TASKS)}}}`" for a in APPS)
+        + ". Authenticate with `Authorization: Key <key>` when the server has API keys.",
+        lifespan=lifespan,
+    )
+    app.include_router(fal_router(store=store, pool=pool, changes=changes, auth=auth, public_url=config.public_url,
+                                  on_finished=webhooks.schedule))
+    app.include_router(storage_router(files=files, auth=auth, public_url=config.public_url))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": validation_detail(exc.errors())}, status_code=422)
+
+    @app.exception_handler(InputError)
+    async def input_error(_request: Request, exc: InputError) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail()}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail
+        if exc.status_code == 404 and detail == "Not Found":
+            endpoints = ", ".join(f"{a}/{t}" for a in APPS for t in TASKS)
+            detail = f"No route {request.method} {request.url.path}; endpoints: {endpoints}"
+        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.get("/health", tags=["service"], summary="Liveness")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready", tags=["service"], summary="Per endpoint: are its weights present, is its model loaded")
+    def ready() -> JSONResponse:
+        loaded = pool.loaded_models()
+        endpoints = {
+            app_id: {"model": model, "tasks": list(TASKS), "weights_present": pool.has_weights(model),
+                     "loaded": model in loaded}
+            for app_id, model in APPS.items()
+        }
+        any_ready = any(e["weights_present"] for e in endpoints.values())
+        body = {"ready": any_ready, "endpoints": endpoints, "devices": [m.describe() for m in managers]}
+        return JSONResponse(body, status_code=200 if any_ready else 503)
+
+    @app.get("/metrics", tags=["service"], summary="Prometheus metrics")
+    def prometheus() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def index() -> str:
+        items = "".join(f"<li><code>POST /{html.escape(a)}/{t}</code></li>" for a in APPS for t in TASKS)
+        return (
+            "<!doctype html><title>vace-server</title><h1>vace-server</h1>"
+            f"<p>fal-compatible endpoints:</p><ul>{items}</ul>"
+            '<p>Queue: <code>POST /queue/&lt;app&gt;/&lt;task&gt;</code>. '
+            '<a href="/docs">API docs</a> · <a href="/openapi.json">OpenAPI</a> · <a href="/ready">readiness</a></p>'
+        )
+
+    return app
+
+
+def serve(config: ServerConfig, *, log_level: str = "info", access_log: bool = False) -> None:
+    """Run the server in the foreground until interrupted; print how to point the fal clients at it."""
+    ssl: dict[str, str] = {}
+    hostport = client_hostport(config.host, config.port)
+    if config.tls:
+        public_host = urlsplit(config.public_url).hostname if config.public_url else None
+        cert, key = ensure_certificate(config.tls_dir, certificate_names(config.host, public_host))
+        ssl = {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
+        how = "fal-client environment:\n" + "\n".join(
+            f"  export {line}" for line in fal_client_env(hostport, cert, bool(config.api_keys)))
+    else:
+        how = f'fal-client: from server.falclient import use_server; use_server("http://{hostport}")'
+    app = create_app(config)
+    scheme = "https" if config.tls else "http"
+    print(f"vace server on {scheme}://{hostport} (data: {config.data_dir}; auth {'on' if config.api_keys else 'off'})"
+          f"\n{how}", flush=True)
+    uvicorn.run(app, host=config.host, port=config.port, log_level=log_level, access_log=access_log,
+                timeout_graceful_shutdown=5, **ssl)  # type: ignore[arg-type]

@@ -1,0 +1,346 @@
+"""The job store: every request the server accepted, its state, logs and outcome.
+
+SQLite is the embedded default: jobs survive a restart, and a job that was running when the process died is
+re-queued (at the front, in its old place) until it has had ``max_attempts`` runs, then failed with a reason.
+Everything else in the server talks to the :class:`JobStore` protocol only, so a shared multi-node store can
+replace this one later. One process owns a database file at a time (an exclusive lock file enforces it), because
+recovery treats every running job as orphaned.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+Status = Literal["IN_QUEUE", "IN_PROGRESS", "COMPLETED"]
+Outcome = Literal["ok", "error", "cancelled"]
+WebhookState = Literal["pending", "delivered", "failed"]
+STATES = ("queued", "running", "completed", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a job did not produce output: the HTTP status and body its result request answers with."""
+
+    status_code: int
+    body: dict[str, Any]
+    message: str
+    type: str
+
+
+CANCELLED = Failure(400, {"detail": "Request was cancelled"}, "Request was cancelled", "request_cancelled")
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    seq: int
+    app: str
+    task: str
+    model: str
+    input: dict[str, Any]
+    base_url: str
+    webhook_url: str | None
+    status: Status
+    outcome: Outcome | None
+    attempts: int
+    cancel_requested: bool
+    result: dict[str, Any] | None
+    failure: Failure | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+
+    @property
+    def state(self) -> str:
+        """One of :data:`STATES`, for metrics and logs."""
+        if self.status == "IN_QUEUE":
+            return "queued"
+        if self.status == "IN_PROGRESS":
+            return "running"
+        return {"ok": "completed", "error": "failed", "cancelled": "cancelled"}[self.outcome or "error"]
+
+
+@dataclass(frozen=True)
+class LogLine:
+    message: str
+    level: str
+    timestamp: float
+
+
+class JobStore(Protocol):
+    """What the server needs from a job store."""
+
+    def add(self, *, app: str, task: str, model: str, input: dict[str, Any], base_url: str,
+            webhook_url: str | None) -> Job: ...
+    def get(self, job_id: str) -> Job | None: ...
+    def queue_position(self, job: Job) -> int: ...
+    def claim(self) -> Job | None: ...
+    def finish(self, job_id: str, *, result: dict[str, Any] | None = None, failure: Failure | None = None,
+               cancelled: bool = False) -> None: ...
+    def requeue(self, job_id: str, reason: str) -> None: ...
+    def request_cancel(self, job_id: str) -> Job | None: ...
+    def cancel_requested(self, job_id: str) -> bool: ...
+    def log(self, job_id: str, message: str, level: str = "INFO") -> None: ...
+    def logs(self, job_id: str) -> list[LogLine]: ...
+    def counts(self) -> dict[str, int]: ...
+    def recover(self, max_attempts: int) -> list[str]: ...
+    def pending_webhooks(self) -> list[Job]: ...
+    def set_webhook_state(self, job_id: str, state: WebhookState) -> None: ...
+    def close(self) -> None: ...
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT UNIQUE NOT NULL,
+    app TEXT NOT NULL,
+    task TEXT NOT NULL,
+    model TEXT NOT NULL,
+    input TEXT NOT NULL,
+    base_url TEXT NOT NULL,
+    webhook_url TEXT,
+    webhook_state TEXT,
+    status TEXT NOT NULL,
+    outcome TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    result TEXT,
+    failure TEXT,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, seq);
+CREATE TABLE IF NOT EXISTS logs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL,
+    timestamp REAL NOT NULL,
+    level TEXT NOT NULL,
+    message TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS logs_job ON logs (job_id, seq);
+"""
+
+
+class StoreLockedError(RuntimeError):
+    """Another server process already owns this database."""
+
+
+class SqliteJobStore:
+    """:class:`JobStore` in one SQLite file (WAL mode: readers never wait for the worker's writes)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock_file = open(path.with_name(path.name + ".lock"), "w")  # noqa: SIM115 - held for our lifetime
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.close()
+            raise StoreLockedError(f"{path} is in use by another vace server (one server per data directory)")
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")  # durable across a process crash, which is what we need
+        self._db.executescript(_SCHEMA)
+        self._mutex = threading.Lock()
+
+    def close(self) -> None:
+        with self._mutex:
+            self._db.close()
+            self._lock_file.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._mutex:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        with self._mutex:
+            return self._db.execute(sql, args).fetchall()
+
+    def add(self, *, app: str, task: str, model: str, input: dict[str, Any], base_url: str,
+            webhook_url: str | None) -> Job:
+        job_id = str(uuid.uuid4())
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO jobs (id, app, task, model, input, base_url, webhook_url, status, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, 'IN_QUEUE', ?)",
+                (job_id, app, task, model, json.dumps(input), base_url, webhook_url, time.time()),
+            )
+        job = self.get(job_id)
+        assert job is not None
+        return job
+
+    def get(self, job_id: str) -> Job | None:
+        rows = self._query("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        return _job(rows[0]) if rows else None
+
+    def queue_position(self, job: Job) -> int:
+        """How many queued jobs run before ``job`` (0: it is next)."""
+        rows = self._query("SELECT COUNT(*) FROM jobs WHERE status = 'IN_QUEUE' AND seq < ?", (job.seq,))
+        return int(rows[0][0])
+
+    def claim(self) -> Job | None:
+        """Take the oldest queued job and mark it running (one more attempt)."""
+        with self._tx() as db:
+            row = db.execute("SELECT id FROM jobs WHERE status = 'IN_QUEUE' ORDER BY seq LIMIT 1").fetchone()
+            if row is None:
+                return None
+            db.execute(
+                "UPDATE jobs SET status = 'IN_PROGRESS', attempts = attempts + 1, started_at = ? WHERE id = ?",
+                (time.time(), row["id"]),
+            )
+        return self.get(row["id"])
+
+    def finish(self, job_id: str, *, result: dict[str, Any] | None = None, failure: Failure | None = None,
+               cancelled: bool = False) -> None:
+        """Record a job's end: ``result`` on success, else ``failure`` (``cancelled`` marks a user's cancel)."""
+        with self._tx() as db:
+            _complete(db, job_id, result=result, failure=CANCELLED if cancelled else failure, cancelled=cancelled)
+
+    def requeue(self, job_id: str, reason: str) -> None:
+        """Give a running job back to the queue, in its old place, without counting the interrupted run."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE jobs SET status = 'IN_QUEUE', attempts = MAX(attempts - 1, 0), started_at = NULL"
+                " WHERE id = ? AND status = 'IN_PROGRESS'",
+                (job_id,),
+            )
+            _insert_log(db, job_id, reason, "WARNING")
+
+    def request_cancel(self, job_id: str) -> Job | None:
+        """Cancel a job: a queued one ends now and never runs; a running one is flagged for its worker.
+
+        Returns the job as it was before the call, or None if it does not exist.
+        """
+        job = self.get(job_id)
+        if job is None or job.status == "COMPLETED":
+            return job
+        with self._tx() as db:
+            status = db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()["status"]
+            if status == "COMPLETED":  # it ended between the two reads
+                return job
+            db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
+            _insert_log(db, job_id, "cancellation requested", "WARNING")
+            if status == "IN_QUEUE":
+                _complete(db, job_id, failure=CANCELLED, cancelled=True)
+        return job
+
+    def cancel_requested(self, job_id: str) -> bool:
+        rows = self._query("SELECT cancel_requested FROM jobs WHERE id = ?", (job_id,))
+        return bool(rows and rows[0][0])
+
+    def log(self, job_id: str, message: str, level: str = "INFO") -> None:
+        with self._tx() as db:
+            _insert_log(db, job_id, message, level)
+
+    def logs(self, job_id: str) -> list[LogLine]:
+        rows = self._query("SELECT message, level, timestamp FROM logs WHERE job_id = ? ORDER BY seq", (job_id,))
+        return [LogLine(r["message"], r["level"], r["timestamp"]) for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        """Jobs per state (every state present, zero included)."""
+        counts = dict.fromkeys(STATES, 0)
+        rows = self._query("SELECT status, outcome, COUNT(*) AS n FROM jobs GROUP BY status, outcome")
+        for r in rows:
+            if r["status"] == "IN_QUEUE":
+                counts["queued"] += r["n"]
+            elif r["status"] == "IN_PROGRESS":
+                counts["running"] += r["n"]
+            else:
+                counts[{"ok": "completed", "cancelled": "cancelled"}.get(r["outcome"], "failed")] += r["n"]
+        return counts
+
+    def recover(self, max_attempts: int) -> list[str]:
+        """After a crash: re-queue the jobs that were running, or fail those that already had ``max_attempts``.
+
+        Returns the ids of the jobs it touched.
+        """
+        touched = []
+        with self._tx() as db:
+            for row in db.execute("SELECT id, attempts FROM jobs WHERE status = 'IN_PROGRESS'").fetchall():
+                job_id, attempts = row["id"], row["attempts"]
+                touched.append(job_id)
+                if attempts < max_attempts:
+                    db.execute("UPDATE jobs SET status = 'IN_QUEUE', started_at = NULL WHERE id = ?", (job_id,))
+                    _insert_log(
+                        db, job_id,
+                        f"the server stopped while this job was running (run {attempts} of at most {max_attempts});"
+                        " re-queued", "WARNING",
+                    )
+                    continue
+                reason = (
+                    f"the server stopped while this job was running, {attempts} times; it is not retried again"
+                )
+                _complete(db, job_id, failure=Failure(500, {"detail": reason}, reason, "server_interrupted"))
+                _insert_log(db, job_id, reason, "ERROR")
+        return touched
+
+    def pending_webhooks(self) -> list[Job]:
+        rows = self._query("SELECT * FROM jobs WHERE webhook_state = 'pending' ORDER BY seq")
+        return [_job(r) for r in rows]
+
+    def set_webhook_state(self, job_id: str, state: WebhookState) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE jobs SET webhook_state = ? WHERE id = ?", (state, job_id))
+
+
+def _complete(db: sqlite3.Connection, job_id: str, *, result: dict[str, Any] | None = None,
+              failure: Failure | None = None, cancelled: bool = False) -> None:
+    """Mark a job COMPLETED; its webhook (if any) becomes due."""
+    outcome: Outcome = "cancelled" if cancelled else ("ok" if failure is None else "error")
+    db.execute(
+        "UPDATE jobs SET status = 'COMPLETED', outcome = ?, result = ?, failure = ?, finished_at = ?,"
+        " webhook_state = CASE WHEN webhook_url IS NULL THEN NULL ELSE 'pending' END WHERE id = ?",
+        (outcome, _dumps(result), _dumps(failure.__dict__ if failure else None), time.time(), job_id),
+    )
+
+
+def _insert_log(db: sqlite3.Connection, job_id: str, message: str, level: str) -> None:
+    db.execute(
+        "INSERT INTO logs (job_id, timestamp, level, message) VALUES (?, ?, ?, ?)",
+        (job_id, time.time(), level, message),
+    )
+
+
+def _dumps(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)
+
+
+def _job(row: sqlite3.Row) -> Job:
+    failure = json.loads(row["failure"]) if row["failure"] else None
+    return Job(
+        id=row["id"],
+        seq=row["seq"],
+        app=row["app"],
+        task=row["task"],
+        model=row["model"],
+        input=json.loads(row["input"]),
+        base_url=row["base_url"],
+        webhook_url=row["webhook_url"],
+        status=row["status"],
+        outcome=row["outcome"],
+        attempts=row["attempts"],
+        cancel_requested=bool(row["cancel_requested"]),
+        result=json.loads(row["result"]) if row["result"] else None,
+        failure=Failure(**failure) if failure else None,
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+    )

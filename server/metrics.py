@@ -1,0 +1,65 @@
+"""Prometheus metrics: queue depth and jobs by state (read from the store at scrape time, so they are right after
+a restart too), denoising step time and job duration (observed by the workers), and GPU memory on CUDA.
+
+Each app instance has its own registry, so several servers in one process (tests) do not collide.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .jobs import JobStore
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_STEP_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 40, 80)
+_JOB_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1200, 2400, 3600)
+
+
+class _StoreCollector(Collector):
+    def __init__(self, store: JobStore, devices: list[torch.device]) -> None:
+        self.store = store
+        self.cuda_devices = [d for d in devices if d.type == "cuda"]
+
+    def collect(self) -> Iterator[Metric]:
+        counts = self.store.counts()
+        depth = GaugeMetricFamily("vace_queue_depth", "Jobs waiting in the queue.")
+        depth.add_metric([], counts["queued"])
+        yield depth
+        jobs = GaugeMetricFamily("vace_jobs", "Jobs in the store by state.", labels=["state"])
+        for state, n in counts.items():
+            jobs.add_metric([state], n)
+        yield jobs
+        if self.cuda_devices:
+            allocated = GaugeMetricFamily("vace_gpu_memory_allocated_bytes", "Tensor memory in use.", labels=["device"])
+            reserved = GaugeMetricFamily("vace_gpu_memory_reserved_bytes", "Memory held by the caching allocator.",
+                                         labels=["device"])
+            peak = GaugeMetricFamily("vace_gpu_memory_peak_bytes", "Peak tensor memory since start.", labels=["device"])
+            for device in self.cuda_devices:
+                allocated.add_metric([str(device)], torch.cuda.memory_allocated(device))
+                reserved.add_metric([str(device)], torch.cuda.memory_reserved(device))
+                peak.add_metric([str(device)], torch.cuda.max_memory_allocated(device))
+            yield from (allocated, reserved, peak)
+
+
+class Metrics:
+    """The server's metrics; workers call ``step_seconds`` and ``job_seconds``."""
+
+    def __init__(self, store: JobStore, devices: list[torch.device]) -> None:
+        self.registry = CollectorRegistry()
+        self.step_seconds = Histogram(
+            "vace_step_seconds", "Seconds between consecutive denoising steps.", ["model", "device"],
+            buckets=_STEP_BUCKETS, registry=self.registry,
+        )
+        self.job_seconds = Histogram(
+            "vace_job_duration_seconds", "Seconds from a job's start on a worker to its end.",
+            ["app", "task", "outcome"], buckets=_JOB_BUCKETS, registry=self.registry,
+        )
+        self.registry.register(_StoreCollector(store, devices))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,104 @@
+"""The fal queue protocol's response bodies, as pydantic models (they document ``/openapi.json``) and builders.
+
+The shapes follow what the fal clients read: every status body carries ``logs`` (fal-client indexes it without a
+default), ``IN_QUEUE`` carries ``queue_position``, ``COMPLETED`` carries ``metrics`` and, for a failed job,
+``error`` and ``error_type``. All URLs are absolute, under the base URL the job was submitted on.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from .jobs import Job, LogLine
+
+
+class LogEntry(BaseModel):
+    message: str
+    level: str
+    source: str = "USER"
+    timestamp: str
+
+
+class QueueSubmitted(BaseModel):
+    """Answer to ``POST /queue/{app}/{task}``."""
+
+    status: Literal["IN_QUEUE"] = "IN_QUEUE"
+    request_id: str
+    response_url: str
+    status_url: str
+    cancel_url: str
+    queue_position: int
+
+
+class QueueStatus(BaseModel):
+    """Answer to ``GET /queue/{app}/requests/{id}/status`` and each event of its ``/stream``."""
+
+    status: Literal["IN_QUEUE", "IN_PROGRESS", "COMPLETED"]
+    request_id: str
+    response_url: str
+    status_url: str
+    cancel_url: str
+    logs: list[LogEntry]
+    queue_position: int | None = None
+    metrics: dict[str, float] | None = None
+    error: str | None = None
+    error_type: str | None = None
+
+
+class CancelResult(BaseModel):
+    status: Literal["CANCELLATION_REQUESTED", "ALREADY_COMPLETED"]
+
+
+class ErrorDetail(BaseModel):
+    """Every error body: a message, or for validation errors fal's list of ``{loc, msg, type, ctx?}``."""
+
+    detail: str | list[dict[str, Any]]
+
+
+def validation_detail(errors: Any) -> list[dict[str, Any]]:
+    """fal's 422 items from pydantic errors: ``loc``, ``msg``, ``type`` and ``ctx`` when present; the offending
+    input is not echoed (it can be a megabyte-long data URI)."""
+    detail = []
+    for error in errors:
+        item = {"loc": list(error["loc"]), "msg": error["msg"], "type": error["type"]}
+        if error.get("ctx"):
+            item["ctx"] = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in error["ctx"].items()}
+        detail.append(item)
+    return detail
+
+
+def job_urls(job: Job) -> dict[str, str]:
+    base = f"{job.base_url}/queue/{job.app}/requests/{job.id}"
+    return {"response_url": base, "status_url": f"{base}/status", "cancel_url": f"{base}/cancel"}
+
+
+def log_entries(lines: list[LogLine]) -> list[LogEntry]:
+    return [
+        LogEntry(
+            message=line.message,
+            level=line.level,
+            timestamp=datetime.fromtimestamp(line.timestamp, timezone.utc).isoformat(),
+        )
+        for line in lines
+    ]
+
+
+def submitted(job: Job, queue_position: int) -> QueueSubmitted:
+    return QueueSubmitted(request_id=job.id, queue_position=queue_position, **job_urls(job))
+
+
+def status(job: Job, logs: list[LogLine], queue_position: int | None) -> QueueStatus:
+    """The status body of ``job``; ``logs`` are the lines to include (all, only new ones, or none)."""
+    body = QueueStatus(status=job.status, request_id=job.id, logs=log_entries(logs), **job_urls(job))
+    if job.status == "IN_QUEUE":
+        body.queue_position = queue_position
+    elif job.status == "COMPLETED":
+        ran = job.started_at is not None and job.finished_at is not None
+        body.metrics = {"inference_time": job.finished_at - job.started_at} if ran else {}  # type: ignore[operator]
+        if job.failure is not None:
+            body.error = job.failure.message
+            body.error_type = job.failure.type
+    return body

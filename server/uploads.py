@@ -1,0 +1,149 @@
+"""Upload and file routes, in the shapes both fal clients use, plus ``GET /files/...``.
+
+- @fal-ai/client and fal-client's fallback: ``POST /storage/upload/initiate`` -> ``{upload_url, file_url}``, then a
+  raw ``PUT upload_url``; large files: ``/storage/upload/initiate-multipart``, ``PUT upload_url/<n>``,
+  ``POST upload_url/complete``.
+- fal-client's default: ``POST /storage/auth/token`` -> a Bearer token, then ``POST /files/upload`` with the bytes
+  and ``X-Fal-File-Name`` -> ``{access_url}``; large files: ``POST /files/upload/multipart``,
+  ``PUT <access_url>/multipart/<id>/<n>`` (ETag header) and ``POST <access_url>/multipart/<id>/complete``.
+
+The upload URLs carry a random id that authorizes the PUTs (the JS client sends them without credentials).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, JSONResponse
+from pydantic import BaseModel, Field
+
+from .auth import Auth
+from .files import FileStore, UploadTooLarge, content_type_of
+
+
+class InitiateUpload(BaseModel):
+    content_type: str = Field("application/octet-stream", description="MIME type of the file")
+    file_name: str | None = Field(None, description="Name the file URL ends with")
+
+
+class UploadUrls(BaseModel):
+    upload_url: str
+    file_url: str
+
+
+class Part(BaseModel):
+    partNumber: int = Field(ge=1)
+    etag: str | None = None
+
+
+class CompleteUpload(BaseModel):
+    parts: list[Part]
+
+
+def storage_router(*, files: FileStore, auth: Auth, public_url: str | None) -> APIRouter:
+    router = APIRouter(tags=["storage"])
+
+    def base_url(request: Request) -> str:
+        return (public_url or str(request.base_url)).rstrip("/")
+
+    def pending(upload_id: str, key: str | None = None) -> str:
+        found = files.pending_key(upload_id)
+        if found is None or (key is not None and found != key):
+            raise HTTPException(404, "unknown or finished upload")
+        return found
+
+    async def receive(key: str, request: Request) -> None:
+        try:
+            await files.receive(key, request.stream())
+        except UploadTooLarge as exc:
+            raise HTTPException(413, str(exc)) from None
+
+    async def receive_part(upload_id: str, part_number: int, request: Request) -> JSONResponse:
+        if not 1 <= part_number <= 10_000:
+            raise HTTPException(400, "part numbers run from 1 to 10000")
+        try:
+            etag = await files.receive_part(upload_id, part_number, request.stream())
+        except UploadTooLarge as exc:
+            raise HTTPException(413, str(exc)) from None
+        return JSONResponse({"partNumber": part_number, "etag": etag}, headers={"etag": etag})
+
+    async def complete(upload_id: str, body: CompleteUpload) -> str:
+        numbers = sorted(part.partNumber for part in body.parts)
+        try:
+            return await run_in_threadpool(files.complete_upload, upload_id, numbers)
+        except UploadTooLarge as exc:
+            raise HTTPException(413, str(exc)) from None
+        except ValueError as exc:
+            raise HTTPException(400, str(exc)) from None
+
+    def initiate(body: InitiateUpload, request: Request) -> UploadUrls:
+        key = files.new_key(body.file_name, body.content_type)
+        upload_id = files.start_upload(key)
+        base = base_url(request)
+        return UploadUrls(upload_url=f"{base}/storage/upload/{upload_id}", file_url=files.url(key, base))
+
+    keyed = [Depends(auth.require_key)]
+    router.add_api_route("/storage/upload/initiate", initiate, methods=["POST"], dependencies=keyed,
+                         response_model=UploadUrls, summary="Start an upload: PUT the bytes to upload_url")
+    router.add_api_route("/storage/upload/initiate-multipart", initiate, methods=["POST"], dependencies=keyed,
+                         response_model=UploadUrls, operation_id="initiate_multipart",
+                         summary="Start a multipart upload: PUT upload_url/<n> per part, then POST upload_url/complete")
+
+    @router.put("/storage/upload/{upload_id}", summary="The bytes of an upload started with /storage/upload/initiate")
+    async def put_upload(upload_id: str, request: Request) -> dict[str, str]:
+        key = pending(upload_id)
+        await receive(key, request)
+        files.end_upload(upload_id)
+        return {"file_url": files.url(key, base_url(request))}
+
+    @router.put("/storage/upload/{upload_id}/{part_number}", summary="One part of a multipart upload")
+    async def put_part(upload_id: str, part_number: int, request: Request) -> JSONResponse:
+        pending(upload_id)
+        return await receive_part(upload_id, part_number, request)
+
+    @router.post("/storage/upload/{upload_id}/complete", summary="Join the parts of a multipart upload")
+    async def complete_storage(upload_id: str, body: CompleteUpload, request: Request) -> dict[str, str]:
+        pending(upload_id)
+        return {"file_url": files.url(await complete(upload_id, body), base_url(request))}
+
+    @router.post("/storage/auth/token", dependencies=keyed, summary="A short-lived upload token (fal-client's CDN flow)")
+    def upload_token(request: Request) -> dict[str, str]:
+        return auth.issue_upload_token(base_url(request))
+
+    uploader = [Depends(auth.require_upload_token)]
+
+    @router.post("/files/upload", dependencies=uploader, summary="Upload a file in one request (X-Fal-File-Name)")
+    async def upload(request: Request) -> dict[str, str]:
+        content_type = request.headers.get("content-type", "application/octet-stream")
+        key = files.new_key(request.headers.get("x-fal-file-name"), content_type)
+        await receive(key, request)
+        return {"access_url": files.url(key, base_url(request))}
+
+    @router.post("/files/upload/multipart", dependencies=uploader, summary="Start a multipart upload (fal-client)")
+    def upload_multipart(request: Request) -> dict[str, Any]:
+        key = files.new_key(request.headers.get("x-fal-file-name"), request.headers.get("content-type"))
+        return {"access_url": files.url(key, base_url(request)), "uploadId": files.start_upload(key)}
+
+    @router.put("/files/{token}/{name}/multipart/{upload_id}/{part_number}", summary="One part (fal-client)")
+    async def put_file_part(token: str, name: str, upload_id: str, part_number: int, request: Request) -> JSONResponse:
+        pending(upload_id, f"{token}/{name}")
+        return await receive_part(upload_id, part_number, request)
+
+    @router.post("/files/{token}/{name}/multipart/{upload_id}/complete", summary="Join the parts (fal-client)")
+    async def complete_file(token: str, name: str, upload_id: str, body: CompleteUpload,
+                            request: Request) -> dict[str, str]:
+        pending(upload_id, f"{token}/{name}")
+        return {"access_url": files.url(await complete(upload_id, body), base_url(request))}
+
+    def get_file(token: str, name: str) -> FileResponse:
+        path = files.path(f"{token}/{name}")
+        if path is None:
+            raise HTTPException(404, "file not found")
+        return FileResponse(path, media_type=content_type_of(name))
+
+    router.add_api_route("/files/{token}/{name}", get_file, methods=["GET"], summary="A generated or uploaded file")
+    router.add_api_route("/files/{token}/{name}", get_file, methods=["HEAD"], include_in_schema=False)
+
+    return router

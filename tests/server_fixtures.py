@@ -1,0 +1,170 @@
+"""Fixtures and helpers shared by the server tests: tiny weights, control videos and live servers on loopback.
+
+Import the fixtures you use into a test module (``from server_fixtures import ...``); pytest puts ``tests/`` on
+``sys.path``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from server.app import create_app
+from server.config import ServerConfig
+from server.demo import write_sample
+from weights.tiny import build_tiny_weights
+
+REPO = Path(__file__).resolve().parents[1]
+# The smallest job the pipeline takes: 17 frames of the 416x240 sample, 2 steps, no step cache.
+SMALL_JOB = {"num_frames": 17, "num_inference_steps": 2, "acceleration": "none", "seed": 1}
+
+
+@pytest.fixture(scope="session")
+def server_weights(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's tiny weights: conftest's ``tiny_weights`` when it has one, so a full run builds them once."""
+    try:
+        return request.getfixturevalue("tiny_weights")
+    except pytest.FixtureLookupError:
+        return build_tiny_weights(tmp_path_factory.mktemp("weights"))
+
+
+@pytest.fixture(scope="session")
+def control_videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """17-frame, 416x240 pose and depth control videos."""
+    folder = tmp_path_factory.mktemp("control")
+    return {task: write_sample(task, folder / f"{task}.mp4", num_frames=17) for task in ("pose", "depth")}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.1) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail the test with ``what`` on timeout."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    pytest.fail(f"timed out after {timeout_s:g} s waiting for {what}")
+
+
+class ServeProcess:
+    """``vace serve`` as a child process (the real CLI), which a test can kill outright."""
+
+    def __init__(self, weights: Path, data_dir: Path, *, tls: bool = False, api_key: str | None = None,
+                 port: int | None = None) -> None:
+        self.weights, self.data_dir, self.tls, self.api_key = weights, data_dir, tls, api_key
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = data_dir.parent / f"{data_dir.name}-serve.log"
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    @property
+    def cert(self) -> Path:
+        return self.data_dir / "tls" / "cert.pem"
+
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        """What an httpx client needs to trust this server."""
+        return ssl.create_default_context(cafile=self.cert) if self.tls else True
+
+    def client(self) -> httpx.Client:
+        headers = {"authorization": f"Key {self.api_key}"} if self.api_key else {}
+        return httpx.Client(base_url=self.url, verify=self.verify, headers=headers, timeout=60)
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def start(self, timeout_s: float = 180) -> ServeProcess:
+        args = [sys.executable, "-m", "server.cli", "serve", "--weights-dir", str(self.weights),
+                "--data-dir", str(self.data_dir), "--port", str(self.port)]
+        if self.tls:
+            args.append("--tls")
+        if self.api_key:
+            args += ["--api-key", self.api_key]
+        # One intra-op thread: test machines share their few cores, and oversubscribed OpenMP threads spin-wait
+        # (a tiny job is ~3x slower with 2 threads than with 1 when other processes compete for the cores).
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+        env.pop("VACE_API_KEYS", None)
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                         start_new_session=True)
+
+        def healthy() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                pytest.fail(f"vace serve exited with {self.proc.returncode}:\n{self.output()[-3000:]}")
+            if self.tls and not self.cert.exists():
+                return False
+            try:
+                with self.client() as c:
+                    return c.get("/health").status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        try:
+            wait_until(healthy, timeout_s, "vace serve to answer /health", interval_s=0.25)
+        except BaseException:
+            self.kill()
+            raise
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL the server's whole process group (it and its ffmpeg children): a crash, no cleanup."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(30)
+
+    def stop(self) -> None:
+        """A graceful stop (SIGTERM), falling back to a kill."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+class ThreadServer:
+    """The app in uvicorn on a thread of the test process: a real HTTP server whose internals tests can reach."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.app = create_app(config)
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host=config.host, port=config.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, name="test-uvicorn", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.config.host}:{self.config.port}"
+
+    def __enter__(self) -> ThreadServer:
+        self.thread.start()
+        wait_until(lambda: self.server.started, 120, "the in-process server to start")
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(60)
