@@ -1,9 +1,10 @@
 """``generate()``: one job from a validated request to the fal output, shared by the CLI, the sync route and the
 queue worker.
 
-Read top to bottom, it is the whole job: fetch the media, plan frames and size, build the VACE conditioning, run
-the diffusers ``WanVACEPipeline`` with the requested sampler, seed and guidance (reporting every step and stopping
-at the next step once cancelled), encode with ffmpeg and publish the files. Where a file ends up (a path for the
+Read top to bottom, it is the whole job: fetch the media, plan frames, size and temporal downsampling, turn the
+input into a control video when asked (pose/depth annotators), build the VACE conditioning, run the diffusers
+``WanVACEPipeline`` with the requested sampler, seed, guidance and step cache (reporting every step and stopping at
+the next step once cancelled), interpolate, encode with ffmpeg and publish the files. Where a file ends up (a path for the
 CLI, a served URL or a data URI for the server) is the caller's ``publish`` function.
 """
 
@@ -31,10 +32,10 @@ from .frame_plan import plan_frames
 from .loading import ModelManager
 from .registry import Task
 from .samplers import make_scheduler
-from .temporal import plan_temporal
-from .step_cache import THRESHOLDS, StepCacheController, step_cache
 from .schema import File, VaceInput, VaceOutput, VideoFile
 from .sizing import output_size
+from .step_cache import THRESHOLDS, StepCacheController, step_cache
+from .temporal import plan_temporal
 from .video_io import probe_video, read_frames
 
 Publish = Callable[[Path, str], str]
@@ -57,12 +58,10 @@ class JobHooks:
 
 def _refuse_unbuilt(inp: VaceInput) -> None:
     """Refuse, with a clear 422, options whose parts this build does not have yet, instead of ignoring them."""
-    unbuilt = {
-        "enable_safety_checker": (inp.enable_safety_checker, "the safety checker"),
-    }
-    for name, (asked, what) in unbuilt.items():
-        if asked:
-            raise InputError(name, f"{what} is not available in this server build yet", "not_supported")
+    if inp.enable_safety_checker:
+        raise InputError(
+            "enable_safety_checker", "the safety checker is not available in this server build yet", "not_supported"
+        )
 
 
 def to_uint8(frames: np.ndarray) -> np.ndarray:
