@@ -16,13 +16,16 @@ fits depends on the card. The memory modes, all built from diffusers' own mechan
 tiles; it is switched on for the offload and fp8 modes, where memory is short and 720p decoding would peak highest.
 Attention: on CUDA the fastest installed backend (FlashAttention 3, FlashAttention 2, SageAttention, else cuDNN
 SDPA) through diffusers' ``set_attention_backend``; PyTorch SDPA elsewhere.
+
+The same config carries the server-wide settings of the two optional job stages: the safety checker's threshold and
+the prompt expander (none, an OpenAI-compatible chat endpoint, or a local causal LM from the weights directory).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from diffusers.hooks import apply_group_offloading
@@ -30,6 +33,7 @@ from diffusers.hooks import apply_group_offloading
 log = logging.getLogger(__name__)
 
 MEMORY_MODES = ("auto", "full", "fp8", "group_offload", "model_offload")
+PROMPT_EXPANDERS = ("none", "openai", "local")
 GIB = 1024**3
 # Free device memory needed for each mode without offloading, for the largest model (A14B, two experts).
 FULL_MIN_FREE = 75 * GIB
@@ -47,10 +51,25 @@ class RuntimeConfig:
     compile: bool = False
     vae_tiling: bool | None = None  # None: on for the memory-saving modes
     annotators: tuple[tuple[str, str], ...] = (("pose", "dwpose"), ("depth", "midas"))  # task -> default annotator
+    safety_threshold: float = 0.5  # a frame is flagged when the classifier's unsafe probability exceeds this
+    prompt_expander: str = "none"  # none | openai (a chat endpoint) | local (a causal LM in the weights dir)
+    expander_url: str | None = None  # OpenAI-compatible base URL, e.g. http://127.0.0.1:11434/v1 (Ollama)
+    expander_model: str | None = None  # openai: the model name to ask for; local: a folder (default: the manifest's)
+    expander_api_key: str | None = field(default=None, repr=False)  # sent as a bearer token; kept out of logs
+    expander_timeout_s: float = 30.0
+    expander_max_tokens: int = 256  # bounds the expanded prompt (UMT5 reads at most 512 tokens of it anyway)
 
     def __post_init__(self) -> None:
         if self.memory_mode not in MEMORY_MODES:
             raise ValueError(f"memory_mode must be one of {MEMORY_MODES}, got {self.memory_mode!r}")
+        if not 0.0 <= self.safety_threshold <= 1.0:
+            raise ValueError(f"safety_threshold must be between 0 and 1, got {self.safety_threshold}")
+        if self.prompt_expander not in PROMPT_EXPANDERS:
+            raise ValueError(f"prompt_expander must be one of {PROMPT_EXPANDERS}, got {self.prompt_expander!r}")
+        if self.prompt_expander == "openai" and not (self.expander_url and self.expander_model):
+            raise ValueError("the openai prompt expander needs an expander URL and model name")
+        if self.expander_timeout_s <= 0 or self.expander_max_tokens < 1:
+            raise ValueError("the expander timeout and max tokens must be positive")
 
 
 def resolve_memory_mode(requested: str, device: torch.device) -> str:
@@ -87,9 +106,11 @@ def place_module(module: torch.nn.Module, mode: str, device: torch.device, compu
         module.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=compute_dtype)
         return module.to(device)
     if mode == "group_offload":
+        # low_cpu_mem_usage pins each layer when it is copied instead of keeping a pinned copy of every weight
+        # beside the original: the A14B would otherwise need ~160 GB of host memory.
         apply_group_offloading(
             module, onload_device=device, offload_device=torch.device("cpu"), offload_type="leaf_level",
-            use_stream=device.type == "cuda",
+            use_stream=device.type == "cuda", low_cpu_mem_usage=True,
         )
         return module
     if mode == "model_offload":
