@@ -23,7 +23,8 @@ class InputError(ValueError):
         return [{"loc": ["body", *self.loc], "msg": self.msg, "type": self.type}]
 
     def __str__(self) -> str:
-        return f"{'.'.join(str(p) for p in self.loc)}: {self.msg} ({self.type})"
+        where = ".".join(str(p) for p in self.loc)
+        return f"{where + ': ' if where else ''}{self.msg} ({self.type})"
 
 
 class JobCancelled(RuntimeError):

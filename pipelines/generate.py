@@ -1,11 +1,13 @@
 """``generate()``: one job from a validated request to the fal output, shared by the CLI, the sync route and the
 queue worker.
 
-Read top to bottom, it is the whole job: fetch the media, plan frames, size and temporal downsampling, turn the
-input into a control video when asked (pose/depth annotators), build the VACE conditioning, run the diffusers
-``WanVACEPipeline`` with the requested sampler, seed, guidance and step cache (reporting every step and stopping at
-the next step once cancelled), interpolate, encode with ffmpeg and publish the files. Where a file ends up (a path for the
-CLI, a served URL or a data URI for the server) is the caller's ``publish`` function.
+Read top to bottom, it is the whole job: fetch the media, plan frames, size and temporal downsampling, classify the
+inputs when the safety checker is on, expand the prompt when asked, turn the input into a control video when asked
+(pose/depth annotators), build the VACE conditioning, run the diffusers ``WanVACEPipeline`` with the requested
+sampler, seed, guidance and step cache (reporting every step and stopping at the next step once cancelled), classify
+the generated frames (a flagged job ends before anything is encoded or published), interpolate, encode with ffmpeg
+and publish the files. Where a file ends up (a path for the CLI, a served URL or a data URI for the server) is the
+caller's ``publish`` function.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ from .errors import InputError, JobCancelled
 from .fetch import fetch_to_file, load_image
 from .frame_plan import plan_frames
 from .loading import ModelManager
+from .prompt_expansion import expand_prompt
 from .registry import Task
+from .safety import SafetyChecker
 from .samplers import make_scheduler
 from .schema import File, VaceInput, VaceOutput, VideoFile
 from .sizing import output_size
@@ -48,20 +52,27 @@ def _ignore(*_args: object) -> None:
 
 @dataclass
 class JobHooks:
-    """How a job talks to its caller: log lines, step progress and the cancel flag."""
+    """How a job talks to its caller: log lines, step progress, the cancel flag and, with ``preprocess=true``, the
+    control video it made (uint8 RGB frames and their frame rate), which the server keeps for the playground."""
 
     log: Callable[[str], None] = _ignore
     step: Callable[[int, int], None] = _ignore
     cancelled: Callable[[], bool] = field(default=lambda: False)
     metric: Callable[[str, float], None] = _ignore
+    control: Callable[[list[np.ndarray], float], None] = _ignore
 
 
-def _refuse_unbuilt(inp: VaceInput) -> None:
-    """Refuse, with a clear 422, options whose parts this build does not have yet, instead of ignoring them."""
-    if inp.enable_safety_checker:
+def _safety_checker(inp: VaceInput, models: ModelManager) -> SafetyChecker | None:
+    """The checker when the request asks for one. Without its weights the job is refused up front: running it
+    unchecked would return what the caller asked us to screen."""
+    if not inp.enable_safety_checker:
+        return None
+    try:
+        return models.safety_checker()
+    except FileNotFoundError:
         raise InputError(
-            "enable_safety_checker", "the safety checker is not available in this server build yet", "not_supported"
-        )
+            "enable_safety_checker", "the safety checker's weights are not installed on this server", "not_supported"
+        ) from None
 
 
 def to_uint8(frames: np.ndarray) -> np.ndarray:
@@ -130,11 +141,8 @@ def generate(
     """Run one ``task`` job on ``model``; files are written under ``workdir`` and handed to ``publish``."""
     hooks = hooks or JobHooks()
     started = time.perf_counter()
-    _refuse_unbuilt(inp)
+    checker = _safety_checker(inp, models)
     seed = inp.seed if inp.seed is not None else secrets.randbelow(2**31)
-    prompt = inp.prompt
-    if inp.enable_prompt_expansion:
-        hooks.log("prompt expansion is not configured on this server; using the prompt as given")
 
     hooks.log("fetching inputs")
     video_path = fetch_to_file(inp.video_url, "video_url", workdir)
@@ -176,6 +184,12 @@ def generate(
         )
 
     control = read_frames(video_path, [plan.source_indices[j] for j in timing.control_indices])
+    if checker is not None:
+        score = checker.check_inputs(control, first, last, refs)
+        hooks.log(f"safety check: the inputs passed (highest unsafe score {score:.2f})")
+    prompt = inp.prompt
+    if inp.enable_prompt_expansion:
+        prompt = expand_prompt(models.prompt_expander(), inp.prompt, task, hooks.log)
     if inp.preprocess:
         if inp.annotator is not None and inp.annotator not in ANNOTATORS[task]:
             raise InputError(
@@ -184,6 +198,7 @@ def generate(
         preprocessor = models.preprocessor(task, inp.annotator)
         hooks.log(f"preprocessing {len(control)} frames into {task} control ({type(preprocessor).__name__})")
         control = list(preprocessor.process(control))
+        hooks.control(control, timing.generate_fps)
     cond = build_conditioning(
         control,
         width,
@@ -206,6 +221,9 @@ def generate(
     frames = to_uint8(
         denoise(pipe, cond, inp, prompt=prompt, width=width, height=height, seed=seed, hooks=hooks, cache=cache)
     )
+    if checker is not None:  # before anything is encoded or published: nothing flagged leaves the job
+        score = checker.check_output(frames)
+        hooks.log(f"safety check: the generated video passed (highest unsafe score {score:.2f})")
 
     output: Iterable[np.ndarray] = frames
     if timing.interpolates:

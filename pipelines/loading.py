@@ -4,6 +4,8 @@ Every model folder is a complete diffusers ``WanVACEPipeline`` folder, but the 1
 VAE are the same for every Wan VACE model, so the folders link them to one place and this manager loads each
 distinct component once (keyed by its resolved path) and builds pipelines around the shared modules. Models are
 loaded on first use and the least recently used transformer is dropped when more than ``max_models`` are resident.
+The helpers of optional job stages (annotators, interpolators, the safety checker, the prompt expander) are loaded
+on first use too and kept.
 """
 
 from __future__ import annotations
@@ -23,10 +25,13 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from transformers import AutoTokenizer, UMT5EncoderModel
 
 from preprocessors import Preprocessor, make_preprocessor
+from weights.manifest import AUXILIARY, PROMPT_EXPANDER, SAFETY_CHECKER
 
 from .interpolation import FrameInterpolator, load_interpolator
+from .prompt_expansion import LocalExpander, OpenAIExpander, PromptExpander
 from .registry import MODELS
 from .runtime import RuntimeConfig, place_module, resolve_attention, resolve_memory_mode
+from .safety import SafetyChecker
 from .samplers import make_scheduler
 
 log = logging.getLogger(__name__)
@@ -88,10 +93,17 @@ class ModelManager:
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
         self._interpolators: dict[str, FrameInterpolator] = {}
         self._preprocessors: dict[tuple[str, str], Preprocessor] = {}
+        self._safety_checker: SafetyChecker | None = None
+        self._prompt_expander: PromptExpander | None = None
         self._lock = threading.Lock()
 
     def describe(self) -> dict[str, object]:
         """What ``/ready`` and the logs report about the runtime."""
+        expander = self._prompt_expander
+        stages = {
+            "safety_checker": self._safety_checker is not None,
+            "prompt_expander": isinstance(expander, LocalExpander) and expander.loaded,  # a remote one has no load
+        }
         return {
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
@@ -99,6 +111,7 @@ class ModelManager:
             "attention_backend": self.attention,
             "compile": self.runtime.compile and self.device.type == "cuda",
             "loaded_models": list(self._models),
+            "loaded_stages": [name for name, loaded in stages.items() if loaded],
         }
 
     def model_dir(self, key: str) -> Path:
@@ -156,6 +169,60 @@ class ModelManager:
                 log.info("loading %s annotator %s", task, name)
                 self._preprocessors[(task, name)] = make_preprocessor(task, name, self.weights_dir, self.device)
             return self._preprocessors[(task, name)]
+
+    def safety_folder(self) -> Path:
+        return self.weights_dir / AUXILIARY[SAFETY_CHECKER].folder
+
+    def safety_checker(self) -> SafetyChecker:
+        """The safety classifier, loaded once; FileNotFoundError when its weights are not installed."""
+        with self._lock:
+            if self._safety_checker is None:
+                log.info("loading safety checker from %s", self.safety_folder())
+                self._safety_checker = SafetyChecker.load(
+                    self.safety_folder(), self.device, self.runtime.safety_threshold
+                )
+            return self._safety_checker
+
+    def expander_folder(self) -> Path:
+        """The local expansion LM: ``expander_model`` when set (absolute, or relative to the weights directory),
+        else the manifest's folder."""
+        return self.weights_dir / (self.runtime.expander_model or AUXILIARY[PROMPT_EXPANDER].folder)
+
+    def prompt_expander(self) -> PromptExpander | None:
+        """The configured prompt expander, made once (a local LM loads on its first use); None when there is none."""
+        with self._lock:
+            if self._prompt_expander is None:
+                self._prompt_expander = self._make_expander()
+            return self._prompt_expander
+
+    def _make_expander(self) -> PromptExpander | None:
+        """A local LM shares the device only in the memory modes that keep everything resident; where VRAM is short
+        (the offload modes) it runs on the CPU rather than take room from the video model."""
+        rt = self.runtime
+        if rt.prompt_expander == "openai":
+            assert rt.expander_url and rt.expander_model  # RuntimeConfig checks this
+            return OpenAIExpander(
+                rt.expander_url, rt.expander_model, rt.expander_api_key, rt.expander_timeout_s, rt.expander_max_tokens
+            )
+        if rt.prompt_expander == "local":
+            device = self.device if self.memory_mode in ("full", "fp8") else torch.device("cpu")
+            return LocalExpander(self.expander_folder(), device, default_dtype(device), rt.expander_max_tokens)
+        return None
+
+    def describe_stages(self) -> dict[str, dict[str, object]]:
+        """What ``/ready`` reports about the safety checker and prompt expansion: configured, weights present
+        (which devices loaded them is in ``describe``); never the API key."""
+        rt = self.runtime
+        expansion: dict[str, object] = {"backend": rt.prompt_expander, "configured": rt.prompt_expander != "none"}
+        if rt.prompt_expander == "openai":
+            expansion |= {"url": rt.expander_url, "model": rt.expander_model}
+        elif rt.prompt_expander == "local":
+            expansion |= {
+                "model": str(self.expander_folder()),
+                "weights_present": (self.expander_folder() / "config.json").is_file(),
+            }
+        safety = {"weights_present": (self.safety_folder() / "config.json").is_file(), "threshold": rt.safety_threshold}
+        return {"safety_checker": safety, "prompt_expansion": expansion}
 
     def get(self, key: str) -> LoadedModel:
         """The loaded model ``key``, loading it (and evicting the least recently used) if needed."""

@@ -1,13 +1,14 @@
 """The FastAPI app of ``vace serve``: wiring of store, files, workers, webhooks, auth and metrics, the service
-routes (``/health``, ``/ready``, ``/metrics``, ``/``) and fal-shaped error bodies; ``serve()`` runs it in uvicorn.
+routes (``/health``, ``/ready``, ``/metrics``), the playground (``/``, ``/static/...``, ``server/static/``) and
+fal-shaped error bodies; ``serve()`` runs it in uvicorn.
 """
 
 from __future__ import annotations
 
-import html
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import torch
@@ -15,7 +16,8 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipelines.errors import InputError
@@ -37,6 +39,13 @@ from .webhooks import Webhooks
 from .worker import WorkerPool
 
 log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).parent / "static"
+# The playground loads nothing from other hosts; its requests go to this server only (media may come from
+# anywhere the user points it at, like the public URL the server hands out).
+PLAYGROUND_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+                  "img-src * data: blob:; media-src * data: blob:; object-src 'none'; base-uri 'none'; "
+                  "frame-ancestors 'none'")
 
 
 def resolve_devices(names: tuple[str, ...]) -> list[torch.device]:
@@ -111,7 +120,9 @@ def create_app(config: ServerConfig) -> FastAPI:
     def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/ready", tags=["service"], summary="Per endpoint: are its weights present, is its model loaded")
+    @app.get("/ready", tags=["service"],
+             summary="Per endpoint: are its weights present, is its model loaded; the safety checker and prompt "
+                     "expansion: configured, weights present")
     def ready() -> JSONResponse:
         loaded = pool.loaded_models()
         endpoints = {
@@ -120,22 +131,26 @@ def create_app(config: ServerConfig) -> FastAPI:
             for app_id, model in APPS.items()
         }
         any_ready = any(e["weights_present"] for e in endpoints.values())
-        body = {"ready": any_ready, "endpoints": endpoints, "devices": [m.describe() for m in managers]}
+        # The optional stages never decide readiness: a request that needs a missing one is refused on its own.
+        body = {"ready": any_ready, "endpoints": endpoints, **managers[0].describe_stages(),
+                "devices": [m.describe() for m in managers]}
         return JSONResponse(body, status_code=200 if any_ready else 503)
 
     @app.get("/metrics", tags=["service"], summary="Prometheus metrics")
     def prometheus() -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def index() -> str:
-        items = "".join(f"<li><code>POST /{html.escape(a)}/{t}</code></li>" for a in APPS for t in TASKS)
-        return (
-            "<!doctype html><title>vace-server</title><h1>vace-server</h1>"
-            f"<p>fal-compatible endpoints:</p><ul>{items}</ul>"
-            '<p>Queue: <code>POST /queue/&lt;app&gt;/&lt;task&gt;</code>. '
-            '<a href="/docs">API docs</a> · <a href="/openapi.json">OpenAPI</a> · <a href="/ready">readiness</a></p>'
-        )
+    # The playground: static HTML + JS that builds its form from /openapi.json and speaks the fal protocol.
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", headers={"content-security-policy": PLAYGROUND_CSP})
+
+    @app.get("/playground/config", include_in_schema=False)
+    def playground_config() -> dict[str, bool]:
+        """What the page cannot read from /openapi.json: whether it needs an API key field."""
+        return {"auth_required": auth.enabled}
 
     return app
 

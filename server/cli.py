@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from pipelines.errors import InputError, JobCancelled
 from pipelines.registry import MODELS, TASKS
 from weights.manifest import DEFAULT_DOWNLOAD, ENTRIES
-from pipelines.runtime import MEMORY_MODES, RuntimeConfig
+from pipelines.runtime import MEMORY_MODES, PROMPT_EXPANDERS, RuntimeConfig
 from pipelines.schema import VaceInput
 from preprocessors import ANNOTATORS, DEFAULT_ANNOTATORS
 from server.config import DEFAULT_DATA_DIR
@@ -70,15 +70,39 @@ def _add_runtime_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--depth-annotator", choices=sorted(ANNOTATORS["depth"]),
                         default=env("VACE_DEPTH_ANNOTATOR", DEFAULT_ANNOTATORS["depth"]),
                         help="default depth annotator for preprocess=true (env VACE_DEPTH_ANNOTATOR)")
+    parser.add_argument("--safety-threshold", type=float, default=env("VACE_SAFETY_THRESHOLD", "0.5"),
+                        help="enable_safety_checker flags a job when a frame's unsafe probability exceeds this "
+                             "(env VACE_SAFETY_THRESHOLD)")
+    parser.add_argument("--prompt-expander", choices=PROMPT_EXPANDERS, default=env("VACE_PROMPT_EXPANDER", "none"),
+                        help="what serves enable_prompt_expansion: none, openai (a chat endpoint) or local (the LM "
+                             "in the weights dir) (env VACE_PROMPT_EXPANDER)")
+    parser.add_argument("--expander-url", default=env("VACE_EXPANDER_URL"),
+                        help="OpenAI-compatible API base for --prompt-expander openai, e.g. "
+                             "http://127.0.0.1:11434/v1 (env VACE_EXPANDER_URL); the key comes from "
+                             "VACE_EXPANDER_API_KEY")
+    parser.add_argument("--expander-model", default=env("VACE_EXPANDER_MODEL"),
+                        help="openai: the model name to ask for; local: an LM folder (default: the manifest's) "
+                             "(env VACE_EXPANDER_MODEL)")
+    parser.add_argument("--expander-timeout", type=float, default=env("VACE_EXPANDER_TIMEOUT", "30"),
+                        help="seconds to wait for the expander before keeping the prompt (env VACE_EXPANDER_TIMEOUT)")
 
 
 def _runtime(args: argparse.Namespace) -> RuntimeConfig:
-    return RuntimeConfig(
-        memory_mode=args.memory_mode,
-        attention=args.attention,
-        compile=args.compile,
-        annotators=(("pose", args.pose_annotator), ("depth", args.depth_annotator)),
-    )
+    try:
+        return RuntimeConfig(
+            memory_mode=args.memory_mode,
+            attention=args.attention,
+            compile=args.compile,
+            annotators=(("pose", args.pose_annotator), ("depth", args.depth_annotator)),
+            safety_threshold=args.safety_threshold,
+            prompt_expander=args.prompt_expander,
+            expander_url=args.expander_url,
+            expander_model=args.expander_model,
+            expander_api_key=os.environ.get("VACE_EXPANDER_API_KEY") or None,
+            expander_timeout_s=args.expander_timeout,
+        )
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
 
 
 def _print_input_error(detail: list[dict]) -> None:

@@ -59,6 +59,8 @@ class Job:
     created_at: float
     started_at: float | None
     finished_at: float | None
+    control_video_url: str | None = None
+    """The control video that ``preprocess=true`` made, kept for the playground (not part of fal's output)."""
 
     @property
     def state(self) -> str:
@@ -91,6 +93,7 @@ class JobStore(Protocol):
     def request_cancel(self, job_id: str) -> Job | None: ...
     def cancel_requested(self, job_id: str) -> bool: ...
     def log(self, job_id: str, message: str, level: str = "INFO") -> None: ...
+    def set_control_video(self, job_id: str, url: str | None) -> None: ...
     def logs(self, job_id: str) -> list[LogLine]: ...
     def counts(self) -> dict[str, int]: ...
     def recover(self, max_attempts: int) -> list[str]: ...
@@ -118,7 +121,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     failure TEXT,
     created_at REAL NOT NULL,
     started_at REAL,
-    finished_at REAL
+    finished_at REAL,
+    control_video_url TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, seq);
 CREATE TABLE IF NOT EXISTS logs (
@@ -152,6 +156,9 @@ class SqliteJobStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")  # durable across a process crash, which is what we need
         self._db.executescript(_SCHEMA)
+        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        if "control_video_url" not in columns:  # a database made before the column existed
+            self._db.execute("ALTER TABLE jobs ADD COLUMN control_video_url TEXT")
         self._mutex = threading.Lock()
 
     def close(self) -> None:
@@ -250,6 +257,10 @@ class SqliteJobStore:
         with self._tx() as db:
             _insert_log(db, job_id, message, level)
 
+    def set_control_video(self, job_id: str, url: str | None) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE jobs SET control_video_url = ? WHERE id = ?", (url, job_id))
+
     def logs(self, job_id: str) -> list[LogLine]:
         rows = self._query("SELECT message, level, timestamp FROM logs WHERE job_id = ? ORDER BY seq", (job_id,))
         return [LogLine(r["message"], r["level"], r["timestamp"]) for r in rows]
@@ -343,4 +354,5 @@ def _job(row: sqlite3.Row) -> Job:
         created_at=row["created_at"],
         started_at=row["started_at"],
         finished_at=row["finished_at"],
+        control_video_url=row["control_video_url"],
     )

@@ -2,7 +2,9 @@
 
 The shapes follow what the fal clients read: every status body carries ``logs`` (fal-client indexes it without a
 default), ``IN_QUEUE`` carries ``queue_position``, ``COMPLETED`` carries ``metrics`` and, for a failed job,
-``error`` and ``error_type``. All URLs are absolute, under the base URL the job was submitted on.
+``error`` and ``error_type``. All URLs are absolute, under the base URL the job was submitted on. One extension:
+``control_video_url``, the control video a ``preprocess=true`` job made, from the moment it exists (the clients
+ignore fields they do not know; the output schema stays fal's).
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ class QueueStatus(BaseModel):
     metrics: dict[str, float] | None = None
     error: str | None = None
     error_type: str | None = None
+    control_video_url: str | None = None
+    """Extension: the pose/depth control video that ``preprocess=true`` made from the input, once it exists."""
 
 
 class CancelResult(BaseModel):
@@ -92,7 +96,8 @@ def submitted(job: Job, queue_position: int) -> QueueSubmitted:
 
 def status(job: Job, logs: list[LogLine], queue_position: int | None) -> QueueStatus:
     """The status body of ``job``; ``logs`` are the lines to include (all, only new ones, or none)."""
-    body = QueueStatus(status=job.status, request_id=job.id, logs=log_entries(logs), **job_urls(job))
+    body = QueueStatus(status=job.status, request_id=job.id, logs=log_entries(logs),
+                       control_video_url=job.control_video_url, **job_urls(job))
     if job.status == "IN_QUEUE":
         body.queue_position = queue_position
     elif job.status == "COMPLETED":

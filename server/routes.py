@@ -191,8 +191,8 @@ def fal_router(
 
 
 async def _status_events(store: JobStore, changes: Changes, job_id: str, with_logs: bool) -> AsyncIterator[str]:
-    """One ``data:`` event per change of status, queue position or logs (only the new lines each time, as
-    @fal-ai/client accumulates them); ends after COMPLETED."""
+    """One ``data:`` event per change of status, queue position, control video or logs (only the new lines each
+    time, as @fal-ai/client accumulates them); ends after COMPLETED."""
     sent_logs, last_key, last_sent = 0, None, time.monotonic()
     with changes.watch(job_id) as watch:
         while True:
@@ -201,7 +201,7 @@ async def _status_events(store: JobStore, changes: Changes, job_id: str, with_lo
                 return
             lines = store.logs(job_id) if with_logs else []
             position = store.queue_position(job) if job.status == "IN_QUEUE" else None
-            key = (job.status, position, len(lines))
+            key = (job.status, position, len(lines), job.control_video_url)
             if key != last_key:
                 body = protocol.status(job, lines[sent_logs:], position)
                 yield f"data: {json.dumps(body.model_dump(exclude_none=True))}\n\n"

@@ -16,9 +16,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from pydantic import ValidationError
 
+from pipelines.encode import encode_video
 from pipelines.errors import InputError, JobCancelled
 from pipelines.generate import JobHooks, Publish, generate
 from pipelines.loading import ModelManager
@@ -131,6 +133,8 @@ class Worker(threading.Thread):
         outcome = "error"
         try:
             inp = VaceInput.model_validate(job.input)
+            if not inp.sync_mode:  # sync_mode keeps nothing on the server
+                hooks.control = lambda frames, fps: self._keep_control(job, workdir, frames, fps)
             output = generate(
                 inp, task=job.task, model=job.model, models=self.models, workdir=workdir,  # type: ignore[arg-type]
                 publish=self._publisher(job, inp.sync_mode), hooks=hooks,
@@ -140,6 +144,8 @@ class Worker(threading.Thread):
             outcome = "ok"
         except InputError as exc:
             self._log(job.id, str(exc), "ERROR")
+            if exc.type == "content_policy_violation":
+                self._drop_control(job)  # nothing of a flagged job stays on the server
             store.finish(job.id, failure=Failure(422, {"detail": exc.detail()}, str(exc), exc.type))
         except ValidationError as exc:  # a stored input that this version's schema no longer accepts
             detail = validation_detail([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()])
@@ -165,6 +171,29 @@ class Worker(threading.Thread):
         self.pool.metrics.job_seconds.labels(job.app, job.task, outcome).observe(time.perf_counter() - started)
         self.pool.changes.notify(job.id)
         self.pool.on_finished(job.id)
+
+    def _keep_control(self, job: Job, workdir: Path, frames: list[np.ndarray], fps: float) -> None:
+        """Store the control video that preprocessing made and put its URL on the job (the status body shows it).
+
+        It is a preview for people, not part of the output: failing to keep it is logged and the job goes on.
+        """
+        try:
+            even = (frame[: frame.shape[0] // 2 * 2, : frame.shape[1] // 2 * 2] for frame in frames)
+            encoded = encode_video(even, workdir / "control.mp4", fps, quality="high", write_mode="fast")
+            url = self.pool.files.url(self.pool.files.adopt(encoded.path, "control.mp4"), job.base_url)
+        except (OSError, RuntimeError, ValueError) as exc:
+            self._log(job.id, f"could not keep the control video: {exc}", "WARNING")
+            return
+        self.pool.store.set_control_video(job.id, url)
+        self._log(job.id, f"control video kept ({encoded.num_frames} frames at {fps:g} fps)")
+
+    def _drop_control(self, job: Job) -> None:
+        """Delete the control video kept for ``job`` and take its URL off the job."""
+        url = self.pool.store.get(job.id).control_video_url
+        path = self.pool.files.local_path(url) if url else None
+        if path is not None:
+            path.unlink(missing_ok=True)
+        self.pool.store.set_control_video(job.id, None)
 
     def _publisher(self, job: Job, sync_mode: bool) -> Publish:
         """Where this job's files go: the file store (absolute URLs), or data URIs that leave nothing behind."""

@@ -1,8 +1,9 @@
 """Say what is present, missing or corrupt in a weights directory, per manifest entry and per endpoint.
 
 Generic over anything that follows ``weights/LAYOUT.md``: real downloads and tiny test weights are checked alike.
-Models, annotators and interpolators are all manifest entries; only the models decide whether an endpoint is ready,
-annotators and interpolators are listed per feature (``CheckReport.annotators`` / ``interpolators``).
+Models, annotators, interpolators, the safety checker and the prompt-expansion LM are all manifest entries; only the
+models decide whether an endpoint is ready, the others are listed per feature (``CheckReport.annotators`` /
+``interpolators`` / ``auxiliary``).
 Checks, all cheap unless ``deep``:
 - required paths (``manifest.required_paths`` / ``required_any``) exist; symlinks resolve;
 - every JSON file parses; a model's ``model_index.json`` names only component folders that exist, and a two-expert
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from weights.manifest import (
+    AUXILIARY,
     ENTRIES,
     INTERPOLATORS,
     RECORD_FILE,
@@ -193,6 +195,11 @@ class CheckReport:
         """interpolator key -> status, for those checked."""
         return {k: self.entries[k].status for k in INTERPOLATORS if k in self.entries}
 
+    def auxiliary(self) -> dict[str, str]:
+        """safety checker / prompt expander key -> status, for those checked. Informational like the annotators:
+        each serves an optional job stage."""
+        return {k: self.entries[k].status for k in AUXILIARY if k in self.entries}
+
     @property
     def ok(self) -> bool:
         """Nothing corrupt or half-there (absent entries are fine: they were never downloaded)."""
@@ -222,6 +229,8 @@ class CheckReport:
                 lines.append(f"  {task}: " + ", ".join(f"{k} {s}" for k, s in statuses.items()))
         if interpolators := self.interpolators():
             lines.append("Interpolators: " + ", ".join(f"{k} {s}" for k, s in interpolators.items()))
+        if auxiliary := self.auxiliary():
+            lines.append("Optional stages: " + ", ".join(f"{k} {s}" for k, s in auxiliary.items()))
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -236,6 +245,7 @@ class CheckReport:
             "endpoints": self.endpoints(),
             "annotators": self.annotators(),
             "interpolators": self.interpolators(),
+            "auxiliary": self.auxiliary(),
         }
 
 

@@ -167,12 +167,49 @@ EXTRAS: dict[str, WeightEntry] = {
     )
 }
 
+# The safety checker and the local prompt-expansion LM: each serves an optional job stage (enable_safety_checker,
+# enable_prompt_expansion with `--prompt-expander local`), so they are fetched only when named.
+SAFETY_CHECKER = "safety-checker"
+PROMPT_EXPANDER = "prompt-expander"
+AUXILIARY: dict[str, WeightEntry] = {
+    e.key: e
+    for e in (
+        WeightEntry(
+            key=SAFETY_CHECKER,
+            folder="safety/nsfw_image_detection",
+            sources=(Source("Falconsai/nsfw_image_detection",
+                            ("config.json", "model.safetensors", "preprocessor_config.json")),),
+            approx_size_gb=0.34,
+            required=("config.json", "preprocessor_config.json"),
+            required_any=(("model.safetensors",),),
+            notes=(
+                "ViT-B/16 image classifier with labels normal / nsfw (Apache-2.0), loaded with transformers' "
+                "AutoModelForImageClassification; any classifier with an 'nsfw' or 'unsafe' label fits here."
+            ),
+        ),
+        WeightEntry(
+            key=PROMPT_EXPANDER,
+            folder="prompt_expander/qwen2.5-1.5b-instruct",
+            sources=(
+                Source("Qwen/Qwen2.5-1.5B-Instruct", ("*.json", "model*.safetensors", "merges.txt", "vocab.json")),
+            ),
+            approx_size_gb=3.1,
+            required=("config.json", "tokenizer_config.json"),
+            required_any=(("model.safetensors", "model.safetensors.index.json"), ("tokenizer.json",)),
+            notes=(
+                "Qwen2.5 1.5B Instruct (Apache-2.0), the local prompt expander (transformers causal LM with a chat "
+                "template); small enough to sit next to a 14B video model. Any chat LM folder can replace it."
+            ),
+        ),
+    )
+}
+
 # Which extras each feature can use; the first annotator of a task is VACE's default (the runtime's default too).
 # The alternatives are only reported by `check`, never demanded.
 TASK_ANNOTATORS: dict[str, tuple[str, ...]] = {"pose": ("dwpose", "openpose"), "depth": ("midas", "depth-anything-v2")}
 INTERPOLATORS: tuple[str, ...] = ("rife", "film")
 
-ENTRIES: dict[str, WeightEntry] = {SHARED.key: SHARED, **MODELS, **EXTRAS}
+ENTRIES: dict[str, WeightEntry] = {SHARED.key: SHARED, **MODELS, **EXTRAS, **AUXILIARY}
 
 # What `vace weights download` fetches by default: the models behind the fal endpoints, each task's default
 # annotator and both interpolators (the shared text encoder / tokenizer / VAE come with the models).

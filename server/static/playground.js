@@ -1,0 +1,647 @@
+// The playground: a form generated from the server's /openapi.json, uploads through /storage/upload/initiate, the
+// queue protocol with the status stream, and the same request as curl / fal-client / @fal-ai/client snippets.
+// Plain browser JavaScript, no build step and nothing loaded from other hosts.
+
+const $ = (selector) => document.querySelector(selector);
+const KEY_STORAGE = "vace.playground.apiKey";
+const MEDIA_FIELDS = ["video_url", "first_frame_url", "last_frame_url", "ref_image_urls"];
+const WIDE_FIELDS = new Set(["negative_prompt"]);
+const STEP_LINE = /^step (\d+)\/(\d+)$/;
+
+const state = {
+  openapi: null,       // the server's /openapi.json
+  schema: null,        // the request body schema (VaceInput), resolved from it
+  endpoints: {},       // app -> [task, ...], from the queue routes in /openapi.json
+  ready: {},           // app -> /ready's entry
+  authRequired: false,
+  running: null,       // {app, requestId, abort}
+};
+
+// ---------------------------------------------------------------- schema
+
+function resolveRef(openapi, node) {
+  if (node && node.$ref) {
+    const path = node.$ref.replace(/^#\//, "").split("/");
+    return path.reduce((acc, key) => acc[key], openapi);
+  }
+  return node;
+}
+
+/** A property's effective type: {type, enum, minimum, maximum, items, nullable}. */
+function fieldType(openapi, prop) {
+  let base = resolveRef(openapi, prop);
+  let nullable = false;
+  if (base.anyOf) {
+    const options = base.anyOf.map((t) => resolveRef(openapi, t));
+    nullable = options.some((t) => t.type === "null");
+    base = options.find((t) => t.type !== "null") || {};
+  }
+  return { ...base, nullable };
+}
+
+function queueEndpoints(openapi) {
+  const endpoints = {};
+  for (const [path, ops] of Object.entries(openapi.paths)) {
+    const match = path.match(/^\/queue\/([^/{}]+\/[^/{}]+)\/([^/{}]+)$/);
+    if (match && ops.post) (endpoints[match[1]] ||= []).push(match[2]);
+  }
+  return endpoints;
+}
+
+function bodySchema(openapi, endpoints) {
+  const [app, tasks] = Object.entries(endpoints)[0];
+  const op = openapi.paths[`/queue/${app}/${tasks[0]}`].post;
+  return resolveRef(openapi, op.requestBody.content["application/json"].schema);
+}
+
+// ---------------------------------------------------------------- form
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k === "class") node.className = v;
+    else if (k === "text") node.textContent = v;
+    else node.setAttribute(k, v === true ? "" : v);
+  }
+  node.append(...children.filter((c) => c !== null && c !== undefined));
+  return node;
+}
+
+function rangeText(type, def) {
+  const parts = [];
+  if (type.minimum !== undefined && type.maximum !== undefined) {
+    if (type.maximum < 1e15) parts.push(`${type.minimum}–${type.maximum}`);
+    else parts.push(`≥ ${type.minimum}`);
+  }
+  if (def !== undefined && typeof def !== "string") parts.push(`default ${JSON.stringify(def)}`);
+  else if (typeof def === "string" && def.length < 40) parts.push(`default ${def}`);
+  return parts.join(", ");
+}
+
+function labelFor(name, prop, required) {
+  return el("label", { for: `f-${name}` }, prop.title || name, required ? " *" : "", el("code", { text: name }));
+}
+
+function fieldBox(name, classes, ...children) {
+  return el("div", { class: `field ${classes}`, "data-field": name }, ...children,
+            el("div", { class: "error", "data-error-for": name }));
+}
+
+function buildField(openapi, name, prop, required) {
+  const type = fieldType(openapi, prop);
+  const def = prop.default;
+  const hint = el("div", { class: "hint", text: [prop.description, rangeText(type, def)].filter(Boolean).join(" · ") });
+  if (MEDIA_FIELDS.includes(name) || /_urls?$/.test(name)) return buildMediaField(name, prop, type, required, hint);
+  let input;
+  if (type.enum) {
+    input = el("select", { id: `f-${name}`, name });
+    if (type.nullable) input.append(el("option", { value: "", text: "(server default)" }));
+    for (const option of type.enum) input.append(el("option", { value: option, text: option }));
+    input.value = def ?? "";
+  } else if (type.type === "boolean") {
+    input = el("input", { id: `f-${name}`, name, type: "checkbox" });
+    input.checked = Boolean(def);
+    return fieldBox(name, "checkbox", el("label", { for: `f-${name}` }, input, prop.title || name,
+                                            el("code", { text: name })), hint);
+  } else if (type.type === "integer" || type.type === "number") {
+    input = el("input", {
+      id: `f-${name}`, name, type: "number", inputmode: type.type === "integer" ? "numeric" : "decimal",
+      min: type.minimum, max: type.maximum !== undefined && type.maximum < 1e15 ? type.maximum : undefined,
+      step: type.type === "integer" ? 1 : "any", placeholder: def === undefined ? "random / unset" : undefined,
+    });
+    input.value = def ?? "";
+  } else if (name === "prompt" || name === "negative_prompt") {
+    input = el("textarea", { id: `f-${name}`, name, rows: name === "prompt" ? 3 : 4 });
+    input.value = def ?? "";
+  } else {
+    input = el("input", { id: `f-${name}`, name, type: "text" });
+    input.value = def ?? "";
+  }
+  return fieldBox(name, WIDE_FIELDS.has(name) ? "wide" : "", labelFor(name, prop, required), input, hint);
+}
+
+function buildMediaField(name, prop, type, required, hint) {
+  const multiple = type.type === "array";
+  const accept = name.startsWith("video") ? "video/*" : "image/*";
+  const input = multiple
+    ? el("textarea", { id: `f-${name}`, name, rows: 2, placeholder: "one URL per line, or upload" })
+    : el("input", { id: `f-${name}`, name, type: "text", placeholder: "an http(s) URL or data: URI, or upload a file" });
+  const file = el("input", { type: "file", accept, multiple, "data-upload-for": name });
+  const uploadButton = el("label", { class: "upload" }, multiple ? "Upload…" : "Upload", file);
+  const status = el("div", { class: "hint upload-status", "data-upload-status": name });
+  const previews = el("div", { class: "previews", "data-previews": name });
+  file.addEventListener("change", () => uploadFiles(name, file, input, status, multiple));
+  input.addEventListener("change", () => showPreviews(name));
+  return fieldBox(name, "media wide", labelFor(name, prop, required),
+                  el("div", { class: "media-row" }, input, uploadButton), hint, status, previews);
+}
+
+function showPreviews(name) {
+  const box = document.querySelector(`[data-previews="${name}"]`);
+  box.replaceChildren();
+  for (const url of mediaValues(name)) {
+    if (name.startsWith("video")) {
+      box.append(el("video", { src: url, muted: true, playsinline: true, preload: "metadata" }));
+    } else {
+      box.append(el("img", { src: url, alt: name }));
+    }
+  }
+}
+
+function mediaValues(name) {
+  const value = $(`#f-${name}`).value.trim();
+  if (!value) return [];
+  return $(`#f-${name}`).tagName === "TEXTAREA" ? value.split(/\s*\n\s*/).filter(Boolean) : [value];
+}
+
+function buildForm(openapi) {
+  const schema = state.schema;
+  const required = new Set(schema.required || []);
+  const inputs = $("#input-fields");
+  const options = $("#option-fields");
+  inputs.replaceChildren();
+  options.replaceChildren();
+  for (const [name, prop] of Object.entries(schema.properties)) {
+    const field = buildField(openapi, name, prop, required.has(name));
+    const isInput = name === "prompt" || MEDIA_FIELDS.includes(name);
+    (isInput ? inputs : options).append(field);
+  }
+  // Keep the input section in reading order: prompt first, then the video, then the images.
+  for (const name of ["prompt", ...MEDIA_FIELDS]) {
+    const field = inputs.querySelector(`[data-field="${name}"]`);
+    if (field) inputs.append(field);
+  }
+}
+
+function resetForm() {
+  for (const [name, prop] of Object.entries(state.schema.properties)) {
+    if (name === "prompt" || MEDIA_FIELDS.includes(name)) continue;
+    const input = $(`#f-${name}`);
+    if (input.type === "checkbox") input.checked = Boolean(prop.default);
+    else input.value = prop.default ?? "";
+  }
+  clearErrors();
+  updateSnippets();
+}
+
+/** The request body: required fields and every field whose value differs from its default. */
+function requestBody() {
+  const body = {};
+  const required = new Set(state.schema.required || []);
+  for (const [name, prop] of Object.entries(state.schema.properties)) {
+    const input = $(`#f-${name}`);
+    const type = fieldType(state.openapi, prop);
+    let value;
+    if (type.type === "array") {
+      const values = mediaValues(name);
+      if (!values.length) continue;
+      value = values;
+    } else if (input.type === "checkbox") {
+      value = input.checked;
+    } else {
+      const text = input.value;
+      if (text.trim() === "") {
+        if (required.has(name)) body[name] = text;  // let the server say it is required
+        continue;
+      }
+      if (type.type === "integer" || type.type === "number") {
+        value = Number(text);
+        // Seeds up to 2^63 do not fit a JS number: send the digits as a string, which the schema coerces.
+        if (type.type === "integer" && !Number.isSafeInteger(value)) value = text.trim();
+      } else {
+        value = MEDIA_FIELDS.includes(name) ? text.trim() : text;
+      }
+    }
+    if (!required.has(name) && prop.default !== undefined && value === prop.default) continue;
+    body[name] = value;
+  }
+  return body;
+}
+
+// ---------------------------------------------------------------- HTTP
+
+function headers(extra = {}) {
+  const key = $("#api-key").value.trim();
+  return key ? { ...extra, Authorization: `Key ${key}` } : extra;
+}
+
+/** Same-origin path of a URL the server handed out (its public URL can differ from this page's origin). */
+function localPath(url) {
+  const parsed = new URL(url, location.href);
+  return parsed.pathname + parsed.search;
+}
+
+async function readError(response) {
+  try {
+    const body = await response.json();
+    return body.detail ?? body;
+  } catch {
+    return `${response.status} ${response.statusText}`;
+  }
+}
+
+async function uploadFiles(name, fileInput, input, status, multiple) {
+  const files = [...fileInput.files];
+  if (!files.length) return;
+  clearError(name);
+  clearError("api_key");
+  const urls = [];
+  try {
+    for (const [i, file] of files.entries()) {
+      status.textContent = `uploading ${file.name} (${(file.size / 1e6).toFixed(1)} MB${files.length > 1 ? `, ${i + 1}/${files.length}` : ""})…`;
+      const initiate = await fetch("/storage/upload/initiate", {
+        method: "POST",
+        headers: headers({ "Content-Type": "application/json" }),
+        body: JSON.stringify({ content_type: file.type || "application/octet-stream", file_name: file.name }),
+      });
+      if (!initiate.ok) throw { status: initiate.status, detail: await readError(initiate) };
+      const { upload_url, file_url } = await initiate.json();
+      const put = await fetch(localPath(upload_url), {
+        method: "PUT", headers: { "Content-Type": file.type || "application/octet-stream" }, body: file,
+      });
+      if (!put.ok) throw { status: put.status, detail: await readError(put) };
+      urls.push(file_url);
+    }
+  } catch (error) {
+    status.textContent = "";
+    const message = typeof error.detail === "string" ? error.detail : JSON.stringify(error.detail ?? String(error));
+    showError(error.status === 401 ? "api_key" : name, `upload failed: ${message}`);
+    fileInput.value = "";
+    return;
+  }
+  input.value = multiple ? [...mediaValues(name), ...urls].join("\n") : urls[0];
+  status.textContent = `uploaded ${files.map((f) => f.name).join(", ")}`;
+  fileInput.value = "";
+  showPreviews(name);
+  updateSnippets();
+}
+
+/** Server-sent events over fetch (EventSource cannot send the Authorization header). */
+async function* statusEvents(path, signal) {
+  const response = await fetch(path, { headers: headers({ Accept: "text/event-stream" }), signal });
+  if (!response.ok) throw { status: response.status, detail: await readError(response) };
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += value.replace(/\r\n/g, "\n");
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      const data = block.split("\n").filter((l) => l.startsWith("data:")).map((l) => l.slice(5).trimStart());
+      if (data.length) yield JSON.parse(data.join("\n"));
+    }
+  }
+}
+
+// ---------------------------------------------------------------- errors
+
+function clearError(name) {
+  const box = document.querySelector(`[data-error-for="${name}"]`);
+  if (box) box.textContent = "";
+  document.querySelector(`[data-field="${name}"]`)?.classList.remove("invalid");
+}
+
+function clearErrors() {
+  document.querySelectorAll("[data-error-for]").forEach((box) => { box.textContent = ""; });
+  document.querySelectorAll(".field.invalid").forEach((f) => f.classList.remove("invalid"));
+}
+
+function showError(name, message) {
+  const box = document.querySelector(`[data-error-for="${name}"]`) || $("#form-error");
+  box.textContent = box.textContent ? `${box.textContent}\n${message}` : message;
+  const field = document.querySelector(`[data-field="${name}"]`);
+  if (field) {
+    field.classList.add("invalid");
+    if (field.closest("details")) field.closest("details").open = true;
+  }
+  (field || box).scrollIntoView({ block: "center", behavior: "smooth" });
+}
+
+/** A fal error body next to its fields: 422 ``detail`` items carry ``loc: ["body", field, index?]``. */
+function showFalError(status, detail) {
+  if (status === 401) return showError("api_key", typeof detail === "string" ? detail : JSON.stringify(detail));
+  if (!Array.isArray(detail)) {
+    return showError("body", typeof detail === "string" ? detail : JSON.stringify(detail));
+  }
+  for (const item of detail) {
+    const loc = (item.loc || []).filter((part) => part !== "body");
+    const field = typeof loc[0] === "string" && state.schema.properties[loc[0]] ? loc[0] : "body";
+    const where = loc.length > 1 ? `[${loc.slice(1).join("][")}] ` : field === "body" && loc.length ? `${loc.join(".")}: ` : "";
+    showError(field, `${where}${item.msg}${item.type ? ` (${item.type})` : ""}`);
+  }
+}
+
+// ---------------------------------------------------------------- running a job
+
+function setProgress(percent, text) {
+  $("#progress").value = percent;
+  if (text !== undefined) $("#progress-text").textContent = text;
+}
+
+function addLogs(lines, replace) {
+  const log = $("#log");
+  if (replace) log.replaceChildren();
+  for (const line of lines) {
+    const time = line.timestamp ? new Date(line.timestamp).toLocaleTimeString() : "";
+    log.append(el("div", { class: line.level, text: `${time} ${line.level.padEnd(7)} ${line.message}` }));
+    const step = line.message.match(STEP_LINE);
+    if (step) {
+      const [i, n] = [Number(step[1]), Number(step[2])];
+      setProgress(Math.round((100 * i) / n), `denoising step ${i}/${n}`);
+    } else if (line.message.startsWith("encoding")) {
+      $("#progress-text").textContent = line.message;
+    } else if ($("#progress").value === 0) {
+      $("#progress-text").textContent = line.message;
+    }
+  }
+  log.scrollTop = log.scrollHeight;
+}
+
+function showVideo(prefix, url) {
+  const video = $(`#${prefix}-video`);
+  if (video.getAttribute("src") !== url) video.src = url;
+  $(`#${prefix}-download`).href = url;
+  $(`#${prefix}-figure`).hidden = false;
+  $("#results").hidden = false;
+}
+
+function showControl(url, task) {
+  $("#control-task").textContent = task;
+  showVideo("control", url);
+}
+
+function showOutput(output) {
+  showVideo("result", output.video.url);
+  const v = output.video;
+  const meta = [v.width && `${v.width}x${v.height}`, v.num_frames && `${v.num_frames} frames`,
+                v.fps && `${v.fps} fps`, v.duration && `${v.duration.toFixed(2)} s`,
+                v.file_size && `${(v.file_size / 1e6).toFixed(2)} MB`].filter(Boolean);
+  $("#result-meta").textContent = meta.join(" · ");
+  $("#result-seed").textContent = String(output.seed);
+  $("#zip-link").hidden = !output.frames_zip;
+  if (output.frames_zip) $("#zip-download").href = output.frames_zip.url;
+  $("#result-json").textContent = JSON.stringify(output, null, 2);
+}
+
+function resetRun() {
+  $("#results").hidden = true;
+  $("#control-figure").hidden = true;
+  for (const id of ["#control-video", "#result-video"]) {
+    $(id).removeAttribute("src");
+    $(id).load();
+  }
+  $("#log").replaceChildren();
+  setProgress(0, "");
+}
+
+async function submit(event) {
+  event.preventDefault();
+  if (state.running) return;
+  clearErrors();
+  const app = $("#app").value;
+  const task = $("#task").value;
+  const body = requestBody();
+  updateSnippets();
+  $("#submit").disabled = true;
+  try {
+    const response = await fetch(`/queue/${app}/${task}`, {
+      method: "POST", headers: headers({ "Content-Type": "application/json" }), body: JSON.stringify(body),
+    });
+    if (!response.ok) {
+      showFalError(response.status, await readError(response));
+      $("#submit").disabled = false;
+      return;
+    }
+    const queued = await response.json();
+    resetRun();
+    await follow(app, task, queued.request_id);
+  } catch (error) {
+    showError("body", error.detail ? JSON.stringify(error.detail) : String(error));
+  } finally {
+    state.running = null;
+    $("#submit").disabled = false;
+    $("#cancel").hidden = true;
+  }
+}
+
+/** Follow a queued request over the status stream (reconnecting if it drops) until it completes. */
+async function follow(app, task, requestId) {
+  const abort = new AbortController();
+  state.running = { app, requestId, abort };
+  $("#cancel").hidden = false;
+  $("#run-state").replaceChildren("request ", el("code", { text: requestId }), " · ",
+                                  el("a", { href: `/queue/${app}/requests/${requestId}/status?logs=1`, target: "_blank",
+                                            text: "status" }));
+  const base = `/queue/${app}/requests/${requestId}`;
+  let last = null;
+  for (let attempt = 0; attempt < 20 && last?.status !== "COMPLETED"; attempt++) {
+    let first = true;
+    try {
+      for await (const status of statusEvents(`${base}/status/stream?logs=1`, abort.signal)) {
+        last = status;
+        addLogs(status.logs || [], first);  // a new stream starts with every line so far
+        first = false;
+        if (status.status === "IN_QUEUE") {
+          $("#progress-text").textContent = `in queue, position ${status.queue_position ?? "?"}`;
+        }
+        if (status.control_video_url) showControl(status.control_video_url, task);
+      }
+    } catch (error) {
+      if (abort.signal.aborted) return;
+      if (error.status) return showFalError(error.status, error.detail);
+    }
+    if (last?.status !== "COMPLETED") await new Promise((resolve) => setTimeout(resolve, 1000));
+  }
+  if (last?.status !== "COMPLETED") return showError("body", "lost the status stream; see the status link above");
+  const result = await fetch(base, { headers: headers() });
+  const output = await (result.ok ? result.json() : readError(result));
+  if (!result.ok) {
+    setProgress($("#progress").value, `failed: ${last.error || `${result.status} ${result.statusText}`}`);
+    return showFalError(result.status, output);
+  }
+  setProgress(100, `done in ${last.metrics?.inference_time?.toFixed(1) ?? "?"} s`);
+  showOutput(output);
+}
+
+async function cancel() {
+  const running = state.running;
+  if (!running) return;
+  await fetch(`/queue/${running.app}/requests/${running.requestId}/cancel`, { method: "PUT", headers: headers() });
+}
+
+// ---------------------------------------------------------------- snippets
+
+function pyLiteral(value, indent = "") {
+  if (value === null) return "None";
+  if (value === true) return "True";
+  if (value === false) return "False";
+  if (Array.isArray(value)) {
+    if (!value.length) return "[]";
+    const inner = indent + "    ";
+    return `[\n${value.map((v) => inner + pyLiteral(v, inner)).join(",\n")},\n${indent}]`;
+  }
+  if (typeof value === "object") {
+    const entries = Object.entries(value);
+    if (!entries.length) return "{}";
+    const inner = indent + "    ";
+    return `{\n${entries.map(([k, v]) => `${inner}${JSON.stringify(k)}: ${pyLiteral(v, inner)}`).join(",\n")},\n${indent}}`;
+  }
+  return JSON.stringify(value);
+}
+
+function jsLiteral(value, indent = "") {
+  return JSON.stringify(value, null, 2).replace(/\n/g, `\n${indent}`);
+}
+
+function updateSnippets() {
+  if (!state.schema) return;
+  const endpoint = `${$("#app").value}/${$("#task").value}`;
+  const body = requestBody();
+  const base = location.origin;
+  const json = JSON.stringify(body, null, 2).replace(/'/g, "'\\''");
+  const auth = state.authRequired;
+  $("#snippet-curl").textContent = [
+    `curl -s -X POST ${base}/queue/${endpoint} \\`,
+    `  -H 'Content-Type: application/json' \\`,
+    ...(auth ? [`  -H "Authorization: Key $FAL_KEY" \\`] : []),
+    `  -d '${json}'`,
+    `# -> {"request_id": ..., "status_url": ..., "response_url": ...}; then:`,
+    `#   curl -s${auth ? ' -H "Authorization: Key $FAL_KEY"' : ""} "<status_url>?logs=1"   (202 while running, 200 when done)`,
+    `#   curl -s${auth ? ' -H "Authorization: Key $FAL_KEY"' : ""} <response_url>          (the output JSON)`,
+    `# or wait for the output in one call: POST ${base}/${endpoint} with the same body`,
+  ].join("\n");
+  const https = location.protocol === "https:";
+  $("#snippet-python").textContent = [
+    `# pip install fal-client; server.falclient comes with vace-server (pip install .)`,
+    ...(auth ? [`# export FAL_KEY=<one of the server's API keys>`] : []),
+    `import fal_client`,
+    `from server.falclient import use_server`,
+    ``,
+    https ? `use_server("${base}", ca_file="<data-dir>/tls/cert.pem")  # the certificate vace serve --tls made`
+          : `use_server("${base}")`,
+    ``,
+    `result = fal_client.subscribe(`,
+    `    "${endpoint}",`,
+    `    arguments=${pyLiteral(body, "    ")},`,
+    `    with_logs=True,`,
+    `    on_queue_update=lambda update: print(update),`,
+    `)`,
+    `print(result["video"]["url"], result["seed"])`,
+  ].join("\n");
+  $("#snippet-js").textContent = [
+    `// npm install @fal-ai/client${https ? "; run with NODE_EXTRA_CA_CERTS=<data-dir>/tls/cert.pem" : ""}`,
+    `import { fal } from "@fal-ai/client";`,
+    ``,
+    `const base = "${base}";`,
+    `fal.config({`,
+    `  credentials: process.env.FAL_KEY,${auth ? "" : "  // any value: this server has no API keys"}`,
+    `  requestMiddleware: async (request) => ({`,
+    `    ...request,`,
+    `    url: request.url`,
+    `      .replace("https://queue.fal.run", \`\${base}/queue\`)`,
+    `      .replace("https://rest.fal.ai", base)`,
+    `      .replace("https://fal.run", base),`,
+    `  }),`,
+    `});`,
+    ``,
+    `const result = await fal.subscribe("${endpoint}", {`,
+    `  input: ${jsLiteral(body, "  ")},`,
+    `  logs: true,`,
+    `  onQueueUpdate: (update) => console.log(update.status, update.logs?.at(-1)?.message ?? ""),`,
+    `});`,
+    `console.log(result.data.video.url, result.data.seed);`,
+  ].join("\n");
+}
+
+function selectTab(name) {
+  document.querySelectorAll("[role=tab]").forEach((tab) => tab.setAttribute("aria-selected", String(tab.dataset.tab === name)));
+  for (const tab of ["curl", "python", "js"]) $(`#snippet-${tab}`).hidden = tab !== name;
+}
+
+async function copySnippet() {
+  const tab = document.querySelector("[role=tab][aria-selected=true]").dataset.tab;
+  const text = $(`#snippet-${tab}`).textContent;
+  try {
+    await navigator.clipboard.writeText(text);
+  } catch {  // no clipboard API outside secure contexts (plain http to another host): select for Ctrl-C instead
+    const range = document.createRange();
+    range.selectNodeContents($(`#snippet-${tab}`));
+    getSelection().removeAllRanges();
+    getSelection().addRange(range);
+    document.execCommand("copy");
+  }
+  $("#copy").textContent = "Copied";
+  setTimeout(() => { $("#copy").textContent = "Copy"; }, 1200);
+}
+
+// ---------------------------------------------------------------- start
+
+function fillEndpoints() {
+  const appSelect = $("#app");
+  for (const app of Object.keys(state.endpoints)) {
+    const ready = state.ready[app];
+    const label = ready && !ready.weights_present ? `${app} (weights not installed)` : app;
+    appSelect.append(el("option", { value: app, text: label }));
+  }
+  const firstReady = Object.keys(state.endpoints).find((app) => state.ready[app]?.weights_present);
+  if (firstReady) appSelect.value = firstReady;
+  fillTasks();
+}
+
+function fillTasks() {
+  const app = $("#app").value;
+  const taskSelect = $("#task");
+  const previous = taskSelect.value;
+  taskSelect.replaceChildren(...state.endpoints[app].map((t) => el("option", { value: t, text: t })));
+  if (state.endpoints[app].includes(previous)) taskSelect.value = previous;
+  const ready = state.ready[app];
+  $("#endpoint-hint").textContent = ready
+    ? `model ${ready.model}: weights ${ready.weights_present ? "installed" : "NOT installed (requests are refused)"}${ready.loaded ? ", loaded" : ""}`
+    : "";
+  updateSnippets();
+}
+
+async function start() {
+  const [openapi, ready, config] = await Promise.all([
+    fetch("/openapi.json").then((r) => r.json()),
+    fetch("/ready").then((r) => r.json()).catch(() => ({})),
+    fetch("/playground/config").then((r) => r.json()),
+  ]);
+  state.openapi = openapi;
+  state.endpoints = queueEndpoints(openapi);
+  state.schema = bodySchema(openapi, state.endpoints);
+  state.ready = ready.endpoints || {};
+  state.authRequired = config.auth_required;
+  $("#api-key-field").hidden = !state.authRequired;
+  $("#api-key").value = localStorage.getItem(KEY_STORAGE) || "";
+  $("#api-key").addEventListener("change", () => {
+    localStorage.setItem(KEY_STORAGE, $("#api-key").value.trim());
+    clearError("api_key");
+  });
+  buildForm(openapi);
+  fillEndpoints();
+  $("#app").addEventListener("change", fillTasks);
+  $("#task").addEventListener("change", updateSnippets);
+  $("#request-form").addEventListener("input", updateSnippets);
+  $("#request-form").addEventListener("change", updateSnippets);
+  $("#request-form").addEventListener("submit", submit);
+  $("#reset").addEventListener("click", resetForm);
+  $("#cancel").addEventListener("click", cancel);
+  $("#copy").addEventListener("click", copySnippet);
+  $("#reuse-seed").addEventListener("click", () => {
+    $("#f-seed").value = $("#result-seed").textContent;
+    updateSnippets();
+  });
+  document.querySelectorAll("[role=tab]").forEach((tab) => tab.addEventListener("click", () => selectTab(tab.dataset.tab)));
+  updateSnippets();
+  $("#submit").disabled = false;
+  document.body.dataset.ready = "1";
+}
+
+start().catch((error) => {
+  $("#form-error").textContent = `could not start the playground: ${error}`;
+});

@@ -1,0 +1,128 @@
+"""The playground page (``GET /``) end to end in headless Chromium against a live ``vace serve`` (child process,
+loopback, tiny weights, an API key): the key field, an upload through the upload API, an out-of-range field with the
+server's message next to it, and a small preprocessed job whose progress reaches 100% and whose control and result
+videos load in the page. ``tests/js/playground.mjs`` drives the browser (playwright-core from npm, Debian's
+chromium); this module starts the server and checks what the page showed.
+
+Set ``VACE_PLAYGROUND_SCREENSHOT=docs/playground.png`` to refresh the README's screenshot from a run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from server_fixtures import REPO, ServeProcess, control_videos, server_weights  # noqa: F401
+
+CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
+JS_DIR = REPO / "tests" / "js"
+API_KEY = "playground-test-key"
+STATIC = REPO / "server" / "static"
+FAL_HOSTS = ("https://queue.fal.run", "https://rest.fal.ai", "https://fal.run")
+
+
+@pytest.fixture(scope="module")
+def server(server_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:  # noqa: F811
+    running = ServeProcess(server_weights, tmp_path_factory.mktemp("playground") / "data", api_key=API_KEY).start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def page_run(server: ServeProcess, control_videos: dict[str, Path],  # noqa: F811
+             tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One browser session through the page; returns the JSON report ``playground.mjs`` prints."""
+    if not CHROMIUM.exists():  # the only reason to skip: .ci/run installs it
+        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+    assert shutil.which("node"), "Node.js is needed to drive the browser"
+    assert (JS_DIR / "node_modules" / "playwright-core").is_dir(), "run `npm ci` in tests/js (make test does)"
+    screenshot = tmp_path_factory.mktemp("screens") / "playground.png"
+    env = {**os.environ, "VACE_URL": server.url, "VACE_KEY": API_KEY, "CHROMIUM": str(CHROMIUM)}
+    proc = subprocess.run(["node", "playground.mjs", str(control_videos["pose"]), str(screenshot)], cwd=JS_DIR,
+                          env=env, capture_output=True, text=True, timeout=240)
+    lines = proc.stdout.strip().splitlines()
+    assert proc.returncode == 0 and lines, f"{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    report = json.loads(lines[-1])
+    assert "failure" not in report, f"{report['failure']}\nserver log:\n{server.output()[-3000:]}"
+    assert screenshot.is_file()
+    if target := os.environ.get("VACE_PLAYGROUND_SCREENSHOT"):
+        shutil.copyfile(screenshot, target)
+    return report
+
+
+def test_page_is_local_and_built_from_the_schema(page_run: dict[str, Any]) -> None:
+    assert page_run["pageErrors"] == [] and page_run["foreignRequests"] == []
+    assert page_run["apps"] == ["fal-ai/wan-vace-14b", "fal-ai/wan-22-vace-fun-a14b"]
+    assert page_run["formDefaults"] == {"num_frames": "81", "num_frames_max": "241", "sampler": "unipc",
+                                        "sampler_options": ["unipc", "dpm++", "euler"], "preprocess": False}
+
+
+def test_api_key_field_and_upload(page_run: dict[str, Any]) -> None:
+    assert page_run["keyFieldVisible"]
+    assert "API key" in page_run["missingKeyError"]
+    assert "/files/" in page_run["videoUrl"] and page_run["uploadStatus"].startswith("uploaded")
+    assert page_run["keyErrorAfterUpload"] == ""
+
+
+def test_out_of_range_field_shows_the_server_message(page_run: dict[str, Any]) -> None:
+    assert "less than or equal to 241" in page_run["rangeError"] and "less_than_equal" in page_run["rangeError"]
+    assert page_run["rangeFieldInvalid"] and page_run["rangeErrorAfterFix"] == ""
+
+
+def test_job_progress_and_videos(page_run: dict[str, Any], server: ServeProcess) -> None:
+    seen = page_run["progressSeen"]
+    assert 50 in seen and seen[-1] == 100 and seen.index(50) < seen.index(100), seen
+    assert page_run["progress"] == 100 and page_run["progressText"].startswith("done in")
+    assert "step 1/2" in page_run["log"] and "step 2/2" in page_run["log"]
+    assert page_run["resultReadyState"] >= 1 and page_run["resultSize"] == [416, 240]
+    assert page_run["controlVisible"] and page_run["controlReadyState"] >= 1
+    assert page_run["decoded"][0] >= 2 and page_run["decoded"][1] >= 2  # a frame of each decoded in the page
+    assert page_run["seed"] == "1" and page_run["resultDownload"].endswith(".mp4")
+    assert page_run["formError"] == ""
+
+    # What the page showed is what the server has: the control video is an extra status field, and the output
+    # keeps fal's schema.
+    with server.client() as client:
+        base = f"/queue/fal-ai/wan-vace-14b/requests/{page_run['requestId']}"
+        status = client.get(f"{base}/status").json()
+        output = client.get(base).json()
+        assert status["control_video_url"] == page_run["controlSrc"]
+        assert client.get(status["control_video_url"]).headers["content-type"] == "video/mp4"
+    assert output["video"]["url"] == page_run["resultSrc"] and output["seed"] == 1
+    assert set(output) <= {"video", "prompt", "seed", "frames_zip"}
+
+
+def test_snippets_carry_the_exact_request(page_run: dict[str, Any], server: ServeProcess) -> None:
+    snippets = page_run["snippets"]
+    sent = {"prompt": "a dancer on a beach at sunset", "video_url": page_run["videoUrl"], "num_frames": 17,
+            "num_inference_steps": 2, "seed": 1, "preprocess": True, "acceleration": "none"}
+    curl = snippets["curl"]
+    body = json.loads(curl[curl.index("-d '") + 4:curl.index("'\n#")])
+    assert body == sent
+    assert f"{server.url}/queue/fal-ai/wan-vace-14b/pose" in curl and "Authorization: Key $FAL_KEY" in curl
+    python = snippets["python"]
+    assert f'use_server("{server.url}")' in python and '"fal-ai/wan-vace-14b/pose"' in python
+    assert '"preprocess": True' in python and '"num_frames": 17' in python
+    js = snippets["js"]
+    assert "requestMiddleware" in js and 'fal.subscribe("fal-ai/wan-vace-14b/pose"' in js
+    assert '"preprocess": true' in js
+
+
+def test_page_files_are_served(server: ServeProcess) -> None:
+    """Every file under server/static is reachable, and the page names no other host."""
+    with httpx.Client(base_url=server.url) as client:  # the page and its files need no key
+        index = client.get("/")
+        assert index.status_code == 200 and "default-src 'self'" in index.headers["content-security-policy"]
+        for path in STATIC.iterdir():
+            assert client.get(f"/static/{path.name}").status_code == 200
+        assert client.get("/playground/config").json() == {"auth_required": True}
+    for path in STATIC.iterdir():  # absolute URLs only in the JS snippet's host rewriting
+        assert set(re.findall(r"https?://[^\s\"'`]*", path.read_text())) <= set(FAL_HOSTS), path
