@@ -39,7 +39,9 @@ class VaceInput(BaseModel):
     prompt: str = Field(..., min_length=1, description="The text prompt to guide video generation.")
     negative_prompt: str = Field(DEFAULT_NEGATIVE_PROMPT, description="What the video should not show.")
     video_url: str = Field(
-        ..., min_length=1, description="URL, data URI or local path of the source (or control) video."
+        ...,
+        min_length=1,
+        description="URL or data URI of the source (or control) video; the CLI also takes a local path.",
     )
     match_input_num_frames: bool = Field(
         False, description="Cover the whole input video at the output frame rate instead of using num_frames."
