@@ -86,6 +86,7 @@ def run_demo(weights_dir: Path, out_dir: Path) -> list[Path]:
     if not (weights_dir / "wan-shared").is_dir():
         build_tiny_weights(weights_dir)
         print(f"built tiny random-weight models in {weights_dir}")
+    out_dir = out_dir.resolve()  # output URLs are file:// URIs, which need absolute paths
     out_dir.mkdir(parents=True, exist_ok=True)
     models = ModelManager(weights_dir)
     written = []
