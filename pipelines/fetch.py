@@ -9,25 +9,115 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import mimetypes
 import os
 import re
+import socket
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
-from urllib.parse import unquote, unquote_to_bytes, urlsplit
+from urllib.parse import unquote, unquote_to_bytes, urljoin, urlsplit
 from urllib.request import url2pathname
 
 import httpx
 from PIL import Image, ImageOps
 
 from .errors import InputError
+from .limits import current_limits
 
 DOWNLOAD_ERROR = "file_download_error"
 IMAGE_ERROR = "image_load_error"
 
 _LOCAL_RESOLVERS: list[Callable[[str], Path | None]] = []
+
+# Hosts/CIDRs (optionally with ":port") that may be fetched although their addresses are not public.
+_ALLOW: tuple[str, ...] = ()
+
+
+def set_fetch_allowlist(entries: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """Permit non-public sources: ``10.0.0.0/8``, ``192.168.1.5``, ``media.internal``, ``127.0.0.1:8080``,
+    ``[::1]:8080``. Returns the previous list (tests restore it). Every other address must be public."""
+    global _ALLOW
+    previous, _ALLOW = _ALLOW, tuple(entries)
+    for entry in _ALLOW:
+        _parse_allow(entry)  # a typo fails here, at startup, not at the first fetch
+    return previous
+
+
+def _parse_allow(entry: str) -> tuple[str, int | None]:
+    """``(host or CIDR, port or None)`` of one allow-list entry."""
+    entry = entry.strip()
+    m = re.fullmatch(r"\[([^\]]+)\](?::(\d+))?", entry)
+    if m:
+        return m.group(1).lower(), int(m.group(2)) if m.group(2) else None
+    if entry.count(":") == 1:
+        host, _, port = entry.partition(":")
+        if not port.isdigit():
+            raise ValueError(f"bad fetch allow-list entry {entry!r}")
+        return host.lower(), int(port)
+    return entry.lower(), None
+
+
+def _allowed(host: str, ip: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> bool:
+    for entry in _ALLOW:
+        what, want_port = _parse_allow(entry)
+        if want_port is not None and want_port != port:
+            continue
+        if what == host:
+            return True
+        try:
+            if ip in ipaddress.ip_network(what, strict=False):
+                return True
+        except ValueError:
+            continue
+    return False
+
+
+def _public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether ``ip`` is an ordinary internet address (not private, loopback, link-local incl. cloud metadata,
+    multicast, reserved, unspecified, shared/CGNAT, ...); IPv4-mapped/compatible IPv6 is judged as its IPv4."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return _public(ip.ipv4_mapped)
+        if ip.sixtofour is not None and not _public(ip.sixtofour):
+            return False
+        if ip.teredo is not None:
+            return False
+        if int(ip) >> 32 == 0:  # deprecated IPv4-compatible ::a.b.c.d, and :: / ::1
+            return False
+    return ip.is_global and not (ip.is_multicast or ip.is_reserved or ip.is_unspecified or ip.is_loopback
+                                 or ip.is_link_local or ip.is_private)
+
+
+def _vetted_address(url: str, field: str) -> tuple[str, str, int]:
+    """Resolve ``url``'s host once and check every address; returns ``(host, address to connect to, port)``."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("http", "https"):
+        raise InputError(field, f"only http and https URLs can be downloaded: {_brief(url)}", DOWNLOAD_ERROR)
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        raise InputError(field, f"malformed URL: {_brief(url)}", DOWNLOAD_ERROR) from None
+    if not host:
+        raise InputError(field, f"URL has no host: {_brief(url)}", DOWNLOAD_ERROR)
+    port = port or (443 if parts.scheme.lower() == "https" else 80)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError, OSError):
+        raise InputError(field, f"cannot resolve host {host!r}: {_brief(url)}", DOWNLOAD_ERROR) from None
+    addresses = []
+    for info in infos:
+        ip = ipaddress.ip_address(str(info[4][0]).split("%")[0])
+        if not (_public(ip) or _allowed(host.lower(), ip, port)):
+            raise InputError(
+                field, f"refusing to download from a non-public address ({ip}): {_brief(url)}", DOWNLOAD_ERROR
+            )
+        addresses.append(str(ip))
+    if not addresses:
+        raise InputError(field, f"cannot resolve host {host!r}: {_brief(url)}", DOWNLOAD_ERROR)
+    return host, addresses[0], port
 
 
 def register_local_resolver(fn: Callable[[str], Path | None]) -> None:
@@ -37,14 +127,18 @@ def register_local_resolver(fn: Callable[[str], Path | None]) -> None:
 
 
 def fetch_to_file(
-    ref: str, field: str, workdir: Path, *, max_bytes: int = 2 * 1024**3, timeout_s: float = 120.0
+    ref: str, field: str, workdir: Path, *, max_bytes: int | None = None, timeout_s: float | None = None
 ) -> Path:
     """Return a local file holding the bytes ``ref`` points to.
 
     Local paths and ``file://`` URLs are returned in place (never copied, so callers must not delete them);
     downloads and ``data:`` URIs are written to a new file in ``workdir``. Every failure the caller can fix
-    raises ``InputError(field, ..., "file_download_error")``.
+    raises ``InputError(field, ..., "file_download_error")``. Limits default to ``current_limits()``; downloads
+    go to public addresses only (or ones in the allow-list, see ``set_fetch_allowlist``), checked on every redirect.
     """
+    limits = current_limits()
+    max_bytes = limits.max_download_bytes if max_bytes is None else max_bytes
+    timeout_s = limits.download_timeout_s if timeout_s is None else timeout_s
     for resolve in _LOCAL_RESOLVERS:
         resolved = resolve(ref)
         if resolved is not None:
@@ -57,7 +151,7 @@ def fetch_to_file(
     if scheme in ("http", "https"):
         return _download(ref, field, workdir, max_bytes, timeout_s)
     if scheme == "data":
-        return _decode_data_uri(ref, field, workdir, max_bytes)
+        return _decode_data_uri(ref, field, workdir, min(max_bytes, limits.max_data_uri_bytes))
     if scheme == "file":
         if parts.netloc not in ("", "localhost"):
             raise InputError(field, f"file URL is not on this machine: {_brief(ref)}", DOWNLOAD_ERROR)
@@ -74,10 +168,18 @@ def load_image(ref: str, field: str, workdir: Path) -> Image.Image:
     ``transparency_mode``), otherwise RGB, so downstream code handles exactly two modes.
     """
     path = fetch_to_file(ref, field, workdir)
+    max_pixels = current_limits().max_image_pixels
     try:
         with Image.open(path) as opened:
+            width, height = opened.size
+            if width * height > max_pixels:  # checked from the header, before decoding
+                raise InputError(
+                    field, f"image is {width}x{height}, over the {max_pixels}-pixel limit", "image_too_large"
+                )
             opened.load()
             img = ImageOps.exif_transpose(opened)
+    except InputError:
+        raise
     except (OSError, ValueError, Image.DecompressionBombError):
         raise InputError(field, f"not a readable image: {_brief(ref)}", IMAGE_ERROR) from None
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
@@ -132,38 +234,63 @@ def _suffix(url_path: str, mime: str | None) -> str:
 
 
 def _download(url: str, field: str, workdir: Path, max_bytes: int, timeout_s: float) -> Path:
-    """Stream ``url`` to a file, enforcing ``max_bytes`` and an overall deadline (httpx's timeout is per read)."""
+    """Stream ``url`` to a file, enforcing ``max_bytes`` and an overall deadline (httpx's timeout is per read).
+
+    Redirects are followed here, a bounded number of times, and every hop's host is resolved once, checked, and
+    connected to by that checked address (the Host header and TLS name stay the original host), so a DNS answer
+    that changes between check and connect cannot reach a private address.
+    """
     deadline = time.monotonic() + timeout_s
     dest: Path | None = None
+    original = url
     try:
-        with httpx.stream("GET", url, follow_redirects=True, timeout=timeout_s) as resp:
-            if resp.status_code >= 400:
-                raise InputError(field, f"download failed with HTTP {resp.status_code}: {_brief(url)}", DOWNLOAD_ERROR)
-            declared = resp.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > max_bytes:
-                raise _too_large(url, field, max_bytes)
-            dest = _new_file(workdir, field, _suffix(resp.url.path, resp.headers.get("content-type")))
-            size = 0
-            with dest.open("wb") as out:
-                for chunk in resp.iter_bytes():
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise _too_large(url, field, max_bytes)
-                    if time.monotonic() > deadline:
-                        raise httpx.TimeoutException("deadline exceeded")
-                    out.write(chunk)
-        _check_size(size, url, field, max_bytes)
-        return dest
+        with httpx.Client(timeout=timeout_s, follow_redirects=False, trust_env=False) as client:
+            for _hop in range(current_limits().max_redirects + 1):
+                host, address, port = _vetted_address(url, field)
+                target = httpx.URL(url).copy_with(host=address)
+                netloc = urlsplit(url).netloc.rpartition("@")[2]
+                extensions = {"sni_hostname": host} if urlsplit(url).scheme.lower() == "https" else {}
+                request = client.build_request("GET", target, headers={"host": netloc}, extensions=extensions)
+                resp = client.send(request, stream=True)
+                try:
+                    if resp.is_redirect:
+                        location = resp.headers.get("location", "")
+                        url = urljoin(url, location)
+                        continue
+                    if resp.status_code >= 400:
+                        raise InputError(
+                            field, f"download failed with HTTP {resp.status_code}: {_brief(original)}", DOWNLOAD_ERROR
+                        )
+                    declared = resp.headers.get("content-length", "")
+                    if declared.isdigit() and int(declared) > max_bytes:
+                        raise _too_large(original, field, max_bytes)
+                    dest = _new_file(workdir, field, _suffix(urlsplit(url).path, resp.headers.get("content-type")))
+                    size = 0
+                    with dest.open("wb") as out:
+                        for chunk in resp.iter_bytes():
+                            size += len(chunk)
+                            if size > max_bytes:
+                                raise _too_large(original, field, max_bytes)
+                            if time.monotonic() > deadline:
+                                raise httpx.TimeoutException("deadline exceeded")
+                            out.write(chunk)
+                finally:
+                    resp.close()
+                _check_size(size, original, field, max_bytes)
+                return dest
+            raise InputError(field, f"too many redirects: {_brief(original)}", DOWNLOAD_ERROR)
     except InputError:
         _discard(dest)
         raise
     except httpx.TimeoutException:
         _discard(dest)
-        raise InputError(field, f"download timed out after {timeout_s:g} s: {_brief(url)}", DOWNLOAD_ERROR) from None
+        raise InputError(
+            field, f"download timed out after {timeout_s:g} s: {_brief(original)}", DOWNLOAD_ERROR
+        ) from None
     except (httpx.HTTPError, httpx.InvalidURL, OSError) as exc:
         _discard(dest)
         reason = str(exc)[:120] or type(exc).__name__
-        raise InputError(field, f"download failed ({reason}): {_brief(url)}", DOWNLOAD_ERROR) from None
+        raise InputError(field, f"download failed ({reason}): {_brief(original)}", DOWNLOAD_ERROR) from None
 
 
 def _discard(path: Path | None) -> None:

@@ -30,6 +30,7 @@ from .conditioning import Conditioning, build_conditioning
 from .encode import encode_video, write_frames_zip
 from .errors import InputError, JobCancelled
 from .fetch import fetch_to_file, load_image
+from .limits import current_limits
 from .frame_plan import plan_frames
 from .loading import ModelManager
 from .prompt_expansion import expand_prompt
@@ -40,7 +41,7 @@ from .schema import File, VaceInput, VaceOutput, VideoFile
 from .sizing import output_size
 from .step_cache import THRESHOLDS, StepCacheController, step_cache
 from .temporal import plan_temporal
-from .video_io import probe_video, read_frames
+from .video_io import VideoInfo, probe_video, read_frames
 
 Publish = Callable[[Path, str], str]
 """Turns a finished local file (path, content type) into the URL the output reports."""
@@ -128,6 +129,34 @@ def denoise(
     return result.frames[0]
 
 
+def check_request_limits(inp: VaceInput) -> None:
+    """Limits that need no download (the server also checks them when a job is submitted)."""
+    limits = current_limits()
+    if len(inp.prompt) > limits.max_prompt_chars:
+        raise InputError("prompt", f"the prompt is {len(inp.prompt)} characters, over the "
+                         f"{limits.max_prompt_chars}-character limit", "prompt_too_long")
+    if inp.negative_prompt and len(inp.negative_prompt) > limits.max_prompt_chars:
+        raise InputError("negative_prompt", f"the negative prompt is over the {limits.max_prompt_chars}-character "
+                         "limit", "prompt_too_long")
+    if inp.ref_image_urls and len(inp.ref_image_urls) > limits.max_ref_images:
+        raise InputError("ref_image_urls", f"{len(inp.ref_image_urls)} reference images, over the limit of "
+                         f"{limits.max_ref_images}", "too_many_reference_images")
+
+
+def check_video_limits(info: VideoInfo, field: str = "video_url") -> None:
+    """Limits on the decoded input video, checked right after probing (before any frame is decoded to RGB)."""
+    limits = current_limits()
+    if info.width * info.height > limits.max_video_pixels:
+        raise InputError(field, f"the video is {info.width}x{info.height}, over the {limits.max_video_pixels}-pixel "
+                         "limit", "video_too_large")
+    if info.num_frames > limits.max_video_frames:
+        raise InputError(field, f"the video has {info.num_frames} frames, over the limit of "
+                         f"{limits.max_video_frames}", "video_too_long")
+    if info.duration > limits.max_video_seconds:
+        raise InputError(field, f"the video lasts {info.duration:.1f} s, over the limit of "
+                         f"{limits.max_video_seconds:g} s", "video_too_long")
+
+
 def generate(
     inp: VaceInput,
     *,
@@ -141,12 +170,14 @@ def generate(
     """Run one ``task`` job on ``model``; files are written under ``workdir`` and handed to ``publish``."""
     hooks = hooks or JobHooks()
     started = time.perf_counter()
+    check_request_limits(inp)
     checker = _safety_checker(inp, models)
     seed = inp.seed if inp.seed is not None else secrets.randbelow(2**31)
 
     hooks.log("fetching inputs")
     video_path = fetch_to_file(inp.video_url, "video_url", workdir)
     info = probe_video(video_path)
+    check_video_limits(info)
     first = load_image(inp.first_frame_url, "first_frame_url", workdir) if inp.first_frame_url else None
     last = load_image(inp.last_frame_url, "last_frame_url", workdir) if inp.last_frame_url else None
     refs = [

@@ -21,7 +21,8 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipelines.errors import InputError
-from pipelines.fetch import register_local_resolver
+from pipelines.fetch import register_local_resolver, set_fetch_allowlist
+from pipelines.limits import set_limits
 from pipelines.loading import ModelManager
 from pipelines.registry import APPS, TASKS
 
@@ -62,6 +63,8 @@ def create_app(config: ServerConfig) -> FastAPI:
     store = SqliteJobStore(config.jobs_db)
     files = FileStore(config.files_dir, config.uploads_dir, config.max_upload_bytes)
     register_local_resolver(files.local_path)
+    set_limits(config.limits)
+    set_fetch_allowlist(config.fetch_allow)
     changes = Changes()
     devices = resolve_devices(config.devices)
     metrics = Metrics(store, devices)
@@ -99,6 +102,30 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.include_router(fal_router(store=store, pool=pool, changes=changes, auth=auth, public_url=config.public_url,
                                   on_finished=webhooks.schedule))
     app.include_router(storage_router(files=files, auth=auth, public_url=config.public_url))
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):  # type: ignore[no-untyped-def]
+        """Refuse oversized request bodies with a fal-shaped 413 before reading them (storage uploads excepted:
+        they stream to disk under their own limit)."""
+        path = request.url.path
+        if not path.startswith(("/storage/", "/files/")) and request.method in ("POST", "PUT", "PATCH"):
+            declared = request.headers.get("content-length", "")
+            too_big = declared.isdigit() and int(declared) > config.max_body_bytes
+            if not too_big and not declared.isdigit():  # chunked: read at most the limit, then stop
+                chunks, size = [], 0
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > config.max_body_bytes:
+                        too_big = True
+                        break
+                    chunks.append(chunk)
+                else:
+                    request._body = b"".join(chunks)  # replayed to the route by Starlette's middleware
+            if too_big:
+                return JSONResponse({"detail": [{"loc": ["body"], "msg": f"request body is over the "
+                                                 f"{config.max_body_bytes}-byte limit", "type": "request_too_large"}]},
+                                    status_code=413)
+        return await call_next(request)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -245,6 +245,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         devices=tuple(args.devices or ()),
         max_models=args.max_models,
         runtime=_runtime(args),
+        fetch_allow=tuple(e.strip() for e in args.fetch_allow),
+        max_body_bytes=args.max_body_bytes,
     )
     try:
         serve(config, log_level="debug" if args.verbose else "info", access_log=args.verbose or args.access_log)
@@ -304,6 +306,12 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--devices", nargs="+", help="one worker per device, e.g. cuda:0 cuda:1 (default: all GPUs or cpu)")
     srv.add_argument("--max-models", type=int, default=2, help="models kept loaded per device")
     srv.add_argument("--access-log", action="store_true", help="log every HTTP request")
+    srv.add_argument("--fetch-allow", action="append",
+                     default=[e for e in os.environ.get("VACE_FETCH_ALLOW", "").split(",") if e.strip()],
+                     help="non-public media source to permit: CIDR, host or host:port (repeatable; env "
+                          "VACE_FETCH_ALLOW, comma-separated). By default only public addresses are fetched.")
+    srv.add_argument("--max-body-bytes", type=int, default=int(os.environ.get("VACE_MAX_BODY_BYTES", 16 * 1024**2)),
+                     help="largest JSON request body (default 16 MiB)")
     _add_runtime_flags(srv)
     srv.set_defaults(func=cmd_serve)
 

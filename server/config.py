@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipelines.limits import Limits
 from pipelines.runtime import RuntimeConfig
 
 DEFAULT_DATA_DIR = Path(os.environ.get("VACE_DATA_DIR", Path.home() / ".cache" / "vace" / "server"))
@@ -46,6 +47,12 @@ class ServerConfig:
     webhook_attempts: int = 5
     webhook_backoff_s: float = 1.0
     webhook_timeout_s: float = 15.0
+    limits: Limits = Limits()
+    """Input limits (download size/time, video length/size, image size, data URIs, prompt, references)."""
+    fetch_allow: tuple[str, ...] = ()
+    """Non-public sources media may be downloaded from: CIDRs, hosts, ``host:port``; all else must be public."""
+    max_body_bytes: int = 16 * 1024**2
+    """Largest JSON request body (data URIs included); uploads go through /storage and have their own limit."""
 
     @property
     def jobs_db(self) -> Path:

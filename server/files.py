@@ -34,6 +34,8 @@ def safe_name(file_name: str | None, content_type: str | None = None) -> str:
     name = re.sub(r"[^A-Za-z0-9._-]", "_", base).lstrip("._-")[:100] or "upload"
     if not Path(name).suffix and content_type:
         name += mimetypes.guess_extension(content_type.split(";")[0].strip().lower()) or ""
+    if name.endswith(".partial"):  # reserved for uploads in progress, which are never served
+        name += "_"
     return name
 
 
@@ -56,7 +58,7 @@ class FileStore:
 
     def path(self, key: str) -> Path | None:
         """The file behind ``key``, or None when the key is malformed or the file does not exist."""
-        if not _KEY_RE.fullmatch(key):
+        if not _KEY_RE.fullmatch(key) or key.endswith(".partial"):  # an upload still being written is not a file
             return None
         path = self.files_dir / key
         return path if path.is_file() else None

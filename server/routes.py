@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from pipelines.errors import InputError
 from pipelines.fetch import DOWNLOAD_ERROR
+from pipelines.generate import check_request_limits
 from pipelines.registry import APPS, TASKS
 from pipelines.schema import VaceInput, VaceOutput
 
@@ -51,6 +52,7 @@ def check_refs(inp: VaceInput) -> None:
         ("video_url", inp.video_url), ("first_frame_url", inp.first_frame_url), ("last_frame_url", inp.last_frame_url)
     ]
     refs += [(("ref_image_urls", i), url) for i, url in enumerate(inp.ref_image_urls or [])]
+    check_request_limits(inp)  # prompt length, number of references: refused at submission, not in the queue
     for loc, ref in refs:
         if ref is not None and _scheme(ref) not in ("http", "https", "data"):
             raise InputError(

@@ -18,7 +18,7 @@ from PIL import Image
 from pipelines import fetch
 from pipelines.encode import QUALITY_CRF, WRITE_MODE_PRESET, encode_video, write_frames_zip
 from pipelines.errors import InputError
-from pipelines.fetch import fetch_to_file, load_image, register_local_resolver
+from pipelines.fetch import fetch_to_file, load_image, register_local_resolver, set_fetch_allowlist
 from pipelines.video_io import iter_frames, probe_video, read_frames
 
 W, H, N, FPS = 64, 48, 12, 12.0
@@ -68,8 +68,11 @@ def http_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, P
 
 
 @pytest.fixture(autouse=True)
-def no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+def no_proxy(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    previous = set_fetch_allowlist(["127.0.0.1"])  # the test servers are on loopback, refused by default
+    yield
+    set_fetch_allowlist(previous)
 
 
 def assert_download_error(exc: pytest.ExceptionInfo[InputError], field: str) -> None:

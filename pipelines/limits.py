@@ -1,0 +1,40 @@
+"""Every size, time and count limit on a job's inputs, in one place.
+
+The server sets them once from its config (``set_limits``); the CLI uses the defaults. Each limit is checked before
+any model work, and each refusal is an ``InputError`` (fal's 422 body on the server).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MiB = 1024**2
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_download_bytes: int = 2 * 1024**3
+    download_timeout_s: float = 120.0
+    max_data_uri_bytes: int = 10 * MiB
+    max_redirects: int = 5
+    max_video_seconds: float = 600.0
+    max_video_frames: int = 20_000
+    max_video_pixels: int = 3840 * 2160
+    """Width x height of the decoded input video."""
+    max_image_pixels: int = 8192 * 8192
+    max_ref_images: int = 8
+    max_prompt_chars: int = 5_000
+
+
+_current = Limits()
+
+
+def current_limits() -> Limits:
+    return _current
+
+
+def set_limits(limits: Limits) -> Limits:
+    """Make ``limits`` this process's limits; returns the previous ones (tests restore them)."""
+    global _current
+    previous, _current = _current, limits
+    return previous
