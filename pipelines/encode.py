@@ -7,6 +7,7 @@ streamed to ffmpeg's stdin one at a time, so a long output never exists as one a
 
 from __future__ import annotations
 
+import errno
 import itertools
 import subprocess
 import tempfile
@@ -87,8 +88,11 @@ def encode_video(
             raise
         if proc.wait() != 0:
             log.seek(0)
+            message = log.read().decode(errors="replace")
             path.unlink(missing_ok=True)
-            raise RuntimeError(f"ffmpeg failed to encode {path.name}: {log.read().decode(errors='replace')[-500:]}")
+            if "No space left on device" in message:  # the caller reports a full disk as such, not as a bug
+                raise OSError(errno.ENOSPC, f"no space left on device while encoding {path.name}")
+            raise RuntimeError(f"ffmpeg failed to encode {path.name}: {message[-500:]}")
     return EncodedVideo(
         path=path,
         width=width,

@@ -6,7 +6,7 @@ any model work, and each refusal is an ``InputError`` (fal's 422 body on the ser
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 MiB = 1024**2
 
@@ -24,6 +24,25 @@ class Limits:
     max_image_pixels: int = 8192 * 8192
     max_ref_images: int = 8
     max_prompt_chars: int = 5_000
+
+    def with_settings(self, settings: list[str]) -> Limits:
+        """These limits with ``NAME=VALUE`` settings applied (``vace serve --limit``); ValueError names the
+        known limits when a name or value is wrong."""
+        types = {f.name: f.type for f in fields(self)}
+        changes: dict[str, float | int] = {}
+        for setting in settings:
+            name, _, value = setting.partition("=")
+            name = name.strip()
+            if name not in types:
+                raise ValueError(f"unknown limit {name!r}; known limits: {', '.join(types)}")
+            try:
+                number = (float if types[name] in (float, "float") else int)(value)
+            except ValueError:
+                raise ValueError(f"limit {name} needs a number, got {value!r}") from None
+            if number <= 0:
+                raise ValueError(f"limit {name} must be positive, got {value!r}")
+            changes[name] = number
+        return replace(self, **changes)
 
 
 _current = Limits()

@@ -1,4 +1,5 @@
-"""The FastAPI app of ``vace serve``: wiring of store, files, workers, webhooks, auth and metrics, the service
+"""The FastAPI app of ``vace serve``: wiring of store, files, workers, webhooks, retention, auth and
+metrics, the service
 routes (``/health``, ``/ready``, ``/metrics``), the playground (``/``, ``/static/...``, ``server/static/``) and
 fal-shaped error bodies; ``serve()`` runs it in uvicorn.
 """
@@ -33,6 +34,7 @@ from .files import FileStore
 from .jobs import SqliteJobStore
 from .metrics import CONTENT_TYPE, Metrics
 from .protocol import validation_detail
+from .retention import Retention
 from .routes import fal_router
 from .tls import certificate_names, client_hostport, ensure_certificate, fal_client_env
 from .uploads import storage_router
@@ -77,6 +79,8 @@ def create_app(config: ServerConfig) -> FastAPI:
     pool = WorkerPool(store=store, files=files, changes=changes, metrics=metrics, managers=managers,
                       work_dir=config.work_dir, on_finished=webhooks.schedule)
     auth = Auth(config.api_keys, load_secret(config.data_dir / "secret"))
+    retention = Retention(store, files, max_age_s=config.retention_s, interval_s=config.retention_sweep_s,
+                          deleted=metrics.retention_deleted)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -84,9 +88,11 @@ def create_app(config: ServerConfig) -> FastAPI:
             log.warning("job %s was running when the server stopped: %s", job_id, store.logs(job_id)[-1].message)
         await webhooks.start()
         pool.start()
+        retention.start()
         try:
             yield
         finally:
+            await run_in_threadpool(retention.stop)
             await run_in_threadpool(pool.stop)
             await webhooks.stop()
             store.close()

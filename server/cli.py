@@ -13,11 +13,13 @@ import shutil
 import sys
 import tempfile
 import typing
+from dataclasses import fields
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from pipelines.errors import InputError, JobCancelled
+from pipelines.limits import Limits
 from pipelines.registry import MODELS, TASKS
 from weights.manifest import DEFAULT_DOWNLOAD, ENTRIES
 from pipelines.runtime import MEMORY_MODES, PROMPT_EXPANDERS, RuntimeConfig
@@ -234,6 +236,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    try:
+        limits = Limits().with_settings(args.limit)
+    except ValueError as exc:
+        print(f"error: --limit: {exc}", file=sys.stderr)
+        return 2
     config = ServerConfig(
         weights_dir=Path(args.weights_dir),
         data_dir=Path(args.data_dir),
@@ -247,6 +254,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         runtime=_runtime(args),
         fetch_allow=tuple(e.strip() for e in args.fetch_allow),
         max_body_bytes=args.max_body_bytes,
+        limits=limits,
+        retention_s=args.retention_hours * 3600,
     )
     try:
         serve(config, log_level="debug" if args.verbose else "info", access_log=args.verbose or args.access_log)
@@ -312,6 +321,13 @@ def build_parser() -> argparse.ArgumentParser:
                           "VACE_FETCH_ALLOW, comma-separated). By default only public addresses are fetched.")
     srv.add_argument("--max-body-bytes", type=int, default=int(os.environ.get("VACE_MAX_BODY_BYTES", 16 * 1024**2)),
                      help="largest JSON request body (default 16 MiB)")
+    srv.add_argument("--limit", action="append", metavar="NAME=VALUE",
+                     default=[e for e in os.environ.get("VACE_LIMITS", "").split(",") if e.strip()],
+                     help="change an input limit, e.g. max_video_seconds=120 (repeatable; env VACE_LIMITS, "
+                          "comma-separated). Limits: " + ", ".join(f.name for f in fields(Limits)))
+    srv.add_argument("--retention-hours", type=float, default=float(os.environ.get("VACE_RETENTION_HOURS", 168)),
+                     help="delete served files, abandoned uploads and finished jobs older than this (default 168, "
+                          "a week; 0 keeps everything; env VACE_RETENTION_HOURS)")
     _add_runtime_flags(srv)
     srv.set_defaults(func=cmd_serve)
 

@@ -53,6 +53,10 @@ class ServerConfig:
     """Non-public sources media may be downloaded from: CIDRs, hosts, ``host:port``; all else must be public."""
     max_body_bytes: int = 16 * 1024**2
     """Largest JSON request body (data URIs included); uploads go through /storage and have their own limit."""
+    retention_s: float = 7 * 24 * 3600.0
+    """Age past which served files, abandoned uploads and finished jobs are deleted; 0 keeps everything."""
+    retention_sweep_s: float = 600.0
+    """Seconds between two retention sweeps."""
 
     @property
     def jobs_db(self) -> Path:

@@ -99,6 +99,8 @@ class JobStore(Protocol):
     def recover(self, max_attempts: int) -> list[str]: ...
     def pending_webhooks(self) -> list[Job]: ...
     def set_webhook_state(self, job_id: str, state: WebhookState) -> None: ...
+    def unfinished(self) -> list[Job]: ...
+    def purge(self, finished_before: float) -> int: ...
     def close(self) -> None: ...
 
 
@@ -310,6 +312,18 @@ class SqliteJobStore:
     def set_webhook_state(self, job_id: str, state: WebhookState) -> None:
         with self._tx() as db:
             db.execute("UPDATE jobs SET webhook_state = ? WHERE id = ?", (state, job_id))
+
+    def unfinished(self) -> list[Job]:
+        """Queued and running jobs, oldest first."""
+        return [_job(r) for r in self._query("SELECT * FROM jobs WHERE status != 'COMPLETED' ORDER BY seq")]
+
+    def purge(self, finished_before: float) -> int:
+        """Delete the jobs (and their logs) that ended before ``finished_before``; a job whose webhook is still
+        being delivered stays until it is. Returns how many were deleted."""
+        with self._tx() as db:
+            where = ("status = 'COMPLETED' AND finished_at < ? AND (webhook_state IS NULL OR webhook_state != 'pending')")
+            db.execute(f"DELETE FROM logs WHERE job_id IN (SELECT id FROM jobs WHERE {where})", (finished_before,))
+            return db.execute(f"DELETE FROM jobs WHERE {where}", (finished_before,)).rowcount
 
 
 def _complete(db: sqlite3.Connection, job_id: str, *, result: dict[str, Any] | None = None,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -47,7 +47,7 @@ class _StoreCollector(Collector):
 
 
 class Metrics:
-    """The server's metrics; workers call ``step_seconds`` and ``job_seconds``."""
+    """The server's metrics; workers call ``step_seconds`` and ``job_seconds``, retention ``retention_deleted``."""
 
     def __init__(self, store: JobStore, devices: list[torch.device]) -> None:
         self.registry = CollectorRegistry()
@@ -58,6 +58,10 @@ class Metrics:
         self.job_seconds = Histogram(
             "vace_job_duration_seconds", "Seconds from a job's start on a worker to its end.",
             ["app", "task", "outcome"], buckets=_JOB_BUCKETS, registry=self.registry,
+        )
+        self.retention_deleted = Counter(
+            "vace_retention_deleted", "Files, abandoned uploads and finished jobs deleted for their age.", ["kind"],
+            registry=self.registry,
         )
         self.registry.register(_StoreCollector(store, devices))
 

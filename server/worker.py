@@ -2,15 +2,20 @@
 
 Model work never runs on the HTTP event loop. A worker reports every log line and denoising step to the store
 (which the status routes read) and wakes the coroutines waiting on the job. Whatever goes wrong in one job ends that
-job with a stated reason and the worker takes the next one. Stopping the server interrupts a running job at its
-next step and puts it back in the queue without counting that run.
+job with a stated reason and the worker takes the next one: running the device out of memory or the disk out of
+space is named as such, the job's partial files are deleted and its memory released before the next job starts.
+Stopping the server interrupts a running job at its next step and puts it back in the queue without counting that
+run.
 """
 
 from __future__ import annotations
 
 import base64
+import errno
+import gc
 import logging
 import shutil
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -35,6 +40,7 @@ from .protocol import validation_detail
 log = logging.getLogger(__name__)
 
 IDLE_POLL_S = 1.0
+RECORD_RETRY_S = 2.0
 
 
 class WorkerPool:
@@ -107,7 +113,12 @@ class Worker(threading.Thread):
                 log.exception("worker error on job %s", job.id)
 
     def _log(self, job_id: str, message: str, level: str = "INFO") -> None:
-        self.pool.store.log(job_id, message, level)
+        """Store a log line for the status routes; a line the store cannot take (a full disk) is not worth
+        failing the job over, so it goes to the server's own log instead."""
+        try:
+            self.pool.store.log(job_id, message, level)
+        except Exception:
+            log.warning("job %s: could not store the log line %r", job_id, message, exc_info=True)
         self.pool.changes.notify(job_id)
 
     def _run(self, job: Job) -> None:
@@ -115,8 +126,8 @@ class Worker(threading.Thread):
         started = time.perf_counter()
         self._log(job.id, f"started on {device} (run {job.attempts})")
         workdir = self.pool.work_dir / job.id
-        workdir.mkdir(parents=True, exist_ok=True)
         last_step = [0.0]
+        published: list[Path] = []
 
         def on_step(i: int, total: int) -> None:
             now = time.perf_counter()
@@ -130,47 +141,64 @@ class Worker(threading.Thread):
             step=on_step,
             cancelled=lambda: self.pool.stopping.is_set() or store.cancel_requested(job.id),
         )
-        outcome = "error"
+        outcome, result, failure, ending = "error", None, None, ""
         try:
+            workdir.mkdir(parents=True, exist_ok=True)
             inp = VaceInput.model_validate(job.input)
             if not inp.sync_mode:  # sync_mode keeps nothing on the server
                 hooks.control = lambda frames, fps: self._keep_control(job, workdir, frames, fps)
             output = generate(
                 inp, task=job.task, model=job.model, models=self.models, workdir=workdir,  # type: ignore[arg-type]
-                publish=self._publisher(job, inp.sync_mode), hooks=hooks,
+                publish=self._publisher(job, inp.sync_mode, published), hooks=hooks,
             )
-            self._log(job.id, f"completed in {time.perf_counter() - started:.1f} s")
-            store.finish(job.id, result=output.model_dump(mode="json", exclude_none=True))
-            outcome = "ok"
+            result, outcome = output.model_dump(mode="json", exclude_none=True), "ok"
+            ending = f"completed in {time.perf_counter() - started:.1f} s"
         except InputError as exc:
-            self._log(job.id, str(exc), "ERROR")
             if exc.type == "content_policy_violation":
                 self._drop_control(job)  # nothing of a flagged job stays on the server
-            store.finish(job.id, failure=Failure(422, {"detail": exc.detail()}, str(exc), exc.type))
+            failure, ending = Failure(422, {"detail": exc.detail()}, str(exc), exc.type), str(exc)
         except ValidationError as exc:  # a stored input that this version's schema no longer accepts
             detail = validation_detail([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()])
-            self._log(job.id, f"invalid input: {detail}", "ERROR")
-            store.finish(job.id, failure=Failure(422, {"detail": detail}, "invalid input", detail[0]["type"]))
+            failure = Failure(422, {"detail": detail}, "invalid input", detail[0]["type"])
+            ending = f"invalid input: {detail}"
         except JobCancelled as exc:
             if self.pool.stopping.is_set() and not store.cancel_requested(job.id):
-                store.requeue(job.id, "the server is stopping; re-queued to run after restart")
-                self.pool.changes.notify(job.id)
-                return
-            self._log(job.id, f"cancelled ({exc})", "WARNING")
-            store.finish(job.id, cancelled=True)
-            outcome = "cancelled"
+                outcome, ending = "requeue", "the server is stopping; re-queued to run after restart"
+            else:
+                outcome, ending = "cancelled", f"cancelled ({exc})"
         except Exception as exc:
-            log.exception("job %s failed", job.id)
-            message = f"{type(exc).__name__}: {exc}"
-            self._log(job.id, f"failed: {message}", "ERROR")
-            store.finish(job.id, failure=Failure(500, {"detail": message}, message, "internal_error"))
+            failure = job_failure(exc, device)
+            if failure.type == "internal_error":
+                log.exception("job %s failed", job.id)
+            ending = f"failed: {failure.message}"
         finally:
+            # Before anything is written to the store: on a full disk, deleting the job's files makes the room.
             shutil.rmtree(workdir, ignore_errors=True)
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+            if outcome not in ("ok", "requeue"):
+                for path in published:
+                    path.unlink(missing_ok=True)
+            release_memory(device)
+        if outcome == "requeue":
+            self._record(lambda: store.requeue(job.id, ending))
+            self.pool.changes.notify(job.id)
+            return
+        self._log(job.id, ending, {"ok": "INFO", "cancelled": "WARNING"}.get(outcome, "ERROR"))
+        self._record(lambda: store.finish(job.id, result=result, failure=failure, cancelled=outcome == "cancelled"))
         self.pool.metrics.job_seconds.labels(job.app, job.task, outcome).observe(time.perf_counter() - started)
         self.pool.changes.notify(job.id)
         self.pool.on_finished(job.id)
+
+    def _record(self, write: Callable[[], None]) -> None:
+        """Write a job's end to the store, retrying while the store cannot take it (a full disk): a job that
+        ended must not stay "running". Should the server stop first, restart recovery re-queues the job."""
+        while True:
+            try:
+                write()
+                return
+            except Exception:
+                log.exception("could not record a job's end; retrying in %g s", RECORD_RETRY_S)
+            if self.pool.stopping.wait(RECORD_RETRY_S):
+                return
 
     def _keep_control(self, job: Job, workdir: Path, frames: list[np.ndarray], fps: float) -> None:
         """Store the control video that preprocessing made and put its URL on the job (the status body shows it).
@@ -195,14 +223,53 @@ class Worker(threading.Thread):
             path.unlink(missing_ok=True)
         self.pool.store.set_control_video(job.id, None)
 
-    def _publisher(self, job: Job, sync_mode: bool) -> Publish:
-        """Where this job's files go: the file store (absolute URLs), or data URIs that leave nothing behind."""
+    def _publisher(self, job: Job, sync_mode: bool, published: list[Path]) -> Publish:
+        """Where this job's files go: the file store (absolute URLs, each path added to ``published`` so a job
+        failing after it is deleted again), or data URIs that leave nothing behind."""
 
         def publish(path: Path, content_type: str) -> str:
             if sync_mode:
                 data = path.read_bytes()
                 path.unlink()
                 return f"data:{content_type};base64,{base64.b64encode(data).decode()}"
-            return self.pool.files.url(self.pool.files.adopt(path, path.name), job.base_url)
+            key = self.pool.files.adopt(path, path.name)
+            published.append(self.pool.files.files_dir / key)
+            return self.pool.files.url(key, job.base_url)
 
         return publish
+
+
+def job_failure(exc: Exception, device: torch.device) -> Failure:
+    """The stated reason for a job that raised. Running out of device memory or of disk space is named as such,
+    with what to change; anything else is an internal error with the exception's own message."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else "out of memory"
+        message = (f"{device} ran out of memory ({first_line}); try fewer frames, a lower resolution, or start the "
+                   "server with a lower --memory-mode (fp8, group_offload, model_offload)")
+        return Failure(500, {"detail": message}, message, "out_of_memory")
+    if _disk_full(exc):
+        message = f"the server ran out of disk space while running this job ({exc}); nothing of it was kept"
+        return Failure(507, {"detail": message}, message, "insufficient_storage")
+    message = f"{type(exc).__name__}: {exc}"
+    return Failure(500, {"detail": message}, message, "internal_error")
+
+
+def _disk_full(exc: BaseException | None) -> bool:
+    """Whether ``exc`` or what caused it is a full disk (an OS write error, or SQLite's own report of it)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if isinstance(exc, sqlite3.OperationalError) and "disk is full" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def release_memory(device: torch.device) -> None:
+    """Free what a finished (or failed) job left behind: collect the reference cycles an exception's traceback
+    keeps its tensors alive in, then hand cached blocks back to the CUDA driver so the next job starts clean."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()

@@ -1,0 +1,113 @@
+"""Retention: a background sweep that deletes served files, abandoned uploads and finished jobs past a configured age.
+
+A server that runs for months would otherwise fill its disk with outputs nobody fetches again and its job store
+with finished jobs. Age is measured from a file's last write and from a job's end. Files that a queued or running
+job still reads (an upload it names as input) are kept whatever their age, and a job whose webhook is still being
+delivered stays until it is. The sweep runs on its own thread: it touches the disk and SQLite, which must not
+block the HTTP event loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from prometheus_client import Counter
+
+from .files import FileStore
+from .jobs import JobStore
+
+log = logging.getLogger(__name__)
+
+MEDIA_FIELDS = ("video_url", "first_frame_url", "last_frame_url")
+
+
+@dataclass(frozen=True)
+class Swept:
+    """What one sweep deleted."""
+
+    files: int = 0
+    uploads: int = 0
+    jobs: int = 0
+
+
+class Retention:
+    """Deletes what is older than ``max_age_s`` every ``interval_s`` seconds (never, when ``max_age_s`` is 0)."""
+
+    def __init__(self, store: JobStore, files: FileStore, *, max_age_s: float, interval_s: float,
+                 deleted: Counter) -> None:
+        self.store, self.files = store, files
+        self.max_age_s, self.interval_s = max_age_s, interval_s
+        self.deleted = deleted
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="vace-retention", daemon=True)
+
+    def start(self) -> None:
+        if self.max_age_s > 0:
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(30)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                swept = self.sweep()
+            except Exception:  # a failed sweep (say, a file vanishing under us) must not end the next ones
+                log.exception("retention sweep failed")
+                continue
+            if swept != Swept():
+                log.info("retention: deleted %d files, %d abandoned uploads, %d finished jobs",
+                         swept.files, swept.uploads, swept.jobs)
+
+    def sweep(self, now: float | None = None) -> Swept:
+        """Delete everything older than the cutoff once; returns the counts."""
+        cutoff = (time.time() if now is None else now) - self.max_age_s
+        in_use = self._inputs_in_use()
+        files = uploads = 0
+        for folder in _children(self.files.files_dir):
+            emptied = False
+            for path in _children(folder):
+                if path.resolve() not in in_use and _older(path, cutoff):
+                    path.unlink(missing_ok=True)
+                    files, emptied = files + 1, True
+            if emptied or _older(folder, cutoff):  # not a fresh folder whose file is about to be moved in
+                with contextlib.suppress(OSError):  # still holds a file
+                    folder.rmdir()
+        for folder in _children(self.files.uploads_dir):  # initiated or multipart uploads never completed
+            if _older(folder, cutoff) and all(_older(p, cutoff) for p in _children(folder)):
+                shutil.rmtree(folder, ignore_errors=True)
+                uploads += 1
+        jobs = self.store.purge(finished_before=cutoff)
+        for kind, n in (("file", files), ("upload", uploads), ("job", jobs)):
+            self.deleted.labels(kind).inc(n)
+        return Swept(files, uploads, jobs)
+
+    def _inputs_in_use(self) -> set[Path]:
+        """The local files that queued and running jobs name as inputs."""
+        refs: list[str] = []
+        for job in self.store.unfinished():
+            refs += [job.input[f] for f in MEDIA_FIELDS if isinstance(job.input.get(f), str)]
+            refs += [r for r in job.input.get("ref_image_urls") or [] if isinstance(r, str)]
+        return {path.resolve() for ref in refs if (path := self.files.local_path(ref)) is not None}
+
+
+def _children(folder: Path) -> list[Path]:
+    try:
+        return list(folder.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _older(path: Path, cutoff: float) -> bool:
+    try:
+        return path.stat().st_mtime < cutoff
+    except FileNotFoundError:
+        return False
