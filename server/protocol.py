@@ -53,7 +53,11 @@ class QueueStatus(BaseModel):
 
 
 class CancelResult(BaseModel):
+    """Answer to ``PUT /queue/{app}/requests/{id}/cancel``: 202 ``CANCELLATION_REQUESTED``, or a 400 error whose
+    body keeps fal's ``status`` and, like every error body, has a ``detail`` (fal-client raises with it)."""
+
     status: Literal["CANCELLATION_REQUESTED", "ALREADY_COMPLETED"]
+    detail: str | None = None
 
 
 class ErrorDetail(BaseModel):

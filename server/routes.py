@@ -175,7 +175,8 @@ def fal_router(
         job = find(owner, alias, request_id)
         before = store.request_cancel(job.id)
         if before is None or before.status == "COMPLETED":
-            return JSONResponse({"status": "ALREADY_COMPLETED"}, status_code=400, headers=_request_id_headers(job))
+            body = {"status": "ALREADY_COMPLETED", "detail": f"Request {job.id} has already completed"}
+            return JSONResponse(body, status_code=400, headers=_request_id_headers(job))
         changes.notify(job.id)
         if before.status == "IN_QUEUE":
             on_finished(job.id)

@@ -291,7 +291,7 @@ def test_queue_lifecycle(
     assert done["error_type"] == "request_cancelled" and max(steps) < 50
     result = client.get(f"{REQUESTS}/{long_id}")
     assert result.status_code == 400 and result.json() == {"detail": "Request was cancelled"}
-    assert client.put(f"{REQUESTS}/{long_id}/cancel").json() == {"status": "ALREADY_COMPLETED"}
+    assert client.put(f"{REQUESTS}/{long_id}/cancel").json()["status"] == "ALREADY_COMPLETED"
 
     streamer.join(30)
     assert [e["status"] for e in events][-1] == "COMPLETED" and "IN_PROGRESS" in [e["status"] for e in events]
@@ -331,3 +331,13 @@ def test_queue_lifecycle(
         assert line in metrics
     assert 'vace_job_duration_seconds_count{app="fal-ai/wan-22-vace-fun-a14b",outcome="ok",task="depth"} 1.0' in metrics
     assert 'vace_step_seconds_count{device="cpu",model="wan-vace-14b"}' in metrics
+
+
+def test_cancelling_a_finished_request_is_a_fal_shaped_error(client: httpx.Client) -> None:
+    """fal's 400 ``ALREADY_COMPLETED`` keeps its ``status`` and, like every error body, has a ``detail``."""
+    submitted = client.post(QUEUE_POSE, json={"prompt": "x", "video_url": "data:,", **SMALL_JOB})  # empty: fails
+    request_id = submitted.json()["request_id"]
+    wait_until(lambda: status(client, request_id, logs=False)["status"] == "COMPLETED", 120, "the job to fail")
+    response = client.put(f"{REQUESTS}/{request_id}/cancel")
+    assert response.status_code == 400 and response.headers["x-fal-request-id"] == request_id
+    assert response.json() == {"status": "ALREADY_COMPLETED", "detail": f"Request {request_id} has already completed"}
