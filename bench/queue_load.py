@@ -13,6 +13,8 @@ Without ``--weights-dir`` it builds tiny random-weight models in a temporary dir
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
 import os
 import signal
 import socket
@@ -22,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -62,11 +65,39 @@ def start_server(weights: Path, data_dir: Path, port: int, log_path: Path) -> su
     raise SystemExit("server did not start")
 
 
-def poll(client: httpx.Client, ids: list[str], interval: float, latencies: list[float], errors: list[str]) -> None:
-    """One client: a status request every ``interval`` seconds, round-robin over its unfinished jobs."""
+@contextlib.contextmanager
+def serving(weights_dir: Path | None, prefix: str) -> Iterator[tuple[str, Path, subprocess.Popen[bytes]]]:
+    """A live ``vace serve`` on a free loopback port, its data in a new temporary directory (tiny random weights are
+    built there unless ``weights_dir`` is given); yields its base URL, the directory and the server process, and
+    stops the server afterwards."""
+    from weights.tiny import build_tiny_weights
+
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        root = Path(tmp)
+        weights = weights_dir or build_tiny_weights(root / "weights")
+        port = free_port()
+        server = start_server(weights, root / "data", port, root / "serve.log")
+        try:
+            yield f"http://127.0.0.1:{port}", root, server
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(60)
+
+
+def upload(client: httpx.Client, name: str, data: bytes) -> str:
+    """Upload ``data`` the way @fal-ai/client does; returns its file URL."""
+    urls = client.post("/storage/upload/initiate", json={"file_name": name}).json()
+    client.put(urls["upload_url"], content=data).raise_for_status()
+    return urls["file_url"]
+
+
+def poll(client: httpx.Client, ids: list[str], interval: float, latencies: list[float], errors: list[str],
+         deadline: float = math.inf) -> None:
+    """One client: a status request every ``interval`` seconds, round-robin over its unfinished jobs, until all
+    have completed or ``time.monotonic()`` passes ``deadline``."""
     pending = list(ids)
     i = 0
-    while pending:
+    while pending and time.monotonic() < deadline:
         job_id = pending[i % len(pending)]
         started = time.perf_counter()
         try:
@@ -92,30 +123,19 @@ def main() -> None:
     args = parser.parse_args()
 
     from server.demo import write_sample
-    from weights.tiny import build_tiny_weights
 
-    with tempfile.TemporaryDirectory(prefix="vace-queue-bench-") as tmp:
-        root = Path(tmp)
-        weights = args.weights_dir or build_tiny_weights(root / "weights")
-        video = write_sample("pose", root / "pose.mp4", num_frames=17)
-        port = free_port()
-        server = start_server(weights, root / "data", port, root / "serve.log")
-        try:
-            run(args, f"http://127.0.0.1:{port}", video)
-        finally:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(60)
+    with serving(args.weights_dir, "vace-queue-bench-") as (base, root, _server):
+        run(args, base, write_sample("pose", root / "pose.mp4", num_frames=17))
 
 
 def run(args: argparse.Namespace, base: str, video: Path) -> None:
     with httpx.Client(base_url=base, timeout=60) as client:
-        urls = client.post("/storage/upload/initiate", json={"file_name": "pose.mp4"}).json()
-        client.put(urls["upload_url"], content=video.read_bytes()).raise_for_status()
+        video_url = upload(client, "pose.mp4", video.read_bytes())
         submit_latencies, ids, positions = [], [], []
         started = time.perf_counter()
         for _ in range(args.jobs):
             t = time.perf_counter()
-            response = client.post("/queue/fal-ai/wan-vace-14b/pose", json={**JOB, "video_url": urls["file_url"]})
+            response = client.post("/queue/fal-ai/wan-vace-14b/pose", json={**JOB, "video_url": video_url})
             submit_latencies.append(time.perf_counter() - t)
             response.raise_for_status()
             ids.append(response.json()["request_id"])
