@@ -36,7 +36,7 @@ class Limits:
             if name not in types:
                 raise ValueError(f"unknown limit {name!r}; known limits: {', '.join(types)}")
             try:
-                number = (float if types[name] in (float, "float") else int)(value)
+                number = (float if types[name] == "float" else int)(value)  # annotations are strings here
             except ValueError:
                 raise ValueError(f"limit {name} needs a number, got {value!r}") from None
             if number <= 0:

@@ -89,6 +89,16 @@ class VaceInput(BaseModel):
         ),
     )
 
+    def media_refs(self) -> list[tuple[str | tuple[str, int], str]]:
+        """Every media reference the request names, with its field location (``("ref_image_urls", i)`` for
+        references): the server checks their schemes and keeps the files they point to while the job waits."""
+        refs: list[tuple[str | tuple[str, int], str | None]] = [
+            ("video_url", self.video_url), ("first_frame_url", self.first_frame_url),
+            ("last_frame_url", self.last_frame_url),
+        ]
+        refs += [(("ref_image_urls", i), url) for i, url in enumerate(self.ref_image_urls or [])]
+        return [(loc, ref) for loc, ref in refs if ref is not None]
+
 
 class File(BaseModel):
     """A file produced by a job."""

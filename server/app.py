@@ -1,7 +1,6 @@
-"""The FastAPI app of ``vace serve``: wiring of store, files, workers, webhooks, retention, auth and
-metrics, the service
-routes (``/health``, ``/ready``, ``/metrics``), the playground (``/``, ``/static/...``, ``server/static/``) and
-fal-shaped error bodies; ``serve()`` runs it in uvicorn.
+"""The FastAPI app of ``vace serve``: wiring of store, files, workers, webhooks, retention, auth and metrics, the
+service routes (``/health``, ``/ready``, ``/metrics``), the playground (``/``, ``/static/...``, ``server/static/``)
+and fal-shaped error bodies; ``serve()`` runs it in uvicorn.
 """
 
 from __future__ import annotations

@@ -18,13 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prometheus_client import Counter
+from pydantic import ValidationError
+
+from pipelines.schema import VaceInput
 
 from .files import FileStore
 from .jobs import JobStore
 
 log = logging.getLogger(__name__)
-
-MEDIA_FIELDS = ("video_url", "first_frame_url", "last_frame_url")
 
 
 @dataclass(frozen=True)
@@ -92,11 +93,14 @@ class Retention:
 
     def _inputs_in_use(self) -> set[Path]:
         """The local files that queued and running jobs name as inputs."""
-        refs: list[str] = []
+        in_use = set()
         for job in self.store.unfinished():
-            refs += [job.input[f] for f in MEDIA_FIELDS if isinstance(job.input.get(f), str)]
-            refs += [r for r in job.input.get("ref_image_urls") or [] if isinstance(r, str)]
-        return {path.resolve() for ref in refs if (path := self.files.local_path(ref)) is not None}
+            try:
+                refs = VaceInput.model_validate(job.input).media_refs()
+            except ValidationError:  # a stored input this version no longer accepts: it will fail, reading nothing
+                continue
+            in_use |= {path.resolve() for _, ref in refs if (path := self.files.local_path(ref)) is not None}
+        return in_use
 
 
 def _children(folder: Path) -> list[Path]:

@@ -48,13 +48,9 @@ def _request_id_headers(job: Job) -> dict[str, str]:
 def check_refs(inp: VaceInput) -> None:
     """Refuse media refs that would make the server read its own disk: only http(s) URLs (ours included, which
     are then read from disk) and data URIs come from remote callers."""
-    refs: list[tuple[str | tuple[str, int], str | None]] = [
-        ("video_url", inp.video_url), ("first_frame_url", inp.first_frame_url), ("last_frame_url", inp.last_frame_url)
-    ]
-    refs += [(("ref_image_urls", i), url) for i, url in enumerate(inp.ref_image_urls or [])]
     check_request_limits(inp)  # prompt length, number of references: refused at submission, not in the queue
-    for loc, ref in refs:
-        if ref is not None and _scheme(ref) not in ("http", "https", "data"):
+    for loc, ref in inp.media_refs():
+        if _scheme(ref) not in ("http", "https", "data"):
             raise InputError(
                 loc, "only http(s) URLs and data URIs are accepted; upload local files first "
                 "(POST /storage/upload/initiate, or fal_client.upload_file)", DOWNLOAD_ERROR,

@@ -5,8 +5,10 @@ half-written behind; the server frees what the job held and goes on with the nex
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
+import sqlite3
 import subprocess
 import time
 import weakref
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 import torch
 from diffusers import WanVACETransformer3DModel
@@ -23,11 +26,13 @@ from server_fixtures import (  # noqa: F401
     SMALL_JOB, ServeProcess, ThreadServer, control_videos, free_port, server_weights, wait_until,
 )
 
+from pipelines.encode import encode_video
 from server import cli
 from server.config import ServerConfig
 from server.files import FileStore
 from server.jobs import Failure, SqliteJobStore
 from server.retention import Retention, Swept
+from server.worker import job_failure
 
 QUEUE = "/queue/fal-ai/wan-vace-14b/pose"
 REQUESTS = "/queue/fal-ai/wan-vace-14b/requests"
@@ -151,6 +156,25 @@ def test_a_full_disk_fails_the_job_cleanly_and_the_server_goes_on(
                                         video_quality="maximum"))
         assert "error_type" not in again
         assert files_on_disk(data) == {"pose.mp4", "video.mp4", "frames.zip"}
+
+
+def test_full_disk_errors_are_named_wherever_they_come_from(small_disk: Path) -> None:
+    """ffmpeg's own "No space left on device" becomes ENOSPC, and SQLite's "disk is full", even as the cause of
+    another error, is a full disk too; other errors stay internal errors."""
+    fill(small_disk, leave_bytes=0)
+    noise = np.random.default_rng(0).integers(0, 256, (240, 416, 3), np.uint8)
+    with pytest.raises(OSError) as encoding:
+        encode_video([noise] * 17, small_disk / "video.mp4", 16.0, quality="maximum")
+    assert encoding.value.errno == errno.ENOSPC and not (small_disk / "video.mp4").exists()
+    assert job_failure(encoding.value, torch.device("cpu")).type == "insufficient_storage"
+    try:
+        try:
+            raise sqlite3.OperationalError("database or disk is full")
+        except sqlite3.OperationalError as cause:
+            raise RuntimeError("could not store the log line") from cause
+    except RuntimeError as chained:
+        assert job_failure(chained, torch.device("cpu")).status_code == 507
+    assert job_failure(RuntimeError("boom"), torch.device("cpu")).type == "internal_error"
 
 
 def test_sigterm_during_a_job_requeues_it_and_it_runs_after_restart(
