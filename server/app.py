@@ -28,8 +28,10 @@ from pipelines.registry import APPS, TASKS
 
 from .auth import Auth, load_secret
 from .config import ServerConfig
+from .connections import raise_open_file_limit, uvicorn_config
 from .events import Changes
-from .files import FileStore
+from .files import FileStore, private_dir
+from .guard import Body, HostPolicy, RequestGuard
 from .jobs import SqliteJobStore
 from .metrics import CONTENT_TYPE, Metrics
 from .protocol import validation_detail
@@ -43,6 +45,7 @@ from .worker import WorkerPool
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
+PARTS_BODY_BYTES = 1024**2  # a multipart upload's ``complete`` body: 10,000 parts with ETags fit well under it
 # The playground loads nothing from other hosts; its requests go to this server only (media may come from
 # anywhere the user points it at, like the public URL the server hands out).
 PLAYGROUND_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self'; "
@@ -61,6 +64,8 @@ def resolve_devices(names: tuple[str, ...]) -> list[torch.device]:
 
 def create_app(config: ServerConfig) -> FastAPI:
     """The app; opening it takes the data directory (one server per directory), starting it starts the workers."""
+    private_dir(config.data_dir)
+    private_dir(config.work_dir)
     store = SqliteJobStore(config.jobs_db)
     files = FileStore(config.files_dir, config.uploads_dir, config.max_upload_bytes)
     register_local_resolver(files.local_path)
@@ -77,7 +82,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     ]
     pool = WorkerPool(store=store, files=files, changes=changes, metrics=metrics, managers=managers,
                       work_dir=config.work_dir, on_finished=webhooks.schedule)
-    auth = Auth(config.api_keys, load_secret(config.data_dir / "secret"))
+    auth = Auth(config.api_keys, load_secret(config.data_dir / "secret"), config.admin_keys)
     retention = Retention(store, files, max_age_s=config.retention_s, interval_s=config.retention_sweep_s,
                           deleted=metrics.retention_deleted)
 
@@ -108,29 +113,11 @@ def create_app(config: ServerConfig) -> FastAPI:
                                   on_finished=webhooks.schedule))
     app.include_router(storage_router(files=files, auth=auth, public_url=config.public_url))
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):  # type: ignore[no-untyped-def]
-        """Refuse oversized request bodies with a fal-shaped 413 before reading them (storage uploads excepted:
-        they stream to disk under their own limit)."""
-        path = request.url.path
-        if not path.startswith(("/storage/", "/files/")) and request.method in ("POST", "PUT", "PATCH"):
-            declared = request.headers.get("content-length", "")
-            too_big = declared.isdigit() and int(declared) > config.max_body_bytes
-            if not too_big and not declared.isdigit():  # chunked: read at most the limit, then stop
-                chunks, size = [], 0
-                async for chunk in request.stream():
-                    size += len(chunk)
-                    if size > config.max_body_bytes:
-                        too_big = True
-                        break
-                    chunks.append(chunk)
-                else:
-                    request._body = b"".join(chunks)  # replayed to the route by Starlette's middleware
-            if too_big:
-                return JSONResponse({"detail": [{"loc": ["body"], "msg": f"request body is over the "
-                                                 f"{config.max_body_bytes}-byte limit", "type": "request_too_large"}]},
-                                    status_code=413)
-        return await call_next(request)
+    app.add_middleware(
+        RequestGuard, auth=auth, hosts=HostPolicy(config.accepted_hosts()),
+        upload_is_open=lambda upload_id: (u := files.pending(upload_id)) is not None and auth.is_active(u.owner),
+        limits={Body.JSON: config.max_body_bytes, Body.UPLOAD: config.max_upload_bytes, Body.PARTS: PARTS_BODY_BYTES},
+    )
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -153,9 +140,9 @@ def create_app(config: ServerConfig) -> FastAPI:
         return {"status": "ok"}
 
     @app.get("/ready", tags=["service"],
-             summary="Per endpoint: are its weights present, is its model loaded; the safety checker and prompt "
-                     "expansion: configured, weights present")
-    def ready() -> JSONResponse:
+             summary="Per endpoint: are its weights present, is its model loaded; with a key (or auth off) also "
+                     "the safety checker, prompt expansion and devices")
+    def ready(request: Request) -> JSONResponse:
         loaded = pool.loaded_models()
         endpoints = {
             app_id: {"model": model, "tasks": list(TASKS), "weights_present": pool.has_weights(model),
@@ -163,9 +150,12 @@ def create_app(config: ServerConfig) -> FastAPI:
             for app_id, model in APPS.items()
         }
         any_ready = any(e["weights_present"] for e in endpoints.values())
-        # The optional stages never decide readiness: a request that needs a missing one is refused on its own.
-        body = {"ready": any_ready, "endpoints": endpoints, **managers[0].describe_stages(),
-                "devices": [m.describe() for m in managers]}
+        body: dict[str, object] = {"ready": any_ready, "endpoints": endpoints}
+        # Readiness is public (load balancers ask without keys); the stages' URLs and paths and the devices are
+        # the operator's business. The optional stages never decide readiness: a request that needs a missing
+        # one is refused on its own.
+        if request.state.caller.key_id is not None or not auth.enabled:
+            body |= {**managers[0].describe_stages(), "devices": [m.describe() for m in managers]}
         return JSONResponse(body, status_code=200 if any_ready else 503)
 
     @app.get("/metrics", tags=["service"], summary="Prometheus metrics")
@@ -196,12 +186,13 @@ def serve(config: ServerConfig, *, log_level: str = "info", access_log: bool = F
         cert, key = ensure_certificate(config.tls_dir, certificate_names(config.host, public_host))
         ssl = {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
         how = "fal-client environment:\n" + "\n".join(
-            f"  export {line}" for line in fal_client_env(hostport, cert, bool(config.api_keys)))
+            f"  export {line}" for line in fal_client_env(hostport, cert, config.auth_enabled))
     else:
         how = f'fal-client: from server.falclient import use_server; use_server("http://{hostport}")'
     app = create_app(config)
+    raise_open_file_limit()
     scheme = "https" if config.tls else "http"
-    print(f"vace server on {scheme}://{hostport} (data: {config.data_dir}; auth {'on' if config.api_keys else 'off'})"
+    print(f"vace server on {scheme}://{hostport} (data: {config.data_dir}; auth {'on' if config.auth_enabled else 'off'})"
           f"\n{how}", flush=True)
-    uvicorn.run(app, host=config.host, port=config.port, log_level=log_level, access_log=access_log,
-                timeout_graceful_shutdown=5, **ssl)  # type: ignore[arg-type]
+    uvicorn.Server(uvicorn_config(app, config, log_level=log_level, access_log=access_log,
+                                  timeout_graceful_shutdown=5, **ssl)).run()

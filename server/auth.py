@@ -1,9 +1,18 @@
-"""API keys, checked the way fal checks them (``Authorization: Key <key>``), and short-lived upload tokens.
+"""API keys, checked the way fal checks them (``Authorization: Key <key>``), the callers they identify, and
+short-lived upload tokens bound to the key that minted them.
 
-Auth is off when no key is configured (the CLI only allows that on a loopback address). fal-client uploads in two
-steps: it trades its key for a CDN token (``POST /storage/auth/token``) and then sends ``Authorization: Bearer
-<token>`` to ``/files/upload``; those tokens are HMACs of their expiry time under a secret kept in the data
-directory, so they stay valid across restarts and need no table.
+Auth is off when no key is configured (the CLI only allows that on a loopback address). A caller is known by a
+hash of its key (``key_id``): jobs and uploads record it, so one key cannot read or cancel another key's jobs, and
+everything a key handed out (upload tokens, upload URLs) stops working when the key is removed from the server.
+Admin keys (``--admin-key``) are API keys that may see every job.
+
+fal-client uploads in two steps: it trades its key for a CDN token (``POST /storage/auth/token``) and then sends
+``Authorization: Bearer <token>`` to ``/files/upload``. A token is ``<expiry>.<HMAC(secret, expiry, key_id)>``
+under a secret kept in the data directory, so it survives restarts, needs no table, and names no key: checking it
+tries the configured keys.
+
+Every parser here takes any header value, of any length or alphabet, and answers "not authenticated" rather than
+raising: bad credentials are a 401, never a 500.
 """
 
 from __future__ import annotations
@@ -11,18 +20,36 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 import secrets
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from fastapi import HTTPException, Request
+from fastapi.security import APIKeyHeader
 
 UPLOAD_TOKEN_TTL_S = 3600
+API_KEY_HEADER = APIKeyHeader(name="Authorization", auto_error=False, scheme_name="FalKey",
+                              description="`Key <your key>`, when the server has API keys")
+"""The key as an OpenAPI security scheme; the request guard (``server/guard.py``) enforces it before any body."""
+_TOKEN_RE = re.compile(r"([0-9]{1,12})\.([0-9a-f]{64})", re.ASCII)
 
 
-def _unauthorized(detail: str) -> HTTPException:
-    return HTTPException(401, detail, headers={"WWW-Authenticate": "Key"})
+def key_id(key: str) -> str:
+    """The stable, non-secret name of an API key (what jobs and uploads record as their owner)."""
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who sent a request: ``key_id`` is None when no valid key came with it."""
+
+    key_id: str | None = None
+    admin: bool = False
+
+
+ANONYMOUS = Caller()
 
 
 def load_secret(path: Path) -> bytes:
@@ -36,53 +63,63 @@ def load_secret(path: Path) -> bytes:
 
 
 class Auth:
-    """The FastAPI dependencies that guard routes."""
+    """The server's keys: who a request's credentials name, and what that caller may see."""
 
-    def __init__(self, api_keys: frozenset[str], secret: bytes) -> None:
-        self.api_keys = api_keys
+    def __init__(self, api_keys: frozenset[str], secret: bytes, admin_keys: frozenset[str] = frozenset()) -> None:
+        self._ids = frozenset(key_id(k) for k in api_keys | admin_keys)
+        self._admin_ids = frozenset(key_id(k) for k in admin_keys)
         self.secret = secret
 
     @property
     def enabled(self) -> bool:
-        return bool(self.api_keys)
+        return bool(self._ids)
 
-    def _has_key(self, header: str) -> bool:
-        scheme, _, value = header.partition(" ")
-        if scheme.lower() != "key":
-            return False
-        value = value.strip().encode()
-        return any(hmac.compare_digest(value, key.encode()) for key in self.api_keys)
+    def _caller(self, kid: str) -> Caller:
+        return Caller(kid, admin=kid in self._admin_ids)
 
-    def require_key(self, request: Request) -> None:
-        """Dependency: a valid API key, when auth is on."""
-        if self.enabled and not self._has_key(request.headers.get("authorization", "")):
-            raise _unauthorized("Missing or invalid API key: send the header 'Authorization: Key <your key>'")
-
-    def require_upload_token(self, request: Request) -> None:
-        """Dependency for ``/files/upload``: an API key or an upload token from ``/storage/auth/token``."""
+    def from_key(self, authorization: str) -> Caller | None:
+        """The caller an ``Authorization: Key <key>`` header names, or None (auth off: everyone, as admin)."""
         if not self.enabled:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if self._has_key(header) or (scheme.lower() == "bearer" and self._valid_token(token.strip())):
-            return
-        raise _unauthorized("Missing or expired upload token: get one from POST /storage/auth/token")
+            return Caller(admin=True)
+        scheme, _, value = authorization.partition(" ")
+        if scheme.lower() != "key":
+            return None
+        kid = key_id(value.strip())
+        return self._caller(kid) if kid in self._ids else None
 
-    def _sign(self, expires: int) -> str:
-        return hmac.new(self.secret, f"upload:{expires}".encode(), hashlib.sha256).hexdigest()
+    def from_key_or_token(self, authorization: str) -> Caller | None:
+        """The caller of ``/files/upload``: an API key or an upload token from ``/storage/auth/token``."""
+        caller = self.from_key(authorization)
+        if caller is not None:
+            return caller
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer":
+            return None
+        match = _TOKEN_RE.fullmatch(token.strip())
+        if match is None or int(match[1]) < time.time():
+            return None
+        for kid in self._ids:
+            if hmac.compare_digest(match[2], self._sign(int(match[1]), kid)):
+                return self._caller(kid)
+        return None
 
-    def issue_upload_token(self, base_url: str) -> dict[str, str]:
-        """The body of ``/storage/auth/token``, in fal's shape."""
+    def is_active(self, owner: str | None) -> bool:
+        """Whether what ``owner`` handed out still works: its key is still configured (or auth is off)."""
+        return not self.enabled or owner in self._ids
+
+    def can_see(self, caller: Caller, owner: str | None) -> bool:
+        """Whether ``caller`` may read or cancel a job of ``owner`` (jobs made with auth off have no owner)."""
+        return not self.enabled or caller.admin or owner is None or caller.key_id == owner
+
+    def _sign(self, expires: int, kid: str) -> str:
+        return hmac.new(self.secret, f"upload:{expires}:{kid}".encode(), hashlib.sha256).hexdigest()
+
+    def issue_upload_token(self, caller: Caller, base_url: str) -> dict[str, str]:
+        """The body of ``/storage/auth/token``, in fal's shape, bound to ``caller``'s key."""
         expires = int(time.time()) + UPLOAD_TOKEN_TTL_S
         return {
-            "token": f"{expires}.{self._sign(expires)}",
+            "token": f"{expires}.{self._sign(expires, caller.key_id or '')}",
             "token_type": "Bearer",
             "base_url": base_url,
             "expires_at": datetime.fromtimestamp(expires, timezone.utc).isoformat(),
         }
-
-    def _valid_token(self, token: str) -> bool:
-        expires, _, signature = token.partition(".")
-        if not expires.isdigit() or int(expires) < time.time():
-            return False
-        return hmac.compare_digest(signature, self._sign(int(expires)))

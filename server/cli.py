@@ -229,7 +229,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from server.jobs import StoreLockedError
 
     keys = _api_keys(args)
-    if not keys and not is_loopback(args.host) and not args.insecure_no_auth:
+    admin_keys = frozenset(args.admin_key or ()) | frozenset(
+        k.strip() for k in os.environ.get("VACE_ADMIN_KEYS", "").split(",") if k.strip())
+    if not (keys or admin_keys) and not is_loopback(args.host) and not args.insecure_no_auth:
         print(
             f"error: {args.host} is reachable from other machines and no API key is set; pass --api-key KEY "
             "(or VACE_API_KEYS), or --insecure-no-auth to serve without auth anyway",
@@ -249,6 +251,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tls=args.tls,
         public_url=args.public_url,
         api_keys=keys,
+        admin_keys=admin_keys,
+        allowed_hosts=tuple(h.strip() for h in args.allowed_host if h.strip()),
+        limit_concurrency=args.limit_concurrency,
+        timeout_keep_alive_s=args.timeout_keep_alive,
+        header_timeout_s=args.header_timeout,
         devices=tuple(args.devices or ()),
         max_models=args.max_models,
         runtime=_runtime(args),
@@ -311,7 +318,21 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--public-url", help="base URL for the URLs the server hands out (behind a proxy)")
     srv.add_argument("--api-key", action="append", help="accepted 'Authorization: Key ...' value (repeatable)")
     srv.add_argument("--api-keys-file", help="file with one API key per line")
+    srv.add_argument("--admin-key", action="append",
+                     help="an API key that also sees and cancels every key's jobs (repeatable; env VACE_ADMIN_KEYS, "
+                          "comma-separated)")
     srv.add_argument("--insecure-no-auth", action="store_true", help="allow a non-loopback --host without keys")
+    srv.add_argument("--allowed-host", action="append", metavar="NAME",
+                     default=[e for e in os.environ.get("VACE_ALLOWED_HOSTS", "").split(",") if e.strip()],
+                     help="a Host name to answer besides loopback names, the bound address and --public-url's host "
+                          "(repeatable; '*' answers any; env VACE_ALLOWED_HOSTS). Without API keys other hosts are "
+                          "refused (DNS rebinding); with keys any host is answered unless this is given")
+    srv.add_argument("--limit-concurrency", type=int, default=int(os.environ.get("VACE_LIMIT_CONCURRENCY", 512)),
+                     help="connections plus running requests past which new requests get a 503 (default 512)")
+    srv.add_argument("--timeout-keep-alive", type=int, default=int(os.environ.get("VACE_TIMEOUT_KEEP_ALIVE", 5)),
+                     help="seconds an idle keep-alive connection stays open (default 5)")
+    srv.add_argument("--header-timeout", type=float, default=float(os.environ.get("VACE_HEADER_TIMEOUT", 10)),
+                     help="seconds a connection may take to send a request's headers before it is closed (default 10)")
     srv.add_argument("--devices", nargs="+", help="one worker per device, e.g. cuda:0 cuda:1 (default: all GPUs or cpu)")
     srv.add_argument("--max-models", type=int, default=2, help="models kept loaded per device")
     srv.add_argument("--access-log", action="store_true", help="log every HTTP request")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pipelines.limits import Limits
 from pipelines.runtime import RuntimeConfig
@@ -35,7 +37,17 @@ class ServerConfig:
     public_url: str | None = None
     """Base URL used in every URL we hand out (behind a proxy); default: the URL each request came in on."""
     api_keys: frozenset[str] = frozenset()
-    """Accepted ``Authorization: Key ...`` values; empty means auth is off."""
+    """Accepted ``Authorization: Key ...`` values; empty (and no admin keys) means auth is off."""
+    admin_keys: frozenset[str] = frozenset()
+    """API keys that also see and cancel every key's jobs."""
+    allowed_hosts: tuple[str, ...] = ()
+    """``Host`` names to answer besides the defaults (see :meth:`accepted_hosts`); ``*`` answers any."""
+    limit_concurrency: int = 512
+    """Open connections plus running requests past which new requests get a 503 (uvicorn's limit)."""
+    timeout_keep_alive_s: int = 5
+    """Seconds an idle keep-alive connection stays open."""
+    header_timeout_s: float = 10.0
+    """Seconds a connection may take to send a request's line and headers before it is closed."""
     devices: tuple[str, ...] = ()
     """One worker per device; empty means every CUDA device, or the CPU when there is none."""
     max_models: int = 2
@@ -57,6 +69,30 @@ class ServerConfig:
     """Age past which served files, abandoned uploads and finished jobs are deleted; 0 keeps everything."""
     retention_sweep_s: float = 600.0
     """Seconds between two retention sweeps."""
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.api_keys or self.admin_keys)
+
+    def accepted_hosts(self) -> frozenset[str] | None:
+        """The ``Host`` names served, or None for any.
+
+        Without keys, a page elsewhere that rebinds its DNS name to this machine could drive the server, so only
+        loopback names, the bound address (this machine's names when bound to all interfaces), the public URL's
+        host and ``--allowed-host`` names are served. With keys such a page gets nowhere (it has no key), and
+        the names clients use behind Docker or a proxy are not known in advance, so any host is served unless
+        ``--allowed-host`` is given.
+        """
+        if "*" in self.allowed_hosts or (self.auth_enabled and not self.allowed_hosts):
+            return None
+        names = {"localhost", "127.0.0.1", "::1", *self.allowed_hosts}
+        if self.host in ("0.0.0.0", "::", ""):
+            names |= {socket.gethostname(), socket.getfqdn()}
+        else:
+            names.add(self.host)
+        if self.public_url and urlsplit(self.public_url).hostname:
+            names.add(urlsplit(self.public_url).hostname or "")
+        return frozenset(names)
 
     @property
     def jobs_db(self) -> Path:

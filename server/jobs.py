@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -61,6 +62,8 @@ class Job:
     finished_at: float | None
     control_video_url: str | None = None
     """The control video that ``preprocess=true`` made, kept for the playground (not part of fal's output)."""
+    owner: str | None = None
+    """The ``key_id`` of the API key that submitted the job (None with auth off): other keys cannot see it."""
 
     @property
     def state(self) -> str:
@@ -83,7 +86,7 @@ class JobStore(Protocol):
     """What the server needs from a job store."""
 
     def add(self, *, app: str, task: str, model: str, input: dict[str, Any], base_url: str,
-            webhook_url: str | None) -> Job: ...
+            webhook_url: str | None, owner: str | None = None) -> Job: ...
     def get(self, job_id: str) -> Job | None: ...
     def queue_position(self, job: Job) -> int: ...
     def claim(self) -> Job | None: ...
@@ -124,7 +127,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     created_at REAL NOT NULL,
     started_at REAL,
     finished_at REAL,
-    control_video_url TEXT
+    control_video_url TEXT,
+    owner TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, seq);
 CREATE TABLE IF NOT EXISTS logs (
@@ -146,21 +150,27 @@ class SqliteJobStore:
     """:class:`JobStore` in one SQLite file (WAL mode: readers never wait for the worker's writes)."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock_file = open(path.with_name(path.name + ".lock"), "w")  # noqa: SIM115 - held for our lifetime
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        lock_path = path.with_name(path.name + ".lock")
+        self._lock_file = os.fdopen(os.open(lock_path, os.O_WRONLY | os.O_CREAT, 0o600), "w")  # held for our life
         try:
             fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self._lock_file.close()
             raise StoreLockedError(f"{path} is in use by another vace server (one server per data directory)")
+        # Prompts, webhook URLs and file URLs are the users' own: the database is its owner's only (SQLite gives
+        # its -wal and -shm files the database file's mode).
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        path.chmod(0o600)
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")  # durable across a process crash, which is what we need
         self._db.executescript(_SCHEMA)
         columns = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
-        if "control_video_url" not in columns:  # a database made before the column existed
-            self._db.execute("ALTER TABLE jobs ADD COLUMN control_video_url TEXT")
+        for column in ("control_video_url", "owner"):  # a database made before the column existed
+            if column not in columns:
+                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} TEXT")
         self._mutex = threading.Lock()
 
     def close(self) -> None:
@@ -184,13 +194,13 @@ class SqliteJobStore:
             return self._db.execute(sql, args).fetchall()
 
     def add(self, *, app: str, task: str, model: str, input: dict[str, Any], base_url: str,
-            webhook_url: str | None) -> Job:
+            webhook_url: str | None, owner: str | None = None) -> Job:
         job_id = str(uuid.uuid4())
         with self._tx() as db:
             db.execute(
-                "INSERT INTO jobs (id, app, task, model, input, base_url, webhook_url, status, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, 'IN_QUEUE', ?)",
-                (job_id, app, task, model, json.dumps(input), base_url, webhook_url, time.time()),
+                "INSERT INTO jobs (id, app, task, model, input, base_url, webhook_url, status, created_at, owner)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, 'IN_QUEUE', ?, ?)",
+                (job_id, app, task, model, json.dumps(input), base_url, webhook_url, time.time(), owner),
             )
         job = self.get(job_id)
         assert job is not None
@@ -369,4 +379,5 @@ def _job(row: sqlite3.Row) -> Job:
         started_at=row["started_at"],
         finished_at=row["finished_at"],
         control_video_url=row["control_video_url"],
+        owner=row["owner"],
     )

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Query, Request, Security
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -25,7 +25,7 @@ from pipelines.registry import APPS, TASKS
 from pipelines.schema import VaceInput, VaceOutput
 
 from . import protocol
-from .auth import Auth
+from .auth import API_KEY_HEADER, Auth, Caller
 from .events import Changes
 from .jobs import Job, JobStore
 from .worker import WorkerPool
@@ -85,7 +85,8 @@ def fal_router(
     public_url: str | None,
     on_finished: Callable[[str], None],
 ) -> APIRouter:
-    router = APIRouter(dependencies=[Depends(auth.require_key)], responses=_ERRORS)
+    # The key is checked by the request guard before any body is read; declaring the scheme here documents it.
+    router = APIRouter(dependencies=[Security(API_KEY_HEADER)], responses=_ERRORS)
 
     def add(path: str, endpoint: Callable[..., Any], method: str, **kwargs: Any) -> None:
         router.add_api_route(path, endpoint, methods=[method], **kwargs)
@@ -99,17 +100,19 @@ def fal_router(
         if not pool.has_weights(model):
             raise HTTPException(503, f"the weights of {model} (serving {app}) are not installed on this server; "
                                      f"run `vace weights download --models {model}`")
+        caller: Caller = request.state.caller
         job = store.add(app=app, task=task, model=model, input=inp.model_dump(mode="json"),
-                        base_url=base_url(request), webhook_url=webhook)
+                        base_url=base_url(request), webhook_url=webhook, owner=caller.key_id)
         pool.notify()
         return job
 
-    def find(owner: str, alias: str, request_id: str) -> Job:
+    def find(request: Request, owner: str, alias: str, request_id: str) -> Job:
+        """The job, if it exists under this app and the caller's key made it (or is an admin key)."""
         app = f"{owner}/{alias}"
         if app not in APPS:
             raise HTTPException(404, f"unknown app {app!r}; this server serves {', '.join(APPS)}")
         job = store.get(request_id)
-        if job is None or job.app != app:
+        if job is None or job.app != app or not auth.can_see(request.state.caller, job.owner):
             raise HTTPException(404, f"Request {request_id} not found")
         return job
 
@@ -146,29 +149,30 @@ def fal_router(
 
     requests_path = "/queue/{owner}/{alias}/requests/{request_id}"
 
-    def get_status(owner: str, alias: str, request_id: str, logs: str | None = None) -> JSONResponse:
-        job = find(owner, alias, request_id)
+    def get_status(request: Request, owner: str, alias: str, request_id: str, logs: str | None = None) -> JSONResponse:
+        job = find(request, owner, alias, request_id)
         position = store.queue_position(job) if job.status == "IN_QUEUE" else None
         body = protocol.status(job, store.logs(job.id) if _wants_logs(logs) else [], position)
         return JSONResponse(body.model_dump(exclude_none=True), status_code=200 if job.status == "COMPLETED" else 202,
                             headers=_request_id_headers(job))
 
-    async def stream_status(owner: str, alias: str, request_id: str, logs: str | None = None) -> StreamingResponse:
-        job = find(owner, alias, request_id)
+    async def stream_status(request: Request, owner: str, alias: str, request_id: str,
+                            logs: str | None = None) -> StreamingResponse:
+        job = find(request, owner, alias, request_id)
         return StreamingResponse(
             _status_events(store, changes, job.id, _wants_logs(logs)), media_type="text/event-stream",
             headers={**_request_id_headers(job), "cache-control": "no-cache", "x-accel-buffering": "no"},
         )
 
-    def get_result(owner: str, alias: str, request_id: str) -> JSONResponse:
-        job = find(owner, alias, request_id)
+    def get_result(request: Request, owner: str, alias: str, request_id: str) -> JSONResponse:
+        job = find(request, owner, alias, request_id)
         if job.status != "COMPLETED":
             return JSONResponse({"detail": "Request is still in progress"}, status_code=400,
                                 headers=_request_id_headers(job))
         return result_response(job)
 
-    def cancel(owner: str, alias: str, request_id: str) -> JSONResponse:
-        job = find(owner, alias, request_id)
+    def cancel(request: Request, owner: str, alias: str, request_id: str) -> JSONResponse:
+        job = find(request, owner, alias, request_id)
         before = store.request_cancel(job.id)
         if before is None or before.status == "COMPLETED":
             body = {"status": "ALREADY_COMPLETED", "detail": f"Request {job.id} has already completed"}

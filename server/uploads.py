@@ -7,20 +7,22 @@
   and ``X-Fal-File-Name`` -> ``{access_url}``; large files: ``POST /files/upload/multipart``,
   ``PUT <access_url>/multipart/<id>/<n>`` (ETag header) and ``POST <access_url>/multipart/<id>/complete``.
 
-The upload URLs carry a random id that authorizes the PUTs (the JS client sends them without credentials).
+The upload URLs carry a random id that authorizes the PUTs (the JS client sends them without credentials); the
+request guard (``server/guard.py``) refuses an unknown, expired or revoked id, and a body over its limit, before
+any body is read.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field
 
-from .auth import Auth
-from .files import FileStore, UploadTooLarge, content_type_of
+from .auth import Auth, Caller
+from .files import FileStore, UploadTooLarge, file_headers, served_type
 
 
 class InitiateUpload(BaseModel):
@@ -48,11 +50,14 @@ def storage_router(*, files: FileStore, auth: Auth, public_url: str | None) -> A
     def base_url(request: Request) -> str:
         return (public_url or str(request.base_url)).rstrip("/")
 
+    def caller(request: Request) -> Caller:
+        return request.state.caller
+
     def pending(upload_id: str, key: str | None = None) -> str:
-        found = files.pending_key(upload_id)
-        if found is None or (key is not None and found != key):
-            raise HTTPException(404, "unknown or finished upload")
-        return found
+        found = files.pending(upload_id)
+        if found is None or not auth.is_active(found.owner) or (key is not None and found.key != key):
+            raise HTTPException(404, "unknown, expired or finished upload")
+        return found.key
 
     async def receive(key: str, request: Request) -> None:
         try:
@@ -70,7 +75,7 @@ def storage_router(*, files: FileStore, auth: Auth, public_url: str | None) -> A
         return JSONResponse({"partNumber": part_number, "etag": etag}, headers={"etag": etag})
 
     async def complete(upload_id: str, body: CompleteUpload) -> str:
-        numbers = sorted(part.partNumber for part in body.parts)
+        numbers = [part.partNumber for part in body.parts]
         try:
             return await run_in_threadpool(files.complete_upload, upload_id, numbers)
         except UploadTooLarge as exc:
@@ -80,14 +85,13 @@ def storage_router(*, files: FileStore, auth: Auth, public_url: str | None) -> A
 
     def initiate(body: InitiateUpload, request: Request) -> UploadUrls:
         key = files.new_key(body.file_name, body.content_type)
-        upload_id = files.start_upload(key)
+        upload_id = files.start_upload(key, caller(request).key_id)
         base = base_url(request)
         return UploadUrls(upload_url=f"{base}/storage/upload/{upload_id}", file_url=files.url(key, base))
 
-    keyed = [Depends(auth.require_key)]
-    router.add_api_route("/storage/upload/initiate", initiate, methods=["POST"], dependencies=keyed,
+    router.add_api_route("/storage/upload/initiate", initiate, methods=["POST"],
                          response_model=UploadUrls, summary="Start an upload: PUT the bytes to upload_url")
-    router.add_api_route("/storage/upload/initiate-multipart", initiate, methods=["POST"], dependencies=keyed,
+    router.add_api_route("/storage/upload/initiate-multipart", initiate, methods=["POST"],
                          response_model=UploadUrls, operation_id="initiate_multipart",
                          summary="Start a multipart upload: PUT upload_url/<n> per part, then POST upload_url/complete")
 
@@ -108,23 +112,22 @@ def storage_router(*, files: FileStore, auth: Auth, public_url: str | None) -> A
         pending(upload_id)
         return {"file_url": files.url(await complete(upload_id, body), base_url(request))}
 
-    @router.post("/storage/auth/token", dependencies=keyed, summary="A short-lived upload token (fal-client's CDN flow)")
+    @router.post("/storage/auth/token", summary="A short-lived upload token (fal-client's CDN flow)")
     def upload_token(request: Request) -> dict[str, str]:
-        return auth.issue_upload_token(base_url(request))
+        return auth.issue_upload_token(caller(request), base_url(request))
 
-    uploader = [Depends(auth.require_upload_token)]
-
-    @router.post("/files/upload", dependencies=uploader, summary="Upload a file in one request (X-Fal-File-Name)")
+    @router.post("/files/upload", summary="Upload a file in one request (X-Fal-File-Name)")
     async def upload(request: Request) -> dict[str, str]:
         content_type = request.headers.get("content-type", "application/octet-stream")
         key = files.new_key(request.headers.get("x-fal-file-name"), content_type)
         await receive(key, request)
         return {"access_url": files.url(key, base_url(request))}
 
-    @router.post("/files/upload/multipart", dependencies=uploader, summary="Start a multipart upload (fal-client)")
+    @router.post("/files/upload/multipart", summary="Start a multipart upload (fal-client)")
     def upload_multipart(request: Request) -> dict[str, Any]:
         key = files.new_key(request.headers.get("x-fal-file-name"), request.headers.get("content-type"))
-        return {"access_url": files.url(key, base_url(request)), "uploadId": files.start_upload(key)}
+        upload_id = files.start_upload(key, caller(request).key_id)
+        return {"access_url": files.url(key, base_url(request)), "uploadId": upload_id}
 
     @router.put("/files/{token}/{name}/multipart/{upload_id}/{part_number}", summary="One part (fal-client)")
     async def put_file_part(token: str, name: str, upload_id: str, part_number: int, request: Request) -> JSONResponse:
@@ -141,7 +144,7 @@ def storage_router(*, files: FileStore, auth: Auth, public_url: str | None) -> A
         path = files.path(f"{token}/{name}")
         if path is None:
             raise HTTPException(404, "file not found")
-        return FileResponse(path, media_type=content_type_of(name))
+        return FileResponse(path, media_type=served_type(name), headers=file_headers(name))
 
     router.add_api_route("/files/{token}/{name}", get_file, methods=["GET"], summary="A generated or uploaded file")
     router.add_api_route("/files/{token}/{name}", get_file, methods=["HEAD"], include_in_schema=False)

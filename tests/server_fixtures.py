@@ -24,6 +24,7 @@ import uvicorn
 
 from server.app import create_app
 from server.config import ServerConfig
+from server.connections import uvicorn_config
 from server.demo import write_sample
 from weights.tiny import build_tiny_weights
 
@@ -153,7 +154,7 @@ class ThreadServer:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.app = create_app(config)
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host=config.host, port=config.port, log_level="warning"))
+        self.server = uvicorn.Server(uvicorn_config(self.app, config, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, name="test-uvicorn", daemon=True)
 
     @property

@@ -245,7 +245,7 @@ def test_retention_deletes_old_files_uploads_and_finished_jobs(tmp_path: Path) -
     assert store.get(hooked) is not None, "a job whose webhook is still due must stay"
     assert store.get(waiting) is not None and queued_input.exists(), "a queued job's input must stay"
     assert not old_output.exists() and not old_output.parent.exists()
-    assert fresh_output.exists() and files.pending_key(abandoned) is None
+    assert fresh_output.exists() and files.pending(abandoned) is None
     assert registry.get_sample_value("deleted_total", {"kind": "file"}) == 1
     assert retention.sweep(now) == Swept()  # nothing twice
     store.close()
