@@ -65,7 +65,6 @@ def resolve_devices(names: tuple[str, ...]) -> list[torch.device]:
 def create_app(config: ServerConfig) -> FastAPI:
     """The app; opening it takes the data directory (one server per directory), starting it starts the workers."""
     private_dir(config.data_dir)
-    private_dir(config.work_dir)
     store = SqliteJobStore(config.jobs_db)
     files = FileStore(config.files_dir, config.uploads_dir, config.max_upload_bytes)
     register_local_resolver(files.local_path)

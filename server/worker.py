@@ -32,7 +32,7 @@ from pipelines.loading import ModelManager
 from pipelines.schema import VaceInput
 
 from .events import Changes
-from .files import FileStore
+from .files import FileStore, private_dir
 from .jobs import Failure, Job, JobStore
 from .metrics import Metrics
 from .protocol import validation_detail
@@ -68,7 +68,7 @@ class WorkerPool:
 
     def start(self) -> None:
         shutil.rmtree(self.work_dir, ignore_errors=True)  # inputs of runs that a crash interrupted
-        self.work_dir.mkdir(parents=True)
+        private_dir(self.work_dir)
         for worker in self.workers:
             worker.start()
 
@@ -143,7 +143,7 @@ class Worker(threading.Thread):
         )
         outcome, result, failure, ending = "error", None, None, ""
         try:
-            workdir.mkdir(parents=True, exist_ok=True)
+            workdir.mkdir(mode=0o700, exist_ok=True)
             inp = VaceInput.model_validate(job.input)
             if not inp.sync_mode:  # sync_mode keeps nothing on the server
                 hooks.control = lambda frames, fps: self._keep_control(job, workdir, frames, fps)
