@@ -8,11 +8,16 @@ can return the same body fal would.
 
 from __future__ import annotations
 
+from typing import TypeAlias
+
+Field: TypeAlias = "str | tuple[str | int, ...]"
+"""An input field: its name, or its path into a list (``("ref_image_urls", 2)``)."""
+
 
 class InputError(ValueError):
     """A problem with one input field that the caller can fix."""
 
-    def __init__(self, field: str | tuple[str | int, ...], msg: str, type: str = "value_error") -> None:
+    def __init__(self, field: Field, msg: str, type: str = "value_error") -> None:
         super().__init__(msg)
         self.loc: tuple[str | int, ...] = (field,) if isinstance(field, str) else tuple(field)
         self.msg = msg

@@ -16,7 +16,6 @@ import re
 import socket
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, unquote_to_bytes, urljoin, urlsplit
 from urllib.request import url2pathname
@@ -24,56 +23,11 @@ from urllib.request import url2pathname
 import httpx
 from PIL import Image, ImageOps
 
-from .errors import InputError
-from .limits import current_limits
+from .context import JobContext
+from .errors import Field, InputError
 
 DOWNLOAD_ERROR = "file_download_error"
 IMAGE_ERROR = "image_load_error"
-
-_LOCAL_RESOLVERS: list[Callable[[str], Path | None]] = []
-
-# Hosts/CIDRs (optionally with ":port") that may be fetched although their addresses are not public.
-_ALLOW: tuple[str, ...] = ()
-
-
-def set_fetch_allowlist(entries: tuple[str, ...] | list[str]) -> tuple[str, ...]:
-    """Permit non-public sources: ``10.0.0.0/8``, ``192.168.1.5``, ``media.internal``, ``127.0.0.1:8080``,
-    ``[::1]:8080``. Returns the previous list (tests restore it). Every other address must be public."""
-    global _ALLOW
-    previous, _ALLOW = _ALLOW, tuple(entries)
-    for entry in _ALLOW:
-        _parse_allow(entry)  # a typo fails here, at startup, not at the first fetch
-    return previous
-
-
-def _parse_allow(entry: str) -> tuple[str, int | None]:
-    """``(host or CIDR, port or None)`` of one allow-list entry."""
-    entry = entry.strip()
-    m = re.fullmatch(r"\[([^\]]+)\](?::(\d+))?", entry)
-    if m:
-        return m.group(1).lower(), int(m.group(2)) if m.group(2) else None
-    if entry.count(":") == 1:
-        host, _, port = entry.partition(":")
-        if not port.isdigit():
-            raise ValueError(f"bad fetch allow-list entry {entry!r}")
-        return host.lower(), int(port)
-    return entry.lower(), None
-
-
-def _allowed(host: str, ip: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> bool:
-    for entry in _ALLOW:
-        what, want_port = _parse_allow(entry)
-        if want_port is not None and want_port != port:
-            continue
-        if what == host:
-            return True
-        try:
-            if ip in ipaddress.ip_network(what, strict=False):
-                return True
-        except ValueError:
-            continue
-    return False
-
 
 def _public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     """Whether ``ip`` is an ordinary internet address (not private, loopback, link-local incl. cloud metadata,
@@ -91,8 +45,9 @@ def _public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
                                  or ip.is_link_local or ip.is_private)
 
 
-def _vetted_address(url: str, field: str) -> tuple[str, str, int]:
-    """Resolve ``url``'s host once and check every address; returns ``(host, address to connect to, port)``."""
+def vetted_address(url: str, field: Field, ctx: JobContext) -> tuple[str, str, int]:
+    """Resolve ``url``'s host once and check every address (public, or in ``ctx``'s allow-list); returns
+    ``(host, address to connect to, port)``, so the caller connects to exactly the address that was checked."""
     parts = urlsplit(url)
     if parts.scheme.lower() not in ("http", "https"):
         raise InputError(field, f"only http and https URLs can be downloaded: {_brief(url)}", DOWNLOAD_ERROR)
@@ -110,7 +65,7 @@ def _vetted_address(url: str, field: str) -> tuple[str, str, int]:
     addresses = []
     for info in infos:
         ip = ipaddress.ip_address(str(info[4][0]).split("%")[0])
-        if not (_public(ip) or _allowed(host.lower(), ip, port)):
+        if not (_public(ip) or ctx.allows(host.lower(), ip, port)):
             raise InputError(
                 field, f"refusing to download from a non-public address ({ip}): {_brief(url)}", DOWNLOAD_ERROR
             )
@@ -120,36 +75,47 @@ def _vetted_address(url: str, field: str) -> tuple[str, str, int]:
     return host, addresses[0], port
 
 
-def register_local_resolver(fn: Callable[[str], Path | None]) -> None:
-    """Let ``fn`` map refs to files on this machine first (the server's own ``/files/...`` URLs), so they are
-    read from disk instead of downloaded from ourselves. ``fn`` returns None for refs it does not own."""
-    _LOCAL_RESOLVERS.append(fn)
+def check_ref_scheme(ref: str, field: Field, ctx: JobContext) -> None:
+    """Refuse refs that would make a server read its own disk: with ``ctx.local_paths`` off, only http(s) URLs
+    (ours included, which are then read from disk) and data URIs are inputs."""
+    if not ctx.local_paths and url_scheme(ref) not in ("http", "https", "data"):
+        raise InputError(field, "only http(s) URLs and data URIs are accepted; upload local files first "
+                         "(POST /storage/upload/initiate, or fal_client.upload_file)", DOWNLOAD_ERROR)
+
+
+def url_scheme(url: str) -> str:
+    """``url``'s scheme in lower case ("" for a plain path or a URL too malformed to split)."""
+    try:
+        return urlsplit(url).scheme.lower()
+    except ValueError:
+        return ""
 
 
 def fetch_to_file(
-    ref: str, field: str, workdir: Path, *, max_bytes: int | None = None, timeout_s: float | None = None
+    ref: str, field: Field, workdir: Path, ctx: JobContext, *, max_bytes: int | None = None,
+    timeout_s: float | None = None,
 ) -> Path:
     """Return a local file holding the bytes ``ref`` points to.
 
-    Local paths and ``file://`` URLs are returned in place (never copied, so callers must not delete them);
-    downloads and ``data:`` URIs are written to a new file in ``workdir``. Every failure the caller can fix
-    raises ``InputError(field, ..., "file_download_error")``. Limits default to ``current_limits()``; downloads
-    go to public addresses only (or ones in the allow-list, see ``set_fetch_allowlist``), checked on every redirect.
+    Local paths and ``file://`` URLs (when ``ctx`` permits them) are returned in place (never copied, so callers
+    must not delete them); downloads and ``data:`` URIs are written to a new file in ``workdir``. Every failure the
+    caller can fix raises ``InputError(field, ..., "file_download_error")``. Limits default to ``ctx.limits``;
+    downloads go to public addresses only (or ones in ``ctx``'s allow-list), checked on every redirect.
     """
-    limits = current_limits()
+    limits = ctx.limits
     max_bytes = limits.max_download_bytes if max_bytes is None else max_bytes
     timeout_s = limits.download_timeout_s if timeout_s is None else timeout_s
-    for resolve in _LOCAL_RESOLVERS:
-        resolved = resolve(ref)
-        if resolved is not None:
-            return _checked_local(resolved, ref, field, max_bytes)
+    resolved = ctx.local_files(ref) if ctx.local_files is not None else None
+    if resolved is not None:
+        return _checked_local(resolved, ref, field, max_bytes)
+    check_ref_scheme(ref, field, ctx)
     try:
         parts = urlsplit(ref)
     except ValueError:
         raise InputError(field, f"malformed URL: {_brief(ref)}", DOWNLOAD_ERROR) from None
     scheme = parts.scheme.lower()
     if scheme in ("http", "https"):
-        return _download(ref, field, workdir, max_bytes, timeout_s)
+        return _download(ref, field, workdir, max_bytes, timeout_s, ctx)
     if scheme == "data":
         return _decode_data_uri(ref, field, workdir, min(max_bytes, limits.max_data_uri_bytes))
     if scheme == "file":
@@ -161,14 +127,14 @@ def fetch_to_file(
     return _checked_local(Path(ref).expanduser(), ref, field, max_bytes)
 
 
-def load_image(ref: str, field: str, workdir: Path) -> Image.Image:
+def load_image(ref: str, field: Field, workdir: Path, ctx: JobContext) -> Image.Image:
     """Fetch and decode an image, upright per its EXIF orientation.
 
     Returns RGBA only when the image really has transparent pixels (the caller then applies
     ``transparency_mode``), otherwise RGB, so downstream code handles exactly two modes.
     """
-    path = fetch_to_file(ref, field, workdir)
-    max_pixels = current_limits().max_image_pixels
+    path = fetch_to_file(ref, field, workdir, ctx)
+    max_pixels = ctx.limits.max_image_pixels
     try:
         with Image.open(path) as opened:
             width, height = opened.size
@@ -196,28 +162,29 @@ def _brief(ref: str, limit: int = 100) -> str:
     return ref if len(ref) <= limit else ref[: limit - 3] + "..."
 
 
-def _checked_local(path: Path, ref: str, field: str, max_bytes: int) -> Path:
+def _checked_local(path: Path, ref: str, field: Field, max_bytes: int) -> Path:
     if not path.is_file():
         raise InputError(field, f"file not found: {_brief(ref)}", DOWNLOAD_ERROR)
     _check_size(path.stat().st_size, ref, field, max_bytes)
     return path
 
 
-def _check_size(size: int, ref: str, field: str, max_bytes: int) -> None:
+def _check_size(size: int, ref: str, field: Field, max_bytes: int) -> None:
     if size == 0:
         raise InputError(field, f"file is empty: {_brief(ref)}", DOWNLOAD_ERROR)
     if size > max_bytes:
         raise _too_large(ref, field, max_bytes)
 
 
-def _too_large(ref: str, field: str, max_bytes: int) -> InputError:
+def _too_large(ref: str, field: Field, max_bytes: int) -> InputError:
     return InputError(field, f"file is larger than the {max_bytes}-byte limit: {_brief(ref)}", DOWNLOAD_ERROR)
 
 
-def _new_file(workdir: Path, field: str, suffix: str) -> Path:
+def _new_file(workdir: Path, field: Field, suffix: str) -> Path:
     """A fresh, uniquely named file in ``workdir``; the field name in it helps when reading a job's workdir."""
     workdir.mkdir(parents=True, exist_ok=True)
-    prefix = re.sub(r"[^A-Za-z0-9_.-]", "_", field) + "-"
+    name = field if isinstance(field, str) else "-".join(map(str, field))
+    prefix = re.sub(r"[^A-Za-z0-9_.-]", "_", name) + "-"
     fd, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=workdir)
     os.close(fd)
     return Path(name)
@@ -233,7 +200,8 @@ def _suffix(url_path: str, mime: str | None) -> str:
     return ""
 
 
-def _download(url: str, field: str, workdir: Path, max_bytes: int, timeout_s: float) -> Path:
+def _download(url: str, field: Field, workdir: Path, max_bytes: int, timeout_s: float,
+              ctx: JobContext) -> Path:
     """Stream ``url`` to a file, enforcing ``max_bytes`` and an overall deadline (httpx's timeout is per read).
 
     Redirects are followed here, a bounded number of times, and every hop's host is resolved once, checked, and
@@ -245,8 +213,8 @@ def _download(url: str, field: str, workdir: Path, max_bytes: int, timeout_s: fl
     original = url
     try:
         with httpx.Client(timeout=timeout_s, follow_redirects=False, trust_env=False) as client:
-            for _hop in range(current_limits().max_redirects + 1):
-                host, address, port = _vetted_address(url, field)
+            for _hop in range(ctx.limits.max_redirects + 1):
+                host, address, port = vetted_address(url, field, ctx)
                 target = httpx.URL(url).copy_with(host=address)
                 netloc = urlsplit(url).netloc.rpartition("@")[2]
                 extensions = {"sni_hostname": host} if urlsplit(url).scheme.lower() == "https" else {}
@@ -298,7 +266,7 @@ def _discard(path: Path | None) -> None:
         path.unlink(missing_ok=True)
 
 
-def _decode_data_uri(ref: str, field: str, workdir: Path, max_bytes: int) -> Path:
+def _decode_data_uri(ref: str, field: Field, workdir: Path, max_bytes: int) -> Path:
     """Decode ``data:<mime>[;base64],<payload>``; base64 padding and whitespace are forgiven, bad data is not."""
     header, comma, payload = ref[len("data:") :].partition(",")
     if not comma:

@@ -28,14 +28,14 @@ from preprocessors import ANNOTATORS
 
 from .conditioning import Conditioning, build_conditioning
 from .encode import encode_video, write_frames_zip
+from .context import JobContext
 from .errors import InputError, JobCancelled
-from .fetch import fetch_to_file, load_image
-from .limits import current_limits
+from .fetch import check_ref_scheme, fetch_to_file, load_image
 from .frame_plan import plan_frames
+from .limits import Limits
 from .loading import ModelManager
 from .prompt_expansion import expand_prompt
 from .registry import Task
-from .safety import SafetyChecker
 from .samplers import make_scheduler
 from .schema import File, VaceInput, VaceOutput, VideoFile
 from .sizing import output_size
@@ -63,17 +63,34 @@ class JobHooks:
     control: Callable[[list[np.ndarray], float], None] = _ignore
 
 
-def _safety_checker(inp: VaceInput, models: ModelManager) -> SafetyChecker | None:
-    """The checker when the request asks for one. Without its weights the job is refused up front: running it
-    unchecked would return what the caller asked us to screen."""
-    if not inp.enable_safety_checker:
-        return None
-    try:
-        return models.safety_checker()
-    except FileNotFoundError:
+def check_inputs(inp: VaceInput, task: Task, ctx: JobContext, models: ModelManager) -> None:
+    """Every check of a request that needs no download, in one place: the server runs it when a job is submitted
+    (refused with a 422 before it is queued) and ``generate()`` runs it again first thing (the CLI's only check).
+
+    Field ranges and types are the schema's; this adds the host's rules: input limits, media schemes, the
+    annotator matching the task, and the safety checker being installed when asked for (running unchecked would
+    return what the caller asked us to screen).
+    """
+    limits = ctx.limits
+    if len(inp.prompt) > limits.max_prompt_chars:
+        raise InputError("prompt", f"the prompt is {len(inp.prompt)} characters, over the "
+                         f"{limits.max_prompt_chars}-character limit", "prompt_too_long")
+    if inp.negative_prompt and len(inp.negative_prompt) > limits.max_prompt_chars:
+        raise InputError("negative_prompt", f"the negative prompt is over the {limits.max_prompt_chars}-character "
+                         "limit", "prompt_too_long")
+    if inp.ref_image_urls and len(inp.ref_image_urls) > limits.max_ref_images:
+        raise InputError("ref_image_urls", f"{len(inp.ref_image_urls)} reference images, over the limit of "
+                         f"{limits.max_ref_images}", "too_many_reference_images")
+    for loc, ref in inp.media_refs():
+        check_ref_scheme(ref, loc, ctx)
+    if inp.preprocess and inp.annotator is not None and inp.annotator not in ANNOTATORS[task]:
+        raise InputError(
+            "annotator", f"{inp.annotator} is not a {task} annotator; use one of {sorted(ANNOTATORS[task])}"
+        )
+    if inp.enable_safety_checker and not models.has_safety_checker():
         raise InputError(
             "enable_safety_checker", "the safety checker's weights are not installed on this server", "not_supported"
-        ) from None
+        )
 
 
 def to_uint8(frames: np.ndarray) -> np.ndarray:
@@ -129,23 +146,8 @@ def denoise(
     return result.frames[0]
 
 
-def check_request_limits(inp: VaceInput) -> None:
-    """Limits that need no download (the server also checks them when a job is submitted)."""
-    limits = current_limits()
-    if len(inp.prompt) > limits.max_prompt_chars:
-        raise InputError("prompt", f"the prompt is {len(inp.prompt)} characters, over the "
-                         f"{limits.max_prompt_chars}-character limit", "prompt_too_long")
-    if inp.negative_prompt and len(inp.negative_prompt) > limits.max_prompt_chars:
-        raise InputError("negative_prompt", f"the negative prompt is over the {limits.max_prompt_chars}-character "
-                         "limit", "prompt_too_long")
-    if inp.ref_image_urls and len(inp.ref_image_urls) > limits.max_ref_images:
-        raise InputError("ref_image_urls", f"{len(inp.ref_image_urls)} reference images, over the limit of "
-                         f"{limits.max_ref_images}", "too_many_reference_images")
-
-
-def check_video_limits(info: VideoInfo, field: str = "video_url") -> None:
+def check_video_limits(info: VideoInfo, limits: Limits, field: str = "video_url") -> None:
     """Limits on the decoded input video, checked right after probing (before any frame is decoded to RGB)."""
-    limits = current_limits()
     if info.width * info.height > limits.max_video_pixels:
         raise InputError(field, f"the video is {info.width}x{info.height}, over the {limits.max_video_pixels}-pixel "
                          "limit", "video_too_large")
@@ -166,22 +168,24 @@ def generate(
     workdir: Path,
     publish: Publish,
     hooks: JobHooks | None = None,
+    ctx: JobContext = JobContext(),
 ) -> VaceOutput:
-    """Run one ``task`` job on ``model``; files are written under ``workdir`` and handed to ``publish``."""
+    """Run one ``task`` job on ``model`` under ``ctx``'s rules; files are written under ``workdir`` and handed to
+    ``publish``."""
     hooks = hooks or JobHooks()
     started = time.perf_counter()
-    check_request_limits(inp)
-    checker = _safety_checker(inp, models)
+    check_inputs(inp, task, ctx, models)
+    checker = models.safety_checker() if inp.enable_safety_checker else None
     seed = inp.seed if inp.seed is not None else secrets.randbelow(2**31)
 
     hooks.log("fetching inputs")
-    video_path = fetch_to_file(inp.video_url, "video_url", workdir)
+    video_path = fetch_to_file(inp.video_url, "video_url", workdir, ctx)
     info = probe_video(video_path)
-    check_video_limits(info)
-    first = load_image(inp.first_frame_url, "first_frame_url", workdir) if inp.first_frame_url else None
-    last = load_image(inp.last_frame_url, "last_frame_url", workdir) if inp.last_frame_url else None
+    check_video_limits(info, ctx.limits)
+    first = load_image(inp.first_frame_url, "first_frame_url", workdir, ctx) if inp.first_frame_url else None
+    last = load_image(inp.last_frame_url, "last_frame_url", workdir, ctx) if inp.last_frame_url else None
     refs = [
-        load_image(url, ("ref_image_urls", i), workdir) for i, url in enumerate(inp.ref_image_urls or [])
+        load_image(url, ("ref_image_urls", i), workdir, ctx) for i, url in enumerate(inp.ref_image_urls or [])
     ] or None
 
     plan = plan_frames(
@@ -222,10 +226,6 @@ def generate(
     if inp.enable_prompt_expansion:
         prompt = expand_prompt(models.prompt_expander(), inp.prompt, task, hooks.log)
     if inp.preprocess:
-        if inp.annotator is not None and inp.annotator not in ANNOTATORS[task]:
-            raise InputError(
-                "annotator", f"{inp.annotator} is not a {task} annotator; use one of {sorted(ANNOTATORS[task])}"
-            )
         preprocessor = models.preprocessor(task, inp.annotator)
         hooks.log(f"preprocessing {len(control)} frames into {task} control ({type(preprocessor).__name__})")
         control = list(preprocessor.process(control))

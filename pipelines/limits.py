@@ -1,7 +1,7 @@
 """Every size, time and count limit on a job's inputs, in one place.
 
-The server sets them once from its config (``set_limits``); the CLI uses the defaults. Each limit is checked before
-any model work, and each refusal is an ``InputError`` (fal's 422 body on the server).
+A server takes them from its config into its ``JobContext``; the CLI uses the defaults. Each limit is checked
+before any model work, and each refusal is an ``InputError`` (fal's 422 body on the server).
 """
 
 from __future__ import annotations
@@ -43,17 +43,3 @@ class Limits:
                 raise ValueError(f"limit {name} must be positive, got {value!r}")
             changes[name] = number
         return replace(self, **changes)
-
-
-_current = Limits()
-
-
-def current_limits() -> Limits:
-    return _current
-
-
-def set_limits(limits: Limits) -> Limits:
-    """Make ``limits`` this process's limits; returns the previous ones (tests restore them)."""
-    global _current
-    previous, _current = _current, limits
-    return previous

@@ -173,6 +173,10 @@ class ModelManager:
     def safety_folder(self) -> Path:
         return self.weights_dir / AUXILIARY[SAFETY_CHECKER].folder
 
+    def has_safety_checker(self) -> bool:
+        """Whether the safety classifier's weights are installed (a cheap look, without loading it)."""
+        return (self.safety_folder() / "config.json").is_file()
+
     def safety_checker(self) -> SafetyChecker:
         """The safety classifier, loaded once; FileNotFoundError when its weights are not installed."""
         with self._lock:
@@ -221,7 +225,7 @@ class ModelManager:
                 "model": str(self.expander_folder()),
                 "weights_present": (self.expander_folder() / "config.json").is_file(),
             }
-        safety = {"weights_present": (self.safety_folder() / "config.json").is_file(), "threshold": rt.safety_threshold}
+        safety = {"weights_present": self.has_safety_checker(), "threshold": rt.safety_threshold}
         return {"safety_checker": safety, "prompt_expansion": expansion}
 
     def get(self, key: str) -> LoadedModel:

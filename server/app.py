@@ -20,9 +20,8 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from pipelines.context import JobContext
 from pipelines.errors import InputError
-from pipelines.fetch import register_local_resolver, set_fetch_allowlist
-from pipelines.limits import set_limits
 from pipelines.loading import ModelManager
 from pipelines.registry import APPS, TASKS
 
@@ -67,9 +66,10 @@ def create_app(config: ServerConfig) -> FastAPI:
     private_dir(config.data_dir)
     store = SqliteJobStore(config.jobs_db)
     files = FileStore(config.files_dir, config.uploads_dir, config.max_upload_bytes)
-    register_local_resolver(files.local_path)
-    set_limits(config.limits)
-    set_fetch_allowlist(config.fetch_allow)
+    # This server's rules for its jobs: its limits and allow-list, its own files read from disk, and no local paths
+    # from remote callers.
+    ctx = JobContext(limits=config.limits, fetch_allow=config.fetch_allow, local_files=files.local_path,
+                     local_paths=False)
     changes = Changes()
     devices = resolve_devices(config.devices)
     metrics = Metrics(store, devices)
@@ -80,7 +80,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         for d in devices
     ]
     pool = WorkerPool(store=store, files=files, changes=changes, metrics=metrics, managers=managers,
-                      work_dir=config.work_dir, on_finished=webhooks.schedule)
+                      work_dir=config.work_dir, on_finished=webhooks.schedule, ctx=ctx)
     auth = Auth(config.api_keys, load_secret(config.data_dir / "secret"), config.admin_keys)
     retention = Retention(store, files, max_age_s=config.retention_s, interval_s=config.retention_sweep_s,
                           deleted=metrics.retention_deleted)
@@ -109,7 +109,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         lifespan=lifespan,
     )
     app.include_router(fal_router(store=store, pool=pool, changes=changes, auth=auth, public_url=config.public_url,
-                                  on_finished=webhooks.schedule))
+                                  on_finished=webhooks.schedule, ctx=ctx))
     app.include_router(storage_router(files=files, auth=auth, public_url=config.public_url))
 
     app.add_middleware(

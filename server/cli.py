@@ -165,6 +165,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_preprocess(args: argparse.Namespace) -> int:
     """Write the control video only: decode, annotate and encode stream frame batches end to end."""
     from pipelines.encode import encode_video
+    from pipelines.context import JobContext
     from pipelines.fetch import fetch_to_file
     from pipelines.loading import ModelManager
     from pipelines.video_io import iter_frames, probe_video
@@ -172,7 +173,7 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     models = ModelManager(Path(args.weights_dir), runtime=_runtime(args))
     try:
         with tempfile.TemporaryDirectory(prefix="vace-preprocess-") as workdir:
-            video = fetch_to_file(args.video, "video_url", Path(workdir))
+            video = fetch_to_file(args.video, "video_url", Path(workdir), JobContext())
             info = probe_video(video)
             preprocessor = models.preprocessor(args.task, args.annotator)
             encoded = encode_video(preprocessor.process(iter_frames(video)), Path(args.output), info.fps, quality="maximum")

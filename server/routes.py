@@ -11,16 +11,15 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 from fastapi import APIRouter, HTTPException, Query, Request, Security
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from pipelines.errors import InputError
-from pipelines.fetch import DOWNLOAD_ERROR
-from pipelines.generate import check_request_limits
+from pipelines.context import JobContext
+from pipelines.fetch import url_scheme
+from pipelines.generate import check_inputs
 from pipelines.registry import APPS, TASKS
 from pipelines.schema import VaceInput, VaceOutput
 
@@ -45,25 +44,6 @@ def _request_id_headers(job: Job) -> dict[str, str]:
     return {REQUEST_ID_HEADER: job.id}
 
 
-def check_refs(inp: VaceInput) -> None:
-    """Refuse media refs that would make the server read its own disk: only http(s) URLs (ours included, which
-    are then read from disk) and data URIs come from remote callers."""
-    check_request_limits(inp)  # prompt length, number of references: refused at submission, not in the queue
-    for loc, ref in inp.media_refs():
-        if _scheme(ref) not in ("http", "https", "data"):
-            raise InputError(
-                loc, "only http(s) URLs and data URIs are accepted; upload local files first "
-                "(POST /storage/upload/initiate, or fal_client.upload_file)", DOWNLOAD_ERROR,
-            )
-
-
-def _scheme(url: str) -> str:
-    try:
-        return urlsplit(url).scheme.lower()
-    except ValueError:
-        return ""
-
-
 def result_response(job: Job) -> JSONResponse:
     """A finished job's answer: its output, or its own error status and body."""
     if job.failure is None:
@@ -84,6 +64,7 @@ def fal_router(
     auth: Auth,
     public_url: str | None,
     on_finished: Callable[[str], None],
+    ctx: JobContext,
 ) -> APIRouter:
     # The key is checked by the request guard before any body is read; declaring the scheme here documents it.
     router = APIRouter(dependencies=[Security(API_KEY_HEADER)], responses=_ERRORS)
@@ -96,7 +77,7 @@ def fal_router(
         return (public_url or str(request.base_url)).rstrip("/")
 
     def enqueue(inp: VaceInput, request: Request, app: str, model: str, task: str, webhook: str | None) -> Job:
-        check_refs(inp)
+        check_inputs(inp, task, ctx, pool.models)  # refused at submission with a 422, never queued
         if not pool.has_weights(model):
             raise HTTPException(503, f"the weights of {model} (serving {app}) are not installed on this server; "
                                      f"run `vace weights download --models {model}`")
@@ -131,7 +112,7 @@ def fal_router(
             request: Request,
             fal_webhook: str | None = Query(None, description="URL that receives the result when the job ends"),
         ) -> JSONResponse:
-            if fal_webhook is not None and _scheme(fal_webhook) not in ("http", "https"):
+            if fal_webhook is not None and url_scheme(fal_webhook) not in ("http", "https"):
                 raise RequestValidationError(
                     [{"loc": ("query", "fal_webhook"), "msg": "must be an http(s) URL", "type": "value_error"}])
             job = enqueue(inp, request, app, model, task, fal_webhook)

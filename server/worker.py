@@ -26,6 +26,7 @@ import torch
 from pydantic import ValidationError
 
 from pipelines.encode import encode_video
+from pipelines.context import JobContext
 from pipelines.errors import InputError, JobCancelled
 from pipelines.generate import JobHooks, Publish, generate
 from pipelines.loading import ModelManager
@@ -56,8 +57,10 @@ class WorkerPool:
         managers: list[ModelManager],
         work_dir: Path,
         on_finished: Callable[[str], None],
+        ctx: JobContext,
     ) -> None:
         self.store = store
+        self.ctx = ctx
         self.files = files
         self.changes = changes
         self.metrics = metrics
@@ -86,6 +89,11 @@ class WorkerPool:
 
     def has_weights(self, model: str) -> bool:
         return self.workers[0].models.is_present(model)
+
+    @property
+    def models(self) -> ModelManager:
+        """A model manager to ask about installed weights (every worker's sees the same weights directory)."""
+        return self.workers[0].models
 
     def loaded_models(self) -> set[str]:
         return {key for worker in self.workers for key in worker.models.loaded()}
@@ -149,7 +157,7 @@ class Worker(threading.Thread):
                 hooks.control = lambda frames, fps: self._keep_control(job, workdir, frames, fps)
             output = generate(
                 inp, task=job.task, model=job.model, models=self.models, workdir=workdir,  # type: ignore[arg-type]
-                publish=self._publisher(job, inp.sync_mode, published), hooks=hooks,
+                publish=self._publisher(job, inp.sync_mode, published), hooks=hooks, ctx=self.pool.ctx,
             )
             result, outcome = output.model_dump(mode="json", exclude_none=True), "ok"
             ending = f"completed in {time.perf_counter() - started:.1f} s"

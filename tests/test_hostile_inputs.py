@@ -21,11 +21,11 @@ import pytest
 from PIL import Image
 from server_fixtures import ThreadServer, free_port, server_weights  # noqa: F401
 
-from pipelines import fetch
+from pipelines.context import JobContext
 from pipelines.errors import InputError
-from pipelines.fetch import fetch_to_file, load_image, set_fetch_allowlist
+from pipelines.fetch import fetch_to_file, load_image
 from pipelines.generate import JobHooks, generate
-from pipelines.limits import Limits, current_limits, set_limits
+from pipelines.limits import Limits
 from pipelines.loading import ModelManager
 from pipelines.schema import VaceInput
 from server.config import ServerConfig
@@ -34,13 +34,12 @@ FAST = {"num_inference_steps": 2, "acceleration": "none", "num_frames": 17, "res
 FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
 
 
-@pytest.fixture(autouse=True)
-def defaults() -> Iterator[None]:
-    """Each test starts from the default limits and an empty allow-list, and leaves them so."""
-    limits, allow = set_limits(Limits()), set_fetch_allowlist(())
-    yield
-    set_limits(limits)
-    set_fetch_allowlist(allow)
+DEFAULT = JobContext()
+
+
+def allowing(*entries: str, **limits: float) -> JobContext:
+    """A context with these allow-list entries and limits (the rest default)."""
+    return JobContext(limits=Limits(**limits), fetch_allow=entries)  # type: ignore[arg-type]
 
 
 class Recorder(BaseHTTPRequestHandler):
@@ -77,9 +76,9 @@ def two_servers() -> Iterator[tuple[int, int]]:
         s.server_close()
 
 
-def refused(url: str, tmp_path: Path) -> InputError:
+def refused(url: str, tmp_path: Path, ctx: JobContext = DEFAULT) -> InputError:
     with pytest.raises(InputError) as exc:
-        fetch_to_file(url, "video_url", tmp_path, timeout_s=2)
+        fetch_to_file(url, "video_url", tmp_path, ctx, timeout_s=2)
     assert exc.value.type == "file_download_error" and exc.value.loc == ("video_url",)
     assert list(tmp_path.iterdir()) == []
     return exc.value
@@ -138,47 +137,44 @@ def test_hostname_checked_after_dns_resolution(tmp_path: Path, monkeypatch: pyte
 
 def test_redirect_to_a_non_allowed_address_is_refused(tmp_path: Path, two_servers: tuple[int, int]) -> None:
     a, b = two_servers
-    set_fetch_allowlist([f"127.0.0.1:{a}"])  # A stands for an allowed (public) source; B for the loopback target
-    assert fetch_to_file(f"http://127.0.0.1:{a}/ok", "video_url", tmp_path).read_bytes() == b"hello world"
+    ctx = allowing(f"127.0.0.1:{a}")  # A stands for an allowed (public) source; B for the loopback target
+    assert fetch_to_file(f"http://127.0.0.1:{a}/ok", "video_url", tmp_path, ctx).read_bytes() == b"hello world"
     before = len(Recorder.hosts)
-    err = refused_dir(f"http://127.0.0.1:{a}/redirect?http://127.0.0.1:{b}/ok", tmp_path / "r")
+    err = refused_dir(f"http://127.0.0.1:{a}/redirect?http://127.0.0.1:{b}/ok", tmp_path / "r", ctx)
     assert "non-public" in err.msg and len(Recorder.hosts) == before + 1  # A answered, B was never contacted
-    refused_dir(f"http://127.0.0.1:{a}/redirect?http://[::1]:{b}/ok", tmp_path / "r6")
-    refused_dir(f"http://127.0.0.1:{a}/redirect?http://169.254.169.254/latest/meta-data/", tmp_path / "m")
-    refused_dir(f"http://127.0.0.1:{a}/redirect?file:///etc/passwd", tmp_path / "f")
+    refused_dir(f"http://127.0.0.1:{a}/redirect?http://[::1]:{b}/ok", tmp_path / "r6", ctx)
+    refused_dir(f"http://127.0.0.1:{a}/redirect?http://169.254.169.254/latest/meta-data/", tmp_path / "m", ctx)
+    refused_dir(f"http://127.0.0.1:{a}/redirect?file:///etc/passwd", tmp_path / "f", ctx)
     # With both permitted, the same redirect is followed.
-    set_fetch_allowlist([f"127.0.0.1:{a}", f"127.0.0.1:{b}"])
-    got = fetch_to_file(f"http://127.0.0.1:{a}/redirect?http://127.0.0.1:{b}/ok", "video_url", tmp_path / "ok")
+    both = allowing(f"127.0.0.1:{a}", f"127.0.0.1:{b}")
+    got = fetch_to_file(f"http://127.0.0.1:{a}/redirect?http://127.0.0.1:{b}/ok", "video_url", tmp_path / "ok", both)
     assert got.read_bytes() == b"hello world"
 
 
-def refused_dir(url: str, folder: Path) -> InputError:
+def refused_dir(url: str, folder: Path, ctx: JobContext = DEFAULT) -> InputError:
     folder.mkdir()
-    return refused(url, folder)
+    return refused(url, folder, ctx)
 
 
 def test_redirect_loops_are_bounded(tmp_path: Path, two_servers: tuple[int, int]) -> None:
     a, _ = two_servers
-    set_fetch_allowlist(["127.0.0.1"])
-    set_limits(Limits(max_redirects=3))
     url = f"http://127.0.0.1:{a}/ok"
     for _ in range(4):
         url = f"http://127.0.0.1:{a}/redirect?{url}"
-    assert "too many redirects" in refused(url, tmp_path).msg
+    assert "too many redirects" in refused(url, tmp_path, allowing("127.0.0.1", max_redirects=3)).msg
 
 
 def test_allow_list_forms_and_connecting_to_the_vetted_address(
     tmp_path: Path, two_servers: tuple[int, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     a, _ = two_servers
-    for entries in (["127.0.0.0/8"], ["127.0.0.1"], [f"127.0.0.1:{a}"], ["localhost"]):
-        set_fetch_allowlist(entries)
-        host = "localhost" if entries == ["localhost"] else "127.0.0.1"
-        assert fetch_to_file(f"http://{host}:{a}/ok", "video_url", tmp_path).read_bytes() == b"hello world"
-    set_fetch_allowlist(["10.0.0.0/8"])
-    refused_dir(f"http://127.0.0.1:{a}/ok", tmp_path / "x")
+    for entry in ("127.0.0.0/8", "127.0.0.1", f"127.0.0.1:{a}", "localhost"):
+        host = "localhost" if entry == "localhost" else "127.0.0.1"
+        got = fetch_to_file(f"http://{host}:{a}/ok", "video_url", tmp_path, allowing(entry))
+        assert got.read_bytes() == b"hello world"
+    refused_dir(f"http://127.0.0.1:{a}/ok", tmp_path / "x", allowing("10.0.0.0/8"))
     with pytest.raises(ValueError):
-        set_fetch_allowlist(["127.0.0.1:http"])
+        allowing("127.0.0.1:http")
 
     # DNS is asked once per hop and the connection goes to that answer, with the original Host header.
     calls: list[str] = []
@@ -189,62 +185,64 @@ def test_allow_list_forms_and_connecting_to_the_vetted_address(
         return real("127.0.0.1", port, *args, **kwargs) if host == "media.test" else real(host, port, *args, **kwargs)
 
     monkeypatch.setattr(socket, "getaddrinfo", once)
-    set_fetch_allowlist([f"media.test:{a}"])
     before = len(Recorder.hosts)
-    assert fetch_to_file(f"http://media.test:{a}/ok", "video_url", tmp_path).read_bytes() == b"hello world"
+    got = fetch_to_file(f"http://media.test:{a}/ok", "video_url", tmp_path, allowing(f"media.test:{a}"))
+    assert got.read_bytes() == b"hello world"
     # the name is resolved once, by us; the client then only "resolves" the vetted address literal
     assert calls == ["media.test", "127.0.0.1"] and Recorder.hosts[before:] == [f"media.test:{a}"]
 
 
-def test_own_file_urls_and_cli_local_paths_still_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_own_file_urls_and_cli_local_paths_still_work(tmp_path: Path) -> None:
     served = tmp_path / "served.mp4"
     served.write_bytes(b"video bytes")
-    monkeypatch.setattr(fetch, "_LOCAL_RESOLVERS", [lambda ref: served if ref.startswith("http://127.0.0.1:1/files/") else None])
-    assert fetch_to_file("http://127.0.0.1:1/files/abc/v.mp4", "video_url", tmp_path) == served
-    assert fetch_to_file(str(served), "video_url", tmp_path) == served  # the CLI's local paths
-    assert fetch_to_file(served.as_uri(), "video_url", tmp_path) == served
+    ours = JobContext(local_files=lambda ref: served if ref.startswith("http://127.0.0.1:1/files/") else None)
+    assert fetch_to_file("http://127.0.0.1:1/files/abc/v.mp4", "video_url", tmp_path, ours) == served
+    assert fetch_to_file(str(served), "video_url", tmp_path, ours) == served  # the CLI's local paths
+    assert fetch_to_file(served.as_uri(), "video_url", tmp_path, ours) == served
+    server = JobContext(local_files=ours.local_files, local_paths=False)  # a server's remote callers
+    assert fetch_to_file("http://127.0.0.1:1/files/abc/v.mp4", "video_url", tmp_path, server) == served
+    for i, ref in enumerate((str(served), served.as_uri())):
+        assert "only http(s) URLs" in refused_dir(ref, tmp_path / f"r{i}", server).msg
 
 
 # ---------------------------------------------------------------- limits
 
 def test_download_size_and_time_limits(tmp_path: Path, two_servers: tuple[int, int]) -> None:
     a, _ = two_servers
-    set_fetch_allowlist(["127.0.0.1"])
-    set_limits(Limits(max_download_bytes=5))
-    assert "limit" in refused(f"http://127.0.0.1:{a}/ok", tmp_path).msg
+    assert "limit" in refused(f"http://127.0.0.1:{a}/ok", tmp_path, allowing("127.0.0.1", max_download_bytes=5)).msg
 
     slow = socket.socket()  # accepts, never answers
     slow.bind(("127.0.0.1", 0))
     slow.listen(1)
     try:
-        set_limits(Limits(download_timeout_s=0.5))
         with pytest.raises(InputError) as exc:
-            fetch_to_file(f"http://127.0.0.1:{slow.getsockname()[1]}/x.mp4", "video_url", tmp_path)
+            fetch_to_file(f"http://127.0.0.1:{slow.getsockname()[1]}/x.mp4", "video_url", tmp_path,
+                          allowing("127.0.0.1", download_timeout_s=0.5))
         assert "timed out" in exc.value.msg and exc.value.type == "file_download_error"
     finally:
         slow.close()
 
 
 def test_data_uri_limit_is_10_mib_by_default(tmp_path: Path) -> None:
-    assert current_limits().max_data_uri_bytes == 10 * 1024**2
+    assert DEFAULT.limits.max_data_uri_bytes == 10 * 1024**2
     big = "data:video/mp4;base64," + base64.b64encode(b"\0" * (10 * 1024**2 + 3)).decode()
     assert "limit" in refused(big, tmp_path).msg
     ok = "data:video/mp4;base64," + base64.b64encode(b"\1" * 1000).decode()
-    assert fetch_to_file(ok, "video_url", tmp_path).stat().st_size == 1000
+    assert fetch_to_file(ok, "video_url", tmp_path, DEFAULT).stat().st_size == 1000
+    # a list item's data URI names its file after the item (the path into the list is not a string)
+    assert fetch_to_file(ok, ("ref_image_urls", 1), tmp_path, DEFAULT).name.startswith("ref_image_urls-1-")
 
 
 def test_image_pixel_limit_is_checked_before_decoding(tmp_path: Path) -> None:
     path = tmp_path / "big.png"
     Image.new("RGB", (300, 200)).save(path)
-    set_limits(Limits(max_image_pixels=300 * 200 - 1))
     with pytest.raises(InputError) as exc:
-        load_image(str(path), "first_frame_url", tmp_path)
+        load_image(str(path), "first_frame_url", tmp_path, allowing(max_image_pixels=300 * 200 - 1))
     assert exc.value.loc == ("first_frame_url",) and "300x200" in exc.value.msg
-    set_limits(Limits(max_image_pixels=300 * 200))
-    assert load_image(str(path), "first_frame_url", tmp_path).size == (300, 200)
+    assert load_image(str(path), "first_frame_url", tmp_path, allowing(max_image_pixels=300 * 200)).size == (300, 200)
 
 
-def job(models: ModelManager, tmp_path: Path, **fields: object):  # type: ignore[no-untyped-def]
+def job(models: ModelManager, tmp_path: Path, ctx: JobContext = DEFAULT, **fields: object):  # type: ignore[no-untyped-def]
     work = tmp_path / "work"
     work.mkdir(parents=True, exist_ok=True)
     out = tmp_path / "out"
@@ -255,7 +253,7 @@ def job(models: ModelManager, tmp_path: Path, **fields: object):  # type: ignore
 
     inp = VaceInput(**{"prompt": "a person dancing", **FAST, **fields})
     return generate(inp, task="pose", model="wan-vace-14b", models=models, workdir=work, publish=publish,
-                    hooks=JobHooks())
+                    hooks=JobHooks(), ctx=ctx)
 
 
 def make_video(path: Path, *args: str, size: str = "64x48", frames: int = 5, rate: int = 8) -> Path:
@@ -269,29 +267,30 @@ def small_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_video(tmp_path_factory.mktemp("v") / "small.mp4", "-pix_fmt", "yuv420p", size="64x48", frames=9)
 
 
-def expect_refusal(models: ModelManager, tmp_path: Path, loc: tuple, type_: str, **fields: object) -> InputError:
+def expect_refusal(models: ModelManager, tmp_path: Path, ctx: JobContext, loc: tuple, type_: str,
+                   **fields: object) -> InputError:
     with pytest.raises(InputError) as exc:
-        job(models, tmp_path, **fields)
+        job(models, tmp_path, ctx, **fields)
     assert exc.value.loc == loc and exc.value.type == type_, exc.value
     return exc.value
 
 
 def test_video_limits(models: ModelManager, tmp_path: Path, small_video: Path) -> None:
     for limits in (Limits(max_video_pixels=64 * 48 - 1), Limits(max_video_frames=8), Limits(max_video_seconds=1.0)):
-        set_limits(limits)
-        expect_refusal(models, tmp_path, ("video_url",), "video_too_large" if limits.max_video_pixels < 9999
-                       else "video_too_long", video_url=str(small_video))
+        expect_refusal(models, tmp_path, JobContext(limits=limits), ("video_url",),
+                       "video_too_large" if limits.max_video_pixels < 9999 else "video_too_long",
+                       video_url=str(small_video))
 
 
 def test_prompt_and_reference_limits(models: ModelManager, tmp_path: Path, small_video: Path) -> None:
-    set_limits(Limits(max_prompt_chars=10, max_ref_images=2))
-    expect_refusal(models, tmp_path, ("prompt",), "prompt_too_long", video_url=str(small_video), prompt="x" * 11)
-    expect_refusal(models, tmp_path, ("negative_prompt",), "prompt_too_long", video_url=str(small_video),
+    ctx = allowing(max_prompt_chars=10, max_ref_images=2)
+    expect_refusal(models, tmp_path, ctx, ("prompt",), "prompt_too_long", video_url=str(small_video), prompt="x" * 11)
+    expect_refusal(models, tmp_path, ctx, ("negative_prompt",), "prompt_too_long", video_url=str(small_video),
                    prompt="ok", negative_prompt="y" * 11)
     img = tmp_path / "ref.png"
     Image.new("RGB", (8, 8)).save(img)
-    expect_refusal(models, tmp_path, ("ref_image_urls",), "too_many_reference_images", video_url=str(small_video),
-                   prompt="ok", negative_prompt="", ref_image_urls=[str(img)] * 3)
+    expect_refusal(models, tmp_path, ctx, ("ref_image_urls",), "too_many_reference_images",
+                   video_url=str(small_video), prompt="ok", negative_prompt="", ref_image_urls=[str(img)] * 3)
 
 
 def test_server_refuses_big_bodies_long_prompts_and_private_urls_fal_shaped(
@@ -328,7 +327,13 @@ def test_server_refuses_big_bodies_long_prompts_and_private_urls_fal_shaped(
                                    "num_frames": 17, "num_inference_steps": 2})
         assert r.status_code == 422, r.text
         assert r.json()["detail"][0]["type"] == "file_download_error" and "non-public" in r.json()["detail"][0]["msg"]
-    assert current_limits().max_prompt_chars == 20  # set by create_app; the autouse fixture restores the defaults
+
+        # A second server in the same process keeps its own (default) limits, and the first keeps its own.
+        other = ServerConfig(weights_dir=server_weights, data_dir=tmp_path / "other", port=free_port())
+        long_prompt = {"prompt": "x" * 21, "video_url": "https://example.com/v.mp4"}
+        with ThreadServer(other) as second:
+            assert httpx.post(f"{second.url}/queue{url}", json=long_prompt).status_code == 200
+            assert client.post("/queue" + url, json=long_prompt).status_code == 422
 
 
 # ---------------------------------------------------------------- hostile media
@@ -397,7 +402,7 @@ def test_broken_videos_are_refused_before_the_model(
 
     monkeypatch.setattr(models, "get", no_model)
     monkeypatch.setattr(models, "preprocessor", no_model)
-    err = expect_refusal(models, tmp_path, ("video_url",), type_, video_url=str(media[name]))
+    err = expect_refusal(models, tmp_path, DEFAULT, ("video_url",), type_, video_url=str(media[name]))
     assert len(err.msg) < 300 and "Traceback" not in err.msg
 
 

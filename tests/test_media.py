@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines import fetch
+from pipelines.context import JobContext
 from pipelines.encode import QUALITY_CRF, WRITE_MODE_PRESET, encode_video, write_frames_zip
 from pipelines.errors import InputError
-from pipelines.fetch import fetch_to_file, load_image, register_local_resolver, set_fetch_allowlist
+from pipelines.fetch import fetch_to_file, load_image
 from pipelines.video_io import iter_frames, probe_video, read_frames
 
 W, H, N, FPS = 64, 48, 12, 12.0
@@ -67,12 +67,13 @@ def http_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, P
     server.server_close()
 
 
+CTX = JobContext(fetch_allow=("127.0.0.1",))  # the test servers are on loopback, refused by default
+
+
 @pytest.fixture(autouse=True)
 def no_proxy(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    previous = set_fetch_allowlist(["127.0.0.1"])  # the test servers are on loopback, refused by default
     yield
-    set_fetch_allowlist(previous)
 
 
 def assert_download_error(exc: pytest.ExceptionInfo[InputError], field: str) -> None:
@@ -186,22 +187,22 @@ def test_local_path_and_file_url_are_used_in_place(tmp_path: Path, png_bytes: by
     src = tmp_path / "my image.png"
     src.write_bytes(png_bytes)
     workdir = tmp_path / "work"
-    assert fetch_to_file(str(src), "image_url", workdir) == src
-    assert fetch_to_file(src.as_uri(), "image_url", workdir) == src
+    assert fetch_to_file(str(src), "image_url", workdir, CTX) == src
+    assert fetch_to_file(src.as_uri(), "image_url", workdir, CTX) == src
 
 
 def test_missing_local_path_is_a_download_error(tmp_path: Path) -> None:
     with pytest.raises(InputError) as exc:
-        fetch_to_file(str(tmp_path / "nope.mp4"), "video_url", tmp_path)
+        fetch_to_file(str(tmp_path / "nope.mp4"), "video_url", tmp_path, CTX)
     assert_download_error(exc, "video_url")
     with pytest.raises(InputError) as exc:
-        fetch_to_file("ftp://example.com/x.mp4", "video_url", tmp_path)
+        fetch_to_file("ftp://example.com/x.mp4", "video_url", tmp_path, CTX)
     assert_download_error(exc, "video_url")
 
 
 def test_data_uri_is_decoded_to_a_file(tmp_path: Path, png_bytes: bytes) -> None:
     uri = "data:image/png;base64," + base64.b64encode(png_bytes).decode()
-    path = fetch_to_file(uri, "first_frame_url", tmp_path)
+    path = fetch_to_file(uri, "first_frame_url", tmp_path, CTX)
     assert path.parent == tmp_path and path.suffix == ".png"
     assert path.read_bytes() == png_bytes
 
@@ -211,14 +212,14 @@ def test_bad_data_uris_are_download_errors(tmp_path: Path, png_bytes: bytes) -> 
     cases = [("data:image/png;base64,@@not-base64@@", 2**20), ("data:image/png;base64,", 2**20), (big, 100)]
     for uri, max_bytes in cases:
         with pytest.raises(InputError) as exc:
-            fetch_to_file(uri, "first_frame_url", tmp_path, max_bytes=max_bytes)
+            fetch_to_file(uri, "first_frame_url", tmp_path, CTX, max_bytes=max_bytes)
         assert_download_error(exc, "first_frame_url")
 
 
 def test_http_download(tmp_path: Path, http_root: tuple[str, Path], png_bytes: bytes) -> None:
     base, root = http_root
     (root / "clip.png").write_bytes(png_bytes)
-    path = fetch_to_file(f"{base}/clip.png?token=abc", "ref_image_urls", tmp_path)
+    path = fetch_to_file(f"{base}/clip.png?token=abc", "ref_image_urls", tmp_path, CTX)
     assert path.parent == tmp_path and path.suffix == ".png"
     assert path.read_bytes() == png_bytes
 
@@ -227,26 +228,23 @@ def test_http_errors_are_download_errors(tmp_path: Path, http_root: tuple[str, P
     base, root = http_root
     (root / "big.png").write_bytes(png_bytes)
     with pytest.raises(InputError) as exc:
-        fetch_to_file(f"{base}/missing.mp4", "video_url", tmp_path)
+        fetch_to_file(f"{base}/missing.mp4", "video_url", tmp_path, CTX)
     assert_download_error(exc, "video_url")
     assert "404" in exc.value.msg
     with pytest.raises(InputError) as exc:
-        fetch_to_file(f"{base}/big.png", "video_url", tmp_path, max_bytes=10)
+        fetch_to_file(f"{base}/big.png", "video_url", tmp_path, CTX, max_bytes=10)
     assert_download_error(exc, "video_url")
     with pytest.raises(InputError) as exc:  # nothing listens on port 9 of loopback (discard), so: refused
-        fetch_to_file("http://127.0.0.1:9/x.mp4", "video_url", tmp_path, timeout_s=5)
+        fetch_to_file("http://127.0.0.1:9/x.mp4", "video_url", tmp_path, CTX, timeout_s=5)
     assert_download_error(exc, "video_url")
     assert list(tmp_path.iterdir()) == []  # failed downloads leave nothing behind
 
 
-def test_registered_resolver_is_consulted_first(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, png_bytes: bytes
-) -> None:
-    monkeypatch.setattr(fetch, "_LOCAL_RESOLVERS", [])
+def test_the_contexts_own_files_are_consulted_first(tmp_path: Path, png_bytes: bytes) -> None:
     stored = tmp_path / "stored.png"
     stored.write_bytes(png_bytes)
-    register_local_resolver(lambda ref: stored if ref == "http://myserver/files/abc" else None)
-    assert fetch_to_file("http://myserver/files/abc", "image_url", tmp_path) == stored
+    ctx = JobContext(local_files=lambda ref: stored if ref == "http://myserver/files/abc" else None)
+    assert fetch_to_file("http://myserver/files/abc", "image_url", tmp_path, ctx) == stored
 
 
 # ---------------------------------------------------------------- images
@@ -264,16 +262,16 @@ def test_load_image_keeps_alpha_only_when_transparent(tmp_path: Path) -> None:
     palette.putpixel((3, 3), 0)
     palette.save(tmp_path / "p2.png", transparency=0)
 
-    assert load_image(str(tmp_path / "t.png"), "ref_image_urls", tmp_path).mode == "RGBA"
-    assert load_image(str(tmp_path / "p2.png"), "ref_image_urls", tmp_path).mode == "RGBA"
+    assert load_image(str(tmp_path / "t.png"), "ref_image_urls", tmp_path, CTX).mode == "RGBA"
+    assert load_image(str(tmp_path / "p2.png"), "ref_image_urls", tmp_path, CTX).mode == "RGBA"
     for name in ("opaque.png", "photo.jpg", "p.png"):
-        img = load_image(str(tmp_path / name), "ref_image_urls", tmp_path)
+        img = load_image(str(tmp_path / name), "ref_image_urls", tmp_path, CTX)
         assert img.mode == "RGB" and img.size == (10, 8)
 
 
 def test_text_file_is_an_image_load_error(tmp_path: Path) -> None:
     (tmp_path / "notes.png").write_text("hello, not an image")
     with pytest.raises(InputError) as exc:
-        load_image(str(tmp_path / "notes.png"), "last_frame_url", tmp_path)
+        load_image(str(tmp_path / "notes.png"), "last_frame_url", tmp_path, CTX)
     assert exc.value.type == "image_load_error"
     assert exc.value.loc == ("last_frame_url",)
