@@ -29,11 +29,11 @@ from .auth import Auth, load_secret
 from .config import ServerConfig
 from .connections import raise_open_file_limit, uvicorn_config
 from .events import Changes
+from .failures import failure_of, failure_response
 from .files import FileStore, private_dir
 from .guard import Body, HostPolicy, RequestGuard
 from .jobs import SqliteJobStore
 from .metrics import CONTENT_TYPE, Metrics
-from .protocol import validation_detail
 from .retention import Retention
 from .routes import fal_router
 from .tls import certificate_names, client_hostport, ensure_certificate, fal_client_env
@@ -119,12 +119,9 @@ def create_app(config: ServerConfig) -> FastAPI:
     )
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"detail": validation_detail(exc.errors())}, status_code=422)
-
     @app.exception_handler(InputError)
-    async def input_error(_request: Request, exc: InputError) -> JSONResponse:
-        return JSONResponse({"detail": exc.detail()}, status_code=422)
+    async def refused(_request: Request, exc: Exception) -> JSONResponse:
+        return failure_response(failure_of(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

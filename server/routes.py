@@ -24,6 +24,7 @@ from pipelines.registry import APPS, TASKS
 from pipelines.schema import VaceInput, VaceOutput
 
 from . import protocol
+from .failures import failure_response
 from .auth import API_KEY_HEADER, Auth, Caller
 from .events import Changes
 from .jobs import Job, JobStore
@@ -48,8 +49,7 @@ def result_response(job: Job) -> JSONResponse:
     """A finished job's answer: its output, or its own error status and body."""
     if job.failure is None:
         return JSONResponse(job.result, headers=_request_id_headers(job))
-    headers = {**_request_id_headers(job), "x-fal-error-type": job.failure.type}
-    return JSONResponse(job.failure.body, status_code=job.failure.status_code, headers=headers)
+    return failure_response(job.failure, _request_id_headers(job))
 
 
 def _wants_logs(value: str | None) -> bool:

@@ -11,11 +11,9 @@ run.
 from __future__ import annotations
 
 import base64
-import errno
 import gc
 import logging
 import shutil
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -25,18 +23,18 @@ import numpy as np
 import torch
 from pydantic import ValidationError
 
-from pipelines.encode import encode_video
 from pipelines.context import JobContext
+from pipelines.encode import encode_video
 from pipelines.errors import InputError, JobCancelled
 from pipelines.generate import JobHooks, Publish, generate
 from pipelines.loading import ModelManager
 from pipelines.schema import VaceInput
 
 from .events import Changes
+from .failures import failure_of
 from .files import FileStore, private_dir
-from .jobs import Failure, Job, JobStore
+from .jobs import Job, JobStore
 from .metrics import Metrics
-from .protocol import validation_detail
 
 log = logging.getLogger(__name__)
 
@@ -161,21 +159,18 @@ class Worker(threading.Thread):
             )
             result, outcome = output.model_dump(mode="json", exclude_none=True), "ok"
             ending = f"completed in {time.perf_counter() - started:.1f} s"
-        except InputError as exc:
-            if exc.type == "content_policy_violation":
+        except (InputError, ValidationError) as exc:  # ValidationError: a stored input this version refuses
+            if isinstance(exc, InputError) and exc.type == "content_policy_violation":
                 self._drop_control(job)  # nothing of a flagged job stays on the server
-            failure, ending = Failure(422, {"detail": exc.detail()}, str(exc), exc.type), str(exc)
-        except ValidationError as exc:  # a stored input that this version's schema no longer accepts
-            detail = validation_detail([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()])
-            failure = Failure(422, {"detail": detail}, "invalid input", detail[0]["type"])
-            ending = f"invalid input: {detail}"
+            failure = failure_of(exc)
+            ending = failure.message
         except JobCancelled as exc:
             if self.pool.stopping.is_set() and not store.cancel_requested(job.id):
                 outcome, ending = "requeue", "the server is stopping; re-queued to run after restart"
             else:
                 outcome, ending = "cancelled", f"cancelled ({exc})"
         except Exception as exc:
-            failure = job_failure(exc, device)
+            failure = failure_of(exc, device)
             if failure.type == "internal_error":
                 log.exception("job %s failed", job.id)
             ending = f"failed: {failure.message}"
@@ -245,34 +240,6 @@ class Worker(threading.Thread):
             return self.pool.files.url(key, job.base_url)
 
         return publish
-
-
-def job_failure(exc: Exception, device: torch.device) -> Failure:
-    """The stated reason for a job that raised. Running out of device memory or of disk space is named as such,
-    with what to change; anything else is an internal error with the exception's own message."""
-    if isinstance(exc, torch.OutOfMemoryError):
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else "out of memory"
-        message = (f"{device} ran out of memory ({first_line}); try fewer frames, a lower resolution, or start the "
-                   "server with a lower --memory-mode (fp8, group_offload, model_offload)")
-        return Failure(500, {"detail": message}, message, "out_of_memory")
-    if _disk_full(exc):
-        message = f"the server ran out of disk space while running this job ({exc}); nothing of it was kept"
-        return Failure(507, {"detail": message}, message, "insufficient_storage")
-    message = f"{type(exc).__name__}: {exc}"
-    return Failure(500, {"detail": message}, message, "internal_error")
-
-
-def _disk_full(exc: BaseException | None) -> bool:
-    """Whether ``exc`` or what caused it is a full disk (an OS write error, or SQLite's own report of it)."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        if isinstance(exc, sqlite3.OperationalError) and "disk is full" in str(exc):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
 
 
 def release_memory(device: torch.device) -> None:

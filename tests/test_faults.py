@@ -32,7 +32,7 @@ from server.config import ServerConfig
 from server.files import FileStore
 from server.jobs import Failure, SqliteJobStore
 from server.retention import Retention, Swept
-from server.worker import job_failure
+from server.failures import failure_of
 
 QUEUE = "/queue/fal-ai/wan-vace-14b/pose"
 REQUESTS = "/queue/fal-ai/wan-vace-14b/requests"
@@ -166,15 +166,15 @@ def test_full_disk_errors_are_named_wherever_they_come_from(small_disk: Path) ->
     with pytest.raises(OSError) as encoding:
         encode_video([noise] * 17, small_disk / "video.mp4", 16.0, quality="maximum")
     assert encoding.value.errno == errno.ENOSPC and not (small_disk / "video.mp4").exists()
-    assert job_failure(encoding.value, torch.device("cpu")).type == "insufficient_storage"
+    assert failure_of(encoding.value, torch.device("cpu")).type == "insufficient_storage"
     try:
         try:
             raise sqlite3.OperationalError("database or disk is full")
         except sqlite3.OperationalError as cause:
             raise RuntimeError("could not store the log line") from cause
     except RuntimeError as chained:
-        assert job_failure(chained, torch.device("cpu")).status_code == 507
-    assert job_failure(RuntimeError("boom"), torch.device("cpu")).type == "internal_error"
+        assert failure_of(chained, torch.device("cpu")).status_code == 507
+    assert failure_of(RuntimeError("boom"), torch.device("cpu")).type == "internal_error"
 
 
 def test_sigterm_during_a_job_requeues_it_and_it_runs_after_restart(
