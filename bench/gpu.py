@@ -108,7 +108,7 @@ from pipelines.schema import VaceInput  # noqa: E402
 from pipelines.step_cache import THRESHOLDS, StepCacheController  # noqa: E402
 from server.demo import pose_frames  # noqa: E402
 from weights import tiny  # noqa: E402
-from weights.manifest import MODELS, SHARED_COMPONENTS, SHARED_FOLDER  # noqa: E402
+from pipelines.manifest import MODELS, SHARED_COMPONENTS, SHARED_FOLDER  # noqa: E402
 
 try:
     import psutil

@@ -25,11 +25,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .base import Preprocessor, require_weights, vace_resize
+from pipelines.manifest import DEPTH_ANYTHING, MIDAS, MIDAS_FILE
 
-MIDAS_DIR = "annotators/midas"
-MIDAS_FILE = "dpt_hybrid-midas-501f0c75.pt"
-DEPTH_ANYTHING_DIR = "annotators/depth_anything_v2"
+from .base import Preprocessor, require_weights, vace_resize
 
 MIDAS_MAX_SHORT_SIDE = 1024
 DEPTH_ANYTHING_SIZE = 518  # lower bound of the short side
@@ -79,13 +77,13 @@ class DepthPreprocessor(Preprocessor):
 class MidasPreprocessor(DepthPreprocessor):
     """MiDaS DPT-Hybrid, VACE's default depth annotator."""
 
-    annotator = "midas"
+    annotator = MIDAS.key
 
     @classmethod
     def from_weights(
         cls, weights_dir: Path, device: str | torch.device = "cpu", batch_size: int | None = None
     ) -> MidasPreprocessor:
-        return cls(load_midas(Path(weights_dir) / MIDAS_DIR / MIDAS_FILE), device, batch_size=batch_size)
+        return cls(load_midas(MIDAS.path(weights_dir, MIDAS_FILE)), device, batch_size=batch_size)
 
     @torch.inference_mode()
     def process_batch(self, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -141,7 +139,7 @@ class DepthAnythingPreprocessor(DepthPreprocessor):
     The network gets RGB, as it was trained; VACE's own wrapper swaps the channels of an already-RGB frame first.
     """
 
-    annotator = "depth_anything_v2"
+    annotator = DEPTH_ANYTHING.key
 
     @classmethod
     def from_weights(
@@ -149,7 +147,7 @@ class DepthAnythingPreprocessor(DepthPreprocessor):
     ) -> DepthAnythingPreprocessor:
         from transformers import DepthAnythingForDepthEstimation
 
-        folder = Path(weights_dir) / DEPTH_ANYTHING_DIR
+        folder = DEPTH_ANYTHING.path(weights_dir)
         require_weights(folder / "config.json")
         model = DepthAnythingForDepthEstimation.from_pretrained(folder, dtype=torch.float32)
         return cls(model, device, batch_size=batch_size)

@@ -22,20 +22,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .depth import DEPTH_ANYTHING_DIR, MIDAS_DIR, MIDAS_FILE
-from .pose import (
-    DET_SIZE,
-    DET_STRIDES,
-    DETECTOR_FILE,
-    DWPOSE_DIR,
-    ESTIMATOR_FILE,
-    NUM_WHOLEBODY,
-    OPENPOSE_DIR,
+from pipelines.manifest import (
+    DEPTH_ANYTHING,
+    DWPOSE,
+    DWPOSE_DETECTOR_FILE,
+    DWPOSE_ESTIMATOR_FILE,
+    MIDAS,
+    MIDAS_FILE,
+    OPENPOSE,
     OPENPOSE_FILE,
-    POSE_HEIGHT,
-    POSE_WIDTH,
-    SIMCC_SPLIT_RATIO,
 )
+
+from .pose import DET_SIZE, DET_STRIDES, NUM_WHOLEBODY, POSE_HEIGHT, POSE_WIDTH, SIMCC_SPLIT_RATIO
 
 SHARED_ABOVE = 65536  # tensors with more elements than this are views into the shared buffer
 INIT_STD = 0.02
@@ -161,19 +159,19 @@ def build_tiny_annotators(weights_dir: Path, seed: int = 0) -> Path:
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
 
-    dwpose = weights_dir / DWPOSE_DIR
-    _export(TinyYolox(), torch.zeros(1, 3, DET_SIZE, DET_SIZE), dwpose / DETECTOR_FILE, ["images"], ["output"], False)
-    _export(TinyRtmPose(), torch.zeros(1, 3, POSE_HEIGHT, POSE_WIDTH), dwpose / ESTIMATOR_FILE, ["input"],
+    detector, estimator = DWPOSE.path(weights_dir, DWPOSE_DETECTOR_FILE), DWPOSE.path(weights_dir, DWPOSE_ESTIMATOR_FILE)
+    _export(TinyYolox(), torch.zeros(1, 3, DET_SIZE, DET_SIZE), detector, ["images"], ["output"], False)
+    _export(TinyRtmPose(), torch.zeros(1, 3, POSE_HEIGHT, POSE_WIDTH), estimator, ["input"],
             ["simcc_x", "simcc_y"], True)  # fmt: skip
 
-    midas = weights_dir / MIDAS_DIR / MIDAS_FILE
+    midas = MIDAS.path(weights_dir, MIDAS_FILE)
     midas.parent.mkdir(parents=True, exist_ok=True)
     shapes = _meta_shapes(DPTDepthModel, path=None, backbone="vitb_rn50_384", non_negative=True)
     torch.save(shared_random_state(shapes, generator, {"scratch.output_conv.4.bias": 1.0}), midas)
 
     # controlnet-aux's OpenPose checkpoint keys drop the network's first name component ("model0.conv1_1.weight"
     # is stored as "conv1_1.weight").
-    openpose = weights_dir / OPENPOSE_DIR / OPENPOSE_FILE
+    openpose = OPENPOSE.path(weights_dir, OPENPOSE_FILE)
     openpose.parent.mkdir(parents=True, exist_ok=True)
     shapes = {key.split(".", 1)[1]: shape for key, shape in _meta_shapes(bodypose_model).items()}
     torch.save(shared_random_state(shapes, generator), openpose)
@@ -187,5 +185,5 @@ def build_tiny_annotators(weights_dir: Path, seed: int = 0) -> Path:
     )  # fmt: skip
     depth_anything = DepthAnythingForDepthEstimation(config).eval()
     nn.init.constant_(depth_anything.head.conv3.bias, 1.0)
-    depth_anything.save_pretrained(weights_dir / DEPTH_ANYTHING_DIR)
+    depth_anything.save_pretrained(DEPTH_ANYTHING.path(weights_dir))
     return weights_dir

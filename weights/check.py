@@ -28,7 +28,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from weights.manifest import (
+from pipelines.manifest import (
     AUXILIARY,
     ENTRIES,
     INTERPOLATORS,
@@ -36,10 +36,10 @@ from weights.manifest import (
     TASK_ANNOTATORS,
     ModelEntry,
     WeightEntry,
-    endpoints,
     required_any,
     required_paths,
 )
+from pipelines.registry import APPS
 
 MISSING = "missing"
 BROKEN_LINK = "broken_link"
@@ -178,11 +178,12 @@ class CheckReport:
         """True when entry ``key`` is complete and sound; ``key`` may also be a fal app id (any serving model ok)."""
         if key in self.entries:
             return self.entries[key].ok
-        return any(self.entries[k].ok for k in endpoints().get(key, []) if k in self.entries)
+        model = APPS.get(key)
+        return model in self.entries and self.entries[model].ok
 
     def endpoints(self) -> dict[str, list[str]]:
         """fal app id -> keys of the models that could serve it right now (empty list: not servable)."""
-        return {app: [k for k in keys if k in self.entries and self.entries[k].ok] for app, keys in endpoints().items()}
+        return {app: [model] if self.ok_for(model) else [] for app, model in APPS.items()}
 
     def annotators(self) -> dict[str, dict[str, str]]:
         """task -> {annotator key: status}, the task's default first; only what was checked. Informational:

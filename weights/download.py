@@ -21,8 +21,8 @@ from pathlib import Path, PurePosixPath
 from huggingface_hub import HfApi, snapshot_download
 from huggingface_hub.utils import filter_repo_objects
 
+from pipelines.manifest import ENTRIES, SHARED, SHARED_COMPONENTS, SHARED_FOLDER, ModelEntry, Source, WeightEntry
 from weights.check import check, read_records, sha256_file, write_records
-from weights.manifest import ENTRIES, SHARED, SHARED_COMPONENTS, SHARED_FOLDER, ModelEntry, Source, WeightEntry
 
 
 @dataclass

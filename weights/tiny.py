@@ -35,9 +35,8 @@ from transformers import (
 )
 
 from pipelines.interpolation import build_tiny_interpolators
+from pipelines.manifest import AUXILIARY, MODELS, PROMPT_EXPANDER, SAFETY_CHECKER, SHARED_COMPONENTS, SHARED_FOLDER
 from preprocessors.tiny import build_tiny_annotators
-
-from .manifest import AUXILIARY, MODELS, PROMPT_EXPANDER, SAFETY_CHECKER, SHARED_COMPONENTS, SHARED_FOLDER
 
 TEXT_DIM = 32
 # A small English vocabulary, so that different prompts give different embeddings.

@@ -1,7 +1,7 @@
 """Frame interpolation between generated frames: one streaming interface over RIFE and FILM.
 
-``load_interpolator(kind, weights_dir, device)`` loads ``WEIGHTS_DIR/interpolation/rife/flownet.pkl`` (Practical-RIFE
-4.x, our IFNet) or ``WEIGHTS_DIR/interpolation/film/film_net_fp32.pt`` (FILM TorchScript) and returns a
+``load_interpolator(kind, weights_dir, device)`` loads the manifest's ``rife`` file (``flownet.pkl``, Practical-RIFE
+4.x, our IFNet) or its ``film`` file (``film_net_fp32.pt``, FILM TorchScript) and returns a
 ``FrameInterpolator``. Its ``interpolate(frames, n_between)`` takes an iterable of uint8 HxWx3 RGB frames and yields
 every input frame (the same array objects, unchanged) with ``n_between`` new frames after each one but the last,
 at t = 1/(n+1) .. n/(n+1). It reads and emits ``batch_size`` pairs at a time, so it can sit between the decoder of
@@ -22,8 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .film import FILM_FILE, PAD_MULTIPLE as FILM_PAD_MULTIPLE, build_tiny_film, film_frames_between, load_film
-from .rife import RIFE_FILE, build_tiny_rife, load_rife, rife_frames_between
+from ..manifest import FILM, FILM_FILE, RIFE, RIFE_FILE, WeightEntry
+from .film import PAD_MULTIPLE as FILM_PAD_MULTIPLE, build_tiny_film, film_frames_between, load_film
+from .rife import build_tiny_rife, load_rife, rife_frames_between
 
 __all__ = [
     "FrameInterpolator",
@@ -37,8 +38,7 @@ __all__ = [
 
 InterpolatorKind = Literal["rife", "film"]
 
-INTERPOLATION_FOLDER = "interpolation"
-_FILES: dict[str, str] = {"rife": RIFE_FILE, "film": FILM_FILE}
+_WEIGHTS: dict[str, tuple[WeightEntry, str]] = {RIFE.key: (RIFE, RIFE_FILE), FILM.key: (FILM, FILM_FILE)}
 
 # Pairs per batch, by (kind, device type). GPU batches keep the device busy; FILM's decoder runs at full resolution
 # with hundreds of channels where RIFE's blocks run at 1/4 and below, hence its smaller batch. On CPU batching gains
@@ -50,9 +50,10 @@ Between = Callable[[nn.Module, Tensor, Tensor, int, int], Tensor]
 
 def weights_path(kind: InterpolatorKind, weights_dir: Path) -> Path:
     """Where ``kind``'s weights file lives in a weights directory."""
-    if kind not in _FILES:
-        raise ValueError(f"unknown interpolator {kind!r}; expected one of {sorted(_FILES)}")
-    return Path(weights_dir) / INTERPOLATION_FOLDER / kind / _FILES[kind]
+    if kind not in _WEIGHTS:
+        raise ValueError(f"unknown interpolator {kind!r}; expected one of {sorted(_WEIGHTS)}")
+    entry, name = _WEIGHTS[kind]
+    return entry.path(weights_dir, name)
 
 
 def build_tiny_interpolators(weights_dir: Path) -> list[Path]:

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-FILM_FILE = "film_net_fp32.pt"
+from ..manifest import FILM_FILE
 
 PYRAMID_LEVELS = 7
 FUSION_LEVELS = 5

@@ -38,8 +38,6 @@ from torch import Tensor, nn
 
 log = logging.getLogger(__name__)
 
-RIFE_FILE = "flownet.pkl"
-
 _PREFIX = "module."
 _TRAINING_ONLY = ("teacher.", "caltime.")
 _RESIDUAL_CONVS = 8
