@@ -37,7 +37,7 @@ from preprocessors import make_preprocessor
 from preprocessors.base import Preprocessor
 from preprocessors.depth import DepthAnythingPreprocessor
 from preprocessors.pose import DWPosePreprocessor, OpenPosePreprocessor
-from preprocessors.tiny import build_tiny_annotators
+from weights.tiny.annotators import build_tiny_annotators
 
 
 def synthetic_frames(count: int, width: int, height: int) -> list[np.ndarray]:

@@ -322,7 +322,7 @@ def test_vace_weights_check_passes_on_tiny_weights(tiny_weights, capsys):
     from server.cli import main
 
     if not (tiny_weights / EXTRAS["dwpose"].folder).is_dir():  # older build_tiny_weights without the annotators
-        from preprocessors.tiny import build_tiny_annotators
+        from weights.tiny.annotators import build_tiny_annotators
 
         build_tiny_annotators(tiny_weights)
     capsys.readouterr()

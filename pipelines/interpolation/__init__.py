@@ -23,18 +23,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..manifest import FILM, FILM_FILE, RIFE, RIFE_FILE, WeightEntry
-from .film import PAD_MULTIPLE as FILM_PAD_MULTIPLE, build_tiny_film, film_frames_between, load_film
-from .rife import build_tiny_rife, load_rife, rife_frames_between
+from .film import PAD_MULTIPLE as FILM_PAD_MULTIPLE, film_frames_between, load_film
+from .rife import load_rife, rife_frames_between
 
-__all__ = [
-    "FrameInterpolator",
-    "InterpolatorKind",
-    "build_tiny_film",
-    "build_tiny_interpolators",
-    "build_tiny_rife",
-    "load_interpolator",
-    "weights_path",
-]
+__all__ = ["FrameInterpolator", "InterpolatorKind", "load_interpolator", "weights_path"]
 
 InterpolatorKind = Literal["rife", "film"]
 
@@ -54,11 +46,6 @@ def weights_path(kind: InterpolatorKind, weights_dir: Path) -> Path:
         raise ValueError(f"unknown interpolator {kind!r}; expected one of {sorted(_WEIGHTS)}")
     entry, name = _WEIGHTS[kind]
     return entry.path(weights_dir, name)
-
-
-def build_tiny_interpolators(weights_dir: Path) -> list[Path]:
-    """Write random-weight RIFE (real 4.26 shapes) and FILM (reduced widths) files where the loaders look."""
-    return [build_tiny_rife(weights_path("rife", weights_dir)), build_tiny_film(weights_path("film", weights_dir))]
 
 
 class FrameInterpolator:

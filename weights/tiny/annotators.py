@@ -32,8 +32,7 @@ from pipelines.manifest import (
     OPENPOSE,
     OPENPOSE_FILE,
 )
-
-from .pose import DET_SIZE, DET_STRIDES, NUM_WHOLEBODY, POSE_HEIGHT, POSE_WIDTH, SIMCC_SPLIT_RATIO
+from preprocessors.pose import DET_SIZE, DET_STRIDES, NUM_WHOLEBODY, POSE_HEIGHT, POSE_WIDTH, SIMCC_SPLIT_RATIO
 
 SHARED_ABOVE = 65536  # tensors with more elements than this are views into the shared buffer
 INIT_STD = 0.02
@@ -107,7 +106,8 @@ def _export(module: nn.Module, example: torch.Tensor, path: Path, inputs: list[s
     path.parent.mkdir(parents=True, exist_ok=True)
     axes = {name: {0: "batch"} for name in inputs + outputs} if dynamic_batch else None
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter is deprecated, not gone
+        # the TorchScript exporter is deprecated, not gone
+        warnings.filterwarnings("ignore", "You are using the legacy TorchScript-based ONNX export", DeprecationWarning)
         torch.onnx.export(
             module.eval(), (example,), str(path), input_names=inputs, output_names=outputs, dynamic_axes=axes,
             opset_version=17, dynamo=False,
