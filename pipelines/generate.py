@@ -59,7 +59,6 @@ class JobHooks:
     log: Callable[[str], None] = _ignore
     step: Callable[[int, int], None] = _ignore
     cancelled: Callable[[], bool] = field(default=lambda: False)
-    metric: Callable[[str, float], None] = _ignore
     control: Callable[[list[np.ndarray], float], None] = _ignore
 
 
@@ -125,7 +124,6 @@ def denoise(
         )
     if cache is not None:
         hooks.log(cache.summary())
-        hooks.metric("cached_transformer_calls", sum(len(v) for v in cache.skipped.values()))
     return result.frames[0]
 
 

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..frames import check_frame
 from ..manifest import FILM, FILM_FILE, RIFE, RIFE_FILE, WeightEntry
 from .film import PAD_MULTIPLE as FILM_PAD_MULTIPLE, film_frames_between, load_film
 from .rife import load_rife, rife_frames_between
@@ -96,13 +97,9 @@ class FrameInterpolator:
 
     def _pairs(self, frames: list[np.ndarray], n: int) -> Iterator[np.ndarray]:
         """Each frame but the last, followed by the ``n`` frames between it and the next."""
-        first = frames[0]
-        for f in frames:
-            if f.dtype != np.uint8 or f.ndim != 3 or f.shape[2] != 3 or f.shape != first.shape:
-                raise ValueError(
-                    f"frames must all be uint8 HxWx3 of one size; got {f.dtype} {f.shape} after {first.shape}"
-                )
-        h, w = first.shape[:2]
+        h, w = check_frame(frames[0])
+        for f in frames[1:]:
+            check_frame(f, (h, w))
         x = torch.from_numpy(np.stack(frames)).to(self.device).permute(0, 3, 1, 2).to(self.dtype) / 255
         m = self.pad_multiple
         x = F.pad(x, (0, -w % m, 0, -h % m))
