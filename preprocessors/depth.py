@@ -17,6 +17,7 @@ variation at all becomes black (VACE would divide by zero there).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 
 from pipelines.manifest import DEPTH_ANYTHING, MIDAS, MIDAS_FILE
 
+from .aux_modules import aux_module
 from .base import Preprocessor, require_weights, vace_resize
 
 MIDAS_MAX_SHORT_SIDE = 1024
@@ -105,15 +107,25 @@ def load_midas(path: Path) -> torch.nn.Module:
     would first randomly initialise its 123 M parameters, seconds of work that the checkpoint overwrites. Keys and
     shapes are checked strictly, as controlnet-aux's own loader does.
     """
-    from controlnet_aux.midas.midas.dpt_depth import DPTDepthModel  # controlnet_aux loads every annotator (seconds)
-
     state = torch.load(require_weights(path), map_location="cpu", weights_only=True)
     if "optimizer" in state:  # a training checkpoint, as controlnet-aux's loader also accepts
         state = state["model"]
     with torch.device("meta"):
-        model = DPTDepthModel(path=None, backbone="vitb_rn50_384", non_negative=True)
+        model = dpt_hybrid()
     model.load_state_dict(state, strict=True, assign=True)
     return model.float().eval()
+
+
+def dpt_hybrid() -> torch.nn.Module:
+    """controlnet-aux's DPT-Hybrid network, uninitialised weights on the current default device.
+
+    controlnet-aux builds its ViT-B/16 backbone from timm under the old name ``vit_base_resnet50_384``, which timm
+    still maps to the same network but warns about on every build; that one warning is silenced here.
+    """
+    dpt_depth = aux_module("midas.midas.dpt_depth")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Mapping deprecated model name vit_base_resnet50_384", UserWarning)
+        return dpt_depth.DPTDepthModel(path=None, backbone="vitb_rn50_384", non_negative=True)
 
 
 def depth_anything_size(height: int, width: int) -> tuple[int, int]:

@@ -35,6 +35,7 @@ import torch
 
 from pipelines.manifest import DWPOSE, DWPOSE_DETECTOR_FILE, DWPOSE_ESTIMATOR_FILE, OPENPOSE, OPENPOSE_FILE
 
+from .aux_modules import aux_module
 from .base import Preprocessor, require_weights, vace_resize
 
 log = logging.getLogger(__name__)
@@ -241,8 +242,7 @@ def draw_pose(points: np.ndarray, scores: np.ndarray, height: int, width: int) -
     Body keypoints count when over 0.3, face keypoints from 0.3 (VACE hides face points below 0.3). Drawn with
     controlnet-aux's DWPose utilities, the same drawing code VACE ships: limbs dimmed to 60%, joints on top.
     """
-    from controlnet_aux.dwpose import util  # imported here: controlnet_aux loads every annotator (seconds)
-
+    util = aux_module("dwpose.util")
     people = len(points)
     normalised = points / np.array([float(width), float(height)])
     body = normalised[:, BODY].reshape(people * 18, 2)
@@ -333,11 +333,10 @@ class OpenPosePreprocessor(Preprocessor):
     def from_weights(
         cls, weights_dir: Path, device: str | torch.device = "cpu", batch_size: int | None = None
     ) -> OpenPosePreprocessor:
-        from controlnet_aux.open_pose import Body, OpenposeDetector
-
-        body = Body(str(require_weights(OPENPOSE.path(weights_dir, OPENPOSE_FILE))))
+        open_pose = aux_module("open_pose")
+        body = open_pose.Body(str(require_weights(OPENPOSE.path(weights_dir, OPENPOSE_FILE))))
         body.to(torch.device(device))
-        return cls(OpenposeDetector(body), batch_size=batch_size)
+        return cls(open_pose.OpenposeDetector(body), batch_size=batch_size)
 
     def process_batch(self, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
         return self.map(self.annotate, frames)

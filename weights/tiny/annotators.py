@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -32,6 +33,8 @@ from pipelines.manifest import (
     OPENPOSE,
     OPENPOSE_FILE,
 )
+from preprocessors.aux_modules import aux_module
+from preprocessors.depth import dpt_hybrid
 from preprocessors.pose import DET_SIZE, DET_STRIDES, NUM_WHOLEBODY, POSE_HEIGHT, POSE_WIDTH, SIMCC_SPLIT_RATIO
 
 SHARED_ABOVE = 65536  # tensors with more elements than this are views into the shared buffer
@@ -143,16 +146,14 @@ def shared_random_state(
     return state
 
 
-def _meta_shapes(build: type[nn.Module], **kwargs: object) -> dict[str, torch.Size]:
+def _meta_shapes(build: Callable[[], nn.Module]) -> dict[str, torch.Size]:
     """Parameter names and shapes of a network without allocating (or initialising) it."""
     with torch.device("meta"):
-        return {key: value.shape for key, value in build(**kwargs).state_dict().items()}
+        return {key: value.shape for key, value in build().state_dict().items()}
 
 
 def build_tiny_annotators(weights_dir: Path, seed: int = 0) -> Path:
     """Write random-weight DWPose, OpenPose, MiDaS DPT-Hybrid and Depth Anything V2 under ``weights_dir``."""
-    from controlnet_aux.midas.midas.dpt_depth import DPTDepthModel  # controlnet_aux loads every annotator (seconds)
-    from controlnet_aux.open_pose.model import bodypose_model
     from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
 
     weights_dir = Path(weights_dir)
@@ -166,13 +167,14 @@ def build_tiny_annotators(weights_dir: Path, seed: int = 0) -> Path:
 
     midas = MIDAS.path(weights_dir, MIDAS_FILE)
     midas.parent.mkdir(parents=True, exist_ok=True)
-    shapes = _meta_shapes(DPTDepthModel, path=None, backbone="vitb_rn50_384", non_negative=True)
+    shapes = _meta_shapes(dpt_hybrid)
     torch.save(shared_random_state(shapes, generator, {"scratch.output_conv.4.bias": 1.0}), midas)
 
     # controlnet-aux's OpenPose checkpoint keys drop the network's first name component ("model0.conv1_1.weight"
     # is stored as "conv1_1.weight").
     openpose = OPENPOSE.path(weights_dir, OPENPOSE_FILE)
     openpose.parent.mkdir(parents=True, exist_ok=True)
+    bodypose_model = aux_module("open_pose.model").bodypose_model
     shapes = {key.split(".", 1)[1]: shape for key, shape in _meta_shapes(bodypose_model).items()}
     torch.save(shared_random_state(shapes, generator), openpose)
 
