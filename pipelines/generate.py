@@ -30,8 +30,8 @@ from .conditioning import Conditioning, build_conditioning
 from .encode import encode_video, write_frames_zip
 from .errors import InputError, JobCancelled
 from .fetch import fetch_to_file, load_image
+from .frame_plan import plan_frames, plan_temporal
 from .limits import current_limits
-from .frame_plan import plan_frames
 from .loading import ModelManager
 from .prompt_expansion import expand_prompt
 from .registry import Task
@@ -40,7 +40,6 @@ from .samplers import make_scheduler
 from .schema import File, VaceInput, VaceOutput, VideoFile
 from .sizing import output_size
 from .step_cache import THRESHOLDS, StepCacheController, step_cache
-from .temporal import plan_temporal
 from .video_io import VideoInfo, probe_video, read_frames
 
 Publish = Callable[[Path, str], str]

@@ -13,7 +13,7 @@ import torch
 from pipelines.interpolation import FrameInterpolator, load_interpolator, weights_path
 from pipelines.interpolation.film import _midpoint_rounds, load_film
 from pipelines.interpolation.rife import IFNetConfig, load_rife, rife_frames_between
-from pipelines.temporal import NATIVE_FRAMES, frames_to_generate, max_factor, plan_temporal
+from pipelines.frame_plan import NATIVE_FRAMES, frames_to_generate, max_factor, plan_temporal
 from weights.tiny import build_tiny_interpolators
 from weights.tiny.film import FILMNet, build_tiny_film
 from weights.tiny.rife import build_tiny_rife
