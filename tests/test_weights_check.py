@@ -23,7 +23,9 @@ from pipelines.manifest import (
     required_paths,
 )
 from weights import download as dl
-from weights.check import BROKEN_LINK, CORRUPT, MISSING, check, read_records, sha256_file, write_records
+from weights.check import check
+from weights.records import read_records, sha256_file, write_records
+from weights.report import BROKEN_LINK, CORRUPT, MISSING
 
 D14, D22, D13 = (MODELS[k].folder for k in ("wan-vace-14b", "wan-22-vace-fun-a14b", "wan-vace-1.3b"))
 SHARD = "transformer/diffusion_pytorch_model-00002-of-00002.safetensors"

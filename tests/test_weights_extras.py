@@ -26,7 +26,9 @@ from pipelines.manifest import (
     Source,
 )
 from weights import download as dl
-from weights.check import CORRUPT, MISSING, check, read_records, sha256_file, write_records
+from weights.check import check
+from weights.records import read_records, sha256_file, write_records
+from weights.report import CORRUPT, MISSING
 
 RIFE_ZIP = "RIFEv4.26_0921.zip"
 

@@ -22,7 +22,8 @@ from huggingface_hub import HfApi, snapshot_download
 from huggingface_hub.utils import filter_repo_objects
 
 from pipelines.manifest import ENTRIES, SHARED, ModelEntry, Source, WeightEntry
-from weights.check import check, read_records, sha256_file, write_records
+from weights.check import check
+from weights.records import read_records, sha256_file, write_records
 from weights.shared_links import link_shared
 
 
