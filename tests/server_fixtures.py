@@ -24,7 +24,7 @@ import uvicorn
 
 from server.app import create_app
 from server.config import ServerConfig
-from server.demo import write_sample
+from weights.tiny.samples import write_sample
 from weights.tiny import build_tiny_weights
 
 REPO = Path(__file__).resolve().parents[1]
