@@ -23,8 +23,8 @@ from pipelines.loading import ModelManager
 from pipelines.samplers import make_scheduler
 from pipelines.schema import VaceInput
 from pipelines.video_io import read_frames
-from server.demo import write_sample
 from weights.tiny import build_tiny_weights
+from weights.tiny.samples import write_sample
 
 MODEL = "wan-vace-14b"
 

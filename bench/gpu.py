@@ -51,7 +51,7 @@ including writing the weights. Where a command may run only minutes, run slices:
 ``--weights-dir DIR --keep-weights`` (reused when DIR holds this script's weights) and merge the slices' rows into
 one block with ``--append``.
 
-Run on CPU (tiny models of ``weights/tiny.py``; checks the script end to end; its numbers say nothing about GPU
+Run on CPU (tiny models of ``weights/tiny/wan.py``; checks the script end to end; its numbers say nothing about GPU
 speed). ``--quick`` (416x240, 9 frames, 3 steps, no warm-up, the A14B only for diffusers vs the accelerations) takes
 about five minutes on two busy cores; without it (17 frames, 4 steps, the whole matrix) about three times that::
 
@@ -102,13 +102,14 @@ from transformers import UMT5Config, UMT5EncoderModel  # noqa: E402
 from pipelines.conditioning import Conditioning, build_conditioning  # noqa: E402
 from pipelines.generate import JobHooks, denoise  # noqa: E402
 from pipelines.loading import LoadedModel, ModelManager, default_dtype  # noqa: E402
+from pipelines.manifest import MODELS, SHARED_FOLDER  # noqa: E402
 from pipelines.runtime import CUDA_ATTENTION, RuntimeConfig, resolve_attention  # noqa: E402
 from pipelines.samplers import make_scheduler  # noqa: E402
 from pipelines.schema import VaceInput  # noqa: E402
 from pipelines.step_cache import THRESHOLDS, StepCacheController  # noqa: E402
-from server.demo import pose_frames  # noqa: E402
-from weights import tiny  # noqa: E402
-from weights.manifest import MODELS, SHARED_COMPONENTS, SHARED_FOLDER  # noqa: E402
+from weights.shared_links import link_shared  # noqa: E402
+from weights.tiny import wan as tiny  # noqa: E402
+from weights.tiny.samples import pose_frames  # noqa: E402
 
 try:
     import psutil
@@ -267,8 +268,7 @@ def write_weights(root: Path, arch: Architecture, device: torch.device, seed: in
                 transformer.save_pretrained(folder / name)
             else:
                 os.symlink(Path("..") / owner / "transformer", folder / name)
-        for name in SHARED_COMPONENTS:
-            os.symlink(Path("..") / SHARED_FOLDER / name, folder / name)
+        link_shared(folder, root)
     (root / MARKER_FILE).write_text(json.dumps(weights_marker(arch, seed)))
 
 
@@ -731,7 +731,7 @@ def notes(data: dict) -> list[str]:
         ]
     else:
         out = [
-            "Tiny models (`weights/tiny.py`): this block shows that the script runs end to end; its numbers say "
+            "Tiny models (`weights/tiny/wan.py`): this block shows that the script runs end to end; its numbers say "
             "nothing about GPU speed or memory."
         ]
     out.append(

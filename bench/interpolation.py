@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from pipelines.interpolation import load_interpolator, weights_path
-from pipelines.interpolation.film import build_tiny_film
-from pipelines.interpolation.rife import build_tiny_rife
+from weights.tiny.film import build_tiny_film
+from weights.tiny.rife import build_tiny_rife
 
 WIDTH, HEIGHT = 832, 480
 

@@ -32,11 +32,12 @@ import cv2
 import numpy as np
 import torch
 
+from pipelines.manifest import MIDAS, MIDAS_FILE
 from preprocessors import make_preprocessor
 from preprocessors.base import Preprocessor
-from preprocessors.depth import MIDAS_DIR, MIDAS_FILE, DepthAnythingPreprocessor
+from preprocessors.depth import DepthAnythingPreprocessor
 from preprocessors.pose import DWPosePreprocessor, OpenPosePreprocessor
-from preprocessors.tiny import build_tiny_annotators
+from weights.tiny.annotators import build_tiny_annotators
 
 
 def synthetic_frames(count: int, width: int, height: int) -> list[np.ndarray]:
@@ -65,9 +66,9 @@ def per_frame(annotate: Callable[[np.ndarray], np.ndarray]) -> Callable[[list[np
 
 def midas_baseline(weights_dir: Path, device: str) -> Callable[[list[np.ndarray]], Iterator[np.ndarray]]:
     """controlnet-aux's MidasDetector, per frame, at VACE's sizes."""
-    from controlnet_aux import MidasDetector
+    from controlnet_aux.midas import MidasDetector
 
-    detector = MidasDetector.from_pretrained(str(weights_dir / MIDAS_DIR), filename=MIDAS_FILE).to(device)
+    detector = MidasDetector.from_pretrained(str(MIDAS.path(weights_dir)), filename=MIDAS_FILE).to(device)
 
     def annotate(frame: np.ndarray) -> np.ndarray:
         height, width = frame.shape[:2]

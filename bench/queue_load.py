@@ -122,7 +122,7 @@ def main() -> None:
     parser.add_argument("--weights-dir", type=Path)
     args = parser.parse_args()
 
-    from server.demo import write_sample
+    from weights.tiny.samples import write_sample
 
     with serving(args.weights_dir, "vace-queue-bench-") as (base, root, _server):
         run(args, base, write_sample("pose", root / "pose.mp4", num_frames=17))

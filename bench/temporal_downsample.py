@@ -17,8 +17,8 @@ from pathlib import Path
 from pipelines.generate import generate
 from pipelines.loading import ModelManager
 from pipelines.schema import VaceInput
-from server.demo import write_sample
 from weights.tiny import build_tiny_weights
+from weights.tiny.samples import write_sample
 
 
 def main() -> None:

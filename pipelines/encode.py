@@ -21,6 +21,8 @@ import cv2
 import imageio_ffmpeg
 import numpy as np
 
+from .frames import check_frame
+
 # video_quality -> x264 constant rate factor (lower = better and larger; VACE's own writer uses 10).
 QUALITY_CRF: dict[str, int] = {"low": 28, "medium": 23, "high": 18, "maximum": 10}
 # video_write_mode -> x264 preset (encode speed against file size at the same quality).
@@ -56,7 +58,7 @@ def encode_video(
     first = next(stream, None)
     if first is None:
         raise ValueError("encode_video needs at least one frame")
-    height, width = _check_frame(first, None)
+    height, width = check_frame(first)
     if width % 2 or height % 2:
         raise ValueError(f"yuv420p needs even width and height, got {width}x{height}")
     cmd = [
@@ -76,7 +78,7 @@ def encode_video(
         try:
             with proc.stdin:
                 for frame in itertools.chain([first], stream):
-                    _check_frame(frame, (height, width))
+                    check_frame(frame, (height, width))
                     proc.stdin.write(np.ascontiguousarray(frame).data)
                     num_frames += 1
         except BrokenPipeError:
@@ -108,19 +110,9 @@ def write_frames_zip(frames: Iterable[np.ndarray], path: Path) -> Path:
     """Zip the frames as ``frame_00000.png``, ... for ``return_frames_zip``; stored, since PNG is compressed."""
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:
         for i, frame in enumerate(frames):
-            _check_frame(frame, None)
+            check_frame(frame)
             ok, png = cv2.imencode(".png", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
             if not ok:
                 raise RuntimeError(f"PNG encoding failed for frame {i}")
             archive.writestr(f"frame_{i:05d}.png", png.tobytes())
     return path
-
-
-def _check_frame(frame: np.ndarray, size: tuple[int, int] | None) -> tuple[int, int]:
-    """Reject anything but uint8 HxWx3 (of ``size`` when given): ffmpeg would silently misread it."""
-    if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
-        got = f"{frame.dtype} {frame.shape}" if isinstance(frame, np.ndarray) else type(frame).__name__
-        raise ValueError(f"frames must be uint8 HxWx3 RGB arrays, got {got}")
-    if size is not None and frame.shape[:2] != size:
-        raise ValueError(f"all frames must be {size[1]}x{size[0]}, got {frame.shape[1]}x{frame.shape[0]}")
-    return frame.shape[0], frame.shape[1]

@@ -27,11 +27,11 @@ from diffusers import WanVACEPipeline
 from preprocessors import ANNOTATORS
 
 from .conditioning import Conditioning, build_conditioning
-from .encode import encode_video, write_frames_zip
 from .context import JobContext
+from .encode import encode_video, write_frames_zip
 from .errors import InputError, JobCancelled
 from .fetch import check_ref_scheme, fetch_to_file, load_image
-from .frame_plan import plan_frames
+from .frame_plan import plan_frames, plan_temporal
 from .limits import Limits
 from .loading import ModelManager
 from .prompt_expansion import expand_prompt
@@ -40,7 +40,6 @@ from .samplers import make_scheduler
 from .schema import File, VaceInput, VaceOutput, VideoFile
 from .sizing import output_size
 from .step_cache import THRESHOLDS, StepCacheController, step_cache
-from .temporal import plan_temporal
 from .video_io import VideoInfo, probe_video, read_frames
 
 Publish = Callable[[Path, str], str]
@@ -59,7 +58,6 @@ class JobHooks:
     log: Callable[[str], None] = _ignore
     step: Callable[[int, int], None] = _ignore
     cancelled: Callable[[], bool] = field(default=lambda: False)
-    metric: Callable[[str, float], None] = _ignore
     control: Callable[[list[np.ndarray], float], None] = _ignore
 
 
@@ -142,7 +140,6 @@ def denoise(
         )
     if cache is not None:
         hooks.log(cache.summary())
-        hooks.metric("cached_transformer_calls", sum(len(v) for v in cache.skipped.values()))
     return result.frames[0]
 
 

@@ -25,11 +25,10 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from transformers import AutoTokenizer, UMT5EncoderModel
 
 from preprocessors import Preprocessor, make_preprocessor
-from weights.manifest import AUXILIARY, PROMPT_EXPANDER, SAFETY_CHECKER
 
 from .interpolation import FrameInterpolator, load_interpolator
+from .manifest import AUXILIARY, MODELS, PROMPT_EXPANDER, SAFETY_CHECKER
 from .prompt_expansion import LocalExpander, OpenAIExpander, PromptExpander
-from .registry import MODELS
 from .runtime import RuntimeConfig, place_module, resolve_attention, resolve_memory_mode
 from .safety import SafetyChecker
 from .samplers import make_scheduler
@@ -115,7 +114,7 @@ class ModelManager:
         }
 
     def model_dir(self, key: str) -> Path:
-        return self.weights_dir / MODELS[key].folder
+        return MODELS[key].path(self.weights_dir)
 
     def is_present(self, key: str) -> bool:
         """Whether the model's folder has a pipeline index (a full check is ``vace weights check``)."""
@@ -171,7 +170,7 @@ class ModelManager:
             return self._preprocessors[(task, name)]
 
     def safety_folder(self) -> Path:
-        return self.weights_dir / AUXILIARY[SAFETY_CHECKER].folder
+        return AUXILIARY[SAFETY_CHECKER].path(self.weights_dir)
 
     def has_safety_checker(self) -> bool:
         """Whether the safety classifier's weights are installed (a cheap look, without loading it)."""

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 import torch
 from diffusers.hooks import apply_group_offloading
 
+from .manifest import DEFAULT_ANNOTATORS
+
 log = logging.getLogger(__name__)
 
 MEMORY_MODES = ("auto", "full", "fp8", "group_offload", "model_offload")
@@ -50,7 +52,7 @@ class RuntimeConfig:
     attention: str = "auto"
     compile: bool = False
     vae_tiling: bool | None = None  # None: on for the memory-saving modes
-    annotators: tuple[tuple[str, str], ...] = (("pose", "dwpose"), ("depth", "midas"))  # task -> default annotator
+    annotators: tuple[tuple[str, str], ...] = tuple(DEFAULT_ANNOTATORS.items())  # task -> default annotator
     safety_threshold: float = 0.5  # a frame is flagged when the classifier's unsafe probability exceeds this
     prompt_expander: str = "none"  # none | openai (a chat endpoint) | local (a causal LM in the weights dir)
     expander_url: str | None = None  # OpenAI-compatible base URL, e.g. http://127.0.0.1:11434/v1 (Ollama)

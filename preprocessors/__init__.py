@@ -1,6 +1,7 @@
 """Control-video makers: RGB frames in, pose or depth control frames out, in batches (see ``base.Preprocessor``).
 
-Each task has VACE's annotator as its default (pose: DWPose, depth: MiDaS DPT-Hybrid) and one alternative.
+Each task has VACE's annotator as its default (pose: DWPose, depth: MiDaS DPT-Hybrid) and one alternative; which
+annotators serve which task, and their names, are ``pipelines.manifest.TASK_ANNOTATORS``.
 """
 
 from __future__ import annotations
@@ -9,15 +10,19 @@ from pathlib import Path
 
 import torch
 
+from pipelines.manifest import DEFAULT_ANNOTATORS, TASK_ANNOTATORS
+
 from .base import Preprocessor
 from .depth import DepthAnythingPreprocessor, MidasPreprocessor
 from .pose import DWPosePreprocessor, OpenPosePreprocessor
 
-ANNOTATORS: dict[str, dict[str, type[Preprocessor]]] = {
-    "pose": {"dwpose": DWPosePreprocessor, "openpose": OpenPosePreprocessor},
-    "depth": {"midas": MidasPreprocessor, "depth_anything_v2": DepthAnythingPreprocessor},
+_CLASSES: dict[str, type[Preprocessor]] = {
+    cls.annotator: cls
+    for cls in (DWPosePreprocessor, OpenPosePreprocessor, MidasPreprocessor, DepthAnythingPreprocessor)
 }
-DEFAULT_ANNOTATORS: dict[str, str] = {"pose": "dwpose", "depth": "midas"}
+ANNOTATORS: dict[str, dict[str, type[Preprocessor]]] = {
+    task: {name: _CLASSES[name] for name in names} for task, names in TASK_ANNOTATORS.items()
+}
 
 __all__ = ["ANNOTATORS", "DEFAULT_ANNOTATORS", "Preprocessor", "make_preprocessor"]
 

@@ -20,6 +20,8 @@ import cv2
 import numpy as np
 import torch
 
+from pipelines.frames import check_frame
+
 R = TypeVar("R")
 
 
@@ -66,13 +68,6 @@ class Preprocessor(ABC):
     def map(self, fn: Callable[..., R], *iterables: Iterable[Any]) -> list[R]:
         """``fn`` over the items of ``iterables`` (zipped) on the worker threads, results in order."""
         return list(self._pool.map(fn, *iterables))
-
-
-def check_frame(frame: np.ndarray) -> None:
-    """Reject anything but uint8 HxWx3: a float or BGRA frame would be silently mis-annotated."""
-    if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
-        got = f"{frame.dtype} {frame.shape}" if isinstance(frame, np.ndarray) else type(frame).__name__
-        raise ValueError(f"frames must be uint8 HxWx3 RGB arrays, got {got}")
 
 
 def require_weights(path: Path) -> Path:

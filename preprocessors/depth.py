@@ -17,6 +17,7 @@ variation at all becomes black (VACE would divide by zero there).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,11 +26,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .base import Preprocessor, require_weights, vace_resize
+from pipelines.manifest import DEPTH_ANYTHING, MIDAS, MIDAS_FILE
 
-MIDAS_DIR = "annotators/midas"
-MIDAS_FILE = "dpt_hybrid-midas-501f0c75.pt"
-DEPTH_ANYTHING_DIR = "annotators/depth_anything_v2"
+from .aux_modules import aux_module
+from .base import Preprocessor, require_weights, vace_resize
 
 MIDAS_MAX_SHORT_SIDE = 1024
 DEPTH_ANYTHING_SIZE = 518  # lower bound of the short side
@@ -79,13 +79,13 @@ class DepthPreprocessor(Preprocessor):
 class MidasPreprocessor(DepthPreprocessor):
     """MiDaS DPT-Hybrid, VACE's default depth annotator."""
 
-    annotator = "midas"
+    annotator = MIDAS.key
 
     @classmethod
     def from_weights(
         cls, weights_dir: Path, device: str | torch.device = "cpu", batch_size: int | None = None
     ) -> MidasPreprocessor:
-        return cls(load_midas(Path(weights_dir) / MIDAS_DIR / MIDAS_FILE), device, batch_size=batch_size)
+        return cls(load_midas(MIDAS.path(weights_dir, MIDAS_FILE)), device, batch_size=batch_size)
 
     @torch.inference_mode()
     def process_batch(self, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -107,15 +107,25 @@ def load_midas(path: Path) -> torch.nn.Module:
     would first randomly initialise its 123 M parameters, seconds of work that the checkpoint overwrites. Keys and
     shapes are checked strictly, as controlnet-aux's own loader does.
     """
-    from controlnet_aux.midas.midas.dpt_depth import DPTDepthModel  # controlnet_aux loads every annotator (seconds)
-
     state = torch.load(require_weights(path), map_location="cpu", weights_only=True)
     if "optimizer" in state:  # a training checkpoint, as controlnet-aux's loader also accepts
         state = state["model"]
     with torch.device("meta"):
-        model = DPTDepthModel(path=None, backbone="vitb_rn50_384", non_negative=True)
+        model = dpt_hybrid()
     model.load_state_dict(state, strict=True, assign=True)
     return model.float().eval()
+
+
+def dpt_hybrid() -> torch.nn.Module:
+    """controlnet-aux's DPT-Hybrid network, uninitialised weights on the current default device.
+
+    controlnet-aux builds its ViT-B/16 backbone from timm under the old name ``vit_base_resnet50_384``, which timm
+    still maps to the same network but warns about on every build; that one warning is silenced here.
+    """
+    dpt_depth = aux_module("midas.midas.dpt_depth")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Mapping deprecated model name vit_base_resnet50_384", UserWarning)
+        return dpt_depth.DPTDepthModel(path=None, backbone="vitb_rn50_384", non_negative=True)
 
 
 def depth_anything_size(height: int, width: int) -> tuple[int, int]:
@@ -141,7 +151,7 @@ class DepthAnythingPreprocessor(DepthPreprocessor):
     The network gets RGB, as it was trained; VACE's own wrapper swaps the channels of an already-RGB frame first.
     """
 
-    annotator = "depth_anything_v2"
+    annotator = DEPTH_ANYTHING.key
 
     @classmethod
     def from_weights(
@@ -149,7 +159,7 @@ class DepthAnythingPreprocessor(DepthPreprocessor):
     ) -> DepthAnythingPreprocessor:
         from transformers import DepthAnythingForDepthEstimation
 
-        folder = Path(weights_dir) / DEPTH_ANYTHING_DIR
+        folder = DEPTH_ANYTHING.path(weights_dir)
         require_weights(folder / "config.json")
         model = DepthAnythingForDepthEstimation.from_pretrained(folder, dtype=torch.float32)
         return cls(model, device, batch_size=batch_size)

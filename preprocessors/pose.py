@@ -33,15 +33,12 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from pipelines.manifest import DWPOSE, DWPOSE_DETECTOR_FILE, DWPOSE_ESTIMATOR_FILE, OPENPOSE, OPENPOSE_FILE
+
+from .aux_modules import aux_module
 from .base import Preprocessor, require_weights, vace_resize
 
 log = logging.getLogger(__name__)
-
-DWPOSE_DIR = "annotators/dwpose"
-DETECTOR_FILE = "yolox_l.onnx"
-ESTIMATOR_FILE = "dw-ll_ucoco_384.onnx"
-OPENPOSE_DIR = "annotators/openpose"
-OPENPOSE_FILE = "body_pose_model.pth"
 
 RESIZE_SHORT_SIDE = 1024
 DET_SIZE = 640
@@ -245,8 +242,7 @@ def draw_pose(points: np.ndarray, scores: np.ndarray, height: int, width: int) -
     Body keypoints count when over 0.3, face keypoints from 0.3 (VACE hides face points below 0.3). Drawn with
     controlnet-aux's DWPose utilities, the same drawing code VACE ships: limbs dimmed to 60%, joints on top.
     """
-    from controlnet_aux.dwpose import util  # imported here: controlnet_aux loads every annotator (seconds)
-
+    util = aux_module("dwpose.util")
     people = len(points)
     normalised = points / np.array([float(width), float(height)])
     body = normalised[:, BODY].reshape(people * 18, 2)
@@ -268,7 +264,7 @@ class DWPosePreprocessor(Preprocessor):
     """DWPose (YOLOX-L + RTMPose-L whole-body) in onnxruntime, VACE's default pose annotator."""
 
     task = "pose"
-    annotator = "dwpose"
+    annotator = DWPOSE.key
     default_batch_size = 8
 
     def __init__(
@@ -282,8 +278,8 @@ class DWPosePreprocessor(Preprocessor):
     def from_weights(
         cls, weights_dir: Path, device: str | torch.device = "cpu", batch_size: int | None = None
     ) -> DWPosePreprocessor:
-        folder = Path(weights_dir) / DWPOSE_DIR
-        detector, estimator = (require_weights(folder / name) for name in (DETECTOR_FILE, ESTIMATOR_FILE))
+        files = (DWPOSE_DETECTOR_FILE, DWPOSE_ESTIMATOR_FILE)
+        detector, estimator = (require_weights(DWPOSE.path(weights_dir, name)) for name in files)
         return cls(onnx_session(detector, device), onnx_session(estimator, device), batch_size=batch_size)
 
     def process_batch(self, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -326,7 +322,7 @@ class OpenPosePreprocessor(Preprocessor):
     """
 
     task = "pose"
-    annotator = "openpose"
+    annotator = OPENPOSE.key
     default_batch_size = 4
 
     def __init__(self, detector: Any, batch_size: int | None = None, workers: int | None = None) -> None:
@@ -337,11 +333,10 @@ class OpenPosePreprocessor(Preprocessor):
     def from_weights(
         cls, weights_dir: Path, device: str | torch.device = "cpu", batch_size: int | None = None
     ) -> OpenPosePreprocessor:
-        from controlnet_aux.open_pose import Body, OpenposeDetector
-
-        body = Body(str(require_weights(Path(weights_dir) / OPENPOSE_DIR / OPENPOSE_FILE)))
+        open_pose = aux_module("open_pose")
+        body = open_pose.Body(str(require_weights(OPENPOSE.path(weights_dir, OPENPOSE_FILE))))
         body.to(torch.device(device))
-        return cls(OpenposeDetector(body), batch_size=batch_size)
+        return cls(open_pose.OpenposeDetector(body), batch_size=batch_size)
 
     def process_batch(self, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
         return self.map(self.annotate, frames)

@@ -20,15 +20,13 @@ from pydantic import ValidationError
 
 from pipelines.errors import InputError, JobCancelled
 from pipelines.limits import Limits
-from pipelines.registry import MODELS, TASKS
-from weights.manifest import DEFAULT_DOWNLOAD, ENTRIES
+from pipelines.manifest import DEFAULT_ANNOTATORS, DEFAULT_DOWNLOAD, ENTRIES, MODELS, TASK_ANNOTATORS, canonical_key
+from pipelines.registry import DEFAULT_MODEL_FOR_TASK, TASKS
 from pipelines.runtime import MEMORY_MODES, PROMPT_EXPANDERS, RuntimeConfig
 from pipelines.schema import VaceInput
-from preprocessors import ANNOTATORS, DEFAULT_ANNOTATORS
 from server.config import DEFAULT_DATA_DIR
 
 DEFAULT_WEIGHTS_DIR = Path(os.environ.get("VACE_WEIGHTS_DIR", Path.home() / ".cache" / "vace" / "weights"))
-DEFAULT_MODEL_FOR_TASK = {"pose": "wan-vace-14b", "depth": "wan-22-vace-fun-a14b"}
 # Fields with their own short flag names in the CLI.
 FIELD_ALIASES = {"video_url": "--video", "prompt": "--prompt"}
 
@@ -66,10 +64,10 @@ def _add_runtime_flags(parser: argparse.ArgumentParser) -> None:
                         help="diffusers attention backend; auto picks the fastest installed (env VACE_ATTENTION)")
     parser.add_argument("--compile", action="store_true", default=env("VACE_COMPILE", "") == "1",
                         help="torch.compile the repeated transformer blocks on CUDA (env VACE_COMPILE=1)")
-    parser.add_argument("--pose-annotator", choices=sorted(ANNOTATORS["pose"]),
+    parser.add_argument("--pose-annotator", choices=sorted(TASK_ANNOTATORS["pose"]),
                         default=env("VACE_POSE_ANNOTATOR", DEFAULT_ANNOTATORS["pose"]),
                         help="default pose annotator for preprocess=true (env VACE_POSE_ANNOTATOR)")
-    parser.add_argument("--depth-annotator", choices=sorted(ANNOTATORS["depth"]),
+    parser.add_argument("--depth-annotator", choices=sorted(TASK_ANNOTATORS["depth"]),
                         default=env("VACE_DEPTH_ANNOTATOR", DEFAULT_ANNOTATORS["depth"]),
                         help="default depth annotator for preprocess=true (env VACE_DEPTH_ANNOTATOR)")
     parser.add_argument("--safety-threshold", type=float, default=env("VACE_SAFETY_THRESHOLD", "0.5"),
@@ -283,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = wsub.add_parser("tiny", help="write tiny random-weight models in the real layout")
     tiny.add_argument("dir")
     download = wsub.add_parser("download", help="download real weights from the Hugging Face hub")
-    download.add_argument("--models", nargs="+", default=list(DEFAULT_DOWNLOAD), choices=list(ENTRIES),
+    download.add_argument("--models", nargs="+", default=list(DEFAULT_DOWNLOAD), choices=list(ENTRIES), type=canonical_key,
                           help=f"default: {' '.join(DEFAULT_DOWNLOAD)}")
     download.add_argument("--dir", default=str(DEFAULT_WEIGHTS_DIR))
     check = wsub.add_parser("check", help="say which weights are present, missing or corrupt")
@@ -293,7 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser("generate", help="run one job locally, no server")
     gen.add_argument("task", choices=TASKS)
-    gen.add_argument("--model", choices=list(MODELS), help="default: wan-vace-14b for pose, wan-22-vace-fun-a14b for depth")
+    gen.add_argument("--model", choices=list(MODELS),
+                     help="default: " + ", ".join(f"{m} for {t}" for t, m in DEFAULT_MODEL_FOR_TASK.items()))
     gen.add_argument("--weights-dir", default=str(DEFAULT_WEIGHTS_DIR))
     gen.add_argument("-o", "--output", required=True, help="output .mp4 path")
     gen.add_argument("-q", "--quiet", action="store_true", help="no progress bar or logs")
@@ -304,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     pre = sub.add_parser("preprocess", help="write the pose or depth control video of a video")
     pre.add_argument("task", choices=TASKS)
     pre.add_argument("--video", required=True, help="input video: path, http(s) URL or data URI")
-    pre.add_argument("--annotator", help="pose: dwpose | openpose; depth: midas | depth_anything_v2")
+    pre.add_argument("--annotator", help="; ".join(f"{t}: {' | '.join(a)}" for t, a in TASK_ANNOTATORS.items()))
     pre.add_argument("--weights-dir", default=str(DEFAULT_WEIGHTS_DIR))
     pre.add_argument("-o", "--output", required=True, help="output .mp4 path")
     _add_runtime_flags(pre)

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from pipelines.loading import ModelManager
-from server.demo import write_sample
 from weights.tiny import build_tiny_weights
+from weights.tiny.samples import write_sample
 
 
 @pytest.fixture(scope="session")

@@ -25,8 +25,8 @@ import uvicorn
 from server.app import create_app
 from server.config import ServerConfig
 from server.connections import uvicorn_config
-from server.demo import write_sample
 from weights.tiny import build_tiny_weights
+from weights.tiny.samples import write_sample
 
 REPO = Path(__file__).resolve().parents[1]
 # The smallest job the pipeline takes: 17 frames of the 416x240 sample, 2 steps, no step cache.

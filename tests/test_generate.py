@@ -18,7 +18,7 @@ from pipelines.generate import JobHooks, generate
 from pipelines.loading import ModelManager
 from pipelines.schema import DEFAULT_NEGATIVE_PROMPT, VaceInput, VaceOutput
 from pipelines.video_io import probe_video, read_frames
-from server.demo import pose_frames
+from weights.tiny.samples import pose_frames
 
 FAST = {"num_inference_steps": 2, "acceleration": "none"}
 

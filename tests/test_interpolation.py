@@ -10,15 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.interpolation import (
-    FrameInterpolator,
-    build_tiny_interpolators,
-    load_interpolator,
-    weights_path,
-)
-from pipelines.interpolation.film import FILMNet, _midpoint_rounds, build_tiny_film, load_film
-from pipelines.interpolation.rife import IFNetConfig, build_tiny_rife, load_rife, rife_frames_between
-from pipelines.temporal import NATIVE_FRAMES, frames_to_generate, max_factor, plan_temporal
+from pipelines.interpolation import FrameInterpolator, load_interpolator, weights_path
+from pipelines.interpolation.film import _midpoint_rounds, load_film
+from pipelines.interpolation.rife import IFNetConfig, load_rife, rife_frames_between
+from pipelines.frame_plan import NATIVE_FRAMES, frames_to_generate, max_factor, plan_temporal
+from weights.tiny import build_tiny_interpolators
+from weights.tiny.film import FILMNet, build_tiny_film
+from weights.tiny.rife import build_tiny_rife
 
 H, W = 48, 64  # not a multiple of 64 in height: exercises pad and crop
 SMALL_RIFE = IFNetConfig(head_width=8, feature_channels=4, block_widths=(16, 16, 8, 8, 8))

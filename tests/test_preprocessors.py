@@ -35,7 +35,7 @@ from preprocessors.pose import (
     to_openpose,
     to_output,
 )
-from preprocessors.tiny import build_tiny_annotators
+from weights.tiny.annotators import build_tiny_annotators
 
 # VACE's OpenPose palette, as drawn (limb i and joint i share colour i). VACE flips the drawing from BGR to RGB,
 # so the control frame shows each colour reversed: the first limb, drawn (255, 0, 0), is blue.

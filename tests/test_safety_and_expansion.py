@@ -29,6 +29,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, ViTForImageClassif
 from pipelines.errors import InputError
 from pipelines.generate import JobHooks
 from pipelines.loading import ModelManager
+from pipelines.manifest import AUXILIARY, PROMPT_EXPANDER, SAFETY_CHECKER
 from pipelines.prompt_expansion import (
     SYSTEM_PROMPT,
     LocalExpander,
@@ -42,7 +43,6 @@ from pipelines.safety import SafetyChecker, sample_frames
 from server import cli
 from server.config import ServerConfig
 from weights.check import check
-from weights.manifest import AUXILIARY, PROMPT_EXPANDER, SAFETY_CHECKER
 
 ANSWER = "A young dancer in a red dress spins slowly on a sunlit park lawn, soft golden light, steady wide shot."
 SAFETY = AUXILIARY[SAFETY_CHECKER].folder

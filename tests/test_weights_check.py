@@ -13,9 +13,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from weights import download as dl
-from weights.check import BROKEN_LINK, CORRUPT, MISSING, check, read_records, sha256_file, write_records
-from weights.manifest import (
+from pipelines.manifest import (
     EXTRAS,
     MODELS,
     SHARED_COMPONENTS,
@@ -24,6 +22,10 @@ from weights.manifest import (
     required_any,
     required_paths,
 )
+from weights import download as dl
+from weights.check import check
+from weights.records import read_records, sha256_file, write_records
+from weights.report import BROKEN_LINK, CORRUPT, MISSING
 
 D14, D22, D13 = (MODELS[k].folder for k in ("wan-vace-14b", "wan-22-vace-fun-a14b", "wan-vace-1.3b"))
 SHARD = "transformer/diffusion_pytorch_model-00002-of-00002.safetensors"

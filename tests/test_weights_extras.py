@@ -15,9 +15,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from weights import download as dl
-from weights.check import CORRUPT, MISSING, check, read_records, sha256_file, write_records
-from weights.manifest import (
+from pipelines.manifest import (
     DEFAULT_DOWNLOAD,
     ENTRIES,
     EXTRAS,
@@ -27,6 +25,10 @@ from weights.manifest import (
     TASK_ANNOTATORS,
     Source,
 )
+from weights import download as dl
+from weights.check import check
+from weights.records import read_records, sha256_file, write_records
+from weights.report import CORRUPT, MISSING
 
 RIFE_ZIP = "RIFEv4.26_0921.zip"
 
@@ -66,7 +68,7 @@ FILES: dict[str, dict[str, bytes]] = {
     "dwpose": {"yolox_l.onnx": b"\x08\x07fake-yolox", "dw-ll_ucoco_384.onnx": b"\x08\x07fake-rtmpose"},
     "midas": {"dpt_hybrid-midas-501f0c75.pt": _torch_bytes(2)},
     "openpose": {"body_pose_model.pth": _torch_bytes(3)},
-    "depth-anything-v2": {"config.json": b'{"model_type": "depth_anything"}', "model.safetensors": _safetensors_bytes()},
+    "depth_anything_v2": {"config.json": b'{"model_type": "depth_anything"}', "model.safetensors": _safetensors_bytes()},
     "rife": {"flownet.pkl": FLOWNET},
     "film": {"film_net_fp32.pt": _torch_bytes(4)},
 }
@@ -92,7 +94,7 @@ def _paths(report, key, kind):
 
 
 def test_manifest_extras():
-    assert set(EXTRAS) == {"dwpose", "midas", "openpose", "depth-anything-v2", "rife", "film"}
+    assert set(EXTRAS) == {"dwpose", "midas", "openpose", "depth_anything_v2", "rife", "film"}
     assert set(EXTRAS) <= set(ENTRIES)
     assert {k for keys in TASK_ANNOTATORS.values() for k in keys} | set(INTERPOLATORS) == set(EXTRAS)
     assert DEFAULT_DOWNLOAD == ("wan-vace-14b", "wan-22-vace-fun-a14b", "dwpose", "midas", "rife", "film")
@@ -110,7 +112,7 @@ def test_complete_extras_are_ok(tmp_path):
     for key in EXTRAS:
         assert report.entries[key].status == "ok" and report.ok_for(key), report.render()
     assert report.annotators() == {"pose": {"dwpose": "ok", "openpose": "ok"},
-                                   "depth": {"midas": "ok", "depth-anything-v2": "ok"}}  # fmt: skip
+                                   "depth": {"midas": "ok", "depth_anything_v2": "ok"}}  # fmt: skip
     assert report.interpolators() == {"rife": "ok", "film": "ok"}
     text = report.render()
     assert "pose: dwpose ok, openpose ok" in text and "Interpolators: rife ok, film ok" in text
@@ -122,7 +124,7 @@ def test_absent_extras_are_reported_not_errors(tmp_path):
     report = check(tmp_path)
     assert report.ok, report.render()
     assert report.ok_for("dwpose") and report.ok_for("rife")
-    for key in ("openpose", "midas", "depth-anything-v2", "film"):
+    for key in ("openpose", "midas", "depth_anything_v2", "film"):
         assert report.entries[key].status == "absent" and not report.ok_for(key)
     assert report.annotators()["pose"] == {"dwpose": "ok", "openpose": "absent"}
     assert "Interpolators: rife ok, film absent" in report.render()
@@ -136,7 +138,7 @@ def test_missing_required_extra_file(tmp_path):
     (tmp_path / "annotators/depth_anything_v2/model.safetensors").unlink()
     report = check(tmp_path)
     assert _paths(report, "dwpose", MISSING) == ["dw-ll_ucoco_384.onnx"]
-    assert _paths(report, "depth-anything-v2", MISSING) == ["model.safetensors"]
+    assert _paths(report, "depth_anything_v2", MISSING) == ["model.safetensors"]
     assert report.entries["dwpose"].status == "missing" and not report.ok
     assert "pose: dwpose missing, openpose ok" in report.render()
 
@@ -236,7 +238,7 @@ class FakeExtrasHub:
         self.repos = {
             "yzd-v/DWPose": {**FILES["dwpose"], "README.md": b"# DWPose"},
             "lllyasviel/Annotators": {**FILES["midas"], **FILES["openpose"], "other.pth": _torch_bytes(9)},
-            "depth-anything/Depth-Anything-V2-Small-hf": FILES["depth-anything-v2"],
+            "depth-anything/Depth-Anything-V2-Small-hf": FILES["depth_anything_v2"],
             "hzwer/RIFE": {RIFE_ZIP: self.zip, "RIFEv4.25_0919.zip": b"not fetched"},
             "nguu/film-pytorch": FILES["film"],
         }
@@ -322,13 +324,13 @@ def test_vace_weights_check_passes_on_tiny_weights(tiny_weights, capsys):
     from server.cli import main
 
     if not (tiny_weights / EXTRAS["dwpose"].folder).is_dir():  # older build_tiny_weights without the annotators
-        from preprocessors.tiny import build_tiny_annotators
+        from weights.tiny.annotators import build_tiny_annotators
 
         build_tiny_annotators(tiny_weights)
     capsys.readouterr()
     assert main(["weights", "check", str(tiny_weights)]) == 0
     out = capsys.readouterr().out
-    assert "pose: dwpose ok, openpose ok" in out and "depth: midas ok, depth-anything-v2 ok" in out
+    assert "pose: dwpose ok, openpose ok" in out and "depth: midas ok, depth_anything_v2 ok" in out
     assert "Interpolators: rife ok, film ok" in out
     report = check(tiny_weights)
     assert all(report.ok_for(k) for k in ENTRIES), report.render()

@@ -1,14 +1,14 @@
 """Say what is present, missing or corrupt in a weights directory, per manifest entry and per endpoint.
 
 Generic over anything that follows ``weights/LAYOUT.md``: real downloads and tiny test weights are checked alike.
-Models, annotators, interpolators, the safety checker and the prompt-expansion LM are all manifest entries; only the
-models decide whether an endpoint is ready, the others are listed per feature (``CheckReport.annotators`` /
-``interpolators`` / ``auxiliary``).
+Models, annotators, interpolators, the safety checker and the prompt-expansion LM are all manifest entries; what the
+findings mean per endpoint and feature is ``report.py``, the download records compared against are ``records.py``.
 Checks, all cheap unless ``deep``:
 - required paths (``manifest.required_paths`` / ``required_any``) exist; symlinks resolve;
 - every JSON file parses; a model's ``model_index.json`` names only component folders that exist, and a two-expert
   model's has ``transformer_2`` and ``boundary_ratio``;
-- every ``*.safetensors`` header parses and covers the file exactly (a truncated download fails here);
+- every ``*.safetensors`` file opens with safetensors' own reader, which checks that its header parses and covers
+  the file exactly (a truncated download fails here);
 - every shard named by a ``*.safetensors.index.json`` exists and holds the tensors the index maps to it;
 - annotator / interpolator files (``.onnx``, torch ``.pt``/``.pth``/``.pkl``, ``.zip``) are not empty, and those in
   zip form (every ``.zip``, and torch files saved as zip archives) have a readable central directory, which a
@@ -19,244 +19,19 @@ Checks, all cheap unless ``deep``:
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import os
-import struct
 import zipfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from weights.manifest import (
-    AUXILIARY,
-    ENTRIES,
-    INTERPOLATORS,
-    RECORD_FILE,
-    TASK_ANNOTATORS,
-    ModelEntry,
-    WeightEntry,
-    endpoints,
-    required_any,
-    required_paths,
-)
+from safetensors import SafetensorError, safe_open
 
-MISSING = "missing"
-BROKEN_LINK = "broken_link"
-CORRUPT = "corrupt"
+from pipelines.manifest import ENTRIES, RECORD_FILE, ModelEntry, WeightEntry, required_any, required_paths
+from weights.records import read_records, sha256_file
+from weights.report import BROKEN_LINK, CORRUPT, MISSING, CheckReport, EntryReport, Problem
 
-_DTYPE_BYTES = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1,
-    "U16": 2, "I16": 2, "F16": 2, "BF16": 2,
-    "U32": 4, "I32": 4, "F32": 4,
-    "U64": 8, "I64": 8, "F64": 8,
-}  # fmt: skip
-_MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit
 _NON_EMPTY = (".onnx", ".pt", ".pth", ".pkl", ".ckpt", ".zip")  # opaque weights files: at least not empty
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save (since 1.6) and TorchScript files are zip archives too
-
-
-# ---------------------------------------------------------------- shared helpers (also used by download.py)
-
-
-def sha256_file(path: Path, chunk: int = 16 * 1024 * 1024) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def read_records(folder: Path) -> dict[str, dict]:
-    """``{relative path: {"size", "sha256", ...}}`` from ``folder/.vace-files.json``; {} when absent."""
-    path = folder / RECORD_FILE
-    if not path.is_file():
-        return {}
-    return json.loads(path.read_text()).get("files", {})
-
-
-def write_records(folder: Path, files: dict[str, dict]) -> None:
-    path = folder / RECORD_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"format": 1, "files": dict(sorted(files.items()))}, indent=1) + "\n")
-    os.replace(tmp, path)
-
-
-def safetensors_header(path: Path) -> dict:
-    """Parse and validate a safetensors header; raises ValueError saying what is wrong.
-
-    The file must be exactly 8 + header length + end of the last tensor, like the safetensors loader demands.
-    """
-    size = path.stat().st_size
-    if size < 8:
-        raise ValueError(f"{size} bytes, too short for a safetensors file")
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        if n > _MAX_HEADER or 8 + n > size:
-            raise ValueError(f"header length {n} does not fit in a {size}-byte file")
-        raw = f.read(n)
-    try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"header is not JSON ({e})") from None
-    if not isinstance(header, dict):
-        raise ValueError("header is not a JSON object")
-    end = 0
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            begin, stop = info["data_offsets"]
-            shape = info["shape"]
-            dtype = info["dtype"]
-        except (TypeError, KeyError, ValueError):
-            raise ValueError(f"tensor {name!r}: malformed entry") from None
-        if not 0 <= begin <= stop:
-            raise ValueError(f"tensor {name!r}: bad data_offsets {info['data_offsets']}")
-        if dtype in _DTYPE_BYTES and math.prod(shape) * _DTYPE_BYTES[dtype] != stop - begin:
-            raise ValueError(f"tensor {name!r}: {dtype}{shape} does not match {stop - begin} bytes")
-        end = max(end, stop)
-    expected = 8 + n + end
-    if size < expected:
-        raise ValueError(f"truncated: {size} bytes, header needs {expected}")
-    if size > expected:
-        raise ValueError(f"{size - expected} trailing bytes not covered by the header")
-    return header
-
-
-# ---------------------------------------------------------------- report
-
-
-@dataclass
-class Problem:
-    kind: str  # MISSING | BROKEN_LINK | CORRUPT
-    path: str  # relative to the entry's folder
-    detail: str = ""
-
-    def __str__(self) -> str:
-        return f"{self.kind}: {self.path}" + (f" ({self.detail})" if self.detail else "")
-
-
-@dataclass
-class EntryReport:
-    key: str
-    folder: str
-    endpoint: str | None
-    exists: bool
-    files: int = 0
-    bytes: int = 0
-    approx_size_gb: float = 0.0
-    problems: list[Problem] = field(default_factory=list)
-
-    @property
-    def status(self) -> str:
-        """'ok', 'absent' (folder not there), 'missing' (incomplete or broken links) or 'corrupt'."""
-        if not self.exists:
-            return "absent"
-        kinds = {p.kind for p in self.problems}
-        if CORRUPT in kinds:
-            return "corrupt"
-        if kinds:
-            return "missing"
-        return "ok"
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-    def problems_of(self, kind: str) -> list[Problem]:
-        return [p for p in self.problems if p.kind == kind]
-
-
-@dataclass
-class CheckReport:
-    weights_dir: Path
-    deep: bool
-    entries: dict[str, EntryReport]
-
-    def ok_for(self, key: str) -> bool:
-        """True when entry ``key`` is complete and sound; ``key`` may also be a fal app id (any serving model ok)."""
-        if key in self.entries:
-            return self.entries[key].ok
-        return any(self.entries[k].ok for k in endpoints().get(key, []) if k in self.entries)
-
-    def endpoints(self) -> dict[str, list[str]]:
-        """fal app id -> keys of the models that could serve it right now (empty list: not servable)."""
-        return {app: [k for k in keys if k in self.entries and self.entries[k].ok] for app, keys in endpoints().items()}
-
-    def annotators(self) -> dict[str, dict[str, str]]:
-        """task -> {annotator key: status}, the task's default first; only what was checked. Informational:
-        annotators are needed only for preprocess=true, and an absent alternative is not a problem."""
-        out = {task: {k: self.entries[k].status for k in keys if k in self.entries}
-               for task, keys in TASK_ANNOTATORS.items()}  # fmt: skip
-        return {task: statuses for task, statuses in out.items() if statuses}
-
-    def interpolators(self) -> dict[str, str]:
-        """interpolator key -> status, for those checked."""
-        return {k: self.entries[k].status for k in INTERPOLATORS if k in self.entries}
-
-    def auxiliary(self) -> dict[str, str]:
-        """safety checker / prompt expander key -> status, for those checked. Informational like the annotators:
-        each serves an optional job stage."""
-        return {k: self.entries[k].status for k in AUXILIARY if k in self.entries}
-
-    @property
-    def ok(self) -> bool:
-        """Nothing corrupt or half-there (absent entries are fine: they were never downloaded)."""
-        return all(e.status in ("ok", "absent") for e in self.entries.values())
-
-    def render(self) -> str:
-        """Human-readable table, then each problem, then the endpoints."""
-        rows = [("KEY", "FOLDER", "ENDPOINT", "STATUS", "FILES", "ON DISK", "EXPECTED")]
-        for e in self.entries.values():
-            rows.append((e.key, e.folder, e.endpoint or "-", e.status, str(e.files), _gb(e.bytes),
-                         f"~{e.approx_size_gb:g} GB"))  # fmt: skip
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        lines = [f"Weights in {self.weights_dir}" + (" (deep check: sha256)" if self.deep else "")]
-        lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-        for e in self.entries.values():
-            if e.problems:
-                lines.append(f"\n{e.key} ({e.folder}): {len(e.problems)} problem(s)")
-                lines += [f"  {p}" for p in e.problems[:50]]
-                if len(e.problems) > 50:
-                    lines.append(f"  ... and {len(e.problems) - 50} more")
-        lines.append("\nEndpoints:")
-        for app, keys in self.endpoints().items():
-            lines.append(f"  {app}: " + (f"ready ({', '.join(keys)})" if keys else "NOT READY"))
-        if annotators := self.annotators():
-            lines.append("Annotators (for preprocess=true; the first is the default):")
-            for task, statuses in annotators.items():
-                lines.append(f"  {task}: " + ", ".join(f"{k} {s}" for k, s in statuses.items()))
-        if interpolators := self.interpolators():
-            lines.append("Interpolators: " + ", ".join(f"{k} {s}" for k, s in interpolators.items()))
-        if auxiliary := self.auxiliary():
-            lines.append("Optional stages: " + ", ".join(f"{k} {s}" for k, s in auxiliary.items()))
-        return "\n".join(lines)
-
-    def to_dict(self) -> dict:
-        return {
-            "weights_dir": str(self.weights_dir),
-            "deep": self.deep,
-            "entries": {
-                k: {"folder": e.folder, "endpoint": e.endpoint, "status": e.status, "files": e.files, "bytes": e.bytes,
-                    "problems": [vars(p) for p in e.problems]}  # fmt: skip
-                for k, e in self.entries.items()
-            },
-            "endpoints": self.endpoints(),
-            "annotators": self.annotators(),
-            "interpolators": self.interpolators(),
-            "auxiliary": self.auxiliary(),
-        }
-
-
-def _gb(n: int) -> str:
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} B"
-
-
-# ---------------------------------------------------------------- checking
 
 
 def check(weights_dir: Path, deep: bool = False, keys: list[str] | None = None) -> CheckReport:
@@ -277,7 +52,7 @@ class _Checker:
         self.weights_dir = weights_dir
         self.top = os.path.realpath(weights_dir)
         self.deep = deep
-        self._headers: dict[str, dict | str] = {}  # realpath -> header or error text
+        self._headers: dict[str, set[str] | str] = {}  # realpath -> tensor names or error text
         self._sha: dict[str, str] = {}
         self._owners: dict[str, str | None] = {}  # dir realpath -> folder holding the record for it
 
@@ -374,12 +149,16 @@ class _Checker:
             return [Problem(CORRUPT, rel, problem)] if problem else []
         return []
 
-    def _header(self, real: str) -> dict | str:
+    def _header(self, real: str) -> set[str] | str:
+        """The tensor names of a safetensors file, or what is wrong with it; read once per file."""
         if real not in self._headers:
             try:
-                self._headers[real] = safetensors_header(Path(real))
-            except (OSError, ValueError) as e:
-                self._headers[real] = str(e)
+                with safe_open(real, framework="numpy") as f:  # checks the header covers the file exactly
+                    self._headers[real] = set(f.keys())
+            except SafetensorError as e:
+                self._headers[real] = f"damaged or truncated safetensors file ({e})"
+            except OSError as e:
+                self._headers[real] = f"unreadable ({e})"
         return self._headers[real]
 
     def _check_index(self, root: Path, rel: str, data: dict) -> list[Problem]:
@@ -398,7 +177,7 @@ class _Checker:
                 problems.append(self._absent(root, shard_rel, f"shard listed in {os.path.basename(rel)}"))
                 continue
             header = self._header(os.path.realpath(path))
-            if isinstance(header, dict):
+            if isinstance(header, set):
                 lacking = [t for t in tensors if t not in header]
                 if lacking:
                     problems.append(Problem(CORRUPT, shard_rel, f"lacks {len(lacking)} tensor(s) of the index, "

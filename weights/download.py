@@ -21,8 +21,10 @@ from pathlib import Path, PurePosixPath
 from huggingface_hub import HfApi, snapshot_download
 from huggingface_hub.utils import filter_repo_objects
 
-from weights.check import check, read_records, sha256_file, write_records
-from weights.manifest import ENTRIES, SHARED, SHARED_COMPONENTS, SHARED_FOLDER, ModelEntry, Source, WeightEntry
+from pipelines.manifest import ENTRIES, SHARED, ModelEntry, Source, WeightEntry
+from weights.check import check
+from weights.records import read_records, sha256_file, write_records
+from weights.shared_links import link_shared
 
 
 @dataclass
@@ -58,7 +60,8 @@ def download(keys: list[str], weights_dir: Path, token: str | None = None) -> No
             if entry.boundary_ratio is not None:
                 _ensure_boundary_ratio(entry, folder / "model_index.json", entry.boundary_ratio)
             if entry.uses_shared:
-                link_shared(folder, weights_dir)
+                for note in link_shared(folder, weights_dir):
+                    print(f"[{folder.name}] {note}", flush=True)
         for source, commit, hub_files, extracted in fetched:
             _record(entry, folder, source, commit, hub_files, extracted)
 
@@ -66,30 +69,6 @@ def download(keys: list[str], weights_dir: Path, token: str | None = None) -> No
     for key, e in report.entries.items():
         more = f": {len(e.problems)} problem(s), see `vace weights check`" if e.problems else ""
         print(f"[{key}] {e.status}{more}", flush=True)
-
-
-def link_shared(folder: Path, weights_dir: Path) -> None:
-    """Make ``folder/<component>`` relative symlinks to ``wan-shared/<component>``.
-
-    An existing link is re-pointed; a real folder is replaced only when it is empty.
-    """
-    for name in SHARED_COMPONENTS:
-        link = folder / name
-        target = os.path.relpath(weights_dir / SHARED_FOLDER / name, folder)
-        if link.is_symlink():
-            if os.readlink(link) == target:
-                continue
-            link.unlink()
-        elif link.is_dir():
-            if any(link.iterdir()):
-                print(f"[{folder.name}] keeping the non-empty folder {name}/ instead of linking {target}", flush=True)
-                continue
-            link.rmdir()
-        elif link.exists():
-            print(f"[{folder.name}] {name} is a file, not linking {target}", flush=True)
-            continue
-        os.symlink(target, link, target_is_directory=True)
-        print(f"[{folder.name}] {name} -> {target}", flush=True)
 
 
 def _log(entry: WeightEntry, msg: str) -> None:

@@ -1,7 +1,7 @@
 """Frame interpolation between generated frames: one streaming interface over RIFE and FILM.
 
-``load_interpolator(kind, weights_dir, device)`` loads ``WEIGHTS_DIR/interpolation/rife/flownet.pkl`` (Practical-RIFE
-4.x, our IFNet) or ``WEIGHTS_DIR/interpolation/film/film_net_fp32.pt`` (FILM TorchScript) and returns a
+``load_interpolator(kind, weights_dir, device)`` loads the manifest's ``rife`` file (``flownet.pkl``, Practical-RIFE
+4.x, our IFNet) or its ``film`` file (``film_net_fp32.pt``, FILM TorchScript) and returns a
 ``FrameInterpolator``. Its ``interpolate(frames, n_between)`` takes an iterable of uint8 HxWx3 RGB frames and yields
 every input frame (the same array objects, unchanged) with ``n_between`` new frames after each one but the last,
 at t = 1/(n+1) .. n/(n+1). It reads and emits ``batch_size`` pairs at a time, so it can sit between the decoder of
@@ -22,23 +22,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .film import FILM_FILE, PAD_MULTIPLE as FILM_PAD_MULTIPLE, build_tiny_film, film_frames_between, load_film
-from .rife import RIFE_FILE, build_tiny_rife, load_rife, rife_frames_between
+from ..frames import check_frame
+from ..manifest import FILM, FILM_FILE, RIFE, RIFE_FILE, WeightEntry
+from .film import PAD_MULTIPLE as FILM_PAD_MULTIPLE, film_frames_between, load_film
+from .rife import load_rife, rife_frames_between
 
-__all__ = [
-    "FrameInterpolator",
-    "InterpolatorKind",
-    "build_tiny_film",
-    "build_tiny_interpolators",
-    "build_tiny_rife",
-    "load_interpolator",
-    "weights_path",
-]
+__all__ = ["FrameInterpolator", "InterpolatorKind", "load_interpolator", "weights_path"]
 
 InterpolatorKind = Literal["rife", "film"]
 
-INTERPOLATION_FOLDER = "interpolation"
-_FILES: dict[str, str] = {"rife": RIFE_FILE, "film": FILM_FILE}
+_WEIGHTS: dict[str, tuple[WeightEntry, str]] = {RIFE.key: (RIFE, RIFE_FILE), FILM.key: (FILM, FILM_FILE)}
 
 # Pairs per batch, by (kind, device type). GPU batches keep the device busy; FILM's decoder runs at full resolution
 # with hundreds of channels where RIFE's blocks run at 1/4 and below, hence its smaller batch. On CPU batching gains
@@ -50,14 +43,10 @@ Between = Callable[[nn.Module, Tensor, Tensor, int, int], Tensor]
 
 def weights_path(kind: InterpolatorKind, weights_dir: Path) -> Path:
     """Where ``kind``'s weights file lives in a weights directory."""
-    if kind not in _FILES:
-        raise ValueError(f"unknown interpolator {kind!r}; expected one of {sorted(_FILES)}")
-    return Path(weights_dir) / INTERPOLATION_FOLDER / kind / _FILES[kind]
-
-
-def build_tiny_interpolators(weights_dir: Path) -> list[Path]:
-    """Write random-weight RIFE (real 4.26 shapes) and FILM (reduced widths) files where the loaders look."""
-    return [build_tiny_rife(weights_path("rife", weights_dir)), build_tiny_film(weights_path("film", weights_dir))]
+    if kind not in _WEIGHTS:
+        raise ValueError(f"unknown interpolator {kind!r}; expected one of {sorted(_WEIGHTS)}")
+    entry, name = _WEIGHTS[kind]
+    return entry.path(weights_dir, name)
 
 
 class FrameInterpolator:
@@ -108,13 +97,9 @@ class FrameInterpolator:
 
     def _pairs(self, frames: list[np.ndarray], n: int) -> Iterator[np.ndarray]:
         """Each frame but the last, followed by the ``n`` frames between it and the next."""
-        first = frames[0]
-        for f in frames:
-            if f.dtype != np.uint8 or f.ndim != 3 or f.shape[2] != 3 or f.shape != first.shape:
-                raise ValueError(
-                    f"frames must all be uint8 HxWx3 of one size; got {f.dtype} {f.shape} after {first.shape}"
-                )
-        h, w = first.shape[:2]
+        h, w = check_frame(frames[0])
+        for f in frames[1:]:
+            check_frame(f, (h, w))
         x = torch.from_numpy(np.stack(frames)).to(self.device).permute(0, 3, 1, 2).to(self.dtype) / 255
         m = self.pad_multiple
         x = F.pad(x, (0, -w % m, 0, -h % m))

@@ -38,9 +38,7 @@ from torch import Tensor, nn
 
 log = logging.getLogger(__name__)
 
-RIFE_FILE = "flownet.pkl"
-
-_PREFIX = "module."
+STATE_PREFIX = "module."  # DDP's wrapper name, on every key of a release file
 _TRAINING_ONLY = ("teacher.", "caltime.")
 _RESIDUAL_CONVS = 8
 _CARRIED = 8  # feature channels a 4.21+ block hands to the next one
@@ -216,7 +214,7 @@ def load_rife(path: Path) -> IFNet:
         raise ValueError(
             f"{path}: expected a state dict of tensors (Practical-RIFE flownet.pkl), got {type(raw).__name__}"
         )
-    state = {k.removeprefix(_PREFIX): v for k, v in raw.items()}
+    state = {k.removeprefix(STATE_PREFIX): v for k, v in raw.items()}
     dropped = [k for k in state if k.startswith(_TRAINING_ONLY)]
     for k in dropped:
         del state[k]
@@ -255,17 +253,3 @@ def rife_frames_between(net: IFNet, img0: Tensor, img1: Tensor, n: int, max_batc
         idx = pair[s : s + max_batch]
         out.append(net(img0[idx], img1[idx], t[s : s + max_batch]))
     return torch.cat(out).view(b, n, *img0.shape[1:])
-
-
-def build_tiny_rife(path: Path, config: IFNetConfig | None = None, seed: int = 0) -> Path:
-    """Write a random-weight ``flownet.pkl`` in Practical-RIFE's format: ``module.``-prefixed keys, real shapes.
-
-    The default layout is the real 4.26 one (5.7 M parameters, 23 MB), so loading code and speed are the real ones;
-    a smaller ``config`` keeps the key names and only shrinks widths.
-    """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = IFNet(config)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({_PREFIX + k: v for k, v in net.state_dict().items()}, path)
-    return path

@@ -1,12 +1,16 @@
-"""Manifest of the real weights: where each folder of the weights directory comes from and what it must contain.
+"""Manifest of the weights: where each folder of the weights directory comes from and what it must contain.
 
-The layout itself is described in ``weights/LAYOUT.md``. Everything here is data; ``download.py`` fetches it and
-``check.py`` verifies it. Sizes are approximate and only used for messages.
+This is the one place that names the models, annotators and interpolators and says which folder and files each
+uses: the loaders (``pipelines.loading``, ``preprocessors``, ``pipelines.interpolation``) take their paths from
+these entries, ``weights/download.py`` fetches them, ``weights/check.py`` verifies them and ``weights/tiny`` builds
+random ones in the same places. The layout itself is described in ``weights/LAYOUT.md``. Everything here is data;
+sizes are approximate and only used for messages.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 SHARED_FOLDER = "wan-shared"
 SHARED_COMPONENTS = ("text_encoder", "tokenizer", "vae")
@@ -41,6 +45,10 @@ class WeightEntry:
     required: tuple[str, ...] = ()
     required_any: tuple[tuple[str, ...], ...] = ()
     notes: str = ""
+
+    def path(self, weights_dir: Path, *parts: str) -> Path:
+        """The entry's folder under ``weights_dir``, or a file in it: where a loader reads it."""
+        return Path(weights_dir, self.folder, *parts)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -102,70 +110,75 @@ MODELS: dict[str, ModelEntry] = {
     )
 }
 
+# Files the loaders open by name, each listed once here and required by its entry below.
+DWPOSE_DETECTOR_FILE = "yolox_l.onnx"
+DWPOSE_ESTIMATOR_FILE = "dw-ll_ucoco_384.onnx"
+MIDAS_FILE = "dpt_hybrid-midas-501f0c75.pt"
+OPENPOSE_FILE = "body_pose_model.pth"
+RIFE_FILE = "flownet.pkl"
+FILM_FILE = "film_net_fp32.pt"
+
 # Annotators (control-video makers for preprocess=true) and frame interpolators: plain entries with `required` files.
-EXTRAS: dict[str, WeightEntry] = {
-    e.key: e
-    for e in (
-        WeightEntry(
-            key="dwpose",
-            folder="annotators/dwpose",
-            sources=(Source("yzd-v/DWPose", ("yolox_l.onnx", "dw-ll_ucoco_384.onnx")),),
-            approx_size_gb=0.35,
-            required=("yolox_l.onnx", "dw-ll_ucoco_384.onnx"),
-            notes=(
-                "DWPose as VACE's pose annotator: YOLOX-L person detector + RTMPose-L whole-body 384x288 "
-                "(onnxruntime). Same files as ali-vilab/VACE-Annotators pose/."
-            ),
-        ),
-        WeightEntry(
-            key="midas",
-            folder="annotators/midas",
-            sources=(Source("lllyasviel/Annotators", ("dpt_hybrid-midas-501f0c75.pt",)),),
-            approx_size_gb=0.49,
-            required=("dpt_hybrid-midas-501f0c75.pt",),
-            notes=(
-                "MiDaS DPT-Hybrid, VACE's depth annotator (controlnet-aux DPTDepthModel). Same file as "
-                "VACE-Annotators depth/."
-            ),
-        ),
-        WeightEntry(
-            key="openpose",
-            folder="annotators/openpose",
-            sources=(Source("lllyasviel/Annotators", ("body_pose_model.pth",)),),
-            approx_size_gb=0.2,
-            required=("body_pose_model.pth",),
-            notes="OpenPose body (controlnet-aux), alternative pose annotator.",
-        ),
-        WeightEntry(
-            key="depth-anything-v2",
-            folder="annotators/depth_anything_v2",
-            sources=(Source("depth-anything/Depth-Anything-V2-Small-hf", ("config.json", "model.safetensors")),),
-            approx_size_gb=0.1,
-            required=("config.json",),
-            required_any=(("model.safetensors",),),
-            notes="Depth Anything V2 Small (Apache-2.0), alternative depth annotator; VACE's depthv2 uses ViT-L.",
-        ),
-        WeightEntry(
-            key="rife",
-            folder="interpolation/rife",
-            sources=(Source("hzwer/RIFE", ("RIFEv4.26_0921.zip",), extract=("flownet.pkl",)),),
-            approx_size_gb=0.023,
-            required=("flownet.pkl",),
-            notes="Practical-RIFE 4.26 (MIT). The hub holds a zip; the downloader extracts its */flownet.pkl here.",
-        ),
-        WeightEntry(
-            key="film",
-            folder="interpolation/film",
-            sources=(Source("nguu/film-pytorch", ("film_net_fp32.pt",)),),
-            approx_size_gb=0.14,
-            required=("film_net_fp32.pt",),
-            notes=(
-                "FILM film_net (Google, Apache-2.0) as TorchScript from the dajes/frame-interpolation-pytorch port "
-                "(community mirror; also on that project's GitHub releases)."
-            ),
-        ),
-    )
-}
+# Their keys are the names the API and the CLI take (`annotator`, `interpolator_model`).
+DWPOSE = WeightEntry(
+    key="dwpose",
+    folder="annotators/dwpose",
+    sources=(Source("yzd-v/DWPose", (DWPOSE_DETECTOR_FILE, DWPOSE_ESTIMATOR_FILE)),),
+    approx_size_gb=0.35,
+    required=(DWPOSE_DETECTOR_FILE, DWPOSE_ESTIMATOR_FILE),
+    notes=(
+        "DWPose as VACE's pose annotator: YOLOX-L person detector + RTMPose-L whole-body 384x288 "
+        "(onnxruntime). Same files as ali-vilab/VACE-Annotators pose/."
+    ),
+)
+MIDAS = WeightEntry(
+    key="midas",
+    folder="annotators/midas",
+    sources=(Source("lllyasviel/Annotators", (MIDAS_FILE,)),),
+    approx_size_gb=0.49,
+    required=(MIDAS_FILE,),
+    notes=(
+        "MiDaS DPT-Hybrid, VACE's depth annotator (controlnet-aux DPTDepthModel). Same file as "
+        "VACE-Annotators depth/."
+    ),
+)
+OPENPOSE = WeightEntry(
+    key="openpose",
+    folder="annotators/openpose",
+    sources=(Source("lllyasviel/Annotators", (OPENPOSE_FILE,)),),
+    approx_size_gb=0.2,
+    required=(OPENPOSE_FILE,),
+    notes="OpenPose body (controlnet-aux), alternative pose annotator.",
+)
+DEPTH_ANYTHING = WeightEntry(
+    key="depth_anything_v2",
+    folder="annotators/depth_anything_v2",
+    sources=(Source("depth-anything/Depth-Anything-V2-Small-hf", ("config.json", "model.safetensors")),),
+    approx_size_gb=0.1,
+    required=("config.json",),
+    required_any=(("model.safetensors",),),
+    notes="Depth Anything V2 Small (Apache-2.0), alternative depth annotator; VACE's depthv2 uses ViT-L.",
+)
+RIFE = WeightEntry(
+    key="rife",
+    folder="interpolation/rife",
+    sources=(Source("hzwer/RIFE", ("RIFEv4.26_0921.zip",), extract=(RIFE_FILE,)),),
+    approx_size_gb=0.023,
+    required=(RIFE_FILE,),
+    notes="Practical-RIFE 4.26 (MIT). The hub holds a zip; the downloader extracts its */flownet.pkl here.",
+)
+FILM = WeightEntry(
+    key="film",
+    folder="interpolation/film",
+    sources=(Source("nguu/film-pytorch", (FILM_FILE,)),),
+    approx_size_gb=0.14,
+    required=(FILM_FILE,),
+    notes=(
+        "FILM film_net (Google, Apache-2.0) as TorchScript from the dajes/frame-interpolation-pytorch port "
+        "(community mirror; also on that project's GitHub releases)."
+    ),
+)
+EXTRAS: dict[str, WeightEntry] = {e.key: e for e in (DWPOSE, MIDAS, OPENPOSE, DEPTH_ANYTHING, RIFE, FILM)}
 
 # The safety checker and the local prompt-expansion LM: each serves an optional job stage (enable_safety_checker,
 # enable_prompt_expansion with `--prompt-expander local`), so they are fetched only when named.
@@ -204,10 +217,17 @@ AUXILIARY: dict[str, WeightEntry] = {
     )
 }
 
-# Which extras each feature can use; the first annotator of a task is VACE's default (the runtime's default too).
-# The alternatives are only reported by `check`, never demanded.
-TASK_ANNOTATORS: dict[str, tuple[str, ...]] = {"pose": ("dwpose", "openpose"), "depth": ("midas", "depth-anything-v2")}
-INTERPOLATORS: tuple[str, ...] = ("rife", "film")
+# Which extras each feature can use; the first annotator of a task is VACE's default, and the server's unless
+# configured otherwise. The alternatives are only reported by `check`, never demanded.
+TASK_ANNOTATORS: dict[str, tuple[str, ...]] = {
+    "pose": (DWPOSE.key, OPENPOSE.key),
+    "depth": (MIDAS.key, DEPTH_ANYTHING.key),
+}
+DEFAULT_ANNOTATORS: dict[str, str] = {task: keys[0] for task, keys in TASK_ANNOTATORS.items()}
+INTERPOLATORS: tuple[str, ...] = (RIFE.key, FILM.key)
+
+# Keys whose spelling changed; `vace weights download --models` still takes the old one.
+RENAMED_KEYS: dict[str, str] = {"depth-anything-v2": DEPTH_ANYTHING.key}
 
 ENTRIES: dict[str, WeightEntry] = {SHARED.key: SHARED, **MODELS, **EXTRAS, **AUXILIARY}
 
@@ -215,7 +235,7 @@ ENTRIES: dict[str, WeightEntry] = {SHARED.key: SHARED, **MODELS, **EXTRAS, **AUX
 # annotator and both interpolators (the shared text encoder / tokenizer / VAE come with the models).
 DEFAULT_DOWNLOAD: tuple[str, ...] = (
     *(m.key for m in MODELS.values() if m.endpoint),
-    *(keys[0] for keys in TASK_ANNOTATORS.values()),
+    *DEFAULT_ANNOTATORS.values(),
     *INTERPOLATORS,
 )
 
@@ -265,10 +285,6 @@ def required_any(entry: WeightEntry) -> list[tuple[str, ...]]:
     return groups + list(entry.required_any)
 
 
-def endpoints() -> dict[str, list[str]]:
-    """fal app id -> keys of the models that serve it."""
-    out: dict[str, list[str]] = {}
-    for m in MODELS.values():
-        if m.endpoint:
-            out.setdefault(m.endpoint, []).append(m.key)
-    return out
+def canonical_key(key: str) -> str:
+    """``key`` in its current spelling (see ``RENAMED_KEYS``)."""
+    return RENAMED_KEYS.get(key, key)

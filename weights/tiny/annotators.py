@@ -17,25 +17,25 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .depth import DEPTH_ANYTHING_DIR, MIDAS_DIR, MIDAS_FILE
-from .pose import (
-    DET_SIZE,
-    DET_STRIDES,
-    DETECTOR_FILE,
-    DWPOSE_DIR,
-    ESTIMATOR_FILE,
-    NUM_WHOLEBODY,
-    OPENPOSE_DIR,
+from pipelines.manifest import (
+    DEPTH_ANYTHING,
+    DWPOSE,
+    DWPOSE_DETECTOR_FILE,
+    DWPOSE_ESTIMATOR_FILE,
+    MIDAS,
+    MIDAS_FILE,
+    OPENPOSE,
     OPENPOSE_FILE,
-    POSE_HEIGHT,
-    POSE_WIDTH,
-    SIMCC_SPLIT_RATIO,
 )
+from preprocessors.aux_modules import aux_module
+from preprocessors.depth import dpt_hybrid
+from preprocessors.pose import DET_SIZE, DET_STRIDES, NUM_WHOLEBODY, POSE_HEIGHT, POSE_WIDTH, SIMCC_SPLIT_RATIO
 
 SHARED_ABOVE = 65536  # tensors with more elements than this are views into the shared buffer
 INIT_STD = 0.02
@@ -109,7 +109,8 @@ def _export(module: nn.Module, example: torch.Tensor, path: Path, inputs: list[s
     path.parent.mkdir(parents=True, exist_ok=True)
     axes = {name: {0: "batch"} for name in inputs + outputs} if dynamic_batch else None
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter is deprecated, not gone
+        # the TorchScript exporter is deprecated, not gone
+        warnings.filterwarnings("ignore", "You are using the legacy TorchScript-based ONNX export", DeprecationWarning)
         torch.onnx.export(
             module.eval(), (example,), str(path), input_names=inputs, output_names=outputs, dynamic_axes=axes,
             opset_version=17, dynamo=False,
@@ -145,36 +146,35 @@ def shared_random_state(
     return state
 
 
-def _meta_shapes(build: type[nn.Module], **kwargs: object) -> dict[str, torch.Size]:
+def _meta_shapes(build: Callable[[], nn.Module]) -> dict[str, torch.Size]:
     """Parameter names and shapes of a network without allocating (or initialising) it."""
     with torch.device("meta"):
-        return {key: value.shape for key, value in build(**kwargs).state_dict().items()}
+        return {key: value.shape for key, value in build().state_dict().items()}
 
 
 def build_tiny_annotators(weights_dir: Path, seed: int = 0) -> Path:
     """Write random-weight DWPose, OpenPose, MiDaS DPT-Hybrid and Depth Anything V2 under ``weights_dir``."""
-    from controlnet_aux.midas.midas.dpt_depth import DPTDepthModel  # controlnet_aux loads every annotator (seconds)
-    from controlnet_aux.open_pose.model import bodypose_model
     from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
 
     weights_dir = Path(weights_dir)
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
 
-    dwpose = weights_dir / DWPOSE_DIR
-    _export(TinyYolox(), torch.zeros(1, 3, DET_SIZE, DET_SIZE), dwpose / DETECTOR_FILE, ["images"], ["output"], False)
-    _export(TinyRtmPose(), torch.zeros(1, 3, POSE_HEIGHT, POSE_WIDTH), dwpose / ESTIMATOR_FILE, ["input"],
+    detector, estimator = DWPOSE.path(weights_dir, DWPOSE_DETECTOR_FILE), DWPOSE.path(weights_dir, DWPOSE_ESTIMATOR_FILE)
+    _export(TinyYolox(), torch.zeros(1, 3, DET_SIZE, DET_SIZE), detector, ["images"], ["output"], False)
+    _export(TinyRtmPose(), torch.zeros(1, 3, POSE_HEIGHT, POSE_WIDTH), estimator, ["input"],
             ["simcc_x", "simcc_y"], True)  # fmt: skip
 
-    midas = weights_dir / MIDAS_DIR / MIDAS_FILE
+    midas = MIDAS.path(weights_dir, MIDAS_FILE)
     midas.parent.mkdir(parents=True, exist_ok=True)
-    shapes = _meta_shapes(DPTDepthModel, path=None, backbone="vitb_rn50_384", non_negative=True)
+    shapes = _meta_shapes(dpt_hybrid)
     torch.save(shared_random_state(shapes, generator, {"scratch.output_conv.4.bias": 1.0}), midas)
 
     # controlnet-aux's OpenPose checkpoint keys drop the network's first name component ("model0.conv1_1.weight"
     # is stored as "conv1_1.weight").
-    openpose = weights_dir / OPENPOSE_DIR / OPENPOSE_FILE
+    openpose = OPENPOSE.path(weights_dir, OPENPOSE_FILE)
     openpose.parent.mkdir(parents=True, exist_ok=True)
+    bodypose_model = aux_module("open_pose.model").bodypose_model
     shapes = {key.split(".", 1)[1]: shape for key, shape in _meta_shapes(bodypose_model).items()}
     torch.save(shared_random_state(shapes, generator), openpose)
 
@@ -187,5 +187,5 @@ def build_tiny_annotators(weights_dir: Path, seed: int = 0) -> Path:
     )  # fmt: skip
     depth_anything = DepthAnythingForDepthEstimation(config).eval()
     nn.init.constant_(depth_anything.head.conv3.bias, 1.0)
-    depth_anything.save_pretrained(weights_dir / DEPTH_ANYTHING_DIR)
+    depth_anything.save_pretrained(DEPTH_ANYTHING.path(weights_dir))
     return weights_dir
