@@ -116,3 +116,11 @@ def write_frames_zip(frames: Iterable[np.ndarray], path: Path) -> Path:
                 raise RuntimeError(f"PNG encoding failed for frame {i}")
             archive.writestr(f"frame_{i:05d}.png", png.tobytes())
     return path
+
+
+def write_control_video(frames: Iterable[np.ndarray], path: Path, fps: float, quality: str = "high") -> EncodedVideo:
+    """A pose or depth control video as a playable MP4, whatever the input's size: an odd width or height is
+    cropped by its last pixel (yuv420p needs even sizes), which a control video for people to look at can spare.
+    Shared by ``vace preprocess`` and the server, which keeps the control a ``preprocess=true`` job made."""
+    even = (frame[: frame.shape[0] // 2 * 2, : frame.shape[1] // 2 * 2] for frame in frames)
+    return encode_video(even, path, fps, quality=quality, write_mode="fast")

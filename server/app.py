@@ -26,7 +26,7 @@ from pipelines.loading import ModelManager
 from pipelines.registry import APPS, TASKS
 
 from .auth import Auth, load_secret
-from .config import ServerConfig
+from .config import Settings
 from .connections import raise_open_file_limit, uvicorn_config
 from .events import Changes
 from .failures import failure_of, failure_response
@@ -61,7 +61,7 @@ def resolve_devices(names: tuple[str, ...]) -> list[torch.device]:
     return [torch.device("cpu")]
 
 
-def create_app(config: ServerConfig) -> FastAPI:
+def create_app(config: Settings) -> FastAPI:
     """The app; opening it takes the data directory (one server per directory), starting it starts the workers."""
     private_dir(config.data_dir)
     store = SqliteJobStore(config.jobs_db)
@@ -173,7 +173,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     return app
 
 
-def serve(config: ServerConfig, *, log_level: str = "info", access_log: bool = False) -> None:
+def serve(config: Settings, *, log_level: str = "info", access_log: bool = False) -> None:
     """Run the server in the foreground until interrupted; print how to point the fal clients at it."""
     ssl: dict[str, str] = {}
     hostport = client_hostport(config.host, config.port)

@@ -1,18 +1,28 @@
-"""Settings of one ``vace serve`` process, gathered in one place so the CLI, the app factory and tests agree."""
+"""The settings of one ``vace`` process: one pydantic-settings model that the CLI and the app both read.
+
+Every field can come from three places, strongest first: a keyword argument (the CLI passes the flags it was given;
+tests pass what they set), the environment variable ``VACE_<FIELD>`` (``VACE_API_KEYS=k1,k2``,
+``VACE_LIMITS=max_video_seconds=120,max_ref_images=4``: lists are comma-separated), and the default here. So a
+default or an environment name is written down once, and ``vace serve --help`` and the README table describe this
+class.
+"""
 
 from __future__ import annotations
 
 import ipaddress
-import os
 import socket
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
+from pydantic import BeforeValidator, Field, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
 from pipelines.limits import Limits
+from pipelines.manifest import DEFAULT_ANNOTATORS
 from pipelines.runtime import RuntimeConfig
 
-DEFAULT_DATA_DIR = Path(os.environ.get("VACE_DATA_DIR", Path.home() / ".cache" / "vace" / "server"))
+CACHE = Path.home() / ".cache" / "vace"
 
 
 def is_loopback(host: str) -> bool:
@@ -25,50 +35,113 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-@dataclass(frozen=True)
-class ServerConfig:
-    """Everything the server needs to start; paths are created on start."""
+def _items(value: Any) -> Any:
+    """A comma-separated string (the environment's form) or any iterable of strings, as stripped non-empty items."""
+    if isinstance(value, str):
+        value = value.split(",")
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [item.strip() for item in value if isinstance(item, str) and item.strip()]
+    return value
 
-    weights_dir: Path
-    data_dir: Path = DEFAULT_DATA_DIR
+
+def _limits(value: Any) -> Any:
+    """``NAME=VALUE`` settings (a comma-separated string or a list) applied to the default limits."""
+    if isinstance(value, (str, list, tuple)):
+        return Limits().with_settings(_items(value))
+    return value
+
+
+Items = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_items)]
+Keys = Annotated[frozenset[str], NoDecode, BeforeValidator(_items)]
+
+
+class Settings(BaseSettings):
+    """Everything a ``vace`` process needs to start; paths are created on start."""
+
+    model_config = SettingsConfigDict(env_prefix="VACE_", frozen=True, extra="forbid")
+
+    weights_dir: Path = CACHE / "weights"
+    data_dir: Path = CACHE / "server"
+    """Job store, files, uploads, the certificate and the signing secret; one server process per directory."""
     host: str = "127.0.0.1"
     port: int = 8000
     tls: bool = False
     public_url: str | None = None
     """Base URL used in every URL we hand out (behind a proxy); default: the URL each request came in on."""
-    api_keys: frozenset[str] = frozenset()
+
+    api_keys: Keys = frozenset()
     """Accepted ``Authorization: Key ...`` values; empty (and no admin keys) means auth is off."""
-    admin_keys: frozenset[str] = frozenset()
+    api_keys_file: Path | None = None
+    """A file with one more key per line (``#`` comments)."""
+    admin_keys: Keys = frozenset()
     """API keys that also see and cancel every key's jobs."""
-    allowed_hosts: tuple[str, ...] = ()
+    allowed_hosts: Items = ()
     """``Host`` names to answer besides the defaults (see :meth:`accepted_hosts`); ``*`` answers any."""
     limit_concurrency: int = 512
     """Open connections plus running requests past which new requests get a 503 (uvicorn's limit)."""
-    timeout_keep_alive_s: int = 5
+    timeout_keep_alive: int = 5
     """Seconds an idle keep-alive connection stays open."""
-    header_timeout_s: float = 10.0
+    header_timeout: float = 10.0
     """Seconds a connection may take to send a request's line and headers before it is closed."""
-    devices: tuple[str, ...] = ()
+
+    devices: Items = ()
     """One worker per device; empty means every CUDA device, or the CPU when there is none."""
     max_models: int = 2
-    runtime: RuntimeConfig = RuntimeConfig()
-    """Memory mode, attention backend, compilation and default annotators of every worker's models."""
+    memory_mode: str = "auto"
+    attention: str = "auto"
+    compile: bool = False
+    pose_annotator: str = DEFAULT_ANNOTATORS["pose"]
+    depth_annotator: str = DEFAULT_ANNOTATORS["depth"]
+    safety_threshold: float = 0.5
+    prompt_expander: str = "none"
+    expander_url: str | None = None
+    expander_model: str | None = None
+    expander_api_key: str | None = Field(None, repr=False)
+    expander_timeout: float = 30.0
+
+    limits: Annotated[Limits, NoDecode, BeforeValidator(_limits)] = Limits()
+    """Input limits (download size/time, video length/size, image size, data URIs, prompt, references)."""
+    fetch_allow: Items = ()
+    """Non-public sources media may be downloaded from: CIDRs, hosts, ``host:port``; all else must be public."""
+    max_body_bytes: int = 16 * 1024**2
+    """Largest JSON request body (data URIs included); uploads go through /storage and have their own limit."""
     max_upload_bytes: int = 2 * 1024**3
     max_attempts: int = 2
     """Runs a job gets before a crash of the server during it counts as its failure."""
     webhook_attempts: int = 5
     webhook_backoff_s: float = 1.0
     webhook_timeout_s: float = 15.0
-    limits: Limits = Limits()
-    """Input limits (download size/time, video length/size, image size, data URIs, prompt, references)."""
-    fetch_allow: tuple[str, ...] = ()
-    """Non-public sources media may be downloaded from: CIDRs, hosts, ``host:port``; all else must be public."""
-    max_body_bytes: int = 16 * 1024**2
-    """Largest JSON request body (data URIs included); uploads go through /storage and have their own limit."""
-    retention_s: float = 7 * 24 * 3600.0
+    retention_hours: float = 168.0
     """Age past which served files, abandoned uploads and finished jobs are deleted; 0 keeps everything."""
     retention_sweep_s: float = 600.0
     """Seconds between two retention sweeps."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _keys_from_file(cls, data: Any) -> Any:
+        """Add the keys of ``api_keys_file`` to ``api_keys``."""
+        if isinstance(data, dict) and data.get("api_keys_file"):
+            lines = Path(data["api_keys_file"]).read_text().splitlines()
+            data = {**data, "api_keys": [*_items(data.get("api_keys", [])),
+                                         *_items([line.split("#", 1)[0] for line in lines])]}
+        return data
+
+    @model_validator(mode="after")
+    def _check_runtime(self) -> Settings:
+        self.runtime  # noqa: B018 - RuntimeConfig refuses bad modes and expander settings now, not at first use
+        return self
+
+    @property
+    def runtime(self) -> RuntimeConfig:
+        """Memory mode, attention backend, compilation, default annotators and the optional stages of every
+        worker's models."""
+        return RuntimeConfig(
+            memory_mode=self.memory_mode, attention=self.attention, compile=self.compile,
+            annotators=(("pose", self.pose_annotator), ("depth", self.depth_annotator)),
+            safety_threshold=self.safety_threshold, prompt_expander=self.prompt_expander,
+            expander_url=self.expander_url, expander_model=self.expander_model,
+            expander_api_key=self.expander_api_key, expander_timeout_s=self.expander_timeout,
+        )
 
     @property
     def auth_enabled(self) -> bool:
@@ -93,6 +166,10 @@ class ServerConfig:
         if self.public_url and urlsplit(self.public_url).hostname:
             names.add(urlsplit(self.public_url).hostname or "")
         return frozenset(names)
+
+    @property
+    def retention_s(self) -> float:
+        return self.retention_hours * 3600
 
     @property
     def jobs_db(self) -> Path:

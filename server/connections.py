@@ -17,10 +17,10 @@ import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from .config import ServerConfig
+from .config import Settings
 
 
-def h11_protocol(header_timeout_s: float) -> type[H11Protocol]:
+def h11_protocol(header_timeout: float) -> type[H11Protocol]:
     """uvicorn's h11 protocol, closing a connection whose next request's headers are not complete in time."""
 
     class HeaderDeadlineH11Protocol(H11Protocol):
@@ -43,7 +43,7 @@ def h11_protocol(header_timeout_s: float) -> type[H11Protocol]:
             if self._header_deadline is not None:
                 self._header_deadline.cancel()
             cycle = self.cycle  # a new request replaces it once its headers are parsed
-            self._header_deadline = self.loop.call_later(header_timeout_s, self._header_deadline_passed, cycle)
+            self._header_deadline = self.loop.call_later(header_timeout, self._header_deadline_passed, cycle)
 
         def _header_deadline_passed(self, cycle_at_arming: Any) -> None:
             self._header_deadline = None
@@ -56,11 +56,11 @@ def h11_protocol(header_timeout_s: float) -> type[H11Protocol]:
     return HeaderDeadlineH11Protocol
 
 
-def uvicorn_config(app: Any, config: ServerConfig, **kwargs: Any) -> uvicorn.Config:
+def uvicorn_config(app: Any, config: Settings, **kwargs: Any) -> uvicorn.Config:
     """The uvicorn settings of a server: connection limits and timeouts from ``config``."""
     return uvicorn.Config(
-        app, host=config.host, port=config.port, http=h11_protocol(config.header_timeout_s),
-        limit_concurrency=config.limit_concurrency, timeout_keep_alive=config.timeout_keep_alive_s, **kwargs,
+        app, host=config.host, port=config.port, http=h11_protocol(config.header_timeout),
+        limit_concurrency=config.limit_concurrency, timeout_keep_alive=config.timeout_keep_alive, **kwargs,
     )
 
 

@@ -54,7 +54,6 @@ class Job:
     status: Status
     outcome: Outcome | None
     attempts: int
-    cancel_requested: bool
     result: dict[str, Any] | None
     failure: Failure | None
     created_at: float
@@ -64,15 +63,6 @@ class Job:
     """The control video that ``preprocess=true`` made, kept for the playground (not part of fal's output)."""
     owner: str | None = None
     """The ``key_id`` of the API key that submitted the job (None with auth off): other keys cannot see it."""
-
-    @property
-    def state(self) -> str:
-        """One of :data:`STATES`, for metrics and logs."""
-        if self.status == "IN_QUEUE":
-            return "queued"
-        if self.status == "IN_PROGRESS":
-            return "running"
-        return {"ok": "completed", "error": "failed", "cancelled": "cancelled"}[self.outcome or "error"]
 
 
 @dataclass(frozen=True)
@@ -372,7 +362,6 @@ def _job(row: sqlite3.Row) -> Job:
         status=row["status"],
         outcome=row["outcome"],
         attempts=row["attempts"],
-        cancel_requested=bool(row["cancel_requested"]),
         result=json.loads(row["result"]) if row["result"] else None,
         failure=Failure(**failure) if failure else None,
         created_at=row["created_at"],

@@ -24,7 +24,7 @@ import torch
 from pydantic import ValidationError
 
 from pipelines.context import JobContext
-from pipelines.encode import encode_video
+from pipelines.encode import write_control_video
 from pipelines.errors import InputError, JobCancelled
 from pipelines.generate import JobHooks, Publish, generate
 from pipelines.loading import ModelManager
@@ -209,8 +209,7 @@ class Worker(threading.Thread):
         It is a preview for people, not part of the output: failing to keep it is logged and the job goes on.
         """
         try:
-            even = (frame[: frame.shape[0] // 2 * 2, : frame.shape[1] // 2 * 2] for frame in frames)
-            encoded = encode_video(even, workdir / "control.mp4", fps, quality="high", write_mode="fast")
+            encoded = write_control_video(frames, workdir / "control.mp4", fps)
             url = self.pool.files.url(self.pool.files.adopt(encoded.path, "control.mp4"), job.base_url)
         except (OSError, RuntimeError, ValueError) as exc:
             self._log(job.id, f"could not keep the control video: {exc}", "WARNING")

@@ -23,7 +23,7 @@ import pytest
 import uvicorn
 
 from server.app import create_app
-from server.config import ServerConfig
+from server.config import Settings
 from server.connections import uvicorn_config
 from weights.tiny import build_tiny_weights
 from weights.tiny.samples import write_sample
@@ -151,7 +151,7 @@ class ServeProcess:
 class ThreadServer:
     """The app in uvicorn on a thread of the test process: a real HTTP server whose internals tests can reach."""
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: Settings) -> None:
         self.config = config
         self.app = create_app(config)
         self.server = uvicorn.Server(uvicorn_config(self.app, config, log_level="warning"))

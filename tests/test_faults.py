@@ -28,7 +28,7 @@ from server_fixtures import (  # noqa: F401
 
 from pipelines.encode import encode_video
 from server import cli
-from server.config import ServerConfig
+from server.config import Settings
 from server.files import FileStore
 from server.jobs import Failure, SqliteJobStore
 from server.retention import Retention, Swept
@@ -86,7 +86,7 @@ def test_out_of_memory_fails_alone_frees_memory_and_the_next_job_runs(
 
     monkeypatch.setattr(WanVACETransformer3DModel, "forward", out_of_memory_once)
     data = tmp_path / "data"
-    config = ServerConfig(weights_dir=server_weights, data_dir=data, port=free_port())
+    config = Settings(weights_dir=server_weights, data_dir=data, port=free_port())
     with ThreadServer(config) as server, httpx.Client(base_url=server.url, timeout=60) as client:
         video = upload(client, control_videos["pose"])
         too_big = submit(client, video, "too big")
@@ -140,7 +140,7 @@ def test_a_full_disk_fails_the_job_cleanly_and_the_server_goes_on(
     ``insufficient_storage``, its video already published is deleted again, and once space is freed the same job
     succeeds."""
     data = small_disk / "data"
-    config = ServerConfig(weights_dir=server_weights, data_dir=data, port=free_port())
+    config = Settings(weights_dir=server_weights, data_dir=data, port=free_port())
     with ThreadServer(config) as server, httpx.Client(base_url=server.url, timeout=60) as client:
         video = upload(client, control_videos["pose"])
         filler = fill(small_disk, leave_bytes=1024**2)
@@ -255,8 +255,8 @@ def test_retention_runs_in_the_live_server(
     server_weights: Path, tmp_path: Path,  # noqa: F811
 ) -> None:
     """With a two-second retention, a failed job and the upload it read disappear from the running server."""
-    config = ServerConfig(weights_dir=server_weights, data_dir=tmp_path / "data", port=free_port(),
-                          retention_s=2.0, retention_sweep_s=0.2)
+    config = Settings(weights_dir=server_weights, data_dir=tmp_path / "data", port=free_port(),
+                          retention_hours=2.0 / 3600, retention_sweep_s=0.2)
     with ThreadServer(config) as server, httpx.Client(base_url=server.url, timeout=60) as client:
         urls = client.post("/storage/upload/initiate", json={"file_name": "bad.mp4"}).json()
         assert httpx.put(urls["upload_url"], content=b"not a video").status_code == 200
@@ -271,7 +271,7 @@ def test_retention_runs_in_the_live_server(
 
 def test_serve_flags_for_limits_and_retention(monkeypatch: pytest.MonkeyPatch,
                                               capsys: pytest.CaptureFixture) -> None:
-    seen: list[ServerConfig] = []
+    seen: list[Settings] = []
     monkeypatch.setattr("server.app.serve", lambda config, **_: seen.append(config))
     monkeypatch.delenv("VACE_LIMITS", raising=False)
     args = ["serve", "--weights-dir", "/nonexistent", "--retention-hours", "0.5",

@@ -48,7 +48,7 @@ from schemathesis import GenerationMode
 from schemathesis.schemas import APIOperation, BaseSchema
 from server_fixtures import ThreadServer, free_port, server_weights  # noqa: F401
 
-from server.config import ServerConfig
+from server.config import Settings
 
 # Routes whose successful answers are not JSON by design: they still must not fail, and their errors are fal's.
 NOT_JSON = {"/metrics", "/queue/{owner}/{alias}/requests/{request_id}/status/stream", "/files/{token}/{name}"}
@@ -153,7 +153,7 @@ def loopback_only(real: Callable[..., Any]) -> Callable[..., Any]:
 
 @pytest.fixture(scope="module")
 def server(server_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadServer]:  # noqa: F811
-    config = ServerConfig(weights_dir=server_weights, data_dir=tmp_path_factory.mktemp("fuzz-data"), port=free_port(),
+    config = Settings(weights_dir=server_weights, data_dir=tmp_path_factory.mktemp("fuzz-data"), port=free_port(),
                           webhook_attempts=1, max_upload_bytes=1024 * 1024)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(socket, "getaddrinfo", loopback_only(socket.getaddrinfo))

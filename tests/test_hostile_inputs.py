@@ -28,7 +28,7 @@ from pipelines.generate import JobHooks, generate
 from pipelines.limits import Limits
 from pipelines.loading import ModelManager
 from pipelines.schema import VaceInput
-from server.config import ServerConfig
+from server.config import Settings
 
 FAST = {"num_inference_steps": 2, "acceleration": "none", "num_frames": 17, "resolution": "240p", "seed": 1}
 FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
@@ -296,7 +296,7 @@ def test_prompt_and_reference_limits(models: ModelManager, tmp_path: Path, small
 def test_server_refuses_big_bodies_long_prompts_and_private_urls_fal_shaped(
     server_weights: Path, tmp_path: Path  # noqa: F811
 ) -> None:
-    config = ServerConfig(weights_dir=server_weights, data_dir=tmp_path / "data", port=free_port(),
+    config = Settings(weights_dir=server_weights, data_dir=tmp_path / "data", port=free_port(),
                           limits=Limits(max_prompt_chars=20, max_ref_images=1), max_body_bytes=4096)
     with ThreadServer(config) as server, httpx.Client(base_url=server.url, timeout=30) as client:
         url = "/fal-ai/wan-vace-14b/pose"
@@ -329,7 +329,7 @@ def test_server_refuses_big_bodies_long_prompts_and_private_urls_fal_shaped(
         assert r.json()["detail"][0]["type"] == "file_download_error" and "non-public" in r.json()["detail"][0]["msg"]
 
         # A second server in the same process keeps its own (default) limits, and the first keeps its own.
-        other = ServerConfig(weights_dir=server_weights, data_dir=tmp_path / "other", port=free_port())
+        other = Settings(weights_dir=server_weights, data_dir=tmp_path / "other", port=free_port())
         long_prompt = {"prompt": "x" * 21, "video_url": "https://example.com/v.mp4"}
         with ThreadServer(other) as second:
             assert httpx.post(f"{second.url}/queue{url}", json=long_prompt).status_code == 200
@@ -407,7 +407,7 @@ def test_broken_videos_are_refused_before_the_model(
 
 
 def test_files_cannot_be_walked(server_weights: Path, tmp_path: Path) -> None:  # noqa: F811
-    config = ServerConfig(weights_dir=server_weights, data_dir=tmp_path / "data", port=free_port())
+    config = Settings(weights_dir=server_weights, data_dir=tmp_path / "data", port=free_port())
     with ThreadServer(config) as server, httpx.Client(base_url=server.url, timeout=30) as client:
         token = "A" * 32
         (config.files_dir / token).mkdir(parents=True)

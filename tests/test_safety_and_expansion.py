@@ -41,7 +41,7 @@ from pipelines.prompt_expansion import (
 from pipelines.runtime import RuntimeConfig
 from pipelines.safety import SafetyChecker, sample_frames
 from server import cli
-from server.config import ServerConfig
+from server.config import Settings
 from weights.check import check
 
 ANSWER = "A young dancer in a red dress spins slowly on a sunlit park lawn, soft golden light, steady wide shot."
@@ -247,13 +247,13 @@ def test_runtime_flags(monkeypatch):
         ["serve", "--expander-url", "http://127.0.0.1:11434/v1", "--expander-model", "qwen2.5:7b",
          "--safety-threshold", "0.8", "--expander-timeout", "5"]
     )
-    runtime = cli._runtime(args)
+    runtime = cli.settings(args).runtime
     assert (runtime.prompt_expander, runtime.expander_url, runtime.expander_model) == (
         "openai", "http://127.0.0.1:11434/v1", "qwen2.5:7b")
     assert (runtime.expander_api_key, runtime.safety_threshold, runtime.expander_timeout_s) == ("sk-env", 0.8, 5.0)
     assert "sk-env" not in repr(runtime)
-    with pytest.raises(SystemExit, match="needs an expander URL"):
-        cli._runtime(cli.build_parser().parse_args(["serve"]))  # openai from the env, but no URL
+    with pytest.raises(cli.SettingsError, match="needs an expander URL"):
+        cli.settings(cli.build_parser().parse_args(["serve"]))  # openai from the env, but no URL
 
 
 # ---------------------------------------------------------------- through the HTTP server
@@ -263,10 +263,9 @@ def test_server_refuses_a_flagged_job_and_stores_nothing(tiny_weights, tmp_path,
     url, _ = chat_server
     weights = tmp_path / "weights"
     weights.mkdir()
-    runtime = RuntimeConfig(prompt_expander="openai", expander_url=f"{url}/ok/v1", expander_model="tiny-chat",
-                            expander_api_key="sk-secret")
-    config = ServerConfig(weights_dir=weights_variant(tiny_weights, weights, "flagging"), data_dir=tmp_path / "data",
-                          port=free_port(), devices=("cpu",), runtime=runtime)
+    config = Settings(weights_dir=weights_variant(tiny_weights, weights, "flagging"), data_dir=tmp_path / "data",
+                      port=free_port(), devices=("cpu",), prompt_expander="openai", expander_url=f"{url}/ok/v1",
+                      expander_model="tiny-chat", expander_api_key="sk-secret")
     video = "data:video/mp4;base64," + base64.b64encode(pose_video.read_bytes()).decode()
     with ThreadServer(config) as server, httpx.Client(base_url=server.url, timeout=120) as client:
         ready = client.get("/ready")

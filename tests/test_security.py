@@ -17,10 +17,9 @@ import httpx
 import pytest
 from server_fixtures import ServeProcess, ThreadServer, free_port, server_weights, wait_until  # noqa: F401
 
-from pipelines.runtime import RuntimeConfig
 from server import files as files_module
 from server.auth import Auth
-from server.config import ServerConfig
+from server.config import Settings
 from server.files import FileStore
 
 KEY_A, KEY_B, ADMIN = "key-a-1234", "key-b-5678", "admin-key-9"
@@ -34,11 +33,10 @@ def auth_header(key: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def keyed(server_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadServer]:  # noqa: F811
-    config = ServerConfig(
+    config = Settings(
         weights_dir=server_weights, data_dir=tmp_path_factory.mktemp("sec") / "data", port=free_port(),
         api_keys=frozenset({KEY_A, KEY_B}), admin_keys=frozenset({ADMIN}), max_upload_bytes=1000,
-        runtime=RuntimeConfig(prompt_expander="openai", expander_url="http://10.1.2.3:11434/v1",
-                              expander_model="secret-model"),
+        prompt_expander="openai", expander_url="http://10.1.2.3:11434/v1", expander_model="secret-model",
     )
     with ThreadServer(config) as running:
         yield running
@@ -194,8 +192,8 @@ def test_upload_urls_expire(keyed: ThreadServer, monkeypatch: pytest.MonkeyPatch
 # 4 ------------------------------------------------------------------------------------ connection hygiene
 
 def test_idle_and_slow_header_connections_are_dropped(tmp_path: Path, server_weights: Path) -> None:  # noqa: F811
-    config = ServerConfig(weights_dir=server_weights, data_dir=tmp_path / "data", port=free_port(),
-                          header_timeout_s=1.0, timeout_keep_alive_s=30)
+    config = Settings(weights_dir=server_weights, data_dir=tmp_path / "data", port=free_port(),
+                          header_timeout=1.0, timeout_keep_alive=30)
     with ThreadServer(config) as server:
         idle = socket.create_connection(("127.0.0.1", config.port))
         slow = socket.create_connection(("127.0.0.1", config.port))
@@ -226,7 +224,7 @@ def test_idle_and_slow_header_connections_are_dropped(tmp_path: Path, server_wei
 # 5 ----------------------------------------------------------------------------------------------- hosts
 
 def test_foreign_hosts_are_refused_on_an_auth_off_server(tmp_path: Path, server_weights: Path) -> None:  # noqa: F811
-    config = ServerConfig(weights_dir=server_weights, data_dir=tmp_path / "data", port=free_port(),
+    config = Settings(weights_dir=server_weights, data_dir=tmp_path / "data", port=free_port(),
                           allowed_hosts=("studio.lan",))
     with ThreadServer(config) as server:
         for host in ("127.0.0.1", f"127.0.0.1:{config.port}", "localhost", "[::1]:8000", "studio.lan:80"):
@@ -234,10 +232,10 @@ def test_foreign_hosts_are_refused_on_an_auth_off_server(tmp_path: Path, server_
         for host in ("evil.example", "evil.example:8000", "127.0.0.1.evil.example", ""):
             r = httpx.post(f"{server.url}/storage/upload/initiate", json={}, headers={"host": host})
             assert r.status_code == 400 and "--allowed-host" in r.json()["detail"], host
-    assert ServerConfig(weights_dir=tmp_path, api_keys=frozenset({"k"})).accepted_hosts() is None  # keyed: any
-    assert "evil.example" not in (ServerConfig(weights_dir=tmp_path).accepted_hosts() or {"evil.example"})
-    assert ServerConfig(weights_dir=tmp_path, allowed_hosts=("*",)).accepted_hosts() is None
-    keyed_listed = ServerConfig(weights_dir=tmp_path, api_keys=frozenset({"k"}), allowed_hosts=("a.example",))
+    assert Settings(weights_dir=tmp_path, api_keys=frozenset({"k"})).accepted_hosts() is None  # keyed: any
+    assert "evil.example" not in (Settings(weights_dir=tmp_path).accepted_hosts() or {"evil.example"})
+    assert Settings(weights_dir=tmp_path, allowed_hosts=("*",)).accepted_hosts() is None
+    keyed_listed = Settings(weights_dir=tmp_path, api_keys=frozenset({"k"}), allowed_hosts=("a.example",))
     assert keyed_listed.accepted_hosts() is not None and "a.example" in keyed_listed.accepted_hosts()
 
 
@@ -265,8 +263,8 @@ def test_a_revoked_keys_upload_token_and_upload_urls_stop_working(server_weights
                                                                    ) -> None:
     data_dir = tmp_path / "data"
 
-    def config(keys: frozenset[str]) -> ServerConfig:
-        return ServerConfig(weights_dir=server_weights, data_dir=data_dir, port=free_port(), api_keys=keys)
+    def config(keys: frozenset[str]) -> Settings:
+        return Settings(weights_dir=server_weights, data_dir=data_dir, port=free_port(), api_keys=keys)
 
     with ThreadServer(config(frozenset({KEY_A, KEY_B}))) as server:
         tokens = {k: httpx.post(f"{server.url}/storage/auth/token", headers=auth_header(k)).json()["token"]
@@ -326,7 +324,7 @@ def test_the_data_directory_is_owner_only_whatever_the_umask(server_weights: Pat
                                                              ) -> None:
     old = os.umask(0o002)
     try:
-        config = ServerConfig(weights_dir=server_weights, data_dir=tmp_path / "data", port=free_port())
+        config = Settings(weights_dir=server_weights, data_dir=tmp_path / "data", port=free_port())
         with ThreadServer(config) as server:
             file_url = upload(server, "clip.mp4", "video/mp4", b"\x00" * 10)  # type: ignore[arg-type]
             store = FileStore(config.files_dir, config.uploads_dir, 100)

@@ -22,7 +22,7 @@ import pytest
 from server_fixtures import SMALL_JOB, ThreadServer, control_videos, free_port, server_weights, wait_until  # noqa: F401
 
 from server import cli
-from server.config import ServerConfig
+from server.config import Settings
 from server.falclient import use_server
 
 API_KEY = "test-key-123"
@@ -35,7 +35,7 @@ REQUESTS = "/queue/fal-ai/wan-vace-14b/requests"
 
 @pytest.fixture(scope="module")
 def server(server_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadServer]:  # noqa: F811
-    config = ServerConfig(
+    config = Settings(
         weights_dir=server_weights, data_dir=tmp_path_factory.mktemp("api-data"), port=free_port(),
         api_keys=frozenset({API_KEY}), public_url=PUBLIC, max_upload_bytes=4 * 1024 * 1024,
         webhook_attempts=3, webhook_backoff_s=0.2,

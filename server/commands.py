@@ -1,0 +1,122 @@
+"""What each ``vace`` command does, as plain functions of typed arguments (``server/cli.py`` only parses flags).
+
+``generate_to_file`` runs the same ``generate()`` as the server, in-process, with a progress bar;
+``preprocess_to_file`` writes a control video with the same writer the server uses for the control video a
+``preprocess=true`` job keeps. Each returns the process's exit status: 0 done, 1 a failure of the machine (missing
+weights, a cancelled job), 2 a problem with what the user asked for (printed one line per field).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from pipelines.errors import InputError, JobCancelled
+from pipelines.registry import DEFAULT_MODEL_FOR_TASK, Task
+from pipelines.schema import VaceInput
+
+from .config import Settings
+
+
+def print_input_error(detail: list[dict[str, Any]]) -> None:
+    """fal's 422 ``detail`` items as one ``error: field: message (type)`` line each."""
+    for item in detail:
+        loc = ".".join(str(p) for p in item["loc"] if p != "body")
+        print(f"error: {loc}: {item['msg']} ({item['type']})", file=sys.stderr)
+
+
+def generate_to_file(settings: Settings, task: Task, fields: dict[str, Any], output: Path, *,
+                     model: str | None = None, quiet: bool = False) -> int:
+    """Run one job from request ``fields`` and write its video to ``output`` (a frames zip, if asked for, beside
+    it); prints the output JSON."""
+    from tqdm import tqdm
+
+    from pipelines.generate import JobHooks, generate
+    from pipelines.loading import ModelManager
+
+    try:
+        inp = VaceInput.model_validate(fields)
+    except ValidationError as exc:
+        print_input_error([{"loc": ["body", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors()])
+        return 2
+    model = model or DEFAULT_MODEL_FOR_TASK[task]
+    output = output.resolve()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=inp.num_inference_steps, desc=f"{task} ({model})", unit="step", disable=quiet)
+
+    def on_step(i: int, total: int) -> None:
+        bar.total = total
+        bar.n = i
+        bar.refresh()
+
+    def publish(path: Path, content_type: str) -> str:
+        target = output if content_type == "video/mp4" else output.with_suffix(path.suffix)
+        shutil.move(path, target)
+        return target.as_uri()
+
+    hooks = JobHooks(log=(lambda m: None) if quiet else (lambda m: bar.write(m)), step=on_step)
+    models = ModelManager(settings.weights_dir, runtime=settings.runtime)
+    try:
+        with tempfile.TemporaryDirectory(prefix="vace-job-") as workdir:
+            result = generate(inp, task=task, model=model, models=models, workdir=Path(workdir), publish=publish,
+                              hooks=hooks)
+    except InputError as exc:
+        print_input_error(exc.detail())
+        return 2
+    except (FileNotFoundError, JobCancelled) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        bar.close()
+    print(result.model_dump_json(indent=2, exclude_none=True))
+    return 0
+
+
+def preprocess_to_file(settings: Settings, task: Task, video: str, output: Path, annotator: str | None = None) -> int:
+    """Write the control video of ``video`` only: decode, annotate and encode stream frame batches end to end."""
+    from pipelines.context import JobContext
+    from pipelines.encode import write_control_video
+    from pipelines.fetch import fetch_to_file
+    from pipelines.loading import ModelManager
+    from pipelines.video_io import iter_frames, probe_video
+
+    models = ModelManager(settings.weights_dir, runtime=settings.runtime)
+    try:
+        with tempfile.TemporaryDirectory(prefix="vace-preprocess-") as workdir:
+            path = fetch_to_file(video, "video_url", Path(workdir), JobContext())
+            info = probe_video(path)
+            preprocessor = models.preprocessor(task, annotator)
+            encoded = write_control_video(preprocessor.process(iter_frames(path)), output, info.fps, quality="maximum")
+    except InputError as exc:
+        print_input_error(exc.detail())
+        return 2
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{task} control video: {encoded.path} ({encoded.width}x{encoded.height}, "
+          f"{encoded.num_frames} frames at {encoded.fps:g} fps)")
+    return 0
+
+
+def serve(settings: Settings, *, insecure_no_auth: bool = False, log_level: str = "info",
+          access_log: bool = False) -> int:
+    """Run the server in the foreground; refuses to serve other machines without keys unless told to."""
+    from server.app import serve as run_server
+    from server.config import is_loopback
+    from server.jobs import StoreLockedError
+
+    if not settings.auth_enabled and not is_loopback(settings.host) and not insecure_no_auth:
+        print(f"error: {settings.host} is reachable from other machines and no API key is set; pass --api-key KEY "
+              "(or VACE_API_KEYS), or --insecure-no-auth to serve without auth anyway", file=sys.stderr)
+        return 2
+    try:
+        run_server(settings, log_level=log_level, access_log=access_log)
+    except StoreLockedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
