@@ -1,6 +1,7 @@
-"""The FastAPI app of ``vace serve``: wiring of store, files, workers, webhooks, retention, auth and metrics, the
-service routes (``/health``, ``/ready``, ``/metrics``), the playground (``/``, ``/static/...``, ``server/static/``)
-and fal-shaped error bodies; ``serve()`` runs it in uvicorn.
+"""The FastAPI app of ``vace serve``: builds the store, files, workers, webhooks, retention, auth and metrics, puts
+them on ``app.state`` (routes reach them through ``server/deps.py``), includes the fal routes (``routes.py``), the
+upload routes (``uploads.py``) and the service routes and playground (``service.py``), guards every request
+(``guard.py``) and shapes errors like fal's; ``serve()`` runs it in uvicorn.
 """
 
 from __future__ import annotations
@@ -8,7 +9,6 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import torch
@@ -16,7 +16,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -25,6 +25,7 @@ from pipelines.errors import InputError
 from pipelines.loading import ModelManager
 from pipelines.registry import APPS, TASKS
 
+from . import routes, service, uploads
 from .auth import Auth, load_secret
 from .config import Settings
 from .connections import raise_open_file_limit, uvicorn_config
@@ -33,23 +34,16 @@ from .failures import failure_of, failure_response
 from .files import FileStore, private_dir
 from .guard import Body, HostPolicy, RequestGuard
 from .jobs import SqliteJobStore
-from .metrics import CONTENT_TYPE, Metrics
+from .metrics import Metrics
+from .request_id import RequestIdHeader
 from .retention import Retention
-from .routes import fal_router
 from .tls import certificate_names, client_hostport, ensure_certificate, fal_client_env
-from .uploads import storage_router
 from .webhooks import Webhooks
 from .worker import WorkerPool
 
 log = logging.getLogger(__name__)
 
-STATIC_DIR = Path(__file__).parent / "static"
 PARTS_BODY_BYTES = 1024**2  # a multipart upload's ``complete`` body: 10,000 parts with ETags fit well under it
-# The playground loads nothing from other hosts; its requests go to this server only (media may come from
-# anywhere the user points it at, like the public URL the server hands out).
-PLAYGROUND_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self'; "
-                  "img-src * data: blob:; media-src * data: blob:; object-src 'none'; base-uri 'none'; "
-                  "frame-ancestors 'none'")
 
 
 def resolve_devices(names: tuple[str, ...]) -> list[torch.device]:
@@ -108,10 +102,20 @@ def create_app(config: Settings) -> FastAPI:
         + ". Authenticate with `Authorization: Key <key>` when the server has API keys.",
         lifespan=lifespan,
     )
-    app.include_router(fal_router(store=store, pool=pool, changes=changes, auth=auth, public_url=config.public_url,
-                                  on_finished=webhooks.schedule, ctx=ctx))
-    app.include_router(storage_router(files=files, auth=auth, public_url=config.public_url))
-
+    app.state.settings = config
+    app.state.store = store
+    app.state.files = files
+    app.state.job_context = ctx
+    app.state.changes = changes
+    app.state.metrics = metrics
+    app.state.webhooks = webhooks
+    app.state.pool = pool
+    app.state.auth = auth
+    app.include_router(routes.router)
+    app.include_router(uploads.router)
+    app.include_router(service.router)
+    app.mount("/static", StaticFiles(directory=service.STATIC_DIR), name="static")
+    app.add_middleware(RequestIdHeader)
     app.add_middleware(
         RequestGuard, auth=auth, hosts=HostPolicy(config.accepted_hosts()),
         upload_is_open=lambda upload_id: (u := files.pending(upload_id)) is not None and auth.is_active(u.owner),
@@ -130,45 +134,6 @@ def create_app(config: Settings) -> FastAPI:
             endpoints = ", ".join(f"{a}/{t}" for a in APPS for t in TASKS)
             detail = f"No route {request.method} {request.url.path}; endpoints: {endpoints}"
         return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
-
-    @app.get("/health", tags=["service"], summary="Liveness")
-    def health() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/ready", tags=["service"],
-             summary="Per endpoint: are its weights present, is its model loaded; with a key (or auth off) also "
-                     "the safety checker, prompt expansion and devices")
-    def ready(request: Request) -> JSONResponse:
-        loaded = pool.loaded_models()
-        endpoints = {
-            app_id: {"model": model, "tasks": list(TASKS), "weights_present": pool.has_weights(model),
-                     "loaded": model in loaded}
-            for app_id, model in APPS.items()
-        }
-        any_ready = any(e["weights_present"] for e in endpoints.values())
-        body: dict[str, object] = {"ready": any_ready, "endpoints": endpoints}
-        # Readiness is public (load balancers ask without keys); the stages' URLs and paths and the devices are
-        # the operator's business. The optional stages never decide readiness: a request that needs a missing
-        # one is refused on its own.
-        if request.state.caller.key_id is not None or not auth.enabled:
-            body |= {**managers[0].describe_stages(), "devices": [m.describe() for m in managers]}
-        return JSONResponse(body, status_code=200 if any_ready else 503)
-
-    @app.get("/metrics", tags=["service"], summary="Prometheus metrics")
-    def prometheus() -> Response:
-        return Response(metrics.render(), media_type=CONTENT_TYPE)
-
-    # The playground: static HTML + JS that builds its form from /openapi.json and speaks the fal protocol.
-    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-
-    @app.get("/", include_in_schema=False)
-    def index() -> FileResponse:
-        return FileResponse(STATIC_DIR / "index.html", headers={"content-security-policy": PLAYGROUND_CSP})
-
-    @app.get("/playground/config", include_in_schema=False)
-    def playground_config() -> dict[str, bool]:
-        """What the page cannot read from /openapi.json: whether it needs an API key field."""
-        return {"auth_required": auth.enabled}
 
     return app
 

@@ -1,39 +1,41 @@
 """The fal protocol routes: sync run, queue submit, status (+ SSE stream), result and cancel, for every app and task.
 
 Routes are thin: they validate with the schema, put jobs in the store, wake the workers and read the store back.
-fal-client rebuilds status/result/cancel URLs without the task (``/queue/{owner}/{alias}/requests/{id}``) and
-the SDKs sometimes add a trailing slash, so every route also answers with one.
+The run and submit routes are registered once per endpoint (below ``ENDPOINTS``), so ``/openapi.json`` lists each
+one, the way the playground and fal's own per-endpoint documents show them. fal-client rebuilds status/result/cancel
+URLs without the task (``/queue/{owner}/{alias}/requests/{id}``) and the SDKs sometimes add a trailing slash, so
+every route also answers with one.
 """
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Request, Security
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Security
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
+from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from pipelines.context import JobContext
 from pipelines.fetch import url_scheme
 from pipelines.generate import check_inputs
-from pipelines.registry import APPS, TASKS
+from pipelines.registry import APPS, TASKS, Task
 from pipelines.schema import VaceInput, VaceOutput
 
 from . import protocol
+from .auth import API_KEY_HEADER, Caller
+from .deps import BaseUrlDep, CallerDep, ChangesDep, JobContextDep, JobDep, PoolDep, StoreDep, WebhooksDep
 from .failures import failure_response
-from .auth import API_KEY_HEADER, Auth, Caller
-from .events import Changes
 from .jobs import Job, JobStore
+from .request_id import REQUEST_ID_HEADER
 from .worker import WorkerPool
 
-REQUEST_ID_HEADER = "x-fal-request-id"
 SYNC_POLL_S = 5.0  # fallback re-read of a sync job; normally a worker's notification wakes the request first
 STREAM_POLL_S = 1.0  # re-read of a streamed job (queue positions move without a notification)
-STREAM_KEEPALIVE_S = 10.0
+REQUEST = "/queue/{owner}/{alias}/requests/{request_id}"
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": protocol.ErrorDetail, "description": "Missing or invalid API key"},
     404: {"model": protocol.ErrorDetail, "description": "Unknown app, task or request"},
@@ -41,8 +43,34 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+@dataclass(frozen=True)
+class Endpoint:
+    app: str
+    model: str
+    task: Task
+
+
+ENDPOINTS = [Endpoint(app, model, task) for app, model in APPS.items() for task in TASKS]  # type: ignore[arg-type]
+_BY_PATH = {f"{prefix}/{e.app}/{e.task}": e for e in ENDPOINTS for prefix in ("", "/queue")}
+
+
+def _endpoint(request: Request) -> Endpoint:
+    """The endpoint whose run or submit route took the request."""
+    return _BY_PATH[request.scope["route"].path.rstrip("/")]
+
+
+EndpointDep = Annotated[Endpoint, Depends(_endpoint)]
+
+# The key is checked by the request guard before any body is read; declaring the scheme here documents it.
+router = APIRouter(dependencies=[Security(API_KEY_HEADER)], responses=_ERRORS)
+
+
 def _request_id_headers(job: Job) -> dict[str, str]:
     return {REQUEST_ID_HEADER: job.id}
+
+
+def _wants_logs(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes")
 
 
 def result_response(job: Job) -> JSONResponse:
@@ -52,147 +80,114 @@ def result_response(job: Job) -> JSONResponse:
     return failure_response(job.failure, _request_id_headers(job))
 
 
-def _wants_logs(value: str | None) -> bool:
-    return (value or "").strip().lower() in ("1", "true", "yes")
+def _enqueue(inp: VaceInput, endpoint: Endpoint, webhook: str | None, *, store: JobStore, pool: WorkerPool,
+             ctx: JobContext, caller: Caller, base_url: str) -> Job:
+    check_inputs(inp, endpoint.task, ctx, pool.models)  # refused at submission with a 422, never queued
+    if not pool.has_weights(endpoint.model):
+        raise HTTPException(503, f"the weights of {endpoint.model} (serving {endpoint.app}) are not installed on "
+                                 f"this server; run `vace weights download --models {endpoint.model}`")
+    job = store.add(app=endpoint.app, task=endpoint.task, model=endpoint.model, input=inp.model_dump(mode="json"),
+                    base_url=base_url, webhook_url=webhook, owner=caller.key_id)
+    pool.notify()
+    return job
 
 
-def fal_router(
-    *,
-    store: JobStore,
-    pool: WorkerPool,
-    changes: Changes,
-    auth: Auth,
-    public_url: str | None,
-    on_finished: Callable[[str], None],
-    ctx: JobContext,
-) -> APIRouter:
-    # The key is checked by the request guard before any body is read; declaring the scheme here documents it.
-    router = APIRouter(dependencies=[Security(API_KEY_HEADER)], responses=_ERRORS)
-
-    def add(path: str, endpoint: Callable[..., Any], method: str, **kwargs: Any) -> None:
-        router.add_api_route(path, endpoint, methods=[method], **kwargs)
-        router.add_api_route(path + "/", endpoint, methods=[method], include_in_schema=False, **kwargs)
-
-    def base_url(request: Request) -> str:
-        return (public_url or str(request.base_url)).rstrip("/")
-
-    def enqueue(inp: VaceInput, request: Request, app: str, model: str, task: str, webhook: str | None) -> Job:
-        check_inputs(inp, task, ctx, pool.models)  # refused at submission with a 422, never queued
-        if not pool.has_weights(model):
-            raise HTTPException(503, f"the weights of {model} (serving {app}) are not installed on this server; "
-                                     f"run `vace weights download --models {model}`")
-        caller: Caller = request.state.caller
-        job = store.add(app=app, task=task, model=model, input=inp.model_dump(mode="json"),
-                        base_url=base_url(request), webhook_url=webhook, owner=caller.key_id)
-        pool.notify()
-        return job
-
-    def find(request: Request, owner: str, alias: str, request_id: str) -> Job:
-        """The job, if it exists under this app and the caller's key made it (or is an admin key)."""
-        app = f"{owner}/{alias}"
-        if app not in APPS:
-            raise HTTPException(404, f"unknown app {app!r}; this server serves {', '.join(APPS)}")
-        job = store.get(request_id)
-        if job is None or job.app != app or not auth.can_see(request.state.caller, job.owner):
-            raise HTTPException(404, f"Request {request_id} not found")
-        return job
-
-    def add_endpoints(app: str, model: str, task: str) -> None:
-        async def run(inp: VaceInput, request: Request) -> JSONResponse:
-            job = await run_in_threadpool(enqueue, inp, request, app, model, task, None)
-            with changes.watch(job.id) as watch:
-                while True:
-                    current = store.get(job.id)
-                    if current is not None and current.status == "COMPLETED":
-                        return result_response(current)
-                    await watch.wait(SYNC_POLL_S)
-
-        def submit(
-            inp: VaceInput,
-            request: Request,
-            fal_webhook: str | None = Query(None, description="URL that receives the result when the job ends"),
-        ) -> JSONResponse:
-            if fal_webhook is not None and url_scheme(fal_webhook) not in ("http", "https"):
-                raise RequestValidationError(
-                    [{"loc": ("query", "fal_webhook"), "msg": "must be an http(s) URL", "type": "value_error"}])
-            job = enqueue(inp, request, app, model, task, fal_webhook)
-            body = protocol.submitted(job, store.queue_position(job))
-            return JSONResponse(body.model_dump(), headers=_request_id_headers(job))
-
-        add(f"/{app}/{task}", run, "POST", response_model=VaceOutput, operation_id=f"run_{model}_{task}",
-            summary=f"Run {app}/{task} and wait for the output (like fal.run)")
-        add(f"/queue/{app}/{task}", submit, "POST", response_model=protocol.QueueSubmitted,
-            operation_id=f"submit_{model}_{task}", summary=f"Queue a {app}/{task} job (like queue.fal.run)")
-
-    for app, model in APPS.items():
-        for task in TASKS:
-            add_endpoints(app, model, task)
-
-    requests_path = "/queue/{owner}/{alias}/requests/{request_id}"
-
-    def get_status(request: Request, owner: str, alias: str, request_id: str, logs: str | None = None) -> JSONResponse:
-        job = find(request, owner, alias, request_id)
-        position = store.queue_position(job) if job.status == "IN_QUEUE" else None
-        body = protocol.status(job, store.logs(job.id) if _wants_logs(logs) else [], position)
-        return JSONResponse(body.model_dump(exclude_none=True), status_code=200 if job.status == "COMPLETED" else 202,
-                            headers=_request_id_headers(job))
-
-    async def stream_status(request: Request, owner: str, alias: str, request_id: str,
-                            logs: str | None = None) -> StreamingResponse:
-        job = find(request, owner, alias, request_id)
-        return StreamingResponse(
-            _status_events(store, changes, job.id, _wants_logs(logs)), media_type="text/event-stream",
-            headers={**_request_id_headers(job), "cache-control": "no-cache", "x-accel-buffering": "no"},
-        )
-
-    def get_result(request: Request, owner: str, alias: str, request_id: str) -> JSONResponse:
-        job = find(request, owner, alias, request_id)
-        if job.status != "COMPLETED":
-            return JSONResponse({"detail": "Request is still in progress"}, status_code=400,
-                                headers=_request_id_headers(job))
-        return result_response(job)
-
-    def cancel(request: Request, owner: str, alias: str, request_id: str) -> JSONResponse:
-        job = find(request, owner, alias, request_id)
-        before = store.request_cancel(job.id)
-        if before is None or before.status == "COMPLETED":
-            body = {"status": "ALREADY_COMPLETED", "detail": f"Request {job.id} has already completed"}
-            return JSONResponse(body, status_code=400, headers=_request_id_headers(job))
-        changes.notify(job.id)
-        if before.status == "IN_QUEUE":
-            on_finished(job.id)
-        return JSONResponse({"status": "CANCELLATION_REQUESTED"}, status_code=202, headers=_request_id_headers(job))
-
-    add(f"{requests_path}/status", get_status, "GET", response_model=protocol.QueueStatus,
-        summary="Status of a queued request (202 while queued or running, 200 when completed)")
-    add(f"{requests_path}/status/stream", stream_status, "GET",
-        summary="Server-sent events: one status per change, closed after COMPLETED")
-    add(requests_path, get_result, "GET", response_model=VaceOutput,
-        summary="The output, or the request's own error status and body if it failed")
-    add(f"{requests_path}/cancel", cancel, "PUT", status_code=202, response_model=protocol.CancelResult,
-        summary="Cancel: a queued request never runs, a running one stops at its next denoising step")
-    return router
-
-
-async def _status_events(store: JobStore, changes: Changes, job_id: str, with_logs: bool) -> AsyncIterator[str]:
-    """One ``data:`` event per change of status, queue position, control video or logs (only the new lines each
-    time, as @fal-ai/client accumulates them); ends after COMPLETED."""
-    sent_logs, last_key, last_sent = 0, None, time.monotonic()
-    with changes.watch(job_id) as watch:
+async def run(inp: VaceInput, endpoint: EndpointDep, store: StoreDep, pool: PoolDep, changes: ChangesDep,
+              ctx: JobContextDep, caller: CallerDep, base_url: BaseUrlDep) -> JSONResponse:
+    """Run a job and wait for its output (like ``fal.run``)."""
+    job = await run_in_threadpool(_enqueue, inp, endpoint, None, store=store, pool=pool, ctx=ctx, caller=caller,
+                                  base_url=base_url)
+    with changes.watch(job.id) as watch:
         while True:
-            job = store.get(job_id)
-            if job is None:
+            current = store.get(job.id)
+            if current is not None and current.status == "COMPLETED":
+                return result_response(current)
+            await watch.wait(SYNC_POLL_S)
+
+
+def submit(inp: VaceInput, endpoint: EndpointDep, store: StoreDep, pool: PoolDep, ctx: JobContextDep,
+           caller: CallerDep, base_url: BaseUrlDep,
+           fal_webhook: str | None = Query(None, description="URL that receives the result when the job ends"),
+           ) -> JSONResponse:
+    """Queue a job (like ``queue.fal.run``)."""
+    if fal_webhook is not None and url_scheme(fal_webhook) not in ("http", "https"):
+        raise RequestValidationError(
+            [{"loc": ("query", "fal_webhook"), "msg": "must be an http(s) URL", "type": "value_error"}])
+    job = _enqueue(inp, endpoint, fal_webhook, store=store, pool=pool, ctx=ctx, caller=caller, base_url=base_url)
+    body = protocol.submitted(job, store.queue_position(job))
+    return JSONResponse(body.model_dump(), headers=_request_id_headers(job))
+
+
+def _both(method: Callable[..., Callable[[Callable[..., Any]], Callable[..., Any]]], path: str,
+          **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A route decorator for ``path`` and ``path/`` (the trailing-slash form is left out of the schema)."""
+    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+        method(path + "/", include_in_schema=False, **kwargs)(fn)
+        return method(path, **kwargs)(fn)
+
+    return register
+
+
+for _e in ENDPOINTS:  # the run and submit routes of every app and task
+    for _path, _fn, _kind, _model, _summary in (
+        (f"/{_e.app}/{_e.task}", run, "run", VaceOutput, f"Run {_e.app}/{_e.task} and wait for the output"),
+        (f"/queue/{_e.app}/{_e.task}", submit, "submit", protocol.QueueSubmitted, f"Queue a {_e.app}/{_e.task} job"),
+    ):
+        _both(router.post, _path, response_model=_model, operation_id=f"{_kind}_{_e.model}_{_e.task}",
+              summary=_summary)(_fn)
+
+
+@_both(router.get, f"{REQUEST}/status", response_model=protocol.QueueStatus,
+       summary="Status of a queued request (202 while queued or running, 200 when completed)")
+def get_status(job: JobDep, store: StoreDep, logs: str | None = None) -> JSONResponse:
+    position = store.queue_position(job) if job.status == "IN_QUEUE" else None
+    body = protocol.status(job, store.logs(job.id) if _wants_logs(logs) else [], position)
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=200 if job.status == "COMPLETED" else 202,
+                        headers=_request_id_headers(job))
+
+
+@_both(router.get, f"{REQUEST}/status/stream", response_class=EventSourceResponse,
+       summary="Server-sent events: one status per change, closed after COMPLETED")
+async def stream_status(job: JobDep, store: StoreDep, changes: ChangesDep,
+                        logs: str | None = None) -> AsyncIterator[ServerSentEvent]:
+    """One event per change of status, queue position, control video or logs (only the new lines each time, as
+    @fal-ai/client accumulates them); ends after COMPLETED. FastAPI sends keep-alive comments while idle, and
+    ``x-fal-request-id`` comes from :class:`~server.request_id.RequestIdHeader` (a generator sets no headers)."""
+    with_logs, sent_logs, last_key = _wants_logs(logs), 0, None
+    with changes.watch(job.id) as watch:
+        while True:
+            current = store.get(job.id)
+            if current is None:
                 return
-            lines = store.logs(job_id) if with_logs else []
-            position = store.queue_position(job) if job.status == "IN_QUEUE" else None
-            key = (job.status, position, len(lines), job.control_video_url)
+            lines = store.logs(job.id) if with_logs else []
+            position = store.queue_position(current) if current.status == "IN_QUEUE" else None
+            key = (current.status, position, len(lines), current.control_video_url)
             if key != last_key:
-                body = protocol.status(job, lines[sent_logs:], position)
-                yield f"data: {json.dumps(body.model_dump(exclude_none=True))}\n\n"
-                sent_logs, last_key, last_sent = len(lines), key, time.monotonic()
-            elif time.monotonic() - last_sent > STREAM_KEEPALIVE_S:
-                yield ": keepalive\n\n"
-                last_sent = time.monotonic()
-            if job.status == "COMPLETED":
+                yield ServerSentEvent(data=protocol.status(current, lines[sent_logs:], position)
+                                      .model_dump(exclude_none=True))
+                sent_logs, last_key = len(lines), key
+            if current.status == "COMPLETED":
                 return
             await watch.wait(STREAM_POLL_S)
+
+
+@_both(router.get, REQUEST, response_model=VaceOutput,
+       summary="The output, or the request's own error status and body if it failed")
+def get_result(job: JobDep) -> JSONResponse:
+    if job.status != "COMPLETED":
+        return JSONResponse({"detail": "Request is still in progress"}, status_code=400,
+                            headers=_request_id_headers(job))
+    return result_response(job)
+
+
+@_both(router.put, f"{REQUEST}/cancel", status_code=202, response_model=protocol.CancelResult,
+       summary="Cancel: a queued request never runs, a running one stops at its next denoising step")
+def cancel(job: JobDep, store: StoreDep, changes: ChangesDep, webhooks: WebhooksDep) -> JSONResponse:
+    before = store.request_cancel(job.id)
+    if before is None or before.status == "COMPLETED":
+        body = {"status": "ALREADY_COMPLETED", "detail": f"Request {job.id} has already completed"}
+        return JSONResponse(body, status_code=400, headers=_request_id_headers(job))
+    changes.notify(job.id)
+    if before.status == "IN_QUEUE":
+        webhooks.schedule(job.id)
+    return JSONResponse({"status": "CANCELLATION_REQUESTED"}, status_code=202, headers=_request_id_headers(job))

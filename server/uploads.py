@@ -16,12 +16,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from collections.abc import AsyncIterator
+
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field
 
-from .auth import Auth, Caller
+from .auth import Auth
+from .deps import AuthDep, BaseUrlDep, CallerDep, FilesDep
 from .files import FileStore, UploadTooLarge, file_headers, served_type
 
 
@@ -44,109 +47,115 @@ class CompleteUpload(BaseModel):
     parts: list[Part]
 
 
-def storage_router(*, files: FileStore, auth: Auth, public_url: str | None) -> APIRouter:
-    router = APIRouter(tags=["storage"])
+router = APIRouter(tags=["storage"])
 
-    def base_url(request: Request) -> str:
-        return (public_url or str(request.base_url)).rstrip("/")
 
-    def caller(request: Request) -> Caller:
-        return request.state.caller
+def _pending(files: FileStore, auth: Auth, upload_id: str, key: str | None = None) -> str:
+    """The file key of an open upload (the guard checked it before the body; a part may still name another)."""
+    found = files.pending(upload_id)
+    if found is None or not auth.is_active(found.owner) or (key is not None and found.key != key):
+        raise HTTPException(404, "unknown, expired or finished upload")
+    return found.key
 
-    def pending(upload_id: str, key: str | None = None) -> str:
-        found = files.pending(upload_id)
-        if found is None or not auth.is_active(found.owner) or (key is not None and found.key != key):
-            raise HTTPException(404, "unknown, expired or finished upload")
-        return found.key
 
-    async def receive(key: str, request: Request) -> None:
-        try:
-            await files.receive(key, request.stream())
-        except UploadTooLarge as exc:
-            raise HTTPException(413, str(exc)) from None
+async def _receive(files: FileStore, key: str, chunks: AsyncIterator[bytes]) -> None:
+    try:
+        await files.receive(key, chunks)
+    except UploadTooLarge as exc:
+        raise HTTPException(413, str(exc)) from None
 
-    async def receive_part(upload_id: str, part_number: int, request: Request) -> JSONResponse:
-        if not 1 <= part_number <= 10_000:
-            raise HTTPException(400, "part numbers run from 1 to 10000")
-        try:
-            etag = await files.receive_part(upload_id, part_number, request.stream())
-        except UploadTooLarge as exc:
-            raise HTTPException(413, str(exc)) from None
-        return JSONResponse({"partNumber": part_number, "etag": etag}, headers={"etag": etag})
 
-    async def complete(upload_id: str, body: CompleteUpload) -> str:
-        numbers = [part.partNumber for part in body.parts]
-        try:
-            return await run_in_threadpool(files.complete_upload, upload_id, numbers)
-        except UploadTooLarge as exc:
-            raise HTTPException(413, str(exc)) from None
-        except ValueError as exc:
-            raise HTTPException(400, str(exc)) from None
+async def _receive_part(files: FileStore, upload_id: str, part_number: int, request: Request) -> JSONResponse:
+    if not 1 <= part_number <= 10_000:
+        raise HTTPException(400, "part numbers run from 1 to 10000")
+    try:
+        etag = await files.receive_part(upload_id, part_number, request.stream())
+    except UploadTooLarge as exc:
+        raise HTTPException(413, str(exc)) from None
+    return JSONResponse({"partNumber": part_number, "etag": etag}, headers={"etag": etag})
 
-    def initiate(body: InitiateUpload, request: Request) -> UploadUrls:
-        key = files.new_key(body.file_name, body.content_type)
-        upload_id = files.start_upload(key, caller(request).key_id)
-        base = base_url(request)
-        return UploadUrls(upload_url=f"{base}/storage/upload/{upload_id}", file_url=files.url(key, base))
 
-    router.add_api_route("/storage/upload/initiate", initiate, methods=["POST"],
-                         response_model=UploadUrls, summary="Start an upload: PUT the bytes to upload_url")
-    router.add_api_route("/storage/upload/initiate-multipart", initiate, methods=["POST"],
-                         response_model=UploadUrls, operation_id="initiate_multipart",
-                         summary="Start a multipart upload: PUT upload_url/<n> per part, then POST upload_url/complete")
+async def _complete(files: FileStore, upload_id: str, body: CompleteUpload) -> str:
+    numbers = [part.partNumber for part in body.parts]
+    try:
+        return await run_in_threadpool(files.complete_upload, upload_id, numbers)
+    except UploadTooLarge as exc:
+        raise HTTPException(413, str(exc)) from None
+    except ValueError as exc:
+        raise HTTPException(400, str(exc)) from None
 
-    @router.put("/storage/upload/{upload_id}", summary="The bytes of an upload started with /storage/upload/initiate")
-    async def put_upload(upload_id: str, request: Request) -> dict[str, str]:
-        key = pending(upload_id)
-        await receive(key, request)
-        files.end_upload(upload_id)
-        return {"file_url": files.url(key, base_url(request))}
 
-    @router.put("/storage/upload/{upload_id}/{part_number}", summary="One part of a multipart upload")
-    async def put_part(upload_id: str, part_number: int, request: Request) -> JSONResponse:
-        pending(upload_id)
-        return await receive_part(upload_id, part_number, request)
+@router.post("/storage/upload/initiate", response_model=UploadUrls,
+             summary="Start an upload: PUT the bytes to upload_url")
+@router.post("/storage/upload/initiate-multipart", response_model=UploadUrls, operation_id="initiate_multipart",
+             summary="Start a multipart upload: PUT upload_url/<n> per part, then POST upload_url/complete")
+def initiate(body: InitiateUpload, files: FilesDep, caller: CallerDep, base_url: BaseUrlDep) -> UploadUrls:
+    key = files.new_key(body.file_name, body.content_type)
+    upload_id = files.start_upload(key, caller.key_id)
+    return UploadUrls(upload_url=f"{base_url}/storage/upload/{upload_id}", file_url=files.url(key, base_url))
 
-    @router.post("/storage/upload/{upload_id}/complete", summary="Join the parts of a multipart upload")
-    async def complete_storage(upload_id: str, body: CompleteUpload, request: Request) -> dict[str, str]:
-        pending(upload_id)
-        return {"file_url": files.url(await complete(upload_id, body), base_url(request))}
 
-    @router.post("/storage/auth/token", summary="A short-lived upload token (fal-client's CDN flow)")
-    def upload_token(request: Request) -> dict[str, str]:
-        return auth.issue_upload_token(caller(request), base_url(request))
+@router.put("/storage/upload/{upload_id}", summary="The bytes of an upload started with /storage/upload/initiate")
+async def put_upload(upload_id: str, request: Request, files: FilesDep, auth: AuthDep,
+                     base_url: BaseUrlDep) -> dict[str, str]:
+    key = _pending(files, auth, upload_id)
+    await _receive(files, key, request.stream())
+    files.end_upload(upload_id)
+    return {"file_url": files.url(key, base_url)}
 
-    @router.post("/files/upload", summary="Upload a file in one request (X-Fal-File-Name)")
-    async def upload(request: Request) -> dict[str, str]:
-        content_type = request.headers.get("content-type", "application/octet-stream")
-        key = files.new_key(request.headers.get("x-fal-file-name"), content_type)
-        await receive(key, request)
-        return {"access_url": files.url(key, base_url(request))}
 
-    @router.post("/files/upload/multipart", summary="Start a multipart upload (fal-client)")
-    def upload_multipart(request: Request) -> dict[str, Any]:
-        key = files.new_key(request.headers.get("x-fal-file-name"), request.headers.get("content-type"))
-        upload_id = files.start_upload(key, caller(request).key_id)
-        return {"access_url": files.url(key, base_url(request)), "uploadId": upload_id}
+@router.put("/storage/upload/{upload_id}/{part_number}", summary="One part of a multipart upload")
+async def put_part(upload_id: str, part_number: int, request: Request, files: FilesDep,
+                   auth: AuthDep) -> JSONResponse:
+    _pending(files, auth, upload_id)
+    return await _receive_part(files, upload_id, part_number, request)
 
-    @router.put("/files/{token}/{name}/multipart/{upload_id}/{part_number}", summary="One part (fal-client)")
-    async def put_file_part(token: str, name: str, upload_id: str, part_number: int, request: Request) -> JSONResponse:
-        pending(upload_id, f"{token}/{name}")
-        return await receive_part(upload_id, part_number, request)
 
-    @router.post("/files/{token}/{name}/multipart/{upload_id}/complete", summary="Join the parts (fal-client)")
-    async def complete_file(token: str, name: str, upload_id: str, body: CompleteUpload,
-                            request: Request) -> dict[str, str]:
-        pending(upload_id, f"{token}/{name}")
-        return {"access_url": files.url(await complete(upload_id, body), base_url(request))}
+@router.post("/storage/upload/{upload_id}/complete", summary="Join the parts of a multipart upload")
+async def complete_storage(upload_id: str, body: CompleteUpload, files: FilesDep, auth: AuthDep,
+                           base_url: BaseUrlDep) -> dict[str, str]:
+    _pending(files, auth, upload_id)
+    return {"file_url": files.url(await _complete(files, upload_id, body), base_url)}
 
-    def get_file(token: str, name: str) -> FileResponse:
-        path = files.path(f"{token}/{name}")
-        if path is None:
-            raise HTTPException(404, "file not found")
-        return FileResponse(path, media_type=served_type(name), headers=file_headers(name))
 
-    router.add_api_route("/files/{token}/{name}", get_file, methods=["GET"], summary="A generated or uploaded file")
-    router.add_api_route("/files/{token}/{name}", get_file, methods=["HEAD"], include_in_schema=False)
+@router.post("/storage/auth/token", summary="A short-lived upload token (fal-client's CDN flow)")
+def upload_token(auth: AuthDep, caller: CallerDep, base_url: BaseUrlDep) -> dict[str, str]:
+    return auth.issue_upload_token(caller, base_url)
 
-    return router
+
+@router.post("/files/upload", summary="Upload a file in one request (X-Fal-File-Name)")
+async def upload(request: Request, files: FilesDep, base_url: BaseUrlDep) -> dict[str, str]:
+    content_type = request.headers.get("content-type", "application/octet-stream")
+    key = files.new_key(request.headers.get("x-fal-file-name"), content_type)
+    await _receive(files, key, request.stream())
+    return {"access_url": files.url(key, base_url)}
+
+
+@router.post("/files/upload/multipart", summary="Start a multipart upload (fal-client)")
+def upload_multipart(request: Request, files: FilesDep, caller: CallerDep, base_url: BaseUrlDep) -> dict[str, Any]:
+    key = files.new_key(request.headers.get("x-fal-file-name"), request.headers.get("content-type"))
+    upload_id = files.start_upload(key, caller.key_id)
+    return {"access_url": files.url(key, base_url), "uploadId": upload_id}
+
+
+@router.put("/files/{token}/{name}/multipart/{upload_id}/{part_number}", summary="One part (fal-client)")
+async def put_file_part(token: str, name: str, upload_id: str, part_number: int, request: Request,
+                        files: FilesDep, auth: AuthDep) -> JSONResponse:
+    _pending(files, auth, upload_id, f"{token}/{name}")
+    return await _receive_part(files, upload_id, part_number, request)
+
+
+@router.post("/files/{token}/{name}/multipart/{upload_id}/complete", summary="Join the parts (fal-client)")
+async def complete_file(token: str, name: str, upload_id: str, body: CompleteUpload, files: FilesDep,
+                        auth: AuthDep, base_url: BaseUrlDep) -> dict[str, str]:
+    _pending(files, auth, upload_id, f"{token}/{name}")
+    return {"access_url": files.url(await _complete(files, upload_id, body), base_url)}
+
+
+@router.get("/files/{token}/{name}", summary="A generated or uploaded file")
+@router.head("/files/{token}/{name}", include_in_schema=False)
+def get_file(token: str, name: str, files: FilesDep) -> FileResponse:
+    path = files.path(f"{token}/{name}")
+    if path is None:
+        raise HTTPException(404, "file not found")
+    return FileResponse(path, media_type=served_type(name), headers=file_headers(name))

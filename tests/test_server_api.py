@@ -260,6 +260,7 @@ def test_queue_lifecycle(
     def follow() -> None:
         with client.stream("GET", f"{REQUESTS}/{long_id}/status/stream", params={"logs": 1}, timeout=300) as r:
             assert r.headers["content-type"].startswith("text/event-stream")
+            assert r.headers["x-fal-request-id"] == long_id
             events.extend(json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: "))
 
     streamer = threading.Thread(target=follow)

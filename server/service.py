@@ -1,0 +1,72 @@
+"""The service routes: liveness, readiness, Prometheus metrics, and the playground page with its one setting.
+
+What is public (no key): ``/health``, ``/ready``'s readiness per endpoint, ``/metrics`` (counts and timings, no URLs,
+paths or ids) and the playground. ``/ready`` adds the optional stages' settings (the prompt expander's URL, local
+model paths) and the devices only for a valid key, or when auth is off.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+
+from pipelines.registry import APPS, TASKS
+
+from .deps import AuthDep, CallerDep, PoolDep
+from .metrics import CONTENT_TYPE, Metrics
+
+STATIC_DIR = Path(__file__).parent / "static"
+# The playground loads nothing from other hosts; its requests go to this server only (media may come from
+# anywhere the user points it at, like the public URL the server hands out).
+PLAYGROUND_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+                  "img-src * data: blob:; media-src * data: blob:; object-src 'none'; base-uri 'none'; "
+                  "frame-ancestors 'none'")
+
+
+def _metrics(request: Request) -> Metrics:
+    return request.app.state.metrics
+
+
+router = APIRouter(tags=["service"])
+
+
+@router.get("/health", summary="Liveness")
+def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/ready", summary="Per endpoint: are its weights present, is its model loaded; with a key (or auth off) "
+                              "also the safety checker, prompt expansion and devices")
+def ready(pool: PoolDep, auth: AuthDep, caller: CallerDep) -> JSONResponse:
+    loaded = pool.loaded_models()
+    endpoints = {
+        app_id: {"model": model, "tasks": list(TASKS), "weights_present": pool.has_weights(model),
+                 "loaded": model in loaded}
+        for app_id, model in APPS.items()
+    }
+    any_ready = any(e["weights_present"] for e in endpoints.values())
+    body: dict[str, object] = {"ready": any_ready, "endpoints": endpoints}
+    # The optional stages never decide readiness: a request that needs a missing one is refused on its own.
+    if caller.key_id is not None or not auth.enabled:
+        body |= {**pool.models.describe_stages(), "devices": [w.models.describe() for w in pool.workers]}
+    return JSONResponse(body, status_code=200 if any_ready else 503)
+
+
+@router.get("/metrics", summary="Prometheus metrics")
+def prometheus(metrics: Annotated[Metrics, Depends(_metrics)]) -> Response:
+    return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+
+@router.get("/", include_in_schema=False)
+def index() -> FileResponse:
+    """The playground: static HTML + JS that builds its form from /openapi.json and speaks the fal protocol."""
+    return FileResponse(STATIC_DIR / "index.html", headers={"content-security-policy": PLAYGROUND_CSP})
+
+
+@router.get("/playground/config", include_in_schema=False)
+def playground_config(auth: AuthDep) -> dict[str, bool]:
+    """What the page cannot read from /openapi.json: whether it needs an API key field."""
+    return {"auth_required": auth.enabled}
