@@ -49,6 +49,15 @@ def control_videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {task: write_sample(task, folder / f"{task}.mp4", num_frames=17) for task in ("pose", "depth")}
 
 
+def require(available: bool, reason: str) -> None:
+    """Skip the test when an engine it needs is missing here; in CI (``CI=true``) that is a failure instead, since
+    CI installs everything the suite needs."""
+    if not available:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"missing in CI: {reason}")
+        pytest.skip(reason)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -23,7 +23,7 @@ import torch
 from diffusers import WanVACETransformer3DModel
 from prometheus_client import Counter, CollectorRegistry
 from server_fixtures import (  # noqa: F401
-    SMALL_JOB, ServeProcess, ThreadServer, control_videos, free_port, server_weights, wait_until,
+    SMALL_JOB, ServeProcess, ThreadServer, control_videos, free_port, require, server_weights, wait_until,
 )
 
 from pipelines.encode import encode_video
@@ -112,8 +112,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 32 MiB tmpfs: a real file system that runs out of space (mounting needs root, which CI has)."""
     mount = tmp_path / "disk"
     mount.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
+    require(os.geteuid() == 0, "mounting a small tmpfs needs root")
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(mount)], check=True)
     try:
         yield mount

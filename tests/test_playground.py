@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
-from server_fixtures import REPO, ServeProcess, control_videos, server_weights  # noqa: F401
+from server_fixtures import REPO, ServeProcess, control_videos, require, server_weights  # noqa: F401
 
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 JS_DIR = REPO / "tests" / "js"
@@ -40,8 +40,8 @@ def server(server_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> It
 def page_run(server: ServeProcess, control_videos: dict[str, Path],  # noqa: F811
              tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """One browser session through the page; returns the JSON report ``playground.mjs`` prints."""
-    if not CHROMIUM.exists():  # the only reason to skip: .ci/run installs it
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+    require(CHROMIUM.exists(), f"no Chromium at {CHROMIUM} (make test installs it as root; else apt-get install "
+            "chromium)")
     assert shutil.which("node"), "Node.js is needed to drive the browser"
     assert (JS_DIR / "node_modules" / "playwright-core").is_dir(), "run `npm ci` in tests/js (make test does)"
     screenshot = tmp_path_factory.mktemp("screens") / "playground.png"

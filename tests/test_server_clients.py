@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
-from server_fixtures import REPO, ServeProcess, control_videos, server_weights  # noqa: F401
+from server_fixtures import REPO, ServeProcess, control_videos, require, server_weights  # noqa: F401
 
 API_KEY = "client-test-key"
 JS_DIR = REPO / "tests" / "js"
@@ -140,9 +140,9 @@ def test_wrong_key_is_refused(tls_server: ServeProcess) -> None:
         assert c.get("/health").status_code == 200
 
 
-@pytest.mark.skipif(shutil.which("node") is None or not (JS_DIR / "node_modules" / "@fal-ai" / "client").is_dir(),
-                    reason="needs Node and `npm ci` in tests/js (make install does it)")
 def test_js_client_subscribe(tls_server: ServeProcess, control_videos: dict[str, Path]) -> None:  # noqa: F811
+    require(shutil.which("node") is not None and (JS_DIR / "node_modules" / "@fal-ai" / "client").is_dir(),
+            "needs Node and `npm ci` in tests/js (make install does it)")
     env = {**os.environ, "VACE_URL": tls_server.url, "FAL_KEY": API_KEY, "NODE_EXTRA_CA_CERTS": str(tls_server.cert)}
     proc = subprocess.run(["node", "subscribe.mjs", "fal-ai/wan-vace-14b/pose", str(control_videos["pose"])],
                           cwd=JS_DIR, env=env, capture_output=True, text=True, timeout=600)
