@@ -8,11 +8,13 @@ weights, a cancelled job), 2 a problem with what the user asked for (printed one
 
 from __future__ import annotations
 
+import functools
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec
 
 from pydantic import ValidationError
 
@@ -22,6 +24,8 @@ from pipelines.schema import VaceInput
 
 from .config import Settings
 
+P = ParamSpec("P")
+
 
 def print_input_error(detail: list[dict[str, Any]]) -> None:
     """fal's 422 ``detail`` items as one ``error: field: message (type)`` line each."""
@@ -30,6 +34,23 @@ def print_input_error(detail: list[dict[str, Any]]) -> None:
         print(f"error: {loc}: {item['msg']} ({item['type']})", file=sys.stderr)
 
 
+def _exit_status(command: Callable[P, int]) -> Callable[P, int]:
+    """A command that reports a job's refusal (2, per field) or failure (1, one line) instead of a traceback."""
+    @functools.wraps(command)
+    def reporting(*args: P.args, **kwargs: P.kwargs) -> int:
+        try:
+            return command(*args, **kwargs)
+        except InputError as exc:
+            print_input_error(exc.detail())
+            return 2
+        except (FileNotFoundError, JobCancelled, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+
+    return reporting
+
+
+@_exit_status
 def generate_to_file(settings: Settings, task: Task, fields: dict[str, Any], output: Path, *,
                      model: str | None = None, quiet: bool = False) -> int:
     """Run one job from request ``fields`` and write its video to ``output`` (a frames zip, if asked for, beside
@@ -65,18 +86,13 @@ def generate_to_file(settings: Settings, task: Task, fields: dict[str, Any], out
         with tempfile.TemporaryDirectory(prefix="vace-job-") as workdir:
             result = generate(inp, task=task, model=model, models=models, workdir=Path(workdir), publish=publish,
                               hooks=hooks)
-    except InputError as exc:
-        print_input_error(exc.detail())
-        return 2
-    except (FileNotFoundError, JobCancelled) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
     finally:
         bar.close()
     print(result.model_dump_json(indent=2, exclude_none=True))
     return 0
 
 
+@_exit_status
 def preprocess_to_file(settings: Settings, task: Task, video: str, output: Path, annotator: str | None = None) -> int:
     """Write the control video of ``video`` only: decode, annotate and encode stream frame batches end to end."""
     from pipelines.context import JobContext
@@ -86,18 +102,11 @@ def preprocess_to_file(settings: Settings, task: Task, video: str, output: Path,
     from pipelines.video_io import iter_frames, probe_video
 
     models = ModelManager(settings.weights_dir, runtime=settings.runtime)
-    try:
-        with tempfile.TemporaryDirectory(prefix="vace-preprocess-") as workdir:
-            path = fetch_to_file(video, "video_url", Path(workdir), JobContext())
-            info = probe_video(path)
-            preprocessor = models.preprocessor(task, annotator)
-            encoded = write_control_video(preprocessor.process(iter_frames(path)), output, info.fps, quality="maximum")
-    except InputError as exc:
-        print_input_error(exc.detail())
-        return 2
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    with tempfile.TemporaryDirectory(prefix="vace-preprocess-") as workdir:
+        path = fetch_to_file(video, "video_url", Path(workdir), JobContext())
+        info = probe_video(path)
+        preprocessor = models.preprocessor(task, annotator)
+        encoded = write_control_video(preprocessor.process(iter_frames(path)), output, info.fps, quality="maximum")
     print(f"{task} control video: {encoded.path} ({encoded.width}x{encoded.height}, "
           f"{encoded.num_frames} frames at {encoded.fps:g} fps)")
     return 0

@@ -6,7 +6,8 @@ apps in one process never share anything and routes are plain module-level funct
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
 
@@ -18,40 +19,18 @@ from .config import Settings
 from .events import Changes
 from .files import FileStore
 from .jobs import Job, JobStore
+from .metrics import Metrics
 from .webhooks import Webhooks
 from .worker import WorkerPool
 
 
-def _settings(request: Request) -> Settings:
-    return request.app.state.settings
+def _state(name: str) -> Callable[[Request], Any]:
+    """A dependency returning the app's shared object ``name`` (set on ``app.state`` by ``create_app``)."""
+    def shared(request: Request) -> Any:
+        return getattr(request.app.state, name)
 
-
-def _store(request: Request) -> JobStore:
-    return request.app.state.store
-
-
-def _pool(request: Request) -> WorkerPool:
-    return request.app.state.pool
-
-
-def _changes(request: Request) -> Changes:
-    return request.app.state.changes
-
-
-def _auth(request: Request) -> Auth:
-    return request.app.state.auth
-
-
-def _files(request: Request) -> FileStore:
-    return request.app.state.files
-
-
-def _webhooks(request: Request) -> Webhooks:
-    return request.app.state.webhooks
-
-
-def _job_context(request: Request) -> JobContext:
-    return request.app.state.job_context
+    shared.__name__ = f"app_state_{name}"
+    return shared
 
 
 def _caller(request: Request) -> Caller:
@@ -59,19 +38,22 @@ def _caller(request: Request) -> Caller:
     return request.state.caller
 
 
-def _base_url(request: Request, settings: Annotated[Settings, Depends(_settings)]) -> str:
+SettingsDep = Annotated[Settings, Depends(_state("settings"))]
+
+
+def _base_url(request: Request, settings: SettingsDep) -> str:
     """The base of every URL handed out: ``--public-url``, else the URL the request came in on."""
     return (settings.public_url or str(request.base_url)).rstrip("/")
 
 
-SettingsDep = Annotated[Settings, Depends(_settings)]
-StoreDep = Annotated[JobStore, Depends(_store)]
-PoolDep = Annotated[WorkerPool, Depends(_pool)]
-ChangesDep = Annotated[Changes, Depends(_changes)]
-AuthDep = Annotated[Auth, Depends(_auth)]
-FilesDep = Annotated[FileStore, Depends(_files)]
-WebhooksDep = Annotated[Webhooks, Depends(_webhooks)]
-JobContextDep = Annotated[JobContext, Depends(_job_context)]
+StoreDep = Annotated[JobStore, Depends(_state("store"))]
+PoolDep = Annotated[WorkerPool, Depends(_state("pool"))]
+ChangesDep = Annotated[Changes, Depends(_state("changes"))]
+AuthDep = Annotated[Auth, Depends(_state("auth"))]
+FilesDep = Annotated[FileStore, Depends(_state("files"))]
+WebhooksDep = Annotated[Webhooks, Depends(_state("webhooks"))]
+MetricsDep = Annotated[Metrics, Depends(_state("metrics"))]
+JobContextDep = Annotated[JobContext, Depends(_state("job_context"))]
 CallerDep = Annotated[Caller, Depends(_caller)]
 BaseUrlDep = Annotated[str, Depends(_base_url)]
 

@@ -8,15 +8,13 @@ model paths) and the devices only for a valid key, or when auth is off.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
-
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from pipelines.registry import APPS, TASKS
 
-from .deps import AuthDep, CallerDep, PoolDep
-from .metrics import CONTENT_TYPE, Metrics
+from .deps import AuthDep, CallerDep, MetricsDep, PoolDep
+from .metrics import CONTENT_TYPE
 
 STATIC_DIR = Path(__file__).parent / "static"
 # The playground loads nothing from other hosts; its requests go to this server only (media may come from
@@ -24,10 +22,6 @@ STATIC_DIR = Path(__file__).parent / "static"
 PLAYGROUND_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self'; "
                   "img-src * data: blob:; media-src * data: blob:; object-src 'none'; base-uri 'none'; "
                   "frame-ancestors 'none'")
-
-
-def _metrics(request: Request) -> Metrics:
-    return request.app.state.metrics
 
 
 router = APIRouter(tags=["service"])
@@ -56,7 +50,7 @@ def ready(pool: PoolDep, auth: AuthDep, caller: CallerDep) -> JSONResponse:
 
 
 @router.get("/metrics", summary="Prometheus metrics")
-def prometheus(metrics: Annotated[Metrics, Depends(_metrics)]) -> Response:
+def prometheus(metrics: MetricsDep) -> Response:
     return Response(metrics.render(), media_type=CONTENT_TYPE)
 
 
