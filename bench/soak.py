@@ -47,7 +47,7 @@ from queue_load import JOB, percentile, poll, serving, upload
 
 SUBMIT = "/queue/fal-ai/wan-vace-14b/pose"
 REQUESTS = "/queue/fal-ai/wan-vace-14b/requests"
-CANCELLED = {"detail": "Request was cancelled"}
+CANCELLED = {"detail": "Request was cancelled", "error_type": "client_cancelled"}
 KINDS = ("valid", "rejected", "failing", "cancel-queued", "cancel-running")
 
 
@@ -184,7 +184,7 @@ def check(client: httpx.Client, req: Request) -> str:
     if req.kind == "failing" and is_fal_422(result) and status.json().get("error_type"):
         return "failed (422)"
     if req.kind.startswith("cancel"):
-        if result.status_code == 400 and result.json() == CANCELLED:
+        if result.status_code == 499 and result.json() == CANCELLED:
             return "cancelled while running" if ran else "cancelled before running"
         if video_ok(client, result):
             return "finished before the cancel"

@@ -24,8 +24,9 @@ class InputError(ValueError):
         self.type = type
 
     def detail(self) -> list[dict[str, object]]:
-        """The fal/FastAPI ``detail`` list for this error."""
-        return [{"loc": ["body", *self.loc], "msg": self.msg, "type": self.type}]
+        """The fal/FastAPI ``detail`` list for this error (fields are in the body unless the loc says otherwise)."""
+        where = [] if self.loc and self.loc[0] in ("query", "header", "path") else ["body"]
+        return [{"loc": [*where, *self.loc], "msg": self.msg, "type": self.type}]
 
     def __str__(self) -> str:
         where = ".".join(str(p) for p in self.loc)

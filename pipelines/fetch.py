@@ -17,6 +17,7 @@ import socket
 import tempfile
 import time
 from pathlib import Path, PurePosixPath
+from typing import Any
 from urllib.parse import unquote, unquote_to_bytes, urljoin, urlsplit
 from urllib.request import url2pathname
 
@@ -73,6 +74,18 @@ def vetted_address(url: str, field: Field, ctx: JobContext) -> tuple[str, str, i
     if not addresses:
         raise InputError(field, f"cannot resolve host {host!r}: {_brief(url)}", DOWNLOAD_ERROR)
     return host, addresses[0], port
+
+
+def pinned_request(client: httpx.Client | httpx.AsyncClient, method: str, url: str,
+                   vetted: tuple[str, str, int], **kwargs: Any) -> httpx.Request:
+    """A request for ``url`` that connects to the address :func:`vetted_address` checked, not to whatever a second
+    DNS answer says, while the Host header and the TLS server name stay the URL's own host."""
+    host, address, _port = vetted
+    target = httpx.URL(url).copy_with(host=address)
+    netloc = urlsplit(url).netloc.rpartition("@")[2]
+    extensions = {"sni_hostname": host} if urlsplit(url).scheme.lower() == "https" else {}
+    headers = {**kwargs.pop("headers", {}), "host": netloc}
+    return client.build_request(method, target, headers=headers, extensions=extensions, **kwargs)
 
 
 def check_ref_scheme(ref: str, field: Field, ctx: JobContext) -> None:
@@ -214,11 +227,7 @@ def _download(url: str, field: Field, workdir: Path, max_bytes: int, timeout_s: 
     try:
         with httpx.Client(timeout=timeout_s, follow_redirects=False, trust_env=False) as client:
             for _hop in range(ctx.limits.max_redirects + 1):
-                host, address, port = vetted_address(url, field, ctx)
-                target = httpx.URL(url).copy_with(host=address)
-                netloc = urlsplit(url).netloc.rpartition("@")[2]
-                extensions = {"sni_hostname": host} if urlsplit(url).scheme.lower() == "https" else {}
-                request = client.build_request("GET", target, headers={"host": netloc}, extensions=extensions)
+                request = pinned_request(client, "GET", url, vetted_address(url, field, ctx))
                 resp = client.send(request, stream=True)
                 try:
                     if resp.is_redirect:

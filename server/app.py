@@ -16,6 +16,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -30,13 +31,14 @@ from .auth import Auth, load_secret
 from .config import Settings
 from .connections import raise_open_file_limit, uvicorn_config
 from .events import Changes
-from .failures import failure_of, failure_response
+from .failures import RequestFailed, failure_of, failure_response
 from .files import FileStore, private_dir
 from .guard import Body, HostPolicy, RequestGuard
 from .jobs import SqliteJobStore
 from .metrics import Metrics
 from .request_id import RequestIdHeader
 from .retention import Retention
+from .signing import WebhookSigner
 from .tls import certificate_names, client_hostport, ensure_certificate, fal_client_env
 from .webhooks import Webhooks
 from .worker import WorkerPool
@@ -67,15 +69,19 @@ def create_app(config: Settings) -> FastAPI:
     changes = Changes()
     devices = resolve_devices(config.devices)
     metrics = Metrics(store, devices)
-    webhooks = Webhooks(store, attempts=config.webhook_attempts, backoff_s=config.webhook_backoff_s,
-                        timeout_s=config.webhook_timeout_s)
+
     managers = [
         ModelManager(config.weights_dir, device=d, max_models=config.max_models, runtime=config.runtime)
         for d in devices
     ]
+    secret = load_secret(config.data_dir / "secret")
+    auth = Auth(config.api_keys, secret, config.admin_keys)
+    signer = WebhookSigner(config.data_dir / "webhook-ed25519.pem", secret)
+    webhooks = Webhooks(store, signer, ctx, attempts=config.webhook_attempts, backoff_s=config.webhook_backoff_s,
+                        timeout_s=config.webhook_timeout_s,
+                        on_outcome=lambda outcome: metrics.webhook_deliveries.labels(outcome).inc())
     pool = WorkerPool(store=store, files=files, changes=changes, metrics=metrics, managers=managers,
                       work_dir=config.work_dir, on_finished=webhooks.schedule, ctx=ctx)
-    auth = Auth(config.api_keys, load_secret(config.data_dir / "secret"), config.admin_keys)
     retention = Retention(store, files, max_age_s=config.retention_s, interval_s=config.retention_sweep_s,
                           deleted=metrics.retention_deleted)
 
@@ -111,6 +117,7 @@ def create_app(config: Settings) -> FastAPI:
     app.state.webhooks = webhooks
     app.state.pool = pool
     app.state.auth = auth
+    app.state.signer = signer
     app.include_router(routes.router)
     app.include_router(uploads.router)
     app.include_router(service.router)
@@ -121,9 +128,14 @@ def create_app(config: Settings) -> FastAPI:
         upload_is_open=lambda upload_id: (u := files.pending(upload_id)) is not None and auth.is_active(u.owner),
         limits={Body.JSON: config.max_body_bytes, Body.UPLOAD: config.max_upload_bytes, Body.PARTS: PARTS_BODY_BYTES},
     )
+    if config.cors_origins:  # outermost, so a preflight is answered before the guard asks for a key
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["*"],
+                           allow_headers=["*"], expose_headers=["x-fal-request-id", "x-fal-error-type"],
+                           allow_credentials=False)
 
     @app.exception_handler(RequestValidationError)
     @app.exception_handler(InputError)
+    @app.exception_handler(RequestFailed)
     async def refused(_request: Request, exc: Exception) -> JSONResponse:
         return failure_response(failure_of(exc))
 

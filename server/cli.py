@@ -48,7 +48,7 @@ def _setting(parser: argparse.ArgumentParser, flag: str, help_text: str, **kwarg
     """A flag for the ``Settings`` field of the same name; its help names the environment variable and default."""
     name = flag.lstrip("-").replace("-", "_")
     field = {"api_key": "api_keys", "admin_key": "admin_keys", "allowed_host": "allowed_hosts",
-             "limit": "limits"}.get(name, name)
+             "cors_origin": "cors_origins", "limit": "limits"}.get(name, name)
     default = Settings.model_fields[field].default
     shown = f"; default {default}" if default not in (None, (), frozenset(), "") and field != "limits" else ""
     parser.add_argument(flag, dest=field, default=argparse.SUPPRESS,
@@ -118,6 +118,8 @@ def _add_serve_flags(srv: argparse.ArgumentParser) -> None:
     _setting(srv, "--allowed-host", "a Host name to answer besides loopback names, the bound address and "
              "--public-url's host (repeatable; '*' answers any). Without API keys other hosts are refused (DNS "
              "rebinding); with keys any host is answered unless this is given", action="append", metavar="NAME")
+    _setting(srv, "--cors-origin", "a browser origin allowed to call the API directly, e.g. https://app.example.com "
+             "(repeatable; '*' any origin; default none)", action="append", metavar="ORIGIN")
     _setting(srv, "--limit-concurrency", "connections plus running requests past which new requests get a 503",
              type=int)
     _setting(srv, "--timeout-keep-alive", "seconds an idle keep-alive connection stays open", type=int)

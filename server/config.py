@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     """API keys that also see and cancel every key's jobs."""
     allowed_hosts: Items = ()
     """``Host`` names to answer besides the defaults (see :meth:`accepted_hosts`); ``*`` answers any."""
+    cors_origins: Items = ()
+    """Browser origins allowed to call the API directly (CORS); none by default. ``*`` allows any origin, never
+    with credentials (the API key is a header, not a cookie)."""
     limit_concurrency: int = 512
     """Open connections plus running requests past which new requests get a 503 (uvicorn's limit)."""
     timeout_keep_alive: int = 5
@@ -108,8 +111,10 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 2 * 1024**3
     max_attempts: int = 2
     """Runs a job gets before a crash of the server during it counts as its failure."""
-    webhook_attempts: int = 5
-    webhook_backoff_s: float = 1.0
+    webhook_attempts: int = 11
+    """Delivery attempts per webhook: fal's first try and 10 retries."""
+    webhook_backoff_s: float = 7.0
+    """Wait before the first retry, doubling after each (7 s ... 3584 s: about two hours in all, as fal)."""
     webhook_timeout_s: float = 15.0
     retention_hours: float = 168.0
     """Age past which served files, abandoned uploads and finished jobs are deleted; 0 keeps everything."""

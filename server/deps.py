@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from fastapi import Depends, HTTPException, Request
 
 from pipelines.context import JobContext
-from pipelines.registry import APPS
+from pipelines.registry import APPS, TASKS
 
 from .auth import Auth, Caller
 from .config import Settings
@@ -20,6 +20,7 @@ from .events import Changes
 from .files import FileStore
 from .jobs import Job, JobStore
 from .metrics import Metrics
+from .signing import WebhookSigner
 from .webhooks import Webhooks
 from .worker import WorkerPool
 
@@ -54,18 +55,22 @@ FilesDep = Annotated[FileStore, Depends(_state("files"))]
 WebhooksDep = Annotated[Webhooks, Depends(_state("webhooks"))]
 MetricsDep = Annotated[Metrics, Depends(_state("metrics"))]
 JobContextDep = Annotated[JobContext, Depends(_state("job_context"))]
+SignerDep = Annotated[WebhookSigner, Depends(_state("signer"))]
 CallerDep = Annotated[Caller, Depends(_caller)]
 BaseUrlDep = Annotated[str, Depends(_base_url)]
 
 
-def _job(owner: str, alias: str, request_id: str, store: StoreDep, auth: AuthDep, caller: CallerDep) -> Job:
-    """The job a request path names, if it exists under that app and the caller's key made it (or is an admin
-    key); 404 otherwise, the same answer for "no such job" and "not yours"."""
-    app = f"{owner}/{alias}"
-    if app not in APPS:
-        raise HTTPException(404, f"unknown app {app!r}; this server serves {', '.join(APPS)}")
+def _job(request: Request, owner: str, alias: str, request_id: str, store: StoreDep, auth: AuthDep,
+         caller: CallerDep) -> Job:
+    """The job a request path names, if it exists under that app (and task, when the path names one) and the
+    caller's key made it (or is an admin key); 404 otherwise, the same answer for "no such job" and "not yours".
+    A plain function: FastAPI runs it off the event loop, as the store read blocks."""
+    app, task = f"{owner}/{alias}", request.path_params.get("task")
+    if app not in APPS or (task is not None and task not in TASKS):
+        raise HTTPException(404, f"unknown endpoint {app}{'/' + task if task else ''}; this server serves "
+                                 + ", ".join(f"{a}/{t}" for a in APPS for t in TASKS))
     job = store.get(request_id)
-    if job is None or job.app != app or not auth.can_see(caller, job.owner):
+    if job is None or job.app != app or (task is not None and job.task != task) or not auth.can_see(caller, job.owner):
         raise HTTPException(404, f"Request {request_id} not found")
     return job
 

@@ -2,8 +2,21 @@
 
 The worker uses it for a job that raised, the app's exception handlers for a request refused before it became a
 job, and the result route answers with what the worker stored, so the same mistake reads the same wherever it
-is caught: bad input is fal's 422 ``{"detail": [{loc, msg, type}]}``, running out of device memory or disk is
-named as such with what to change, anything else is an internal error with the exception's own message.
+is caught. Bad input is fal's model-error shape, 422 ``{"detail": [{loc, msg, type}]}``. Everything else is fal's
+request-error shape, ``{"detail": message, "error_type": type}`` with the type also in ``X-Fal-Error-Type``, using
+the types of fal's table ("request errors"):
+
+=========================  ======  =====================  =================================================
+what happened              status  error_type             message starts with
+=========================  ======  =====================  =================================================
+device out of memory       500     runner_server_error    "out of memory on <device>: ..." and what to change
+disk full                  500     runner_server_error    "out of disk space: ..."
+anything else              500     internal_error         the exception's type and message
+server died twice mid-job  503     runner_disconnected    "the server stopped while this job was running"
+cancelled by the caller    499     client_cancelled       "Request was cancelled"
+not started in time        504     request_timeout        + ``X-Fal-Request-Timeout-Type: user``
+bad timeout header         400     bad_request
+=========================  ======  =====================  =================================================
 """
 
 from __future__ import annotations
@@ -18,14 +31,24 @@ from pydantic import ValidationError
 
 from pipelines.errors import InputError
 
-from .jobs import Failure
+from .jobs import Failure, request_failure
 from .protocol import validation_detail
 
 ERROR_TYPE_HEADER = "x-fal-error-type"
 
 
+class RequestFailed(Exception):
+    """Raised by a route to answer with ``failure`` (the app's handler sends it through :func:`failure_response`)."""
+
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(failure.message)
+        self.failure = failure
+
+
 def failure_of(exc: BaseException, device: torch.device | str = "the device") -> Failure:
     """How a request that raised ``exc`` fails (``device`` names where a job ran, for out-of-memory messages)."""
+    if isinstance(exc, RequestFailed):
+        return exc.failure
     if isinstance(exc, InputError):
         return Failure(422, {"detail": exc.detail()}, str(exc), exc.type)
     if isinstance(exc, (RequestValidationError, ValidationError)):
@@ -36,20 +59,20 @@ def failure_of(exc: BaseException, device: torch.device | str = "the device") ->
         return Failure(422, {"detail": detail}, f"invalid input: {detail}", detail[0]["type"] if detail else "")
     if isinstance(exc, torch.OutOfMemoryError):
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else "out of memory"
-        message = (f"{device} ran out of memory ({first_line}); try fewer frames, a lower resolution, or start the "
-                   "server with a lower --memory-mode (fp8, group_offload, model_offload)")
-        return Failure(500, {"detail": message}, message, "out_of_memory")
+        return request_failure(500, f"out of memory on {device} ({first_line}); try fewer frames, a lower resolution, "
+                               "or start the server with a lower --memory-mode (fp8, group_offload, model_offload)",
+                               "runner_server_error")
     if _disk_full(exc):
-        message = f"the server ran out of disk space while running this job ({exc}); nothing of it was kept"
-        return Failure(507, {"detail": message}, message, "insufficient_storage")
-    message = f"{type(exc).__name__}: {exc}"
-    return Failure(500, {"detail": message}, message, "internal_error")
+        return request_failure(500, f"out of disk space: the server ran out of disk space while running this job "
+                               f"({exc}); nothing of it was kept", "runner_server_error")
+    return request_failure(500, f"{type(exc).__name__}: {exc}", "internal_error")
 
 
 def failure_response(failure: Failure, headers: dict[str, str] | None = None) -> JSONResponse:
-    """The HTTP answer of a failed request: its status and body, with its error type in a header as fal sends."""
+    """The HTTP answer of a failed request: its status, body and headers, with its error type in a header as fal
+    sends it."""
     return JSONResponse(failure.body, status_code=failure.status_code,
-                        headers={**(headers or {}), ERROR_TYPE_HEADER: failure.type})
+                        headers={**(headers or {}), **failure.headers, ERROR_TYPE_HEADER: failure.type})
 
 
 def _disk_full(exc: BaseException | None) -> bool:

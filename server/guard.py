@@ -9,7 +9,11 @@ allows, on every route. This ASGI middleware decides from the request line and h
    route added later is closed by default); on an upload URL, its upload id must be open (not expired, used up,
    or handed out to a key since removed);
 3. the body fits the route's limit (JSON, upload bytes, or a ``complete`` call's part list): a declared
-   ``Content-Length`` over it is refused at once, a chunked body is counted as the app reads it and cut off.
+   ``Content-Length`` over it is refused at once, a chunked body is counted as the app reads it and cut off;
+4. a JSON route's body is read as JSON whatever its ``Content-Type`` when the request carries an
+   ``Authorization`` header (fal's own curl examples send ``-d`` bodies as a form). A browser cannot add that
+   header to a cross-site request without a CORS preflight, so this opens no cross-site request forgery; without
+   the header, a non-JSON content type is still refused, as a form post from another site would be.
 
 Why not FastAPI's own ``max_body_size``: for a declared ``Content-Length`` over the limit, Starlette's limiter
 replaces whatever the app answers with a plain-text ``Content Too Large``, so clients would lose fal's error shape
@@ -53,6 +57,7 @@ RULES: list[tuple[frozenset[str], re.Pattern[str], Access, Body]] = [
     (_READ, re.compile(r"/(health|ready|metrics|openapi\.json|docs|docs/oauth2-redirect|redoc|playground/config)?"),
      Access.OPEN, Body.JSON),
     (_READ, re.compile(r"/static/.*"), Access.OPEN, Body.JSON),
+    (_READ, re.compile(r"/\.well-known/jwks\.json"), Access.OPEN, Body.JSON),
     (_READ, re.compile(r"/files/[^/]+/[^/]+"), Access.OPEN, Body.JSON),
     (_PUT, re.compile(r"/storage/upload/(?P<upload_id>[^/]+)(/[^/]+)?"), Access.UPLOAD_URL, Body.UPLOAD),
     (_POST, re.compile(r"/storage/upload/(?P<upload_id>[^/]+)/complete"), Access.UPLOAD_URL, Body.PARTS),
@@ -145,6 +150,8 @@ class RequestGuard:
                                headers={"WWW-Authenticate": "Key"})(scope, receive, send)
             return
         scope.setdefault("state", {})["caller"] = caller or ANONYMOUS
+        if body is not Body.UPLOAD and authorization and not _is_json(headers.get("content-type", "")):
+            _set_header(scope, b"content-type", b"application/json")
         limit = self.limits[body]
         declared = headers.get("content-length", "")
         if declared.isascii() and declared.isdigit() and int(declared) > limit:
@@ -152,6 +159,15 @@ class RequestGuard:
             await JSONResponse({"detail": exc.detail}, status_code=exc.status_code)(scope, receive, send)
             return
         await self.app(scope, _counting(receive, limit), send)
+
+
+def _is_json(content_type: str) -> bool:
+    kind = content_type.split(";", 1)[0].strip().lower()
+    return kind == "application/json" or kind.endswith("+json")
+
+
+def _set_header(scope: Scope, name: bytes, value: bytes) -> None:
+    scope["headers"] = [(k, v) for k, v in scope["headers"] if k != name] + [(name, value)]
 
 
 def _counting(receive: Receive, limit: int) -> Receive:

@@ -18,27 +18,37 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 Status = Literal["IN_QUEUE", "IN_PROGRESS", "COMPLETED"]
 Outcome = Literal["ok", "error", "cancelled"]
 WebhookState = Literal["pending", "delivered", "failed"]
+Priority = Literal["normal", "low"]
 STATES = ("queued", "running", "completed", "failed", "cancelled")
+LEVELS = ("STDERR", "STDOUT", "ERROR", "INFO", "WARN", "DEBUG")
+"""fal's log levels: a status body's ``logs[].level`` is one of these."""
 
 
 @dataclass(frozen=True)
 class Failure:
-    """Why a job did not produce output: the HTTP status and body its result request answers with."""
+    """Why a job did not produce output: the HTTP status, body and headers its result request answers with, and
+    the error type (one of fal's where one fits; see ``server/failures.py``)."""
 
     status_code: int
     body: dict[str, Any]
     message: str
     type: str
+    headers: dict[str, str] = field(default_factory=dict)
 
 
-CANCELLED = Failure(400, {"detail": "Request was cancelled"}, "Request was cancelled", "request_cancelled")
+def request_failure(status_code: int, message: str, error_type: str, **headers: str) -> Failure:
+    """A failure in fal's request-error shape: ``{detail: message, error_type}``."""
+    return Failure(status_code, {"detail": message, "error_type": error_type}, message, error_type, dict(headers))
+
+
+CANCELLED = request_failure(499, "Request was cancelled", "client_cancelled")
 
 
 @dataclass(frozen=True)
@@ -63,6 +73,15 @@ class Job:
     """The control video that ``preprocess=true`` made, kept for the playground (not part of fal's output)."""
     owner: str | None = None
     """The ``key_id`` of the API key that submitted the job (None with auth off): other keys cannot see it."""
+    priority: Priority = "normal"
+    """``low`` jobs run after every queued ``normal`` one (``X-Fal-Queue-Priority``)."""
+    start_deadline: float | None = None
+    """When a job still queued ends as timed out (``X-Fal-Request-Timeout``)."""
+    runner_hint: str | None = None
+    """``X-Fal-Runner-Hint``, kept for a scheduler that routes by it."""
+    webhook_attempts: int = 0
+    webhook_next_at: float | None = None
+    """Failed deliveries so far and when the next one is due, so a restart resumes the back-off where it was."""
 
 
 @dataclass(frozen=True)
@@ -76,7 +95,8 @@ class JobStore(Protocol):
     """What the server needs from a job store."""
 
     def add(self, *, app: str, task: str, model: str, input: dict[str, Any], base_url: str,
-            webhook_url: str | None, owner: str | None = None) -> Job: ...
+            webhook_url: str | None, owner: str | None = None, priority: Priority = "normal",
+            start_timeout_s: float | None = None, runner_hint: str | None = None) -> Job: ...
     def get(self, job_id: str) -> Job | None: ...
     def queue_position(self, job: Job) -> int: ...
     def claim(self) -> Job | None: ...
@@ -90,8 +110,10 @@ class JobStore(Protocol):
     def logs(self, job_id: str) -> list[LogLine]: ...
     def counts(self) -> dict[str, int]: ...
     def recover(self, max_attempts: int) -> list[str]: ...
+    def expire_unstarted(self) -> list[str]: ...
     def pending_webhooks(self) -> list[Job]: ...
     def set_webhook_state(self, job_id: str, state: WebhookState) -> None: ...
+    def webhook_retry(self, job_id: str, attempts: int, next_at: float) -> None: ...
     def unfinished(self) -> list[Job]: ...
     def purge(self, finished_before: float) -> int: ...
     def close(self) -> None: ...
@@ -118,7 +140,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     started_at REAL,
     finished_at REAL,
     control_video_url TEXT,
-    owner TEXT
+    owner TEXT,
+    priority INTEGER NOT NULL DEFAULT 0,
+    start_deadline REAL,
+    runner_hint TEXT,
+    webhook_attempts INTEGER NOT NULL DEFAULT 0,
+    webhook_next_at REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, seq);
 CREATE TABLE IF NOT EXISTS logs (
@@ -130,6 +157,15 @@ CREATE TABLE IF NOT EXISTS logs (
 );
 CREATE INDEX IF NOT EXISTS logs_job ON logs (job_id, seq);
 """
+
+
+# Columns added after the first release, with their types, for databases made before them.
+_ADDED_COLUMNS = {
+    "control_video_url": "TEXT", "owner": "TEXT", "priority": "INTEGER NOT NULL DEFAULT 0", "start_deadline": "REAL",
+    "runner_hint": "TEXT", "webhook_attempts": "INTEGER NOT NULL DEFAULT 0", "webhook_next_at": "REAL",
+}
+_PRIORITIES: dict[str, int] = {"normal": 0, "low": 1}
+_QUEUE_ORDER = "priority, seq"  # normal before low, first come first served within each
 
 
 class StoreLockedError(RuntimeError):
@@ -158,9 +194,9 @@ class SqliteJobStore:
         self._db.execute("PRAGMA synchronous=NORMAL")  # durable across a process crash, which is what we need
         self._db.executescript(_SCHEMA)
         columns = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
-        for column in ("control_video_url", "owner"):  # a database made before the column existed
+        for column, kind in _ADDED_COLUMNS.items():  # a database made before the column existed
             if column not in columns:
-                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} TEXT")
+                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
         self._mutex = threading.Lock()
 
     def close(self) -> None:
@@ -184,13 +220,17 @@ class SqliteJobStore:
             return self._db.execute(sql, args).fetchall()
 
     def add(self, *, app: str, task: str, model: str, input: dict[str, Any], base_url: str,
-            webhook_url: str | None, owner: str | None = None) -> Job:
+            webhook_url: str | None, owner: str | None = None, priority: Priority = "normal",
+            start_timeout_s: float | None = None, runner_hint: str | None = None) -> Job:
         job_id = str(uuid.uuid4())
+        now = time.time()
+        deadline = now + start_timeout_s if start_timeout_s is not None else None
         with self._tx() as db:
             db.execute(
-                "INSERT INTO jobs (id, app, task, model, input, base_url, webhook_url, status, created_at, owner)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, 'IN_QUEUE', ?, ?)",
-                (job_id, app, task, model, json.dumps(input), base_url, webhook_url, time.time(), owner),
+                "INSERT INTO jobs (id, app, task, model, input, base_url, webhook_url, status, created_at, owner,"
+                " priority, start_deadline, runner_hint) VALUES (?, ?, ?, ?, ?, ?, ?, 'IN_QUEUE', ?, ?, ?, ?, ?)",
+                (job_id, app, task, model, json.dumps(input), base_url, webhook_url, now, owner,
+                 _PRIORITIES[priority], deadline, runner_hint),
             )
         job = self.get(job_id)
         assert job is not None
@@ -201,14 +241,18 @@ class SqliteJobStore:
         return _job(rows[0]) if rows else None
 
     def queue_position(self, job: Job) -> int:
-        """How many queued jobs run before ``job`` (0: it is next)."""
-        rows = self._query("SELECT COUNT(*) FROM jobs WHERE status = 'IN_QUEUE' AND seq < ?", (job.seq,))
+        """How many queued jobs run before ``job`` (0: it is next): every queued job of a higher priority, and the
+        older ones of its own."""
+        rank = _PRIORITIES[job.priority]
+        rows = self._query("SELECT COUNT(*) FROM jobs WHERE status = 'IN_QUEUE' AND (priority < ? OR"
+                           " (priority = ? AND seq < ?))", (rank, rank, job.seq))
         return int(rows[0][0])
 
     def claim(self) -> Job | None:
-        """Take the oldest queued job and mark it running (one more attempt)."""
+        """Take the next queued job (normal before low, oldest first) and mark it running (one more attempt)."""
         with self._tx() as db:
-            row = db.execute("SELECT id FROM jobs WHERE status = 'IN_QUEUE' ORDER BY seq LIMIT 1").fetchone()
+            row = db.execute(f"SELECT id FROM jobs WHERE status = 'IN_QUEUE' AND (start_deadline IS NULL OR"
+                             f" start_deadline > ?) ORDER BY {_QUEUE_ORDER} LIMIT 1", (time.time(),)).fetchone()
             if row is None:
                 return None
             db.execute(
@@ -231,7 +275,7 @@ class SqliteJobStore:
                 " WHERE id = ? AND status = 'IN_PROGRESS'",
                 (job_id,),
             )
-            _insert_log(db, job_id, reason, "WARNING")
+            _insert_log(db, job_id, reason, "WARN")
 
     def request_cancel(self, job_id: str) -> Job | None:
         """Cancel a job: a queued one ends now and never runs; a running one is flagged for its worker.
@@ -246,7 +290,7 @@ class SqliteJobStore:
             if status == "COMPLETED":  # it ended between the two reads
                 return job
             db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
-            _insert_log(db, job_id, "cancellation requested", "WARNING")
+            _insert_log(db, job_id, "cancellation requested", "WARN")
             if status == "IN_QUEUE":
                 _complete(db, job_id, failure=CANCELLED, cancelled=True)
         return job
@@ -295,15 +339,32 @@ class SqliteJobStore:
                     _insert_log(
                         db, job_id,
                         f"the server stopped while this job was running (run {attempts} of at most {max_attempts});"
-                        " re-queued", "WARNING",
+                        " re-queued", "WARN",
                     )
                     continue
                 reason = (
                     f"the server stopped while this job was running, {attempts} times; it is not retried again"
                 )
-                _complete(db, job_id, failure=Failure(500, {"detail": reason}, reason, "server_interrupted"))
+                _complete(db, job_id, failure=request_failure(503, reason, "runner_disconnected"))
                 _insert_log(db, job_id, reason, "ERROR")
         return touched
+
+    def expire_unstarted(self) -> list[str]:
+        """End the queued jobs whose start timeout passed (fal's 504 ``request_timeout``, the user's own timeout);
+        returns their ids."""
+        now = time.time()
+        expired = []
+        with self._tx() as db:
+            rows = db.execute("SELECT id, start_deadline, created_at FROM jobs WHERE status = 'IN_QUEUE' AND"
+                              " start_deadline <= ?", (now,)).fetchall()
+            for row in rows:
+                waited = row["start_deadline"] - row["created_at"]
+                reason = f"the request did not start within its start timeout of {waited:g} s"
+                _complete(db, row["id"], failure=request_failure(504, reason, "request_timeout",
+                                                                 **{"x-fal-request-timeout-type": "user"}))
+                _insert_log(db, row["id"], reason, "ERROR")
+                expired.append(row["id"])
+        return expired
 
     def pending_webhooks(self) -> list[Job]:
         rows = self._query("SELECT * FROM jobs WHERE webhook_state = 'pending' ORDER BY seq")
@@ -312,6 +373,12 @@ class SqliteJobStore:
     def set_webhook_state(self, job_id: str, state: WebhookState) -> None:
         with self._tx() as db:
             db.execute("UPDATE jobs SET webhook_state = ? WHERE id = ?", (state, job_id))
+
+    def webhook_retry(self, job_id: str, attempts: int, next_at: float) -> None:
+        """Record a failed delivery: ``attempts`` so far, the next one due at ``next_at``."""
+        with self._tx() as db:
+            db.execute("UPDATE jobs SET webhook_attempts = ?, webhook_next_at = ? WHERE id = ?",
+                       (attempts, next_at, job_id))
 
     def unfinished(self) -> list[Job]:
         """Queued and running jobs, oldest first."""
@@ -349,7 +416,7 @@ def _dumps(value: Any) -> str | None:
 
 
 def _job(row: sqlite3.Row) -> Job:
-    failure = json.loads(row["failure"]) if row["failure"] else None
+    failure = json.loads(row["failure"]) if row["failure"] else None  # older rows lack "headers": the default
     return Job(
         id=row["id"],
         seq=row["seq"],
@@ -369,4 +436,9 @@ def _job(row: sqlite3.Row) -> Job:
         finished_at=row["finished_at"],
         control_video_url=row["control_video_url"],
         owner=row["owner"],
+        priority="low" if row["priority"] else "normal",
+        start_deadline=row["start_deadline"],
+        runner_hint=row["runner_hint"],
+        webhook_attempts=row["webhook_attempts"],
+        webhook_next_at=row["webhook_next_at"],
     )

@@ -59,6 +59,10 @@ class Metrics:
             "vace_job_duration_seconds", "Seconds from a job's start on a worker to its end.",
             ["app", "task", "outcome"], buckets=_JOB_BUCKETS, registry=self.registry,
         )
+        self.webhook_deliveries = Counter(
+            "vace_webhook_deliveries", "Webhook delivery outcomes: delivered, retried (an attempt failed, another "
+            "follows) and failed (the last attempt failed).", ["outcome"], registry=self.registry,
+        )
         self.retention_deleted = Counter(
             "vace_retention_deleted", "Files, abandoned uploads and finished jobs deleted for their age.", ["kind"],
             registry=self.registry,

@@ -14,12 +14,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from .jobs import Job, LogLine
+from .jobs import LEVELS, Job, LogLine
 
 
 class LogEntry(BaseModel):
     message: str
-    level: str
+    level: Literal["STDERR", "STDOUT", "ERROR", "INFO", "WARN", "DEBUG"]
     source: str = "USER"
     timestamp: str
 
@@ -29,6 +29,8 @@ class QueueSubmitted(BaseModel):
 
     status: Literal["IN_QUEUE"] = "IN_QUEUE"
     request_id: str
+    gateway_request_id: str
+    """The same as ``request_id`` here: fal differs only when its gateway retried a request on another runner."""
     response_url: str
     status_url: str
     cancel_url: str
@@ -87,15 +89,21 @@ def log_entries(lines: list[LogLine]) -> list[LogEntry]:
     return [
         LogEntry(
             message=line.message,
-            level=line.level,
+            level=_fal_level(line.level),
             timestamp=datetime.fromtimestamp(line.timestamp, timezone.utc).isoformat(),
         )
         for line in lines
     ]
 
 
+def _fal_level(level: str) -> str:
+    """One of fal's levels (lines stored by older versions say WARNING)."""
+    return "WARN" if level == "WARNING" else level if level in LEVELS else "INFO"
+
+
 def submitted(job: Job, queue_position: int) -> QueueSubmitted:
-    return QueueSubmitted(request_id=job.id, queue_position=queue_position, **job_urls(job))
+    return QueueSubmitted(request_id=job.id, gateway_request_id=job.id, queue_position=queue_position,
+                          **job_urls(job))
 
 
 def status(job: Job, logs: list[LogLine], queue_position: int | None) -> QueueStatus:

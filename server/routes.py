@@ -3,8 +3,15 @@
 Routes are thin: they validate with the schema, put jobs in the store, wake the workers and read the store back.
 The run and submit routes are registered once per endpoint (below ``ENDPOINTS``), so ``/openapi.json`` lists each
 one, the way the playground and fal's own per-endpoint documents show them. fal-client rebuilds status/result/cancel
-URLs without the task (``/queue/{owner}/{alias}/requests/{id}``) and the SDKs sometimes add a trailing slash, so
-every route also answers with one.
+URLs without the task (``/queue/{owner}/{alias}/requests/{id}``), fal's per-endpoint OpenAPI documents name them
+with it (``/queue/{owner}/{alias}/{task}/requests/{id}``): both are served. The SDKs sometimes add a trailing slash,
+so every route also answers with one.
+
+fal-client's queue headers are honoured: ``X-Fal-Queue-Priority: low|normal`` (low jobs run after every queued
+normal one), ``X-Fal-Request-Timeout: S`` (a job not started within S seconds ends with fal's 504
+``request_timeout`` and ``X-Fal-Request-Timeout-Type: user``, on the queue and the sync route alike) and
+``X-Fal-Runner-Hint`` (kept with the job and shown in its logs). Status, stream and result reads run off the event
+loop (store reads are blocking SQLite calls).
 """
 
 from __future__ import annotations
@@ -13,14 +20,12 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Security
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Security
 from fastapi.concurrency import run_in_threadpool
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from pipelines.context import JobContext
-from pipelines.fetch import url_scheme
 from pipelines.generate import check_inputs
 from pipelines.registry import APPS, TASKS, Task
 from pipelines.schema import VaceInput, VaceOutput
@@ -28,14 +33,15 @@ from pipelines.schema import VaceInput, VaceOutput
 from . import protocol
 from .auth import API_KEY_HEADER, Caller
 from .deps import BaseUrlDep, CallerDep, ChangesDep, JobContextDep, JobDep, PoolDep, StoreDep, WebhooksDep
-from .failures import failure_response
-from .jobs import Job, JobStore
+from .failures import RequestFailed, failure_response
+from .jobs import Job, JobStore, LogLine, Priority, request_failure
 from .request_id import REQUEST_ID_HEADER
+from .webhooks import check_webhook_url
 from .worker import WorkerPool
 
 SYNC_POLL_S = 5.0  # fallback re-read of a sync job; normally a worker's notification wakes the request first
 STREAM_POLL_S = 1.0  # re-read of a streamed job (queue positions move without a notification)
-REQUEST = "/queue/{owner}/{alias}/requests/{request_id}"
+REQUESTS = ("/queue/{owner}/{alias}/requests/{request_id}", "/queue/{owner}/{alias}/{task}/requests/{request_id}")
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": protocol.ErrorDetail, "description": "Missing or invalid API key"},
     404: {"model": protocol.ErrorDetail, "description": "Unknown app, task or request"},
@@ -61,6 +67,43 @@ def _endpoint(request: Request) -> Endpoint:
 
 EndpointDep = Annotated[Endpoint, Depends(_endpoint)]
 
+
+@dataclass(frozen=True)
+class QueueOptions:
+    """What fal-client's queue headers ask of a job."""
+
+    priority: Priority = "normal"
+    start_timeout_s: float | None = None
+    runner_hint: str | None = None
+
+
+def _bad_request(message: str) -> RequestFailed:
+    """A queue header fal-client would never send: fal's 400 ``bad_request``."""
+    return RequestFailed(request_failure(400, message, "bad_request"))
+
+
+def _queue_options(
+    priority: Annotated[str | None, Header(alias="x-fal-queue-priority", description="low or normal")] = None,
+    timeout: Annotated[str | None, Header(alias="x-fal-request-timeout",
+                                          description="seconds the job may wait to start")] = None,
+    hint: Annotated[str | None, Header(alias="x-fal-runner-hint", description="routing hint, kept with the job")] = None,
+) -> QueueOptions:
+    if priority is not None and priority.strip().lower() not in ("low", "normal"):
+        raise _bad_request(f"X-Fal-Queue-Priority must be low or normal, got {priority[:40]!r}")
+    start_timeout = None
+    if timeout is not None:
+        try:
+            start_timeout = float(timeout)
+        except ValueError:
+            start_timeout = float("nan")
+        if not 0 < start_timeout < 10**9:
+            raise _bad_request(f"X-Fal-Request-Timeout must be a positive number of seconds, got {timeout[:40]!r}")
+    return QueueOptions(priority=(priority or "normal").strip().lower(), start_timeout_s=start_timeout,  # type: ignore[arg-type]
+                        runner_hint=hint[:200] if hint else None)
+
+
+QueueOptionsDep = Annotated[QueueOptions, Depends(_queue_options)]
+
 # The key is checked by the request guard before any body is read; declaring the scheme here documents it.
 router = APIRouter(dependencies=[Security(API_KEY_HEADER)], responses=_ERRORS)
 
@@ -80,50 +123,57 @@ def result_response(job: Job) -> JSONResponse:
     return failure_response(job.failure, _request_id_headers(job))
 
 
-def _enqueue(inp: VaceInput, endpoint: Endpoint, webhook: str | None, *, store: JobStore, pool: WorkerPool,
-             ctx: JobContext, caller: Caller, base_url: str) -> Job:
+def _enqueue(inp: VaceInput, endpoint: Endpoint, options: QueueOptions, webhook: str | None, *, store: JobStore,
+             pool: WorkerPool, ctx: JobContext, caller: Caller, base_url: str) -> Job:
+    """Check a request (and its webhook) and queue it; every refusal comes before anything is stored."""
     check_inputs(inp, endpoint.task, ctx, pool.models)  # refused at submission with a 422, never queued
+    if webhook is not None:
+        check_webhook_url(webhook, ctx)
     if not pool.has_weights(endpoint.model):
         raise HTTPException(503, f"the weights of {endpoint.model} (serving {endpoint.app}) are not installed on "
                                  f"this server; run `vace weights download --models {endpoint.model}`")
     job = store.add(app=endpoint.app, task=endpoint.task, model=endpoint.model, input=inp.model_dump(mode="json"),
-                    base_url=base_url, webhook_url=webhook, owner=caller.key_id)
+                    base_url=base_url, webhook_url=webhook, owner=caller.key_id, priority=options.priority,
+                    start_timeout_s=options.start_timeout_s, runner_hint=options.runner_hint)
+    if options.runner_hint:
+        store.log(job.id, f"runner hint: {options.runner_hint}")
     pool.notify()
     return job
 
 
-async def run(inp: VaceInput, endpoint: EndpointDep, store: StoreDep, pool: PoolDep, changes: ChangesDep,
-              ctx: JobContextDep, caller: CallerDep, base_url: BaseUrlDep) -> JSONResponse:
+async def run(inp: VaceInput, endpoint: EndpointDep, options: QueueOptionsDep, store: StoreDep, pool: PoolDep,
+              changes: ChangesDep, ctx: JobContextDep, caller: CallerDep, base_url: BaseUrlDep) -> JSONResponse:
     """Run a job and wait for its output (like ``fal.run``)."""
-    job = await run_in_threadpool(_enqueue, inp, endpoint, None, store=store, pool=pool, ctx=ctx, caller=caller,
-                                  base_url=base_url)
+    job = await run_in_threadpool(_enqueue, inp, endpoint, options, None, store=store, pool=pool, ctx=ctx,
+                                  caller=caller, base_url=base_url)
     with changes.watch(job.id) as watch:
         while True:
-            current = store.get(job.id)
+            current = await run_in_threadpool(store.get, job.id)
             if current is not None and current.status == "COMPLETED":
                 return result_response(current)
             await watch.wait(SYNC_POLL_S)
 
 
-def submit(inp: VaceInput, endpoint: EndpointDep, store: StoreDep, pool: PoolDep, ctx: JobContextDep,
-           caller: CallerDep, base_url: BaseUrlDep,
-           fal_webhook: str | None = Query(None, description="URL that receives the result when the job ends"),
+def submit(inp: VaceInput, endpoint: EndpointDep, options: QueueOptionsDep, store: StoreDep, pool: PoolDep,
+           ctx: JobContextDep, caller: CallerDep, base_url: BaseUrlDep,
+           fal_webhook: str | None = Query(None, description="URL that receives the result when the job ends "
+                                                             "(public addresses only, as for media)"),
            ) -> JSONResponse:
     """Queue a job (like ``queue.fal.run``)."""
-    if fal_webhook is not None and url_scheme(fal_webhook) not in ("http", "https"):
-        raise RequestValidationError(
-            [{"loc": ("query", "fal_webhook"), "msg": "must be an http(s) URL", "type": "value_error"}])
-    job = _enqueue(inp, endpoint, fal_webhook, store=store, pool=pool, ctx=ctx, caller=caller, base_url=base_url)
+    job = _enqueue(inp, endpoint, options, fal_webhook, store=store, pool=pool, ctx=ctx, caller=caller,
+                   base_url=base_url)
     body = protocol.submitted(job, store.queue_position(job))
     return JSONResponse(body.model_dump(), headers=_request_id_headers(job))
 
 
-def _both(method: Callable[..., Callable[[Callable[..., Any]], Callable[..., Any]]], path: str,
+def _both(method: Callable[..., Callable[[Callable[..., Any]], Callable[..., Any]]], *paths: str,
           **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """A route decorator for ``path`` and ``path/`` (the trailing-slash form is left out of the schema)."""
+    """A route decorator for each of ``paths`` and its ``path/`` form (left out of the schema)."""
     def register(fn: Callable[..., Any]) -> Callable[..., Any]:
-        method(path + "/", include_in_schema=False, **kwargs)(fn)
-        return method(path, **kwargs)(fn)
+        for path in paths:
+            method(path + "/", include_in_schema=False, **kwargs)(fn)
+            method(path, **kwargs)(fn)
+        return fn
 
     return register
 
@@ -137,7 +187,7 @@ for _e in ENDPOINTS:  # the run and submit routes of every app and task
               summary=_summary)(_fn)
 
 
-@_both(router.get, f"{REQUEST}/status", response_model=protocol.QueueStatus,
+@_both(router.get, *(f"{r}/status" for r in REQUESTS), response_model=protocol.QueueStatus,
        summary="Status of a queued request (202 while queued or running, 200 when completed)")
 def get_status(job: JobDep, store: StoreDep, logs: str | None = None) -> JSONResponse:
     position = store.queue_position(job) if job.status == "IN_QUEUE" else None
@@ -146,7 +196,7 @@ def get_status(job: JobDep, store: StoreDep, logs: str | None = None) -> JSONRes
                         headers=_request_id_headers(job))
 
 
-@_both(router.get, f"{REQUEST}/status/stream", response_class=EventSourceResponse,
+@_both(router.get, *(f"{r}/status/stream" for r in REQUESTS), response_class=EventSourceResponse,
        summary="Server-sent events: one status per change, closed after COMPLETED")
 async def stream_status(job: JobDep, store: StoreDep, changes: ChangesDep,
                         logs: str | None = None) -> AsyncIterator[ServerSentEvent]:
@@ -156,11 +206,10 @@ async def stream_status(job: JobDep, store: StoreDep, changes: ChangesDep,
     with_logs, sent_logs, last_key = _wants_logs(logs), 0, None
     with changes.watch(job.id) as watch:
         while True:
-            current = store.get(job.id)
-            if current is None:
+            snapshot = await run_in_threadpool(_snapshot, store, job.id, with_logs)
+            if snapshot is None:
                 return
-            lines = store.logs(job.id) if with_logs else []
-            position = store.queue_position(current) if current.status == "IN_QUEUE" else None
+            current, lines, position = snapshot
             key = (current.status, position, len(lines), current.control_video_url)
             if key != last_key:
                 yield ServerSentEvent(data=protocol.status(current, lines[sent_logs:], position)
@@ -171,7 +220,16 @@ async def stream_status(job: JobDep, store: StoreDep, changes: ChangesDep,
             await watch.wait(STREAM_POLL_S)
 
 
-@_both(router.get, REQUEST, response_model=VaceOutput,
+def _snapshot(store: JobStore, job_id: str, with_logs: bool) -> tuple[Job, list[LogLine], int | None] | None:
+    """A job, its log lines (when asked for) and its queue position, read together."""
+    job = store.get(job_id)
+    if job is None:
+        return None
+    position = store.queue_position(job) if job.status == "IN_QUEUE" else None
+    return job, store.logs(job_id) if with_logs else [], position
+
+
+@_both(router.get, *REQUESTS, response_model=VaceOutput,
        summary="The output, or the request's own error status and body if it failed")
 def get_result(job: JobDep) -> JSONResponse:
     if job.status != "COMPLETED":
@@ -180,7 +238,7 @@ def get_result(job: JobDep) -> JSONResponse:
     return result_response(job)
 
 
-@_both(router.put, f"{REQUEST}/cancel", status_code=202, response_model=protocol.CancelResult,
+@_both(router.put, *(f"{r}/cancel" for r in REQUESTS), status_code=202, response_model=protocol.CancelResult,
        summary="Cancel: a queued request never runs, a running one stops at its next denoising step")
 def cancel(job: JobDep, store: StoreDep, changes: ChangesDep, webhooks: WebhooksDep) -> JSONResponse:
     before = store.request_cancel(job.id)

@@ -8,12 +8,14 @@ model paths) and the devices only for a valid key, or when auth is off.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
 from fastapi import APIRouter
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from pipelines.registry import APPS, TASKS
 
-from .deps import AuthDep, CallerDep, MetricsDep, PoolDep
+from .deps import AuthDep, CallerDep, MetricsDep, PoolDep, SignerDep
 from .metrics import CONTENT_TYPE
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -58,6 +60,11 @@ def prometheus(metrics: MetricsDep) -> Response:
 def index() -> FileResponse:
     """The playground: static HTML + JS that builds its form from /openapi.json and speaks the fal protocol."""
     return FileResponse(STATIC_DIR / "index.html", headers={"content-security-policy": PLAYGROUND_CSP})
+
+
+@router.get("/.well-known/jwks.json", summary="The public key webhook signatures verify against (JWKS, ED25519)")
+def jwks(signer: SignerDep) -> dict[str, Any]:
+    return signer.jwks()
 
 
 @router.get("/playground/config", include_in_schema=False)

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 IDLE_POLL_S = 1.0
 RECORD_RETRY_S = 2.0
+EXPIRY_POLL_S = 0.5  # how often queued jobs are checked against their start timeout
 
 
 class WorkerPool:
@@ -66,12 +67,26 @@ class WorkerPool:
         self.on_finished = on_finished
         self.stopping = threading.Event()
         self.workers = [Worker(self, manager) for manager in managers]
+        self._expirer = threading.Thread(target=self._expire_loop, name="vace-start-timeouts", daemon=True)
 
     def start(self) -> None:
         shutil.rmtree(self.work_dir, ignore_errors=True)  # inputs of runs that a crash interrupted
         private_dir(self.work_dir)
         for worker in self.workers:
             worker.start()
+        self._expirer.start()
+
+    def _expire_loop(self) -> None:
+        """End queued jobs whose start timeout passed, even while every worker is busy with a long job."""
+        while not self.stopping.wait(EXPIRY_POLL_S):
+            try:
+                expired = self.store.expire_unstarted()
+            except Exception:
+                log.exception("could not check start timeouts")
+                continue
+            for job_id in expired:
+                self.changes.notify(job_id)
+                self.on_finished(job_id)
 
     def notify(self) -> None:
         """A job was queued: wake the idle workers."""
@@ -82,8 +97,9 @@ class WorkerPool:
         self.stopping.set()
         self.notify()
         deadline = time.monotonic() + timeout_s
-        for worker in self.workers:
-            worker.join(max(0.0, deadline - time.monotonic()))
+        for thread in (*self.workers, self._expirer):
+            if thread.is_alive():
+                thread.join(max(0.0, deadline - time.monotonic()))
 
     def has_weights(self, model: str) -> bool:
         return self.workers[0].models.is_present(model)
@@ -185,7 +201,7 @@ class Worker(threading.Thread):
             self._record(lambda: store.requeue(job.id, ending))
             self.pool.changes.notify(job.id)
             return
-        self._log(job.id, ending, {"ok": "INFO", "cancelled": "WARNING"}.get(outcome, "ERROR"))
+        self._log(job.id, ending, {"ok": "INFO", "cancelled": "WARN"}.get(outcome, "ERROR"))
         self._record(lambda: store.finish(job.id, result=result, failure=failure, cancelled=outcome == "cancelled"))
         self.pool.metrics.job_seconds.labels(job.app, job.task, outcome).observe(time.perf_counter() - started)
         self.pool.changes.notify(job.id)
@@ -212,7 +228,7 @@ class Worker(threading.Thread):
             encoded = write_control_video(frames, workdir / "control.mp4", fps)
             url = self.pool.files.url(self.pool.files.adopt(encoded.path, "control.mp4"), job.base_url)
         except (OSError, RuntimeError, ValueError) as exc:
-            self._log(job.id, f"could not keep the control video: {exc}", "WARNING")
+            self._log(job.id, f"could not keep the control video: {exc}", "WARN")
             return
         self.pool.store.set_control_video(job.id, url)
         self._log(job.id, f"control video kept ({encoded.num_frames} frames at {fps:g} fps)")

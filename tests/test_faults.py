@@ -93,10 +93,10 @@ def test_out_of_memory_fails_alone_frees_memory_and_the_next_job_runs(
         fits = submit(client, video, "fits")
 
         failed = finished(client, too_big)
-        assert failed["error_type"] == "out_of_memory"
+        assert failed["error_type"] == "runner_server_error" and failed["error"].startswith("out of memory")
         result = client.get(f"{REQUESTS}/{too_big}")
         assert result.status_code == 500
-        assert "ran out of memory" in result.json()["detail"] and "--memory-mode" in result.json()["detail"]
+        assert result.json()["detail"].startswith("out of memory") and "--memory-mode" in result.json()["detail"]
         assert held and held[0]() is None, "the failed job's memory is still referenced"
 
         done = finished(client, fits)
@@ -135,8 +135,8 @@ def test_a_full_disk_fails_the_job_cleanly_and_the_server_goes_on(
     server_weights: Path, control_videos: dict[str, Path], small_disk: Path,  # noqa: F811
 ) -> None:
     """The server's whole data directory (job store, files, scratch) sits on a small disk. With 1 MiB left, a job
-    that also returns its frames as a zip of PNGs fills the disk while writing: it fails as
-    ``insufficient_storage``, its video already published is deleted again, and once space is freed the same job
+    that also returns its frames as a zip of PNGs fills the disk while writing: it fails as "out of disk space"
+    (fal's ``runner_server_error``), its video already published is deleted again, and once space is freed the same job
     succeeds."""
     data = small_disk / "data"
     config = Settings(weights_dir=server_weights, data_dir=data, port=free_port())
@@ -145,9 +145,10 @@ def test_a_full_disk_fails_the_job_cleanly_and_the_server_goes_on(
         filler = fill(small_disk, leave_bytes=1024**2)
         job = submit(client, video, "no room", return_frames_zip=True, video_quality="maximum")
         failed = finished(client, job)
-        assert failed["error_type"] == "insufficient_storage", failed
+        assert failed["error_type"] == "runner_server_error", failed
         result = client.get(f"{REQUESTS}/{job}")
-        assert result.status_code == 507 and "ran out of disk space" in result.json()["detail"]
+        assert result.status_code == 500 and result.json()["detail"].startswith("out of disk space")
+        assert result.json()["error_type"] == "runner_server_error"
         assert files_on_disk(data) == {"pose.mp4"} and not any((data / "work").iterdir())
 
         filler.unlink()
@@ -165,14 +166,14 @@ def test_full_disk_errors_are_named_wherever_they_come_from(small_disk: Path) ->
     with pytest.raises(OSError) as encoding:
         encode_video([noise] * 17, small_disk / "video.mp4", 16.0, quality="maximum")
     assert encoding.value.errno == errno.ENOSPC and not (small_disk / "video.mp4").exists()
-    assert failure_of(encoding.value, torch.device("cpu")).type == "insufficient_storage"
+    assert failure_of(encoding.value, torch.device("cpu")).message.startswith("out of disk space")
     try:
         try:
             raise sqlite3.OperationalError("database or disk is full")
         except sqlite3.OperationalError as cause:
             raise RuntimeError("could not store the log line") from cause
     except RuntimeError as chained:
-        assert failure_of(chained, torch.device("cpu")).status_code == 507
+        assert failure_of(chained, torch.device("cpu")).message.startswith("out of disk space")
     assert failure_of(RuntimeError("boom"), torch.device("cpu")).type == "internal_error"
 
 

@@ -34,8 +34,11 @@ REQUESTS = "/queue/fal-ai/wan-vace-14b/requests"
 
 
 @pytest.fixture(scope="module")
-def server(server_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadServer]:  # noqa: F811
+def server(server_weights: Path, tmp_path_factory: pytest.TempPathFactory,  # noqa: F811
+           webhook_receiver: tuple[str, list[dict[str, Any]]]) -> Iterator[ThreadServer]:
+    receiver = webhook_receiver[0].split("/")[2]  # webhooks, like media, go to public addresses or the allow-list
     config = Settings(
+        fetch_allow=(receiver,),
         weights_dir=server_weights, data_dir=tmp_path_factory.mktemp("api-data"), port=free_port(),
         api_keys=frozenset({API_KEY}), public_url=PUBLIC, max_upload_bytes=4 * 1024 * 1024,
         webhook_attempts=3, webhook_backoff_s=0.2,
@@ -280,7 +283,7 @@ def test_queue_lifecycle(
     cancelled = client.put(f"{REQUESTS}/{never_id}/cancel/")  # trailing slash, as the SDKs send it
     assert cancelled.status_code == 202 and cancelled.json() == {"status": "CANCELLATION_REQUESTED"}
     never = status(client, never_id)
-    assert never["status"] == "COMPLETED" and never["error_type"] == "request_cancelled"
+    assert never["status"] == "COMPLETED" and never["error_type"] == "client_cancelled"
     assert not any(m.startswith("started") for m in messages(never))
     depth_status = client.get(f"/queue/fal-ai/wan-22-vace-fun-a14b/requests/{depth_id}/status/").json()
     assert depth_status["status"] == "IN_QUEUE" and depth_status["queue_position"] == 0
@@ -289,9 +292,11 @@ def test_queue_lifecycle(
     assert client.put(f"{REQUESTS}/{long_id}/cancel").status_code == 202
     done = wait_until(lambda: (s := status(client, long_id))["status"] == "COMPLETED" and s, 60, "the cancel")
     steps = [int(m.split()[1].split("/")[0]) for m in messages(done) if m.startswith("step ")]
-    assert done["error_type"] == "request_cancelled" and max(steps) < 50
+    assert done["error_type"] == "client_cancelled" and max(steps) < 50
     result = client.get(f"{REQUESTS}/{long_id}")
-    assert result.status_code == 400 and result.json() == {"detail": "Request was cancelled"}
+    assert result.status_code == 499 and result.json() == {"detail": "Request was cancelled",
+                                                           "error_type": "client_cancelled"}
+    assert result.headers["x-fal-error-type"] == "client_cancelled"
     assert client.put(f"{REQUESTS}/{long_id}/cancel").json()["status"] == "ALREADY_COMPLETED"
 
     streamer.join(30)

@@ -102,10 +102,10 @@ def test_submit_status_result_and_cancel(tls_server: ServeProcess, fal_results: 
     assert fetch(tls_server, fal_results["submit_result"]["video"]["url"])[4:8] == b"ftyp"
     assert fal_results["doomed_before"]["type"] == "Queued" and fal_results["doomed_before"]["position"] >= 0
     after = fal_results["doomed_after"]
-    assert after["type"] == "Completed" and after["error_type"] == "request_cancelled"
+    assert after["type"] == "Completed" and after["error_type"] == "client_cancelled"
     assert not any(line.startswith("started") for line in after["logs"])  # it never ran
-    assert fal_results["doomed_result"] == {"status_code": 400, "message": "Request was cancelled",
-                                            "error_type": "request_cancelled"}
+    assert fal_results["doomed_result"] == {"status_code": 499, "message": "Request was cancelled",
+                                            "error_type": "client_cancelled"}
 
 
 def test_run_with_sync_mode_returns_data_uris_and_keeps_nothing(fal_results: dict[str, Any]) -> None:

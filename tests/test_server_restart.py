@@ -45,10 +45,10 @@ def test_kill_during_a_job_and_restart(server_weights: Path, control_videos: dic
 
         server.start()
         failed = status(server, doomed)
-        assert failed["status"] == "COMPLETED" and failed["error_type"] == "server_interrupted"
+        assert failed["status"] == "COMPLETED" and failed["error_type"] == "runner_disconnected"
         with server.client() as c:
             result = c.get(f"{REQUESTS}/{doomed}")
-            assert result.status_code == 500 and "2 times" in result.json()["detail"]
+            assert result.status_code == 503 and "2 times" in result.json()["detail"]
         done = wait_until(lambda: (s := status(server, survivor))["status"] == "COMPLETED" and s, 300,
                           "the queued job to run after the restart")
         assert "error" not in done

@@ -31,7 +31,7 @@ def test_cancel_queued_never_runs_and_running_is_flagged(tmp_path: Path) -> None
     assert store.request_cancel(queued.id).status == "IN_QUEUE"  # type: ignore[union-attr]
     after = store.get(queued.id)
     assert after.status == "COMPLETED" and after.outcome == "cancelled"  # type: ignore[union-attr]
-    assert after.failure.type == "request_cancelled"  # type: ignore[union-attr]
+    assert after.failure.type == "client_cancelled"  # type: ignore[union-attr]
     assert [j.id for j in store.pending_webhooks()] == [queued.id]
     assert store.claim() is None  # the cancelled job is not handed out
     store.request_cancel(running.id)
@@ -60,7 +60,7 @@ def test_crash_recovery_requeues_once_then_fails_with_reason(tmp_path: Path) -> 
     assert store.recover(max_attempts=2) == [job.id]
     failed = store.get(job.id)
     assert failed.status == "COMPLETED" and failed.outcome == "error"  # type: ignore[union-attr]
-    assert failed.failure.status_code == 500 and "2 times" in failed.failure.body["detail"]  # type: ignore[union-attr]
+    assert failed.failure.status_code == 503 and "2 times" in failed.failure.body["detail"]  # type: ignore[union-attr]
     assert store.get(behind.id).status == "IN_QUEUE"  # type: ignore[union-attr]
     assert store.recover(max_attempts=2) == []
 
