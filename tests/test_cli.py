@@ -88,3 +88,20 @@ def test_demo_runs_one_pose_and_one_depth_job(tiny_weights, tmp_path, monkeypatc
         video = tmp_path / "out" / name
         assert str(video) in printed
         assert probe_video(video).num_frames == 33
+
+
+def test_preprocess_writes_a_control_video_for_an_odd_sized_input(tiny_weights, tmp_path, capsys):
+    """The same control-video writer as the server's: an odd width or height loses its last pixel instead of
+    failing (yuv420p needs even sizes)."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    odd = tmp_path / "odd.mp4"
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i",
+                    "testsrc2=size=65x47:rate=8", "-frames:v", "5", "-pix_fmt", "yuv444p", str(odd)], check=True)
+    out = tmp_path / "control.mp4"
+    assert main(["preprocess", "depth", "--video", str(odd), "--weights-dir", str(tiny_weights), "-o", str(out)]) == 0
+    info = probe_video(out)
+    assert (info.width, info.height, info.num_frames) == (64, 46, 5)
+    assert "depth control video" in capsys.readouterr().out
