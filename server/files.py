@@ -29,11 +29,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import anyio
+
 _TOKEN = r"[A-Za-z0-9_-]{32}"
 _NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,119}"
 _KEY_RE = re.compile(rf"({_TOKEN})/({_NAME})")
 _URL_PATH_RE = re.compile(rf"/files/({_TOKEN})/({_NAME})$")
 _PART_RE = re.compile(r"part-(\d{5})")
+WRITE_BATCH = 1024**2  # bytes of an upload gathered before one write to disk
 UPLOAD_URL_TTL_S = 3600
 """How long an upload URL (and each part URL of a multipart upload) accepts bytes after it was handed out."""
 _PASSIVE_PREFIXES = ("video/", "image/", "audio/")
@@ -140,14 +143,14 @@ class FileStore:
     async def receive(self, key: str, chunks: AsyncIterator[bytes]) -> int:
         """Write an upload body to the file ``key``; it appears only once complete. Returns its size."""
         dest = self.files_dir / key
-        dest.parent.mkdir(mode=0o700, exist_ok=True)
+        await anyio.to_thread.run_sync(lambda: dest.parent.mkdir(mode=0o700, exist_ok=True))
         partial = dest.with_name(dest.name + ".partial")
         try:
             size, _ = await _write(partial, chunks, self.max_bytes)
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
-        partial.rename(dest)
+        await anyio.to_thread.run_sync(partial.rename, dest)
         return size
 
     # Pending uploads: a presigned-style id -> the key the file will get, its owner and expiry.
@@ -184,22 +187,26 @@ class FileStore:
                 found[int(match[1])] = path
         return found
 
+    def _parts_size(self, upload_id: str, leaving_out: int | None) -> int:
+        """Bytes of the parts received so far, but part ``leaving_out``."""
+        return sum(p.stat().st_size for n, p in self._parts(upload_id).items() if n != leaving_out)
+
     async def receive_part(self, upload_id: str, part_number: int, chunks: AsyncIterator[bytes]) -> str:
         """Store one part of a multipart upload; returns its ETag (hex MD5, as S3-style clients expect).
 
         The parts of one upload count together against the size limit: a part may use what the others left, a
         part that does not fit is deleted, and re-sending a part number replaces that part.
         """
-        others = sum(p.stat().st_size for n, p in self._parts(upload_id).items() if n != part_number)
+        others = await anyio.to_thread.run_sync(self._parts_size, upload_id, part_number)
         final = self.uploads_dir / upload_id / f"part-{part_number:05d}"
         partial = final.with_name(f"{final.name}.{secrets.token_hex(4)}.partial")
         try:
             _size, etag = await _write(partial, chunks, self.max_bytes - others)
-            partial.rename(final)
+            await anyio.to_thread.run_sync(partial.rename, final)
         finally:
             partial.unlink(missing_ok=True)
         # Parts sent at the same time each saw room for themselves: check the sum once they are on disk.
-        if sum(p.stat().st_size for p in self._parts(upload_id).values()) > self.max_bytes:
+        if await anyio.to_thread.run_sync(self._parts_size, upload_id, None) > self.max_bytes:
             final.unlink(missing_ok=True)
             raise UploadTooLarge(f"the parts of this upload add up to more than the {self.max_bytes}-byte limit")
         return etag
@@ -240,14 +247,26 @@ class FileStore:
 
 
 async def _write(path: Path, chunks: AsyncIterator[bytes], max_bytes: int) -> tuple[int, str]:
-    """Stream ``chunks`` to ``path``; returns (size, md5 hex). Raises UploadTooLarge past ``max_bytes``."""
+    """Stream ``chunks`` to ``path``; returns (size, md5 hex). Raises UploadTooLarge past ``max_bytes``.
+
+    The disk writes (and the open and close) run in a worker thread, a MiB at a time, so a slow disk never stalls
+    the event loop that answers every other request."""
     size = 0
     digest = hashlib.md5(usedforsecurity=False)
-    with open_private(path) as out:
+    pending: list[bytes] = []
+    out = await anyio.to_thread.run_sync(open_private, path)
+    try:
         async for chunk in chunks:
             size += len(chunk)
             if size > max_bytes:
                 raise UploadTooLarge(f"upload is larger than the {max_bytes}-byte limit")
             digest.update(chunk)
-            out.write(chunk)
+            pending.append(chunk)
+            if sum(map(len, pending)) >= WRITE_BATCH:
+                await anyio.to_thread.run_sync(out.write, b"".join(pending))
+                pending.clear()
+        if pending:
+            await anyio.to_thread.run_sync(out.write, b"".join(pending))
+    finally:
+        await anyio.to_thread.run_sync(out.close)
     return size, digest.hexdigest()

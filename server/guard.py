@@ -29,6 +29,7 @@ import re
 from collections.abc import Callable, Iterable
 from enum import Enum
 
+import anyio
 from fastapi import HTTPException
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
@@ -134,7 +135,7 @@ class RequestGuard:
             await JSONResponse({"detail": message}, status_code=400)(scope, receive, send)
             return
         access, body, upload_id = rule_of(scope["method"], scope["path"])
-        if upload_id is not None and not self.upload_is_open(upload_id):
+        if upload_id is not None and not await anyio.to_thread.run_sync(self.upload_is_open, upload_id):
             await JSONResponse({"detail": "unknown, expired or finished upload"}, status_code=404)(scope, receive, send)
             return
         authorization = headers.get("authorization", "")

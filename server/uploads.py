@@ -98,23 +98,23 @@ def initiate(body: InitiateUpload, files: FilesDep, caller: CallerDep, base_url:
 @router.put("/storage/upload/{upload_id}", summary="The bytes of an upload started with /storage/upload/initiate")
 async def put_upload(upload_id: str, request: Request, files: FilesDep, auth: AuthDep,
                      base_url: BaseUrlDep) -> dict[str, str]:
-    key = _pending(files, auth, upload_id)
+    key = await run_in_threadpool(_pending, files, auth, upload_id)
     await _receive(files, key, request.stream())
-    files.end_upload(upload_id)
+    await run_in_threadpool(files.end_upload, upload_id)
     return {"file_url": files.url(key, base_url)}
 
 
 @router.put("/storage/upload/{upload_id}/{part_number}", summary="One part of a multipart upload")
 async def put_part(upload_id: str, part_number: int, request: Request, files: FilesDep,
                    auth: AuthDep) -> JSONResponse:
-    _pending(files, auth, upload_id)
+    await run_in_threadpool(_pending, files, auth, upload_id)
     return await _receive_part(files, upload_id, part_number, request)
 
 
 @router.post("/storage/upload/{upload_id}/complete", summary="Join the parts of a multipart upload")
 async def complete_storage(upload_id: str, body: CompleteUpload, files: FilesDep, auth: AuthDep,
                            base_url: BaseUrlDep) -> dict[str, str]:
-    _pending(files, auth, upload_id)
+    await run_in_threadpool(_pending, files, auth, upload_id)
     return {"file_url": files.url(await _complete(files, upload_id, body), base_url)}
 
 
@@ -141,14 +141,14 @@ def upload_multipart(request: Request, files: FilesDep, caller: CallerDep, base_
 @router.put("/files/{token}/{name}/multipart/{upload_id}/{part_number}", summary="One part (fal-client)")
 async def put_file_part(token: str, name: str, upload_id: str, part_number: int, request: Request,
                         files: FilesDep, auth: AuthDep) -> JSONResponse:
-    _pending(files, auth, upload_id, f"{token}/{name}")
+    await run_in_threadpool(_pending, files, auth, upload_id, f"{token}/{name}")
     return await _receive_part(files, upload_id, part_number, request)
 
 
 @router.post("/files/{token}/{name}/multipart/{upload_id}/complete", summary="Join the parts (fal-client)")
 async def complete_file(token: str, name: str, upload_id: str, body: CompleteUpload, files: FilesDep,
                         auth: AuthDep, base_url: BaseUrlDep) -> dict[str, str]:
-    _pending(files, auth, upload_id, f"{token}/{name}")
+    await run_in_threadpool(_pending, files, auth, upload_id, f"{token}/{name}")
     return {"access_url": files.url(await _complete(files, upload_id, body), base_url)}
 
 
