@@ -14,8 +14,8 @@ its kind must have:
   fal's shape.
 - cancel-queued: a valid job cancelled right after its submission, while the jobs ahead of it keep it queued.
 - cancel-running: a valid job cancelled as soon as its status says IN_PROGRESS.
-  Both cancelled kinds must answer 400 "Request was cancelled", or, where the job finished before the cancel
-  landed, the normal output (counted apart).
+  Both cancelled kinds must answer 499 ``{"detail": "Request was cancelled", "error_type": "client_cancelled"}``, or,
+  where the job finished before the cancel landed, the normal output (counted apart).
 
 Meanwhile ``--clients`` threads poll the status of their unfinished jobs every ``--interval`` s (queue_load.py's
 poller). An accepted request that does not end within ``--timeout`` s, or ends with another outcome, is lost: the

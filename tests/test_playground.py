@@ -116,6 +116,24 @@ def test_snippets_carry_the_exact_request(page_run: dict[str, Any], server: Serv
     assert '"preprocess": true' in js
 
 
+def test_js_snippet_runs_as_printed(page_run: dict[str, Any], server: ServeProcess, tmp_path: Path) -> None:
+    """The JavaScript snippet, exactly as the page shows it, run with Node and @fal-ai/client against the server:
+    its requestMiddleware sends every fal host (queue, run and rest.fal.ai's storage) to the server. One line is
+    appended, an upload through ``fal.storage.upload``, which goes by way of rest.fal.ai."""
+    script = JS_DIR / f"snippet-{tmp_path.name}.mjs"  # beside node_modules, so the import resolves
+    script.write_text(page_run["snippets"]["js"] + "\nconsole.log(await fal.storage.upload(new Blob(['x'])));\n")
+    try:
+        proc = subprocess.run(["node", script.name], cwd=JS_DIR, env={**os.environ, "FAL_KEY": API_KEY},
+                              capture_output=True, text=True, timeout=240)
+    finally:
+        script.unlink()
+    assert proc.returncode == 0, f"{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    video_line, upload_line = proc.stdout.strip().splitlines()[-2:]
+    video_url, seed = video_line.split()
+    assert video_url.startswith(f"{server.url}/files/") and seed == "1"
+    assert upload_line.startswith(f"{server.url}/files/")
+
+
 def test_page_files_are_served(server: ServeProcess) -> None:
     """Every file under server/static is reachable, and the page names no other host."""
     with httpx.Client(base_url=server.url) as client:  # the page and its files need no key
