@@ -98,8 +98,8 @@ def _queue_options(
             start_timeout = float("nan")
         if not 0 < start_timeout < 10**9:
             raise _bad_request(f"X-Fal-Request-Timeout must be a positive number of seconds, got {timeout[:40]!r}")
-    return QueueOptions(priority=(priority or "normal").strip().lower(), start_timeout_s=start_timeout,  # type: ignore[arg-type]
-                        runner_hint=hint[:200] if hint else None)
+    level: Priority = "low" if (priority or "").strip().lower() == "low" else "normal"
+    return QueueOptions(priority=level, start_timeout_s=start_timeout, runner_hint=hint[:200] if hint else None)
 
 
 QueueOptionsDep = Annotated[QueueOptions, Depends(_queue_options)]
@@ -178,13 +178,17 @@ def _both(method: Callable[..., Callable[[Callable[..., Any]], Callable[..., Any
     return register
 
 
-for _e in ENDPOINTS:  # the run and submit routes of every app and task
-    for _path, _fn, _kind, _model, _summary in (
-        (f"/{_e.app}/{_e.task}", run, "run", VaceOutput, f"Run {_e.app}/{_e.task} and wait for the output"),
-        (f"/queue/{_e.app}/{_e.task}", submit, "submit", protocol.QueueSubmitted, f"Queue a {_e.app}/{_e.task} job"),
-    ):
-        _both(router.post, _path, response_model=_model, operation_id=f"{_kind}_{_e.model}_{_e.task}",
-              summary=_summary)(_fn)
+def _register_endpoints() -> None:
+    """The run and submit routes of every app and task, each with its own path and operation id."""
+    for e in ENDPOINTS:
+        name = f"{e.app}/{e.task}"
+        _both(router.post, f"/{name}", response_model=VaceOutput, operation_id=f"run_{e.model}_{e.task}",
+              summary=f"Run {name} and wait for the output")(run)
+        _both(router.post, f"/queue/{name}", response_model=protocol.QueueSubmitted,
+              operation_id=f"submit_{e.model}_{e.task}", summary=f"Queue a {name} job")(submit)
+
+
+_register_endpoints()
 
 
 @_both(router.get, *(f"{r}/status" for r in REQUESTS), response_model=protocol.QueueStatus,
