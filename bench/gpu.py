@@ -59,28 +59,21 @@ about five minutes on two busy cores; without it (17 frames, 4 steps, the whole 
 
 The section between ``<!-- bench/gpu.py start -->`` and ``<!-- bench/gpu.py end -->`` holds one block per device
 kind (cuda, cpu): a run replaces its own kind's block and leaves the other, and the rest of the file untouched.
+
+This file is the command line and the run's loop; the parts it drives (the plan, the random weights, the meter, the
+two runners, one configuration, the child processes, the report) live in ``bench/gpu_bench/``, whose ``__init__``
+names each module's job.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import gc
-import importlib.util
 import json
-import os
-import platform
-import resource
 import shlex
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-import warnings
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -91,755 +84,33 @@ if str(ROOT) not in sys.path:  # `python bench/gpu.py` without the project insta
 import diffusers  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
-from diffusers import (  # noqa: E402
-    AutoencoderKLWan,
-    UniPCMultistepScheduler,
-    WanVACEPipeline,
-    WanVACETransformer3DModel,
+
+from bench.gpu_bench.child import child_main, execute  # noqa: E402
+from bench.gpu_bench.phases import Row, quiet_libraries  # noqa: E402
+from bench.gpu_bench.plan import (  # noqa: E402
+    JOBS,
+    MODEL_KEYS,
+    MODEL_NAMES,
+    PARTS,
+    Settings,
+    attention_backends,
+    plan_phases,
 )
-from transformers import UMT5Config, UMT5EncoderModel  # noqa: E402
+from bench.gpu_bench.report import COMMON_NOTES, notes, read_blocks, text_table, write_doc  # noqa: E402
+from bench.gpu_bench.synthetic_weights import (  # noqa: E402
+    ARCHITECTURES,
+    MARKER_FILE,
+    Architecture,
+    weight_bytes,
+    weights_marker,
+)
+from pipelines.runtime import GIB  # noqa: E402
 
-from pipelines.conditioning import Conditioning, build_conditioning  # noqa: E402
-from pipelines.generate import JobHooks, denoise  # noqa: E402
-from pipelines.loading import LoadedModel, ModelManager, default_dtype  # noqa: E402
-from pipelines.manifest import MODELS, SHARED_FOLDER  # noqa: E402
-from pipelines.runtime import CUDA_ATTENTION, RuntimeConfig, resolve_attention  # noqa: E402
-from pipelines.samplers import make_scheduler  # noqa: E402
-from pipelines.schema import VaceInput  # noqa: E402
-from pipelines.step_cache import THRESHOLDS, StepCacheController  # noqa: E402
-from weights.shared_links import link_shared  # noqa: E402
-from weights.tiny import wan as tiny  # noqa: E402
-from weights.tiny.samples import pose_frames  # noqa: E402
-
-try:
-    import psutil
-except ImportError:  # peak RSS then falls back to the process's lifetime maximum
-    psutil = None
-
-GIB = 1024**3
-SEED = 42
-SHIFT = 5.0
-PROMPT = "a person dancing in a bright studio, smooth camera pan"
-MODEL_KEYS = ("wan-vace-14b", "wan-22-vace-fun-a14b")
-MODEL_NAMES = {"wan-vace-14b": "Wan2.1 VACE 14B", "wan-22-vace-fun-a14b": "Wan2.2 VACE-Fun A14B"}
-# name -> (width, height, frames). 480p/720p are the real jobs; the 240p ones are the CPU stand-ins (on CPU the tiny
-# VAE, not the transformer, takes most of a call, so the quick run shortens the video).
-JOBS: dict[str, tuple[int, int, int]] = {
-    "480p": (832, 480, 81),
-    "720p": (1280, 720, 81),
-    "240p": (416, 240, 17),
-    "240p-short": (416, 240, 9),
-}
-WARMUP = (320, 192, 5, 2)  # width, height, frames, steps of the warm-up call made once per loaded configuration
-PARTS = ("baseline", "accel", "attention", "memory", "budget")
-OFFLOAD_MODES = ("fp8", "group_offload", "model_offload")
-BUDGET_MODE = "group_offload"  # what memory_mode auto picks with under 40 GiB free, i.e. on a 24 GB card
 DOC = ROOT / "docs" / "BENCHMARKS.md"
-START, END = "<!-- bench/gpu.py start -->", "<!-- bench/gpu.py end -->"
-DATA_PREFIX, DATA_SUFFIX = "<!-- bench/gpu.py data: ", " -->"
-MARKER_FILE = ".bench-gpu.json"
-WEIGHTS_FORMAT = 1
-
-
-# --- the models ------------------------------------------------------------------------------------------------
-
-
-def real_transformer() -> WanVACETransformer3DModel:
-    """Wan2.1 VACE 14B (also each expert of Wan2.2 VACE-Fun A14B): 17.3 B parameters."""
-    return WanVACETransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=40,
-        attention_head_dim=128,
-        in_channels=16,
-        out_channels=16,
-        text_dim=4096,
-        freq_dim=256,
-        ffn_dim=13824,
-        num_layers=40,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        eps=1e-6,
-        rope_max_seq_len=1024,
-        vace_layers=[0, 5, 10, 15, 20, 25, 30, 35],
-        vace_in_channels=96,
-    ).eval()
-
-
-def real_text_encoder(_vocab_size: int) -> UMT5EncoderModel:
-    """UMT5-XXL's encoder: 5.7 B parameters (the stand-in tokenizer's ids all fall inside its vocabulary)."""
-    config = UMT5Config(
-        vocab_size=256384,
-        d_model=4096,
-        d_kv=64,
-        d_ff=10240,
-        num_layers=24,
-        num_heads=64,
-        feed_forward_proj="gated-gelu",
-        relative_attention_num_buckets=32,
-        relative_attention_max_distance=128,
-        pad_token_id=0,
-        eos_token_id=1,
-        decoder_start_token_id=0,
-    )
-    return UMT5EncoderModel(config).eval()
-
-
-def real_vae() -> AutoencoderKLWan:
-    return AutoencoderKLWan().eval()
-
-
-@dataclass(frozen=True)
-class Architecture:
-    name: str
-    transformer: Callable[[], WanVACETransformer3DModel]
-    text_encoder: Callable[[int], UMT5EncoderModel]
-    vae: Callable[[], AutoencoderKLWan]
-    dtype: torch.dtype  # what the transformer and text encoder are saved in (the VAE is always fp32)
-
-
-ARCHITECTURES = {
-    "real": Architecture("real", real_transformer, real_text_encoder, real_vae, torch.bfloat16),
-    "tiny": Architecture("tiny", tiny.build_transformer, tiny.build_text_encoder, tiny.build_vae, torch.float32),
-}
-
-
-@contextlib.contextmanager
-def building(device: torch.device | str, dtype: torch.dtype) -> Iterator[None]:
-    """Create parameters directly on ``device`` in ``dtype`` (a 17 B model initialises in seconds on a GPU)."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            yield
-    finally:
-        torch.set_default_dtype(previous)
-
-
-def _numel(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-def weight_bytes(arch: Architecture) -> dict[str, int]:
-    """Bytes each saved component takes, counted on the meta device (nothing is allocated)."""
-    item = torch.tensor([], dtype=arch.dtype).element_size()
-    with building("meta", torch.float32):
-        sizes = {
-            "transformer": _numel(arch.transformer()) * item,
-            "text_encoder": _numel(arch.text_encoder(len(tiny.build_tokenizer()))) * item,
-            "vae": _numel(arch.vae()) * 4,
-        }
-    return sizes
-
-
-def write_weights(root: Path, arch: Architecture, device: torch.device, seed: int) -> None:
-    """Random weights for both models in the layout of ``weights/LAYOUT.md``; the A14B's experts link to the 14B's
-    transformer folder and every model folder links the shared text encoder, tokenizer and VAE."""
-    shared = root / SHARED_FOLDER
-    torch.manual_seed(seed)
-    tokenizer = tiny.build_tokenizer()  # the UMT5 tokenizer cannot be fetched offline; prompts pad to 512 anyway
-    tokenizer.save_pretrained(shared / "tokenizer")
-    with building(device, arch.dtype):
-        text_encoder = arch.text_encoder(len(tokenizer))
-    text_encoder.save_pretrained(shared / "text_encoder")
-    with building(device, torch.float32):
-        vae = arch.vae()
-    vae.save_pretrained(shared / "vae")
-    with building(device, arch.dtype):
-        transformer = arch.transformer()
-    owner = MODELS[MODEL_KEYS[0]].folder
-    for key in MODEL_KEYS:
-        entry = MODELS[key]
-        folder = root / entry.folder
-        folder.mkdir(parents=True, exist_ok=True)
-        pipe = WanVACEPipeline(
-            tokenizer=tokenizer,
-            text_encoder=text_encoder,
-            vae=vae,
-            scheduler=make_scheduler("unipc", SHIFT),
-            transformer=transformer,
-            transformer_2=transformer if entry.two_experts else None,
-            boundary_ratio=entry.boundary_ratio,
-        )
-        pipe.save_config(folder)  # model_index.json, naming each component's class (and boundary_ratio)
-        pipe.scheduler.save_pretrained(folder / "scheduler")
-        experts = ("transformer", "transformer_2") if entry.two_experts else ("transformer",)
-        for name in experts:
-            if entry.folder == owner and name == "transformer":
-                transformer.save_pretrained(folder / name)
-            else:
-                os.symlink(Path("..") / owner / "transformer", folder / name)
-        link_shared(folder, root)
-    (root / MARKER_FILE).write_text(json.dumps(weights_marker(arch, seed)))
-
-
-def weights_marker(arch: Architecture, seed: int) -> dict[str, object]:
-    return {"format": WEIGHTS_FORMAT, "size": arch.name, "seed": seed}
-
-
-# --- measuring -------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Row:
-    model: str
-    job: str
-    pipeline: str
-    attention: str
-    memory: str
-    s_per_step: float | None = None
-    e2e_s: float | None = None
-    peak_gpu_gib: float | None = None
-    peak_rss_gib: float | None = None
-    reused: str = "-"
-    note: str = ""
-
-    def key(self) -> tuple[str, ...]:
-        return (self.model, self.job, self.pipeline, self.attention, self.memory)
-
-
-class RssPeak:
-    """Peak resident memory of this process over a block, sampled on a thread."""
-
-    def __init__(self, interval: float = 0.02) -> None:
-        self.interval = interval
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def _rss(self) -> int:
-        if psutil is not None:
-            return psutil.Process().memory_info().rss
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB, lifetime maximum
-
-    def _sample(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.peak = max(self.peak, self._rss())
-
-    def __enter__(self) -> RssPeak:
-        self.peak = self._rss()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        self.peak = max(self.peak, self._rss())
-
-
-class Meter:
-    """Wall time, per-step times, peak VRAM and peak RSS of one pipeline call, synchronised with the device."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.rss = RssPeak()
-        self.stamps: list[float] = []
-        self.start = self.end = 0.0
-        self.peak_gpu: int | None = None
-
-    def sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    def step(self) -> None:
-        self.sync()
-        self.stamps.append(time.perf_counter())
-
-    def __enter__(self) -> Meter:
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        self.rss.__enter__()
-        self.sync()
-        self.start = time.perf_counter()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        with contextlib.suppress(Exception):  # after a CUDA error, syncing may raise again
-            self.sync()
-        self.end = time.perf_counter()
-        self.rss.__exit__()
-        if self.device.type == "cuda":
-            self.peak_gpu = torch.cuda.max_memory_allocated(self.device)
-
-    @property
-    def s_per_step(self) -> float | None:
-        if len(self.stamps) < 2:
-            return None
-        return (self.stamps[-1] - self.stamps[0]) / (len(self.stamps) - 1)
-
-
-def release(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
-def short_error(exc: BaseException) -> str:
-    if isinstance(exc, torch.cuda.OutOfMemoryError):
-        return "out of memory"
-    first = (str(exc).strip().splitlines() or [""])[0]
-    return f"error: {type(exc).__name__}: {first[:140]}"
-
-
-Runner = Callable[[Conditioning, VaceInput, int, int, Callable[[], None]], StepCacheController | None]
-
-
-def job_input(steps: int, acceleration: str, num_frames: int) -> VaceInput:
-    """The request fields ``denoise()`` reads; everything else keeps the fal schema's defaults (CFG 5, unipc)."""
-    return VaceInput(
-        prompt=PROMPT,
-        video_url="synthetic:pose",  # not fetched: the control frames are made here
-        num_frames=max(17, num_frames),
-        num_inference_steps=steps,
-        seed=SEED,
-        acceleration=acceleration,
-        shift=SHIFT,
-    )
-
-
-def pose_conditioning(width: int, height: int, frames: int) -> Conditioning:
-    return build_conditioning(pose_frames(width, height, frames, 16.0), width, height)
-
-
-def diffusers_runner(pipe: WanVACEPipeline) -> Runner:
-    """Plain diffusers: one ``__call__`` with the scheduler the brief fixes and no hooks."""
-
-    def run(cond: Conditioning, inp: VaceInput, width: int, height: int, step: Callable[[], None]) -> None:
-        pipe.scheduler = UniPCMultistepScheduler(
-            prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000, flow_shift=inp.shift
-        )
-
-        def on_step_end(_pipe: WanVACEPipeline, _i: int, _t: torch.Tensor, _kwargs: dict) -> dict:
-            step()
-            return {}
-
-        pipe(
-            prompt=inp.prompt,
-            negative_prompt=inp.negative_prompt,
-            video=cond.video,
-            mask=cond.mask,
-            reference_images=cond.reference_images,
-            height=height,
-            width=width,
-            num_frames=len(cond.video),
-            num_inference_steps=inp.num_inference_steps,
-            guidance_scale=inp.guidance_scale,
-            generator=torch.Generator("cpu").manual_seed(SEED),
-            output_type="np",
-            callback_on_step_end=on_step_end,
-        )
-        return None
-
-    return run
-
-
-def ours_runner(loaded: LoadedModel) -> Runner:
-    """This server: the job's scheduler and step cache exactly as ``generate()`` makes them, then ``denoise()``."""
-
-    def run(
-        cond: Conditioning, inp: VaceInput, width: int, height: int, step: Callable[[], None]
-    ) -> StepCacheController | None:
-        pipe = loaded.pipeline(make_scheduler(inp.sampler, inp.shift))
-        threshold = THRESHOLDS[inp.acceleration]
-        cache = StepCacheController(threshold, inp.num_inference_steps) if threshold is not None else None
-        hooks = JobHooks(step=lambda _i, _n: step())
-        denoise(pipe, cond, inp, prompt=inp.prompt, width=width, height=height, seed=SEED, hooks=hooks, cache=cache)
-        return cache
-
-    return run
-
-
-# --- one configuration (a "phase": model x pipeline x memory mode), in-process or in a child -------------------
-
-
-@dataclass
-class Settings:
-    weights: str
-    device: str
-    size: str
-    jobs: list[str]
-    steps: int
-    warmup: bool
-
-
-@dataclass
-class Phase:
-    model: str
-    pipeline: str  # "diffusers" | "ours"
-    memory: str  # "full" | "fp8" | "group_offload" | "model_offload"
-    accelerations: list[str] = field(default_factory=lambda: ["none"])
-    attention: str = "auto"
-    extra_backends: list[str] = field(default_factory=list)
-    budget_gib: float | None = None
-
-    def memory_label(self) -> str:
-        return self.memory if self.budget_gib is None else f"{self.memory}, {self.budget_gib:g} GiB cap"
-
-    def title(self) -> str:
-        return f"{MODEL_NAMES[self.model]} / {self.pipeline} / {self.memory_label()}"
-
-
-Emit = Callable[[dict[str, object]], None]
-
-
-def quiet_libraries() -> None:
-    # diffusers 0.42 prefers `dtype=` but still takes `torch_dtype=`, which pipelines/loading.py uses too.
-    warnings.filterwarnings("ignore", message=".*torch_dtype.*deprecated", category=FutureWarning)
-    diffusers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-
-
-def device_record(device: torch.device) -> dict[str, object]:
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        return {"type": "device", "name": f"{props.name}, {props.total_memory / GIB:.0f} GiB"}
-    model = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {"type": "device", "name": f"CPU ({model}), {torch.get_num_threads()} threads"}
-
-
-def bench_config(
-    settings: Settings,
-    phase: Phase,
-    runner: Runner,
-    attention: str,
-    accelerations: list[str],
-    conds: dict[str, Conditioning],
-    emit: Emit,
-) -> None:
-    """Warm up once, then measure every job at every acceleration level for one loaded configuration."""
-    device = torch.device(settings.device)
-    rows = []
-    for job in settings.jobs:
-        width, height, frames = JOBS[job]
-        for accel in accelerations:
-            pipeline = "diffusers" if phase.pipeline == "diffusers" else f"ours, acceleration {accel}"
-            label = f"{job} {width}x{height}x{frames}, {settings.steps} steps"
-            row = Row(MODEL_NAMES[phase.model], label, pipeline, attention, phase.memory_label())
-            rows.append((row, job, accel))
-    if settings.warmup:
-        width, height, frames, steps = WARMUP
-        try:
-            warm = pose_conditioning(width, height, frames)
-            runner(warm, job_input(steps, "none", frames), width, height, lambda: None)
-        except Exception as exc:  # noqa: BLE001 - one configuration failing must not stop the matrix
-            for row, _job, _accel in rows:
-                row.note = f"warm-up failed, {short_error(exc)}"
-                emit({"type": "row", **asdict(row)})
-            release(device)
-            return
-    for row, job, accel in rows:
-        width, height, frames = JOBS[job]
-        inp = job_input(settings.steps, accel, frames)
-        meter = Meter(device)
-        cache = None
-        try:
-            with meter:
-                cache = runner(conds[job], inp, width, height, meter.step)
-        except Exception as exc:  # noqa: BLE001
-            row.note = short_error(exc)
-        else:
-            row.s_per_step = meter.s_per_step
-            row.e2e_s = meter.end - meter.start
-            if cache is not None:
-                row.reused = f"{sum(len(v) for v in cache.skipped.values())}/{cache.calls}"
-        row.peak_gpu_gib = None if meter.peak_gpu is None else meter.peak_gpu / GIB
-        row.peak_rss_gib = meter.rss.peak / GIB
-        emit({"type": "row", **asdict(row)})
-        release(device)
-
-
-def run_phase(settings: Settings, phase: Phase, emit: Emit) -> None:
-    """Load one configuration and measure its rows; every failure becomes a row's note."""
-    quiet_libraries()
-    device = torch.device(settings.device)
-    emit(device_record(device))
-    if phase.budget_gib is not None:  # before anything is allocated, as on a card of that size
-        total = torch.cuda.get_device_properties(device).total_memory
-        torch.cuda.set_per_process_memory_fraction(min(1.0, phase.budget_gib * GIB / total), device)
-    conds = {job: pose_conditioning(*JOBS[job]) for job in settings.jobs}
-    folder = Path(settings.weights) / MODELS[phase.model].folder
-    manager: ModelManager | None = None
-    pipe: WanVACEPipeline | None = None
-    started = time.perf_counter()
-    try:
-        if phase.pipeline == "diffusers":
-            vae = AutoencoderKLWan.from_pretrained(folder, subfolder="vae", torch_dtype=torch.float32)
-            pipe = WanVACEPipeline.from_pretrained(folder, vae=vae, torch_dtype=default_dtype(device)).to(device)
-            pipe.set_progress_bar_config(disable=True)
-            runner, attention = diffusers_runner(pipe), "native (diffusers default)"
-        else:
-            runtime = RuntimeConfig(memory_mode=phase.memory, attention=phase.attention)
-            manager = ModelManager(Path(settings.weights), device=device, max_models=1, runtime=runtime)
-            loaded = manager.get(phase.model)
-            runner, attention = ours_runner(loaded), manager.attention
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        emit({"type": "load", "what": phase.title(), "seconds": time.perf_counter() - started})
-    except Exception as exc:  # noqa: BLE001
-        row = Row(MODEL_NAMES[phase.model], "-", phase.pipeline, phase.attention, phase.memory_label())
-        row.note = f"load failed, {short_error(exc)}"
-        emit({"type": "row", **asdict(row)})
-        return
-    bench_config(settings, phase, runner, attention, phase.accelerations, conds, emit)
-    if manager is not None and phase.extra_backends:
-        experts = [t for t in (loaded.transformer, loaded.transformer_2) if t is not None]
-        for backend in phase.extra_backends:
-            try:
-                for transformer in experts:
-                    transformer.set_attention_backend(backend)
-            except Exception as exc:  # noqa: BLE001 - not usable here (package, GPU generation)
-                for job in settings.jobs:
-                    width, height, frames = JOBS[job]
-                    label = f"{job} {width}x{height}x{frames}, {settings.steps} steps"
-                    row = Row(MODEL_NAMES[phase.model], label, "ours, acceleration none", backend, phase.memory_label())
-                    row.note = f"unavailable, {short_error(exc)}"
-                    emit({"type": "row", **asdict(row)})
-                continue
-            bench_config(settings, phase, runner, backend, ["none"], conds, emit)
-        # set_attention_backend also sets diffusers' process-wide default: put back what the manager chose, so a
-        # later in-process configuration (CPU runs) sees what it would have seen alone.
-        for transformer in experts:
-            transformer.set_attention_backend(manager.attention)
-
-
-def run_build(settings: Settings, arch_name: str, seed: int, emit: Emit) -> None:
-    quiet_libraries()
-    device = torch.device(settings.device)
-    emit(device_record(device))
-    started = time.perf_counter()
-    write_weights(Path(settings.weights), ARCHITECTURES[arch_name], device, seed)
-    seconds = time.perf_counter() - started
-    emit({"type": "load", "what": f"building and saving the {arch_name} random weights", "seconds": seconds})
-
-
-def child_main(spec_json: str) -> None:
-    spec = json.loads(spec_json)
-    settings = Settings(**spec["settings"])
-    out = Path(spec["out"])
-
-    def emit(record: dict[str, object]) -> None:
-        with out.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        if record["type"] == "row":
-            print("  " + " | ".join(row_cells(record)), flush=True)
-
-    if spec["kind"] == "build":
-        run_build(settings, settings.size, spec["seed"], emit)
-    else:
-        run_phase(settings, Phase(**spec["phase"]), emit)
-
-
-def execute(
-    kind: str, settings: Settings, phase: Phase | None, seed: int, isolate: bool, scratch: Path
-) -> tuple[list[dict], str]:
-    """Run one build or phase (in a child process when ``isolate``); returns its records and a failure note."""
-    handle, name = tempfile.mkstemp(prefix=f"{kind}-", suffix=".jsonl", dir=scratch)
-    os.close(handle)
-    out = Path(name)
-    spec = {
-        "kind": kind,
-        "settings": asdict(settings),
-        "phase": asdict(phase) if phase else None,
-        "seed": seed,
-        "out": str(out),
-    }
-    failure = ""
-    if isolate:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        command = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)]
-        code = subprocess.run(command, env=env).returncode
-        if code != 0:
-            killed = " (killed: host out of memory?)" if code in (-9, 137) else ""
-            failure = f"process ended with code {code}{killed}"
-    else:
-        try:
-            child_main(json.dumps(spec))
-        except Exception as exc:  # noqa: BLE001
-            failure = short_error(exc)
-        finally:
-            release(torch.device(settings.device))
-    records = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
-    out.unlink()
-    return records, failure
-
-
-# --- the report ------------------------------------------------------------------------------------------------
-
-COLUMNS = (
-    "model", "job", "pipeline", "attention", "memory",
-    "s/step", "end-to-end s", "peak GPU GiB", "peak RSS GiB", "cache reused", "note",
-)
-
-
-def _num(value: object, digits: int = 2) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
-def row_cells(row: dict) -> list[str]:
-    return [
-        str(row["model"]), str(row["job"]), str(row["pipeline"]), str(row["attention"]), str(row["memory"]),
-        _num(row["s_per_step"], 3), _num(row["e2e_s"]), _num(row["peak_gpu_gib"]), _num(row["peak_rss_gib"]),
-        str(row["reused"]), str(row["note"]),
-    ]
-
-
-def text_table(rows: list[dict]) -> str:
-    table = [list(COLUMNS)] + [row_cells(r) for r in rows]
-    widths = [max(len(line[i]) for line in table) for i in range(len(COLUMNS))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in table)
-
-
-COMMON_NOTES = (
-    "The step cache's decisions depend on how the transformer's input changes from step to step, which random "
-    "weights do not reproduce: the acceleration low/regular rows show the mechanism working and what a reused call "
-    "saves, not the speed-up real weights give (measure that with real weights).",
-    "Wan2.2 VACE-Fun A14B: both experts load the same random transformer files (the A14B folder links to the 14B's; "
-    "one copy on disk) as two separate modules, so memory and compute are those of two experts; boundary_ratio 0.875.",
-    "The tokenizer is a small word-level stand-in (UMT5's cannot be fetched offline); prompts are padded to 512 "
-    "tokens as with the real one, so text encoding costs the same. CFG 5 (two transformer calls per step), UniPC, "
-    "shift 5, seed 42, a synthetic pose control video, no mask (pure control).",
-    "s/step: mean of steps 2..N (step 1 carries one-time work). End-to-end: one pipeline call (text encoding, VAE "
-    "encoding of the control video, denoising, VAE decoding) with the models already loaded; media fetching and MP4 "
-    "encoding are not included.",
-    "diffusers: `WanVACEPipeline.from_pretrained(folder, vae=<fp32 AutoencoderKLWan>, torch_dtype=...)` moved to the "
-    "device, default attention, `UniPCMultistepScheduler(prediction_type='flow_prediction', use_flow_sigmas=True, "
-    "flow_shift=5)`. Ours: `ModelManager(weights, runtime=RuntimeConfig(memory_mode, attention)).get(model)"
-    ".pipeline(scheduler)` and `denoise()` from `pipelines/generate.py`; the other attention backends are switched "
-    "on the loaded transformers with `set_attention_backend`.",
-    "Peak GPU: `torch.cuda.max_memory_allocated` (tensors; the allocator's cache and the CUDA context come on top). "
-    "Peak RSS: the process's resident memory sampled every 20 ms (pinned host copies of offloaded weights count).",
-)
-
-
-def notes(data: dict) -> list[str]:
-    """What only this block's run needs said; ``COMMON_NOTES`` hold for every block."""
-    if data["size"] == "real":
-        out = [
-            "Random weights in the real architectures (Wan VACE 14B transformer 17.3 B parameters, UMT5-XXL encoder "
-            "5.7 B, Wan VAE): shapes and FLOPs are those of the real models, so time and memory are representative; "
-            "the videos are noise."
-        ]
-    else:
-        out = [
-            "Tiny models (`weights/tiny/wan.py`): this block shows that the script runs end to end; its numbers say "
-            "nothing about GPU speed or memory."
-        ]
-    out.append(
-        "Each configuration was warmed up with one 2-step 320x192x5 call." if data.get("warmup", True)
-        else "No warm-up call: the first row of each configuration includes first-call costs."
-    )
-    if data["kind"] == "cuda":
-        out.append(
-            "GiB cap: `torch.cuda.set_per_process_memory_fraction(cap / total)` before loading, with memory mode "
-            f"{BUDGET_MODE} (what `auto` picks with under 40 GiB free); the CUDA context (~0.5 GiB) is outside the "
-            "cap, so a real 24 GB card has slightly less."
-        )
-    else:
-        out.append("The 24 GiB-cap rows need CUDA (`torch.cuda.set_per_process_memory_fraction`) and are skipped here.")
-    return out
-
-
-def render_block(data: dict) -> str:
-    title = "GPU, real-size models" if data["kind"] == "cuda" else "CPU, tiny models (smoke run)"
-    lines = [f"### {title}", ""]
-    lines += [f"Command (from the repository root): `{cmd}`" for cmd in data["commands"]]
-    lines += [
-        "",
-        f"Device: {data['device']}. torch {data['versions']['torch']}, diffusers {data['versions']['diffusers']}, "
-        f"transformers {data['versions']['transformers']}. {data['date']}.",
-        "",
-        "| " + " | ".join(COLUMNS) + " |",
-        "|" + "|".join("---" for _ in COLUMNS) + "|",
-    ]
-    lines += ["| " + " | ".join(c.replace("|", "/") for c in row_cells(r)) + " |" for r in data["rows"]]
-    if data["loads"]:
-        lines += ["", "Loading: " + "; ".join(f"{ld['what']} {ld['seconds']:.1f} s" for ld in data["loads"]) + "."]
-    lines += [""] + [f"- {n}" for n in notes(data)]
-    payload = json.dumps(data, separators=(",", ":")).replace("--", "-\\u002d")  # no "--" inside an HTML comment
-    lines += ["", DATA_PREFIX + payload + DATA_SUFFIX]
-    return "\n".join(lines)
-
-
-def read_blocks(text: str) -> list[dict]:
-    if START not in text or END not in text:
-        return []
-    section = text[text.index(START) : text.index(END)]
-    blocks = []
-    for line in section.splitlines():
-        if line.startswith(DATA_PREFIX) and line.endswith(DATA_SUFFIX):
-            with contextlib.suppress(json.JSONDecodeError):
-                blocks.append(json.loads(line[len(DATA_PREFIX) : -len(DATA_SUFFIX)]))
-    return blocks
-
-
-def write_doc(path: Path, data: dict) -> None:
-    """Replace this device kind's block inside the marked section; everything else in the file stays."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    blocks = [b for b in read_blocks(text) if b.get("kind") != data["kind"]] + [data]
-    blocks.sort(key=lambda b: b["kind"] != "cuda")  # GPU first
-    section = "\n".join(
-        [
-            START,
-            "## Denoising: plain diffusers vs this server (`bench/gpu.py`)",
-            "",
-            "Written by `bench/gpu.py` (its docstring says what is measured and how); do not edit by hand.",
-            "",
-            *[f"- {n}" for n in COMMON_NOTES],
-            "",
-            "\n\n".join(render_block(b) for b in blocks),
-            END,
-        ]
-    )
-    if START in text and END in text:
-        text = text[: text.index(START)] + section + text[text.index(END) + len(END) :]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-
-
-# --- the run ---------------------------------------------------------------------------------------------------
-
-
-def attention_backends(device: torch.device, requested: list[str] | None) -> tuple[str, list[str]]:
-    """The backend ``auto`` resolves to, and the other backends to compare with it."""
-    default = resolve_attention("auto", device)
-    if requested is not None:
-        candidates = requested
-    elif device.type == "cuda":
-        installed = [name for name, module in CUDA_ATTENTION if importlib.util.find_spec(module) is not None]
-        candidates = [*installed, "_native_cudnn", "_native_flash", "native"]
-    else:
-        candidates = ["_native_math"]
-    return default, [b for b in dict.fromkeys(candidates) if b != default]
-
-
-def plan_phases(model: str, parts: list[str], extra_backends: list[str], cuda: bool, budget_gib: float) -> list[Phase]:
-    phases = []
-    if "baseline" in parts:
-        phases.append(Phase(model, "diffusers", "full"))
-    if {"accel", "attention", "memory"} & set(parts):
-        accels = list(THRESHOLDS) if "accel" in parts else ["none"]
-        extras = extra_backends if "attention" in parts else []
-        phases.append(Phase(model, "ours", "full", accels, extra_backends=extras))
-    if "memory" in parts:
-        phases += [Phase(model, "ours", mode) for mode in OFFLOAD_MODES]
-    if "budget" in parts and cuda:
-        phases.append(Phase(model, "ours", BUDGET_MODE, budget_gib=budget_gib))
-    return phases
 
 
 def display_command() -> str:
+    """This run's command line as the report shows it: the interpreter relative to the repository where it lies."""
     exe = Path(sys.executable)
     try:
         python = str(exe.relative_to(ROOT))
@@ -849,13 +120,12 @@ def display_command() -> str:
 
 
 def prepare_weights(
-    args: argparse.Namespace, settings: Settings, arch: Architecture, isolate: bool, scratch: Path
+    root: Path, arch: Architecture, seed: int, settings: Settings, isolate: bool, scratch: Path
 ) -> tuple[list[dict], bool]:
-    """Reuse ``--weights-dir`` when it holds this script's weights, else build them there (after a disk check).
+    """Reuse ``root`` when it holds this script's weights, else build them there (after a disk check).
     Returns the build's records and whether this run created the folder's contents (only those are deleted)."""
-    root = Path(settings.weights)
     marker = root / MARKER_FILE
-    if marker.is_file() and json.loads(marker.read_text()) == weights_marker(arch, args.seed):
+    if marker.is_file() and json.loads(marker.read_text()) == weights_marker(arch, seed):
         print(f"reusing the random weights in {root}")
         return [], False
     if root.exists() and any(root.iterdir()):
@@ -871,13 +141,11 @@ def prepare_weights(
     )
     if free < need * 1.03 + GIB:
         raise SystemExit(f"not enough disk in {root}: need ~{need / GIB:.0f} GiB, {free / GIB:.0f} GiB free")
-    records, failure = execute("build", settings, None, args.seed, isolate, scratch)
+    records, failure = execute("build", settings, None, seed, isolate, scratch)
     if failure:
         shutil.rmtree(root, ignore_errors=True)
         raise SystemExit(f"building the weights failed: {failure}")
     return records, True
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Denoising speed and memory of Wan VACE: plain diffusers vs this server, in one run "
@@ -990,7 +258,7 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     built = False
     try:
-        records, built = prepare_weights(args, settings, ARCHITECTURES[size], isolate, scratch)
+        records, built = prepare_weights(weights_dir, ARCHITECTURES[size], args.seed, settings, isolate, scratch)
         absorb(records)
         for phase in phases:
             print(f"- {phase.title()}", flush=True)
@@ -999,7 +267,7 @@ def main(argv: list[str] | None = None) -> None:
             if failure:
                 row = Row(MODEL_NAMES[phase.model], "-", phase.pipeline, phase.attention, phase.memory_label())
                 row.note = failure
-                absorb([{"type": "row", **asdict(row)}])
+                absorb([row.record()])
             save()
     finally:
         if args.keep_weights:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanVACEPipeline, WanVACETransformer3DModel
@@ -19,7 +20,36 @@ from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 from pipelines.manifest import MODELS, SHARED_FOLDER
 from weights.shared_links import link_shared
 
-TEXT_DIM = 32
+
+@dataclass(frozen=True)
+class WanSize:
+    """The numbers in which the tiny models differ from the real ones; every other argument of the builders below is
+    the real models' own, so ``bench/gpu.py`` builds the real architectures through the same code at another size."""
+
+    vocab_size: int | None  # UMT5's embedding rows; None: as many as the tokenizer has ids
+    text_dim: int  # UMT5's d_model, which is also the transformer's text_dim
+    text_kv: int
+    text_ff: int
+    text_layers: int
+    text_heads: int
+    text_buckets: int
+    text_max_distance: int
+    heads: int
+    head_dim: int
+    ffn_dim: int
+    layers: int
+    vace_layers: tuple[int, ...]
+    vae_base_dim: int
+    vae_dim_mult: tuple[int, ...]
+    vae_res_blocks: int
+
+
+TINY = WanSize(
+    vocab_size=None, text_dim=32, text_kv=8, text_ff=64, text_layers=2, text_heads=4, text_buckets=8,
+    text_max_distance=16, heads=2, head_dim=12, ffn_dim=32, layers=3, vace_layers=(0, 2),
+    vae_base_dim=3, vae_dim_mult=(1, 1, 1, 1), vae_res_blocks=1,
+)
+
 # A small English vocabulary, so that different prompts give different embeddings.
 WORDS = (
     "a an the and or of in on at to with from by for is are was dancing dance walking walk running run jumping "
@@ -45,16 +75,16 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def build_text_encoder(vocab_size: int) -> UMT5EncoderModel:
+def build_text_encoder(vocab_size: int, size: WanSize = TINY) -> UMT5EncoderModel:
     config = UMT5Config(
-        vocab_size=vocab_size,
-        d_model=TEXT_DIM,
-        d_kv=8,
-        d_ff=64,
-        num_layers=2,
-        num_heads=4,
-        relative_attention_num_buckets=8,
-        relative_attention_max_distance=16,
+        vocab_size=vocab_size if size.vocab_size is None else size.vocab_size,
+        d_model=size.text_dim,
+        d_kv=size.text_kv,
+        d_ff=size.text_ff,
+        num_layers=size.text_layers,
+        num_heads=size.text_heads,
+        relative_attention_num_buckets=size.text_buckets,
+        relative_attention_max_distance=size.text_max_distance,
         feed_forward_proj="gated-gelu",
         pad_token_id=0,
         eos_token_id=1,
@@ -63,27 +93,31 @@ def build_text_encoder(vocab_size: int) -> UMT5EncoderModel:
     return UMT5EncoderModel(config).eval()
 
 
-def build_vae() -> AutoencoderKLWan:
+def build_vae(size: WanSize = TINY) -> AutoencoderKLWan:
     return AutoencoderKLWan(
-        base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+        base_dim=size.vae_base_dim,
+        z_dim=16,
+        dim_mult=list(size.vae_dim_mult),
+        num_res_blocks=size.vae_res_blocks,
+        temperal_downsample=[False, True, True],
     ).eval()
 
 
-def build_transformer() -> WanVACETransformer3DModel:
+def build_transformer(size: WanSize = TINY) -> WanVACETransformer3DModel:
     return WanVACETransformer3DModel(
         patch_size=(1, 2, 2),
-        num_attention_heads=2,
-        attention_head_dim=12,
+        num_attention_heads=size.heads,
+        attention_head_dim=size.head_dim,
         in_channels=16,
         out_channels=16,
-        text_dim=TEXT_DIM,
+        text_dim=size.text_dim,
         freq_dim=256,
-        ffn_dim=32,
-        num_layers=3,
+        ffn_dim=size.ffn_dim,
+        num_layers=size.layers,
         cross_attn_norm=True,
         qk_norm="rms_norm_across_heads",
         rope_max_seq_len=1024,
-        vace_layers=[0, 2],
+        vace_layers=list(size.vace_layers),
         vace_in_channels=96,
     ).eval()
 

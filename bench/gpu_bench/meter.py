@@ -1,0 +1,102 @@
+"""Time, per-step times, peak VRAM and peak RSS of one pipeline call.
+
+Why not a profiler: the numbers wanted are the ones a user of the server sees (wall seconds per step with the device
+synchronised, the allocator's peak, the process's resident memory), taken the same way for plain diffusers and for
+this server."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import resource
+import threading
+import time
+
+import torch
+
+try:
+    import psutil
+except ImportError:  # peak RSS then falls back to the process's lifetime maximum
+    psutil = None
+
+
+class RssPeak:
+    """Peak resident memory of this process over a block, sampled on a thread."""
+
+    def __init__(self, interval: float = 0.02) -> None:
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _rss(self) -> int:
+        if psutil is not None:
+            return psutil.Process().memory_info().rss
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB, lifetime maximum
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, self._rss())
+
+    def __enter__(self) -> RssPeak:
+        self.peak = self._rss()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.peak = max(self.peak, self._rss())
+
+
+class Meter:
+    """Wall time, per-step times, peak VRAM and peak RSS of one pipeline call, synchronised with the device."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.rss = RssPeak()
+        self.stamps: list[float] = []
+        self.start = self.end = 0.0
+        self.peak_gpu: int | None = None
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def step(self) -> None:
+        self.sync()
+        self.stamps.append(time.perf_counter())
+
+    def __enter__(self) -> Meter:
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self.rss.__enter__()
+        self.sync()
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        with contextlib.suppress(Exception):  # after a CUDA error, syncing may raise again
+            self.sync()
+        self.end = time.perf_counter()
+        self.rss.__exit__()
+        if self.device.type == "cuda":
+            self.peak_gpu = torch.cuda.max_memory_allocated(self.device)
+
+    @property
+    def s_per_step(self) -> float | None:
+        """Mean of steps 2..N: the first step's stamp is the start, as step 1 carries one-time work."""
+        if len(self.stamps) < 2:
+            return None
+        return (self.stamps[-1] - self.stamps[0]) / (len(self.stamps) - 1)
+
+
+def release(device: torch.device) -> None:
+    """Return freed memory between calls, so one call's peak does not carry into the next."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()

@@ -1,0 +1,205 @@
+"""One configuration (a ``Phase``: model x pipeline x memory mode) loaded once and measured on every job, and the
+random weights built; each emits records (device, load times, rows) for the parent to collect.
+
+Every failure (a load, a warm-up, a call, an attention backend this machine lacks) becomes a row's note instead of
+an exception, so one configuration failing costs its own rows only and the matrix goes on."""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import diffusers
+import torch
+import transformers
+from diffusers import AutoencoderKLWan, WanVACEPipeline
+
+from pipelines.conditioning import Conditioning
+from pipelines.loading import ModelManager, default_dtype
+from pipelines.manifest import MODELS
+from pipelines.runtime import GIB, RuntimeConfig
+
+from .meter import Meter, release
+from .plan import JOBS, MODEL_NAMES, WARMUP, Phase, Settings
+from .runners import Runner, diffusers_runner, job_input, ours_runner, pose_conditioning
+from .synthetic_weights import ARCHITECTURES, write_weights
+
+Emit = Callable[[dict[str, object]], None]
+
+
+@dataclass
+class Row:
+    """One line of the results table; ``key()`` names what a later measurement of the same thing replaces."""
+
+    model: str
+    job: str
+    pipeline: str
+    attention: str
+    memory: str
+    s_per_step: float | None = None
+    e2e_s: float | None = None
+    peak_gpu_gib: float | None = None
+    peak_rss_gib: float | None = None
+    reused: str = "-"
+    note: str = ""
+
+    def key(self) -> tuple[str, ...]:
+        return (self.model, self.job, self.pipeline, self.attention, self.memory)
+
+    def record(self) -> dict[str, object]:
+        return {"type": "row", **asdict(self)}
+
+
+def job_label(job: str, steps: int) -> str:
+    width, height, frames = JOBS[job]
+    return f"{job} {width}x{height}x{frames}, {steps} steps"
+
+
+def short_error(exc: BaseException) -> str:
+    """A failure as a table cell: the exception's first line, cut short."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return "out of memory"
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return f"error: {type(exc).__name__}: {first[:140]}"
+
+
+def quiet_libraries() -> None:
+    # diffusers 0.42 prefers `dtype=` but still takes `torch_dtype=`, which pipelines/loading.py uses too.
+    warnings.filterwarnings("ignore", message=".*torch_dtype.*deprecated", category=FutureWarning)
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def device_record(device: torch.device) -> dict[str, object]:
+    """The device as the report names it: the GPU and its memory, or the CPU model and torch's thread count."""
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return {"type": "device", "name": f"{props.name}, {props.total_memory / GIB:.0f} GiB"}
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {"type": "device", "name": f"CPU ({model}), {torch.get_num_threads()} threads"}
+
+
+def bench_config(
+    settings: Settings,
+    phase: Phase,
+    runner: Runner,
+    attention: str,
+    accelerations: list[str],
+    conds: dict[str, Conditioning],
+    emit: Emit,
+) -> None:
+    """Warm up once, then measure every job at every acceleration level for one loaded configuration."""
+    device = torch.device(settings.device)
+    rows = []
+    for job in settings.jobs:
+        for accel in accelerations:
+            pipeline = "diffusers" if phase.pipeline == "diffusers" else f"ours, acceleration {accel}"
+            label = job_label(job, settings.steps)
+            row = Row(MODEL_NAMES[phase.model], label, pipeline, attention, phase.memory_label())
+            rows.append((row, job, accel))
+    if settings.warmup:
+        width, height, frames, steps = WARMUP
+        try:
+            warm = pose_conditioning(width, height, frames)
+            runner(warm, job_input(steps, "none", frames), width, height, lambda: None)
+        except Exception as exc:  # noqa: BLE001 - one configuration failing must not stop the matrix
+            for row, _job, _accel in rows:
+                row.note = f"warm-up failed, {short_error(exc)}"
+                emit(row.record())
+            release(device)
+            return
+    for row, job, accel in rows:
+        width, height, frames = JOBS[job]
+        inp = job_input(settings.steps, accel, frames)
+        meter = Meter(device)
+        cache = None
+        try:
+            with meter:
+                cache = runner(conds[job], inp, width, height, meter.step)
+        except Exception as exc:  # noqa: BLE001
+            row.note = short_error(exc)
+        else:
+            row.s_per_step = meter.s_per_step
+            row.e2e_s = meter.end - meter.start
+            if cache is not None:
+                row.reused = f"{sum(len(v) for v in cache.skipped.values())}/{cache.calls}"
+        row.peak_gpu_gib = None if meter.peak_gpu is None else meter.peak_gpu / GIB
+        row.peak_rss_gib = meter.rss.peak / GIB
+        emit(row.record())
+        release(device)
+
+
+def run_phase(settings: Settings, phase: Phase, emit: Emit) -> None:
+    """Load one configuration and measure its rows; every failure becomes a row's note."""
+    quiet_libraries()
+    device = torch.device(settings.device)
+    emit(device_record(device))
+    if phase.budget_gib is not None:  # before anything is allocated, as on a card of that size
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, phase.budget_gib * GIB / total), device)
+    conds = {job: pose_conditioning(*JOBS[job]) for job in settings.jobs}
+    folder = Path(settings.weights) / MODELS[phase.model].folder
+    manager: ModelManager | None = None
+    pipe: WanVACEPipeline | None = None
+    started = time.perf_counter()
+    try:
+        if phase.pipeline == "diffusers":
+            vae = AutoencoderKLWan.from_pretrained(folder, subfolder="vae", torch_dtype=torch.float32)
+            pipe = WanVACEPipeline.from_pretrained(folder, vae=vae, torch_dtype=default_dtype(device)).to(device)
+            pipe.set_progress_bar_config(disable=True)
+            runner, attention = diffusers_runner(pipe), "native (diffusers default)"
+        else:
+            runtime = RuntimeConfig(memory_mode=phase.memory, attention=phase.attention)
+            manager = ModelManager(Path(settings.weights), device=device, max_models=1, runtime=runtime)
+            loaded = manager.get(phase.model)
+            runner, attention = ours_runner(loaded), manager.attention
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        emit({"type": "load", "what": phase.title(), "seconds": time.perf_counter() - started})
+    except Exception as exc:  # noqa: BLE001
+        row = Row(MODEL_NAMES[phase.model], "-", phase.pipeline, phase.attention, phase.memory_label())
+        row.note = f"load failed, {short_error(exc)}"
+        emit(row.record())
+        return
+    bench_config(settings, phase, runner, attention, phase.accelerations, conds, emit)
+    if manager is not None and phase.extra_backends:
+        experts = [t for t in (loaded.transformer, loaded.transformer_2) if t is not None]
+        for backend in phase.extra_backends:
+            try:
+                for transformer in experts:
+                    transformer.set_attention_backend(backend)
+            except Exception as exc:  # noqa: BLE001 - not usable here (package, GPU generation)
+                for job in settings.jobs:
+                    label = job_label(job, settings.steps)
+                    row = Row(MODEL_NAMES[phase.model], label, "ours, acceleration none", backend, phase.memory_label())
+                    row.note = f"unavailable, {short_error(exc)}"
+                    emit(row.record())
+                continue
+            bench_config(settings, phase, runner, backend, ["none"], conds, emit)
+        # set_attention_backend also sets diffusers' process-wide default: put back what the manager chose, so a
+        # later in-process configuration (CPU runs) sees what it would have seen alone.
+        for transformer in experts:
+            transformer.set_attention_backend(manager.attention)
+
+
+def run_build(settings: Settings, seed: int, emit: Emit) -> None:
+    """Write the random weights of ``settings.size`` into ``settings.weights`` and report how long it took."""
+    quiet_libraries()
+    device = torch.device(settings.device)
+    emit(device_record(device))
+    started = time.perf_counter()
+    write_weights(Path(settings.weights), ARCHITECTURES[settings.size], device, seed)
+    seconds = time.perf_counter() - started
+    emit({"type": "load", "what": f"building and saving the {settings.size} random weights", "seconds": seconds})
