@@ -283,7 +283,8 @@ class SqlJobStore(ABC):
         """Renew the lease of a job that ``worker_id`` is running, for ``lease_s`` more seconds.
 
         False when the job is no longer this worker's (another node handed it back after the lease ran out, or it
-        ended, e.g. cancelled while queued again): the worker must stop it and record nothing.
+        ended, e.g. cancelled while queued again): the worker must stop it and record nothing. A lease that ran out
+        but that no node has acted on yet is renewed.
         """
         with self._tx() as db:
             return db.execute(
@@ -296,7 +297,8 @@ class SqlJobStore(ABC):
         """Record a job's end: ``result`` on success, else ``failure`` (``cancelled`` marks a user's cancel).
 
         With ``worker_id`` only while that worker still holds the job, so a worker that lost it (its lease ran
-        out and another node took it back) never completes it a second time. Returns whether it was recorded.
+        out and another node took it back) never completes it a second time; a lease that ran out but that no node
+        has acted on yet still counts as held. Returns whether it was recorded.
         """
         with self._tx() as db:
             return _complete(db, job_id, result=result, failure=CANCELLED if cancelled else failure,
