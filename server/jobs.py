@@ -2,13 +2,19 @@
 
 SQLite is the embedded default: jobs survive a restart, and a job that was running when the process died is
 re-queued (at the front, in its old place) until it has had ``max_attempts`` runs, then failed with a reason.
-Everything else in the server talks to the :class:`JobStore` protocol only, so a shared multi-node store can
-replace this one later. One process owns a database file at a time (an exclusive lock file enforces it), because
-recovery treats every running job as orphaned.
+Everything else in the server talks to the :class:`JobStore` protocol only. One process owns a SQLite file at a time
+(an exclusive lock file enforces it), because recovery treats every running job as orphaned.
+
+The store's logic is written once, in SQL that SQLite and PostgreSQL both run (:class:`SqlJobStore`); the SQLite
+store supplies its connection here and ``server/pg_store.py`` the shared, multi-node one. In a fleet a running job
+is tied to its worker by a lease that the worker renews (``claim(worker_id=..., lease_s=...)``, ``heartbeat``); any
+node hands a job whose lease ran out back to the queue (``requeue_expired``), and a worker that lost its job cannot
+record an outcome for it (``finish(..., worker_id=...)`` returns False).
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -16,8 +22,8 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from abc import ABC, abstractmethod
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -82,6 +88,10 @@ class Job:
     webhook_attempts: int = 0
     webhook_next_at: float | None = None
     """Failed deliveries so far and when the next one is due, so a restart resumes the back-off where it was."""
+    worker_id: str | None = None
+    """The worker that claimed the job last (None: claimed without a lease, or never)."""
+    lease_expires_at: float | None = None
+    """When a running job counts as orphaned unless its worker renews the lease (None: no lease, never)."""
 
 
 @dataclass(frozen=True)
@@ -99,10 +109,12 @@ class JobStore(Protocol):
             start_timeout_s: float | None = None, runner_hint: str | None = None) -> Job: ...
     def get(self, job_id: str) -> Job | None: ...
     def queue_position(self, job: Job) -> int: ...
-    def claim(self) -> Job | None: ...
+    def claim(self, *, worker_id: str | None = None, lease_s: float | None = None,
+              models: Collection[str] | None = None) -> Job | None: ...
+    def heartbeat(self, job_id: str, worker_id: str, lease_s: float) -> bool: ...
     def finish(self, job_id: str, *, result: dict[str, Any] | None = None, failure: Failure | None = None,
-               cancelled: bool = False) -> None: ...
-    def requeue(self, job_id: str, reason: str) -> None: ...
+               cancelled: bool = False, worker_id: str | None = None) -> bool: ...
+    def requeue(self, job_id: str, reason: str, *, worker_id: str | None = None) -> bool: ...
     def request_cancel(self, job_id: str) -> Job | None: ...
     def cancel_requested(self, job_id: str) -> bool: ...
     def log(self, job_id: str, message: str, level: str = "INFO") -> None: ...
@@ -110,6 +122,7 @@ class JobStore(Protocol):
     def logs(self, job_id: str) -> list[LogLine]: ...
     def counts(self) -> dict[str, int]: ...
     def recover(self, max_attempts: int) -> list[str]: ...
+    def requeue_expired(self, max_attempts: int) -> list[str]: ...
     def expire_unstarted(self) -> list[str]: ...
     def pending_webhooks(self) -> list[Job]: ...
     def set_webhook_state(self, job_id: str, state: WebhookState) -> None: ...
@@ -145,7 +158,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     start_deadline REAL,
     runner_hint TEXT,
     webhook_attempts INTEGER NOT NULL DEFAULT 0,
-    webhook_next_at REAL
+    webhook_next_at REAL,
+    worker_id TEXT,
+    lease_expires_at REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, seq);
 CREATE TABLE IF NOT EXISTS logs (
@@ -163,6 +178,7 @@ CREATE INDEX IF NOT EXISTS logs_job ON logs (job_id, seq);
 _ADDED_COLUMNS = {
     "control_video_url": "TEXT", "owner": "TEXT", "priority": "INTEGER NOT NULL DEFAULT 0", "start_deadline": "REAL",
     "runner_hint": "TEXT", "webhook_attempts": "INTEGER NOT NULL DEFAULT 0", "webhook_next_at": "REAL",
+    "worker_id": "TEXT", "lease_expires_at": "REAL",
 }
 _PRIORITIES: dict[str, int] = {"normal": 0, "low": 1}
 _QUEUE_ORDER = "priority, seq"  # normal before low, first come first served within each
@@ -172,52 +188,43 @@ class StoreLockedError(RuntimeError):
     """Another server process already owns this database."""
 
 
-class SqliteJobStore:
-    """:class:`JobStore` in one SQLite file (WAL mode: readers never wait for the worker's writes)."""
+class Cursor(Protocol):
+    """The part of a DB-API cursor the store uses (sqlite3's and psycopg's both fit); rows read by column name."""
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        lock_path = path.with_name(path.name + ".lock")
-        self._lock_file = os.fdopen(os.open(lock_path, os.O_WRONLY | os.O_CREAT, 0o600), "w")  # held for our life
-        try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock_file.close()
-            raise StoreLockedError(f"{path} is in use by another vace server (one server per data directory)")
-        # Prompts, webhook URLs and file URLs are the users' own: the database is its owner's only (SQLite gives
-        # its -wal and -shm files the database file's mode).
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
-        path.chmod(0o600)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")  # durable across a process crash, which is what we need
-        self._db.executescript(_SCHEMA)
-        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
-        for column, kind in _ADDED_COLUMNS.items():  # a database made before the column existed
-            if column not in columns:
-                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
-        self._mutex = threading.Lock()
+    rowcount: int
 
-    def close(self) -> None:
-        with self._mutex:
-            self._db.close()
-            self._lock_file.close()
+    def fetchone(self) -> Any: ...
+    def fetchall(self) -> list[Any]: ...
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._mutex:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
 
-    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        with self._mutex:
-            return self._db.execute(sql, args).fetchall()
+class Connection(Protocol):
+    """A connection inside one of the store's transactions: ``execute`` takes SQL with ``?`` placeholders."""
+
+    def execute(self, sql: str, args: Sequence[Any] = (), /) -> Cursor: ...
+
+
+class SqlJobStore(ABC):
+    """:class:`JobStore` in SQL that SQLite and PostgreSQL both run, so the two stores cannot drift apart.
+
+    A subclass supplies transactions (``_tx``), single reads (``_query``) and the row locks its engine needs where
+    several processes share the database: ``_LOCK`` for a row about to be changed on what was read (cancel), and
+    ``_LOCK_SKIP`` for claims and sweeps, which take rows another process holds as not theirs to take. SQLite
+    needs neither (a write transaction locks the whole file).
+    """
+
+    _LOCK = ""
+    _LOCK_SKIP = ""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    @abstractmethod
+    def _tx(self) -> contextlib.AbstractContextManager[Connection]:
+        """One transaction, committed when the block ends and rolled back when it raises."""
+
+    @abstractmethod
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[Mapping[str, Any]]:
+        """The rows of one read."""
 
     def add(self, *, app: str, task: str, model: str, input: dict[str, Any], base_url: str,
             webhook_url: str | None, owner: str | None = None, priority: Priority = "normal",
@@ -244,38 +251,73 @@ class SqliteJobStore:
         """How many queued jobs run before ``job`` (0: it is next): every queued job of a higher priority, and the
         older ones of its own."""
         rank = _PRIORITIES[job.priority]
-        rows = self._query("SELECT COUNT(*) FROM jobs WHERE status = 'IN_QUEUE' AND (priority < ? OR"
+        rows = self._query("SELECT COUNT(*) AS n FROM jobs WHERE status = 'IN_QUEUE' AND (priority < ? OR"
                            " (priority = ? AND seq < ?))", (rank, rank, job.seq))
-        return int(rows[0][0])
+        return int(rows[0]["n"])
 
-    def claim(self) -> Job | None:
-        """Take the next queued job (normal before low, oldest first) and mark it running (one more attempt)."""
+    def claim(self, *, worker_id: str | None = None, lease_s: float | None = None,
+              models: Collection[str] | None = None) -> Job | None:
+        """Take the next queued job (normal before low, oldest first) and mark it running (one more attempt).
+
+        ``worker_id`` and ``lease_s`` tie the job to its worker for ``lease_s`` seconds, renewed by
+        :meth:`heartbeat`; without them the job has no lease and only :meth:`recover` takes it back. ``models``
+        (when given) limits the claim to jobs for those models, the ones this worker can serve.
+        """
+        now = time.time()
+        lease = now + lease_s if lease_s is not None else None
+        only: tuple[str, ...] = tuple(models) if models is not None else ()
+        if models is not None and not only:
+            return None
+        for_models = f" AND model IN ({', '.join('?' * len(only))})" if only else ""
         with self._tx() as db:
-            row = db.execute(f"SELECT id FROM jobs WHERE status = 'IN_QUEUE' AND (start_deadline IS NULL OR"
-                             f" start_deadline > ?) ORDER BY {_QUEUE_ORDER} LIMIT 1", (time.time(),)).fetchone()
-            if row is None:
-                return None
-            db.execute(
-                "UPDATE jobs SET status = 'IN_PROGRESS', attempts = attempts + 1, started_at = ? WHERE id = ?",
-                (time.time(), row["id"]),
-            )
-        return self.get(row["id"])
+            row = db.execute(
+                "UPDATE jobs SET status = 'IN_PROGRESS', attempts = attempts + 1, started_at = ?, worker_id = ?,"
+                " lease_expires_at = ? WHERE seq = (SELECT seq FROM jobs WHERE status = 'IN_QUEUE' AND"
+                f" (start_deadline IS NULL OR start_deadline > ?){for_models} ORDER BY {_QUEUE_ORDER} LIMIT 1"
+                f"{self._LOCK_SKIP}) RETURNING *",
+                (now, worker_id, lease, now, *only),
+            ).fetchone()
+        return _job(row) if row is not None else None
+
+    def heartbeat(self, job_id: str, worker_id: str, lease_s: float) -> bool:
+        """Renew the lease of a job that ``worker_id`` is running, for ``lease_s`` more seconds.
+
+        False when the job is no longer this worker's (another node handed it back after the lease ran out, or it
+        ended, e.g. cancelled while queued again): the worker must stop it and record nothing. A lease that ran out
+        but that no node has acted on yet is renewed.
+        """
+        with self._tx() as db:
+            return db.execute(
+                "UPDATE jobs SET lease_expires_at = ? WHERE id = ? AND status = 'IN_PROGRESS' AND worker_id = ?",
+                (time.time() + lease_s, job_id, worker_id),
+            ).rowcount == 1
 
     def finish(self, job_id: str, *, result: dict[str, Any] | None = None, failure: Failure | None = None,
-               cancelled: bool = False) -> None:
-        """Record a job's end: ``result`` on success, else ``failure`` (``cancelled`` marks a user's cancel)."""
-        with self._tx() as db:
-            _complete(db, job_id, result=result, failure=CANCELLED if cancelled else failure, cancelled=cancelled)
+               cancelled: bool = False, worker_id: str | None = None) -> bool:
+        """Record a job's end: ``result`` on success, else ``failure`` (``cancelled`` marks a user's cancel).
 
-    def requeue(self, job_id: str, reason: str) -> None:
-        """Give a running job back to the queue, in its old place, without counting the interrupted run."""
+        With ``worker_id`` only while that worker still holds the job, so a worker that lost it (its lease ran
+        out and another node took it back) never completes it a second time; a lease that ran out but that no node
+        has acted on yet still counts as held. Returns whether it was recorded.
+        """
         with self._tx() as db:
-            db.execute(
-                "UPDATE jobs SET status = 'IN_QUEUE', attempts = MAX(attempts - 1, 0), started_at = NULL"
-                " WHERE id = ? AND status = 'IN_PROGRESS'",
-                (job_id,),
-            )
-            _insert_log(db, job_id, reason, "WARN")
+            return _complete(db, job_id, result=result, failure=CANCELLED if cancelled else failure,
+                             cancelled=cancelled, worker_id=worker_id)
+
+    def requeue(self, job_id: str, reason: str, *, worker_id: str | None = None) -> bool:
+        """Give a running job back to the queue, in its old place, without counting the interrupted run (a graceful
+        stop). With ``worker_id`` only while that worker holds it. Returns whether the job was handed back."""
+        owned = " AND worker_id = ?" if worker_id is not None else ""
+        with self._tx() as db:
+            handed_back = db.execute(
+                "UPDATE jobs SET status = 'IN_QUEUE', attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END,"
+                f" started_at = NULL, worker_id = NULL, lease_expires_at = NULL WHERE id = ? AND"
+                f" status = 'IN_PROGRESS'{owned}",
+                (job_id, worker_id) if worker_id is not None else (job_id,),
+            ).rowcount == 1
+            if handed_back:
+                _insert_log(db, job_id, reason, "WARN")
+        return handed_back
 
     def request_cancel(self, job_id: str) -> Job | None:
         """Cancel a job: a queued one ends now and never runs; a running one is flagged for its worker.
@@ -286,10 +328,10 @@ class SqliteJobStore:
         if job is None or job.status == "COMPLETED":
             return job
         with self._tx() as db:
-            status = db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()["status"]
+            status = db.execute(f"SELECT status FROM jobs WHERE id = ?{self._LOCK}", (job_id,)).fetchone()["status"]
             if status == "COMPLETED":  # it ended between the two reads
                 return job
-            db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
+            db.execute("UPDATE jobs SET cancel_requested = TRUE WHERE id = ?", (job_id,))
             _insert_log(db, job_id, "cancellation requested", "WARN")
             if status == "IN_QUEUE":
                 _complete(db, job_id, failure=CANCELLED, cancelled=True)
@@ -297,7 +339,7 @@ class SqliteJobStore:
 
     def cancel_requested(self, job_id: str) -> bool:
         rows = self._query("SELECT cancel_requested FROM jobs WHERE id = ?", (job_id,))
-        return bool(rows and rows[0][0])
+        return bool(rows and rows[0]["cancel_requested"])
 
     def log(self, job_id: str, message: str, level: str = "INFO") -> None:
         with self._tx() as db:
@@ -327,26 +369,39 @@ class SqliteJobStore:
     def recover(self, max_attempts: int) -> list[str]:
         """After a crash: re-queue the jobs that were running, or fail those that already had ``max_attempts``.
 
+        Every running job counts as orphaned, so this is for a store that one process owns (SQLite's lock
+        ensures it); where several processes share the database, :meth:`requeue_expired` is the one to call.
         Returns the ids of the jobs it touched.
         """
-        touched = []
         with self._tx() as db:
-            for row in db.execute("SELECT id, attempts FROM jobs WHERE status = 'IN_PROGRESS'").fetchall():
-                job_id, attempts = row["id"], row["attempts"]
-                touched.append(job_id)
-                if attempts < max_attempts:
-                    db.execute("UPDATE jobs SET status = 'IN_QUEUE', started_at = NULL WHERE id = ?", (job_id,))
-                    _insert_log(
-                        db, job_id,
-                        f"the server stopped while this job was running (run {attempts} of at most {max_attempts});"
-                        " re-queued", "WARN",
-                    )
-                    continue
-                reason = (
-                    f"the server stopped while this job was running, {attempts} times; it is not retried again"
-                )
-                _complete(db, job_id, failure=request_failure(503, reason, "runner_disconnected"))
-                _insert_log(db, job_id, reason, "ERROR")
+            return self._hand_back(db, "", (), max_attempts, "the server stopped while this job was running")
+
+    def requeue_expired(self, max_attempts: int) -> list[str]:
+        """Hand the running jobs whose lease ran out (their worker died or lost the database) back to the queue,
+        in their old place, the lost run counted; fail those that already had ``max_attempts``, since a job that
+        keeps killing its worker must end. Any node may call it at any time. Returns the ids of the jobs it
+        touched."""
+        with self._tx() as db:
+            return self._hand_back(db, " AND lease_expires_at < ?", (time.time(),), max_attempts,
+                                   "the worker running this job stopped renewing its lease")
+
+    def _hand_back(self, db: Connection, where: str, args: tuple[Any, ...], max_attempts: int,
+                   cause: str) -> list[str]:
+        """Re-queue or fail the running jobs that match ``where``, saying ``cause`` in their logs."""
+        touched = []
+        rows = db.execute(f"SELECT id, attempts FROM jobs WHERE status = 'IN_PROGRESS'{where}"
+                          f" ORDER BY seq{self._LOCK_SKIP}", args).fetchall()
+        for row in rows:
+            job_id, attempts = row["id"], row["attempts"]
+            touched.append(job_id)
+            if attempts < max_attempts:
+                db.execute("UPDATE jobs SET status = 'IN_QUEUE', started_at = NULL, worker_id = NULL,"
+                           " lease_expires_at = NULL WHERE id = ?", (job_id,))
+                _insert_log(db, job_id, f"{cause} (run {attempts} of at most {max_attempts}); re-queued", "WARN")
+                continue
+            reason = f"{cause}, {attempts} times; it is not retried again"
+            _complete(db, job_id, failure=request_failure(503, reason, "runner_disconnected"))
+            _insert_log(db, job_id, reason, "ERROR")
         return touched
 
     def expire_unstarted(self) -> list[str]:
@@ -356,7 +411,7 @@ class SqliteJobStore:
         expired = []
         with self._tx() as db:
             rows = db.execute("SELECT id, start_deadline, created_at FROM jobs WHERE status = 'IN_QUEUE' AND"
-                              " start_deadline <= ?", (now,)).fetchall()
+                              f" start_deadline <= ? ORDER BY seq{self._LOCK_SKIP}", (now,)).fetchall()
             for row in rows:
                 waited = row["start_deadline"] - row["created_at"]
                 reason = f"the request did not start within its start timeout of {waited:g} s"
@@ -393,18 +448,69 @@ class SqliteJobStore:
             return db.execute(f"DELETE FROM jobs WHERE {where}", (finished_before,)).rowcount
 
 
-def _complete(db: sqlite3.Connection, job_id: str, *, result: dict[str, Any] | None = None,
-              failure: Failure | None = None, cancelled: bool = False) -> None:
-    """Mark a job COMPLETED; its webhook (if any) becomes due."""
+class SqliteJobStore(SqlJobStore):
+    """:class:`JobStore` in one SQLite file (WAL mode: readers never wait for the worker's writes)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        lock_path = path.with_name(path.name + ".lock")
+        self._lock_file = os.fdopen(os.open(lock_path, os.O_WRONLY | os.O_CREAT, 0o600), "w")  # held for our life
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.close()
+            raise StoreLockedError(f"{path} is in use by another vace server (one server per data directory)")
+        # Prompts, webhook URLs and file URLs are the users' own: the database is its owner's only (SQLite gives
+        # its -wal and -shm files the database file's mode).
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        path.chmod(0o600)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")  # durable across a process crash, which is what we need
+        self._db.executescript(_SCHEMA)
+        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        for column, kind in _ADDED_COLUMNS.items():  # a database made before the column existed
+            if column not in columns:
+                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
+        self._mutex = threading.Lock()
+
+    def close(self) -> None:
+        with self._mutex:
+            self._db.close()
+            self._lock_file.close()
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._mutex:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[Mapping[str, Any]]:
+        with self._mutex:
+            return self._db.execute(sql, args).fetchall()
+
+
+def _complete(db: Connection, job_id: str, *, result: dict[str, Any] | None = None,
+              failure: Failure | None = None, cancelled: bool = False, worker_id: str | None = None) -> bool:
+    """Mark a job COMPLETED (with ``worker_id``: only while that worker holds it); its webhook (if any) becomes
+    due. Returns whether the job was marked."""
     outcome: Outcome = "cancelled" if cancelled else ("ok" if failure is None else "error")
-    db.execute(
+    owned = " AND status = 'IN_PROGRESS' AND worker_id = ?" if worker_id is not None else ""
+    args = (outcome, _dumps(result), _dumps(failure.__dict__ if failure else None), time.time(), job_id)
+    return db.execute(
         "UPDATE jobs SET status = 'COMPLETED', outcome = ?, result = ?, failure = ?, finished_at = ?,"
-        " webhook_state = CASE WHEN webhook_url IS NULL THEN NULL ELSE 'pending' END WHERE id = ?",
-        (outcome, _dumps(result), _dumps(failure.__dict__ if failure else None), time.time(), job_id),
-    )
+        f" webhook_state = CASE WHEN webhook_url IS NULL THEN NULL ELSE 'pending' END WHERE id = ?{owned}",
+        (*args, worker_id) if worker_id is not None else args,
+    ).rowcount == 1
 
 
-def _insert_log(db: sqlite3.Connection, job_id: str, message: str, level: str) -> None:
+def _insert_log(db: Connection, job_id: str, message: str, level: str) -> None:
     db.execute(
         "INSERT INTO logs (job_id, timestamp, level, message) VALUES (?, ?, ?, ?)",
         (job_id, time.time(), level, message),
@@ -415,7 +521,7 @@ def _dumps(value: Any) -> str | None:
     return None if value is None else json.dumps(value)
 
 
-def _job(row: sqlite3.Row) -> Job:
+def _job(row: Mapping[str, Any]) -> Job:
     failure = json.loads(row["failure"]) if row["failure"] else None  # older rows lack "headers": the default
     return Job(
         id=row["id"],
@@ -441,4 +547,6 @@ def _job(row: sqlite3.Row) -> Job:
         runner_hint=row["runner_hint"],
         webhook_attempts=row["webhook_attempts"],
         webhook_next_at=row["webhook_next_at"],
+        worker_id=row["worker_id"],
+        lease_expires_at=row["lease_expires_at"],
     )

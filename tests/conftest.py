@@ -1,4 +1,5 @@
-"""Shared fixtures: one set of tiny random-weight models per test session, and small control videos."""
+"""Shared fixtures: one set of tiny random-weight models per test session, small control videos, and one throw-away
+PostgreSQL server per session (``pg_cluster``; ``pg_url`` is a fresh database on it)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from pg_fixtures import pg_cluster, pg_url  # noqa: F401  (fixtures, shared here so a session starts one server)
 from pipelines.loading import ModelManager
 from weights.tiny import build_tiny_weights
 from weights.tiny.samples import write_sample

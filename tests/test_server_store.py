@@ -1,31 +1,92 @@
-"""The SQLite job store on its own: ordering, queue positions, cancel, crash recovery and persistence."""
+"""The job store protocol, one suite run against both stores (SQLite and PostgreSQL): ordering, priorities, queue
+positions, cancel, crash recovery, start timeouts, webhook state, retention, persistence and leases.
+
+Closing a store and opening the same database again stands for a server restart.
+"""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from server.jobs import Failure, SqliteJobStore, StoreLockedError
+from server.jobs import Failure, Job, SqliteJobStore, SqlJobStore, StoreLockedError
+
+OpenStore = Callable[[], SqlJobStore]
 
 
-def add(store: SqliteJobStore, webhook: str | None = None):
+@pytest.fixture(params=["sqlite", "postgres"])
+def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OpenStore]:
+    """Opens the test's own database (each call a new store on the same database); closes them all at the end."""
+    if request.param == "sqlite":
+        def open_one() -> SqlJobStore:
+            return SqliteJobStore(tmp_path / "jobs.sqlite3")
+    else:
+        from server.pg_store import PostgresJobStore
+
+        url = request.getfixturevalue("pg_url")
+
+        def open_one() -> SqlJobStore:
+            return PostgresJobStore(url)
+    opened: list[SqlJobStore] = []
+
+    def open_store() -> SqlJobStore:
+        opened.append(open_one())
+        return opened[-1]
+
+    yield open_store
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def store(open_store: OpenStore) -> SqlJobStore:
+    return open_store()
+
+
+def add(store: SqlJobStore, webhook: str | None = None, **options: object) -> Job:
     return store.add(app="fal-ai/wan-vace-14b", task="pose", model="wan-vace-14b", input={"prompt": "x"},
-                     base_url="http://h", webhook_url=webhook)
+                     base_url="http://h", webhook_url=webhook, **options)  # type: ignore[arg-type]
 
 
-def test_fifo_claim_and_queue_positions(tmp_path: Path) -> None:
-    store = SqliteJobStore(tmp_path / "jobs.sqlite3")
+def test_fifo_claim_and_queue_positions(store: SqlJobStore) -> None:
     a, b, c = add(store), add(store), add(store)
     assert [store.queue_position(j) for j in (a, b, c)] == [0, 1, 2]
     claimed = store.claim()
     assert claimed is not None and claimed.id == a.id and claimed.status == "IN_PROGRESS" and claimed.attempts == 1
+    assert claimed.started_at is not None and claimed.worker_id is None and claimed.lease_expires_at is None
     assert [store.queue_position(j) for j in (b, c)] == [0, 1]
     assert store.counts() == {"queued": 2, "running": 1, "completed": 0, "failed": 0, "cancelled": 0}
 
 
-def test_cancel_queued_never_runs_and_running_is_flagged(tmp_path: Path) -> None:
-    store = SqliteJobStore(tmp_path / "jobs.sqlite3")
+def test_normal_priority_before_low_then_fifo(store: SqlJobStore) -> None:
+    low1 = add(store, priority="low")
+    normal1 = add(store)
+    low2 = add(store, priority="low")
+    normal2 = add(store)
+    assert store.get(low1.id).priority == "low"  # type: ignore[union-attr]
+    assert [store.queue_position(j) for j in (normal1, normal2, low1, low2)] == [0, 1, 2, 3]
+    assert [store.claim().id for _ in range(4)] == [normal1.id, normal2.id, low1.id, low2.id]  # type: ignore[union-attr]
+    assert store.claim() is None
+
+
+def test_fields_kept_as_given(store: SqlJobStore) -> None:
+    job = add(store, webhook="http://hook", owner="key-1", runner_hint="gpu-a", start_timeout_s=60)
+    again = store.get(job.id)
+    assert again == job
+    assert (again.owner, again.runner_hint, again.webhook_url, again.input) == (  # type: ignore[union-attr]
+        "key-1", "gpu-a", "http://hook", {"prompt": "x"})
+    assert again.start_deadline == pytest.approx(again.created_at + 60)  # type: ignore[union-attr,operator]
+    store.set_control_video(job.id, "http://h/files/control.mp4")
+    assert store.get(job.id).control_video_url == "http://h/files/control.mp4"  # type: ignore[union-attr]
+    store.set_control_video(job.id, None)
+    assert store.get(job.id).control_video_url is None  # type: ignore[union-attr]
+    assert store.get("no-such-id") is None
+
+
+def test_cancel_queued_never_runs_and_running_is_flagged(store: SqlJobStore) -> None:
     running, queued = add(store), add(store, webhook="http://hook")
     assert store.claim().id == running.id  # type: ignore[union-attr]
     assert store.request_cancel(queued.id).status == "IN_QUEUE"  # type: ignore[union-attr]
@@ -34,21 +95,22 @@ def test_cancel_queued_never_runs_and_running_is_flagged(tmp_path: Path) -> None
     assert after.failure.type == "client_cancelled"  # type: ignore[union-attr]
     assert [j.id for j in store.pending_webhooks()] == [queued.id]
     assert store.claim() is None  # the cancelled job is not handed out
+    assert not store.cancel_requested(running.id)
     store.request_cancel(running.id)
     assert store.cancel_requested(running.id) and store.get(running.id).status == "IN_PROGRESS"  # type: ignore[union-attr]
     store.finish(running.id, cancelled=True)
     assert store.request_cancel(running.id).status == "COMPLETED"  # type: ignore[union-attr]
     assert store.request_cancel("no-such-id") is None
+    assert store.counts()["cancelled"] == 2
 
 
-def test_crash_recovery_requeues_once_then_fails_with_reason(tmp_path: Path) -> None:
-    path = tmp_path / "jobs.sqlite3"
-    store = SqliteJobStore(path)
+def test_crash_recovery_requeues_once_then_fails_with_reason(open_store: OpenStore) -> None:
+    store = open_store()
     job, behind = add(store), add(store)
     store.claim()
     store.close()  # the process dies with the job running
 
-    store = SqliteJobStore(path)
+    store = open_store()
     assert store.recover(max_attempts=2) == [job.id]
     again = store.get(job.id)
     assert again.status == "IN_QUEUE" and store.queue_position(again) == 0  # type: ignore[union-attr,arg-type]
@@ -56,43 +118,174 @@ def test_crash_recovery_requeues_once_then_fails_with_reason(tmp_path: Path) -> 
     assert store.claim().attempts == 2  # type: ignore[union-attr]
     store.close()  # ... and dies again
 
-    store = SqliteJobStore(path)
+    store = open_store()
     assert store.recover(max_attempts=2) == [job.id]
     failed = store.get(job.id)
     assert failed.status == "COMPLETED" and failed.outcome == "error"  # type: ignore[union-attr]
     assert failed.failure.status_code == 503 and "2 times" in failed.failure.body["detail"]  # type: ignore[union-attr]
+    assert failed.failure.type == "runner_disconnected"  # type: ignore[union-attr]
     assert store.get(behind.id).status == "IN_QUEUE"  # type: ignore[union-attr]
     assert store.recover(max_attempts=2) == []
 
 
-def test_graceful_requeue_does_not_count_the_run(tmp_path: Path) -> None:
-    store = SqliteJobStore(tmp_path / "jobs.sqlite3")
+def test_graceful_requeue_does_not_count_the_run(store: SqlJobStore) -> None:
     job = add(store)
     store.claim()
-    store.requeue(job.id, "stopping")
+    assert store.requeue(job.id, "stopping")
     assert store.get(job.id).attempts == 0 and store.claim().attempts == 1  # type: ignore[union-attr]
+    assert store.logs(job.id)[-1].message == "stopping" and store.logs(job.id)[-1].level == "WARN"
 
 
-def test_results_logs_and_failures_persist(tmp_path: Path) -> None:
-    path = tmp_path / "jobs.sqlite3"
-    store = SqliteJobStore(path)
+def test_results_logs_and_failures_persist(open_store: OpenStore) -> None:
+    store = open_store()
     ok, bad = add(store), add(store)
     store.claim()
     store.log(ok.id, "step 1/2")
-    store.finish(ok.id, result={"video": {"url": "u"}, "seed": 1, "prompt": "x"})
+    store.log(ok.id, "slow step", "WARN")
+    assert store.finish(ok.id, result={"video": {"url": "u"}, "seed": 1, "prompt": "x"})
     store.claim()
-    store.finish(bad.id, failure=Failure(422, {"detail": [{"loc": ["body", "video_url"]}]}, "bad", "video_decode_error"))
+    store.finish(bad.id, failure=Failure(422, {"detail": [{"loc": ["body", "video_url"]}]}, "bad", "video_decode_error",
+                                         {"x-fal-error": "1"}))
     store.close()
-    store = SqliteJobStore(path)
+    store = open_store()
     assert store.get(ok.id).result["seed"] == 1  # type: ignore[union-attr,index]
-    assert [line.message for line in store.logs(ok.id)] == ["step 1/2"]
-    assert store.get(bad.id).failure.status_code == 422  # type: ignore[union-attr]
+    assert [(line.message, line.level) for line in store.logs(ok.id)] == [("step 1/2", "INFO"), ("slow step", "WARN")]
+    assert store.logs(ok.id)[0].timestamp <= store.logs(ok.id)[1].timestamp
+    failure = store.get(bad.id).failure  # type: ignore[union-attr]
+    assert failure == Failure(422, {"detail": [{"loc": ["body", "video_url"]}]}, "bad", "video_decode_error",
+                              {"x-fal-error": "1"})
     assert store.counts()["completed"] == 1 and store.counts()["failed"] == 1
 
 
-def test_one_server_per_database(tmp_path: Path) -> None:
+def test_start_timeout_ends_an_unstarted_job(store: SqlJobStore) -> None:
+    late, patient = add(store, start_timeout_s=0), add(store, start_timeout_s=3600)
+    time.sleep(0.01)
+    assert store.claim().id == patient.id  # type: ignore[union-attr]  # a job past its deadline is not started
+    assert store.expire_unstarted() == [late.id]
+    ended = store.get(late.id)
+    assert ended.status == "COMPLETED" and ended.outcome == "error"  # type: ignore[union-attr]
+    assert ended.failure.status_code == 504 and ended.failure.type == "request_timeout"  # type: ignore[union-attr]
+    assert ended.failure.headers == {"x-fal-request-timeout-type": "user"}  # type: ignore[union-attr]
+    assert store.logs(late.id)[-1].level == "ERROR"
+    assert store.expire_unstarted() == []
+
+
+def test_webhook_state_retries_and_retention(store: SqlJobStore) -> None:
+    hooked, plain, running = add(store, webhook="http://hook"), add(store), add(store)
+    for job in (hooked, plain):
+        store.claim()
+        store.finish(job.id, result={"seed": 1})
+    store.claim()
+    assert [j.id for j in store.pending_webhooks()] == [hooked.id]
+    store.webhook_retry(hooked.id, 3, 1234.5)
+    again = store.get(hooked.id)
+    assert (again.webhook_attempts, again.webhook_next_at) == (3, 1234.5)  # type: ignore[union-attr]
+    assert [j.id for j in store.unfinished()] == [running.id]
+
+    later = time.time() + 1
+    assert store.purge(finished_before=later) == 1  # the plain one; the webhook is still being delivered
+    assert store.get(plain.id) is None and store.logs(plain.id) == []
+    store.set_webhook_state(hooked.id, "delivered")
+    assert store.pending_webhooks() == []
+    assert store.purge(finished_before=later) == 1 and store.get(hooked.id) is None
+    assert store.purge(finished_before=later) == 0 and store.get(running.id) is not None
+
+
+def test_claim_only_for_the_models_a_worker_serves(store: SqlJobStore) -> None:
+    pose = add(store)
+    depth = store.add(app="fal-ai/wan-22-vace-fun-a14b", task="depth", model="wan-22-vace-fun-a14b",
+                      input={"prompt": "y"}, base_url="http://h", webhook_url=None)
+    assert store.claim(models=[]) is None
+    assert store.claim(models=["wan-22-vace-fun-a14b"]).id == depth.id  # type: ignore[union-attr]
+    assert store.claim(models=["wan-22-vace-fun-a14b"]) is None
+    assert store.claim(models=["wan-vace-14b", "other"]).id == pose.id  # type: ignore[union-attr]
+
+
+def test_lease_renewed_by_heartbeat_only_for_its_worker(store: SqlJobStore) -> None:
+    job = add(store)
+    claimed = store.claim(worker_id="w1", lease_s=30)
+    assert claimed.worker_id == "w1"  # type: ignore[union-attr]
+    assert claimed.lease_expires_at == pytest.approx(time.time() + 30, abs=5)  # type: ignore[union-attr]
+    assert store.heartbeat(job.id, "w1", lease_s=600)
+    assert store.get(job.id).lease_expires_at == pytest.approx(time.time() + 600, abs=5)  # type: ignore[union-attr]
+    assert not store.heartbeat(job.id, "w2", lease_s=600)
+    assert store.requeue_expired(max_attempts=3) == []  # a live lease is left alone
+    assert store.finish(job.id, result={"seed": 1}, worker_id="w1")
+    assert not store.heartbeat(job.id, "w1", lease_s=30)  # it ended
+
+
+def test_expired_lease_hands_the_job_to_another_worker(store: SqlJobStore) -> None:
+    job, unleased = add(store), add(store)
+    store.claim(worker_id="w1", lease_s=0.01)
+    store.claim()  # a job claimed without a lease never expires
+    time.sleep(0.05)  # w1 dies: no heartbeat
+    assert store.requeue_expired(max_attempts=3) == [job.id]
+    back = store.get(job.id)
+    assert back.status == "IN_QUEUE" and back.attempts == 1 and back.worker_id is None  # type: ignore[union-attr]
+    assert store.queue_position(back) == 0  # type: ignore[arg-type]
+    assert "stopped renewing its lease (run 1 of at most 3); re-queued" in store.logs(job.id)[-1].message
+    assert store.get(unleased.id).status == "IN_PROGRESS"  # type: ignore[union-attr]
+
+    assert store.claim(worker_id="w2", lease_s=30).attempts == 2  # type: ignore[union-attr]
+    # w1 comes back from a network partition: nothing it does touches w2's run.
+    assert not store.heartbeat(job.id, "w1", lease_s=30)
+    assert not store.finish(job.id, result={"seed": 1}, worker_id="w1")
+    assert not store.requeue(job.id, "w1 stopping", worker_id="w1")
+    assert store.get(job.id).status == "IN_PROGRESS" and store.get(job.id).worker_id == "w2"  # type: ignore[union-attr]
+    assert store.finish(job.id, result={"seed": 2}, worker_id="w2")
+    done = store.get(job.id)
+    assert done.outcome == "ok" and done.result == {"seed": 2}  # type: ignore[union-attr]
+
+
+def test_a_job_that_keeps_losing_its_worker_fails_after_max_attempts(store: SqlJobStore) -> None:
+    job = add(store, webhook="http://hook")
+    for attempt in (1, 2):
+        assert store.claim(worker_id=f"w{attempt}", lease_s=0.01).attempts == attempt  # type: ignore[union-attr]
+        time.sleep(0.05)
+        assert store.requeue_expired(max_attempts=2) == [job.id]
+    failed = store.get(job.id)
+    assert failed.status == "COMPLETED" and failed.outcome == "error"  # type: ignore[union-attr]
+    assert failed.failure.status_code == 503 and failed.failure.type == "runner_disconnected"  # type: ignore[union-attr]
+    assert "2 times" in failed.failure.body["detail"]  # type: ignore[union-attr]
+    assert [j.id for j in store.pending_webhooks()] == [job.id]
+    assert not store.finish(job.id, result={"seed": 1}, worker_id="w2")  # the last worker cannot revive it
+
+
+def test_graceful_stop_hands_a_leased_job_back_at_once(store: SqlJobStore) -> None:
+    job = add(store)
+    store.claim(worker_id="w1", lease_s=30)
+    assert store.requeue(job.id, "worker w1 stopping", worker_id="w1")
+    back = store.get(job.id)
+    assert back.status == "IN_QUEUE" and back.attempts == 0 and back.lease_expires_at is None  # type: ignore[union-attr]
+    assert not store.heartbeat(job.id, "w1", lease_s=30)
+
+
+def test_one_sqlite_server_per_database(tmp_path: Path) -> None:
     store = SqliteJobStore(tmp_path / "jobs.sqlite3")
     with pytest.raises(StoreLockedError):
         SqliteJobStore(tmp_path / "jobs.sqlite3")
     store.close()
     SqliteJobStore(tmp_path / "jobs.sqlite3").close()
+
+
+def test_sqlite_database_from_before_leases_is_upgraded(tmp_path: Path) -> None:
+    """A SQLite file made before the lease columns gains them on open; its jobs stay as they were."""
+    import sqlite3
+
+    path = tmp_path / "jobs.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.executescript("CREATE TABLE jobs (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL,"
+                         " app TEXT NOT NULL, task TEXT NOT NULL, model TEXT NOT NULL, input TEXT NOT NULL,"
+                         " base_url TEXT NOT NULL, webhook_url TEXT, webhook_state TEXT, status TEXT NOT NULL,"
+                         " outcome TEXT, attempts INTEGER NOT NULL DEFAULT 0, cancel_requested INTEGER NOT NULL"
+                         " DEFAULT 0, result TEXT, failure TEXT, created_at REAL NOT NULL, started_at REAL,"
+                         " finished_at REAL);"
+                         "INSERT INTO jobs (id, app, task, model, input, base_url, status, created_at)"
+                         " VALUES ('old', 'a', 'pose', 'm', '{}', 'http://h', 'IN_QUEUE', 1.0);")
+    db.close()
+    store = SqliteJobStore(path)
+    try:
+        assert store.claim(worker_id="w1", lease_s=30).id == "old"  # type: ignore[union-attr]
+        assert store.heartbeat("old", "w1", lease_s=30)
+    finally:
+        store.close()

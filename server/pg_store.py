@@ -1,0 +1,289 @@
+"""The job store in PostgreSQL: one queue and all job state shared by every API and worker node of a fleet.
+
+The logic is :class:`server.jobs.SqlJobStore`'s, the same SQL the SQLite store runs; this module adds what a shared
+database needs. Any number of processes on any number of machines open the same database at once (no owner lock):
+
+- **Claims** lock the next queued row with ``FOR UPDATE SKIP LOCKED``, so concurrent workers never take the same
+  job and never wait for each other; sweeps (lease expiry, start timeouts) skip the rows another node is handling.
+- **Leases** (``claim(worker_id=..., lease_s=...)``, ``heartbeat``, ``requeue_expired``) replace SQLite's crash
+  recovery: :meth:`recover` would take back the jobs that live workers elsewhere are running. Nodes compare lease
+  times from their own clocks, so they must agree (NTP) to well within a lease.
+- **The schema** is created and upgraded on start by the numbered steps in ``_MIGRATIONS``, recorded in the
+  ``schema_migrations`` table; an advisory lock makes nodes that start together apply each step once.
+- **Wake-ups** cross processes with LISTEN/NOTIFY. Triggers notify inside the transaction that made a change, so a
+  notification arrives only once its change is committed and visible, whichever node (or person with psql) made it:
+
+  ``vace_queue`` (payload: the job id)
+      A job became claimable: submitted, handed back after a lost lease or a restart, or requeued on a graceful
+      stop. Idle workers listen here instead of polling.
+  ``vace_job`` (payload: the job id)
+      A job's status, cancel flag or control video changed, or it got a log line. Status streams, sync requests and
+      webhook senders on API nodes, and the worker running a job (to see a cancel at once), listen here.
+
+  Notifications are not stored: a listener that was disconnected missed them, so :class:`NotificationListener`
+  calls its ``on_connect`` after every (re)connection for its owner to re-read what it waits for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import dict_row, tuple_row
+from psycopg.types.string import TextLoader
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from .jobs import Cursor, SqlJobStore
+
+log = logging.getLogger(__name__)
+
+QUEUE_CHANNEL = "vace_queue"
+JOB_CHANNEL = "vace_job"
+
+# TCP keepalives: a connection whose peer vanished (a dead network, not a restart) fails in seconds, not hours.
+_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3}
+_MIGRATION_LOCK = 0x7ACE_5C4E  # the advisory lock key that serialises schema changes between nodes
+
+# Append only: a database records the steps it has had, and a step never changes once released.
+_MIGRATIONS: tuple[str, ...] = (
+    # 1: jobs and their logs, the columns of the SQLite store (JSON as jsonb, the cancel flag as a boolean).
+    """
+    CREATE TABLE jobs (
+        seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        id TEXT UNIQUE NOT NULL,
+        app TEXT NOT NULL,
+        task TEXT NOT NULL,
+        model TEXT NOT NULL,
+        input JSONB NOT NULL,
+        base_url TEXT NOT NULL,
+        webhook_url TEXT,
+        webhook_state TEXT,
+        status TEXT NOT NULL,
+        outcome TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        cancel_requested BOOLEAN NOT NULL DEFAULT FALSE,
+        result JSONB,
+        failure JSONB,
+        created_at DOUBLE PRECISION NOT NULL,
+        started_at DOUBLE PRECISION,
+        finished_at DOUBLE PRECISION,
+        control_video_url TEXT,
+        owner TEXT,
+        priority SMALLINT NOT NULL DEFAULT 0,
+        start_deadline DOUBLE PRECISION,
+        runner_hint TEXT,
+        webhook_attempts INTEGER NOT NULL DEFAULT 0,
+        webhook_next_at DOUBLE PRECISION
+    );
+    CREATE INDEX jobs_queue ON jobs (priority, seq) WHERE status = 'IN_QUEUE';
+    CREATE INDEX jobs_status ON jobs (status, seq);
+    CREATE INDEX jobs_webhooks ON jobs (seq) WHERE webhook_state = 'pending';
+    CREATE TABLE logs (
+        seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        job_id TEXT NOT NULL,
+        timestamp DOUBLE PRECISION NOT NULL,
+        level TEXT NOT NULL,
+        message TEXT NOT NULL
+    );
+    CREATE INDEX logs_job ON logs (job_id, seq);
+    """,
+    # 2: leases tie a running job to its worker, so another node can take it back when the worker is gone.
+    """
+    ALTER TABLE jobs ADD COLUMN worker_id TEXT, ADD COLUMN lease_expires_at DOUBLE PRECISION;
+    CREATE INDEX jobs_leases ON jobs (lease_expires_at) WHERE status = 'IN_PROGRESS';
+    """,
+    # 3: LISTEN/NOTIFY wake-ups (the channels are described in the module docstring).
+    f"""
+    CREATE FUNCTION vace_notify_job() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF NEW.status = 'IN_QUEUE' AND (TG_OP = 'INSERT' OR OLD.status <> 'IN_QUEUE') THEN
+            PERFORM pg_notify('{QUEUE_CHANNEL}', NEW.id);
+        END IF;
+        IF TG_OP = 'INSERT' OR (OLD.status, OLD.cancel_requested, OLD.control_video_url)
+                IS DISTINCT FROM (NEW.status, NEW.cancel_requested, NEW.control_video_url) THEN
+            PERFORM pg_notify('{JOB_CHANNEL}', NEW.id);
+        END IF;
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER jobs_notify AFTER INSERT OR UPDATE ON jobs FOR EACH ROW EXECUTE FUNCTION vace_notify_job();
+    CREATE FUNCTION vace_notify_log() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM pg_notify('{JOB_CHANNEL}', NEW.job_id);
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER logs_notify AFTER INSERT ON logs FOR EACH ROW EXECUTE FUNCTION vace_notify_log();
+    """,
+)
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+
+class StoreUnavailableError(RuntimeError):
+    """The database cannot be reached, or its schema is newer than this code."""
+
+
+def migrate(conn: psycopg.Connection[Any], to_version: int = SCHEMA_VERSION) -> int:
+    """Bring the schema up to ``to_version`` (every step by default); returns the version it had before.
+
+    Safe with several nodes starting at once: the steps run under an advisory lock, each in the transaction that
+    records it. A database newer than this code is refused rather than used with a schema the code does not know.
+    """
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY,"
+                     " applied_at DOUBLE PRECISION NOT NULL)")
+        versions = conn.cursor(row_factory=tuple_row).execute("SELECT COALESCE(MAX(version), 0) FROM"
+                                                              " schema_migrations").fetchone()
+        current = int(versions[0]) if versions else 0
+        if current > SCHEMA_VERSION:
+            raise StoreUnavailableError(f"the database's schema is version {current}, newer than this server's "
+                                        f"({SCHEMA_VERSION}): upgrade the server")
+        for version in range(current + 1, to_version + 1):
+            conn.execute(_MIGRATIONS[version - 1])
+            conn.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (%s, %s)",
+                         (version, time.time()))
+    return current
+
+
+class PostgresJobStore(SqlJobStore):
+    """:class:`server.jobs.JobStore` in a PostgreSQL database that many processes share (see the module docstring).
+
+    ``url`` is a libpq URI, ``postgresql://user:password@host:port/database``. Connections come from a pool (one
+    per concurrent call, at most ``max_connections``), each checked before use, so after the database restarts
+    the next call reconnects; a call in flight when the connection drops raises ``psycopg.OperationalError``.
+    """
+
+    _LOCK = " FOR UPDATE"
+    _LOCK_SKIP = " FOR UPDATE SKIP LOCKED"
+
+    def __init__(self, url: str, *, max_connections: int = 8, connect_timeout_s: float = 30) -> None:
+        self.url = url
+        self._listeners: list[NotificationListener] = []
+        self._pool = ConnectionPool(
+            url, min_size=1, max_size=max_connections, open=False, check=ConnectionPool.check_connection,
+            kwargs={"autocommit": True, "row_factory": dict_row, **_KEEPALIVES}, configure=_configure,
+            name="vace-jobs",
+        )
+        try:
+            self._pool.open(wait=True, timeout=connect_timeout_s)
+            with self._pool.connection() as conn:
+                migrate(conn)
+        except BaseException as e:
+            self._pool.close()
+            if isinstance(e, PoolTimeout):
+                raise StoreUnavailableError(f"cannot connect to PostgreSQL at {_where(url)} within "
+                                            f"{connect_timeout_s:g} s") from e
+            raise
+
+    def close(self) -> None:
+        for listener in self._listeners:
+            listener.stop()
+        self._pool.close()
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[_QmarkConnection]:
+        with self._pool.connection() as conn, conn.transaction():
+            yield _QmarkConnection(conn)
+
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[Mapping[str, Any]]:
+        with self._pool.connection() as conn:
+            return _QmarkConnection(conn).execute(sql, args).fetchall()
+
+    def notify(self, channel: str, payload: str = "") -> None:
+        """Send a notification on ``channel`` to every listening process (e.g. a worker announcing itself); the
+        store's own changes notify by themselves (module docstring)."""
+        with self._pool.connection() as conn:
+            conn.execute("SELECT pg_notify(%s, %s)", (channel, payload))
+
+    def listen(self, channels: Iterable[str], callback: Callable[[str, str], None], *,
+               on_connect: Callable[[], None] | None = None) -> NotificationListener:
+        """Start a :class:`NotificationListener` on this database; the store stops it when it closes."""
+        listener = NotificationListener(self.url, channels, callback, on_connect=on_connect).start()
+        self._listeners.append(listener)
+        return listener
+
+
+class NotificationListener:
+    """LISTENs on ``channels`` on a thread with its own connection (outside the pool: a listening connection must
+    stay open) and calls ``callback(channel, payload)`` per notification, on that thread.
+
+    When the connection drops (the database restarted, the network failed) it reconnects every ``retry_s`` until
+    stopped, then calls ``on_connect``, as it does after the first connection: notifications sent while it was away
+    are lost, so the owner re-reads the state it waits on there. A callback that raises is logged and the listener
+    goes on.
+    """
+
+    def __init__(self, url: str, channels: Iterable[str], callback: Callable[[str, str], None], *,
+                 on_connect: Callable[[], None] | None = None, retry_s: float = 0.5) -> None:
+        self.url, self.channels, self.callback, self.on_connect = url, tuple(channels), callback, on_connect
+        self.retry_s = retry_s
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="vace-pg-listener", daemon=True)
+
+    def start(self) -> NotificationListener:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 5) -> None:
+        self._stopping.set()
+        self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                with psycopg.connect(self.url, autocommit=True, connect_timeout=5, **_KEEPALIVES) as conn:
+                    for channel in self.channels:
+                        conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+                    self._call(self.on_connect)
+                    while not self._stopping.is_set():
+                        # A bounded wait, so that a stop is seen within it.
+                        for note in conn.notifies(timeout=0.25):
+                            self._call(functools.partial(self.callback, note.channel, note.payload))
+            except psycopg.OperationalError as e:
+                if not self._stopping.is_set():
+                    log.warning("listening for %s at %s: %s; reconnecting", ", ".join(self.channels),
+                                _where(self.url), str(e).strip())
+                    self._stopping.wait(self.retry_s)
+
+    @staticmethod
+    def _call(function: Callable[[], None] | None) -> None:
+        if function is None:
+            return
+        try:
+            function()
+        except Exception:
+            log.exception("a notification callback failed")
+
+
+class _QmarkConnection:
+    """A psycopg connection that takes the shared SQL's ``?`` placeholders (psycopg's own are ``%s``; the shared
+    SQL has no ``%`` and no ``?`` of its own)."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, args: Sequence[Any] = (), /) -> Cursor:
+        return self._conn.execute(_to_psycopg(sql), args)  # type: ignore[arg-type]
+
+
+@functools.lru_cache(maxsize=256)
+def _to_psycopg(sql: str) -> str:
+    return sql.replace("?", "%s")
+
+
+def _configure(conn: psycopg.Connection[Any]) -> None:
+    """jsonb columns read as their text: the shared row decoder parses JSON itself, as it does for SQLite."""
+    conn.adapters.register_loader("jsonb", TextLoader)
+
+
+def _where(url: str) -> str:
+    """The database's address for messages, without the password."""
+    params = conninfo_to_dict(url)
+    return f"{params.get('host', 'localhost')}:{params.get('port', 5432)}/{params.get('dbname', '')}"
