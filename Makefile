@@ -21,11 +21,15 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/vace demo --weights-dir tiny-weights --out out
 
-# The suite needs Chromium for the playground's browser test: installed here where we can (root with apt-get),
-# otherwise the test says what to install (and skips; in CI, CI=true, it fails instead).
+# The suite needs real engines: Chromium (the playground's browser test) and PostgreSQL's server binaries (the shared
+# job store; the tests make their own throw-away cluster). Installed here where we can (root with apt-get); otherwise
+# the tests that need them say what to install and skip (in CI, CI=true, they fail instead).
+ENGINES := $(if $(wildcard /usr/bin/chromium),,chromium) $(if $(wildcard /usr/lib/postgresql/*/bin/pg_ctl),,postgresql)
+
 test: $(STAMP)
-	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; fi
+	@if [ -n "$(strip $(ENGINES))" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+		$(ENGINES) >/dev/null; fi
 	$(PY) -m pytest -q
 
 serve: $(STAMP)
