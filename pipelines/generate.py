@@ -61,13 +61,14 @@ class JobHooks:
     control: Callable[[list[np.ndarray], float], None] = _ignore
 
 
-def check_inputs(inp: VaceInput, task: Task, ctx: JobContext, models: ModelManager) -> None:
+def check_inputs(inp: VaceInput, task: Task, ctx: JobContext, models: ModelManager | None) -> None:
     """Every check of a request that needs no download, in one place: the server runs it when a job is submitted
     (refused with a 422 before it is queued) and ``generate()`` runs it again first thing (the CLI's only check).
 
     Field ranges and types are the schema's; this adds the host's rules: input limits, media schemes, the
     annotator matching the task, and the safety checker being installed when asked for (running unchecked would
-    return what the caller asked us to screen).
+    return what the caller asked us to screen; ``models`` None: a node without workers, where the worker that runs
+    the job checks it).
     """
     limits = ctx.limits
     if len(inp.prompt) > limits.max_prompt_chars:
@@ -85,7 +86,7 @@ def check_inputs(inp: VaceInput, task: Task, ctx: JobContext, models: ModelManag
         raise InputError(
             "annotator", f"{inp.annotator} is not a {task} annotator; use one of {sorted(ANNOTATORS[task])}"
         )
-    if inp.enable_safety_checker and not models.has_safety_checker():
+    if inp.enable_safety_checker and models is not None and not models.has_safety_checker():
         raise InputError(
             "enable_safety_checker", "the safety checker's weights are not installed on this server", "not_supported"
         )

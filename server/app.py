@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import torch
@@ -34,7 +36,7 @@ from .events import Changes
 from .failures import RequestFailed, failure_of, failure_response
 from .files import FileStore, private_dir
 from .guard import Body, HostPolicy, RequestGuard
-from .jobs import SqliteJobStore
+from .jobs import JobStore, SqliteJobStore
 from .metrics import Metrics
 from .request_id import RequestIdHeader
 from .retention import Retention
@@ -57,48 +59,113 @@ def resolve_devices(names: tuple[str, ...]) -> list[torch.device]:
     return [torch.device("cpu")]
 
 
-def create_app(config: Settings) -> FastAPI:
-    """The app; opening it takes the data directory (one server per directory), starting it starts the workers."""
-    private_dir(config.data_dir)
-    store = SqliteJobStore(config.jobs_db)
-    files = FileStore(config.files_dir, config.uploads_dir, config.max_upload_bytes)
-    # This server's rules for its jobs: its limits and allow-list, its own files read from disk, and no local paths
-    # from remote callers.
-    ctx = JobContext(limits=config.limits, fetch_allow=config.fetch_allow, local_files=files.local_path,
-                     local_paths=False)
-    changes = Changes()
-    devices = resolve_devices(config.devices)
-    metrics = Metrics(store, devices)
+def open_store(config: Settings) -> JobStore:
+    """The job store ``--store`` names: ``sqlite:///ABS/PATH`` (default: the data directory's ``jobs.sqlite3``)
+    or ``postgresql://user:pass@host:port/db``, which many API and worker processes share."""
+    url = config.store or f"sqlite:///{config.jobs_db}"
+    if url.startswith("sqlite:///"):
+        return SqliteJobStore(Path(url.removeprefix("sqlite://")))
+    if url.startswith(("postgresql://", "postgres://")):
+        from .pg_store import PostgresJobStore
 
-    managers = [
-        ModelManager(config.weights_dir, device=d, max_models=config.max_models, runtime=config.runtime)
-        for d in devices
-    ]
-    secret = load_secret(config.data_dir / "secret")
-    auth = Auth(config.api_keys, secret, config.admin_keys)
-    signer = WebhookSigner(config.data_dir / "webhook-ed25519.pem", secret)
-    webhooks = Webhooks(store, signer, ctx, attempts=config.webhook_attempts, backoff_s=config.webhook_backoff_s,
-                        timeout_s=config.webhook_timeout_s,
-                        on_outcome=lambda outcome: metrics.webhook_deliveries.labels(outcome).inc())
-    pool = WorkerPool(store=store, files=files, changes=changes, metrics=metrics, managers=managers,
-                      work_dir=config.work_dir, on_finished=webhooks.schedule, ctx=ctx)
-    retention = Retention(store, files, max_age_s=config.retention_s, interval_s=config.retention_sweep_s,
-                          deleted=metrics.retention_deleted)
+        return PostgresJobStore(url)
+    raise ValueError(f"--store must be sqlite:///ABS/PATH or postgresql://..., got {url.split('://')[0]}://...")
+
+
+@dataclass
+class Node:
+    """What one process of the server holds, HTTP aside: the store, files, workers, webhooks and retention. An
+    API node (``--no-workers``) and a worker node (``vace worker``) hold the same things and start different parts."""
+
+    config: Settings
+    store: JobStore
+    files: FileStore
+    ctx: JobContext
+    changes: Changes
+    metrics: Metrics
+    auth: Auth
+    signer: WebhookSigner
+    webhooks: Webhooks
+    pool: WorkerPool
+    retention: Retention
+
+    @classmethod
+    def build(cls, config: Settings) -> Node:
+        private_dir(config.data_dir)
+        store = open_store(config)
+        files = FileStore(config.files_dir, config.uploads_dir, config.max_upload_bytes)
+        # This server's rules for its jobs: its limits and allow-list, its own files read from disk, and no local
+        # paths from remote callers.
+        ctx = JobContext(limits=config.limits, fetch_allow=config.fetch_allow, local_files=files.local_path,
+                         local_paths=False)
+        changes = Changes()
+        devices = resolve_devices(config.devices)
+        metrics = Metrics(store, devices)
+        managers = [ModelManager(config.weights_dir, device=d, max_models=config.max_models, runtime=config.runtime)
+                    for d in devices]
+        secret = load_secret(config.data_dir / "secret")
+        signer = WebhookSigner(config.data_dir / "webhook-ed25519.pem", secret)
+        webhooks = Webhooks(store, signer, ctx, attempts=config.webhook_attempts, backoff_s=config.webhook_backoff_s,
+                            timeout_s=config.webhook_timeout_s,
+                            on_outcome=lambda outcome: metrics.webhook_deliveries.labels(outcome).inc())
+        pool = WorkerPool(store=store, files=files, changes=changes, metrics=metrics, managers=managers,
+                          work_dir=config.work_dir, on_finished=webhooks.schedule, ctx=ctx,
+                          lease_s=config.lease_seconds, max_attempts=config.max_attempts, local=not config.no_workers,
+                          models=config.models)
+        retention = Retention(store, files, max_age_s=config.retention_s, interval_s=config.retention_sweep_s,
+                              deleted=metrics.retention_deleted)
+        return cls(config, store, files, ctx, changes, metrics, Auth(config.api_keys, secret, config.admin_keys),
+                   signer, webhooks, pool, retention)
+
+    async def start(self) -> None:
+        """Start on the running event loop: recover (a store of its own), listen (a shared one), webhooks, the
+        workers unless this is an API node, retention."""
+        store = self.store
+        if not store.shared:  # this process owns the store: whatever was running belongs to the last run
+            for job_id in await run_in_threadpool(store.recover, self.config.max_attempts):
+                log.warning("job %s was running when the server stopped: %s", job_id, store.logs(job_id)[-1].message)
+        self._listen()
+        await self.webhooks.start()
+        if self.pool.local:
+            self.pool.start()
+        self.retention.start()
+
+    async def stop(self) -> None:
+        await run_in_threadpool(self.retention.stop)
+        await run_in_threadpool(self.pool.stop)
+        await self.webhooks.stop()
+        self.store.close()
+
+    def _listen(self) -> None:
+        """With a shared store, other processes change jobs too: wake this process's idle workers when a job is
+        queued anywhere, and its status streams and sync requests when a job changes anywhere (polling stays the
+        fallback)."""
+        listen = getattr(self.store, "listen", None)
+        if listen is None:
+            return
+        from .pg_store import JOB_CHANNEL, QUEUE_CHANNEL
+
+        def on_notification(channel: str, job_id: str) -> None:
+            if channel == QUEUE_CHANNEL:
+                self.pool.notify()
+            else:
+                self.changes.notify(job_id)
+
+        listen([QUEUE_CHANNEL, JOB_CHANNEL], on_notification, on_connect=self.pool.notify)
+
+
+def create_app(config: Settings) -> FastAPI:
+    """The app; opening it takes the data directory (a SQLite store: one server per directory), starting it starts
+    the node (and its workers, unless ``--no-workers``)."""
+    node = Node.build(config)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        for job_id in store.recover(config.max_attempts):
-            log.warning("job %s was running when the server stopped: %s", job_id, store.logs(job_id)[-1].message)
-        await webhooks.start()
-        pool.start()
-        retention.start()
+        await node.start()
         try:
             yield
         finally:
-            await run_in_threadpool(retention.stop)
-            await run_in_threadpool(pool.stop)
-            await webhooks.stop()
-            store.close()
+            await node.stop()
 
     app = FastAPI(
         title="vace-server",
@@ -109,20 +176,21 @@ def create_app(config: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = config
-    app.state.store = store
-    app.state.files = files
-    app.state.job_context = ctx
-    app.state.changes = changes
-    app.state.metrics = metrics
-    app.state.webhooks = webhooks
-    app.state.pool = pool
-    app.state.auth = auth
-    app.state.signer = signer
+    app.state.store = node.store
+    app.state.files = node.files
+    app.state.job_context = node.ctx
+    app.state.changes = node.changes
+    app.state.metrics = node.metrics
+    app.state.webhooks = node.webhooks
+    app.state.pool = node.pool
+    app.state.auth = node.auth
+    app.state.signer = node.signer
     app.include_router(routes.router)
     app.include_router(uploads.router)
     app.include_router(service.router)
     app.mount("/static", StaticFiles(directory=service.STATIC_DIR), name="static")
     app.add_middleware(RequestIdHeader)
+    files, auth = node.files, node.auth
     app.add_middleware(
         RequestGuard, auth=auth, hosts=HostPolicy(config.accepted_hosts()),
         upload_is_open=lambda upload_id: (u := files.pending(upload_id)) is not None and auth.is_active(u.owner),

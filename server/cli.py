@@ -103,12 +103,28 @@ def _add_runtime_flags(parser: argparse.ArgumentParser) -> None:
     _setting(parser, "--expander-timeout", "seconds to wait for the expander before keeping the prompt", type=float)
 
 
+def _add_node_flags(parser: argparse.ArgumentParser) -> None:
+    """Where a node keeps jobs and files (shared by the API and worker nodes of a fleet)."""
+    _setting(parser, "--data-dir", "the node's own data: the SQLite store, files, certificate, secrets")
+    _setting(parser, "--store", "the job store: sqlite:///ABS/PATH (default: the data directory's jobs.sqlite3) or "
+             "postgresql://user:pass@host:port/db, shared by many processes")
+    _setting(parser, "--files", "a directory for files/ and uploads/ (default: the data directory); a shared mount "
+             "for a fleet")
+    _setting(parser, "--lease-seconds", "how long a running job may go without a sign of life from its worker "
+             "before another node takes it back", type=float)
+    _setting(parser, "--devices", "one worker per device, e.g. cuda:0 cuda:1 (default: all GPUs or cpu)", nargs="+")
+    _setting(parser, "--max-models", "models kept loaded per device", type=int)
+    _setting(parser, "--fetch-allow", "non-public media source or webhook target to permit: CIDR, host or host:port "
+             "(repeatable). By default only public addresses are fetched", action="append")
+    _setting(parser, "--limit", "change an input limit, e.g. max_video_seconds=120 (repeatable). Limits: "
+             + ", ".join(f.name for f in fields(Limits)), action="append", metavar="NAME=VALUE")
+
+
 def _add_serve_flags(srv: argparse.ArgumentParser) -> None:
     _setting(srv, "--host", "address to bind (loopback only by default)")
     _setting(srv, "--port", "port", type=int)
     _setting(srv, "--tls", "https with a self-signed certificate made on first start", nargs="?", const=True,
              type=_parse_bool)
-    _setting(srv, "--data-dir", "job store, files, uploads and certificate")
     _setting(srv, "--public-url", "base URL for the URLs the server hands out (behind a proxy)")
     _setting(srv, "--api-key", "accepted 'Authorization: Key ...' value (repeatable)", action="append")
     _setting(srv, "--api-keys-file", "file with one API key per line")
@@ -124,14 +140,10 @@ def _add_serve_flags(srv: argparse.ArgumentParser) -> None:
              type=int)
     _setting(srv, "--timeout-keep-alive", "seconds an idle keep-alive connection stays open", type=int)
     _setting(srv, "--header-timeout", "seconds a connection may take to send a request's headers", type=float)
-    _setting(srv, "--devices", "one worker per device, e.g. cuda:0 cuda:1 (default: all GPUs or cpu)", nargs="+")
-    _setting(srv, "--max-models", "models kept loaded per device", type=int)
+    _setting(srv, "--no-workers", "an API node: HTTP only, no workers (workers elsewhere pull from --store)",
+             nargs="?", const=True, type=_parse_bool)
     srv.add_argument("--access-log", action="store_true", help="log every HTTP request")
-    _setting(srv, "--fetch-allow", "non-public media source to permit: CIDR, host or host:port (repeatable). By "
-             "default only public addresses are fetched", action="append")
     _setting(srv, "--max-body-bytes", "largest JSON request body", type=int)
-    _setting(srv, "--limit", "change an input limit, e.g. max_video_seconds=120 (repeatable). Limits: "
-             + ", ".join(f.name for f in fields(Limits)), action="append", metavar="NAME=VALUE")
     _setting(srv, "--retention-hours", "delete served files, abandoned uploads and finished jobs older than this "
              "(0 keeps everything)", type=float)
 
@@ -173,7 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     srv = sub.add_parser("serve", help="run the fal-compatible HTTP server")
     _add_runtime_flags(srv)
+    _add_node_flags(srv)
     _add_serve_flags(srv)
+
+    wrk = sub.add_parser("worker", help="a worker node: run jobs from a shared --store, no public HTTP")
+    _add_runtime_flags(wrk)
+    _add_node_flags(wrk)
+    _setting(wrk, "--models", "the models to take jobs for (default: every model with weights present)", nargs="+")
+    wrk.add_argument("--metrics-port", type=int, help="serve Prometheus metrics (and a health check) on this port")
 
     demo = sub.add_parser("demo", help="build tiny weights and run one pose and one depth job")
     demo.add_argument("--weights-dir", default="tiny-weights")
@@ -193,6 +212,8 @@ def run(args: argparse.Namespace) -> int:
         return commands.serve(settings(args), insecure_no_auth=args.insecure_no_auth,
                               log_level="debug" if args.verbose else "info",
                               access_log=args.verbose or args.access_log)
+    if args.command == "worker":
+        return commands.worker(settings(args), metrics_port=args.metrics_port)
     if args.command == "demo":
         from server.demo import run_demo
 

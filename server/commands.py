@@ -129,3 +129,31 @@ def serve(settings: Settings, *, insecure_no_auth: bool = False, log_level: str 
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def worker(settings: Settings, *, metrics_port: int | None = None) -> int:
+    """A worker node: no public HTTP, its workers pull jobs from the shared store (``--store``) until SIGTERM or
+    SIGINT, which hands the running job back at once. ``metrics_port`` serves Prometheus metrics (and so a health
+    check) on that port."""
+    import asyncio
+    import signal
+
+    from prometheus_client import start_http_server
+
+    from server.app import Node
+
+    async def run() -> None:
+        node = Node.build(settings)
+        await node.start()
+        if metrics_port is not None:
+            start_http_server(metrics_port, registry=node.metrics.registry)
+        stopped = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(sig, stopped.set)
+        print(f"vace worker on {', '.join(str(w.models.device) for w in node.pool.workers)} "
+              f"(store: {'shared' if node.store.shared else 'sqlite'})", flush=True)
+        await stopped.wait()
+        await node.stop()
+
+    asyncio.run(run())
+    return 0

@@ -87,6 +87,18 @@ class Settings(BaseSettings):
     header_timeout: float = 10.0
     """Seconds a connection may take to send a request's line and headers before it is closed."""
 
+    store: str | None = None
+    """The job store: ``sqlite:///ABS/PATH`` (default: the data directory's ``jobs.sqlite3``) or
+    ``postgresql://user:pass@host:port/db``, shared by any number of API and worker processes."""
+    files: Path | None = None
+    """Where files live: a directory holding ``files/`` (served) and ``uploads/`` (in progress); default: the data
+    directory. Several nodes share one by mounting it (NFS, a shared volume); ``s3://`` is not supported yet."""
+    models: Items = ()
+    """The models this node's workers take jobs for (default: every model whose weights are present)."""
+    no_workers: bool = False
+    """An API node: HTTP only, no workers, no model loading (workers elsewhere pull from the shared store)."""
+    lease_seconds: float = 30.0
+    """How long a job may run without a sign of life from its worker before another node takes it back."""
     devices: Items = ()
     """One worker per device; empty means every CUDA device, or the CPU when there is none."""
     max_models: int = 2
@@ -129,6 +141,13 @@ class Settings(BaseSettings):
             lines = Path(data["api_keys_file"]).read_text().splitlines()
             data = {**data, "api_keys": [*_items(data.get("api_keys", [])),
                                          *_items([line.split("#", 1)[0] for line in lines])]}
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_object_storage_yet(cls, data: Any) -> Any:
+        if isinstance(data, dict) and str(data.get("files") or "").startswith("s3://"):
+            raise ValueError("files: S3 storage is not supported yet; give a directory (a shared mount for a fleet)")
         return data
 
     @model_validator(mode="after")
@@ -182,11 +201,11 @@ class Settings(BaseSettings):
 
     @property
     def files_dir(self) -> Path:
-        return self.data_dir / "files"
+        return (self.files or self.data_dir) / "files"
 
     @property
     def uploads_dir(self) -> Path:
-        return self.data_dir / "uploads"
+        return (self.files or self.data_dir) / "uploads"
 
     @property
     def work_dir(self) -> Path:

@@ -104,6 +104,9 @@ class LogLine:
 class JobStore(Protocol):
     """What the server needs from a job store."""
 
+    shared: bool
+    """Whether other processes use the same store (then only expired leases say a job is orphaned)."""
+
     def add(self, *, app: str, task: str, model: str, input: dict[str, Any], base_url: str,
             webhook_url: str | None, owner: str | None = None, priority: Priority = "normal",
             start_timeout_s: float | None = None, runner_hint: str | None = None) -> Job: ...
@@ -450,6 +453,9 @@ class SqlJobStore(ABC):
 
 class SqliteJobStore(SqlJobStore):
     """:class:`JobStore` in one SQLite file (WAL mode: readers never wait for the worker's writes)."""
+
+    shared = False
+    """One process owns the file: at start, every running job is an orphan of the last run (``recover``)."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)

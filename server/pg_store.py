@@ -160,6 +160,8 @@ class PostgresJobStore(SqlJobStore):
     the next call reconnects; a call in flight when the connection drops raises ``psycopg.OperationalError``.
     """
 
+    shared = True
+
     _LOCK = " FOR UPDATE"
     _LOCK_SKIP = " FOR UPDATE SKIP LOCKED"
 

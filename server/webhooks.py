@@ -71,11 +71,13 @@ class Webhooks:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        """Start on the running loop and resume the deliveries a restart interrupted."""
+        """Start on the running loop and resume the deliveries a restart interrupted (with a store of its own:
+        in a shared store the pending deliveries may be another live node's)."""
         self._loop = asyncio.get_running_loop()
         self._client = httpx.AsyncClient(timeout=self.timeout_s, follow_redirects=False, trust_env=False)
-        for job in await asyncio.to_thread(self.store.pending_webhooks):
-            self._spawn(job.id)
+        if not self.store.shared:
+            for job in await asyncio.to_thread(self.store.pending_webhooks):
+                self._spawn(job.id)
 
     async def stop(self) -> None:
         for task in list(self._tasks):

@@ -13,7 +13,10 @@ from __future__ import annotations
 import base64
 import gc
 import logging
+import os
+import secrets
 import shutil
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -28,6 +31,7 @@ from pipelines.encode import write_control_video
 from pipelines.errors import InputError, JobCancelled
 from pipelines.generate import JobHooks, Publish, generate
 from pipelines.loading import ModelManager
+from pipelines.manifest import MODELS
 from pipelines.schema import VaceInput
 
 from .events import Changes
@@ -57,9 +61,18 @@ class WorkerPool:
         work_dir: Path,
         on_finished: Callable[[str], None],
         ctx: JobContext,
+        lease_s: float = 30.0,
+        max_attempts: int = 2,
+        local: bool = True,
+        models: tuple[str, ...] = (),
     ) -> None:
         self.store = store
+        self.local = local
+        """Whether this process runs jobs (False on an API node: workers elsewhere pull from the shared store)."""
+        self.model_filter = models
         self.ctx = ctx
+        self.lease_s = lease_s
+        self.max_attempts = max_attempts
         self.files = files
         self.changes = changes
         self.metrics = metrics
@@ -67,24 +80,31 @@ class WorkerPool:
         self.on_finished = on_finished
         self.stopping = threading.Event()
         self.workers = [Worker(self, manager) for manager in managers]
-        self._expirer = threading.Thread(target=self._expire_loop, name="vace-start-timeouts", daemon=True)
+        self._upkeep = threading.Thread(target=self._upkeep_loop, name="vace-queue-upkeep", daemon=True)
 
     def start(self) -> None:
         shutil.rmtree(self.work_dir, ignore_errors=True)  # inputs of runs that a crash interrupted
         private_dir(self.work_dir)
         for worker in self.workers:
             worker.start()
-        self._expirer.start()
+        self._upkeep.start()
 
-    def _expire_loop(self) -> None:
-        """End queued jobs whose start timeout passed, even while every worker is busy with a long job."""
+    def _upkeep_loop(self) -> None:
+        """The queue's clockwork, even while every worker is busy with a long job: renew the running jobs' leases
+        (a third of the lease apart), end queued jobs whose start timeout passed, and hand back jobs whose worker
+        stopped renewing (another process, or another machine, that died)."""
+        last_beat = 0.0
         while not self.stopping.wait(EXPIRY_POLL_S):
             try:
-                expired = self.store.expire_unstarted()
+                if time.monotonic() - last_beat > self.lease_s / 3:
+                    last_beat = time.monotonic()
+                    for worker in self.workers:
+                        worker.renew_lease()
+                ended = self.store.expire_unstarted() + self.store.requeue_expired(self.max_attempts)
             except Exception:
-                log.exception("could not check start timeouts")
+                log.exception("queue upkeep failed; retrying")
                 continue
-            for job_id in expired:
+            for job_id in ended:
                 self.changes.notify(job_id)
                 self.on_finished(job_id)
 
@@ -97,17 +117,19 @@ class WorkerPool:
         self.stopping.set()
         self.notify()
         deadline = time.monotonic() + timeout_s
-        for thread in (*self.workers, self._expirer):
+        for thread in (*self.workers, self._upkeep):
             if thread.is_alive():
                 thread.join(max(0.0, deadline - time.monotonic()))
 
     def has_weights(self, model: str) -> bool:
-        return self.workers[0].models.is_present(model)
+        """Whether ``model`` can be served: its weights are here, or (an API node) workers elsewhere decide."""
+        return not self.local or self.workers[0].models.is_present(model)
 
     @property
-    def models(self) -> ModelManager:
-        """A model manager to ask about installed weights (every worker's sees the same weights directory)."""
-        return self.workers[0].models
+    def models(self) -> ModelManager | None:
+        """A model manager to ask about installed weights (every worker's sees the same weights directory); None
+        on an API node, whose weights directory says nothing about the workers'."""
+        return self.workers[0].models if self.local else None
 
     def loaded_models(self) -> set[str]:
         return {key for worker in self.workers for key in worker.models.loaded()}
@@ -121,18 +143,36 @@ class Worker(threading.Thread):
         self.pool = pool
         self.models = models
         self.wake = threading.Event()
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{models.device}:{secrets.token_hex(3)}"
+        """Names this worker on the job it runs (its lease); unique across processes and machines."""
+        self.current: str | None = None
+        self.lost = threading.Event()
+
+    def renew_lease(self) -> None:
+        """Keep the running job's lease; if the store says the job is no longer ours (another node handed it back
+        after our lease ran out, e.g. while the database was unreachable), stop it at the next step."""
+        job_id = self.current
+        if job_id is not None and not self.pool.store.heartbeat(job_id, self.id, self.pool.lease_s):
+            log.warning("job %s is no longer held by %s; stopping it", job_id, self.id)
+            self.lost.set()
 
     def run(self) -> None:
         while not self.pool.stopping.is_set():
-            job = self.pool.store.claim()
+            servable = [model for model in MODELS if self.models.is_present(model)
+                        and (not self.pool.model_filter or model in self.pool.model_filter)]
+            job = self.pool.store.claim(worker_id=self.id, lease_s=self.pool.lease_s, models=servable)
             if job is None:
                 self.wake.wait(IDLE_POLL_S)
                 self.wake.clear()
                 continue
+            self.current = job.id
+            self.lost.clear()
             try:
                 self._run(job)
             except Exception:  # the store itself failed; keep the worker alive for the next job
                 log.exception("worker error on job %s", job.id)
+            finally:
+                self.current = None
 
     def _log(self, job_id: str, message: str, level: str = "INFO") -> None:
         """Store a log line for the status routes; a line the store cannot take (a full disk) is not worth
@@ -161,7 +201,7 @@ class Worker(threading.Thread):
         hooks = JobHooks(
             log=lambda message: self._log(job.id, message),
             step=on_step,
-            cancelled=lambda: self.pool.stopping.is_set() or store.cancel_requested(job.id),
+            cancelled=lambda: self.pool.stopping.is_set() or self.lost.is_set() or store.cancel_requested(job.id),
         )
         outcome, result, failure, ending = "error", None, None, ""
         try:
@@ -181,7 +221,9 @@ class Worker(threading.Thread):
             failure = failure_of(exc)
             ending = failure.message
         except JobCancelled as exc:
-            if self.pool.stopping.is_set() and not store.cancel_requested(job.id):
+            if self.lost.is_set():
+                outcome, ending = "lost", "the job was handed to another worker; stopped without recording it"
+            elif self.pool.stopping.is_set() and not store.cancel_requested(job.id):
                 outcome, ending = "requeue", "the server is stopping; re-queued to run after restart"
             else:
                 outcome, ending = "cancelled", f"cancelled ({exc})"
@@ -197,27 +239,35 @@ class Worker(threading.Thread):
                 for path in published:
                     path.unlink(missing_ok=True)
             release_memory(device)
+        if outcome == "lost":  # whoever holds the job now records it; a second outcome would be a double completion
+            log.warning("job %s: %s", job.id, ending)
+            return
         if outcome == "requeue":
-            self._record(lambda: store.requeue(job.id, ending))
+            self._record(lambda: store.requeue(job.id, ending, worker_id=self.id))
             self.pool.changes.notify(job.id)
             return
         self._log(job.id, ending, {"ok": "INFO", "cancelled": "WARN"}.get(outcome, "ERROR"))
-        self._record(lambda: store.finish(job.id, result=result, failure=failure, cancelled=outcome == "cancelled"))
+        recorded = self._record(lambda: store.finish(job.id, result=result, failure=failure,
+                                                     cancelled=outcome == "cancelled", worker_id=self.id))
+        if not recorded:  # the lease was lost at the last moment: the job's new holder records it
+            log.warning("job %s ended here after another worker took it over; its outcome was not recorded", job.id)
+            return
         self.pool.metrics.job_seconds.labels(job.app, job.task, outcome).observe(time.perf_counter() - started)
         self.pool.changes.notify(job.id)
         self.pool.on_finished(job.id)
 
-    def _record(self, write: Callable[[], None]) -> None:
-        """Write a job's end to the store, retrying while the store cannot take it (a full disk): a job that
-        ended must not stay "running". Should the server stop first, restart recovery re-queues the job."""
+    def _record(self, write: Callable[[], bool]) -> bool:
+        """Write a job's end to the store, retrying while the store cannot take it (a full disk, a database
+        restarting): a job that ended must not stay "running". Returns whether the store took it (False: this
+        worker no longer holds the job). Should the server stop first, the job's lease runs out (or restart
+        recovery runs) and it is re-queued."""
         while True:
             try:
-                write()
-                return
+                return write()
             except Exception:
                 log.exception("could not record a job's end; retrying in %g s", RECORD_RETRY_S)
             if self.pool.stopping.wait(RECORD_RETRY_S):
-                return
+                return False
 
     def _keep_control(self, job: Job, workdir: Path, frames: list[np.ndarray], fps: float) -> None:
         """Store the control video that preprocessing made and put its URL on the job (the status body shows it).
