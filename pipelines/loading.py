@@ -14,6 +14,7 @@ import json
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from transformers import AutoTokenizer, UMT5EncoderModel
 from preprocessors import Preprocessor, make_preprocessor
 
 from .interpolation import FrameInterpolator, load_interpolator
+from .loras import JobLora, apply_loras
 from .manifest import AUXILIARY, MODELS, PROMPT_EXPANDER, SAFETY_CHECKER
 from .prompt_expansion import LocalExpander, OpenAIExpander, PromptExpander
 from .runtime import RuntimeConfig, place_module, resolve_attention, resolve_memory_mode
@@ -60,9 +62,11 @@ class LoadedModel:
     def transformer_2(self) -> WanVACETransformer3DModel | None:
         return self.pipe.transformer_2
 
-    def pipeline(self, scheduler: SchedulerMixin) -> WanVACEPipeline:
-        """The pipeline with a job's scheduler. Jobs on one device run one at a time, so sharing it is safe."""
+    def pipeline(self, scheduler: SchedulerMixin, loras: Sequence[JobLora] = ()) -> WanVACEPipeline:
+        """The pipeline with a job's scheduler and exactly the job's LoRAs (none: the plain model, whatever the
+        previous job loaded). Jobs on one device run one at a time, so sharing it is safe."""
         self.pipe.scheduler = scheduler
+        apply_loras(self.pipe, loras)
         return self.pipe
 
 
