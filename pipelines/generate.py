@@ -67,8 +67,9 @@ def check_inputs(inp: VaceInput, task: Task, ctx: JobContext, models: ModelManag
     (refused with a 422 before it is queued) and ``generate()`` runs it again first thing (the CLI's only check).
 
     Field ranges and types are the schema's; this adds the host's rules: input limits, media schemes, the
-    annotator matching the task, the LoRAs fitting ``model`` (count, expert, installed names), and the safety
-    checker being installed when asked for (running unchecked would return what the caller asked us to screen).
+    annotator matching the task, the LoRAs fitting ``model`` (count, expert, installed names, no ``--compile``),
+    and the safety checker being installed when asked for (running unchecked would return what the caller asked us
+    to screen).
     """
     limits = ctx.limits
     if len(inp.prompt) > limits.max_prompt_chars:
@@ -87,6 +88,9 @@ def check_inputs(inp: VaceInput, task: Task, ctx: JobContext, models: ModelManag
             "annotator", f"{inp.annotator} is not a {task} annotator; use one of {sorted(ANNOTATORS[task])}"
         )
     check_loras(inp, model, ctx, models.weights_dir)
+    if inp.loras and models.compiles:  # hot-swapping adapters into compiled blocks is not built (yet)
+        raise InputError("loras", "this server compiles its transformers (--compile), and a LoRA would recompile "
+                         "them: LoRAs need a server without --compile", "not_supported")
     if inp.enable_safety_checker and not models.has_safety_checker():
         raise InputError(
             "enable_safety_checker", "the safety checker's weights are not installed on this server", "not_supported"

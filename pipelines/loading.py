@@ -53,6 +53,8 @@ class LoadedModel:
 
     key: str
     pipe: WanVACEPipeline
+    dtype: torch.dtype
+    """The compute dtype (LoRA factors are kept in it)."""
 
     @property
     def transformer(self) -> WanVACETransformer3DModel:
@@ -66,7 +68,7 @@ class LoadedModel:
         """The pipeline with a job's scheduler and exactly the job's LoRAs (none: the plain model, whatever the
         previous job loaded). Jobs on one device run one at a time, so sharing it is safe."""
         self.pipe.scheduler = scheduler
-        apply_loras(self.pipe, loras)
+        apply_loras(self.pipe, loras, self.dtype)
         return self.pipe
 
 
@@ -112,10 +114,15 @@ class ModelManager:
             "dtype": str(self.dtype).removeprefix("torch."),
             "memory_mode": self.memory_mode,
             "attention_backend": self.attention,
-            "compile": self.runtime.compile and self.device.type == "cuda",
+            "compile": self.compiles,
             "loaded_models": list(self._models),
             "loaded_stages": [name for name, loaded in stages.items() if loaded],
         }
+
+    @property
+    def compiles(self) -> bool:
+        """Whether transformers are compiled (``--compile`` takes effect on CUDA only)."""
+        return self.runtime.compile and self.device.type == "cuda"
 
     def model_dir(self, key: str) -> Path:
         return MODELS[key].path(self.weights_dir)
@@ -152,7 +159,7 @@ class ModelManager:
         if self.attention != "native":
             model.set_attention_backend(self.attention)
         model = place_module(model, self.memory_mode, self.device, self.dtype, fp8=True)
-        if self.runtime.compile and self.device.type == "cuda":
+        if self.compiles:
             model.compile_repeated_blocks(fullgraph=True)  # once per loaded model, i.e. once per process
         return model
 
@@ -262,6 +269,6 @@ class ModelManager:
             pipe.set_progress_bar_config(disable=True)
             if self.memory_mode == "model_offload":
                 pipe.enable_model_cpu_offload(device=self.device)
-            model = LoadedModel(key=key, pipe=pipe)
+            model = LoadedModel(key=key, pipe=pipe, dtype=self.dtype)
             self._models[key] = model
             return model

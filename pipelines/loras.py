@@ -28,7 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from accelerate.hooks import CpuOffload
 from diffusers import WanVACEPipeline, WanVACETransformer3DModel
+from peft.tuners.lora import LoraLayer
 from safetensors import SafetensorError, safe_open
 
 from .context import JobContext
@@ -204,8 +206,29 @@ def _adapters(expert: WanVACETransformer3DModel) -> set[str]:
     return set(getattr(expert, "peft_config", {}) or {})
 
 
-def apply_loras(pipe: WanVACEPipeline, loras: Sequence[JobLora]) -> None:
-    """Make the pipeline's experts carry exactly ``loras`` at their scales (one file named twice adds its scales).
+def _load_adapter(pipe: WanVACEPipeline, expert: WanVACETransformer3DModel, adapter: str,
+                  state_dict: dict[str, torch.Tensor], metadata: dict | None, dtype: torch.dtype) -> None:
+    """Load one adapter with diffusers into ``expert``, in the memory mode the model runs in.
+
+    diffusers takes model offload's hooks off the pipeline for the load and puts them back with
+    ``enable_model_cpu_offload()`` on the default device (cuda:0, whichever GPU this worker has; on a CPU-only
+    machine it raises), so under model offload the pipeline is not handed over: the hook moves the whole expert,
+    adapters included, at each forward anyway. Group offload's hooks it re-applies to cover the new layers, which
+    needs the pipeline. peft creates the adapter in its base layer's dtype, float8 under the fp8 mode, which no
+    matmul takes: the small LoRA factors are kept in the compute dtype instead.
+    """
+    model_offload = isinstance(getattr(expert, "_hf_hook", None), CpuOffload)
+    pipe.load_lora_into_transformer(dict(state_dict), transformer=expert, adapter_name=adapter, metadata=metadata,
+                                    _pipeline=None if model_offload else pipe)
+    for module in expert.modules():
+        if isinstance(module, LoraLayer) and adapter in module.lora_A:
+            module.lora_A[adapter].to(dtype)
+            module.lora_B[adapter].to(dtype)
+
+
+def apply_loras(pipe: WanVACEPipeline, loras: Sequence[JobLora], dtype: torch.dtype) -> None:
+    """Make the pipeline's experts carry exactly ``loras`` at their scales (one file named twice adds its scales),
+    the LoRA factors in ``dtype``, the compute dtype.
 
     Every file that has to be loaded is read and checked before anything changes; should loading still fail, every
     LoRA is unloaded so the next job starts from the plain model.
@@ -230,9 +253,7 @@ def apply_loras(pipe: WanVACEPipeline, loras: Sequence[JobLora]) -> None:
             if loaded - want.keys():
                 expert.delete_adapters(sorted(loaded - want.keys()))
             for adapter in sorted(want.keys() - loaded):
-                state_dict, metadata = files[adapter]
-                pipe.load_lora_into_transformer(dict(state_dict), transformer=expert, adapter_name=adapter,
-                                                metadata=metadata, _pipeline=pipe)
+                _load_adapter(pipe, expert, adapter, *files[adapter], dtype)
             expert.set_adapters(list(want), list(want.values()))
     except Exception:
         pipe.unload_lora_weights()
