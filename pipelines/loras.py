@@ -183,6 +183,8 @@ def check_fits(state_dict: dict[str, torch.Tensor], expert: WanVACETransformer3D
                              "architecture?", LOAD_ERROR)
         name, part = match["module"], match["part"]
         layer = modules.get(name)
+        if isinstance(layer, LoraLayer):  # adapted already by an adapter of an earlier job
+            layer = layer.get_base_layer()
         if not isinstance(layer, torch.nn.Linear):
             raise InputError(field, f"the LoRA adapts {name!r}, which is not a linear layer of the Wan VACE "
                              "transformer: a LoRA for another architecture?", LOAD_ERROR)
