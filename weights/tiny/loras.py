@@ -13,6 +13,7 @@ import torch
 from diffusers import WanVACEPipeline
 
 from pipelines.loras import lora_folder
+from pipelines.manifest import DISTILL_LORAS
 
 from .wan import build_transformer
 
@@ -44,9 +45,12 @@ def write_lora(path: Path, weights: dict[str, torch.Tensor], rank: int = RANK) -
 
 
 def build_tiny_loras(weights_dir: Path) -> list[Path]:
-    """Write one tiny LoRA per model family into ``weights_dir/loras``."""
+    """Write one tiny LoRA per model family into ``weights_dir/loras``, and tiny stand-ins for the manifest's
+    distillation LoRAs under their real names (so the fast path's requests run on tiny weights as written)."""
     transformer = build_transformer()
-    folder = lora_folder(weights_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    return [write_lora(folder / f"{name}.safetensors", lora_weights(transformer, seed))
-            for name, seed in TINY_LORAS.items()]
+    targets = [(lora_folder(weights_dir) / f"{name}.safetensors", seed) for name, seed in TINY_LORAS.items()]
+    distill = [entry.path(weights_dir, file) for entry in DISTILL_LORAS.values() for file in entry.required]
+    targets += [(path, 10 + i) for i, path in enumerate(distill)]
+    for path, _seed in targets:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    return [write_lora(path, lora_weights(transformer, seed)) for path, seed in targets]
