@@ -126,6 +126,10 @@ def _add_runtime_flags(parser: argparse.ArgumentParser) -> None:
     _setting(parser, "--expander-model", "openai: the model name to ask for; local: an LM folder (default: the "
              "manifest's)")
     _setting(parser, "--expander-timeout", "seconds to wait for the expander before keeping the prompt", type=float)
+    _setting(parser, "--lora-cache-dir", "where downloaded LoRA files are kept between jobs (default: "
+             "<data-dir>/lora-cache)")
+    _setting(parser, "--lora-cache-gb", "size past which the least recently used cached LoRAs are deleted",
+             type=float)
 
 
 def _add_serve_flags(srv: argparse.ArgumentParser) -> None:
