@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .limits import Limits
+from .lora_cache import LoraCache
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -45,6 +46,8 @@ class JobContext:
     own: those are read from disk instead of downloaded from ourselves."""
     local_paths: bool = True
     """Whether local paths and ``file://`` URLs are inputs (the CLI) or refused (a server's remote callers)."""
+    lora_cache: LoraCache | None = None
+    """Where downloaded LoRA files are kept between jobs; None downloads a LoRA URL anew for each job."""
 
     def __post_init__(self) -> None:
         for entry in self.fetch_allow:

@@ -34,6 +34,7 @@ from .fetch import check_ref_scheme, fetch_to_file, load_image
 from .frame_plan import plan_frames, plan_temporal
 from .limits import Limits
 from .loading import ModelManager
+from .loras import check_loras, fetch_loras
 from .prompt_expansion import expand_prompt
 from .registry import Task
 from .samplers import make_scheduler
@@ -61,14 +62,16 @@ class JobHooks:
     control: Callable[[list[np.ndarray], float], None] = _ignore
 
 
-def check_inputs(inp: VaceInput, task: Task, ctx: JobContext, models: ModelManager | None) -> None:
+def check_inputs(inp: VaceInput, task: Task, ctx: JobContext, models: ModelManager | None, *,
+                 model: str) -> None:
     """Every check of a request that needs no download, in one place: the server runs it when a job is submitted
     (refused with a 422 before it is queued) and ``generate()`` runs it again first thing (the CLI's only check).
 
     Field ranges and types are the schema's; this adds the host's rules: input limits, media schemes, the
-    annotator matching the task, and the safety checker being installed when asked for (running unchecked would
-    return what the caller asked us to screen; ``models`` None: a node without workers, where the worker that runs
-    the job checks it).
+    annotator matching the task, the LoRAs fitting ``model`` (count, expert, installed names, no ``--compile``),
+    and the safety checker being installed when asked for (running unchecked would return what the caller asked us
+    to screen). ``models`` is None on a node without workers: what only the weights directory can tell (installed
+    LoRA names, the safety checker, compilation) is then checked by the worker that runs the job.
     """
     limits = ctx.limits
     if len(inp.prompt) > limits.max_prompt_chars:
@@ -86,7 +89,13 @@ def check_inputs(inp: VaceInput, task: Task, ctx: JobContext, models: ModelManag
         raise InputError(
             "annotator", f"{inp.annotator} is not a {task} annotator; use one of {sorted(ANNOTATORS[task])}"
         )
-    if inp.enable_safety_checker and models is not None and not models.has_safety_checker():
+    check_loras(inp, model, ctx, models.weights_dir if models is not None else None)
+    if models is None:
+        return
+    if inp.loras and models.compiles:  # hot-swapping adapters into compiled blocks is not built (yet)
+        raise InputError("loras", "this server compiles its transformers (--compile), and a LoRA would recompile "
+                         "them: LoRAs need a server without --compile", "not_supported")
+    if inp.enable_safety_checker and not models.has_safety_checker():
         raise InputError(
             "enable_safety_checker", "the safety checker's weights are not installed on this server", "not_supported"
         )
@@ -172,7 +181,7 @@ def generate(
     ``publish``."""
     hooks = hooks or JobHooks()
     started = time.perf_counter()
-    check_inputs(inp, task, ctx, models)
+    check_inputs(inp, task, ctx, models, model=model)
     checker = models.safety_checker() if inp.enable_safety_checker else None
     seed = inp.seed if inp.seed is not None else secrets.randbelow(2**31)
 
@@ -185,6 +194,7 @@ def generate(
     refs = [
         load_image(url, ("ref_image_urls", i), workdir, ctx) for i, url in enumerate(inp.ref_image_urls or [])
     ] or None
+    loras = fetch_loras(inp, model, workdir, ctx, models.weights_dir)
 
     plan = plan_frames(
         info,
@@ -243,7 +253,9 @@ def generate(
         raise JobCancelled("cancelled before denoising")
 
     hooks.log(f"loading {model}")
-    pipe = models.get(model).pipeline(make_scheduler(inp.sampler, inp.shift))
+    pipe = models.get(model).pipeline(make_scheduler(inp.sampler, inp.shift), loras)
+    for lora in loras:
+        hooks.log(f"LoRA {lora.index}: {lora.sha256[:12]} at scale {lora.scale:g} on {' and '.join(lora.experts)}")
     hooks.log(f"denoising: {inp.num_inference_steps} steps, sampler {inp.sampler}, shift {inp.shift:g}")
     threshold = THRESHOLDS[inp.acceleration]
     cache = StepCacheController(threshold, inp.num_inference_steps) if threshold is not None else None

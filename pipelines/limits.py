@@ -24,6 +24,10 @@ class Limits:
     max_image_pixels: int = 8192 * 8192
     max_ref_images: int = 8
     max_prompt_chars: int = 5_000
+    max_loras: int = 4
+    """LoRAs one request may name."""
+    max_lora_bytes: int = 4 * 1024**3
+    """Size of one LoRA file: larger than media files, since a rank-128 LoRA of a 14B model is ~1.2 GB in fp32."""
 
     def with_settings(self, settings: list[str]) -> Limits:
         """These limits with ``NAME=VALUE`` settings applied (``vace serve --limit``); ValueError names the

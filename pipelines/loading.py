@@ -14,6 +14,7 @@ import json
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from transformers import AutoTokenizer, UMT5EncoderModel
 from preprocessors import Preprocessor, make_preprocessor
 
 from .interpolation import FrameInterpolator, load_interpolator
+from .loras import JobLora, apply_loras
 from .manifest import AUXILIARY, MODELS, PROMPT_EXPANDER, SAFETY_CHECKER
 from .prompt_expansion import LocalExpander, OpenAIExpander, PromptExpander
 from .runtime import RuntimeConfig, place_module, resolve_attention, resolve_memory_mode
@@ -51,6 +53,8 @@ class LoadedModel:
 
     key: str
     pipe: WanVACEPipeline
+    dtype: torch.dtype
+    """The compute dtype (LoRA factors are kept in it)."""
 
     @property
     def transformer(self) -> WanVACETransformer3DModel:
@@ -60,9 +64,11 @@ class LoadedModel:
     def transformer_2(self) -> WanVACETransformer3DModel | None:
         return self.pipe.transformer_2
 
-    def pipeline(self, scheduler: SchedulerMixin) -> WanVACEPipeline:
-        """The pipeline with a job's scheduler. Jobs on one device run one at a time, so sharing it is safe."""
+    def pipeline(self, scheduler: SchedulerMixin, loras: Sequence[JobLora] = ()) -> WanVACEPipeline:
+        """The pipeline with a job's scheduler and exactly the job's LoRAs (none: the plain model, whatever the
+        previous job loaded). Jobs on one device run one at a time, so sharing it is safe."""
         self.pipe.scheduler = scheduler
+        apply_loras(self.pipe, loras, self.dtype)
         return self.pipe
 
 
@@ -108,10 +114,15 @@ class ModelManager:
             "dtype": str(self.dtype).removeprefix("torch."),
             "memory_mode": self.memory_mode,
             "attention_backend": self.attention,
-            "compile": self.runtime.compile and self.device.type == "cuda",
+            "compile": self.compiles,
             "loaded_models": list(self._models),
             "loaded_stages": [name for name, loaded in stages.items() if loaded],
         }
+
+    @property
+    def compiles(self) -> bool:
+        """Whether transformers are compiled (``--compile`` takes effect on CUDA only)."""
+        return self.runtime.compile and self.device.type == "cuda"
 
     def model_dir(self, key: str) -> Path:
         return MODELS[key].path(self.weights_dir)
@@ -148,7 +159,7 @@ class ModelManager:
         if self.attention != "native":
             model.set_attention_backend(self.attention)
         model = place_module(model, self.memory_mode, self.device, self.dtype, fp8=True)
-        if self.runtime.compile and self.device.type == "cuda":
+        if self.compiles:
             model.compile_repeated_blocks(fullgraph=True)  # once per loaded model, i.e. once per process
         return model
 
@@ -258,6 +269,6 @@ class ModelManager:
             pipe.set_progress_bar_config(disable=True)
             if self.memory_mode == "model_offload":
                 pipe.enable_model_cpu_offload(device=self.device)
-            model = LoadedModel(key=key, pipe=pipe)
+            model = LoadedModel(key=key, pipe=pipe, dtype=self.dtype)
             self._models[key] = model
             return model

@@ -217,6 +217,43 @@ AUXILIARY: dict[str, WeightEntry] = {
     )
 }
 
+# LoRAs a request can name live under loras/ (names are their paths there without ``.safetensors``). The
+# step-distillation LoRAs of the fast path (README, "LoRAs") are optional entries, fetched only when named.
+LORAS_FOLDER = "loras"
+LIGHTX2V_WAN21 = "lightx2v-wan21-14b"
+LIGHTNING_WAN22 = "lightning-wan22-a14b"
+_LIGHTX2V_WAN21_FILE = "loras/Wan21_T2V_14B_lightx2v_cfg_step_distill_lora_rank64.safetensors"
+_LIGHTNING_DIR = "Wan2.2-T2V-A14B-4steps-lora-rank64-Seko-V1.1"
+DISTILL_LORAS: dict[str, WeightEntry] = {
+    e.key: e
+    for e in (
+        WeightEntry(
+            key=LIGHTX2V_WAN21,
+            folder=f"{LORAS_FOLDER}/lightx2v",
+            sources=(Source("lightx2v/Wan2.1-T2V-14B-StepDistill-CfgDistill-Lightx2v", (_LIGHTX2V_WAN21_FILE,)),),
+            approx_size_gb=0.63,
+            required=(_LIGHTX2V_WAN21_FILE,),
+            notes=(
+                "LightX2V's step- and CFG-distilled LoRA for Wan2.1 14B (rank 64, Apache-2.0): 4 steps, guidance 1, "
+                "shift 5. Request name: lightx2v/loras/Wan21_T2V_14B_lightx2v_cfg_step_distill_lora_rank64."
+            ),
+        ),
+        WeightEntry(
+            key=LIGHTNING_WAN22,
+            folder=f"{LORAS_FOLDER}/lightning",
+            sources=(Source("lightx2v/Wan2.2-Lightning", (f"{_LIGHTNING_DIR}/high_noise_model.safetensors",
+                                                          f"{_LIGHTNING_DIR}/low_noise_model.safetensors")),),
+            approx_size_gb=1.2,
+            required=(f"{_LIGHTNING_DIR}/high_noise_model.safetensors", f"{_LIGHTNING_DIR}/low_noise_model.safetensors"),
+            notes=(
+                "Wan2.2-Lightning 4-step LoRA pair for the A14B experts (rank 64, Apache-2.0): high_noise_model into "
+                f"transformer (high), low_noise_model into transformer_2 (low). Request names: lightning/{_LIGHTNING_DIR}"
+                "/high_noise_model and .../low_noise_model."
+            ),
+        ),
+    )
+}
+
 # Which extras each feature can use; the first annotator of a task is VACE's default, and the server's unless
 # configured otherwise. The alternatives are only reported by `check`, never demanded.
 TASK_ANNOTATORS: dict[str, tuple[str, ...]] = {
@@ -229,7 +266,7 @@ INTERPOLATORS: tuple[str, ...] = (RIFE.key, FILM.key)
 # Keys whose spelling changed; `vace weights download --models` still takes the old one.
 RENAMED_KEYS: dict[str, str] = {"depth-anything-v2": DEPTH_ANYTHING.key}
 
-ENTRIES: dict[str, WeightEntry] = {SHARED.key: SHARED, **MODELS, **EXTRAS, **AUXILIARY}
+ENTRIES: dict[str, WeightEntry] = {SHARED.key: SHARED, **MODELS, **EXTRAS, **AUXILIARY, **DISTILL_LORAS}
 
 # What `vace weights download` fetches by default: the models behind the fal endpoints, each task's default
 # annotator and both interpolators (the shared text encoder / tokenizer / VAE come with the models).

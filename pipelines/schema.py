@@ -12,6 +12,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .errors import Field as FieldLoc
+from .fetch import url_scheme
+
 DEFAULT_NEGATIVE_PROMPT = (
     "letterboxing, borders, black bars, bright colors, overexposed, static, blurred details, subtitles, style, "
     "artwork, painting, picture, still, overall gray, worst quality, low quality, JPEG compression residue, ugly, "
@@ -29,6 +32,35 @@ VideoWriteMode = Literal["fast", "balanced", "small"]
 Interpolator = Literal["rife", "film"]
 Annotator = Literal["dwpose", "openpose", "midas", "depth_anything_v2"]
 TransparencyMode = Literal["content_aware", "white", "black"]
+Expert = Literal["high", "low", "both"]
+
+
+class LoraWeight(BaseModel):
+    """One LoRA of a request, in the shape of fal's Wan 2.2 LoRA endpoints."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(
+        ...,
+        min_length=1,
+        description=(
+            "The LoRA (.safetensors): an http(s) URL, a data URI, a file uploaded to this server, or the name of a "
+            "LoRA in the server's weights directory (GET /loras lists them); the CLI also takes a local path."
+        ),
+    )
+    scale: float = Field(1.0, ge=-4.0, le=4.0, description="How strongly the LoRA applies; 0 leaves the model as is.")
+    transformer: Expert = Field(
+        "both",
+        description=(
+            "Which expert of the two-expert model (wan-22-vace-fun-a14b) gets the LoRA: high (the high-noise "
+            "transformer), low (the low-noise transformer_2) or both. The one-expert model takes both or high."
+        ),
+    )
+
+    @property
+    def is_ref(self) -> bool:
+        """Whether ``path`` is a URL or data URI (fetched like media) rather than a name or a local path."""
+        return len(url_scheme(self.path)) > 1  # one letter is a Windows drive
 
 
 class VaceInput(BaseModel):
@@ -88,15 +120,24 @@ class VaceInput(BaseModel):
             "openpose, depth takes midas or depth_anything_v2. Default: the server's (VACE's: dwpose, midas)."
         ),
     )
+    loras: list[LoraWeight] | None = Field(
+        None,
+        description=(
+            "Extension (not in fal's seed schema): LoRAs applied for this job only, as fal's Wan 2.2 LoRA endpoints "
+            "take them. A step-distilled LoRA with num_inference_steps=4 and guidance_scale=1 is the fast path."
+        ),
+    )
 
-    def media_refs(self) -> list[tuple[str | tuple[str, int], str]]:
+    def media_refs(self) -> list[tuple[FieldLoc, str]]:
         """Every media reference the request names, with its field location (``("ref_image_urls", i)`` for
-        references): the server checks their schemes and keeps the files they point to while the job waits."""
-        refs: list[tuple[str | tuple[str, int], str | None]] = [
+        references, ``("loras", i, "path")`` for LoRA URLs): the server checks their schemes and keeps the files
+        they point to while the job waits."""
+        refs: list[tuple[FieldLoc, str | None]] = [
             ("video_url", self.video_url), ("first_frame_url", self.first_frame_url),
             ("last_frame_url", self.last_frame_url),
         ]
         refs += [(("ref_image_urls", i), url) for i, url in enumerate(self.ref_image_urls or [])]
+        refs += [(("loras", i, "path"), lora.path) for i, lora in enumerate(self.loras or []) if lora.is_ref]
         return [(loc, ref) for loc, ref in refs if ref is not None]
 
 

@@ -94,10 +94,10 @@ class Node:
         private_dir(config.data_dir)
         store = open_store(config)
         files = FileStore(config.files_dir, config.uploads_dir, config.max_upload_bytes)
-        # This server's rules for its jobs: its limits and allow-list, its own files read from disk, and no local
-        # paths from remote callers.
+        # This server's rules for its jobs: its limits and allow-list, its own files read from disk, no local paths
+        # from remote callers, and its LoRA download cache.
         ctx = JobContext(limits=config.limits, fetch_allow=config.fetch_allow, local_files=files.local_path,
-                         local_paths=False)
+                         local_paths=False, lora_cache=config.lora_cache())
         changes = Changes()
         devices = resolve_devices(config.devices)
         metrics = Metrics(store, devices)

@@ -29,6 +29,7 @@ from .config import Settings
 
 # Fields with their own short flag names in the CLI.
 FIELD_ALIASES = {"video_url": "--video", "prompt": "--prompt"}
+EXPERT_NAMES = ("high", "low", "both")
 
 
 class SettingsError(ValueError):
@@ -65,9 +66,33 @@ def settings(args: argparse.Namespace) -> Settings:
                                       for e in exc.errors())) from None
 
 
+def parse_lora(text: str) -> dict[str, Any]:
+    """``PATH[:SCALE[:high|low|both]]`` as a request's LoRA; read from the right, since URLs and data URIs have
+    colons of their own. The schema checks the values."""
+    lora: dict[str, Any] = {"path": text}
+    head, sep, last = text.rpartition(":")
+    if sep and last in EXPERT_NAMES:
+        lora |= {"path": head, "transformer": last}
+        head, sep, last = head.rpartition(":")
+    try:
+        scale = float(last) if sep else None
+    except ValueError:
+        scale = None
+    if scale is not None:
+        lora |= {"path": head, "scale": scale}
+    return lora
+
+
 def _add_field_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per schema field; values are validated by the schema itself, not by argparse."""
+    """One flag per schema field (``loras``: a repeatable ``--lora``); values are validated by the schema itself,
+    not by argparse."""
+    parser.add_argument("--lora", dest="loras", action="append", type=parse_lora,
+                        metavar="PATH[:SCALE[:high|low|both]]",
+                        help="a LoRA for this job (repeatable): a local .safetensors file, a URL or the name of one "
+                        "in the weights directory's loras/ folder; scale defaults to 1, the expert to both")
     for name, info in VaceInput.model_fields.items():
+        if name == "loras":
+            continue
         flags = [FIELD_ALIASES[name]] if name in FIELD_ALIASES else []
         flags += [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
         help_text = info.description or ""
@@ -101,6 +126,10 @@ def _add_runtime_flags(parser: argparse.ArgumentParser) -> None:
     _setting(parser, "--expander-model", "openai: the model name to ask for; local: an LM folder (default: the "
              "manifest's)")
     _setting(parser, "--expander-timeout", "seconds to wait for the expander before keeping the prompt", type=float)
+    _setting(parser, "--lora-cache-dir", "where downloaded LoRA files are kept between jobs (default: "
+             "<data-dir>/lora-cache)")
+    _setting(parser, "--lora-cache-gb", "size past which the least recently used cached LoRAs are deleted",
+             type=float)
 
 
 def _add_node_flags(parser: argparse.ArgumentParser) -> None:

@@ -57,6 +57,7 @@ def generate_to_file(settings: Settings, task: Task, fields: dict[str, Any], out
     it); prints the output JSON."""
     from tqdm import tqdm
 
+    from pipelines.context import JobContext
     from pipelines.generate import JobHooks, generate
     from pipelines.loading import ModelManager
 
@@ -85,7 +86,7 @@ def generate_to_file(settings: Settings, task: Task, fields: dict[str, Any], out
     try:
         with tempfile.TemporaryDirectory(prefix="vace-job-") as workdir:
             result = generate(inp, task=task, model=model, models=models, workdir=Path(workdir), publish=publish,
-                              hooks=hooks)
+                              hooks=hooks, ctx=JobContext(lora_cache=settings.lora_cache()))
     finally:
         bar.close()
     print(result.model_dump_json(indent=2, exclude_none=True))

@@ -19,6 +19,7 @@ from pydantic import BeforeValidator, Field, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from pipelines.limits import Limits
+from pipelines.lora_cache import LoraCache
 from pipelines.manifest import DEFAULT_ANNOTATORS
 from pipelines.runtime import RuntimeConfig
 
@@ -132,6 +133,10 @@ class Settings(BaseSettings):
     """Age past which served files, abandoned uploads and finished jobs are deleted; 0 keeps everything."""
     retention_sweep_s: float = 600.0
     """Seconds between two retention sweeps."""
+    lora_cache_dir: Path | None = None
+    """Where downloaded LoRA files are kept between jobs (by content hash); default ``<data_dir>/lora-cache``."""
+    lora_cache_gb: float = 50.0
+    """Size past which the least recently used cached LoRA files are deleted."""
 
     @model_validator(mode="before")
     @classmethod
@@ -210,6 +215,10 @@ class Settings(BaseSettings):
     @property
     def work_dir(self) -> Path:
         return self.data_dir / "work"
+
+    def lora_cache(self) -> LoraCache:
+        """The LoRA download cache of this process's jobs."""
+        return LoraCache(self.lora_cache_dir or self.data_dir / "lora-cache", int(self.lora_cache_gb * 1024**3))
 
     @property
     def tls_dir(self) -> Path:

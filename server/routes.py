@@ -126,7 +126,8 @@ def result_response(job: Job) -> JSONResponse:
 def _enqueue(inp: VaceInput, endpoint: Endpoint, options: QueueOptions, webhook: str | None, *, store: JobStore,
              pool: WorkerPool, ctx: JobContext, caller: Caller, base_url: str) -> Job:
     """Check a request (and its webhook) and queue it; every refusal comes before anything is stored."""
-    check_inputs(inp, endpoint.task, ctx, pool.models)  # refused at submission with a 422, never queued
+    # Refused at submission with a 422, never queued.
+    check_inputs(inp, endpoint.task, ctx, pool.models, model=endpoint.model)
     if webhook is not None:
         check_webhook_url(webhook, ctx)
     if not pool.has_weights(endpoint.model):

@@ -2,7 +2,8 @@
 
 What is public (no key): ``/health``, ``/ready``'s readiness per endpoint, ``/metrics`` (counts and timings, no URLs,
 paths or ids) and the playground. ``/ready`` adds the optional stages' settings (the prompt expander's URL, local
-model paths) and the devices only for a valid key, or when auth is off.
+model paths), the devices and the installed LoRAs only for a valid key, or when auth is off; ``/loras`` (the
+installed LoRAs with their sizes) needs a key like every route the guard does not list.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import FileResponse, JSONResponse, Response
 
+from pipelines.loras import installed_loras
 from pipelines.registry import APPS, TASKS
 
 from .deps import AuthDep, CallerDep, MetricsDep, PoolDep, SignerDep
@@ -35,7 +37,7 @@ def health() -> dict[str, str]:
 
 
 @router.get("/ready", summary="Per endpoint: are its weights present, is its model loaded; with a key (or auth off) "
-                              "also the safety checker, prompt expansion and devices")
+                              "also the safety checker, prompt expansion, devices and installed LoRAs")
 def ready(pool: PoolDep, auth: AuthDep, caller: CallerDep) -> JSONResponse:
     loaded = pool.loaded_models()
     endpoints = {
@@ -47,8 +49,16 @@ def ready(pool: PoolDep, auth: AuthDep, caller: CallerDep) -> JSONResponse:
     body: dict[str, object] = {"ready": any_ready, "endpoints": endpoints}
     # The optional stages never decide readiness: a request that needs a missing one is refused on its own.
     if caller.key_id is not None or not auth.enabled:
-        body |= {**pool.models.describe_stages(), "devices": [w.models.describe() for w in pool.workers]}
+        body |= {**pool.models.describe_stages(), "devices": [w.models.describe() for w in pool.workers],
+                 "loras": list(installed_loras(pool.models.weights_dir))}
     return JSONResponse(body, status_code=200 if any_ready else 503)
+
+
+@router.get("/loras", summary="The LoRAs installed in the weights directory, by the names requests give as a "
+                              "LoRA's path")
+def loras(pool: PoolDep) -> dict[str, list[dict[str, object]]]:
+    return {"loras": [{"name": name, "file_size": path.stat().st_size}
+                      for name, path in installed_loras(pool.models.weights_dir).items()]}
 
 
 @router.get("/metrics", summary="Prometheus metrics")

@@ -6,20 +6,14 @@ in a deep check the sha256, against it, so a damaged or swapped file shows up wi
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 
+from pipelines.lora_cache import sha256_file
 from pipelines.manifest import RECORD_FILE
 
-
-def sha256_file(path: Path, chunk: int = 16 * 1024 * 1024) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+__all__ = ["read_records", "sha256_file", "write_records"]
 
 
 def read_records(folder: Path) -> dict[str, dict]:

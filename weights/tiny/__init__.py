@@ -1,12 +1,13 @@
 """``vace weights tiny DIR``: small random-weight models in the exact on-disk layout of the real weights.
 
 No model hub is reachable on build machines, so tests and the demo run on models built here: the real
-architectures (the Wan models in ``wan.py``; DWPose, OpenPose, MiDaS and Depth Anything V2 in ``annotators.py``;
-RIFE and FILM in ``rife.py`` and ``film.py``; the safety checker's ``ViTForImageClassification`` in ``safety.py``;
-the prompt expander's ``Qwen2ForCausalLM`` in ``prompt_expander.py``), shrunk and saved in the real formats into the
-folders the manifest names, which ``vace weights download`` fills. The loaders cannot tell them apart from real
-weights, which is the point: the code that serves real weights is the code under test. ``samples.py`` draws the
-synthetic control videos the demo, the tests and the benchmarks feed them.
+architectures (the Wan models in ``wan.py`` and LoRAs for them in ``loras.py``; DWPose, OpenPose, MiDaS and Depth
+Anything V2 in ``annotators.py``; RIFE and FILM in ``rife.py`` and ``film.py``; the safety checker's
+``ViTForImageClassification`` in ``safety.py``; the prompt expander's ``Qwen2ForCausalLM`` in
+``prompt_expander.py``), shrunk and saved in the real formats into the folders the manifest names, which ``vace
+weights download`` fills. The loaders cannot tell them apart from real weights, which is the point: the code that
+serves real weights is the code under test. ``samples.py`` draws the synthetic control videos the demo, the tests
+and the benchmarks feed them.
 
 Test scaffolding lives here, not in the packages it exercises: ``weights`` imports ``pipelines`` and
 ``preprocessors``, never the reverse.
@@ -25,6 +26,7 @@ from pipelines.manifest import AUXILIARY, PROMPT_EXPANDER, SAFETY_CHECKER
 
 from .annotators import build_tiny_annotators
 from .film import build_tiny_film
+from .loras import build_tiny_loras
 from .prompt_expander import build_prompt_expander
 from .rife import build_tiny_rife
 from .safety import build_safety_checker
@@ -40,13 +42,14 @@ def build_tiny_interpolators(weights_dir: Path) -> list[Path]:
 
 def build_tiny_weights(weights_dir: Path, seed: int = 0) -> Path:
     """Write every model of the manifest (generation models, annotators, interpolators, the safety checker and the
-    prompt-expansion LM) with tiny random weights into ``weights_dir``."""
+    prompt-expansion LM) with tiny random weights into ``weights_dir``, and a tiny LoRA per model family."""
     weights_dir = Path(weights_dir)
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
     weights_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     build_wan_models(weights_dir)
+    build_tiny_loras(weights_dir)
     build_tiny_interpolators(weights_dir)
     build_tiny_annotators(weights_dir)
     build_safety_checker(AUXILIARY[SAFETY_CHECKER].path(weights_dir))
