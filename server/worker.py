@@ -186,7 +186,7 @@ class Worker(threading.Thread):
     def _run(self, job: Job) -> None:
         store, device = self.pool.store, self.models.device
         started = time.perf_counter()
-        self._log(job.id, f"started on {device} (run {job.attempts})")
+        self._log(job.id, f"started on {device} by worker {self.id} (run {job.attempts})")
         workdir = self.pool.work_dir / job.id
         last_step = [0.0]
         published: list[Path] = []

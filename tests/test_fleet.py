@@ -1,0 +1,135 @@
+"""A fleet on one machine: two API nodes (``vace serve --no-workers``, in-process) and two worker processes
+(``vace worker``) sharing one PostgreSQL job store and one files directory, tiny weights.
+
+The real fal-client submits to node A and reads status and results through node B; a worker killed with SIGKILL in
+the middle of a job loses nothing: the other worker takes the job over when its lease runs out and completes it,
+exactly once; a cancel sent to node B stops a job running in a worker process at its next step.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from server_fixtures import REPO, SMALL_JOB, ThreadServer, control_videos, free_port, server_weights, wait_until  # noqa: F401
+
+from server.config import Settings
+from server.falclient import use_server
+
+POSE = "fal-ai/wan-vace-14b/pose"
+REQUESTS = "/queue/fal-ai/wan-vace-14b/requests"
+LEASE_S = 3.0
+
+
+class WorkerProcess:
+    """``vace worker`` as a child process (the real CLI), which a test can kill outright."""
+
+    def __init__(self, store: str, files: Path, weights: Path, data_dir: Path) -> None:
+        self.log_path = data_dir.parent / f"{data_dir.name}-worker.log"
+        args = [sys.executable, "-m", "server.cli", "worker", "--store", store, "--files", str(files),
+                "--weights-dir", str(weights), "--data-dir", str(data_dir), "--lease-seconds", str(LEASE_S)]
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                         env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+        wait_until(lambda: "vace worker on" in self.output() or self.proc.poll() is not None, 120, "vace worker")
+        assert self.proc.poll() is None, self.output()
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(30)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture(scope="module")
+def fleet(server_weights: Path, pg_cluster: Any, tmp_path_factory: pytest.TempPathFactory  # noqa: F811
+          ) -> Iterator[tuple[ThreadServer, ThreadServer, list[WorkerProcess]]]:
+    root = tmp_path_factory.mktemp("fleet")
+    store, files = pg_cluster.new_database(), root / "shared-files"
+
+    def api_node(name: str) -> ThreadServer:
+        return ThreadServer(Settings(weights_dir=root / "no-weights", data_dir=root / name, port=free_port(),
+                                     store=store, files=files, no_workers=True, lease_seconds=LEASE_S))
+
+    with api_node("api-a") as node_a, api_node("api-b") as node_b:
+        workers = [WorkerProcess(store, files, server_weights, root / f"worker-{i}") for i in (1, 2)]
+        try:
+            yield node_a, node_b, workers
+        finally:
+            for worker in workers:
+                worker.stop()
+
+
+def status(node: ThreadServer, request_id: str) -> dict[str, Any]:
+    return httpx.get(f"{node.url}{REQUESTS}/{request_id}/status", params={"logs": 1}, timeout=30).json()
+
+
+def messages(body: dict[str, Any]) -> list[str]:
+    return [line["message"] for line in body["logs"]]
+
+
+def test_fal_client_on_one_node_results_on_another(fleet: Any, control_videos: dict[str, Path],  # noqa: F811
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import fal_client
+    import fal_client.client as fal_module
+
+    node_a, node_b, _workers = fleet
+    for name in ("RUN_URL_FORMAT", "QUEUE_URL_FORMAT", "REST_URL", "CDN_URL", "REALTIME_URL_FORMAT"):
+        monkeypatch.setattr(fal_module, name, getattr(fal_module, name))
+    use_server(node_a.url)
+    client = fal_client.SyncClient()
+    video_url = client.upload(control_videos["pose"].read_bytes(), "video/mp4", file_name="pose.mp4")
+    handle = client.submit(POSE, {"prompt": "a dancer", "video_url": video_url, **SMALL_JOB})
+    with httpx.stream("GET", f"{node_b.url}{REQUESTS}/{handle.request_id}/status/stream", timeout=300) as stream:
+        events = [line for line in stream.iter_lines() if line.startswith("data: ")]
+    assert '"COMPLETED"' in events[-1]
+    result = httpx.get(f"{node_b.url}{REQUESTS}/{handle.request_id}", timeout=30)
+    assert result.status_code == 200
+    video = httpx.get(result.json()["video"]["url"].replace(node_a.url, node_b.url), timeout=30)
+    assert video.content[4:8] == b"ftyp"  # the worker wrote it to the shared files; node B serves it
+
+
+def test_a_killed_worker_loses_nothing_and_a_cancel_reaches_a_worker(fleet: Any,
+                                                                      control_videos: dict[str, Path]) -> None:  # noqa: F811
+    node_a, node_b, workers = fleet
+    video = "data:video/mp4;base64," + base64.b64encode(control_videos["pose"].read_bytes()).decode()
+    long_job = {"prompt": "x", "video_url": video, **SMALL_JOB, "num_inference_steps": 20}
+    doomed = httpx.post(f"{node_a.url}/queue/{POSE}", json=long_job, timeout=30).json()["request_id"]
+    running = wait_until(lambda: next((m for m in messages(status(node_b, doomed)) if m.startswith("started on")),
+                                      None), 120, "the job to start")
+    victim = next(w for w in workers if f":{w.proc.pid}:" in running)
+    wait_until(lambda: any(m.startswith("step 2/") for m in messages(status(node_b, doomed))), 120, "step 2")
+    victim.kill()
+    done = wait_until(lambda: (s := status(node_b, doomed))["status"] == "COMPLETED" and s, 300, "the takeover")
+    assert done.get("error_type") is None, done
+    starts = [m for m in messages(done) if m.startswith("started on")]
+    assert len(starts) == 2 and f":{victim.proc.pid}:" not in starts[1] and "(run 2)" in starts[1]
+    assert sum(m.startswith("completed in") for m in messages(done)) == 1
+    assert httpx.get(f"{node_a.url}{REQUESTS}/{doomed}", timeout=30).status_code == 200
+
+    survivor = next(w for w in workers if w is not victim)
+    cancelled = httpx.post(f"{node_a.url}/queue/{POSE}", json={**long_job, "num_inference_steps": 50},
+                           timeout=30).json()["request_id"]
+    wait_until(lambda: any(m.startswith("step 1/") for m in messages(status(node_b, cancelled))), 120, "a step")
+    assert httpx.put(f"{node_b.url}{REQUESTS}/{cancelled}/cancel", timeout=30).status_code == 202
+    ended = wait_until(lambda: (s := status(node_a, cancelled))["status"] == "COMPLETED" and s, 60, "the cancel")
+    steps = [int(m.split()[1].split("/")[0]) for m in messages(ended) if m.startswith("step ")]
+    assert ended["error_type"] == "client_cancelled" and max(steps) < 50
+    assert survivor.proc.poll() is None
