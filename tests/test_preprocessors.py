@@ -22,6 +22,7 @@ from pipelines.video_io import iter_frames, probe_video
 from preprocessors import DEFAULT_ANNOTATORS, make_preprocessor
 from preprocessors.depth import MidasPreprocessor, normalize_depth
 from preprocessors.pose import (
+    BOX_PADDING,
     DET_SIZE,
     DET_STRIDES,
     NUM_WHOLEBODY,
@@ -231,7 +232,7 @@ def test_decode_detections_nms_and_thresholds() -> None:
     boxes = decode_detections(raw, ratio)
     expected = np.array([[150, 100, 250, 300], [420, 320, 540, 480]]) / ratio
     np.testing.assert_allclose(boxes, expected, rtol=1e-5)
-    assert boxes.dtype == np.float32
+    assert boxes.dtype == np.float64  # as VACE's NMS output; see the near-tie test below
 
 
 def test_no_person_means_the_whole_image() -> None:
@@ -408,3 +409,25 @@ def test_dwpose_end_to_end_with_known_network_outputs() -> None:
     drawn = np.argwhere(out.any(axis=2))[:, ::-1]
     segments = [*expected_limbs.values()]
     assert np.min([segment_distance(drawn, a, b) for a, b in segments], axis=0).max() <= 6
+
+
+def test_dwpose_box_centre_and_scale_are_float64_like_vace() -> None:
+    """A near tie: with this box, the nose's x is 547.99997 when the box centre and scale are computed in float64
+    (as VACE's NMS output, joined with float64 class ids, makes them) and exactly 548.0 in float32, so the drawn
+    joint moves by a pixel if the boxes go back to float32."""
+    ratio = DET_SIZE / 1536
+    person = ((301.5755, 300.0, 150.3, 250.0), 0.9, 0.9)
+    detector = StandIn("images", 1, lambda x: [yolox_output([person])[None].repeat(len(x), 0)])
+    simcc = simcc_for({0: (54.0, 192.0, 0.9)})  # nose at crop pixel (54, 192)
+    estimator = StandIn("input", "batch", lambda x: [np.repeat(a, len(x), axis=0) for a in simcc])
+    (out,) = DWPosePreprocessor(detector, estimator).process([np.zeros((1024, 1536, 3), np.uint8)])
+
+    x0, _, x1, _ = decode_detections(yolox_output([person]), ratio)[0]
+    for dtype, nose_x in ((np.float64, 547), (np.float32, 548)):  # VACE's arithmetic, and the float32 one
+        a, b = dtype(x0), dtype(x1)
+        centre, width = (a + b) * dtype(0.5), (b - a) * dtype(BOX_PADDING)
+        height = dtype(600 * BOX_PADDING)
+        crop_width = width if width > height * (288 / 384) else height * (288 / 384)
+        assert int(54.0 / 288 * crop_width + centre - crop_width / 2) == nose_x
+    ys, xs = np.nonzero((out == joint_rgb(0)).all(axis=2))
+    assert len(xs) and (xs.min() + xs.max()) / 2 == 547 and (ys.min() + ys.max()) / 2 == 720
