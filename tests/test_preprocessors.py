@@ -122,11 +122,12 @@ def test_dwpose_batched_equals_one_at_a_time(annotator_weights: Path) -> None:
 
 @pytest.mark.parametrize("annotator", ["midas", "depth_anything_v2"])
 def test_depth_is_min_max_gray_and_batch_independent(annotator_weights: Path, annotator: str) -> None:
-    """Batched equals one-at-a-time up to one grey level in a few pixels: a batch changes the summation order of
-    the network's matrix products (MKL/oneDNN on CPU, cuBLAS/cuDNN on GPU), which now and then moves a value
-    across a rounding boundary. 64x64 frames are MiDaS's own input size (short side 64, multiples of 64), so no
-    resize softens the 0 and 255 extremes."""
-    frames = smooth_frames(2, 64, 64, seed=2)
+    """Batch-size invariance at the default batch (4). MiDaS runs its network one frame per call, so it is exact;
+    Depth Anything V2 runs batched and may differ by one grey level in a few pixels: a batch changes the summation
+    order of the network's matrix products (MKL/oneDNN on CPU, cuBLAS/cuDNN on GPU), which now and then moves a
+    value across a rounding boundary. 64x64 frames are MiDaS's own input size (short side 64, multiples of 64), so
+    no resize softens the 0 and 255 extremes."""
+    frames = smooth_frames(5, 64, 64, seed=2)
     preprocessor = make_preprocessor("depth", annotator, annotator_weights)
     batched = list(preprocessor.process(frames))
     preprocessor.batch_size = 1
@@ -136,7 +137,7 @@ def test_depth_is_min_max_gray_and_batch_independent(annotator_weights: Path, an
         assert np.array_equal(depth[..., 0], depth[..., 1]) and np.array_equal(depth[..., 0], depth[..., 2])
         assert depth.min() == 0 and depth.max() == 255
         difference = np.abs(depth.astype(int) - one)
-        assert difference.max() <= 1 and (difference > 0).mean() < 0.01
+        assert difference.max() <= (0 if annotator == "midas" else 1) and (difference > 0).mean() < 0.01
 
 
 # ---------------------------------------------------------------------------------------------------------------
