@@ -111,13 +111,19 @@ def test_video_keeps_frame_count_size_and_fps(
     assert control.fps == pytest.approx(12.0)
 
 
-def test_dwpose_batched_equals_one_at_a_time(annotator_weights: Path) -> None:
+@pytest.mark.parametrize("annotator", ["dwpose", "openpose"])
+def test_pose_at_the_default_batch_equals_one_at_a_time(annotator_weights: Path, annotator: str) -> None:
+    """Batch-size invariance, exact: DWPose's networks see the frames' people together, OpenPose runs per frame."""
     frames = [*smooth_frames(5, 64, 96, seed=1), np.zeros((64, 96, 3), np.uint8)]  # the last has nobody in it
-    batched = list(DWPosePreprocessor.from_weights(annotator_weights, batch_size=4).process(frames))
-    single = DWPosePreprocessor.from_weights(annotator_weights, batch_size=1)
-    assert any(frame.any() for frame in batched)  # the tiny networks draw something
-    for frame, expected in zip(frames, batched, strict=True):
-        np.testing.assert_array_equal(next(single.process([frame])), expected)
+    preprocessor = make_preprocessor("pose", annotator, annotator_weights)
+    assert preprocessor.batch_size == type(preprocessor).default_batch_size > 1
+    batched = list(preprocessor.process(frames))
+    preprocessor.batch_size = 1
+    single = list(preprocessor.process(frames))
+    if annotator == "dwpose":
+        assert any(frame.any() for frame in batched)  # the tiny networks draw something
+    for one, expected in zip(single, batched, strict=True):
+        np.testing.assert_array_equal(one, expected)
 
 
 @pytest.mark.parametrize("annotator", ["midas", "depth_anything_v2"])
