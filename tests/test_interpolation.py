@@ -12,7 +12,13 @@ import torch
 from torch import Tensor
 
 from pipelines.interpolation import FrameInterpolator, load_interpolator, weights_path
-from pipelines.interpolation.film import CURRENT_LAYOUT, _midpoint_rounds, film_frames_between, film_state_keys, load_film
+from pipelines.interpolation.film import (
+    CURRENT_LAYOUT,
+    _midpoint_rounds,
+    film_frames_between,
+    film_state_keys,
+    load_film,
+)
 from pipelines.interpolation.rife import IFNetConfig, load_rife, rife_frames_between
 from pipelines.frame_plan import NATIVE_FRAMES, frames_to_generate, max_factor, plan_temporal
 from weights.tiny import build_tiny_interpolators
@@ -266,7 +272,10 @@ def test_film_midpoint_schedule_is_the_ports(n: int) -> None:
     assert known == set(range(n + 2))
 
 
-@pytest.mark.parametrize("layout,n", [(lay, n) for lay in LAYOUTS for n in range(1, 6) if lay != "v1.0.0" or n in (1, 3)])
+PORT_CASES = [(lay, n) for lay in LAYOUTS for n in range(1, 6) if lay != "v1.0.0" or n in (1, 3)]  # v1.0.0: midpoints
+
+
+@pytest.mark.parametrize("layout,n", PORT_CASES)
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_film_equals_the_port_script_for_each_layout(tmp_path: Path, layout: str, n: int) -> None:
     """Batched rounds (two pairs, up to four items per call, so calls would mix times) vs the port's one-by-one

@@ -29,7 +29,16 @@ from pathlib import Path
 from safetensors import SafetensorError, safe_open
 
 from pipelines.interpolation.film import load_film
-from pipelines.manifest import ENTRIES, FILM, FILM_FILE, RECORD_FILE, ModelEntry, WeightEntry, required_any, required_paths
+from pipelines.manifest import (
+    ENTRIES,
+    FILM,
+    FILM_FILE,
+    RECORD_FILE,
+    ModelEntry,
+    WeightEntry,
+    required_any,
+    required_paths,
+)
 from weights.records import read_records, sha256_file
 from weights.report import BROKEN_LINK, CORRUPT, MISSING, CheckReport, EntryReport, Problem
 
