@@ -225,6 +225,10 @@ def generate(
             f"generating {timing.generate_frames} frames (one control frame in {timing.downsample_factor + 1}) and "
             f"interpolating {timing.n_between} between each pair with {inp.interpolator_model}"
         )
+        try:  # before minutes of denoising: FILM's v1.0.0 file makes midpoints only
+            models.interpolator(inp.interpolator_model).check_between(timing.n_between)
+        except ValueError as e:
+            raise InputError("interpolator_model", str(e)) from e
 
     control = read_frames(video_path, [plan.source_indices[j] for j in timing.control_indices])
     if checker is not None:

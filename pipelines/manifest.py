@@ -170,12 +170,15 @@ RIFE = WeightEntry(
 FILM = WeightEntry(
     key="film",
     folder="interpolation/film",
-    sources=(Source("nguu/film-pytorch", (FILM_FILE,)),),
+    # Pinned at the commit that public setups (ComfyUI provisioning scripts) download; which of the port's layouts
+    # it holds is not stated anywhere, so the loader tells the layout from the file and `vace weights check` says it.
+    sources=(Source("nguu/film-pytorch", (FILM_FILE,), revision="887b2c42bebcb323baf6c3b6d59304135699b575"),),
     approx_size_gb=0.14,
     required=(FILM_FILE,),
     notes=(
         "FILM film_net (Google, Apache-2.0) as TorchScript from the dajes/frame-interpolation-pytorch port "
-        "(community mirror; also on that project's GitHub releases)."
+        "(community mirror; also on that project's GitHub releases). Any of the port's layouts v1.0.0-v1.0.2 loads; "
+        "v1.0.0 makes midpoints only (1 or 3 frames between two)."
     ),
 )
 EXTRAS: dict[str, WeightEntry] = {e.key: e for e in (DWPOSE, MIDAS, OPENPOSE, DEPTH_ANYTHING, RIFE, FILM)}

@@ -10,9 +10,16 @@ prediction bilinearly back to the input size and normalises the same way.
 We run the same steps with many frames per network call: resizing on the worker threads, the network and the
 normalisation on the device, uint8 back to the host. The network is controlnet-aux's ``DPTDepthModel`` (the model
 inside its ``MidasDetector``, loaded from ``dpt_hybrid-midas-501f0c75.pt``) and transformers'
-``DepthAnythingForDepthEstimation``. One frame at a time, MiDaS output is VACE's bit for bit; in a batch a few
-pixels can differ by one grey level, because batched matrix products sum in another order. A frame with no depth
-variation at all becomes black (VACE would divide by zero there).
+``DepthAnythingForDepthEstimation``. A frame with no depth variation at all becomes black (VACE would divide by zero
+there).
+
+MiDaS runs its network one frame per call, so its output is VACE's bit for bit at every batch size: in a batched
+call the matrix products sum in another order, and at batch 4 about 2e-4 of the pixels came out one grey level off
+(measured on CPU at 256x144 and 832x480). Exactness costs little: batching gained ~1.3x at 256x144 on 2 CPU cores
+and nothing measurable at 832x480, where one frame already fills the cores (``docs/BENCHMARKS.md``). The batch
+still sets how many frames are read, resized (on the worker threads) and normalised together. Depth Anything V2,
+which is not VACE's network size anyway (VACE's ``depthv2`` is ViT-L), stays batched through the network: one
+grey level on a few pixels against one frame per call.
 """
 
 from __future__ import annotations
@@ -96,7 +103,8 @@ class MidasPreprocessor(DepthPreprocessor):
         # different kernel, and VACE's 1xCxHxW view of one frame takes the NCHW one.
         pixels = torch.from_numpy(np.stack(resized)).to(self.device).permute(0, 3, 1, 2).contiguous()
         pixels = pixels.float() / 127.5 - 1.0
-        depth = normalize_depth(self.model(pixels)).cpu().numpy()
+        depth = torch.cat([self.model(frame[None]) for frame in pixels])  # one frame per call: see the docstring
+        depth = normalize_depth(depth).cpu().numpy()
         return self.map(lambda d: _three_channels(cv2.resize(d, (width, height), interpolation=cv2.INTER_AREA)), depth)
 
 

@@ -138,6 +138,11 @@ def decode_detections(raw: np.ndarray, ratio: float) -> np.ndarray:
 
     Each anchor row is (dx, dy, log w, log h) in stride units, then objectness and 80 class probabilities. Only
     class 0 matters: NMS is per class, so the other classes cannot change which people survive.
+
+    Decoding and NMS run in float32 as in VACE; the kept boxes are float64, because VACE's NMS returns them joined
+    with float64 class ids (``np.concatenate``), so its box centre and scale (and with them the crop's affine map
+    and every keypoint) are computed in float64. In float32 the centre can move by ~1e-5 px, which shifts a
+    crop pixel by a grey level now and then, flips SimCC argmax near-ties and moves a keypoint by up to ~140 px.
     """
     centers = ((raw[:, :2] + ANCHOR_CELLS) * ANCHOR_STRIDES).astype(np.float32)
     sizes = (np.exp(raw[:, 2:4]) * ANCHOR_STRIDES).astype(np.float32)
@@ -146,7 +151,7 @@ def decode_detections(raw: np.ndarray, ratio: float) -> np.ndarray:
     boxes = np.concatenate([centers - sizes / 2.0, centers + sizes / 2.0], axis=1)[candidates] / ratio
     scores = person[candidates]
     keep = [i for i in nms(boxes, scores, NMS_IOU) if scores[i] > PERSON_SCORE]
-    return boxes[keep]
+    return boxes[keep].astype(np.float64)
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> list[int]:
@@ -166,10 +171,8 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> list[int]:
 
 
 def person_boxes(raw: np.ndarray, ratio: float, height: int, width: int) -> np.ndarray:
-    """The boxes the pose network sees: the detected people, or the whole image when there are none.
-
-    The whole-image box keeps integer (float64) coordinates like VACE's, detections stay float32.
-    """
+    """The boxes the pose network sees (float64, as VACE's): the detected people, or the whole image when there are
+    none."""
     boxes = decode_detections(raw, ratio)
     return boxes if len(boxes) else np.array([[0, 0, width, height]], dtype=np.float64)
 

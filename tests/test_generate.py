@@ -15,9 +15,11 @@ from PIL import Image
 from pipelines.encode import encode_video
 from pipelines.errors import InputError, JobCancelled
 from pipelines.generate import JobHooks, generate
+from pipelines.interpolation import weights_path
 from pipelines.loading import ModelManager
 from pipelines.schema import DEFAULT_NEGATIVE_PROMPT, VaceInput, VaceOutput
 from pipelines.video_io import probe_video, read_frames
+from weights.tiny.film import build_tiny_film
 from weights.tiny.samples import pose_frames
 
 FAST = {"num_inference_steps": 2, "acceleration": "none"}
@@ -140,21 +142,46 @@ def test_seed_reproducibility_and_equality_with_plain_diffusers(models, tmp_path
     assert np.array_equal(frames_a, np.clip(np.round(direct * 255.0), 0, 255).astype(np.uint8))
 
 
-def test_reference_images_and_first_last_frames(models, tmp_path, pose_video):
+def test_reference_images_and_first_last_frames(models, tmp_path, pose_video, monkeypatch):
     ref = tmp_path / "ref.png"
     Image.new("RGB", (100, 160), (200, 30, 30)).save(ref)
     first = tmp_path / "first.png"
     rgba = np.zeros((240, 416, 4), np.uint8)
     rgba[:, :208] = (30, 200, 30, 255)  # right half fully transparent
     Image.fromarray(rgba, "RGBA").save(first)
-    last = tmp_path / "last.jpg"
+    last = tmp_path / "last.png"
     Image.new("RGB", (416, 240), (30, 30, 200)).save(last)
-    out = run_job(
-        models, tmp_path, video_url=str(pose_video), num_frames=17, ref_image_urls=[str(ref), str(ref)],
-        first_frame_url=str(first), last_frame_url=str(last), transparency_mode="white",
-    )
+    calls: list[dict] = []
+    pipeline_call = WanVACEPipeline.__call__
+
+    def recording_call(self, *args, **kwargs):
+        calls.append(kwargs)
+        return pipeline_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(WanVACEPipeline, "__call__", recording_call)
+    common = {"video_url": str(pose_video), "num_frames": 17, "return_frames_zip": True, "seed": 3}
+    plain = run_job(models, tmp_path / "plain", **common)
+    refs = run_job(models, tmp_path / "refs", ref_image_urls=[str(ref), str(ref)], **common)
+    ends = run_job(models, tmp_path / "ends", first_frame_url=str(first), last_frame_url=str(last),
+                   transparency_mode="white", **common)
+    outputs = [zip_frames(o.frames_zip.url) for o in (plain, refs, ends)]
     # Reference images become extra latent frames that are removed before decoding.
-    assert probe_video(Path(out.video.url)).num_frames == 17
+    assert [probe_video(Path(o.video.url)).num_frames for o in (plain, refs, ends)] == [17, 17, 17]
+    assert all(f.shape == (17, 240, 416, 3) for f in outputs)
+    # Each input changes the generated video (same seed): none of them is ignored on the way to the pipeline.
+    assert np.abs(outputs[1].astype(int) - outputs[0]).mean() > 0.5
+    assert np.abs(outputs[2].astype(int) - outputs[0]).mean() > 0.5
+
+    given_plain, given_refs, given_ends = calls
+    assert given_plain["reference_images"] is None
+    assert [np.asarray(r).tolist()[0][0] for r in given_refs["reference_images"]] == [[200, 30, 30]] * 2
+    video, mask = given_ends["video"], [np.asarray(m) for m in given_ends["mask"]]
+    first_given, last_given = np.asarray(video[0]), np.asarray(video[16])
+    assert (first_given[:, :208] == (30, 200, 30)).all() and (first_given[:, 210:] == 255).all()  # white fill
+    assert (last_given == (30, 30, 200)).all()
+    assert mask[0].max() == 0 and mask[16].max() == 0  # kept (black), the frames between generated (white)
+    assert all(m.min() == 255 for m in mask[1:16])
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(video[1:16], given_plain["video"][1:16]))
 
 
 def test_progress_and_cancel_at_the_next_step(models, tmp_path, pose_video):
@@ -242,3 +269,19 @@ def test_preprocess_turns_the_input_into_the_control_video(models, tmp_path, mod
     assert (out.video.num_frames, out.video.width, out.video.height) == (17, 416, 240)
     expected = "DWPosePreprocessor" if task == "pose" else "DepthAnythingPreprocessor"
     assert any(f"into {task} control ({expected})" in line for line in log)
+
+
+def test_film_v100_file_refuses_a_count_it_cannot_make_before_denoising(tiny_weights, tmp_path, pose_video):
+    """The v1.0.0 FILM file makes midpoints only: n = 2 between frames is refused as an input error up front."""
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    for folder in tiny_weights.iterdir():
+        if folder.name != "interpolation":
+            (weights / folder.name).symlink_to(folder)
+    build_tiny_film(weights_path("film", weights), layout="v1.0.0")
+    log: list[str] = []
+    with pytest.raises(InputError, match="v1.0.0 layout") as err:
+        run_job(ModelManager(weights, device="cpu"), tmp_path, hooks=JobHooks(log=log.append),
+                video_url=str(pose_video), num_frames=17, num_interpolated_frames=2, interpolator_model="film")
+    assert err.value.loc == ("interpolator_model",)
+    assert not any("denoising" in line for line in log)

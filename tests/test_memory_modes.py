@@ -49,10 +49,23 @@ def test_fp8_storage_stays_close_to_full_mode(tiny_weights, job, full):
     assert not np.array_equal(out, full)
 
 
-def test_vae_tiling_matches_untiled_decoding(tiny_weights, job, full):
+def test_vae_tiling_decodes_in_tiles_close_to_untiled_decoding(tiny_weights, job, full, monkeypatch):
     manager = ModelManager(tiny_weights, device="cpu", runtime=RuntimeConfig(memory_mode="full", vae_tiling=True))
-    assert manager.get("wan-22-vace-fun-a14b").pipe.vae.use_tiling
+    vae = manager.get("wan-22-vace-fun-a14b").pipe.vae
+    assert vae.use_tiling
+    tiles: list[tuple[int, ...]] = []
+    decode_tile = vae.decoder.forward
+
+    def counting_decoder(x, *args, **kwargs):
+        tiles.append(tuple(x.shape[-2:]))
+        return decode_tile(x, *args, **kwargs)
+
+    monkeypatch.setattr(vae.decoder, "forward", counting_decoder)
     out = frames(manager, job)
+    # 416x240 is 52x30 latents: the default 256 px tiles (32 latents) start every 192 px (24 latents); untiled
+    # decoding would run the decoder on the whole 30x52 latent
+    assert {shape[-1] for shape in tiles} == {32, 28, 4} and {shape[-2] for shape in tiles} == {30, 6}
+    assert not np.array_equal(out, full)  # the tiles' overlaps are blended: not the untiled decode bit for bit
     assert np.abs(out - full).mean() < 0.02
 
 

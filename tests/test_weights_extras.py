@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import stat
+import tempfile
 import zipfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -29,6 +30,7 @@ from weights import download as dl
 from weights.check import check
 from weights.records import read_records, sha256_file, write_records
 from weights.report import CORRUPT, MISSING
+from weights.tiny.film import build_tiny_film
 
 RIFE_ZIP = "RIFEv4.26_0921.zip"
 
@@ -37,6 +39,11 @@ def _torch_bytes(seed: int) -> bytes:
     buf = io.BytesIO()
     torch.save({"w": torch.arange(64, dtype=torch.float32) + seed}, buf)  # zip format, like the real files
     return buf.getvalue()
+
+
+def _film_bytes(layout: str = "v1.0.2") -> bytes:
+    with tempfile.TemporaryDirectory() as tmp:
+        return build_tiny_film(Path(tmp, "film.pt"), layout=layout).read_bytes()
 
 
 def _safetensors_bytes() -> bytes:
@@ -70,7 +77,7 @@ FILES: dict[str, dict[str, bytes]] = {
     "openpose": {"body_pose_model.pth": _torch_bytes(3)},
     "depth_anything_v2": {"config.json": b'{"model_type": "depth_anything"}', "model.safetensors": _safetensors_bytes()},
     "rife": {"flownet.pkl": FLOWNET},
-    "film": {"film_net_fp32.pt": _torch_bytes(4)},
+    "film": {"film_net_fp32.pt": _film_bytes()},
 }
 
 
@@ -117,6 +124,25 @@ def test_complete_extras_are_ok(tmp_path):
     text = report.render()
     assert "pose: dwpose ok, openpose ok" in text and "Interpolators: rife ok, film ok" in text
     assert json.loads(json.dumps(report.to_dict()))["interpolators"] == {"rife": "ok", "film": "ok"}
+
+
+@pytest.mark.parametrize("layout", ["v1.0.0", "v1.0.1", "v1.0.2"])
+def test_check_says_which_film_layout_a_file_is(tmp_path, layout):
+    build_extras(tmp_path, keys=("film",), records=False)
+    (tmp_path / "interpolation/film/film_net_fp32.pt").write_bytes(_film_bytes(layout))
+    report = check(tmp_path)
+    assert report.ok_for("film")
+    (note,) = report.entries["film"].notes
+    assert f"layout {layout}" in note and ("t = 0.5" in note) == (layout == "v1.0.0")
+    assert f"  film: film_net_fp32.pt: dajes/frame-interpolation-pytorch layout {layout}" in report.render()
+    assert report.to_dict()["entries"]["film"]["notes"] == [note]
+
+
+def test_check_flags_a_film_file_that_is_not_film_net(tmp_path):
+    build_extras(tmp_path, keys=("film",), records=False)
+    (tmp_path / "interpolation/film/film_net_fp32.pt").write_bytes(_torch_bytes(4))  # a zip, not TorchScript
+    (problem,) = check(tmp_path).entries["film"].problems_of(CORRUPT)
+    assert problem.path == "film_net_fp32.pt" and "not a TorchScript file" in problem.detail
 
 
 def test_absent_extras_are_reported_not_errors(tmp_path):
@@ -244,10 +270,12 @@ class FakeExtrasHub:
         }
         self.commit = "feed" * 10
         self.calls: list[tuple[str, Path]] = []
+        self.revisions: dict[str, str] = {}
         hub = self
 
         class Api:
             def model_info(self, repo_id, *, revision=None, files_metadata=False, token=None, **kw):
+                hub.revisions[repo_id] = revision
                 siblings = []
                 for name, data in hub.repos[repo_id].items():
                     lfs = SimpleNamespace(size=len(data), sha256=hashlib.sha256(data).hexdigest())
@@ -288,6 +316,7 @@ def test_download_extras(tmp_path, hub, capsys):
     assert sorted(p.name for p in rife.iterdir() if not p.name.startswith(".")) == [RIFE_ZIP, "flownet.pkl"]
     assert (rife / "flownet.pkl").read_bytes() == FLOWNET
     assert not (wd / "annotators/midas/other.pth").exists()
+    assert hub.revisions["nguu/film-pytorch"] == "887b2c42bebcb323baf6c3b6d59304135699b575"  # the pinned FILM file
 
     rec = read_records(rife)
     assert rec["flownet.pkl"] == {"size": len(FLOWNET), "sha256": hashlib.sha256(FLOWNET).hexdigest(),

@@ -14,7 +14,9 @@ Checks, all cheap unless ``deep``:
   zip form (every ``.zip``, and torch files saved as zip archives) have a readable central directory, which a
   truncated download lacks;
 - against ``.vace-files.json`` (written by the downloader): recorded files exist and have the recorded size,
-  and with ``deep`` the recorded sha256.
+  and with ``deep`` the recorded sha256;
+- FILM's TorchScript file loads as film_net, and its note says which of the port's layouts it is (the port has
+  published three, with different ``dt`` handling; see ``pipelines/interpolation/film.py``): about a second.
 """
 
 from __future__ import annotations
@@ -26,7 +28,17 @@ from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
 
-from pipelines.manifest import ENTRIES, RECORD_FILE, ModelEntry, WeightEntry, required_any, required_paths
+from pipelines.interpolation.film import load_film
+from pipelines.manifest import (
+    ENTRIES,
+    FILM,
+    FILM_FILE,
+    RECORD_FILE,
+    ModelEntry,
+    WeightEntry,
+    required_any,
+    required_paths,
+)
 from weights.records import read_records, sha256_file
 from weights.report import BROKEN_LINK, CORRUPT, MISSING, CheckReport, EntryReport, Problem
 
@@ -87,6 +99,8 @@ class _Checker:
         if isinstance(entry, ModelEntry):
             problems += self._check_model_index(root, entry)
         problems += self._check_records(files, scopes)
+        if entry.key == FILM.key and not problems:
+            problems += _film_layout(root / FILM_FILE, report.notes)
         # A path can be reported twice (e.g. required and recorded); keep the first.
         unique: dict[tuple[str, str], Problem] = {}
         for p in problems:
@@ -258,6 +272,17 @@ def _opaque_file_problem(path: Path, must_be_zip: bool) -> str | None:
     except OSError as e:
         return f"unreadable ({e})"
     return None
+
+
+def _film_layout(path: Path, notes: list[str]) -> list[Problem]:
+    """Note which layout FILM's file is; a CORRUPT problem when it does not load as film_net at all."""
+    try:
+        layout = load_film(path).layout
+    except ValueError as e:
+        return [Problem(CORRUPT, path.name, str(e).replace(f"{path}: ", ""))]
+    limits = " (always t = 0.5: 1 or 3 frames between two, other counts refused)" if layout == "v1.0.0" else ""
+    notes.append(f"{path.name}: dajes/frame-interpolation-pytorch layout {layout}{limits}")
+    return []
 
 
 def _display(real: str, scopes: list[tuple[str, str]]) -> str | None:

@@ -37,6 +37,7 @@ class EntryReport:
     bytes: int = 0
     approx_size_gb: float = 0.0
     problems: list[Problem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what a sound entry holds, e.g. which FILM layout
 
     @property
     def status(self) -> str:
@@ -120,6 +121,7 @@ class CheckReport:
                 lines.append(f"  {task}: " + ", ".join(f"{k} {s}" for k, s in statuses.items()))
         if interpolators := self.interpolators():
             lines.append("Interpolators: " + ", ".join(f"{k} {s}" for k, s in interpolators.items()))
+            lines += [f"  {k}: {note}" for k in interpolators for note in self.entries[k].notes]
         if auxiliary := self.auxiliary():
             lines.append("Optional stages: " + ", ".join(f"{k} {s}" for k, s in auxiliary.items()))
         return "\n".join(lines)
@@ -130,7 +132,7 @@ class CheckReport:
             "deep": self.deep,
             "entries": {
                 k: {"folder": e.folder, "endpoint": e.endpoint, "status": e.status, "files": e.files, "bytes": e.bytes,
-                    "problems": [vars(p) for p in e.problems]}  # fmt: skip
+                    "problems": [vars(p) for p in e.problems], "notes": e.notes}  # fmt: skip
                 for k, e in self.entries.items()
             },
             "endpoints": self.endpoints(),

@@ -8,7 +8,15 @@ at t = 1/(n+1) .. n/(n+1). It reads and emits ``batch_size`` pairs at a time, so
 the generated video and the encoder without holding the whole video.
 
 Precision: RIFE runs fp16 on CUDA (its warps use a float32 grid) and fp32 on CPU; FILM runs fp32 everywhere (see
-``film.py``). Frames are padded right and bottom to the network's multiple (64 for both) and cropped back.
+``film.py``). Frames are padded with zeros to the network's multiple (64 for both) and cropped back, each as its
+reference inference script does: right and bottom for RIFE (Practical-RIFE), centred for FILM (the port's
+``pad_batch``); the padding reaches into the frame through the networks' receptive fields, so the side matters.
+
+uint8 conversion: the new frames are rounded to the nearest grey level, where both reference scripts truncate
+(``(x * 255).byte()``). We keep rounding on purpose: truncation makes every interpolated frame about half a grey
+level darker than the untouched original frames around it (the mean of the discarded fraction), a bias that
+alternates frame by frame in the output; rounding has none. Each uint8 value differs from the references' by at
+most one level, and only where the fraction is at least 0.5.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from torch import Tensor, nn
 
 from ..frames import check_frame
 from ..manifest import FILM, FILM_FILE, RIFE, RIFE_FILE, WeightEntry
-from .film import PAD_MULTIPLE as FILM_PAD_MULTIPLE, film_frames_between, load_film
+from .film import PAD_MULTIPLE as FILM_PAD_MULTIPLE, FilmModel, film_frames_between, load_film
 from .rife import load_rife, rife_frames_between
 
 __all__ = ["FrameInterpolator", "InterpolatorKind", "load_interpolator", "weights_path"]
@@ -53,7 +61,8 @@ class FrameInterpolator:
     """A loaded interpolation network plus the streaming, batching, padding and uint8 conversion around it.
 
     ``batch_size`` is both the number of pairs read before the network runs and the most frames one network call
-    makes, which bounds memory either way.
+    makes, which bounds memory either way. ``pad_centred`` pads as FILM's port does (centred) rather than right and
+    bottom as RIFE does.
     """
 
     def __init__(
@@ -66,11 +75,19 @@ class FrameInterpolator:
         dtype: torch.dtype,
         pad_multiple: int,
         batch_size: int,
+        pad_centred: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.kind, self.model, self._between = kind, model, between
         self.device, self.dtype, self.pad_multiple, self.batch_size = device, dtype, pad_multiple, batch_size
+        self.pad_centred = pad_centred
+
+    def check_between(self, n_between: int) -> None:
+        """Raise ValueError, before any work, when this network cannot make ``n_between`` frames between a pair
+        (FILM's v1.0.0 file makes midpoints only)."""
+        if isinstance(self.model, FilmModel):
+            self.model.check_between(n_between)
 
     def interpolate(self, frames: Iterable[np.ndarray], n_between: int) -> Iterator[np.ndarray]:
         """Yield ``frames`` with ``n_between`` interpolated frames between consecutive ones.
@@ -84,6 +101,7 @@ class FrameInterpolator:
         if n_between == 0:
             yield from it
             return
+        self.check_between(n_between)
         pending: list[np.ndarray] = []
         for frame in it:
             pending.append(frame)
@@ -101,9 +119,10 @@ class FrameInterpolator:
         for f in frames[1:]:
             check_frame(f, (h, w))
         x = torch.from_numpy(np.stack(frames)).to(self.device).permute(0, 3, 1, 2).to(self.dtype) / 255
-        m = self.pad_multiple
-        x = F.pad(x, (0, -w % m, 0, -h % m))
-        mids = self._between(self.model, x[:-1], x[1:], n, self.batch_size)[..., :h, :w]
+        ph, pw = -h % self.pad_multiple, -w % self.pad_multiple
+        top, left = (ph // 2, pw // 2) if self.pad_centred else (0, 0)
+        x = F.pad(x, (left, pw - left, top, ph - top))
+        mids = self._between(self.model, x[:-1], x[1:], n, self.batch_size)[..., top : top + h, left : left + w]
         mids = (mids.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 1, 3, 4, 2).cpu().numpy()
         for frame, between in zip(frames[:-1], mids):
             yield frame
@@ -135,5 +154,6 @@ def load_interpolator(
     model = model.to(device=device, dtype=dtype)
     size = batch_size or _BATCH[(kind, "cuda" if device.type == "cuda" else "cpu")]
     return FrameInterpolator(
-        kind, model, between, device=device, dtype=dtype, pad_multiple=multiple, batch_size=size
+        kind, model, between, device=device, dtype=dtype, pad_multiple=multiple, batch_size=size,
+        pad_centred=kind == "film",
     )

@@ -17,6 +17,12 @@ The network, and why it is built like this:
 * Fusion: the 5 finest levels of both images (pixels and features) are warped to time ``dt`` (flows scaled by
   ``dt`` and ``1 - dt``) and a U-Net-style decoder (nearest upsample, 2x2 conv, two 3x3 convs per level) blends them.
 
+``layout`` picks which of the port's published file layouts the network imitates (see
+``pipelines/interpolation/film.py``): how ``forward`` reads ``dt`` (v1.0.2, the default and current release: (B, 1)
+per item; v1.0.1: ``batch_dt[:, 0]``, which broadcasts against the width; v1.0.0: ignored, always 0.5) and, for
+v1.0.0, the bare parameter names of its un-activated convolutions. So the tests run the same loading and calling
+path as each real file takes, on files we build ourselves.
+
 No ``from __future__ import annotations`` here: TorchScript reads the annotations as written.
 """
 
@@ -29,11 +35,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pipelines.interpolation.film import (
+    CURRENT_LAYOUT,
     FLOW_CONVS,
     FUSION_LEVELS,
     PYRAMID_LEVELS,
     SPECIALIZED_LEVELS,
     SUB_LEVELS,
+    FilmLayout,
 )
 
 
@@ -64,6 +72,24 @@ class _Conv(nn.Sequential):
             x = F.pad(x, (0, 1, 0, 1))
         x = self[0](x)
         return F.leaky_relu(x, 0.2) if self.activate else x
+
+
+class _BareConv(nn.Conv2d):
+    """An un-activated convolution stored bare, as v1.0.0 stores them: the maths of ``_Conv(..., activate=False)``."""
+
+    def __init__(self, cin: int, cout: int, size: int) -> None:
+        super().__init__(cin, cout, size, padding=size // 2 if size % 2 else 0)
+        self.even = size % 2 == 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.even:
+            x = F.pad(x, (0, 1, 0, 1))
+        return self._conv_forward(x, self.weight, self.bias)
+
+
+def _output_conv(cin: int, cout: int, size: int, layout: FilmLayout) -> nn.Module:
+    """An un-activated convolution in ``layout``'s naming: child ``0`` of a container, or bare for v1.0.0."""
+    return _BareConv(cin, cout, size) if layout == "v1.0.0" else _Conv(cin, cout, size, activate=False)
 
 
 def _warp(image: Tensor, flow: Tensor) -> Tensor:
@@ -123,10 +149,10 @@ class _CascadedFeatures(nn.Module):
 class _FlowHead(nn.Module):
     """Predicts a flow (residual) from two feature maps: 3x3 convs, then 1x1 to half width, then 1x1 to (x, y)."""
 
-    def __init__(self, cin: int, width: int) -> None:
+    def __init__(self, cin: int, width: int, layout: FilmLayout) -> None:
         super().__init__()
         convs = [_Conv(cin if i == 0 else width, width, 3) for i in range(FLOW_CONVS)]
-        convs += [_Conv(width, width // 2, 1), _Conv(width // 2, 2, 1, activate=False)]
+        convs += [_Conv(width, width // 2, 1), _output_conv(width // 2, 2, 1, layout)]
         self._convs = nn.ModuleList(convs)
 
     def forward(self, a: Tensor, b: Tensor) -> Tensor:
@@ -143,9 +169,9 @@ def _upsample_flow(flow: Tensor, like: Tensor) -> Tensor:
 class _FlowPyramid(nn.Module):
     """Coarse-to-fine flow from ``a`` to ``b``: one head shared by the coarse levels, one per finer level."""
 
-    def __init__(self, filters: int, widths: Sequence[int]) -> None:
+    def __init__(self, filters: int, widths: Sequence[int], layout: FilmLayout) -> None:
         super().__init__()
-        heads = [_FlowHead(2 * _feature_channels(i, filters), width) for i, width in enumerate(widths)]
+        heads = [_FlowHead(2 * _feature_channels(i, filters), width, layout) for i, width in enumerate(widths)]
         self._predictor = heads[-1]
         self._predictors = nn.ModuleList(heads[:-1][::-1])  # coarse to fine, as they run
         self.specialized = len(heads) - 1
@@ -170,14 +196,14 @@ class _FlowPyramid(nn.Module):
 class _Fusion(nn.Module):
     """U-Net-style decoder over the aligned pyramid, coarsest level first; widths double per level up to level 3."""
 
-    def __init__(self, filters: int) -> None:
+    def __init__(self, filters: int, layout: FilmLayout) -> None:
         super().__init__()
         levels = []
         cin = _aligned_channels(FUSION_LEVELS - 1, filters)
         for i in reversed(range(FUSION_LEVELS - 1)):
             width = filters << min(i, SPECIALIZED_LEVELS)
             levels.append(nn.ModuleList([
-                _Conv(cin, width, 2, activate=False),
+                _output_conv(cin, width, 2, layout),
                 _Conv(_aligned_channels(i, filters) + width, width, 3),
                 _Conv(width, width, 3),
             ]))
@@ -196,21 +222,37 @@ class _Fusion(nn.Module):
 
 
 class FILMNet(nn.Module):
-    """FILM's film_net; ``forward(img0, img1, dt)`` as in the port. Defaults are the real widths (~34 M params)."""
+    """FILM's film_net; ``forward(img0, img1, dt)`` as in the port's ``layout``. Defaults are the real widths
+    (~34 M params) and the current layout."""
 
-    def __init__(self, filters: int = 64, flow_filters: Tuple[int, ...] = (32, 64, 128, 256)) -> None:
+    def __init__(
+        self,
+        filters: int = 64,
+        flow_filters: Tuple[int, ...] = (32, 64, 128, 256),
+        layout: FilmLayout = CURRENT_LAYOUT,
+    ) -> None:
         super().__init__()
         if len(flow_filters) != SUB_LEVELS:
             raise ValueError(f"flow_filters needs {SUB_LEVELS} widths, got {len(flow_filters)}")
         self.extract = _CascadedFeatures(filters)
-        self.predict_flow = _FlowPyramid(filters, flow_filters)
-        self.fuse = _Fusion(filters)
+        self.predict_flow = _FlowPyramid(filters, flow_filters, layout)
+        self.fuse = _Fusion(filters, layout)
         self.pyramid_levels, self.fusion_levels = PYRAMID_LEVELS, FUSION_LEVELS
+        self.layout: str = layout
 
     def forward(self, x0: Tensor, x1: Tensor, batch_dt: Tensor) -> Tensor:
-        """The frame at ``batch_dt`` between ``x0`` and ``x1`` (B, 3, H, W; H, W multiples of 64)."""
+        """The frame at ``batch_dt`` between ``x0`` and ``x1`` (B, 3, H, W; H, W multiples of 64).
+
+        ``batch_dt`` is (B, 1) per item in v1.0.2, read as ``batch_dt[:, 0]`` in v1.0.1 (so only a (1, 1) time
+        serves a batch) and ignored in v1.0.0.
+        """
         b = x0.shape[0]
-        dt = batch_dt.reshape(-1, 1, 1, 1)
+        if self.layout == "v1.0.2":
+            dt = batch_dt.unsqueeze(-1).unsqueeze(-1)
+        elif self.layout == "v1.0.1":
+            dt = batch_dt[:, 0]
+        else:
+            dt = torch.full_like(batch_dt, 0.5)[:, 0]
         image = torch.cat((x0, x1))  # both images through one pass of every stage
         images: List[Tensor] = [image]
         for _ in range(self.pyramid_levels - 1):
@@ -230,11 +272,17 @@ class FILMNet(nn.Module):
         return self.fuse(aligned)
 
 
-def build_tiny_film(path: Path, filters: int = 4, flow_filters: Tuple[int, ...] = (4, 4, 8, 8), seed: int = 0) -> Path:
-    """Write a random-weight FILM TorchScript file with the real interface and parameter names, reduced widths."""
+def build_tiny_film(
+    path: Path,
+    filters: int = 4,
+    flow_filters: Tuple[int, ...] = (4, 4, 8, 8),
+    seed: int = 0,
+    layout: FilmLayout = CURRENT_LAYOUT,
+) -> Path:
+    """Write a random-weight FILM TorchScript file with ``layout``'s interface and parameter names, reduced widths."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net = FILMNet(filters, flow_filters).eval()
+        net = FILMNet(filters, flow_filters, layout).eval()
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():  # TorchScript is deprecated in torch, but it is the real file's format
         warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)
