@@ -103,7 +103,8 @@ def test_job_progress_and_videos(page_run: dict[str, Any], server: ServeProcess)
 def test_snippets_carry_the_exact_request(page_run: dict[str, Any], server: ServeProcess) -> None:
     snippets = page_run["snippets"]
     sent = {"prompt": "a dancer on a beach at sunset", "video_url": page_run["videoUrl"], "num_frames": 17,
-            "num_inference_steps": 2, "seed": 1, "preprocess": True, "acceleration": "none"}
+            "num_inference_steps": 2, "seed": 1, "preprocess": True, "acceleration": "none",
+            "loras": [{"path": "tiny-wan21", "scale": 0.5}]}  # the LoRA list: "name:scale" lines
     curl = snippets["curl"]
     body = json.loads(curl[curl.index("-d '") + 4:curl.index("'\n#")])
     assert body == sent

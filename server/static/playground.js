@@ -93,6 +93,11 @@ function buildField(openapi, name, prop, required) {
   const def = prop.default;
   const hint = el("div", { class: "hint", text: [prop.description, rangeText(type, def)].filter(Boolean).join(" · ") });
   if (MEDIA_FIELDS.includes(name) || /_urls?$/.test(name)) return buildMediaField(name, prop, type, required, hint);
+  if (name === "loras") {
+    const input = el("textarea", { id: "f-loras", name, rows: 2,
+                                   placeholder: "one LoRA per line: name or URL[:scale[:high|low|both]]" });
+    return fieldBox(name, "wide", labelFor(name, prop, required), input, hint);
+  }
   let input;
   if (type.enum) {
     input = el("select", { id: `f-${name}`, name });
@@ -149,6 +154,23 @@ function showPreviews(name) {
   }
 }
 
+/** ``name or URL[:scale[:high|low|both]]``, read from the right as ``vace generate --lora`` reads it, so a URL
+keeps its colons. */
+function loraOf(line) {
+  const lora = { path: line };
+  let parts = line.split(":");
+  if (["high", "low", "both"].includes(parts[parts.length - 1])) {
+    lora.transformer = parts.pop();
+  }
+  const scale = parts.length > 1 ? Number(parts[parts.length - 1]) : NaN;
+  if (Number.isFinite(scale) && parts[parts.length - 1].trim() !== "") {
+    lora.scale = scale;
+    parts.pop();
+  }
+  lora.path = parts.join(":");
+  return lora;
+}
+
 function mediaValues(name) {
   const value = $(`#f-${name}`).value.trim();
   if (!value) return [];
@@ -193,7 +215,11 @@ function requestBody() {
     const input = $(`#f-${name}`);
     const type = fieldType(state.openapi, prop);
     let value;
-    if (type.type === "array") {
+    if (name === "loras") {
+      const lines = mediaValues(name);
+      if (!lines.length) continue;
+      value = lines.map(loraOf);
+    } else if (type.type === "array") {
       const values = mediaValues(name);
       if (!values.length) continue;
       value = values;

@@ -76,6 +76,7 @@ try {
   await page.selectOption("#f-acceleration", "none");
   await page.fill("#f-seed", "1");
   await page.check("#f-preprocess");
+  await page.fill("#f-loras", "tiny-wan21:0.5");
   await page.evaluate(() => {
     window.progressSeen = [];
     new MutationObserver(() => window.progressSeen.push(document.querySelector("#progress").value))
