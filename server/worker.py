@@ -186,7 +186,8 @@ class Worker(threading.Thread):
     def _run(self, job: Job) -> None:
         store, device = self.pool.store, self.models.device
         started = time.perf_counter()
-        self._log(job.id, f"started on {device} by worker {self.id} (run {job.attempts})")
+        self._log(job.id, f"started on {device} (run {job.attempts})")
+        self._log(job.id, f"worker {self.id}")  # which process and machine holds the job (its lease)
         workdir = self.pool.work_dir / job.id
         last_step = [0.0]
         published: list[Path] = []
