@@ -13,6 +13,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from pipelines.registry import APPS, TASKS
+
 from .jobs import JobStore
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -30,6 +32,15 @@ class _StoreCollector(Collector):
         depth = GaugeMetricFamily("vace_queue_depth", "Jobs waiting in the queue.")
         depth.add_metric([], counts["queued"])
         yield depth
+        per_endpoint = GaugeMetricFamily(
+            "vace_queue_depth_by_endpoint", "Jobs waiting in the (shared) queue per endpoint and priority: the "
+            "signal to scale GPU workers on.", labels=["app", "task", "priority"])
+        depths = self.store.queue_depths()
+        for app in APPS:
+            for task in TASKS:
+                for priority in ("normal", "low"):
+                    per_endpoint.add_metric([app, task, priority], depths.get((app, task, priority), 0))
+        yield per_endpoint
         jobs = GaugeMetricFamily("vace_jobs", "Jobs in the store by state.", labels=["state"])
         for state, n in counts.items():
             jobs.add_metric([state], n)

@@ -162,7 +162,9 @@ def test_openapi_ready_metrics_index(client: httpx.Client) -> None:
     assert "VaceOutput" in spec["components"]["schemas"] and "QueueStatus" in spec["components"]["schemas"]
     ready = client.get("/ready").json()
     assert ready["ready"] and all(e["weights_present"] for e in ready["endpoints"].values())
-    assert "vace_queue_depth 0.0" in client.get("/metrics").text
+    metrics = client.get("/metrics").text
+    assert "vace_queue_depth 0.0" in metrics
+    assert 'vace_queue_depth_by_endpoint{app="fal-ai/wan-vace-14b",priority="low",task="pose"} 0.0' in metrics
     assert "vace-server playground" in client.get("/").text  # the page builds its endpoint list from /openapi.json
 
 

@@ -68,6 +68,8 @@ def test_normal_priority_before_low_then_fifo(store: SqlJobStore) -> None:
     normal2 = add(store)
     assert store.get(low1.id).priority == "low"  # type: ignore[union-attr]
     assert [store.queue_position(j) for j in (normal1, normal2, low1, low2)] == [0, 1, 2, 3]
+    assert store.queue_depths() == {("fal-ai/wan-vace-14b", "pose", "normal"): 2,
+                                    ("fal-ai/wan-vace-14b", "pose", "low"): 2}
     assert [store.claim().id for _ in range(4)] == [normal1.id, normal2.id, low1.id, low2.id]  # type: ignore[union-attr]
     assert store.claim() is None
 
