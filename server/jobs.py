@@ -125,6 +125,8 @@ class JobStore(Protocol):
     def logs(self, job_id: str) -> list[LogLine]: ...
     def counts(self) -> dict[str, int]: ...
     def queue_depths(self) -> dict[tuple[str, str, Priority], int]: ...
+    def worker_seen(self, worker_id: str, info: dict[str, Any]) -> None: ...
+    def live_workers(self, seen_after: float) -> list[dict[str, Any]]: ...
     def recover(self, max_attempts: int) -> list[str]: ...
     def requeue_expired(self, max_attempts: int) -> list[str]: ...
     def expire_unstarted(self) -> list[str]: ...
@@ -175,6 +177,11 @@ CREATE TABLE IF NOT EXISTS logs (
     message TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS logs_job ON logs (job_id, seq);
+CREATE TABLE IF NOT EXISTS workers (
+    id TEXT PRIMARY KEY,
+    info TEXT NOT NULL,
+    last_seen REAL NOT NULL
+);
 """
 
 
@@ -376,6 +383,19 @@ class SqlJobStore(ABC):
         rows = self._query("SELECT app, task, priority, COUNT(*) AS n FROM jobs WHERE status = 'IN_QUEUE'"
                            " GROUP BY app, task, priority")
         return {(r["app"], r["task"], "low" if r["priority"] else "normal"): int(r["n"]) for r in rows}
+
+    def worker_seen(self, worker_id: str, info: dict[str, Any]) -> None:
+        """Record that a worker is alive and what it holds (``info``: node, device, models, current job), for the
+        fleet view of ``/ready``."""
+        with self._tx() as db:
+            db.execute("INSERT INTO workers (id, info, last_seen) VALUES (?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
+                       " info = excluded.info, last_seen = excluded.last_seen",
+                       (worker_id, json.dumps(info), time.time()))
+
+    def live_workers(self, seen_after: float) -> list[dict[str, Any]]:
+        """The workers seen since ``seen_after``, each ``info`` with its ``id`` and ``last_seen``."""
+        rows = self._query("SELECT id, info, last_seen FROM workers WHERE last_seen > ? ORDER BY id", (seen_after,))
+        return [{"id": r["id"], **json.loads(r["info"]), "last_seen": r["last_seen"]} for r in rows]
 
     def recover(self, max_attempts: int) -> list[str]:
         """After a crash: re-queue the jobs that were running, or fail those that already had ``max_attempts``.

@@ -121,6 +121,10 @@ _MIGRATIONS: tuple[str, ...] = (
     END $$;
     CREATE TRIGGER logs_notify AFTER INSERT ON logs FOR EACH ROW EXECUTE FUNCTION vace_notify_log();
     """,
+    # 4: the workers' signs of life, for the fleet view of /ready.
+    """
+    CREATE TABLE workers (id TEXT PRIMARY KEY, info JSONB NOT NULL, last_seen DOUBLE PRECISION NOT NULL);
+    """,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 

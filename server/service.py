@@ -8,6 +8,7 @@ installed LoRAs with their sizes) needs a key like every route the guard does no
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from pipelines.loras import installed_loras
 from pipelines.registry import APPS, TASKS
 
-from .deps import AuthDep, CallerDep, MetricsDep, PoolDep, SignerDep
+from .deps import AuthDep, CallerDep, MetricsDep, PoolDep, SettingsDep, SignerDep, StoreDep
 from .metrics import CONTENT_TYPE
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -36,12 +37,17 @@ def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/ready", summary="Per endpoint: are its weights present, is its model loaded; with a key (or auth off) "
-                              "also the safety checker, prompt expansion, devices and installed LoRAs")
-def ready(pool: PoolDep, auth: AuthDep, caller: CallerDep) -> JSONResponse:
-    loaded = pool.loaded_models()
+@router.get("/ready", summary="Per endpoint: can a live worker (here or, in a fleet, anywhere) serve it, is its model "
+                              "loaded; with a key (or auth off) also the safety checker, prompt expansion, devices, "
+                              "installed LoRAs and the live workers")
+def ready(pool: PoolDep, store: StoreDep, settings: SettingsDep, auth: AuthDep, caller: CallerDep) -> JSONResponse:
+    # Workers of any node that renewed their sign of life within a lease: this node's, or a fleet's.
+    workers = store.live_workers(time.time() - settings.lease_seconds)
+    served = {m for w in workers for m in w["models_present"]}
+    loaded = pool.loaded_models() | {m for w in workers for m in w["models_loaded"]}
     endpoints = {
-        app_id: {"model": model, "tasks": list(TASKS), "weights_present": pool.has_weights(model),
+        app_id: {"model": model, "tasks": list(TASKS),
+                 "weights_present": model in served or (pool.local and pool.has_weights(model)),
                  "loaded": model in loaded}
         for app_id, model in APPS.items()
     }
@@ -49,16 +55,17 @@ def ready(pool: PoolDep, auth: AuthDep, caller: CallerDep) -> JSONResponse:
     body: dict[str, object] = {"ready": any_ready, "endpoints": endpoints}
     # The optional stages never decide readiness: a request that needs a missing one is refused on its own.
     if caller.key_id is not None or not auth.enabled:
-        body |= {**pool.models.describe_stages(), "devices": [w.models.describe() for w in pool.workers],
-                 "loras": list(installed_loras(pool.models.weights_dir))}
+        if pool.models is not None:  # this node's own workers (an API node has none)
+            body |= {**pool.models.describe_stages(), "devices": [w.models.describe() for w in pool.workers]}
+        body |= {"loras": list(installed_loras(settings.weights_dir)), "workers": workers}
     return JSONResponse(body, status_code=200 if any_ready else 503)
 
 
 @router.get("/loras", summary="The LoRAs installed in the weights directory, by the names requests give as a "
                               "LoRA's path")
-def loras(pool: PoolDep) -> dict[str, list[dict[str, object]]]:
+def loras(settings: SettingsDep) -> dict[str, list[dict[str, object]]]:
     return {"loras": [{"name": name, "file_size": path.stat().st_size}
-                      for name, path in installed_loras(pool.models.weights_dir).items()]}
+                      for name, path in installed_loras(settings.weights_dir).items()]}
 
 
 @router.get("/metrics", summary="Prometheus metrics")

@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -100,6 +101,7 @@ class WorkerPool:
                     last_beat = time.monotonic()
                     for worker in self.workers:
                         worker.renew_lease()
+                        self.store.worker_seen(worker.id, worker.describe())
                 ended = self.store.expire_unstarted() + self.store.requeue_expired(self.max_attempts)
             except Exception:
                 log.exception("queue upkeep failed; retrying")
@@ -147,6 +149,13 @@ class Worker(threading.Thread):
         """Names this worker on the job it runs (its lease); unique across processes and machines."""
         self.current: str | None = None
         self.lost = threading.Event()
+
+    def describe(self) -> dict[str, Any]:
+        """What the fleet view shows of this worker."""
+        return {"node": socket.gethostname(), "device": str(self.models.device), "current_job": self.current,
+                "models_present": [m for m in MODELS if self.models.is_present(m)
+                                   and (not self.pool.model_filter or m in self.pool.model_filter)],
+                "models_loaded": self.models.loaded()}
 
     def renew_lease(self) -> None:
         """Keep the running job's lease; if the store says the job is no longer ours (another node handed it back

@@ -90,7 +90,14 @@ def test_fal_client_on_one_node_results_on_another(fleet: Any, control_videos: d
     import fal_client
     import fal_client.client as fal_module
 
-    node_a, node_b, _workers = fleet
+    node_a, node_b, workers = fleet
+    def fleet_view() -> dict[str, Any] | None:  # an API node has no weights: its readiness is the workers'
+        answer = httpx.get(f"{node_b.url}/ready", timeout=30)
+        return answer.json() if answer.status_code == 200 and len(answer.json()["workers"]) == 2 else None
+
+    ready = wait_until(fleet_view, 60, "both workers in the fleet view")
+    assert all(e["weights_present"] for e in ready["endpoints"].values())
+    assert {f":{w.proc.pid}:" for w in workers} <= {":" + h["id"].split(":")[1] + ":" for h in ready["workers"]}
     for name in ("RUN_URL_FORMAT", "QUEUE_URL_FORMAT", "REST_URL", "CDN_URL", "REALTIME_URL_FORMAT"):
         monkeypatch.setattr(fal_module, name, getattr(fal_module, name))
     use_server(node_a.url)

@@ -291,3 +291,12 @@ def test_sqlite_database_from_before_leases_is_upgraded(tmp_path: Path) -> None:
         assert store.heartbeat("old", "w1", lease_s=30)
     finally:
         store.close()
+
+
+def test_workers_signs_of_life(store: SqlJobStore) -> None:
+    store.worker_seen("node-1:10:cpu:aa", {"node": "node-1", "models_present": ["wan-vace-14b"], "current_job": None})
+    store.worker_seen("node-2:20:cpu:bb", {"node": "node-2", "models_present": [], "current_job": None})
+    store.worker_seen("node-1:10:cpu:aa", {"node": "node-1", "models_present": ["wan-vace-14b"], "current_job": "j"})
+    live = store.live_workers(time.time() - 60)
+    assert [w["id"] for w in live] == ["node-1:10:cpu:aa", "node-2:20:cpu:bb"] and live[0]["current_job"] == "j"
+    assert store.live_workers(time.time() + 1) == []  # nobody seen since a moment in the future
