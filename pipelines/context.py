@@ -1,6 +1,6 @@
 """``JobContext``: what a job may take from the world, given by whoever runs it and passed down explicitly.
 
-The server builds one from its config (its limits, its fetch allow-list, its own files on disk, remote refs only);
+The server builds one from its config (its limits, its fetch allow-list, its own file store, remote refs only);
 the CLI uses the defaults (local paths welcome). Nothing here is process-wide, so two servers in one process, or a
 server and a CLI run, each keep their own rules.
 """
@@ -41,9 +41,10 @@ class JobContext:
     limits: Limits = Limits()
     fetch_allow: tuple[str, ...] = ()
     """Non-public sources media may be downloaded from (see :func:`parse_allow_entry`); all else must be public."""
-    local_files: Callable[[str], Path | None] | None = None
-    """Maps a ref to a file on this machine (the server's own ``/files/...`` URLs), or None for refs it does not
-    own: those are read from disk instead of downloaded from ourselves."""
+    local_files: Callable[[str, Path], Path | None] | None = None
+    """Maps a ref and the job's work directory to a file on this machine holding the ref's bytes (the server's own
+    files: read in place from a directory store, copied into the work directory from a bucket), or None for refs
+    it does not own: those are read from the store instead of downloaded from ourselves."""
     local_paths: bool = True
     """Whether local paths and ``file://`` URLs are inputs (the CLI) or refused (a server's remote callers)."""
     lora_cache: LoraCache | None = None

@@ -118,9 +118,9 @@ def fetch_to_file(
     limits = ctx.limits
     max_bytes = limits.max_download_bytes if max_bytes is None else max_bytes
     timeout_s = limits.download_timeout_s if timeout_s is None else timeout_s
-    resolved = ctx.local_files(ref) if ctx.local_files is not None else None
-    if resolved is not None:
-        return _checked_local(resolved, ref, field, max_bytes)
+    own = own_file(ref, field, workdir, ctx, max_bytes)
+    if own is not None:
+        return own
     check_ref_scheme(ref, field, ctx)
     try:
         parts = urlsplit(ref)
@@ -138,6 +138,13 @@ def fetch_to_file(
     if scheme and len(scheme) > 1:  # one letter is a Windows drive, i.e. a plain path
         raise InputError(field, f"unsupported URL scheme {scheme!r}: {_brief(ref)}", DOWNLOAD_ERROR)
     return _checked_local(Path(ref).expanduser(), ref, field, max_bytes)
+
+
+def own_file(ref: str, field: Field, workdir: Path, ctx: JobContext, max_bytes: int) -> Path | None:
+    """The local file holding ``ref`` when it names one of the server's own files (``ctx.local_files``), within
+    ``max_bytes``; None for any other ref."""
+    resolved = ctx.local_files(ref, workdir) if ctx.local_files is not None else None
+    return _checked_local(resolved, ref, field, max_bytes) if resolved is not None else None
 
 
 def load_image(ref: str, field: Field, workdir: Path, ctx: JobContext) -> Image.Image:

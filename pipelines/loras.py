@@ -35,7 +35,7 @@ from safetensors import SafetensorError, safe_open
 
 from .context import JobContext
 from .errors import InputError
-from .fetch import fetch_to_file
+from .fetch import fetch_to_file, own_file
 from .lora_cache import sha256_file
 from .manifest import LORAS_FOLDER, MODELS
 from .schema import LoraWeight, VaceInput
@@ -139,9 +139,9 @@ def _fetch_one(lora: LoraWeight, field: tuple[str, int, str], workdir: Path, ctx
     limit = ctx.limits.max_lora_bytes
     if lora.is_ref:
         cache = ctx.lora_cache
-        local = ctx.local_files(lora.path) if ctx.local_files is not None else None
-        if cache is None or local is not None or not lora.path.lower().startswith(("http://", "https://")):
-            path = fetch_to_file(lora.path, field, workdir, ctx, max_bytes=limit)  # data URIs, our own uploads
+        own = own_file(lora.path, field, workdir, ctx, limit)  # our own uploads: read from the file store
+        if own is not None or cache is None or not lora.path.lower().startswith(("http://", "https://")):
+            path = own or fetch_to_file(lora.path, field, workdir, ctx, max_bytes=limit)  # data URIs and the like
             return path, sha256_file(path)
         cached = cache.lookup(lora.path)
         if cached is None:

@@ -34,7 +34,7 @@ from .config import Settings
 from .connections import raise_open_file_limit, uvicorn_config
 from .events import Changes
 from .failures import RequestFailed, failure_of, failure_response
-from .files import FileStore, private_dir
+from .files import FileStore, LocalFileStore, private_dir
 from .guard import Body, HostPolicy, RequestGuard
 from .jobs import JobStore, SqliteJobStore
 from .metrics import Metrics
@@ -72,6 +72,17 @@ def open_store(config: Settings) -> JobStore:
     raise ValueError(f"--store must be sqlite:///ABS/PATH or postgresql://..., got {url.split('://')[0]}://...")
 
 
+def open_files(config: Settings) -> FileStore:
+    """The file store ``--files`` names: a directory (default: the data directory) or ``s3://bucket/prefix``, which
+    many API and worker nodes share (its connection comes from the standard AWS variables)."""
+    if config.files_bucket:
+        from .s3_files import S3FileStore
+
+        return S3FileStore(config.files_bucket, max_bytes=config.max_upload_bytes, spool_dir=config.data_dir / "spool",
+                           url_ttl_s=config.files_url_ttl, public_url=config.files_public_url)
+    return LocalFileStore(config.files_dir, config.uploads_dir, config.max_upload_bytes)
+
+
 @dataclass
 class Node:
     """What one process of the server holds, HTTP aside: the store, files, workers, webhooks and retention. An
@@ -93,10 +104,10 @@ class Node:
     def build(cls, config: Settings) -> Node:
         private_dir(config.data_dir)
         store = open_store(config)
-        files = FileStore(config.files_dir, config.uploads_dir, config.max_upload_bytes)
-        # This server's rules for its jobs: its limits and allow-list, its own files read from disk, no local paths
-        # from remote callers, and its LoRA download cache.
-        ctx = JobContext(limits=config.limits, fetch_allow=config.fetch_allow, local_files=files.local_path,
+        files = open_files(config)
+        # This server's rules for its jobs: its limits and allow-list, its own files read from the store, no local
+        # paths from remote callers, and its LoRA download cache.
+        ctx = JobContext(limits=config.limits, fetch_allow=config.fetch_allow, local_files=files.fetch,
                          local_paths=False, lora_cache=config.lora_cache())
         changes = Changes()
         devices = resolve_devices(config.devices)

@@ -137,8 +137,12 @@ def _add_node_flags(parser: argparse.ArgumentParser) -> None:
     _setting(parser, "--data-dir", "the node's own data: the SQLite store, files, certificate, secrets")
     _setting(parser, "--store", "the job store: sqlite:///ABS/PATH (default: the data directory's jobs.sqlite3) or "
              "postgresql://user:pass@host:port/db, shared by many processes")
-    _setting(parser, "--files", "a directory for files/ and uploads/ (default: the data directory); a shared mount "
-             "for a fleet")
+    _setting(parser, "--files", "a directory for files/ and uploads/ (default: the data directory; a shared mount "
+             "for a fleet) or s3://bucket/prefix (connection from the standard AWS_* variables)")
+    _setting(parser, "--files-url-ttl", "S3 files: seconds a presigned output URL stays valid (at most 604800, 7 days)",
+             type=int)
+    _setting(parser, "--files-public-url", "S3 files: a public base URL serving the bucket's objects (a CDN); output "
+             "URLs become this + '/' + the object key instead of presigned URLs")
     _setting(parser, "--lease-seconds", "how long a running job may go without a sign of life from its worker "
              "before another node takes it back", type=float)
     _setting(parser, "--devices", "one worker per device, e.g. cuda:0 cuda:1 (default: all GPUs or cpu)", nargs="+")

@@ -52,6 +52,11 @@ def _limits(value: Any) -> Any:
     return value
 
 
+def _text(value: Any) -> Any:
+    """A path given as a ``Path`` (tests, the CLI) as the string the field keeps."""
+    return str(value) if isinstance(value, Path) else value
+
+
 Items = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_items)]
 Keys = Annotated[frozenset[str], NoDecode, BeforeValidator(_items)]
 
@@ -91,9 +96,15 @@ class Settings(BaseSettings):
     store: str | None = None
     """The job store: ``sqlite:///ABS/PATH`` (default: the data directory's ``jobs.sqlite3``) or
     ``postgresql://user:pass@host:port/db``, shared by any number of API and worker processes."""
-    files: Path | None = None
+    files: Annotated[str | None, BeforeValidator(_text)] = None
     """Where files live: a directory holding ``files/`` (served) and ``uploads/`` (in progress); default: the data
-    directory. Several nodes share one by mounting it (NFS, a shared volume); ``s3://`` is not supported yet."""
+    directory. Several nodes share one by mounting it (NFS, a shared volume) or by naming one ``s3://bucket/prefix``
+    (connection from the standard AWS variables boto3 reads: ``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ...)."""
+    files_url_ttl: int = Field(7 * 24 * 3600, ge=1, le=7 * 24 * 3600)
+    """S3 files: seconds a presigned output URL stays valid (SigV4 allows at most seven days)."""
+    files_public_url: str | None = None
+    """S3 files: a public base URL that serves the bucket's objects (a CDN, a public bucket); output URLs are then
+    this URL + ``/`` + the object key (the prefix included) instead of presigned URLs."""
     models: Items = ()
     """The models this node's workers take jobs for (default: every model whose weights are present)."""
     no_workers: bool = False
@@ -148,13 +159,6 @@ class Settings(BaseSettings):
                                          *_items([line.split("#", 1)[0] for line in lines])]}
         return data
 
-    @model_validator(mode="before")
-    @classmethod
-    def _no_object_storage_yet(cls, data: Any) -> Any:
-        if isinstance(data, dict) and str(data.get("files") or "").startswith("s3://"):
-            raise ValueError("files: S3 storage is not supported yet; give a directory (a shared mount for a fleet)")
-        return data
-
     @model_validator(mode="after")
     def _check_runtime(self) -> Settings:
         self.runtime  # noqa: B018 - RuntimeConfig refuses bad modes and expander settings now, not at first use
@@ -205,12 +209,17 @@ class Settings(BaseSettings):
         return self.data_dir / "jobs.sqlite3"
 
     @property
+    def files_bucket(self) -> str | None:
+        """The ``s3://bucket/prefix`` files live in, or None for a directory."""
+        return self.files if self.files and self.files.startswith("s3://") else None
+
+    @property
     def files_dir(self) -> Path:
-        return (self.files or self.data_dir) / "files"
+        return Path(self.files or self.data_dir) / "files"
 
     @property
     def uploads_dir(self) -> Path:
-        return (self.files or self.data_dir) / "uploads"
+        return Path(self.files or self.data_dir) / "uploads"
 
     @property
     def work_dir(self) -> Path:

@@ -3,19 +3,17 @@
 A server that runs for months would otherwise fill its disk with outputs nobody fetches again and its job store
 with finished jobs. Age is measured from a file's last write and from a job's end. Files that a queued or running
 job still reads (an upload it names as input) are kept whatever their age, and a job whose webhook is still being
-delivered stays until it is. The sweep runs on its own thread: it touches the disk and SQLite, which must not
-block the HTTP event loop.
+delivered stays until it is. The same rules apply to a directory and to an S3 bucket (``FileStore.sweep``: an
+object's age is its last write). The sweep runs on its own thread: it touches the disk, the bucket and the job
+store, which must not block the HTTP event loop.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import shutil
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from prometheus_client import Counter
 from pydantic import ValidationError
@@ -71,47 +69,19 @@ class Retention:
     def sweep(self, now: float | None = None) -> Swept:
         """Delete everything older than the cutoff once; returns the counts."""
         cutoff = (time.time() if now is None else now) - self.max_age_s
-        in_use = self._inputs_in_use()
-        files = uploads = 0
-        for folder in _children(self.files.files_dir):
-            emptied = False
-            for path in _children(folder):
-                if path.resolve() not in in_use and _older(path, cutoff):
-                    path.unlink(missing_ok=True)
-                    files, emptied = files + 1, True
-            if emptied or _older(folder, cutoff):  # not a fresh folder whose file is about to be moved in
-                with contextlib.suppress(OSError):  # still holds a file
-                    folder.rmdir()
-        for folder in _children(self.files.uploads_dir):  # initiated or multipart uploads never completed
-            if _older(folder, cutoff) and all(_older(p, cutoff) for p in _children(folder)):
-                shutil.rmtree(folder, ignore_errors=True)
-                uploads += 1
+        files, uploads = self.files.sweep(cutoff, keep=self._inputs_in_use())
         jobs = self.store.purge(finished_before=cutoff)
         for kind, n in (("file", files), ("upload", uploads), ("job", jobs)):
             self.deleted.labels(kind).inc(n)
         return Swept(files, uploads, jobs)
 
-    def _inputs_in_use(self) -> set[Path]:
-        """The local files that queued and running jobs name as inputs."""
+    def _inputs_in_use(self) -> set[str]:
+        """The keys of our files that queued and running jobs name as inputs."""
         in_use = set()
         for job in self.store.unfinished():
             try:
                 refs = VaceInput.model_validate(job.input).media_refs()
             except ValidationError:  # a stored input this version no longer accepts: it will fail, reading nothing
                 continue
-            in_use |= {path.resolve() for _, ref in refs if (path := self.files.local_path(ref)) is not None}
+            in_use |= {key for _, ref in refs if (key := self.files.key_of(ref)) is not None}
         return in_use
-
-
-def _children(folder: Path) -> list[Path]:
-    try:
-        return list(folder.iterdir())
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-
-
-def _older(path: Path, cutoff: float) -> bool:
-    try:
-        return path.stat().st_mtime < cutoff
-    except FileNotFoundError:
-        return False

@@ -9,7 +9,9 @@
 
 The upload URLs carry a random id that authorizes the PUTs (the JS client sends them without credentials); the
 request guard (``server/guard.py``) refuses an unknown, expired or revoked id, and a body over its limit, before
-any body is read.
+any body is read. The bytes go through these routes into the file store whichever it is (a directory or an S3
+bucket: see ``server/s3_files.py`` for why not presigned PUTs), and the URLs handed out are ``/files/`` URLs of
+this server.
 """
 
 from __future__ import annotations
@@ -20,12 +22,12 @@ from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from .auth import Auth
 from .deps import AuthDep, BaseUrlDep, CallerDep, FilesDep
-from .files import FileStore, UploadTooLarge, file_headers, served_type
+from .files import FileStore, UploadTooLarge
 
 
 class InitiateUpload(BaseModel):
@@ -154,8 +156,9 @@ async def complete_file(token: str, name: str, upload_id: str, body: CompleteUpl
 
 @router.get("/files/{token}/{name}", summary="A generated or uploaded file")
 @router.head("/files/{token}/{name}", include_in_schema=False)
-def get_file(token: str, name: str, files: FilesDep) -> FileResponse:
-    path = files.path(f"{token}/{name}")
-    if path is None:
+def get_file(token: str, name: str, files: FilesDep) -> Response:
+    """The file itself from a directory store; a redirect to a fresh presigned (or public) URL from a bucket."""
+    response = files.response(f"{token}/{name}")
+    if response is None:
         raise HTTPException(404, "file not found")
-    return FileResponse(path, media_type=served_type(name), headers=file_headers(name))
+    return response

@@ -199,7 +199,7 @@ class Worker(threading.Thread):
         self._log(job.id, f"worker {self.id}")  # which process and machine holds the job (its lease)
         workdir = self.pool.work_dir / job.id
         last_step = [0.0]
-        published: list[Path] = []
+        published: list[str] = []  # keys of the files this job put in the store
 
         def on_step(i: int, total: int) -> None:
             now = time.perf_counter()
@@ -246,8 +246,8 @@ class Worker(threading.Thread):
             # Before anything is written to the store: on a full disk, deleting the job's files makes the room.
             shutil.rmtree(workdir, ignore_errors=True)
             if outcome not in ("ok", "requeue"):
-                for path in published:
-                    path.unlink(missing_ok=True)
+                for key in published:
+                    self._delete_file(job.id, key)
             release_memory(device)
         if outcome == "lost":  # whoever holds the job now records it; a second outcome would be a double completion
             log.warning("job %s: %s", job.id, ending)
@@ -286,8 +286,8 @@ class Worker(threading.Thread):
         """
         try:
             encoded = write_control_video(frames, workdir / "control.mp4", fps)
-            url = self.pool.files.url(self.pool.files.adopt(encoded.path, "control.mp4"), job.base_url)
-        except (OSError, RuntimeError, ValueError) as exc:
+            url = self.pool.files.output_url(self.pool.files.adopt(encoded.path, "control.mp4"), job.base_url)
+        except Exception as exc:  # a full disk, an encoder error, an unreachable bucket: none is worth the job
             self._log(job.id, f"could not keep the control video: {exc}", "WARN")
             return
         self.pool.store.set_control_video(job.id, url)
@@ -296,14 +296,22 @@ class Worker(threading.Thread):
     def _drop_control(self, job: Job) -> None:
         """Delete the control video kept for ``job`` and take its URL off the job."""
         url = self.pool.store.get(job.id).control_video_url
-        path = self.pool.files.local_path(url) if url else None
-        if path is not None:
-            path.unlink(missing_ok=True)
+        key = self.pool.files.key_of(url) if url else None
+        if key is not None:
+            self._delete_file(job.id, key)
         self.pool.store.set_control_video(job.id, None)
 
-    def _publisher(self, job: Job, sync_mode: bool, published: list[Path]) -> Publish:
-        """Where this job's files go: the file store (absolute URLs, each path added to ``published`` so a job
-        failing after it is deleted again), or data URIs that leave nothing behind."""
+    def _delete_file(self, job_id: str, key: str) -> None:
+        """Delete a file this job stored; one the store cannot delete now (a bucket unreachable) is left to
+        retention rather than failing the job's cleanup."""
+        try:
+            self.pool.files.delete(key)
+        except Exception:
+            log.warning("job %s: could not delete its file %s", job_id, key, exc_info=True)
+
+    def _publisher(self, job: Job, sync_mode: bool, published: list[str]) -> Publish:
+        """Where this job's files go: the file store (absolute or presigned URLs, each key added to ``published`` so
+        a job failing after it is deleted again), or data URIs that leave nothing behind."""
 
         def publish(path: Path, content_type: str) -> str:
             if sync_mode:
@@ -311,8 +319,8 @@ class Worker(threading.Thread):
                 path.unlink()
                 return f"data:{content_type};base64,{base64.b64encode(data).decode()}"
             key = self.pool.files.adopt(path, path.name)
-            published.append(self.pool.files.files_dir / key)
-            return self.pool.files.url(key, job.base_url)
+            published.append(key)
+            return self.pool.files.output_url(key, job.base_url)
 
         return publish
 

@@ -29,7 +29,7 @@ from server_fixtures import (  # noqa: F401
 from pipelines.encode import encode_video
 from server import cli
 from server.config import Settings
-from server.files import FileStore
+from server.files import LocalFileStore
 from server.jobs import Failure, SqliteJobStore
 from server.retention import Retention, Swept
 from server.failures import failure_of
@@ -211,7 +211,7 @@ def test_sigterm_during_a_job_requeues_it_and_it_runs_after_restart(
 
 def test_retention_deletes_old_files_uploads_and_finished_jobs(tmp_path: Path) -> None:
     store = SqliteJobStore(tmp_path / "jobs.sqlite3")
-    files = FileStore(tmp_path / "files", tmp_path / "uploads", max_bytes=1024)
+    files = LocalFileStore(tmp_path / "files", tmp_path / "uploads", max_bytes=1024)
     registry = CollectorRegistry()
     deleted = Counter("deleted", "test", ["kind"], registry=registry)
     retention = Retention(store, files, max_age_s=3600, interval_s=60, deleted=deleted)

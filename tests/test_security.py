@@ -20,7 +20,7 @@ from server_fixtures import ServeProcess, ThreadServer, free_port, server_weight
 from server import files as files_module
 from server.auth import Auth
 from server.config import Settings
-from server.files import FileStore
+from server.files import LocalFileStore
 
 KEY_A, KEY_B, ADMIN = "key-a-1234", "key-b-5678", "admin-key-9"
 POSE_QUEUE = "/queue/fal-ai/wan-vace-14b/pose"
@@ -327,7 +327,7 @@ def test_the_data_directory_is_owner_only_whatever_the_umask(server_weights: Pat
         config = Settings(weights_dir=server_weights, data_dir=tmp_path / "data", port=free_port())
         with ThreadServer(config) as server:
             file_url = upload(server, "clip.mp4", "video/mp4", b"\x00" * 10)  # type: ignore[arg-type]
-            store = FileStore(config.files_dir, config.uploads_dir, 100)
+            store = LocalFileStore(config.files_dir, config.uploads_dir, 100)
             src = tmp_path / "made-by-ffmpeg.mp4"
             src.write_bytes(b"x")
             adopted = config.files_dir / store.adopt(src, "video.mp4")
