@@ -1,0 +1,90 @@
+"""The S3 stand-in for the tests: moto's standalone server (``moto[server]``) as a child process on a free loopback
+port, speaking the S3 HTTP API that boto3 talks to any S3-compatible store.
+
+The fixture sets the standard AWS variables (``AWS_ENDPOINT_URL``, keys, region) in this process's environment for
+the session, so the code under test (and the worker processes tests start, which inherit it) configures boto3 the
+way an operator would. Without moto the tests skip with the reason, except in CI (``CI=true``), where that fails them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from server_fixtures import free_port, require, wait_until
+
+AWS_ENV = {"AWS_ACCESS_KEY_ID": "vace-test", "AWS_SECRET_ACCESS_KEY": "vace-test-secret", "AWS_REGION": "us-east-1"}
+
+
+class S3Server:
+    """A running moto server and the buckets made on it."""
+
+    def __init__(self, log_path: Path) -> None:
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self._names = itertools.count(1)
+        with log_path.open("ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                                         stdout=log, stderr=subprocess.STDOUT)
+        wait_until(self._answers, 60, "the moto S3 server", interval_s=0.2)
+
+    def _answers(self) -> bool:
+        if self.proc.poll() is not None:
+            pytest.fail(f"moto server exited:\n{self.log_path.read_text(errors='replace')[-2000:]}")
+        try:
+            return httpx.get(self.endpoint, timeout=5).status_code < 500
+        except httpx.HTTPError:
+            return False
+
+    def client(self) -> Any:
+        import boto3
+
+        return boto3.client("s3")
+
+    def new_bucket(self, prefix: str = "vace/files") -> str:
+        """A fresh empty bucket; returns its ``s3://bucket/prefix`` URL."""
+        name = f"test-{next(self._names)}"
+        self.client().create_bucket(Bucket=name)
+        return f"s3://{name}/{prefix}" if prefix else f"s3://{name}"
+
+    def objects(self, bucket_url: str) -> list[str]:
+        """Every key in the bucket ``bucket_url`` names."""
+        bucket = bucket_url.removeprefix("s3://").partition("/")[0]
+        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket)
+        return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    require(importlib.util.find_spec("moto") is not None and importlib.util.find_spec("flask") is not None,
+            "moto[server] is not installed (pip install -e .[test])")
+    server = S3Server(tmp_path_factory.mktemp("s3") / "moto.log")
+    saved = {name: os.environ.get(name) for name in (*AWS_ENV, "AWS_ENDPOINT_URL")}
+    os.environ.update(AWS_ENV, AWS_ENDPOINT_URL=server.endpoint)
+    try:
+        yield server
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        server.stop()

@@ -1,0 +1,129 @@
+"""The file store's contract, run once against each store: a directory (``LocalFileStore``) and an S3 bucket
+(``S3FileStore`` on moto's S3 server, see ``tests/s3_fixtures.py``).
+
+Uploads in one piece and in parts (the limit counts the parts together, ``complete`` takes exactly the parts sent),
+adopting a job's output, mapping our URLs back to keys and reading them for a job, deleting, and the retention sweep.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+from s3_fixtures import S3Server, s3_server  # noqa: F401
+
+from server.files import FileStore, LocalFileStore, UploadTooLarge
+from server.s3_files import S3FileStore
+
+BASE = "http://vace.test"
+LIMIT = 1000
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[FileStore]:
+    if request.param == "local":
+        yield LocalFileStore(tmp_path / "files", tmp_path / "uploads", LIMIT)
+    else:
+        s3: S3Server = request.getfixturevalue("s3_server")
+        yield S3FileStore(s3.new_bucket(), max_bytes=LIMIT, spool_dir=tmp_path / "spool", url_ttl_s=600)
+
+
+async def _chunks(*pieces: bytes) -> AsyncIterator[bytes]:
+    for piece in pieces:
+        yield piece
+
+
+def receive(store: FileStore, key: str, *pieces: bytes) -> int:
+    return anyio.run(store.receive, key, _chunks(*pieces))
+
+
+def part(store: FileStore, upload_id: str, n: int, data: bytes) -> str:
+    return anyio.run(store.receive_part, upload_id, n, _chunks(data))
+
+
+def read(store: FileStore, key: str, workdir: Path) -> bytes | None:
+    """The bytes a job reading our ``/files/`` URL of ``key`` gets, or None when the store has no such file."""
+    workdir.mkdir(exist_ok=True)
+    path = store.fetch(store.url(key, BASE), workdir)
+    return None if path is None else path.read_bytes()
+
+
+def test_uploads_are_read_back_for_jobs_and_deleted(store: FileStore, tmp_path: Path) -> None:
+    key = store.new_key("my clip.mp4")
+    assert key.endswith("/my_clip.mp4")
+    assert receive(store, key, b"abc", b"def") == 6
+    assert read(store, key, tmp_path / "job") == b"abcdef"
+    assert store.response(key) is not None
+    assert store.key_of(store.url(key, "https://elsewhere:8443/")) == key  # any host: the token identifies it
+    assert store.key_of(store.output_url(key, BASE)) == key
+    for ref in ("file:///etc/passwd", f"{BASE}/files/short/x.mp4", "not a url", f"{BASE}/other/{key}"):
+        assert store.key_of(ref) is None
+
+    with pytest.raises(UploadTooLarge):
+        receive(store, store.new_key("big.bin"), b"x" * LIMIT, b"x")
+    missing = store.new_key("never.mp4")
+    assert read(store, missing, tmp_path / "job") is None and store.response(missing) is None
+
+    store.delete(key)
+    assert read(store, key, tmp_path / "job") is None and store.response(key) is None
+    store.delete(key)  # gone already is fine
+
+
+def test_adopted_outputs_get_a_url_that_serves_them(store: FileStore, tmp_path: Path) -> None:
+    src = tmp_path / "out.mp4"
+    src.write_bytes(b"\x00\x00\x00\x18ftypisom")
+    key = store.adopt(src, "out.mp4")
+    assert not src.exists() and key.endswith("/out.mp4")
+    url = store.output_url(key, BASE)
+    if isinstance(store, S3FileStore):  # a presigned URL of the bucket, which serves the bytes itself
+        assert "X-Amz-Signature=" in url and not url.startswith(BASE)
+        answer = httpx.get(url, timeout=30)
+        assert answer.content == b"\x00\x00\x00\x18ftypisom" and answer.headers["content-type"] == "video/mp4"
+        assert "content-disposition" not in answer.headers  # passive media play in place
+    else:
+        assert url == f"{BASE}/files/{key}"
+    assert read(store, key, tmp_path / "job") == b"\x00\x00\x00\x18ftypisom"
+
+
+def test_multipart_uploads_count_parts_together_and_join_exactly_the_parts_sent(store: FileStore) -> None:
+    key = store.new_key("parts.bin")
+    upload_id = store.start_upload(key, owner="key-1")
+    pending = store.pending(upload_id)
+    assert pending is not None and pending.key == key and pending.owner == "key-1"
+    assert store.pending("x" * 32) is None and store.pending("../../etc") is None
+
+    assert part(store, upload_id, 2, b"B" * 400) == hashlib.md5(b"B" * 400).hexdigest()  # the ETag S3 clients expect
+    part(store, upload_id, 1, b"a" * 400)
+    part(store, upload_id, 1, b"A" * 400)  # re-sending a part replaces it
+    with pytest.raises(UploadTooLarge):  # 400 + 400 + 300 > 1000
+        part(store, upload_id, 3, b"C" * 300)
+    with pytest.raises(ValueError, match="not uploaded"):
+        store.complete_upload(upload_id, [1, 2, 3])
+    with pytest.raises(ValueError, match="more than once"):
+        store.complete_upload(upload_id, [1, 1, 2])
+    with pytest.raises(ValueError, match="uploaded but not listed"):
+        store.complete_upload(upload_id, [1])
+    assert store.complete_upload(upload_id, [2, 1]) == key
+    assert store.pending(upload_id) is None  # used up
+    with pytest.raises(KeyError):
+        store.complete_upload(upload_id, [1, 2])
+    assert store.response(key) is not None
+
+
+def test_sweep_deletes_old_files_and_abandoned_uploads_but_inputs_in_use(store: FileStore, tmp_path: Path) -> None:
+    old, in_use = store.new_key("old.mp4"), store.new_key("input.mp4")
+    for key in (old, in_use):
+        receive(store, key, b"x")
+    abandoned = store.start_upload(store.new_key("never.mp4"))
+    part(store, abandoned, 1, b"p")
+
+    assert store.sweep(time.time() - 3600, keep=set()) == (0, 0)  # nothing is an hour old
+    assert store.sweep(time.time() + 60, keep={in_use}) == (1, 1)
+    assert read(store, old, tmp_path / "job") is None and read(store, in_use, tmp_path / "job") == b"x"
+    assert store.pending(abandoned) is None
+    assert store.sweep(time.time() + 60, keep={in_use}) == (0, 0)  # nothing twice
