@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import re
 import secrets
+import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -228,8 +229,9 @@ class S3FileStore(FileStore):
         joined = self.spool_dir / secrets.token_hex(12)
         try:
             with open_private(joined) as out:
-                for n in part_numbers:
-                    self.client.download_fileobj(self.bucket, self._part_object(upload_id, n), out)
+                for n in part_numbers:  # appended in turn (download_fileobj writes at offsets from the start)
+                    body = self.client.get_object(Bucket=self.bucket, Key=self._part_object(upload_id, n))["Body"]
+                    shutil.copyfileobj(body, out, 1024 * 1024)
             self.client.upload_file(str(joined), self.bucket, self._object(key),
                                     ExtraArgs=self._object_args(key.rpartition("/")[2]))
         finally:

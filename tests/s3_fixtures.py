@@ -51,7 +51,7 @@ class S3Server:
 
         return boto3.client("s3")
 
-    def new_bucket(self, prefix: str = "vace/files") -> str:
+    def new_bucket(self, prefix: str = "vace") -> str:
         """A fresh empty bucket; returns its ``s3://bucket/prefix`` URL."""
         name = f"test-{next(self._names)}"
         self.client().create_bucket(Bucket=name)

@@ -90,7 +90,8 @@ def test_adopted_outputs_get_a_url_that_serves_them(store: FileStore, tmp_path: 
     assert read(store, key, tmp_path / "job") == b"\x00\x00\x00\x18ftypisom"
 
 
-def test_multipart_uploads_count_parts_together_and_join_exactly_the_parts_sent(store: FileStore) -> None:
+def test_multipart_uploads_count_parts_together_and_join_exactly_the_parts_sent(store: FileStore,
+                                                                                 tmp_path: Path) -> None:
     key = store.new_key("parts.bin")
     upload_id = store.start_upload(key, owner="key-1")
     pending = store.pending(upload_id)
@@ -112,7 +113,7 @@ def test_multipart_uploads_count_parts_together_and_join_exactly_the_parts_sent(
     assert store.pending(upload_id) is None  # used up
     with pytest.raises(KeyError):
         store.complete_upload(upload_id, [1, 2])
-    assert store.response(key) is not None
+    assert read(store, key, tmp_path / "job") == b"A" * 400 + b"B" * 400
 
 
 def test_sweep_deletes_old_files_and_abandoned_uploads_but_inputs_in_use(store: FileStore, tmp_path: Path) -> None:
