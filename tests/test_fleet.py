@@ -1,5 +1,5 @@
 """A fleet on one machine: two API nodes (``vace serve --no-workers``, in-process) and two worker processes
-(``vace worker``) sharing one PostgreSQL job store and one files directory, tiny weights.
+(``vace worker``) sharing one PostgreSQL job store and one S3 bucket for files (moto's S3 server), tiny weights.
 
 The real fal-client submits to node A and reads status and results through node B; a worker killed with SIGKILL in
 the middle of a job loses nothing: the other worker takes the job over when its lease runs out and completes it,
@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+from s3_fixtures import S3Server, s3_server  # noqa: F401
 from server_fixtures import REPO, SMALL_JOB, ThreadServer, control_videos, free_port, server_weights, wait_until  # noqa: F401
 
 from server.config import Settings
@@ -32,9 +33,9 @@ LEASE_S = 3.0
 class WorkerProcess:
     """``vace worker`` as a child process (the real CLI), which a test can kill outright."""
 
-    def __init__(self, store: str, files: Path, weights: Path, data_dir: Path) -> None:
+    def __init__(self, store: str, files: str, weights: Path, data_dir: Path) -> None:
         self.log_path = data_dir.parent / f"{data_dir.name}-worker.log"
-        args = [sys.executable, "-m", "server.cli", "worker", "--store", store, "--files", str(files),
+        args = [sys.executable, "-m", "server.cli", "worker", "--store", store, "--files", files,
                 "--weights-dir", str(weights), "--data-dir", str(data_dir), "--lease-seconds", str(LEASE_S)]
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
@@ -59,10 +60,10 @@ class WorkerProcess:
 
 
 @pytest.fixture(scope="module")
-def fleet(server_weights: Path, pg_cluster: Any, tmp_path_factory: pytest.TempPathFactory  # noqa: F811
-          ) -> Iterator[tuple[ThreadServer, ThreadServer, list[WorkerProcess]]]:
+def fleet(server_weights: Path, pg_cluster: Any, s3_server: S3Server,  # noqa: F811
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ThreadServer, ThreadServer, list[WorkerProcess]]]:
     root = tmp_path_factory.mktemp("fleet")
-    store, files = pg_cluster.new_database(), root / "shared-files"
+    store, files = pg_cluster.new_database(), s3_server.new_bucket()  # the workers inherit the AWS_* settings
 
     def api_node(name: str) -> ThreadServer:
         return ThreadServer(Settings(weights_dir=root / "no-weights", data_dir=root / name, port=free_port(),
@@ -103,14 +104,18 @@ def test_fal_client_on_one_node_results_on_another(fleet: Any, control_videos: d
     use_server(node_a.url)
     client = fal_client.SyncClient()
     video_url = client.upload(control_videos["pose"].read_bytes(), "video/mp4", file_name="pose.mp4")
+    uploaded = httpx.get(video_url.replace(node_a.url, node_b.url), follow_redirects=True, timeout=30)
+    assert uploaded.content == control_videos["pose"].read_bytes()  # node A put it in the bucket; B redirects there
     handle = client.submit(POSE, {"prompt": "a dancer", "video_url": video_url, **SMALL_JOB})
     with httpx.stream("GET", f"{node_b.url}{REQUESTS}/{handle.request_id}/status/stream", timeout=300) as stream:
         events = [line for line in stream.iter_lines() if line.startswith("data: ")]
     assert '"COMPLETED"' in events[-1]
     result = httpx.get(f"{node_b.url}{REQUESTS}/{handle.request_id}", timeout=30)
     assert result.status_code == 200
-    video = httpx.get(result.json()["video"]["url"].replace(node_a.url, node_b.url), timeout=30)
-    assert video.content[4:8] == b"ftyp"  # the worker wrote it to the shared files; node B serves it
+    output_url = result.json()["video"]["url"]
+    assert output_url.startswith(os.environ["AWS_ENDPOINT_URL"] + "/") and "X-Amz-Signature=" in output_url
+    video = httpx.get(output_url, timeout=30)
+    assert video.content[4:8] == b"ftyp"  # a worker process put it in the bucket, which serves it
 
 
 def test_a_killed_worker_loses_nothing_and_a_cancel_reaches_a_worker(fleet: Any,
