@@ -90,7 +90,7 @@ def pinned_request(client: httpx.Client | httpx.AsyncClient, method: str, url: s
 
 def check_ref_scheme(ref: str, field: Field, ctx: JobContext) -> None:
     """Refuse refs that would make a server read its own disk: with ``ctx.local_paths`` off, only http(s) URLs
-    (ours included, which are then read from disk) and data URIs are inputs."""
+    (ours included, which are then read from the file store) and data URIs are inputs."""
     if not ctx.local_paths and url_scheme(ref) not in ("http", "https", "data"):
         raise InputError(field, "only http(s) URLs and data URIs are accepted; upload local files first "
                          "(POST /storage/upload/initiate, or fal_client.upload_file)", DOWNLOAD_ERROR)

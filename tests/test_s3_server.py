@@ -81,8 +81,8 @@ def test_upload_flows_put_bytes_in_the_bucket(server: ThreadServer, client: http
 
     token = client.post("/storage/auth/token", params={"storage_type": "fal-cdn-v3"}).json()
     cdn = {"authorization": f"Bearer {token['token']}", "content-type": "text/html", "x-fal-file-name": "page.html"}
-    access_url = httpx.post(f"{server.url}/files/upload", content=b"<script>x</script>", headers=cdn).json()["access_url"]
-    page = served(server, access_url)  # not passive media: a download, never a page
+    sent = httpx.post(f"{server.url}/files/upload", content=b"<script>x</script>", headers=cdn)
+    page = served(server, sent.json()["access_url"])  # not passive media: a download, never a page
     assert page.content == b"<script>x</script>" and page.headers["content-type"] == "application/octet-stream"
     assert page.headers["content-disposition"] == 'attachment; filename="page.html"'
 
