@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from diffusers import WanVACEPipeline
 
 from preprocessors import ANNOTATORS
@@ -32,9 +33,11 @@ from .encode import encode_video, write_frames_zip
 from .errors import InputError, JobCancelled
 from .fetch import check_ref_scheme, fetch_to_file, load_image
 from .frame_plan import plan_frames, plan_temporal
+from .group import DenoiseRequest, send
 from .limits import Limits
 from .loading import ModelManager
 from .loras import check_loras, fetch_loras
+from .parallel import ParallelGroup, cfg_parallel
 from .prompt_expansion import expand_prompt
 from .registry import Task
 from .samplers import make_scheduler
@@ -117,22 +120,40 @@ def denoise(
     seed: int,
     hooks: JobHooks,
     cache: StepCacheController | None = None,
-) -> np.ndarray:
-    """Run the diffusers pipeline, with the step cache when given; returns float frames (N, H, W, 3) in [0, 1]."""
+    group: ParallelGroup | None = None,
+) -> np.ndarray | None:
+    """Run the diffusers pipeline, with the step cache when given; returns float frames (N, H, W, 3) in [0, 1].
+
+    In a job group (``group``) every rank runs this with the same arguments: rank 0 decides cancellation for all
+    (broadcast after each step, so every rank stops at the same step), the guidance branches are split over the
+    ``cfg`` ranks when guidance is on, and only rank 0 decodes (the others return None)."""
     total = inp.num_inference_steps
     experts = {"high-noise": pipe.transformer, "low-noise": pipe.transformer_2} if pipe.transformer_2 else {
         "transformer": pipe.transformer
     }
+    decodes = group is None or group.rank == 0
+
+    def cancelled() -> bool:
+        if group is None:
+            return hooks.cancelled()
+        flag = torch.tensor([hooks.cancelled() if group.rank == 0 else False])
+        dist.broadcast(flag, src=0)
+        return bool(flag.item())
 
     def on_step_end(_pipe: WanVACEPipeline, i: int, _t: torch.Tensor, _kw: dict) -> dict:
         hooks.step(i + 1, total)
         if cache is not None:
             cache.step = i + 1
-        if hooks.cancelled():
+        if cancelled():
             raise JobCancelled(f"cancelled after step {i + 1}/{total}")
         return {}
 
-    with step_cache(experts, cache) if cache is not None else contextlib.nullcontext():
+    split_cfg = group is not None and group.spec.cfg == 2 and inp.guidance_scale > 1
+    with contextlib.ExitStack() as stack:
+        if cache is not None:
+            stack.enter_context(step_cache(experts, cache))
+        if split_cfg:
+            stack.enter_context(cfg_parallel(list(experts.values()), group))
         result = pipe(
             prompt=prompt,
             negative_prompt=inp.negative_prompt,
@@ -145,12 +166,23 @@ def denoise(
             num_inference_steps=total,
             guidance_scale=inp.guidance_scale,
             generator=torch.Generator("cpu").manual_seed(seed),
-            output_type="np",
+            output_type="np" if decodes else "latent",
             callback_on_step_end=on_step_end,
         )
     if cache is not None:
         hooks.log(cache.summary())
-    return result.frames[0]
+    return result.frames[0] if decodes else None
+
+
+def run_denoise(models: ModelManager, request: DenoiseRequest, hooks: JobHooks | None = None,
+                group: ParallelGroup | None = None) -> np.ndarray | None:
+    """One request's pipeline call on ``models``, with its scheduler, LoRAs and step cache (see ``denoise``)."""
+    inp = request.inp
+    pipe = models.get(request.model).pipeline(make_scheduler(inp.sampler, inp.shift), request.loras)
+    threshold = THRESHOLDS[inp.acceleration]
+    cache = StepCacheController(threshold, inp.num_inference_steps) if threshold is not None else None
+    return denoise(pipe, request.cond, inp, prompt=request.prompt, width=request.width, height=request.height,
+                   seed=request.seed, hooks=hooks or JobHooks(), cache=cache, group=group)
 
 
 def check_video_limits(info: VideoInfo, limits: Limits, field: str = "video_url") -> None:
@@ -230,6 +262,11 @@ def generate(
         except ValueError as e:
             raise InputError("interpolator_model", str(e)) from e
 
+    if models.group is not None:  # before any expensive stage: a sequence the group cannot split is refused
+        try:
+            models.group.spec.check_tokens(timing.generate_frames, len(refs or ()), (height // 16) * (width // 16))
+        except ValueError as e:
+            raise InputError("num_frames", str(e), "not_supported") from e
     control = read_frames(video_path, [plan.source_indices[j] for j in timing.control_indices])
     if checker is not None:
         score = checker.check_inputs(control, first, last, refs)
@@ -257,15 +294,14 @@ def generate(
         raise JobCancelled("cancelled before denoising")
 
     hooks.log(f"loading {model}")
-    pipe = models.get(model).pipeline(make_scheduler(inp.sampler, inp.shift), loras)
     for lora in loras:
         hooks.log(f"LoRA {lora.index}: {lora.sha256[:12]} at scale {lora.scale:g} on {' and '.join(lora.experts)}")
-    hooks.log(f"denoising: {inp.num_inference_steps} steps, sampler {inp.sampler}, shift {inp.shift:g}")
-    threshold = THRESHOLDS[inp.acceleration]
-    cache = StepCacheController(threshold, inp.num_inference_steps) if threshold is not None else None
-    frames = to_uint8(
-        denoise(pipe, cond, inp, prompt=prompt, width=width, height=height, seed=seed, hooks=hooks, cache=cache)
-    )
+    hooks.log(f"denoising: {inp.num_inference_steps} steps, sampler {inp.sampler}, shift {inp.shift:g}"
+              + (f", on {models.group.spec.world_size} devices ({models.group.spec})" if models.group else ""))
+    request = DenoiseRequest(inp, cond, prompt, width, height, seed, model, loras)
+    if models.group is not None:
+        send(request)
+    frames = to_uint8(run_denoise(models, request, hooks, models.group))
     if checker is not None:  # before anything is encoded or published: nothing flagged leaves the job
         score = checker.check_output(frames)
         hooks.log(f"safety check: the generated video passed (highest unsafe score {score:.2f})")

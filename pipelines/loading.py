@@ -30,6 +30,7 @@ from preprocessors import Preprocessor, make_preprocessor
 from .interpolation import FrameInterpolator, load_interpolator
 from .loras import JobLora, apply_loras
 from .manifest import AUXILIARY, MODELS, PROMPT_EXPANDER, SAFETY_CHECKER
+from .parallel import ParallelGroup, enable_context_parallel
 from .prompt_expansion import LocalExpander, OpenAIExpander, PromptExpander
 from .runtime import RuntimeConfig, place_module, resolve_attention, resolve_memory_mode
 from .safety import SafetyChecker
@@ -82,7 +83,10 @@ class ModelManager:
         dtype: torch.dtype | None = None,
         max_models: int = 2,
         runtime: RuntimeConfig | None = None,
+        group: ParallelGroup | None = None,
     ) -> None:
+        """``group``: this process's place in a job group (``pipelines.group``); its transformers are then sharded
+        over the group's sequence ranks."""
         self.weights_dir = Path(weights_dir)
         # Jobs report progress through their own hooks; the libraries' per-file bars would only clutter logs.
         diffusers.utils.logging.disable_progress_bar()
@@ -91,7 +95,9 @@ class ModelManager:
         self.dtype = dtype or default_dtype(self.device)
         self.runtime = runtime or RuntimeConfig()
         self.memory_mode = resolve_memory_mode(self.runtime.memory_mode, self.device)
-        self.attention = resolve_attention(self.runtime.attention, self.device)
+        self.group = group
+        self.attention = resolve_attention(self.runtime.attention, self.device,
+                                           context_parallel=group is not None and group.spec.context > 1)
         # Offload hooks of one pipeline cover the shared modules: with model offload only one pipeline may live.
         self.max_models = 1 if self.memory_mode == "model_offload" else max_models
         self._components: dict[tuple[str, Path], object] = {}
@@ -159,6 +165,8 @@ class ModelManager:
         if self.attention != "native":
             model.set_attention_backend(self.attention)
         model = place_module(model, self.memory_mode, self.device, self.dtype, fp8=True)
+        if self.group is not None:
+            enable_context_parallel(model, self.group)
         if self.compiles:
             model.compile_repeated_blocks(fullgraph=True)  # once per loaded model, i.e. once per process
         return model

@@ -86,13 +86,18 @@ def resolve_memory_mode(requested: str, device: torch.device) -> str:
     return mode
 
 
-def resolve_attention(requested: str, device: torch.device) -> str:
-    """The attention backend name for diffusers: the fastest installed one on CUDA, PyTorch SDPA elsewhere."""
+def resolve_attention(requested: str, device: torch.device, *, context_parallel: bool = False) -> str:
+    """The attention backend name for diffusers: the fastest installed one on CUDA, PyTorch SDPA elsewhere.
+
+    Under context parallelism only backends diffusers can split over devices qualify (FlashAttention 3's local
+    build cannot, as of diffusers 0.42)."""
     if requested != "auto":
         return requested
     if device.type != "cuda":
         return "native"
     for name, module in CUDA_ATTENTION:
+        if context_parallel and name == "_flash_3":
+            continue
         if importlib.util.find_spec(module) is not None:
             return name
     return "_native_cudnn"

@@ -12,6 +12,10 @@ hint, the first main block returns its input plus the residual (hidden states be
 states entering the blocks, hints included) saved on the last computed step, the other blocks pass through, and only
 the output head runs with the current timestep. The hints are therefore counted exactly once.
 
+Under context parallelism (``pipelines.parallel``) each rank holds one shard of the sequence: the hooks go under
+diffusers' split hooks so they see the shards, and the signal's two sums are all-reduced over the shards (on the
+same strided tokens as one process), so every rank of a group takes the same decision for the same call.
+
 State is kept per cache context, which the diffusers pipeline sets per call (``cond`` / ``uncond``), and per
 transformer, so each CFG branch and each expert of a two-expert model decides on its own. The first and the last
 denoising steps are always computed, and so is each expert's first call.
@@ -24,9 +28,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
+import torch.distributed as dist
 from diffusers import WanVACETransformer3DModel
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
+
+from .parallel import context_group, outside_context_parallel
 
 # acceleration level -> accumulated relative-L1 threshold of the modulated input (None: cache off).
 THRESHOLDS: dict[str, float | None] = {"none": None, "low": 0.08, "regular": 0.15}
@@ -84,19 +91,30 @@ class _StatefulHook(ModelHook):
 class _DecideHook(_StatefulHook):
     """On ``vace_blocks[0]``: decide whether this call reuses the residual; if so, return a zero hint."""
 
-    def __init__(self, state: StateManager, controller: StepCacheController, label: str, first_block: torch.nn.Module):
+    def __init__(self, state: StateManager, controller: StepCacheController, label: str, first_block: torch.nn.Module,
+                 group: dist.ProcessGroup | None):
         super().__init__(state)
         self.controller = controller
         self.label = label
         self.first_block = first_block
+        self.group = group
 
     def _signal(self, hidden_states: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
         """The first main block's timestep-modulated input, as that block computes it before self-attention, on
-        every ``SIGNAL_STRIDE``-th token: the norm is per token, and a mean over a strided subset tracks the full
-        mean closely at a fraction of the memory kept between steps."""
+        every ``SIGNAL_STRIDE``-th token of the whole sequence: the norm is per token, and a mean over a strided
+        subset tracks the full mean closely at a fraction of the memory kept between steps. A shard starts at
+        ``rank * shard length``, so it skips to its first token on the global stride."""
         shift, scale = (self.first_block.scale_shift_table.to(temb.device) + temb.float()).chunk(6, dim=1)[:2]
-        tokens = hidden_states[:, ::SIGNAL_STRIDE].float()
+        start = 0 if self.group is None else -dist.get_rank(self.group) * hidden_states.shape[1] % SIGNAL_STRIDE
+        tokens = hidden_states[:, start::SIGNAL_STRIDE].float()
         return self.first_block.norm1(tokens) * (1 + scale) + shift
+
+    def _change(self, signal: torch.Tensor, previous: torch.Tensor) -> float:
+        """Relative L1 change of the signal over the whole sequence (summed over the shards under parallelism)."""
+        sums = torch.stack([(signal - previous).abs().sum(), previous.abs().sum()])
+        if self.group is not None:
+            dist.all_reduce(sums, group=self.group)
+        return (sums[0] / sums[1]).item()
 
     def new_forward(self, module: torch.nn.Module, hidden_states, encoder_hidden_states, control_hidden_states, temb, rotary_emb):
         state: _BranchState = self.state.get_state()
@@ -106,8 +124,7 @@ class _DecideHook(_StatefulHook):
         edge = ctl.step == 0 or ctl.step >= ctl.num_steps - 1
         reuse = False
         if state.previous_signal is not None and state.residual is not None and not edge:
-            change = ((signal - state.previous_signal).abs().mean() / state.previous_signal.abs().mean()).item()
-            state.accumulated += change
+            state.accumulated += self._change(signal, state.previous_signal)
             reuse = ctl.step in ctl.force_reuse or state.accumulated < ctl.threshold
         state.previous_signal = signal
         state.reusing = reuse
@@ -152,23 +169,26 @@ def _attach(transformer: WanVACETransformer3DModel, controller: StepCacheControl
     state = StateManager(_BranchState)
     first = transformer.blocks[0]
     hooks: list[tuple[torch.nn.Module, ModelHook, str]] = [
-        (transformer.vace_blocks[0], _DecideHook(state, controller, label, first), HOOK_NAMES[0]),
+        (transformer.vace_blocks[0], _DecideHook(state, controller, label, first, context_group(transformer)),
+         HOOK_NAMES[0]),
         (transformer.norm_out, _CaptureHook(state), HOOK_NAMES[2]),
     ]
     hooks += [(block, _SkipHook(state, "vace"), HOOK_NAMES[1]) for block in transformer.vace_blocks[1:]]
     hooks += [(block, _SkipHook(state, "first" if i == 0 else "block"), HOOK_NAMES[1]) for i, block in enumerate(transformer.blocks)]
-    for module, hook, name in hooks:
-        HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, name)
+    with outside_context_parallel(transformer):
+        for module, hook, name in hooks:
+            HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, name)
     HookRegistry.check_if_exists_or_initialize(transformer).invalidate_child_registries_cache()
 
 
 def _detach(transformer: WanVACETransformer3DModel) -> None:
-    for module in transformer.modules():
-        registry = getattr(module, "_diffusers_hook", None)
-        if registry is not None:
-            for name in HOOK_NAMES:
-                if registry.get_hook(name) is not None:
-                    registry.remove_hook(name, recurse=False)
+    with outside_context_parallel(transformer):
+        for module in transformer.modules():
+            registry = getattr(module, "_diffusers_hook", None)
+            if registry is not None:
+                for name in HOOK_NAMES:
+                    if registry.get_hook(name) is not None:
+                        registry.remove_hook(name, recurse=False)
     HookRegistry.check_if_exists_or_initialize(transformer).invalidate_child_registries_cache()
 
 

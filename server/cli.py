@@ -206,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="default: " + ", ".join(f"{m} for {t}" for t, m in DEFAULT_MODEL_FOR_TASK.items()))
     gen.add_argument("-o", "--output", required=True, help="output .mp4 path")
     gen.add_argument("-q", "--quiet", action="store_true", help="no progress bar or logs")
+    gen.add_argument("--parallel", metavar="SPEC", help="one job on several devices: cfg=2, ulysses=N, ring=N or a "
+                     "combination (cfg=2,ulysses=4); on CPU as that many local processes, on CUDA one GPU each")
     _add_runtime_flags(gen)
     _add_field_flags(gen)
 
@@ -238,7 +240,7 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "generate":
         job = {name: getattr(args, name) for name in VaceInput.model_fields if getattr(args, name) is not None}
         return commands.generate_to_file(settings(args), args.task, job, Path(args.output), model=args.model,
-                                         quiet=args.quiet)
+                                         quiet=args.quiet, parallel=args.parallel)
     if args.command == "preprocess":
         return commands.preprocess_to_file(settings(args), args.task, args.video, Path(args.output), args.annotator)
     if args.command == "serve":

@@ -8,6 +8,7 @@ weights, a cancelled job), 2 a problem with what the user asked for (printed one
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import shutil
 import sys
@@ -52,14 +53,18 @@ def _exit_status(command: Callable[P, int]) -> Callable[P, int]:
 
 @_exit_status
 def generate_to_file(settings: Settings, task: Task, fields: dict[str, Any], output: Path, *,
-                     model: str | None = None, quiet: bool = False) -> int:
+                     model: str | None = None, quiet: bool = False, parallel: str | None = None) -> int:
     """Run one job from request ``fields`` and write its video to ``output`` (a frames zip, if asked for, beside
-    it); prints the output JSON."""
+    it); prints the output JSON. ``parallel``: a ``--parallel`` spec; the job then runs on a local group, this
+    process being rank 0 (CUDA: one GPU per rank, in device order; else CPU processes)."""
+    import torch
     from tqdm import tqdm
 
     from pipelines.context import JobContext
     from pipelines.generate import JobHooks, generate
+    from pipelines.group import local_group
     from pipelines.loading import ModelManager
+    from pipelines.parallel import ParallelSpec
 
     try:
         inp = VaceInput.model_validate(fields)
@@ -82,9 +87,17 @@ def generate_to_file(settings: Settings, task: Task, fields: dict[str, Any], out
         return target.as_uri()
 
     hooks = JobHooks(log=(lambda m: None) if quiet else (lambda m: bar.write(m)), step=on_step)
-    models = ModelManager(settings.weights_dir, runtime=settings.runtime)
     try:
-        with tempfile.TemporaryDirectory(prefix="vace-job-") as workdir:
+        with contextlib.ExitStack() as stack:
+            group = None
+            if parallel:
+                spec = ParallelSpec.parse(parallel)
+                devices = ([f"cuda:{i}" for i in range(spec.world_size)] if torch.cuda.is_available()
+                           else ["cpu"] * spec.world_size)
+                group = stack.enter_context(local_group(spec, settings.weights_dir, settings.runtime, devices))
+            models = ModelManager(settings.weights_dir, device=devices[0] if group else None, runtime=settings.runtime,
+                                  group=group)
+            workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="vace-job-"))
             result = generate(inp, task=task, model=model, models=models, workdir=Path(workdir), publish=publish,
                               hooks=hooks, ctx=JobContext(lora_cache=settings.lora_cache()))
     finally:
