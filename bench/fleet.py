@@ -42,12 +42,12 @@ from typing import Any
 import httpx
 from queue_load import JOB, REPO, free_port, percentile, poll, start_server, upload
 
+from server.app import open_store
+from server.config import Settings
+from server.jobs import Job
+
 sys.path.insert(0, str(REPO / "tests"))
 from pg_fixtures import PG_BIN, PostgresCluster  # noqa: E402 - the tests' throw-away cluster, found via tests/
-
-from server.app import open_store  # noqa: E402
-from server.config import Settings  # noqa: E402
-from server.jobs import Job  # noqa: E402
 
 SUBMIT = "/queue/fal-ai/wan-vace-14b/pose"
 REQUESTS = "/queue/fal-ai/wan-vace-14b/requests"
