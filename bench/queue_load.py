@@ -44,11 +44,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(weights: Path, data_dir: Path, port: int, log_path: Path) -> subprocess.Popen[bytes]:
+def start_server(weights: Path, data_dir: Path, port: int, log_path: Path, *flags: str) -> subprocess.Popen[bytes]:
+    """``vace serve`` (plus ``flags``, e.g. an API node's) as a child process in its own session, once its /health
+    answers."""
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "server.cli", "serve", "--weights-dir", str(weights), "--data-dir", str(data_dir),
-             "--port", str(port)],
+             "--port", str(port), *flags],
             cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             env={k: v for k, v in os.environ.items() if k != "VACE_API_KEYS"},
         )
