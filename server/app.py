@@ -111,7 +111,7 @@ class Node:
         pool = WorkerPool(store=store, files=files, changes=changes, metrics=metrics, managers=managers,
                           work_dir=config.work_dir, on_finished=webhooks.schedule, ctx=ctx,
                           lease_s=config.lease_seconds, max_attempts=config.max_attempts, local=not config.no_workers,
-                          models=config.models)
+                          models=config.models, switch_after_s=config.switch_after_s)
         retention = Retention(store, files, max_age_s=config.retention_s, interval_s=config.retention_sweep_s,
                               deleted=metrics.retention_deleted)
         return cls(config, store, files, ctx, changes, metrics, Auth(config.api_keys, secret, config.admin_keys),

@@ -84,7 +84,7 @@ class Job:
     start_deadline: float | None = None
     """When a job still queued ends as timed out (``X-Fal-Request-Timeout``)."""
     runner_hint: str | None = None
-    """``X-Fal-Runner-Hint``, kept for a scheduler that routes by it."""
+    """``X-Fal-Runner-Hint``: a worker that ran a job with the same hint lately takes this one first (``claim``)."""
     webhook_attempts: int = 0
     webhook_next_at: float | None = None
     """Failed deliveries so far and when the next one is due, so a restart resumes the back-off where it was."""
@@ -113,7 +113,8 @@ class JobStore(Protocol):
     def get(self, job_id: str) -> Job | None: ...
     def queue_position(self, job: Job) -> int: ...
     def claim(self, *, worker_id: str | None = None, lease_s: float | None = None,
-              models: Collection[str] | None = None) -> Job | None: ...
+              models: Collection[str] | None = None, loaded: Collection[str] = (), hints: Collection[str] = (),
+              switch_after_s: float = 0.0) -> Job | None: ...
     def heartbeat(self, job_id: str, worker_id: str, lease_s: float) -> bool: ...
     def finish(self, job_id: str, *, result: dict[str, Any] | None = None, failure: Failure | None = None,
                cancelled: bool = False, worker_id: str | None = None) -> bool: ...
@@ -192,7 +193,6 @@ _ADDED_COLUMNS = {
     "worker_id": "TEXT", "lease_expires_at": "REAL",
 }
 _PRIORITIES: dict[str, int] = {"normal": 0, "low": 1}
-_QUEUE_ORDER = "priority, seq"  # normal before low, first come first served within each
 
 
 class StoreLockedError(RuntimeError):
@@ -267,26 +267,41 @@ class SqlJobStore(ABC):
         return int(rows[0]["n"])
 
     def claim(self, *, worker_id: str | None = None, lease_s: float | None = None,
-              models: Collection[str] | None = None) -> Job | None:
+              models: Collection[str] | None = None, loaded: Collection[str] = (), hints: Collection[str] = (),
+              switch_after_s: float = 0.0) -> Job | None:
         """Take the next queued job (normal before low, oldest first) and mark it running (one more attempt).
 
         ``worker_id`` and ``lease_s`` tie the job to its worker for ``lease_s`` seconds, renewed by
         :meth:`heartbeat`; without them the job has no lease and only :meth:`recover` takes it back. ``models``
         (when given) limits the claim to jobs for those models, the ones this worker can serve.
+
+        Within a priority, a job this worker is the better place for goes first: one whose runner hint is in
+        ``hints`` (the hints of the jobs it ran lately), then one for a model in ``loaded`` (a 14B model switch
+        costs minutes of loading). The preference is bounded so that no job starves: a job that has waited
+        ``switch_after_s`` or longer is never passed over (the old ones run oldest first), so a preferred job
+        jumps ahead only of jobs younger than that; 0 turns the preference off.
         """
         now = time.time()
         lease = now + lease_s if lease_s is not None else None
         only: tuple[str, ...] = tuple(models) if models is not None else ()
         if models is not None and not only:
             return None
-        for_models = f" AND model IN ({', '.join('?' * len(only))})" if only else ""
+        for_models = f" AND model IN ({_marks(only)})" if only else ""
+        # One CASE ranks the queued jobs: waited too long, hinted here, model loaded here, the rest.
+        hinted, warm = tuple(hints), tuple(loaded)
+        rank = "CASE WHEN created_at <= ? THEN 0"
+        if hinted:
+            rank += f" WHEN runner_hint IN ({_marks(hinted)}) THEN 1"
+        if warm:
+            rank += f" WHEN model IN ({_marks(warm)}) THEN 2"
+        rank += " ELSE 3 END"
         with self._tx() as db:
             row = db.execute(
                 "UPDATE jobs SET status = 'IN_PROGRESS', attempts = attempts + 1, started_at = ?, worker_id = ?,"
                 " lease_expires_at = ? WHERE seq = (SELECT seq FROM jobs WHERE status = 'IN_QUEUE' AND"
-                f" (start_deadline IS NULL OR start_deadline > ?){for_models} ORDER BY {_QUEUE_ORDER} LIMIT 1"
-                f"{self._LOCK_SKIP}) RETURNING *",
-                (now, worker_id, lease, now, *only),
+                f" (start_deadline IS NULL OR start_deadline > ?){for_models} ORDER BY priority, {rank}, seq"
+                f" LIMIT 1{self._LOCK_SKIP}) RETURNING *",
+                (now, worker_id, lease, now, *only, now - switch_after_s, *hinted, *warm),
             ).fetchone()
         return _job(row) if row is not None else None
 
@@ -549,6 +564,11 @@ def _insert_log(db: Connection, job_id: str, message: str, level: str) -> None:
         "INSERT INTO logs (job_id, timestamp, level, message) VALUES (?, ?, ?, ?)",
         (job_id, time.time(), level, message),
     )
+
+
+def _marks(values: Sequence[Any]) -> str:
+    """The ``?, ?, ...`` of an ``IN (...)`` list of ``values`` (never empty: PostgreSQL refuses ``IN ()``)."""
+    return ", ".join("?" * len(values))
 
 
 def _dumps(value: Any) -> str | None:

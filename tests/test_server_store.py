@@ -300,3 +300,42 @@ def test_workers_signs_of_life(store: SqlJobStore) -> None:
     live = store.live_workers(time.time() - 60)
     assert [w["id"] for w in live] == ["node-1:10:cpu:aa", "node-2:20:cpu:bb"] and live[0]["current_job"] == "j"
     assert store.live_workers(time.time() + 1) == []  # nobody seen since a moment in the future
+
+
+def add_for(store: SqlJobStore, model: str, **options: object) -> Job:
+    return store.add(app="fal-ai/x", task="pose", model=model, input={"prompt": "x"}, base_url="http://h",
+                     webhook_url=None, **options)  # type: ignore[arg-type]
+
+
+def test_a_worker_prefers_its_loaded_model_but_not_past_the_bound(store: SqlJobStore) -> None:
+    older_b = add_for(store, "model-b")
+    time.sleep(0.3)
+    newer_a, newest_a = add_for(store, "model-a"), add_for(store, "model-a")
+    assert store.claim(loaded=["model-a"], switch_after_s=60).id == newer_a.id  # type: ignore[union-attr]
+    # The B job has now waited longer than the bound: it goes first even though an A job is queued.
+    assert store.claim(loaded=["model-a"], switch_after_s=0.2).id == older_b.id  # type: ignore[union-attr]
+    assert store.claim(loaded=["model-a"], switch_after_s=60).id == newest_a.id  # type: ignore[union-attr]
+
+
+def test_without_a_preference_the_claim_stays_fifo(store: SqlJobStore) -> None:
+    older_b, newer_a = add_for(store, "model-b"), add_for(store, "model-a")
+    assert store.claim(loaded=["model-a"], switch_after_s=0).id == older_b.id  # type: ignore[union-attr]
+    assert store.claim(loaded=["model-c"], switch_after_s=60).id == newer_a.id  # type: ignore[union-attr]
+
+
+def test_a_runner_hint_routes_to_the_worker_that_saw_it(store: SqlJobStore) -> None:
+    plain_a = add_for(store, "model-a")
+    other_hint = add_for(store, "model-b", runner_hint="session-2")
+    hinted_b = add_for(store, "model-b", runner_hint="session-1")
+    # A hint this worker saw beats both age and its loaded model (within the bound)...
+    assert store.claim(loaded=["model-a"], hints=["session-1"], switch_after_s=60).id == hinted_b.id  # type: ignore[union-attr]
+    # ...and a hint it did not see is no reason to take a job first.
+    assert store.claim(hints=["session-1"], switch_after_s=60).id == plain_a.id  # type: ignore[union-attr]
+    assert store.claim(hints=["session-1"], switch_after_s=60).id == other_hint.id  # type: ignore[union-attr]
+
+
+def test_priority_comes_before_any_preference(store: SqlJobStore) -> None:
+    low_a = add_for(store, "model-a", priority="low", runner_hint="h")
+    normal_b = add_for(store, "model-b")
+    assert store.claim(loaded=["model-a"], hints=["h"], switch_after_s=60).id == normal_b.id  # type: ignore[union-attr]
+    assert store.claim(loaded=["model-a"], hints=["h"], switch_after_s=60).id == low_a.id  # type: ignore[union-attr]
