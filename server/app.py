@@ -29,7 +29,7 @@ from pipelines.loading import ModelManager
 from pipelines.registry import APPS, TASKS
 
 from . import routes, service, uploads
-from .auth import Auth, load_secret
+from .auth import Auth
 from .config import Settings
 from .connections import raise_open_file_limit, uvicorn_config
 from .events import Changes
@@ -38,6 +38,7 @@ from .files import FileStore, private_dir
 from .guard import Body, HostPolicy, RequestGuard
 from .jobs import JobStore, SqliteJobStore
 from .metrics import Metrics
+from .node_secrets import node_secrets
 from .request_id import RequestIdHeader
 from .retention import Retention
 from .signing import WebhookSigner
@@ -103,8 +104,8 @@ class Node:
         metrics = Metrics(store, devices)
         managers = [ModelManager(config.weights_dir, device=d, max_models=config.max_models, runtime=config.runtime)
                     for d in devices]
-        secret = load_secret(config.data_dir / "secret")
-        signer = WebhookSigner(config.data_dir / "webhook-ed25519.pem", secret)
+        secret, signing_key = node_secrets(store, config.data_dir)
+        signer = WebhookSigner(signing_key, secret)
         webhooks = Webhooks(store, signer, ctx, attempts=config.webhook_attempts, backoff_s=config.webhook_backoff_s,
                             timeout_s=config.webhook_timeout_s,
                             on_outcome=lambda outcome: metrics.webhook_deliveries.labels(outcome).inc())
