@@ -107,7 +107,7 @@ class Node:
         secret, signing_key = node_secrets(store, config.data_dir)
         signer = WebhookSigner(signing_key, secret)
         webhooks = Webhooks(store, signer, ctx, attempts=config.webhook_attempts, backoff_s=config.webhook_backoff_s,
-                            timeout_s=config.webhook_timeout_s,
+                            timeout_s=config.webhook_timeout_s, lease_s=config.lease_seconds,
                             on_outcome=lambda outcome: metrics.webhook_deliveries.labels(outcome).inc())
         pool = WorkerPool(store=store, files=files, changes=changes, metrics=metrics, managers=managers,
                           work_dir=config.work_dir, on_finished=webhooks.schedule, ctx=ctx,

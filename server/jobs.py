@@ -132,8 +132,9 @@ class JobStore(Protocol):
     def requeue_expired(self, max_attempts: int) -> list[str]: ...
     def expire_unstarted(self) -> list[str]: ...
     def pending_webhooks(self) -> list[Job]: ...
-    def set_webhook_state(self, job_id: str, state: WebhookState) -> None: ...
-    def webhook_retry(self, job_id: str, attempts: int, next_at: float) -> None: ...
+    def claim_webhook(self, job_id: str, node_id: str, lease_s: float) -> Job | None: ...
+    def set_webhook_state(self, job_id: str, state: WebhookState, *, node_id: str | None = None) -> bool: ...
+    def webhook_retry(self, job_id: str, attempts: int, next_at: float, *, node_id: str, lease_s: float) -> bool: ...
     def unfinished(self) -> list[Job]: ...
     def purge(self, finished_before: float) -> int: ...
     def close(self) -> None: ...
@@ -167,7 +168,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     webhook_attempts INTEGER NOT NULL DEFAULT 0,
     webhook_next_at REAL,
     worker_id TEXT,
-    lease_expires_at REAL
+    lease_expires_at REAL,
+    webhook_owner TEXT,
+    webhook_lease_until REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, seq);
 CREATE TABLE IF NOT EXISTS logs (
@@ -190,7 +193,7 @@ CREATE TABLE IF NOT EXISTS workers (
 _ADDED_COLUMNS = {
     "control_video_url": "TEXT", "owner": "TEXT", "priority": "INTEGER NOT NULL DEFAULT 0", "start_deadline": "REAL",
     "runner_hint": "TEXT", "webhook_attempts": "INTEGER NOT NULL DEFAULT 0", "webhook_next_at": "REAL",
-    "worker_id": "TEXT", "lease_expires_at": "REAL",
+    "worker_id": "TEXT", "lease_expires_at": "REAL", "webhook_owner": "TEXT", "webhook_lease_until": "REAL",
 }
 _PRIORITIES: dict[str, int] = {"normal": 0, "low": 1}
 
@@ -413,13 +416,15 @@ class SqlJobStore(ABC):
         return [{"id": r["id"], **json.loads(r["info"]), "last_seen": r["last_seen"]} for r in rows]
 
     def recover(self, max_attempts: int) -> list[str]:
-        """After a crash: re-queue the jobs that were running, or fail those that already had ``max_attempts``.
+        """After a crash: re-queue the jobs that were running, or fail those that already had ``max_attempts``,
+        and free the webhook deliveries the last run was making (due at once, or when their back-off ends).
 
         Every running job counts as orphaned, so this is for a store that one process owns (SQLite's lock
         ensures it); where several processes share the database, :meth:`requeue_expired` is the one to call.
         Returns the ids of the jobs it touched.
         """
         with self._tx() as db:
+            db.execute("UPDATE jobs SET webhook_owner = NULL, webhook_lease_until = NULL WHERE webhook_state = 'pending'")
             return self._hand_back(db, "", (), max_attempts, "the server stopped while this job was running")
 
     def requeue_expired(self, max_attempts: int) -> list[str]:
@@ -468,18 +473,45 @@ class SqlJobStore(ABC):
         return expired
 
     def pending_webhooks(self) -> list[Job]:
-        rows = self._query("SELECT * FROM jobs WHERE webhook_state = 'pending' ORDER BY seq")
+        """The webhooks still to deliver that no node is delivering: never claimed, or the claim ran out (the node
+        that held it died or lost the database)."""
+        rows = self._query("SELECT * FROM jobs WHERE webhook_state = 'pending' AND (webhook_lease_until IS NULL OR"
+                           " webhook_lease_until < ?) ORDER BY seq", (time.time(),))
         return [_job(r) for r in rows]
 
-    def set_webhook_state(self, job_id: str, state: WebhookState) -> None:
+    def claim_webhook(self, job_id: str, node_id: str, lease_s: float) -> Job | None:
+        """Take the delivery of ``job_id``'s webhook for node ``node_id``, or renew the claim it holds: until
+        ``lease_s`` seconds past its next attempt (now, or the back-off's ``webhook_next_at``). Only one node holds
+        a delivery at a time, so two nodes never deliver a webhook at once; a claim that ran out may be taken by
+        any node. Returns the job, or None when the webhook is not pending or another node holds it."""
+        now = time.time()
         with self._tx() as db:
-            db.execute("UPDATE jobs SET webhook_state = ? WHERE id = ?", (state, job_id))
+            row = db.execute(
+                "UPDATE jobs SET webhook_owner = ?, webhook_lease_until = (CASE WHEN webhook_next_at > ? THEN"
+                " webhook_next_at ELSE ? END) + ? WHERE id = ? AND webhook_state = 'pending' AND"
+                " (webhook_owner IS NULL OR webhook_owner = ? OR webhook_lease_until < ?) RETURNING *",
+                (node_id, now, now, lease_s, job_id, node_id, now),
+            ).fetchone()
+        return _job(row) if row is not None else None
 
-    def webhook_retry(self, job_id: str, attempts: int, next_at: float) -> None:
-        """Record a failed delivery: ``attempts`` so far, the next one due at ``next_at``."""
+    def set_webhook_state(self, job_id: str, state: WebhookState, *, node_id: str | None = None) -> bool:
+        """Record a delivery's end, releasing its claim; with ``node_id`` only while that node holds it (a node
+        whose claim was taken over records nothing). Returns whether it was recorded."""
+        owned = " AND webhook_owner = ?" if node_id is not None else ""
         with self._tx() as db:
-            db.execute("UPDATE jobs SET webhook_attempts = ?, webhook_next_at = ? WHERE id = ?",
-                       (attempts, next_at, job_id))
+            return db.execute(
+                f"UPDATE jobs SET webhook_state = ?, webhook_owner = NULL, webhook_lease_until = NULL WHERE id = ?{owned}",
+                (state, job_id, node_id) if node_id is not None else (state, job_id),
+            ).rowcount == 1
+
+    def webhook_retry(self, job_id: str, attempts: int, next_at: float, *, node_id: str, lease_s: float) -> bool:
+        """Record a failed delivery: ``attempts`` so far, the next one due at ``next_at``, which node ``node_id``
+        keeps its claim for (until ``lease_s`` past it). Returns False when the node no longer holds the delivery."""
+        with self._tx() as db:
+            return db.execute(
+                "UPDATE jobs SET webhook_attempts = ?, webhook_next_at = ?, webhook_lease_until = ? WHERE id = ? AND"
+                " webhook_owner = ?", (attempts, next_at, next_at + lease_s, job_id, node_id),
+            ).rowcount == 1
 
     def unfinished(self) -> list[Job]:
         """Queued and running jobs, oldest first."""

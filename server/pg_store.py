@@ -130,6 +130,10 @@ _MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL);
     REVOKE ALL ON secrets FROM PUBLIC;
     """,
+    # 6: webhook delivery claims, so any node resumes a dead node's deliveries and no two nodes deliver one at once.
+    """
+    ALTER TABLE jobs ADD COLUMN webhook_owner TEXT, ADD COLUMN webhook_lease_until DOUBLE PRECISION;
+    """,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 

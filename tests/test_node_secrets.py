@@ -4,36 +4,21 @@ verifies against any node's JWKS."""
 
 from __future__ import annotations
 
-import base64
 import stat
 import threading
 from pathlib import Path
 
 import psycopg
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from server.auth import Auth, Caller, key_id
 from server.jobs import SqliteJobStore
 from server.node_secrets import SECRET_FILE, SIGNING_KEY_FILE, node_secrets
 from server.pg_store import PostgresJobStore
-from server.signing import WebhookSigner, new_signing_key, signed_message
+from server.signing import WebhookSigner, new_signing_key
+from server_fixtures import verify_like_fals_docs
 
 KEY = "key-of-a-user"
-
-
-def verifies(jwks: dict[str, object], headers: dict[str, str], body: bytes) -> bool:
-    """fal's receiver check against the keys of ``jwks``."""
-    message = signed_message(headers["x-fal-webhook-request-id"], headers["x-fal-webhook-user-id"],
-                             headers["x-fal-webhook-timestamp"], body)
-    for jwk in jwks["keys"]:  # type: ignore[attr-defined]
-        public = Ed25519PublicKey.from_public_bytes(base64.urlsafe_b64decode(jwk["x"] + "=="))
-        try:
-            public.verify(bytes.fromhex(headers["x-fal-webhook-signature"]), message)
-            return True
-        except Exception:
-            continue
-    return False
 
 
 def test_a_server_of_its_own_keeps_them_as_owner_only_files(tmp_path: Path) -> None:
@@ -67,8 +52,8 @@ def test_fleet_nodes_share_them_through_the_store(pg_url: str, tmp_path: Path) -
         signer_a, signer_b = WebhookSigner(pem_a, secret_a), WebhookSigner(pem_b, secret_b)
         body = b'{"status": "OK"}'
         headers = signer_a.headers("request-1", key_id(KEY), body)
-        assert verifies(signer_b.jwks(), headers, body) and signer_a.jwks() == signer_b.jwks()
-        assert not verifies(WebhookSigner(new_signing_key(), secret_a).jwks(), headers, body)
+        assert verify_like_fals_docs(headers, body, signer_b.jwks()) and signer_a.jwks() == signer_b.jwks()
+        assert not verify_like_fals_docs(headers, body, WebhookSigner(new_signing_key(), secret_a).jwks())
     finally:
         for store in stores:
             store.close()
