@@ -232,10 +232,21 @@ class Worker(threading.Thread):
             last_step[0] = now
             self._log(job.id, f"step {i}/{total}")
 
+        def cancelled() -> bool:
+            if self.pool.stopping.is_set() or self.lost.is_set():
+                return True
+            try:
+                return store.cancel_requested(job.id)
+            except Exception as exc:
+                # The store is away (a database restarting): the job goes on, and its lease says whether it still
+                # belongs to this worker once the store is back.
+                log.warning("job %s: could not check for a cancel: %s", job.id, str(exc).strip())
+                return False
+
         hooks = JobHooks(
             log=lambda message: self._log(job.id, message),
             step=on_step,
-            cancelled=lambda: self.pool.stopping.is_set() or self.lost.is_set() or store.cancel_requested(job.id),
+            cancelled=cancelled,
         )
         outcome, result, failure, ending = "error", None, None, ""
         try:
