@@ -29,7 +29,7 @@ from pipelines.loading import ModelManager
 from pipelines.registry import APPS, TASKS
 
 from . import routes, service, uploads
-from .auth import Auth, load_secret
+from .auth import Auth
 from .config import Settings
 from .connections import raise_open_file_limit, uvicorn_config
 from .events import Changes
@@ -38,6 +38,7 @@ from .files import FileStore, LocalFileStore, private_dir
 from .guard import Body, HostPolicy, RequestGuard
 from .jobs import JobStore, SqliteJobStore
 from .metrics import Metrics
+from .node_secrets import node_secrets
 from .request_id import RequestIdHeader
 from .retention import Retention
 from .signing import WebhookSigner
@@ -114,15 +115,15 @@ class Node:
         metrics = Metrics(store, devices)
         managers = [ModelManager(config.weights_dir, device=d, max_models=config.max_models, runtime=config.runtime)
                     for d in devices]
-        secret = load_secret(config.data_dir / "secret")
-        signer = WebhookSigner(config.data_dir / "webhook-ed25519.pem", secret)
+        secret, signing_key = node_secrets(store, config.data_dir)
+        signer = WebhookSigner(signing_key, secret)
         webhooks = Webhooks(store, signer, ctx, attempts=config.webhook_attempts, backoff_s=config.webhook_backoff_s,
-                            timeout_s=config.webhook_timeout_s,
+                            timeout_s=config.webhook_timeout_s, lease_s=config.lease_seconds,
                             on_outcome=lambda outcome: metrics.webhook_deliveries.labels(outcome).inc())
         pool = WorkerPool(store=store, files=files, changes=changes, metrics=metrics, managers=managers,
                           work_dir=config.work_dir, on_finished=webhooks.schedule, ctx=ctx,
                           lease_s=config.lease_seconds, max_attempts=config.max_attempts, local=not config.no_workers,
-                          models=config.models)
+                          models=config.models, switch_after_s=config.switch_after_s)
         retention = Retention(store, files, max_age_s=config.retention_s, interval_s=config.retention_sweep_s,
                               deleted=metrics.retention_deleted)
         return cls(config, store, files, ctx, changes, metrics, Auth(config.api_keys, secret, config.admin_keys),

@@ -8,8 +8,8 @@ Admin keys (``--admin-key``) are API keys that may see every job.
 
 fal-client uploads in two steps: it trades its key for a CDN token (``POST /storage/auth/token``) and then sends
 ``Authorization: Bearer <token>`` to ``/files/upload``. A token is ``<expiry>.<HMAC(secret, expiry, key_id)>``
-under a secret kept in the data directory, so it survives restarts, needs no table, and names no key: checking it
-tries the configured keys.
+under the node's secret (``server/node_secrets.py``: the data directory's, or a fleet's shared one), so it survives
+restarts, works on every node of a fleet, needs no table, and names no key: checking it tries the configured keys.
 
 Every parser here takes any header value, of any length or alphabet, and answers "not authenticated" rather than
 raising: bad credentials are a 401, never a 500.
@@ -19,13 +19,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import re
-import secrets
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 
 from fastapi.security import APIKeyHeader
 
@@ -50,16 +47,6 @@ class Caller:
 
 
 ANONYMOUS = Caller()
-
-
-def load_secret(path: Path) -> bytes:
-    """The server's signing secret, created (readable by the owner only) on first start."""
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(secrets.token_hex(32))
-    return bytes.fromhex(path.read_text().strip())
 
 
 class Auth:

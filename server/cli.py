@@ -145,6 +145,9 @@ def _add_node_flags(parser: argparse.ArgumentParser) -> None:
              "URLs become this + '/' + the object key instead of presigned URLs")
     _setting(parser, "--lease-seconds", "how long a running job may go without a sign of life from its worker "
              "before another node takes it back", type=float)
+    _setting(parser, "--switch-after-s", "seconds a queued job may be passed over for newer ones of a model a worker "
+             "has loaded (or of a runner hint it ran lately) before it goes first regardless; 0: plain FIFO",
+             type=float)
     _setting(parser, "--devices", "one worker per device, e.g. cuda:0 cuda:1 (default: all GPUs or cpu)", nargs="+")
     _setting(parser, "--max-models", "models kept loaded per device", type=int)
     _setting(parser, "--fetch-allow", "non-public media source or webhook target to permit: CIDR, host or host:port "

@@ -111,6 +111,9 @@ class Settings(BaseSettings):
     """An API node: HTTP only, no workers, no model loading (workers elsewhere pull from the shared store)."""
     lease_seconds: float = 30.0
     """How long a job may run without a sign of life from its worker before another node takes it back."""
+    switch_after_s: float = 300.0
+    """How long a job may be passed over for jobs a worker is better placed for (its loaded model, a runner hint
+    it saw lately) before it goes first regardless: the bound on that preference; 0 turns it off."""
     devices: Items = ()
     """One worker per device; empty means every CUDA device, or the CPU when there is none."""
     max_models: int = 2

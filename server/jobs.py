@@ -84,7 +84,7 @@ class Job:
     start_deadline: float | None = None
     """When a job still queued ends as timed out (``X-Fal-Request-Timeout``)."""
     runner_hint: str | None = None
-    """``X-Fal-Runner-Hint``, kept for a scheduler that routes by it."""
+    """``X-Fal-Runner-Hint``: a worker that ran a job with the same hint lately takes this one first (``claim``)."""
     webhook_attempts: int = 0
     webhook_next_at: float | None = None
     """Failed deliveries so far and when the next one is due, so a restart resumes the back-off where it was."""
@@ -113,7 +113,8 @@ class JobStore(Protocol):
     def get(self, job_id: str) -> Job | None: ...
     def queue_position(self, job: Job) -> int: ...
     def claim(self, *, worker_id: str | None = None, lease_s: float | None = None,
-              models: Collection[str] | None = None) -> Job | None: ...
+              models: Collection[str] | None = None, loaded: Collection[str] = (), hints: Collection[str] = (),
+              switch_after_s: float = 0.0) -> Job | None: ...
     def heartbeat(self, job_id: str, worker_id: str, lease_s: float) -> bool: ...
     def finish(self, job_id: str, *, result: dict[str, Any] | None = None, failure: Failure | None = None,
                cancelled: bool = False, worker_id: str | None = None) -> bool: ...
@@ -131,8 +132,9 @@ class JobStore(Protocol):
     def requeue_expired(self, max_attempts: int) -> list[str]: ...
     def expire_unstarted(self) -> list[str]: ...
     def pending_webhooks(self) -> list[Job]: ...
-    def set_webhook_state(self, job_id: str, state: WebhookState) -> None: ...
-    def webhook_retry(self, job_id: str, attempts: int, next_at: float) -> None: ...
+    def claim_webhook(self, job_id: str, node_id: str, lease_s: float) -> Job | None: ...
+    def set_webhook_state(self, job_id: str, state: WebhookState, *, node_id: str | None = None) -> bool: ...
+    def webhook_retry(self, job_id: str, attempts: int, next_at: float, *, node_id: str, lease_s: float) -> bool: ...
     def unfinished(self) -> list[Job]: ...
     def purge(self, finished_before: float) -> int: ...
     def close(self) -> None: ...
@@ -166,7 +168,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     webhook_attempts INTEGER NOT NULL DEFAULT 0,
     webhook_next_at REAL,
     worker_id TEXT,
-    lease_expires_at REAL
+    lease_expires_at REAL,
+    webhook_owner TEXT,
+    webhook_lease_until REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, seq);
 CREATE TABLE IF NOT EXISTS logs (
@@ -189,10 +193,9 @@ CREATE TABLE IF NOT EXISTS workers (
 _ADDED_COLUMNS = {
     "control_video_url": "TEXT", "owner": "TEXT", "priority": "INTEGER NOT NULL DEFAULT 0", "start_deadline": "REAL",
     "runner_hint": "TEXT", "webhook_attempts": "INTEGER NOT NULL DEFAULT 0", "webhook_next_at": "REAL",
-    "worker_id": "TEXT", "lease_expires_at": "REAL",
+    "worker_id": "TEXT", "lease_expires_at": "REAL", "webhook_owner": "TEXT", "webhook_lease_until": "REAL",
 }
 _PRIORITIES: dict[str, int] = {"normal": 0, "low": 1}
-_QUEUE_ORDER = "priority, seq"  # normal before low, first come first served within each
 
 
 class StoreLockedError(RuntimeError):
@@ -267,26 +270,41 @@ class SqlJobStore(ABC):
         return int(rows[0]["n"])
 
     def claim(self, *, worker_id: str | None = None, lease_s: float | None = None,
-              models: Collection[str] | None = None) -> Job | None:
+              models: Collection[str] | None = None, loaded: Collection[str] = (), hints: Collection[str] = (),
+              switch_after_s: float = 0.0) -> Job | None:
         """Take the next queued job (normal before low, oldest first) and mark it running (one more attempt).
 
         ``worker_id`` and ``lease_s`` tie the job to its worker for ``lease_s`` seconds, renewed by
         :meth:`heartbeat`; without them the job has no lease and only :meth:`recover` takes it back. ``models``
         (when given) limits the claim to jobs for those models, the ones this worker can serve.
+
+        Within a priority, a job this worker is the better place for goes first: one whose runner hint is in
+        ``hints`` (the hints of the jobs it ran lately), then one for a model in ``loaded`` (a 14B model switch
+        costs minutes of loading). The preference is bounded so that no job starves: a job that has waited
+        ``switch_after_s`` or longer is never passed over (the old ones run oldest first), so a preferred job
+        jumps ahead only of jobs younger than that; 0 turns the preference off.
         """
         now = time.time()
         lease = now + lease_s if lease_s is not None else None
         only: tuple[str, ...] = tuple(models) if models is not None else ()
         if models is not None and not only:
             return None
-        for_models = f" AND model IN ({', '.join('?' * len(only))})" if only else ""
+        for_models = f" AND model IN ({_marks(only)})" if only else ""
+        # One CASE ranks the queued jobs: waited too long, hinted here, model loaded here, the rest.
+        hinted, warm = tuple(hints), tuple(loaded)
+        rank = "CASE WHEN created_at <= ? THEN 0"
+        if hinted:
+            rank += f" WHEN runner_hint IN ({_marks(hinted)}) THEN 1"
+        if warm:
+            rank += f" WHEN model IN ({_marks(warm)}) THEN 2"
+        rank += " ELSE 3 END"
         with self._tx() as db:
             row = db.execute(
                 "UPDATE jobs SET status = 'IN_PROGRESS', attempts = attempts + 1, started_at = ?, worker_id = ?,"
                 " lease_expires_at = ? WHERE seq = (SELECT seq FROM jobs WHERE status = 'IN_QUEUE' AND"
-                f" (start_deadline IS NULL OR start_deadline > ?){for_models} ORDER BY {_QUEUE_ORDER} LIMIT 1"
-                f"{self._LOCK_SKIP}) RETURNING *",
-                (now, worker_id, lease, now, *only),
+                f" (start_deadline IS NULL OR start_deadline > ?){for_models} ORDER BY priority, {rank}, seq"
+                f" LIMIT 1{self._LOCK_SKIP}) RETURNING *",
+                (now, worker_id, lease, now, *only, now - switch_after_s, *hinted, *warm),
             ).fetchone()
         return _job(row) if row is not None else None
 
@@ -398,13 +416,15 @@ class SqlJobStore(ABC):
         return [{"id": r["id"], **json.loads(r["info"]), "last_seen": r["last_seen"]} for r in rows]
 
     def recover(self, max_attempts: int) -> list[str]:
-        """After a crash: re-queue the jobs that were running, or fail those that already had ``max_attempts``.
+        """After a crash: re-queue the jobs that were running, or fail those that already had ``max_attempts``,
+        and free the webhook deliveries the last run was making (due at once, or when their back-off ends).
 
         Every running job counts as orphaned, so this is for a store that one process owns (SQLite's lock
         ensures it); where several processes share the database, :meth:`requeue_expired` is the one to call.
         Returns the ids of the jobs it touched.
         """
         with self._tx() as db:
+            db.execute("UPDATE jobs SET webhook_owner = NULL, webhook_lease_until = NULL WHERE webhook_state = 'pending'")
             return self._hand_back(db, "", (), max_attempts, "the server stopped while this job was running")
 
     def requeue_expired(self, max_attempts: int) -> list[str]:
@@ -453,18 +473,45 @@ class SqlJobStore(ABC):
         return expired
 
     def pending_webhooks(self) -> list[Job]:
-        rows = self._query("SELECT * FROM jobs WHERE webhook_state = 'pending' ORDER BY seq")
+        """The webhooks still to deliver that no node is delivering: never claimed, or the claim ran out (the node
+        that held it died or lost the database)."""
+        rows = self._query("SELECT * FROM jobs WHERE webhook_state = 'pending' AND (webhook_lease_until IS NULL OR"
+                           " webhook_lease_until < ?) ORDER BY seq", (time.time(),))
         return [_job(r) for r in rows]
 
-    def set_webhook_state(self, job_id: str, state: WebhookState) -> None:
+    def claim_webhook(self, job_id: str, node_id: str, lease_s: float) -> Job | None:
+        """Take the delivery of ``job_id``'s webhook for node ``node_id``, or renew the claim it holds: until
+        ``lease_s`` seconds past its next attempt (now, or the back-off's ``webhook_next_at``). Only one node holds
+        a delivery at a time, so two nodes never deliver a webhook at once; a claim that ran out may be taken by
+        any node. Returns the job, or None when the webhook is not pending or another node holds it."""
+        now = time.time()
         with self._tx() as db:
-            db.execute("UPDATE jobs SET webhook_state = ? WHERE id = ?", (state, job_id))
+            row = db.execute(
+                "UPDATE jobs SET webhook_owner = ?, webhook_lease_until = (CASE WHEN webhook_next_at > ? THEN"
+                " webhook_next_at ELSE ? END) + ? WHERE id = ? AND webhook_state = 'pending' AND"
+                " (webhook_owner IS NULL OR webhook_owner = ? OR webhook_lease_until < ?) RETURNING *",
+                (node_id, now, now, lease_s, job_id, node_id, now),
+            ).fetchone()
+        return _job(row) if row is not None else None
 
-    def webhook_retry(self, job_id: str, attempts: int, next_at: float) -> None:
-        """Record a failed delivery: ``attempts`` so far, the next one due at ``next_at``."""
+    def set_webhook_state(self, job_id: str, state: WebhookState, *, node_id: str | None = None) -> bool:
+        """Record a delivery's end, releasing its claim; with ``node_id`` only while that node holds it (a node
+        whose claim was taken over records nothing). Returns whether it was recorded."""
+        owned = " AND webhook_owner = ?" if node_id is not None else ""
         with self._tx() as db:
-            db.execute("UPDATE jobs SET webhook_attempts = ?, webhook_next_at = ? WHERE id = ?",
-                       (attempts, next_at, job_id))
+            return db.execute(
+                f"UPDATE jobs SET webhook_state = ?, webhook_owner = NULL, webhook_lease_until = NULL WHERE id = ?{owned}",
+                (state, job_id, node_id) if node_id is not None else (state, job_id),
+            ).rowcount == 1
+
+    def webhook_retry(self, job_id: str, attempts: int, next_at: float, *, node_id: str, lease_s: float) -> bool:
+        """Record a failed delivery: ``attempts`` so far, the next one due at ``next_at``, which node ``node_id``
+        keeps its claim for (until ``lease_s`` past it). Returns False when the node no longer holds the delivery."""
+        with self._tx() as db:
+            return db.execute(
+                "UPDATE jobs SET webhook_attempts = ?, webhook_next_at = ?, webhook_lease_until = ? WHERE id = ? AND"
+                " webhook_owner = ?", (attempts, next_at, next_at + lease_s, job_id, node_id),
+            ).rowcount == 1
 
     def unfinished(self) -> list[Job]:
         """Queued and running jobs, oldest first."""
@@ -549,6 +596,11 @@ def _insert_log(db: Connection, job_id: str, message: str, level: str) -> None:
         "INSERT INTO logs (job_id, timestamp, level, message) VALUES (?, ?, ?, ?)",
         (job_id, time.time(), level, message),
     )
+
+
+def _marks(values: Sequence[Any]) -> str:
+    """The ``?, ?, ...`` of an ``IN (...)`` list of ``values`` (never empty: PostgreSQL refuses ``IN ()``)."""
+    return ", ".join("?" * len(values))
 
 
 def _dumps(value: Any) -> str | None:

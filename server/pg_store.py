@@ -125,6 +125,15 @@ _MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE workers (id TEXT PRIMARY KEY, info JSONB NOT NULL, last_seen DOUBLE PRECISION NOT NULL);
     """,
+    # 5: the fleet's secrets (server/node_secrets.py), one row per name, written once by the first node.
+    """
+    CREATE TABLE secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL);
+    REVOKE ALL ON secrets FROM PUBLIC;
+    """,
+    # 6: webhook delivery claims, so any node resumes a dead node's deliveries and no two nodes deliver one at once.
+    """
+    ALTER TABLE jobs ADD COLUMN webhook_owner TEXT, ADD COLUMN webhook_lease_until DOUBLE PRECISION;
+    """,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -201,6 +210,15 @@ class PostgresJobStore(SqlJobStore):
     def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[Mapping[str, Any]]:
         with self._pool.connection() as conn:
             return _QmarkConnection(conn).execute(sql, args).fetchall()
+
+    def shared_secret(self, name: str, candidate: str) -> str:
+        """The fleet's secret ``name``: the one already stored, else ``candidate``, stored now. Nodes that start
+        together race on the insert; ``ON CONFLICT DO NOTHING`` lets exactly one win and every node reads the
+        winner's (the insert waits for a competing one to commit, and the read that follows sees it)."""
+        with self._tx() as db:
+            db.execute("INSERT INTO secrets (name, value, created_at) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING",
+                       (name, candidate, time.time()))
+            return str(db.execute("SELECT value FROM secrets WHERE name = ?", (name,)).fetchone()["value"])
 
     def notify(self, channel: str, payload: str = "") -> None:
         """Send a notification on ``channel`` to every listening process (e.g. a worker announcing itself); the

@@ -10,7 +10,8 @@ so every route also answers with one.
 fal-client's queue headers are honoured: ``X-Fal-Queue-Priority: low|normal`` (low jobs run after every queued
 normal one), ``X-Fal-Request-Timeout: S`` (a job not started within S seconds ends with fal's 504
 ``request_timeout`` and ``X-Fal-Request-Timeout-Type: user``, on the queue and the sync route alike) and
-``X-Fal-Runner-Hint`` (kept with the job and shown in its logs). Status, stream and result reads run off the event
+``X-Fal-Runner-Hint`` (shown in the job's logs; a worker that ran a job with the same hint lately takes it first,
+see ``JobStore.claim``). Status, stream and result reads run off the event
 loop (store reads are blocking SQLite calls).
 """
 

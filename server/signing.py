@@ -6,7 +6,8 @@ timestamp (seconds) and the hex SHA-256 of the raw body; the signature goes in `
 the other three in ``X-Fal-Webhook-Request-Id``, ``X-Fal-Webhook-User-Id`` and ``X-Fal-Webhook-Timestamp``;
 receivers fetch the public keys as a JWKS document (``kty: OKP``, ``crv: Ed25519``, ``x`` base64url) and refuse
 timestamps more than five minutes off. Ours: the key pair is made on first start and kept (owner-only) in the data
-directory; the public key is served at ``/.well-known/jwks.json``. The user id is a keyed hash of the submitting
+directory, or in a fleet's shared store (``server/node_secrets.py``); the public key is served at
+``/.well-known/jwks.json``. The user id is a keyed hash of the submitting
 API key's id: stable per key, and no clue to the key itself.
 """
 
@@ -15,9 +16,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import os
 import time
-from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
@@ -32,25 +31,20 @@ def signed_message(request_id: str, user_id: str, timestamp: str, body: bytes) -
     return "\n".join([request_id, user_id, timestamp, hashlib.sha256(body).hexdigest()]).encode()
 
 
-def _load_or_create(path: Path) -> Ed25519PrivateKey:
-    if not path.is_file():
-        key = Ed25519PrivateKey.generate()
-        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write(pem)
-    loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    if not isinstance(loaded, Ed25519PrivateKey):
-        raise ValueError(f"{path} is not an ED25519 private key")
-    return loaded
+def new_signing_key() -> bytes:
+    """A new ED25519 private key, as unencrypted PKCS#8 PEM (what ``WebhookSigner`` takes)."""
+    return Ed25519PrivateKey.generate().private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                      serialization.NoEncryption())
 
 
 class WebhookSigner:
     """The server's webhook key pair: signs deliveries and publishes the public half."""
 
-    def __init__(self, key_path: Path, secret: bytes) -> None:
-        self._key = _load_or_create(key_path)
+    def __init__(self, key_pem: bytes, secret: bytes) -> None:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ValueError("the webhook signing key is not an ED25519 private key")
+        self._key = key
         self._secret = secret
         self._public = self._key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         self.kid = hashlib.sha256(self._public).hexdigest()[:16]

@@ -8,6 +8,13 @@ policy, 10 retries over about two hours with a doubling back-off (7 s, 14 s, ...
 is written to the store with the time of the next attempt, so a restart resumes the back-off where it was. A
 delivery that finally fails leaves a log line on the job and counts in ``vace_webhook_deliveries_total``.
 
+A node delivers a webhook only while it holds the delivery's claim in the store (``JobStore.claim_webhook``): taken
+before the first attempt, renewed before each one, and held through the back-off until ``lease_s`` plus one
+attempt's ``timeout_s`` past the next attempt. So two nodes never deliver a webhook at once, and when the node
+holding one dies (or loses the database), any live node takes the delivery over once the claim runs out: every node
+looks for unclaimed or expired deliveries on start and then every ``lease_s / 3``. An attempt is cut off after
+``timeout_s`` in all (address check, connect, send, answer), so it always ends within the claim it started under.
+
 Deliveries run on the event loop (never on a worker: a slow receiver must not hold a GPU).
 """
 
@@ -16,6 +23,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import secrets
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -58,26 +68,44 @@ class Webhooks:
     """Schedules deliveries from any thread; runs them on the loop it was started on."""
 
     def __init__(self, store: JobStore, signer: WebhookSigner, ctx: JobContext, *, attempts: int, backoff_s: float,
-                 timeout_s: float, on_outcome: Callable[[str], None]) -> None:
+                 timeout_s: float, lease_s: float, on_outcome: Callable[[str], None]) -> None:
         self.store = store
         self.signer = signer
         self.ctx = ctx
         self.attempts = attempts
         self.backoff_s = backoff_s
         self.timeout_s = timeout_s
+        self.lease_s = lease_s
         self.on_outcome = on_outcome
+        self.node_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        """Names this node on the deliveries it claims; unique across processes and machines."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: httpx.AsyncClient | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._delivering: set[str] = set()
+
+    @property
+    def claim_s(self) -> float:
+        """How long a claim lasts past the next attempt: that attempt, then ``lease_s`` to record its outcome."""
+        return self.timeout_s + self.lease_s
 
     async def start(self) -> None:
-        """Start on the running loop and resume the deliveries a restart interrupted (with a store of its own:
-        in a shared store the pending deliveries may be another live node's)."""
+        """Start on the running loop and take up the deliveries that no node is making: those a restart (or, in a
+        fleet, another node's death) interrupted, now and every ``lease_s / 3``."""
         self._loop = asyncio.get_running_loop()
         self._client = httpx.AsyncClient(timeout=self.timeout_s, follow_redirects=False, trust_env=False)
-        if not self.store.shared:
-            for job in await asyncio.to_thread(self.store.pending_webhooks):
-                self._spawn(job.id)
+        sweep = asyncio.ensure_future(self._sweep())
+        self._tasks.add(sweep)
+        sweep.add_done_callback(self._tasks.discard)
+
+    async def _sweep(self) -> None:
+        while True:
+            try:
+                for job in await asyncio.to_thread(self.store.pending_webhooks):
+                    self._spawn(job.id)
+            except Exception:
+                log.warning("looking for webhooks to deliver failed; retrying", exc_info=True)
+            await asyncio.sleep(self.lease_s / 3)
 
     async def stop(self) -> None:
         for task in list(self._tasks):
@@ -96,41 +124,61 @@ class Webhooks:
             pass
 
     def _spawn(self, job_id: str) -> None:
+        """Deliver ``job_id``'s webhook on this loop, unless this node is delivering it already."""
+        if job_id in self._delivering:
+            return
+        self._delivering.add(job_id)
         task = asyncio.ensure_future(self._deliver(job_id))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda _task: self._delivering.discard(job_id))
 
     def delay_after(self, attempt: int) -> float:
         """Seconds between failed attempt ``attempt`` (1-based) and the next."""
         return self.backoff_s * 2 ** (attempt - 1)
 
     async def _deliver(self, job_id: str) -> None:
-        job = await asyncio.to_thread(self.store.get, job_id)
-        if job is None or job.webhook_url is None or job.status != "COMPLETED":
+        claimed = await asyncio.to_thread(self.store.claim_webhook, job_id, self.node_id, self.claim_s)
+        if claimed is None or claimed.webhook_url is None:  # delivered already, or another node is delivering it
             return
+        job: Job = claimed
         body = json.dumps(webhook_body(job)).encode()
         for attempt in range(job.webhook_attempts + 1, self.attempts + 1):
             if job.webhook_next_at is not None and attempt == job.webhook_attempts + 1:
-                await asyncio.sleep(max(0.0, job.webhook_next_at - time.time()))  # resumed after a restart
+                await asyncio.sleep(max(0.0, job.webhook_next_at - time.time()))  # resumed mid back-off
+            # Renewed before each attempt, so the attempt ends within the claim.
+            if await asyncio.to_thread(self.store.claim_webhook, job_id, self.node_id, self.claim_s) is None:
+                log.warning("webhook for %s was taken over by another node; leaving it to that one", job_id)
+                return
             reason = await self._attempt(job, body)
             if reason is None:
-                await asyncio.to_thread(self.store.set_webhook_state, job_id, "delivered")
-                self.on_outcome("delivered")
+                if await asyncio.to_thread(self.store.set_webhook_state, job_id, "delivered", node_id=self.node_id):
+                    self.on_outcome("delivered")
                 return
             log.warning("webhook for %s, attempt %d/%d failed: %s", job_id, attempt, self.attempts, reason)
             if attempt == self.attempts:
                 break
             self.on_outcome("retried")
             delay = self.delay_after(attempt)
-            await asyncio.to_thread(self.store.webhook_retry, job_id, attempt, time.time() + delay)
+            if not await asyncio.to_thread(self.store.webhook_retry, job_id, attempt, time.time() + delay,
+                                           node_id=self.node_id, lease_s=self.claim_s):
+                return
             await asyncio.sleep(delay)
-        await asyncio.to_thread(self.store.set_webhook_state, job_id, "failed")
-        await asyncio.to_thread(self.store.log, job_id, f"webhook delivery to {job.webhook_url} failed after "
-                                f"{self.attempts} attempts", "ERROR")
-        self.on_outcome("failed")
+        if await asyncio.to_thread(self.store.set_webhook_state, job_id, "failed", node_id=self.node_id):
+            await asyncio.to_thread(self.store.log, job_id, f"webhook delivery to {job.webhook_url} failed after "
+                                    f"{self.attempts} attempts", "ERROR")
+            self.on_outcome("failed")
 
     async def _attempt(self, job: Job, body: bytes) -> str | None:
-        """One signed POST to the vetted address; None when delivered, else why not."""
+        """One signed POST to the vetted address, cut off after ``timeout_s`` in all; None when delivered, else
+        why not."""
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                return await self._post(job, body)
+        except TimeoutError:
+            return f"no answer within {self.timeout_s:g} s"
+
+    async def _post(self, job: Job, body: bytes) -> str | None:
         assert self._client is not None and job.webhook_url is not None
         try:
             vetted = await asyncio.to_thread(vetted_address, job.webhook_url, WEBHOOK_FIELD, self.ctx)

@@ -11,6 +11,7 @@ run.
 from __future__ import annotations
 
 import base64
+import contextlib
 import gc
 import logging
 import os
@@ -19,6 +20,7 @@ import shutil
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,7 @@ log = logging.getLogger(__name__)
 
 IDLE_POLL_S = 1.0
 RECORD_RETRY_S = 2.0
+RECENT_HINTS = 32  # runner hints a worker remembers to route later jobs with the same hint to itself
 EXPIRY_POLL_S = 0.5  # how often queued jobs are checked against their start timeout
 
 
@@ -66,11 +69,14 @@ class WorkerPool:
         max_attempts: int = 2,
         local: bool = True,
         models: tuple[str, ...] = (),
+        switch_after_s: float = 0.0,
     ) -> None:
         self.store = store
         self.local = local
         """Whether this process runs jobs (False on an API node: workers elsewhere pull from the shared store)."""
         self.model_filter = models
+        self.switch_after_s = switch_after_s
+        """The bound on preferring jobs a worker is better placed for (``JobStore.claim``)."""
         self.ctx = ctx
         self.lease_s = lease_s
         self.max_attempts = max_attempts
@@ -149,6 +155,9 @@ class Worker(threading.Thread):
         """Names this worker on the job it runs (its lease); unique across processes and machines."""
         self.current: str | None = None
         self.lost = threading.Event()
+        self.hints: deque[str] = deque(maxlen=RECENT_HINTS)
+        """The runner hints of the jobs this worker ran lately, newest last: later jobs with one of them come here
+        first (fal's ``X-Fal-Runner-Hint``: the same runner as the earlier requests with that hint)."""
 
     def describe(self) -> dict[str, Any]:
         """What the fleet view shows of this worker."""
@@ -167,21 +176,36 @@ class Worker(threading.Thread):
 
     def run(self) -> None:
         while not self.pool.stopping.is_set():
-            servable = [model for model in MODELS if self.models.is_present(model)
-                        and (not self.pool.model_filter or model in self.pool.model_filter)]
-            job = self.pool.store.claim(worker_id=self.id, lease_s=self.pool.lease_s, models=servable)
+            job = self._claim()
             if job is None:
                 self.wake.wait(IDLE_POLL_S)
                 self.wake.clear()
                 continue
             self.current = job.id
             self.lost.clear()
+            if job.runner_hint is not None:  # remembered as the newest
+                with contextlib.suppress(ValueError):
+                    self.hints.remove(job.runner_hint)
+                self.hints.append(job.runner_hint)
             try:
                 self._run(job)
             except Exception:  # the store itself failed; keep the worker alive for the next job
                 log.exception("worker error on job %s", job.id)
             finally:
                 self.current = None
+
+    def _claim(self) -> Job | None:
+        """The next job this worker should run (see ``JobStore.claim`` for the order), or None: none is queued, or
+        the store cannot be reached right now (a database restarting), which the idle wait then rides out."""
+        servable = [model for model in MODELS if self.models.is_present(model)
+                    and (not self.pool.model_filter or model in self.pool.model_filter)]
+        try:
+            return self.pool.store.claim(worker_id=self.id, lease_s=self.pool.lease_s, models=servable,
+                                         loaded=self.models.loaded(), hints=self.hints,
+                                         switch_after_s=self.pool.switch_after_s)
+        except Exception as exc:
+            log.warning("%s could not claim a job: %s; retrying", self.id, str(exc).strip())
+            return None
 
     def _log(self, job_id: str, message: str, level: str = "INFO") -> None:
         """Store a log line for the status routes; a line the store cannot take (a full disk) is not worth
@@ -208,10 +232,21 @@ class Worker(threading.Thread):
             last_step[0] = now
             self._log(job.id, f"step {i}/{total}")
 
+        def cancelled() -> bool:
+            if self.pool.stopping.is_set() or self.lost.is_set():
+                return True
+            try:
+                return store.cancel_requested(job.id)
+            except Exception as exc:
+                # The store is away (a database restarting): the job goes on, and its lease says whether it still
+                # belongs to this worker once the store is back.
+                log.warning("job %s: could not check for a cancel: %s", job.id, str(exc).strip())
+                return False
+
         hooks = JobHooks(
             log=lambda message: self._log(job.id, message),
             step=on_step,
-            cancelled=lambda: self.pool.stopping.is_set() or self.lost.is_set() or store.cancel_requested(job.id),
+            cancelled=cancelled,
         )
         outcome, result, failure, ending = "error", None, None, ""
         try:

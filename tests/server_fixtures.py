@@ -6,6 +6,9 @@ Import the fixtures you use into a test module (``from server_fixtures import ..
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import os
 import signal
 import socket
@@ -15,12 +18,15 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import uvicorn
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from server.app import create_app
 from server.config import Settings
@@ -178,3 +184,60 @@ class ThreadServer:
     def __exit__(self, *_exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(60)
+
+
+class Receiver:
+    """A loopback webhook endpoint: records every delivery (headers and raw body) and answers from ``plan``
+    (status codes in order, then 200); ``/redirect`` answers 302 to ``redirect_to``."""
+
+    def __init__(self) -> None:
+        self.deliveries: list[tuple[dict[str, str], bytes]] = []
+        self.plan: list[int] = []
+        self.redirect_to = ""
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["content-length"]))
+                receiver.deliveries.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                if self.path == "/redirect":
+                    self.send_response(302)
+                    self.send_header("location", receiver.redirect_to)
+                else:
+                    self.send_response(receiver.plan.pop(0) if receiver.plan else 200)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *_args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.port = self.httpd.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}/hook"
+
+    def for_job(self, request_id: str) -> list[tuple[dict[str, str], bytes]]:
+        return [(h, b) for h, b in self.deliveries if json.loads(b)["request_id"] == request_id]
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def verify_like_fals_docs(headers: dict[str, str], body: bytes, jwks: dict[str, Any], now: float | None = None) -> bool:
+    """fal's documented receiver check: timestamp within 5 minutes, then ED25519 over
+    ``request_id \\n user_id \\n timestamp \\n sha256_hex(body)`` with any key of the JWKS."""
+    timestamp = headers["x-fal-webhook-timestamp"]
+    if abs((time.time() if now is None else now) - int(timestamp)) > 300:
+        return False
+    message = "\n".join([headers["x-fal-webhook-request-id"], headers["x-fal-webhook-user-id"], timestamp,
+                         hashlib.sha256(body).hexdigest()]).encode()
+    for key in jwks["keys"]:
+        x = key["x"] + "=" * (-len(key["x"]) % 4)
+        try:
+            Ed25519PublicKey.from_public_bytes(base64.urlsafe_b64decode(x)).verify(
+                bytes.fromhex(headers["x-fal-webhook-signature"]), message)
+            return True
+        except (InvalidSignature, ValueError):
+            continue
+    return False

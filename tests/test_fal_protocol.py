@@ -10,20 +10,24 @@ request id, user id, timestamp and the body's SHA-256), written here from those 
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from server_fixtures import SMALL_JOB, ThreadServer, control_videos, free_port, server_weights, wait_until  # noqa: F401
+from server_fixtures import (  # noqa: F401
+    SMALL_JOB,
+    Receiver,
+    ThreadServer,
+    control_videos,
+    free_port,
+    server_weights,
+    verify_like_fals_docs,
+    wait_until,
+)
 
 from server.config import Settings
 from server.falclient import use_server
@@ -34,63 +38,6 @@ APP = "fal-ai/wan-vace-14b"
 POSE = f"{APP}/pose"
 ORIGIN = "https://studio.example"
 LEVELS = {"STDERR", "STDOUT", "ERROR", "INFO", "WARN", "DEBUG"}
-
-
-class Receiver:
-    """A loopback webhook endpoint: records every delivery (headers and raw body) and answers from ``plan``
-    (status codes in order, then 200); ``/redirect`` answers 302 to ``redirect_to``."""
-
-    def __init__(self) -> None:
-        self.deliveries: list[tuple[dict[str, str], bytes]] = []
-        self.plan: list[int] = []
-        self.redirect_to = ""
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["content-length"]))
-                receiver.deliveries.append(({k.lower(): v for k, v in self.headers.items()}, body))
-                if self.path == "/redirect":
-                    self.send_response(302)
-                    self.send_header("location", receiver.redirect_to)
-                else:
-                    self.send_response(receiver.plan.pop(0) if receiver.plan else 200)
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            def log_message(self, *_args: object) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        self.port = self.httpd.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}/hook"
-
-    def for_job(self, request_id: str) -> list[tuple[dict[str, str], bytes]]:
-        return [(h, b) for h, b in self.deliveries if json.loads(b)["request_id"] == request_id]
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-def verify_like_fals_docs(headers: dict[str, str], body: bytes, jwks: dict[str, Any], now: float | None = None) -> bool:
-    """fal's documented receiver check: timestamp within 5 minutes, then ED25519 over
-    ``request_id \\n user_id \\n timestamp \\n sha256_hex(body)`` with any key of the JWKS."""
-    timestamp = headers["x-fal-webhook-timestamp"]
-    if abs((time.time() if now is None else now) - int(timestamp)) > 300:
-        return False
-    message = "\n".join([headers["x-fal-webhook-request-id"], headers["x-fal-webhook-user-id"], timestamp,
-                         hashlib.sha256(body).hexdigest()]).encode()
-    for key in jwks["keys"]:
-        x = key["x"] + "=" * (-len(key["x"]) % 4)
-        try:
-            Ed25519PublicKey.from_public_bytes(base64.urlsafe_b64decode(x)).verify(
-                bytes.fromhex(headers["x-fal-webhook-signature"]), message)
-            return True
-        except (InvalidSignature, ValueError):
-            continue
-    return False
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,8 @@
 
 The real fal-client submits to node A and reads status and results through node B; a worker killed with SIGKILL in
 the middle of a job loses nothing: the other worker takes the job over when its lease runs out and completes it,
-exactly once; a cancel sent to node B stops a job running in a worker process at its next step.
+exactly once; a cancel sent to node B stops a job running in a worker process at its next step; PostgreSQL restarted
+with jobs queued and running loses nothing either: every node reconnects and every job completes exactly once.
 """
 
 from __future__ import annotations
@@ -146,3 +147,40 @@ def test_a_killed_worker_loses_nothing_and_a_cancel_reaches_a_worker(fleet: Any,
     steps = [int(m.split()[1].split("/")[0]) for m in messages(ended) if m.startswith("step ")]
     assert ended["error_type"] == "client_cancelled" and max(steps) < 50
     assert survivor.proc.poll() is None
+
+
+def test_a_postgresql_restart_under_load_loses_nothing(fleet: Any, pg_cluster: Any,  # noqa: F811
+                                                       control_videos: dict[str, Path]) -> None:  # noqa: F811
+    node_a, node_b, workers = fleet
+    alive = [w for w in workers if w.proc.poll() is None]  # an earlier test may have killed one
+    video = "data:video/mp4;base64," + base64.b64encode(control_videos["pose"].read_bytes()).decode()
+    job = {"prompt": "x", "video_url": video, **SMALL_JOB, "num_inference_steps": 4}
+    ids = [httpx.post(f"{node_a.url}/queue/{POSE}", json=job, timeout=30).json()["request_id"] for _ in range(3)]
+    wait_until(lambda: any(m.startswith("step 2/") for i in ids for m in messages(status(node_b, i))), 120,
+               "a job running")
+    pg_cluster.restart()  # every connection of both API nodes and both workers drops, mid-job and with jobs queued
+
+    def ended(request_id: str) -> dict[str, Any] | None:
+        try:  # an API node answers again once its pool has reconnected
+            body = status(node_b, request_id)
+        except (httpx.HTTPError, ValueError):
+            return None
+        return body if body.get("status") == "COMPLETED" else None
+
+    # A job submitted after the restart runs too: the API node and the workers' wake-ups reconnected.
+    ids.append(wait_until(lambda: _submit(node_a, job), 60, "a submission after the restart"))
+    done = [wait_until(lambda i=i: ended(i), 300, f"job {i} to end") for i in ids]
+    for body in done:
+        assert body.get("error_type") is None, messages(body)
+        assert sum(m.startswith("completed in") for m in messages(body)) == 1
+    assert all(httpx.get(f"{node_a.url}{REQUESTS}/{i}", timeout=30).status_code == 200 for i in ids)
+    assert all(w.proc.poll() is None for w in alive)
+
+
+def _submit(node: ThreadServer, job: dict[str, Any]) -> str | None:
+    """The request id of ``job`` submitted to ``node``, or None while the node cannot take it."""
+    try:
+        answer = httpx.post(f"{node.url}/queue/{POSE}", json=job, timeout=30)
+    except httpx.HTTPError:
+        return None
+    return answer.json()["request_id"] if answer.status_code == 200 else None

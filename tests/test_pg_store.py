@@ -1,11 +1,13 @@
 """What only the shared PostgreSQL store has to get right: concurrent claims from several processes (SKIP LOCKED),
-schema migrations, LISTEN/NOTIFY wake-ups, and a database restart under a running store.
+schema migrations, LISTEN/NOTIFY wake-ups, a database restart under a running store, and webhook deliveries taken
+over from a node that died.
 
 The store's protocol itself (both stores) is tested in test_server_store.py.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import queue
 import subprocess
@@ -17,6 +19,7 @@ import psycopg
 import pytest
 
 from pg_fixtures import PostgresCluster
+from pipelines.context import JobContext
 from server.jobs import Job
 from server.pg_store import (
     JOB_CHANNEL,
@@ -26,7 +29,9 @@ from server.pg_store import (
     StoreUnavailableError,
     migrate,
 )
-from server_fixtures import REPO, free_port
+from server.signing import WebhookSigner, new_signing_key
+from server.webhooks import Webhooks
+from server_fixtures import REPO, Receiver, free_port, verify_like_fals_docs
 
 # One claiming process: opens the store, says it is ready, waits for "go" on stdin, then claims with 4 threads until
 # the queue is empty (each "run" a few ms, so the processes' claims interleave) and prints what each claim returned.
@@ -235,3 +240,51 @@ def test_store_and_listener_carry_on_after_a_database_restart(pg_cluster: Postgr
     store.notify("vace_test", "end")
     assert (QUEUE_CHANNEL, after.id) in notes.until(("vace_test", "end"))
     store.close()
+
+
+def test_a_live_node_resumes_a_dead_nodes_webhook_once(pg_url: str) -> None:
+    """Two nodes with their own stores on one database both try to deliver a webhook: one delivers (its first
+    attempt fails), the other keeps off; the first dies in its back-off; the other resumes once the claim runs out,
+    and the receiver gets the delivery once more, not twice."""
+    receiver = Receiver()
+    receiver.plan = [503]
+    stores = [PostgresJobStore(pg_url) for _ in range(2)]
+    job = stores[0].add(app="fal-ai/wan-vace-14b", task="pose", model="wan-vace-14b", input={"prompt": "x"},
+                        base_url="http://h", webhook_url=receiver.url)
+    stores[0].claim()
+    stores[0].finish(job.id, result={"seed": 1})
+    signer = WebhookSigner(new_signing_key(), b"fleet secret")  # one fleet: the same key on both (node_secrets)
+    outcomes: list[str] = []
+    nodes = [Webhooks(store, signer, JobContext(fetch_allow=(f"127.0.0.1:{receiver.port}",)), attempts=3,
+                      backoff_s=1.0, timeout_s=1.0, lease_s=0.6, on_outcome=outcomes.append) for store in stores]
+
+    async def scenario() -> float:
+        for node in nodes:
+            await node.start()
+            node.schedule(job.id)  # both nodes learn of the job's end at once
+        while stores[0].get(job.id).webhook_attempts == 0:  # type: ignore[union-attr]
+            await asyncio.sleep(0.05)
+        with psycopg.connect(pg_url) as conn:
+            owner, lease_until = conn.execute("SELECT webhook_owner, webhook_lease_until FROM jobs").fetchone()
+        first = next(node for node in nodes if node.node_id == owner)
+        await first.stop()  # it dies in its back-off, holding the claim
+        survivor = next(node for node in nodes if node is not first)
+        while len(receiver.for_job(job.id)) < 2:
+            await asyncio.sleep(0.05)
+            assert time.time() < lease_until + 30, "the survivor did not take the delivery over"
+        await asyncio.sleep(1.5)  # two sweeps: no other delivery follows
+        await survivor.stop()
+        return lease_until
+
+    try:
+        lease_until = asyncio.run(scenario())
+        deliveries = receiver.for_job(job.id)
+        assert len(deliveries) == 2 and outcomes == ["retried", "delivered"]
+        headers, body = deliveries[1]
+        assert verify_like_fals_docs(headers, body, signer.jwks())
+        assert float(headers["x-fal-webhook-timestamp"]) >= int(lease_until)  # not before the dead node's claim ran out
+        assert stores[1].pending_webhooks() == [] and stores[1].claim_webhook(job.id, "anyone", 30) is None
+    finally:
+        receiver.close()
+        for store in stores:
+            store.close()

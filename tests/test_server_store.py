@@ -179,7 +179,8 @@ def test_webhook_state_retries_and_retention(store: SqlJobStore) -> None:
         store.finish(job.id, result={"seed": 1})
     store.claim()
     assert [j.id for j in store.pending_webhooks()] == [hooked.id]
-    store.webhook_retry(hooked.id, 3, 1234.5)
+    assert store.claim_webhook(hooked.id, "node-1", 30) is not None
+    assert store.webhook_retry(hooked.id, 3, 1234.5, node_id="node-1", lease_s=30)
     again = store.get(hooked.id)
     assert (again.webhook_attempts, again.webhook_next_at) == (3, 1234.5)  # type: ignore[union-attr]
     assert [j.id for j in store.unfinished()] == [running.id]
@@ -300,3 +301,80 @@ def test_workers_signs_of_life(store: SqlJobStore) -> None:
     live = store.live_workers(time.time() - 60)
     assert [w["id"] for w in live] == ["node-1:10:cpu:aa", "node-2:20:cpu:bb"] and live[0]["current_job"] == "j"
     assert store.live_workers(time.time() + 1) == []  # nobody seen since a moment in the future
+
+
+def add_for(store: SqlJobStore, model: str, **options: object) -> Job:
+    return store.add(app="fal-ai/x", task="pose", model=model, input={"prompt": "x"}, base_url="http://h",
+                     webhook_url=None, **options)  # type: ignore[arg-type]
+
+
+def test_a_worker_prefers_its_loaded_model_but_not_past_the_bound(store: SqlJobStore) -> None:
+    older_b = add_for(store, "model-b")
+    time.sleep(0.3)
+    newer_a, newest_a = add_for(store, "model-a"), add_for(store, "model-a")
+    assert store.claim(loaded=["model-a"], switch_after_s=60).id == newer_a.id  # type: ignore[union-attr]
+    # The B job has now waited longer than the bound: it goes first even though an A job is queued.
+    assert store.claim(loaded=["model-a"], switch_after_s=0.2).id == older_b.id  # type: ignore[union-attr]
+    assert store.claim(loaded=["model-a"], switch_after_s=60).id == newest_a.id  # type: ignore[union-attr]
+
+
+def test_without_a_preference_the_claim_stays_fifo(store: SqlJobStore) -> None:
+    older_b, newer_a = add_for(store, "model-b"), add_for(store, "model-a")
+    assert store.claim(loaded=["model-a"], switch_after_s=0).id == older_b.id  # type: ignore[union-attr]
+    assert store.claim(loaded=["model-c"], switch_after_s=60).id == newer_a.id  # type: ignore[union-attr]
+
+
+def test_a_runner_hint_routes_to_the_worker_that_saw_it(store: SqlJobStore) -> None:
+    plain_a = add_for(store, "model-a")
+    other_hint = add_for(store, "model-b", runner_hint="session-2")
+    hinted_b = add_for(store, "model-b", runner_hint="session-1")
+    # A hint this worker saw beats both age and its loaded model (within the bound)...
+    claimed = store.claim(loaded=["model-a"], hints=["session-1"], switch_after_s=60)
+    assert claimed.id == hinted_b.id  # type: ignore[union-attr]
+    # ...and a hint it did not see is no reason to take a job first.
+    assert store.claim(hints=["session-1"], switch_after_s=60).id == plain_a.id  # type: ignore[union-attr]
+    assert store.claim(hints=["session-1"], switch_after_s=60).id == other_hint.id  # type: ignore[union-attr]
+
+
+def test_priority_comes_before_any_preference(store: SqlJobStore) -> None:
+    low_a = add_for(store, "model-a", priority="low", runner_hint="h")
+    normal_b = add_for(store, "model-b")
+    assert store.claim(loaded=["model-a"], hints=["h"], switch_after_s=60).id == normal_b.id  # type: ignore[union-attr]
+    assert store.claim(loaded=["model-a"], hints=["h"], switch_after_s=60).id == low_a.id  # type: ignore[union-attr]
+
+
+def test_one_node_at_a_time_holds_a_webhook_delivery(store: SqlJobStore) -> None:
+    job = add(store, webhook="http://hook")
+    assert store.claim_webhook(job.id, "node-1", 30) is None  # nothing to deliver while it runs
+    store.claim()
+    store.finish(job.id, result={"seed": 1})
+    assert store.claim_webhook(job.id, "node-1", 0.2).id == job.id  # type: ignore[union-attr]
+    assert store.claim_webhook(job.id, "node-2", 30) is None and store.pending_webhooks() == []
+    assert store.claim_webhook(job.id, "node-1", 0.2) is not None  # renewed by its holder
+    assert store.webhook_retry(job.id, 1, time.time() + 0.2, node_id="node-1", lease_s=0.1)
+    time.sleep(0.1)
+    assert store.claim_webhook(job.id, "node-2", 30) is None  # held through the back-off, and past it
+    time.sleep(0.3)  # node-1 died: its claim runs out
+    assert [j.id for j in store.pending_webhooks()] == [job.id]
+    taken = store.claim_webhook(job.id, "node-2", 30)
+    assert taken is not None and taken.webhook_attempts == 1  # the back-off goes on where node-1 left it
+    # node-1 comes back: it can neither record a retry nor an outcome, nor take the delivery back.
+    assert not store.webhook_retry(job.id, 2, time.time(), node_id="node-1", lease_s=30)
+    assert not store.set_webhook_state(job.id, "delivered", node_id="node-1")
+    assert store.claim_webhook(job.id, "node-1", 30) is None
+    assert store.set_webhook_state(job.id, "delivered", node_id="node-2")
+    assert store.claim_webhook(job.id, "node-2", 30) is None and store.pending_webhooks() == []
+
+
+def test_recovery_frees_the_deliveries_of_the_last_run(open_store: OpenStore) -> None:
+    store = open_store()
+    job = add(store, webhook="http://hook")
+    store.claim()
+    store.finish(job.id, result={"seed": 1})
+    assert store.claim_webhook(job.id, "last-run", 3600) is not None
+    store.close()
+    store = open_store()
+    assert store.pending_webhooks() == []
+    store.recover(max_attempts=2)
+    assert [j.id for j in store.pending_webhooks()] == [job.id]
+    assert store.claim_webhook(job.id, "this-run", 30) is not None
