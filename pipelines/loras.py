@@ -47,7 +47,7 @@ SUFFIX = ".safetensors"
 # A LoRA name: folders and a file name under loras/, none starting with a dot (so no "..", no hidden files).
 NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*(/[A-Za-z0-9_][A-Za-z0-9_.+-]*)*")
 EXPERTS = {"high": ("transformer",), "low": ("transformer_2",), "both": ("transformer", "transformer_2")}
-_KEY = re.compile(r"transformer\.(?P<module>.+)\.lora_(?P<part>A\.weight|B\.weight|B\.bias)")
+LORA_KEY = re.compile(r"transformer\.(?P<module>.+)\.lora_(?P<part>A\.weight|B\.weight|B\.bias)")
 
 
 def lora_folder(weights_dir: Path) -> Path:
@@ -175,18 +175,16 @@ def check_fits(state_dict: dict[str, torch.Tensor], expert: WanVACETransformer3D
                field: tuple[str, int, str]) -> None:
     """Refuse a LoRA whose keys do not all name linear layers of ``expert`` with the shapes it has: a LoRA for
     another model (another base, another size) would otherwise half load or load nothing."""
-    modules = dict(expert.named_modules())
+    modules = linear_layers(expert)
     ranks: dict[str, int] = {}
     for key, tensor in state_dict.items():
-        match = _KEY.fullmatch(key)
+        match = LORA_KEY.fullmatch(key)
         if match is None:
             raise InputError(field, f"key {key!r} is not a LoRA weight of a Wan transformer: a LoRA for another "
                              "architecture?", LOAD_ERROR)
         name, part = match["module"], match["part"]
         layer = modules.get(name)
-        if isinstance(layer, LoraLayer):  # adapted already by an adapter of an earlier job
-            layer = layer.get_base_layer()
-        if not isinstance(layer, torch.nn.Linear):
+        if layer is None:
             raise InputError(field, f"the LoRA adapts {name!r}, which is not a linear layer of the Wan VACE "
                              "transformer: a LoRA for another architecture?", LOAD_ERROR)
         if part == "A.weight":
@@ -205,6 +203,31 @@ def check_fits(state_dict: dict[str, torch.Tensor], expert: WanVACETransformer3D
         raise InputError(field, "the file holds no LoRA weights for a Wan transformer", LOAD_ERROR)
 
 
+def linear_layers(expert: WanVACETransformer3DModel) -> dict[str, torch.nn.Linear]:
+    """The layers a LoRA may adapt: every linear layer of the transformer by name, an adapted one (a peft
+    ``LoraLayer``, from an earlier job or a compiled server's slot) as its base layer; the LoRA factors inside an
+    adapted layer are linear layers too, but not ones a LoRA may name."""
+    layers: dict[str, torch.nn.Linear] = {}
+    adapted: tuple[str, ...] = ()
+    for name, module in expert.named_modules():
+        if name.startswith(adapted):  # named_modules goes depth first: an adapted layer's parts come right after it
+            continue
+        if isinstance(module, LoraLayer):
+            layers[name], adapted = module.get_base_layer(), (f"{name}.",)
+        elif isinstance(module, torch.nn.Linear):
+            layers[name] = module
+    return layers
+
+
+def cast_factors(expert: WanVACETransformer3DModel, adapter: str, dtype: torch.dtype) -> None:
+    """Keep an adapter's factors in the compute dtype: peft creates them in their base layer's dtype, float8 under
+    the fp8 mode, which no matmul takes."""
+    for module in expert.modules():
+        if isinstance(module, LoraLayer) and adapter in module.lora_A:
+            module.lora_A[adapter].to(dtype)
+            module.lora_B[adapter].to(dtype)
+
+
 def _adapters(expert: WanVACETransformer3DModel) -> set[str]:
     return set(getattr(expert, "peft_config", {}) or {})
 
@@ -217,16 +240,12 @@ def _load_adapter(pipe: WanVACEPipeline, expert: WanVACETransformer3DModel, adap
     ``enable_model_cpu_offload()`` on the default device (cuda:0, whichever GPU this worker has; on a CPU-only
     machine it raises), so under model offload the pipeline is not handed over: the hook moves the whole expert,
     adapters included, at each forward anyway. Group offload's hooks it re-applies to cover the new layers, which
-    needs the pipeline. peft creates the adapter in its base layer's dtype, float8 under the fp8 mode, which no
-    matmul takes: the small LoRA factors are kept in the compute dtype instead.
+    needs the pipeline. The factors are kept in the compute dtype (:func:`cast_factors`).
     """
     model_offload = isinstance(getattr(expert, "_hf_hook", None), CpuOffload)
     pipe.load_lora_into_transformer(dict(state_dict), transformer=expert, adapter_name=adapter, metadata=metadata,
                                     _pipeline=None if model_offload else pipe)
-    for module in expert.modules():
-        if isinstance(module, LoraLayer) and adapter in module.lora_A:
-            module.lora_A[adapter].to(dtype)
-            module.lora_B[adapter].to(dtype)
+    cast_factors(expert, adapter, dtype)
 
 
 def apply_loras(pipe: WanVACEPipeline, loras: Sequence[JobLora], dtype: torch.dtype) -> None:
