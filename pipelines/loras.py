@@ -10,7 +10,8 @@ steps, in the order a job takes them:
 * :func:`apply_loras` (called by ``LoadedModel.pipeline``, so every job goes through it): the pipeline's experts are
   made to carry exactly the job's adapters. Adapters the previous job used stay loaded when this job uses them too
   (only their scales change); the others are deleted, and an expert that needs none is restored to its original
-  modules, so a job without LoRAs computes exactly what a never-touched model computes.
+  modules, so a job without LoRAs computes exactly what a never-touched model computes. Compiled transformers
+  (``--compile``) take LoRAs another way, without recompiling: ``pipelines.lora_hotswap``.
 
 Only safetensors content is read (a pickle is never unpickled), and every file is checked against the expert it goes
 into before anything on the device changes: keys must name linear layers of the Wan transformer with matching shapes.
