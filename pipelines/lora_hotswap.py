@@ -152,7 +152,7 @@ class LoraSlots:
                     first, total = scales.get(lora.adapter, (lora, 0.0))
                     scales[lora.adapter] = (first, total + lora.scale)
             wanted = tuple(sorted((adapter, scale) for adapter, (_, scale) in scales.items() if scale != 0.0))
-            if self._holding.get(name) == wanted:
+            if self._holding.get(name, ()) == wanted:  # a new slot is empty
                 continue
             parts = []
             for adapter, (lora, scale) in scales.items():

@@ -178,12 +178,14 @@ def check_fits(state_dict: dict[str, torch.Tensor], expert: WanVACETransformer3D
     another model (another base, another size) would otherwise half load or load nothing."""
     modules = linear_layers(expert)
     ranks: dict[str, int] = {}
+    factors: dict[str, set[str]] = {}
     for key, tensor in state_dict.items():
         match = LORA_KEY.fullmatch(key)
         if match is None:
             raise InputError(field, f"key {key!r} is not a LoRA weight of a Wan transformer: a LoRA for another "
                              "architecture?", LOAD_ERROR)
         name, part = match["module"], match["part"]
+        factors.setdefault(name, set()).add(part)
         layer = modules.get(name)
         if layer is None:
             raise InputError(field, f"the LoRA adapts {name!r}, which is not a linear layer of the Wan VACE "
@@ -202,6 +204,10 @@ def check_fits(state_dict: dict[str, torch.Tensor], expert: WanVACETransformer3D
                              LOAD_ERROR)
     if not ranks:
         raise InputError(field, "the file holds no LoRA weights for a Wan transformer", LOAD_ERROR)
+    for name, parts in factors.items():
+        if ("A.weight" in parts) != ("B.weight" in parts):
+            raise InputError(field, f"the LoRA has only one of the two factors (lora_A, lora_B) of {name!r}",
+                             LOAD_ERROR)
 
 
 def linear_layers(expert: WanVACETransformer3DModel) -> dict[str, torch.nn.Linear]:

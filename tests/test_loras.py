@@ -188,7 +188,10 @@ def test_refused_files_name_the_lora_and_leave_the_model_plain(manager, cond, pl
                        "blocks.0.attn1.to_q.lora_B.weight": torch.ones(48, 4)})
     unet = tmp_path / "unet.safetensors"  # another architecture's layer names
     save_file({"unet.down_blocks.0.attentions.0.proj_in.lora_A.weight": torch.ones(4, 24)}, unet)
-    for path, words in ((pickled, "not a .safetensors file"), (wider, "does not fit"), (unet, "another architecture")):
+    half = tmp_path / "half.safetensors"  # a down factor without its up factor
+    save_file({"transformer.blocks.0.attn1.to_q.lora_A.weight": torch.ones(4, 24)}, half)
+    for path, words in ((pickled, "not a .safetensors file"), (wider, "does not fit"), (unet, "another architecture"),
+                        (half, "only one of the two factors")):
         error = _refusal(manager, cond, path)
         assert error.loc == ("loras", 0, "path") and error.type == "lora_load_error" and words in error.msg, path
     np.testing.assert_array_equal(frames(manager, cond, []), plain)
