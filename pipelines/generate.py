@@ -68,10 +68,10 @@ def check_inputs(inp: VaceInput, task: Task, ctx: JobContext, models: ModelManag
     (refused with a 422 before it is queued) and ``generate()`` runs it again first thing (the CLI's only check).
 
     Field ranges and types are the schema's; this adds the host's rules: input limits, media schemes, the
-    annotator matching the task, the LoRAs fitting ``model`` (count, expert, installed names, a LoRA slot when compiled),
-    and the safety checker being installed when asked for (running unchecked would return what the caller asked us
-    to screen). ``models`` is None on a node without workers: what only the weights directory can tell (installed
-    LoRA names, the safety checker, compilation) is then checked by the worker that runs the job.
+    annotator matching the task, the LoRAs fitting ``model`` (count, expert, installed names, a LoRA slot when
+    compiled), and the safety checker being installed when asked for (running unchecked would return what the
+    caller asked us to screen). ``models`` is None on a node without workers: what only the weights directory can
+    tell (installed LoRA names, the safety checker, compilation) is then checked by the worker that runs the job.
     """
     limits = ctx.limits
     if len(inp.prompt) > limits.max_prompt_chars:

@@ -35,7 +35,7 @@ from peft.tuners.lora import LoraLayer
 from peft.utils.other import get_pattern_key
 
 from .errors import InputError
-from .loras import LORA_KEY, JobLora, cast_factors, linear_layers, read_lora
+from .loras import LORA_KEY, JobLora, cast_factors, linear_layers, pipeline_experts, read_lora
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ class LoraSlots:
         """Put exactly ``loras`` at their scales into the experts' slots, without changing anything compiled code
         depends on. Every file is read and checked (and the ranks added up) before any slot changes; should a swap
         still fail, every slot is emptied so the next job starts from the plain model."""
-        experts = {name: model for name in ("transformer", "transformer_2") if (model := getattr(pipe, name)) is not None}
+        experts = pipeline_experts(pipe)
         files: dict[str, tuple[dict[str, torch.Tensor], dict | None]] = {}
         states: dict[str, tuple[tuple[tuple[str, float], ...], dict[str, torch.Tensor]]] = {}
         for name, expert in experts.items():

@@ -235,6 +235,11 @@ def cast_factors(expert: WanVACETransformer3DModel, adapter: str, dtype: torch.d
             module.lora_B[adapter].to(dtype)
 
 
+def pipeline_experts(pipe: WanVACEPipeline) -> dict[str, WanVACETransformer3DModel]:
+    """The pipeline's experts by attribute name: ``transformer``, and ``transformer_2`` on a two-expert model."""
+    return {name: model for name in ("transformer", "transformer_2") if (model := getattr(pipe, name)) is not None}
+
+
 def _adapters(expert: WanVACETransformer3DModel) -> set[str]:
     return set(getattr(expert, "peft_config", {}) or {})
 
@@ -262,7 +267,7 @@ def apply_loras(pipe: WanVACEPipeline, loras: Sequence[JobLora], dtype: torch.dt
     Every file that has to be loaded is read and checked before anything changes; should loading still fail, every
     LoRA is unloaded so the next job starts from the plain model.
     """
-    experts = {name: model for name in ("transformer", "transformer_2") if (model := getattr(pipe, name)) is not None}
+    experts = pipeline_experts(pipe)
     wanted: dict[str, dict[str, float]] = {name: {} for name in experts}
     for lora in loras:
         for name in lora.experts:
