@@ -15,7 +15,11 @@ What one run measures, for each model and each job (480p = 832x480 and 720p = 12
 * ours at acceleration none with every other attention backend available (switched on the loaded transformers
   with diffusers' ``set_attention_backend``, the call ``ModelManager`` makes when it loads);
 * ours at acceleration none in memory modes ``fp8``, ``group_offload``, ``model_offload``, and ``group_offload``
-  under a 24 GiB cap (``torch.cuda.set_per_process_memory_fraction``, set before loading).
+  under a 24 GiB cap (``torch.cuda.set_per_process_memory_fraction``, set before loading);
+* ``--parts fastpath``: whole jobs of the README's LoRA fast path (4 steps, guidance 1, a random rank-64 stand-in
+  for the distillation LoRA on every linear layer of the blocks, one per A14B expert) against the default request
+  (30 steps, guidance 5, acceleration regular), in seconds per job (the end-to-end column); these rows take the
+  request's own step counts, not ``--steps``.
 
 Columns: seconds per denoising step (mean of steps 2..N; step 1 carries one-time work), end-to-end seconds of one
 pipeline call (text encoding, VAE encoding of the control video, denoising, VAE decoding; models are loaded and

@@ -71,10 +71,10 @@ def check_inputs(inp: VaceInput, task: Task, ctx: JobContext, models: ModelManag
     (refused with a 422 before it is queued) and ``generate()`` runs it again first thing (the CLI's only check).
 
     Field ranges and types are the schema's; this adds the host's rules: input limits, media schemes, the
-    annotator matching the task, the LoRAs fitting ``model`` (count, expert, installed names, no ``--compile``),
-    and the safety checker being installed when asked for (running unchecked would return what the caller asked us
-    to screen). ``models`` is None on a node without workers: what only the weights directory can tell (installed
-    LoRA names, the safety checker, compilation) is then checked by the worker that runs the job.
+    annotator matching the task, the LoRAs fitting ``model`` (count, expert, installed names, a LoRA slot when
+    compiled), and the safety checker being installed when asked for (running unchecked would return what the
+    caller asked us to screen). ``models`` is None on a node without workers: what only the weights directory can
+    tell (installed LoRA names, the safety checker, compilation) is then checked by the worker that runs the job.
     """
     limits = ctx.limits
     if len(inp.prompt) > limits.max_prompt_chars:
@@ -95,9 +95,9 @@ def check_inputs(inp: VaceInput, task: Task, ctx: JobContext, models: ModelManag
     check_loras(inp, model, ctx, models.weights_dir if models is not None else None)
     if models is None:
         return
-    if inp.loras and models.compiles:  # hot-swapping adapters into compiled blocks is not built (yet)
-        raise InputError("loras", "this server compiles its transformers (--compile), and a LoRA would recompile "
-                         "them: LoRAs need a server without --compile", "not_supported")
+    if inp.loras and models.compiles and not models.lora_slot_rank:
+        raise InputError("loras", "this server compiles its transformers (--compile) without a LoRA slot "
+                         "(--lora-max-rank 0), and a LoRA would recompile them", "not_supported")
     if inp.enable_safety_checker and not models.has_safety_checker():
         raise InputError(
             "enable_safety_checker", "the safety checker's weights are not installed on this server", "not_supported"

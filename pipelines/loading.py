@@ -28,6 +28,7 @@ from transformers import AutoTokenizer, UMT5EncoderModel
 from preprocessors import Preprocessor, make_preprocessor
 
 from .interpolation import FrameInterpolator, load_interpolator
+from .lora_hotswap import LoraSlots, add_slot
 from .loras import JobLora, apply_loras
 from .manifest import AUXILIARY, MODELS, PROMPT_EXPANDER, SAFETY_CHECKER
 from .parallel import ParallelGroup, enable_context_parallel
@@ -56,6 +57,8 @@ class LoadedModel:
     pipe: WanVACEPipeline
     dtype: torch.dtype
     """The compute dtype (LoRA factors are kept in it)."""
+    slots: LoraSlots | None = None
+    """The experts' LoRA slots when they are compiled: LoRAs are then hot-swapped into them."""
 
     @property
     def transformer(self) -> WanVACETransformer3DModel:
@@ -69,7 +72,10 @@ class LoadedModel:
         """The pipeline with a job's scheduler and exactly the job's LoRAs (none: the plain model, whatever the
         previous job loaded). Jobs on one device run one at a time, so sharing it is safe."""
         self.pipe.scheduler = scheduler
-        apply_loras(self.pipe, loras, self.dtype)
+        if self.slots is not None:
+            self.slots.fill(self.pipe, loras)
+        else:
+            apply_loras(self.pipe, loras, self.dtype)
         return self.pipe
 
 
@@ -121,14 +127,20 @@ class ModelManager:
             "memory_mode": self.memory_mode,
             "attention_backend": self.attention,
             "compile": self.compiles,
+            "lora_slot_rank": self.lora_slot_rank,
             "loaded_models": list(self._models),
             "loaded_stages": [name for name, loaded in stages.items() if loaded],
         }
 
     @property
     def compiles(self) -> bool:
-        """Whether transformers are compiled (``--compile`` takes effect on CUDA only)."""
-        return self.runtime.compile and self.device.type == "cuda"
+        """Whether transformers are compiled (``--compile`` takes effect on CUDA only, unless a test says so)."""
+        return self.runtime.compile and self.device.type in self.runtime.compile_devices
+
+    @property
+    def lora_slot_rank(self) -> int:
+        """The rank of the LoRA slots compiled transformers carry; 0 when there are none (no LoRAs then)."""
+        return self.runtime.lora_max_rank if self.compiles else 0
 
     def model_dir(self, key: str) -> Path:
         return MODELS[key].path(self.weights_dir)
@@ -168,6 +180,8 @@ class ModelManager:
         if self.group is not None:
             enable_context_parallel(model, self.group)
         if self.compiles:
+            if self.lora_slot_rank:  # before compiling: the compiled blocks then include the (zero) LoRA slot
+                add_slot(model, self.lora_slot_rank, self.dtype)
             model.compile_repeated_blocks(fullgraph=True)  # once per loaded model, i.e. once per process
         return model
 
@@ -277,6 +291,7 @@ class ModelManager:
             pipe.set_progress_bar_config(disable=True)
             if self.memory_mode == "model_offload":
                 pipe.enable_model_cpu_offload(device=self.device)
-            model = LoadedModel(key=key, pipe=pipe, dtype=self.dtype)
+            slots = LoraSlots(self.lora_slot_rank, self.dtype) if self.lora_slot_rank else None
+            model = LoadedModel(key=key, pipe=pipe, dtype=self.dtype, slots=slots)
             self._models[key] = model
             return model

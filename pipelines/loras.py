@@ -10,7 +10,8 @@ steps, in the order a job takes them:
 * :func:`apply_loras` (called by ``LoadedModel.pipeline``, so every job goes through it): the pipeline's experts are
   made to carry exactly the job's adapters. Adapters the previous job used stay loaded when this job uses them too
   (only their scales change); the others are deleted, and an expert that needs none is restored to its original
-  modules, so a job without LoRAs computes exactly what a never-touched model computes.
+  modules, so a job without LoRAs computes exactly what a never-touched model computes. Compiled transformers
+  (``--compile``) take LoRAs another way, without recompiling: ``pipelines.lora_hotswap``.
 
 Only safetensors content is read (a pickle is never unpickled), and every file is checked against the expert it goes
 into before anything on the device changes: keys must name linear layers of the Wan transformer with matching shapes.
@@ -47,7 +48,7 @@ SUFFIX = ".safetensors"
 # A LoRA name: folders and a file name under loras/, none starting with a dot (so no "..", no hidden files).
 NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*(/[A-Za-z0-9_][A-Za-z0-9_.+-]*)*")
 EXPERTS = {"high": ("transformer",), "low": ("transformer_2",), "both": ("transformer", "transformer_2")}
-_KEY = re.compile(r"transformer\.(?P<module>.+)\.lora_(?P<part>A\.weight|B\.weight|B\.bias)")
+LORA_KEY = re.compile(r"transformer\.(?P<module>.+)\.lora_(?P<part>A\.weight|B\.weight|B\.bias)")
 
 
 def lora_folder(weights_dir: Path) -> Path:
@@ -175,18 +176,18 @@ def check_fits(state_dict: dict[str, torch.Tensor], expert: WanVACETransformer3D
                field: tuple[str, int, str]) -> None:
     """Refuse a LoRA whose keys do not all name linear layers of ``expert`` with the shapes it has: a LoRA for
     another model (another base, another size) would otherwise half load or load nothing."""
-    modules = dict(expert.named_modules())
+    modules = linear_layers(expert)
     ranks: dict[str, int] = {}
+    factors: dict[str, set[str]] = {}
     for key, tensor in state_dict.items():
-        match = _KEY.fullmatch(key)
+        match = LORA_KEY.fullmatch(key)
         if match is None:
             raise InputError(field, f"key {key!r} is not a LoRA weight of a Wan transformer: a LoRA for another "
                              "architecture?", LOAD_ERROR)
         name, part = match["module"], match["part"]
+        factors.setdefault(name, set()).add(part)
         layer = modules.get(name)
-        if isinstance(layer, LoraLayer):  # adapted already by an adapter of an earlier job
-            layer = layer.get_base_layer()
-        if not isinstance(layer, torch.nn.Linear):
+        if layer is None:
             raise InputError(field, f"the LoRA adapts {name!r}, which is not a linear layer of the Wan VACE "
                              "transformer: a LoRA for another architecture?", LOAD_ERROR)
         if part == "A.weight":
@@ -203,6 +204,40 @@ def check_fits(state_dict: dict[str, torch.Tensor], expert: WanVACETransformer3D
                              LOAD_ERROR)
     if not ranks:
         raise InputError(field, "the file holds no LoRA weights for a Wan transformer", LOAD_ERROR)
+    for name, parts in factors.items():
+        if ("A.weight" in parts) != ("B.weight" in parts):
+            raise InputError(field, f"the LoRA has only one of the two factors (lora_A, lora_B) of {name!r}",
+                             LOAD_ERROR)
+
+
+def linear_layers(expert: WanVACETransformer3DModel) -> dict[str, torch.nn.Linear]:
+    """The layers a LoRA may adapt: every linear layer of the transformer by name, an adapted one (a peft
+    ``LoraLayer``, from an earlier job or a compiled server's slot) as its base layer; the LoRA factors inside an
+    adapted layer are linear layers too, but not ones a LoRA may name."""
+    layers: dict[str, torch.nn.Linear] = {}
+    adapted: tuple[str, ...] = ()
+    for name, module in expert.named_modules():
+        if name.startswith(adapted):  # named_modules goes depth first: an adapted layer's parts come right after it
+            continue
+        if isinstance(module, LoraLayer):
+            layers[name], adapted = module.get_base_layer(), (f"{name}.",)
+        elif isinstance(module, torch.nn.Linear):
+            layers[name] = module
+    return layers
+
+
+def cast_factors(expert: WanVACETransformer3DModel, adapter: str, dtype: torch.dtype) -> None:
+    """Keep an adapter's factors in the compute dtype: peft creates them in their base layer's dtype, float8 under
+    the fp8 mode, which no matmul takes."""
+    for module in expert.modules():
+        if isinstance(module, LoraLayer) and adapter in module.lora_A:
+            module.lora_A[adapter].to(dtype)
+            module.lora_B[adapter].to(dtype)
+
+
+def pipeline_experts(pipe: WanVACEPipeline) -> dict[str, WanVACETransformer3DModel]:
+    """The pipeline's experts by attribute name: ``transformer``, and ``transformer_2`` on a two-expert model."""
+    return {name: model for name in ("transformer", "transformer_2") if (model := getattr(pipe, name)) is not None}
 
 
 def _adapters(expert: WanVACETransformer3DModel) -> set[str]:
@@ -217,16 +252,12 @@ def _load_adapter(pipe: WanVACEPipeline, expert: WanVACETransformer3DModel, adap
     ``enable_model_cpu_offload()`` on the default device (cuda:0, whichever GPU this worker has; on a CPU-only
     machine it raises), so under model offload the pipeline is not handed over: the hook moves the whole expert,
     adapters included, at each forward anyway. Group offload's hooks it re-applies to cover the new layers, which
-    needs the pipeline. peft creates the adapter in its base layer's dtype, float8 under the fp8 mode, which no
-    matmul takes: the small LoRA factors are kept in the compute dtype instead.
+    needs the pipeline. The factors are kept in the compute dtype (:func:`cast_factors`).
     """
     model_offload = isinstance(getattr(expert, "_hf_hook", None), CpuOffload)
     pipe.load_lora_into_transformer(dict(state_dict), transformer=expert, adapter_name=adapter, metadata=metadata,
                                     _pipeline=None if model_offload else pipe)
-    for module in expert.modules():
-        if isinstance(module, LoraLayer) and adapter in module.lora_A:
-            module.lora_A[adapter].to(dtype)
-            module.lora_B[adapter].to(dtype)
+    cast_factors(expert, adapter, dtype)
 
 
 def apply_loras(pipe: WanVACEPipeline, loras: Sequence[JobLora], dtype: torch.dtype) -> None:
@@ -236,7 +267,7 @@ def apply_loras(pipe: WanVACEPipeline, loras: Sequence[JobLora], dtype: torch.dt
     Every file that has to be loaded is read and checked before anything changes; should loading still fail, every
     LoRA is unloaded so the next job starts from the plain model.
     """
-    experts = {name: model for name in ("transformer", "transformer_2") if (model := getattr(pipe, name)) is not None}
+    experts = pipeline_experts(pipe)
     wanted: dict[str, dict[str, float]] = {name: {} for name in experts}
     for lora in loras:
         for name in lora.experts:

@@ -51,6 +51,12 @@ class RuntimeConfig:
     memory_mode: str = "auto"
     attention: str = "auto"
     compile: bool = False
+    compile_devices: tuple[str, ...] = ("cuda",)
+    """Device types ``compile`` takes effect on: CUDA, where it pays; the tests add ``cpu`` to compile the tiny
+    models through the same path."""
+    lora_max_rank: int = 64
+    """With ``compile``: the rank of each expert's LoRA slot (``pipelines.lora_hotswap``), the most a job's LoRAs
+    may add up to on one layer; 0: no slot, and a compiled server refuses LoRAs."""
     vae_tiling: bool | None = None  # None: on for the memory-saving modes
     annotators: tuple[tuple[str, str], ...] = tuple(DEFAULT_ANNOTATORS.items())  # task -> default annotator
     safety_threshold: float = 0.5  # a frame is flagged when the classifier's unsafe probability exceeds this
@@ -70,6 +76,8 @@ class RuntimeConfig:
             raise ValueError(f"prompt_expander must be one of {PROMPT_EXPANDERS}, got {self.prompt_expander!r}")
         if self.prompt_expander == "openai" and not (self.expander_url and self.expander_model):
             raise ValueError("the openai prompt expander needs an expander URL and model name")
+        if self.lora_max_rank < 0:
+            raise ValueError(f"lora_max_rank must be 0 or more, got {self.lora_max_rank}")
         if self.expander_timeout_s <= 0 or self.expander_max_tokens < 1:
             raise ValueError("the expander timeout and max tokens must be positive")
 

@@ -113,6 +113,8 @@ def _add_runtime_flags(parser: argparse.ArgumentParser) -> None:
     _setting(parser, "--attention", "diffusers attention backend; auto picks the fastest installed")
     _setting(parser, "--compile", "torch.compile the repeated transformer blocks on CUDA", nargs="?", const=True,
              type=_parse_bool)
+    _setting(parser, "--lora-max-rank", "with --compile: the most a job's LoRAs may add up to in rank on one "
+             "layer (the size of the LoRA slot compiled into every job); 0 refuses LoRAs", type=int)
     _setting(parser, "--pose-annotator", "default pose annotator for preprocess=true",
              choices=sorted(TASK_ANNOTATORS["pose"]))
     _setting(parser, "--depth-annotator", "default depth annotator for preprocess=true",

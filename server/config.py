@@ -120,6 +120,8 @@ class Settings(BaseSettings):
     memory_mode: str = "auto"
     attention: str = "auto"
     compile: bool = False
+    lora_max_rank: int = 64
+    """With ``compile``: the rank of the LoRA slot compiled transformers carry (0: none, LoRAs refused)."""
     pose_annotator: str = DEFAULT_ANNOTATORS["pose"]
     depth_annotator: str = DEFAULT_ANNOTATORS["depth"]
     safety_threshold: float = 0.5
@@ -173,6 +175,7 @@ class Settings(BaseSettings):
         worker's models."""
         return RuntimeConfig(
             memory_mode=self.memory_mode, attention=self.attention, compile=self.compile,
+            lora_max_rank=self.lora_max_rank,
             annotators=(("pose", self.pose_annotator), ("depth", self.depth_annotator)),
             safety_threshold=self.safety_threshold, prompt_expander=self.prompt_expander,
             expander_url=self.expander_url, expander_model=self.expander_model,

@@ -25,6 +25,7 @@ from pipelines.limits import Limits
 from pipelines.loading import ModelManager
 from pipelines.lora_cache import LoraCache, sha256_file
 from pipelines.loras import JobLora, fetch_loras, installed_loras
+from pipelines.runtime import RuntimeConfig
 from pipelines.samplers import make_scheduler
 from pipelines.schema import VaceInput
 from pipelines.video_io import read_frames
@@ -187,7 +188,10 @@ def test_refused_files_name_the_lora_and_leave_the_model_plain(manager, cond, pl
                        "blocks.0.attn1.to_q.lora_B.weight": torch.ones(48, 4)})
     unet = tmp_path / "unet.safetensors"  # another architecture's layer names
     save_file({"unet.down_blocks.0.attentions.0.proj_in.lora_A.weight": torch.ones(4, 24)}, unet)
-    for path, words in ((pickled, "not a .safetensors file"), (wider, "does not fit"), (unet, "another architecture")):
+    half = tmp_path / "half.safetensors"  # a down factor without its up factor
+    save_file({"transformer.blocks.0.attn1.to_q.lora_A.weight": torch.ones(4, 24)}, half)
+    for path, words in ((pickled, "not a .safetensors file"), (wider, "does not fit"), (unet, "another architecture"),
+                        (half, "only one of the two factors")):
         error = _refusal(manager, cond, path)
         assert error.loc == ("loras", 0, "path") and error.type == "lora_load_error" and words in error.msg, path
     np.testing.assert_array_equal(frames(manager, cond, []), plain)
@@ -304,3 +308,71 @@ def test_the_recipe_schedule_reaches_lightx2v_timesteps():
     euler = make_scheduler("euler", 5.0)
     euler.set_timesteps(4)
     assert abs(float(euler.sigmas[3]) - 0.625) > 0.5
+
+
+@pytest.fixture(scope="module")
+def compiled(tiny_weights: Path) -> ModelManager:
+    """A server that compiles its transformers, here on CPU through the same path as on CUDA, with LoRA slots of
+    rank 8: two of the tiny rank-4 LoRAs fill them."""
+    runtime = RuntimeConfig(compile=True, compile_devices=("cpu",), lora_max_rank=8)
+    return ModelManager(tiny_weights, device="cpu", runtime=runtime)
+
+
+def _alpha_lora(path: Path, alpha: float) -> Path:
+    """A tiny LoRA whose adapter config scales it by alpha / rank != 1."""
+    weights = lora_weights(build_transformer(), seed=5, std=0.2)
+    targets = sorted({key.rsplit(".lora_", 1)[0] for key in weights})
+    WanVACEPipeline.save_lora_weights(path.parent, transformer_lora_layers=weights, weight_name=path.name,
+                                      transformer_lora_adapter_metadata={"r": 4, "lora_alpha": alpha,
+                                                                         "target_modules": targets})
+    return path
+
+
+def test_compiled_transformers_swap_loras_without_recompiling(compiled, manager, cond, loras, tmp_path,
+                                                              monkeypatch):
+    """With --compile, LoRAs are hot-swapped into each expert's slot: new LoRAs, sets and scales run on the blocks
+    compiled by the first job, give the uncompiled server's frames (to float rounding), and a job without LoRAs
+    after them gives exactly the frames of a fresh compiled server."""
+    fresh = frames(compiled, cond, [])  # compiles the blocks (about a minute on one CPU core)
+    stats = torch._dynamo.utils.counters["stats"]
+    graphs = stats["unique_graphs"]
+    assert graphs > 0  # the blocks really are compiled
+    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+    halved = _alpha_lora(tmp_path / "alpha.safetensors", alpha=2.0)
+    jobs = [
+        [job_lora(loras["tiny-wan21"])],
+        [job_lora(loras["tiny-wan21"], 0.5, experts=("transformer",)), job_lora(loras["tiny-wan22"], index=1)],
+        [job_lora(halved, 1.5, experts=("transformer_2",))],
+        [job_lora(loras["tiny-wan22"], 0.7), job_lora(loras["tiny-wan22"], 0.3, index=1)],  # one file: rank 4
+    ]
+    for job in jobs:
+        swapped = frames(compiled, cond, job)
+        assert np.abs(swapped - fresh).mean() > 1e-3
+        np.testing.assert_allclose(swapped, frames(manager, cond, job), atol=2e-4)
+    np.testing.assert_array_equal(frames(compiled, cond, [job_lora(loras["tiny-wan21"], 0.0)]), fresh)
+    np.testing.assert_array_equal(frames(compiled, cond, []), fresh)
+    assert stats["unique_graphs"] == graphs  # nothing compiled after the first job
+
+
+def test_compiled_slot_refuses_loras_over_its_rank(compiled, cond, loras):
+    fresh = frames(compiled, cond, [])
+    three = [job_lora(loras[name], index=i) for i, name in enumerate(("tiny-wan21", "tiny-wan22"))]
+    three.append(job_lora(next(path for name, path in loras.items() if name.startswith("lightx2v/")), index=2))
+    with pytest.raises(InputError) as caught:
+        frames(compiled, cond, three)
+    assert caught.value.loc == ("loras", 2, "path") and caught.value.type == "lora_rank_too_high"
+    assert "--lora-max-rank 8" in caught.value.msg
+    np.testing.assert_array_equal(frames(compiled, cond, []), fresh)
+
+
+def test_compile_without_a_slot_refuses_loras_up_front(tiny_weights):
+    inp = VaceInput(prompt="x", video_url="https://example.com/v.mp4", loras=[{"path": "tiny-wan21"}])
+    for rank, refused in ((0, True), (8, False)):
+        runtime = RuntimeConfig(compile=True, compile_devices=("cpu",), lora_max_rank=rank)
+        models = ModelManager(tiny_weights, device="cpu", runtime=runtime)
+        if not refused:
+            check_inputs(inp, "pose", JobContext(local_paths=False), models, model=A14B)
+            continue
+        with pytest.raises(InputError) as caught:
+            check_inputs(inp, "pose", JobContext(local_paths=False), models, model=A14B)
+        assert caught.value.loc == ("loras",) and caught.value.type == "not_supported"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import platform
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -19,17 +20,24 @@ import torch
 import transformers
 from diffusers import AutoencoderKLWan, WanVACEPipeline
 
+from bench.lora_fast_path import RECIPE
 from pipelines.conditioning import Conditioning
-from pipelines.loading import ModelManager, default_dtype
+from pipelines.loading import LoadedModel, ModelManager, default_dtype
+from pipelines.lora_cache import sha256_file
+from pipelines.loras import JobLora
 from pipelines.manifest import MODELS
 from pipelines.runtime import GIB, RuntimeConfig
+from pipelines.samplers import make_scheduler
+from pipelines.schema import VaceInput
+from weights.tiny.loras import lora_weights, write_lora
 
 from .meter import Meter, release
-from .plan import JOBS, MODEL_NAMES, WARMUP, Phase, Settings
+from .plan import JOBS, MODEL_NAMES, PROMPT, SHIFT, WARMUP, Phase, Settings
 from .runners import Runner, diffusers_runner, job_input, ours_runner, pose_conditioning
 from .synthetic_weights import ARCHITECTURES, write_weights
 
 Emit = Callable[[dict[str, object]], None]
+DISTILL_RANK = 64  # the rank of lightx2v's Wan2.1 distillation LoRA and of the Wan2.2 Lightning pair
 
 
 @dataclass
@@ -121,24 +129,83 @@ def bench_config(
             release(device)
             return
     for row, job, accel in rows:
-        width, height, frames = JOBS[job]
-        inp = job_input(settings.steps, accel, frames)
-        meter = Meter(device)
-        cache = None
-        try:
-            with meter:
-                cache = runner(conds[job], inp, width, height, meter.step)
-        except Exception as exc:  # noqa: BLE001
-            row.note = short_error(exc)
-        else:
-            row.s_per_step = meter.s_per_step
-            row.e2e_s = meter.end - meter.start
-            if cache is not None:
-                row.reused = f"{sum(len(v) for v in cache.skipped.values())}/{cache.calls}"
-        row.peak_gpu_gib = None if meter.peak_gpu is None else meter.peak_gpu / GIB
-        row.peak_rss_gib = meter.rss.peak / GIB
-        emit(row.record())
-        release(device)
+        measure(row, runner, conds[job], job_input(settings.steps, accel, JOBS[job][2]), job, device, emit)
+
+
+def measure(row: Row, runner: Runner, cond: Conditioning, inp: VaceInput, job: str, device: torch.device,
+            emit: Emit) -> None:
+    """One pipeline call measured into ``row`` (a failure becomes its note), then emitted."""
+    width, height, _frames = JOBS[job]
+    meter = Meter(device)
+    cache = None
+    try:
+        with meter:
+            cache = runner(cond, inp, width, height, meter.step)
+    except Exception as exc:  # noqa: BLE001
+        row.note = short_error(exc)
+    else:
+        row.s_per_step = meter.s_per_step
+        row.e2e_s = meter.end - meter.start
+        if cache is not None:
+            row.reused = f"{sum(len(v) for v in cache.skipped.values())}/{cache.calls}"
+    row.peak_gpu_gib = None if meter.peak_gpu is None else meter.peak_gpu / GIB
+    row.peak_rss_gib = meter.rss.peak / GIB
+    emit(row.record())
+    release(device)
+
+
+def distill_stand_ins(loaded: LoadedModel, folder: Path) -> list[JobLora]:
+    """Random LoRAs in the place of the recipe's distillation LoRAs: rank 64 on every linear layer of the blocks,
+    like lightx2v's (one on the 14B) and the Lightning pair (one per A14B expert). Their values do not matter for
+    speed; small ones keep the activations in range."""
+    experts = [("transformer",), ("transformer_2",)] if loaded.transformer_2 is not None else [("transformer",)]
+    loras = []
+    for index, expert in enumerate(experts):
+        path = write_lora(folder / f"distill-{index}.safetensors",
+                          lora_weights(getattr(loaded.pipe, expert[0]), seed=index, rank=DISTILL_RANK, std=0.01),
+                          rank=DISTILL_RANK)
+        loras.append(JobLora(index, path, sha256_file(path), 1.0, expert))
+    return loras
+
+
+def bench_fast_path(settings: Settings, phase: Phase, loaded: LoadedModel, attention: str,
+                    conds: dict[str, Conditioning], emit: Emit) -> None:
+    """Seconds per job of the README's fast path (4 steps, guidance 1, unipc, shift 5, a distillation LoRA; here a
+    random stand-in of the same rank and layers) against the default request (30 steps, guidance 5, the default
+    step cache), each job whole with the models loaded. The LoRAs are put on first and stay on for the recipe's rows,
+    as on a server that serves the recipe job after job; the default rows then run with them taken off."""
+    device = torch.device(settings.device)
+    default = VaceInput(prompt=PROMPT, video_url="-")
+    requests = [("fast path: 4 steps, guidance 1, distill LoRA", True, RECIPE),
+                (f"default request: {default.num_inference_steps} steps, guidance {default.guidance_scale:g}, "
+                 f"acceleration {default.acceleration}", False, {})]
+    with tempfile.TemporaryDirectory() as folder:
+        started = time.perf_counter()
+        loras = distill_stand_ins(loaded, Path(folder))
+        loaded.pipeline(make_scheduler("unipc", SHIFT), loras)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        emit({"type": "load", "what": f"{MODEL_NAMES[phase.model]}: making and loading the rank-{DISTILL_RANK} LoRA "
+              "stand-in(s)", "seconds": time.perf_counter() - started})
+        runs = []
+        for label, with_loras, fields in requests:
+            for job in settings.jobs:
+                inp = job_input(default.num_inference_steps, default.acceleration, JOBS[job][2], fields)
+                row = Row(MODEL_NAMES[phase.model], job_label(job, inp.num_inference_steps), f"ours, {label}",
+                          attention, phase.memory_label())
+                runs.append((row, ours_runner(loaded, loras if with_loras else ()), inp, job))
+        if settings.warmup:
+            width, height, frames, steps = WARMUP
+            warm = job_input(steps, "none", frames, RECIPE | {"num_inference_steps": steps})
+            try:
+                ours_runner(loaded, loras)(pose_conditioning(width, height, frames), warm, width, height, lambda: None)
+            except Exception as exc:  # noqa: BLE001 - one configuration failing must not stop the matrix
+                for row, _runner, _inp, _job in runs:
+                    row.note = f"warm-up failed, {short_error(exc)}"
+                    emit(row.record())
+                return
+        for row, runner, inp, job in runs:
+            measure(row, runner, conds[job], inp, job, device, emit)
 
 
 def run_phase(settings: Settings, phase: Phase, emit: Emit) -> None:
@@ -172,6 +239,9 @@ def run_phase(settings: Settings, phase: Phase, emit: Emit) -> None:
         row = Row(MODEL_NAMES[phase.model], "-", phase.pipeline, phase.attention, phase.memory_label())
         row.note = f"load failed, {short_error(exc)}"
         emit(row.record())
+        return
+    if phase.fast_path:
+        bench_fast_path(settings, phase, loaded, attention, conds, emit)
         return
     bench_config(settings, phase, runner, attention, phase.accelerations, conds, emit)
     if manager is not None and phase.extra_backends:

@@ -28,7 +28,7 @@ JOBS: dict[str, tuple[int, int, int]] = {
     "240p-short": (416, 240, 9),
 }
 WARMUP = (320, 192, 5, 2)  # width, height, frames, steps of the warm-up call made once per loaded configuration
-PARTS = ("baseline", "accel", "attention", "memory", "budget")
+PARTS = ("baseline", "accel", "attention", "memory", "budget", "fastpath")
 OFFLOAD_MODES = ("fp8", "group_offload", "model_offload")
 BUDGET_MODE = "group_offload"  # what memory_mode auto picks with under 40 GiB free, i.e. on a 24 GB card
 
@@ -56,12 +56,15 @@ class Phase:
     attention: str = "auto"
     extra_backends: list[str] = field(default_factory=list)
     budget_gib: float | None = None
+    fast_path: bool = False
+    """Measure whole jobs of the LoRA fast-path recipe against the default request instead of the step matrix."""
 
     def memory_label(self) -> str:
         return self.memory if self.budget_gib is None else f"{self.memory}, {self.budget_gib:g} GiB cap"
 
     def title(self) -> str:
-        return f"{MODEL_NAMES[self.model]} / {self.pipeline} / {self.memory_label()}"
+        what = "fast path vs default request" if self.fast_path else self.pipeline
+        return f"{MODEL_NAMES[self.model]} / {what} / {self.memory_label()}"
 
 
 def attention_backends(device: torch.device, requested: list[str] | None) -> tuple[str, list[str]]:
@@ -91,4 +94,6 @@ def plan_phases(model: str, parts: list[str], extra_backends: list[str], cuda: b
         phases += [Phase(model, "ours", mode) for mode in OFFLOAD_MODES]
     if "budget" in parts and cuda:
         phases.append(Phase(model, "ours", BUDGET_MODE, budget_gib=budget_gib))
+    if "fastpath" in parts:
+        phases.append(Phase(model, "ours", "full", fast_path=True))
     return phases

@@ -5,7 +5,7 @@ it returns the step cache it used (for the "cache reused" column) or None."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from diffusers import UniPCMultistepScheduler, WanVACEPipeline
@@ -13,6 +13,7 @@ from diffusers import UniPCMultistepScheduler, WanVACEPipeline
 from pipelines.conditioning import Conditioning, build_conditioning
 from pipelines.generate import JobHooks, denoise
 from pipelines.loading import LoadedModel
+from pipelines.loras import JobLora
 from pipelines.samplers import make_scheduler
 from pipelines.schema import VaceInput
 from pipelines.step_cache import THRESHOLDS, StepCacheController
@@ -23,17 +24,20 @@ from .plan import PROMPT, SEED, SHIFT
 Runner = Callable[[Conditioning, VaceInput, int, int, Callable[[], None]], StepCacheController | None]
 
 
-def job_input(steps: int, acceleration: str, num_frames: int) -> VaceInput:
-    """The request fields ``denoise()`` reads; everything else keeps the fal schema's defaults (CFG 5, unipc)."""
-    return VaceInput(
-        prompt=PROMPT,
-        video_url="synthetic:pose",  # not fetched: the control frames are made here
-        num_frames=max(17, num_frames),
-        num_inference_steps=steps,
-        seed=SEED,
-        acceleration=acceleration,
-        shift=SHIFT,
-    )
+def job_input(steps: int, acceleration: str, num_frames: int, fields: Mapping[str, object] | None = None
+              ) -> VaceInput:
+    """The request fields ``denoise()`` reads; everything else keeps the fal schema's defaults (CFG 5, unipc) unless
+    ``fields`` sets it (they win over the arguments too)."""
+    request: dict[str, object] = {
+        "prompt": PROMPT,
+        "video_url": "synthetic:pose",  # not fetched: the control frames are made here
+        "num_frames": max(17, num_frames),
+        "num_inference_steps": steps,
+        "seed": SEED,
+        "acceleration": acceleration,
+        "shift": SHIFT,
+    }
+    return VaceInput(**(request | dict(fields or {})))
 
 
 def pose_conditioning(width: int, height: int, frames: int) -> Conditioning:
@@ -74,13 +78,14 @@ def diffusers_runner(pipe: WanVACEPipeline) -> Runner:
     return run
 
 
-def ours_runner(loaded: LoadedModel) -> Runner:
-    """This server: the job's scheduler and step cache exactly as ``generate()`` makes them, then ``denoise()``."""
+def ours_runner(loaded: LoadedModel, loras: Sequence[JobLora] = ()) -> Runner:
+    """This server: the job's scheduler, LoRAs and step cache exactly as ``generate()`` makes them, then
+    ``denoise()``."""
 
     def run(
         cond: Conditioning, inp: VaceInput, width: int, height: int, step: Callable[[], None]
     ) -> StepCacheController | None:
-        pipe = loaded.pipeline(make_scheduler(inp.sampler, inp.shift))
+        pipe = loaded.pipeline(make_scheduler(inp.sampler, inp.shift), loras)
         threshold = THRESHOLDS[inp.acceleration]
         cache = StepCacheController(threshold, inp.num_inference_steps) if threshold is not None else None
         hooks = JobHooks(step=lambda _i, _n: step())
