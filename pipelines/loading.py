@@ -33,7 +33,7 @@ from .loras import JobLora, apply_loras
 from .manifest import AUXILIARY, MODELS, PROMPT_EXPANDER, SAFETY_CHECKER
 from .parallel import ParallelGroup, enable_context_parallel
 from .prompt_expansion import LocalExpander, OpenAIExpander, PromptExpander
-from .runtime import RuntimeConfig, place_module, resolve_attention, resolve_memory_mode
+from .runtime import COMPILABLE_MODES, RuntimeConfig, place_module, resolve_attention, resolve_memory_mode
 from .safety import SafetyChecker
 from .samplers import make_scheduler
 
@@ -106,6 +106,9 @@ class ModelManager:
                                            context_parallel=group is not None and group.spec.context > 1)
         # Offload hooks of one pipeline cover the shared modules: with model offload only one pipeline may live.
         self.max_models = 1 if self.memory_mode == "model_offload" else max_models
+        if self.runtime.compile and self.memory_mode not in COMPILABLE_MODES:
+            log.warning("--compile is off in memory mode %s: dynamo cannot trace its hooks with fullgraph=True "
+                        "(compile works in %s)", self.memory_mode, " and ".join(COMPILABLE_MODES))
         self._components: dict[tuple[str, Path], object] = {}
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
         self._interpolators: dict[str, FrameInterpolator] = {}
@@ -134,8 +137,11 @@ class ModelManager:
 
     @property
     def compiles(self) -> bool:
-        """Whether transformers are compiled (``--compile`` takes effect on CUDA only, unless a test says so)."""
-        return self.runtime.compile and self.device.type in self.runtime.compile_devices
+        """Whether transformers are compiled: ``--compile`` takes effect on CUDA only (unless a test says so) and in
+        the memory modes whose hooks dynamo traces; fp8's layerwise casting and group offload's onload hooks make
+        the first compiled job fail (checked on CPU), so there the server runs uncompiled instead of failing."""
+        return (self.runtime.compile and self.device.type in self.runtime.compile_devices
+                and self.memory_mode in COMPILABLE_MODES)
 
     @property
     def lora_slot_rank(self) -> int:

@@ -35,6 +35,7 @@ from .manifest import DEFAULT_ANNOTATORS
 log = logging.getLogger(__name__)
 
 MEMORY_MODES = ("auto", "full", "fp8", "group_offload", "model_offload")
+COMPILABLE_MODES = ("full", "model_offload")  # modes whose hooks torch.compile(fullgraph=True) traces
 PROMPT_EXPANDERS = ("none", "openai", "local")
 GIB = 1024**3
 # Free device memory needed for each mode without offloading, for the largest model (A14B, two experts).

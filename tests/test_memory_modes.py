@@ -126,3 +126,14 @@ def test_automatic_choices_on_cpu():
     assert resolve_memory_mode("group_offload", cpu) == "group_offload"
     with pytest.raises(ValueError):
         RuntimeConfig(memory_mode="tiny")
+
+
+@pytest.mark.parametrize("mode,compiles", [("full", True), ("model_offload", True), ("fp8", False),
+                                           ("group_offload", False)])
+def test_compile_applies_only_in_modes_it_can_trace(tiny_weights, mode, compiles):
+    """fp8's casting hooks and group offload's onload hooks fail a fullgraph compile on the first job: those modes
+    run uncompiled (and say so in /ready) instead of failing every job."""
+    runtime = RuntimeConfig(memory_mode=mode, compile=True, compile_devices=("cpu",))
+    manager = ModelManager(tiny_weights, device="cpu", runtime=runtime)
+    assert manager.compiles is compiles
+    assert manager.describe()["compile"] is compiles
