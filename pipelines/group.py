@@ -132,7 +132,7 @@ class LocalGroup:
         spec.check_devices(len(self.devices))
         spec.check_device_type(torch.device(self.devices[0]).type)
         self.spec, self.weights_dir, self.runtime = spec, Path(weights_dir), runtime
-        self._processes: list[BaseProcess] = []
+        self.processes: list[BaseProcess] = []
         self._pipes: list[Connection] = []
         self._unfinished = 0  # requests sent that the followers have not all answered yet
         self._closing = threading.Event()
@@ -148,13 +148,13 @@ class LocalGroup:
             _follower, args=(self.spec, port, self.weights_dir, self.devices, self.runtime, [t for _, t in ends]),
             nprocs=self.spec.world_size - 1, join=False, start_method="spawn",
         )
-        self._processes = list(context.processes)
+        self.processes = list(context.processes)
         for _, theirs in ends:
             theirs.close()
         try:
             group = _join(0, self.spec, port, self.devices[0])
         except BaseException:
-            for process in self._processes:
+            for process in self.processes:
                 process.kill()
             raise
         _running = self
@@ -169,8 +169,8 @@ class LocalGroup:
 
     def failed(self, wait_s: float = 0.0) -> str | None:
         """Which follower exited (waiting up to ``wait_s`` for one to), or None while all run."""
-        connection.wait([p.sentinel for p in self._processes], timeout=wait_s)
-        for rank, process in enumerate(self._processes, start=1):
+        connection.wait([p.sentinel for p in self.processes], timeout=wait_s)
+        for rank, process in enumerate(self.processes, start=1):
             if not process.is_alive():
                 return f"rank {rank} ({self.devices[rank]}) exited with code {process.exitcode}"
         return None
@@ -189,7 +189,7 @@ class LocalGroup:
 
     def _abort_when_a_follower_exits(self) -> None:
         """NCCL waits on a dead peer until its timeout: abort the communicators so rank 0's job raises now."""
-        connection.wait([p.sentinel for p in self._processes])
+        connection.wait([p.sentinel for p in self.processes])
         if not self._closing.is_set():
             dist.distributed_c10d._abort_process_group()
 
@@ -203,7 +203,7 @@ class LocalGroup:
                 if healthy:
                     pipe.send(None)
                 pipe.close()
-        for process in self._processes:
+        for process in self.processes:
             process.join(STOP_WAIT_S if healthy else 0)
             if process.is_alive():
                 process.kill()
