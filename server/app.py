@@ -119,7 +119,8 @@ class Node:
         group = None
         if config.parallel:  # one worker, rank 0 on the first device; until its group starts, a plain manager there
             group = WorkerGroup(ParallelSpec.parse(config.parallel), config.devices, config.weights_dir,
-                                config.runtime, config.max_models, on_restart=lambda _cause: metrics.group_restarts.inc())
+                                config.runtime, config.max_models,
+                                on_restart=lambda _cause: metrics.group_restarts.inc())
             metrics.show_group(group.describe())
             managers = managers[:1]
         secret = load_secret(config.data_dir / "secret")
