@@ -15,7 +15,10 @@ What one run measures, for each model and each job (480p = 832x480 and 720p = 12
 * ours at acceleration none with every other attention backend available (switched on the loaded transformers
   with diffusers' ``set_attention_backend``, the call ``ModelManager`` makes when it loads);
 * ours at acceleration none in memory modes ``fp8``, ``group_offload``, ``model_offload``, and ``group_offload``
-  under a 24 GiB cap (``torch.cuda.set_per_process_memory_fraction``, set before loading).
+  under a 24 GiB cap (``torch.cuda.set_per_process_memory_fraction``, set before loading);
+* ours at acceleration none on a job group (``--parallel SPEC``) of 2, 4 and 8 GPUs as the machine has them, each
+  SPEC of ``plan.PARALLEL_SPECS`` (``bench/gpu_bench/multi.py``): the server's own group (rank 0 in the
+  configuration's process, the other ranks spawned), s/step on rank 0 and the peak memory of every GPU of the group.
 
 Columns: seconds per denoising step (mean of steps 2..N; step 1 carries one-time work), end-to-end seconds of one
 pipeline call (text encoding, VAE encoding of the control video, denoising, VAE decoding; models are loaded and
@@ -210,7 +213,8 @@ def main(argv: list[str] | None = None) -> None:
     for i, model in enumerate(models):
         # A quick CPU run compares the second model's two experts only through diffusers vs the step cache.
         parts = [p for p in args.parts if p in ("baseline", "accel")] if args.quick and not real and i else args.parts
-        phases += plan_phases(model, parts, extras, cuda, args.budget_gib)
+        phases += plan_phases(model, parts, extras, cuda, args.budget_gib,
+                              torch.cuda.device_count() if cuda else 1)
     print(
         f"bench/gpu.py: {size} models on {device}; models {', '.join(models)}; jobs {', '.join(jobs)}; {steps} steps; "
         f"attention auto={default_backend}, also {', '.join(extras) or 'none'}; {len(phases)} configurations"

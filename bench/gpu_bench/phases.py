@@ -99,13 +99,17 @@ def bench_config(
     accelerations: list[str],
     conds: dict[str, Conditioning],
     emit: Emit,
+    note_of: Callable[[], str] | None = None,
 ) -> None:
-    """Warm up once, then measure every job at every acceleration level for one loaded configuration."""
+    """Warm up once, then measure every job at every acceleration level for one loaded configuration; ``note_of``
+    says what a successful call adds to its row's note (a group's per-GPU peaks)."""
     device = torch.device(settings.device)
     rows = []
     for job in settings.jobs:
         for accel in accelerations:
             pipeline = "diffusers" if phase.pipeline == "diffusers" else f"ours, acceleration {accel}"
+            if phase.parallel:
+                pipeline += f", {phase.parallel}"
             label = job_label(job, settings.steps)
             row = Row(MODEL_NAMES[phase.model], label, pipeline, attention, phase.memory_label())
             rows.append((row, job, accel))
@@ -135,6 +139,8 @@ def bench_config(
             row.e2e_s = meter.end - meter.start
             if cache is not None:
                 row.reused = f"{sum(len(v) for v in cache.skipped.values())}/{cache.calls}"
+            if note_of is not None:
+                row.note = note_of()
         row.peak_gpu_gib = None if meter.peak_gpu is None else meter.peak_gpu / GIB
         row.peak_rss_gib = meter.rss.peak / GIB
         emit(row.record())
@@ -143,6 +149,11 @@ def bench_config(
 
 def run_phase(settings: Settings, phase: Phase, emit: Emit) -> None:
     """Load one configuration and measure its rows; every failure becomes a row's note."""
+    if phase.parallel:
+        from .multi import run_group_phase
+
+        run_group_phase(settings, phase, emit)
+        return
     quiet_libraries()
     device = torch.device(settings.device)
     emit(device_record(device))
