@@ -1,4 +1,4 @@
-"""The workers: one thread per device, each pulling jobs from the store and running ``generate()`` on them.
+"""The workers: one thread per device (or per job group of devices), each pulling jobs from the store and running
 
 Model work never runs on the HTTP event loop. A worker reports every log line and denoising step to the store
 (which the status routes read) and wakes the coroutines waiting on the job. Whatever goes wrong in one job ends that
@@ -142,7 +142,7 @@ class WorkerPool:
 
 
 class Worker(threading.Thread):
-    """Runs one job at a time on one device."""
+    """Runs one job at a time on one device, or on the devices of its job group (`server/worker_group.py`)."""
 
     def __init__(self, pool: WorkerPool, models: ModelManager, group: WorkerGroup | None = None) -> None:
         super().__init__(name=f"vace-worker-{models.device}", daemon=True)
