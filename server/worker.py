@@ -1,4 +1,5 @@
 """The workers: one thread per device (or per job group of devices), each pulling jobs from the store and running
+``generate()`` on them.
 
 Model work never runs on the HTTP event loop. A worker reports every log line and denoising step to the store
 (which the status routes read) and wakes the coroutines waiting on the job. Whatever goes wrong in one job ends that
