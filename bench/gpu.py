@@ -20,6 +20,9 @@ What one run measures, for each model and each job (480p = 832x480 and 720p = 12
   for the distillation LoRA on every linear layer of the blocks, one per A14B expert) against the default request
   (30 steps, guidance 5, acceleration regular), in seconds per job (the end-to-end column); these rows take the
   request's own step counts, not ``--steps``.
+* ours at acceleration none on a job group (``--parallel SPEC``) of 2, 4 and 8 GPUs as the machine has them, each
+  SPEC of ``plan.PARALLEL_SPECS`` (``bench/gpu_bench/multi.py``): the server's own group (rank 0 in the
+  configuration's process, the other ranks spawned), s/step on rank 0 and the peak memory of every GPU of the group.
 
 Columns: seconds per denoising step (mean of steps 2..N; step 1 carries one-time work), end-to-end seconds of one
 pipeline call (text encoding, VAE encoding of the control video, denoising, VAE decoding; models are loaded and
@@ -214,7 +217,8 @@ def main(argv: list[str] | None = None) -> None:
     for i, model in enumerate(models):
         # A quick CPU run compares the second model's two experts only through diffusers vs the step cache.
         parts = [p for p in args.parts if p in ("baseline", "accel")] if args.quick and not real and i else args.parts
-        phases += plan_phases(model, parts, extras, cuda, args.budget_gib)
+        phases += plan_phases(model, parts, extras, cuda, args.budget_gib,
+                              torch.cuda.device_count() if cuda else 1)
     print(
         f"bench/gpu.py: {size} models on {device}; models {', '.join(models)}; jobs {', '.join(jobs)}; {steps} steps; "
         f"attention auto={default_backend}, also {', '.join(extras) or 'none'}; {len(phases)} configurations"

@@ -1,13 +1,23 @@
-"""A job group on one host: rank 0 is the caller's process (the CLI); ranks 1.. are local processes started here
-that only denoise.
+"""A job group on one host: rank 0 is the caller's process (the CLI, or a server's worker); ranks 1.. are local
+processes started here that only denoise.
 
 Rank 0 alone fetches media, runs the safety checker, prompt expansion and annotators, builds the conditioning, and
-then hands the denoising request (conditioning frames, prompt, size, seed, model, LoRA files) to every rank with one
-``broadcast_object_list``. Every rank then runs the same diffusers pipeline call: the text encoder and the VAE's
-encoding of the control video run on each rank, on identical inputs, rather than once on rank 0 with the embeddings
-and latents broadcast after: they take a small part of a job, the ranks run them at the same time (no wall time
-lost), and the pipeline stays one unmodified call. Only rank 0 decodes the final latents (the others stop at
+then hands the denoising request (conditioning frames, prompt, size, seed, model, LoRA files) to every rank over a
+pipe of its own. Every rank then runs the same diffusers pipeline call: the text encoder and the VAE's encoding of
+the control video run on each rank, on identical inputs, rather than once on rank 0 with the embeddings and latents
+broadcast after: they take a small part of a job, the ranks run them at the same time (no wall time lost), and the
+pipeline stays one unmodified call. Only rank 0 decodes the final latents (the others stop at
 ``output_type="latent"``), since decoding is the expensive VAE half and only rank 0 encodes and publishes.
+
+Requests go over pipes, not a collective, because a collective waits at most the process group's timeout: an idle
+group (a server with no jobs for an hour) must not time out, while a job must not wait forever on a rank that died.
+A follower answers each request when it has finished it, so rank 0 can tell a group in step (every follower back
+in its loop) from one whose followers are still inside a job that rank 0 left (rank 0 failed mid-job).
+
+A follower that dies mid-job: on gloo its sockets close and every collective of rank 0 raises at once (measured:
+0.1 s); on NCCL a collective would wait for the peer, so a watcher thread of rank 0 aborts the process group the
+moment a follower process exits. A follower alive but stuck is bounded by the process group's timeout
+(``COLLECTIVE_TIMEOUT``). Either way rank 0's job raises, and its owner closes the group and starts a new one.
 
 On CPU the group talks over gloo on loopback; on CUDA, rank ``r`` uses ``devices[r]`` and NCCL, with gloo beside it
 for the small size exchanges diffusers makes on the CPU (its backend string ``cpu:gloo,cuda:nccl``).
@@ -16,10 +26,14 @@ for the small size exchanges diffusers makes on the CPU (its backend string ``cp
 from __future__ import annotations
 
 import contextlib
-import os
+import datetime
 import socket
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from multiprocessing import connection
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 import torch
@@ -32,6 +46,11 @@ from .loras import JobLora
 from .parallel import ParallelGroup, ParallelSpec, init_group
 from .runtime import RuntimeConfig
 from .schema import VaceInput
+
+COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=10)
+"""How long a rank waits in one collective: the bound on a follower that is alive but stuck. Generous, since the
+ranks of a job load its model (minutes for a 14B one) and the first collective waits for the slowest of them."""
+STOP_WAIT_S = 30.0
 
 
 @dataclass
@@ -52,15 +71,15 @@ def backend(device_type: str) -> str:
     return "cpu:gloo,cuda:nccl" if device_type == "cuda" else "cpu:gloo"
 
 
-def send(request: DenoiseRequest | None) -> None:
-    """Rank 0: hand the next request to the other ranks (None: the group is done)."""
-    dist.broadcast_object_list([request], src=0)
+_running: LocalGroup | None = None
+"""The group this process is rank 0 of: a process has one default process group, so at most one."""
 
 
-def _receive() -> DenoiseRequest | None:
-    box: list[DenoiseRequest | None] = [None]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+def send(request: DenoiseRequest) -> None:
+    """Rank 0: hand the next request to the other ranks of this process's group."""
+    if _running is None:
+        raise RuntimeError("no job group is running in this process")
+    _running.send(request)
 
 
 def _free_port() -> int:
@@ -70,49 +89,136 @@ def _free_port() -> int:
 
 
 def _join(rank: int, spec: ParallelSpec, port: int, device: str) -> ParallelGroup:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     device_type = torch.device(device).type
     if device_type == "cuda":
         torch.cuda.set_device(torch.device(device))
-    dist.init_process_group(backend(device_type), rank=rank, world_size=spec.world_size)
+    dist.init_process_group(backend(device_type), init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=spec.world_size, timeout=COLLECTIVE_TIMEOUT)
     return init_group(spec, device_type)
 
 
 def _follower(index: int, spec: ParallelSpec, port: int, weights_dir: Path, devices: Sequence[str],
-              runtime: RuntimeConfig) -> None:
-    """Ranks 1..: load models on their device and run every request rank 0 sends until it sends None."""
+              runtime: RuntimeConfig, pipes: Sequence[Connection]) -> None:
+    """Ranks 1..: load models on their device and run every request rank 0 sends, answering each when done, until
+    rank 0 sends None or its process is gone. Any other error ends the process: rank 0 then restarts the group."""
     from .generate import run_denoise
     from .loading import ModelManager
 
-    rank = index + 1
+    rank, pipe = index + 1, pipes[index]
     group = _join(rank, spec, port, devices[rank])
     models = ModelManager(weights_dir, device=devices[rank], runtime=runtime, group=group)
     try:
-        while (request := _receive()) is not None:
+        while True:
+            try:
+                request = pipe.recv()
+            except EOFError:  # rank 0's process ended without a word
+                return
+            if request is None:
+                return
             with contextlib.suppress(JobCancelled):  # rank 0 decided it, every rank stops at the same step
                 run_denoise(models, request, group=group)
+            pipe.send(rank)
     finally:
         dist.destroy_process_group()
+
+
+class LocalGroup:
+    """Ranks 1.. of ``spec``'s group as local processes, this process as rank 0; ``devices`` (one per rank) default
+    to the CPU. ``start`` joins the group, ``close`` ends it; a group that failed is closed and a new one started."""
+
+    def __init__(self, spec: ParallelSpec, weights_dir: Path, runtime: RuntimeConfig,
+                 devices: Sequence[str] | None = None) -> None:
+        self.devices = list(devices or ["cpu"] * spec.world_size)
+        spec.check_devices(len(self.devices))
+        spec.check_device_type(torch.device(self.devices[0]).type)
+        self.spec, self.weights_dir, self.runtime = spec, Path(weights_dir), runtime
+        self.processes: list[BaseProcess] = []
+        self._pipes: list[Connection] = []
+        self._unfinished = 0  # requests sent that the followers have not all answered yet
+        self._closing = threading.Event()
+
+    def start(self) -> ParallelGroup:
+        global _running
+        if _running is not None:
+            raise RuntimeError("this process already runs a job group")
+        port = _free_port()
+        ends = [mp.Pipe() for _ in range(self.spec.world_size - 1)]
+        self._pipes = [ours for ours, _ in ends]
+        context = mp.start_processes(
+            _follower, args=(self.spec, port, self.weights_dir, self.devices, self.runtime, [t for _, t in ends]),
+            nprocs=self.spec.world_size - 1, join=False, start_method="spawn",
+        )
+        self.processes = list(context.processes)
+        for _, theirs in ends:
+            theirs.close()
+        try:
+            group = _join(0, self.spec, port, self.devices[0])
+        except BaseException:
+            for process in self.processes:
+                process.kill()
+            raise
+        _running = self
+        if torch.device(self.devices[0]).type == "cuda":
+            threading.Thread(target=self._abort_when_a_follower_exits, name="vace-group-watch", daemon=True).start()
+        return group
+
+    def send(self, request: DenoiseRequest) -> None:
+        for pipe in self._pipes:
+            pipe.send(request)
+        self._unfinished += 1
+
+    def failed(self, wait_s: float = 0.0) -> str | None:
+        """Which follower exited (waiting up to ``wait_s`` for one to), or None while all run."""
+        connection.wait([p.sentinel for p in self.processes], timeout=wait_s)
+        for rank, process in enumerate(self.processes, start=1):
+            if not process.is_alive():
+                return f"rank {rank} ({self.devices[rank]}) exited with code {process.exitcode}"
+        return None
+
+    def in_step(self, wait_s: float) -> bool:
+        """Whether every follower finished every request sent (waiting up to ``wait_s`` for their answers): False
+        when rank 0 left a job that the followers are still inside (it failed mid-job), so they would never take
+        the next request."""
+        while self._unfinished:
+            for pipe in self._pipes:
+                if not pipe.poll(wait_s):
+                    return False
+                pipe.recv()
+            self._unfinished -= 1
+        return True
+
+    def _abort_when_a_follower_exits(self) -> None:
+        """NCCL waits on a dead peer until its timeout: abort the communicators so rank 0's job raises now."""
+        connection.wait([p.sentinel for p in self.processes])
+        if not self._closing.is_set():
+            dist.distributed_c10d._abort_process_group()
+
+    def close(self) -> None:
+        """End the group: a group in step is asked to stop, one that failed has its followers killed."""
+        global _running
+        self._closing.set()
+        healthy = self.failed() is None and self.in_step(wait_s=1.0)
+        for pipe in self._pipes:
+            with contextlib.suppress(OSError):
+                if healthy:
+                    pipe.send(None)
+                pipe.close()
+        for process in self.processes:
+            process.join(STOP_WAIT_S if healthy else 0)
+            if process.is_alive():
+                process.kill()
+                process.join()
+        if _running is self:
+            _running = None
+            dist.destroy_process_group()
 
 
 @contextlib.contextmanager
 def local_group(spec: ParallelSpec, weights_dir: Path, runtime: RuntimeConfig,
                 devices: Sequence[str] | None = None) -> Iterator[ParallelGroup]:
-    """Start ranks 1.. as local processes and make this process rank 0 of ``spec``'s group, for the duration of
-    the block; ``devices`` (one per rank) default to the CPU."""
-    devices = list(devices or ["cpu"] * spec.world_size)
-    spec.check_devices(len(devices))
-    spec.check_device_type(torch.device(devices[0]).type)
-    port = _free_port()
-    followers = mp.start_processes(
-        _follower, args=(spec, port, Path(weights_dir), devices, runtime), nprocs=spec.world_size - 1,
-        join=False, start_method="spawn",
-    )
-    group = _join(0, spec, port, devices[0])
+    """Run ``spec``'s group for the duration of the block, this process as rank 0 (see ``LocalGroup``)."""
+    group = LocalGroup(spec, weights_dir, runtime, devices)
     try:
-        yield group
+        yield group.start()
     finally:
-        send(None)
-        dist.destroy_process_group()
-        while not followers.join():
-            pass
+        group.close()

@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from pipelines.context import JobContext
 from pipelines.errors import InputError
 from pipelines.loading import ModelManager
+from pipelines.parallel import ParallelSpec
 from pipelines.registry import APPS, TASKS
 
 from . import routes, service, uploads
@@ -45,6 +46,7 @@ from .signing import WebhookSigner
 from .tls import certificate_names, client_hostport, ensure_certificate, fal_client_env
 from .webhooks import Webhooks
 from .worker import WorkerPool
+from .worker_group import WorkerGroup
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +117,13 @@ class Node:
         metrics = Metrics(store, devices)
         managers = [ModelManager(config.weights_dir, device=d, max_models=config.max_models, runtime=config.runtime)
                     for d in devices]
+        group = None
+        if config.parallel:  # one worker, rank 0 on the first device; until its group starts, a plain manager there
+            group = WorkerGroup(ParallelSpec.parse(config.parallel), config.devices, config.weights_dir,
+                                config.runtime, config.max_models,
+                                on_restart=lambda _cause: metrics.group_restarts.inc())
+            metrics.show_group(group.describe())
+            managers = managers[:1]
         secret, signing_key = node_secrets(store, config.data_dir)
         signer = WebhookSigner(signing_key, secret)
         webhooks = Webhooks(store, signer, ctx, attempts=config.webhook_attempts, backoff_s=config.webhook_backoff_s,
@@ -123,7 +132,7 @@ class Node:
         pool = WorkerPool(store=store, files=files, changes=changes, metrics=metrics, managers=managers,
                           work_dir=config.work_dir, on_finished=webhooks.schedule, ctx=ctx,
                           lease_s=config.lease_seconds, max_attempts=config.max_attempts, local=not config.no_workers,
-                          models=config.models, switch_after_s=config.switch_after_s)
+                          models=config.models, switch_after_s=config.switch_after_s, group=group)
         retention = Retention(store, files, max_age_s=config.retention_s, interval_s=config.retention_sweep_s,
                               deleted=metrics.retention_deleted)
         return cls(config, store, files, ctx, changes, metrics, Auth(config.api_keys, secret, config.admin_keys),

@@ -151,6 +151,9 @@ def _add_node_flags(parser: argparse.ArgumentParser) -> None:
              "has loaded (or of a runner hint it ran lately) before it goes first regardless; 0: plain FIFO",
              type=float)
     _setting(parser, "--devices", "one worker per device, e.g. cuda:0 cuda:1 (default: all GPUs or cpu)", nargs="+")
+    _setting(parser, "--parallel", "with --devices: the devices form one group serving one job at a time, split as "
+             "SPEC: cfg=2, ulysses=N, ring=N or a combination (cfg=2,ulysses=4); the product equals the number of "
+             "devices", metavar="SPEC")
     _setting(parser, "--max-models", "models kept loaded per device", type=int)
     _setting(parser, "--fetch-allow", "non-public media source or webhook target to permit: CIDR, host or host:port "
              "(repeatable). By default only public addresses are fetched", action="append")

@@ -164,8 +164,9 @@ def worker(settings: Settings, *, metrics_port: int | None = None) -> int:
         stopped = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             asyncio.get_running_loop().add_signal_handler(sig, stopped.set)
-        print(f"vace worker on {', '.join(str(w.models.device) for w in node.pool.workers)} "
-              f"(store: {'shared' if node.store.shared else 'sqlite'})", flush=True)
+        where = (f"{' '.join(settings.devices)} as one job group ({settings.parallel})" if settings.parallel
+                 else ", ".join(str(w.models.device) for w in node.pool.workers))
+        print(f"vace worker on {where} (store: {'shared' if node.store.shared else 'sqlite'})", flush=True)
         await stopped.wait()
         await node.stop()
 

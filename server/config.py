@@ -116,6 +116,9 @@ class Settings(BaseSettings):
     it saw lately) before it goes first regardless: the bound on that preference; 0 turns it off."""
     devices: Items = ()
     """One worker per device; empty means every CUDA device, or the CPU when there is none."""
+    parallel: str | None = None
+    """With ``devices``: they form one job group that serves one job at a time, split as this spec (``cfg=2``,
+    ``ulysses=N``, ``ring=N`` or a combination; the product equals the number of devices)."""
     max_models: int = 2
     memory_mode: str = "auto"
     attention: str = "auto"
@@ -167,6 +170,23 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check_runtime(self) -> Settings:
         self.runtime  # noqa: B018 - RuntimeConfig refuses bad modes and expander settings now, not at first use
+        return self
+
+    @model_validator(mode="after")
+    def _check_parallel(self) -> Settings:
+        """A group that cannot form is refused at start, not when its worker first starts it."""
+        if self.parallel is None:
+            return self
+        from pipelines.parallel import ParallelSpec
+
+        if not self.devices:
+            raise ValueError("--parallel needs --devices, one per rank of the group (e.g. cuda:0 cuda:1)")
+        spec = ParallelSpec.parse(self.parallel)
+        spec.check_devices(len(self.devices))
+        kinds = {device.split(":")[0] for device in self.devices}
+        if len(kinds) > 1:
+            raise ValueError(f"--devices {' '.join(self.devices)}: a group's devices are all of one kind")
+        spec.check_device_type(kinds.pop())
         return self
 
     @property

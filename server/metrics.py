@@ -1,5 +1,6 @@
 """Prometheus metrics: queue depth and jobs by state (read from the store at scrape time, so they are right after
-a restart too), denoising step time and job duration (observed by the workers), and GPU memory on CUDA.
+a restart too), denoising step time and job duration (observed by the workers), a job group's spec and restarts,
+and GPU memory on CUDA.
 
 Each app instance has its own registry, so several servers in one process (tests) do not collide.
 """
@@ -7,9 +8,10 @@ Each app instance has its own registry, so several servers in one process (tests
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import torch
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -78,7 +80,19 @@ class Metrics:
             "vace_retention_deleted", "Files, abandoned uploads and finished jobs deleted for their age.", ["kind"],
             registry=self.registry,
         )
+        self.group_restarts = Counter(
+            "vace_group_restarts", "Job groups replaced by a new one because a rank exited or fell out of step.",
+            registry=self.registry,
+        )
+        self._group = Gauge(
+            "vace_group_devices", "This worker's job group (--parallel): its device count, labelled with the spec "
+            "and the devices.", ["parallel", "devices"], registry=self.registry,
+        )
         self.registry.register(_StoreCollector(store, devices))
+
+    def show_group(self, info: dict[str, Any]) -> None:
+        """Expose a job group's spec and devices (``WorkerGroup.describe``)."""
+        self._group.labels(info["parallel"], ",".join(info["devices"])).set(len(info["devices"]))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

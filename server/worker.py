@@ -1,4 +1,5 @@
-"""The workers: one thread per device, each pulling jobs from the store and running ``generate()`` on them.
+"""The workers: one thread per device (or per job group of devices), each pulling jobs from the store and running
+``generate()`` on them.
 
 Model work never runs on the HTTP event loop. A worker reports every log line and denoising step to the store
 (which the status routes read) and wakes the coroutines waiting on the job. Whatever goes wrong in one job ends that
@@ -42,12 +43,14 @@ from .failures import failure_of
 from .files import FileStore, private_dir
 from .jobs import Job, JobStore
 from .metrics import Metrics
+from .worker_group import WorkerGroup
 
 log = logging.getLogger(__name__)
 
 IDLE_POLL_S = 1.0
 RECORD_RETRY_S = 2.0
 RECENT_HINTS = 32  # runner hints a worker remembers to route later jobs with the same hint to itself
+GROUP_RETRY_S = 10.0  # wait before trying again to start a job group that failed to start
 EXPIRY_POLL_S = 0.5  # how often queued jobs are checked against their start timeout
 
 
@@ -70,7 +73,9 @@ class WorkerPool:
         local: bool = True,
         models: tuple[str, ...] = (),
         switch_after_s: float = 0.0,
+        group: WorkerGroup | None = None,
     ) -> None:
+        """``group``: the devices form one job group, served by one worker (``managers`` then holds rank 0's)."""
         self.store = store
         self.local = local
         """Whether this process runs jobs (False on an API node: workers elsewhere pull from the shared store)."""
@@ -86,7 +91,7 @@ class WorkerPool:
         self.work_dir = work_dir
         self.on_finished = on_finished
         self.stopping = threading.Event()
-        self.workers = [Worker(self, manager) for manager in managers]
+        self.workers = [Worker(self, manager, group) for manager in managers]
         self._upkeep = threading.Thread(target=self._upkeep_loop, name="vace-queue-upkeep", daemon=True)
 
     def start(self) -> None:
@@ -144,12 +149,14 @@ class WorkerPool:
 
 
 class Worker(threading.Thread):
-    """Runs one job at a time on one device."""
+    """Runs one job at a time on one device, or on the devices of its job group (`server/worker_group.py`)."""
 
-    def __init__(self, pool: WorkerPool, models: ModelManager) -> None:
+    def __init__(self, pool: WorkerPool, models: ModelManager, group: WorkerGroup | None = None) -> None:
         super().__init__(name=f"vace-worker-{models.device}", daemon=True)
         self.pool = pool
         self.models = models
+        self.group = group
+        """A job group that this worker is rank 0 of; ``models`` are then the running group's rank 0 models."""
         self.wake = threading.Event()
         self.id = f"{socket.gethostname()}:{os.getpid()}:{models.device}:{secrets.token_hex(3)}"
         """Names this worker on the job it runs (its lease); unique across processes and machines."""
@@ -164,7 +171,8 @@ class Worker(threading.Thread):
         return {"node": socket.gethostname(), "device": str(self.models.device), "current_job": self.current,
                 "models_present": [m for m in MODELS if self.models.is_present(m)
                                    and (not self.pool.model_filter or m in self.pool.model_filter)],
-                "models_loaded": self.models.loaded()}
+                "models_loaded": self.models.loaded(),
+                **(self.group.describe() if self.group else {"devices": [str(self.models.device)], "parallel": None})}
 
     def renew_lease(self) -> None:
         """Keep the running job's lease; if the store says the job is no longer ours (another node handed it back
@@ -175,7 +183,21 @@ class Worker(threading.Thread):
             self.lost.set()
 
     def run(self) -> None:
+        try:
+            self._claim_loop()
+        finally:
+            if self.group is not None:
+                self.group.close()
+
+    def _claim_loop(self) -> None:
         while not self.pool.stopping.is_set():
+            if self.group is not None:
+                try:
+                    self.models = self.group.ready()
+                except Exception:
+                    log.exception("could not start the job group; retrying in %g s", GROUP_RETRY_S)
+                    self.pool.stopping.wait(GROUP_RETRY_S)
+                    continue
             job = self._claim()
             if job is None:
                 self.wake.wait(IDLE_POLL_S)
@@ -273,10 +295,14 @@ class Worker(threading.Thread):
             else:
                 outcome, ending = "cancelled", f"cancelled ({exc})"
         except Exception as exc:
-            failure = failure_of(exc, device)
-            if failure.type == "internal_error":
-                log.exception("job %s failed", job.id)
-            ending = f"failed: {failure.message}"
+            cause = self.group.interrupted() if self.group is not None else None
+            if cause is not None:
+                outcome, ending = "interrupted", f"the job group lost a rank: {cause}"
+            else:
+                failure = failure_of(exc, device)
+                if failure.type == "internal_error":
+                    log.exception("job %s failed", job.id)
+                ending = f"failed: {failure.message}"
         finally:
             # Before anything is written to the store: on a full disk, deleting the job's files makes the room.
             shutil.rmtree(workdir, ignore_errors=True)
@@ -286,6 +312,12 @@ class Worker(threading.Thread):
             release_memory(device)
         if outcome == "lost":  # whoever holds the job now records it; a second outcome would be a double completion
             log.warning("job %s: %s", job.id, ending)
+            return
+        if outcome == "interrupted":  # under the attempt rules, as a job whose worker died
+            log.warning("job %s: %s", job.id, ending)
+            self._record(lambda: store.hand_back(job.id, self.id, self.pool.max_attempts, ending))
+            self.pool.changes.notify(job.id)
+            self.pool.on_finished(job.id)
             return
         if outcome == "requeue":
             self._record(lambda: store.requeue(job.id, ending, worker_id=self.id))

@@ -263,6 +263,22 @@ def test_graceful_stop_hands_a_leased_job_back_at_once(store: SqlJobStore) -> No
     assert not store.heartbeat(job.id, "w1", lease_s=30)
 
 
+def test_an_interrupted_run_is_handed_back_at_once_under_the_attempt_rules(store: SqlJobStore) -> None:
+    job, other = add(store), add(store)
+    store.claim(worker_id="g1", lease_s=30)
+    store.claim(worker_id="g2", lease_s=30)
+    assert not store.hand_back(job.id, "g2", 2, "rank 1 exited")  # only its holder may say so
+    assert store.hand_back(job.id, "g1", 2, "rank 1 exited")
+    back = store.get(job.id)
+    assert back.status == "IN_QUEUE" and back.attempts == 1 and back.worker_id is None  # type: ignore[union-attr]
+    assert "rank 1 exited (run 1 of at most 2); re-queued" in store.logs(job.id)[-1].message
+    assert store.get(other.id).status == "IN_PROGRESS"  # type: ignore[union-attr]
+    store.claim(worker_id="g1", lease_s=30)
+    assert store.hand_back(job.id, "g1", 2, "rank 1 exited")
+    failed = store.get(job.id)
+    assert failed.outcome == "error" and failed.failure.type == "runner_disconnected"  # type: ignore[union-attr]
+
+
 def test_one_sqlite_server_per_database(tmp_path: Path) -> None:
     store = SqliteJobStore(tmp_path / "jobs.sqlite3")
     with pytest.raises(StoreLockedError):

@@ -107,13 +107,17 @@ def bench_config(
     accelerations: list[str],
     conds: dict[str, Conditioning],
     emit: Emit,
+    note_of: Callable[[], str] | None = None,
 ) -> None:
-    """Warm up once, then measure every job at every acceleration level for one loaded configuration."""
+    """Warm up once, then measure every job at every acceleration level for one loaded configuration; ``note_of``
+    says what a successful call adds to its row's note (a group's per-GPU peaks)."""
     device = torch.device(settings.device)
     rows = []
     for job in settings.jobs:
         for accel in accelerations:
             pipeline = "diffusers" if phase.pipeline == "diffusers" else f"ours, acceleration {accel}"
+            if phase.parallel:
+                pipeline += f", {phase.parallel}"
             label = job_label(job, settings.steps)
             row = Row(MODEL_NAMES[phase.model], label, pipeline, attention, phase.memory_label())
             rows.append((row, job, accel))
@@ -129,12 +133,13 @@ def bench_config(
             release(device)
             return
     for row, job, accel in rows:
-        measure(row, runner, conds[job], job_input(settings.steps, accel, JOBS[job][2]), job, device, emit)
+        measure(row, runner, conds[job], job_input(settings.steps, accel, JOBS[job][2]), job, device, emit, note_of)
 
 
 def measure(row: Row, runner: Runner, cond: Conditioning, inp: VaceInput, job: str, device: torch.device,
-            emit: Emit) -> None:
-    """One pipeline call measured into ``row`` (a failure becomes its note), then emitted."""
+            emit: Emit, note_of: Callable[[], str] | None = None) -> None:
+    """One pipeline call measured into ``row`` (a failure becomes its note; ``note_of`` adds to a success's),
+    then emitted."""
     width, height, _frames = JOBS[job]
     meter = Meter(device)
     cache = None
@@ -148,6 +153,8 @@ def measure(row: Row, runner: Runner, cond: Conditioning, inp: VaceInput, job: s
         row.e2e_s = meter.end - meter.start
         if cache is not None:
             row.reused = f"{sum(len(v) for v in cache.skipped.values())}/{cache.calls}"
+        if note_of is not None:
+            row.note = note_of()
     row.peak_gpu_gib = None if meter.peak_gpu is None else meter.peak_gpu / GIB
     row.peak_rss_gib = meter.rss.peak / GIB
     emit(row.record())
@@ -210,6 +217,11 @@ def bench_fast_path(settings: Settings, phase: Phase, loaded: LoadedModel, atten
 
 def run_phase(settings: Settings, phase: Phase, emit: Emit) -> None:
     """Load one configuration and measure its rows; every failure becomes a row's note."""
+    if phase.parallel:
+        from .multi import run_group_phase
+
+        run_group_phase(settings, phase, emit)
+        return
     quiet_libraries()
     device = torch.device(settings.device)
     emit(device_record(device))

@@ -28,9 +28,15 @@ JOBS: dict[str, tuple[int, int, int]] = {
     "240p-short": (416, 240, 9),
 }
 WARMUP = (320, 192, 5, 2)  # width, height, frames, steps of the warm-up call made once per loaded configuration
-PARTS = ("baseline", "accel", "attention", "memory", "budget", "fastpath")
+PARTS = ("baseline", "accel", "attention", "memory", "budget", "fastpath", "parallel")
 OFFLOAD_MODES = ("fp8", "group_offload", "model_offload")
 BUDGET_MODE = "group_offload"  # what memory_mode auto picks with under 40 GiB free, i.e. on a 24 GB card
+# One job on a group of devices (--parallel), by device count; the 1-device row is "ours, acceleration none".
+PARALLEL_SPECS = {
+    2: ("cfg=2", "ulysses=2", "ring=2"),
+    4: ("ulysses=4", "ring=4", "cfg=2,ulysses=2", "cfg=2,ring=2", "ring=2,ulysses=2"),
+    8: ("ulysses=8", "ring=8", "cfg=2,ulysses=4", "cfg=2,ring=4", "cfg=2,ring=2,ulysses=2"),
+}
 
 
 @dataclass
@@ -58,13 +64,16 @@ class Phase:
     budget_gib: float | None = None
     fast_path: bool = False
     """Measure whole jobs of the LoRA fast-path recipe against the default request instead of the step matrix."""
+    parallel: str | None = None
+    """A ``--parallel`` spec: the job runs on a group of that many devices (cuda:0.., or CPU processes)."""
 
     def memory_label(self) -> str:
         return self.memory if self.budget_gib is None else f"{self.memory}, {self.budget_gib:g} GiB cap"
 
     def title(self) -> str:
         what = "fast path vs default request" if self.fast_path else self.pipeline
-        return f"{MODEL_NAMES[self.model]} / {what} / {self.memory_label()}"
+        group = f" / {self.parallel}" if self.parallel else ""
+        return f"{MODEL_NAMES[self.model]} / {what} / {self.memory_label()}{group}"
 
 
 def attention_backends(device: torch.device, requested: list[str] | None) -> tuple[str, list[str]]:
@@ -80,9 +89,11 @@ def attention_backends(device: torch.device, requested: list[str] | None) -> tup
     return default, [b for b in dict.fromkeys(candidates) if b != default]
 
 
-def plan_phases(model: str, parts: list[str], extra_backends: list[str], cuda: bool, budget_gib: float) -> list[Phase]:
+def plan_phases(model: str, parts: list[str], extra_backends: list[str], cuda: bool, budget_gib: float,
+                devices: int = 1) -> list[Phase]:
     """One model's configurations for the requested ``parts``; the accelerations and the other attention backends
-    share the ``full`` configuration's load (the backends are switched on the loaded transformers)."""
+    share the ``full`` configuration's load (the backends are switched on the loaded transformers). ``devices``: how
+    many GPUs the parallel rows may use (on CPU, two processes and no ring attention, which needs CUDA)."""
     phases = []
     if "baseline" in parts:
         phases.append(Phase(model, "diffusers", "full"))
@@ -96,4 +107,8 @@ def plan_phases(model: str, parts: list[str], extra_backends: list[str], cuda: b
         phases.append(Phase(model, "ours", BUDGET_MODE, budget_gib=budget_gib))
     if "fastpath" in parts:
         phases.append(Phase(model, "ours", "full", fast_path=True))
+    if "parallel" in parts:
+        limit = devices if cuda else 2
+        phases += [Phase(model, "ours", "full", parallel=spec) for n, specs in PARALLEL_SPECS.items() if n <= limit
+                   for spec in specs if cuda or "ring" not in spec]
     return phases

@@ -58,6 +58,9 @@ COMMON_NOTES = (
     "flow_shift=5)`. Ours: `ModelManager(weights, runtime=RuntimeConfig(memory_mode, attention)).get(model)"
     ".pipeline(scheduler)` and `denoise()` from `pipelines/generate.py`; the other attention backends are switched "
     "on the loaded transformers with `set_attention_backend`.",
+    "Parallel rows (`ours, ..., SPEC`): one job on a group of GPUs (cuda:0..) through the server's own group; "
+    "s/step on rank 0; peak GPU is rank 0's allocator peak, and the note gives every GPU's peak device-wide memory "
+    "in use (NVML, sampled every 20 ms: caches and CUDA contexts included).",
     "Peak GPU: `torch.cuda.max_memory_allocated` (tensors; the allocator's cache and the CUDA context come on top). "
     "Peak RSS: the process's resident memory sampled every 20 ms (pinned host copies of offloaded weights count).",
 )
