@@ -43,8 +43,6 @@ from starlette.responses import RedirectResponse, Response
 from .files import (NAME, TOKEN, FileStore, file_headers, is_key, open_private, private_dir, served_type, url_path,
                     write_stream)
 
-MAX_URL_TTL_S = 7 * 24 * 3600
-"""SigV4 presigned URLs are valid for at most seven days."""
 _DELETE_BATCH = 1000  # keys per DeleteObjects call, S3's maximum
 
 
@@ -64,10 +62,10 @@ def _missing(exc: ClientError) -> bool:
 class S3FileStore(FileStore):
     """Files and uploads in one bucket under one prefix, shared by every node that names it."""
 
-    def __init__(self, url: str, *, max_bytes: int, spool_dir: Path, url_ttl_s: int = MAX_URL_TTL_S,
+    def __init__(self, url: str, *, max_bytes: int, spool_dir: Path, url_ttl_s: int,
                  public_url: str | None = None) -> None:
-        if not 1 <= url_ttl_s <= MAX_URL_TTL_S:
-            raise ValueError(f"the files' URL lifetime must be 1 to {MAX_URL_TTL_S} seconds, got {url_ttl_s}")
+        """``url_ttl_s``: how long presigned URLs live, within SigV4's seven days (``Settings.files_url_ttl`` checks
+        the operator's setting)."""
         self.bucket, self.prefix = parse_s3_url(url)
         self.max_bytes = max_bytes
         self.url_ttl_s = url_ttl_s
