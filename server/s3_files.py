@@ -40,6 +40,8 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 from starlette.responses import RedirectResponse, Response
 
+from pipelines.errors import FileTooLarge
+
 from .files import (NAME, TOKEN, FileStore, file_headers, is_key, open_private, private_dir, served_type, url_path,
                     write_stream)
 
@@ -137,13 +139,17 @@ class S3FileStore(FileStore):
         if is_key(key):
             self.client.delete_object(Bucket=self.bucket, Key=self._object(key))
 
-    def fetch(self, ref: str, workdir: Path) -> Path | None:
-        """Our object, downloaded into ``workdir`` (which the job deletes when it ends)."""
+    def fetch(self, ref: str, workdir: Path, max_bytes: int) -> Path | None:
+        """Our object, downloaded into ``workdir`` (which the job deletes when it ends) once its size, asked first,
+        is within ``max_bytes``: an oversized input costs one request, not a download."""
         key = self.key_of(ref)
         if key is None:
             return None
         dest = workdir / key.replace("/", "-")
         try:
+            size = self.client.head_object(Bucket=self.bucket, Key=self._object(key))["ContentLength"]
+            if size > max_bytes:
+                raise FileTooLarge(f"{key} is {size} bytes, over {max_bytes}")
             self.client.download_file(self.bucket, self._object(key), str(dest))
         except ClientError as exc:
             if _missing(exc):
