@@ -41,10 +41,11 @@ class JobContext:
     limits: Limits = Limits()
     fetch_allow: tuple[str, ...] = ()
     """Non-public sources media may be downloaded from (see :func:`parse_allow_entry`); all else must be public."""
-    local_files: Callable[[str, Path], Path | None] | None = None
-    """Maps a ref and the job's work directory to a file on this machine holding the ref's bytes (the server's own
-    files: read in place from a directory store, copied into the work directory from a bucket), or None for refs
-    it does not own: those are read from the store instead of downloaded from ourselves."""
+    local_files: Callable[[str, Path, int], Path | None] | None = None
+    """Maps a ref, the job's work directory and the most bytes the job takes to a file on this machine holding the
+    ref's bytes (the server's own files: read in place from a directory store, copied into the work directory from a
+    bucket), or None for refs it does not own: those are read from the store instead of downloaded from ourselves.
+    Raises :class:`~pipelines.errors.FileTooLarge` for a file over the limit, before copying any of it."""
     local_paths: bool = True
     """Whether local paths and ``file://`` URLs are inputs (the CLI) or refused (a server's remote callers)."""
     lora_cache: LoraCache | None = None

@@ -33,5 +33,10 @@ class InputError(ValueError):
         return f"{where + ': ' if where else ''}{self.msg} ({self.type})"
 
 
+class FileTooLarge(ValueError):
+    """One of the server's own files is larger than a job may take; raised before any of it is copied, so a job is
+    refused an oversized object in a bucket without downloading it first."""
+
+
 class JobCancelled(RuntimeError):
     """Raised from the per-step callback when the caller cancelled the job; aborts denoising at once."""

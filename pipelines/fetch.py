@@ -25,7 +25,7 @@ import httpx
 from PIL import Image, ImageOps
 
 from .context import JobContext
-from .errors import Field, InputError
+from .errors import Field, FileTooLarge, InputError
 
 DOWNLOAD_ERROR = "file_download_error"
 IMAGE_ERROR = "image_load_error"
@@ -143,7 +143,10 @@ def fetch_to_file(
 def own_file(ref: str, field: Field, workdir: Path, ctx: JobContext, max_bytes: int) -> Path | None:
     """The local file holding ``ref`` when it names one of the server's own files (``ctx.local_files``), within
     ``max_bytes``; None for any other ref."""
-    resolved = ctx.local_files(ref, workdir) if ctx.local_files is not None else None
+    try:
+        resolved = ctx.local_files(ref, workdir, max_bytes) if ctx.local_files is not None else None
+    except FileTooLarge:
+        raise _too_large(ref, field, max_bytes) from None
     return _checked_local(resolved, ref, field, max_bytes) if resolved is not None else None
 
 

@@ -24,6 +24,9 @@ from pipelines.manifest import DEFAULT_ANNOTATORS
 from pipelines.runtime import RuntimeConfig
 
 CACHE = Path.home() / ".cache" / "vace"
+MAX_PRESIGNED_TTL_S = 7 * 24 * 3600
+"""SigV4 presigned URLs are valid for at most seven days; stores refuse a longer ``X-Amz-Expires`` only when the URL
+is used, so a longer ``--files-url-ttl`` is refused here, at startup."""
 
 
 def is_loopback(host: str) -> bool:
@@ -100,7 +103,7 @@ class Settings(BaseSettings):
     """Where files live: a directory holding ``files/`` (served) and ``uploads/`` (in progress); default: the data
     directory. Several nodes share one by mounting it (NFS, a shared volume) or by naming one ``s3://bucket/prefix``
     (connection from the standard AWS variables boto3 reads: ``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ...)."""
-    files_url_ttl: int = Field(7 * 24 * 3600, ge=1, le=7 * 24 * 3600)
+    files_url_ttl: int = Field(MAX_PRESIGNED_TTL_S, ge=1, le=MAX_PRESIGNED_TTL_S)
     """S3 files: seconds a presigned output URL stays valid (SigV4 allows at most seven days)."""
     files_public_url: str | None = None
     """S3 files: a public base URL that serves the bucket's objects (a CDN, a public bucket); output URLs are then

@@ -150,9 +150,10 @@ class FileStore(ABC):
         """Delete a file (gone already is fine)."""
 
     @abstractmethod
-    def fetch(self, ref: str, workdir: Path) -> Path | None:
+    def fetch(self, ref: str, workdir: Path, max_bytes: int) -> Path | None:
         """A local file with the bytes of our own file that ``ref`` names (a job's input; see
-        ``JobContext.local_files``), or None when ``ref`` is not one of ours or the file is gone."""
+        ``JobContext.local_files``), or None when ``ref`` is not one of ours or the file is gone. A store that copies
+        the file raises ``pipelines.errors.FileTooLarge`` for one over ``max_bytes`` before copying any of it."""
 
     @abstractmethod
     async def receive(self, key: str, chunks: AsyncIterator[bytes]) -> int:
@@ -289,8 +290,8 @@ class LocalFileStore(FileStore):
         if is_key(key):
             (self.files_dir / key).unlink(missing_ok=True)
 
-    def fetch(self, ref: str, workdir: Path) -> Path | None:
-        """Our own file itself, read in place (no copy)."""
+    def fetch(self, ref: str, workdir: Path, max_bytes: int) -> Path | None:
+        """Our own file itself, read in place: with no copy to spare, its size is left to the caller's check."""
         key = self.key_of(ref)
         return self.path(key) if key is not None else None
 

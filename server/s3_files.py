@@ -40,11 +40,11 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 from starlette.responses import RedirectResponse, Response
 
+from pipelines.errors import FileTooLarge
+
 from .files import (NAME, TOKEN, FileStore, file_headers, is_key, open_private, private_dir, served_type, url_path,
                     write_stream)
 
-MAX_URL_TTL_S = 7 * 24 * 3600
-"""SigV4 presigned URLs are valid for at most seven days."""
 _DELETE_BATCH = 1000  # keys per DeleteObjects call, S3's maximum
 
 
@@ -64,10 +64,10 @@ def _missing(exc: ClientError) -> bool:
 class S3FileStore(FileStore):
     """Files and uploads in one bucket under one prefix, shared by every node that names it."""
 
-    def __init__(self, url: str, *, max_bytes: int, spool_dir: Path, url_ttl_s: int = MAX_URL_TTL_S,
+    def __init__(self, url: str, *, max_bytes: int, spool_dir: Path, url_ttl_s: int,
                  public_url: str | None = None) -> None:
-        if not 1 <= url_ttl_s <= MAX_URL_TTL_S:
-            raise ValueError(f"the files' URL lifetime must be 1 to {MAX_URL_TTL_S} seconds, got {url_ttl_s}")
+        """``url_ttl_s``: how long presigned URLs live, within SigV4's seven days (``Settings.files_url_ttl`` checks
+        the operator's setting)."""
         self.bucket, self.prefix = parse_s3_url(url)
         self.max_bytes = max_bytes
         self.url_ttl_s = url_ttl_s
@@ -139,13 +139,17 @@ class S3FileStore(FileStore):
         if is_key(key):
             self.client.delete_object(Bucket=self.bucket, Key=self._object(key))
 
-    def fetch(self, ref: str, workdir: Path) -> Path | None:
-        """Our object, downloaded into ``workdir`` (which the job deletes when it ends)."""
+    def fetch(self, ref: str, workdir: Path, max_bytes: int) -> Path | None:
+        """Our object, downloaded into ``workdir`` (which the job deletes when it ends) once its size, asked first,
+        is within ``max_bytes``: an oversized input costs one request, not a download."""
         key = self.key_of(ref)
         if key is None:
             return None
         dest = workdir / key.replace("/", "-")
         try:
+            size = self.client.head_object(Bucket=self.bucket, Key=self._object(key))["ContentLength"]
+            if size > max_bytes:
+                raise FileTooLarge(f"{key} is {size} bytes, over {max_bytes}")
             self.client.download_file(self.bucket, self._object(key), str(dest))
         except ClientError as exc:
             if _missing(exc):

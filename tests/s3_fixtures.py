@@ -4,6 +4,9 @@ port, speaking the S3 HTTP API that boto3 talks to any S3-compatible store.
 The fixture sets the standard AWS variables (``AWS_ENDPOINT_URL``, keys, region) in this process's environment for
 the session, so the code under test (and the worker processes tests start, which inherit it) configures boto3 the
 way an operator would. Without moto the tests skip with the reason, except in CI (``CI=true``), where that fails them.
+
+Tests that hold for either file store run over ``FILE_STORES``: :func:`files_setting` gives the server's ``--files``
+for one, and :func:`stored_names` lists what the server keeps there, so one test body checks both.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import pytest
 
 from server_fixtures import free_port, require, wait_until
 
+FILE_STORES = ("directory", "s3")
+"""The file stores a server test can run over: its data directory (the default) or a bucket."""
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "vace-test", "AWS_SECRET_ACCESS_KEY": "vace-test-secret", "AWS_REGION": "us-east-1"}
 
 
@@ -88,3 +93,26 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
             else:
                 os.environ[name] = value
         server.stop()
+
+
+def files_setting(store: str, request: pytest.FixtureRequest) -> str | None:
+    """The ``--files`` of a server keeping its files in ``store`` (one of ``FILE_STORES``): None for the data
+    directory, else a fresh bucket on the session's S3 server (started on first use)."""
+    if store == "directory":
+        return None
+    server: S3Server = request.getfixturevalue("s3_server")
+    return server.new_bucket()
+
+
+def stored_names(files: str | None, data_dir: Path) -> list[str]:
+    """The names of the files (not uploads in progress) a server with ``--files files`` and ``data_dir`` keeps,
+    sorted, from the directory or the bucket itself."""
+    if files is None:
+        return sorted(path.name for path in (data_dir / "files").rglob("*") if path.is_file())
+    import boto3
+
+    from server.s3_files import parse_s3_url
+
+    bucket, prefix = parse_s3_url(files)
+    pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}files/")
+    return sorted(obj["Key"].rpartition("/")[2] for page in pages for obj in page.get("Contents", []))

@@ -85,8 +85,8 @@ class ServeProcess:
     """``vace serve`` as a child process (the real CLI), which a test can kill outright."""
 
     def __init__(self, weights: Path, data_dir: Path, *, tls: bool = False, api_key: str | None = None,
-                 port: int | None = None) -> None:
-        self.weights, self.data_dir, self.tls, self.api_key = weights, data_dir, tls, api_key
+                 port: int | None = None, files: str | None = None) -> None:
+        self.weights, self.data_dir, self.tls, self.api_key, self.files = weights, data_dir, tls, api_key, files
         self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir.parent / f"{data_dir.name}-serve.log"
@@ -118,6 +118,8 @@ class ServeProcess:
             args.append("--tls")
         if self.api_key:
             args += ["--api-key", self.api_key]
+        if self.files:
+            args += ["--files", self.files]
         # One intra-op thread: test machines share their few cores, and oversubscribed OpenMP threads spin-wait
         # (a tiny job is ~3x slower with 2 threads than with 1 when other processes compete for the cores).
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}

@@ -22,6 +22,7 @@ import pytest
 import torch
 from diffusers import WanVACETransformer3DModel
 from prometheus_client import Counter, CollectorRegistry
+from s3_fixtures import FILE_STORES, files_setting, s3_server, stored_names  # noqa: F401
 from server_fixtures import (  # noqa: F401
     SMALL_JOB, ServeProcess, ThreadServer, control_videos, free_port, require, server_weights, wait_until,
 )
@@ -63,10 +64,6 @@ def messages(body: dict[str, Any]) -> list[str]:
     return [line["message"] for line in body["logs"]]
 
 
-def files_on_disk(data_dir: Path) -> set[str]:
-    return {p.name for p in (data_dir / "files").rglob("*") if p.is_file()}
-
-
 def test_out_of_memory_fails_alone_frees_memory_and_the_next_job_runs(
     server_weights: Path, control_videos: dict[str, Path], tmp_path: Path,  # noqa: F811
     monkeypatch: pytest.MonkeyPatch,
@@ -103,7 +100,7 @@ def test_out_of_memory_fails_alone_frees_memory_and_the_next_job_runs(
         assert "error_type" not in done and "started on cpu (run 1)" in messages(done)
         output = client.get(f"{REQUESTS}/{fits}").json()
         assert client.get(output["video"]["url"]).content[4:8] == b"ftyp"
-        assert files_on_disk(data) == {"pose.mp4", "video.mp4"}  # the failed job left nothing
+        assert stored_names(None, data) == ["pose.mp4", "video.mp4"]  # the failed job left nothing
         assert not any((data / "work").iterdir())
 
 
@@ -131,31 +128,37 @@ def fill(disk: Path, leave_bytes: int) -> Path:
     return filler
 
 
+@pytest.mark.parametrize("file_store", FILE_STORES)
 def test_a_full_disk_fails_the_job_cleanly_and_the_server_goes_on(
-    server_weights: Path, control_videos: dict[str, Path], small_disk: Path,  # noqa: F811
+    file_store: str, request: pytest.FixtureRequest, server_weights: Path, control_videos: dict[str, Path],  # noqa: F811
+    small_disk: Path,
 ) -> None:
-    """The server's whole data directory (job store, files, scratch) sits on a small disk. With 1 MiB left, a job
-    that also returns its frames as a zip of PNGs fills the disk while writing: it fails as "out of disk space"
-    (fal's ``runner_server_error``), its video already published is deleted again, and once space is freed the same job
+    """The server's whole data directory (job store, scratch and, for the directory store, files) sits on a small
+    disk. With 1 MiB left (besides the job's copy of its input), a job that also returns its frames as a zip of PNGs
+    fills the disk while writing the zip: it fails as "out of disk space" (fal's ``runner_server_error``), its video
+    already published (in the directory or the bucket) is deleted again, and once space is freed the same job
     succeeds."""
     data = small_disk / "data"
-    config = Settings(weights_dir=server_weights, data_dir=data, port=free_port())
+    files = files_setting(file_store, request)
+    config = Settings(weights_dir=server_weights, data_dir=data, port=free_port(), files=files)
     with ThreadServer(config) as server, httpx.Client(base_url=server.url, timeout=60) as client:
         video = upload(client, control_videos["pose"])
-        filler = fill(small_disk, leave_bytes=1024**2)
+        copied = control_videos["pose"].stat().st_size if files else 0  # a job copies its input from a bucket
+        filler = fill(small_disk, leave_bytes=1024**2 + copied)
         job = submit(client, video, "no room", return_frames_zip=True, video_quality="maximum")
         failed = finished(client, job)
         assert failed["error_type"] == "runner_server_error", failed
         result = client.get(f"{REQUESTS}/{job}")
         assert result.status_code == 500 and result.json()["detail"].startswith("out of disk space")
         assert result.json()["error_type"] == "runner_server_error"
-        assert files_on_disk(data) == {"pose.mp4"} and not any((data / "work").iterdir())
+        assert any(line.startswith("encoding") for line in messages(failed))
+        assert stored_names(files, data) == ["pose.mp4"] and not any((data / "work").iterdir())
 
         filler.unlink()
         again = finished(client, submit(client, video, "room again", return_frames_zip=True,
                                         video_quality="maximum"))
         assert "error_type" not in again
-        assert files_on_disk(data) == {"pose.mp4", "video.mp4", "frames.zip"}
+        assert stored_names(files, data) == ["frames.zip", "pose.mp4", "video.mp4"]
 
 
 def test_full_disk_errors_are_named_wherever_they_come_from(small_disk: Path) -> None:

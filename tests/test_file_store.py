@@ -2,7 +2,8 @@
 (``S3FileStore`` on moto's S3 server, see ``tests/s3_fixtures.py``).
 
 Uploads in one piece and in parts (the limit counts the parts together, ``complete`` takes exactly the parts sent),
-adopting a job's output, mapping our URLs back to keys and reading them for a job, deleting, and the retention sweep.
+adopting a job's output, mapping our URLs back to keys and reading them for a job (a file over the job's limit is
+refused before any of it is copied), deleting, and the retention sweep.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ import httpx
 import pytest
 from s3_fixtures import S3Server, s3_server  # noqa: F401
 
+from pipelines.context import JobContext
+from pipelines.errors import InputError
+from pipelines.fetch import fetch_to_file
 from server.files import FileStore, LocalFileStore, UploadTooLarge
 from server.s3_files import S3FileStore
 
@@ -49,7 +53,7 @@ def part(store: FileStore, upload_id: str, n: int, data: bytes) -> str:
 def read(store: FileStore, key: str, workdir: Path) -> bytes | None:
     """The bytes a job reading our ``/files/`` URL of ``key`` gets, or None when the store has no such file."""
     workdir.mkdir(exist_ok=True)
-    path = store.fetch(store.url(key, BASE), workdir)
+    path = store.fetch(store.url(key, BASE), workdir, LIMIT)
     return None if path is None else path.read_bytes()
 
 
@@ -128,3 +132,19 @@ def test_sweep_deletes_old_files_and_abandoned_uploads_but_inputs_in_use(store: 
     assert read(store, old, tmp_path / "job") is None and read(store, in_use, tmp_path / "job") == b"x"
     assert store.pending(abandoned) is None
     assert store.sweep(time.time() + 60, keep={in_use}) == (0, 0)  # nothing twice
+
+
+def test_a_job_is_refused_a_file_over_its_limit_before_copying_it(store: FileStore, tmp_path: Path) -> None:
+    """A bucket's object is sized before it is downloaded: an oversized input is a fal-shaped download error and
+    nothing lands in the job's work directory."""
+    key = store.new_key("big.mp4")
+    receive(store, key, b"x" * 600)
+    ctx = JobContext(local_files=store.fetch, local_paths=False)  # as a server's jobs read their inputs
+    workdir = tmp_path / "job"
+    workdir.mkdir()
+    with pytest.raises(InputError) as refused:
+        fetch_to_file(store.url(key, BASE), "video_url", workdir, ctx, max_bytes=599)
+    assert refused.value.type == "file_download_error" and refused.value.loc == ("video_url",)
+    assert "larger than the 599-byte limit" in refused.value.msg
+    assert list(workdir.iterdir()) == []
+    assert fetch_to_file(store.url(key, BASE), "video_url", workdir, ctx, max_bytes=600).read_bytes() == b"x" * 600

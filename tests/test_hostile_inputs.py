@@ -195,7 +195,7 @@ def test_allow_list_forms_and_connecting_to_the_vetted_address(
 def test_own_file_urls_and_cli_local_paths_still_work(tmp_path: Path) -> None:
     served = tmp_path / "served.mp4"
     served.write_bytes(b"video bytes")
-    ours = JobContext(local_files=lambda ref, _workdir: served if ref.startswith("http://127.0.0.1:1/files/") else None)
+    ours = JobContext(local_files=lambda ref, _workdir, _max_bytes: served if ref.startswith("http://127.0.0.1:1/files/") else None)
     assert fetch_to_file("http://127.0.0.1:1/files/abc/v.mp4", "video_url", tmp_path, ours) == served
     assert fetch_to_file(str(served), "video_url", tmp_path, ours) == served  # the CLI's local paths
     assert fetch_to_file(served.as_uri(), "video_url", tmp_path, ours) == served

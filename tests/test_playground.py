@@ -4,6 +4,10 @@ server's message next to it, and a small preprocessed job whose progress reaches
 videos load in the page. ``tests/js/playground.mjs`` drives the browser (playwright-core from npm, Debian's
 chromium); this module starts the server and checks what the page showed.
 
+All of it runs twice: with the server's files in its data directory and in an S3 bucket (moto's server), where the
+page's upload and the JS snippet's @fal-ai/client upload land in the bucket, the job reads its input from there, and
+the page plays the videos from presigned URLs of the bucket.
+
 Set ``VACE_PLAYGROUND_SCREENSHOT=docs/playground.png`` to refresh the README's screenshot from a run.
 """
 
@@ -17,9 +21,11 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from s3_fixtures import FILE_STORES, files_setting, s3_server, stored_names  # noqa: F401
 from server_fixtures import REPO, ServeProcess, control_videos, require, server_weights  # noqa: F401
 
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
@@ -29,11 +35,18 @@ STATIC = REPO / "server" / "static"
 FAL_HOSTS = ("https://queue.fal.run", "https://rest.fal.ai", "https://fal.run")
 
 
-@pytest.fixture(scope="module")
-def server(server_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:  # noqa: F811
-    running = ServeProcess(server_weights, tmp_path_factory.mktemp("playground") / "data", api_key=API_KEY).start()
+@pytest.fixture(scope="module", params=FILE_STORES)
+def server(request: pytest.FixtureRequest, server_weights: Path,  # noqa: F811
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
+    running = ServeProcess(server_weights, tmp_path_factory.mktemp("playground") / "data", api_key=API_KEY,
+                           files=files_setting(request.param, request)).start()
     yield running
     running.stop()
+
+
+def output_prefix(server: ServeProcess) -> str:
+    """How the URL of a file a job made starts: the server's ``/files/``, or the bucket's (presigned)."""
+    return f"{os.environ['AWS_ENDPOINT_URL']}/" if server.files else f"{server.url}/files/"
 
 
 @pytest.fixture(scope="module")
@@ -58,17 +71,22 @@ def page_run(server: ServeProcess, control_videos: dict[str, Path],  # noqa: F81
     return report
 
 
-def test_page_is_local_and_built_from_the_schema(page_run: dict[str, Any]) -> None:
-    assert page_run["pageErrors"] == [] and page_run["foreignRequests"] == []
+def test_page_is_local_and_built_from_the_schema(page_run: dict[str, Any], server: ServeProcess) -> None:
+    assert page_run["pageErrors"] == []
+    # Requests to other hosts: only the videos, from the bucket's presigned URLs when the files are in S3.
+    foreign = page_run["foreignRequests"]
+    assert all(url.startswith(output_prefix(server)) and "X-Amz-Signature=" in url for url in foreign), foreign
+    assert bool(foreign) == bool(server.files)
     assert page_run["apps"] == ["fal-ai/wan-vace-14b", "fal-ai/wan-22-vace-fun-a14b"]
     assert page_run["formDefaults"] == {"num_frames": "81", "num_frames_max": "241", "sampler": "unipc",
                                         "sampler_options": ["unipc", "dpm++", "euler"], "preprocess": False}
 
 
-def test_api_key_field_and_upload(page_run: dict[str, Any]) -> None:
+def test_api_key_field_and_upload(page_run: dict[str, Any], server: ServeProcess) -> None:
     assert page_run["keyFieldVisible"]
     assert "API key" in page_run["missingKeyError"]
     assert "/files/" in page_run["videoUrl"] and page_run["uploadStatus"].startswith("uploaded")
+    assert page_run["videoUrl"].rpartition("/")[2] in stored_names(server.files, server.data_dir)  # disk or bucket
     assert page_run["keyErrorAfterUpload"] == ""
 
 
@@ -85,7 +103,8 @@ def test_job_progress_and_videos(page_run: dict[str, Any], server: ServeProcess)
     assert page_run["resultReadyState"] >= 1 and page_run["resultSize"] == [416, 240]
     assert page_run["controlVisible"] and page_run["controlReadyState"] >= 1
     assert page_run["decoded"][0] >= 2 and page_run["decoded"][1] >= 2  # a frame of each decoded in the page
-    assert page_run["seed"] == "1" and page_run["resultDownload"].endswith(".mp4")
+    assert page_run["seed"] == "1" and page_run["resultDownload"] == page_run["resultSrc"]
+    assert urlsplit(page_run["resultDownload"]).path.endswith("/video.mp4")
     assert page_run["formError"] == ""
 
     # What the page showed is what the server has: the control video is an extra status field, and the output
@@ -95,8 +114,11 @@ def test_job_progress_and_videos(page_run: dict[str, Any], server: ServeProcess)
         status = client.get(f"{base}/status").json()
         output = client.get(base).json()
         assert status["control_video_url"] == page_run["controlSrc"]
-        assert client.get(status["control_video_url"]).headers["content-type"] == "video/mp4"
+    control = httpx.get(status["control_video_url"], timeout=30)  # no key: the URL is the grant
+    assert control.status_code == 200 and control.headers["content-type"] == "video/mp4"
     assert output["video"]["url"] == page_run["resultSrc"] and output["seed"] == 1
+    assert page_run["resultSrc"].startswith(output_prefix(server))
+    assert page_run["controlSrc"].startswith(output_prefix(server))
     assert set(output) <= {"video", "prompt", "seed", "frames_zip"}
 
 
@@ -131,8 +153,10 @@ def test_js_snippet_runs_as_printed(page_run: dict[str, Any], server: ServeProce
     assert proc.returncode == 0, f"{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
     video_line, upload_line = proc.stdout.strip().splitlines()[-2:]
     video_url, seed = video_line.split()
-    assert video_url.startswith(f"{server.url}/files/") and seed == "1"
+    assert video_url.startswith(output_prefix(server)) and seed == "1"
+    assert httpx.get(video_url, timeout=30).content[4:8] == b"ftyp"
     assert upload_line.startswith(f"{server.url}/files/")
+    assert httpx.get(upload_line, follow_redirects=True, timeout=30).content == b"x"
 
 
 def test_page_files_are_served(server: ServeProcess) -> None:

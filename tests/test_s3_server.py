@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, Counter
 from s3_fixtures import S3Server, s3_server  # noqa: F401
 from server_fixtures import SMALL_JOB, ThreadServer, control_videos, free_port, server_weights, wait_until  # noqa: F401
 
+from server import cli
 from server.config import Settings
 from server.retention import Retention
 
@@ -134,3 +135,13 @@ def test_a_job_reads_its_upload_from_the_bucket_and_its_output_is_presigned(
     assert swept.files >= 2 and swept.uploads >= 1  # at least the input and the output video; the upload never sent
     assert s3_server.objects(bucket) == []
     assert httpx.get(video_url, timeout=30).status_code in (403, 404)  # S3 says 403 to a missing key, as moto does
+
+
+def test_a_presigned_url_lifetime_past_seven_days_is_refused_at_startup() -> None:
+    """SigV4 caps presigned URLs at seven days, and stores refuse a longer one only when it is used: the setting is
+    checked before a node starts (``vace worker`` takes the same flag)."""
+    for command in ("serve", "worker"):
+        args = cli.build_parser().parse_args([command, "--files", "s3://b/p", "--files-url-ttl", "604801"])
+        with pytest.raises(cli.SettingsError, match="files_url_ttl: Input should be less than or equal to 604800"):
+            cli.settings(args)
+    assert cli.settings(cli.build_parser().parse_args(["serve", "--files-url-ttl", "604800"])).files_url_ttl == 604800

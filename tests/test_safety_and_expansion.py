@@ -2,7 +2,8 @@
 
 The tiny safety classifier's last bias favours ``normal``; flipping it makes it flag everything, which is how these
 tests force a flag: on the inputs (refused before any model work), on the output only (flipped during denoising:
-the job fails and nothing is encoded or published) and through the HTTP server (422, no file stored). Expansion runs
+the job fails and nothing is encoded or published) and through the HTTP server (422, no file stored; a queued job's
+control video, kept while it ran, is deleted from the directory or the bucket once its output is flagged). Expansion runs
 through the tiny local LM (the output's prompt is exactly what it generates greedily) and through an
 OpenAI-compatible endpoint served on loopback by the test; every kind of expander failure keeps the prompt.
 """
@@ -22,7 +23,8 @@ from typing import Any
 import httpx
 import pytest
 import torch
-from server_fixtures import ThreadServer, free_port
+from s3_fixtures import FILE_STORES, files_setting, s3_server, stored_names  # noqa: F401
+from server_fixtures import SMALL_JOB, ThreadServer, free_port, wait_until
 from test_generate import run_job
 from transformers import AutoModelForCausalLM, AutoTokenizer, ViTForImageClassification
 
@@ -285,3 +287,36 @@ def test_server_refuses_a_flagged_job_and_stores_nothing(tiny_weights, tmp_path,
         assert response.headers["x-fal-error-type"] == "content_policy_violation"
         assert client.get("/ready").json()["devices"][0]["loaded_stages"] == ["safety_checker"]
     assert files_in(config.files_dir) == []
+
+
+@pytest.mark.parametrize("file_store", FILE_STORES)
+def test_a_flagged_output_deletes_the_control_video_kept_for_it(file_store, request, tiny_weights, tmp_path,
+                                                                pose_video):
+    """With ``preprocess=true`` the control video is stored (and its URL shown) as soon as preprocessing made it.
+    The classifier is flipped while the job denoises, after its inputs passed: the output is flagged, and the worker
+    deletes the control video and takes its URL off the job, so nothing of the flagged job stays."""
+    files = files_setting(file_store, request)
+    config = Settings(weights_dir=tiny_weights, data_dir=tmp_path / "data", port=free_port(), devices=("cpu",),
+                      files=files)
+    video = "data:video/mp4;base64," + base64.b64encode(pose_video.read_bytes()).decode()
+    with ThreadServer(config) as server, httpx.Client(base_url=server.url, timeout=60) as client:
+        checker = server.app.state.pool.workers[0].models.safety_checker()  # the worker's own, loaded once
+        job = client.post("/queue/fal-ai/wan-vace-14b/pose", json={
+            "prompt": "a person dancing", "video_url": video, **SMALL_JOB, "num_inference_steps": 20,
+            "preprocess": True, "enable_safety_checker": True}).json()["request_id"]
+        status_url = f"/queue/fal-ai/wan-vace-14b/requests/{job}/status?logs=1"
+
+        def denoising() -> dict[str, Any] | None:
+            body = client.get(status_url).json()
+            return body if any(line["message"].startswith("step 1/") for line in body["logs"]) else None
+
+        control_url = wait_until(denoising, 120, "the first denoising step")["control_video_url"]
+        assert httpx.get(control_url, follow_redirects=True, timeout=30).status_code == 200
+        assert stored_names(files, config.data_dir) == ["control.mp4"]
+        with flagging(checker):
+            done = wait_until(lambda: (s := client.get(status_url).json())["status"] == "COMPLETED" and s, 120,
+                              "the job to end")
+        assert done["error_type"] == "content_policy_violation" and "control_video_url" not in done
+        assert any(line["message"].startswith("safety check: the inputs passed") for line in done["logs"])
+        assert stored_names(files, config.data_dir) == []
+        assert httpx.get(control_url, follow_redirects=True, timeout=30).status_code in (403, 404)
