@@ -81,6 +81,11 @@ def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str, interv
     pytest.fail(f"timed out after {timeout_s:g} s waiting for {what}")
 
 
+def keyed_client(url: str, key: str) -> httpx.Client:
+    """An HTTP client for a server that asks for ``key``, patient enough for a tiny job on two shared cores."""
+    return httpx.Client(base_url=url, headers={"authorization": f"Key {key}"}, timeout=60)
+
+
 class ServeProcess:
     """``vace serve`` as a child process (the real CLI), which a test can kill outright."""
 

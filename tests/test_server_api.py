@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
-from server_fixtures import SMALL_JOB, ThreadServer, control_videos, free_port, server_weights, wait_until  # noqa: F401
+from server_fixtures import SMALL_JOB, ThreadServer, control_videos, free_port, keyed_client, server_weights, wait_until  # noqa: F401
 
 from server import cli
 from server.config import Settings
@@ -49,7 +49,7 @@ def server(server_weights: Path, tmp_path_factory: pytest.TempPathFactory,  # no
 
 @pytest.fixture(scope="module")
 def client(server: ThreadServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, headers={"authorization": f"Key {API_KEY}"}, timeout=60) as c:
+    with keyed_client(server.url, API_KEY) as c:
         yield c
 
 

@@ -20,35 +20,56 @@ except ImportError:  # peak RSS then falls back to the process's lifetime maximu
     psutil = None
 
 
-class RssPeak:
-    """Peak resident memory of this process over a block, sampled on a thread."""
+class PeakSampler:
+    """A peak over a block, sampled on a thread every ``interval`` seconds: subclasses say what one sample takes
+    (``start``, ``sample``) and keep their own peaks."""
 
     def __init__(self, interval: float = 0.02) -> None:
         self.interval = interval
-        self.peak = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def _rss(self) -> int:
-        if psutil is not None:
-            return psutil.Process().memory_info().rss
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB, lifetime maximum
+    def start(self) -> bool:
+        """Reset the peaks; False when there is nothing to sample (no thread is started)."""
+        return True
 
-    def _sample(self) -> None:
+    def sample(self) -> None:
+        raise NotImplementedError
+
+    def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            self.peak = max(self.peak, self._rss())
+            self.sample()
 
-    def __enter__(self) -> RssPeak:
-        self.peak = self._rss()
+    def __enter__(self):  # type: ignore[no-untyped-def]
         self._stop.clear()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
+        self._thread = None
+        if self.start():
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
         return self
 
     def __exit__(self, *_exc: object) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+            self.sample()
+
+
+class RssPeak(PeakSampler):
+    """Peak resident memory of this process over a block."""
+
+    peak = 0
+
+    def _rss(self) -> int:
+        if psutil is not None:
+            return psutil.Process().memory_info().rss
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB, lifetime maximum
+
+    def start(self) -> bool:
+        self.peak = self._rss()
+        return True
+
+    def sample(self) -> None:
         self.peak = max(self.peak, self._rss())
 
 

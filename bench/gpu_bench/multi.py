@@ -9,7 +9,6 @@ included, which is what decides whether a job fits."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,39 +23,26 @@ from pipelines.parallel import ParallelGroup, ParallelSpec
 from pipelines.runtime import GIB, RuntimeConfig
 from pipelines.schema import VaceInput
 
+from .meter import PeakSampler
 from .phases import Emit, Row, bench_config, device_record, quiet_libraries, short_error
 from .plan import JOBS, MODEL_NAMES, SEED, Phase, Settings
 from .runners import Runner, pose_conditioning
 
 
-class DevicePeaks:
-    """Peak device-wide memory in use of each CUDA device over a block, sampled on a thread."""
+class DevicePeaks(PeakSampler):
+    """Peak device-wide memory in use of each CUDA device over a block."""
 
     def __init__(self, devices: list[str], interval: float = 0.02) -> None:
+        super().__init__(interval)
         self.indices = [torch.device(d).index for d in devices if torch.device(d).type == "cuda"]
-        self.interval = interval
         self.peaks = [0] * len(self.indices)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    def _sample(self) -> None:
-        while True:
-            self.peaks = [max(p, torch.cuda.device_memory_used(i)) for p, i in zip(self.peaks, self.indices)]
-            if self._stop.wait(self.interval):
-                return
-
-    def __enter__(self) -> DevicePeaks:
+    def start(self) -> bool:
         self.peaks = [0] * len(self.indices)
-        self._stop.clear()
-        if self.indices:
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-        return self
+        return bool(self.indices)
 
-    def __exit__(self, *_exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+    def sample(self) -> None:
+        self.peaks = [max(p, torch.cuda.device_memory_used(i)) for p, i in zip(self.peaks, self.indices)]
 
     def note(self) -> str:
         if not self.indices:
