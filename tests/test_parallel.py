@@ -2,8 +2,8 @@
 
 Each group test starts a real 2-process gloo group on loopback (this process is rank 0, as in ``vace generate
 --parallel``) and runs whole jobs through ``generate()`` on tiny random weights, for both model families, with a
-reference image and the step cache on. The enforced tolerance is exact: the uint8 frames of the frames zip are
-byte-identical to the 1-process run's.
+reference image and the step cache on. The enforced tolerance is ``frames_match``'s: the uint8 frames of the frames
+zip at most one level from the 1-process run's, in at most 0.1% of values (byte-identical with one torch thread).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from frames_match import assert_same_frames
 from PIL import Image
 
 from pipelines.generate import JobHooks, generate
@@ -86,4 +87,4 @@ def test_parallel_job_frames_equal_single_process(spec, tiny_weights, pose_video
         for model in FAMILIES:
             frames = run_job(models, model, pose_video, reference_image, tmp_path / model)
             assert len(frames) == 17
-            assert frames == single[model], f"{spec} {model}: frames differ from the 1-process job"
+            assert_same_frames(frames, single[model], f"{spec} {model}")
