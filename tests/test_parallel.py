@@ -1,8 +1,8 @@
 """One job on several processes (``--parallel``): the frames equal the single-process frames of the same request.
 
-Each group test starts a real 2-process gloo group on loopback (this process is rank 0, as in ``vace generate
---parallel``) and runs whole jobs through ``generate()`` on tiny random weights, for both model families, with a
-reference image and the step cache on. The enforced tolerance is ``frames_match``'s: the uint8 frames of the frames
+Each group test starts a real gloo group on loopback (2 processes, 4 for ``cfg=2,ulysses=2``; this process is rank 0,
+as in ``vace generate --parallel``) and runs whole jobs through ``generate()`` on tiny random weights, for both model
+families, with a reference image, first- and last-frame conditioning and the step cache on. The enforced tolerance is ``frames_match``'s: the uint8 frames of the frames
 zip at most one level from the 1-process run's, in at most 0.1% of values (byte-identical with one torch thread).
 """
 
@@ -62,9 +62,11 @@ def reference_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run_job(models: ModelManager, model: str, video: Path, ref: Path, workdir: Path) -> list[bytes]:
-    """A pose job with a reference image and the step cache on; its frames as the zip's PNG bytes."""
+    """A pose job with a reference image, first- and last-frame conditioning and the step cache on; its frames as
+    the zip's PNG bytes."""
     inp = VaceInput(prompt="a person dancing", video_url=str(video), num_frames=17, num_inference_steps=3, seed=5,
-                    acceleration="regular", ref_image_urls=[str(ref)], return_frames_zip=True)
+                    acceleration="regular", ref_image_urls=[str(ref)], first_frame_url=str(ref),
+                    last_frame_url=str(ref), return_frames_zip=True)
     workdir.mkdir(parents=True)
     log: list[str] = []
     generate(inp, task="pose", model=model, models=models, workdir=workdir, publish=lambda p, _t: str(p),
@@ -80,7 +82,7 @@ def single(models, pose_video, reference_image, tmp_path_factory) -> dict[str, l
     return {model: run_job(models, model, pose_video, reference_image, workdir / model) for model in FAMILIES}
 
 
-@pytest.mark.parametrize("spec", ["ulysses=2", "cfg=2"])
+@pytest.mark.parametrize("spec", ["ulysses=2", "cfg=2", "cfg=2,ulysses=2"])
 def test_parallel_job_frames_equal_single_process(spec, tiny_weights, pose_video, reference_image, single, tmp_path):
     with local_group(ParallelSpec.parse(spec), tiny_weights, RuntimeConfig()) as group:
         models = ModelManager(tiny_weights, device="cpu", runtime=RuntimeConfig(), group=group)
