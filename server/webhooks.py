@@ -108,9 +108,16 @@ class Webhooks:
             await asyncio.sleep(self.lease_s / 3)
 
     async def stop(self) -> None:
+        """Stop delivering and hand this node's deliveries back, so another node (or this one's next start) resumes
+        them when their back-off ends. An attempt cut off mid-request may be sent again: webhooks are delivered at
+        least once, as fal's are."""
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        try:
+            await asyncio.to_thread(self.store.release_webhooks, self.node_id)
+        except Exception:  # the database is gone: the claims run out instead
+            log.warning("could not release this node's webhook deliveries", exc_info=True)
         if self._client is not None:
             await self._client.aclose()
 

@@ -382,6 +382,18 @@ def test_one_node_at_a_time_holds_a_webhook_delivery(store: SqlJobStore) -> None
     assert store.claim_webhook(job.id, "node-2", 30) is None and store.pending_webhooks() == []
 
 
+def test_a_stopping_node_releases_only_its_own_deliveries(store: SqlJobStore) -> None:
+    mine, theirs = add(store, webhook="http://hook"), add(store, webhook="http://hook")
+    for job in (mine, theirs):
+        store.claim()
+        store.finish(job.id, result={"seed": 1})
+    assert store.claim_webhook(mine.id, "stopping", 3600) and store.claim_webhook(theirs.id, "other", 3600)
+    assert store.release_webhooks("stopping") == 1
+    assert [j.id for j in store.pending_webhooks()] == [mine.id]  # at once, not after an hour
+    assert store.claim_webhook(mine.id, "other", 30) is not None
+    assert store.release_webhooks("stopping") == 0
+
+
 def test_recovery_frees_the_deliveries_of_the_last_run(open_store: OpenStore) -> None:
     store = open_store()
     job = add(store, webhook="http://hook")
