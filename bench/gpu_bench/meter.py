@@ -6,6 +6,7 @@ this server."""
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import gc
 import resource
@@ -20,7 +21,7 @@ except ImportError:  # peak RSS then falls back to the process's lifetime maximu
     psutil = None
 
 
-class PeakSampler:
+class PeakSampler(abc.ABC):
     """A peak over a block, sampled on a thread every ``interval`` seconds: subclasses say what one sample takes
     (``start``, ``sample``) and keep their own peaks."""
 
@@ -33,8 +34,9 @@ class PeakSampler:
         """Reset the peaks; False when there is nothing to sample (no thread is started)."""
         return True
 
+    @abc.abstractmethod
     def sample(self) -> None:
-        raise NotImplementedError
+        """Take one sample into the peaks."""
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
