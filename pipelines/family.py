@@ -1,0 +1,70 @@
+"""What the base endpoint's request asks for: ``task`` and which of its inputs are given decide the recipe.
+
+fal's base endpoint (``fal-ai/wan-vace-14b``, served on both apps here) takes ``task`` (default ``depth``), an
+optional video and optional masks, and no task-specific fields. Our reading, since fal publishes none:
+
+* **No video** (absent, null or ""): text-to-video; with ``ref_image_urls`` it is reference-to-video, with
+  ``first_frame_url``/``last_frame_url`` image-to-video or first/last-frame-to-video (VACE's ``frameref``: the given
+  frames kept, grey frames under a white mask between). This holds for the default ``task=depth``, which a client
+  that sends every default also sends; any other task needs the video it works on, so it is a 422 naming
+  ``video_url``, and so is a mask without a video (nothing to mask).
+* **A video**: ``pose``/``depth`` as on their own endpoints (``preprocess`` as there); ``inpainting`` with
+  ``mask_image_url`` if given (fal: "If provided mask video url will be ignored"), else ``mask_video_url``, else a
+  422 naming ``mask_video_url``; ``outpainting`` grows all four sides by 0.25 (``BASE_SIDES``, ``BASE_RATIO``: the
+  example fal's playground sends); ``reframe`` trims bars and does not zoom (``BASE_TRIM``, ``BASE_ZOOM``: the
+  reframe endpoint's defaults), with the request's ``aspect_ratio``. Masks given to another task are ignored, and
+  the job log says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from .errors import InputError
+from .masks import MaskRef, choose_mask
+from .outpaint import SIDES, Side
+from .schema import VaceTaskInput
+
+Recipe = Literal["text", "pose", "depth", "inpainting", "outpainting", "reframe"]
+BASE_SIDES: tuple[Side, ...] = SIDES
+BASE_RATIO = 0.25
+BASE_TRIM = True
+BASE_ZOOM = 0.0
+
+
+@dataclass(frozen=True)
+class BaseJob:
+    """The recipe of one base-endpoint request, the mask it uses and what to log about the choice."""
+
+    recipe: Recipe
+    mask: MaskRef | None = None
+    notes: tuple[str, ...] = ()
+
+
+def base_job(inp: VaceTaskInput) -> BaseJob:
+    """The recipe for ``inp`` (rules in the module docstring); a 422 for a combination that cannot run."""
+    mask = choose_mask(inp.mask_video_url, inp.mask_image_url, image_wins=True)
+    if inp.video_url is None:
+        if inp.task != "depth":
+            raise InputError("video_url", f"task={inp.task} needs a video_url; leave task out (or depth) for text-, "
+                             "reference- or first/last-frame-to-video", "missing_video")
+        if mask is not None:
+            raise InputError(mask.field, "a mask needs the video_url it masks", "missing_video")
+        kind = ("reference-to-video" if inp.ref_image_urls else
+                "first/last-frame-to-video" if inp.first_frame_url or inp.last_frame_url else "text-to-video")
+        return BaseJob("text", notes=(f"no video_url: {kind}",))
+    notes: list[str] = []
+    if inp.task == "inpainting":
+        if mask is None:
+            raise InputError("mask_video_url", "task=inpainting needs mask_video_url or mask_image_url", "missing_mask")
+        if inp.mask_video_url and inp.mask_image_url:
+            notes.append("mask_image_url given: mask_video_url is ignored, as fal's base endpoint documents")
+        return BaseJob("inpainting", mask, tuple(notes))
+    if mask is not None:
+        notes.append(f"task={inp.task}: {mask.field} is ignored (masks apply to task=inpainting)")
+    if inp.task == "outpainting":
+        notes.append(f"task=outpainting: every side grows by {BASE_RATIO:g} (the base endpoint has no expand_* fields)")
+    elif inp.task == "reframe":
+        notes.append("task=reframe: bars trimmed, no zoom (the base endpoint has no trim_borders/zoom_factor)")
+    return BaseJob(inp.task, None, tuple(notes))
