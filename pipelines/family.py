@@ -8,6 +8,10 @@ optional video and optional masks, and no task-specific fields. Our reading, sin
   frames kept, grey frames under a white mask between). This holds for the default ``task=depth``, which a client
   that sends every default also sends; any other task needs the video it works on, so it is a 422 naming
   ``video_url``, and so is a mask without a video (nothing to mask).
+The inpainting endpoints take the other precedence (fal: ``mask_image_url`` "ignored if mask_video_url is provided")
+and need one of the two (``inpainting_mask``). A mask image applies to every frame, as VACE's ``mask`` mode does
+(fal tracks it through the clip, "salient mask tracking": not done here yet), and the job log says so.
+
 * **A video**: ``pose``/``depth`` as on their own endpoints (``preprocess`` as there); ``inpainting`` with
   ``mask_image_url`` if given (fal: "If provided mask video url will be ignored"), else ``mask_video_url``, else a
   422 naming ``mask_video_url``; ``outpainting`` grows all four sides by 0.25 (``BASE_SIDES``, ``BASE_RATIO``: the
@@ -24,7 +28,7 @@ from typing import Literal
 from .errors import InputError
 from .masks import MaskRef, choose_mask
 from .outpaint import SIDES, Side
-from .schema import VaceTaskInput
+from .schema import InpaintingFunInput, VaceTaskInput
 
 Recipe = Literal["text", "pose", "depth", "inpainting", "outpainting", "reframe"]
 BASE_SIDES: tuple[Side, ...] = SIDES
@@ -58,9 +62,7 @@ def base_job(inp: VaceTaskInput) -> BaseJob:
     if inp.task == "inpainting":
         if mask is None:
             raise InputError("mask_video_url", "task=inpainting needs mask_video_url or mask_image_url", "missing_mask")
-        if inp.mask_video_url and inp.mask_image_url:
-            notes.append("mask_image_url given: mask_video_url is ignored, as fal's base endpoint documents")
-        return BaseJob("inpainting", mask, tuple(notes))
+        return BaseJob("inpainting", mask, _mask_notes(mask, inp.mask_video_url, inp.mask_image_url))
     if mask is not None:
         notes.append(f"task={inp.task}: {mask.field} is ignored (masks apply to task=inpainting)")
     if inp.task == "outpainting":
@@ -68,3 +70,21 @@ def base_job(inp: VaceTaskInput) -> BaseJob:
     elif inp.task == "reframe":
         notes.append("task=reframe: bars trimmed, no zoom (the base endpoint has no trim_borders/zoom_factor)")
     return BaseJob(inp.task, None, tuple(notes))
+
+
+def inpainting_mask(inp: InpaintingFunInput) -> tuple[MaskRef, tuple[str, ...]]:
+    """The mask of an inpainting-endpoint request (the video wins) and what to log; a 422 when there is none."""
+    mask = choose_mask(inp.mask_video_url, inp.mask_image_url, image_wins=False)
+    if mask is None:
+        raise InputError("mask_video_url", "inpainting needs mask_video_url (or mask_image_url)", "missing_mask")
+    return mask, _mask_notes(mask, inp.mask_video_url, inp.mask_image_url)
+
+
+def _mask_notes(mask: MaskRef, video_url: str | None, image_url: str | None) -> tuple[str, ...]:
+    notes = []
+    if video_url and image_url:
+        ignored = "mask_image_url" if mask.is_video else "mask_video_url"
+        notes.append(f"both masks given: {ignored} is ignored, as fal documents for this endpoint")
+    if not mask.is_video:
+        notes.append("mask_image_url: the one mask applies to every frame (VACE's mask mode; it is not tracked)")
+    return tuple(notes)

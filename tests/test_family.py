@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from pipelines.errors import InputError
-from pipelines.family import base_job
+from pipelines.family import base_job, inpainting_mask
 from pipelines.masks import MaskRef
-from pipelines.schema import VaceTaskInput
+from pipelines.schema import InpaintingFunInput, InpaintingInput, VaceTaskInput
 
 
 def job(**fields):
@@ -37,7 +37,8 @@ def test_a_mask_without_a_video_is_refused() -> None:
 def test_inpainting_takes_the_image_over_the_video_as_fal_documents_here() -> None:
     both = job(video_url="https://e/v.mp4", task="inpainting", mask_video_url="https://e/m.mp4",
                mask_image_url="https://e/m.png")
-    assert both.mask == MaskRef("mask_image_url", "https://e/m.png") and "ignored" in both.notes[0]
+    assert both.mask == MaskRef("mask_image_url", "https://e/m.png") and "mask_video_url is ignored" in both.notes[0]
+    assert "every frame" in both.notes[1]
     assert job(video_url="https://e/v.mp4", task="inpainting", mask_video_url="https://e/m.mp4").mask.is_video
     with pytest.raises(InputError) as err:
         job(video_url="https://e/v.mp4", task="inpainting")
@@ -49,3 +50,14 @@ def test_other_tasks_run_with_fixed_values_and_ignore_masks() -> None:
     out = job(video_url="https://e/v.mp4", task="outpainting", mask_image_url="https://e/m.png")
     assert out.recipe == "outpainting" and out.mask is None and len(out.notes) == 2
     assert job(video_url="https://e/v.mp4", task="reframe").recipe == "reframe"
+
+
+def test_the_inpainting_endpoints_take_the_video_over_the_image() -> None:
+    body = {"prompt": "p", "video_url": "https://e/v.mp4", "mask_image_url": "https://e/m.png"}
+    mask, notes = inpainting_mask(InpaintingInput.model_validate(body | {"mask_video_url": "https://e/m.mp4"}))
+    assert mask.is_video and "mask_image_url is ignored" in notes[0]
+    mask, notes = inpainting_mask(InpaintingInput.model_validate(body | {"mask_video_url": None}))
+    assert not mask.is_video and "every frame" in notes[0]
+    with pytest.raises(InputError) as err:
+        inpainting_mask(InpaintingFunInput.model_validate({"prompt": "p", "video_url": "https://e/v.mp4"}))
+    assert err.value.loc == ("mask_video_url",) and err.value.type == "missing_mask"
