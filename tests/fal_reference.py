@@ -58,7 +58,7 @@ def _sections(text: str) -> list[tuple[str, list[str]]]:
     """(heading, body lines) for every ``##``/``###`` heading."""
     out: list[tuple[str, list[str]]] = []
     for line in text.splitlines():
-        if line.startswith("## ") or line.startswith("### "):
+        if line.startswith(("## ", "### ")):
             out.append((line, []))
         elif out:
             out[-1][1].append(line)

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import sys
 import types
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,7 +141,7 @@ def run_ours(case: Case) -> tuple[list[np.ndarray], list[np.ndarray]]:
 
 # --- the comparison -----------------------------------------------------------------------------------------------
 
-def expected_difference(case: Case, vace_frames: list[np.ndarray], vace_masks: list[np.ndarray]) -> str | None:
+def expected_difference(case: Case, vace_masks: list[np.ndarray]) -> str | None:
     """Why ours may differ from VACE's output for ``case`` (None: it must be equal), checked by ``compare``."""
     if case.kind == "frameref":
         return "grey"  # VACE's frame extension greys with 127.5 (a float frame); ours is uint8 128
@@ -164,7 +162,7 @@ def compare(case: Case, ours: tuple[list[np.ndarray], list[np.ndarray]],
     """"equal", or the documented difference when it is exactly that; raises AssertionError otherwise."""
     (our_frames, our_masks), (vace_frames, vace_masks) = ours, vace
     assert len(our_frames) == len(vace_frames) and len(our_masks) == len(vace_masks), case.name
-    why = expected_difference(case, vace_frames, vace_masks)
+    why = expected_difference(case, vace_masks)
     ours_v, vace_v = np.stack(our_frames).astype(np.float64), np.stack(vace_frames).astype(np.float64)
     ours_m, vace_m = np.stack(our_masks).astype(np.float64), np.stack(vace_masks).astype(np.float64)
     if why is None:
@@ -223,7 +221,7 @@ def load(path: Path) -> dict[str, tuple[list[np.ndarray], list[np.ndarray]]]:
     return {name: (list(data[f"{name}/frames"]), list(data[f"{name}/masks"])) for name in names}
 
 
-def main(argv: list[str] | None = None, run: Callable[[Case], tuple] = run_ours) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--vace", type=Path, required=True, help="a checkout of ali-vilab/VACE")
     parser.add_argument("--write", type=Path, help="store the inputs and VACE's outputs here (.npz)")
@@ -232,7 +230,7 @@ def main(argv: list[str] | None = None, run: Callable[[Case], tuple] = run_ours)
     results = []
     for case in cases():
         vace = run_vace(annotators, case)
-        print(f"{case.name:45s} {compare(case, run(case), vace)}")
+        print(f"{case.name:45s} {compare(case, run_ours(case), vace)}")
         results.append((case, vace))
     if args.write:
         save(args.write, results)
