@@ -10,7 +10,8 @@ optional video and optional masks, and no task-specific fields. Our reading, sin
   ``video_url``, and so is a mask without a video (nothing to mask).
 The inpainting endpoints take the other precedence (fal: ``mask_image_url`` "ignored if mask_video_url is provided")
 and need one of the two (``inpainting_mask``). A mask image applies to every frame, as VACE's ``mask`` mode does
-(fal tracks it through the clip, "salient mask tracking": not done here yet), and the job log says so.
+(fal tracks it through the clip, "salient mask tracking": not done here yet), and the job log says so;
+``preprocess`` does nothing on inpainting (the log says that too).
 
 * **A video**: ``pose``/``depth`` as on their own endpoints (``preprocess`` as there); ``inpainting`` with
   ``mask_image_url`` if given (fal: "If provided mask video url will be ignored"), else ``mask_video_url``, else a
@@ -57,18 +58,21 @@ def base_job(inp: VaceTaskInput) -> BaseJob:
             raise InputError(mask.field, "a mask needs the video_url it masks", "missing_video")
         kind = ("reference-to-video" if inp.ref_image_urls else
                 "first/last-frame-to-video" if inp.first_frame_url or inp.last_frame_url else "text-to-video")
-        return BaseJob("text", notes=(f"no video_url: {kind}",))
+        ignored = ("preprocess is ignored (there is no video to preprocess)",) if inp.preprocess else ()
+        return BaseJob("text", notes=(f"no video_url: {kind}", *ignored))
     notes: list[str] = []
     if inp.task == "inpainting":
         if mask is None:
             raise InputError("mask_video_url", "task=inpainting needs mask_video_url or mask_image_url", "missing_mask")
-        return BaseJob("inpainting", mask, _mask_notes(mask, inp.mask_video_url, inp.mask_image_url))
+        return BaseJob("inpainting", mask, _mask_notes(mask, inp.mask_video_url, inp.mask_image_url, inp.preprocess))
     if mask is not None:
         notes.append(f"task={inp.task}: {mask.field} is ignored (masks apply to task=inpainting)")
     if inp.task == "outpainting":
         notes.append(f"task=outpainting: every side grows by {BASE_RATIO:g} (the base endpoint has no expand_* fields)")
     elif inp.task == "reframe":
         notes.append("task=reframe: bars trimmed, no zoom (the base endpoint has no trim_borders/zoom_factor)")
+    if inp.preprocess and inp.task not in ("pose", "depth"):
+        notes.append(f"task={inp.task}: preprocess is ignored (it makes pose/depth control videos)")
     return BaseJob(inp.task, None, tuple(notes))
 
 
@@ -77,11 +81,14 @@ def inpainting_mask(inp: InpaintingFunInput) -> tuple[MaskRef, tuple[str, ...]]:
     mask = choose_mask(inp.mask_video_url, inp.mask_image_url, image_wins=False)
     if mask is None:
         raise InputError("mask_video_url", "inpainting needs mask_video_url (or mask_image_url)", "missing_mask")
-    return mask, _mask_notes(mask, inp.mask_video_url, inp.mask_image_url)
+    return mask, _mask_notes(mask, inp.mask_video_url, inp.mask_image_url, inp.preprocess)
 
 
-def _mask_notes(mask: MaskRef, video_url: str | None, image_url: str | None) -> tuple[str, ...]:
+def _mask_notes(mask: MaskRef, video_url: str | None, image_url: str | None, preprocess: bool) -> tuple[str, ...]:
+    """What an inpainting job logs about its inputs."""
     notes = []
+    if preprocess:  # fal's inpainting schema has the field; what fal does with it is unpublished
+        notes.append("preprocess does nothing on inpainting: the video is inpainted as it is")
     if video_url and image_url:
         ignored = "mask_image_url" if mask.is_video else "mask_video_url"
         notes.append(f"both masks given: {ignored} is ignored, as fal documents for this endpoint")

@@ -68,9 +68,10 @@ def mask_plane(frame: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(frame[..., 0])
 
 
-def mask_from_image(image: Image.Image) -> np.ndarray:
-    """The mask values of a mask image. Transparent areas count as black (keep): a mask drawn on a transparent
-    layer marks only what it paints."""
+def mask_from_image(image: Image.Image, video_size: tuple[int, int], field: str = "mask_image_url") -> np.ndarray:
+    """The mask values of a mask image for a video of ``video_size`` (width, height), whose aspect ratio it must
+    have. Transparent areas count as black (keep): a mask drawn on a transparent layer marks only what it paints."""
+    check_aspect(field, image.size, video_size)
     return mask_plane(np.asarray(flatten_alpha(image, "black")))
 
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .canvas import Placement, rounding_gap
+from .sizing import output_size
 
 MAX_SAMPLES = 16
 LINE_SHARE = 0.98  # share of a line's pixels that must match the bar colour
@@ -110,3 +111,13 @@ def reframe_placement(src_w: int, src_h: int, bars: Bars, width: int, height: in
     w, h = max(1, round(cw * scale)), max(1, round(ch * scale))
     crop = None if (cw, ch) == (src_w, src_h) else (x0, y0, x1, y1)
     return Placement(width, height, (width - w) // 2, (height - h) // 2, w, h, crop)
+
+
+def plan_reframe(frames: Sequence[np.ndarray], trim_borders: bool, zoom_factor: float, resolution: str,
+                 aspect_ratio: str) -> tuple[Placement, Bars]:
+    """Everything above in one call: the placement of the clip whose (planned) frames are ``frames``, and the bars
+    trimmed (for the job log)."""
+    height, width = frames[0].shape[:2]
+    bars = detect_bars(frames) if trim_borders else Bars()
+    out_w, out_h = output_size(resolution, aspect_ratio, width, height)
+    return reframe_placement(width, height, bars, out_w, out_h, zoom_factor), bars

@@ -50,6 +50,8 @@ def test_other_tasks_run_with_fixed_values_and_ignore_masks() -> None:
     out = job(video_url="https://e/v.mp4", task="outpainting", mask_image_url="https://e/m.png")
     assert out.recipe == "outpainting" and out.mask is None and len(out.notes) == 2
     assert job(video_url="https://e/v.mp4", task="reframe").recipe == "reframe"
+    assert "preprocess is ignored" in job(video_url="https://e/v.mp4", task="reframe", preprocess=True).notes[-1]
+    assert job(video_url="https://e/v.mp4", task="pose", preprocess=True).notes == ()
 
 
 def test_the_inpainting_endpoints_take_the_video_over_the_image() -> None:
@@ -58,6 +60,8 @@ def test_the_inpainting_endpoints_take_the_video_over_the_image() -> None:
     assert mask.is_video and "mask_image_url is ignored" in notes[0]
     mask, notes = inpainting_mask(InpaintingInput.model_validate(body | {"mask_video_url": None}))
     assert not mask.is_video and "every frame" in notes[0]
+    _, notes = inpainting_mask(InpaintingFunInput.model_validate(body | {"preprocess": True}))
+    assert "preprocess does nothing" in notes[0]
     with pytest.raises(InputError) as err:
         inpainting_mask(InpaintingFunInput.model_validate({"prompt": "p", "video_url": "https://e/v.mp4"}))
     assert err.value.loc == ("mask_video_url",) and err.value.type == "missing_mask"

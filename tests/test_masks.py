@@ -129,9 +129,12 @@ def test_mask_images_read_their_first_channel_and_transparency_keeps() -> None:
     rgba = np.zeros((H, W, 4), np.uint8)
     rgba[:, : W // 2] = (255, 255, 255, 255)  # opaque white on the left
     rgba[:, W // 2 :] = (255, 255, 255, 0)  # white but transparent on the right
-    plane = mask_from_image(Image.fromarray(rgba, "RGBA"))
+    plane = mask_from_image(Image.fromarray(rgba, "RGBA"), (W, H))
     assert plane[:, : W // 2].min() == 255 and plane[:, W // 2 :].max() == 0
-    assert mask_from_image(Image.new("L", (4, 4), 200)).tolist() == [[200] * 4] * 4
+    assert mask_from_image(Image.new("L", (4, 4), 200), (8, 8)).tolist() == [[200] * 4] * 4
+    with pytest.raises(InputError) as err:
+        mask_from_image(Image.new("L", (4, 4)), (W, H))
+    assert err.value.loc == ("mask_image_url",) and "4x4" in err.value.msg
 
 
 def test_edit_conditioning_greys_what_is_generated() -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from pipelines.conditioning import GENERATE, KEEP
 from pipelines.encode import encode_video
-from pipelines.reframe import Bars, detect_bars, reframe_placement
+from pipelines.reframe import Bars, detect_bars, plan_reframe, reframe_placement
 from pipelines.sizing import output_size
 from pipelines.video_io import probe_video, read_frames
 
@@ -73,8 +73,14 @@ def test_bars_of_an_encoded_letterboxed_video(tmp_path: Path) -> None:
     path = tmp_path / "letterbox.mp4"
     encode_video(with_bars(picture(24, 320, 240), top=30, bottom=30), path, 16.0, quality="medium")
     info = probe_video(path)
-    bars = detect_bars(read_frames(path, list(range(info.num_frames))))
+    frames = read_frames(path, list(range(info.num_frames)))
+    bars = detect_bars(frames)
     assert 28 <= bars.top <= 30 and 28 <= bars.bottom <= 30 and bars.left == bars.right == 0
+    place, found = plan_reframe(frames, True, 0.0, "240p", "auto")
+    assert found == bars and (place.width, place.height) == output_size("240p", "auto", 320, 240)
+    assert place.mask()[: place.y].min() == GENERATE and place.crop == bars.crop(320, 240)
+    untrimmed, none = plan_reframe(frames, False, 0.0, "240p", "auto")
+    assert none == Bars() and untrimmed.generated_share == 0  # the bars are kept as picture
 
 
 def test_auto_aspect_fills_the_bars_and_a_clean_clip_is_left_whole() -> None:
