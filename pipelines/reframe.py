@@ -79,7 +79,7 @@ def detect_bars(frames: Sequence[np.ndarray]) -> Bars:
     sampled = _samples(frames, MAX_SAMPLES)
     height, width = sampled[0].shape[:2]
     edges = {
-        "top": [f for f in sampled],
+        "top": list(sampled),
         "bottom": [f[::-1] for f in sampled],
         "left": [f.transpose(1, 0, 2) for f in sampled],
         "right": [f.transpose(1, 0, 2)[::-1] for f in sampled],
