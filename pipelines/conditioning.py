@@ -2,8 +2,12 @@
 
 VACE reads a video and a mask of the same length: black (0) mask pixels are kept as given, white (255) ones are
 generated, guided by the video's content there (the pose or depth control). A pose/depth job is all white: pure
-control. ``first_frame_url``/``last_frame_url`` put a real image at index 0 / N-1 with a black mask, so the model
-keeps it and generates the rest from the control frames. Reference images go to the pipeline as they are; diffusers
+control. An edit (inpainting, outpainting, reframe) passes ``masks``: the source is kept where they are black, and
+where they are white its pixels are painted grey (VACE's 128, "missing"), so the model sees no trace of what it must
+replace. A job with no video at all (text-, reference- or first/last-frame-to-video) is ``grey_frames`` under an
+all-white mask, which is what VACE's ``prepare_source`` builds when no source video is given.
+``first_frame_url``/``last_frame_url`` put a real image at index 0 / N-1 with a black mask, so the model keeps it and
+generates the rest (VACE's ``frameref`` convention). Reference images go to the pipeline as they are; diffusers
 letterboxes them onto white and prepends them as extra latent frames.
 
 Images with an alpha channel are flattened here, because the model sees only RGB: ``white``/``black`` composite onto
@@ -13,6 +17,7 @@ a flat colour; ``content_aware`` fills the transparent area from the image's own
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -21,6 +26,7 @@ from PIL import Image
 
 KEEP = 0  # mask value: condition on this pixel
 GENERATE = 255  # mask value: generate this pixel
+GREY = 128  # source pixels that are missing (VACE's MASK_COLOR; 127.5 in its frame-extension code, not a uint8)
 INPAINT_MAX_SIDE = 256
 
 
@@ -75,11 +81,26 @@ def flatten_alpha(image: Image.Image, mode: str) -> Image.Image:
     return Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8))
 
 
+def grey_frames(count: int, width: int, height: int) -> list[np.ndarray]:
+    """``count`` all-grey frames: the source of a job without a video (one read-only array, repeated)."""
+    frame = np.full((height, width, 3), GREY, np.uint8)
+    frame.flags.writeable = False
+    return [frame] * count
+
+
+def _grey_out(frame: Image.Image, mask: np.ndarray) -> Image.Image:
+    """``frame`` with the pixels its mask marks for generation painted grey."""
+    arr = np.array(frame)
+    arr[mask == GENERATE] = GREY
+    return Image.fromarray(arr)
+
+
 def build_conditioning(
-    control_frames: list[np.ndarray],
+    control_frames: Sequence[np.ndarray],
     width: int,
     height: int,
     *,
+    masks: Sequence[np.ndarray] | None = None,
     first_frame: Image.Image | None = None,
     last_frame: Image.Image | None = None,
     last_index: int | None = None,
@@ -88,13 +109,25 @@ def build_conditioning(
 ) -> Conditioning:
     """Frames, mask and references for one job; every frame is exactly ``width`` x ``height``.
 
-    ``last_index`` places the last frame earlier than the final position, for generated videos that run past the
-    end of the control video (temporal downsampling rounds their length up) and are cut back after interpolation.
+    ``masks`` (one uint8 ``height`` x ``width`` array of KEEP/GENERATE per frame, as ``pipelines.masks`` and
+    ``pipelines.canvas`` make them) turn the job into an edit of ``control_frames``; without them every pixel is
+    generated. A mask array repeated for several frames becomes one image. ``last_index`` places the last frame
+    earlier than the final position, for generated videos that run past the end of the control video (temporal
+    downsampling rounds their length up) and are cut back after interpolation.
     """
     video = [fit_frame(f, width, height) for f in control_frames]
     generate = Image.new("L", (width, height), GENERATE)
     keep = Image.new("L", (width, height), KEEP)
     mask = [generate] * len(video)
+    if masks is not None:
+        if len(masks) != len(video) or any(m.shape != (height, width) or m.dtype != np.uint8 for m in masks):
+            raise ValueError(f"masks must be {len(video)} uint8 arrays of {height}x{width}")
+        images: dict[int, Image.Image] = {}
+        for m in masks:
+            if id(m) not in images:
+                images[id(m)] = Image.fromarray(m)
+        mask = [images[id(m)] for m in masks]
+        video = [_grey_out(frame, m) for frame, m in zip(video, masks)]
     end = len(video) - 1 if last_index is None else last_index
     for index, image in ((0, first_frame), (end, last_frame)):
         if image is not None:

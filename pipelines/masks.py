@@ -1,0 +1,133 @@
+"""Inpainting masks: from a mask video or one mask image to one KEEP/GENERATE array per planned frame.
+
+VACE's convention: white = generate, black = keep. The model binarises its mask at 0.5 (``m > 0.5`` on values in
+[0, 1], i.e. 128 and up of 255) after resizing it to the video size, so we resize first and binarise the same way;
+the conditioning then paints exactly the pixels the model will generate grey. (VACE's ``InpaintingVideoAnnotator``
+greys every pixel above 0 instead, so a soft mask edge would be grey in its frames yet kept by its model: with a
+hard 0/255 mask, as its own tools write, the two agree; ``docs/PARITY.md``.) A mask video is read like VACE's
+``prepare_source`` reads one: its first colour channel.
+
+The mask follows the source video frame for frame: the job reads mask frame ``i`` wherever it reads video frame
+``i`` (the frame plan's fps resampling, ``num_frames``, temporal downsampling and held last frames apply to both
+alike), as VACE pairs a source video and its mask by index. What would make the mask silently wrong is refused with
+a 422 naming the field and the numbers: a mask video too short for the frames the plan reads, a mask of another
+aspect ratio than the video (stretching it would move its edges off what it outlines), and a mask that keeps
+every pixel of every frame (all black: nothing to generate, almost always an inverted mask). An all-white mask is
+allowed: the whole frame is regenerated, which is what such a mask says.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from .conditioning import GENERATE, KEEP, fit_frame, flatten_alpha
+from .errors import InputError
+from .video_io import VideoInfo, read_frames
+
+THRESHOLD = 128  # mask values from here up are white (VACE: m > 0.5 with m = value / 255)
+ASPECT_TOLERANCE = 0.01  # relative: 1920x1088 (encoder padding) passes as 1920x1080, 4:3 never as 16:9
+
+
+@dataclass(frozen=True)
+class MaskRef:
+    """The mask a request names: which field and its URL."""
+
+    field: str  # "mask_video_url" or "mask_image_url"
+    url: str
+
+    @property
+    def is_video(self) -> bool:
+        return self.field == "mask_video_url"
+
+
+def choose_mask(mask_video_url: str | None, mask_image_url: str | None, *, image_wins: bool) -> MaskRef | None:
+    """The one mask a request uses when it names both. fal documents opposite precedences: the base endpoint
+    ignores the mask video when a mask image is given, the inpainting endpoints ignore the image when a video is."""
+    video = MaskRef("mask_video_url", mask_video_url) if mask_video_url else None
+    image = MaskRef("mask_image_url", mask_image_url) if mask_image_url else None
+    return (image or video) if image_wins else (video or image)
+
+
+def check_aspect(field: str, mask_size: tuple[int, int], video_size: tuple[int, int]) -> None:
+    """Refuse a mask whose aspect ratio is not the video's (sizes are (width, height))."""
+    (mw, mh), (vw, vh) = mask_size, video_size
+    if abs((mw / mh) / (vw / vh) - 1) > ASPECT_TOLERANCE:
+        raise InputError(field, f"the mask is {mw}x{mh} (aspect {mw / mh:.3f}) but the video is {vw}x{vh} (aspect "
+                         f"{vw / vh:.3f}): a mask must have the video's aspect ratio; it is scaled, never stretched",
+                         "mask_aspect_mismatch")
+
+
+def mask_plane(frame: np.ndarray) -> np.ndarray:
+    """The mask values of a decoded RGB mask frame: its first channel, as VACE reads a mask video."""
+    return np.ascontiguousarray(frame[..., 0])
+
+
+def mask_from_image(image: Image.Image, video_size: tuple[int, int], field: str = "mask_image_url") -> np.ndarray:
+    """The mask values of a mask image for a video of ``video_size`` (width, height), whose aspect ratio it must
+    have. Transparent areas count as black (keep): a mask drawn on a transparent layer marks only what it paints."""
+    check_aspect(field, image.size, video_size)
+    return mask_plane(np.asarray(flatten_alpha(image, "black")))
+
+
+def read_mask_video(path: Path, mask: VideoInfo, video: VideoInfo, indices: Sequence[int],
+                    field: str = "mask_video_url") -> tuple[list[np.ndarray], list[str]]:
+    """The mask planes for the video frames at ``indices`` (the frame plan's reads of the source, in order) at the
+    mask's own size, and log lines. ``mask`` is the probed mask video (the caller checks it against the input
+    limits first, as for the video)."""
+    check_aspect(field, (mask.width, mask.height), (video.width, video.height))
+    needed = max(indices) + 1
+    if mask.num_frames < needed:
+        raise InputError(field, f"the mask video has {mask.num_frames} frames but the job uses the video's frames up "
+                         f"to #{needed - 1} ({needed} frames; the video has {video.num_frames}): a mask video must "
+                         "cover them, frame for frame", "mask_too_short")
+    notes = []
+    if mask.num_frames != video.num_frames:
+        notes.append(f"the mask video has {mask.num_frames} frames, the video {video.num_frames}: masks follow "
+                     "the video frame for frame from its first frame")
+    planes: dict[int, np.ndarray] = {}
+    out = []
+    for frame in read_frames(path, indices, field):
+        if id(frame) not in planes:  # a held frame is one array: one plane
+            planes[id(frame)] = mask_plane(frame)
+        out.append(planes[id(frame)])
+    return out, notes
+
+
+def fit_masks(planes: Sequence[np.ndarray], video_size: tuple[int, int], width: int, height: int) -> list[np.ndarray]:
+    """Binary KEEP/GENERATE masks at ``width`` x ``height`` for mask planes of the video's aspect ratio.
+
+    Each plane is scaled to the video's size (``video_size``, (width, height)) and then cropped and scaled exactly
+    as ``fit_frame`` does with the video's frames, so mask and frame pixels stay aligned; binarised after resizing,
+    as the model does. A plane repeated (a mask image, a held frame) is fitted once and its mask repeated.
+    """
+    vw, vh = video_size
+    fitted: dict[int, np.ndarray] = {}
+    for plane in planes:
+        if id(plane) in fitted:
+            continue
+        arr = plane
+        if arr.shape != (vh, vw):
+            shrink = vw * vh < arr.shape[0] * arr.shape[1]
+            arr = cv2.resize(arr, (vw, vh), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        arr = np.asarray(fit_frame(arr, width, height))
+        fitted[id(plane)] = np.where(arr >= THRESHOLD, GENERATE, KEEP).astype(np.uint8)
+    return [fitted[id(plane)] for plane in planes]
+
+
+def check_generates(masks: Sequence[np.ndarray], field: str) -> float:
+    """The share of pixels the masks regenerate; a 422 when it is none (an all-black mask: nothing to do)."""
+    shares: dict[int, float] = {}
+    for m in masks:
+        if id(m) not in shares:
+            shares[id(m)] = np.count_nonzero(m == GENERATE) / m.size
+    share = sum(shares[id(m)] for m in masks) / max(1, len(masks))
+    if share == 0:
+        raise InputError(field, "the mask is black everywhere (keep every pixel): there is nothing to generate; "
+                         "white marks what to regenerate", "mask_empty")
+    return share
