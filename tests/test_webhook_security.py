@@ -16,6 +16,7 @@ import tracemalloc
 import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from functools import cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -129,21 +130,18 @@ class Hostile:
         self.port = self.httpd.server_address[1]
         self.base = f"http://127.0.0.1:{self.port}"
 
-    def counted(self, handler: BaseHTTPRequestHandler) -> Any:
-        hostile = self
-
-        class InFlight:
-            def __enter__(self) -> None:
-                with hostile.lock:
-                    hostile.requests.append((handler.path, {k.lower(): v for k, v in handler.headers.items()}))
-                    hostile.active += 1
-                    hostile.most_active = max(hostile.most_active, hostile.active)
-
-            def __exit__(self, *_exc: object) -> None:
-                with hostile.lock:
-                    hostile.active -= 1
-
-        return InFlight()
+    @contextmanager
+    def counted(self, handler: BaseHTTPRequestHandler) -> Iterator[None]:
+        """Records ``handler``'s request and counts it in flight while it is answered."""
+        with self.lock:
+            self.requests.append((handler.path, {k.lower(): v for k, v in handler.headers.items()}))
+            self.active += 1
+            self.most_active = max(self.most_active, self.active)
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.active -= 1
 
     def count(self, prefix: str) -> int:
         with self.lock:
