@@ -1,6 +1,6 @@
 """``JobContext``: what a job may take from the world, given by whoever runs it and passed down explicitly.
 
-The server builds one from its config (its limits, its fetch allow-list, its own file store, remote refs only);
+The server builds one from its config (its limits, its allow-lists, its own file store, remote refs only);
 the CLI uses the defaults (local paths welcome). Nothing here is process-wide, so two servers in one process, or a
 server and a CLI run, each keep their own rules.
 """
@@ -36,11 +36,15 @@ def parse_allow_entry(entry: str) -> tuple[str, int | None]:
 
 @dataclass(frozen=True)
 class JobContext:
-    """The rules one job runs under besides its request: input limits and where its media may come from."""
+    """The rules one job runs under besides its request: input limits, where its media may come from and where its
+    webhook may go."""
 
     limits: Limits = Limits()
     fetch_allow: tuple[str, ...] = ()
     """Non-public sources media may be downloaded from (see :func:`parse_allow_entry`); all else must be public."""
+    webhook_allow: tuple[str, ...] = ()
+    """Non-public webhook targets (same forms). A list of its own: a media server on the private network is no
+    reason to let callers make this server POST to it."""
     local_files: Callable[[str, Path, int], Path | None] | None = None
     """Maps a ref, the job's work directory and the most bytes the job takes to a file on this machine holding the
     ref's bytes (the server's own files: read in place from a directory store, copied into the work directory from a
@@ -52,20 +56,21 @@ class JobContext:
     """Where downloaded LoRA files are kept between jobs; None downloads a LoRA URL anew for each job."""
 
     def __post_init__(self) -> None:
-        for entry in self.fetch_allow:
+        for entry in (*self.fetch_allow, *self.webhook_allow):
             parse_allow_entry(entry)  # a typo fails here, at startup, not at the first fetch
 
-    def allows(self, host: str, ip: IPAddress, port: int) -> bool:
-        """Whether the allow-list permits connecting to ``ip`` (found for ``host``) on ``port``."""
-        for entry in self.fetch_allow:
-            what, want_port = parse_allow_entry(entry)
-            if want_port is not None and want_port != port:
-                continue
-            if what == host:
+
+def allows(allow: tuple[str, ...], host: str, ip: IPAddress, port: int) -> bool:
+    """Whether the allow-list ``allow`` permits connecting to ``ip`` (found for ``host``) on ``port``."""
+    for entry in allow:
+        what, want_port = parse_allow_entry(entry)
+        if want_port is not None and want_port != port:
+            continue
+        if what == host:
+            return True
+        try:
+            if ip in ipaddress.ip_network(what, strict=False):
                 return True
-            try:
-                if ip in ipaddress.ip_network(what, strict=False):
-                    return True
-            except ValueError:
-                continue
-        return False
+        except ValueError:
+            continue
+    return False

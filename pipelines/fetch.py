@@ -24,7 +24,8 @@ from urllib.request import url2pathname
 import httpx
 from PIL import Image, ImageOps
 
-from .context import JobContext
+from .answers import IDENTITY, AnswerTooLarge, read_answer
+from .context import JobContext, allows
 from .errors import Field, FileTooLarge, InputError
 
 DOWNLOAD_ERROR = "file_download_error"
@@ -46,8 +47,8 @@ def _public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
                                  or ip.is_link_local or ip.is_private)
 
 
-def vetted_address(url: str, field: Field, ctx: JobContext) -> tuple[str, str, int]:
-    """Resolve ``url``'s host once and check every address (public, or in ``ctx``'s allow-list); returns
+def vetted_address(url: str, field: Field, allow: tuple[str, ...]) -> tuple[str, str, int]:
+    """Resolve ``url``'s host once and check every address (public, or in the allow-list ``allow``); returns
     ``(host, address to connect to, port)``, so the caller connects to exactly the address that was checked."""
     parts = urlsplit(url)
     if parts.scheme.lower() not in ("http", "https"):
@@ -66,7 +67,7 @@ def vetted_address(url: str, field: Field, ctx: JobContext) -> tuple[str, str, i
     addresses = []
     for info in infos:
         ip = ipaddress.ip_address(str(info[4][0]).split("%")[0])
-        if not (_public(ip) or ctx.allows(host.lower(), ip, port)):
+        if not (_public(ip) or allows(allow, host.lower(), ip, port)):
             raise InputError(
                 field, f"refusing to download from a non-public address ({ip}): {_brief(url)}", DOWNLOAD_ERROR
             )
@@ -79,12 +80,13 @@ def vetted_address(url: str, field: Field, ctx: JobContext) -> tuple[str, str, i
 def pinned_request(client: httpx.Client | httpx.AsyncClient, method: str, url: str,
                    vetted: tuple[str, str, int], **kwargs: Any) -> httpx.Request:
     """A request for ``url`` that connects to the address :func:`vetted_address` checked, not to whatever a second
-    DNS answer says, while the Host header and the TLS server name stay the URL's own host."""
+    DNS answer says, while the Host header and the TLS server name stay the URL's own host. It asks for the answer
+    as stored (``Accept-Encoding: identity``), never compressed (:mod:`pipelines.answers`)."""
     host, address, _port = vetted
     target = httpx.URL(url).copy_with(host=address)
     netloc = urlsplit(url).netloc.rpartition("@")[2]
     extensions = {"sni_hostname": host} if urlsplit(url).scheme.lower() == "https" else {}
-    headers = {**kwargs.pop("headers", {}), "host": netloc}
+    headers = {**IDENTITY, **kwargs.pop("headers", {}), "host": netloc}
     return client.build_request(method, target, headers=headers, extensions=extensions, **kwargs)
 
 
@@ -113,7 +115,7 @@ def fetch_to_file(
     Local paths and ``file://`` URLs (when ``ctx`` permits them) are returned in place (never copied, so callers
     must not delete them); downloads and ``data:`` URIs are written to a new file in ``workdir``. Every failure the
     caller can fix raises ``InputError(field, ..., "file_download_error")``. Limits default to ``ctx.limits``;
-    downloads go to public addresses only (or ones in ``ctx``'s allow-list), checked on every redirect.
+    downloads go to public addresses only (or ones in ``ctx.fetch_allow``), checked on every redirect.
     """
     limits = ctx.limits
     max_bytes = limits.max_download_bytes if max_bytes is None else max_bytes
@@ -225,7 +227,8 @@ def _suffix(url_path: str, mime: str | None) -> str:
 
 def _download(url: str, field: Field, workdir: Path, max_bytes: int, timeout_s: float,
               ctx: JobContext) -> Path:
-    """Stream ``url`` to a file, enforcing ``max_bytes`` and an overall deadline (httpx's timeout is per read).
+    """Stream ``url`` to a file, enforcing ``max_bytes`` on the bytes as they inflate (a compressed answer is undone
+    piece by piece: :func:`~pipelines.answers.read_answer`) and an overall deadline (httpx's timeout is per read).
 
     Redirects are followed here, a bounded number of times, and every hop's host is resolved once, checked, and
     connected to by that checked address (the Host header and TLS name stay the original host), so a DNS answer
@@ -237,7 +240,7 @@ def _download(url: str, field: Field, workdir: Path, max_bytes: int, timeout_s: 
     try:
         with httpx.Client(timeout=timeout_s, follow_redirects=False, trust_env=False) as client:
             for _hop in range(ctx.limits.max_redirects + 1):
-                request = pinned_request(client, "GET", url, vetted_address(url, field, ctx))
+                request = pinned_request(client, "GET", url, vetted_address(url, field, ctx.fetch_allow))
                 resp = client.send(request, stream=True)
                 try:
                     if resp.is_redirect:
@@ -252,23 +255,20 @@ def _download(url: str, field: Field, workdir: Path, max_bytes: int, timeout_s: 
                     if declared.isdigit() and int(declared) > max_bytes:
                         raise _too_large(original, field, max_bytes)
                     dest = _new_file(workdir, field, _suffix(urlsplit(url).path, resp.headers.get("content-type")))
-                    size = 0
                     with dest.open("wb") as out:
-                        for chunk in resp.iter_bytes():
-                            size += len(chunk)
-                            if size > max_bytes:
-                                raise _too_large(original, field, max_bytes)
-                            if time.monotonic() > deadline:
-                                raise httpx.TimeoutException("deadline exceeded")
-                            out.write(chunk)
+                        for piece in read_answer(resp, max_bytes, deadline):
+                            out.write(piece)
                 finally:
                     resp.close()
-                _check_size(size, original, field, max_bytes)
+                _check_size(dest.stat().st_size, original, field, max_bytes)
                 return dest
             raise InputError(field, f"too many redirects: {_brief(original)}", DOWNLOAD_ERROR)
     except InputError:
         _discard(dest)
         raise
+    except AnswerTooLarge:
+        _discard(dest)
+        raise _too_large(original, field, max_bytes) from None
     except httpx.TimeoutException:
         _discard(dest)
         raise InputError(

@@ -12,6 +12,7 @@ keeps the prompt as given.
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -23,6 +24,8 @@ from typing import Protocol
 import httpx
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from .answers import IDENTITY, read_answer
 
 SYSTEM_PROMPT = """\
 You rewrite short prompts for a video model that renders a new video on top of a control video. The control video \
@@ -84,7 +87,10 @@ class OpenAIExpander:
     model: str
     api_key: str | None = field(default=None, repr=False)
     timeout_s: float = 30.0
+    """For the whole answer, not per read: a trickling endpoint cannot hold a job longer."""
     max_tokens: int = 256
+    max_answer_bytes: int = 1024**2
+    """Far more than ``max_tokens`` of text; a larger (or inflating) answer is an expander failure."""
 
     @property
     def name(self) -> str:
@@ -99,11 +105,12 @@ class OpenAIExpander:
             "max_tokens": self.max_tokens,
             "stream": False,
         }
-        response = httpx.post(
-            f"{self.url.rstrip('/')}/chat/completions", json=body, headers=headers, timeout=self.timeout_s
-        )
-        response.raise_for_status()
-        return response.json()["choices"][0]["message"]["content"]
+        deadline = time.monotonic() + self.timeout_s
+        with httpx.stream("POST", f"{self.url.rstrip('/')}/chat/completions", json=body,
+                          headers={**IDENTITY, **headers}, timeout=self.timeout_s) as response:
+            response.raise_for_status()
+            answer = b"".join(read_answer(response, self.max_answer_bytes, deadline))
+        return json.loads(answer)["choices"][0]["message"]["content"]
 
 
 class LocalExpander:

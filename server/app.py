@@ -108,10 +108,12 @@ class Node:
         private_dir(config.data_dir)
         store = open_store(config)
         files = open_files(config)
-        # This server's rules for its jobs: its limits and allow-list, its own files read from the store, no local
+        # This server's rules for its jobs: its limits and allow-lists, its own files read from the store, no local
         # paths from remote callers, and its LoRA download cache.
-        ctx = JobContext(limits=config.limits, fetch_allow=config.fetch_allow, local_files=files.fetch,
-                         local_paths=False, lora_cache=config.lora_cache())
+        ctx = JobContext(limits=config.limits, fetch_allow=config.fetch_allow, webhook_allow=config.webhook_allow,
+                         local_files=files.fetch, local_paths=False, lora_cache=config.lora_cache())
+        if config.fetch_allow and not config.webhook_allow:
+            log.info("--fetch-allow permits media sources only; non-public webhook targets need --webhook-allow")
         changes = Changes()
         devices = resolve_devices(config.devices)
         metrics = Metrics(store, devices)
@@ -128,6 +130,7 @@ class Node:
         signer = WebhookSigner(signing_key, secret)
         webhooks = Webhooks(store, signer, ctx, attempts=config.webhook_attempts, backoff_s=config.webhook_backoff_s,
                             timeout_s=config.webhook_timeout_s, lease_s=config.lease_seconds,
+                            concurrency=config.webhook_concurrency,
                             on_outcome=lambda outcome: metrics.webhook_deliveries.labels(outcome).inc())
         pool = WorkerPool(store=store, files=files, changes=changes, metrics=metrics, managers=managers,
                           work_dir=config.work_dir, on_finished=webhooks.schedule, ctx=ctx,

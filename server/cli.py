@@ -155,8 +155,10 @@ def _add_node_flags(parser: argparse.ArgumentParser) -> None:
              "SPEC: cfg=2, ulysses=N, ring=N or a combination (cfg=2,ulysses=4); the product equals the number of "
              "devices", metavar="SPEC")
     _setting(parser, "--max-models", "models kept loaded per device", type=int)
-    _setting(parser, "--fetch-allow", "non-public media source or webhook target to permit: CIDR, host or host:port "
+    _setting(parser, "--fetch-allow", "non-public media or LoRA source to permit: CIDR, host or host:port "
              "(repeatable). By default only public addresses are fetched", action="append")
+    _setting(parser, "--webhook-allow", "non-public webhook target to permit: CIDR, host or host:port (repeatable; "
+             "give every node the same). By default webhooks go to public addresses only", action="append")
     _setting(parser, "--limit", "change an input limit, e.g. max_video_seconds=120 (repeatable). Limits: "
              + ", ".join(f.name for f in fields(Limits)), action="append", metavar="NAME=VALUE")
 

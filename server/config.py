@@ -140,7 +140,11 @@ class Settings(BaseSettings):
     limits: Annotated[Limits, NoDecode, BeforeValidator(_limits)] = Limits()
     """Input limits (download size/time, video length/size, image size, data URIs, prompt, references)."""
     fetch_allow: Items = ()
-    """Non-public sources media may be downloaded from: CIDRs, hosts, ``host:port``; all else must be public."""
+    """Non-public sources media (and LoRAs) may be downloaded from: CIDRs, hosts, ``host:port``; all else must be
+    public. Webhook targets are not covered: see ``webhook_allow``."""
+    webhook_allow: Items = ()
+    """Non-public webhook targets (same forms), checked at submission and at every attempt by the node making it:
+    give every node of a fleet the same list."""
     max_body_bytes: int = 16 * 1024**2
     """Largest JSON request body (data URIs included); uploads go through /storage and have their own limit."""
     max_upload_bytes: int = 2 * 1024**3
@@ -151,6 +155,9 @@ class Settings(BaseSettings):
     webhook_backoff_s: float = 7.0
     """Wait before the first retry, doubling after each (7 s ... 3584 s: about two hours in all, as fal)."""
     webhook_timeout_s: float = 15.0
+    """One attempt in all: DNS lookup, connect, send, the answer's status."""
+    webhook_concurrency: int = Field(16, ge=1)
+    """Attempts one node has in flight at once; more wait their turn."""
     retention_hours: float = 168.0
     """Age past which served files, abandoned uploads and finished jobs are deleted; 0 keeps everything."""
     retention_sweep_s: float = 600.0

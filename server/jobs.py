@@ -87,7 +87,8 @@ class Job:
     """``X-Fal-Runner-Hint``: a worker that ran a job with the same hint lately takes this one first (``claim``)."""
     webhook_attempts: int = 0
     webhook_next_at: float | None = None
-    """Failed deliveries so far and when the next one is due, so a restart resumes the back-off where it was."""
+    """Delivery attempts made so far (each counted before it is sent) and when the next one is due should the last
+    fail, so a restart, or a node taking over from a dead one, resumes the back-off where it was."""
     worker_id: str | None = None
     """The worker that claimed the job last (None: claimed without a lease, or never)."""
     lease_expires_at: float | None = None
@@ -135,7 +136,7 @@ class JobStore(Protocol):
     def pending_webhooks(self) -> list[Job]: ...
     def claim_webhook(self, job_id: str, node_id: str, lease_s: float) -> Job | None: ...
     def set_webhook_state(self, job_id: str, state: WebhookState, *, node_id: str | None = None) -> bool: ...
-    def webhook_retry(self, job_id: str, attempts: int, next_at: float, *, node_id: str, lease_s: float) -> bool: ...
+    def webhook_attempt(self, job_id: str, attempt: int, next_at: float, *, node_id: str, lease_s: float) -> bool: ...
     def release_webhooks(self, node_id: str) -> int: ...
     def unfinished(self) -> list[Job]: ...
     def purge(self, finished_before: float) -> int: ...
@@ -513,13 +514,15 @@ class SqlJobStore(ABC):
                 (state, job_id, node_id) if node_id is not None else (state, job_id),
             ).rowcount == 1
 
-    def webhook_retry(self, job_id: str, attempts: int, next_at: float, *, node_id: str, lease_s: float) -> bool:
-        """Record a failed delivery: ``attempts`` so far, the next one due at ``next_at``, which node ``node_id``
-        keeps its claim for (until ``lease_s`` past it). Returns False when the node no longer holds the delivery."""
+    def webhook_attempt(self, job_id: str, attempt: int, next_at: float, *, node_id: str, lease_s: float) -> bool:
+        """Count delivery attempt ``attempt`` (1-based) before it is sent, so that a node dying during it has used
+        it up; should it fail, the next is due at ``next_at``, and node ``node_id`` keeps its claim until ``lease_s``
+        past that. Returns False, recording nothing, when the node no longer holds the pending delivery."""
         with self._tx() as db:
             return db.execute(
                 "UPDATE jobs SET webhook_attempts = ?, webhook_next_at = ?, webhook_lease_until = ? WHERE id = ? AND"
-                " webhook_owner = ?", (attempts, next_at, next_at + lease_s, job_id, node_id),
+                " webhook_owner = ? AND webhook_state = 'pending'",
+                (attempt, next_at, next_at + lease_s, job_id, node_id),
             ).rowcount == 1
 
     def release_webhooks(self, node_id: str) -> int:

@@ -51,7 +51,7 @@ def receiver() -> Iterator[Receiver]:
 def server(server_weights: Path, tmp_path_factory: pytest.TempPathFactory,  # noqa: F811
            receiver: Receiver) -> Iterator[ThreadServer]:
     config = Settings(weights_dir=server_weights, data_dir=tmp_path_factory.mktemp("protocol") / "data",
-                      port=free_port(), api_keys=frozenset({KEY}), fetch_allow=(f"127.0.0.1:{receiver.port}",),
+                      port=free_port(), api_keys=frozenset({KEY}), webhook_allow=(f"127.0.0.1:{receiver.port}",),
                       webhook_attempts=3, webhook_backoff_s=0.3, cors_origins=(ORIGIN,))
     with ThreadServer(config) as running:
         yield running
@@ -240,7 +240,7 @@ def test_a_pending_webhook_survives_a_restart(server_weights: Path, tmp_path: Pa
     try:
         def config() -> Settings:
             return Settings(weights_dir=server_weights, data_dir=tmp_path / "data", port=free_port(),
-                            fetch_allow=(f"127.0.0.1:{hook.port}",), webhook_attempts=4, webhook_backoff_s=2.0)
+                            webhook_allow=(f"127.0.0.1:{hook.port}",), webhook_attempts=4, webhook_backoff_s=2.0)
 
         hook.plan = [503]
         with ThreadServer(config()) as first:

@@ -36,9 +36,9 @@ REQUESTS = "/queue/fal-ai/wan-vace-14b/requests"
 @pytest.fixture(scope="module")
 def server(server_weights: Path, tmp_path_factory: pytest.TempPathFactory,  # noqa: F811
            webhook_receiver: tuple[str, list[dict[str, Any]]]) -> Iterator[ThreadServer]:
-    receiver = webhook_receiver[0].split("/")[2]  # webhooks, like media, go to public addresses or the allow-list
+    receiver = webhook_receiver[0].split("/")[2]  # webhooks go to public addresses or their allow-list
     config = Settings(
-        fetch_allow=(receiver,),
+        webhook_allow=(receiver,),
         weights_dir=server_weights, data_dir=tmp_path_factory.mktemp("api-data"), port=free_port(),
         api_keys=frozenset({API_KEY}), public_url=PUBLIC, max_upload_bytes=4 * 1024 * 1024,
         webhook_attempts=3, webhook_backoff_s=0.2,

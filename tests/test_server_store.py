@@ -180,7 +180,7 @@ def test_webhook_state_retries_and_retention(store: SqlJobStore) -> None:
     store.claim()
     assert [j.id for j in store.pending_webhooks()] == [hooked.id]
     assert store.claim_webhook(hooked.id, "node-1", 30) is not None
-    assert store.webhook_retry(hooked.id, 3, 1234.5, node_id="node-1", lease_s=30)
+    assert store.webhook_attempt(hooked.id, 3, 1234.5, node_id="node-1", lease_s=30)
     again = store.get(hooked.id)
     assert (again.webhook_attempts, again.webhook_next_at) == (3, 1234.5)  # type: ignore[union-attr]
     assert [j.id for j in store.unfinished()] == [running.id]
@@ -367,7 +367,7 @@ def test_one_node_at_a_time_holds_a_webhook_delivery(store: SqlJobStore) -> None
     assert store.claim_webhook(job.id, "node-1", 0.2).id == job.id  # type: ignore[union-attr]
     assert store.claim_webhook(job.id, "node-2", 30) is None and store.pending_webhooks() == []
     assert store.claim_webhook(job.id, "node-1", 0.2) is not None  # renewed by its holder
-    assert store.webhook_retry(job.id, 1, time.time() + 0.2, node_id="node-1", lease_s=0.1)
+    assert store.webhook_attempt(job.id, 1, time.time() + 0.2, node_id="node-1", lease_s=0.1)
     time.sleep(0.1)
     assert store.claim_webhook(job.id, "node-2", 30) is None  # held through the back-off, and past it
     time.sleep(0.3)  # node-1 died: its claim runs out
@@ -375,7 +375,7 @@ def test_one_node_at_a_time_holds_a_webhook_delivery(store: SqlJobStore) -> None
     taken = store.claim_webhook(job.id, "node-2", 30)
     assert taken is not None and taken.webhook_attempts == 1  # the back-off goes on where node-1 left it
     # node-1 comes back: it can neither record a retry nor an outcome, nor take the delivery back.
-    assert not store.webhook_retry(job.id, 2, time.time(), node_id="node-1", lease_s=30)
+    assert not store.webhook_attempt(job.id, 2, time.time(), node_id="node-1", lease_s=30)
     assert not store.set_webhook_state(job.id, "delivered", node_id="node-1")
     assert store.claim_webhook(job.id, "node-1", 30) is None
     assert store.set_webhook_state(job.id, "delivered", node_id="node-2")
