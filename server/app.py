@@ -234,6 +234,10 @@ def create_app(config: Settings) -> FastAPI:
         limits={Body.JSON: config.max_body_bytes, Body.UPLOAD: config.max_upload_bytes, Body.PARTS: PARTS_BODY_BYTES},
     )
     if config.cors_origins:  # outermost, so a preflight is answered before the guard asks for a key
+        if not config.auth_enabled:
+            log.warning("--cors-origin %s without an API key: pages from %s can submit, read and cancel every "
+                        "job of this server and upload to it; set --api-key, or drop --cors-origin",
+                        ",".join(config.cors_origins), "any origin" if "*" in config.cors_origins else "there")
         app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["*"],
                            allow_headers=["*"], expose_headers=["x-fal-request-id", "x-fal-error-type"],
                            allow_credentials=False)
