@@ -17,7 +17,7 @@ from server_fixtures import ThreadServer, free_port, verify_like_fals_docs
 
 from server import cli, commands
 from server.app import create_app
-from server.auth import Auth, Caller, key_id, legacy_key_id
+from server.auth import Auth, key_id, legacy_key_id
 from server.config import Settings
 from server.jobs import SqliteJobStore
 from server.node_secrets import SECRET_FILE, SIGNING_KEY_FILE, SecretsError, load_secrets
@@ -91,7 +91,7 @@ def database_text(url: str) -> str:
         tables = [t for (t,) in conn.execute("SELECT table_name FROM information_schema.tables"
                                              " WHERE table_schema = 'public'")]
         for table in tables:
-            rows += [repr(row) for row in conn.execute(f'SELECT * FROM "{table}"')]  # noqa: S608 - our own names
+            rows += [repr(row) for row in conn.execute(f'SELECT * FROM "{table}"')]  # our own table names
     return "\n".join(tables + rows)
 
 

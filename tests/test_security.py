@@ -420,7 +420,8 @@ def test_cors_origins_without_keys_are_warned_about_at_start(server_weights: Pat
         caplog.clear()
         app = create_app(Settings(weights_dir=server_weights, data_dir=tmp_path / name, **settings))
         app.state.store.close()
-        return [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "--cors-origin" in r.getMessage()]
+        return [r.getMessage() for r in caplog.records
+                if r.levelname == "WARNING" and "--cors-origin" in r.getMessage()]
 
     (warning,) = warnings("open", cors_origins=(origin,))
     assert origin in warning and "without an API key" in warning
