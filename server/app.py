@@ -194,7 +194,8 @@ def create_app(config: Settings) -> FastAPI:
     node = Node.build(config, secrets.signer)
     auth = Auth(config.api_keys, secrets.secret, config.admin_keys)
     if renamed := node.store.rename_owners(auth.renamed_owners):
-        log.warning("%d jobs recorded their key by an unkeyed hash (an earlier release): renamed", renamed)
+        log.warning("renamed the owner of %d jobs from an earlier release's unkeyed hash of the key to its keyed id",
+                    renamed)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
