@@ -45,6 +45,7 @@ from queue_load import JOB, REPO, free_port, percentile, poll, start_server, upl
 from server.app import open_store
 from server.config import Settings
 from server.jobs import Job
+from server.node_secrets import make_secrets
 
 sys.path.insert(0, str(REPO / "tests"))
 from pg_fixtures import PG_BIN, PostgresCluster  # noqa: E402 - the tests' throw-away cluster, found via tests/
@@ -193,8 +194,9 @@ def fleet(weights: Path, root: Path, video: Path, store: str, args: argparse.Nam
     """An API node and one, then two ``vace worker`` processes on PostgreSQL and a shared files directory."""
     files, port = root / "shared-files", free_port()
     base = f"http://127.0.0.1:{port}"
+    make_secrets(root / "api-secrets")  # an API node of a fleet is given them; the workers get none
     api = start_server(root / "no-weights", root / "api", port, root / "api.log", "--store", store, "--files",
-                       str(files), "--no-workers")
+                       str(files), "--no-workers", "--secrets-dir", str(root / "api-secrets"))
     with running(api), running(start_worker(store, files, weights, root / "worker-1")):
         with httpx.Client(base_url=base, timeout=60) as client:
             video_url = upload(client, "pose.mp4", video.read_bytes())

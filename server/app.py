@@ -39,7 +39,7 @@ from .files import FileStore, LocalFileStore, private_dir
 from .guard import Body, HostPolicy, RequestGuard
 from .jobs import JobStore, SqliteJobStore
 from .metrics import Metrics
-from .node_secrets import node_secrets
+from .node_secrets import load_secrets
 from .request_id import RequestIdHeader
 from .retention import Retention
 from .signing import WebhookSigner
@@ -65,10 +65,10 @@ def resolve_devices(names: tuple[str, ...]) -> list[torch.device]:
 def open_store(config: Settings) -> JobStore:
     """The job store ``--store`` names: ``sqlite:///ABS/PATH`` (default: the data directory's ``jobs.sqlite3``)
     or ``postgresql://user:pass@host:port/db``, which many API and worker processes share."""
-    url = config.store or f"sqlite:///{config.jobs_db}"
+    url = config.store_url
     if url.startswith("sqlite:///"):
         return SqliteJobStore(Path(url.removeprefix("sqlite://")))
-    if url.startswith(("postgresql://", "postgres://")):
+    if config.shared_store:
         from .pg_store import PostgresJobStore
 
         return PostgresJobStore(url)
@@ -89,7 +89,8 @@ def open_files(config: Settings) -> FileStore:
 @dataclass
 class Node:
     """What one process of the server holds, HTTP aside: the store, files, workers, webhooks and retention. An
-    API node (``--no-workers``) and a worker node (``vace worker``) hold the same things and start different parts."""
+    API node (``--no-workers``) and a worker node (``vace worker``) hold the same things and start different parts,
+    but for the webhook signing key: only a node that answers HTTP has it (``server/node_secrets.py``)."""
 
     config: Settings
     store: JobStore
@@ -97,14 +98,15 @@ class Node:
     ctx: JobContext
     changes: Changes
     metrics: Metrics
-    auth: Auth
-    signer: WebhookSigner
-    webhooks: Webhooks
+    webhooks: Webhooks | None
+    """Delivers the webhooks of jobs that end; None on a worker node, whose jobs' webhooks the API nodes deliver
+    (the store wakes them when one falls due)."""
     pool: WorkerPool
     retention: Retention
 
     @classmethod
-    def build(cls, config: Settings) -> Node:
+    def build(cls, config: Settings, signer: WebhookSigner | None) -> Node:
+        """``signer``: the webhook signing key of a node that answers HTTP; None for a worker node."""
         private_dir(config.data_dir)
         store = open_store(config)
         files = open_files(config)
@@ -126,20 +128,18 @@ class Node:
                                 on_restart=lambda _cause: metrics.group_restarts.inc())
             metrics.show_group(group.describe())
             managers = managers[:1]
-        secret, signing_key = node_secrets(store, config.data_dir)
-        signer = WebhookSigner(signing_key, secret)
-        webhooks = Webhooks(store, signer, ctx, attempts=config.webhook_attempts, backoff_s=config.webhook_backoff_s,
-                            timeout_s=config.webhook_timeout_s, lease_s=config.lease_seconds,
-                            concurrency=config.webhook_concurrency,
-                            on_outcome=lambda outcome: metrics.webhook_deliveries.labels(outcome).inc())
+        webhooks = None if signer is None else Webhooks(
+            store, signer, ctx, attempts=config.webhook_attempts, backoff_s=config.webhook_backoff_s,
+            timeout_s=config.webhook_timeout_s, lease_s=config.lease_seconds, concurrency=config.webhook_concurrency,
+            on_outcome=lambda outcome: metrics.webhook_deliveries.labels(outcome).inc())
         pool = WorkerPool(store=store, files=files, changes=changes, metrics=metrics, managers=managers,
-                          work_dir=config.work_dir, on_finished=webhooks.schedule, ctx=ctx,
-                          lease_s=config.lease_seconds, max_attempts=config.max_attempts, local=not config.no_workers,
-                          models=config.models, switch_after_s=config.switch_after_s, group=group)
+                          work_dir=config.work_dir, on_finished=webhooks.schedule if webhooks else _delivered_elsewhere,
+                          ctx=ctx, lease_s=config.lease_seconds, max_attempts=config.max_attempts,
+                          local=not config.no_workers, models=config.models, switch_after_s=config.switch_after_s,
+                          group=group)
         retention = Retention(store, files, max_age_s=config.retention_s, interval_s=config.retention_sweep_s,
                               deleted=metrics.retention_deleted)
-        return cls(config, store, files, ctx, changes, metrics, Auth(config.api_keys, secret, config.admin_keys),
-                   signer, webhooks, pool, retention)
+        return cls(config, store, files, ctx, changes, metrics, webhooks, pool, retention)
 
     async def start(self) -> None:
         """Start on the running event loop: recover (a store of its own), listen (a shared one), webhooks, the
@@ -149,7 +149,8 @@ class Node:
             for job_id in await run_in_threadpool(store.recover, self.config.max_attempts):
                 log.warning("job %s was running when the server stopped: %s", job_id, store.logs(job_id)[-1].message)
         self._listen()
-        await self.webhooks.start()
+        if self.webhooks is not None:
+            await self.webhooks.start()
         if self.pool.local:
             self.pool.start()
         self.retention.start()
@@ -157,31 +158,46 @@ class Node:
     async def stop(self) -> None:
         await run_in_threadpool(self.retention.stop)
         await run_in_threadpool(self.pool.stop)
-        await self.webhooks.stop()
+        if self.webhooks is not None:
+            await self.webhooks.stop()
         self.store.close()
 
     def _listen(self) -> None:
         """With a shared store, other processes change jobs too: wake this process's idle workers when a job is
-        queued anywhere, and its status streams and sync requests when a job changes anywhere (polling stays the
-        fallback)."""
+        queued anywhere, its status streams and sync requests when a job changes anywhere, and its webhook sender
+        when a webhook falls due anywhere (polling and the sender's sweep stay the fallback)."""
         listen = getattr(self.store, "listen", None)
         if listen is None:
             return
-        from .pg_store import JOB_CHANNEL, QUEUE_CHANNEL
+        from .pg_store import JOB_CHANNEL, QUEUE_CHANNEL, WEBHOOK_CHANNEL
+
+        webhooks = self.webhooks
 
         def on_notification(channel: str, job_id: str) -> None:
             if channel == QUEUE_CHANNEL:
                 self.pool.notify()
+            elif channel == WEBHOOK_CHANNEL and webhooks is not None:
+                webhooks.schedule(job_id)
             else:
                 self.changes.notify(job_id)
 
-        listen([QUEUE_CHANNEL, JOB_CHANNEL], on_notification, on_connect=self.pool.notify)
+        channels = [QUEUE_CHANNEL, JOB_CHANNEL] + ([WEBHOOK_CHANNEL] if webhooks is not None else [])
+        listen(channels, on_notification, on_connect=self.pool.notify)
+
+
+def _delivered_elsewhere(_job_id: str) -> None:
+    """A worker node's end of a job: its webhook, if any, is the API nodes' to deliver (the store wakes them)."""
 
 
 def create_app(config: Settings) -> FastAPI:
     """The app; opening it takes the data directory (a SQLite store: one server per directory), starting it starts
     the node (and its workers, unless ``--no-workers``)."""
-    node = Node.build(config)
+    secrets = load_secrets(config.secrets_dir or config.data_dir, shared_store=config.shared_store)
+    node = Node.build(config, secrets.signer)
+    auth = Auth(config.api_keys, secrets.secret, config.admin_keys)
+    if renamed := node.store.rename_owners(auth.renamed_owners):
+        log.warning("renamed the owner of %d jobs from an earlier release's unkeyed hash of the key to its keyed id",
+                    renamed)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -207,20 +223,24 @@ def create_app(config: Settings) -> FastAPI:
     app.state.metrics = node.metrics
     app.state.webhooks = node.webhooks
     app.state.pool = node.pool
-    app.state.auth = node.auth
-    app.state.signer = node.signer
+    app.state.auth = auth
+    app.state.signer = secrets.signer
     app.include_router(routes.router)
     app.include_router(uploads.router)
     app.include_router(service.router)
     app.mount("/static", StaticFiles(directory=service.STATIC_DIR), name="static")
     app.add_middleware(RequestIdHeader)
-    files, auth = node.files, node.auth
+    files = node.files
     app.add_middleware(
         RequestGuard, auth=auth, hosts=HostPolicy(config.accepted_hosts()),
         upload_is_open=lambda upload_id: (u := files.pending(upload_id)) is not None and auth.is_active(u.owner),
         limits={Body.JSON: config.max_body_bytes, Body.UPLOAD: config.max_upload_bytes, Body.PARTS: PARTS_BODY_BYTES},
     )
     if config.cors_origins:  # outermost, so a preflight is answered before the guard asks for a key
+        if not config.auth_enabled:
+            log.warning("--cors-origin %s without an API key: pages from %s can submit, read and cancel every "
+                        "job of this server and upload to it; set --api-key, or drop --cors-origin",
+                        ",".join(config.cors_origins), "any origin" if "*" in config.cors_origins else "there")
         app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["*"],
                            allow_headers=["*"], expose_headers=["x-fal-request-id", "x-fal-error-type"],
                            allow_credentials=False)

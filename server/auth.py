@@ -1,15 +1,20 @@
 """API keys, checked the way fal checks them (``Authorization: Key <key>``), the callers they identify, and
 short-lived upload tokens bound to the key that minted them.
 
-Auth is off when no key is configured (the CLI only allows that on a loopback address). A caller is known by a
-hash of its key (``key_id``): jobs and uploads record it, so one key cannot read or cancel another key's jobs, and
-everything a key handed out (upload tokens, upload URLs) stops working when the key is removed from the server.
-Admin keys (``--admin-key``) are API keys that may see every job.
+Auth is off when no key is configured (the CLI only allows that on a loopback address). A caller is known by its
+key's ``key_id``, an HMAC of the key under the node secret (``server/node_secrets.py``): jobs and uploads record it,
+so one key cannot read or cancel another key's jobs, and everything a key handed out (upload tokens, upload URLs)
+stops working when the key is removed from the server. Keyed rather than a plain hash because the ids sit in the
+job store, which in a fleet every node reads (GPU workers included) and backups copy: without the secret, which only
+API nodes hold, a reader of the store can neither test a guessed key against them nor tell that two deployments
+share a key. Releases before this one recorded a plain SHA-256 (:func:`legacy_key_id`); an HTTP node renames the
+rows of its configured keys on start (``Auth.renamed_owners``). Admin keys (``--admin-key``) are API keys that may
+see every job.
 
 fal-client uploads in two steps: it trades its key for a CDN token (``POST /storage/auth/token``) and then sends
 ``Authorization: Bearer <token>`` to ``/files/upload``. A token is ``<expiry>.<HMAC(secret, expiry, key_id)>``
-under the node's secret (``server/node_secrets.py``: the data directory's, or a fleet's shared one), so it survives
-restarts, works on every node of a fleet, needs no table, and names no key: checking it tries the configured keys.
+under the node secret, so it survives restarts, works on every API node of a fleet, needs no table, and names no
+key: checking it tries the configured keys.
 
 Every parser here takes any header value, of any length or alphabet, and answers "not authenticated" rather than
 raising: bad credentials are a 401, never a 500.
@@ -33,8 +38,14 @@ API_KEY_HEADER = APIKeyHeader(name="Authorization", auto_error=False, scheme_nam
 _TOKEN_RE = re.compile(r"([0-9]{1,12})\.([0-9a-f]{64})", re.ASCII)
 
 
-def key_id(key: str) -> str:
-    """The stable, non-secret name of an API key (what jobs and uploads record as their owner)."""
+def key_id(key: str, secret: bytes) -> str:
+    """The stable name of an API key that jobs and uploads record as their owner, keyed by the node secret (see
+    the module docstring)."""
+    return hmac.new(secret, b"api-key:" + key.encode("utf-8", "surrogateescape"), hashlib.sha256).hexdigest()
+
+
+def legacy_key_id(key: str) -> str:
+    """The owner id earlier releases recorded: an unkeyed SHA-256 of the key, kept only to rename those rows."""
     return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
 
 
@@ -53,9 +64,11 @@ class Auth:
     """The server's keys: who a request's credentials name, and what that caller may see."""
 
     def __init__(self, api_keys: frozenset[str], secret: bytes, admin_keys: frozenset[str] = frozenset()) -> None:
-        self._ids = frozenset(key_id(k) for k in api_keys | admin_keys)
-        self._admin_ids = frozenset(key_id(k) for k in admin_keys)
         self.secret = secret
+        self._ids = frozenset(key_id(k, secret) for k in api_keys | admin_keys)
+        self._admin_ids = frozenset(key_id(k, secret) for k in admin_keys)
+        self.renamed_owners = {legacy_key_id(k): key_id(k, secret) for k in api_keys | admin_keys}
+        """The configured keys' owner ids as earlier releases recorded them -> as recorded now."""
 
     @property
     def enabled(self) -> bool:
@@ -71,7 +84,7 @@ class Auth:
         scheme, _, value = authorization.partition(" ")
         if scheme.lower() != "key":
             return None
-        kid = key_id(value.strip())
+        kid = key_id(value.strip(), self.secret)
         return self._caller(kid) if kid in self._ids else None
 
     def from_key_or_token(self, authorization: str) -> Caller | None:

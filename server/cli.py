@@ -173,6 +173,8 @@ def _add_serve_flags(srv: argparse.ArgumentParser) -> None:
     _setting(srv, "--api-keys-file", "file with one API key per line")
     _setting(srv, "--admin-key", "an API key that also sees and cancels every key's jobs (repeatable)",
              action="append")
+    _setting(srv, "--secrets-dir", "where the node secret and webhook signing key are (default: the data directory, "
+             "made there on first start); a fleet's API nodes share one, made with `vace secrets DIR`")
     srv.add_argument("--insecure-no-auth", action="store_true", help="allow a non-loopback --host without keys")
     _setting(srv, "--allowed-host", "a Host name to answer besides loopback names, the bound address and "
              "--public-url's host (repeatable; '*' answers any). Without API keys other hosts are refused (DNS "
@@ -239,6 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     _setting(wrk, "--models", "the models to take jobs for (default: every model with weights present)", nargs="+")
     wrk.add_argument("--metrics-port", type=int, help="serve Prometheus metrics (and a health check) on this port")
 
+    keys = sub.add_parser("secrets", help="make a fleet's node secret and webhook signing key for its API nodes")
+    keys.add_argument("dir", help="the folder to write them to (owner-only files; existing ones are kept)")
+
     demo = sub.add_parser("demo", help="build tiny weights and run one pose and one depth job")
     demo.add_argument("--weights-dir", default="tiny-weights")
     demo.add_argument("--out", default="out")
@@ -259,6 +264,8 @@ def run(args: argparse.Namespace) -> int:
                               access_log=args.verbose or args.access_log)
     if args.command == "worker":
         return commands.worker(settings(args), metrics_port=args.metrics_port)
+    if args.command == "secrets":
+        return commands.make_secrets(Path(args.dir))
     if args.command == "demo":
         from server.demo import run_demo
 

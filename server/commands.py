@@ -132,6 +132,7 @@ def serve(settings: Settings, *, insecure_no_auth: bool = False, log_level: str 
     from server.app import serve as run_server
     from server.config import is_loopback
     from server.jobs import StoreLockedError
+    from server.node_secrets import SecretsError
 
     if not settings.auth_enabled and not is_loopback(settings.host) and not insecure_no_auth:
         print(f"error: {settings.host} is reachable from other machines and no API key is set; pass --api-key KEY "
@@ -139,9 +140,20 @@ def serve(settings: Settings, *, insecure_no_auth: bool = False, log_level: str 
         return 2
     try:
         run_server(settings, log_level=log_level, access_log=access_log)
-    except StoreLockedError as exc:
+    except (StoreLockedError, SecretsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def make_secrets(folder: Path) -> int:
+    """Write a fleet's node secret and webhook signing key into ``folder`` (the missing ones), for the operator to
+    hand to every API node."""
+    from server.node_secrets import make_secrets as make
+
+    written = make(folder)
+    print(f"{folder}: {'wrote ' + ' and '.join(written) if written else 'both files exist already; kept them'}. "
+          "Give this folder (the same files) to every API node as --secrets-dir; never to worker nodes.")
     return 0
 
 
@@ -157,7 +169,7 @@ def worker(settings: Settings, *, metrics_port: int | None = None) -> int:
     from server.app import Node
 
     async def run() -> None:
-        node = Node.build(settings)
+        node = Node.build(settings, signer=None)  # a worker node signs nothing (server/node_secrets.py)
         await node.start()
         if metrics_port is not None:
             start_http_server(metrics_port, registry=node.metrics.registry)

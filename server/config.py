@@ -83,7 +83,11 @@ class Settings(BaseSettings):
     api_keys_file: Path | None = None
     """A file with one more key per line (``#`` comments)."""
     admin_keys: Keys = frozenset()
-    """API keys that also see and cancel every key's jobs."""
+    """API keys that also see and cancel every key's jobs (and the fleet's workers in ``/ready``)."""
+    secrets_dir: Path | None = None
+    """Where an HTTP node keeps its node secret and webhook signing key (``secret``, ``webhook-ed25519.pem``);
+    default: the data directory. A server with a store of its own makes them on first start; a fleet's API nodes
+    are given the same ones, made once with ``vace secrets DIR`` (``server/node_secrets.py``)."""
     allowed_hosts: Items = ()
     """``Host`` names to answer besides the defaults (see :meth:`accepted_hosts`); ``*`` answers any."""
     cors_origins: Items = ()
@@ -235,6 +239,16 @@ class Settings(BaseSettings):
         if self.public_url and urlsplit(self.public_url).hostname:
             names.add(urlsplit(self.public_url).hostname or "")
         return frozenset(names)
+
+    @property
+    def store_url(self) -> str:
+        """``--store``, or the data directory's SQLite file."""
+        return self.store or f"sqlite:///{self.jobs_db}"
+
+    @property
+    def shared_store(self) -> bool:
+        """Whether the store is one that many processes share (PostgreSQL): this process is a node of a fleet."""
+        return self.store_url.startswith(("postgresql://", "postgres://"))
 
     @property
     def retention_s(self) -> float:

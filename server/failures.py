@@ -11,17 +11,23 @@ what happened              status  error_type             message starts with
 =========================  ======  =====================  =================================================
 device out of memory       500     runner_server_error    "out of memory on <device>: ..." and what to change
 disk full                  500     runner_server_error    "out of disk space: ..."
-anything else              500     internal_error         the exception's type and message
+anything else              500     internal_error         "internal error <error id>: ..."
 server died twice mid-job  503     runner_disconnected    "the server stopped while this job was running"
 cancelled by the caller    499     client_cancelled       "Request was cancelled"
 not started in time        504     request_timeout        + ``X-Fal-Request-Timeout-Type: user``
 bad timeout header         400     bad_request
 =========================  ======  =====================  =================================================
+
+An unexpected exception's text stays in the server's log, under a random error id that the client's message names:
+it can hold paths, addresses, database or library internals that are nobody's business on the other end (the body
+goes to the caller, its webhook receiver and the job's log lines).
 """
 
 from __future__ import annotations
 
 import errno
+import logging
+import secrets
 import sqlite3
 
 import torch
@@ -33,6 +39,8 @@ from pipelines.errors import InputError
 
 from .jobs import Failure, request_failure
 from .protocol import validation_detail
+
+log = logging.getLogger(__name__)
 
 ERROR_TYPE_HEADER = "x-fal-error-type"
 
@@ -57,15 +65,19 @@ def failure_of(exc: BaseException, device: torch.device | str = "the device") ->
                   for e in exc.errors()]
         detail = validation_detail(errors)
         return Failure(422, {"detail": detail}, f"invalid input: {detail}", detail[0]["type"] if detail else "")
-    if isinstance(exc, torch.OutOfMemoryError):
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else "out of memory"
-        return request_failure(500, f"out of memory on {device} ({first_line}); try fewer frames, a lower resolution, "
-                               "or start the server with a lower --memory-mode (fp8, group_offload, model_offload)",
+    if isinstance(exc, torch.OutOfMemoryError):  # torch's text names other processes on the device: logged only
+        log.error("out of memory on %s: %s", device, str(exc).strip())
+        return request_failure(500, f"out of memory on {device}; try fewer frames, a lower resolution, or start the "
+                               "server with a lower --memory-mode (fp8, group_offload, model_offload)",
                                "runner_server_error")
     if _disk_full(exc):
-        return request_failure(500, f"out of disk space: the server ran out of disk space while running this job "
-                               f"({exc}); nothing of it was kept", "runner_server_error")
-    return request_failure(500, f"{type(exc).__name__}: {exc}", "internal_error")
+        log.error("out of disk space: %s", exc)
+        return request_failure(500, "out of disk space: the server ran out of disk space while running this job; "
+                               "nothing of it was kept", "runner_server_error")
+    error_id = secrets.token_hex(6)
+    log.error("internal error %s", error_id, exc_info=exc)
+    return request_failure(500, f"internal error {error_id}: the request failed on the server; its log has the "
+                           "details under this id", "internal_error")
 
 
 def failure_response(failure: Failure, headers: dict[str, str] | None = None) -> JSONResponse:

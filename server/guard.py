@@ -13,7 +13,9 @@ allows, on every route. This ASGI middleware decides from the request line and h
 4. a JSON route's body is read as JSON whatever its ``Content-Type`` when the request carries an
    ``Authorization`` header (fal's own curl examples send ``-d`` bodies as a form). A browser cannot add that
    header to a cross-site request without a CORS preflight, so this opens no cross-site request forgery; without
-   the header, a non-JSON content type is still refused, as a form post from another site would be.
+   the header, a body that is not typed as JSON is refused here with a 415: a page on another site can send a
+   form, ``text/plain`` or an untyped body to an auth-off server without a preflight, and only JSON, which needs
+   one, drives the API. Checked here rather than left to FastAPI, which refuses such bodies only since 0.132.
 
 Why not FastAPI's own ``max_body_size``: for a declared ``Content-Length`` over the limit, Starlette's limiter
 replaces whatever the app answers with a plain-text ``Content Too Large``, so clients would lose fal's error shape
@@ -153,6 +155,11 @@ class RequestGuard:
         scope.setdefault("state", {})["caller"] = caller or ANONYMOUS
         if body is not Body.UPLOAD and authorization and not _is_json(headers.get("content-type", "")):
             _set_header(scope, b"content-type", b"application/json")
+        elif body is Body.JSON and _has_body(headers) and not _is_json(headers.get("content-type", "")):
+            detail = [{"loc": ["header", "content-type"], "type": "unsupported_media_type",
+                       "msg": "a JSON body needs 'Content-Type: application/json' (or an Authorization header)"}]
+            await JSONResponse({"detail": detail}, status_code=415)(scope, receive, send)
+            return
         limit = self.limits[body]
         declared = headers.get("content-length", "")
         if declared.isascii() and declared.isdigit() and int(declared) > limit:
@@ -160,6 +167,10 @@ class RequestGuard:
             await JSONResponse({"detail": exc.detail}, status_code=exc.status_code)(scope, receive, send)
             return
         await self.app(scope, _counting(receive, limit), send)
+
+
+def _has_body(headers: Headers) -> bool:
+    return "transfer-encoding" in headers or headers.get("content-length", "0").strip() not in ("", "0")
 
 
 def _is_json(content_type: str) -> bool:

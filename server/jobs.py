@@ -140,6 +140,7 @@ class JobStore(Protocol):
     def release_webhooks(self, node_id: str) -> int: ...
     def unfinished(self) -> list[Job]: ...
     def purge(self, finished_before: float) -> int: ...
+    def rename_owners(self, renamed: Mapping[str, str]) -> int: ...
     def close(self) -> None: ...
 
 
@@ -543,6 +544,18 @@ class SqlJobStore(ABC):
             where = ("status = 'COMPLETED' AND finished_at < ? AND (webhook_state IS NULL OR webhook_state != 'pending')")
             db.execute(f"DELETE FROM logs WHERE job_id IN (SELECT id FROM jobs WHERE {where})", (finished_before,))
             return db.execute(f"DELETE FROM jobs WHERE {where}", (finished_before,)).rowcount
+
+    def rename_owners(self, renamed: Mapping[str, str]) -> int:
+        """Record the jobs of owner ``old`` as ``renamed[old]``'s (owner ids as earlier releases made them, see
+        ``server/auth.py``); returns how many jobs changed. Idempotent: a renamed job no longer matches."""
+        pairs, changed = list(renamed.items()), 0
+        with self._tx() as db:
+            for start in range(0, len(pairs), 500):  # one scan per 500 keys, within both engines' parameter limits
+                chunk = pairs[start:start + 500]
+                cases, marks = " ".join("WHEN ? THEN ?" for _ in chunk), ", ".join("?" for _ in chunk)
+                changed += db.execute(f"UPDATE jobs SET owner = CASE owner {cases} END WHERE owner IN ({marks})",
+                                      (*[v for pair in chunk for v in pair], *[old for old, _ in chunk])).rowcount
+        return changed
 
 
 class SqliteJobStore(SqlJobStore):

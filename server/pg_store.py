@@ -19,6 +19,9 @@ database needs. Any number of processes on any number of machines open the same 
   ``vace_job`` (payload: the job id)
       A job's status, cancel flag or control video changed, or it got a log line. Status streams, sync requests and
       webhook senders on API nodes, and the worker running a job (to see a cancel at once), listen here.
+  ``vace_webhook`` (payload: the job id)
+      A job's webhook fell due and no node holds its delivery: the job ended, or the node delivering it stopped.
+      API nodes listen here: they hold the signing key, and worker nodes deliver nothing.
 
   Notifications are not stored: a listener that was disconnected missed them, so :class:`NotificationListener`
   calls its ``on_connect`` after every (re)connection for its owner to re-read what it waits for.
@@ -47,6 +50,7 @@ log = logging.getLogger(__name__)
 
 QUEUE_CHANNEL = "vace_queue"
 JOB_CHANNEL = "vace_job"
+WEBHOOK_CHANNEL = "vace_webhook"
 
 # TCP keepalives: a connection whose peer vanished (a dead network, not a restart) fails in seconds, not hours.
 _KEEPALIVES = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3}
@@ -125,7 +129,7 @@ _MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE workers (id TEXT PRIMARY KEY, info JSONB NOT NULL, last_seen DOUBLE PRECISION NOT NULL);
     """,
-    # 5: the fleet's secrets (server/node_secrets.py), one row per name, written once by the first node.
+    # 5: the fleet's secrets, one row per name, written once by the first node (no longer: step 7 drops them).
     """
     CREATE TABLE secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL);
     REVOKE ALL ON secrets FROM PUBLIC;
@@ -133,6 +137,28 @@ _MIGRATIONS: tuple[str, ...] = (
     # 6: webhook delivery claims, so any node resumes a dead node's deliveries and no two nodes deliver one at once.
     """
     ALTER TABLE jobs ADD COLUMN webhook_owner TEXT, ADD COLUMN webhook_lease_until DOUBLE PRECISION;
+    """,
+    # 7: the fleet's secrets leave the database, which every node reads (server/node_secrets.py).
+    """
+    DROP TABLE IF EXISTS secrets;
+    """,
+    # 8: wake-ups for webhooks that fall due, so the API nodes deliver those of jobs that worker nodes ended.
+    f"""
+    CREATE OR REPLACE FUNCTION vace_notify_job() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF NEW.status = 'IN_QUEUE' AND (TG_OP = 'INSERT' OR OLD.status <> 'IN_QUEUE') THEN
+            PERFORM pg_notify('{QUEUE_CHANNEL}', NEW.id);
+        END IF;
+        IF TG_OP = 'INSERT' OR (OLD.status, OLD.cancel_requested, OLD.control_video_url)
+                IS DISTINCT FROM (NEW.status, NEW.cancel_requested, NEW.control_video_url) THEN
+            PERFORM pg_notify('{JOB_CHANNEL}', NEW.id);
+        END IF;
+        IF NEW.webhook_state = 'pending' AND NEW.webhook_owner IS NULL AND (TG_OP = 'INSERT'
+                OR OLD.webhook_state IS DISTINCT FROM 'pending' OR OLD.webhook_owner IS NOT NULL) THEN
+            PERFORM pg_notify('{WEBHOOK_CHANNEL}', NEW.id);
+        END IF;
+        RETURN NULL;
+    END $$;
     """,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -210,15 +236,6 @@ class PostgresJobStore(SqlJobStore):
     def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[Mapping[str, Any]]:
         with self._pool.connection() as conn:
             return _QmarkConnection(conn).execute(sql, args).fetchall()
-
-    def shared_secret(self, name: str, candidate: str) -> str:
-        """The fleet's secret ``name``: the one already stored, else ``candidate``, stored now. Nodes that start
-        together race on the insert; ``ON CONFLICT DO NOTHING`` lets exactly one win and every node reads the
-        winner's (the insert waits for a competing one to commit, and the read that follows sees it)."""
-        with self._tx() as db:
-            db.execute("INSERT INTO secrets (name, value, created_at) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING",
-                       (name, candidate, time.time()))
-            return str(db.execute("SELECT value FROM secrets WHERE name = ?", (name,)).fetchone()["value"])
 
     def notify(self, channel: str, payload: str = "") -> None:
         """Send a notification on ``channel`` to every listening process (e.g. a worker announcing itself); the

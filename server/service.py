@@ -2,8 +2,9 @@
 
 What is public (no key): ``/health``, ``/ready``'s readiness per endpoint, ``/metrics`` (counts and timings, no URLs,
 paths or ids) and the playground. ``/ready`` adds the optional stages' settings (the prompt expander's URL, local
-model paths), the devices and the installed LoRAs only for a valid key, or when auth is off; ``/loras`` (the
-installed LoRAs with their sizes) needs a key like every route the guard does not list.
+model paths), the devices and the installed LoRAs only for a valid key, or when auth is off, and the fleet's live
+workers (host names, the ids of the jobs they run, which may be other keys') only for an admin key, or when auth is
+off; ``/loras`` (the installed LoRAs with their sizes) needs a key like every route the guard does not list.
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ def health() -> dict[str, str]:
 
 
 @router.get("/ready", summary="Per endpoint: can a live worker (here or, in a fleet, anywhere) serve it, is its model "
-                              "loaded; with a key (or auth off) also the safety checker, prompt expansion, devices, "
-                              "installed LoRAs and the live workers")
+                              "loaded; with a key (or auth off) also the safety checker, prompt expansion, devices and "
+                              "installed LoRAs; with an admin key (or auth off) the live workers")
 def ready(pool: PoolDep, store: StoreDep, settings: SettingsDep, auth: AuthDep, caller: CallerDep) -> JSONResponse:
     # Workers of any node that renewed their sign of life within a lease: this node's, or a fleet's.
     workers = store.live_workers(time.time() - settings.lease_seconds)
@@ -57,7 +58,9 @@ def ready(pool: PoolDep, store: StoreDep, settings: SettingsDep, auth: AuthDep, 
     if caller.key_id is not None or not auth.enabled:
         if pool.models is not None:  # this node's own workers (an API node has none)
             body |= {**pool.models.describe_stages(), "devices": [w.models.describe() for w in pool.workers]}
-        body |= {"loras": list(installed_loras(settings.weights_dir)), "workers": workers}
+        body |= {"loras": list(installed_loras(settings.weights_dir))}
+    if caller.admin:  # auth off makes every caller one
+        body |= {"workers": workers}
     return JSONResponse(body, status_code=200 if any_ready else 503)
 
 

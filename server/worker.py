@@ -300,8 +300,8 @@ class Worker(threading.Thread):
                 outcome, ending = "interrupted", f"the job group lost a rank: {cause}"
             else:
                 failure = failure_of(exc, device)
-                if failure.type == "internal_error":
-                    log.exception("job %s failed", job.id)
+                if failure.type == "internal_error":  # failure_of logged the traceback under the message's id
+                    log.error("job %s failed: %s", job.id, failure.message)
                 ending = f"failed: {failure.message}"
         finally:
             # Before anything is written to the store: on a full disk, deleting the job's files makes the room.

@@ -3,7 +3,8 @@
 Neither runs on the machines this project is built on, so these checks read the files as YAML and hold them to the
 code: every ``vace ...`` command line in them parses with the real CLI parser, every ``VACE_*`` variable is a
 settings field and every other variable one of the standard AWS ones, the worker asks for GPUs, the probes hit the
-ports the commands open, and KEDA scales the worker Deployment on metrics that ``/metrics`` really serves.
+ports the commands open, KEDA scales the worker Deployment on metrics that ``/metrics`` really serves, and the API
+keys, node secret and webhook signing key reach the API nodes only, where ``--secrets-dir`` looks for them.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from server.cli import build_parser
 from server.config import Settings
 from server.jobs import SqliteJobStore
 from server.metrics import Metrics
+from server.node_secrets import SECRET_FILE, SIGNING_KEY_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
@@ -140,6 +142,21 @@ def test_compose_environment_is_settings_and_standard_aws_variables() -> None:
     assert "VACE_API_KEYS" in services["api"]["environment"]
 
 
+def test_compose_gives_the_keys_and_fleet_secrets_to_the_api_node_only() -> None:
+    spec = compose()
+    api, worker = spec["services"]["api"], spec["services"]["worker"]
+    targets = {mount["target"]: spec["secrets"][mount["source"]]["file"] for mount in api["secrets"]}
+    assert set(targets) == {SECRET_FILE, SIGNING_KEY_FILE}
+    assert all(Path(file) == Path("./secrets") / target for target, file in targets.items())
+    assert api["environment"]["VACE_SECRETS_DIR"] == "/run/secrets"  # where compose mounts a service's secrets
+    assert "secrets" not in worker and not {"VACE_API_KEYS", "VACE_SECRETS_DIR"} & set(worker["environment"])
+    # The setup line that makes them: `vace secrets` writing into ./secrets (mounted as /out).
+    (line,) = [line for line in (DEPLOY / "compose.yaml").read_text().splitlines() if " secrets /out" in line]
+    command = line.lstrip("# ").split("#")[0].split()
+    assert command[command.index("-v") + 1] == '"$PWD/secrets:/out"'
+    assert parse_vace(["vace", *command[-2:]]).command == "secrets"
+
+
 def test_compose_variables_all_come_with_the_example_env_file() -> None:
     used = set(re.findall(r"\$\{([A-Z0-9_]+)", (DEPLOY / "compose.yaml").read_text()))
     assert used and used <= set(example_env()), used - set(example_env())
@@ -176,15 +193,36 @@ def test_kubernetes_commands_parse_and_probes_hit_their_ports() -> None:
         assert worker_ports[found["vace-worker"][probe]["httpGet"]["port"]] == worker.metrics_port
 
 
-def test_kubernetes_environment_comes_from_the_secret() -> None:
-    secrets = objects("Secret")
-    for name, container in containers().items():
+def test_kubernetes_nodes_get_only_the_secrets_they_need() -> None:
+    secrets, found = objects("Secret"), containers()
+    for name, container in found.items():
         check_variables({e["name"] for e in container.get("env", [])}, name)
         for source in container.get("envFrom", []):
-            secret = secrets[source["secretRef"]["name"]]
-            check_variables(set(secret["stringData"]), f"Secret {secret['metadata']['name']}")
-            assert AWS_VARIABLES <= set(secret["stringData"]) and "VACE_STORE" in secret["stringData"]
-            assert all("CHANGE-ME" in value for key, value in secret["stringData"].items() if key != "AWS_REGION")
+            check_variables(set(secrets[source["secretRef"]["name"]]["stringData"]), f"{name}'s Secret")
+    for secret in secrets.values():
+        assert all("CHANGE-ME" in value for key, value in secret["stringData"].items() if key != "AWS_REGION")
+
+    def pod(name: str) -> dict[str, Any]:
+        return objects("Deployment")[name]["spec"]["template"]["spec"]
+
+    def secret_volumes(name: str) -> dict[str, dict[str, Any]]:
+        return {v["name"]: v["secret"] for v in pod(name).get("volumes", []) if "secret" in v}
+
+    # Every node: the database and the bucket; a worker nothing more (no API key, node secret or signing key).
+    worker = found["vace-worker"]
+    assert {s["secretRef"]["name"] for s in worker["envFrom"]} == {"vace-node"}
+    assert set(secrets["vace-node"]["stringData"]) == AWS_VARIABLES | {"VACE_STORE"}
+    assert not secret_volumes("vace-worker") and "env" not in worker
+    # The API pods: the same, and their own Secret as owner-only files where the settings look for them.
+    api = found["vace-api"]
+    assert {s["secretRef"]["name"] for s in api["envFrom"]} == {"vace-node"}
+    (volume, source), = secret_volumes("vace-api").items()
+    assert source["defaultMode"] == 0o400
+    assert set(secrets[source["secretName"]]["stringData"]) == {"api-keys", SECRET_FILE, SIGNING_KEY_FILE}
+    (mount,) = [m for m in api["volumeMounts"] if m["name"] == volume]
+    env = {e["name"]: e["value"] for e in api["env"]}
+    assert mount["readOnly"] and env["VACE_SECRETS_DIR"] == mount["mountPath"]
+    assert env["VACE_API_KEYS_FILE"] == f"{mount['mountPath']}/api-keys"
 
 
 def test_kubernetes_worker_asks_for_a_gpu_and_the_api_does_not() -> None:

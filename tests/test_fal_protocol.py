@@ -188,7 +188,7 @@ def test_json_under_a_form_content_type_needs_an_authorization_header(
     open_config = Settings(weights_dir=server_weights, data_dir=tmp_path / "data", port=free_port())
     with ThreadServer(open_config) as open_server:  # auth off: no Authorization header, so no JSON from a form
         no_auth = httpx.post(f"{open_server.url}/queue/{POSE}", content=body, headers=form)
-        assert no_auth.status_code == 422 and no_auth.json()["detail"][0]["loc"] == ["body"]
+        assert no_auth.status_code == 415 and no_auth.json()["detail"][0]["loc"] == ["header", "content-type"]
         with_auth = httpx.post(f"{open_server.url}/queue/{POSE}", content=body, headers={**form, **AUTH})
         assert with_auth.json()["detail"][0]["loc"] == ["body", "num_frames"]
         preflight = httpx.options(f"{open_server.url}/queue/{POSE}", headers={

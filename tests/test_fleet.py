@@ -1,7 +1,9 @@
 """A fleet on one machine: two API nodes (``vace serve --no-workers``, in-process) and two worker processes
 (``vace worker``) sharing one PostgreSQL job store and one S3 bucket for files (moto's S3 server), tiny weights.
 
-The real fal-client submits to node A and reads status and results through node B; a worker killed with SIGKILL in
+The API nodes share the secrets they are given (``vace secrets``); the workers run without any, and the API nodes
+deliver the webhooks of the jobs they end. The real fal-client submits to node A and reads status and results through
+node B; a worker killed with SIGKILL in
 the middle of a job loses nothing: the other worker takes the job over when its lease runs out and completes it,
 exactly once; a cancel sent to node B stops a job running in a worker process at its next step; PostgreSQL restarted
 with jobs queued and running loses nothing either: every node reconnects and every job completes exactly once.
@@ -10,6 +12,7 @@ with jobs queued and running loses nothing either: every node reconnects and eve
 from __future__ import annotations
 
 import base64
+import json
 import os
 import signal
 import subprocess
@@ -21,10 +24,15 @@ from typing import Any
 import httpx
 import pytest
 from s3_fixtures import S3Server, s3_server  # noqa: F401
-from server_fixtures import REPO, SMALL_JOB, ThreadServer, control_videos, free_port, server_weights, wait_until  # noqa: F401
+from server_fixtures import (  # noqa: F401
+    REPO, SMALL_JOB, Receiver, ThreadServer, control_videos, free_port, server_weights, verify_like_fals_docs,
+    wait_until,
+)
 
+from server.commands import make_secrets
 from server.config import Settings
 from server.falclient import use_server
+from server.node_secrets import SECRET_FILE, SIGNING_KEY_FILE
 
 POSE = "fal-ai/wan-vace-14b/pose"
 REQUESTS = "/queue/fal-ai/wan-vace-14b/requests"
@@ -35,6 +43,7 @@ class WorkerProcess:
     """``vace worker`` as a child process (the real CLI), which a test can kill outright."""
 
     def __init__(self, store: str, files: str, weights: Path, data_dir: Path) -> None:
+        self.data_dir = data_dir
         self.log_path = data_dir.parent / f"{data_dir.name}-worker.log"
         args = [sys.executable, "-m", "server.cli", "worker", "--store", store, "--files", files,
                 "--weights-dir", str(weights), "--data-dir", str(data_dir), "--lease-seconds", str(LEASE_S)]
@@ -61,14 +70,23 @@ class WorkerProcess:
 
 
 @pytest.fixture(scope="module")
-def fleet(server_weights: Path, pg_cluster: Any, s3_server: S3Server,  # noqa: F811
+def receiver() -> Iterator[Receiver]:
+    hooks = Receiver()
+    yield hooks
+    hooks.close()
+
+
+@pytest.fixture(scope="module")
+def fleet(server_weights: Path, pg_cluster: Any, s3_server: S3Server, receiver: Receiver,  # noqa: F811
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ThreadServer, ThreadServer, list[WorkerProcess]]]:
     root = tmp_path_factory.mktemp("fleet")
     store, files = pg_cluster.new_database(), s3_server.new_bucket()  # the workers inherit the AWS_* settings
+    make_secrets(root / "api-secrets")  # what the operator hands to every API node, and to no worker
 
     def api_node(name: str) -> ThreadServer:
         return ThreadServer(Settings(weights_dir=root / "no-weights", data_dir=root / name, port=free_port(),
-                                     store=store, files=files, no_workers=True, lease_seconds=LEASE_S))
+                                     store=store, files=files, no_workers=True, lease_seconds=LEASE_S,
+                                     secrets_dir=root / "api-secrets", fetch_allow=(f"127.0.0.1:{receiver.port}",)))
 
     with api_node("api-a") as node_a, api_node("api-b") as node_b:
         workers = [WorkerProcess(store, files, server_weights, root / f"worker-{i}") for i in (1, 2)]
@@ -117,6 +135,24 @@ def test_fal_client_on_one_node_results_on_another(fleet: Any, control_videos: d
     assert output_url.startswith(os.environ["AWS_ENDPOINT_URL"] + "/") and "X-Amz-Signature=" in output_url
     video = httpx.get(output_url, timeout=30)
     assert video.content[4:8] == b"ftyp"  # a worker process put it in the bucket, which serves it
+
+
+def test_workers_hold_no_secrets_and_the_api_nodes_deliver_their_webhooks(
+    fleet: Any, receiver: Receiver, control_videos: dict[str, Path],  # noqa: F811
+) -> None:
+    node_a, node_b, workers = fleet
+    video = "data:video/mp4;base64," + base64.b64encode(control_videos["pose"].read_bytes()).decode()
+    answer = httpx.post(f"{node_a.url}/queue/{POSE}", params={"fal_webhook": receiver.url},
+                        json={"prompt": "x", "video_url": video, **SMALL_JOB}, timeout=30)
+    request_id = answer.json()["request_id"]
+    done = wait_until(lambda: (s := status(node_b, request_id))["status"] == "COMPLETED" and s, 300, "the job")
+    assert any(m.startswith("worker ") for m in messages(done))  # a worker process ran it
+    ((headers, body),) = wait_until(lambda: receiver.for_job(request_id), 30, "the webhook")
+    assert json.loads(body)["status"] == "OK"
+    for node in (node_a, node_b):  # signed with the key both API nodes were given
+        assert verify_like_fals_docs(headers, body, httpx.get(f"{node.url}/.well-known/jwks.json").json())
+    for worker in workers:
+        assert not {p.name for p in worker.data_dir.rglob("*")} & {SECRET_FILE, SIGNING_KEY_FILE}
 
 
 def test_a_killed_worker_loses_nothing_and_a_cancel_reaches_a_worker(fleet: Any,

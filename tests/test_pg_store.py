@@ -25,6 +25,7 @@ from server.pg_store import (
     JOB_CHANNEL,
     QUEUE_CHANNEL,
     SCHEMA_VERSION,
+    WEBHOOK_CHANNEL,
     PostgresJobStore,
     StoreUnavailableError,
     migrate,
@@ -186,7 +187,8 @@ class Notes:
 def test_changes_made_by_another_process_wake_listeners(pg_url: str) -> None:
     listening, other = PostgresJobStore(pg_url), PostgresJobStore(pg_url)  # an API node and a worker node
     notes = Notes()
-    listening.listen([QUEUE_CHANNEL, JOB_CHANNEL, "vace_test"], notes.received, on_connect=notes.on_connect)
+    listening.listen([QUEUE_CHANNEL, JOB_CHANNEL, WEBHOOK_CHANNEL, "vace_test"], notes.received,
+                     on_connect=notes.on_connect)
     assert notes.connected.wait(10)
 
     started = time.monotonic()
@@ -214,6 +216,20 @@ def test_changes_made_by_another_process_wake_listeners(pg_url: str) -> None:
     assert listening.requeue_expired(max_attempts=2) == [back.id]
     other.notify("vace_test", "handed back")
     assert (QUEUE_CHANNEL, back.id) in notes.until(("vace_test", "handed back")), "idle workers are woken"
+
+    # A worker node ends a job with a webhook: the API nodes (which hold the signing key) are woken to deliver it,
+    # and again when the node delivering it stops and hands it back, but not while a node holds it.
+    hooked = other.add(app="fal-ai/wan-vace-14b", task="pose", model="wan-vace-14b", input={"prompt": "x"},
+                       base_url="http://h", webhook_url="http://hook")
+    assert [other.claim(worker_id="w3", lease_s=30).id for _ in range(2)] == [back.id, hooked.id]  # type: ignore
+    other.notify("vace_test", "hooked claimed")
+    notes.until(("vace_test", "hooked claimed"))
+    assert other.finish(hooked.id, result={"seed": 1}, worker_id="w3")
+    assert listening.claim_webhook(hooked.id, "api-1", 30) is not None
+    assert listening.release_webhooks("api-1") == 1
+    other.notify("vace_test", "released")
+    assert [n for n in notes.until(("vace_test", "released")) if n[0] == WEBHOOK_CHANNEL] == [
+        (WEBHOOK_CHANNEL, hooked.id), (WEBHOOK_CHANNEL, hooked.id)]
     other.close()
     listening.close()
 

@@ -5,19 +5,27 @@ malformed credentials, what is public, file modes). Live servers on loopback, ti
 
 from __future__ import annotations
 
+import base64
+import json
 import os
+import re
 import socket
 import stat
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
-from server_fixtures import ServeProcess, ThreadServer, free_port, server_weights, wait_until  # noqa: F401
+from diffusers import WanVACETransformer3DModel
+from server_fixtures import (  # noqa: F401
+    SMALL_JOB, ServeProcess, ThreadServer, control_videos, free_port, server_weights, wait_until,
+)
 
 from server import files as files_module
+from server.app import create_app
 from server.auth import Auth
 from server.config import Settings
 from server.files import LocalFileStore
@@ -314,6 +322,10 @@ def test_ready_shows_internals_only_with_a_key(keyed: ThreadServer) -> None:
         assert internal not in public.text, internal
     keyed_view = httpx.get(f"{keyed.url}/ready", headers=auth_header(KEY_B)).json()
     assert keyed_view["prompt_expansion"]["url"] == "http://10.1.2.3:11434/v1" and "devices" in keyed_view
+    # The fleet view (host names, other keys' job ids) is an admin's.
+    admin_view = httpx.get(f"{keyed.url}/ready", headers=auth_header(ADMIN)).json()
+    assert admin_view["workers"] and all(w["id"].startswith(socket.gethostname() + ":") for w in admin_view["workers"])
+    assert "workers" not in keyed_view and socket.gethostname() + ":" not in json.dumps(keyed_view)
     metrics = httpx.get(f"{keyed.url}/metrics")  # public by decision: counts and timings, no URLs, paths or ids
     assert metrics.status_code == 200 and "vace_queue_depth" in metrics.text and "10.1.2.3" not in metrics.text
 
@@ -344,3 +356,74 @@ def test_the_data_directory_is_owner_only_whatever_the_umask(server_weights: Pat
     assert len(db_files) >= 2  # the database and its lock (and -wal/-shm while open)
     for path in (*db_files, config.data_dir / "secret", token_dir / "clip.mp4", adopted):
         assert mode(path) == 0o600, path
+
+
+# 11 -------------------------------------------------------------------------------------------- error bodies
+
+@pytest.mark.parametrize("text", ["/srv/vace/data/work/3f9a: permission denied",
+                                  "connection to db.internal:5432 refused for role vace"])
+def test_an_unexpected_error_reaches_the_client_as_an_id_not_its_text(
+    keyed: ThreadServer, control_videos: dict[str, Path], monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+    caplog: pytest.LogCaptureFixture, text: str,
+) -> None:
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError(text)
+
+    monkeypatch.setattr(WanVACETransformer3DModel, "forward", broken)
+    video = "data:video/mp4;base64," + base64.b64encode(control_videos["pose"].read_bytes()).decode()
+    body = {"prompt": "x", "video_url": video, **SMALL_JOB}
+    request_id = httpx.post(f"{keyed.url}{POSE_QUEUE}", json=body, headers=auth_header(KEY_A),
+                            timeout=60).json()["request_id"]
+    status = wait_until(lambda: (s := httpx.get(f"{keyed.url}{REQUESTS}/{request_id}/status", params={"logs": 1},
+                                                headers=auth_header(KEY_A), timeout=60)).status_code == 200 and s,
+                        120, "the job to fail")
+    result = httpx.get(f"{keyed.url}{REQUESTS}/{request_id}", headers=auth_header(KEY_A), timeout=60)
+    assert result.status_code == 500 and result.json()["error_type"] == "internal_error"
+    error_id = re.fullmatch(r"internal error ([0-9a-f]{12}): .*", result.json()["detail"])[1]  # type: ignore[index]
+    for answer in (status, result):  # neither the body nor the job's log lines carry the exception's text
+        assert text not in answer.text and "RuntimeError" not in answer.text
+    logged = [r for r in caplog.records if error_id in r.getMessage()]
+    assert logged and any(r.exc_info and text in str(r.exc_info[1]) for r in logged)  # the operator's log has it
+
+
+# 12 ----------------------------------------------------------------------------- cross-site requests, CORS
+
+@pytest.mark.parametrize("content_type", ["text/plain", "text/plain;charset=UTF-8", "application/x-www-form-urlencoded",
+                                          "multipart/form-data; boundary=x", None])
+def test_json_routes_refuse_other_content_types_without_an_authorization_header(
+    server_weights: Path, tmp_path: Path, content_type: str | None,  # noqa: F811
+) -> None:
+    """What a page on another site can send without a CORS preflight (a "simple" request: text/plain, a form, or
+    a typeless Blob) is refused by our own check on an auth-off server, whatever FastAPI's version does."""
+    config = Settings(weights_dir=server_weights, data_dir=tmp_path / "data", port=free_port())
+    body = b'{"prompt": "x", "video_url": "data:video/mp4;base64,AAAA", "num_frames": 500}'
+    with ThreadServer(config) as server, socket.create_connection(("127.0.0.1", config.port), timeout=20) as sock:
+        typed = f"Content-Type: {content_type}\r\n" if content_type else ""
+        sock.sendall(f"POST {POSE_QUEUE} HTTP/1.1\r\nHost: 127.0.0.1\r\n{typed}Content-Length: {len(body)}\r\n"
+                     "Origin: https://evil.example\r\n\r\n".encode() + body)
+        answer = _read_response(sock)
+        assert answer.startswith(b"HTTP/1.1 415"), answer
+        (item,) = json.loads(answer.partition(b"\r\n\r\n")[2])["detail"]
+        assert item["loc"] == ["header", "content-type"] and item["type"] == "unsupported_media_type"
+        assert httpx.post(f"{server.url}{POSE_QUEUE}", content=body,  # JSON, or any type with the header: parsed
+                          headers={"content-type": "application/json"}).json()["detail"][0]["loc"][-1] == "num_frames"
+        with_key = httpx.post(f"{server.url}{POSE_QUEUE}", content=body,
+                              headers={"content-type": content_type or "", "authorization": "Key any"})
+        assert with_key.json()["detail"][0]["loc"][-1] == "num_frames"
+
+
+def test_cors_origins_without_keys_are_warned_about_at_start(server_weights: Path, tmp_path: Path,  # noqa: F811
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    origin = "https://studio.example"
+
+    def warnings(name: str, **settings: Any) -> list[str]:
+        caplog.clear()
+        app = create_app(Settings(weights_dir=server_weights, data_dir=tmp_path / name, **settings))
+        app.state.store.close()
+        return [r.getMessage() for r in caplog.records
+                if r.levelname == "WARNING" and "--cors-origin" in r.getMessage()]
+
+    (warning,) = warnings("open", cors_origins=(origin,))
+    assert origin in warning and "without an API key" in warning
+    assert warnings("keyed", cors_origins=(origin,), api_keys=frozenset({KEY_A})) == []
+    assert warnings("closed") == []
