@@ -86,7 +86,7 @@ def fleet(server_weights: Path, pg_cluster: Any, s3_server: S3Server, receiver: 
     def api_node(name: str) -> ThreadServer:
         return ThreadServer(Settings(weights_dir=root / "no-weights", data_dir=root / name, port=free_port(),
                                      store=store, files=files, no_workers=True, lease_seconds=LEASE_S,
-                                     secrets_dir=root / "api-secrets", fetch_allow=(f"127.0.0.1:{receiver.port}",)))
+                                     secrets_dir=root / "api-secrets", webhook_allow=(f"127.0.0.1:{receiver.port}",)))
 
     with api_node("api-a") as node_a, api_node("api-b") as node_b:
         workers = [WorkerProcess(store, files, server_weights, root / f"worker-{i}") for i in (1, 2)]

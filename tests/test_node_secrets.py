@@ -104,7 +104,7 @@ def unkeyed_hashes(key: str) -> set[str]:
 def test_a_database_reader_finds_no_secrets_and_cannot_match_keys_to_jobs(pg_url: str, tmp_path: Path) -> None:
     folder = tmp_path / "fleet-secrets"
     commands.make_secrets(folder)
-    config = api_node(tmp_path, pg_url, folder).model_copy(update={"fetch_allow": ("127.0.0.1:9",)})
+    config = api_node(tmp_path, pg_url, folder).model_copy(update={"webhook_allow": ("127.0.0.1:9",)})
     with ThreadServer(config) as node:
         submitted = {}
         for key in (KEY, OTHER_KEY):
