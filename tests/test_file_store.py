@@ -9,6 +9,7 @@ refused before any of it is copied), deleting, and the retention sweep.
 from __future__ import annotations
 
 import hashlib
+import random
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -118,6 +119,50 @@ def test_multipart_uploads_count_parts_together_and_join_exactly_the_parts_sent(
     with pytest.raises(KeyError):
         store.complete_upload(upload_id, [1, 2])
     assert read(store, key, tmp_path / "job") == b"A" * 400 + b"B" * 400
+
+
+class CountedInt(int):
+    """A part number that counts the comparisons and hashes made of it: the work ``complete`` does per part."""
+
+    ops = 0
+
+    def __eq__(self, other: object) -> bool:
+        CountedInt.ops += 1
+        return int.__eq__(self, other)
+
+    def __lt__(self, other: int) -> bool:  # type: ignore[override]
+        CountedInt.ops += 1
+        return int.__lt__(self, other)
+
+    def __hash__(self) -> int:
+        CountedInt.ops += 1
+        return int.__hash__(self)
+
+
+def test_complete_is_linear_in_the_parts_listed(tmp_path: Path) -> None:
+    """2,000 parts (listed shuffled, so the sort does real work): comparisons and hashes grow as n log n at most,
+    where counting each listed number among the others (the quadratic check this replaced) made 4 million."""
+    store = LocalFileStore(tmp_path / "files", tmp_path / "uploads", 10**6)
+    count = 2000
+    key = store.new_key("many.bin")
+    upload_id = store.start_upload(key)
+
+    async def put_parts() -> None:  # straight to the store: each part's own size check lists the parts again
+        for n in range(1, count + 1):
+            await store._put_part(upload_id, n, _chunks(n.to_bytes(2, "big")), 10**6)
+
+    anyio.run(put_parts)
+    numbers = [CountedInt(n) for n in range(1, count + 1)]
+    random.Random(1).shuffle(numbers)
+    for listed in ([*numbers, numbers[5]], numbers):  # a repeated number, then the right list
+        CountedInt.ops = 0
+        if len(listed) > count:
+            with pytest.raises(ValueError, match="more than once"):
+                store.complete_upload(upload_id, listed)
+        else:
+            assert store.complete_upload(upload_id, listed) == key
+        assert CountedInt.ops <= 20 * count, f"{CountedInt.ops} operations for {count} parts"
+    assert read(store, key, tmp_path / "job") == b"".join(n.to_bytes(2, "big") for n in range(1, count + 1))
 
 
 def test_sweep_deletes_old_files_and_abandoned_uploads_but_inputs_in_use(store: FileStore, tmp_path: Path) -> None:
