@@ -305,13 +305,12 @@ class LocalFileStore(FileStore):
     async def receive(self, key: str, chunks: AsyncIterator[bytes]) -> int:
         dest = self.files_dir / key
         await anyio.to_thread.run_sync(lambda: dest.parent.mkdir(mode=0o700, exist_ok=True))
-        partial = dest.with_name(dest.name + ".partial")
+        partial = _partial(dest)
         try:
             size, _ = await write_stream(partial, chunks, self.max_bytes)
-        except BaseException:
+            await anyio.to_thread.run_sync(_publish, partial, dest)
+        finally:
             partial.unlink(missing_ok=True)
-            raise
-        await anyio.to_thread.run_sync(partial.rename, dest)
         return size
 
     def sweep(self, cutoff: float, keep: set[str]) -> tuple[int, int]:
@@ -360,7 +359,7 @@ class LocalFileStore(FileStore):
 
     async def _put_part(self, upload_id: str, part_number: int, chunks: AsyncIterator[bytes], max_bytes: int) -> str:
         final = self._part_path(upload_id, part_number)
-        partial = final.with_name(f"{final.name}.{secrets.token_hex(4)}.partial")
+        partial = _partial(final)
         try:
             _size, etag = await write_stream(partial, chunks, max_bytes)
             await anyio.to_thread.run_sync(partial.rename, final)
@@ -374,12 +373,28 @@ class LocalFileStore(FileStore):
     def _join(self, upload_id: str, part_numbers: list[int], key: str) -> None:
         dest = self.files_dir / key
         dest.parent.mkdir(mode=0o700, exist_ok=True)
-        partial = dest.with_name(dest.name + ".partial")
-        with open_private(partial) as out:
-            for n in part_numbers:
-                with self._part_path(upload_id, n).open("rb") as src:
-                    shutil.copyfileobj(src, out, 1024 * 1024)
-        partial.rename(dest)
+        partial = _partial(dest)
+        try:
+            with open_private(partial) as out:
+                for n in part_numbers:
+                    with self._part_path(upload_id, n).open("rb") as src:
+                        shutil.copyfileobj(src, out, 1024 * 1024)
+            _publish(partial, dest)
+        finally:
+            partial.unlink(missing_ok=True)
+
+
+def _partial(dest: Path) -> Path:
+    """Where a file (or part) is written before it is published: a name of its own per writer (two PUTs racing on
+    one upload URL never write into one file), never served (``.partial``)."""
+    return dest.with_name(f"{dest.name}.{secrets.token_hex(4)}.partial")
+
+
+def _publish(partial: Path, dest: Path) -> None:
+    """Give the finished ``partial`` its served name, never over a file already there (``FileExistsError``): a
+    file never changes once served, so a job that checked its size reads those bytes, whatever a second PUT to the
+    same upload URL sends."""
+    os.link(partial, dest)
 
 
 def _some(numbers: Iterable[int], shown: int = 10) -> str:

@@ -63,11 +63,16 @@ def _pending(files: FileStore, auth: Auth, upload_id: str, key: str | None = Non
     return found.key
 
 
+ALREADY_RECEIVED = "this upload was already received (an upload URL takes its file once)"
+
+
 async def _receive(files: FileStore, key: str, chunks: AsyncIterator[bytes]) -> None:
     try:
         await files.receive(key, chunks)
     except UploadTooLarge as exc:
         raise HTTPException(413, str(exc)) from None
+    except FileExistsError:
+        raise HTTPException(409, ALREADY_RECEIVED) from None
 
 
 async def _receive_part(files: FileStore, upload_id: str, part_number: int, request: Request) -> JSONResponse:
@@ -86,6 +91,8 @@ async def _complete(files: FileStore, upload_id: str, body: CompleteUpload) -> s
         raise HTTPException(413, str(exc)) from None
     except ValueError as exc:
         raise HTTPException(400, str(exc)) from None
+    except FileExistsError:
+        raise HTTPException(409, ALREADY_RECEIVED) from None
 
 
 @router.post("/storage/upload/initiate", response_model=UploadUrls,

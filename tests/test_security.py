@@ -213,6 +213,30 @@ def test_part_numbers_are_capped_and_a_long_complete_is_refused_by_the_cap(keyed
                           ).status_code == 200
 
 
+def test_an_upload_url_takes_one_file_even_from_racing_puts(keyed: ThreadServer) -> None:
+    """A PUT still streaming when another PUT to the same URL finished is refused (409) and changes nothing: the
+    file a job may already have checked stays what it was."""
+    urls = httpx.post(f"{keyed.url}/storage/upload/initiate", headers=auth_header(KEY_A), json={}).json()
+    release = threading.Event()
+
+    def slow_body() -> Iterator[bytes]:
+        yield b"a" * 10
+        release.wait(30)
+        yield b"b" * 500
+
+    late: list[httpx.Response] = []
+    racer = threading.Thread(target=lambda: late.append(httpx.put(urls["upload_url"], content=slow_body(),
+                                                                  timeout=60)))
+    racer.start()
+    time.sleep(0.3)
+    assert httpx.put(urls["upload_url"], content=b"first").status_code == 200
+    release.set()
+    racer.join(60)
+    assert late[0].status_code == 409 and "already" in late[0].json()["detail"]
+    assert httpx.get(urls["file_url"]).content == b"first"
+    assert httpx.put(urls["upload_url"], content=b"third").status_code == 404  # used up
+
+
 def test_upload_urls_expire(keyed: ThreadServer, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(files_module, "UPLOAD_URL_TTL_S", 0.5)
     urls = httpx.post(f"{keyed.url}/storage/upload/initiate", headers=auth_header(KEY_A), json={}).json()
