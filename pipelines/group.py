@@ -21,13 +21,23 @@ moment a follower process exits. A follower alive but stuck is bounded by the pr
 
 On CPU the group talks over gloo on loopback; on CUDA, rank ``r`` uses ``devices[r]`` and NCCL, with gloo beside it
 for the small size exchanges diffusers makes on the CPU (its backend string ``cpu:gloo,cuda:nccl``).
+
+Nothing of a group is reachable from the network. The ranks meet in a ``FileStore`` in a private (0700) temporary
+directory rather than in PyTorch's TCP store: ``tcp://127.0.0.1:PORT`` still makes that store listen on every
+interface, where anyone on the LAN could read and overwrite its keys, and a port picked free then bound later could
+be taken in between. gloo's and NCCL's own sockets (between the ranks, and NCCL's bootstrap) bind the interface of
+the host name unless told otherwise, so every rank names the loopback interface (``GLOO_SOCKET_IFNAME``,
+``NCCL_SOCKET_IFNAME``) before it joins.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
+import os
+import shutil
 import socket
+import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -82,22 +92,28 @@ def send(request: DenoiseRequest) -> None:
     _running.send(request)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def loopback_interface() -> str | None:
+    """The name of this machine's loopback interface (``lo`` on Linux, ``lo0`` on macOS), or None without one."""
+    names = {name for _index, name in socket.if_nameindex()}
+    return next((name for name in ("lo", "lo0") if name in names), None)
 
 
-def _join(rank: int, spec: ParallelSpec, port: int, device: str) -> ParallelGroup:
+def _join(rank: int, spec: ParallelSpec, store_path: Path, device: str) -> ParallelGroup:
+    """Join the group whose ranks meet in the file ``store_path``; on loopback only (see the module docstring)."""
     device_type = torch.device(device).type
     if device_type == "cuda":
         torch.cuda.set_device(torch.device(device))
-    dist.init_process_group(backend(device_type), init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=spec.world_size, timeout=COLLECTIVE_TIMEOUT)
+    loopback = loopback_interface()
+    if loopback is not None:  # read by gloo and NCCL for every process group they make, subgroups included
+        os.environ["GLOO_SOCKET_IFNAME"] = os.environ["NCCL_SOCKET_IFNAME"] = loopback
+    store = dist.FileStore(str(store_path), spec.world_size)
+    store.set_timeout(COLLECTIVE_TIMEOUT)
+    dist.init_process_group(backend(device_type), store=store, rank=rank, world_size=spec.world_size,
+                            timeout=COLLECTIVE_TIMEOUT)
     return init_group(spec, device_type)
 
 
-def _follower(index: int, spec: ParallelSpec, port: int, weights_dir: Path, devices: Sequence[str],
+def _follower(index: int, spec: ParallelSpec, store_path: Path, weights_dir: Path, devices: Sequence[str],
               runtime: RuntimeConfig, pipes: Sequence[Connection]) -> None:
     """Ranks 1..: load models on their device and run every request rank 0 sends, answering each when done, until
     rank 0 sends None or its process is gone. Any other error ends the process: rank 0 then restarts the group."""
@@ -105,7 +121,7 @@ def _follower(index: int, spec: ParallelSpec, port: int, weights_dir: Path, devi
     from .loading import ModelManager
 
     rank, pipe = index + 1, pipes[index]
-    group = _join(rank, spec, port, devices[rank])
+    group = _join(rank, spec, store_path, devices[rank])
     models = ModelManager(weights_dir, device=devices[rank], runtime=runtime, group=group)
     try:
         while True:
@@ -133,6 +149,7 @@ class LocalGroup:
         spec.check_device_type(torch.device(self.devices[0]).type)
         self.spec, self.weights_dir, self.runtime = spec, Path(weights_dir), runtime
         self.processes: list[BaseProcess] = []
+        self._store_dir: Path | None = None  # the private directory of the running group's FileStore
         self._pipes: list[Connection] = []
         self._unfinished = 0  # requests sent that the followers have not all answered yet
         self._closing = threading.Event()
@@ -141,21 +158,24 @@ class LocalGroup:
         global _running
         if _running is not None:
             raise RuntimeError("this process already runs a job group")
-        port = _free_port()
+        self._store_dir = Path(tempfile.mkdtemp(prefix="vace-group-"))  # mode 0700
+        store_path = self._store_dir / "store"
         ends = [mp.Pipe() for _ in range(self.spec.world_size - 1)]
         self._pipes = [ours for ours, _ in ends]
         context = mp.start_processes(
-            _follower, args=(self.spec, port, self.weights_dir, self.devices, self.runtime, [t for _, t in ends]),
+            _follower, args=(self.spec, store_path, self.weights_dir, self.devices, self.runtime,
+                             [t for _, t in ends]),
             nprocs=self.spec.world_size - 1, join=False, start_method="spawn",
         )
         self.processes = list(context.processes)
         for _, theirs in ends:
             theirs.close()
         try:
-            group = _join(0, self.spec, port, self.devices[0])
+            group = _join(0, self.spec, store_path, self.devices[0])
         except BaseException:
             for process in self.processes:
                 process.kill()
+            self._remove_store()
             raise
         _running = self
         if torch.device(self.devices[0]).type == "cuda":
@@ -211,6 +231,12 @@ class LocalGroup:
         if _running is self:
             _running = None
             dist.destroy_process_group()
+        self._remove_store()
+
+    def _remove_store(self) -> None:
+        if self._store_dir is not None:
+            shutil.rmtree(self._store_dir, ignore_errors=True)
+            self._store_dir = None
 
 
 @contextlib.contextmanager

@@ -184,7 +184,11 @@ def _add_serve_flags(srv: argparse.ArgumentParser) -> None:
     _setting(srv, "--limit-concurrency", "connections plus running requests past which new requests get a 503",
              type=int)
     _setting(srv, "--timeout-keep-alive", "seconds an idle keep-alive connection stays open", type=int)
-    _setting(srv, "--header-timeout", "seconds a connection may take to send a request's headers", type=float)
+    _setting(srv, "--header-timeout-s", "seconds a connection may take to send a request's headers", type=float)
+    _setting(srv, "--read-timeout-s", "seconds a client may stay silent while the server waits for its bytes (or "
+             "for it to take the response's)", type=float)
+    _setting(srv, "--unread-body-timeout-s", "seconds the rest of a refused, unread request body is read and "
+             "dropped before the connection is closed", type=float)
     _setting(srv, "--no-workers", "an API node: HTTP only, no workers (workers elsewhere pull from --store)",
              nargs="?", const=True, type=_parse_bool)
     srv.add_argument("--access-log", action="store_true", help="log every HTTP request")

@@ -97,8 +97,15 @@ class Settings(BaseSettings):
     """Open connections plus running requests past which new requests get a 503 (uvicorn's limit)."""
     timeout_keep_alive: int = 5
     """Seconds an idle keep-alive connection stays open."""
-    header_timeout: float = 10.0
-    """Seconds a connection may take to send a request's line and headers before it is closed."""
+    header_timeout_s: float = Field(10.0, gt=0)
+    """Seconds a connection may take to send a request's line and headers (from its opening or the end of the
+    previous response) before it is closed."""
+    read_timeout_s: float = Field(30.0, gt=0)
+    """Seconds a client may go without sending a byte while the server waits for its request (headers, body), or
+    without taking a byte of a response the server is sending, before its connection is closed."""
+    unread_body_timeout_s: float = Field(30.0, gt=0)
+    """Seconds the server keeps reading (and dropping) the rest of a body it answered without reading (a refused,
+    unauthenticated request) before it closes the connection."""
 
     store: str | None = None
     """The job store: ``sqlite:///ABS/PATH`` (default: the data directory's ``jobs.sqlite3``) or

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import heapq
 import json
 import mimetypes
 import os
@@ -29,7 +30,8 @@ import secrets
 import shutil
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -44,6 +46,9 @@ _URL_PATH_RE = re.compile(rf"/files/({TOKEN})/({NAME})$")
 _PART_RE = re.compile(r"part-(\d{5})")
 WRITE_BATCH = 1024**2  # bytes of an upload gathered before one write to disk
 UPLOAD_URL_TTL_S = 3600
+MAX_PARTS = 10_000
+"""Parts of one multipart upload, numbered 1 to this (S3's limit): bounds what a ``complete`` call lists and what
+each part's size check reads."""
 """How long an upload URL (and each part URL of a multipart upload) accepts bytes after it was handed out."""
 _PASSIVE_PREFIXES = ("video/", "image/", "audio/")
 _PASSIVE_EXACT = frozenset({"application/zip", "application/octet-stream"})
@@ -232,7 +237,8 @@ class FileStore(ABC):
         """Join the parts into the upload's file, in part-number order; returns its key.
 
         ``part_numbers`` must name every part received, each once: a client that lost track of a part (or sends
-        one twice) gets an error instead of a file that is silently not what it uploaded.
+        one twice) gets an error instead of a file that is silently not what it uploaded. Every step is linear in the
+        parts (n log n for the one sort), so a long list costs little more than reading it.
         """
         upload = self.pending(upload_id)
         if upload is None:
@@ -240,14 +246,15 @@ class FileStore(ABC):
         received = self._part_sizes(upload_id)
         if not part_numbers:
             raise ValueError("no parts listed")
-        repeated = sorted({n for n in part_numbers if part_numbers.count(n) > 1})
-        if repeated:
-            raise ValueError(f"part numbers listed more than once: {repeated}")
-        missing = sorted(set(part_numbers) - received.keys())
-        unlisted = sorted(received.keys() - set(part_numbers))
+        listed = set(part_numbers)
+        if len(listed) < len(part_numbers):
+            repeated = [n for n, count in Counter(part_numbers).items() if count > 1]
+            raise ValueError(f"part numbers listed more than once: {_some(repeated)}")
+        missing = listed - received.keys()
+        unlisted = received.keys() - listed
         if missing or unlisted:
-            raise ValueError(f"the listed parts must be exactly the parts uploaded: not uploaded {missing}, "
-                             f"uploaded but not listed {unlisted}")
+            raise ValueError(f"the listed parts must be exactly the parts uploaded: not uploaded {_some(missing)}, "
+                             f"uploaded but not listed {_some(unlisted)}")
         if sum(received.values()) > self.max_bytes:
             raise UploadTooLarge(f"upload is larger than the {self.max_bytes}-byte limit")
         self._join(upload_id, sorted(part_numbers), upload.key)
@@ -298,13 +305,12 @@ class LocalFileStore(FileStore):
     async def receive(self, key: str, chunks: AsyncIterator[bytes]) -> int:
         dest = self.files_dir / key
         await anyio.to_thread.run_sync(lambda: dest.parent.mkdir(mode=0o700, exist_ok=True))
-        partial = dest.with_name(dest.name + ".partial")
+        partial = _partial(dest)
         try:
             size, _ = await write_stream(partial, chunks, self.max_bytes)
-        except BaseException:
+            await anyio.to_thread.run_sync(_publish, partial, dest)
+        finally:
             partial.unlink(missing_ok=True)
-            raise
-        await anyio.to_thread.run_sync(partial.rename, dest)
         return size
 
     def sweep(self, cutoff: float, keep: set[str]) -> tuple[int, int]:
@@ -353,7 +359,7 @@ class LocalFileStore(FileStore):
 
     async def _put_part(self, upload_id: str, part_number: int, chunks: AsyncIterator[bytes], max_bytes: int) -> str:
         final = self._part_path(upload_id, part_number)
-        partial = final.with_name(f"{final.name}.{secrets.token_hex(4)}.partial")
+        partial = _partial(final)
         try:
             _size, etag = await write_stream(partial, chunks, max_bytes)
             await anyio.to_thread.run_sync(partial.rename, final)
@@ -367,12 +373,34 @@ class LocalFileStore(FileStore):
     def _join(self, upload_id: str, part_numbers: list[int], key: str) -> None:
         dest = self.files_dir / key
         dest.parent.mkdir(mode=0o700, exist_ok=True)
-        partial = dest.with_name(dest.name + ".partial")
-        with open_private(partial) as out:
-            for n in part_numbers:
-                with self._part_path(upload_id, n).open("rb") as src:
-                    shutil.copyfileobj(src, out, 1024 * 1024)
-        partial.rename(dest)
+        partial = _partial(dest)
+        try:
+            with open_private(partial) as out:
+                for n in part_numbers:
+                    with self._part_path(upload_id, n).open("rb") as src:
+                        shutil.copyfileobj(src, out, 1024 * 1024)
+            _publish(partial, dest)
+        finally:
+            partial.unlink(missing_ok=True)
+
+
+def _partial(dest: Path) -> Path:
+    """Where a file (or part) is written before it is published: a name of its own per writer (two PUTs racing on
+    one upload URL never write into one file), never served (``.partial``)."""
+    return dest.with_name(f"{dest.name}.{secrets.token_hex(4)}.partial")
+
+
+def _publish(partial: Path, dest: Path) -> None:
+    """Give the finished ``partial`` its served name, never over a file already there (``FileExistsError``): a
+    file never changes once served, so a job that checked its size reads those bytes, whatever a second PUT to the
+    same upload URL sends."""
+    os.link(partial, dest)
+
+
+def _some(numbers: Iterable[int], shown: int = 10) -> str:
+    """The smallest few of ``numbers`` for an error message, which stays short however many a client sent."""
+    smallest = heapq.nsmallest(shown + 1, numbers)
+    return str(smallest[:shown])[:-1] + (", ...]" if len(smallest) > shown else "]")
 
 
 def url_path(ref: str) -> str | None:

@@ -26,12 +26,14 @@ with boto3 into their work directory, never through a public round trip.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import re
 import secrets
 import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import quote, urlsplit
 
 import anyio
@@ -61,6 +63,47 @@ def _missing(exc: ClientError) -> bool:
     return exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound")
 
 
+def _own_spool(root: Path) -> tuple[Path, int]:
+    """A spool directory of this process's own under ``root`` and the descriptor locking it, after deleting the
+    directories (and the loose files) that processes which have ended left there.
+
+    Processes sharing a data directory (``vace serve --no-workers`` and ``vace worker`` on one host) share ``root``,
+    so a new process cannot just empty it. Each holds an exclusive ``flock`` on its directory's lock file for as long
+    as it runs, which the kernel drops however the process ends: a lock that can be taken marks a crashed process's
+    bodies, never a live one's."""
+    for lock in root.glob("*.lock"):
+        try:
+            fd = os.open(lock, os.O_RDWR)
+        except FileNotFoundError:  # another starting process cleaned it up just now
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # a running process's
+        finally:
+            os.close(fd)
+        shutil.rmtree(lock.with_suffix(""), ignore_errors=True)
+        lock.unlink(missing_ok=True)
+    for loose in root.iterdir():
+        if loose.is_file() and loose.suffix != ".lock":
+            loose.unlink(missing_ok=True)
+    own = private_dir(root / secrets.token_hex(8))
+    pending = own / "lock"  # locked before it is moved where other processes look for locks
+    fd = os.open(pending, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    pending.rename(own.with_suffix(".lock"))
+    return own, fd
+
+
+def _copy_at_most(src: Any, out: BinaryIO, limit: int) -> int:
+    """Copy from the stream ``src`` to ``out`` until it ends or ``limit`` bytes are copied; returns the count."""
+    copied = 0
+    while copied < limit and (chunk := src.read(min(1024**2, limit - copied))):
+        out.write(chunk)
+        copied += len(chunk)
+    return copied
+
+
 class S3FileStore(FileStore):
     """Files and uploads in one bucket under one prefix, shared by every node that names it."""
 
@@ -72,7 +115,7 @@ class S3FileStore(FileStore):
         self.max_bytes = max_bytes
         self.url_ttl_s = url_ttl_s
         self.public_url = public_url.rstrip("/") if public_url else None
-        self.spool_dir = private_dir(spool_dir)
+        self.spool_dir, self._spool_lock = _own_spool(private_dir(spool_dir))
         # SigV4 for presigned URLs (SigV2 ones are refused by most stores and cap nothing); standard retries ride
         # out a store that throttles or restarts.
         self.client = boto3.client("s3", config=Config(signature_version="s3v4", retries={"mode": "standard"}))
@@ -141,7 +184,8 @@ class S3FileStore(FileStore):
 
     def fetch(self, ref: str, workdir: Path, max_bytes: int) -> Path | None:
         """Our object, downloaded into ``workdir`` (which the job deletes when it ends) once its size, asked first,
-        is within ``max_bytes``: an oversized input costs one request, not a download."""
+        is within ``max_bytes``: an oversized input costs one request, not a download. The download itself stops
+        past ``max_bytes`` too: a second PUT to the object's upload URL may replace it after the size was asked."""
         key = self.key_of(ref)
         if key is None:
             return None
@@ -150,11 +194,16 @@ class S3FileStore(FileStore):
             size = self.client.head_object(Bucket=self.bucket, Key=self._object(key))["ContentLength"]
             if size > max_bytes:
                 raise FileTooLarge(f"{key} is {size} bytes, over {max_bytes}")
-            self.client.download_file(self.bucket, self._object(key), str(dest))
+            body = self.client.get_object(Bucket=self.bucket, Key=self._object(key))["Body"]
+            with contextlib.closing(body), open_private(dest) as out:
+                copied = _copy_at_most(body, out, max_bytes + 1)
         except ClientError as exc:
             if _missing(exc):
                 return None
             raise
+        if copied > max_bytes:
+            dest.unlink()
+            raise FileTooLarge(f"{key} grew over {max_bytes} bytes while it was read")
         return dest
 
     @contextlib.asynccontextmanager

@@ -16,18 +16,18 @@ this server.
 
 from __future__ import annotations
 
-from typing import Any
-
 from collections.abc import AsyncIterator
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Request
+from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from .auth import Auth
 from .deps import AuthDep, BaseUrlDep, CallerDep, FilesDep
-from .files import FileStore, UploadTooLarge
+from .files import MAX_PARTS, FileStore, UploadTooLarge
 
 
 class InitiateUpload(BaseModel):
@@ -41,12 +41,15 @@ class UploadUrls(BaseModel):
 
 
 class Part(BaseModel):
-    partNumber: int = Field(ge=1)
+    partNumber: int = Field(ge=1, le=MAX_PARTS)
     etag: str | None = None
 
 
 class CompleteUpload(BaseModel):
-    parts: list[Part]
+    parts: list[Part] = Field(max_length=MAX_PARTS, description=f"every part uploaded, each once (at most {MAX_PARTS})")
+
+
+PartNumber = Annotated[int, PathParam(ge=1, le=MAX_PARTS, description="the part's number, 1 to 10000")]
 
 
 router = APIRouter(tags=["storage"])
@@ -60,16 +63,19 @@ def _pending(files: FileStore, auth: Auth, upload_id: str, key: str | None = Non
     return found.key
 
 
+ALREADY_RECEIVED = "this upload was already received (an upload URL takes its file once)"
+
+
 async def _receive(files: FileStore, key: str, chunks: AsyncIterator[bytes]) -> None:
     try:
         await files.receive(key, chunks)
     except UploadTooLarge as exc:
         raise HTTPException(413, str(exc)) from None
+    except FileExistsError:
+        raise HTTPException(409, ALREADY_RECEIVED) from None
 
 
 async def _receive_part(files: FileStore, upload_id: str, part_number: int, request: Request) -> JSONResponse:
-    if not 1 <= part_number <= 10_000:
-        raise HTTPException(400, "part numbers run from 1 to 10000")
     try:
         etag = await files.receive_part(upload_id, part_number, request.stream())
     except UploadTooLarge as exc:
@@ -85,6 +91,8 @@ async def _complete(files: FileStore, upload_id: str, body: CompleteUpload) -> s
         raise HTTPException(413, str(exc)) from None
     except ValueError as exc:
         raise HTTPException(400, str(exc)) from None
+    except FileExistsError:
+        raise HTTPException(409, ALREADY_RECEIVED) from None
 
 
 @router.post("/storage/upload/initiate", response_model=UploadUrls,
@@ -107,7 +115,7 @@ async def put_upload(upload_id: str, request: Request, files: FilesDep, auth: Au
 
 
 @router.put("/storage/upload/{upload_id}/{part_number}", summary="One part of a multipart upload")
-async def put_part(upload_id: str, part_number: int, request: Request, files: FilesDep,
+async def put_part(upload_id: str, part_number: PartNumber, request: Request, files: FilesDep,
                    auth: AuthDep) -> JSONResponse:
     await run_in_threadpool(_pending, files, auth, upload_id)
     return await _receive_part(files, upload_id, part_number, request)
@@ -141,7 +149,7 @@ def upload_multipart(request: Request, files: FilesDep, caller: CallerDep, base_
 
 
 @router.put("/files/{token}/{name}/multipart/{upload_id}/{part_number}", summary="One part (fal-client)")
-async def put_file_part(token: str, name: str, upload_id: str, part_number: int, request: Request,
+async def put_file_part(token: str, name: str, upload_id: str, part_number: PartNumber, request: Request,
                         files: FilesDep, auth: AuthDep) -> JSONResponse:
     await run_in_threadpool(_pending, files, auth, upload_id, f"{token}/{name}")
     return await _receive_part(files, upload_id, part_number, request)

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -90,8 +90,10 @@ class ServeProcess:
     """``vace serve`` as a child process (the real CLI), which a test can kill outright."""
 
     def __init__(self, weights: Path, data_dir: Path, *, tls: bool = False, api_key: str | None = None,
-                 port: int | None = None, files: str | None = None) -> None:
+                 port: int | None = None, files: str | None = None, extra_args: Sequence[str] = ()) -> None:
+        """``extra_args``: more ``vace serve`` flags (``--read-timeout-s 1``, ...)."""
         self.weights, self.data_dir, self.tls, self.api_key, self.files = weights, data_dir, tls, api_key, files
+        self.extra_args = list(extra_args)
         self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir.parent / f"{data_dir.name}-serve.log"
@@ -125,6 +127,7 @@ class ServeProcess:
             args += ["--api-key", self.api_key]
         if self.files:
             args += ["--files", self.files]
+        args += self.extra_args
         # One intra-op thread: test machines share their few cores, and oversubscribed OpenMP threads spin-wait
         # (a tiny job is ~3x slower with 2 threads than with 1 when other processes compete for the cores).
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}

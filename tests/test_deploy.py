@@ -231,6 +231,22 @@ def test_kubernetes_worker_asks_for_a_gpu_and_the_api_does_not() -> None:
     assert "nvidia.com/gpu" not in found["vace-api"].get("resources", {}).get("limits", {})
 
 
+def test_kubernetes_scratch_volumes_are_bounded() -> None:
+    """An emptyDir without a sizeLimit grows until the node's disk is full (upload spool, job scratch, LoRA cache);
+    with one, the kubelet evicts the pod that overfills it. The worker's holds at least the LoRA cache."""
+    units = {"Gi": 1024**3, "G": 1000**3, "Mi": 1024**2, "M": 1000**2}
+    limits = {}
+    for name, deployment in objects("Deployment").items():
+        for volume in deployment["spec"]["template"]["spec"]["volumes"]:
+            if "emptyDir" in volume:
+                quantity = str((volume["emptyDir"] or {}).get("sizeLimit", ""))
+                number, unit = re.fullmatch(r"(\d+)([A-Za-z]*)", quantity).groups() if quantity else ("0", "")
+                assert unit in units, f"{name}: emptyDir {volume['name']} has no sizeLimit"
+                limits[name] = int(number) * units[unit]
+    assert set(limits) == {"vace-api", "vace-worker"}
+    assert limits["vace-worker"] > Settings.model_fields["lora_cache_gb"].default * 1000**3
+
+
 def test_keda_scales_the_worker_deployment_on_served_metrics(tmp_path: Path) -> None:
     (scaled,) = objects("ScaledObject").values()
     assert scaled["apiVersion"] == "keda.sh/v1alpha1"

@@ -9,6 +9,7 @@ refused before any of it is copied), deleting, and the retention sweep.
 from __future__ import annotations
 
 import hashlib
+import random
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ import pytest
 from s3_fixtures import S3Server, s3_server  # noqa: F401
 
 from pipelines.context import JobContext
-from pipelines.errors import InputError
+from pipelines.errors import FileTooLarge, InputError
 from pipelines.fetch import fetch_to_file
 from server.files import FileStore, LocalFileStore, UploadTooLarge
 from server.s3_files import S3FileStore
@@ -118,6 +119,123 @@ def test_multipart_uploads_count_parts_together_and_join_exactly_the_parts_sent(
     with pytest.raises(KeyError):
         store.complete_upload(upload_id, [1, 2])
     assert read(store, key, tmp_path / "job") == b"A" * 400 + b"B" * 400
+
+
+class CountedInt(int):
+    """A part number that counts the comparisons and hashes made of it: the work ``complete`` does per part."""
+
+    ops = 0
+
+    def __eq__(self, other: object) -> bool:
+        CountedInt.ops += 1
+        return int.__eq__(self, other)
+
+    def __lt__(self, other: int) -> bool:  # type: ignore[override]
+        CountedInt.ops += 1
+        return int.__lt__(self, other)
+
+    def __hash__(self) -> int:
+        CountedInt.ops += 1
+        return int.__hash__(self)
+
+
+def test_complete_is_linear_in_the_parts_listed(tmp_path: Path) -> None:
+    """2,000 parts (listed shuffled, so the sort does real work): comparisons and hashes grow as n log n at most,
+    where counting each listed number among the others (the quadratic check this replaced) made 4 million."""
+    store = LocalFileStore(tmp_path / "files", tmp_path / "uploads", 10**6)
+    count = 2000
+    key = store.new_key("many.bin")
+    upload_id = store.start_upload(key)
+
+    async def put_parts() -> None:  # straight to the store: each part's own size check lists the parts again
+        for n in range(1, count + 1):
+            await store._put_part(upload_id, n, _chunks(n.to_bytes(2, "big")), 10**6)
+
+    anyio.run(put_parts)
+    numbers = [CountedInt(n) for n in range(1, count + 1)]
+    random.Random(1).shuffle(numbers)
+    for listed in ([*numbers, numbers[5]], numbers):  # a repeated number, then the right list
+        CountedInt.ops = 0
+        if len(listed) > count:
+            with pytest.raises(ValueError, match="more than once"):
+                store.complete_upload(upload_id, listed)
+        else:
+            assert store.complete_upload(upload_id, listed) == key
+        assert CountedInt.ops <= 20 * count, f"{CountedInt.ops} operations for {count} parts"
+    assert read(store, key, tmp_path / "job") == b"".join(n.to_bytes(2, "big") for n in range(1, count + 1))
+
+
+def test_a_new_s3_store_deletes_the_spool_of_crashed_processes_only(s3_server: S3Server,  # noqa: F811
+                                                                     tmp_path: Path) -> None:
+    """Bodies spooled by a process that crashed are deleted when the next one starts; those of a process still
+    running on the same data directory (an API node beside a worker) are kept."""
+    spool = tmp_path / "spool"
+    bucket = s3_server.new_bucket()
+    running = S3FileStore(bucket, max_bytes=LIMIT, spool_dir=spool, url_ttl_s=600)
+    (running.spool_dir / "in-flight").write_bytes(b"a body being received")
+    crashed = spool / "0123456789abcdef"
+    crashed.mkdir()
+    (crashed / "left-behind").write_bytes(b"x" * 100)
+    (spool / "0123456789abcdef.lock").touch()  # its lock, which nobody holds any more
+    (spool / "loose-body").write_bytes(b"y")  # a body spooled before spools had owners
+    started = S3FileStore(bucket, max_bytes=LIMIT, spool_dir=spool, url_ttl_s=600)
+    assert not crashed.exists() and not (spool / "0123456789abcdef.lock").exists()
+    assert not (spool / "loose-body").exists()
+    assert (running.spool_dir / "in-flight").read_bytes() == b"a body being received"
+    assert started.spool_dir != running.spool_dir and started.spool_dir.parent == spool
+    key = started.new_key("a.bin")
+    receive(started, key, b"through the new spool")
+    assert read(started, key, tmp_path / "job") == b"through the new spool"
+    assert list(started.spool_dir.iterdir()) == []  # a spooled body is deleted once stored
+
+
+def test_an_s3_file_replaced_after_its_size_check_is_refused_past_the_limit(s3_server: S3Server,  # noqa: F811
+                                                                            tmp_path: Path) -> None:
+    """A second PUT lands between the job's size check and its download (the HEAD's answer triggers it): the
+    download stops at the limit instead of taking the bigger object."""
+    store = S3FileStore(s3_server.new_bucket(), max_bytes=LIMIT, spool_dir=tmp_path / "spool", url_ttl_s=600)
+    key = store.new_key("input.mp4")
+    receive(store, key, b"small")
+    other = s3_server.client()
+
+    def second_put(**_kwargs: object) -> None:
+        other.put_object(Bucket=store.bucket, Key=f"{store.prefix}files/{key}", Body=b"x" * (LIMIT * 50))
+
+    store.client.meta.events.register("after-call.s3.HeadObject", second_put)
+    workdir = tmp_path / "job"
+    workdir.mkdir()
+    with pytest.raises(FileTooLarge, match="while it was read"):
+        store.fetch(store.url(key, BASE), workdir, LIMIT)
+    assert list(workdir.iterdir()) == []
+
+
+def test_a_local_file_never_changes_once_received(tmp_path: Path) -> None:
+    """Two bodies racing for one key (two PUTs to one upload URL): the first to finish is the file, the other is
+    refused and leaves nothing behind, so a job that checked the file's size reads those same bytes."""
+    store = LocalFileStore(tmp_path / "files", tmp_path / "uploads", LIMIT)
+    key = store.new_key("input.mp4")
+
+    async def race() -> None:
+        second_may_end = anyio.Event()
+
+        async def slow() -> AsyncIterator[bytes]:
+            yield b"first half "
+            await second_may_end.wait()
+            yield b"x" * 500
+
+        async with anyio.create_task_group() as tasks:
+            async def late() -> None:
+                with pytest.raises(FileExistsError):
+                    await store.receive(key, slow())
+
+            tasks.start_soon(late)
+            await anyio.sleep(0.05)
+            assert await store.receive(key, _chunks(b"small")) == 5
+            second_may_end.set()
+
+    anyio.run(race)
+    assert read(store, key, tmp_path / "job") == b"small"
+    assert [p.name for p in (tmp_path / "files" / key).parent.iterdir()] == [key.rpartition("/")[2]]
 
 
 def test_sweep_deletes_old_files_and_abandoned_uploads_but_inputs_in_use(store: FileStore, tmp_path: Path) -> None:

@@ -8,6 +8,9 @@ zip at most one level from the 1-process run's, in at most 0.1% of values (byte-
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
+import os
 import zipfile
 from pathlib import Path
 
@@ -82,9 +85,50 @@ def single(models, pose_video, reference_image, tmp_path_factory) -> dict[str, l
     return {model: run_job(models, model, pose_video, reference_image, workdir / model) for model in FAMILIES}
 
 
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (the group's followers, spawned by this process)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            if int(stat.read_text().rpartition(")")[2].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
+
+
+def _listening(pids: list[int]) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """The local addresses of the TCP sockets ``pids`` hold in LISTEN state, from /proc (Linux)."""
+    inodes = set()
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[len("socket:["):-1])
+    found: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                raw = bytes.fromhex(fields[1].partition(":")[0])  # 32-bit words in host (little-endian) order
+                packed = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+                found.append(ipaddress.ip_address(packed))
+    return found
+
+
+def assert_listens_on_loopback_only(pids: list[int]) -> None:
+    """No socket of the group may listen on a wildcard (0.0.0.0, ::) or any other non-loopback address."""
+    addresses = _listening(pids)
+    assert addresses, "no listening socket found: gloo's ranks listen on loopback"
+    exposed = [a for a in addresses
+               if not (a.is_loopback or (isinstance(a, ipaddress.IPv6Address) and a.ipv4_mapped is not None
+                                         and a.ipv4_mapped.is_loopback))]
+    assert not exposed, f"the group listens on {exposed}"
+
+
 @pytest.mark.parametrize("spec", ["ulysses=2", "cfg=2", "cfg=2,ulysses=2"])
 def test_parallel_job_frames_equal_single_process(spec, tiny_weights, pose_video, reference_image, single, tmp_path):
     with local_group(ParallelSpec.parse(spec), tiny_weights, RuntimeConfig()) as group:
+        assert_listens_on_loopback_only([os.getpid(), *_children(os.getpid())])
         models = ModelManager(tiny_weights, device="cpu", runtime=RuntimeConfig(), group=group)
         for model in FAMILIES:
             frames = run_job(models, model, pose_video, reference_image, tmp_path / model)

@@ -190,6 +190,53 @@ def test_multipart_parts_count_together_and_complete_needs_the_exact_parts(keyed
     assert httpx.get(urls["file_url"]).content == b"1" * 600 + b"2" * 300
 
 
+def test_part_numbers_are_capped_and_a_long_complete_is_refused_by_the_cap(keyed: ThreadServer) -> None:
+    """50,000 part numbers (under the 1 MiB body limit) are refused by the schema, naming the field, before the
+    store compares any of them; part numbers outside 1..10000 likewise, in a PUT's path or a complete's list."""
+    for initiate in ("/storage/upload/initiate-multipart", "/files/upload/multipart"):
+        urls = httpx.post(f"{keyed.url}{initiate}", headers=auth_header(KEY_A), json={"file_name": "p.bin"},
+                          ).json()
+        base = urls["upload_url"] if "upload_url" in urls else f"{urls['access_url']}/multipart/{urls['uploadId']}"
+        assert httpx.put(f"{base}/1", content=b"1").status_code == 200
+        body = b'{"parts": [' + b",".join(b'{"partNumber":%d}' % (n % 10_000 + 1) for n in range(50_000)) + b"]}"
+        assert len(body) < 1024**2
+        r = httpx.post(f"{base}/complete", content=body, headers={"content-type": "application/json"}, timeout=30)
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "parts"], r.text[:300]
+        assert r.json()["detail"][0]["type"] == "too_long"
+        r = httpx.post(f"{base}/complete", json={"parts": [{"partNumber": 1}, {"partNumber": 10_001}]})
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "parts", 1, "partNumber"], r.text
+        for n in (0, 10_001):
+            r = httpx.put(f"{base}/{n}", content=b"x")
+            assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["path", "part_number"], r.text
+        assert httpx.put(f"{base}/10000", content=b"x").status_code == 200  # the last number there is
+        assert httpx.post(f"{base}/complete", json={"parts": [{"partNumber": 10_000}, {"partNumber": 1}]},
+                          ).status_code == 200
+
+
+def test_an_upload_url_takes_one_file_even_from_racing_puts(keyed: ThreadServer) -> None:
+    """A PUT still streaming when another PUT to the same URL finished is refused (409) and changes nothing: the
+    file a job may already have checked stays what it was."""
+    urls = httpx.post(f"{keyed.url}/storage/upload/initiate", headers=auth_header(KEY_A), json={}).json()
+    release = threading.Event()
+
+    def slow_body() -> Iterator[bytes]:
+        yield b"a" * 10
+        release.wait(30)
+        yield b"b" * 500
+
+    late: list[httpx.Response] = []
+    racer = threading.Thread(target=lambda: late.append(httpx.put(urls["upload_url"], content=slow_body(),
+                                                                  timeout=60)))
+    racer.start()
+    time.sleep(0.3)
+    assert httpx.put(urls["upload_url"], content=b"first").status_code == 200
+    release.set()
+    racer.join(60)
+    assert late[0].status_code == 409 and "already" in late[0].json()["detail"]
+    assert httpx.get(urls["file_url"]).content == b"first"
+    assert httpx.put(urls["upload_url"], content=b"third").status_code == 404  # used up
+
+
 def test_upload_urls_expire(keyed: ThreadServer, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(files_module, "UPLOAD_URL_TTL_S", 0.5)
     urls = httpx.post(f"{keyed.url}/storage/upload/initiate", headers=auth_header(KEY_A), json={}).json()
@@ -201,7 +248,7 @@ def test_upload_urls_expire(keyed: ThreadServer, monkeypatch: pytest.MonkeyPatch
 
 def test_idle_and_slow_header_connections_are_dropped(tmp_path: Path, server_weights: Path) -> None:  # noqa: F811
     config = Settings(weights_dir=server_weights, data_dir=tmp_path / "data", port=free_port(),
-                          header_timeout=1.0, timeout_keep_alive=30)
+                          header_timeout_s=1.0, timeout_keep_alive=30)
     with ThreadServer(config) as server:
         idle = socket.create_connection(("127.0.0.1", config.port))
         slow = socket.create_connection(("127.0.0.1", config.port))
