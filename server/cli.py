@@ -230,7 +230,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser("generate", help="run one job locally, no server", **_examples(
         'vace generate pose --video dance.mp4 --prompt "a dancer in a red dress on a beach" -o out.mp4',
-        'vace generate depth --video depth.mp4 --prompt "a robot in a garden" --num-frames 33 --seed 42 -o out.mp4',
         'vace generate pose --video dance.mp4 --prompt "a dancer" --parallel cfg=2 -o out.mp4   # CPU: 2 processes'))
     gen.add_argument("task", choices=TASKS)
     gen.add_argument("--model", choices=list(MODELS),
@@ -246,7 +245,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_field_flags(gen)
 
     pre = sub.add_parser("preprocess", help="write the pose or depth control video of a video", **_examples(
-        "vace preprocess pose --video dance.mp4 -o pose.mp4",
         "vace preprocess depth --video dance.mp4 --annotator depth_anything_v2 -o depth.mp4"))
     pre.add_argument("task", choices=TASKS)
     pre.add_argument("--video", required=True, help="input video: path, http(s) URL or data URI")

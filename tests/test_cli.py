@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from pipelines.video_io import probe_video
 from server.cli import main
@@ -78,16 +77,6 @@ def test_preprocess_writes_a_control_video_of_the_same_shape(tiny_weights, pose_
     assert (control.num_frames, control.width, control.height) == (source.num_frames, source.width, source.height)
     assert control.fps == source.fps
     assert "depth control video" in capsys.readouterr().out
-
-
-def test_demo_runs_one_pose_and_one_depth_job(tiny_weights, tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    assert main(["demo", "--weights-dir", str(tiny_weights), "--out", "out"]) == 0  # a relative --out, as in make demo
-    printed = capsys.readouterr().out
-    for name in ("pose-wan-vace-14b.mp4", "depth-wan-22-vace-fun-a14b.mp4"):
-        video = tmp_path / "out" / name
-        assert str(video) in printed
-        assert probe_video(video).num_frames == 33
 
 
 def test_preprocess_writes_a_control_video_for_an_odd_sized_input(tiny_weights, tmp_path, capsys):

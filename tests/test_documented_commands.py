@@ -30,6 +30,7 @@ expanded from them and from :data:`USER_SHELL`, and a leading ``NAME=value`` is 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shlex
@@ -45,6 +46,7 @@ from unittest import mock
 import httpx
 import pytest
 
+from pipelines.registry import DEFAULT_MODEL_FOR_TASK
 from pipelines.schema import VaceInput
 from pipelines.video_io import probe_video
 from server import cli, commands
@@ -350,6 +352,21 @@ class LongRunning:
             self.proc.wait(30)
 
 
+def check_outputs(line: str, args: argparse.Namespace, cwd: Path, printed: str) -> None:
+    """The videos a finished command wrote are there, decode and are the ones it printed: ``-o`` (a bounded job's
+    17 frames, or the input's for a control video; ``generate`` prints the fal output JSON) and the demo's two
+    jobs (33 frames each)."""
+    if args.command in ("generate", "preprocess"):
+        output = (cwd / args.output).resolve()
+        assert probe_video(output).num_frames == 17, f"`{line}`: {args.output}"
+        if args.command == "generate":
+            assert json.loads(printed)["video"]["url"] == output.as_uri(), f"`{line}` printed {printed}"
+    if args.command == "demo":
+        for task, model in DEFAULT_MODEL_FOR_TASK.items():
+            video = (cwd / args.out / f"{task}-{model}.mp4").resolve()
+            assert probe_video(video).num_frames == 33 and str(video) in printed, f"`{line}`: {task}"
+
+
 def run_command(command: Command, shell: Shell) -> None:
     """Run one documented command line to its end, or for a server or worker up and (Ctrl-C) down."""
     argv, env = command.argv, shell.environment(command.env)
@@ -365,10 +382,8 @@ def run_command(command: Command, shell: Shell) -> None:
     else:
         pytest.fail(f"`{command.line}` is neither run here (vace, make) nor in SKIPPED")
     if kind not in ("serve", "worker"):
-        run_to_end(command.line, shell, run_argv, env, timeout_s=900)
-        for i, arg in enumerate(argv[:-1]):
-            if arg in ("-o", "--output"):
-                assert probe_video(shell.cwd / argv[i + 1]).num_frames >= 17, f"`{command.line}`: {argv[i + 1]}"
+        printed = run_to_end(command.line, shell, run_argv, env, timeout_s=900)
+        check_outputs(command.line, args, shell.cwd, printed)
         return
     process = LongRunning(command.line, run_argv, shell.cwd, env)
     try:
