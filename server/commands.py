@@ -86,7 +86,8 @@ def generate_to_file(settings: Settings, task: Task, fields: dict[str, Any], out
         shutil.move(path, target)
         return target.as_uri()
 
-    hooks = JobHooks(log=(lambda m: None) if quiet else (lambda m: bar.write(m)), step=on_step)
+    # Logs go with the progress bar to stderr: stdout carries only the output JSON, so `> result.json` works.
+    hooks = JobHooks(log=(lambda m: None) if quiet else (lambda m: bar.write(m, file=sys.stderr)), step=on_step)
     try:
         with contextlib.ExitStack() as stack:
             group = None

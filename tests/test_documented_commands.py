@@ -6,7 +6,9 @@ shell: its lines in order, in one fresh working directory that holds the files t
 ``depth.mp4``, ``in.mp4``: tiny control videos; ``style.safetensors``: a tiny LoRA), with ``$HOME`` a fresh
 directory whose default weights directory (``~/.cache/vace/weights``) holds the session's tiny weights, as after
 ``vace weights download``. ``NAME=value`` and ``export NAME=value`` lines set the block's variables, ``$NAME`` is
-expanded from them and from :data:`USER_SHELL`, and a leading ``NAME=value`` is that command's environment.
+expanded from them and from :data:`USER_SHELL` (also inside single quotes, which no example uses), and a leading
+``NAME=value`` is that command's environment. A test's id is the block's source: the README line of its fence, or
+the ``--help`` it comes from.
 
 - ``vace ...`` and ``.venv/bin/vace ...`` run the installed console script (this interpreter's ``bin/vace``);
   ``make ...`` runs the Makefile's target with ``VENV`` set to this interpreter's virtual environment, its install
