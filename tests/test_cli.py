@@ -94,3 +94,15 @@ def test_preprocess_writes_a_control_video_for_an_odd_sized_input(tiny_weights, 
     info = probe_video(out)
     assert (info.width, info.height, info.num_frames) == (64, 46, 5)
     assert "depth control video" in capsys.readouterr().out
+
+
+def test_generate_parallel_is_the_jobs_own_group_not_the_servers_setting(monkeypatch):
+    """Issue 23: ``generate --parallel cfg=2`` once reached ``Settings.parallel``, the serve/worker group over
+    ``--devices``, whose check refused it before the job started ("--parallel needs --devices")."""
+    from server.cli import build_parser, settings
+
+    monkeypatch.delenv("VACE_PARALLEL", raising=False)
+    args = build_parser().parse_args(["generate", "pose", "--video", "v.mp4", "--prompt", "p", "--parallel",
+                                      "cfg=2", "-o", "x.mp4"])
+    assert args.job_parallel == "cfg=2"
+    assert settings(args).parallel is None

@@ -13,13 +13,15 @@ the ``--help`` it comes from.
 - ``vace ...`` and ``.venv/bin/vace ...`` run the installed console script (this interpreter's ``bin/vace``);
   ``make ...`` runs the Makefile's target with ``VENV`` set to this interpreter's virtual environment, its install
   step taken as done (``-o``: it is what put this suite's interpreter there; it would need the package index).
-- Before a line runs, its argv goes through the real parser and ``Settings`` in-process (and, for ``generate``,
-  through the request schema), so an example the CLI refuses fails with its own message.
-- One-shot commands must exit 0; every ``-o`` output must decode as a video. ``vace serve`` / ``make serve`` must
-  answer ``/health`` and ``vace worker`` print its start line; then they get Ctrl-C (SIGINT) and must exit 0.
+- Before a line runs, its ``vace`` argv (for ``make``, the one its recipe runs, from ``make -n``) goes through the
+  real parser and ``Settings`` in-process, under the line's environment (for ``generate`` also the request schema,
+  for ``serve`` its refusal of an exposed host without a key), so an example the CLI refuses fails with its message.
+- One-shot commands must exit 0, and what they wrote must be there: every ``-o`` video decodes (``generate``
+  prints the output JSON naming it), the demo's two videos too. ``vace serve`` / ``make serve`` must answer
+  ``/health`` and ``vace worker`` print its start line; then they get Ctrl-C (SIGINT) and must exit 0.
 - :data:`SUBSTITUTE` replaces the few tokens that name things only the user's machine has (weights path, database,
-  shared mount, ports). ``0.0.0.0`` binds ``127.0.0.1`` here: the suite opens no port beyond loopback (a
-  non-loopback ``--host`` without a key is refused: ``tests/test_server_api.py``).
+  shared mount, ports); :data:`LOOPBACK` binds ``127.0.0.1`` where an example binds every interface, after the
+  in-process check above passed the documented host.
 - Cost bound: every ``generate`` line runs with :data:`COST_BOUND` appended (argparse takes the last value), so a
   job is 17 frames at 240p with 2 steps whatever the example asks for; the example's own values are still checked
   by the schema before the run. The subprocesses run one torch thread each (``OMP_NUM_THREADS=1``), as the server
@@ -58,8 +60,7 @@ from test_deploy import image_entrypoint
 from weights.tiny.samples import write_sample
 
 REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-VACE = BIN / "vace"
+VACE = Path(sys.executable).with_name("vace")
 """The installed console script, as ``make install`` (``pip install -e .``) made it."""
 
 USER_SHELL = {"KEY": "documented-example-key"}
@@ -118,7 +119,8 @@ def readme_blocks() -> list[Block]:
 
 
 def help_blocks() -> list[Block]:
-    """The ``examples:`` section of every (sub)command's ``--help``, from the real parser."""
+    """The ``examples:`` section of every (sub)command's ``--help``: the text ``vace ... --help`` prints, taken
+    from the real parser, so a new subcommand's examples are found too."""
     blocks = []
 
     def visit(parser: argparse.ArgumentParser) -> None:
