@@ -268,7 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     _setting(wrk, "--models", "the models to take jobs for (default: every model with weights present)", nargs="+")
     wrk.add_argument("--metrics-port", type=int, help="serve Prometheus metrics (and a health check) on this port")
 
-    keys = sub.add_parser("secrets", help="make a fleet's node secret and webhook signing key for its API nodes")
+    keys = sub.add_parser("secrets", help="make a fleet's node secret and webhook signing key for its API nodes",
+                          **_examples("vace secrets ./fleet-secrets   # then on every API node: vace serve --store "
+                                      "URL --secrets-dir ./fleet-secrets"))
     keys.add_argument("dir", help="the folder to write them to (owner-only files; existing ones are kept)")
 
     demo = sub.add_parser("demo", help="build tiny weights and run one pose and one depth job")
