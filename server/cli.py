@@ -197,6 +197,13 @@ def _add_serve_flags(srv: argparse.ArgumentParser) -> None:
              "(0 keeps everything)", type=float)
 
 
+def _examples(*lines: str) -> dict[str, Any]:
+    """``add_parser`` keywords for a help text that ends with these command lines, kept as written.
+    ``tests/test_documented_commands.py`` runs every one of them, so each must work as typed."""
+    return {"epilog": "examples:\n" + "\n".join(f"  {line}" for line in lines),
+            "formatter_class": argparse.RawDescriptionHelpFormatter}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vace", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
@@ -204,48 +211,66 @@ def build_parser() -> argparse.ArgumentParser:
 
     weights = sub.add_parser("weights", help="build, download or check model weights")
     wsub = weights.add_subparsers(dest="weights_command", required=True)
-    tiny = wsub.add_parser("tiny", help="write tiny random-weight models in the real layout")
+    tiny = wsub.add_parser("tiny", help="write tiny random-weight models in the real layout",
+                           **_examples("vace weights tiny ./tiny-weights   # then: vace serve --weights-dir "
+                                       "./tiny-weights"))
     tiny.add_argument("dir")
-    download = wsub.add_parser("download", help="download real weights from the Hugging Face hub")
+    download = wsub.add_parser("download", help="download real weights from the Hugging Face hub", **_examples(
+        "vace weights download --dir /models/vace                  # both endpoints, annotators, interpolators",
+        "vace weights download --dir /models/vace --models wan-vace-1.3b safety-checker"))
     download.add_argument("--models", nargs="+", default=list(DEFAULT_DOWNLOAD), choices=list(ENTRIES),
                           type=canonical_key, help=f"default: {' '.join(DEFAULT_DOWNLOAD)}")
     download.add_argument("--dir", dest="weights_dir", default=argparse.SUPPRESS,
                           help="default: VACE_WEIGHTS_DIR or ~/.cache/vace/weights")
-    check = wsub.add_parser("check", help="say which weights are present, missing or corrupt")
+    check = wsub.add_parser("check", help="say which weights are present, missing or corrupt",
+                            **_examples("vace weights check /models/vace --deep"))
     check.add_argument("weights_dir", nargs="?", default=argparse.SUPPRESS,
                        help="default: VACE_WEIGHTS_DIR or ~/.cache/vace/weights")
     check.add_argument("--deep", action="store_true", help="also verify sha256 checksums (slow)")
 
-    gen = sub.add_parser("generate", help="run one job locally, no server")
+    gen = sub.add_parser("generate", help="run one job locally, no server", **_examples(
+        'vace generate pose --video dance.mp4 --prompt "a dancer in a red dress on a beach" -o out.mp4',
+        'vace generate pose --video dance.mp4 --prompt "a dancer" --parallel cfg=2 -o out.mp4   # CPU: 2 processes'))
     gen.add_argument("task", choices=TASKS)
     gen.add_argument("--model", choices=list(MODELS),
                      help="default: " + ", ".join(f"{m} for {t}" for t, m in DEFAULT_MODEL_FOR_TASK.items()))
     gen.add_argument("-o", "--output", required=True, help="output .mp4 path")
     gen.add_argument("-q", "--quiet", action="store_true", help="no progress bar or logs")
-    gen.add_argument("--parallel", metavar="SPEC", help="one job on several devices: cfg=2, ulysses=N, ring=N or a "
-                     "combination (cfg=2,ulysses=4); on CPU as that many local processes, on CUDA one GPU each")
+    # Not the serve/worker setting of that name (a group over --devices): this job's own local group, so its dest
+    # is no Settings field and settings() leaves it alone.
+    gen.add_argument("--parallel", dest="job_parallel", metavar="SPEC", help="one job on several devices: cfg=2, "
+                     "ulysses=N, ring=N or a combination (cfg=2,ulysses=4); on CPU as that many local processes, on "
+                     "CUDA one GPU each")
     _add_runtime_flags(gen)
     _add_field_flags(gen)
 
-    pre = sub.add_parser("preprocess", help="write the pose or depth control video of a video")
+    pre = sub.add_parser("preprocess", help="write the pose or depth control video of a video", **_examples(
+        "vace preprocess depth --video dance.mp4 --annotator depth_anything_v2 -o depth.mp4"))
     pre.add_argument("task", choices=TASKS)
     pre.add_argument("--video", required=True, help="input video: path, http(s) URL or data URI")
     pre.add_argument("--annotator", help="; ".join(f"{t}: {' | '.join(a)}" for t, a in TASK_ANNOTATORS.items()))
     pre.add_argument("-o", "--output", required=True, help="output .mp4 path")
     _add_runtime_flags(pre)
 
-    srv = sub.add_parser("serve", help="run the fal-compatible HTTP server")
+    srv = sub.add_parser("serve", help="run the fal-compatible HTTP server", **_examples(
+        "vace serve                     # http://127.0.0.1:8000, weights from ~/.cache/vace/weights, auth off",
+        "VACE_API_KEYS=change-me vace serve --host 0.0.0.0 --tls --public-url https://vace.example.com"))
     _add_runtime_flags(srv)
     _add_node_flags(srv)
     _add_serve_flags(srv)
 
-    wrk = sub.add_parser("worker", help="a worker node: run jobs from a shared --store, no public HTTP")
+    wrk = sub.add_parser("worker", help="a worker node: run jobs from a shared --store, no public HTTP", **_examples(
+        "vace worker --store postgresql://vace:secret@db:5432/vace --files /shared/vace --metrics-port 9100",
+        "vace worker --store postgresql://vace:secret@db:5432/vace --files /shared/vace --devices cuda:0 cuda:1 "
+        "--parallel ulysses=2"))
     _add_runtime_flags(wrk)
     _add_node_flags(wrk)
     _setting(wrk, "--models", "the models to take jobs for (default: every model with weights present)", nargs="+")
     wrk.add_argument("--metrics-port", type=int, help="serve Prometheus metrics (and a health check) on this port")
 
-    keys = sub.add_parser("secrets", help="make a fleet's node secret and webhook signing key for its API nodes")
+    keys = sub.add_parser("secrets", help="make a fleet's node secret and webhook signing key for its API nodes",
+                          **_examples("vace secrets ./fleet-secrets   # then on every API node: vace serve --store "
+                                      "URL --secrets-dir ./fleet-secrets"))
     keys.add_argument("dir", help="the folder to write them to (owner-only files; existing ones are kept)")
 
     demo = sub.add_parser("demo", help="build tiny weights and run one pose and one depth job")
@@ -259,7 +284,7 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "generate":
         job = {name: getattr(args, name) for name in VaceInput.model_fields if getattr(args, name) is not None}
         return commands.generate_to_file(settings(args), args.task, job, Path(args.output), model=args.model,
-                                         quiet=args.quiet, parallel=args.parallel)
+                                         quiet=args.quiet, parallel=args.job_parallel)
     if args.command == "preprocess":
         return commands.preprocess_to_file(settings(args), args.task, args.video, Path(args.output), args.annotator)
     if args.command == "serve":

@@ -86,7 +86,8 @@ def generate_to_file(settings: Settings, task: Task, fields: dict[str, Any], out
         shutil.move(path, target)
         return target.as_uri()
 
-    hooks = JobHooks(log=(lambda m: None) if quiet else (lambda m: bar.write(m)), step=on_step)
+    # Logs go with the progress bar to stderr: stdout carries only the output JSON, so `> result.json` works.
+    hooks = JobHooks(log=(lambda m: None) if quiet else (lambda m: bar.write(m, file=sys.stderr)), step=on_step)
     try:
         with contextlib.ExitStack() as stack:
             group = None
@@ -126,23 +127,37 @@ def preprocess_to_file(settings: Settings, task: Task, video: str, output: Path,
     return 0
 
 
+def exposure_refusal(settings: Settings, insecure_no_auth: bool = False) -> str | None:
+    """Why ``serve`` will not start with these settings: a host other machines reach, and no API key (None: it
+    starts). Apart from :func:`serve` so that a check of a documented command line asks the same question."""
+    from server.config import is_loopback
+
+    if settings.auth_enabled or is_loopback(settings.host) or insecure_no_auth:
+        return None
+    return (f"{settings.host} is reachable from other machines and no API key is set; pass --api-key KEY "
+            "(or VACE_API_KEYS), or --insecure-no-auth to serve without auth anyway")
+
+
 def serve(settings: Settings, *, insecure_no_auth: bool = False, log_level: str = "info",
           access_log: bool = False) -> int:
     """Run the server in the foreground; refuses to serve other machines without keys unless told to."""
     from server.app import serve as run_server
-    from server.config import is_loopback
     from server.jobs import StoreLockedError
     from server.node_secrets import SecretsError
 
-    if not settings.auth_enabled and not is_loopback(settings.host) and not insecure_no_auth:
-        print(f"error: {settings.host} is reachable from other machines and no API key is set; pass --api-key KEY "
-              "(or VACE_API_KEYS), or --insecure-no-auth to serve without auth anyway", file=sys.stderr)
+    refusal = exposure_refusal(settings, insecure_no_auth)
+    if refusal:
+        print(f"error: {refusal}", file=sys.stderr)
         return 2
     try:
         run_server(settings, log_level=log_level, access_log=access_log)
     except (StoreLockedError, SecretsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        # Ctrl-C is how this foreground server is stopped: uvicorn shuts down gracefully, then raises the signal it
+        # caught again, which Python turns into KeyboardInterrupt: a stop asked for, not a crash with a traceback.
+        pass
     return 0
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from pipelines.video_io import probe_video
 from server.cli import main
@@ -80,16 +79,6 @@ def test_preprocess_writes_a_control_video_of_the_same_shape(tiny_weights, pose_
     assert "depth control video" in capsys.readouterr().out
 
 
-def test_demo_runs_one_pose_and_one_depth_job(tiny_weights, tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    assert main(["demo", "--weights-dir", str(tiny_weights), "--out", "out"]) == 0  # a relative --out, as in make demo
-    printed = capsys.readouterr().out
-    for name in ("pose-wan-vace-14b.mp4", "depth-wan-22-vace-fun-a14b.mp4"):
-        video = tmp_path / "out" / name
-        assert str(video) in printed
-        assert probe_video(video).num_frames == 33
-
-
 def test_preprocess_writes_a_control_video_for_an_odd_sized_input(tiny_weights, tmp_path, capsys):
     """The same control-video writer as the server's: an odd width or height loses its last pixel instead of
     failing (yuv420p needs even sizes)."""
@@ -105,3 +94,15 @@ def test_preprocess_writes_a_control_video_for_an_odd_sized_input(tiny_weights, 
     info = probe_video(out)
     assert (info.width, info.height, info.num_frames) == (64, 46, 5)
     assert "depth control video" in capsys.readouterr().out
+
+
+def test_generate_parallel_is_the_jobs_own_group_not_the_servers_setting(monkeypatch):
+    """Issue 23: ``generate --parallel cfg=2`` once reached ``Settings.parallel``, the serve/worker group over
+    ``--devices``, whose check refused it before the job started ("--parallel needs --devices")."""
+    from server.cli import build_parser, settings
+
+    monkeypatch.delenv("VACE_PARALLEL", raising=False)
+    args = build_parser().parse_args(["generate", "pose", "--video", "v.mp4", "--prompt", "p", "--parallel",
+                                      "cfg=2", "-o", "x.mp4"])
+    assert args.job_parallel == "cfg=2"
+    assert settings(args).parallel is None
