@@ -27,6 +27,7 @@ from transformers import AutoTokenizer, UMT5EncoderModel
 
 from preprocessors import Preprocessor, make_preprocessor
 
+from .errors import InputError
 from .interpolation import FrameInterpolator, load_interpolator
 from .lora_hotswap import LoraSlots, add_slot
 from .loras import JobLora, apply_loras
@@ -59,6 +60,8 @@ class LoadedModel:
     """The compute dtype (LoRA factors are kept in it)."""
     slots: LoraSlots | None = None
     """The experts' LoRA slots when they are compiled: LoRAs are then hot-swapped into them."""
+    spoiled: bool = False
+    """Set when putting a job's LoRAs on failed past their checks: the manager then loads the model anew."""
 
     @property
     def transformer(self) -> WanVACETransformer3DModel:
@@ -70,12 +73,23 @@ class LoadedModel:
 
     def pipeline(self, scheduler: SchedulerMixin, loras: Sequence[JobLora] = ()) -> WanVACEPipeline:
         """The pipeline with a job's scheduler and exactly the job's LoRAs (none: the plain model, whatever the
-        previous job loaded). Jobs on one device run one at a time, so sharing it is safe."""
+        previous job loaded). Jobs on one device run one at a time, so sharing it is safe.
+
+        A refused LoRA (an ``InputError``) is refused before anything on the device changes. Any other failure
+        happens halfway through changing the experts (peft wrapping layers, copying factors, running out of
+        memory), after which nothing says the base weights are what was loaded from disk: the model is marked
+        spoiled, and :meth:`ModelManager.get` loads it anew for the next job rather than trusting an undo."""
         self.pipe.scheduler = scheduler
-        if self.slots is not None:
-            self.slots.fill(self.pipe, loras)
-        else:
-            apply_loras(self.pipe, loras, self.dtype)
+        try:
+            if self.slots is not None:
+                self.slots.fill(self.pipe, loras)
+            else:
+                apply_loras(self.pipe, loras, self.dtype)
+        except InputError:
+            raise
+        except Exception:
+            self.spoiled = True
+            raise
         return self.pipe
 
 
@@ -266,9 +280,18 @@ class ModelManager:
         safety = {"weights_present": self.has_safety_checker(), "threshold": rt.safety_threshold}
         return {"safety_checker": safety, "prompt_expansion": expansion}
 
+    def _drop(self, key: str) -> None:
+        del self._models[key]
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
     def get(self, key: str) -> LoadedModel:
-        """The loaded model ``key``, loading it (and evicting the least recently used) if needed."""
+        """The loaded model ``key``, loading it (and evicting the least recently used) if needed; a spoiled one
+        (``LoadedModel.pipeline``) is dropped and loaded anew."""
         with self._lock:
+            if key in self._models and self._models[key].spoiled:
+                log.warning("loading %s anew: putting LoRAs on it failed halfway, so its weights are not trusted", key)
+                self._drop(key)
             if key in self._models:
                 self._models.move_to_end(key)
                 return self._models[key]
@@ -281,10 +304,9 @@ class ModelManager:
             index = json.loads(index_path.read_text())
             has_second = bool(index.get("transformer_2") and index["transformer_2"][0] is not None)
             while len(self._models) >= self.max_models:
-                evicted, _ = self._models.popitem(last=False)
+                evicted = next(iter(self._models))
                 log.info("evicting %s", evicted)
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
+                self._drop(evicted)
             pipe = WanVACEPipeline(
                 tokenizer=self._shared("tokenizer", folder / "tokenizer"),
                 text_encoder=self._shared("text_encoder", folder / "text_encoder"),
@@ -297,7 +319,7 @@ class ModelManager:
             pipe.set_progress_bar_config(disable=True)
             if self.memory_mode == "model_offload":
                 pipe.enable_model_cpu_offload(device=self.device)
-            slots = LoraSlots(self.lora_slot_rank, self.dtype) if self.lora_slot_rank else None
+            slots = LoraSlots(self.lora_slot_rank) if self.lora_slot_rank else None
             model = LoadedModel(key=key, pipe=pipe, dtype=self.dtype, slots=slots)
             self._models[key] = model
             return model

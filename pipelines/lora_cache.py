@@ -1,15 +1,18 @@
 """The LoRA download cache: each distinct LoRA file downloaded once, kept on disk by content hash under a size budget.
 
 Style and distillation LoRAs are hundreds of MB to a few GB, and the same few are named by job after job, so a
-LoRA URL is fetched (through the vetted :func:`~pipelines.fetch.fetch_to_file`, like any media) only the first
-time: the file is stored as ``blobs/<sha256>.safetensors`` and the URL remembered in ``urls/<sha256 of the URL>``.
-The content hash also names the adapter a file becomes on the device (``pipelines.loras``), so two URLs serving the
-same bytes share one adapter. Files are evicted least recently used first once the folder holds more than the
-budget; a running job holds a hard link to each file it took (:meth:`LoraCache.link`), so an eviction never takes
-a file from under it.
+LoRA URL is fetched (through the vetted :func:`~pipelines.fetch.fetch_to_file`, like any media) once per
+``url_ttl_s``: the file is stored as ``blobs/<sha256>.safetensors`` and the URL remembered in
+``urls/<sha256 of the URL>``. Only a file that passed the LoRA checks is added (``pipelines.loras``), so one that a
+job would refuse never takes room or a URL entry. The content hash also names the adapter a file becomes on the
+device, so two URLs serving the same bytes share one adapter. Files are evicted least recently used first once the
+folder holds more than the budget; a running job holds a hard link to each file it took (:meth:`LoraCache.link`),
+so an eviction never takes a file from under it.
 
-A URL is assumed to keep serving the same bytes (LoRA releases are immutable files; hub URLs can pin a commit);
-deleting the cache folder forgets everything.
+The cache is shared by every caller of the server, so what a URL served is remembered for a bounded time only:
+once its entry is older than ``url_ttl_s`` (default an hour) the next job downloads the URL again, so a file
+replaced at its URL is taken up within that time, for every caller alike; unchanged bytes are then not stored
+twice. Deleting the cache folder forgets everything.
 """
 
 from __future__ import annotations
@@ -19,10 +22,13 @@ import logging
 import os
 import shutil
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+
+URL_TTL_S = 3600.0
 
 
 def sha256_file(path: Path, chunk: int = 16 * 1024 * 1024) -> str:
@@ -45,9 +51,10 @@ class LoraCache:
     """A folder of downloaded LoRA files, shared by every worker of a process (and safe across processes: every
     file appears by an atomic rename)."""
 
-    def __init__(self, folder: Path, max_bytes: int) -> None:
+    def __init__(self, folder: Path, max_bytes: int, url_ttl_s: float = URL_TTL_S) -> None:
         self.folder = Path(folder)
         self.max_bytes = max_bytes
+        self.url_ttl_s = url_ttl_s
 
     def _blob(self, digest: str) -> Path:
         return self.folder / "blobs" / f"{digest}.safetensors"
@@ -56,9 +63,13 @@ class LoraCache:
         return self.folder / "urls" / hashlib.sha256(url.encode()).hexdigest()
 
     def lookup(self, url: str) -> CachedLora | None:
-        """The cached file ``url`` was downloaded to before, marked as just used; None when it is not here."""
+        """The cached file ``url`` was downloaded to within ``url_ttl_s``, marked as just used; None when it is not
+        here or the download is older (the URL is then fetched again)."""
+        entry = self._url_entry(url)
         try:
-            digest = self._url_entry(url).read_text().strip()
+            if time.time() - entry.stat().st_mtime >= self.url_ttl_s:
+                return None
+            digest = entry.read_text().strip()
         except FileNotFoundError:
             return None
         blob = self._blob(digest)
@@ -69,8 +80,8 @@ class LoraCache:
         return CachedLora(blob, digest)
 
     def add(self, url: str, downloaded: Path) -> CachedLora:
-        """Move a fresh download of ``url`` into the cache (same filesystem or not), remember the URL and evict
-        what no longer fits."""
+        """Move a fresh download of ``url``, checked by the caller, into the cache (same filesystem or not), remember
+        the URL (from now: the entry's age is what ``url_ttl_s`` bounds) and evict what no longer fits."""
         digest = sha256_file(downloaded)
         blob = self._blob(digest)
         for folder in (blob.parent, self._url_entry(url).parent):

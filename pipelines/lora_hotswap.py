@@ -13,8 +13,9 @@ place, zero-padded up to a fixed rank, with the adapter's scaling held in a tens
   layer, so a compiled server computes the same for a job without LoRAs whatever ran before.
 * A job's LoRAs for one expert become one state dict for its slot: their factors stacked along the rank (several
   LoRAs share one slot; one file named twice counts once with its scales added), each one's scale and peft scaling
-  (alpha / rank, as ``apply_loras`` gets it from the file's adapter config) folded into its B factor, so the slot's
-  own scaling stays 1. The swap copies tensors in place: nothing the compiled code is specialised on changes.
+  (alpha / rank per layer, as ``apply_loras`` loads it: ``pipelines.lora_files``, never the file's own adapter
+  config) folded into its B factor, so the slot's own scaling stays 1. The swap copies tensors in place: nothing
+  the compiled code is specialised on changes.
 * A job without LoRAs zeroes the slots; consecutive jobs with the same LoRAs and scales leave them as they are.
 
 Not possible without a recompile, and so refused with a 422 naming the LoRA: a set of LoRAs whose ranks on one layer
@@ -25,29 +26,25 @@ The slot costs memory and compute on every job of a compiled server (README, "Lo
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 
 import torch
 from diffusers import WanVACEPipeline, WanVACETransformer3DModel
-from peft import LoraConfig
 from peft.tuners.lora import LoraLayer
-from peft.utils.other import get_pattern_key
 
 from .errors import InputError
-from .loras import LORA_KEY, JobLora, cast_factors, linear_layers, pipeline_experts, read_lora
+from .lora_files import LORA_KEY, PREFIX, LoraFile, adapter_metadata, linear_layers
+from .loras import JobLora, cast_factors, pipeline_experts, read_lora
 
 log = logging.getLogger(__name__)
 
 SLOT = "lora_slot"
 RANK_ERROR = "lora_rank_too_high"
-PREFIX = "transformer."
 
 
 def _slot_metadata(rank: int, modules: Sequence[str]) -> dict[str, object]:
-    """The slot's adapter config, as diffusers reads it from a file's metadata: scaling alpha / r = 1."""
-    config = {"r": rank, "lora_alpha": rank, "lora_bias": True, "target_modules": sorted(modules)}
-    return {PREFIX + key: value for key, value in config.items()}
+    """The slot's adapter config: rank ``rank`` on ``modules`` at scaling alpha / r = 1, with B biases."""
+    return adapter_metadata(dict.fromkeys(modules, rank), dict.fromkeys(modules, rank), bias=True)
 
 
 def add_slot(expert: WanVACETransformer3DModel, rank: int, dtype: torch.dtype) -> None:
@@ -65,10 +62,6 @@ def add_slot(expert: WanVACETransformer3DModel, rank: int, dtype: torch.dtype) -
     cast_factors(expert, SLOT, dtype)
 
 
-def has_slot(expert: WanVACETransformer3DModel) -> bool:
-    return SLOT in (getattr(expert, "peft_config", None) or {})
-
-
 @torch.no_grad()
 def clear_slot(expert: WanVACETransformer3DModel) -> None:
     """Zero every factor of the slot: the layers then add exactly nothing."""
@@ -79,36 +72,18 @@ def clear_slot(expert: WanVACETransformer3DModel) -> None:
             module.lora_B[SLOT].bias.zero_()
 
 
-def _adapter_config(metadata: dict | None) -> LoraConfig | None:
-    """The file's adapter config (None for files without one: diffusers then loads them at alpha = rank)."""
-    if not metadata:
-        return None
-    return LoraConfig(**{key.removeprefix(PREFIX): value for key, value in metadata.items()})
-
-
-def _scaling(config: LoraConfig | None, layer: str) -> float:
-    """peft's scaling of one layer under ``config``: alpha / r, or alpha / sqrt(r) for rank-stabilised LoRA."""
-    if config is None:
-        return 1.0
-    rank = config.rank_pattern.get(get_pattern_key(config.rank_pattern.keys(), layer), config.r)
-    alpha = config.alpha_pattern.get(get_pattern_key(config.alpha_pattern.keys(), layer), config.lora_alpha)
-    return alpha / math.sqrt(rank) if config.use_rslora else alpha / rank
-
-
-def stack_loras(parts: Sequence[tuple[JobLora, float, dict[str, torch.Tensor], dict | None]],
-                rank: int) -> dict[str, torch.Tensor]:
-    """One state dict for a slot of ``rank`` from (LoRA, scale, its state dict, its metadata) parts: per layer the
-    A factors stacked, the B factors side by side with each part's scale x scaling folded in, the B biases added.
-    The sum of B_i A_i x s_i is then B A x, which is what the slot computes at scaling 1."""
+def stack_loras(parts: Sequence[tuple[JobLora, float, LoraFile]], rank: int) -> dict[str, torch.Tensor]:
+    """One state dict for a slot of ``rank`` from (LoRA, scale, its file) parts: per layer the A factors stacked,
+    the B factors side by side with each part's scale x scaling folded in, the B biases added. The sum of
+    B_i A_i x s_i is then B A x, which is what the slot computes at scaling 1."""
     factors: dict[str, dict[str, list[torch.Tensor]]] = {}
     used: dict[str, int] = {}
-    for lora, scale, state_dict, metadata in parts:
-        config = _adapter_config(metadata)
-        for key, tensor in state_dict.items():
+    for lora, scale, lora_file in parts:
+        for key, tensor in lora_file.state_dict.items():
             match = LORA_KEY.fullmatch(key)
             assert match is not None  # read_lora checked every key
             layer, part = match["module"], match["part"]
-            factor = scale * _scaling(config, layer)
+            factor = scale * lora_file.scaling(layer)
             if part == "A.weight":
                 used[layer] = used.get(layer, 0) + tensor.shape[0]
                 if used[layer] > rank:
@@ -133,17 +108,17 @@ def stack_loras(parts: Sequence[tuple[JobLora, float, dict[str, torch.Tensor], d
 class LoraSlots:
     """The slots of one loaded model's experts and what each holds now."""
 
-    def __init__(self, rank: int, dtype: torch.dtype) -> None:
+    def __init__(self, rank: int) -> None:
         self.rank = rank
-        self.dtype = dtype
         self._holding: dict[str, tuple[tuple[str, float], ...]] = {}
 
     def fill(self, pipe: WanVACEPipeline, loras: Sequence[JobLora]) -> None:
         """Put exactly ``loras`` at their scales into the experts' slots, without changing anything compiled code
-        depends on. Every file is read and checked (and the ranks added up) before any slot changes; should a swap
-        still fail, every slot is emptied so the next job starts from the plain model."""
+        depends on. Every file is read and checked (and the ranks added up) before any slot changes: a refusal (an
+        ``InputError``) leaves the slots as they were. A swap that fails later leaves the model to be reloaded
+        (``LoadedModel``)."""
         experts = pipeline_experts(pipe)
-        files: dict[str, tuple[dict[str, torch.Tensor], dict | None]] = {}
+        files: dict[str, LoraFile] = {}
         states: dict[str, tuple[tuple[tuple[str, float], ...], dict[str, torch.Tensor]]] = {}
         for name, expert in experts.items():
             scales: dict[str, tuple[JobLora, float]] = {}
@@ -158,32 +133,17 @@ class LoraSlots:
             for adapter, (lora, scale) in scales.items():
                 if scale != 0.0:
                     if adapter not in files:
-                        files[adapter] = read_lora(pipe, lora, expert)
-                    parts.append((lora, scale, *files[adapter]))
+                        files[adapter] = read_lora(lora, expert)
+                    parts.append((lora, scale, files[adapter]))
             states[name] = (wanted, stack_loras(parts, self.rank))
-        try:
-            for name, (wanted, state) in states.items():
-                self._holding.pop(name, None)
-                if state:
-                    layers = {key.removeprefix(PREFIX).rsplit(".lora_", 1)[0] for key in state}
-                    pipe.load_lora_into_transformer(state, transformer=experts[name], adapter_name=SLOT,
-                                                    metadata=_slot_metadata(self.rank, sorted(layers)), hotswap=True)
-                else:
-                    clear_slot(experts[name])
-                self._holding[name] = wanted
-        except Exception:
-            self._reset(list(experts.values()))
-            raise
+        for name, (wanted, state) in states.items():
+            self._holding.pop(name, None)
+            if state:
+                layers = {key.removeprefix(PREFIX).rsplit(".lora_", 1)[0] for key in state}
+                pipe.load_lora_into_transformer(state, transformer=experts[name], adapter_name=SLOT,
+                                                metadata=_slot_metadata(self.rank, sorted(layers)), hotswap=True)
+            else:
+                clear_slot(experts[name])
+            self._holding[name] = wanted
         if loras:
             log.info("LoRA slots hold %s", {name: dict(held) for name, held in self._holding.items() if held})
-
-    def _reset(self, experts: Sequence[WanVACETransformer3DModel]) -> None:
-        """Empty slots after a failed swap; diffusers deletes an adapter whose swap failed, so one is put back (the
-        compiled blocks then recompile once)."""
-        self._holding.clear()
-        for expert in experts:
-            if has_slot(expert):
-                clear_slot(expert)
-            else:
-                log.warning("a failed LoRA swap removed the slot: adding it again (one recompilation)")
-                add_slot(expert, self.rank, self.dtype)

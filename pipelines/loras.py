@@ -6,18 +6,19 @@ steps, in the order a job takes them:
 * :func:`check_loras` (part of ``generate.check_inputs``, so the server refuses at submission): the count limit, the
   expert being one the model has, and a named LoRA existing in the weights directory's ``loras/`` folder.
 * :func:`fetch_loras`: each file made local: URLs and data URIs through the vetted fetch (with the LoRA size limit)
-  and the download cache (``pipelines.lora_cache``), uploads and names read in place; each identified by its sha256.
+  and the download cache (``pipelines.lora_cache``, which keeps only files that pass the checks below), uploads and
+  names read in place; each identified by its sha256.
 * :func:`apply_loras` (called by ``LoadedModel.pipeline``, so every job goes through it): the pipeline's experts are
   made to carry exactly the job's adapters. Adapters the previous job used stay loaded when this job uses them too
   (only their scales change); the others are deleted, and an expert that needs none is restored to its original
   modules, so a job without LoRAs computes exactly what a never-touched model computes. Compiled transformers
   (``--compile``) take LoRAs another way, without recompiling: ``pipelines.lora_hotswap``.
 
-Only safetensors content is read (a pickle is never unpickled), and every file is checked against the expert it goes
-into before anything on the device changes: keys must name linear layers of the Wan transformer with matching shapes.
-diffusers would skip unmatched keys with a warning and fail on wrong shapes halfway through loading; a caller gets
-a 422 naming the LoRA instead. The original Wan, ComfyUI and musubi-tuner key layouts are converted by diffusers'
-``WanLoraLoaderMixin.lora_state_dict`` before the check.
+Every file is read and checked against the expert it goes into before anything on the device changes
+(``pipelines.lora_files``): only its safetensors tensors are read, never its header's adapter config, whose options
+could rewrite the base weights; the config a LoRA is loaded with is built from its tensors. A refused file is a 422
+naming the LoRA. Should a load still fail past the checks, the model is reloaded before its next job
+(``LoadedModel.pipeline``).
 """
 
 from __future__ import annotations
@@ -32,23 +33,21 @@ import torch
 from accelerate.hooks import CpuOffload
 from diffusers import WanVACEPipeline, WanVACETransformer3DModel
 from peft.tuners.lora import LoraLayer
-from safetensors import SafetensorError, safe_open
 
 from .context import JobContext
 from .errors import InputError
 from .fetch import fetch_to_file, own_file
 from .lora_cache import sha256_file
+from .lora_files import LoraFile, architecture_layers, check_fits, linear_layers, read_lora_file
 from .manifest import LORAS_FOLDER, MODELS
 from .schema import LoraWeight, VaceInput
 
 log = logging.getLogger(__name__)
 
-LOAD_ERROR = "lora_load_error"
 SUFFIX = ".safetensors"
 # A LoRA name: folders and a file name under loras/, none starting with a dot (so no "..", no hidden files).
 NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*(/[A-Za-z0-9_][A-Za-z0-9_.+-]*)*")
 EXPERTS = {"high": ("transformer",), "low": ("transformer_2",), "both": ("transformer", "transformer_2")}
-LORA_KEY = re.compile(r"transformer\.(?P<module>.+)\.lora_(?P<part>A\.weight|B\.weight|B\.bias)")
 
 
 def lora_folder(weights_dir: Path) -> Path:
@@ -119,8 +118,9 @@ class JobLora:
 
     @property
     def adapter(self) -> str:
-        """The adapter name on the device: the same bytes are one adapter, whatever URL or name brought them."""
-        return f"lora_{self.sha256[:20]}"
+        """The adapter name on the device: the same bytes are one adapter, whatever URL or name brought them (the
+        whole hash: two files must never share a name)."""
+        return f"lora_{self.sha256}"
 
 
 def fetch_loras(inp: VaceInput, model: str, workdir: Path, ctx: JobContext, weights_dir: Path) -> list[JobLora]:
@@ -128,15 +128,17 @@ def fetch_loras(inp: VaceInput, model: str, workdir: Path, ctx: JobContext, weig
     two_experts = MODELS[model].two_experts
     loras = []
     for i, lora in enumerate(inp.loras or []):
-        path, digest = _fetch_one(lora, ("loras", i, "path"), workdir, ctx, weights_dir)
         experts = EXPERTS[lora.transformer] if two_experts else ("transformer",)
+        folders = [MODELS[model].path(weights_dir, expert) for expert in experts]
+        path, digest = _fetch_one(lora, ("loras", i, "path"), workdir, ctx, weights_dir, folders)
         loras.append(JobLora(i, path, digest, lora.scale, experts))
     return loras
 
 
-def _fetch_one(lora: LoraWeight, field: tuple[str, int, str], workdir: Path, ctx: JobContext,
-               weights_dir: Path) -> tuple[Path, str]:
-    """The local file and sha256 of one LoRA: downloads through the cache when there is one."""
+def _fetch_one(lora: LoraWeight, field: tuple[str, int, str], workdir: Path, ctx: JobContext, weights_dir: Path,
+               folders: Sequence[Path]) -> tuple[Path, str]:
+    """The local file and sha256 of one LoRA: downloads through the cache when there is one, checked against the
+    transformers in ``folders`` before the cache keeps them."""
     limit = ctx.limits.max_lora_bytes
     if lora.is_ref:
         cache = ctx.lora_cache
@@ -146,7 +148,9 @@ def _fetch_one(lora: LoraWeight, field: tuple[str, int, str], workdir: Path, ctx
             return path, sha256_file(path)
         cached = cache.lookup(lora.path)
         if cached is None:
-            cached = cache.add(lora.path, fetch_to_file(lora.path, field, workdir, ctx, max_bytes=limit))
+            downloaded = fetch_to_file(lora.path, field, workdir, ctx, max_bytes=limit)
+            check_download(downloaded, field, folders)
+            cached = cache.add(lora.path, downloaded)
         return cache.link(cached, workdir), cached.sha256
     path = _local_path(lora, ctx) or find_named(weights_dir, lora.path)  # the operator's files: no size limit
     if path is None:  # checked before; the file went away since
@@ -154,76 +158,19 @@ def _fetch_one(lora: LoraWeight, field: tuple[str, int, str], workdir: Path, ctx
     return path, sha256_file(path)
 
 
-def read_lora(pipe: WanVACEPipeline, lora: JobLora, expert: WanVACETransformer3DModel
-              ) -> tuple[dict[str, torch.Tensor], dict | None]:
-    """The LoRA's state dict in diffusers' layout (and its adapter metadata), checked against ``expert``."""
-    try:
-        with safe_open(lora.path, framework="pt") as f:
-            f.keys()
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise InputError(lora.field, f"not a .safetensors file ({str(exc)[:80]}); LoRAs are only read from "
-                         "safetensors, never unpickled: convert a .pt/.ckpt file first", LOAD_ERROR) from None
-    try:
-        state_dict, metadata = pipe.lora_state_dict(str(lora.path), use_safetensors=True, return_lora_metadata=True)
-    except Exception as exc:  # diffusers' key converters raise anything from KeyError to ValueError on odd layouts
-        raise InputError(lora.field, f"not a Wan LoRA diffusers can read ({type(exc).__name__}: "
-                         f"{str(exc)[:160]})", LOAD_ERROR) from None
-    check_fits(state_dict, expert, lora.field)
-    return state_dict, metadata
+def read_lora(lora: JobLora, expert: WanVACETransformer3DModel) -> LoraFile:
+    """The LoRA's tensors, ranks and alphas (``pipelines.lora_files``), checked against ``expert``."""
+    lora_file = read_lora_file(lora.path, lora.field)
+    check_fits(lora_file, linear_layers(expert), lora.field)
+    return lora_file
 
 
-def check_fits(state_dict: dict[str, torch.Tensor], expert: WanVACETransformer3DModel,
-               field: tuple[str, int, str]) -> None:
-    """Refuse a LoRA whose keys do not all name linear layers of ``expert`` with the shapes it has: a LoRA for
-    another model (another base, another size) would otherwise half load or load nothing."""
-    modules = linear_layers(expert)
-    ranks: dict[str, int] = {}
-    factors: dict[str, set[str]] = {}
-    for key, tensor in state_dict.items():
-        match = LORA_KEY.fullmatch(key)
-        if match is None:
-            raise InputError(field, f"key {key!r} is not a LoRA weight of a Wan transformer: a LoRA for another "
-                             "architecture?", LOAD_ERROR)
-        name, part = match["module"], match["part"]
-        factors.setdefault(name, set()).add(part)
-        layer = modules.get(name)
-        if layer is None:
-            raise InputError(field, f"the LoRA adapts {name!r}, which is not a linear layer of the Wan VACE "
-                             "transformer: a LoRA for another architecture?", LOAD_ERROR)
-        if part == "A.weight":
-            ok, rank = tensor.ndim == 2 and tensor.shape[1] == layer.in_features, tensor.shape[0]
-        elif part == "B.weight":
-            ok, rank = tensor.ndim == 2 and tensor.shape[0] == layer.out_features, tensor.shape[-1]
-        else:
-            ok, rank = tensor.shape == (layer.out_features,), ranks.get(name)
-        if rank is not None and ranks.setdefault(name, rank) != rank:
-            ok = False
-        if not ok:
-            raise InputError(field, f"shape {tuple(tensor.shape)} of {key!r} does not fit the layer "
-                             f"({layer.in_features} -> {layer.out_features}): a LoRA for another model size?",
-                             LOAD_ERROR)
-    if not ranks:
-        raise InputError(field, "the file holds no LoRA weights for a Wan transformer", LOAD_ERROR)
-    for name, parts in factors.items():
-        if ("A.weight" in parts) != ("B.weight" in parts):
-            raise InputError(field, f"the LoRA has only one of the two factors (lora_A, lora_B) of {name!r}",
-                             LOAD_ERROR)
-
-
-def linear_layers(expert: WanVACETransformer3DModel) -> dict[str, torch.nn.Linear]:
-    """The layers a LoRA may adapt: every linear layer of the transformer by name, an adapted one (a peft
-    ``LoraLayer``, from an earlier job or a compiled server's slot) as its base layer; the LoRA factors inside an
-    adapted layer are linear layers too, but not ones a LoRA may name."""
-    layers: dict[str, torch.nn.Linear] = {}
-    adapted: tuple[str, ...] = ()
-    for name, module in expert.named_modules():
-        if name.startswith(adapted):  # named_modules goes depth first: an adapted layer's parts come right after it
-            continue
-        if isinstance(module, LoraLayer):
-            layers[name], adapted = module.get_base_layer(), (f"{name}.",)
-        elif isinstance(module, torch.nn.Linear):
-            layers[name] = module
-    return layers
+def check_download(path: Path, field: tuple[str, int, str], folders: Sequence[Path]) -> None:
+    """Check a downloaded LoRA against the transformers (their folders) it goes into, from their configs alone: a
+    file is checked before it is cached, so one that would be refused is never kept."""
+    lora_file = read_lora_file(path, field)
+    for folder in folders:
+        check_fits(lora_file, architecture_layers(folder), field)
 
 
 def cast_factors(expert: WanVACETransformer3DModel, adapter: str, dtype: torch.dtype) -> None:
@@ -244,9 +191,10 @@ def _adapters(expert: WanVACETransformer3DModel) -> set[str]:
     return set(getattr(expert, "peft_config", {}) or {})
 
 
-def _load_adapter(pipe: WanVACEPipeline, expert: WanVACETransformer3DModel, adapter: str,
-                  state_dict: dict[str, torch.Tensor], metadata: dict | None, dtype: torch.dtype) -> None:
-    """Load one adapter with diffusers into ``expert``, in the memory mode the model runs in.
+def _load_adapter(pipe: WanVACEPipeline, expert: WanVACETransformer3DModel, adapter: str, lora_file: LoraFile,
+                  dtype: torch.dtype) -> None:
+    """Load one adapter with diffusers into ``expert``, in the memory mode the model runs in, with the adapter config
+    built from its tensors (``LoraFile.adapter_metadata``), never the file's.
 
     diffusers takes model offload's hooks off the pipeline for the load and puts them back with
     ``enable_model_cpu_offload()`` on the default device (cuda:0, whichever GPU this worker has; on a CPU-only
@@ -255,8 +203,8 @@ def _load_adapter(pipe: WanVACEPipeline, expert: WanVACETransformer3DModel, adap
     needs the pipeline. The factors are kept in the compute dtype (:func:`cast_factors`).
     """
     model_offload = isinstance(getattr(expert, "_hf_hook", None), CpuOffload)
-    pipe.load_lora_into_transformer(dict(state_dict), transformer=expert, adapter_name=adapter, metadata=metadata,
-                                    _pipeline=None if model_offload else pipe)
+    pipe.load_lora_into_transformer(dict(lora_file.state_dict), transformer=expert, adapter_name=adapter,
+                                    metadata=lora_file.adapter_metadata(), _pipeline=None if model_offload else pipe)
     cast_factors(expert, adapter, dtype)
 
 
@@ -264,33 +212,29 @@ def apply_loras(pipe: WanVACEPipeline, loras: Sequence[JobLora], dtype: torch.dt
     """Make the pipeline's experts carry exactly ``loras`` at their scales (one file named twice adds its scales),
     the LoRA factors in ``dtype``, the compute dtype.
 
-    Every file that has to be loaded is read and checked before anything changes; should loading still fail, every
-    LoRA is unloaded so the next job starts from the plain model.
+    Every file that has to be loaded is read and checked before anything changes: a refusal (an ``InputError``)
+    leaves the model as it was. Anything that fails later leaves the model to be reloaded (``LoadedModel``).
     """
     experts = pipeline_experts(pipe)
     wanted: dict[str, dict[str, float]] = {name: {} for name in experts}
     for lora in loras:
         for name in lora.experts:
             wanted[name][lora.adapter] = wanted[name].get(lora.adapter, 0.0) + lora.scale
-    files: dict[str, tuple[dict[str, torch.Tensor], dict | None]] = {}
+    files: dict[str, LoraFile] = {}
     for lora in loras:
         needed_by = [name for name in lora.experts if lora.adapter not in _adapters(experts[name])]
         if needed_by and lora.adapter not in files:
-            files[lora.adapter] = read_lora(pipe, lora, experts[needed_by[0]])
-    try:
-        for name, expert in experts.items():
-            want, loaded = wanted[name], _adapters(expert)
-            if not want:
-                if loaded:
-                    expert.unload_lora()  # back to the original modules: bit for bit the model without LoRAs
-                continue
-            if loaded - want.keys():
-                expert.delete_adapters(sorted(loaded - want.keys()))
-            for adapter in sorted(want.keys() - loaded):
-                _load_adapter(pipe, expert, adapter, *files[adapter], dtype)
-            expert.set_adapters(list(want), list(want.values()))
-    except Exception:
-        pipe.unload_lora_weights()
-        raise
+            files[lora.adapter] = read_lora(lora, experts[needed_by[0]])
+    for name, expert in experts.items():
+        want, loaded = wanted[name], _adapters(expert)
+        if not want:
+            if loaded:
+                expert.unload_lora()  # back to the original modules: bit for bit the model without LoRAs
+            continue
+        if loaded - want.keys():
+            expert.delete_adapters(sorted(loaded - want.keys()))
+        for adapter in sorted(want.keys() - loaded):
+            _load_adapter(pipe, expert, adapter, files[adapter], dtype)
+        expert.set_adapters(list(want), list(want.values()))
     if loras:
         log.info("LoRAs on %s", {name: want for name, want in wanted.items() if want})

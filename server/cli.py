@@ -132,6 +132,8 @@ def _add_runtime_flags(parser: argparse.ArgumentParser) -> None:
              "<data-dir>/lora-cache)")
     _setting(parser, "--lora-cache-gb", "size past which the least recently used cached LoRAs are deleted",
              type=float)
+    _setting(parser, "--lora-cache-url-hours", "how long a LoRA URL's download is reused before the URL is fetched "
+             "again (0: every job)", type=float)
 
 
 def _add_node_flags(parser: argparse.ArgumentParser) -> None:

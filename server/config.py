@@ -177,6 +177,8 @@ class Settings(BaseSettings):
     """Where downloaded LoRA files are kept between jobs (by content hash); default ``<data_dir>/lora-cache``."""
     lora_cache_gb: float = 50.0
     """Size past which the least recently used cached LoRA files are deleted."""
+    lora_cache_url_hours: float = 1.0
+    """How long a LoRA URL's download is reused before the URL is fetched again (0: every job)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -284,7 +286,8 @@ class Settings(BaseSettings):
 
     def lora_cache(self) -> LoraCache:
         """The LoRA download cache of this process's jobs."""
-        return LoraCache(self.lora_cache_dir or self.data_dir / "lora-cache", int(self.lora_cache_gb * 1024**3))
+        return LoraCache(self.lora_cache_dir or self.data_dir / "lora-cache", int(self.lora_cache_gb * 1024**3),
+                         self.lora_cache_url_hours * 3600)
 
     @property
     def tls_dir(self) -> Path:

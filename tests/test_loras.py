@@ -85,7 +85,7 @@ def test_two_loras_combine(manager, cond, loras):
     np.testing.assert_array_equal(frames(manager, cond, halves), frames(manager, cond, [one]))
 
 
-def _expert_outputs(pipe: WanVACEPipeline) -> dict[str, torch.Tensor]:
+def expert_outputs(pipe: WanVACEPipeline) -> dict[str, torch.Tensor]:
     """Each expert's output on one fixed input: an expert's LoRA shows in its own output only."""
     g = torch.Generator().manual_seed(0)
     x, text = torch.randn(1, 16, 2, 8, 8, generator=g), torch.randn(1, 4, 32, generator=g)
@@ -98,9 +98,9 @@ def _expert_outputs(pipe: WanVACEPipeline) -> dict[str, torch.Tensor]:
 def test_high_and_low_go_into_their_expert_only(manager, cond, loras, plain):
     lora = loras["tiny-wan21"]
     model = manager.get(A14B)
-    base = _expert_outputs(model.pipeline(make_scheduler("unipc", 5.0)))
-    high = _expert_outputs(model.pipeline(make_scheduler("unipc", 5.0), [job_lora(lora, experts=("transformer",))]))
-    low = _expert_outputs(model.pipeline(make_scheduler("unipc", 5.0), [job_lora(lora, experts=("transformer_2",))]))
+    base = expert_outputs(model.pipeline(make_scheduler("unipc", 5.0)))
+    high = expert_outputs(model.pipeline(make_scheduler("unipc", 5.0), [job_lora(lora, experts=("transformer",))]))
+    low = expert_outputs(model.pipeline(make_scheduler("unipc", 5.0), [job_lora(lora, experts=("transformer_2",))]))
     assert not torch.equal(high["transformer"], base["transformer"])
     assert torch.equal(high["transformer_2"], base["transformer_2"])
     assert torch.equal(low["transformer"], base["transformer"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -13,6 +14,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 from server_fixtures import SMALL_JOB, ThreadServer, control_videos, free_port, server_weights  # noqa: F401
+
+from test_hostile_loras import write_header_lora
 
 from server.config import Settings
 from weights.tiny.loras import write_lora
@@ -58,9 +61,11 @@ def test_each_refusal_is_a_422_naming_the_lora_and_the_server_goes_on(client, co
     wider = _bytes(lambda p: write_lora(p, {"blocks.0.attn1.to_q.lora_A.weight": torch.ones(4, 48),
                                             "blocks.0.attn1.to_q.lora_B.weight": torch.ones(48, 4)}), tmp_path)
     oversized = _bytes(lambda p: save_file({"x": torch.zeros(LORA_LIMIT // 4 + 1)}, p), tmp_path)
+    nan_alpha = _bytes(lambda p: write_header_lora(p, {"lora_alpha": math.nan}), tmp_path)
     refused = [
         ("pickle", data_uri(buffer.getvalue()), "lora_load_error"),
         ("another architecture", data_uri(wider), "lora_load_error"),
+        ("unreadable alpha", data_uri(nan_alpha), "lora_load_error"),
         ("missing name", "no-such-lora", "lora_not_found"),
         ("oversized", data_uri(oversized), "file_download_error"),
         ("private address", "http://127.0.0.1:9/style.safetensors", "file_download_error"),
@@ -72,7 +77,9 @@ def test_each_refusal_is_a_422_naming_the_lora_and_the_server_goes_on(client, co
         assert response.status_code == 422, (case, response.text)
         (detail,) = response.json()["detail"]
         assert detail["loc"] == ["body", "loras", 1, "path"] and detail["type"] == error_type, (case, detail)
+    pissa = _bytes(lambda p: write_header_lora(p, {"init_lora_weights": "pissa"}), tmp_path)  # the option ignored
     done = client.post(POSE, json={"prompt": "a person dancing", "video_url": video, **SMALL_JOB,
-                                   "loras": [{"path": "tiny-wan22", "scale": 0.7, "transformer": "high"}]})
+                                   "loras": [{"path": "tiny-wan22", "scale": 0.7, "transformer": "high"},
+                                             {"path": data_uri(pissa), "transformer": "low"}]})
     assert done.status_code == 200, done.text
     assert done.json()["video"]["num_frames"] == 17
