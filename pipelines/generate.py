@@ -12,57 +12,32 @@ caller's ``publish`` function.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import secrets
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.distributed as dist
-from diffusers import WanVACEPipeline
 
 from preprocessors import ANNOTATORS
 
-from .conditioning import Conditioning, build_conditioning
+from .conditioning import build_conditioning
 from .context import JobContext
+from .denoise import DenoiseRequest, run_denoise, to_uint8
 from .encode import encode_video, write_frames_zip
 from .errors import InputError, JobCancelled
 from .fetch import check_ref_scheme, fetch_to_file, load_image
 from .frame_plan import plan_frames, plan_temporal
-from .group import DenoiseRequest, send
+from .hooks import JobHooks, Publish
 from .limits import Limits
 from .loading import ModelManager
 from .loras import check_loras, fetch_loras
-from .parallel import ParallelGroup, cfg_parallel
 from .prompt_expansion import expand_prompt
 from .registry import Task
-from .samplers import make_scheduler
 from .schema import File, VaceInput, VaceOutput, VideoFile
 from .sizing import output_size
-from .step_cache import THRESHOLDS, StepCacheController, step_cache
 from .video_io import VideoInfo, probe_video, read_frames
-
-Publish = Callable[[Path, str], str]
-"""Turns a finished local file (path, content type) into the URL the output reports."""
-
-
-def _ignore(*_args: object) -> None:
-    return None
-
-
-@dataclass
-class JobHooks:
-    """How a job talks to its caller: log lines, step progress, the cancel flag and, with ``preprocess=true``, the
-    control video it made (uint8 RGB frames and their frame rate), which the server keeps for the playground."""
-
-    log: Callable[[str], None] = _ignore
-    step: Callable[[int, int], None] = _ignore
-    cancelled: Callable[[], bool] = field(default=lambda: False)
-    control: Callable[[list[np.ndarray], float], None] = _ignore
 
 
 def check_inputs(inp: VaceInput, task: Task, ctx: JobContext, models: ModelManager | None, *,
@@ -102,87 +77,6 @@ def check_inputs(inp: VaceInput, task: Task, ctx: JobContext, models: ModelManag
         raise InputError(
             "enable_safety_checker", "the safety checker's weights are not installed on this server", "not_supported"
         )
-
-
-def to_uint8(frames: np.ndarray) -> np.ndarray:
-    """Pipeline output in [0, 1] to uint8 frames."""
-    return np.clip(np.round(frames * 255.0), 0, 255).astype(np.uint8)
-
-
-def denoise(
-    pipe: WanVACEPipeline,
-    cond: Conditioning,
-    inp: VaceInput,
-    *,
-    prompt: str,
-    width: int,
-    height: int,
-    seed: int,
-    hooks: JobHooks,
-    cache: StepCacheController | None = None,
-    group: ParallelGroup | None = None,
-) -> np.ndarray | None:
-    """Run the diffusers pipeline, with the step cache when given; returns float frames (N, H, W, 3) in [0, 1].
-
-    In a job group (``group``) every rank runs this with the same arguments: rank 0 decides cancellation for all
-    (broadcast after each step, so every rank stops at the same step), the guidance branches are split over the
-    ``cfg`` ranks when guidance is on, and only rank 0 decodes (the others return None)."""
-    total = inp.num_inference_steps
-    experts = {"high-noise": pipe.transformer, "low-noise": pipe.transformer_2} if pipe.transformer_2 else {
-        "transformer": pipe.transformer
-    }
-    decodes = group is None or group.rank == 0
-
-    def cancelled() -> bool:
-        if group is None:
-            return hooks.cancelled()
-        flag = torch.tensor([hooks.cancelled() if group.rank == 0 else False])
-        dist.broadcast(flag, src=0)
-        return bool(flag.item())
-
-    def on_step_end(_pipe: WanVACEPipeline, i: int, _t: torch.Tensor, _kw: dict) -> dict:
-        hooks.step(i + 1, total)
-        if cache is not None:
-            cache.step = i + 1
-        if cancelled():
-            raise JobCancelled(f"cancelled after step {i + 1}/{total}")
-        return {}
-
-    split_cfg = group is not None and group.spec.cfg == 2 and inp.guidance_scale > 1
-    with contextlib.ExitStack() as stack:
-        if cache is not None:
-            stack.enter_context(step_cache(experts, cache))
-        if split_cfg:
-            stack.enter_context(cfg_parallel(list(experts.values()), group))
-        result = pipe(
-            prompt=prompt,
-            negative_prompt=inp.negative_prompt,
-            video=cond.video,
-            mask=cond.mask,
-            reference_images=cond.reference_images,
-            height=height,
-            width=width,
-            num_frames=len(cond.video),
-            num_inference_steps=total,
-            guidance_scale=inp.guidance_scale,
-            generator=torch.Generator("cpu").manual_seed(seed),
-            output_type="np" if decodes else "latent",
-            callback_on_step_end=on_step_end,
-        )
-    if cache is not None:
-        hooks.log(cache.summary())
-    return result.frames[0] if decodes else None
-
-
-def run_denoise(models: ModelManager, request: DenoiseRequest, hooks: JobHooks | None = None,
-                group: ParallelGroup | None = None) -> np.ndarray | None:
-    """One request's pipeline call on ``models``, with its scheduler, LoRAs and step cache (see ``denoise``)."""
-    inp = request.inp
-    pipe = models.get(request.model).pipeline(make_scheduler(inp.sampler, inp.shift), request.loras)
-    threshold = THRESHOLDS[inp.acceleration]
-    cache = StepCacheController(threshold, inp.num_inference_steps) if threshold is not None else None
-    return denoise(pipe, request.cond, inp, prompt=request.prompt, width=request.width, height=request.height,
-                   seed=request.seed, hooks=hooks or JobHooks(), cache=cache, group=group)
 
 
 def check_video_limits(info: VideoInfo, limits: Limits, field: str = "video_url") -> None:
@@ -300,8 +194,8 @@ def generate(
               + (f", on {models.group.spec.world_size} devices ({models.group.spec})" if models.group else ""))
     request = DenoiseRequest(inp, cond, prompt, width, height, seed, model, loras)
     if models.group is not None:
-        send(request)
-    frames = to_uint8(run_denoise(models, request, hooks, models.group))
+        models.group.send(request)
+    frames = to_uint8(run_denoise(models.get(model), request, hooks, models.group))
     if checker is not None:  # before anything is encoded or published: nothing flagged leaves the job
         score = checker.check_output(frames)
         hooks.log(f"safety check: the generated video passed (highest unsafe score {score:.2f})")

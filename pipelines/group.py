@@ -3,11 +3,13 @@ processes started here that only denoise.
 
 Rank 0 alone fetches media, runs the safety checker, prompt expansion and annotators, builds the conditioning, and
 then hands the denoising request (conditioning frames, prompt, size, seed, model, LoRA files) to every rank over a
-pipe of its own. Every rank then runs the same diffusers pipeline call: the text encoder and the VAE's encoding of
-the control video run on each rank, on identical inputs, rather than once on rank 0 with the embeddings and latents
-broadcast after: they take a small part of a job, the ranks run them at the same time (no wall time lost), and the
-pipeline stays one unmodified call. Only rank 0 decodes the final latents (the others stop at
-``output_type="latent"``), since decoding is the expensive VAE half and only rank 0 encodes and publishes.
+pipe of its own, through the ``send`` of the ``GroupMember`` that ``Followers.start`` returns (the model manager
+carries that member to ``generate()``; nothing of a group is held in a module global). Every rank then runs the
+same diffusers pipeline call: the text encoder and the VAE's encoding of the control video run on each rank, on
+identical inputs, rather than once on rank 0 with the embeddings and latents broadcast after: they take a small
+part of a job, the ranks run them at the same time (no wall time lost), and the pipeline stays one unmodified call.
+Only rank 0 decodes the final latents (the others stop at ``output_type="latent"``), since decoding is the expensive
+VAE half and only rank 0 encodes and publishes.
 
 Requests go over pipes, not a collective, because a collective waits at most the process group's timeout: an idle
 group (a server with no jobs for an hour) must not time out, while a job must not wait forever on a rank that died.
@@ -33,6 +35,7 @@ the host name unless told otherwise, so every rank names the loopback interface 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import os
 import shutil
@@ -40,7 +43,6 @@ import socket
 import tempfile
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from multiprocessing import connection
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -50,12 +52,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from .conditioning import Conditioning
+from .denoise import DenoiseRequest, run_denoise
 from .errors import JobCancelled
-from .loras import JobLora
-from .parallel import ParallelGroup, ParallelSpec, init_group
+from .loading import ModelManager
+from .parallel import GroupMember, ParallelSpec, init_group
 from .runtime import RuntimeConfig
-from .schema import VaceInput
 
 COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=10)
 """How long a rank waits in one collective: the bound on a follower that is alive but stuck. Generous, since the
@@ -63,33 +64,8 @@ ranks of a job load its model (minutes for a 14B one) and the first collective w
 STOP_WAIT_S = 30.0
 
 
-@dataclass
-class DenoiseRequest:
-    """Everything a rank needs to run one job's pipeline call."""
-
-    inp: VaceInput
-    cond: Conditioning
-    prompt: str
-    width: int
-    height: int
-    seed: int
-    model: str
-    loras: Sequence[JobLora]
-
-
 def backend(device_type: str) -> str:
     return "cpu:gloo,cuda:nccl" if device_type == "cuda" else "cpu:gloo"
-
-
-_running: LocalGroup | None = None
-"""The group this process is rank 0 of: a process has one default process group, so at most one."""
-
-
-def send(request: DenoiseRequest) -> None:
-    """Rank 0: hand the next request to the other ranks of this process's group."""
-    if _running is None:
-        raise RuntimeError("no job group is running in this process")
-    _running.send(request)
 
 
 def loopback_interface() -> str | None:
@@ -98,7 +74,7 @@ def loopback_interface() -> str | None:
     return next((name for name in ("lo", "lo0") if name in names), None)
 
 
-def _join(rank: int, spec: ParallelSpec, store_path: Path, device: str) -> ParallelGroup:
+def _join(rank: int, spec: ParallelSpec, store_path: Path, device: str) -> GroupMember:
     """Join the group whose ranks meet in the file ``store_path``; on loopback only (see the module docstring)."""
     device_type = torch.device(device).type
     if device_type == "cuda":
@@ -117,12 +93,9 @@ def _follower(index: int, spec: ParallelSpec, store_path: Path, weights_dir: Pat
               runtime: RuntimeConfig, pipes: Sequence[Connection]) -> None:
     """Ranks 1..: load models on their device and run every request rank 0 sends, answering each when done, until
     rank 0 sends None or its process is gone. Any other error ends the process: rank 0 then restarts the group."""
-    from .generate import run_denoise
-    from .loading import ModelManager
-
     rank, pipe = index + 1, pipes[index]
     group = _join(rank, spec, store_path, devices[rank])
-    models = ModelManager(weights_dir, device=devices[rank], runtime=runtime, group=group)
+    manager = ModelManager(weights_dir, device=devices[rank], runtime=runtime, group=group)
     try:
         while True:
             try:
@@ -132,15 +105,17 @@ def _follower(index: int, spec: ParallelSpec, store_path: Path, weights_dir: Pat
             if request is None:
                 return
             with contextlib.suppress(JobCancelled):  # rank 0 decided it, every rank stops at the same step
-                run_denoise(models, request, group=group)
+                run_denoise(manager.get(request.model), request, group=group)
             pipe.send(rank)
     finally:
         dist.destroy_process_group()
 
 
-class LocalGroup:
+class Followers:
     """Ranks 1.. of ``spec``'s group as local processes, this process as rank 0; ``devices`` (one per rank) default
-    to the CPU. ``start`` joins the group, ``close`` ends it; a group that failed is closed and a new one started."""
+    to the CPU. ``start`` joins the group, ``close`` ends it; a group that failed is closed and a new one started.
+
+    A process has one default process group, so it is rank 0 of one group at a time (``start`` refuses a second)."""
 
     def __init__(self, spec: ParallelSpec, weights_dir: Path, runtime: RuntimeConfig,
                  devices: Sequence[str] | None = None) -> None:
@@ -153,10 +128,11 @@ class LocalGroup:
         self._pipes: list[Connection] = []
         self._unfinished = 0  # requests sent that the followers have not all answered yet
         self._closing = threading.Event()
+        self._joined = False
 
-    def start(self) -> ParallelGroup:
-        global _running
-        if _running is not None:
+    def start(self) -> GroupMember:
+        """Start the followers and join the group; the member returned sends each request to them (``send``)."""
+        if dist.is_initialized():
             raise RuntimeError("this process already runs a job group")
         self._store_dir = Path(tempfile.mkdtemp(prefix="vace-group-"))  # mode 0700
         store_path = self._store_dir / "store"
@@ -177,12 +153,13 @@ class LocalGroup:
                 process.kill()
             self._remove_store()
             raise
-        _running = self
+        self._joined = True
         if torch.device(self.devices[0]).type == "cuda":
             threading.Thread(target=self._abort_when_a_follower_exits, name="vace-group-watch", daemon=True).start()
-        return group
+        return dataclasses.replace(group, send=self.send)
 
     def send(self, request: DenoiseRequest) -> None:
+        """Hand the next request to every follower."""
         for pipe in self._pipes:
             pipe.send(request)
         self._unfinished += 1
@@ -215,7 +192,6 @@ class LocalGroup:
 
     def close(self) -> None:
         """End the group: a group in step is asked to stop, one that failed has its followers killed."""
-        global _running
         self._closing.set()
         healthy = self.failed() is None and self.in_step(wait_s=1.0)
         for pipe in self._pipes:
@@ -228,8 +204,8 @@ class LocalGroup:
             if process.is_alive():
                 process.kill()
                 process.join()
-        if _running is self:
-            _running = None
+        if self._joined:
+            self._joined = False
             dist.destroy_process_group()
         self._remove_store()
 
@@ -240,11 +216,11 @@ class LocalGroup:
 
 
 @contextlib.contextmanager
-def local_group(spec: ParallelSpec, weights_dir: Path, runtime: RuntimeConfig,
-                devices: Sequence[str] | None = None) -> Iterator[ParallelGroup]:
-    """Run ``spec``'s group for the duration of the block, this process as rank 0 (see ``LocalGroup``)."""
-    group = LocalGroup(spec, weights_dir, runtime, devices)
+def job_group(spec: ParallelSpec, weights_dir: Path, runtime: RuntimeConfig,
+              devices: Sequence[str] | None = None) -> Iterator[GroupMember]:
+    """Run ``spec``'s group for the duration of the block, this process as rank 0 (see ``Followers``)."""
+    followers = Followers(spec, weights_dir, runtime, devices)
     try:
-        yield group.start()
+        yield followers.start()
     finally:
-        group.close()
+        followers.close()

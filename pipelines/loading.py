@@ -32,7 +32,7 @@ from .interpolation import FrameInterpolator, load_interpolator
 from .lora_hotswap import LoraSlots, add_slot
 from .loras import JobLora, apply_loras
 from .manifest import AUXILIARY, MODELS, PROMPT_EXPANDER, SAFETY_CHECKER
-from .parallel import ParallelGroup, enable_context_parallel
+from .parallel import GroupMember, enable_context_parallel
 from .prompt_expansion import LocalExpander, OpenAIExpander, PromptExpander
 from .runtime import COMPILABLE_MODES, RuntimeConfig, place_module, resolve_attention, resolve_memory_mode
 from .safety import SafetyChecker
@@ -103,7 +103,7 @@ class ModelManager:
         dtype: torch.dtype | None = None,
         max_models: int = 2,
         runtime: RuntimeConfig | None = None,
-        group: ParallelGroup | None = None,
+        group: GroupMember | None = None,
     ) -> None:
         """``group``: this process's place in a job group (``pipelines.group``); its transformers are then sharded
         over the group's sequence ranks."""

@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -136,12 +137,16 @@ class ParallelSpec:
         return ",".join(parts) or "none"
 
 
-@dataclass
-class ParallelGroup:
-    """This process's place in a job group: the spec, its rank and the device mesh."""
+@dataclass(frozen=True)
+class GroupMember:
+    """This process's place in a job group: the spec, its rank, the device mesh and, on rank 0, the way to the
+    other ranks."""
 
     spec: ParallelSpec
     mesh: dist.DeviceMesh
+    send: Callable[[Any], None] | None = None
+    """Rank 0: hands a denoising request (``pipelines.denoise.DenoiseRequest``) to the other ranks, which then run
+    the same pipeline call (``pipelines.group.Followers.send``); None on the other ranks, which receive."""
 
     @property
     def rank(self) -> int:
@@ -165,15 +170,15 @@ class ParallelGroup:
         )
 
 
-def init_group(spec: ParallelSpec, device_type: str) -> ParallelGroup:
+def init_group(spec: ParallelSpec, device_type: str) -> GroupMember:
     """Build the mesh over an initialised default process group of ``spec.world_size`` processes."""
     if dist.get_world_size() != spec.world_size:
         raise ValueError(f"--parallel {spec} needs {spec.world_size} processes, the group has {dist.get_world_size()}")
     mesh = dist.init_device_mesh(device_type, (spec.cfg, spec.ring, spec.ulysses), mesh_dim_names=MESH_DIMS)
-    return ParallelGroup(spec, mesh)
+    return GroupMember(spec, mesh)
 
 
-def enable_context_parallel(transformer: WanVACETransformer3DModel, group: ParallelGroup) -> None:
+def enable_context_parallel(transformer: WanVACETransformer3DModel, group: GroupMember) -> None:
     """Shard ``transformer``'s sequence over the group's ring x ulysses ranks with ``VACE_CP_PLAN``.
 
     diffusers' ``enable_parallelism`` picks the model's device as ``rank % accelerator count``, which divides by
@@ -232,7 +237,7 @@ class _CfgHook(ModelHook):
 
     _is_stateful = True
 
-    def __init__(self, group: ParallelGroup) -> None:
+    def __init__(self, group: GroupMember) -> None:
         super().__init__()
         self.group = group
         self.state = StateManager(BaseState)  # only its context is read: the pipeline names each call there
@@ -264,7 +269,7 @@ class _CfgHook(ModelHook):
 
 
 @contextlib.contextmanager
-def cfg_parallel(transformers: list[WanVACETransformer3DModel], group: ParallelGroup) -> Iterator[None]:
+def cfg_parallel(transformers: list[WanVACETransformer3DModel], group: GroupMember) -> Iterator[None]:
     """Split each step's two guidance branches over the group's ``cfg`` ranks for one job."""
     attached = []
     try:

@@ -61,8 +61,9 @@ def generate_to_file(settings: Settings, task: Task, fields: dict[str, Any], out
     from tqdm import tqdm
 
     from pipelines.context import JobContext
-    from pipelines.generate import JobHooks, generate
-    from pipelines.group import local_group
+    from pipelines.generate import generate
+    from pipelines.group import job_group
+    from pipelines.hooks import JobHooks
     from pipelines.loading import ModelManager
     from pipelines.parallel import ParallelSpec
 
@@ -95,7 +96,7 @@ def generate_to_file(settings: Settings, task: Task, fields: dict[str, Any], out
                 spec = ParallelSpec.parse(parallel)
                 devices = ([f"cuda:{i}" for i in range(spec.world_size)] if torch.cuda.is_available()
                            else ["cpu"] * spec.world_size)
-                group = stack.enter_context(local_group(spec, settings.weights_dir, settings.runtime, devices))
+                group = stack.enter_context(job_group(spec, settings.weights_dir, settings.runtime, devices))
             models = ModelManager(settings.weights_dir, device=devices[0] if group else None, runtime=settings.runtime,
                                   group=group)
             workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="vace-job-"))

@@ -19,7 +19,8 @@ from weights.tiny.samples import write_sample
 
 def run_demo(weights_dir: Path, out_dir: Path) -> list[Path]:
     """Build tiny weights if needed, then run one pose and one depth job; returns the videos written."""
-    from pipelines.generate import JobHooks, generate
+    from pipelines.generate import generate
+    from pipelines.hooks import JobHooks
     from pipelines.loading import ModelManager
     from pipelines.schema import VaceInput
     from weights.tiny import build_tiny_weights

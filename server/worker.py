@@ -33,7 +33,8 @@ from pydantic import ValidationError
 from pipelines.context import JobContext
 from pipelines.encode import write_control_video
 from pipelines.errors import InputError, JobCancelled
-from pipelines.generate import JobHooks, Publish, generate
+from pipelines.generate import generate
+from pipelines.hooks import JobHooks, Publish
 from pipelines.loading import ModelManager
 from pipelines.manifest import MODELS
 from pipelines.schema import VaceInput

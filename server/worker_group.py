@@ -1,5 +1,5 @@
 """A worker whose devices form one job group (``--devices D1 D2 ... --parallel SPEC``): the worker's thread is
-rank 0 of a ``pipelines.group.LocalGroup`` and the other devices are its follower processes.
+rank 0 of a ``pipelines.group.Followers`` and the other devices are its follower processes.
 
 The worker claims, fetches, checks, encodes, publishes and renews the lease as any worker does; this module keeps
 the group serving: it starts the group before the first claim and, before every later claim, checks that the
@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipelines.group import LocalGroup
+from pipelines.group import Followers
 from pipelines.loading import ModelManager
 from pipelines.parallel import ParallelSpec
 from pipelines.runtime import RuntimeConfig
@@ -39,7 +39,7 @@ class WorkerGroup:
         self.devices = [str(d) for d in devices]
         self.weights_dir, self.runtime, self.max_models = weights_dir, runtime, max_models
         self.on_restart = on_restart
-        self.local: LocalGroup | None = None
+        self.local: Followers | None = None
         """The running group (None before the first and between two)."""
         self.models: ModelManager | None = None
 
@@ -54,7 +54,7 @@ class WorkerGroup:
             log.warning("job group %s on %s: %s; starting a new group", self.spec, ", ".join(self.devices), cause)
             self.close()
             self.on_restart(cause)
-        self.local = LocalGroup(self.spec, self.weights_dir, self.runtime, self.devices)
+        self.local = Followers(self.spec, self.weights_dir, self.runtime, self.devices)
         group = self.local.start()
         self.models = ModelManager(self.weights_dir, device=self.devices[0], max_models=self.max_models,
                                    runtime=self.runtime, group=group)

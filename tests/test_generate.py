@@ -14,7 +14,8 @@ from PIL import Image
 
 from pipelines.encode import encode_video
 from pipelines.errors import InputError, JobCancelled
-from pipelines.generate import JobHooks, generate
+from pipelines.generate import generate
+from pipelines.hooks import JobHooks
 from pipelines.interpolation import weights_path
 from pipelines.loading import ModelManager
 from pipelines.schema import DEFAULT_NEGATIVE_PROMPT, VaceInput, VaceOutput

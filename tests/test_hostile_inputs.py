@@ -24,7 +24,8 @@ from server_fixtures import ThreadServer, free_port, server_weights  # noqa: F40
 from pipelines.context import JobContext
 from pipelines.errors import InputError
 from pipelines.fetch import fetch_to_file, load_image
-from pipelines.generate import JobHooks, generate
+from pipelines.generate import generate
+from pipelines.hooks import JobHooks
 from pipelines.limits import Limits
 from pipelines.loading import ModelManager
 from pipelines.schema import VaceInput

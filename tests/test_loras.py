@@ -20,7 +20,9 @@ from safetensors.torch import save_file
 from pipelines.conditioning import Conditioning, build_conditioning
 from pipelines.context import JobContext
 from pipelines.errors import InputError
-from pipelines.generate import JobHooks, check_inputs, denoise, generate
+from pipelines.denoise import denoise
+from pipelines.generate import check_inputs, generate
+from pipelines.hooks import JobHooks
 from pipelines.limits import Limits
 from pipelines.loading import ModelManager
 from pipelines.lora_cache import LoraCache, sha256_file

@@ -11,7 +11,8 @@ import torch
 from peft.tuners.lora import LoraLayer
 
 from pipelines.conditioning import build_conditioning
-from pipelines.generate import JobHooks, denoise
+from pipelines.denoise import denoise
+from pipelines.hooks import JobHooks
 from pipelines.loading import ModelManager
 from pipelines.lora_cache import sha256_file
 from pipelines.loras import JobLora, installed_loras

@@ -19,8 +19,9 @@ import pytest
 from frames_match import assert_same_frames
 from PIL import Image
 
-from pipelines.generate import JobHooks, generate
-from pipelines.group import local_group
+from pipelines.generate import generate
+from pipelines.group import job_group
+from pipelines.hooks import JobHooks
 from pipelines.loading import ModelManager
 from pipelines.parallel import ParallelSpec
 from pipelines.runtime import RuntimeConfig
@@ -127,7 +128,7 @@ def assert_listens_on_loopback_only(pids: list[int]) -> None:
 
 @pytest.mark.parametrize("spec", ["ulysses=2", "cfg=2", "cfg=2,ulysses=2"])
 def test_parallel_job_frames_equal_single_process(spec, tiny_weights, pose_video, reference_image, single, tmp_path):
-    with local_group(ParallelSpec.parse(spec), tiny_weights, RuntimeConfig()) as group:
+    with job_group(ParallelSpec.parse(spec), tiny_weights, RuntimeConfig()) as group:
         assert_listens_on_loopback_only([os.getpid(), *_children(os.getpid())])
         models = ModelManager(tiny_weights, device="cpu", runtime=RuntimeConfig(), group=group)
         for model in FAMILIES:

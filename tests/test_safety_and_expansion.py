@@ -29,7 +29,7 @@ from test_generate import run_job
 from transformers import AutoModelForCausalLM, AutoTokenizer, ViTForImageClassification
 
 from pipelines.errors import InputError
-from pipelines.generate import JobHooks
+from pipelines.hooks import JobHooks
 from pipelines.loading import ModelManager
 from pipelines.manifest import AUXILIARY, PROMPT_EXPANDER, SAFETY_CHECKER
 from pipelines.prompt_expansion import (

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from pipelines.conditioning import build_conditioning
-from pipelines.generate import JobHooks, denoise
+from pipelines.denoise import denoise
+from pipelines.hooks import JobHooks
 from pipelines.samplers import make_scheduler
 from pipelines.schema import VaceInput
 from pipelines.step_cache import StepCacheController

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from .meter import release
+from .multi import run_group_phase
 from .phases import run_build, run_phase, short_error
 from .plan import Phase, Settings
 from .report import row_cells
@@ -40,7 +41,8 @@ def child_main(spec_json: str) -> None:
     if spec["kind"] == "build":
         run_build(settings, spec["seed"], emit)
     else:
-        run_phase(settings, Phase(**spec["phase"]), emit)
+        phase = Phase(**spec["phase"])
+        (run_group_phase if phase.parallel else run_phase)(settings, phase, emit)
 
 
 def execute(

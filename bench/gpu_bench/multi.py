@@ -16,10 +16,11 @@ from pathlib import Path
 import torch
 
 from pipelines.conditioning import Conditioning
-from pipelines.generate import JobHooks, run_denoise
-from pipelines.group import DenoiseRequest, LocalGroup, send
+from pipelines.denoise import DenoiseRequest, run_denoise
+from pipelines.group import Followers
+from pipelines.hooks import JobHooks
 from pipelines.loading import ModelManager
-from pipelines.parallel import ParallelGroup, ParallelSpec
+from pipelines.parallel import GroupMember, ParallelSpec
 from pipelines.runtime import GIB, RuntimeConfig
 from pipelines.schema import VaceInput
 
@@ -50,14 +51,15 @@ class DevicePeaks(PeakSampler):
         return "peak GiB per GPU (device-wide): " + ", ".join(f"{p / GIB:.1f}" for p in self.peaks)
 
 
-def group_runner(models: ModelManager, group: ParallelGroup, model: str, peaks: DevicePeaks) -> Runner:
+def group_runner(manager: ModelManager, group: GroupMember, model: str, peaks: DevicePeaks) -> Runner:
     """The server's group path: the request to every rank, then ``run_denoise`` on rank 0 (its step cache too)."""
+    assert group.send is not None  # rank 0's member
 
     def run(cond: Conditioning, inp: VaceInput, width: int, height: int, step: Callable[[], None]) -> None:
         request = DenoiseRequest(inp, cond, inp.prompt, width, height, SEED, model, ())
         with peaks:
-            send(request)
-            run_denoise(models, request, JobHooks(step=lambda _i, _n: step()), group)
+            group.send(request)
+            run_denoise(manager.get(model), request, JobHooks(step=lambda _i, _n: step()), group)
 
     return run
 
@@ -72,19 +74,19 @@ def run_group_phase(settings: Settings, phase: Phase, emit: Emit) -> None:
     emit(device_record(device))
     conds = {job: pose_conditioning(*JOBS[job]) for job in settings.jobs}
     runtime = RuntimeConfig(memory_mode=phase.memory, attention=phase.attention)
-    local = LocalGroup(spec, Path(settings.weights), runtime, devices)
+    followers = Followers(spec, Path(settings.weights), runtime, devices)
     started = time.perf_counter()
     try:
-        group = local.start()
-        models = ModelManager(Path(settings.weights), device=devices[0], max_models=1, runtime=runtime, group=group)
-        models.get(phase.model)
+        group = followers.start()
+        manager = ModelManager(Path(settings.weights), device=devices[0], max_models=1, runtime=runtime, group=group)
+        manager.get(phase.model)
         emit({"type": "load", "what": f"{phase.title()} (rank 0)", "seconds": time.perf_counter() - started})
         peaks = DevicePeaks(devices)
-        bench_config(settings, phase, group_runner(models, group, phase.model, peaks), models.attention, ["none"],
+        bench_config(settings, phase, group_runner(manager, group, phase.model, peaks), manager.attention, ["none"],
                      conds, emit, note_of=peaks.note)
     except Exception as exc:  # noqa: BLE001 - one configuration failing must not stop the matrix
         row = Row(MODEL_NAMES[phase.model], "-", f"ours, {phase.parallel}", phase.attention, phase.memory_label())
         row.note = f"group failed, {short_error(exc)}"
         emit(row.record())
     finally:
-        local.close()
+        followers.close()

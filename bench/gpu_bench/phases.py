@@ -216,12 +216,8 @@ def bench_fast_path(settings: Settings, phase: Phase, loaded: LoadedModel, atten
 
 
 def run_phase(settings: Settings, phase: Phase, emit: Emit) -> None:
-    """Load one configuration and measure its rows; every failure becomes a row's note."""
-    if phase.parallel:
-        from .multi import run_group_phase
-
-        run_group_phase(settings, phase, emit)
-        return
+    """Load one configuration and measure its rows; every failure becomes a row's note. A configuration on a job
+    group (``phase.parallel``) is ``multi.run_group_phase``'s."""
     quiet_libraries()
     device = torch.device(settings.device)
     emit(device_record(device))

@@ -56,7 +56,7 @@ COMMON_NOTES = (
     "diffusers: `WanVACEPipeline.from_pretrained(folder, vae=<fp32 AutoencoderKLWan>, torch_dtype=...)` moved to the "
     "device, default attention, `UniPCMultistepScheduler(prediction_type='flow_prediction', use_flow_sigmas=True, "
     "flow_shift=5)`. Ours: `ModelManager(weights, runtime=RuntimeConfig(memory_mode, attention)).get(model)"
-    ".pipeline(scheduler)` and `denoise()` from `pipelines/generate.py`; the other attention backends are switched "
+    ".pipeline(scheduler)` and `denoise()` from `pipelines/denoise.py`; the other attention backends are switched "
     "on the loaded transformers with `set_attention_backend`.",
     "Parallel rows (`ours, ..., SPEC`): one job on a group of GPUs (cuda:0..) through the server's own group; "
     "s/step on rank 0; peak GPU is rank 0's allocator peak, and the note gives every GPU's peak device-wide memory "

@@ -11,7 +11,8 @@ import torch
 from diffusers import UniPCMultistepScheduler, WanVACEPipeline
 
 from pipelines.conditioning import Conditioning, build_conditioning
-from pipelines.generate import JobHooks, denoise
+from pipelines.denoise import denoise
+from pipelines.hooks import JobHooks
 from pipelines.loading import LoadedModel
 from pipelines.loras import JobLora
 from pipelines.samplers import make_scheduler
