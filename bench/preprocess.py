@@ -32,8 +32,8 @@ import cv2
 import numpy as np
 import torch
 
+from pipelines.annotators import make_preprocessor
 from pipelines.manifest import MIDAS, MIDAS_FILE
-from preprocessors import make_preprocessor
 from preprocessors.base import Preprocessor
 from preprocessors.depth import DepthAnythingPreprocessor
 from preprocessors.pose import DWPosePreprocessor, OpenPosePreprocessor
@@ -123,7 +123,8 @@ def main() -> None:
             print(f"{name:<34} ours {ours_fps:8.2f} fps   {baseline_name:<30} {base_fps:8.2f} fps   "
                   f"x{ours_fps / base_fps:.2f}", flush=True)  # fmt: skip
 
-        dwpose = DWPosePreprocessor.from_weights(weights_dir, args.device, batch_size=args.batch_size)
+        dwpose = make_preprocessor("pose", "dwpose", weights_dir, args.device, args.batch_size)
+        assert isinstance(dwpose, DWPosePreprocessor)
         single_thread = DWPosePreprocessor(dwpose.detector, dwpose.estimator, batch_size=1, workers=1)
         measure("dwpose (tiny onnx)", "VACE loop, per frame", dwpose, lambda f: single_thread.process(f), args.frames)
 
@@ -131,7 +132,8 @@ def main() -> None:
         measure("midas dpt_hybrid (real size)", "controlnet-aux MidasDetector", midas,
                 midas_baseline(weights_dir, args.device), args.frames)  # fmt: skip
 
-        depth_anything = DepthAnythingPreprocessor.from_weights(weights_dir, args.device, args.batch_size)
+        depth_anything = make_preprocessor("depth", "depth_anything_v2", weights_dir, args.device, args.batch_size)
+        assert isinstance(depth_anything, DepthAnythingPreprocessor)
         one_at_a_time = DepthAnythingPreprocessor(depth_anything.model, args.device, batch_size=1, workers=1)
         measure("depth_anything_v2 (tiny)", "ours, per frame", depth_anything,
                 lambda f: one_at_a_time.process(f), args.frames)  # fmt: skip
@@ -141,7 +143,8 @@ def main() -> None:
         measure("depth_anything_v2 Small (real size)", "ours, per frame", small,
                 lambda f: small_single.process(f), max(2, args.frames // 4))  # fmt: skip
 
-        openpose = OpenPosePreprocessor.from_weights(weights_dir, args.device)
+        openpose = make_preprocessor("pose", "openpose", weights_dir, args.device)
+        assert isinstance(openpose, OpenPosePreprocessor)
         measure("openpose (real size)", "controlnet-aux OpenposeDetector", openpose, openpose_baseline(openpose),
                 max(2, args.frames // 2))  # fmt: skip
 

@@ -21,7 +21,7 @@ import cv2
 import imageio_ffmpeg
 import numpy as np
 
-from .frames import check_frame
+from preprocessors.frames import check_frame
 
 # video_quality -> x264 constant rate factor (lower = better and larger; VACE's own writer uses 10).
 QUALITY_CRF: dict[str, int] = {"low": 28, "medium": 23, "high": 18, "maximum": 10}

@@ -20,8 +20,6 @@ from pathlib import Path
 
 import numpy as np
 
-from preprocessors import ANNOTATORS
-
 from .conditioning import build_conditioning
 from .context import JobContext
 from .denoise import DenoiseRequest, run_denoise, to_uint8
@@ -33,6 +31,7 @@ from .hooks import JobHooks, Publish
 from .limits import Limits
 from .loading import ModelManager
 from .loras import check_loras, fetch_loras
+from .manifest import TASK_ANNOTATORS
 from .prompt_expansion import expand_prompt
 from .registry import Task
 from .schema import File, VaceInput, VaceOutput, VideoFile
@@ -63,9 +62,9 @@ def check_inputs(inp: VaceInput, task: Task, ctx: JobContext, models: ModelManag
                          f"{limits.max_ref_images}", "too_many_reference_images")
     for loc, ref in inp.media_refs():
         check_ref_scheme(ref, loc, ctx)
-    if inp.preprocess and inp.annotator is not None and inp.annotator not in ANNOTATORS[task]:
+    if inp.preprocess and inp.annotator is not None and inp.annotator not in TASK_ANNOTATORS[task]:
         raise InputError(
-            "annotator", f"{inp.annotator} is not a {task} annotator; use one of {sorted(ANNOTATORS[task])}"
+            "annotator", f"{inp.annotator} is not a {task} annotator; use one of {sorted(TASK_ANNOTATORS[task])}"
         )
     check_loras(inp, model, ctx, models.weights_dir if models is not None else None)
     if models is None:

@@ -25,8 +25,9 @@ from diffusers import AutoencoderKLWan, WanVACEPipeline, WanVACETransformer3DMod
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from transformers import AutoTokenizer, UMT5EncoderModel
 
-from preprocessors import Preprocessor, make_preprocessor
+from preprocessors.base import Preprocessor
 
+from .annotators import make_preprocessor
 from .errors import InputError
 from .interpolation import FrameInterpolator, load_interpolator
 from .lora_hotswap import LoraSlots, add_slot

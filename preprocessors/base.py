@@ -18,9 +18,8 @@ from typing import Any, TypeVar
 
 import cv2
 import numpy as np
-import torch
 
-from pipelines.frames import check_frame
+from .frames import check_frame
 
 R = TypeVar("R")
 
@@ -34,7 +33,6 @@ class Preprocessor(ABC):
     """
 
     task: str
-    annotator: str
     default_batch_size: int
 
     def __init__(self, batch_size: int | None = None, workers: int | None = None) -> None:
@@ -53,13 +51,6 @@ class Preprocessor(ABC):
             for frame in batch:
                 check_frame(frame)
             yield from self.process_batch(batch)
-
-    @classmethod
-    @abstractmethod
-    def from_weights(
-        cls, weights_dir: Path, device: str | torch.device = "cpu", batch_size: int | None = None
-    ) -> Preprocessor:
-        """Load the annotator's networks from their files under ``weights_dir`` (see ``weights/LAYOUT.md``)."""
 
     @abstractmethod
     def process_batch(self, frames: Sequence[np.ndarray]) -> list[np.ndarray]:

@@ -33,8 +33,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipelines.manifest import DEPTH_ANYTHING, MIDAS, MIDAS_FILE
-
 from .aux_modules import aux_module
 from .base import Preprocessor, require_weights, vace_resize
 
@@ -86,13 +84,12 @@ class DepthPreprocessor(Preprocessor):
 class MidasPreprocessor(DepthPreprocessor):
     """MiDaS DPT-Hybrid, VACE's default depth annotator."""
 
-    annotator = MIDAS.key
-
     @classmethod
-    def from_weights(
-        cls, weights_dir: Path, device: str | torch.device = "cpu", batch_size: int | None = None
+    def load(
+        cls, checkpoint: Path, device: str | torch.device = "cpu", batch_size: int | None = None
     ) -> MidasPreprocessor:
-        return cls(load_midas(MIDAS.path(weights_dir, MIDAS_FILE)), device, batch_size=batch_size)
+        """From the ``dpt_hybrid`` checkpoint file."""
+        return cls(load_midas(checkpoint), device, batch_size=batch_size)
 
     @torch.inference_mode()
     def process_batch(self, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -159,15 +156,13 @@ class DepthAnythingPreprocessor(DepthPreprocessor):
     The network gets RGB, as it was trained; VACE's own wrapper swaps the channels of an already-RGB frame first.
     """
 
-    annotator = DEPTH_ANYTHING.key
-
     @classmethod
-    def from_weights(
-        cls, weights_dir: Path, device: str | torch.device = "cpu", batch_size: int | None = None
+    def load(
+        cls, folder: Path, device: str | torch.device = "cpu", batch_size: int | None = None
     ) -> DepthAnythingPreprocessor:
+        """From a transformers model folder (``config.json`` and the weights)."""
         from transformers import DepthAnythingForDepthEstimation
 
-        folder = DEPTH_ANYTHING.path(weights_dir)
         require_weights(folder / "config.json")
         model = DepthAnythingForDepthEstimation.from_pretrained(folder, dtype=torch.float32)
         return cls(model, device, batch_size=batch_size)

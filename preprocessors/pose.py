@@ -33,8 +33,6 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from pipelines.manifest import DWPOSE, DWPOSE_DETECTOR_FILE, DWPOSE_ESTIMATOR_FILE, OPENPOSE, OPENPOSE_FILE
-
 from .aux_modules import aux_module
 from .base import Preprocessor, require_weights, vace_resize
 
@@ -267,7 +265,6 @@ class DWPosePreprocessor(Preprocessor):
     """DWPose (YOLOX-L + RTMPose-L whole-body) in onnxruntime, VACE's default pose annotator."""
 
     task = "pose"
-    annotator = DWPOSE.key
     default_batch_size = 8
 
     def __init__(
@@ -278,11 +275,11 @@ class DWPosePreprocessor(Preprocessor):
         self.estimator = estimator
 
     @classmethod
-    def from_weights(
-        cls, weights_dir: Path, device: str | torch.device = "cpu", batch_size: int | None = None
+    def load(
+        cls, detector: Path, estimator: Path, device: str | torch.device = "cpu", batch_size: int | None = None
     ) -> DWPosePreprocessor:
-        files = (DWPOSE_DETECTOR_FILE, DWPOSE_ESTIMATOR_FILE)
-        detector, estimator = (require_weights(DWPOSE.path(weights_dir, name)) for name in files)
+        """From the two ONNX files: the YOLOX-L detector and the RTMPose estimator."""
+        detector, estimator = require_weights(detector), require_weights(estimator)
         return cls(onnx_session(detector, device), onnx_session(estimator, device), batch_size=batch_size)
 
     def process_batch(self, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -325,7 +322,6 @@ class OpenPosePreprocessor(Preprocessor):
     """
 
     task = "pose"
-    annotator = OPENPOSE.key
     default_batch_size = 4
 
     def __init__(self, detector: Any, batch_size: int | None = None, workers: int | None = None) -> None:
@@ -333,11 +329,12 @@ class OpenPosePreprocessor(Preprocessor):
         self.detector = detector
 
     @classmethod
-    def from_weights(
-        cls, weights_dir: Path, device: str | torch.device = "cpu", batch_size: int | None = None
+    def load(
+        cls, body_model: Path, device: str | torch.device = "cpu", batch_size: int | None = None
     ) -> OpenPosePreprocessor:
+        """From controlnet-aux's OpenPose body checkpoint."""
         open_pose = aux_module("open_pose")
-        body = open_pose.Body(str(require_weights(OPENPOSE.path(weights_dir, OPENPOSE_FILE))))
+        body = open_pose.Body(str(require_weights(body_model)))
         body.to(torch.device(device))
         return cls(open_pose.OpenposeDetector(body), batch_size=batch_size)
 

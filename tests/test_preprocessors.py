@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 import torch
 
+from pipelines.annotators import LOADERS, make_preprocessor
 from pipelines.encode import encode_video
+from pipelines.manifest import DEFAULT_ANNOTATORS, TASK_ANNOTATORS
 from pipelines.video_io import iter_frames, probe_video
-from preprocessors import DEFAULT_ANNOTATORS, make_preprocessor
 from preprocessors.depth import MidasPreprocessor, normalize_depth
 from preprocessors.pose import (
     BOX_PADDING,
@@ -80,8 +81,9 @@ def smooth_frames(count: int, height: int, width: int, seed: int = 0) -> list[np
 
 def test_make_preprocessor_defaults_and_errors(annotator_weights: Path, tmp_path: Path) -> None:
     assert DEFAULT_ANNOTATORS == {"pose": "dwpose", "depth": "midas"}
-    assert make_preprocessor("pose", None, annotator_weights).annotator == "dwpose"
-    assert make_preprocessor("depth", None, annotator_weights).annotator == "midas"
+    assert set(LOADERS) == {name for names in TASK_ANNOTATORS.values() for name in names}
+    assert type(make_preprocessor("pose", None, annotator_weights)) is DWPosePreprocessor
+    assert type(make_preprocessor("depth", None, annotator_weights)) is MidasPreprocessor
     with pytest.raises(ValueError, match="unknown preprocessing task"):
         make_preprocessor("canny", None, annotator_weights)
     with pytest.raises(ValueError, match="unknown pose annotator"):

@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..frames import check_frame
+from preprocessors.frames import check_frame
+
 from ..manifest import FILM, FILM_FILE, RIFE, RIFE_FILE, WeightEntry
 from .film import PAD_MULTIPLE as FILM_PAD_MULTIPLE, FilmModel, film_frames_between, load_film
 from .rife import load_rife, rife_frames_between

@@ -3,6 +3,9 @@
 The decoder yields it; the annotators, the interpolators and the encoder take it. A float, BGRA or grey frame would
 not fail in those stages but be silently misread (mis-annotated, mis-blended, encoded as garbage), so each checks
 its frames with ``check_frame`` first.
+
+It lives in ``preprocessors``, the lowest of the packages that handle frames: ``pipelines`` (decoder, interpolators,
+encoder) builds on ``preprocessors`` and takes the definition from here, so both check against one.
 """
 
 from __future__ import annotations
