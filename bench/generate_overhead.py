@@ -40,12 +40,12 @@ def main() -> None:
         tmp = Path(tmp_name)
         weights = build_tiny_weights(tmp / "weights")
         video = write_sample("pose", tmp / "pose.mp4", num_frames=args.frames)
-        models = ModelManager(weights)
+        manager = ModelManager(weights)
         inp = VaceInput(
             prompt="a person dancing", video_url=str(video), num_frames=args.frames,
             num_inference_steps=args.steps, seed=1, acceleration="none",
         )
-        loaded = models.get(MODEL)
+        loaded = manager.get(MODEL)
         control = [Image.fromarray(f) for f in read_frames(video, range(args.frames))]
 
         def direct() -> None:
@@ -58,7 +58,7 @@ def main() -> None:
 
         def ours() -> None:
             with tempfile.TemporaryDirectory(dir=tmp) as work:
-                generate(inp, task="pose", model=MODEL, models=models, workdir=Path(work), publish=lambda p, c: str(p))
+                generate(inp, task="pose", model=MODEL, manager=manager, workdir=Path(work), publish=lambda p, c: str(p))
 
         direct()  # warm-up: first-call allocations and lazy imports
         times: dict[str, list[float]] = {"direct diffusers call": [], "generate()": []}

@@ -37,14 +37,14 @@ def recipe_loras(model: str) -> list[dict[str, object]]:
             {"path": name(LIGHTNING_WAN22, 1), "transformer": "low"}]
 
 
-def count_calls(models: ModelManager, model: str, video: Path, fields: dict[str, object]) -> int:
-    pipe = models.get(model).pipe
+def count_calls(manager: ModelManager, model: str, video: Path, fields: dict[str, object]) -> int:
+    pipe = manager.get(model).pipe
     calls = []
     hooks = [expert.register_forward_pre_hook(lambda *_a: calls.append(1))
              for expert in (pipe.transformer, pipe.transformer_2) if expert is not None]
     with tempfile.TemporaryDirectory() as work:
         inp = VaceInput(prompt="a person dancing", video_url=str(video), num_frames=17, seed=1, **fields)
-        generate(inp, task="pose", model=model, models=models, workdir=Path(work), publish=lambda p, _t: str(p))
+        generate(inp, task="pose", model=model, manager=manager, workdir=Path(work), publish=lambda p, _t: str(p))
     for hook in hooks:
         hook.remove()
     return len(calls)
@@ -57,14 +57,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         weights = args.weights_dir or build_tiny_weights(Path(scratch) / "weights")
         video = write_sample("pose", Path(scratch) / "pose.mp4", num_frames=17)
-        models = ModelManager(weights, device="cpu")
+        manager = ModelManager(weights, device="cpu")
         print("| model | recipe (4 steps, guidance 1, LoRA) | default (30 steps, guidance 5, step cache) | "
               "default without step cache | ratio (no cache) |")
         print("|---|---|---|---|---|")
         for model in ("wan-vace-14b", "wan-22-vace-fun-a14b"):
-            recipe = count_calls(models, model, video, {**RECIPE, "loras": recipe_loras(model)})
-            default = count_calls(models, model, video, {})
-            plain = count_calls(models, model, video, {"acceleration": "none"})
+            recipe = count_calls(manager, model, video, {**RECIPE, "loras": recipe_loras(model)})
+            default = count_calls(manager, model, video, {})
+            plain = count_calls(manager, model, video, {"acceleration": "none"})
             print(f"| {model} | {recipe} | {default} | {plain} | {plain / recipe:.1f}x |")
 
 

@@ -30,7 +30,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        models = ModelManager(build_tiny_weights(tmp / "weights"))
+        manager = ModelManager(build_tiny_weights(tmp / "weights"))
         video = write_sample("pose", tmp / "pose.mp4", num_frames=241)
         times: dict[int, list[float]] = {0: [], 2: []}
         for _ in range(args.runs):
@@ -42,7 +42,7 @@ def main() -> None:
                 )
                 with tempfile.TemporaryDirectory(dir=tmp) as work:
                     start = time.perf_counter()
-                    out = generate(inp, task="pose", model="wan-vace-14b", models=models, workdir=Path(work),
+                    out = generate(inp, task="pose", model="wan-vace-14b", manager=manager, workdir=Path(work),
                                    publish=lambda p, c: str(p))
                     times[factor].append(time.perf_counter() - start)
                 assert out.video.num_frames == 241

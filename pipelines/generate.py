@@ -20,75 +20,22 @@ from pathlib import Path
 
 import numpy as np
 
+from .checks import check_inputs, check_video_limits
 from .conditioning import build_conditioning
 from .context import JobContext
 from .denoise import DenoiseRequest, run_denoise, to_uint8
 from .encode import encode_video, write_frames_zip
 from .errors import InputError, JobCancelled
-from .fetch import check_ref_scheme, fetch_to_file, load_image
+from .fetch import fetch_to_file, load_image
 from .frame_plan import plan_frames, plan_temporal
 from .hooks import JobHooks, Publish
-from .limits import Limits
 from .loading import ModelManager
-from .loras import check_loras, fetch_loras
-from .manifest import TASK_ANNOTATORS
+from .loras import fetch_loras
 from .prompt_expansion import expand_prompt
 from .registry import Task
 from .schema import File, VaceInput, VaceOutput, VideoFile
 from .sizing import output_size
-from .video_io import VideoInfo, probe_video, read_frames
-
-
-def check_inputs(inp: VaceInput, task: Task, ctx: JobContext, models: ModelManager | None, *,
-                 model: str) -> None:
-    """Every check of a request that needs no download, in one place: the server runs it when a job is submitted
-    (refused with a 422 before it is queued) and ``generate()`` runs it again first thing (the CLI's only check).
-
-    Field ranges and types are the schema's; this adds the host's rules: input limits, media schemes, the
-    annotator matching the task, the LoRAs fitting ``model`` (count, expert, installed names, a LoRA slot when
-    compiled), and the safety checker being installed when asked for (running unchecked would return what the
-    caller asked us to screen). ``models`` is None on a node without workers: what only the weights directory can
-    tell (installed LoRA names, the safety checker, compilation) is then checked by the worker that runs the job.
-    """
-    limits = ctx.limits
-    if len(inp.prompt) > limits.max_prompt_chars:
-        raise InputError("prompt", f"the prompt is {len(inp.prompt)} characters, over the "
-                         f"{limits.max_prompt_chars}-character limit", "prompt_too_long")
-    if inp.negative_prompt and len(inp.negative_prompt) > limits.max_prompt_chars:
-        raise InputError("negative_prompt", f"the negative prompt is over the {limits.max_prompt_chars}-character "
-                         "limit", "prompt_too_long")
-    if inp.ref_image_urls and len(inp.ref_image_urls) > limits.max_ref_images:
-        raise InputError("ref_image_urls", f"{len(inp.ref_image_urls)} reference images, over the limit of "
-                         f"{limits.max_ref_images}", "too_many_reference_images")
-    for loc, ref in inp.media_refs():
-        check_ref_scheme(ref, loc, ctx)
-    if inp.preprocess and inp.annotator is not None and inp.annotator not in TASK_ANNOTATORS[task]:
-        raise InputError(
-            "annotator", f"{inp.annotator} is not a {task} annotator; use one of {sorted(TASK_ANNOTATORS[task])}"
-        )
-    check_loras(inp, model, ctx, models.weights_dir if models is not None else None)
-    if models is None:
-        return
-    if inp.loras and models.compiles and not models.lora_slot_rank:
-        raise InputError("loras", "this server compiles its transformers (--compile) without a LoRA slot "
-                         "(--lora-max-rank 0), and a LoRA would recompile them", "not_supported")
-    if inp.enable_safety_checker and not models.has_safety_checker():
-        raise InputError(
-            "enable_safety_checker", "the safety checker's weights are not installed on this server", "not_supported"
-        )
-
-
-def check_video_limits(info: VideoInfo, limits: Limits, field: str = "video_url") -> None:
-    """Limits on the decoded input video, checked right after probing (before any frame is decoded to RGB)."""
-    if info.width * info.height > limits.max_video_pixels:
-        raise InputError(field, f"the video is {info.width}x{info.height}, over the {limits.max_video_pixels}-pixel "
-                         "limit", "video_too_large")
-    if info.num_frames > limits.max_video_frames:
-        raise InputError(field, f"the video has {info.num_frames} frames, over the limit of "
-                         f"{limits.max_video_frames}", "video_too_long")
-    if info.duration > limits.max_video_seconds:
-        raise InputError(field, f"the video lasts {info.duration:.1f} s, over the limit of "
-                         f"{limits.max_video_seconds:g} s", "video_too_long")
+from .video_io import probe_video, read_frames
 
 
 def generate(
@@ -96,7 +43,7 @@ def generate(
     *,
     task: Task,
     model: str,
-    models: ModelManager,
+    manager: ModelManager,
     workdir: Path,
     publish: Publish,
     hooks: JobHooks | None = None,
@@ -106,8 +53,8 @@ def generate(
     ``publish``."""
     hooks = hooks or JobHooks()
     started = time.perf_counter()
-    check_inputs(inp, task, ctx, models, model=model)
-    checker = models.safety_checker() if inp.enable_safety_checker else None
+    check_inputs(inp, task, ctx, manager, model=model)
+    checker = manager.safety_checker() if inp.enable_safety_checker else None
     seed = inp.seed if inp.seed is not None else secrets.randbelow(2**31)
 
     hooks.log("fetching inputs")
@@ -119,7 +66,7 @@ def generate(
     refs = [
         load_image(url, ("ref_image_urls", i), workdir, ctx) for i, url in enumerate(inp.ref_image_urls or [])
     ] or None
-    loras = fetch_loras(inp, model, workdir, ctx, models.weights_dir)
+    loras = fetch_loras(inp, model, workdir, ctx, manager.weights_dir)
 
     plan = plan_frames(
         info,
@@ -151,13 +98,13 @@ def generate(
             f"interpolating {timing.n_between} between each pair with {inp.interpolator_model}"
         )
         try:  # before minutes of denoising: FILM's v1.0.0 file makes midpoints only
-            models.interpolator(inp.interpolator_model).check_between(timing.n_between)
+            manager.interpolator(inp.interpolator_model).check_between(timing.n_between)
         except ValueError as e:
             raise InputError("interpolator_model", str(e)) from e
 
-    if models.group is not None:  # before any expensive stage: a sequence the group cannot split is refused
+    if manager.group is not None:  # before any expensive stage: a sequence the group cannot split is refused
         try:
-            models.group.spec.check_tokens(timing.generate_frames, len(refs or ()), (height // 16) * (width // 16))
+            manager.group.spec.check_tokens(timing.generate_frames, len(refs or ()), (height // 16) * (width // 16))
         except ValueError as e:
             raise InputError("num_frames", str(e), "not_supported") from e
     control = read_frames(video_path, [plan.source_indices[j] for j in timing.control_indices])
@@ -166,9 +113,9 @@ def generate(
         hooks.log(f"safety check: the inputs passed (highest unsafe score {score:.2f})")
     prompt = inp.prompt
     if inp.enable_prompt_expansion:
-        prompt = expand_prompt(models.prompt_expander(), inp.prompt, task, hooks.log)
+        prompt = expand_prompt(manager.prompt_expander(), inp.prompt, task, hooks.log)
     if inp.preprocess:
-        preprocessor = models.preprocessor(task, inp.annotator)
+        preprocessor = manager.preprocessor(task, inp.annotator)
         hooks.log(f"preprocessing {len(control)} frames into {task} control ({type(preprocessor).__name__})")
         control = list(preprocessor.process(control))
         hooks.control(control, timing.generate_fps)
@@ -190,18 +137,18 @@ def generate(
     for lora in loras:
         hooks.log(f"LoRA {lora.index}: {lora.sha256[:12]} at scale {lora.scale:g} on {' and '.join(lora.experts)}")
     hooks.log(f"denoising: {inp.num_inference_steps} steps, sampler {inp.sampler}, shift {inp.shift:g}"
-              + (f", on {models.group.spec.world_size} devices ({models.group.spec})" if models.group else ""))
+              + (f", on {manager.group.spec.world_size} devices ({manager.group.spec})" if manager.group else ""))
     request = DenoiseRequest(inp, cond, prompt, width, height, seed, model, loras)
-    if models.group is not None:
-        models.group.send(request)
-    frames = to_uint8(run_denoise(models.get(model), request, hooks, models.group))
+    if manager.group is not None:
+        manager.group.send(request)
+    frames = to_uint8(run_denoise(manager.get(model), request, hooks, manager.group))
     if checker is not None:  # before anything is encoded or published: nothing flagged leaves the job
         score = checker.check_output(frames)
         hooks.log(f"safety check: the generated video passed (highest unsafe score {score:.2f})")
 
     output: Iterable[np.ndarray] = frames
     if timing.interpolates:
-        interpolator = models.interpolator(inp.interpolator_model)
+        interpolator = manager.interpolator(inp.interpolator_model)
         output = itertools.islice(interpolator.interpolate(frames, timing.n_between), timing.output_frames)
     if inp.return_frames_zip:
         output = list(output)  # encoded and zipped: materialise once rather than interpolate twice

@@ -22,6 +22,7 @@ import diffusers
 import torch
 import transformers
 from diffusers import AutoencoderKLWan, WanVACEPipeline, WanVACETransformer3DModel
+from diffusers.hooks import apply_group_offloading
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from transformers import AutoTokenizer, UMT5EncoderModel
 
@@ -35,7 +36,7 @@ from .loras import JobLora, apply_loras
 from .manifest import AUXILIARY, MODELS, PROMPT_EXPANDER, SAFETY_CHECKER
 from .parallel import GroupMember, enable_context_parallel
 from .prompt_expansion import LocalExpander, OpenAIExpander, PromptExpander
-from .runtime import COMPILABLE_MODES, RuntimeConfig, place_module, resolve_attention, resolve_memory_mode
+from .runtime import COMPILABLE_MODES, RuntimeConfig, resolve_attention, resolve_memory_mode
 from .safety import SafetyChecker
 from .samplers import make_scheduler
 
@@ -49,6 +50,29 @@ def default_device() -> torch.device:
 def default_dtype(device: torch.device) -> torch.dtype:
     """bf16 on GPUs (what the Wan models are trained and served in), fp32 on CPU where bf16 is slow."""
     return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def place_module(module: torch.nn.Module, mode: str, device: torch.device, compute_dtype: torch.dtype, *,
+                 fp8: bool) -> torch.nn.Module:
+    """Put one large module (a transformer or the text encoder) on ``device`` the way ``mode`` says.
+
+    ``fp8`` marks modules that support float8 storage (diffusers models); others stay in the compute dtype.
+    ``model_offload`` leaves the module on the CPU: the pipeline's offload hooks move it when used.
+    """
+    if mode == "fp8" and fp8:
+        module.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=compute_dtype)
+        return module.to(device)
+    if mode == "group_offload":
+        # low_cpu_mem_usage pins each layer when it is copied instead of keeping a pinned copy of every weight
+        # beside the original: the A14B would otherwise need ~160 GB of host memory.
+        apply_group_offloading(
+            module, onload_device=device, offload_device=torch.device("cpu"), offload_type="leaf_level",
+            use_stream=device.type == "cuda", low_cpu_mem_usage=True,
+        )
+        return module
+    if mode == "model_offload":
+        return module
+    return module.to(device)
 
 
 @dataclass

@@ -3,8 +3,9 @@
 A request names LoRAs as fal's Wan 2.2 LoRA endpoints do (``{path, scale, transformer: high|low|both}``). Three
 steps, in the order a job takes them:
 
-* :func:`check_loras` (part of ``generate.check_inputs``, so the server refuses at submission): the count limit, the
-  expert being one the model has, and a named LoRA existing in the weights directory's ``loras/`` folder.
+* :func:`~pipelines.lora_names.check_loras` (part of ``checks.check_inputs``, so the server refuses at submission):
+  the count limit, the expert being one the model has, and a named LoRA existing in the weights directory's
+  ``loras/`` folder. It and the names of installed LoRAs live in ``lora_names``, which loads no model library.
 * :func:`fetch_loras`: each file made local: URLs and data URIs through the vetted fetch (with the LoRA size limit)
   and the download cache (``pipelines.lora_cache``, which keeps only files that pass the checks below), uploads and
   names read in place; each identified by its sha256.
@@ -24,7 +25,6 @@ naming the LoRA. Should a load still fail past the checks, the model is reloaded
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,66 +39,13 @@ from .errors import InputError
 from .fetch import fetch_to_file, own_file
 from .lora_cache import sha256_file
 from .lora_files import LoraFile, architecture_layers, check_fits, linear_layers, read_lora_file
-from .manifest import LORAS_FOLDER, MODELS
+from .lora_names import find_named, lora_at_path
+from .manifest import MODELS
 from .schema import LoraWeight, VaceInput
 
 log = logging.getLogger(__name__)
 
-SUFFIX = ".safetensors"
-# A LoRA name: folders and a file name under loras/, none starting with a dot (so no "..", no hidden files).
-NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*(/[A-Za-z0-9_][A-Za-z0-9_.+-]*)*")
 EXPERTS = {"high": ("transformer",), "low": ("transformer_2",), "both": ("transformer", "transformer_2")}
-
-
-def lora_folder(weights_dir: Path) -> Path:
-    return Path(weights_dir, LORAS_FOLDER)
-
-
-def installed_loras(weights_dir: Path) -> dict[str, Path]:
-    """Every LoRA in the weights directory's ``loras/`` folder by the name requests use (its path there without
-    ``.safetensors``); hidden folders (the hub's download cache) are skipped."""
-    folder = lora_folder(weights_dir)
-    found = {}
-    for path in sorted(folder.rglob(f"*{SUFFIX}")):
-        name = path.relative_to(folder).as_posix().removesuffix(SUFFIX)
-        if NAME.fullmatch(name) and path.is_file():
-            found[name] = path
-    return found
-
-
-def find_named(weights_dir: Path, name: str) -> Path | None:
-    """The file of the installed LoRA ``name`` (with or without ``.safetensors``), or None."""
-    if not NAME.fullmatch(name):
-        return None
-    path = lora_folder(weights_dir) / (name if name.endswith(SUFFIX) else name + SUFFIX)
-    return path if path.is_file() else None
-
-
-def _local_path(lora: LoraWeight, ctx: JobContext) -> Path | None:
-    """A CLI caller's local file (``--lora ./style.safetensors``); servers take names and URLs only."""
-    if not ctx.local_paths or lora.is_ref:
-        return None
-    path = Path(lora.path).expanduser()
-    return path if path.is_file() else None
-
-
-def check_loras(inp: VaceInput, model: str, ctx: JobContext, weights_dir: Path | None) -> None:
-    """The up-front checks of a request's LoRAs (their URL schemes are checked with the other media refs); without
-    a ``weights_dir`` (a node without workers) installed names are left to the worker."""
-    loras = inp.loras or []
-    if len(loras) > ctx.limits.max_loras:
-        raise InputError("loras", f"{len(loras)} LoRAs, over the limit of {ctx.limits.max_loras}", "too_many_loras")
-    two_experts = MODELS[model].two_experts
-    for i, lora in enumerate(loras):
-        if lora.transformer == "low" and not two_experts:
-            raise InputError(("loras", i, "transformer"), f"{model} has one transformer: use both or high, low is "
-                             "only for the low-noise expert of wan-22-vace-fun-a14b", "not_supported")
-        if lora.is_ref or _local_path(lora, ctx) is not None or weights_dir is None:
-            continue
-        if find_named(weights_dir, lora.path) is None:
-            where = "a local file, " if ctx.local_paths else ""
-            raise InputError(("loras", i, "path"), f"{lora.path!r} is not {where}an http(s) URL, a data URI or the "
-                             f"name of an installed LoRA (GET /loras lists them)", "lora_not_found")
 
 
 @dataclass(frozen=True)
@@ -152,7 +99,7 @@ def _fetch_one(lora: LoraWeight, field: tuple[str, int, str], workdir: Path, ctx
             check_download(downloaded, field, folders)
             cached = cache.add(lora.path, downloaded)
         return cache.link(cached, workdir), cached.sha256
-    path = _local_path(lora, ctx) or find_named(weights_dir, lora.path)  # the operator's files: no size limit
+    path = lora_at_path(lora, ctx) or find_named(weights_dir, lora.path)  # the operator's files: no size limit
     if path is None:  # checked before; the file went away since
         raise InputError(field, f"no LoRA named {lora.path!r}", "lora_not_found")
     return path, sha256_file(path)

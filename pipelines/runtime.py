@@ -19,6 +19,9 @@ SDPA) through diffusers' ``set_attention_backend``; PyTorch SDPA elsewhere.
 
 The same config carries the server-wide settings of the two optional job stages: the safety checker's threshold and
 the prompt expander (none, an OpenAI-compatible chat endpoint, or a local causal LM from the weights directory).
+
+This module holds the settings and how ``auto`` resolves; it imports torch but no diffusers, because the server's
+config (an API node's too) reads it. Putting a module in place is ``loading.place_module``.
 """
 
 from __future__ import annotations
@@ -28,7 +31,6 @@ import logging
 from dataclasses import dataclass, field
 
 import torch
-from diffusers.hooks import apply_group_offloading
 
 from .manifest import DEFAULT_ANNOTATORS
 
@@ -110,25 +112,3 @@ def resolve_attention(requested: str, device: torch.device, *, context_parallel:
         if importlib.util.find_spec(module) is not None:
             return name
     return "_native_cudnn"
-
-
-def place_module(module: torch.nn.Module, mode: str, device: torch.device, compute_dtype: torch.dtype, *, fp8: bool) -> torch.nn.Module:
-    """Put one large module (a transformer or the text encoder) on ``device`` the way ``mode`` says.
-
-    ``fp8`` marks modules that support float8 storage (diffusers models); others stay in the compute dtype.
-    ``model_offload`` leaves the module on the CPU: the pipeline's offload hooks move it when used.
-    """
-    if mode == "fp8" and fp8:
-        module.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=compute_dtype)
-        return module.to(device)
-    if mode == "group_offload":
-        # low_cpu_mem_usage pins each layer when it is copied instead of keeping a pinned copy of every weight
-        # beside the original: the A14B would otherwise need ~160 GB of host memory.
-        apply_group_offloading(
-            module, onload_device=device, offload_device=torch.device("cpu"), offload_type="leaf_level",
-            use_stream=device.type == "cuda", low_cpu_mem_usage=True,
-        )
-        return module
-    if mode == "model_offload":
-        return module
-    return module.to(device)

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import torch
@@ -25,8 +26,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipelines.context import JobContext
 from pipelines.errors import InputError
-from pipelines.loading import ModelManager
-from pipelines.parallel import ParallelSpec
 from pipelines.registry import APPS, TASKS
 
 from . import routes, service, uploads
@@ -46,7 +45,11 @@ from .signing import WebhookSigner
 from .tls import certificate_names, client_hostport, ensure_certificate, fal_client_env
 from .webhooks import Webhooks
 from .worker import WorkerPool
-from .worker_group import WorkerGroup
+
+if TYPE_CHECKING:  # see Node._workers
+    from pipelines.loading import ModelManager
+
+    from .worker_group import WorkerGroup
 
 log = logging.getLogger(__name__)
 
@@ -119,15 +122,7 @@ class Node:
         changes = Changes()
         devices = resolve_devices(config.devices)
         metrics = Metrics(store, devices)
-        managers = [ModelManager(config.weights_dir, device=d, max_models=config.max_models, runtime=config.runtime)
-                    for d in devices]
-        group = None
-        if config.parallel:  # one worker, rank 0 on the first device; until its group starts, a plain manager there
-            group = WorkerGroup(ParallelSpec.parse(config.parallel), config.devices, config.weights_dir,
-                                config.runtime, config.max_models,
-                                on_restart=lambda _cause: metrics.group_restarts.inc())
-            metrics.show_group(group.describe())
-            managers = managers[:1]
+        managers, group = cls._workers(config, devices, metrics) if not config.no_workers else ([], None)
         webhooks = None if signer is None else Webhooks(
             store, signer, ctx, attempts=config.webhook_attempts, backoff_s=config.webhook_backoff_s,
             timeout_s=config.webhook_timeout_s, lease_s=config.lease_seconds, concurrency=config.webhook_concurrency,
@@ -140,6 +135,26 @@ class Node:
         retention = Retention(store, files, max_age_s=config.retention_s, interval_s=config.retention_sweep_s,
                               deleted=metrics.retention_deleted)
         return cls(config, store, files, ctx, changes, metrics, webhooks, pool, retention)
+
+    @staticmethod
+    def _workers(config: Settings, devices: list[torch.device], metrics: Metrics
+                 ) -> tuple[list[ModelManager], WorkerGroup | None]:
+        """The model managers of this node's workers (one per device) and their job group, if any. Only a node that
+        runs workers imports the model stack: an API node validates and queues without diffusers or the annotators."""
+        from pipelines.loading import ModelManager
+        from pipelines.parallel import ParallelSpec
+
+        from .worker_group import WorkerGroup
+
+        managers = [ModelManager(config.weights_dir, device=d, max_models=config.max_models, runtime=config.runtime)
+                    for d in devices]
+        if not config.parallel:
+            return managers, None
+        # One worker, rank 0 on the first device; until its group starts, a plain manager there.
+        group = WorkerGroup(ParallelSpec.parse(config.parallel), config.devices, config.weights_dir, config.runtime,
+                            config.max_models, on_restart=lambda _cause: metrics.group_restarts.inc())
+        metrics.show_group(group.describe())
+        return managers[:1], group
 
     async def start(self) -> None:
         """Start on the running event loop: recover (a store of its own), listen (a shared one), webhooks, the

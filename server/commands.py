@@ -100,7 +100,7 @@ def generate_to_file(settings: Settings, task: Task, fields: dict[str, Any], out
             models = ModelManager(settings.weights_dir, device=devices[0] if group else None, runtime=settings.runtime,
                                   group=group)
             workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="vace-job-"))
-            result = generate(inp, task=task, model=model, models=models, workdir=Path(workdir), publish=publish,
+            result = generate(inp, task=task, model=model, manager=models, workdir=Path(workdir), publish=publish,
                               hooks=hooks, ctx=JobContext(lora_cache=settings.lora_cache()))
     finally:
         bar.close()

@@ -51,7 +51,7 @@ def run_demo(weights_dir: Path, out_dir: Path) -> list[Path]:
         hooks = JobHooks(log=lambda m, task=task: print(f"[{task}] {m}"))
         with tempfile.TemporaryDirectory(prefix="vace-demo-") as workdir:
             result = generate(
-                inp, task=task, model=model, models=models, workdir=Path(workdir), publish=publish, hooks=hooks
+                inp, task=task, model=model, manager=models, workdir=Path(workdir), publish=publish, hooks=hooks
             )
         print(f"{task} on {model}: {target} ({result.video.width}x{result.video.height}, "
               f"{result.video.num_frames} frames at {result.video.fps:g} fps, seed {result.seed})")

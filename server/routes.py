@@ -26,8 +26,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
+from pipelines.checks import check_inputs
 from pipelines.context import JobContext
-from pipelines.generate import check_inputs
 from pipelines.registry import APPS, TASKS, Task
 from pipelines.schema import VaceInput, VaceOutput
 

@@ -16,7 +16,7 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import FileResponse, JSONResponse, Response
 
-from pipelines.loras import installed_loras
+from pipelines.lora_names import installed_loras
 from pipelines.registry import APPS, TASKS
 
 from .deps import AuthDep, CallerDep, MetricsDep, PoolDep, SettingsDep, SignerDep, StoreDep

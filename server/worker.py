@@ -24,18 +24,15 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from pydantic import ValidationError
 
 from pipelines.context import JobContext
-from pipelines.encode import write_control_video
 from pipelines.errors import InputError, JobCancelled
-from pipelines.generate import generate
 from pipelines.hooks import JobHooks, Publish
-from pipelines.loading import ModelManager
 from pipelines.manifest import MODELS
 from pipelines.schema import VaceInput
 
@@ -44,7 +41,11 @@ from .failures import failure_of
 from .files import FileStore, private_dir
 from .jobs import Job, JobStore
 from .metrics import Metrics
-from .worker_group import WorkerGroup
+
+if TYPE_CHECKING:  # an API node (no workers here) never loads the model stack; a worker imports it when it runs
+    from pipelines.loading import ModelManager
+
+    from .worker_group import WorkerGroup
 
 log = logging.getLogger(__name__)
 
@@ -271,6 +272,8 @@ class Worker(threading.Thread):
             step=on_step,
             cancelled=cancelled,
         )
+        from pipelines.generate import generate  # the model stack, loaded where jobs run
+
         outcome, result, failure, ending = "error", None, None, ""
         try:
             workdir.mkdir(mode=0o700, exist_ok=True)
@@ -278,7 +281,7 @@ class Worker(threading.Thread):
             if not inp.sync_mode:  # sync_mode keeps nothing on the server
                 hooks.control = lambda frames, fps: self._keep_control(job, workdir, frames, fps)
             output = generate(
-                inp, task=job.task, model=job.model, models=self.models, workdir=workdir,  # type: ignore[arg-type]
+                inp, task=job.task, model=job.model, manager=self.models, workdir=workdir,  # type: ignore[arg-type]
                 publish=self._publisher(job, inp.sync_mode, published), hooks=hooks, ctx=self.pool.ctx,
             )
             result, outcome = output.model_dump(mode="json", exclude_none=True), "ok"
@@ -352,6 +355,8 @@ class Worker(threading.Thread):
 
         It is a preview for people, not part of the output: failing to keep it is logged and the job goes on.
         """
+        from pipelines.encode import write_control_video
+
         try:
             encoded = write_control_video(frames, workdir / "control.mp4", fps)
             url = self.pool.files.output_url(self.pool.files.adopt(encoded.path, "control.mp4"), job.base_url)

@@ -41,7 +41,7 @@ def run_job(
     work = tmp_path / "work"
     work.mkdir(parents=True, exist_ok=True)
     inp = VaceInput(**{"prompt": "a person dancing", **FAST, **fields})
-    return generate(inp, task=task, model=model, models=models, workdir=work, publish=publish, hooks=hooks)
+    return generate(inp, task=task, model=model, manager=models, workdir=work, publish=publish, hooks=hooks)
 
 
 def zip_frames(url: str) -> np.ndarray:

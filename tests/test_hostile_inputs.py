@@ -253,7 +253,7 @@ def job(models: ModelManager, tmp_path: Path, ctx: JobContext = DEFAULT, **field
         return str(path.replace(out / path.name))
 
     inp = VaceInput(**{"prompt": "a person dancing", **FAST, **fields})
-    return generate(inp, task="pose", model="wan-vace-14b", models=models, workdir=work, publish=publish,
+    return generate(inp, task="pose", model="wan-vace-14b", manager=models, workdir=work, publish=publish,
                     hooks=JobHooks(), ctx=ctx)
 
 

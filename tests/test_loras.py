@@ -17,16 +17,18 @@ from diffusers import WanVACEPipeline
 from PIL import Image
 from safetensors.torch import save_file
 
+from pipelines.checks import check_inputs
 from pipelines.conditioning import Conditioning, build_conditioning
 from pipelines.context import JobContext
-from pipelines.errors import InputError
 from pipelines.denoise import denoise
-from pipelines.generate import check_inputs, generate
+from pipelines.errors import InputError
+from pipelines.generate import generate
 from pipelines.hooks import JobHooks
 from pipelines.limits import Limits
 from pipelines.loading import ModelManager
 from pipelines.lora_cache import LoraCache, sha256_file
-from pipelines.loras import JobLora, fetch_loras, installed_loras
+from pipelines.lora_names import installed_loras
+from pipelines.loras import JobLora, fetch_loras
 from pipelines.runtime import RuntimeConfig
 from pipelines.samplers import make_scheduler
 from pipelines.schema import VaceInput
@@ -144,7 +146,7 @@ def run_job(models: ModelManager, tmp_path: Path, video: Path, **fields: object)
 
     inp = VaceInput(prompt="a person dancing", video_url=str(video), num_frames=17, num_inference_steps=2,
                     acceleration="none", seed=5, return_frames_zip=True, **fields)
-    result = generate(inp, task="pose", model=A14B, models=models, workdir=work, publish=publish)
+    result = generate(inp, task="pose", model=A14B, manager=models, workdir=work, publish=publish)
     with zipfile.ZipFile(result.frames_zip.url) as zf:
         return np.stack([np.asarray(Image.open(io.BytesIO(zf.read(n)))) for n in sorted(zf.namelist())])
 

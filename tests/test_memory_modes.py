@@ -15,7 +15,8 @@ from pipelines.denoise import denoise
 from pipelines.hooks import JobHooks
 from pipelines.loading import ModelManager
 from pipelines.lora_cache import sha256_file
-from pipelines.loras import JobLora, installed_loras
+from pipelines.lora_names import installed_loras
+from pipelines.loras import JobLora
 from pipelines.runtime import RuntimeConfig, resolve_attention, resolve_memory_mode
 from pipelines.samplers import make_scheduler
 from pipelines.schema import VaceInput

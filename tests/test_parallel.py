@@ -73,7 +73,7 @@ def run_job(models: ModelManager, model: str, video: Path, ref: Path, workdir: P
                     last_frame_url=str(ref), return_frames_zip=True)
     workdir.mkdir(parents=True)
     log: list[str] = []
-    generate(inp, task="pose", model=model, models=models, workdir=workdir, publish=lambda p, _t: str(p),
+    generate(inp, task="pose", model=model, manager=models, workdir=workdir, publish=lambda p, _t: str(p),
              hooks=JobHooks(log=log.append))
     assert any("step cache reused" in line and "reused 0 " not in line for line in log), log
     with zipfile.ZipFile(workdir / "frames.zip") as z:

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from diffusers import WanVACEPipeline
 
-from pipelines.loras import lora_folder
+from pipelines.lora_names import lora_folder
 from pipelines.manifest import DISTILL_LORAS
 
 from .wan import build_transformer
