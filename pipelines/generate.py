@@ -1,13 +1,22 @@
 """``generate()``: one job from a validated request to the fal output, shared by the CLI, the sync route and the
 queue worker.
 
-Read top to bottom, it is the whole job: fetch the media, plan frames, size and temporal downsampling, classify the
-inputs when the safety checker is on, expand the prompt when asked, turn the input into a control video when asked
-(pose/depth annotators), build the VACE conditioning, run the diffusers ``WanVACEPipeline`` with the requested
-sampler, seed, guidance and step cache (reporting every step and stopping at the next step once cancelled), classify
-the generated frames (a flagged job ends before anything is encoded or published), interpolate, encode with ffmpeg
-and publish the files. Where a file ends up (a path for the CLI, a served URL or a data URI for the server) is the
-caller's ``publish`` function.
+It reads like a diffusers pipeline's ``__call__``, in numbered stages:
+
+1. check: every check that needs no download (``checks.check_inputs``; the server ran it at submission too);
+2. fetch and plan: the media and LoRAs made local (each within its limits), the input probed, frames, size and
+   temporal downsampling planned, the control frames decoded and, when asked, screened by the safety checker. Then
+   what the generation runs on is resolved, once (``JobParts``: the loaded model and, as the request asks, the
+   annotator, interpolator and prompt expander, and the job group), as a diffusers pipeline is built from its
+   components; after that the job asks the model manager for nothing. It comes this late so that a broken or
+   flagged input loads no model. The late checks, which need the plan and those parts, follow in one call
+   (``checks.check_plan``);
+3. condition: prompt expansion, the annotator (``preprocess``), the VACE conditioning;
+4. denoise: the ``WanVACEPipeline`` call (``pipelines.denoise``), on every rank of the job group when there is one;
+5. finish: the safety checker on the output (a flagged job ends before anything is encoded or published),
+   interpolation, ffmpeg encoding and publishing.
+
+Where a file ends up (a path for the CLI, a served URL or a data URI for the server) is the caller's ``publish``.
 """
 
 from __future__ import annotations
@@ -16,26 +25,58 @@ import itertools
 import secrets
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .checks import check_inputs, check_video_limits
+from preprocessors.base import Preprocessor
+
+from .checks import check_inputs, check_plan, check_video_limits
 from .conditioning import build_conditioning
 from .context import JobContext
 from .denoise import DenoiseRequest, run_denoise, to_uint8
 from .encode import encode_video, write_frames_zip
-from .errors import InputError, JobCancelled
+from .errors import JobCancelled
 from .fetch import fetch_to_file, load_image
 from .frame_plan import plan_frames, plan_temporal
 from .hooks import JobHooks, Publish
-from .loading import ModelManager
+from .interpolation import FrameInterpolator
+from .loading import LoadedModel, ModelManager
 from .loras import fetch_loras
-from .prompt_expansion import expand_prompt
+from .parallel import GroupMember
+from .prompt_expansion import PromptExpander, expand_prompt
 from .registry import Task
 from .schema import File, VaceInput, VaceOutput, VideoFile
 from .sizing import output_size
 from .video_io import probe_video, read_frames
+
+
+@dataclass(frozen=True)
+class JobParts:
+    """What one job's generation runs on, resolved once before its expensive stages. (The safety checker is not
+    among them: it screens the inputs before any of these loads, and is resolved where it does.)"""
+
+    model: LoadedModel
+    annotator: Preprocessor | None
+    """With ``preprocess``: the task's annotator (the request's, else the server's default)."""
+    interpolator: FrameInterpolator | None
+    """When the plan interpolates (``num_interpolated_frames``, temporal downsampling)."""
+    prompt_expander: PromptExpander | None
+    """With ``enable_prompt_expansion``: the server's expander; None also when it has none (the prompt stays)."""
+    group: GroupMember | None
+    """Rank 0's place in a job group: every rank runs the denoising, handed to the others with ``group.send``."""
+
+
+def resolve_parts(manager: ModelManager, inp: VaceInput, task: Task, model: str, *, interpolates: bool) -> JobParts:
+    """Load (or take from ``manager``, which keeps them) what the job needs, and nothing it does not."""
+    return JobParts(
+        model=manager.get(model),
+        annotator=manager.preprocessor(task, inp.annotator) if inp.preprocess else None,
+        interpolator=manager.interpolator(inp.interpolator_model) if interpolates else None,
+        prompt_expander=manager.prompt_expander() if inp.enable_prompt_expansion else None,
+        group=manager.group,
+    )
 
 
 def generate(
@@ -49,14 +90,16 @@ def generate(
     hooks: JobHooks | None = None,
     ctx: JobContext = JobContext(),
 ) -> VaceOutput:
-    """Run one ``task`` job on ``model`` under ``ctx``'s rules; files are written under ``workdir`` and handed to
-    ``publish``."""
+    """Run one ``task`` job on ``model`` (a served model's key) with ``manager``'s models under ``ctx``'s rules;
+    files are written under ``workdir`` and handed to ``publish``."""
     hooks = hooks or JobHooks()
     started = time.perf_counter()
+
+    # 1. Check: everything that needs no download.
     check_inputs(inp, task, ctx, manager, model=model)
-    checker = manager.safety_checker() if inp.enable_safety_checker else None
     seed = inp.seed if inp.seed is not None else secrets.randbelow(2**31)
 
+    # 2. Fetch, plan and screen; then resolve the job's parts and run the late checks.
     hooks.log("fetching inputs")
     video_path = fetch_to_file(inp.video_url, "video_url", workdir, ctx)
     info = probe_video(video_path)
@@ -67,7 +110,6 @@ def generate(
         load_image(url, ("ref_image_urls", i), workdir, ctx) for i, url in enumerate(inp.ref_image_urls or [])
     ] or None
     loras = fetch_loras(inp, model, workdir, ctx, manager.weights_dir)
-
     plan = plan_frames(
         info,
         num_frames=inp.num_frames,
@@ -97,27 +139,23 @@ def generate(
             f"generating {timing.generate_frames} frames (one control frame in {timing.downsample_factor + 1}) and "
             f"interpolating {timing.n_between} between each pair with {inp.interpolator_model}"
         )
-        try:  # before minutes of denoising: FILM's v1.0.0 file makes midpoints only
-            manager.interpolator(inp.interpolator_model).check_between(timing.n_between)
-        except ValueError as e:
-            raise InputError("interpolator_model", str(e)) from e
-
-    if manager.group is not None:  # before any expensive stage: a sequence the group cannot split is refused
-        try:
-            manager.group.spec.check_tokens(timing.generate_frames, len(refs or ()), (height // 16) * (width // 16))
-        except ValueError as e:
-            raise InputError("num_frames", str(e), "not_supported") from e
     control = read_frames(video_path, [plan.source_indices[j] for j in timing.control_indices])
+    checker = manager.safety_checker() if inp.enable_safety_checker else None
     if checker is not None:
         score = checker.check_inputs(control, first, last, refs)
         hooks.log(f"safety check: the inputs passed (highest unsafe score {score:.2f})")
+    hooks.log(f"loading {model}")
+    parts = resolve_parts(manager, inp, task, model, interpolates=timing.interpolates)
+    check_plan(timing, width=width, height=height, extra_latent_frames=len(refs or ()),
+               interpolator=parts.interpolator, group=parts.group)
+
+    # 3. Condition: the prompt expanded, the control video made, the VACE conditioning built.
     prompt = inp.prompt
     if inp.enable_prompt_expansion:
-        prompt = expand_prompt(manager.prompt_expander(), inp.prompt, task, hooks.log)
-    if inp.preprocess:
-        preprocessor = manager.preprocessor(task, inp.annotator)
-        hooks.log(f"preprocessing {len(control)} frames into {task} control ({type(preprocessor).__name__})")
-        control = list(preprocessor.process(control))
+        prompt = expand_prompt(parts.prompt_expander, inp.prompt, task, hooks.log)
+    if parts.annotator is not None:
+        hooks.log(f"preprocessing {len(control)} frames into {task} control ({type(parts.annotator).__name__})")
+        control = list(parts.annotator.process(control))
         hooks.control(control, timing.generate_fps)
     cond = build_conditioning(
         control,
@@ -133,26 +171,27 @@ def generate(
     if hooks.cancelled():
         raise JobCancelled("cancelled before denoising")
 
-    hooks.log(f"loading {model}")
+    # 4. Denoise, on every rank of the job group when there is one.
     for lora in loras:
         hooks.log(f"LoRA {lora.index}: {lora.sha256[:12]} at scale {lora.scale:g} on {' and '.join(lora.experts)}")
+    group = parts.group
     hooks.log(f"denoising: {inp.num_inference_steps} steps, sampler {inp.sampler}, shift {inp.shift:g}"
-              + (f", on {manager.group.spec.world_size} devices ({manager.group.spec})" if manager.group else ""))
+              + (f", on {group.spec.world_size} devices ({group.spec})" if group else ""))
     request = DenoiseRequest(inp, cond, prompt, width, height, seed, model, loras)
-    if manager.group is not None:
-        manager.group.send(request)
-    frames = to_uint8(run_denoise(manager.get(model), request, hooks, manager.group))
+    if group is not None:
+        assert group.send is not None, "generate() runs on rank 0 of a job group"
+        group.send(request)
+    frames = to_uint8(run_denoise(parts.model, request, hooks, group))
+
+    # 5. Finish: the output screened, interpolated, encoded and published.
     if checker is not None:  # before anything is encoded or published: nothing flagged leaves the job
         score = checker.check_output(frames)
         hooks.log(f"safety check: the generated video passed (highest unsafe score {score:.2f})")
-
     output: Iterable[np.ndarray] = frames
-    if timing.interpolates:
-        interpolator = manager.interpolator(inp.interpolator_model)
-        output = itertools.islice(interpolator.interpolate(frames, timing.n_between), timing.output_frames)
+    if parts.interpolator is not None:
+        output = itertools.islice(parts.interpolator.interpolate(frames, timing.n_between), timing.output_frames)
     if inp.return_frames_zip:
         output = list(output)  # encoded and zipped: materialise once rather than interpolate twice
-
     hooks.log(f"encoding ({inp.video_quality} quality, {inp.video_write_mode} write mode)")
     encoded = encode_video(
         output, workdir / "video.mp4", timing.output_fps, quality=inp.video_quality, write_mode=inp.video_write_mode
@@ -171,7 +210,7 @@ def generate(
     frames_zip = None
     if inp.return_frames_zip:
         zip_path = write_frames_zip(output, workdir / "frames.zip")
-        zip_size = zip_path.stat().st_size
+        zip_size = zip_path.stat().st_size  # before publishing, which may move the file
         frames_zip = File(
             url=publish(zip_path, "application/zip"),
             content_type="application/zip",
