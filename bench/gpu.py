@@ -1,75 +1,9 @@
-"""Denoising speed and memory of Wan VACE: a plain diffusers ``WanVACEPipeline.__call__`` against this server's
-path (``ModelManager`` + ``denoise()``), in one run, written to ``docs/BENCHMARKS.md``.
+"""Denoising speed and memory of Wan VACE at real size with random weights: a plain diffusers
+``WanVACEPipeline.__call__`` against this server's path (``ModelManager`` + ``denoise()``), in one run, written to
+``docs/BENCHMARKS.md``.
 
-Why: the server's claims (step cache, attention backends, memory modes that fit a 24 GB card) need numbers at the
-real model size, measured the same way each time, next to what plain diffusers does with the same weights and inputs.
-No model hub is reachable where this runs, so the models are the real architectures with random weights: the same
-shapes and FLOPs as Wan2.1 VACE 14B / Wan2.2 VACE-Fun A14B, the UMT5-XXL text encoder and the Wan VAE.
-
-What one run measures, for each model and each job (480p = 832x480 and 720p = 1280x720, 81 frames):
-
-* ``diffusers``: ``WanVACEPipeline.from_pretrained(folder, vae=<fp32 VAE>, torch_dtype=bf16).to("cuda")`` (the
-  diffusers documentation's recipe), default attention, ``UniPCMultistepScheduler(flow_prediction, flow_shift=5)``;
-* ours at acceleration none / low / regular (the step cache of ``pipelines/step_cache.py``), memory mode ``full``
-  and the attention backend ``auto`` resolves to;
-* ours at acceleration none with every other attention backend available (switched on the loaded transformers
-  with diffusers' ``set_attention_backend``, the call ``ModelManager`` makes when it loads);
-* ours at acceleration none in memory modes ``fp8``, ``group_offload``, ``model_offload``, and ``group_offload``
-  under a 24 GiB cap (``torch.cuda.set_per_process_memory_fraction``, set before loading);
-* ``--parts fastpath``: whole jobs of the README's LoRA fast path (4 steps, guidance 1, a random rank-64 stand-in
-  for the distillation LoRA on every linear layer of the blocks, one per A14B expert) against the default request
-  (30 steps, guidance 5, acceleration regular), in seconds per job (the end-to-end column); these rows take the
-  request's own step counts, not ``--steps``.
-* ours at acceleration none on a job group (``--parallel SPEC``) of 2, 4 and 8 GPUs as the machine has them, each
-  SPEC of ``plan.PARALLEL_SPECS`` (``bench/gpu_bench/multi.py``): the server's own group (rank 0 in the
-  configuration's process, the other ranks spawned), s/step on rank 0 and the peak memory of every GPU of the group.
-
-Columns: seconds per denoising step (mean of steps 2..N; step 1 carries one-time work), end-to-end seconds of one
-pipeline call (text encoding, VAE encoding of the control video, denoising, VAE decoding; models are loaded and
-warmed up before), peak VRAM (``torch.cuda.max_memory_allocated``, reset before each job), peak process RSS
-(psutil, sampled every 20 ms) and the transformer calls the step cache reused.
-
-How "ours" is loaded: the random modules are built once and saved with ``save_pretrained`` into a temporary weights
-directory in the layout of ``weights/LAYOUT.md``; every configuration then goes through the server's own
-``ModelManager(weights_dir, runtime=RuntimeConfig(...)).get(key).pipeline(scheduler)``, so the loading code under test
-is the code that serves real weights (``ModelManager`` has no public way to take ready modules). Disk: the A14B
-folder's ``transformer`` and ``transformer_2`` are relative symlinks to the 14B's ``transformer`` folder, so both
-experts load the same random weights as two separate modules (memory and compute of two experts, one 35 GB copy on
-disk). Total on disk: ~35 GB transformer + ~11.4 GB text encoder + 0.5 GB VAE = ~47 GB.
-
-Each configuration (model x pipeline x memory mode) runs in its own child process on CUDA, so memory is returned
-between configurations, peaks are not inflated by an earlier one, and a crash (host out of memory, a broken kernel)
-costs that configuration's rows only; on CPU they run in this process, where starting Python costs more than a tiny
-job (``--isolate yes`` forces children there too). Rows are written to the markdown section after every
-configuration, so an interrupted run still leaves what it measured.
-
-Run on a GPU (real size; needs CUDA, ~100 GB of VRAM for the full matrix: the A14B in ``full`` mode holds ~81 GB of
-weights; ~50 GB free disk for the weights (``--weights-dir``); ~128 GB host RAM, which the A14B's offload modes need;
-and the project's Python dependencies, diffusers 0.42 among them)::
-
-    python bench/gpu.py                     # the whole matrix: both models, 480p and 720p, 6 steps
-    python bench/gpu.py --quick             # the 14B at 480p, 4 steps (~10 pipeline calls)
-    python bench/gpu.py --models wan-vace-14b --jobs 480p --parts baseline accel --weights-dir /data/w --keep-weights
-    python bench/gpu.py --append --models wan-22-vace-fun-a14b --weights-dir /data/w --keep-weights
-
-The whole matrix is ~40 pipeline calls at real size plus ~12 model loads: about two hours on one H200 by the FLOP
-count (~7 s per step at 480p, ~30 s at 720p with CFG), more in the offload modes; ``--quick`` about a quarter hour
-including writing the weights. Where a command may run only minutes, run slices: keep the weights between calls with
-``--weights-dir DIR --keep-weights`` (reused when DIR holds this script's weights) and merge the slices' rows into
-one block with ``--append``.
-
-Run on CPU (tiny models of ``weights/tiny/wan.py``; checks the script end to end; its numbers say nothing about GPU
-speed). ``--quick`` (416x240, 9 frames, 3 steps, no warm-up, the A14B only for diffusers vs the accelerations) takes
-about five minutes on two busy cores; without it (17 frames, 4 steps, the whole matrix) about three times that::
-
-    .venv/bin/python bench/gpu.py --quick
-
-The section between ``<!-- bench/gpu.py start -->`` and ``<!-- bench/gpu.py end -->`` holds one block per device
-kind (cuda, cpu): a run replaces its own kind's block and leaves the other, and the rest of the file untouched.
-
-This file is the command line and the run's loop; the parts it drives (the plan, the random weights, the meter, the
-two runners, one configuration, the child processes, the report) live in ``bench/gpu_bench/``, whose ``__init__``
-names each module's job.
+What it measures, how, and how to run it (GPU and CPU): ``docs/GPU_BENCH.md``. This file is the command line and the
+run's loop; the parts it drives live in ``bench/gpu_bench/``, whose ``__init__`` names each module's job.
 """
 
 from __future__ import annotations
@@ -156,7 +90,7 @@ def prepare_weights(
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Denoising speed and memory of Wan VACE: plain diffusers vs this server, in one run "
-        "(real-size random-weight models on CUDA, tiny ones on CPU; the module docstring has the details)."
+        "(real-size random-weight models on CUDA, tiny ones on CPU; docs/GPU_BENCH.md has the details)."
     )
     add = parser.add_argument
     add(

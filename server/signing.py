@@ -22,9 +22,6 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-TOLERANCE_S = 300
-"""How far a receiver lets the timestamp be from its clock (fal's documented tolerance)."""
-
 
 def signed_message(request_id: str, user_id: str, timestamp: str, body: bytes) -> bytes:
     """The bytes fal's signature covers."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import stat
 import tempfile
 import zipfile
@@ -93,8 +92,12 @@ def build_extras(root: Path, keys=tuple(EXTRAS), records: bool = True) -> Path:
     return root
 
 
+def _problems(report, key, kind):
+    return [p for p in report.entries[key].problems if p.kind == kind]
+
+
 def _paths(report, key, kind):
-    return [p.path for p in report.entries[key].problems_of(kind)]
+    return [p.path for p in _problems(report, key, kind)]
 
 
 # ---------------------------------------------------------------- manifest
@@ -123,7 +126,6 @@ def test_complete_extras_are_ok(tmp_path):
     assert report.interpolators() == {"rife": "ok", "film": "ok"}
     text = report.render()
     assert "pose: dwpose ok, openpose ok" in text and "Interpolators: rife ok, film ok" in text
-    assert json.loads(json.dumps(report.to_dict()))["interpolators"] == {"rife": "ok", "film": "ok"}
 
 
 @pytest.mark.parametrize("layout", ["v1.0.0", "v1.0.1", "v1.0.2"])
@@ -135,13 +137,12 @@ def test_check_says_which_film_layout_a_file_is(tmp_path, layout):
     (note,) = report.entries["film"].notes
     assert f"layout {layout}" in note and ("t = 0.5" in note) == (layout == "v1.0.0")
     assert f"  film: film_net_fp32.pt: dajes/frame-interpolation-pytorch layout {layout}" in report.render()
-    assert report.to_dict()["entries"]["film"]["notes"] == [note]
 
 
 def test_check_flags_a_film_file_that_is_not_film_net(tmp_path):
     build_extras(tmp_path, keys=("film",), records=False)
     (tmp_path / "interpolation/film/film_net_fp32.pt").write_bytes(_torch_bytes(4))  # a zip, not TorchScript
-    (problem,) = check(tmp_path).entries["film"].problems_of(CORRUPT)
+    (problem,) = _problems(check(tmp_path), "film", CORRUPT)
     assert problem.path == "film_net_fp32.pt" and "not a TorchScript file" in problem.detail
 
 
@@ -182,9 +183,9 @@ def test_corrupt_extras(tmp_path):
     midas = tmp_path / "annotators/midas/dpt_hybrid-midas-501f0c75.pt"
     midas.write_bytes(FILES["midas"][midas.name][:-30])  # truncated: the zip's central directory is gone
     report = check(tmp_path)
-    (empty,) = report.entries["dwpose"].problems_of(CORRUPT)
+    (empty,) = _problems(report, "dwpose", CORRUPT)
     assert empty.path == "yolox_l.onnx" and "empty" in empty.detail
-    (cut,) = report.entries["midas"].problems_of(CORRUPT)
+    (cut,) = _problems(report, "midas", CORRUPT)
     assert cut.path == midas.name and "zip" in cut.detail
     assert report.entries["midas"].status == "corrupt" and not report.ok
     assert report.ok_for("openpose") and report.ok_for("rife")

@@ -55,9 +55,6 @@ class EntryReport:
     def ok(self) -> bool:
         return self.status == "ok"
 
-    def problems_of(self, kind: str) -> list[Problem]:
-        return [p for p in self.problems if p.kind == kind]
-
 
 @dataclass
 class CheckReport:
@@ -125,21 +122,6 @@ class CheckReport:
         if auxiliary := self.auxiliary():
             lines.append("Optional stages: " + ", ".join(f"{k} {s}" for k, s in auxiliary.items()))
         return "\n".join(lines)
-
-    def to_dict(self) -> dict:
-        return {
-            "weights_dir": str(self.weights_dir),
-            "deep": self.deep,
-            "entries": {
-                k: {"folder": e.folder, "endpoint": e.endpoint, "status": e.status, "files": e.files, "bytes": e.bytes,
-                    "problems": [vars(p) for p in e.problems], "notes": e.notes}  # fmt: skip
-                for k, e in self.entries.items()
-            },
-            "endpoints": self.endpoints(),
-            "annotators": self.annotators(),
-            "interpolators": self.interpolators(),
-            "auxiliary": self.auxiliary(),
-        }
 
 
 def _gb(n: int) -> str:

@@ -53,12 +53,13 @@ class DevicePeaks(PeakSampler):
 
 def group_runner(manager: ModelManager, group: GroupMember, model: str, peaks: DevicePeaks) -> Runner:
     """The server's group path: the request to every rank, then ``run_denoise`` on rank 0 (its step cache too)."""
-    assert group.send is not None  # rank 0's member
+    send = group.send
+    assert send is not None  # rank 0's member
 
     def run(cond: Conditioning, inp: VaceInput, width: int, height: int, step: Callable[[], None]) -> None:
         request = DenoiseRequest(inp, cond, inp.prompt, width, height, SEED, model, ())
         with peaks:
-            group.send(request)
+            send(request)
             run_denoise(manager.get(model), request, JobHooks(step=lambda _i, _n: step()), group)
 
     return run

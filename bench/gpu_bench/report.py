@@ -139,7 +139,7 @@ def write_doc(path: Path, data: dict) -> None:
             START,
             "## Denoising: plain diffusers vs this server (`bench/gpu.py`)",
             "",
-            "Written by `bench/gpu.py` (its docstring says what is measured and how); do not edit by hand.",
+            "Written by `bench/gpu.py` (`docs/GPU_BENCH.md` says what is measured and how); do not edit by hand.",
             "",
             *[f"- {n}" for n in COMMON_NOTES],
             "",
