@@ -1,13 +1,14 @@
 """``generate()``: one job from a validated request to the fal output, shared by the CLI, the sync route and the
 queue worker.
 
-Read top to bottom, it is the whole job: fetch the media, plan frames, size and temporal downsampling, classify the
-inputs when the safety checker is on, expand the prompt when asked, turn the input into a control video when asked
-(pose/depth annotators), build the VACE conditioning, run the diffusers ``WanVACEPipeline`` with the requested
-sampler, seed, guidance and step cache (reporting every step and stopping at the next step once cancelled), classify
-the generated frames (a flagged job ends before anything is encoded or published), interpolate, encode with ffmpeg
-and publish the files. Where a file ends up (a path for the CLI, a served URL or a data URI for the server) is the
-caller's ``publish`` function.
+Read top to bottom, it is the whole job: fetch the media; plan frames, size and temporal downsampling and build the
+endpoint's source frames and masks (``pipelines.tasks``: pose/depth, inpainting, outpainting, reframe, or no video
+at all); classify the inputs when the safety checker is on, expand the prompt when asked, turn the input into a
+control video when asked (pose/depth annotators), build the VACE conditioning, run the diffusers ``WanVACEPipeline``
+with the requested sampler, seed, guidance and step cache (reporting every step and stopping at the next step once
+cancelled), classify the generated frames (a flagged job ends before anything is encoded or published),
+interpolate, encode with ffmpeg and publish the files. Where a file ends up (a path for the CLI, a served URL or a
+data URI for the server) is the caller's ``publish`` function.
 """
 
 from __future__ import annotations
@@ -31,20 +32,17 @@ from .conditioning import Conditioning, build_conditioning
 from .context import JobContext
 from .encode import encode_video, write_frames_zip
 from .errors import InputError, JobCancelled
-from .fetch import check_ref_scheme, fetch_to_file, load_image
-from .frame_plan import plan_frames, plan_temporal
+from .fetch import check_ref_scheme, load_image
 from .group import DenoiseRequest, send
-from .limits import Limits
 from .loading import ModelManager
 from .loras import check_loras, fetch_loras
 from .parallel import ParallelGroup, cfg_parallel
 from .prompt_expansion import expand_prompt
-from .registry import Task
+from .registry import EndpointTask
 from .samplers import make_scheduler
-from .schema import File, VaceInput, VaceOutput, VideoFile
-from .sizing import output_size
+from .schema import File, JobInput, VaceOutput, VideoFile
 from .step_cache import THRESHOLDS, StepCacheController, step_cache
-from .video_io import VideoInfo, probe_video, read_frames
+from .tasks import TaskJob, prepare, resolve
 
 Publish = Callable[[Path, str], str]
 """Turns a finished local file (path, content type) into the URL the output reports."""
@@ -65,17 +63,20 @@ class JobHooks:
     control: Callable[[list[np.ndarray], float], None] = _ignore
 
 
-def check_inputs(inp: VaceInput, task: Task, ctx: JobContext, models: ModelManager | None, *,
-                 model: str) -> None:
+def check_inputs(inp: JobInput, task: EndpointTask, ctx: JobContext, models: ModelManager | None, *,
+                 model: str) -> TaskJob:
     """Every check of a request that needs no download, in one place: the server runs it when a job is submitted
     (refused with a 422 before it is queued) and ``generate()`` runs it again first thing (the CLI's only check).
 
-    Field ranges and types are the schema's; this adds the host's rules: input limits, media schemes, the
-    annotator matching the task, the LoRAs fitting ``model`` (count, expert, installed names, a LoRA slot when
-    compiled), and the safety checker being installed when asked for (running unchecked would return what the
-    caller asked us to screen). ``models`` is None on a node without workers: what only the weights directory can
-    tell (installed LoRA names, the safety checker, compilation) is then checked by the worker that runs the job.
+    Field ranges and types are the schema's; this adds what the endpoint's task makes of the request
+    (``pipelines.tasks.resolve``, whose answer it returns: a 422 for one that cannot run, e.g. outpainting with no
+    side) and the host's rules: input limits, media schemes, the annotator matching the task, the LoRAs fitting
+    ``model`` (count, expert, installed names, a LoRA slot when compiled), and the safety checker being installed
+    when asked for (running unchecked would return what the caller asked us to screen). ``models`` is None on a node
+    without workers: what only the weights directory can tell (installed LoRA names, the safety checker,
+    compilation) is then checked by the worker that runs the job.
     """
+    job = resolve(inp, task)
     limits = ctx.limits
     if len(inp.prompt) > limits.max_prompt_chars:
         raise InputError("prompt", f"the prompt is {len(inp.prompt)} characters, over the "
@@ -83,18 +84,21 @@ def check_inputs(inp: VaceInput, task: Task, ctx: JobContext, models: ModelManag
     if inp.negative_prompt and len(inp.negative_prompt) > limits.max_prompt_chars:
         raise InputError("negative_prompt", f"the negative prompt is over the {limits.max_prompt_chars}-character "
                          "limit", "prompt_too_long")
-    if inp.ref_image_urls and len(inp.ref_image_urls) > limits.max_ref_images:
-        raise InputError("ref_image_urls", f"{len(inp.ref_image_urls)} reference images, over the limit of "
+    refs = getattr(inp, "ref_image_urls", None)  # reframe has none
+    if refs and len(refs) > limits.max_ref_images:
+        raise InputError("ref_image_urls", f"{len(refs)} reference images, over the limit of "
                          f"{limits.max_ref_images}", "too_many_reference_images")
     for loc, ref in inp.media_refs():
         check_ref_scheme(ref, loc, ctx)
-    if inp.preprocess and inp.annotator is not None and inp.annotator not in ANNOTATORS[task]:
+    control = job.control_task
+    annotator = getattr(inp, "annotator", None) if getattr(inp, "preprocess", False) else None
+    if control is not None and annotator is not None and annotator not in ANNOTATORS[control]:
         raise InputError(
-            "annotator", f"{inp.annotator} is not a {task} annotator; use one of {sorted(ANNOTATORS[task])}"
+            "annotator", f"{annotator} is not a {control} annotator; use one of {sorted(ANNOTATORS[control])}"
         )
     check_loras(inp, model, ctx, models.weights_dir if models is not None else None)
     if models is None:
-        return
+        return job
     if inp.loras and models.compiles and not models.lora_slot_rank:
         raise InputError("loras", "this server compiles its transformers (--compile) without a LoRA slot "
                          "(--lora-max-rank 0), and a LoRA would recompile them", "not_supported")
@@ -102,6 +106,7 @@ def check_inputs(inp: VaceInput, task: Task, ctx: JobContext, models: ModelManag
         raise InputError(
             "enable_safety_checker", "the safety checker's weights are not installed on this server", "not_supported"
         )
+    return job
 
 
 def to_uint8(frames: np.ndarray) -> np.ndarray:
@@ -112,7 +117,7 @@ def to_uint8(frames: np.ndarray) -> np.ndarray:
 def denoise(
     pipe: WanVACEPipeline,
     cond: Conditioning,
-    inp: VaceInput,
+    inp: JobInput,
     *,
     prompt: str,
     width: int,
@@ -185,23 +190,10 @@ def run_denoise(models: ModelManager, request: DenoiseRequest, hooks: JobHooks |
                    seed=request.seed, hooks=hooks or JobHooks(), cache=cache, group=group)
 
 
-def check_video_limits(info: VideoInfo, limits: Limits, field: str = "video_url") -> None:
-    """Limits on the decoded input video, checked right after probing (before any frame is decoded to RGB)."""
-    if info.width * info.height > limits.max_video_pixels:
-        raise InputError(field, f"the video is {info.width}x{info.height}, over the {limits.max_video_pixels}-pixel "
-                         "limit", "video_too_large")
-    if info.num_frames > limits.max_video_frames:
-        raise InputError(field, f"the video has {info.num_frames} frames, over the limit of "
-                         f"{limits.max_video_frames}", "video_too_long")
-    if info.duration > limits.max_video_seconds:
-        raise InputError(field, f"the video lasts {info.duration:.1f} s, over the limit of "
-                         f"{limits.max_video_seconds:g} s", "video_too_long")
-
-
 def generate(
-    inp: VaceInput,
+    inp: JobInput,
     *,
-    task: Task,
+    task: EndpointTask,
     model: str,
     models: ModelManager,
     workdir: Path,
@@ -209,48 +201,34 @@ def generate(
     hooks: JobHooks | None = None,
     ctx: JobContext = JobContext(),
 ) -> VaceOutput:
-    """Run one ``task`` job on ``model`` under ``ctx``'s rules; files are written under ``workdir`` and handed to
-    ``publish``."""
+    """Run one job of the endpoint ``task`` (``""``: the base endpoint) on ``model`` under ``ctx``'s rules; files are
+    written under ``workdir`` and handed to ``publish``."""
     hooks = hooks or JobHooks()
     started = time.perf_counter()
-    check_inputs(inp, task, ctx, models, model=model)
+    job = check_inputs(inp, task, ctx, models, model=model)
     checker = models.safety_checker() if inp.enable_safety_checker else None
     seed = inp.seed if inp.seed is not None else secrets.randbelow(2**31)
 
+    for note in job.notes:  # what the endpoint makes of the request, before any download can fail
+        hooks.log(note)
     hooks.log("fetching inputs")
-    video_path = fetch_to_file(inp.video_url, "video_url", workdir, ctx)
-    info = probe_video(video_path)
-    check_video_limits(info, ctx.limits)
     first = load_image(inp.first_frame_url, "first_frame_url", workdir, ctx) if inp.first_frame_url else None
     last = load_image(inp.last_frame_url, "last_frame_url", workdir, ctx) if inp.last_frame_url else None
     refs = [
-        load_image(url, ("ref_image_urls", i), workdir, ctx) for i, url in enumerate(inp.ref_image_urls or [])
+        load_image(url, ("ref_image_urls", i), workdir, ctx)
+        for i, url in enumerate(getattr(inp, "ref_image_urls", None) or [])
     ] or None
     loras = fetch_loras(inp, model, workdir, ctx, models.weights_dir)
-
-    plan = plan_frames(
-        info,
-        num_frames=inp.num_frames,
-        frames_per_second=inp.frames_per_second,
-        match_input_num_frames=inp.match_input_num_frames,
-        match_input_frames_per_second=inp.match_input_frames_per_second,
-    )
-    timing = plan_temporal(
-        plan.num_frames,
-        plan.fps,
-        num_interpolated_frames=inp.num_interpolated_frames,
-        temporal_downsample_factor=inp.temporal_downsample_factor,
-        enable_auto_downsample=inp.enable_auto_downsample,
-        auto_downsample_min_fps=inp.auto_downsample_min_fps,
-    )
-    width, height = output_size(inp.resolution, inp.aspect_ratio, info.width, info.height)
+    source = prepare(inp, job, workdir, ctx, first or last)
+    timing, width, height, info, plan = source.timing, source.width, source.height, source.info, source.plan
     hooks.log(
-        f"input {info.width}x{info.height}, {info.num_frames} frames at {info.fps:g} fps; "
-        f"output {timing.output_frames} frames at {timing.output_fps:g} fps, {width}x{height}, seed {seed}"
+        (f"input {info.width}x{info.height}, {info.num_frames} frames at {info.fps:g} fps; " if info else
+         "no input video; ") + f"output {timing.output_frames} frames at {timing.output_fps:g} fps, {width}x{height}, "
+        f"seed {seed}"
     )
-    if plan.held_frames:
+    if plan is not None and plan.held_frames:
         hooks.log(f"the input ends early: its last frame is held for {plan.held_frames} frames")
-    for note in timing.notes:
+    for note in (*source.notes, *timing.notes):
         hooks.log(note)
     if timing.interpolates:
         hooks.log(
@@ -267,29 +245,31 @@ def generate(
             models.group.spec.check_tokens(timing.generate_frames, len(refs or ()), (height // 16) * (width // 16))
         except ValueError as e:
             raise InputError("num_frames", str(e), "not_supported") from e
-    control = read_frames(video_path, [plan.source_indices[j] for j in timing.control_indices])
+    control = source.control
     if checker is not None:
-        score = checker.check_inputs(control, first, last, refs)
+        score = checker.check_inputs(source.video_frames, first, last, refs)
         hooks.log(f"safety check: the inputs passed (highest unsafe score {score:.2f})")
     prompt = inp.prompt
     if inp.enable_prompt_expansion:
-        prompt = expand_prompt(models.prompt_expander(), inp.prompt, task, hooks.log)
-    if inp.preprocess:
-        preprocessor = models.preprocessor(task, inp.annotator)
-        hooks.log(f"preprocessing {len(control)} frames into {task} control ({type(preprocessor).__name__})")
+        prompt = expand_prompt(models.prompt_expander(), inp.prompt, job.recipe, hooks.log)
+    if job.control_task is not None and getattr(inp, "preprocess", False):
+        preprocessor = models.preprocessor(job.control_task, getattr(inp, "annotator", None))
+        hooks.log(f"preprocessing {len(control)} frames into {job.control_task} control "
+                  f"({type(preprocessor).__name__})")
         control = list(preprocessor.process(control))
         hooks.control(control, timing.generate_fps)
     cond = build_conditioning(
         control,
         width,
         height,
+        masks=source.masks,
         first_frame=first,
         last_frame=last,
         last_index=timing.generate_frames - 1 - timing.held_frames,
         reference_images=refs,
         transparency_mode=inp.transparency_mode,
     )
-    del control
+    del control, source
     if hooks.cancelled():
         raise JobCancelled("cancelled before denoising")
 
@@ -338,5 +318,5 @@ def generate(
             file_name=zip_path.name,
             file_size=zip_size,
         )
-    hooks.log(f"{task} job done in {time.perf_counter() - started:.1f} s")
+    hooks.log(f"{task or f'base ({job.recipe})'} job done in {time.perf_counter() - started:.1f} s")
     return VaceOutput(video=video, prompt=prompt, seed=seed, frames_zip=frames_zip)

@@ -55,7 +55,7 @@ from .errors import JobCancelled
 from .loras import JobLora
 from .parallel import ParallelGroup, ParallelSpec, init_group
 from .runtime import RuntimeConfig
-from .schema import VaceInput
+from .schema import JobInput
 
 COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=10)
 """How long a rank waits in one collective: the bound on a follower that is alive but stuck. Generous, since the
@@ -67,7 +67,7 @@ STOP_WAIT_S = 30.0
 class DenoiseRequest:
     """Everything a rank needs to run one job's pipeline call."""
 
-    inp: VaceInput
+    inp: JobInput
     cond: Conditioning
     prompt: str
     width: int

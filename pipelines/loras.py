@@ -40,7 +40,7 @@ from .fetch import fetch_to_file, own_file
 from .lora_cache import sha256_file
 from .lora_files import LoraFile, architecture_layers, check_fits, linear_layers, read_lora_file
 from .manifest import LORAS_FOLDER, MODELS
-from .schema import LoraWeight, VaceInput
+from .schema import JobInput, LoraWeight
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def _local_path(lora: LoraWeight, ctx: JobContext) -> Path | None:
     return path if path.is_file() else None
 
 
-def check_loras(inp: VaceInput, model: str, ctx: JobContext, weights_dir: Path | None) -> None:
+def check_loras(inp: JobInput, model: str, ctx: JobContext, weights_dir: Path | None) -> None:
     """The up-front checks of a request's LoRAs (their URL schemes are checked with the other media refs); without
     a ``weights_dir`` (a node without workers) installed names are left to the worker."""
     loras = inp.loras or []
@@ -123,7 +123,7 @@ class JobLora:
         return f"lora_{self.sha256}"
 
 
-def fetch_loras(inp: VaceInput, model: str, workdir: Path, ctx: JobContext, weights_dir: Path) -> list[JobLora]:
+def fetch_loras(inp: JobInput, model: str, workdir: Path, ctx: JobContext, weights_dir: Path) -> list[JobLora]:
     """The request's LoRA files, local and identified by content (downloads through the cache when there is one)."""
     two_experts = MODELS[model].two_experts
     loras = []

@@ -27,7 +27,7 @@ from pipelines.context import JobContext
 from pipelines.errors import InputError
 from pipelines.loading import ModelManager
 from pipelines.parallel import ParallelSpec
-from pipelines.registry import APPS, TASKS
+from pipelines.registry import APPS, ENDPOINT_IDS, ENDPOINT_TASKS
 
 from . import routes, service, uploads
 from .auth import Auth
@@ -210,8 +210,10 @@ def create_app(config: Settings) -> FastAPI:
     app = FastAPI(
         title="vace-server",
         version="0.1.0",
-        summary="Self-hosted, fal-compatible Wan VACE pose and depth video-to-video",
-        description="fal's HTTP protocol for " + ", ".join(f"`{a}/{{{'|'.join(TASKS)}}}`" for a in APPS)
+        summary="Self-hosted, fal-compatible Wan VACE: pose, depth, inpainting, outpainting, reframe and text/image "
+                "to video",
+        description="fal's HTTP protocol for " + ", ".join(
+            f"`{a}`, `{a}/{{{'|'.join(t for t in ENDPOINT_TASKS if t)}}}`" for a in APPS)
         + ". Authenticate with `Authorization: Key <key>` when the server has API keys.",
         lifespan=lifespan,
     )
@@ -255,7 +257,7 @@ def create_app(config: Settings) -> FastAPI:
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail
         if exc.status_code == 404 and detail == "Not Found":
-            endpoints = ", ".join(f"{a}/{t}" for a in APPS for t in TASKS)
+            endpoints = ", ".join(ENDPOINT_IDS)
             detail = f"No route {request.method} {request.url.path}; endpoints: {endpoints}"
         return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
 
