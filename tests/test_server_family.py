@@ -43,7 +43,7 @@ def receiver() -> Iterator[Receiver]:
 def server(server_weights: Path, tmp_path_factory: pytest.TempPathFactory,  # noqa: F811
            receiver: Receiver) -> Iterator[ThreadServer]:
     config = Settings(weights_dir=server_weights, data_dir=tmp_path_factory.mktemp("family-data"), port=free_port(),
-                      api_keys=frozenset({API_KEY}), fetch_allow=(f"127.0.0.1:{receiver.port}",),
+                      api_keys=frozenset({API_KEY}), webhook_allow=(f"127.0.0.1:{receiver.port}",),
                       webhook_attempts=1)
     with ThreadServer(config) as running:
         yield running
