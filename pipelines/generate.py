@@ -28,7 +28,7 @@ from diffusers import WanVACEPipeline
 
 from preprocessors import ANNOTATORS
 
-from .conditioning import Conditioning, build_conditioning
+from .conditioning import Conditioning
 from .context import JobContext
 from .encode import encode_video, write_frames_zip
 from .errors import InputError, JobCancelled
@@ -42,7 +42,7 @@ from .registry import EndpointTask
 from .samplers import make_scheduler
 from .schema import File, JobInput, VaceOutput, VideoFile
 from .step_cache import THRESHOLDS, StepCacheController, step_cache
-from .tasks import TaskJob, prepare, resolve
+from .tasks import TaskJob, conditioning, frame_images, prepare, resolve
 
 Publish = Callable[[Path, str], str]
 """Turns a finished local file (path, content type) into the URL the output reports."""
@@ -212,8 +212,7 @@ def generate(
     for note in job.notes:  # what the endpoint makes of the request, before any download can fail
         hooks.log(note)
     hooks.log("fetching inputs")
-    first = load_image(inp.first_frame_url, "first_frame_url", workdir, ctx) if inp.first_frame_url else None
-    last = load_image(inp.last_frame_url, "last_frame_url", workdir, ctx) if inp.last_frame_url else None
+    first, last = frame_images(inp, workdir, ctx)
     refs = [
         load_image(url, ("ref_image_urls", i), workdir, ctx)
         for i, url in enumerate(getattr(inp, "ref_image_urls", None) or [])
@@ -258,17 +257,7 @@ def generate(
                   f"({type(preprocessor).__name__})")
         control = list(preprocessor.process(control))
         hooks.control(control, timing.generate_fps)
-    cond = build_conditioning(
-        control,
-        width,
-        height,
-        masks=source.masks,
-        first_frame=first,
-        last_frame=last,
-        last_index=timing.generate_frames - 1 - timing.held_frames,
-        reference_images=refs,
-        transparency_mode=inp.transparency_mode,
-    )
+    cond = conditioning(inp, source, control, first, last, refs)
     del control, source
     if hooks.cancelled():
         raise JobCancelled("cancelled before denoising")

@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 from .canvas import Placement
-from .conditioning import grey_frames
+from .conditioning import Conditioning, build_conditioning, grey_frames
 from .context import JobContext
 from .family import BASE_RATIO, BASE_SIDES, BASE_TRIM, BASE_ZOOM, Recipe, base_job, inpainting_mask
 from .fetch import fetch_to_file, load_image
@@ -164,6 +164,23 @@ def prepare(inp: JobInput, job: TaskJob, workdir: Path, ctx: JobContext,
             log("reframe: the picture covers the whole canvas, nothing around it is generated")
         _place(source, placement)
     return source
+
+
+def frame_images(inp: JobInput, workdir: Path, ctx: JobContext) -> tuple[Image.Image | None, Image.Image | None]:
+    """The request's first and last frame images, fetched (None where not given)."""
+    first = load_image(inp.first_frame_url, "first_frame_url", workdir, ctx) if inp.first_frame_url else None
+    last = load_image(inp.last_frame_url, "last_frame_url", workdir, ctx) if inp.last_frame_url else None
+    return first, last
+
+
+def conditioning(inp: JobInput, source: Source, control: Sequence[np.ndarray], first: Image.Image | None,
+                 last: Image.Image | None, refs: list[Image.Image] | None = None) -> Conditioning:
+    """The VACE conditioning of ``source`` with ``control`` as its frames (the source's own, or the annotator's),
+    its masks, the first/last frame images and the reference images."""
+    timing = source.timing
+    return build_conditioning(control, source.width, source.height, masks=source.masks, first_frame=first,
+                              last_frame=last, last_index=timing.generate_frames - 1 - timing.held_frames,
+                              reference_images=refs, transparency_mode=inp.transparency_mode)
 
 
 def _temporal(inp: JobInput, frames: int, fps: float) -> TemporalPlan:

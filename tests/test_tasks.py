@@ -1,9 +1,10 @@
 """The VACE family through ``generate()`` on tiny random weights: what each endpoint conditions the model on.
 
 Each job's conditioning is recorded as ``generate()`` builds it (the real ``build_conditioning``, called through a
-recorder), so the tests see exactly the frames and masks the pipeline got: inpainting masks that follow the frame
-plan through temporal downsampling, one static mask image, the outpainting canvas, the reframe of a letterboxed clip
-(whose kept area has the trimmed picture's shape, not the whole frame's), and first-frame-to-video without a video.
+recorder in ``pipelines.tasks``), so the tests see exactly the frames and masks the pipeline got: inpainting masks
+that follow the frame plan through temporal downsampling, one static mask image, the outpainting canvas, the reframe
+of a letterboxed clip (whose kept area has the trimmed picture's shape, not the whole frame's), and
+first-frame-to-video without a video.
 Around them, the stages that run on pose/depth run here too: interpolation, LoRAs, the step cache, the safety
 checker, prompt expansion, a memory mode and a job group.
 """
@@ -19,8 +20,9 @@ import pytest
 from frames_match import assert_same_frames
 from PIL import Image
 
-from pipelines import generate as generate_module
+from pipelines import tasks as tasks_module
 from pipelines.conditioning import GENERATE, GREY, KEEP, Conditioning
+from pipelines.context import JobContext
 from pipelines.errors import InputError
 from pipelines.generate import JobHooks, check_inputs, generate
 from pipelines.group import local_group
@@ -73,13 +75,13 @@ def run(models: ModelManager, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, t
         model: str = "wan-vace-14b", **fields: Any) -> Recorded:
     """One job of the endpoint ``task`` ("" = base) on ``model``, its conditioning recorded."""
     built: list[Conditioning] = []
-    real = generate_module.build_conditioning
+    real = tasks_module.build_conditioning
 
     def recording(*args: Any, **kwargs: Any) -> Conditioning:
         built.append(real(*args, **kwargs))
         return built[-1]
 
-    monkeypatch.setattr(generate_module, "build_conditioning", recording)
+    monkeypatch.setattr(tasks_module, "build_conditioning", recording)
     app = {"wan-vace-14b": "fal-ai/wan-vace-14b", "wan-22-vace-fun-a14b": "fal-ai/wan-22-vace-fun-a14b"}[model]
     inp = input_model(app, task).model_validate({"prompt": "a ball in a room", **FAST, **fields})
     workdir = tmp_path / "work"
@@ -187,7 +189,7 @@ def test_what_the_base_endpoint_makes_of_its_task(models):
     preprocess runs an annotator, and a mask without a task that uses it ignored."""
     def resolved(**fields: Any):
         inp = input_model("fal-ai/wan-vace-14b", "").model_validate({"prompt": "p", **fields})
-        return check_inputs(inp, "", generate_module.JobContext(), models, model="wan-vace-14b")
+        return check_inputs(inp, "", JobContext(), models, model="wan-vace-14b")
 
     out = resolved(task="outpainting", video_url="https://e/v.mp4")
     assert (out.recipe, out.sides, out.ratio) == ("outpainting", ("left", "right", "top", "bottom"), 0.25)
