@@ -86,9 +86,12 @@ def generate_to_file(settings: Settings, task: EndpointTask, fields: dict[str, A
     from pipelines.loading import ModelManager
     from pipelines.parallel import ParallelSpec
 
+    from pipelines.tasks import resolve
+
     inp = _validated(task, fields)
     if inp is None:
         return 2
+    resolve(inp, task)  # what the task refuses outright (e.g. outpainting with no side) comes before the progress bar
     model = model or DEFAULT_MODEL_FOR_TASK[task]
     output = output.resolve()
     output.parent.mkdir(parents=True, exist_ok=True)
