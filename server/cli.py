@@ -317,7 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "URL --secrets-dir ./fleet-secrets"))
     keys.add_argument("dir", help="the folder to write them to (owner-only files; existing ones are kept)")
 
-    demo = sub.add_parser("demo", help="build tiny weights and run one pose and one depth job")
+    demo = sub.add_parser("demo", help="build tiny weights and run one job of every endpoint (pose, depth, "
+                          "inpainting, outpainting, reframe, text-to-video)")
     demo.add_argument("--weights-dir", default="tiny-weights")
     demo.add_argument("--out", default="out")
     return parser
