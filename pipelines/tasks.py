@@ -47,6 +47,7 @@ from .sizing import output_size
 from .video_io import VideoInfo, probe_video, read_frames
 
 NATIVE_SIZE = (832, 480)  # Wan's 480p training size: what a job without video or frame image is sized from
+PLACEHOLDER_PROMPT = "(conditioning only)"  # the schemas require a prompt; it plays no part in the conditioning
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """The FastAPI app of ``vace serve``: builds the store, files, workers, webhooks, retention, auth and metrics, puts
 them on ``app.state`` (routes reach them through ``server/deps.py``), includes the fal routes (``routes.py``), the
-upload routes (``uploads.py``) and the service routes and playground (``service.py``), guards every request
-(``guard.py``) and shapes errors like fal's; ``serve()`` runs it in uvicorn.
+upload routes (``uploads.py``), the service routes and playground (``service.py``) and the playground's
+conditioning preview (``preview.py``), guards every request (``guard.py``) and shapes errors like fal's; ``serve()``
+runs it in uvicorn.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pipelines.loading import ModelManager
 from pipelines.parallel import ParallelSpec
 from pipelines.registry import APPS, ENDPOINT_IDS, ENDPOINT_TASKS
 
-from . import routes, service, uploads
+from . import preview, routes, service, uploads
 from .auth import Auth
 from .config import Settings
 from .connections import raise_open_file_limit, uvicorn_config
@@ -230,6 +231,7 @@ def create_app(config: Settings) -> FastAPI:
     app.include_router(routes.router)
     app.include_router(uploads.router)
     app.include_router(service.router)
+    app.include_router(preview.router)
     app.mount("/static", StaticFiles(directory=service.STATIC_DIR), name="static")
     app.add_middleware(RequestIdHeader)
     files = node.files

@@ -28,7 +28,6 @@ from pipelines.schema import JobInput
 from .config import Settings
 
 P = ParamSpec("P")
-PREPROCESS_PROMPT = "(preprocess)"  # the schemas require a prompt; it plays no part in the conditioning
 
 
 def cli_input_model(task: EndpointTask) -> type[JobInput]:
@@ -158,9 +157,9 @@ def preprocess_edit_to_dir(task: EndpointTask, fields: dict[str, Any], out_dir: 
 
     from pipelines.context import JobContext
     from pipelines.encode import write_control_video
-    from pipelines.tasks import conditioning, frame_images, prepare, resolve
+    from pipelines.tasks import PLACEHOLDER_PROMPT, conditioning, frame_images, prepare, resolve
 
-    inp = _validated(task, {"prompt": PREPROCESS_PROMPT, **fields})
+    inp = _validated(task, {"prompt": PLACEHOLDER_PROMPT, **fields})
     if inp is None:
         return 2
     job = resolve(inp, task)

@@ -1,8 +1,9 @@
 """The VACE family's endpoints on a live server (in-process uvicorn, real HTTP on loopback, tiny weights): each
 endpoint's ``/openapi.json`` body schema against fal's reference file, ``/ready`` and the 404 listings, and every
 bad request refused with fal's 422 naming its field: at submission (what needs no download) and from the job (bad
-mask videos and images, which are read by the worker) on the sync route, the queue and a webhook alike. No job here
-reaches the model: each fails on its input first, which is what makes the module cheap.
+mask videos and images, which are read by the worker) on the sync route, the queue and a webhook alike; and the
+playground's preview of a job's conditioning. No job here reaches the model: each fails on its input first, which is
+what makes the module cheap.
 """
 
 from __future__ import annotations
@@ -190,3 +191,39 @@ def test_a_queued_bad_mask_fails_with_its_422_through_status_result_and_webhook(
     hook = wait_until(lambda: receiver.for_job(submitted["request_id"]), 60, "the webhook")
     delivered = json.loads(hook[0][1])
     assert delivered["status"] == "ERROR" and delivered["payload"]["detail"][0]["loc"] == ["body", "mask_image_url"]
+
+
+def png(uri: str) -> np.ndarray:
+    header, _, payload = uri.partition(",")
+    assert header == "data:image/png;base64"
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(payload))))
+
+
+def test_the_playground_preview_runs_the_jobs_own_steps(server: ThreadServer, client: httpx.Client,
+                                                        media: dict[str, str]) -> None:
+    """``/playground/preview``: the output size, the notes and the middle frame with its mask, as the job would
+    build them (no prompt needed); a mask the job would refuse is the same 422; a key is needed."""
+    body = {"video_url": media["video"], "mask_video_url": media["mask"], "num_frames": 17}
+    got = client.post("/playground/preview", params={"endpoint": "fal-ai/wan-vace-14b/inpainting"}, json=body).json()
+    assert (got["recipe"], got["width"], got["height"], got["generated_frames"], got["frame_index"]) == (
+        "inpainting", 416, 240, 17, 8)
+    assert any(note.startswith("inpainting: mask mode per frame") for note in got["notes"])
+    drawn = SAMPLES["mask"](416, 240, 33, 16)[8][..., 0] >= 128  # frame 8 of the clip at 16 fps
+    mask = png(got["mask"]) == 255
+    assert np.mean(mask == drawn) > 0.99 and got["generated_share"] == pytest.approx(mask.mean())
+    assert png(got["frame"]).shape == (240, 416, 3)
+
+    grown = client.post("/playground/preview", params={"endpoint": "fal-ai/wan-22-vace-fun-a14b/outpainting"},
+                        json={"video_url": media["video"], "expand_top": True, "resolution": "240p"}).json()
+    assert any("is placed at" in note for note in grown["notes"])
+    canvas = png(grown["mask"])
+    assert (canvas[: grown["height"] // 8] == 255).all() and (canvas[-1] == 0).any()  # the top border is generated
+
+    bad = client.post("/playground/preview", params={"endpoint": "fal-ai/wan-22-vace-fun-a14b/inpainting"},
+                      json={"video_url": media["video"], "mask_video_url": media["black_mask"]})
+    assert detail(bad) == [(["body", "mask_video_url"], "mask_empty")]
+    text = client.post("/playground/preview", params={"endpoint": "fal-ai/wan-vace-14b"}, json={}).json()
+    assert (text["recipe"], text["width"], text["height"]) == ("text", 832, 480) and "frame" not in text
+    assert client.post("/playground/preview", params={"endpoint": "fal-ai/x"}, json={}).status_code == 404
+    assert httpx.post(f"{server.url}/playground/preview", params={"endpoint": "fal-ai/wan-vace-14b"},
+                      json={}).status_code == 401
