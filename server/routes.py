@@ -192,12 +192,14 @@ def _with_body(route: Callable[..., Any], model: type[JobInput]) -> Callable[...
     documents in ``/openapi.json``: one route function serves every endpoint, each with its own request model."""
     signature = inspect.signature(route, eval_str=True)
     params = [p.replace(annotation=model) if p.name == "inp" else p for p in signature.parameters.values()]
-    if inspect.iscoroutinefunction(route):
-        async def endpoint(*args: Any, **kwargs: Any) -> Any:
-            return await route(*args, **kwargs)
-    else:
-        def endpoint(*args: Any, **kwargs: Any) -> Any:
-            return route(*args, **kwargs)
+
+    async def call_async(*args: Any, **kwargs: Any) -> Any:
+        return await route(*args, **kwargs)
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return route(*args, **kwargs)
+
+    endpoint: Callable[..., Any] = call_async if inspect.iscoroutinefunction(route) else call
     endpoint.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
     endpoint.__doc__ = route.__doc__
     return endpoint
