@@ -4,7 +4,8 @@
   is queued, on an API node too) and ``generate()`` runs it again first (the CLI's only check). This module and
   what it imports load no model library (no diffusers, onnxruntime or annotator), so the HTTP layer validates a
   request without them.
-* ``check_video_limits``, as soon as the input video is probed, before any frame is decoded.
+* ``limits.check_video_limits``, as soon as an input video is probed, before any frame is decoded (in
+  ``pipelines.tasks.prepare``).
 * ``check_plan``, the late checks: once the frames are planned and the job's parts are resolved, before the first
   expensive stage, whatever needs the plan and those parts (the interpolator, the job group).
 """
@@ -18,12 +19,11 @@ from .context import JobContext
 from .errors import InputError
 from .fetch import check_ref_scheme
 from .frame_plan import TemporalPlan
-from .limits import Limits
 from .lora_names import check_loras
 from .manifest import TASK_ANNOTATORS
-from .registry import Task
-from .schema import VaceInput
-from .video_io import VideoInfo
+from .registry import EndpointTask
+from .schema import JobInput
+from .tasks import TaskJob, resolve
 
 if TYPE_CHECKING:  # types only: importing these would load torch's distributed stack and the interpolators
     from .interpolation import FrameInterpolator
@@ -46,15 +46,18 @@ class Host(Protocol):
     def has_safety_checker(self) -> bool: ...
 
 
-def check_inputs(inp: VaceInput, task: Task, ctx: JobContext, host: Host | None, *, model: str) -> None:
+def check_inputs(inp: JobInput, task: EndpointTask, ctx: JobContext, host: Host | None, *, model: str) -> TaskJob:
     """Every check of a request that needs no download, in one place.
 
-    Field ranges and types are the schema's; this adds the host's rules: input limits, media schemes, the
+    Field ranges and types are the schema's; this adds what the endpoint's task makes of the request
+    (``pipelines.tasks.resolve``, whose answer it returns: a 422 for one that cannot run, e.g. outpainting with no
+    side) and the host's rules: input limits, media schemes, the
     annotator matching the task, the LoRAs fitting ``model`` (count, expert, installed names, a LoRA slot when
     compiled), and the safety checker being installed when asked for (running unchecked would return what the
     caller asked us to screen). ``host`` is None on a node without workers: what only the weights directory can
     tell (installed LoRA names, the safety checker, compilation) is then checked by the worker that runs the job.
     """
+    job = resolve(inp, task)
     limits = ctx.limits
     if len(inp.prompt) > limits.max_prompt_chars:
         raise InputError("prompt", f"the prompt is {len(inp.prompt)} characters, over the "
@@ -62,18 +65,21 @@ def check_inputs(inp: VaceInput, task: Task, ctx: JobContext, host: Host | None,
     if inp.negative_prompt and len(inp.negative_prompt) > limits.max_prompt_chars:
         raise InputError("negative_prompt", f"the negative prompt is over the {limits.max_prompt_chars}-character "
                          "limit", "prompt_too_long")
-    if inp.ref_image_urls and len(inp.ref_image_urls) > limits.max_ref_images:
-        raise InputError("ref_image_urls", f"{len(inp.ref_image_urls)} reference images, over the limit of "
+    refs = getattr(inp, "ref_image_urls", None)  # reframe has none
+    if refs and len(refs) > limits.max_ref_images:
+        raise InputError("ref_image_urls", f"{len(refs)} reference images, over the limit of "
                          f"{limits.max_ref_images}", "too_many_reference_images")
     for loc, ref in inp.media_refs():
         check_ref_scheme(ref, loc, ctx)
-    if inp.preprocess and inp.annotator is not None and inp.annotator not in TASK_ANNOTATORS[task]:
+    control = job.control_task
+    annotator = getattr(inp, "annotator", None) if getattr(inp, "preprocess", False) else None
+    if control is not None and annotator is not None and annotator not in TASK_ANNOTATORS[control]:
         raise InputError(
-            "annotator", f"{inp.annotator} is not a {task} annotator; use one of {sorted(TASK_ANNOTATORS[task])}"
+            "annotator", f"{annotator} is not a {control} annotator; use one of {sorted(TASK_ANNOTATORS[control])}"
         )
     check_loras(inp, model, ctx, host.weights_dir if host is not None else None)
     if host is None:
-        return
+        return job
     if inp.loras and host.compiles and not host.lora_slot_rank:
         raise InputError("loras", "this server compiles its transformers (--compile) without a LoRA slot "
                          "(--lora-max-rank 0), and a LoRA would recompile them", "not_supported")
@@ -81,19 +87,7 @@ def check_inputs(inp: VaceInput, task: Task, ctx: JobContext, host: Host | None,
         raise InputError(
             "enable_safety_checker", "the safety checker's weights are not installed on this server", "not_supported"
         )
-
-
-def check_video_limits(info: VideoInfo, limits: Limits, field: str = "video_url") -> None:
-    """Limits on the decoded input video, checked right after probing (before any frame is decoded to RGB)."""
-    if info.width * info.height > limits.max_video_pixels:
-        raise InputError(field, f"the video is {info.width}x{info.height}, over the {limits.max_video_pixels}-pixel "
-                         "limit", "video_too_large")
-    if info.num_frames > limits.max_video_frames:
-        raise InputError(field, f"the video has {info.num_frames} frames, over the limit of "
-                         f"{limits.max_video_frames}", "video_too_long")
-    if info.duration > limits.max_video_seconds:
-        raise InputError(field, f"the video lasts {info.duration:.1f} s, over the limit of "
-                         f"{limits.max_video_seconds:g} s", "video_too_long")
+    return job
 
 
 def check_plan(timing: TemporalPlan, *, width: int, height: int, extra_latent_frames: int,

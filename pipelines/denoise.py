@@ -24,7 +24,7 @@ from .loading import LoadedModel
 from .loras import JobLora
 from .parallel import GroupMember, cfg_parallel
 from .samplers import make_scheduler
-from .schema import VaceInput
+from .schema import JobInput
 from .step_cache import THRESHOLDS, StepCacheController, step_cache
 
 
@@ -32,7 +32,7 @@ from .step_cache import THRESHOLDS, StepCacheController, step_cache
 class DenoiseRequest:
     """Everything a rank needs to run one job's pipeline call."""
 
-    inp: VaceInput
+    inp: JobInput
     cond: Conditioning
     prompt: str
     width: int
@@ -50,7 +50,7 @@ def to_uint8(frames: np.ndarray) -> np.ndarray:
 def denoise(
     pipe: WanVACEPipeline,
     cond: Conditioning,
-    inp: VaceInput,
+    inp: JobInput,
     *,
     prompt: str,
     width: int,

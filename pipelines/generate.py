@@ -4,8 +4,9 @@ queue worker.
 It reads like a diffusers pipeline's ``__call__``, in numbered stages:
 
 1. check: every check that needs no download (``checks.check_inputs``; the server ran it at submission too);
-2. fetch and plan: the media and LoRAs made local (each within its limits), the input probed, frames, size and
-   temporal downsampling planned, the control frames decoded and, when asked, screened by the safety checker. Then
+2. fetch and plan: the media and LoRAs made local (each within its limits); the endpoint's source frames and masks
+   built (``pipelines.tasks``: pose/depth, inpainting, outpainting, reframe, or no video at all) with the frames,
+   size and temporal downsampling planned; the inputs, when asked, screened by the safety checker. Then
    what the generation runs on is resolved, once (``JobParts``: the loaded model and, as the request asks, the
    annotator, interpolator and prompt expander, and the job group), as a diffusers pipeline is built from its
    components; after that the job asks the model manager for nothing. It comes this late so that a broken or
@@ -32,24 +33,21 @@ import numpy as np
 
 from preprocessors.base import Preprocessor
 
-from .checks import check_inputs, check_plan, check_video_limits
-from .conditioning import build_conditioning
+from .checks import check_inputs, check_plan
 from .context import JobContext
 from .denoise import DenoiseRequest, run_denoise, to_uint8
 from .encode import encode_video, write_frames_zip
 from .errors import JobCancelled
-from .fetch import fetch_to_file, load_image
-from .frame_plan import plan_frames, plan_temporal
+from .fetch import load_image
 from .hooks import JobHooks, Publish
 from .interpolation import FrameInterpolator
 from .loading import LoadedModel, ModelManager
 from .loras import fetch_loras
 from .parallel import GroupMember
 from .prompt_expansion import PromptExpander, expand_prompt
-from .registry import Task
-from .schema import File, VaceInput, VaceOutput, VideoFile
-from .sizing import output_size
-from .video_io import probe_video, read_frames
+from .registry import EndpointTask
+from .schema import File, JobInput, VaceOutput, VideoFile
+from .tasks import TaskJob, conditioning, frame_images, prepare
 
 
 @dataclass(frozen=True)
@@ -59,7 +57,7 @@ class JobParts:
 
     model: LoadedModel
     annotator: Preprocessor | None
-    """With ``preprocess``: the task's annotator (the request's, else the server's default)."""
+    """With ``preprocess`` on a pose or depth job: its annotator (the request's, else the server's default)."""
     interpolator: FrameInterpolator | None
     """When the plan interpolates (``num_interpolated_frames``, temporal downsampling)."""
     prompt_expander: PromptExpander | None
@@ -68,11 +66,12 @@ class JobParts:
     """Rank 0's place in a job group: every rank runs the denoising, handed to the others with ``group.send``."""
 
 
-def resolve_parts(manager: ModelManager, inp: VaceInput, task: Task, model: str, *, interpolates: bool) -> JobParts:
+def resolve_parts(manager: ModelManager, inp: JobInput, job: TaskJob, model: str, *, interpolates: bool) -> JobParts:
     """Load (or take from ``manager``, which keeps them) what the job needs, and nothing it does not."""
+    preprocess = job.control_task is not None and getattr(inp, "preprocess", False)
     return JobParts(
         model=manager.get(model),
-        annotator=manager.preprocessor(task, inp.annotator) if inp.preprocess else None,
+        annotator=manager.preprocessor(job.control_task, getattr(inp, "annotator", None)) if preprocess else None,
         interpolator=manager.interpolator(inp.interpolator_model) if interpolates else None,
         prompt_expander=manager.prompt_expander() if inp.enable_prompt_expansion else None,
         group=manager.group,
@@ -80,9 +79,9 @@ def resolve_parts(manager: ModelManager, inp: VaceInput, task: Task, model: str,
 
 
 def generate(
-    inp: VaceInput,
+    inp: JobInput,
     *,
-    task: Task,
+    task: EndpointTask,
     model: str,
     manager: ModelManager,
     workdir: Path,
@@ -90,84 +89,62 @@ def generate(
     hooks: JobHooks | None = None,
     ctx: JobContext = JobContext(),
 ) -> VaceOutput:
-    """Run one ``task`` job on ``model`` (a served model's key) with ``manager``'s models under ``ctx``'s rules;
-    files are written under ``workdir`` and handed to ``publish``."""
+    """Run one job of the endpoint ``task`` (``""``: the base endpoint) on ``model`` (a served model's key) with
+    ``manager``'s models under ``ctx``'s rules; files are written under ``workdir`` and handed to ``publish``."""
     hooks = hooks or JobHooks()
     started = time.perf_counter()
 
     # 1. Check: everything that needs no download.
-    check_inputs(inp, task, ctx, manager, model=model)
+    job = check_inputs(inp, task, ctx, manager, model=model)
     seed = inp.seed if inp.seed is not None else secrets.randbelow(2**31)
+    for note in job.notes:  # what the endpoint makes of the request, before any download can fail
+        hooks.log(note)
 
     # 2. Fetch, plan and screen; then resolve the job's parts and run the late checks.
     hooks.log("fetching inputs")
-    video_path = fetch_to_file(inp.video_url, "video_url", workdir, ctx)
-    info = probe_video(video_path)
-    check_video_limits(info, ctx.limits)
-    first = load_image(inp.first_frame_url, "first_frame_url", workdir, ctx) if inp.first_frame_url else None
-    last = load_image(inp.last_frame_url, "last_frame_url", workdir, ctx) if inp.last_frame_url else None
+    first, last = frame_images(inp, workdir, ctx)
     refs = [
-        load_image(url, ("ref_image_urls", i), workdir, ctx) for i, url in enumerate(inp.ref_image_urls or [])
+        load_image(url, ("ref_image_urls", i), workdir, ctx)
+        for i, url in enumerate(getattr(inp, "ref_image_urls", None) or [])  # reframe has none
     ] or None
     loras = fetch_loras(inp, model, workdir, ctx, manager.weights_dir)
-    plan = plan_frames(
-        info,
-        num_frames=inp.num_frames,
-        frames_per_second=inp.frames_per_second,
-        match_input_num_frames=inp.match_input_num_frames,
-        match_input_frames_per_second=inp.match_input_frames_per_second,
-    )
-    timing = plan_temporal(
-        plan.num_frames,
-        plan.fps,
-        num_interpolated_frames=inp.num_interpolated_frames,
-        temporal_downsample_factor=inp.temporal_downsample_factor,
-        enable_auto_downsample=inp.enable_auto_downsample,
-        auto_downsample_min_fps=inp.auto_downsample_min_fps,
-    )
-    width, height = output_size(inp.resolution, inp.aspect_ratio, info.width, info.height)
+    source = prepare(inp, job, workdir, ctx, first or last)
+    timing, width, height, info, plan = source.timing, source.width, source.height, source.info, source.plan
     hooks.log(
-        f"input {info.width}x{info.height}, {info.num_frames} frames at {info.fps:g} fps; "
-        f"output {timing.output_frames} frames at {timing.output_fps:g} fps, {width}x{height}, seed {seed}"
+        (f"input {info.width}x{info.height}, {info.num_frames} frames at {info.fps:g} fps; " if info else
+         "no input video; ") + f"output {timing.output_frames} frames at {timing.output_fps:g} fps, {width}x{height}, "
+        f"seed {seed}"
     )
-    if plan.held_frames:
+    if plan is not None and plan.held_frames:
         hooks.log(f"the input ends early: its last frame is held for {plan.held_frames} frames")
-    for note in timing.notes:
+    for note in (*source.notes, *timing.notes):
         hooks.log(note)
     if timing.interpolates:
         hooks.log(
             f"generating {timing.generate_frames} frames (one control frame in {timing.downsample_factor + 1}) and "
             f"interpolating {timing.n_between} between each pair with {inp.interpolator_model}"
         )
-    control = read_frames(video_path, [plan.source_indices[j] for j in timing.control_indices])
     checker = manager.safety_checker() if inp.enable_safety_checker else None
     if checker is not None:
-        score = checker.check_inputs(control, first, last, refs)
+        score = checker.check_inputs(source.video_frames, first, last, refs)
         hooks.log(f"safety check: the inputs passed (highest unsafe score {score:.2f})")
     hooks.log(f"loading {model}")
-    parts = resolve_parts(manager, inp, task, model, interpolates=timing.interpolates)
+    parts = resolve_parts(manager, inp, job, model, interpolates=timing.interpolates)
     check_plan(timing, width=width, height=height, extra_latent_frames=len(refs or ()),
                interpolator=parts.interpolator, group=parts.group)
 
     # 3. Condition: the prompt expanded, the control video made, the VACE conditioning built.
     prompt = inp.prompt
     if inp.enable_prompt_expansion:
-        prompt = expand_prompt(parts.prompt_expander, inp.prompt, task, hooks.log)
+        prompt = expand_prompt(parts.prompt_expander, inp.prompt, job.recipe, hooks.log)
+    control = source.control
     if parts.annotator is not None:
-        hooks.log(f"preprocessing {len(control)} frames into {task} control ({type(parts.annotator).__name__})")
+        hooks.log(f"preprocessing {len(control)} frames into {job.control_task} control "
+                  f"({type(parts.annotator).__name__})")
         control = list(parts.annotator.process(control))
         hooks.control(control, timing.generate_fps)
-    cond = build_conditioning(
-        control,
-        width,
-        height,
-        first_frame=first,
-        last_frame=last,
-        last_index=timing.generate_frames - 1 - timing.held_frames,
-        reference_images=refs,
-        transparency_mode=inp.transparency_mode,
-    )
-    del control
+    cond = conditioning(inp, source, control, first, last, refs)
+    del control, source
     if hooks.cancelled():
         raise JobCancelled("cancelled before denoising")
 
@@ -217,5 +194,5 @@ def generate(
             file_name=zip_path.name,
             file_size=zip_size,
         )
-    hooks.log(f"{task} job done in {time.perf_counter() - started:.1f} s")
+    hooks.log(f"{task or f'base ({job.recipe})'} job done in {time.perf_counter() - started:.1f} s")
     return VaceOutput(video=video, prompt=prompt, seed=seed, frames_zip=frames_zip)

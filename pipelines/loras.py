@@ -41,7 +41,7 @@ from .lora_cache import sha256_file
 from .lora_files import LoraFile, architecture_layers, check_fits, linear_layers, read_lora_file
 from .lora_names import find_named, lora_at_path
 from .manifest import MODELS
-from .schema import LoraWeight, VaceInput
+from .schema import JobInput, LoraWeight
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class JobLora:
         return f"lora_{self.sha256}"
 
 
-def fetch_loras(inp: VaceInput, model: str, workdir: Path, ctx: JobContext, weights_dir: Path) -> list[JobLora]:
+def fetch_loras(inp: JobInput, model: str, workdir: Path, ctx: JobContext, weights_dir: Path) -> list[JobLora]:
     """The request's LoRA files, local and identified by content (downloads through the cache when there is one)."""
     two_experts = MODELS[model].two_experts
     loras = []

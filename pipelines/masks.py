@@ -11,9 +11,10 @@ The mask follows the source video frame for frame: the job reads mask frame ``i`
 ``i`` (the frame plan's fps resampling, ``num_frames``, temporal downsampling and held last frames apply to both
 alike), as VACE pairs a source video and its mask by index. What would make the mask silently wrong is refused with
 a 422 naming the field and the numbers: a mask video too short for the frames the plan reads, a mask of another
-aspect ratio than the video (stretching it would move its edges off what it outlines), and a mask that keeps
-every pixel of every frame (all black: nothing to generate, almost always an inverted mask). An all-white mask is
-allowed: the whole frame is regenerated, which is what such a mask says.
+aspect ratio than the video (stretching it would move its edges off what it outlines), a mask that keeps every
+pixel of every frame (all black: nothing to generate, almost always an inverted mask) and one that keeps none (all
+white: the video would be ignored entirely, which is text-to-video with extra steps; the base endpoint without
+``video_url`` does that on purpose).
 """
 
 from __future__ import annotations
@@ -121,7 +122,8 @@ def fit_masks(planes: Sequence[np.ndarray], video_size: tuple[int, int], width: 
 
 
 def check_generates(masks: Sequence[np.ndarray], field: str) -> float:
-    """The share of pixels the masks regenerate; a 422 when it is none (an all-black mask: nothing to do)."""
+    """The share of pixels the masks regenerate; a 422 when it is none (an all-black mask: nothing to do) or all
+    (an all-white mask: nothing of the video is used)."""
     shares: dict[int, float] = {}
     for m in masks:
         if id(m) not in shares:
@@ -130,4 +132,8 @@ def check_generates(masks: Sequence[np.ndarray], field: str) -> float:
     if share == 0:
         raise InputError(field, "the mask is black everywhere (keep every pixel): there is nothing to generate; "
                          "white marks what to regenerate", "mask_empty")
+    if share == 1:
+        raise InputError(field, "the mask is white everywhere (regenerate every pixel): nothing of the video would be "
+                         "kept; black marks what to keep (for a video from the prompt alone, call the base endpoint "
+                         "without video_url)", "mask_full")
     return share

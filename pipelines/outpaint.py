@@ -61,11 +61,16 @@ def chosen_sides(left: bool, right: bool, top: bool, bottom: bool) -> tuple[Side
     return tuple(side for side, on in zip(SIDES, (left, right, top, bottom)) if on)
 
 
-def expansion(src_w: int, src_h: int, sides: Collection[Side], ratio: float) -> Expansion:
-    """VACE's borders for ``sides`` at ``ratio``; a 422 when they add nothing."""
+def check_sides(sides: Collection[Side]) -> None:
+    """A 422 for a request that chooses no side (checked at submission too, before the video's size is known)."""
     if not sides:
         raise InputError("expand_left", "no side to expand: set at least one of expand_left, expand_right, "
                          "expand_top, expand_bottom (they all default to false)", "nothing_to_expand")
+
+
+def expansion(src_w: int, src_h: int, sides: Collection[Side], ratio: float) -> Expansion:
+    """VACE's borders for ``sides`` at ``ratio``; a 422 when they add nothing."""
+    check_sides(sides)
     horizontal, vertical = int(ratio * src_w), int(ratio * src_h)
     exp = Expansion(src_w, src_h, *((horizontal if side in ("left", "right") else vertical) if side in sides else 0
                                     for side in SIDES))

@@ -30,7 +30,8 @@ from .answers import IDENTITY, read_answer
 SYSTEM_PROMPT = """\
 You rewrite short prompts for a video model that renders a new video on top of a control video. The control video \
 fixes the motion and the layout: with pose control it shows the skeleton of every person in every frame, with depth \
-control it shows the depth of the whole scene. The model follows the prompt only for what the control does not show.
+control it shows the depth of the whole scene. The model follows the prompt only for what the control does not show. \
+When the control is none, the video (or the part of it the control line names) comes from the prompt alone.
 
 Rewrite the user's prompt as one paragraph of 60 to 120 words in the language of the user's prompt that covers, in \
 this order:
@@ -47,9 +48,15 @@ user's prompt.
 Keep every detail the user gave and contradict none of them. Never mention skeletons, poses, depth maps or the \
 control video. Answer with the rewritten prompt only: no title, no quotes, no list, no comments."""
 
-CONTROL_HINTS = {
+CONTROL_HINTS = {  # per recipe of pipelines.tasks: what the model is given besides the prompt
     "pose": "pose (the people's motion is fixed by their skeletons)",
     "depth": "depth (the scene's shapes and the camera path are fixed by the depth map)",
+    "inpainting": "none in the masked region (the video is kept outside it; describe the whole scene as it should "
+                  "look, including what fills the region)",
+    "outpainting": "none beyond the frame (the video is kept in the middle of a larger frame; describe the whole "
+                   "wider scene)",
+    "reframe": "none beyond the frame (the same footage in a new frame shape; describe the whole scene)",
+    "text": "none (the whole video comes from the prompt, and from reference or first/last frame images if given)",
 }
 _REASONING = re.compile(r"<think>.*?</think>", re.DOTALL)  # what reasoning models put before their answer
 
@@ -158,6 +165,9 @@ class LocalExpander:
 def expand_prompt(expander: PromptExpander | None, prompt: str, task: str, log: Callable[[str], None]) -> str:
     """The prompt to use: the expander's rewrite, or ``prompt`` itself (with a log line saying why) when there is
     no expander or it fails (HTTP error, timeout, malformed or empty answer, model error)."""
+    if not prompt.strip():  # reframe's prompt is optional: an expander would invent a scene from nothing
+        log("prompt expansion skipped: the prompt is empty")
+        return prompt
     if expander is None:
         log("prompt expansion is not configured on this server; using the prompt as given")
         return prompt

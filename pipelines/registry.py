@@ -1,8 +1,11 @@
-"""Which apps and tasks the server exposes, and which model serves each.
+"""Which apps and endpoints the server exposes, which model serves each, and which request model each takes.
 
-An *app* is a fal application id (``fal-ai/wan-vace-14b``); a *task* is the control type (``pose`` or ``depth``).
-fal offers one task per app; we serve both tasks on both apps. Which app a model serves is its ``endpoint`` in
-``pipelines.manifest``; ``APPS`` is the one mapping derived from it, used by the routes, the checker and ``/ready``.
+An *app* is a fal application id (``fal-ai/wan-vace-14b``); an *endpoint* is an app and a task path under it: the
+base endpoint (``POST /{app}``, task ``""``), ``pose``, ``depth``, ``inpainting``, ``outpainting`` and ``reframe``.
+fal offers the base endpoint on the 14B app only and pose/depth one per app; we serve every endpoint on both apps.
+Which app a model serves is its ``endpoint`` in ``pipelines.manifest``; ``APPS`` is the one mapping derived from it,
+used by the routes, the checker and ``/ready``. ``Task`` is narrower: the control tasks whose videos an annotator
+makes (``preprocess``), which the base endpoint's ``task=pose|depth`` selects too.
 """
 
 from __future__ import annotations
@@ -10,12 +13,36 @@ from __future__ import annotations
 from typing import Literal
 
 from .manifest import MODELS
+from .schema import INPUT_MODELS, JobInput
 
 Task = Literal["pose", "depth"]
 TASKS: tuple[Task, ...] = ("pose", "depth")
 
+EndpointTask = Literal["", "pose", "depth", "inpainting", "outpainting", "reframe"]
+"""The path under an app: ``""`` is the base endpoint (``POST /{app}``), whose body's ``task`` says what it does."""
+ENDPOINT_TASKS: tuple[EndpointTask, ...] = ("", "pose", "depth", "inpainting", "outpainting", "reframe")
+
 # fal app id -> the model that serves it.
 APPS: dict[str, str] = {entry.endpoint: key for key, entry in MODELS.items() if entry.endpoint}
 
-# The model `vace generate TASK` runs when no --model is given: each task on the fal app that offers it.
-DEFAULT_MODEL_FOR_TASK: dict[Task, str] = {"pose": "wan-vace-14b", "depth": "wan-22-vace-fun-a14b"}
+# The model `vace generate TASK` runs when no --model is given: each task on the fal app that offers it (fal offers
+# inpainting, outpainting, reframe and the base endpoint on the 14B app).
+DEFAULT_MODEL_FOR_TASK: dict[EndpointTask, str] = {
+    "": "wan-vace-14b", "pose": "wan-vace-14b", "depth": "wan-22-vace-fun-a14b", "inpainting": "wan-vace-14b",
+    "outpainting": "wan-vace-14b", "reframe": "wan-vace-14b",
+}
+
+
+def endpoint_id(app: str, task: str) -> str:
+    """fal's id of an endpoint: ``fal-ai/wan-vace-14b/pose``, or the app alone for the base endpoint."""
+    return f"{app}/{task}" if task else app
+
+
+ENDPOINT_IDS: tuple[str, ...] = tuple(endpoint_id(app, task) for app in APPS for task in ENDPOINT_TASKS)
+"""Every served endpoint, for listings and "no such endpoint" messages."""
+
+
+def input_model(app: str, task: str) -> type[JobInput]:
+    """The request model of an endpoint (``KeyError`` for one not served)."""
+    model = INPUT_MODELS[endpoint_id(app, task)]
+    return model  # type: ignore[return-value]  # every served endpoint's model is a JobInput

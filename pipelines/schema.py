@@ -329,6 +329,12 @@ INPUT_MODELS: dict[str, type[VaceFields]] = {
 }
 
 
+JobInput = VaceInput | VaceTaskInput | InpaintingFunInput | OutpaintingInput | ReframeInput
+"""The request of a job ``generate()`` runs: the model of one served endpoint (``pipelines.registry.input_model``).
+They all have the clip timeline and the generation fields; the task-specific ones (masks, ``expand_*``, ``zoom_factor``,
+``preprocess``, ``ref_image_urls``) only where the endpoint has them."""
+
+
 class File(BaseModel):
     """A file produced by a job."""
 

@@ -1,7 +1,8 @@
 """The FastAPI app of ``vace serve``: builds the store, files, workers, webhooks, retention, auth and metrics, puts
 them on ``app.state`` (routes reach them through ``server/deps.py``), includes the fal routes (``routes.py``), the
-upload routes (``uploads.py``) and the service routes and playground (``service.py``), guards every request
-(``guard.py``) and shapes errors like fal's; ``serve()`` runs it in uvicorn.
+upload routes (``uploads.py``), the service routes and playground (``service.py``) and the playground's
+conditioning preview (``preview.py``), guards every request (``guard.py``) and shapes errors like fal's; ``serve()``
+runs it in uvicorn.
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipelines.context import JobContext
 from pipelines.errors import InputError
-from pipelines.registry import APPS, TASKS
+from pipelines.registry import APPS, ENDPOINT_IDS, ENDPOINT_TASKS
 
-from . import routes, service, uploads
+from . import preview, routes, service, uploads
 from .auth import Auth
 from .config import Settings
 from .connections import raise_open_file_limit, uvicorn_config
@@ -225,8 +226,10 @@ def create_app(config: Settings) -> FastAPI:
     app = FastAPI(
         title="vace-server",
         version="0.1.0",
-        summary="Self-hosted, fal-compatible Wan VACE pose and depth video-to-video",
-        description="fal's HTTP protocol for " + ", ".join(f"`{a}/{{{'|'.join(TASKS)}}}`" for a in APPS)
+        summary="Self-hosted, fal-compatible Wan VACE: pose, depth, inpainting, outpainting, reframe and text/image "
+                "to video",
+        description="fal's HTTP protocol for " + ", ".join(
+            f"`{a}`, `{a}/{{{'|'.join(t for t in ENDPOINT_TASKS if t)}}}`" for a in APPS)
         + ". Authenticate with `Authorization: Key <key>` when the server has API keys.",
         lifespan=lifespan,
     )
@@ -243,6 +246,7 @@ def create_app(config: Settings) -> FastAPI:
     app.include_router(routes.router)
     app.include_router(uploads.router)
     app.include_router(service.router)
+    app.include_router(preview.router)
     app.mount("/static", StaticFiles(directory=service.STATIC_DIR), name="static")
     app.add_middleware(RequestIdHeader)
     files = node.files
@@ -270,7 +274,7 @@ def create_app(config: Settings) -> FastAPI:
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail
         if exc.status_code == 404 and detail == "Not Found":
-            endpoints = ", ".join(f"{a}/{t}" for a in APPS for t in TASKS)
+            endpoints = ", ".join(ENDPOINT_IDS)
             detail = f"No route {request.method} {request.url.path}; endpoints: {endpoints}"
         return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
 

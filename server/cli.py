@@ -2,7 +2,9 @@
 
 Flags that set a :class:`~server.config.Settings` field are named after it and have no default of their own: a flag
 not given leaves the field to its ``VACE_*`` environment variable, then to the default in ``Settings``. Every field
-of the fal schema is a flag of ``vace generate`` named after it (``--num_frames 33`` or ``--num-frames 33``).
+of an endpoint's fal schema is a flag of ``vace generate TASK`` named after it (``--num_frames 33`` or
+``--num-frames 33``): ``pose``, ``depth``, ``inpainting``, ``outpainting``, ``reframe``, and ``base`` (alias
+``t2v``) for the base endpoint. ``vace preprocess TASK`` writes what a job of that task conditions the model on.
 """
 
 from __future__ import annotations
@@ -20,15 +22,37 @@ from pydantic import ValidationError
 
 from pipelines.limits import Limits
 from pipelines.manifest import DEFAULT_DOWNLOAD, ENTRIES, MODELS, TASK_ANNOTATORS, canonical_key
-from pipelines.registry import DEFAULT_MODEL_FOR_TASK, TASKS
+from pipelines.registry import DEFAULT_MODEL_FOR_TASK, TASKS, EndpointTask
 from pipelines.runtime import MEMORY_MODES, PROMPT_EXPANDERS
-from pipelines.schema import VaceInput
+from pipelines.schema import JobInput
 
 from . import commands
 from .config import Settings
 
 # Fields with their own short flag names in the CLI.
-FIELD_ALIASES = {"video_url": "--video", "prompt": "--prompt"}
+FIELD_ALIASES = {"video_url": "--video", "prompt": "--prompt", "mask_video_url": "--mask",
+                 "mask_image_url": "--mask-image"}
+# `vace generate NAME`: the endpoint each name runs ("" = the base endpoint; `t2v` is an alias of `base`), and what
+# it does.
+GENERATE_TASKS: dict[str, EndpointTask] = {"pose": "pose", "depth": "depth", "inpainting": "inpainting",
+                                           "outpainting": "outpainting", "reframe": "reframe", "base": ""}
+TASK_HELP: dict[EndpointTask, str] = {
+    "pose": "pose-controlled video to video: --video is a pose video (or any video, with --preprocess)",
+    "depth": "depth-controlled video to video: --video is a depth video (or any video, with --preprocess)",
+    "inpainting": "regenerate what --mask (a mask video) or --mask-image marks in white, keep the rest of --video",
+    "outpainting": "grow --video's frame on the --expand-* sides by --expand-ratio and generate the new border",
+    "reframe": "the same footage in a new frame shape (--aspect-ratio): bars trimmed, the rest of the canvas generated",
+    "": "the base endpoint: text, reference (--ref_image_urls) or first/last-frame to video without --video; with a "
+        "video, --task says what it is for",
+}
+EDIT_TASKS: tuple[EndpointTask, ...] = ("inpainting", "outpainting", "reframe")
+# The fields that shape a job's conditioning (what `vace preprocess` of an edit task writes), where its task has them.
+CONDITIONING_FIELDS = frozenset({
+    "video_url", "mask_video_url", "mask_image_url", "num_frames", "frames_per_second", "match_input_num_frames",
+    "match_input_frames_per_second", "temporal_downsample_factor", "enable_auto_downsample", "auto_downsample_min_fps",
+    "resolution", "aspect_ratio", "expand_left", "expand_right", "expand_top", "expand_bottom", "expand_ratio",
+    "trim_borders", "zoom_factor", "first_frame_url", "last_frame_url", "transparency_mode",
+})
 EXPERT_NAMES = ("high", "low", "both")
 
 
@@ -83,19 +107,21 @@ def parse_lora(text: str) -> dict[str, Any]:
     return lora
 
 
-def _add_field_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per schema field (``loras``: a repeatable ``--lora``); values are validated by the schema itself,
-    not by argparse."""
-    parser.add_argument("--lora", dest="loras", action="append", type=parse_lora,
-                        metavar="PATH[:SCALE[:high|low|both]]",
-                        help="a LoRA for this job (repeatable): a local .safetensors file, a URL or the name of one "
-                        "in the weights directory's loras/ folder; scale defaults to 1, the expert to both")
-    for name, info in VaceInput.model_fields.items():
-        if name == "loras":
+def _add_field_flags(parser: argparse.ArgumentParser, model: type[JobInput],
+                     only: frozenset[str] | None = None) -> None:
+    """One flag per field of ``model`` (or of its fields in ``only``; ``loras``: a repeatable ``--lora``); values are
+    validated by the schema itself, not by argparse."""
+    if only is None and "loras" in model.model_fields:
+        parser.add_argument("--lora", dest="loras", action="append", type=parse_lora,
+                            metavar="PATH[:SCALE[:high|low|both]]",
+                            help="a LoRA for this job (repeatable): a local .safetensors file, a URL or the name of "
+                            "one in the weights directory's loras/ folder; scale defaults to 1, the expert to both")
+    for name, info in model.model_fields.items():
+        if name == "loras" or (only is not None and name not in only):
             continue
         flags = [FIELD_ALIASES[name]] if name in FIELD_ALIASES else []
         flags += [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
-        help_text = info.description or ""
+        help_text = (info.description or "").replace("%", "%%")  # argparse formats help with %
         annotation = info.annotation
         if annotation is bool:
             parser.add_argument(*flags, dest=name, nargs="?", const=True, type=_parse_bool, help=help_text)
@@ -233,26 +259,42 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="run one job locally, no server", **_examples(
         'vace generate pose --video dance.mp4 --prompt "a dancer in a red dress on a beach" -o out.mp4',
         'vace generate pose --video dance.mp4 --prompt "a dancer" --parallel cfg=2 -o out.mp4   # CPU: 2 processes'))
-    gen.add_argument("task", choices=TASKS)
-    gen.add_argument("--model", choices=list(MODELS),
-                     help="default: " + ", ".join(f"{m} for {t}" for t, m in DEFAULT_MODEL_FOR_TASK.items()))
-    gen.add_argument("-o", "--output", required=True, help="output .mp4 path")
-    gen.add_argument("-q", "--quiet", action="store_true", help="no progress bar or logs")
-    # Not the serve/worker setting of that name (a group over --devices): this job's own local group, so its dest
-    # is no Settings field and settings() leaves it alone.
-    gen.add_argument("--parallel", dest="job_parallel", metavar="SPEC", help="one job on several devices: cfg=2, "
-                     "ulysses=N, ring=N or a combination (cfg=2,ulysses=4); on CPU as that many local processes, on "
-                     "CUDA one GPU each")
-    _add_runtime_flags(gen)
-    _add_field_flags(gen)
+    gen_tasks = gen.add_subparsers(dest="task", required=True, metavar="TASK",
+                                   help=" | ".join(GENERATE_TASKS) + " (t2v: the base endpoint, as base)")
+    for name, task in GENERATE_TASKS.items():
+        one = gen_tasks.add_parser(name, aliases=["t2v"] if name == "base" else [], help=TASK_HELP[task],
+                                   description=TASK_HELP[task])
+        one.set_defaults(endpoint=task)
+        one.add_argument("--model", choices=list(MODELS), default=DEFAULT_MODEL_FOR_TASK[task],
+                         help="the model (default: %(default)s, whose fal app offers this endpoint)")
+        one.add_argument("-o", "--output", required=True, help="output .mp4 path")
+        one.add_argument("-q", "--quiet", action="store_true", help="no progress bar or logs")
+        # Not the serve/worker setting of that name (a group over --devices): this job's own local group, so its
+        # dest is no Settings field and settings() leaves it alone.
+        one.add_argument("--parallel", dest="job_parallel", metavar="SPEC", help="one job on several devices: "
+                         "cfg=2, ulysses=N, ring=N or a combination (cfg=2,ulysses=4); on CPU as that many local "
+                         "processes, on CUDA one GPU each")
+        _add_runtime_flags(one)
+        _add_field_flags(one, commands.cli_input_model(task))
 
-    pre = sub.add_parser("preprocess", help="write the pose or depth control video of a video", **_examples(
-        "vace preprocess depth --video dance.mp4 --annotator depth_anything_v2 -o depth.mp4"))
-    pre.add_argument("task", choices=TASKS)
-    pre.add_argument("--video", required=True, help="input video: path, http(s) URL or data URI")
-    pre.add_argument("--annotator", help="; ".join(f"{t}: {' | '.join(a)}" for t, a in TASK_ANNOTATORS.items()))
-    pre.add_argument("-o", "--output", required=True, help="output .mp4 path")
-    _add_runtime_flags(pre)
+    pre = sub.add_parser("preprocess", help="write what a job conditions the model on: the pose or depth control "
+                         "video, or an edit's conditioning video and mask video", **_examples(
+                             "vace preprocess depth --video dance.mp4 --annotator depth_anything_v2 -o depth.mp4"))
+    pre_tasks = pre.add_subparsers(dest="task", required=True, metavar="TASK",
+                                   help=" | ".join((*TASKS, *EDIT_TASKS)))
+    for task in TASKS:
+        one = pre_tasks.add_parser(task, help=f"write the {task} control video of a video")
+        one.add_argument("--video", required=True, help="input video: path, http(s) URL or data URI")
+        one.add_argument("--annotator", help=" | ".join(TASK_ANNOTATORS[task]))
+        one.add_argument("-o", "--output", required=True, help="output .mp4 path")
+        _add_runtime_flags(one)
+    for task in EDIT_TASKS:
+        what = (f"write the conditioning video (src_video.mp4: the source with what is generated in grey) and the "
+                f"mask video (src_mask.mp4: white = generated) of a {task} job, as VACE's vace_preproccess.py "
+                "writes src_video/src_mask, with the job's own frame plan and size")
+        one = pre_tasks.add_parser(task, help=what, description=what)
+        one.add_argument("-o", "--output", required=True, help="output folder")
+        _add_field_flags(one, commands.cli_input_model(task), CONDITIONING_FIELDS)
 
     srv = sub.add_parser("serve", help="run the fal-compatible HTTP server", **_examples(
         "vace serve                     # http://127.0.0.1:8000, weights from ~/.cache/vace/weights, auth off",
@@ -275,7 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "URL --secrets-dir ./fleet-secrets"))
     keys.add_argument("dir", help="the folder to write them to (owner-only files; existing ones are kept)")
 
-    demo = sub.add_parser("demo", help="build tiny weights and run one pose and one depth job")
+    demo = sub.add_parser("demo", help="build tiny weights and run one job of every endpoint (pose, depth, "
+                          "inpainting, outpainting, reframe, text-to-video)")
     demo.add_argument("--weights-dir", default="tiny-weights")
     demo.add_argument("--out", default="out")
     return parser
@@ -284,9 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Dispatch the parsed command."""
     if args.command == "generate":
-        job = {name: getattr(args, name) for name in VaceInput.model_fields if getattr(args, name) is not None}
-        return commands.generate_to_file(settings(args), args.task, job, Path(args.output), model=args.model,
-                                         quiet=args.quiet, parallel=args.job_parallel)
+        return commands.generate_to_file(settings(args), args.endpoint, _fields(args), Path(args.output),
+                                         model=args.model, quiet=args.quiet, parallel=args.job_parallel)
+    if args.command == "preprocess" and args.task in EDIT_TASKS:
+        return commands.preprocess_edit_to_dir(args.task, _fields(args), Path(args.output))
     if args.command == "preprocess":
         return commands.preprocess_to_file(settings(args), args.task, args.video, Path(args.output), args.annotator)
     if args.command == "serve":
@@ -318,6 +362,12 @@ def run(args: argparse.Namespace) -> int:
     report = check(weights_dir, deep=args.deep)
     print(report.render())
     return 0 if report.ok else 1
+
+
+def _fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The request fields given as flags (the schema validates them)."""
+    model = commands.cli_input_model(args.endpoint if args.command == "generate" else args.task)
+    return {name: getattr(args, name) for name in model.model_fields if getattr(args, name, None) is not None}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,8 +2,10 @@
 
 ``generate_to_file`` runs the same ``generate()`` as the server, in-process, with a progress bar;
 ``preprocess_to_file`` writes a control video with the same writer the server uses for the control video a
-``preprocess=true`` job keeps. Each returns the process's exit status: 0 done, 1 a failure of the machine (missing
-weights, a cancelled job), 2 a problem with what the user asked for (printed one line per field).
+``preprocess=true`` job keeps; ``preprocess_edit_to_dir`` writes what an inpainting, outpainting or reframe job
+conditions the model on (the same ``pipelines.tasks`` steps as the job), as VACE's preprocessing writes it. Each
+returns the process's exit status: 0 done, 1 a failure of the machine (missing weights, a cancelled job), 2 a
+problem with what the user asked for (printed one line per field).
 """
 
 from __future__ import annotations
@@ -20,12 +22,28 @@ from typing import Any, ParamSpec
 from pydantic import ValidationError
 
 from pipelines.errors import InputError, JobCancelled
-from pipelines.registry import DEFAULT_MODEL_FOR_TASK, Task
-from pipelines.schema import VaceInput
+from pipelines.registry import DEFAULT_MODEL_FOR_TASK, EndpointTask, Task, input_model
+from pipelines.schema import JobInput
 
 from .config import Settings
 
 P = ParamSpec("P")
+
+
+def cli_input_model(task: EndpointTask) -> type[JobInput]:
+    """The request model whose fields are ``vace generate TASK``'s flags: the 2.2-Fun app's, which is the 14B app's
+    but for 14B inpainting's requirement that the ``mask_video_url`` key be present (even null), which means
+    nothing for a flag left out. Either model runs it."""
+    return input_model("fal-ai/wan-22-vace-fun-a14b", task)
+
+
+def _validated(task: EndpointTask, fields: dict[str, Any]) -> JobInput | None:
+    """``fields`` as ``task``'s request, or None after printing why not (one line per field)."""
+    try:
+        return cli_input_model(task).model_validate(fields)
+    except ValidationError as exc:
+        print_input_error([{"loc": ["body", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors()])
+        return None
 
 
 def print_input_error(detail: list[dict[str, Any]]) -> None:
@@ -52,11 +70,12 @@ def _exit_status(command: Callable[P, int]) -> Callable[P, int]:
 
 
 @_exit_status
-def generate_to_file(settings: Settings, task: Task, fields: dict[str, Any], output: Path, *,
+def generate_to_file(settings: Settings, task: EndpointTask, fields: dict[str, Any], output: Path, *,
                      model: str | None = None, quiet: bool = False, parallel: str | None = None) -> int:
-    """Run one job from request ``fields`` and write its video to ``output`` (a frames zip, if asked for, beside
-    it); prints the output JSON. ``parallel``: a ``--parallel`` spec; the job then runs on a local group, this
-    process being rank 0 (CUDA: one GPU per rank, in device order; else CPU processes)."""
+    """Run one job of the endpoint ``task`` ("" = the base endpoint) from request ``fields`` and write its video to
+    ``output`` (a frames zip, if asked for, beside it); prints the output JSON. ``parallel``: a ``--parallel``
+    spec; the job then runs on a local group, this process being rank 0 (CUDA: one GPU per rank, in device order;
+    else CPU processes)."""
     import torch
     from tqdm import tqdm
 
@@ -67,15 +86,16 @@ def generate_to_file(settings: Settings, task: Task, fields: dict[str, Any], out
     from pipelines.loading import ModelManager
     from pipelines.parallel import ParallelSpec
 
-    try:
-        inp = VaceInput.model_validate(fields)
-    except ValidationError as exc:
-        print_input_error([{"loc": ["body", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors()])
+    from pipelines.tasks import resolve
+
+    inp = _validated(task, fields)
+    if inp is None:
         return 2
+    resolve(inp, task)  # what the task refuses outright (e.g. outpainting with no side) comes before the progress bar
     model = model or DEFAULT_MODEL_FOR_TASK[task]
     output = output.resolve()
     output.parent.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=inp.num_inference_steps, desc=f"{task} ({model})", unit="step", disable=quiet)
+    bar = tqdm(total=inp.num_inference_steps, desc=f"{task or 'base'} ({model})", unit="step", disable=quiet)
 
     def on_step(i: int, total: int) -> None:
         bar.total = total
@@ -125,6 +145,39 @@ def preprocess_to_file(settings: Settings, task: Task, video: str, output: Path,
         encoded = write_control_video(preprocessor.process(iter_frames(path)), output, info.fps, quality="maximum")
     print(f"{task} control video: {encoded.path} ({encoded.width}x{encoded.height}, "
           f"{encoded.num_frames} frames at {encoded.fps:g} fps)")
+    return 0
+
+
+@_exit_status
+def preprocess_edit_to_dir(task: EndpointTask, fields: dict[str, Any], out_dir: Path) -> int:
+    """Write ``src_video.mp4`` (the conditioning frames: the source where it is kept, grey where the model generates)
+    and ``src_mask.mp4`` (white = generated) of a ``task`` job with request ``fields`` into ``out_dir``: the same
+    frame plan, size, masks and canvas as the job (``pipelines.tasks``), at the frame rate the model generates at.
+    No model is loaded."""
+    import numpy as np
+
+    from pipelines.context import JobContext
+    from pipelines.encode import write_control_video
+    from pipelines.tasks import PLACEHOLDER_PROMPT, conditioning, frame_images, prepare, resolve
+
+    inp = _validated(task, {"prompt": PLACEHOLDER_PROMPT, **fields})
+    if inp is None:
+        return 2
+    job = resolve(inp, task)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="vace-preprocess-") as workdir:
+        ctx = JobContext()
+        first, last = frame_images(inp, Path(workdir), ctx)
+        source = prepare(inp, job, Path(workdir), ctx, first or last)
+        cond = conditioning(inp, source, source.control, first, last)
+    for note in (*job.notes, *source.notes):
+        print(note)
+    fps = source.timing.generate_fps
+    video = write_control_video((np.asarray(f) for f in cond.video), out_dir / "src_video.mp4", fps, "maximum")
+    mask = write_control_video((np.repeat(np.asarray(m)[..., None], 3, axis=2) for m in cond.mask),
+                               out_dir / "src_mask.mp4", fps, "maximum")
+    print(f"{task} conditioning: {video.path} and {mask.path} ({video.width}x{video.height}, {video.num_frames} "
+          f"frames at {fps:g} fps)")
     return 0
 
 

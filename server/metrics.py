@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from pipelines.registry import APPS, TASKS
+from pipelines.registry import APPS, ENDPOINT_TASKS
 
 from .jobs import JobStore
 
@@ -39,7 +39,7 @@ class _StoreCollector(Collector):
             "signal to scale GPU workers on.", labels=["app", "task", "priority"])
         depths = self.store.queue_depths()
         for app in APPS:
-            for task in TASKS:
+            for task in ENDPOINT_TASKS:  # "" is the base endpoint
                 for priority in ("normal", "low"):
                     per_endpoint.add_metric([app, task, priority], depths.get((app, task, priority), 0))
         yield per_endpoint

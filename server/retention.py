@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from prometheus_client import Counter
 from pydantic import ValidationError
 
-from pipelines.schema import VaceInput
+from pipelines.registry import input_model
 
 from .files import FileStore
 from .jobs import JobStore
@@ -80,8 +80,8 @@ class Retention:
         in_use = set()
         for job in self.store.unfinished():
             try:
-                refs = VaceInput.model_validate(job.input).media_refs()
-            except ValidationError:  # a stored input this version no longer accepts: it will fail, reading nothing
+                refs = input_model(job.app, job.task).model_validate(job.input).media_refs()
+            except (ValidationError, KeyError):  # an input (or endpoint) this version refuses: the job reads nothing
                 continue
             in_use |= {key for _, ref in refs if (key := self.files.key_of(ref)) is not None}
         return in_use

@@ -1,8 +1,10 @@
-"""The fal protocol routes: sync run, queue submit, status (+ SSE stream), result and cancel, for every app and task.
+"""The fal protocol routes: sync run, queue submit, status (+ SSE stream), result and cancel, for every endpoint.
 
 Routes are thin: they validate with the schema, put jobs in the store, wake the workers and read the store back.
-The run and submit routes are registered once per endpoint (below ``ENDPOINTS``), so ``/openapi.json`` lists each
-one, the way the playground and fal's own per-endpoint documents show them. fal-client rebuilds status/result/cancel
+The run and submit routes are registered once per endpoint (below ``ENDPOINTS``: the base endpoint ``/{app}`` and
+``/{app}/{task}`` for pose, depth, inpainting, outpainting and reframe), each taking its own request model
+(``pipelines.registry.input_model``), so ``/openapi.json`` lists each one with its own body schema, the way the
+playground and fal's own per-endpoint documents show them. fal-client rebuilds status/result/cancel
 URLs without the task (``/queue/{owner}/{alias}/requests/{id}``), fal's per-endpoint OpenAPI documents name them
 with it (``/queue/{owner}/{alias}/{task}/requests/{id}``): both are served. The SDKs sometimes add a trailing slash,
 so every route also answers with one.
@@ -17,6 +19,7 @@ loop (store reads are blocking SQLite calls).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -28,8 +31,8 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from pipelines.checks import check_inputs
 from pipelines.context import JobContext
-from pipelines.registry import APPS, TASKS, Task
-from pipelines.schema import VaceInput, VaceOutput
+from pipelines.registry import APPS, ENDPOINT_TASKS, EndpointTask, endpoint_id, input_model
+from pipelines.schema import JobInput, VaceOutput
 
 from . import protocol
 from .auth import API_KEY_HEADER, Caller
@@ -54,11 +57,15 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 class Endpoint:
     app: str
     model: str
-    task: Task
+    task: EndpointTask  # "" for the base endpoint
+
+    @property
+    def id(self) -> str:
+        return endpoint_id(self.app, self.task)
 
 
-ENDPOINTS = [Endpoint(app, model, task) for app, model in APPS.items() for task in TASKS]  # type: ignore[arg-type]
-_BY_PATH = {f"{prefix}/{e.app}/{e.task}": e for e in ENDPOINTS for prefix in ("", "/queue")}
+ENDPOINTS = [Endpoint(app, model, task) for app, model in APPS.items() for task in ENDPOINT_TASKS]
+_BY_PATH = {f"{prefix}/{e.id}": e for e in ENDPOINTS for prefix in ("", "/queue")}
 
 
 def _endpoint(request: Request) -> Endpoint:
@@ -124,7 +131,7 @@ def result_response(job: Job) -> JSONResponse:
     return failure_response(job.failure, _request_id_headers(job))
 
 
-def _enqueue(inp: VaceInput, endpoint: Endpoint, options: QueueOptions, webhook: str | None, *, store: JobStore,
+def _enqueue(inp: JobInput, endpoint: Endpoint, options: QueueOptions, webhook: str | None, *, store: JobStore,
              pool: WorkerPool, ctx: JobContext, caller: Caller, base_url: str) -> Job:
     """Check a request (and its webhook) and queue it; every refusal comes before anything is stored."""
     # Refused at submission with a 422, never queued.
@@ -143,7 +150,7 @@ def _enqueue(inp: VaceInput, endpoint: Endpoint, options: QueueOptions, webhook:
     return job
 
 
-async def run(inp: VaceInput, endpoint: EndpointDep, options: QueueOptionsDep, store: StoreDep, pool: PoolDep,
+async def run(inp: JobInput, endpoint: EndpointDep, options: QueueOptionsDep, store: StoreDep, pool: PoolDep,
               changes: ChangesDep, ctx: JobContextDep, caller: CallerDep, base_url: BaseUrlDep) -> JSONResponse:
     """Run a job and wait for its output (like ``fal.run``)."""
     job = await run_in_threadpool(_enqueue, inp, endpoint, options, None, store=store, pool=pool, ctx=ctx,
@@ -156,7 +163,7 @@ async def run(inp: VaceInput, endpoint: EndpointDep, options: QueueOptionsDep, s
             await watch.wait(SYNC_POLL_S)
 
 
-def submit(inp: VaceInput, endpoint: EndpointDep, options: QueueOptionsDep, store: StoreDep, pool: PoolDep,
+def submit(inp: JobInput, endpoint: EndpointDep, options: QueueOptionsDep, store: StoreDep, pool: PoolDep,
            ctx: JobContextDep, caller: CallerDep, base_url: BaseUrlDep,
            fal_webhook: str | None = Query(None, description="URL that receives the result when the job ends "
                                                              "(public addresses only, as for media)"),
@@ -180,14 +187,32 @@ def _both(method: Callable[..., Callable[[Callable[..., Any]], Callable[..., Any
     return register
 
 
+def _with_body(route: Callable[..., Any], model: type[JobInput]) -> Callable[..., Any]:
+    """``route`` with ``model`` as the type of its ``inp`` parameter, which FastAPI validates the body with and
+    documents in ``/openapi.json``: one route function serves every endpoint, each with its own request model."""
+    signature = inspect.signature(route, eval_str=True)
+    params = [p.replace(annotation=model) if p.name == "inp" else p for p in signature.parameters.values()]
+
+    async def call_async(*args: Any, **kwargs: Any) -> Any:
+        return await route(*args, **kwargs)
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return route(*args, **kwargs)
+
+    endpoint: Callable[..., Any] = call_async if inspect.iscoroutinefunction(route) else call
+    endpoint.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+    endpoint.__doc__ = route.__doc__
+    return endpoint
+
+
 def _register_endpoints() -> None:
-    """The run and submit routes of every app and task, each with its own path and operation id."""
+    """The run and submit routes of every endpoint, each with its own path, request model and operation id."""
     for e in ENDPOINTS:
-        name = f"{e.app}/{e.task}"
-        _both(router.post, f"/{name}", response_model=VaceOutput, operation_id=f"run_{e.model}_{e.task}",
-              summary=f"Run {name} and wait for the output")(run)
-        _both(router.post, f"/queue/{name}", response_model=protocol.QueueSubmitted,
-              operation_id=f"submit_{e.model}_{e.task}", summary=f"Queue a {name} job")(submit)
+        model, op = input_model(e.app, e.task), f"{e.model}_{e.task or 'base'}"
+        _both(router.post, f"/{e.id}", response_model=VaceOutput, operation_id=f"run_{op}",
+              summary=f"Run {e.id} and wait for the output")(_with_body(run, model))
+        _both(router.post, f"/queue/{e.id}", response_model=protocol.QueueSubmitted,
+              operation_id=f"submit_{op}", summary=f"Queue a {e.id} job")(_with_body(submit, model))
 
 
 _register_endpoints()

@@ -34,7 +34,7 @@ from pipelines.context import JobContext
 from pipelines.errors import InputError, JobCancelled
 from pipelines.hooks import JobHooks, Publish
 from pipelines.manifest import MODELS
-from pipelines.schema import VaceInput
+from pipelines.registry import input_model
 
 from .events import Changes
 from .failures import failure_of
@@ -277,7 +277,7 @@ class Worker(threading.Thread):
         outcome, result, failure, ending = "error", None, None, ""
         try:
             workdir.mkdir(mode=0o700, exist_ok=True)
-            inp = VaceInput.model_validate(job.input)
+            inp = input_model(job.app, job.task).model_validate(job.input)
             if not inp.sync_mode:  # sync_mode keeps nothing on the server
                 hooks.control = lambda frames, fps: self._keep_control(job, workdir, frames, fps)
             output = generate(

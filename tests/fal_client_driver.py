@@ -2,7 +2,9 @@
 
 Run by tests/test_server_clients.py in a fresh process, because fal-client reads ``FAL_RUN_HOST``,
 ``FAL_QUEUE_RUN_HOST`` (and httpx ``SSL_CERT_FILE``) at import: the environment is the one ``vace serve --tls``
-printed. Usage: ``python fal_client_driver.py POSE_VIDEO DEPTH_VIDEO SERVER_URL``.
+printed. Usage: ``python fal_client_driver.py POSE_VIDEO DEPTH_VIDEO SERVER_URL`` (pose and depth), or
+``python fal_client_driver.py family SERVER_URL VIDEO MASK_VIDEO LETTERBOXED_VIDEO`` (the rest of the VACE family:
+the base endpoint, inpainting, outpainting and reframe on both apps).
 """
 
 from __future__ import annotations
@@ -80,5 +82,46 @@ def main(pose: str, depth: str, server_url: str) -> dict[str, Any]:
     return out
 
 
+APPS = ("fal-ai/wan-vace-14b", "fal-ai/wan-22-vace-fun-a14b")
+
+
+def family(server_url: str, video: str, mask: str, letterbox: str) -> dict[str, Any]:
+    """Every other endpoint on both apps, each through another of the client's calls: the base endpoint with no
+    video (subscribe, with logs), inpainting with an uploaded mask video (submit, status, result), outpainting (run)
+    and reframe of a letterboxed clip with fal's defaults and no prompt (subscribe, with logs)."""
+    use_server(server_url, key=os.environ["FAL_KEY"], ca_file=os.environ["SSL_CERT_FILE"])
+    video_url, mask_url, letterbox_url = (fal_client.upload_file(path) for path in (video, mask, letterbox))
+    out: dict[str, Any] = {}
+    for app in APPS:
+        seen: list[dict[str, Any]] = []
+        out[f"{app} base"] = fal_client.subscribe(
+            app, {"prompt": "a cat on a sofa", "resolution": "240p", **SMALL}, with_logs=True,
+            on_queue_update=lambda s, seen=seen: seen.append(describe(s)))
+        out[f"{app} base logs"] = seen[-1]["logs"]
+
+        handle = fal_client.submit(f"{app}/inpainting", {"prompt": "a red ball", "video_url": video_url,
+                                                         "mask_video_url": mask_url, **SMALL})
+        while not isinstance(fal_client.status(f"{app}/inpainting", handle.request_id), fal_client.Completed):
+            time.sleep(0.2)
+        out[f"{app} inpainting logs"] = describe(fal_client.status(f"{app}/inpainting", handle.request_id,
+                                                                   with_logs=True))["logs"]
+        out[f"{app} inpainting"] = fal_client.result(f"{app}/inpainting", handle.request_id)
+
+        out[f"{app} outpainting"] = fal_client.run(f"{app}/outpainting", {
+            "prompt": "a wide room", "video_url": video_url, "expand_left": True, "expand_right": True,
+            "resolution": "240p", **SMALL})
+
+        seen = []
+        out[f"{app} reframe"] = fal_client.subscribe(
+            f"{app}/reframe", {"video_url": letterbox_url, "aspect_ratio": "1:1", "resolution": "240p",
+                               **{k: v for k, v in SMALL.items() if k != "num_frames"}},
+            with_logs=True, on_queue_update=lambda s, seen=seen: seen.append(describe(s)))
+        out[f"{app} reframe logs"] = seen[-1]["logs"]
+    return out
+
+
 if __name__ == "__main__":
-    print(json.dumps(main(*sys.argv[1:4])))
+    if sys.argv[1] == "family":
+        print(json.dumps(family(*sys.argv[2:6])))
+    else:
+        print(json.dumps(main(*sys.argv[1:4])))

@@ -3,12 +3,13 @@
 The lines are *extracted*, not copied: a new example in README.md (a ```bash block) or in a subcommand's help
 (``examples:`` in its epilog) is run by this file without touching it. A block is run like a script pasted into a
 shell: its lines in order, in one fresh working directory that holds the files the examples name (``dance.mp4``,
-``depth.mp4``, ``in.mp4``: tiny control videos; ``style.safetensors``: a tiny LoRA), with ``$HOME`` a fresh
-directory whose default weights directory (``~/.cache/vace/weights``) holds the session's tiny weights, as after
-``vace weights download``. ``NAME=value`` and ``export NAME=value`` lines set the block's variables, ``$NAME`` is
-expanded from them and from :data:`USER_SHELL` (also inside single quotes, which no example uses), and a leading
-``NAME=value`` is that command's environment. A test's id is the block's source: the README line of its fence, or
-the ``--help`` it comes from.
+``depth.mp4``, ``in.mp4``: tiny control videos; ``street.mp4``, ``car-mask.mp4``, ``letterboxed.mp4``: a clip, an
+inpainting mask for it and a letterboxed clip; ``cat.png``: an image; ``style.safetensors``: a tiny LoRA), with
+``$HOME`` a fresh directory whose default weights directory (``~/.cache/vace/weights``) holds the session's tiny
+weights, as after ``vace weights download``. ``NAME=value`` and ``export NAME=value`` lines set the block's
+variables, ``$NAME`` is expanded from them and from :data:`USER_SHELL` (also inside single quotes, which no example
+uses), and a leading ``NAME=value`` is that command's environment. A test's id is the block's source: the README
+line of its fence, or the ``--help`` it comes from.
 
 - ``vace ...`` and ``.venv/bin/vace ...`` run the installed console script (this interpreter's ``bin/vace``);
   ``make ...`` runs the Makefile's target with ``VENV`` set to this interpreter's virtual environment, its install
@@ -17,7 +18,8 @@ the ``--help`` it comes from.
   real parser and ``Settings`` in-process, under the line's environment (for ``generate`` also the request schema,
   for ``serve`` its refusal of an exposed host without a key), so an example the CLI refuses fails with its message.
 - One-shot commands must exit 0, and what they wrote must be there: every ``-o`` video decodes (``generate``
-  prints the output JSON naming it), the demo's two videos too. ``vace serve`` / ``make serve`` must answer
+  prints the output JSON naming it; ``preprocess`` of an edit task writes ``src_video.mp4`` and ``src_mask.mp4``
+  into its ``-o`` folder), the demo's videos too. ``vace serve`` / ``make serve`` must answer
   ``/health`` and ``vace worker`` print its start line; then they get Ctrl-C (SIGINT) and must exit 0.
 - :data:`SUBSTITUTE` replaces the few tokens that name things only the user's machine has (weights path, database,
   shared mount, ports); :data:`LOOPBACK` binds ``127.0.0.1`` where an example binds every interface, after the
@@ -49,15 +51,16 @@ from unittest import mock
 
 import httpx
 import pytest
+from PIL import Image
 
 from pipelines.registry import DEFAULT_MODEL_FOR_TASK
-from pipelines.schema import VaceInput
 from pipelines.video_io import probe_video
 from server import cli, commands
 from server.config import Settings
+from server.demo import JOBS
 from server_fixtures import free_port, wait_until
 from test_deploy import image_entrypoint
-from weights.tiny.samples import write_sample
+from weights.tiny.samples import SAMPLES, write_sample
 
 REPO = Path(__file__).resolve().parents[1]
 VACE = Path(sys.executable).with_name("vace")
@@ -246,8 +249,7 @@ def check_vace_argv(argv: list[str], env: dict[str, str]) -> tuple[argparse.Name
         except cli.SettingsError as exc:
             pytest.fail(f"vace {shlex.join(argv)}: {exc}")
     if args.command == "generate":
-        fields = {name: getattr(args, name) for name in VaceInput.model_fields if getattr(args, name) is not None}
-        VaceInput.model_validate(fields)
+        commands.cli_input_model(args.endpoint).model_validate(cli._fields(args))
     if args.command == "serve":
         refusal = commands.exposure_refusal(settings, args.insecure_no_auth)
         assert refusal is None, f"vace {shlex.join(argv)}: {refusal}"
@@ -366,17 +368,21 @@ class LongRunning:
 
 def check_outputs(line: str, args: argparse.Namespace, cwd: Path, printed: str) -> None:
     """The videos a finished command wrote are there, decode and are the ones it printed: ``-o`` (a bounded job's
-    17 frames, or the input's for a control video; ``generate`` prints the fal output JSON) and the demo's two
-    jobs (33 frames each)."""
-    if args.command in ("generate", "preprocess"):
+    17 frames, or the input's for a control video and an edit's conditioning; ``generate`` prints the fal output
+    JSON) and the demo's jobs (33 frames for pose and depth, 17 for the others)."""
+    if args.command == "preprocess" and args.task in cli.EDIT_TASKS:
+        for name in ("src_video.mp4", "src_mask.mp4"):
+            assert probe_video(cwd / args.output / name).num_frames == 17, f"`{line}`: {args.output}/{name}"
+    elif args.command in ("generate", "preprocess"):
         output = (cwd / args.output).resolve()
         assert probe_video(output).num_frames == 17, f"`{line}`: {args.output}"
         if args.command == "generate":
             assert json.loads(printed)["video"]["url"] == output.as_uri(), f"`{line}` printed {printed}"
     if args.command == "demo":
-        for task, model in DEFAULT_MODEL_FOR_TASK.items():
-            video = (cwd / args.out / f"{task}-{model}.mp4").resolve()
-            assert probe_video(video).num_frames == 33 and str(video) in printed, f"`{line}`: {task}"
+        for name, (task, _media, fields) in JOBS.items():
+            video = (cwd / args.out / f"{name}-{DEFAULT_MODEL_FOR_TASK[task]}.mp4").resolve()
+            frames = probe_video(video).num_frames
+            assert frames == fields.get("num_frames", 17) and str(video) in printed, f"`{line}`: {name}"
 
 
 def run_command(command: Command, shell: Shell) -> None:
@@ -414,8 +420,10 @@ def run_command(command: Command, shell: Shell) -> None:
 def shell(tmp_path: Path, tiny_weights: Path, request: pytest.FixtureRequest) -> Shell:
     """A fresh working directory with the files the examples name, and a home whose default weights directory
     holds the tiny weights."""
-    for name, task in (("dance.mp4", "pose"), ("in.mp4", "pose"), ("depth.mp4", "depth")):
-        write_sample(task, tmp_path / name, num_frames=17)
+    for name, kind in (("dance.mp4", "pose"), ("in.mp4", "pose"), ("depth.mp4", "depth"), ("street.mp4", "depth"),
+                       ("car-mask.mp4", "mask"), ("letterboxed.mp4", "letterbox")):
+        write_sample(kind, tmp_path / name, num_frames=17)
+    Image.fromarray(SAMPLES["depth"](416, 240, 1, 16)[0]).save(tmp_path / "cat.png")
     (tmp_path / "style.safetensors").symlink_to(tiny_weights / "loras" / "tiny-wan21.safetensors")
     (tmp_path / "home" / ".cache" / "vace").mkdir(parents=True)
     (tmp_path / "home" / ".cache" / "vace" / "weights").symlink_to(tiny_weights)

@@ -111,16 +111,20 @@ def test_fitting_binarises_at_half_grey_and_aligns_with_the_frames() -> None:
 
 def test_one_plane_for_every_frame_is_fitted_once() -> None:
     plane = np.full((H, W), 255, np.uint8)
+    plane[0, 0] = 0
     masks = fit_masks([plane] * 5, (W, H), W, H)
     assert all(m is masks[0] for m in masks)
-    assert check_generates(masks, "mask_image_url") == 1.0  # all white: the whole frame is regenerated
+    assert check_generates(masks, "mask_image_url") == pytest.approx(1 - 1 / (W * H))
 
 
-def test_an_all_black_mask_is_refused() -> None:
+def test_an_all_black_or_all_white_mask_is_refused() -> None:
     masks = fit_masks([np.zeros((H, W), np.uint8)] * 3, (W, H), W, H)
     with pytest.raises(InputError) as err:
         check_generates(masks, "mask_video_url")
     assert err.value.loc == ("mask_video_url",) and err.value.type == "mask_empty"
+    with pytest.raises(InputError) as err:
+        check_generates(fit_masks([np.full((H, W), 255, np.uint8)] * 3, (W, H), W, H), "mask_image_url")
+    assert err.value.loc == ("mask_image_url",) and err.value.type == "mask_full"
     half = fit_masks([np.zeros((H, W), np.uint8), np.full((H, W), 255, np.uint8)], (W, H), W, H)
     assert check_generates(half, "mask_video_url") == 0.5
 

@@ -2,7 +2,9 @@
 
 fal-client (Python) runs in a fresh process with exactly the environment lines the server printed; it covers
 subscribe, submit/status/result, cancel, run and upload_file (through ``server.falclient.use_server``) on both apps
-and both tasks. @fal-ai/client (JS, from npm) uploads and subscribes through a ``requestMiddleware``.
+and both tasks, and then every other endpoint of the VACE family on both apps (the base endpoint without a video,
+inpainting with an uploaded mask video, outpainting, reframe of a letterboxed clip).
+@fal-ai/client (JS, from npm) uploads and subscribes through a ``requestMiddleware``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from typing import Any
 import httpx
 import pytest
 from server_fixtures import REPO, ServeProcess, control_videos, require, server_weights  # noqa: F401
+
+from weights.tiny.samples import write_sample
 
 API_KEY = "client-test-key"
 JS_DIR = REPO / "tests" / "js"
@@ -155,3 +159,41 @@ def test_js_client_subscribe(tls_server: ServeProcess, control_videos: dict[str,
     assert fetch(tls_server, data["video"]["url"])[4:8] == b"ftyp"
     statuses = [u["status"] for u in seen["updates"]]
     assert statuses[-1] == "COMPLETED" and "step 2/2" in seen["updates"][-1]["logs"]
+
+
+@pytest.fixture(scope="module")
+def family_results(tls_server: ServeProcess, fal_env: dict[str, str], control_videos: dict[str, Path],  # noqa: F811
+                   tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    folder = tmp_path_factory.mktemp("family")
+    media = [str(control_videos["depth"])] + [str(write_sample(kind, folder / f"{kind}.mp4", num_frames=17))
+                                              for kind in ("mask", "letterbox")]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FAL_")}
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "fal_client_driver.py"), "family", tls_server.url, *media],
+        env={**env, **fal_env, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=1200, cwd=REPO,
+    )
+    assert proc.returncode == 0, f"{proc.stderr[-4000:]}\n--- server ---\n{tls_server.output()[-3000:]}"
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("app", ["fal-ai/wan-vace-14b", "fal-ai/wan-22-vace-fun-a14b"])
+def test_every_family_endpoint_through_fal_client(tls_server: ServeProcess, family_results: dict[str, Any],
+                                                  app: str) -> None:
+    """Each endpoint's output has the geometry its task implies, a video the server serves, and the job log its
+    decisions: text-to-video at 240p; inpainting at the source's size, the mask followed frame by frame;
+    outpainting left and right by a quarter (624x240 scaled into the 240p tier, rounded up to 16: 512x208);
+    reframe to 1:1 with the bars trimmed (fal's match_input_* defaults: the clip's own 17 frames at 16 fps)."""
+    expected = {"base": (416, 240), "inpainting": (416, 240), "outpainting": (512, 208), "reframe": (320, 320)}
+    for endpoint, (width, height) in expected.items():
+        output = family_results[f"{app} {endpoint}"]
+        video = output["video"]
+        assert (video["width"], video["height"], video["num_frames"], video["fps"]) == (width, height, 17, 16), endpoint
+        assert output["seed"] == 3 and video["url"].startswith(f"{tls_server.url}/files/")
+        assert fetch(tls_server, video["url"])[4:8] == b"ftyp"
+    assert family_results[f"{app} reframe"]["prompt"] == ""
+    logs = {name: family_results[f"{app} {name} logs"] for name in ("base", "inpainting", "reframe")}
+    assert "no video_url: text-to-video" in logs["base"] and "step 2/2" in logs["base"]
+    assert any(line.startswith("inpainting: mask mode per frame") for line in logs["inpainting"])
+    assert "reframe: bars trimmed (top 30, bottom 30, left 0, right 0 px)" in logs["reframe"]
+    placed = "reframe: zoom 0; the source (320x138) is placed at (0, 91)"
+    assert any(line.startswith(placed) for line in logs["reframe"])

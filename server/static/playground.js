@@ -1,20 +1,27 @@
-// The playground: a form generated from the server's /openapi.json, uploads through /storage/upload/initiate, the
-// queue protocol with the status stream, and the same request as curl / fal-client / @fal-ai/client snippets.
+// The playground: a form generated from the server's /openapi.json (each endpoint's own request schema), uploads
+// through /storage/upload/initiate, a preview of what an edit job conditions the model on (/playground/preview: the
+// mask over the video, the source on its grown or reframed canvas), the queue protocol with the status stream, and
+// the same request as curl / fal-client / @fal-ai/client snippets.
 // Plain browser JavaScript, no build step and nothing loaded from other hosts.
 
 const $ = (selector) => document.querySelector(selector);
 const KEY_STORAGE = "vace.playground.apiKey";
-const MEDIA_FIELDS = ["video_url", "first_frame_url", "last_frame_url", "ref_image_urls"];
+const MEDIA_FIELDS = ["video_url", "mask_video_url", "mask_image_url", "first_frame_url", "last_frame_url",
+                      "ref_image_urls"];
+const INPUT_FIELDS = ["prompt", "task", ...MEDIA_FIELDS];  // the Input card, in this order; the rest are Options
+const BASE_LABEL = "(base) text / image to video, or task";
+const PREVIEW_DELAY_MS = 500;
 const WIDE_FIELDS = new Set(["negative_prompt"]);
 const STEP_LINE = /^step (\d+)\/(\d+)$/;
 
 const state = {
   openapi: null,       // the server's /openapi.json
-  schema: null,        // the request body schema (VaceInput), resolved from it
-  endpoints: {},       // app -> [task, ...], from the queue routes in /openapi.json
+  schema: null,        // the request body schema of the selected endpoint, resolved from it
+  endpoints: {},       // app -> [task, ...] ("" = the base endpoint), from the queue routes in /openapi.json
   ready: {},           // app -> /ready's entry
   authRequired: false,
   running: null,       // {app, requestId, abort}
+  preview: { timer: null, seq: 0 },  // the pending conditioning preview and the number of the latest one asked
 };
 
 // ---------------------------------------------------------------- schema
@@ -39,18 +46,22 @@ function fieldType(openapi, prop) {
   return { ...base, nullable };
 }
 
+/** app -> its tasks, from the queue routes: ``/queue/{app}`` is the base endpoint (task ""). */
 function queueEndpoints(openapi) {
   const endpoints = {};
   for (const [path, ops] of Object.entries(openapi.paths)) {
-    const match = path.match(/^\/queue\/([^/{}]+\/[^/{}]+)\/([^/{}]+)$/);
-    if (match && ops.post) (endpoints[match[1]] ||= []).push(match[2]);
+    const match = path.match(/^\/queue\/([^/{}]+\/[^/{}]+)(?:\/([^/{}]+))?$/);
+    if (match && ops.post) (endpoints[match[1]] ||= []).push(match[2] || "");
   }
   return endpoints;
 }
 
-function bodySchema(openapi, endpoints) {
-  const [app, tasks] = Object.entries(endpoints)[0];
-  const op = openapi.paths[`/queue/${app}/${tasks[0]}`].post;
+function endpointId(app, task) {
+  return task ? `${app}/${task}` : app;
+}
+
+function bodySchema(openapi, app, task) {
+  const op = openapi.paths[`/queue/${endpointId(app, task)}`].post;
   return resolveRef(openapi, op.requestBody.content["application/json"].schema);
 }
 
@@ -128,7 +139,7 @@ function buildField(openapi, name, prop, required) {
 
 function buildMediaField(name, prop, type, required, hint) {
   const multiple = type.type === "array";
-  const accept = name.startsWith("video") ? "video/*" : "image/*";
+  const accept = name.includes("video") ? "video/*" : "image/*";
   const input = multiple
     ? el("textarea", { id: `f-${name}`, name, rows: 2, placeholder: "one URL per line, or upload" })
     : el("input", { id: `f-${name}`, name, type: "text", placeholder: "an http(s) URL or data: URI, or upload a file" });
@@ -146,7 +157,7 @@ function showPreviews(name) {
   const box = document.querySelector(`[data-previews="${name}"]`);
   box.replaceChildren();
   for (const url of mediaValues(name)) {
-    if (name.startsWith("video")) {
+    if (name.includes("video")) {
       box.append(el("video", { src: url, muted: true, playsinline: true, preload: "metadata" }));
     } else {
       box.append(el("img", { src: url, alt: name }));
@@ -177,7 +188,22 @@ function mediaValues(name) {
   return $(`#f-${name}`).tagName === "TEXTAREA" ? value.split(/\s*\n\s*/).filter(Boolean) : [value];
 }
 
-function buildForm(openapi) {
+/** What the user set in the form (fields whose value is not their default), to carry over to another endpoint's
+form: a field both endpoints have keeps it. */
+function changedValues() {
+  const values = {};
+  if (!state.schema) return values;
+  for (const [name, prop] of Object.entries(state.schema.properties)) {
+    const input = $(`#f-${name}`);
+    if (!input) continue;
+    const value = input.type === "checkbox" ? input.checked : input.value;
+    const def = input.type === "checkbox" ? Boolean(prop.default) : String(prop.default ?? "");
+    if (value !== def) values[name] = value;
+  }
+  return values;
+}
+
+function buildForm(openapi, carried = {}) {
   const schema = state.schema;
   const required = new Set(schema.required || []);
   const inputs = $("#input-fields");
@@ -186,19 +212,27 @@ function buildForm(openapi) {
   options.replaceChildren();
   for (const [name, prop] of Object.entries(schema.properties)) {
     const field = buildField(openapi, name, prop, required.has(name));
-    const isInput = name === "prompt" || MEDIA_FIELDS.includes(name);
-    (isInput ? inputs : options).append(field);
+    (INPUT_FIELDS.includes(name) ? inputs : options).append(field);
   }
-  // Keep the input section in reading order: prompt first, then the video, then the images.
-  for (const name of ["prompt", ...MEDIA_FIELDS]) {
+  // Keep the input section in reading order: prompt first, the task, then the video, its mask, the images.
+  for (const name of INPUT_FIELDS) {
     const field = inputs.querySelector(`[data-field="${name}"]`);
     if (field) inputs.append(field);
   }
+  for (const [name, value] of Object.entries(carried)) {
+    const input = $(`#f-${name}`);
+    if (!input) continue;
+    if (input.type === "checkbox") input.checked = value;
+    else input.value = value;
+    if (MEDIA_FIELDS.includes(name)) showPreviews(name);
+  }
+  $("#preview").hidden = !("video_url" in schema.properties);
+  clearPreview();
 }
 
 function resetForm() {
   for (const [name, prop] of Object.entries(state.schema.properties)) {
-    if (name === "prompt" || MEDIA_FIELDS.includes(name)) continue;
+    if (INPUT_FIELDS.includes(name)) continue;
     const input = $(`#f-${name}`);
     if (input.type === "checkbox") input.checked = Boolean(prop.default);
     else input.value = prop.default ?? "";
@@ -301,6 +335,7 @@ async function uploadFiles(name, fileInput, input, status, multiple) {
   fileInput.value = "";
   showPreviews(name);
   updateSnippets();
+  schedulePreview();
 }
 
 /** Server-sent events over fetch (EventSource cannot send the Authorization header). */
@@ -434,7 +469,7 @@ async function submit(event) {
   updateSnippets();
   $("#submit").disabled = true;
   try {
-    const response = await fetch(`/queue/${app}/${task}`, {
+    const response = await fetch(`/queue/${endpointId(app, task)}`, {
       method: "POST", headers: headers({ "Content-Type": "application/json" }), body: JSON.stringify(body),
     });
     if (!response.ok) {
@@ -474,7 +509,7 @@ async function follow(app, task, requestId) {
         if (status.status === "IN_QUEUE") {
           $("#progress-text").textContent = `in queue, position ${status.queue_position ?? "?"}`;
         }
-        if (status.control_video_url) showControl(status.control_video_url, task);
+        if (status.control_video_url) showControl(status.control_video_url, task || $("#f-task")?.value);
       }
     } catch (error) {
       if (abort.signal.aborted) return;
@@ -525,7 +560,7 @@ function jsLiteral(value, indent = "") {
 
 function updateSnippets() {
   if (!state.schema) return;
-  const endpoint = `${$("#app").value}/${$("#task").value}`;
+  const endpoint = endpointId($("#app").value, $("#task").value);
   const body = requestBody();
   const base = location.origin;
   const json = JSON.stringify(body, null, 2).replace(/'/g, "'\\''");
@@ -622,13 +657,105 @@ function fillTasks() {
   const app = $("#app").value;
   const taskSelect = $("#task");
   const previous = taskSelect.value;
-  taskSelect.replaceChildren(...state.endpoints[app].map((t) => el("option", { value: t, text: t })));
-  if (state.endpoints[app].includes(previous)) taskSelect.value = previous;
+  const tasks = state.endpoints[app];
+  taskSelect.replaceChildren(...tasks.map((t) => el("option", { value: t, text: t || BASE_LABEL })));
+  // The task kept across apps; at first pose, the page's long-standing start.
+  taskSelect.value = tasks.includes(previous) && state.schema ? previous : tasks.includes("pose") ? "pose" : tasks[0];
   const ready = state.ready[app];
   $("#endpoint-hint").textContent = ready
     ? `model ${ready.model}: weights ${ready.weights_present ? "installed" : "NOT installed (requests are refused)"}${ready.loaded ? ", loaded" : ""}`
     : "";
+  selectEndpoint();
+}
+
+/** Build the selected endpoint's form from its own schema, keeping what the user changed where the field exists. */
+function selectEndpoint() {
+  const carried = changedValues();
+  state.schema = bodySchema(state.openapi, $("#app").value, $("#task").value);
+  buildForm(state.openapi, carried);
+  clearErrors();
   updateSnippets();
+  schedulePreview();
+}
+
+// ---------------------------------------------------------------- conditioning preview
+
+function clearPreview() {
+  $("#preview-canvas").hidden = true;
+  $("#preview-caption").textContent = "";
+  $("#preview-notes").replaceChildren();
+}
+
+/** Ask for a preview shortly after the last change (uploads and typing come in bursts), when there is a video. */
+function schedulePreview() {
+  clearTimeout(state.preview.timer);
+  if ($("#preview").hidden || !mediaValues("video_url").length) return clearPreview();
+  state.preview.timer = setTimeout(runPreview, PREVIEW_DELAY_MS);
+}
+
+function loadImage(src) {
+  return new Promise((resolve, reject) => {
+    const image = new Image();
+    image.onload = () => resolve(image);
+    image.onerror = () => reject(new Error("preview image did not load"));
+    image.src = src;
+  });
+}
+
+/** The frame with what the job generates (mask value 128 and up, as the server binarises) blended halfway to red,
+so it shows on dark and bright picture alike; kept pixels stay as they are. Both images are data: URIs from the
+server, so their pixels can be read. */
+async function drawPreview(answer) {
+  const canvas = $("#preview-canvas");
+  const [frame, mask] = await Promise.all([loadImage(answer.frame), loadImage(answer.mask)]);
+  canvas.width = answer.width;
+  canvas.height = answer.height;
+  const c = canvas.getContext("2d", { willReadFrequently: true });
+  c.drawImage(mask, 0, 0);
+  const generated = c.getImageData(0, 0, canvas.width, canvas.height).data;
+  c.drawImage(frame, 0, 0);
+  const image = c.getImageData(0, 0, canvas.width, canvas.height);
+  const pixels = image.data;
+  for (let i = 0; i < pixels.length; i += 4) {
+    if (generated[i] < 128) continue;
+    pixels[i] = (pixels[i] + 255) >> 1;
+    pixels[i + 1] = (pixels[i + 1] + 40) >> 1;
+    pixels[i + 2] = (pixels[i + 2] + 40) >> 1;
+  }
+  c.putImageData(image, 0, 0);
+  canvas.hidden = false;
+}
+
+async function runPreview() {
+  const seq = ++state.preview.seq;
+  const endpoint = endpointId($("#app").value, $("#task").value);
+  $("#preview-caption").textContent = "previewing…";
+  let answer;
+  try {
+    const response = await fetch(`/playground/preview?endpoint=${encodeURIComponent(endpoint)}`, {
+      method: "POST", headers: headers({ "Content-Type": "application/json" }), body: JSON.stringify(requestBody()),
+    });
+    answer = await (response.ok ? response.json() : readError(response));
+    if (seq !== state.preview.seq) return;  // a newer preview was asked for meanwhile
+    clearErrors();
+    if (!response.ok) {
+      clearPreview();
+      return showFalError(response.status, answer);
+    }
+  } catch (error) {
+    if (seq === state.preview.seq) $("#preview-caption").textContent = `no preview: ${error}`;
+    return;
+  }
+  const fps = Math.round(answer.output_fps * 100) / 100;
+  const parts = [`output ${answer.width}x${answer.height}`, `${answer.output_frames} frames at ${fps} fps`];
+  if (answer.generated_share !== undefined) {
+    parts.push(`${Math.round(answer.generated_share * 100)}% of frame ${answer.frame_index} generated (red)`);
+  }
+  if (answer.frame) await drawPreview(answer);
+  else $("#preview-canvas").hidden = true;
+  if (seq !== state.preview.seq) return;
+  $("#preview-caption").textContent = parts.join(" · ");  // last: the caption says the canvas is drawn
+  $("#preview-notes").replaceChildren(...answer.notes.map((note) => el("li", { text: note })));
 }
 
 async function start() {
@@ -639,7 +766,6 @@ async function start() {
   ]);
   state.openapi = openapi;
   state.endpoints = queueEndpoints(openapi);
-  state.schema = bodySchema(openapi, state.endpoints);
   state.ready = ready.endpoints || {};
   state.authRequired = config.auth_required;
   $("#api-key-field").hidden = !state.authRequired;
@@ -648,12 +774,15 @@ async function start() {
     localStorage.setItem(KEY_STORAGE, $("#api-key").value.trim());
     clearError("api_key");
   });
-  buildForm(openapi);
   fillEndpoints();
   $("#app").addEventListener("change", fillTasks);
-  $("#task").addEventListener("change", updateSnippets);
+  $("#task").addEventListener("change", selectEndpoint);
   $("#request-form").addEventListener("input", updateSnippets);
-  $("#request-form").addEventListener("change", updateSnippets);
+  $("#request-form").addEventListener("change", (event) => {
+    updateSnippets();
+    if (event.target.closest("#input-fields, #option-fields")) schedulePreview();
+  });
+  $("#preview-button").addEventListener("click", runPreview);
   $("#request-form").addEventListener("submit", submit);
   $("#reset").addEventListener("click", resetForm);
   $("#cancel").addEventListener("click", cancel);

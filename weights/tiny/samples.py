@@ -1,4 +1,5 @@
-"""Synthetic control videos: a walking stick figure in OpenPose colours and a sphere moving over a receding floor.
+"""Synthetic videos: a walking stick figure in OpenPose colours, a sphere moving over a receding floor, and for the
+editing endpoints an inpainting mask that follows the sphere and a letterboxed copy of the sphere clip.
 
 They stand in for real inputs wherever no video can be downloaded: the demo, the tests and the benchmarks feed them
 to the tiny models (and the GPU benchmark to real-size ones).
@@ -50,14 +51,18 @@ def pose_frames(width: int, height: int, num_frames: int, fps: float) -> list[np
     return frames
 
 
+def _sphere(t: float, width: int, height: int) -> tuple[float, float, float]:
+    """Centre and radius of the depth sample's sphere at ``t`` seconds."""
+    return width * (0.5 + 0.3 * math.sin(t * 1.5)), height * 0.5, height * 0.22
+
+
 def depth_frames(width: int, height: int, num_frames: int, fps: float) -> list[np.ndarray]:
     ys = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None]
     floor = np.repeat(ys * 160.0, width, axis=1)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     frames = []
     for i in range(num_frames):
-        t = i / fps
-        cx, cy, r = width * (0.5 + 0.3 * math.sin(t * 1.5)), height * 0.5, height * 0.22
+        cx, cy, r = _sphere(i / fps, width, height)
         d2 = ((xx - cx) ** 2 + (yy - cy) ** 2) / (r * r)
         sphere = np.where(d2 < 1.0, 200.0 + 55.0 * np.sqrt(np.clip(1.0 - d2, 0.0, 1.0)), 0.0)
         depth = np.maximum(floor, sphere).astype(np.uint8)
@@ -65,8 +70,32 @@ def depth_frames(width: int, height: int, num_frames: int, fps: float) -> list[n
     return frames
 
 
+def mask_frames(width: int, height: int, num_frames: int, fps: float) -> list[np.ndarray]:
+    """An inpainting mask for the depth sample: white (regenerate) over its sphere and a margin, black elsewhere."""
+    frames = []
+    for i in range(num_frames):
+        cx, cy, r = _sphere(i / fps, width, height)
+        frame = np.zeros((height, width, 3), np.uint8)
+        cv2.circle(frame, (round(cx), round(cy)), round(r * 1.2), (255, 255, 255), -1)
+        frames.append(frame)
+    return frames
+
+
+def letterbox_frames(width: int, height: int, num_frames: int, fps: float) -> list[np.ndarray]:
+    """The depth sample squeezed between black bars of an eighth of the height each (a letterboxed clip)."""
+    bar = height // 8
+    frames = []
+    for picture in depth_frames(width, height - 2 * bar, num_frames, fps):
+        frame = np.zeros((height, width, 3), np.uint8)
+        frame[bar : height - bar] = np.maximum(picture, 40)  # no black in the picture: the bars end where it starts
+        frames.append(frame)
+    return frames
+
+
+SAMPLES = {"pose": pose_frames, "depth": depth_frames, "mask": mask_frames, "letterbox": letterbox_frames}
+
+
 def write_sample(kind: str, path: Path, width: int = 416, height: int = 240, num_frames: int = 33, fps: float = 16) -> Path:
-    """Write a synthetic ``pose`` or ``depth`` control video to ``path``."""
-    make = pose_frames if kind == "pose" else depth_frames
-    encode_video(make(width, height, num_frames, fps), path, fps, quality="maximum")
+    """Write the synthetic video ``kind`` (a key of ``SAMPLES``) to ``path``."""
+    encode_video(SAMPLES[kind](width, height, num_frames, fps), path, fps, quality="maximum")
     return path

@@ -1,0 +1,228 @@
+"""What each endpoint makes of its request, up to the frames the model conditions on: the recipe, the frame plan,
+the output size, the source frames and their masks. ``generate()`` runs the rest (safety checker, prompt expansion,
+annotators, conditioning, denoising, interpolation, encoding) the same way for every endpoint.
+
+Two steps, as the job runs them:
+
+* ``resolve`` (no download; the server runs it at submission, so a request that cannot run is a 422 before it is
+  queued): the *recipe* (``text``, ``pose``, ``depth``, ``inpainting``, ``outpainting``, ``reframe``) of an
+  endpoint's request, the mask it uses, its outpainting sides or reframe settings, and what the job log says about
+  the choices. The base endpoint's rules are ``pipelines.family``'s.
+* ``prepare`` (after the download): the video and its mask fetched and probed within the input limits, the frame
+  plan (``pipelines.frame_plan``) and the frames it reads, and per recipe:
+
+  - ``pose``/``depth``: the frames as they are (the annotator, with ``preprocess``, comes later), every pixel
+    generated;
+  - ``inpainting``: the mask read at the very frames the plan reads of the video (``pipelines.masks``), fitted to
+    the output size like the frames and binarised; what it marks is generated, the rest kept;
+  - ``outpainting``/``reframe``: the frames placed on the output canvas (``pipelines.outpaint``,
+    ``pipelines.reframe``, ``pipelines.canvas``), whose uncovered part is generated;
+  - ``text`` (no video): grey frames under an all-white mask, as VACE's ``prepare_source`` builds them: the
+    timeline is ``num_frames`` at ``frames_per_second``; ``auto`` size and shape follow the first (else the last)
+    frame image when there is one, else Wan's native 832x480.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .canvas import Placement
+from .conditioning import Conditioning, build_conditioning, grey_frames
+from .context import JobContext
+from .family import BASE_RATIO, BASE_SIDES, BASE_TRIM, BASE_ZOOM, Recipe, base_job, inpainting_mask
+from .fetch import fetch_to_file, load_image
+from .frame_plan import FramePlan, TemporalPlan, plan_frames, plan_temporal, round_frames
+from .limits import check_video_limits
+from .masks import MaskRef, check_generates, fit_masks, mask_from_image, read_mask_video
+from .outpaint import Side, check_sides, chosen_sides, plan_outpaint
+from .reframe import plan_reframe
+from .registry import EndpointTask, Task
+from .schema import InpaintingFunInput, JobInput, OutpaintingInput, ReframeInput, VaceTaskInput
+from .sizing import output_size
+from .video_io import VideoInfo, probe_video, read_frames
+
+NATIVE_SIZE = (832, 480)  # Wan's 480p training size: what a job without video or frame image is sized from
+PLACEHOLDER_PROMPT = "(conditioning only)"  # the schemas require a prompt; it plays no part in the conditioning
+
+
+@dataclass(frozen=True)
+class TaskJob:
+    """What a request asks for, decided before any download."""
+
+    recipe: Recipe
+    mask: MaskRef | None = None  # inpainting: the mask it uses
+    sides: tuple[Side, ...] = ()  # outpainting: the sides that grow, and by how much
+    ratio: float = 0.0
+    trim: bool = False  # reframe: trim bars, zoom
+    zoom: float = 0.0
+    notes: tuple[str, ...] = ()  # for the job log
+
+    @property
+    def control_task(self) -> Task | None:
+        """The control task whose annotator ``preprocess`` runs (pose, depth), or None when it does nothing."""
+        return self.recipe if self.recipe in ("pose", "depth") else None  # type: ignore[return-value]
+
+
+def resolve(inp: JobInput, task: EndpointTask) -> TaskJob:
+    """The recipe of ``inp`` on the endpoint ``task`` (``""``: the base endpoint); a 422 for a request that cannot
+    run whatever its media turn out to be."""
+    if task == "":
+        assert isinstance(inp, VaceTaskInput)
+        base = base_job(inp)
+        return TaskJob(base.recipe, base.mask, BASE_SIDES if base.recipe == "outpainting" else (), BASE_RATIO,
+                       BASE_TRIM, BASE_ZOOM, base.notes + _text_notes(inp, base.recipe))
+    if task == "inpainting":
+        assert isinstance(inp, InpaintingFunInput)
+        mask, notes = inpainting_mask(inp)
+        return TaskJob("inpainting", mask, notes=notes)
+    if task == "outpainting":
+        assert isinstance(inp, OutpaintingInput)
+        sides = chosen_sides(inp.expand_left, inp.expand_right, inp.expand_top, inp.expand_bottom)
+        check_sides(sides)
+        return TaskJob("outpainting", sides=sides, ratio=inp.expand_ratio)
+    if task == "reframe":
+        assert isinstance(inp, ReframeInput)
+        return TaskJob("reframe", trim=inp.trim_borders, zoom=inp.zoom_factor)
+    return TaskJob(task)
+
+
+def _text_notes(inp: VaceTaskInput, recipe: Recipe) -> tuple[str, ...]:
+    """What a job without video ignores of its request."""
+    if recipe != "text":
+        return ()
+    ignored = [name for name in ("match_input_num_frames", "match_input_frames_per_second") if getattr(inp, name)]
+    return (f"{' and '.join(ignored)} ignored: there is no input video to match",) if ignored else ()
+
+
+@dataclass
+class Source:
+    """What the model conditions on, before the annotator and the first/last frame: ``control`` (uint8 RGB frames,
+    one per generated frame, at any size for ``build_conditioning`` to fit, or already at the output size),
+    ``masks`` (KEEP/GENERATE at the output size, one per frame; None: every pixel generated), the output size and
+    the plans."""
+
+    timing: TemporalPlan
+    width: int
+    height: int
+    control: list[np.ndarray]
+    masks: list[np.ndarray] | None
+    info: VideoInfo | None  # the input video's probe; None without one
+    plan: FramePlan | None
+    notes: list[str] = field(default_factory=list)  # what the job log says about the choices made here
+
+    @property
+    def video_frames(self) -> list[np.ndarray]:
+        """The frames that came from the input video (none for a job without one): what the safety checker sees."""
+        return self.control if self.info is not None else []
+
+
+def prepare(inp: JobInput, job: TaskJob, workdir: Path, ctx: JobContext,
+            frame_image: Image.Image | None = None) -> Source:
+    """Fetch the video (and mask), plan the frames and build ``job``'s source (rules in the module docstring).
+    ``frame_image``: the first or last frame image, which sizes a job without video."""
+    if job.recipe == "text":
+        timing = _temporal(inp, round_frames(inp.num_frames), float(inp.frames_per_second))
+        width, height = output_size(inp.resolution, inp.aspect_ratio, *(frame_image.size if frame_image else
+                                                                         NATIVE_SIZE))
+        return Source(timing, width, height, grey_frames(timing.generate_frames, width, height), None, None, None)
+    assert inp.video_url is not None  # resolve() refused a recipe with video but without one
+    video_path = fetch_to_file(inp.video_url, "video_url", workdir, ctx)
+    info = probe_video(video_path)
+    check_video_limits(info, ctx.limits)
+    plan = plan_frames(info, num_frames=inp.num_frames, frames_per_second=inp.frames_per_second,
+                       match_input_num_frames=inp.match_input_num_frames,
+                       match_input_frames_per_second=inp.match_input_frames_per_second)
+    timing = _temporal(inp, plan.num_frames, plan.fps)
+    indices = [plan.source_indices[j] for j in timing.control_indices]
+    frames = read_frames(video_path, indices)
+    source = Source(timing, *output_size(inp.resolution, inp.aspect_ratio, info.width, info.height), frames, None,
+                    info, plan)
+    log = source.notes.append
+    if job.recipe == "inpainting":
+        assert job.mask is not None
+        source.masks = _inpainting_masks(job.mask, info, indices, source.width, source.height, workdir, ctx, log)
+    elif job.recipe == "outpainting":
+        placement = plan_outpaint(info.width, info.height, job.sides, job.ratio, inp.resolution, inp.aspect_ratio)
+        log(f"outpainting: {', '.join(job.sides)} grow by {job.ratio:g} of the source's width (left, right) or "
+            "height (top, bottom); " + describe_placement(placement))
+        _place(source, placement)
+    elif job.recipe == "reframe":
+        placement, bars = plan_reframe(frames, job.trim, job.zoom, inp.resolution, inp.aspect_ratio)
+        if not job.trim:
+            log("reframe: trim_borders is off, the bars (if any) are kept")
+        elif placement.crop is None:
+            log("reframe: no letterbox or pillarbox bars found")
+        else:
+            log(f"reframe: bars trimmed (top {bars.top}, bottom {bars.bottom}, left {bars.left}, right {bars.right} "
+                "px)")
+        log(f"reframe: zoom {job.zoom:g}; " + describe_placement(placement))
+        if placement.generated_share == 0:
+            log("reframe: the picture covers the whole canvas, nothing around it is generated")
+        _place(source, placement)
+    return source
+
+
+def frame_images(inp: JobInput, workdir: Path, ctx: JobContext) -> tuple[Image.Image | None, Image.Image | None]:
+    """The request's first and last frame images, fetched (None where not given)."""
+    first = load_image(inp.first_frame_url, "first_frame_url", workdir, ctx) if inp.first_frame_url else None
+    last = load_image(inp.last_frame_url, "last_frame_url", workdir, ctx) if inp.last_frame_url else None
+    return first, last
+
+
+def conditioning(inp: JobInput, source: Source, control: Sequence[np.ndarray], first: Image.Image | None,
+                 last: Image.Image | None, refs: list[Image.Image] | None = None) -> Conditioning:
+    """The VACE conditioning of ``source`` with ``control`` as its frames (the source's own, or the annotator's),
+    its masks, the first/last frame images and the reference images."""
+    timing = source.timing
+    return build_conditioning(control, source.width, source.height, masks=source.masks, first_frame=first,
+                              last_frame=last, last_index=timing.generate_frames - 1 - timing.held_frames,
+                              reference_images=refs, transparency_mode=inp.transparency_mode)
+
+
+def _temporal(inp: JobInput, frames: int, fps: float) -> TemporalPlan:
+    """The request's generation and interpolation plan for a timeline of ``frames`` at ``fps``."""
+    return plan_temporal(frames, fps, num_interpolated_frames=inp.num_interpolated_frames,
+                         temporal_downsample_factor=inp.temporal_downsample_factor,
+                         enable_auto_downsample=inp.enable_auto_downsample,
+                         auto_downsample_min_fps=inp.auto_downsample_min_fps)
+
+
+def _place(source: Source, placement: Placement) -> None:
+    """Put ``source``'s frames on ``placement``'s canvas, which becomes the output size."""
+    source.control = placement.render_all(source.control)
+    source.masks = [placement.mask()] * len(source.control)
+    source.width, source.height = placement.width, placement.height
+
+
+def describe_placement(p: Placement) -> str:
+    """The job log's account of where the source lands on the canvas."""
+    return (f"the source ({p.w}x{p.h}) is placed at ({p.x}, {p.y}) on the {p.width}x{p.height} output; "
+            f"{p.generated_share:.0%} of the canvas is generated")
+
+
+def _inpainting_masks(mask: MaskRef, info: VideoInfo, indices: Sequence[int], width: int, height: int,
+                      workdir: Path, ctx: JobContext, log: Callable[[str], None]) -> list[np.ndarray]:
+    """The inpainting masks at the output size, one per generated frame: a mask video read at the video frames the
+    plan reads (``indices``), or one mask image for every frame."""
+    if mask.is_video:
+        path = fetch_to_file(mask.url, mask.field, workdir, ctx)
+        mask_info = probe_video(path, mask.field)
+        check_video_limits(mask_info, ctx.limits, mask.field)
+        planes, notes = read_mask_video(path, mask_info, info, indices, mask.field)
+        for note in notes:
+            log(note)
+        mode = "per frame (mask video, frame for frame with the video)"
+    else:
+        image = load_image(mask.url, mask.field, workdir, ctx)
+        planes = [mask_from_image(image, (info.width, info.height), mask.field)] * len(indices)
+        mode = "static (one mask image for every frame; tracking it through the clip is not done yet)"
+    masks = fit_masks(planes, (info.width, info.height), width, height)
+    share = check_generates(masks, mask.field)
+    log(f"inpainting: mask mode {mode}; {share:.0%} of the pixels are regenerated")
+    return masks
+

@@ -1,0 +1,84 @@
+"""The playground's preview of what a job would condition the model on, before it is run.
+
+``POST /playground/preview?endpoint=ID`` takes an endpoint's request body and answers with what its job would make
+of it: the output size, the frame plan, the job log's notes (the mask mode, the bars trimmed, where the source lands
+on the canvas, what is ignored) and one frame from the middle of the clip with its mask (white = generated), as PNG
+data URIs the page overlays: the mask over the video for inpainting, the source on its grown canvas for
+outpainting, the trimmed and zoomed picture on the new frame for reframe. It runs the job's own steps
+(``check_inputs`` and ``pipelines.tasks.prepare``: the same fetch rules, limits, frame plan, masks and geometry), so a
+request the job would refuse is refused here with the same 422 naming the field (a mask that is all black, too
+short, of another shape), and nothing is drawn twice in JavaScript. It needs an API key like the job routes, loads
+no model and keeps nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, Body, HTTPException, Query
+from fastapi.concurrency import run_in_threadpool
+from PIL import Image
+from pydantic import ValidationError
+
+from pipelines.conditioning import GENERATE, fit_frame
+from pipelines.context import JobContext
+from pipelines.checks import check_inputs
+from pipelines.registry import APPS, ENDPOINT_IDS, ENDPOINT_TASKS, EndpointTask, endpoint_id, input_model
+from pipelines.schema import JobInput
+from pipelines.tasks import PLACEHOLDER_PROMPT, frame_images, prepare
+
+from .deps import JobContextDep
+from .failures import RequestFailed, failure_of
+
+router = APIRouter(include_in_schema=False)
+_ENDPOINTS: dict[str, tuple[str, EndpointTask]] = {endpoint_id(a, t): (a, t) for a in APPS for t in ENDPOINT_TASKS}
+
+
+def _png(array: np.ndarray | Image.Image) -> str:
+    image = array if isinstance(array, Image.Image) else Image.fromarray(array)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+@router.post("/playground/preview")
+async def preview(ctx: JobContextDep, endpoint: Annotated[str, Query()],
+                  body: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
+    """What a job of ``endpoint`` with request ``body`` would condition the model on (module docstring); a prompt
+    may be left out, as it plays no part in that."""
+    if endpoint not in _ENDPOINTS:
+        raise HTTPException(404, f"unknown endpoint {endpoint[:100]}; this server serves {', '.join(ENDPOINT_IDS)}")
+    app, task = _ENDPOINTS[endpoint]
+    if not str(body.get("prompt") or "").strip():
+        body = {**body, "prompt": PLACEHOLDER_PROMPT}
+    try:
+        inp = input_model(app, task).model_validate(body)
+    except ValidationError as exc:
+        raise RequestFailed(failure_of(exc)) from None
+    return await run_in_threadpool(_preview, inp, task, APPS[app], ctx)
+
+
+def _preview(inp: JobInput, task: EndpointTask, model: str, ctx: JobContext) -> dict[str, Any]:
+    job = check_inputs(inp, task, ctx, None, model=model)
+    with tempfile.TemporaryDirectory(prefix="vace-preview-") as workdir:
+        first, last = frame_images(inp, Path(workdir), ctx)
+        source = prepare(inp, job, Path(workdir), ctx, first or last)
+    timing = source.timing
+    answer: dict[str, Any] = {
+        "recipe": job.recipe, "width": source.width, "height": source.height,
+        "generated_frames": timing.generate_frames, "output_frames": timing.output_frames,
+        "output_fps": timing.output_fps, "notes": [*job.notes, *source.notes, *timing.notes],
+    }
+    if source.info is not None:
+        middle = len(source.control) // 2
+        mask = (source.masks[middle] if source.masks is not None
+                else np.full((source.height, source.width), GENERATE, np.uint8))
+        answer |= {"frame_index": middle, "frame": _png(fit_frame(source.control[middle], source.width,
+                                                                     source.height)),
+                   "mask": _png(mask), "generated_share": float(np.mean(mask == GENERATE))}
+    return answer
