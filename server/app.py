@@ -37,13 +37,14 @@ from .events import Changes
 from .failures import RequestFailed, failure_of, failure_response
 from .files import FileStore, LocalFileStore, private_dir
 from .guard import Body, HostPolicy, RequestGuard
-from .jobs import JobStore, SqliteJobStore
+from .jobs import Change, JobStore, SqliteJobStore
 from .metrics import Metrics
 from .node_secrets import load_secrets
 from .request_id import RequestIdHeader
 from .retention import Retention
 from .signing import WebhookSigner
 from .tls import certificate_names, client_hostport, ensure_certificate, fal_client_env
+from .upkeep import Upkeep
 from .webhooks import Webhooks
 from .worker import WorkerPool
 from .worker_group import WorkerGroup
@@ -88,9 +89,15 @@ def open_files(config: Settings) -> FileStore:
 
 @dataclass
 class Node:
-    """What one process of the server holds, HTTP aside: the store, files, workers, webhooks and retention. An
-    API node (``--no-workers``) and a worker node (``vace worker``) hold the same things and start different parts,
-    but for the webhook signing key: only a node that answers HTTP has it (``server/node_secrets.py``)."""
+    """What one process of the server holds, HTTP aside: the store, files, workers, webhooks, queue upkeep and
+    retention. An API node (``--no-workers``) and a worker node (``vace worker``) hold the same things and start
+    the same services, workers aside, but for the webhook signing key: only a node that answers HTTP has it
+    (``server/node_secrets.py``), so only such a node delivers webhooks.
+
+    The node is the sink of the store's announcements (``server/jobs.py``), wired once at start: a job that
+    became claimable wakes this node's idle workers, any change wakes the status streams and sync requests waiting
+    on the job, and an ended job's webhook is scheduled.
+    """
 
     config: Settings
     store: JobStore
@@ -102,6 +109,7 @@ class Node:
     """Delivers the webhooks of jobs that end; None on a worker node, whose jobs' webhooks the API nodes deliver
     (the store wakes them when one falls due)."""
     pool: WorkerPool
+    upkeep: Upkeep
     retention: Retention
 
     @classmethod
@@ -132,25 +140,26 @@ class Node:
             store, signer, ctx, attempts=config.webhook_attempts, backoff_s=config.webhook_backoff_s,
             timeout_s=config.webhook_timeout_s, lease_s=config.lease_seconds, concurrency=config.webhook_concurrency,
             on_outcome=lambda outcome: metrics.webhook_deliveries.labels(outcome).inc())
-        pool = WorkerPool(store=store, files=files, changes=changes, metrics=metrics, managers=managers,
-                          work_dir=config.work_dir, on_finished=webhooks.schedule if webhooks else _delivered_elsewhere,
+        pool = WorkerPool(store=store, files=files, metrics=metrics, managers=managers, work_dir=config.work_dir,
                           ctx=ctx, lease_s=config.lease_seconds, max_attempts=config.max_attempts,
                           local=not config.no_workers, models=config.models, switch_after_s=config.switch_after_s,
                           group=group)
         retention = Retention(store, files, max_age_s=config.retention_s, interval_s=config.retention_sweep_s,
                               deleted=metrics.retention_deleted)
-        return cls(config, store, files, ctx, changes, metrics, webhooks, pool, retention)
+        upkeep = Upkeep(store, max_attempts=config.max_attempts)
+        return cls(config, store, files, ctx, changes, metrics, webhooks, pool, upkeep, retention)
 
     async def start(self) -> None:
-        """Start on the running event loop: recover (a store of its own), listen (a shared one), webhooks, the
-        workers unless this is an API node, retention."""
+        """Start on the running event loop: take the store's announcements, recover (a store of its own),
+        webhooks, queue upkeep, the workers unless this is an API node, retention."""
         store = self.store
+        store.announce_to(self)
         if not store.shared:  # this process owns the store: whatever was running belongs to the last run
             for job_id in await run_in_threadpool(store.recover, self.config.max_attempts):
                 log.warning("job %s was running when the server stopped: %s", job_id, store.logs(job_id)[-1].message)
-        self._listen()
         if self.webhooks is not None:
             await self.webhooks.start()
+        self.upkeep.start()
         if self.pool.local:
             self.pool.start()
         self.retention.start()
@@ -158,35 +167,23 @@ class Node:
     async def stop(self) -> None:
         await run_in_threadpool(self.retention.stop)
         await run_in_threadpool(self.pool.stop)
+        await run_in_threadpool(self.upkeep.stop)
         if self.webhooks is not None:
             await self.webhooks.stop()
         self.store.close()
 
-    def _listen(self) -> None:
-        """With a shared store, other processes change jobs too: wake this process's idle workers when a job is
-        queued anywhere, its status streams and sync requests when a job changes anywhere, and its webhook sender
-        when a webhook falls due anywhere (polling and the sender's sweep stay the fallback)."""
-        listen = getattr(self.store, "listen", None)
-        if listen is None:
-            return
-        from .pg_store import JOB_CHANNEL, QUEUE_CHANNEL, WEBHOOK_CHANNEL
+    def announce(self, job_id: str, change: Change) -> None:
+        """The store committed a transition of ``job_id`` (called on any thread)."""
+        if change == "queued":
+            self.pool.wake()
+        self.changes.notify(job_id)
+        if change == "ended" and self.webhooks is not None:  # a worker node's: the API nodes deliver it
+            self.webhooks.schedule(job_id)
 
-        webhooks = self.webhooks
-
-        def on_notification(channel: str, job_id: str) -> None:
-            if channel == QUEUE_CHANNEL:
-                self.pool.notify()
-            elif channel == WEBHOOK_CHANNEL and webhooks is not None:
-                webhooks.schedule(job_id)
-            else:
-                self.changes.notify(job_id)
-
-        channels = [QUEUE_CHANNEL, JOB_CHANNEL] + ([WEBHOOK_CHANNEL] if webhooks is not None else [])
-        listen(channels, on_notification, on_connect=self.pool.notify)
-
-
-def _delivered_elsewhere(_job_id: str) -> None:
-    """A worker node's end of a job: its webhook, if any, is the API nodes' to deliver (the store wakes them)."""
+    def missed(self) -> None:
+        """Announcements were lost (a listener reconnected): idle workers look at the queue again; status streams
+        and sync requests re-read on their own within a poll, and webhook deliveries are found by their sweep."""
+        self.pool.wake()
 
 
 def create_app(config: Settings) -> FastAPI:
@@ -221,7 +218,6 @@ def create_app(config: Settings) -> FastAPI:
     app.state.job_context = node.ctx
     app.state.changes = node.changes
     app.state.metrics = node.metrics
-    app.state.webhooks = node.webhooks
     app.state.pool = node.pool
     app.state.auth = auth
     app.state.signer = secrets.signer

@@ -21,7 +21,6 @@ from .files import FileStore
 from .jobs import Job, JobStore
 from .metrics import Metrics
 from .signing import WebhookSigner
-from .webhooks import Webhooks
 from .worker import WorkerPool
 
 
@@ -52,7 +51,6 @@ PoolDep = Annotated[WorkerPool, Depends(_state("pool"))]
 ChangesDep = Annotated[Changes, Depends(_state("changes"))]
 AuthDep = Annotated[Auth, Depends(_state("auth"))]
 FilesDep = Annotated[FileStore, Depends(_state("files"))]
-WebhooksDep = Annotated[Webhooks, Depends(_state("webhooks"))]
 MetricsDep = Annotated[Metrics, Depends(_state("metrics"))]
 JobContextDep = Annotated[JobContext, Depends(_state("job_context"))]
 SignerDep = Annotated[WebhookSigner, Depends(_state("signer"))]

@@ -5,23 +5,24 @@ database needs. Any number of processes on any number of machines open the same 
 
 - **Claims** lock the next queued row with ``FOR UPDATE SKIP LOCKED``, so concurrent workers never take the same
   job and never wait for each other; sweeps (lease expiry, start timeouts) skip the rows another node is handling.
-- **Leases** (``claim(worker_id=..., lease_s=...)``, ``heartbeat``, ``requeue_expired``) replace SQLite's crash
-  recovery: :meth:`recover` would take back the jobs that live workers elsewhere are running. Nodes compare lease
-  times from their own clocks, so they must agree (NTP) to well within a lease.
+- **Leases** (explained in ``server/jobs.py``) replace SQLite's crash recovery: :meth:`recover` would take back the
+  jobs that live workers elsewhere are running.
 - **The schema** is created and upgraded on start by the numbered steps in ``_MIGRATIONS``, recorded in the
   ``schema_migrations`` table; an advisory lock makes nodes that start together apply each step once.
-- **Wake-ups** cross processes with LISTEN/NOTIFY. Triggers notify inside the transaction that made a change, so a
-  notification arrives only once its change is committed and visible, whichever node (or person with psql) made it:
+- **Announcements** (``server/jobs.py``) cross processes with LISTEN/NOTIFY, and only that way: triggers notify
+  inside the transaction that made a change, so a notification arrives only once its change is committed and
+  visible, whichever node (or person with psql) made it, and every node's listener hands it to the node's sink:
 
   ``vace_queue`` (payload: the job id)
       A job became claimable: submitted, handed back after a lost lease or a restart, or requeued on a graceful
       stop. Idle workers listen here instead of polling.
   ``vace_job`` (payload: the job id)
-      A job's status, cancel flag or control video changed, or it got a log line. Status streams, sync requests and
-      webhook senders on API nodes, and the worker running a job (to see a cancel at once), listen here.
+      A job's status, cancel flag or control video changed, or it got a log line: announced as ``updated``, which
+      wakes the status streams and sync requests waiting on it.
   ``vace_webhook`` (payload: the job id)
       A job's webhook fell due and no node holds its delivery: the job ended, or the node delivering it stopped.
-      API nodes listen here: they hold the signing key, and worker nodes deliver nothing.
+      Announced as ``ended``, which schedules its delivery on API nodes (they hold the signing key; worker nodes
+      deliver nothing).
 
   Notifications are not stored: a listener that was disconnected missed them, so :class:`NotificationListener`
   calls its ``on_connect`` after every (re)connection for its owner to re-read what it waits for.
@@ -44,13 +45,14 @@ from psycopg.rows import dict_row, tuple_row
 from psycopg.types.string import TextLoader
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from .jobs import Cursor, SqlJobStore
+from .jobs import Change, ChangeSink, Cursor, SqlJobStore
 
 log = logging.getLogger(__name__)
 
 QUEUE_CHANNEL = "vace_queue"
 JOB_CHANNEL = "vace_job"
 WEBHOOK_CHANNEL = "vace_webhook"
+_CHANGES: dict[str, Change] = {QUEUE_CHANNEL: "queued", JOB_CHANNEL: "updated", WEBHOOK_CHANNEL: "ended"}
 
 # TCP keepalives: a connection whose peer vanished (a dead network, not a restart) fails in seconds, not hours.
 _KEEPALIVES = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3}
@@ -237,9 +239,17 @@ class PostgresJobStore(SqlJobStore):
         with self._pool.connection() as conn:
             return _QmarkConnection(conn).execute(sql, args).fetchall()
 
+    def announce_to(self, sink: ChangeSink) -> None:
+        """Hand ``sink`` every transition any process commits, as the triggers notify them; after a reconnection
+        (notifications sent meanwhile are lost) tell it that it ``missed`` some."""
+        self.listen(_CHANGES, lambda channel, job_id: sink.announce(job_id, _CHANGES[channel]), on_connect=sink.missed)
+
+    def _committed(self, changes: Mapping[str, Change]) -> None:
+        """Nothing to do: the triggers announced ``changes`` when they were made, delivered on commit."""
+
     def notify(self, channel: str, payload: str = "") -> None:
-        """Send a notification on ``channel`` to every listening process (e.g. a worker announcing itself); the
-        store's own changes notify by themselves (module docstring)."""
+        """Send a notification on ``channel`` to every listening process (e.g. a test's marker); the store's own
+        changes notify by themselves (module docstring)."""
         with self._pool.connection() as conn:
             conn.execute("SELECT pg_notify(%s, %s)", (channel, payload))
 

@@ -1,12 +1,12 @@
 """The workers: one thread per device (or per job group of devices), each pulling jobs from the store and running
 ``generate()`` on them.
 
-Model work never runs on the HTTP event loop. A worker reports every log line and denoising step to the store
-(which the status routes read) and wakes the coroutines waiting on the job. Whatever goes wrong in one job ends that
-job with a stated reason and the worker takes the next one: running the device out of memory or the disk out of
-space is named as such, the job's partial files are deleted and its memory released before the next job starts.
-Stopping the server interrupts a running job at its next step and puts it back in the queue without counting that
-run.
+Model work never runs on the HTTP event loop. A worker reports every log line and denoising step to the store,
+which the status routes read and which announces each change to whoever waits on the job. Whatever goes wrong in
+one job ends that job with a stated reason and the worker takes the next one: running the device out of memory or
+the disk out of space is named as such, the job's partial files are deleted and its memory released before the
+next job starts. Stopping the server interrupts a running job at its next step and puts it back in the queue
+without counting that run.
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ from pipelines.loading import ModelManager
 from pipelines.manifest import MODELS
 from pipelines.schema import VaceInput
 
-from .events import Changes
 from .failures import failure_of
 from .files import FileStore, private_dir
 from .jobs import Job, JobStore
@@ -51,7 +50,6 @@ IDLE_POLL_S = 1.0
 RECORD_RETRY_S = 2.0
 RECENT_HINTS = 32  # runner hints a worker remembers to route later jobs with the same hint to itself
 GROUP_RETRY_S = 10.0  # wait before trying again to start a job group that failed to start
-EXPIRY_POLL_S = 0.5  # how often queued jobs are checked against their start timeout
 
 
 class WorkerPool:
@@ -62,11 +60,9 @@ class WorkerPool:
         *,
         store: JobStore,
         files: FileStore,
-        changes: Changes,
         metrics: Metrics,
         managers: list[ModelManager],
         work_dir: Path,
-        on_finished: Callable[[str], None],
         ctx: JobContext,
         lease_s: float = 30.0,
         max_attempts: int = 2,
@@ -86,51 +82,42 @@ class WorkerPool:
         self.lease_s = lease_s
         self.max_attempts = max_attempts
         self.files = files
-        self.changes = changes
         self.metrics = metrics
         self.work_dir = work_dir
-        self.on_finished = on_finished
         self.stopping = threading.Event()
         self.workers = [Worker(self, manager, group) for manager in managers]
-        self._upkeep = threading.Thread(target=self._upkeep_loop, name="vace-queue-upkeep", daemon=True)
+        self._heartbeat = threading.Thread(target=self._heartbeat_loop, name="vace-heartbeat", daemon=True)
 
     def start(self) -> None:
         shutil.rmtree(self.work_dir, ignore_errors=True)  # inputs of runs that a crash interrupted
         private_dir(self.work_dir)
         for worker in self.workers:
             worker.start()
-        self._upkeep.start()
+        self._heartbeat.start()
 
-    def _upkeep_loop(self) -> None:
-        """The queue's clockwork, even while every worker is busy with a long job: renew the running jobs' leases
-        (a third of the lease apart), end queued jobs whose start timeout passed, and hand back jobs whose worker
-        stopped renewing (another process, or another machine, that died)."""
-        last_beat = 0.0
-        while not self.stopping.wait(EXPIRY_POLL_S):
+    def _heartbeat_loop(self) -> None:
+        """Renew the running jobs' leases (a third of a lease apart; see ``server/jobs.py``) and the workers' signs
+        of life, on a thread of its own so that it goes on while every worker is busy with a long job."""
+        while True:
             try:
-                if time.monotonic() - last_beat > self.lease_s / 3:
-                    last_beat = time.monotonic()
-                    for worker in self.workers:
-                        worker.renew_lease()
-                        self.store.worker_seen(worker.id, worker.describe())
-                ended = self.store.expire_unstarted() + self.store.requeue_expired(self.max_attempts)
-            except Exception:
-                log.exception("queue upkeep failed; retrying")
-                continue
-            for job_id in ended:
-                self.changes.notify(job_id)
-                self.on_finished(job_id)
+                for worker in self.workers:
+                    worker.renew_lease()
+                    self.store.worker_seen(worker.id, worker.describe())
+            except Exception:  # a database restarting: the next beat comes within the lease
+                log.warning("renewing the workers' leases failed; retrying", exc_info=True)
+            if self.stopping.wait(self.lease_s / 3):
+                return
 
-    def notify(self) -> None:
-        """A job was queued: wake the idle workers."""
+    def wake(self) -> None:
+        """A job became claimable: wake the idle workers."""
         for worker in self.workers:
             worker.wake.set()
 
     def stop(self, timeout_s: float = 30.0) -> None:
         self.stopping.set()
-        self.notify()
+        self.wake()
         deadline = time.monotonic() + timeout_s
-        for thread in (*self.workers, self._upkeep):
+        for thread in (*self.workers, self._heartbeat):
             if thread.is_alive():
                 thread.join(max(0.0, deadline - time.monotonic()))
 
@@ -236,7 +223,6 @@ class Worker(threading.Thread):
             self.pool.store.log(job_id, message, level)
         except Exception:
             log.warning("job %s: could not store the log line %r", job_id, message, exc_info=True)
-        self.pool.changes.notify(job_id)
 
     def _run(self, job: Job) -> None:
         store, device = self.pool.store, self.models.device
@@ -316,12 +302,9 @@ class Worker(threading.Thread):
         if outcome == "interrupted":  # under the attempt rules, as a job whose worker died
             log.warning("job %s: %s", job.id, ending)
             self._record(lambda: store.hand_back(job.id, self.id, self.pool.max_attempts, ending))
-            self.pool.changes.notify(job.id)
-            self.pool.on_finished(job.id)
             return
         if outcome == "requeue":
             self._record(lambda: store.requeue(job.id, ending, worker_id=self.id))
-            self.pool.changes.notify(job.id)
             return
         self._log(job.id, ending, {"ok": "INFO", "cancelled": "WARN"}.get(outcome, "ERROR"))
         recorded = self._record(lambda: store.finish(job.id, result=result, failure=failure,
@@ -330,8 +313,6 @@ class Worker(threading.Thread):
             log.warning("job %s ended here after another worker took it over; its outcome was not recorded", job.id)
             return
         self.pool.metrics.job_seconds.labels(job.app, job.task, outcome).observe(time.perf_counter() - started)
-        self.pool.changes.notify(job.id)
-        self.pool.on_finished(job.id)
 
     def _record(self, write: Callable[[], bool]) -> bool:
         """Write a job's end to the store, retrying while the store cannot take it (a full disk, a database

@@ -7,6 +7,8 @@ node B; a worker killed with SIGKILL in
 the middle of a job loses nothing: the other worker takes the job over when its lease runs out and completes it,
 exactly once; a cancel sent to node B stops a job running in a worker process at its next step; PostgreSQL restarted
 with jobs queued and running loses nothing either: every node reconnects and every job completes exactly once.
+An API node alone, with no worker alive anywhere, still keeps the queue: it ends a job whose start timeout passed
+and hands a dead worker's job back.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from server.commands import make_secrets
 from server.config import Settings
 from server.falclient import use_server
 from server.node_secrets import SECRET_FILE, SIGNING_KEY_FILE
+from server.pg_store import PostgresJobStore
 
 POSE = "fal-ai/wan-vace-14b/pose"
 REQUESTS = "/queue/fal-ai/wan-vace-14b/requests"
@@ -220,3 +223,38 @@ def _submit(node: ThreadServer, job: dict[str, Any]) -> str | None:
     except httpx.HTTPError:
         return None
     return answer.json()["request_id"] if answer.status_code == 200 else None
+
+
+def test_an_api_node_alone_keeps_the_queue(pg_url: str, control_videos: dict[str, Path],  # noqa: F811
+                                           tmp_path: Path) -> None:
+    """The fleet's workers are all down (scaled to zero): no worker process is alive, one died holding a job. The
+    API node still answers a request whose start timeout passed with fal's 504 (``X-Fal-Request-Timeout-Type:
+    user``, on the queue and the sync route) and hands the dead worker's job back once its lease ran out (#23)."""
+    video = "data:video/mp4;base64," + base64.b64encode(control_videos["pose"].read_bytes()).decode()
+    job = {"prompt": "x", "video_url": video, **SMALL_JOB}
+    dead_worker = PostgresJobStore(pg_url)
+    try:
+        lost = dead_worker.add(app="fal-ai/wan-vace-14b", task="pose", model="wan-vace-14b", input=job,
+                               base_url="http://h", webhook_url=None)
+        assert dead_worker.claim(worker_id="dead-worker", lease_s=LEASE_S).id == lost.id  # type: ignore[union-attr]
+        make_secrets(tmp_path / "api-secrets")
+        config = Settings(weights_dir=tmp_path / "no-weights", data_dir=tmp_path / "api", port=free_port(),
+                          store=pg_url, no_workers=True, lease_seconds=LEASE_S, secrets_dir=tmp_path / "api-secrets")
+        with ThreadServer(config) as node:
+            timeout = {"x-fal-request-timeout": "1"}
+            queued = httpx.post(f"{node.url}/queue/{POSE}", json=job, headers=timeout, timeout=30)
+            request_id = queued.json()["request_id"]
+            sync = httpx.post(f"{node.url}/{POSE}", json=job, headers=timeout, timeout=30)
+            assert sync.status_code == 504 and sync.json()["error_type"] == "request_timeout"
+            assert sync.headers["x-fal-request-timeout-type"] == "user"
+            ended = wait_until(lambda: (s := status(node, request_id))["status"] == "COMPLETED" and s, 10,
+                               "the queued job to time out")
+            assert ended["error_type"] == "request_timeout"
+            result = httpx.get(f"{node.url}{REQUESTS}/{request_id}", timeout=30)
+            assert result.status_code == 504 and result.headers["x-fal-request-timeout-type"] == "user"
+
+            back = wait_until(lambda: (s := status(node, lost.id))["status"] == "IN_QUEUE" and s, 3 * LEASE_S,
+                              "the dead worker's job to be handed back")
+            assert "stopped renewing its lease (run 1 of at most 2); re-queued" in messages(back)[-1]
+    finally:
+        dead_worker.close()

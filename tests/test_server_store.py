@@ -1,18 +1,21 @@
 """The job store protocol, one suite run against both stores (SQLite and PostgreSQL): ordering, priorities, queue
-positions, cancel, crash recovery, start timeouts, webhook state, retention, persistence and leases.
+positions, cancel, crash recovery, start timeouts, webhook state, retention, persistence, leases, and the
+announcement of every transition once it is committed.
 
 Closing a store and opening the same database again stands for a server restart.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from server.jobs import Failure, Job, SqliteJobStore, SqlJobStore, StoreLockedError
+from server.jobs import Change, Failure, Job, SqliteJobStore, SqlJobStore, StoreLockedError
 
 OpenStore = Callable[[], SqlJobStore]
 
@@ -406,3 +409,67 @@ def test_recovery_frees_the_deliveries_of_the_last_run(open_store: OpenStore) ->
     store.recover(max_attempts=2)
     assert [j.id for j in store.pending_webhooks()] == [job.id]
     assert store.claim_webhook(job.id, "this-run", 30) is not None
+
+
+class Announcements:
+    """A sink that records what the store announces, in order (SQLite calls it after each commit, PostgreSQL's
+    listener as the notifications arrive)."""
+
+    def __init__(self) -> None:
+        self.received: queue.Queue[tuple[str, Change]] = queue.Queue()
+        self.listening = threading.Event()
+
+    def announce(self, job_id: str, change: Change) -> None:
+        self.received.put((job_id, change))
+
+    def missed(self) -> None:
+        self.listening.set()  # PostgreSQL's listener says so once it is connected
+
+    def expect(self, job_id: str, change: Change) -> None:
+        """Wait for ``change`` of ``job_id``. What comes before it may only be ``updated`` announcements (PostgreSQL
+        announces a log line apart from the transition it belongs to), so a transition nobody made (an ``ended`` for
+        a write that was refused) fails here."""
+        while True:
+            got = self.received.get(timeout=10)
+            if got == (job_id, change):
+                return
+            assert got[1] == "updated", f"announced {got} while waiting for {(job_id, change)}"
+
+
+def test_every_transition_is_announced_once_committed(store: SqlJobStore) -> None:
+    """The jobs that end have webhooks: PostgreSQL announces ``ended`` when a webhook falls due (the status change
+    itself as ``updated``), SQLite for every job that ends."""
+    sink = Announcements()
+    store.announce_to(sink)
+    if store.shared:
+        assert sink.listening.wait(10)
+    job = add(store, webhook="http://hook")
+    sink.expect(job.id, "queued")
+    store.claim(worker_id="w1", lease_s=30)
+    sink.expect(job.id, "updated")
+    store.log(job.id, "step 1/2")
+    sink.expect(job.id, "updated")
+    store.set_control_video(job.id, "http://h/files/control.mp4")
+    sink.expect(job.id, "updated")
+    store.request_cancel(job.id)  # running: flagged for its worker, not ended
+    sink.expect(job.id, "updated")
+    assert store.heartbeat(job.id, "w1", lease_s=30)  # no transition
+    assert not store.finish(job.id, result={"seed": 1}, worker_id="w2")  # refused: nothing to announce
+    assert store.requeue(job.id, "stopping", worker_id="w1")
+    sink.expect(job.id, "queued")
+    store.claim(worker_id="w1", lease_s=30)
+    assert store.finish(job.id, cancelled=True, worker_id="w1")
+    sink.expect(job.id, "ended")
+
+    queued, late, lost = add(store, webhook="http://hook"), add(store, "http://hook", start_timeout_s=0), add(store)
+    for added in (queued, late, lost):
+        sink.expect(added.id, "queued")
+    store.request_cancel(queued.id)
+    sink.expect(queued.id, "ended")
+    assert store.claim(worker_id="dead", lease_s=0.01).id == lost.id  # type: ignore[union-attr]
+    sink.expect(lost.id, "updated")
+    time.sleep(0.05)
+    assert store.expire_unstarted() == [late.id]
+    sink.expect(late.id, "ended")
+    assert store.requeue_expired(max_attempts=2) == [lost.id]
+    sink.expect(lost.id, "queued")
