@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import gc
 import logging
 import os
@@ -23,6 +24,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +42,7 @@ from pipelines.schema import VaceInput
 
 from .failures import failure_of
 from .files import FileStore, private_dir
-from .jobs import Job, JobStore
+from .jobs import Failure, Job, JobStore
 from .metrics import Metrics
 from .worker_group import WorkerGroup
 
@@ -50,6 +52,46 @@ IDLE_POLL_S = 1.0
 RECORD_RETRY_S = 2.0
 RECENT_HINTS = 32  # runner hints a worker remembers to route later jobs with the same hint to itself
 GROUP_RETRY_S = 10.0  # wait before trying again to start a job group that failed to start
+
+
+@dataclass(frozen=True)
+class Completed:
+    """The job produced its output."""
+
+    result: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The job failed: ``failure`` is what its result request answers, ``summary`` the last line of its log."""
+
+    failure: Failure
+    summary: str
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    """A user cancelled the running job."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class HandedBack:
+    """The run stopped without an outcome and the job goes back to the queue: ``counted`` as a lost run under the
+    attempt rules (a rank of the job group died) or not (the server is stopping)."""
+
+    reason: str
+    counted: bool
+
+
+@dataclass(frozen=True)
+class Lost:
+    """The job is no longer this worker's (its lease ran out and another node handed it back): nothing to record."""
+
+
+Ending = Completed | Failed | Cancelled | HandedBack | Lost
+"""How one run of a job ended."""
 
 
 class WorkerPool:
@@ -225,19 +267,73 @@ class Worker(threading.Thread):
             log.warning("job %s: could not store the log line %r", job_id, message, exc_info=True)
 
     def _run(self, job: Job) -> None:
-        store, device = self.pool.store, self.models.device
+        """Run ``job``, then record how it ended: two steps, so that everything the store learns of a run's end is
+        written in one place (``_record``)."""
         started = time.perf_counter()
-        self._log(job.id, f"started on {device} (run {job.attempts})")
+        self._log(job.id, f"started on {self.models.device} (run {job.attempts})")
         self._log(job.id, f"worker {self.id}")  # which process and machine holds the job (its lease)
-        workdir = self.pool.work_dir / job.id
-        last_step = [0.0]
-        published: list[str] = []  # keys of the files this job put in the store
+        self._record(job, self._execute(job), time.perf_counter() - started)
 
-        def on_step(i: int, total: int) -> None:
+    def _execute(self, job: Job) -> Ending:
+        """Run ``job`` to its end and say how it ended. Whatever the end, the job's scratch files are deleted and
+        its memory released, and a job that did not complete leaves none of its published files behind: all before
+        anything is written to the store, since on a full disk deleting them makes the room for the writes."""
+        workdir = self.pool.work_dir / job.id
+        published: list[str] = []  # keys of the files this job put in the store
+        ending: Ending | None = None
+        try:
+            ending = self._generate(job, workdir, published)
+            return ending
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+            if not isinstance(ending, Completed):
+                for key in published:
+                    self._delete_file(job.id, key)
+            release_memory(self.models.device)
+
+    def _generate(self, job: Job, workdir: Path, published: list[str]) -> Ending:
+        """``generate()`` on the job, every exception turned into the ending it means."""
+        try:
+            workdir.mkdir(mode=0o700, exist_ok=True)
+            inp = VaceInput.model_validate(job.input)
+            output = generate(
+                inp, task=job.task, model=job.model, models=self.models, workdir=workdir,  # type: ignore[arg-type]
+                publish=self._publisher(job, inp.sync_mode, published), hooks=self._hooks(job, inp, workdir),
+                ctx=self.pool.ctx,
+            )
+            return Completed(output.model_dump(mode="json", exclude_none=True))
+        except (InputError, ValidationError) as exc:  # ValidationError: a stored input this version refuses
+            if isinstance(exc, InputError) and exc.type == "content_policy_violation":
+                self._drop_control(job)  # nothing of a flagged job stays on the server
+            failure = failure_of(exc)
+            return Failed(failure, failure.message)
+        except JobCancelled as exc:
+            if self.lost.is_set():
+                return Lost()
+            if self.pool.stopping.is_set() and not self.pool.store.cancel_requested(job.id):
+                return HandedBack("the server is stopping; re-queued to run after restart", counted=False)
+            return Cancelled(f"cancelled ({exc})")
+        except Exception as exc:
+            cause = self.group.interrupted() if self.group is not None else None
+            if cause is not None:  # not the job's fault: it goes back under the attempt rules, as if this worker died
+                return HandedBack(f"the job group lost a rank: {cause}", counted=True)
+            failure = failure_of(exc, self.models.device)
+            if failure.type == "internal_error":  # failure_of logged the traceback under the message's id
+                log.error("job %s failed: %s", job.id, failure.message)
+            return Failed(failure, f"failed: {failure.message}")
+
+    def _hooks(self, job: Job, inp: VaceInput, workdir: Path) -> JobHooks:
+        """How ``generate()`` reports to the store while it runs: log lines, steps (timed for the metrics), the
+        control video it made, and whether to stop (a cancel, the server stopping, the job lost to another node)."""
+        device, store = self.models.device, self.pool.store
+        last_step = 0.0
+
+        def step(i: int, total: int) -> None:
+            nonlocal last_step
             now = time.perf_counter()
             if i > 1:
-                self.pool.metrics.step_seconds.labels(job.model, str(device)).observe(now - last_step[0])
-            last_step[0] = now
+                self.pool.metrics.step_seconds.labels(job.model, str(device)).observe(now - last_step)
+            last_step = now
             self._log(job.id, f"step {i}/{total}")
 
         def cancelled() -> bool:
@@ -251,70 +347,43 @@ class Worker(threading.Thread):
                 log.warning("job %s: could not check for a cancel: %s", job.id, str(exc).strip())
                 return False
 
-        hooks = JobHooks(
-            log=lambda message: self._log(job.id, message),
-            step=on_step,
-            cancelled=cancelled,
-        )
-        outcome, result, failure, ending = "error", None, None, ""
-        try:
-            workdir.mkdir(mode=0o700, exist_ok=True)
-            inp = VaceInput.model_validate(job.input)
-            if not inp.sync_mode:  # sync_mode keeps nothing on the server
-                hooks.control = lambda frames, fps: self._keep_control(job, workdir, frames, fps)
-            output = generate(
-                inp, task=job.task, model=job.model, models=self.models, workdir=workdir,  # type: ignore[arg-type]
-                publish=self._publisher(job, inp.sync_mode, published), hooks=hooks, ctx=self.pool.ctx,
-            )
-            result, outcome = output.model_dump(mode="json", exclude_none=True), "ok"
-            ending = f"completed in {time.perf_counter() - started:.1f} s"
-        except (InputError, ValidationError) as exc:  # ValidationError: a stored input this version refuses
-            if isinstance(exc, InputError) and exc.type == "content_policy_violation":
-                self._drop_control(job)  # nothing of a flagged job stays on the server
-            failure = failure_of(exc)
-            ending = failure.message
-        except JobCancelled as exc:
-            if self.lost.is_set():
-                outcome, ending = "lost", "the job was handed to another worker; stopped without recording it"
-            elif self.pool.stopping.is_set() and not store.cancel_requested(job.id):
-                outcome, ending = "requeue", "the server is stopping; re-queued to run after restart"
-            else:
-                outcome, ending = "cancelled", f"cancelled ({exc})"
-        except Exception as exc:
-            cause = self.group.interrupted() if self.group is not None else None
-            if cause is not None:
-                outcome, ending = "interrupted", f"the job group lost a rank: {cause}"
-            else:
-                failure = failure_of(exc, device)
-                if failure.type == "internal_error":  # failure_of logged the traceback under the message's id
-                    log.error("job %s failed: %s", job.id, failure.message)
-                ending = f"failed: {failure.message}"
-        finally:
-            # Before anything is written to the store: on a full disk, deleting the job's files makes the room.
-            shutil.rmtree(workdir, ignore_errors=True)
-            if outcome not in ("ok", "requeue"):
-                for key in published:
-                    self._delete_file(job.id, key)
-            release_memory(device)
-        if outcome == "lost":  # whoever holds the job now records it; a second outcome would be a double completion
-            log.warning("job %s: %s", job.id, ending)
-            return
-        if outcome == "interrupted":  # under the attempt rules, as a job whose worker died
-            log.warning("job %s: %s", job.id, ending)
-            self._record(lambda: store.hand_back(job.id, self.id, self.pool.max_attempts, ending))
-            return
-        if outcome == "requeue":
-            self._record(lambda: store.requeue(job.id, ending, worker_id=self.id))
-            return
-        self._log(job.id, ending, {"ok": "INFO", "cancelled": "WARN"}.get(outcome, "ERROR"))
-        recorded = self._record(lambda: store.finish(job.id, result=result, failure=failure,
-                                                     cancelled=outcome == "cancelled", worker_id=self.id))
-        if not recorded:  # the lease was lost at the last moment: the job's new holder records it
+        hooks = JobHooks(log=lambda message: self._log(job.id, message), step=step, cancelled=cancelled)
+        if not inp.sync_mode:  # sync_mode keeps nothing on the server
+            hooks.control = lambda frames, fps: self._keep_control(job, workdir, frames, fps)
+        return hooks
+
+    def _record(self, job: Job, ending: Ending, seconds: float) -> None:
+        """Write how the run of ``job`` ended to the store: one transition (ended, or back to the queue), or
+        nothing when the job is no longer this worker's."""
+        store = self.pool.store
+        match ending:
+            case Lost():  # whoever holds the job now records it; a second outcome would be a double completion
+                log.warning("job %s: handed to another worker; stopped without recording it", job.id)
+                return
+            case HandedBack(reason, counted=True):  # under the attempt rules, as a job whose worker died
+                log.warning("job %s: %s", job.id, reason)
+                self._write(lambda: store.hand_back(job.id, self.id, self.pool.max_attempts, reason))
+                return
+            case HandedBack(reason, counted=False):
+                self._write(lambda: store.requeue(job.id, reason, worker_id=self.id))
+                return
+            case Completed(result):
+                line, level, outcome = f"completed in {seconds:.1f} s", "INFO", "ok"
+                finish = functools.partial(store.finish, job.id, result=result, worker_id=self.id)
+            case Failed(failure, summary):
+                line, level, outcome = summary, "ERROR", "error"
+                finish = functools.partial(store.finish, job.id, failure=failure, worker_id=self.id)
+            case Cancelled(reason):
+                line, level, outcome = reason, "WARN", "cancelled"
+                finish = functools.partial(store.finish, job.id, cancelled=True, worker_id=self.id)
+        self._log(job.id, line, level)
+        if not self._write(finish):
+            # The lease was lost at the last moment: the job's new holder records it.
             log.warning("job %s ended here after another worker took it over; its outcome was not recorded", job.id)
             return
-        self.pool.metrics.job_seconds.labels(job.app, job.task, outcome).observe(time.perf_counter() - started)
+        self.pool.metrics.job_seconds.labels(job.app, job.task, outcome).observe(seconds)
 
-    def _record(self, write: Callable[[], bool]) -> bool:
+    def _write(self, write: Callable[[], bool]) -> bool:
         """Write a job's end to the store, retrying while the store cannot take it (a full disk, a database
         restarting): a job that ended must not stay "running". Returns whether the store took it (False: this
         worker no longer holds the job). Should the server stop first, the job's lease runs out (or restart
