@@ -34,10 +34,12 @@ import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, Protocol
+
+from .schema import migrate_sqlite
 
 Status = Literal["IN_QUEUE", "IN_PROGRESS", "COMPLETED"]
 Outcome = Literal["ok", "error", "cancelled"]
@@ -128,104 +130,6 @@ class LogLine:
     timestamp: float
 
 
-class JobStore(Protocol):
-    """What the server needs from a job store."""
-
-    shared: bool
-    """Whether other processes use the same store (then only expired leases say a job is orphaned)."""
-
-    def add(self, *, app: str, task: str, model: str, input: dict[str, Any], base_url: str,
-            webhook_url: str | None, owner: str | None = None, priority: Priority = "normal",
-            start_timeout_s: float | None = None, runner_hint: str | None = None) -> Job: ...
-    def get(self, job_id: str) -> Job | None: ...
-    def queue_position(self, job: Job) -> int: ...
-    def claim(self, *, worker_id: str | None = None, lease_s: float | None = None,
-              models: Collection[str] | None = None, loaded: Collection[str] = (), hints: Collection[str] = (),
-              switch_after_s: float = 0.0) -> Job | None: ...
-    def heartbeat(self, job_id: str, worker_id: str, lease_s: float) -> bool: ...
-    def finish(self, job_id: str, *, result: dict[str, Any] | None = None, failure: Failure | None = None,
-               cancelled: bool = False, worker_id: str | None = None) -> bool: ...
-    def requeue(self, job_id: str, reason: str, *, worker_id: str | None = None) -> bool: ...
-    def request_cancel(self, job_id: str) -> Job | None: ...
-    def cancel_requested(self, job_id: str) -> bool: ...
-    def log(self, job_id: str, message: str, level: str = "INFO") -> None: ...
-    def set_control_video(self, job_id: str, url: str | None) -> None: ...
-    def logs(self, job_id: str) -> list[LogLine]: ...
-    def counts(self) -> dict[str, int]: ...
-    def queue_depths(self) -> dict[tuple[str, str, Priority], int]: ...
-    def worker_seen(self, worker_id: str, info: dict[str, Any]) -> None: ...
-    def live_workers(self, seen_after: float) -> list[dict[str, Any]]: ...
-    def recover(self, max_attempts: int) -> list[str]: ...
-    def requeue_expired(self, max_attempts: int) -> list[str]: ...
-    def hand_back(self, job_id: str, worker_id: str, max_attempts: int, cause: str) -> bool: ...
-    def expire_unstarted(self) -> list[str]: ...
-    def pending_webhooks(self) -> list[Job]: ...
-    def claim_webhook(self, job_id: str, node_id: str, lease_s: float) -> Job | None: ...
-    def set_webhook_state(self, job_id: str, state: WebhookState, *, node_id: str | None = None) -> bool: ...
-    def webhook_attempt(self, job_id: str, attempt: int, next_at: float, *, node_id: str, lease_s: float) -> bool: ...
-    def release_webhooks(self, node_id: str) -> int: ...
-    def unfinished(self) -> list[Job]: ...
-    def purge(self, finished_before: float) -> int: ...
-    def rename_owners(self, renamed: Mapping[str, str]) -> int: ...
-    def announce_to(self, sink: ChangeSink) -> None: ...
-    def close(self) -> None: ...
-
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT UNIQUE NOT NULL,
-    app TEXT NOT NULL,
-    task TEXT NOT NULL,
-    model TEXT NOT NULL,
-    input TEXT NOT NULL,
-    base_url TEXT NOT NULL,
-    webhook_url TEXT,
-    webhook_state TEXT,
-    status TEXT NOT NULL,
-    outcome TEXT,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    cancel_requested INTEGER NOT NULL DEFAULT 0,
-    result TEXT,
-    failure TEXT,
-    created_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL,
-    control_video_url TEXT,
-    owner TEXT,
-    priority INTEGER NOT NULL DEFAULT 0,
-    start_deadline REAL,
-    runner_hint TEXT,
-    webhook_attempts INTEGER NOT NULL DEFAULT 0,
-    webhook_next_at REAL,
-    worker_id TEXT,
-    lease_expires_at REAL,
-    webhook_owner TEXT,
-    webhook_lease_until REAL
-);
-CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, seq);
-CREATE TABLE IF NOT EXISTS logs (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    job_id TEXT NOT NULL,
-    timestamp REAL NOT NULL,
-    level TEXT NOT NULL,
-    message TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS logs_job ON logs (job_id, seq);
-CREATE TABLE IF NOT EXISTS workers (
-    id TEXT PRIMARY KEY,
-    info TEXT NOT NULL,
-    last_seen REAL NOT NULL
-);
-"""
-
-
-# Columns added after the first release, with their types, for databases made before them.
-_ADDED_COLUMNS = {
-    "control_video_url": "TEXT", "owner": "TEXT", "priority": "INTEGER NOT NULL DEFAULT 0", "start_deadline": "REAL",
-    "runner_hint": "TEXT", "webhook_attempts": "INTEGER NOT NULL DEFAULT 0", "webhook_next_at": "REAL",
-    "worker_id": "TEXT", "lease_expires_at": "REAL", "webhook_owner": "TEXT", "webhook_lease_until": "REAL",
-}
 _PRIORITIES: dict[str, int] = {"normal": 0, "low": 1}
 
 
@@ -268,8 +172,9 @@ class Transaction:
             self.changes[job_id] = change
 
 
-class SqlJobStore(ABC):
-    """:class:`JobStore` in SQL that SQLite and PostgreSQL both run, so the two stores cannot drift apart.
+class JobStore(ABC):
+    """What the server needs from a job store, in SQL that SQLite and PostgreSQL both run, so that the two stores
+    cannot drift apart; their tables are defined once, in ``server/schema.py``.
 
     A subclass supplies transactions (``_tx``), single reads (``_query``), the way its transitions reach the
     node's sink (``announce_to``, ``_committed``) and the row locks its engine needs where several processes share
@@ -280,6 +185,10 @@ class SqlJobStore(ABC):
 
     _LOCK = ""
     _LOCK_SKIP = ""
+    shared: bool
+    """Whether other nodes use the same database (PostgreSQL); then only expired leases say that a job is
+    orphaned. A store of one node (SQLite) is not shared, even by the node's worker processes: the node owns it
+    and recovers its jobs at start (``recover``)."""
 
     @abstractmethod
     def close(self) -> None: ...
@@ -499,7 +408,8 @@ class SqlJobStore(ABC):
         Returns the ids of the jobs it touched.
         """
         with self._write() as db:
-            db.execute("UPDATE jobs SET webhook_owner = NULL, webhook_lease_until = NULL WHERE webhook_state = 'pending'")
+            db.execute("UPDATE jobs SET webhook_owner = NULL, webhook_lease_until = NULL"
+                       " WHERE webhook_state = 'pending'")
             return self._hand_back(db, "", (), max_attempts, "the server stopped while this job was running")
 
     def requeue_expired(self, max_attempts: int) -> list[str]:
@@ -583,7 +493,8 @@ class SqlJobStore(ABC):
         owned = " AND webhook_owner = ?" if node_id is not None else ""
         with self._tx() as db:
             return db.execute(
-                f"UPDATE jobs SET webhook_state = ?, webhook_owner = NULL, webhook_lease_until = NULL WHERE id = ?{owned}",
+                "UPDATE jobs SET webhook_state = ?, webhook_owner = NULL, webhook_lease_until = NULL"
+                f" WHERE id = ?{owned}",
                 (state, job_id, node_id) if node_id is not None else (state, job_id),
             ).rowcount == 1
 
@@ -613,7 +524,7 @@ class SqlJobStore(ABC):
         """Delete the jobs (and their logs) that ended before ``finished_before``; a job whose webhook is still
         being delivered stays until it is. Returns how many were deleted."""
         with self._tx() as db:
-            where = ("status = 'COMPLETED' AND finished_at < ? AND (webhook_state IS NULL OR webhook_state != 'pending')")
+            where = "status = 'COMPLETED' AND finished_at < ? AND (webhook_state IS NULL OR webhook_state != 'pending')"
             db.execute(f"DELETE FROM logs WHERE job_id IN (SELECT id FROM jobs WHERE {where})", (finished_before,))
             return db.execute(f"DELETE FROM jobs WHERE {where}", (finished_before,)).rowcount
 
@@ -630,7 +541,7 @@ class SqlJobStore(ABC):
         return changed
 
 
-class SqliteJobStore(SqlJobStore):
+class SqliteJobStore(JobStore):
     """:class:`JobStore` in one SQLite file (WAL mode: readers never wait for the worker's writes)."""
 
     shared = False
@@ -653,11 +564,7 @@ class SqliteJobStore(SqlJobStore):
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")  # durable across a process crash, which is what we need
-        self._db.executescript(_SCHEMA)
-        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
-        for column, kind in _ADDED_COLUMNS.items():  # a database made before the column existed
-            if column not in columns:
-                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
+        migrate_sqlite(self._db)
         self._mutex = threading.Lock()
         self._sink: ChangeSink | None = None
 
@@ -726,32 +633,19 @@ def _dumps(value: Any) -> str | None:
     return None if value is None else json.dumps(value)
 
 
+_DECODE: dict[str, Callable[[Any], Any]] = {
+    "input": json.loads,
+    "result": lambda text: json.loads(text) if text else None,
+    "failure": lambda text: Failure(**json.loads(text)) if text else None,  # older rows lack "headers": the default
+    "priority": lambda rank: "low" if rank else "normal",
+}
+"""How a column's value becomes its ``Job`` field, where the two differ (JSON text, the priority's rank)."""
+
+
 def _job(row: Mapping[str, Any]) -> Job:
-    failure = json.loads(row["failure"]) if row["failure"] else None  # older rows lack "headers": the default
-    return Job(
-        id=row["id"],
-        seq=row["seq"],
-        app=row["app"],
-        task=row["task"],
-        model=row["model"],
-        input=json.loads(row["input"]),
-        base_url=row["base_url"],
-        webhook_url=row["webhook_url"],
-        status=row["status"],
-        outcome=row["outcome"],
-        attempts=row["attempts"],
-        result=json.loads(row["result"]) if row["result"] else None,
-        failure=Failure(**failure) if failure else None,
-        created_at=row["created_at"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        control_video_url=row["control_video_url"],
-        owner=row["owner"],
-        priority="low" if row["priority"] else "normal",
-        start_deadline=row["start_deadline"],
-        runner_hint=row["runner_hint"],
-        webhook_attempts=row["webhook_attempts"],
-        webhook_next_at=row["webhook_next_at"],
-        worker_id=row["worker_id"],
-        lease_expires_at=row["lease_expires_at"],
-    )
+    """A row of the job table as a :class:`Job`: each field read from the column of its name."""
+    return Job(**{f.name: _DECODE.get(f.name, _same)(row[f.name]) for f in fields(Job)})
+
+
+def _same(value: Any) -> Any:
+    return value
