@@ -190,7 +190,9 @@ class Worker(threading.Thread):
         self.id = f"{socket.gethostname()}:{os.getpid()}:{models.device}:{secrets.token_hex(3)}"
         """Names this worker on the job it runs (its lease); unique across processes and machines."""
         self.current: str | None = None
-        self.lost = threading.Event()
+        self.lost: str | None = None
+        """The last job whose lease this worker found lost: that job stops at its next step. A job id rather than a
+        flag, so that a heartbeat for a job that has just ended cannot stop the next one."""
         self.hints: deque[str] = deque(maxlen=RECENT_HINTS)
         """The runner hints of the jobs this worker ran lately, newest last: later jobs with one of them come here
         first (fal's ``X-Fal-Runner-Hint``: the same runner as the earlier requests with that hint)."""
@@ -208,8 +210,9 @@ class Worker(threading.Thread):
         after our lease ran out, e.g. while the database was unreachable), stop it at the next step."""
         job_id = self.current
         if job_id is not None and not self.pool.store.heartbeat(job_id, self.id, self.pool.lease_s):
-            log.warning("job %s is no longer held by %s; stopping it", job_id, self.id)
-            self.lost.set()
+            if self.current == job_id:  # not a job that ended while its heartbeat was on the way
+                log.warning("job %s is no longer held by %s; stopping it", job_id, self.id)
+            self.lost = job_id
 
     def run(self) -> None:
         try:
@@ -232,8 +235,7 @@ class Worker(threading.Thread):
                 self.wake.wait(IDLE_POLL_S)
                 self.wake.clear()
                 continue
-            self.current = job.id
-            self.lost.clear()
+            self.current, self.lost = job.id, None
             if job.runner_hint is not None:  # remembered as the newest
                 with contextlib.suppress(ValueError):
                     self.hints.remove(job.runner_hint)
@@ -308,7 +310,7 @@ class Worker(threading.Thread):
             failure = failure_of(exc)
             return Failed(failure, failure.message)
         except JobCancelled as exc:
-            if self.lost.is_set():
+            if self.lost == job.id:
                 return Lost()
             if self.pool.stopping.is_set() and not self.pool.store.cancel_requested(job.id):
                 return HandedBack("the server is stopping; re-queued to run after restart", counted=False)
@@ -325,7 +327,7 @@ class Worker(threading.Thread):
     def _hooks(self, job: Job, inp: VaceInput, workdir: Path) -> JobHooks:
         """How ``generate()`` reports to the store while it runs: log lines, steps (timed for the metrics), the
         control video it made, and whether to stop (a cancel, the server stopping, the job lost to another node)."""
-        device, store = self.models.device, self.pool.store
+        device = self.models.device
         last_step = 0.0
 
         def step(i: int, total: int) -> None:
@@ -336,21 +338,24 @@ class Worker(threading.Thread):
             last_step = now
             self._log(job.id, f"step {i}/{total}")
 
-        def cancelled() -> bool:
-            if self.pool.stopping.is_set() or self.lost.is_set():
-                return True
-            try:
-                return store.cancel_requested(job.id)
-            except Exception as exc:
-                # The store is away (a database restarting): the job goes on, and its lease says whether it still
-                # belongs to this worker once the store is back.
-                log.warning("job %s: could not check for a cancel: %s", job.id, str(exc).strip())
-                return False
-
-        hooks = JobHooks(log=lambda message: self._log(job.id, message), step=step, cancelled=cancelled)
+        hooks = JobHooks(log=lambda message: self._log(job.id, message), step=step,
+                         cancelled=lambda: self.must_stop(job.id))
         if not inp.sync_mode:  # sync_mode keeps nothing on the server
             hooks.control = lambda frames, fps: self._keep_control(job, workdir, frames, fps)
         return hooks
+
+    def must_stop(self, job_id: str) -> bool:
+        """Whether the run of ``job_id`` stops at its next step: the server is stopping, this worker lost the job's
+        lease, or a user cancelled it."""
+        if self.pool.stopping.is_set() or self.lost == job_id:
+            return True
+        try:
+            return self.pool.store.cancel_requested(job_id)
+        except Exception as exc:
+            # The store is away (a database restarting): the job goes on, and its lease says whether it still
+            # belongs to this worker once the store is back.
+            log.warning("job %s: could not check for a cancel: %s", job_id, str(exc).strip())
+            return False
 
     def _record(self, job: Job, ending: Ending, seconds: float) -> None:
         """Write how the run of ``job`` ended to the store: one transition (ended, or back to the queue), or
