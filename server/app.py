@@ -10,10 +10,8 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import urlsplit
 
-import torch
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
@@ -31,13 +29,14 @@ from pipelines.registry import APPS, TASKS
 
 from . import routes, service, uploads
 from .auth import Auth
+from .backends import job_context, open_files, open_store, resolve_devices
 from .config import Settings
 from .connections import raise_open_file_limit, uvicorn_config
 from .events import Changes
 from .failures import RequestFailed, failure_of, failure_response
-from .files import FileStore, LocalFileStore, private_dir
+from .files import FileStore, private_dir
 from .guard import Body, HostPolicy, RequestGuard
-from .jobs import Change, JobStore, SqliteJobStore
+from .jobs import Change, JobStore
 from .metrics import Metrics
 from .node_secrets import load_secrets
 from .request_id import RequestIdHeader
@@ -46,45 +45,13 @@ from .signing import WebhookSigner
 from .tls import certificate_names, client_hostport, ensure_certificate, fal_client_env
 from .upkeep import Upkeep
 from .webhooks import Webhooks
-from .worker import WorkerPool
+from .worker import WorkerPool, Workers, clear_work_dir
 from .worker_group import WorkerGroup
+from .worker_process import WorkerProcesses
 
 log = logging.getLogger(__name__)
 
 PARTS_BODY_BYTES = 1024**2  # a multipart upload's ``complete`` body: 10,000 parts with ETags fit well under it
-
-
-def resolve_devices(names: tuple[str, ...]) -> list[torch.device]:
-    """The devices to run workers on: as configured, else every CUDA device, else the CPU."""
-    if names:
-        return [torch.device(n) for n in names]
-    if torch.cuda.is_available():
-        return [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
-    return [torch.device("cpu")]
-
-
-def open_store(config: Settings) -> JobStore:
-    """The job store ``--store`` names: ``sqlite:///ABS/PATH`` (default: the data directory's ``jobs.sqlite3``)
-    or ``postgresql://user:pass@host:port/db``, which many API and worker processes share."""
-    url = config.store_url
-    if url.startswith("sqlite:///"):
-        return SqliteJobStore(Path(url.removeprefix("sqlite://")))
-    if config.shared_store:
-        from .pg_store import PostgresJobStore
-
-        return PostgresJobStore(url)
-    raise ValueError(f"--store must be sqlite:///ABS/PATH or postgresql://..., got {url.split('://')[0]}://...")
-
-
-def open_files(config: Settings) -> FileStore:
-    """The file store ``--files`` names: a directory (default: the data directory) or ``s3://bucket/prefix``, which
-    many API and worker nodes share (its connection comes from the standard AWS variables)."""
-    if config.files_bucket:
-        from .s3_files import S3FileStore
-
-        return S3FileStore(config.files_bucket, max_bytes=config.max_upload_bytes, spool_dir=config.data_dir / "spool",
-                           url_ttl_s=config.files_url_ttl, public_url=config.files_public_url)
-    return LocalFileStore(config.files_dir, config.uploads_dir, config.max_upload_bytes)
 
 
 @dataclass
@@ -108,7 +75,7 @@ class Node:
     webhooks: Webhooks | None
     """Delivers the webhooks of jobs that end; None on a worker node, whose jobs' webhooks the API nodes deliver
     (the store wakes them when one falls due)."""
-    pool: WorkerPool
+    pool: Workers
     upkeep: Upkeep
     retention: Retention
 
@@ -118,32 +85,31 @@ class Node:
         private_dir(config.data_dir)
         store = open_store(config)
         files = open_files(config)
-        # This server's rules for its jobs: its limits and allow-lists, its own files read from the store, no local
-        # paths from remote callers, and its LoRA download cache.
-        ctx = JobContext(limits=config.limits, fetch_allow=config.fetch_allow, webhook_allow=config.webhook_allow,
-                         local_files=files.fetch, local_paths=False, lora_cache=config.lora_cache())
-        if config.fetch_allow and not config.webhook_allow:
-            log.info("--fetch-allow permits media sources only; non-public webhook targets need --webhook-allow")
+        ctx = job_context(config, files)
         changes = Changes()
-        devices = resolve_devices(config.devices)
-        metrics = Metrics(store, devices)
+        metrics = Metrics(store)
         managers = [ModelManager(config.weights_dir, device=d, max_models=config.max_models, runtime=config.runtime)
-                    for d in devices]
+                    for d in resolve_devices(config.devices)]
         group = None
         if config.parallel:  # one worker, rank 0 on the first device; until its group starts, a plain manager there
             group = WorkerGroup(ParallelSpec.parse(config.parallel), config.devices, config.weights_dir,
-                                config.runtime, config.max_models,
-                                on_restart=lambda _cause: metrics.group_restarts.inc())
+                                config.runtime, config.max_models, on_restart=lambda _cause: metrics.group_restart())
             metrics.show_group(group.describe())
             managers = managers[:1]
         webhooks = None if signer is None else Webhooks(
             store, signer, ctx, attempts=config.webhook_attempts, backoff_s=config.webhook_backoff_s,
             timeout_s=config.webhook_timeout_s, lease_s=config.lease_seconds, concurrency=config.webhook_concurrency,
             on_outcome=lambda outcome: metrics.webhook_deliveries.labels(outcome).inc())
-        pool = WorkerPool(store=store, files=files, metrics=metrics, managers=managers, work_dir=config.work_dir,
-                          ctx=ctx, lease_s=config.lease_seconds, max_attempts=config.max_attempts,
-                          local=not config.no_workers, models=config.models, switch_after_s=config.switch_after_s,
-                          group=group)
+        if config.fetch_allow and not config.webhook_allow:
+            log.info("--fetch-allow permits media sources only; non-public webhook targets need --webhook-allow")
+        pool: Workers
+        if config.no_workers or config.worker_threads:
+            pool = WorkerPool(store=store, files=files, metrics=metrics, managers=managers, work_dir=config.work_dir,
+                              ctx=ctx, lease_s=config.lease_seconds, max_attempts=config.max_attempts,
+                              local=not config.no_workers, models=config.models,
+                              switch_after_s=config.switch_after_s, group=group)
+        else:  # the managers stay here to check requests; each worker process loads its own
+            pool = WorkerProcesses(config, store, metrics, managers)
         retention = Retention(store, files, max_age_s=config.retention_s, interval_s=config.retention_sweep_s,
                               deleted=metrics.retention_deleted)
         upkeep = Upkeep(store, max_attempts=config.max_attempts)
@@ -161,6 +127,7 @@ class Node:
             await self.webhooks.start()
         self.upkeep.start()
         if self.pool.local:
+            clear_work_dir(self.config.work_dir)
             self.pool.start()
         self.retention.start()
 

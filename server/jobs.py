@@ -8,8 +8,9 @@ PostgreSQL both run; the SQLite store (the embedded default, jobs survive a rest
 to cancel, may be handed back to the queue, and ends (completed, failed or cancelled). Every one of these goes through
 a method of the store, and the store announces it once it is committed to the one :class:`ChangeSink` the node wired
 (``announce_to``), which wakes idle workers, status streams and sync requests and schedules webhooks. Nobody else
-announces anything. How the announcement travels is the engine's: SQLite's store calls the sink after its commit,
-PostgreSQL's triggers notify every listening process (``server/pg_store.py``).
+announces anything. How the announcement travels is the engine's: SQLite's store calls the sink after its commit, in
+the process that wrote (a worker process relays it to its node, ``server/worker_process.py``), and PostgreSQL's
+triggers notify every listening process (``server/pg_store.py``).
 
 **Leases.** A running job is tied to the worker that claimed it by a lease: ``claim(worker_id=..., lease_s=...)``
 stamps the job with the worker's id and a time (``lease_expires_at``) until which the job counts as alive, and the
@@ -19,7 +20,7 @@ job back to the queue in its old place, the lost run counted (``requeue_expired`
 ``max_attempts`` runs, since a job that keeps killing its worker must end. A worker that lost its job that way can
 record nothing more for it: ``heartbeat``, ``finish`` and ``requeue`` with its ``worker_id`` return False, and it
 stops the job. Nodes compare lease times from their own clocks, so in a fleet they must agree (NTP) to well within a
-lease. A store that one process owns (SQLite) also has ``recover``: at start, every running job is an orphan of the
+lease. A store that one node owns (SQLite) also has ``recover``: at its start, every running job is an orphan of the
 last run.
 """
 
@@ -37,7 +38,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TextIO
 
 from .schema import migrate_sqlite
 
@@ -201,6 +202,12 @@ class JobStore(ABC):
     @abstractmethod
     def _committed(self, changes: Mapping[str, Change]) -> None:
         """A write transaction committed ``changes`` (job id: transition)."""
+
+    def relayed(self, job_id: str, change: Change) -> None:
+        """A worker process of this node committed a transition that only its own process heard (a store whose
+        announcements stay in the process that wrote, SQLite's) and relayed it here: announce it as if written
+        here."""
+        self._committed({job_id: change})
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[Transaction]:
@@ -421,12 +428,15 @@ class JobStore(ABC):
             return self._hand_back(db, " AND lease_expires_at < ?", (time.time(),), max_attempts,
                                    "the worker running this job stopped renewing its lease")
 
-    def hand_back(self, job_id: str, worker_id: str, max_attempts: int, cause: str) -> bool:
-        """A worker's own word that its run of ``job_id`` was interrupted (a rank of its group died): re-queue it
-        or fail it under the same attempt rules as :meth:`requeue_expired`, now rather than after the lease. Only
-        while ``worker_id`` holds it; returns whether it did."""
+    def hand_back(self, job_id: str | None, worker_id: str, max_attempts: int, cause: str) -> bool:
+        """Word that ``worker_id``'s run of ``job_id`` was interrupted (a rank of its group died; with None: the
+        worker's process died, whatever it held): re-queue it or fail it under the same attempt rules as
+        :meth:`requeue_expired`, now rather than after the lease. Only while ``worker_id`` holds it; returns
+        whether it did."""
+        where, args = (" AND id = ? AND worker_id = ?", (job_id, worker_id)) if job_id else (" AND worker_id = ?",
+                                                                                            (worker_id,))
         with self._write() as db:
-            return bool(self._hand_back(db, " AND id = ? AND worker_id = ?", (job_id, worker_id), max_attempts, cause))
+            return bool(self._hand_back(db, where, args, max_attempts, cause))
 
     def _hand_back(self, db: Transaction, where: str, args: tuple[Any, ...], max_attempts: int,
                    cause: str) -> list[str]:
@@ -542,40 +552,54 @@ class JobStore(ABC):
 
 
 class SqliteJobStore(JobStore):
-    """:class:`JobStore` in one SQLite file (WAL mode: readers never wait for the worker's writes)."""
+    """:class:`JobStore` in one SQLite file (WAL mode: readers never wait for a writer, and writers in several
+    processes take turns).
+
+    The file belongs to one node: the node's process opens it as its ``owner`` (an exclusive lock file enforces one
+    owner, and at start every running job is an orphan of the last run, ``recover``), and the node's worker
+    processes, which the node starts after recovering, open it as members (``owner=False``).
+    """
 
     shared = False
-    """One process owns the file: at start, every running job is an orphan of the last run (``recover``)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, owner: bool = True) -> None:
+        self._lock_file = self._lock(path) if owner else None
+        # A write waits for another process's write (each a few milliseconds) rather than failing at once.
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")  # durable across a process crash, which is what we need
+        if owner:
+            migrate_sqlite(self._db)
+        self._mutex = threading.Lock()
+        self._sink: ChangeSink | None = None
+
+    @staticmethod
+    def _lock(path: Path) -> TextIO:
+        """Take the file for this node (the lock is held for the store's life) and create it, owner-only."""
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         lock_path = path.with_name(path.name + ".lock")
-        self._lock_file = os.fdopen(os.open(lock_path, os.O_WRONLY | os.O_CREAT, 0o600), "w")  # held for our life
+        lock_file = os.fdopen(os.open(lock_path, os.O_WRONLY | os.O_CREAT, 0o600), "w")
         try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            self._lock_file.close()
+            lock_file.close()
             raise StoreLockedError(f"{path} is in use by another vace server (one server per data directory)")
         # Prompts, webhook URLs and file URLs are the users' own: the database is its owner's only (SQLite gives
         # its -wal and -shm files the database file's mode).
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
         path.chmod(0o600)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")  # durable across a process crash, which is what we need
-        migrate_sqlite(self._db)
-        self._mutex = threading.Lock()
-        self._sink: ChangeSink | None = None
+        return lock_file
 
     def close(self) -> None:
         with self._mutex:
             self._db.close()
-            self._lock_file.close()
+            if self._lock_file is not None:
+                self._lock_file.close()
 
     def announce_to(self, sink: ChangeSink) -> None:
-        """Every write goes through this process (it owns the file), so the store tells ``sink`` itself, after each
-        commit."""
+        """SQLite has no notifications: the store tells ``sink`` itself, after each commit, in the process that
+        wrote. A worker process's sink relays to its node, which announces there (:meth:`relayed`)."""
         self._sink = sink
 
     def _committed(self, changes: Mapping[str, Change]) -> None:

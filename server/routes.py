@@ -39,7 +39,7 @@ from .failures import RequestFailed, failure_response
 from .jobs import Job, JobStore, LogLine, Priority, request_failure
 from .request_id import REQUEST_ID_HEADER
 from .webhooks import check_webhook_url
-from .worker import WorkerPool
+from .worker import Workers
 
 SYNC_POLL_S = 5.0  # fallback re-read of a sync job; normally the store's announcement wakes the request first
 STREAM_POLL_S = 1.0  # re-read of a streamed job (queue positions move without a notification)
@@ -126,7 +126,7 @@ def result_response(job: Job) -> JSONResponse:
 
 
 def _enqueue(inp: VaceInput, endpoint: Endpoint, options: QueueOptions, webhook: str | None, *, store: JobStore,
-             pool: WorkerPool, ctx: JobContext, caller: Caller, base_url: str) -> Job:
+             pool: Workers, ctx: JobContext, caller: Caller, base_url: str) -> Job:
     """Check a request (and its webhook) and queue it; every refusal comes before anything is stored."""
     # Refused at submission with a 422, never queued.
     check_inputs(inp, endpoint.task, ctx, pool.models, model=endpoint.model)

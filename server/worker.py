@@ -1,5 +1,7 @@
-"""The workers: one thread per device (or per job group of devices), each pulling jobs from the store and running
-``generate()`` on them.
+"""The workers: one per device (or per job group of devices), each pulling jobs from the store and running
+``generate()`` on them. A node runs its workers in processes of their own (``server/worker_process.py``, one
+:class:`WorkerPool` of one worker in each) or, with ``--worker-threads``, as threads of a :class:`WorkerPool` in
+its own process; either way the node sees them through :class:`Workers`.
 
 Model work never runs on the HTTP event loop. A worker reports every log line and denoising step to the store,
 which the status routes read and which announces each change to whoever waits on the job. Whatever goes wrong in
@@ -26,7 +28,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -43,7 +45,6 @@ from pipelines.schema import VaceInput
 from .failures import failure_of
 from .files import FileStore, private_dir
 from .jobs import Failure, Job, JobStore
-from .metrics import Metrics
 from .worker_group import WorkerGroup
 
 log = logging.getLogger(__name__)
@@ -94,15 +95,56 @@ Ending = Completed | Failed | Cancelled | HandedBack | Lost
 """How one run of a job ended."""
 
 
+class WorkerMetrics(Protocol):
+    """What workers report for the node's metrics (:class:`server.metrics.Metrics`, or its relay in a worker
+    process)."""
+
+    def step(self, model: str, device: str, seconds: float) -> None: ...
+    def job(self, app: str, task: str, outcome: str, seconds: float) -> None: ...
+    def group_restart(self) -> None: ...
+    def gpu(self, device: str, allocated: int, reserved: int, peak: int) -> None: ...
+
+
+class Workers(Protocol):
+    """A node's workers as the rest of the node sees them, threads of its process or processes of their own."""
+
+    local: bool
+    """Whether this node runs jobs (False on an API node: workers elsewhere pull from the shared store)."""
+
+    def start(self) -> None: ...
+    def stop(self, timeout_s: float = 30.0) -> None: ...
+
+    def wake(self) -> None:
+        """A job became claimable: wake the idle workers."""
+
+    def has_weights(self, model: str) -> bool:
+        """Whether ``model`` can be served: its weights are here, or (an API node) workers elsewhere decide."""
+
+    @property
+    def models(self) -> ModelManager | None:
+        """A model manager to check requests against and ask about installed weights (every worker's sees the same
+        weights directory); None on an API node, whose weights directory says nothing about the workers'."""
+
+    def devices(self) -> list[dict[str, Any]]:
+        """Each worker's runtime (``ModelManager.describe``: device, memory mode, loaded models, ...)."""
+
+
+def clear_work_dir(work_dir: Path) -> None:
+    """Delete the scratch files of runs that a crash interrupted; a node does it before its workers start."""
+    shutil.rmtree(work_dir, ignore_errors=True)
+    private_dir(work_dir)
+
+
 class WorkerPool:
-    """The workers of this process and what they share."""
+    """Workers as threads of this process, and what they share: the node's workers with ``--worker-threads``, or
+    the one worker of a worker process."""
 
     def __init__(
         self,
         *,
         store: JobStore,
         files: FileStore,
-        metrics: Metrics,
+        metrics: WorkerMetrics,
         managers: list[ModelManager],
         work_dir: Path,
         ctx: JobContext,
@@ -116,7 +158,6 @@ class WorkerPool:
         """``group``: the devices form one job group, served by one worker (``managers`` then holds rank 0's)."""
         self.store = store
         self.local = local
-        """Whether this process runs jobs (False on an API node: workers elsewhere pull from the shared store)."""
         self.model_filter = models
         self.switch_after_s = switch_after_s
         """The bound on preferring jobs a worker is better placed for (``JobStore.claim``)."""
@@ -131,27 +172,28 @@ class WorkerPool:
         self._heartbeat = threading.Thread(target=self._heartbeat_loop, name="vace-heartbeat", daemon=True)
 
     def start(self) -> None:
-        shutil.rmtree(self.work_dir, ignore_errors=True)  # inputs of runs that a crash interrupted
-        private_dir(self.work_dir)
         for worker in self.workers:
             worker.start()
         self._heartbeat.start()
 
     def _heartbeat_loop(self) -> None:
         """Renew the running jobs' leases (a third of a lease apart; see ``server/jobs.py``) and the workers' signs
-        of life, on a thread of its own so that it goes on while every worker is busy with a long job."""
+        of life, on a thread of its own so that it goes on while every worker is busy with a long job; report the
+        devices' memory with them."""
         while True:
             try:
                 for worker in self.workers:
                     worker.renew_lease()
                     self.store.worker_seen(worker.id, worker.describe())
+                    if (device := worker.models.device).type == "cuda":
+                        self.metrics.gpu(str(device), torch.cuda.memory_allocated(device),
+                                         torch.cuda.memory_reserved(device), torch.cuda.max_memory_allocated(device))
             except Exception:  # a database restarting: the next beat comes within the lease
                 log.warning("renewing the workers' leases failed; retrying", exc_info=True)
             if self.stopping.wait(self.lease_s / 3):
                 return
 
     def wake(self) -> None:
-        """A job became claimable: wake the idle workers."""
         for worker in self.workers:
             worker.wake.set()
 
@@ -164,17 +206,14 @@ class WorkerPool:
                 thread.join(max(0.0, deadline - time.monotonic()))
 
     def has_weights(self, model: str) -> bool:
-        """Whether ``model`` can be served: its weights are here, or (an API node) workers elsewhere decide."""
         return not self.local or self.workers[0].models.is_present(model)
 
     @property
     def models(self) -> ModelManager | None:
-        """A model manager to ask about installed weights (every worker's sees the same weights directory); None
-        on an API node, whose weights directory says nothing about the workers'."""
         return self.workers[0].models if self.local else None
 
-    def loaded_models(self) -> set[str]:
-        return {key for worker in self.workers for key in worker.models.loaded()}
+    def devices(self) -> list[dict[str, Any]]:
+        return [worker.models.describe() for worker in self.workers] if self.local else []
 
 
 class Worker(threading.Thread):
@@ -198,12 +237,13 @@ class Worker(threading.Thread):
         first (fal's ``X-Fal-Runner-Hint``: the same runner as the earlier requests with that hint)."""
 
     def describe(self) -> dict[str, Any]:
-        """What the fleet view shows of this worker."""
+        """What the fleet view shows of this worker (with its runtime, which a node shows of its worker processes)."""
         return {"node": socket.gethostname(), "device": str(self.models.device), "current_job": self.current,
                 "models_present": [m for m in MODELS if self.models.is_present(m)
                                    and (not self.pool.model_filter or m in self.pool.model_filter)],
                 "models_loaded": self.models.loaded(),
-                **(self.group.describe() if self.group else {"devices": [str(self.models.device)], "parallel": None})}
+                **(self.group.describe() if self.group else {"devices": [str(self.models.device)], "parallel": None}),
+                "runtime": self.models.describe()}
 
     def renew_lease(self) -> None:
         """Keep the running job's lease; if the store says the job is no longer ours (another node handed it back
@@ -244,8 +284,9 @@ class Worker(threading.Thread):
                 self._run(job)
             except Exception:  # the store itself failed; keep the worker alive for the next job
                 log.exception("worker error on job %s", job.id)
-            finally:
-                self.current = None
+            self.current = None
+            with contextlib.suppress(Exception):  # the store is away: the next heartbeat tells it
+                self.pool.store.worker_seen(self.id, self.describe())  # the fleet view sees what the job loaded
 
     def _claim(self) -> Job | None:
         """The next job this worker should run (see ``JobStore.claim`` for the order), or None: none is queued, or
@@ -334,7 +375,7 @@ class Worker(threading.Thread):
             nonlocal last_step
             now = time.perf_counter()
             if i > 1:
-                self.pool.metrics.step_seconds.labels(job.model, str(device)).observe(now - last_step)
+                self.pool.metrics.step(job.model, str(device), now - last_step)
             last_step = now
             self._log(job.id, f"step {i}/{total}")
 
@@ -386,7 +427,7 @@ class Worker(threading.Thread):
             # The lease was lost at the last moment: the job's new holder records it.
             log.warning("job %s ended here after another worker took it over; its outcome was not recorded", job.id)
             return
-        self.pool.metrics.job_seconds.labels(job.app, job.task, outcome).observe(seconds)
+        self.pool.metrics.job(job.app, job.task, outcome, seconds)
 
     def _write(self, write: Callable[[], bool]) -> bool:
         """Write a job's end to the store, retrying while the store cannot take it (a full disk, a database

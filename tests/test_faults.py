@@ -224,7 +224,7 @@ def test_a_heartbeat_for_a_job_that_just_ended_does_not_stop_the_next(tmp_path: 
     out; twice, and it failed as runner_disconnected)."""
     store = SqliteJobStore(tmp_path / "jobs.sqlite3")
     pool = WorkerPool(store=store, files=LocalFileStore(tmp_path / "files", tmp_path / "uploads", 1024),
-                      metrics=Metrics(store, [torch.device("cpu")]), managers=[models], work_dir=tmp_path / "work",
+                      metrics=Metrics(store), managers=[models], work_dir=tmp_path / "work",
                       ctx=JobContext())
     worker = pool.workers[0]
     try:
