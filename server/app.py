@@ -120,7 +120,7 @@ class Node:
         webhooks, queue upkeep, the workers unless this is an API node, retention."""
         store = self.store
         store.announce_to(self)
-        if not store.shared:  # this process owns the store: whatever was running belongs to the last run
+        if not self.config.shared_store:  # this node owns the store: whatever was running belongs to the last run
             for job_id in await run_in_threadpool(store.recover, self.config.max_attempts):
                 log.warning("job %s was running when the server stopped: %s", job_id, store.logs(job_id)[-1].message)
         if self.webhooks is not None:

@@ -194,7 +194,7 @@ def worker(settings: Settings, *, metrics_port: int | None = None) -> int:
             asyncio.get_running_loop().add_signal_handler(sig, stopped.set)
         where = (f"{' '.join(settings.devices)} as one job group ({settings.parallel})" if settings.parallel
                  else ", ".join(str(device) for device in resolve_devices(settings.devices)))
-        print(f"vace worker on {where} (store: {'shared' if node.store.shared else 'sqlite'})", flush=True)
+        print(f"vace worker on {where} (store: {'shared' if settings.shared_store else 'sqlite'})", flush=True)
         await stopped.wait()
         await node.stop()
 

@@ -186,17 +186,13 @@ class JobStore(ABC):
 
     _LOCK = ""
     _LOCK_SKIP = ""
-    shared: bool
-    """Whether other nodes use the same database (PostgreSQL); then only expired leases say that a job is
-    orphaned. A store of one node (SQLite) is not shared, even by the node's worker processes: the node owns it
-    and recovers its jobs at start (``recover``)."""
 
     @abstractmethod
     def close(self) -> None: ...
 
     @abstractmethod
     def announce_to(self, sink: ChangeSink) -> None:
-        """Announce every committed transition of a job, made by this process or (a shared store) any other, to
+        """Announce every committed transition of a job, made by this process or (a fleet's store) any other, to
         ``sink``; the node calls this once, before it starts anything that changes jobs."""
 
     @abstractmethod
@@ -559,8 +555,6 @@ class SqliteJobStore(JobStore):
     owner, and at start every running job is an orphan of the last run, ``recover``), and the node's worker
     processes, which the node starts after recovering, open it as members (``owner=False``).
     """
-
-    shared = False
 
     def __init__(self, path: Path, *, owner: bool = True) -> None:
         self._lock_file = self._lock(path) if owner else None

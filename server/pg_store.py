@@ -95,8 +95,6 @@ class PostgresJobStore(JobStore):
     the next call reconnects; a call in flight when the connection drops raises ``psycopg.OperationalError``.
     """
 
-    shared = True
-
     _LOCK = " FOR UPDATE"
     _LOCK_SKIP = " FOR UPDATE SKIP LOCKED"
 

@@ -278,7 +278,7 @@ def main(fd: int) -> None:
     pool = WorkerPool(store=store, files=files, metrics=relay, managers=[models], work_dir=config.work_dir,
                       ctx=job_context(config, files), lease_s=config.lease_seconds, max_attempts=config.max_attempts,
                       models=config.models, switch_after_s=config.switch_after_s, group=group)
-    if not store.shared:
+    if not config.shared_store:  # a fleet's store reaches the node by itself
         store.announce_to(relay)
     channel.send(hello=[worker.id for worker in pool.workers])
     pool.start()

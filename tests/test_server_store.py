@@ -301,7 +301,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, app TEXT NOT NULL, task TEXT NOT NULL,
     model TEXT NOT NULL, input TEXT NOT NULL, base_url TEXT NOT NULL, webhook_url TEXT, webhook_state TEXT,
     status TEXT NOT NULL, outcome TEXT, attempts INTEGER NOT NULL DEFAULT 0,
-    cancel_requested INTEGER NOT NULL DEFAULT 0, result TEXT, failure TEXT, created_at REAL NOT NULL, started_at REAL, finished_at REAL, control_video_url TEXT,
+    cancel_requested INTEGER NOT NULL DEFAULT 0, result TEXT, failure TEXT, created_at REAL NOT NULL,
+    started_at REAL, finished_at REAL, control_video_url TEXT,
     owner TEXT, priority INTEGER NOT NULL DEFAULT 0, start_deadline REAL, runner_hint TEXT,
     webhook_attempts INTEGER NOT NULL DEFAULT 0, webhook_next_at REAL, worker_id TEXT, lease_expires_at REAL,
     webhook_owner TEXT, webhook_lease_until REAL
@@ -532,7 +533,7 @@ def test_every_transition_is_announced_once_committed(store: JobStore) -> None:
     itself as ``updated``), SQLite for every job that ends."""
     sink = Announcements()
     store.announce_to(sink)
-    if store.shared:
+    if not isinstance(store, SqliteJobStore):  # PostgreSQL: once its listener is connected
         assert sink.listening.wait(10)
     job = add(store, webhook="http://hook")
     sink.expect(job.id, "queued")
