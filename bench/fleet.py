@@ -7,12 +7,13 @@ Three figures (issue 16, "Measured"), all on tiny random weights with one torch 
   submission to the last job's end, read from the store's own timestamps (not from the pollers).
 - claim latency: ``--claims`` jobs submitted one at a time to an idle worker; the time from the job's creation
   (``created_at``, written by the process that took the request) to its claim (``started_at``, written by the
-  worker). PostgreSQL: an API node and a ``vace worker`` process, woken by LISTEN/NOTIFY. SQLite: one ``vace serve``
-  with its in-process worker, today's single-process mode (a SQLite file belongs to one process, so ``vace worker``
-  cannot share it with an API node).
+  worker). PostgreSQL: an API node and a ``vace worker`` node, woken by LISTEN/NOTIFY. SQLite: one ``vace serve``
+  with its worker as a thread of the HTTP process (``--worker-threads``; a SQLite file belongs to one node, so
+  ``vace worker`` cannot share it with an API node).
 - status latency: ``--clients`` threads polling the unfinished jobs' status every ``--interval`` s while the
   throughput jobs run (queue_load.py's poller), on the API node with one and with two busy worker processes, against
-  one ``vace serve`` whose worker runs in the HTTP process, on the same load.
+  one ``vace serve`` whose worker runs in the HTTP process (``--worker-threads``), on the same load. (``vace serve``
+  runs its worker in a process of its own by default; ``bench/soak.py`` measures that.)
 
 The PostgreSQL server is a throw-away cluster made by the tests' own code (``tests/pg_fixtures.py``); files are a
 shared directory. Prints the figures and markdown table rows for docs/BENCHMARKS.md.
@@ -42,7 +43,7 @@ from typing import Any
 import httpx
 from queue_load import JOB, REPO, free_port, percentile, poll, start_server, upload
 
-from server.app import open_store
+from server.backends import open_store
 from server.config import Settings
 from server.jobs import Job
 from server.node_secrets import make_secrets
@@ -175,10 +176,10 @@ def p50_p99(values: list[float]) -> str:
 
 
 def single_process(weights: Path, root: Path, video: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """Today's mode: one ``vace serve`` with its worker in the HTTP process, SQLite."""
+    """One ``vace serve`` with its worker in the HTTP process (``--worker-threads``), SQLite."""
     data_dir, port = root / "single", free_port()
     base = f"http://127.0.0.1:{port}"
-    with running(start_server(weights, data_dir, port, root / "single.log")):
+    with running(start_server(weights, data_dir, port, root / "single.log", "--worker-threads")):
         with httpx.Client(base_url=base, timeout=60) as client:
             video_url = upload(client, "pose.mp4", video.read_bytes())
             wait_completed(client, submit(client, video_url))  # loads the model
@@ -216,13 +217,15 @@ def fleet(weights: Path, root: Path, video: Path, store: str, args: argparse.Nam
 
 
 def warm_up(base: str, video_url: str, store: str, pid: int, rounds: int = 5) -> None:
-    """Pairs of jobs until the worker process ``pid`` has run one (loaded its model), so that loading is not timed."""
+    """Pairs of jobs until the worker node ``pid`` (its worker process, in the node's process group) has run one
+    (loaded its model), so that loading is not timed."""
     with httpx.Client(base_url=base, timeout=60) as client:
         for _ in range(rounds):
             pair = [submit(client, video_url) for _ in range(2)]
             for job_id in pair:
                 wait_completed(client, job_id)
-            if any(f":{pid}:" in (job.worker_id or "") for job in read_jobs(store, pair)):
+            if any(job.worker_id and os.getpgid(int(job.worker_id.split(":")[1])) == pid
+                   for job in read_jobs(store, pair)):
                 return
     raise SystemExit(f"worker {pid} took none of {2 * rounds} warm-up jobs")
 

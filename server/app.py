@@ -11,11 +11,9 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-import torch
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
@@ -31,21 +29,23 @@ from pipelines.registry import APPS, ENDPOINT_IDS, ENDPOINT_TASKS
 
 from . import preview, routes, service, uploads
 from .auth import Auth
+from .backends import job_context, open_files, open_store, resolve_devices
 from .config import Settings
 from .connections import raise_open_file_limit, uvicorn_config
 from .events import Changes
 from .failures import RequestFailed, failure_of, failure_response
-from .files import FileStore, LocalFileStore, private_dir
+from .files import FileStore, private_dir
 from .guard import Body, HostPolicy, RequestGuard
-from .jobs import JobStore, SqliteJobStore
+from .jobs import Change, JobStore
 from .metrics import Metrics
 from .node_secrets import load_secrets
 from .request_id import RequestIdHeader
 from .retention import Retention
 from .signing import WebhookSigner
 from .tls import certificate_names, client_hostport, ensure_certificate, fal_client_env
+from .upkeep import Upkeep
 from .webhooks import Webhooks
-from .worker import WorkerPool
+from .worker import WorkerPool, Workers, clear_work_dir
 
 if TYPE_CHECKING:  # see Node._workers
     from pipelines.loading import ModelManager
@@ -57,44 +57,17 @@ log = logging.getLogger(__name__)
 PARTS_BODY_BYTES = 1024**2  # a multipart upload's ``complete`` body: 10,000 parts with ETags fit well under it
 
 
-def resolve_devices(names: tuple[str, ...]) -> list[torch.device]:
-    """The devices to run workers on: as configured, else every CUDA device, else the CPU."""
-    if names:
-        return [torch.device(n) for n in names]
-    if torch.cuda.is_available():
-        return [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
-    return [torch.device("cpu")]
-
-
-def open_store(config: Settings) -> JobStore:
-    """The job store ``--store`` names: ``sqlite:///ABS/PATH`` (default: the data directory's ``jobs.sqlite3``)
-    or ``postgresql://user:pass@host:port/db``, which many API and worker processes share."""
-    url = config.store_url
-    if url.startswith("sqlite:///"):
-        return SqliteJobStore(Path(url.removeprefix("sqlite://")))
-    if config.shared_store:
-        from .pg_store import PostgresJobStore
-
-        return PostgresJobStore(url)
-    raise ValueError(f"--store must be sqlite:///ABS/PATH or postgresql://..., got {url.split('://')[0]}://...")
-
-
-def open_files(config: Settings) -> FileStore:
-    """The file store ``--files`` names: a directory (default: the data directory) or ``s3://bucket/prefix``, which
-    many API and worker nodes share (its connection comes from the standard AWS variables)."""
-    if config.files_bucket:
-        from .s3_files import S3FileStore
-
-        return S3FileStore(config.files_bucket, max_bytes=config.max_upload_bytes, spool_dir=config.data_dir / "spool",
-                           url_ttl_s=config.files_url_ttl, public_url=config.files_public_url)
-    return LocalFileStore(config.files_dir, config.uploads_dir, config.max_upload_bytes)
-
-
 @dataclass
 class Node:
-    """What one process of the server holds, HTTP aside: the store, files, workers, webhooks and retention. An
-    API node (``--no-workers``) and a worker node (``vace worker``) hold the same things and start different parts,
-    but for the webhook signing key: only a node that answers HTTP has it (``server/node_secrets.py``)."""
+    """What one process of the server holds, HTTP aside: the store, files, workers, webhooks, queue upkeep and
+    retention. An API node (``--no-workers``) and a worker node (``vace worker``) hold the same things and start
+    the same services, workers aside, but for the webhook signing key: only a node that answers HTTP has it
+    (``server/node_secrets.py``), so only such a node delivers webhooks.
+
+    The node is the sink of the store's announcements (``server/jobs.py``), wired once at start: a job that
+    became claimable wakes this node's idle workers, any change wakes the status streams and sync requests waiting
+    on the job, and an ended job's webhook is scheduled.
+    """
 
     config: Settings
     store: JobStore
@@ -105,7 +78,8 @@ class Node:
     webhooks: Webhooks | None
     """Delivers the webhooks of jobs that end; None on a worker node, whose jobs' webhooks the API nodes deliver
     (the store wakes them when one falls due)."""
-    pool: WorkerPool
+    pool: Workers
+    upkeep: Upkeep
     retention: Retention
 
     @classmethod
@@ -114,32 +88,33 @@ class Node:
         private_dir(config.data_dir)
         store = open_store(config)
         files = open_files(config)
-        # This server's rules for its jobs: its limits and allow-lists, its own files read from the store, no local
-        # paths from remote callers, and its LoRA download cache.
-        ctx = JobContext(limits=config.limits, fetch_allow=config.fetch_allow, webhook_allow=config.webhook_allow,
-                         local_files=files.fetch, local_paths=False, lora_cache=config.lora_cache())
-        if config.fetch_allow and not config.webhook_allow:
-            log.info("--fetch-allow permits media sources only; non-public webhook targets need --webhook-allow")
+        ctx = job_context(config, files)
         changes = Changes()
-        devices = resolve_devices(config.devices)
-        metrics = Metrics(store, devices)
-        managers, group = cls._workers(config, devices, metrics) if not config.no_workers else ([], None)
+        metrics = Metrics(store)
+        managers, group = cls._workers(config, metrics) if not config.no_workers else ([], None)
         webhooks = None if signer is None else Webhooks(
             store, signer, ctx, attempts=config.webhook_attempts, backoff_s=config.webhook_backoff_s,
             timeout_s=config.webhook_timeout_s, lease_s=config.lease_seconds, concurrency=config.webhook_concurrency,
             on_outcome=lambda outcome: metrics.webhook_deliveries.labels(outcome).inc())
-        pool = WorkerPool(store=store, files=files, changes=changes, metrics=metrics, managers=managers,
-                          work_dir=config.work_dir, on_finished=webhooks.schedule if webhooks else _delivered_elsewhere,
-                          ctx=ctx, lease_s=config.lease_seconds, max_attempts=config.max_attempts,
-                          local=not config.no_workers, models=config.models, switch_after_s=config.switch_after_s,
-                          group=group)
+        if config.fetch_allow and not config.webhook_allow:
+            log.info("--fetch-allow permits media sources only; non-public webhook targets need --webhook-allow")
+        pool: Workers
+        if config.no_workers or config.worker_threads:
+            pool = WorkerPool(store=store, files=files, metrics=metrics, managers=managers, work_dir=config.work_dir,
+                              ctx=ctx, lease_s=config.lease_seconds, max_attempts=config.max_attempts,
+                              local=not config.no_workers, models=config.models,
+                              switch_after_s=config.switch_after_s, group=group)
+        else:  # the managers stay here to check requests; each worker process loads its own
+            from .worker_process import WorkerProcesses  # the model stack: only a node that runs workers
+
+            pool = WorkerProcesses(config, store, metrics, managers)
         retention = Retention(store, files, max_age_s=config.retention_s, interval_s=config.retention_sweep_s,
                               deleted=metrics.retention_deleted)
-        return cls(config, store, files, ctx, changes, metrics, webhooks, pool, retention)
+        upkeep = Upkeep(store, max_attempts=config.max_attempts)
+        return cls(config, store, files, ctx, changes, metrics, webhooks, pool, upkeep, retention)
 
     @staticmethod
-    def _workers(config: Settings, devices: list[torch.device], metrics: Metrics
-                 ) -> tuple[list[ModelManager], WorkerGroup | None]:
+    def _workers(config: Settings, metrics: Metrics) -> tuple[list[ModelManager], WorkerGroup | None]:
         """The model managers of this node's workers (one per device) and their job group, if any. Only a node that
         runs workers imports the model stack: an API node validates and queues without diffusers or the annotators."""
         from pipelines.loading import ModelManager
@@ -148,61 +123,51 @@ class Node:
         from .worker_group import WorkerGroup
 
         managers = [ModelManager(config.weights_dir, device=d, max_models=config.max_models, runtime=config.runtime)
-                    for d in devices]
+                    for d in resolve_devices(config.devices)]
         if not config.parallel:
             return managers, None
         # One worker, rank 0 on the first device; until its group starts, a plain manager there.
         group = WorkerGroup(ParallelSpec.parse(config.parallel), config.devices, config.weights_dir, config.runtime,
-                            config.max_models, on_restart=lambda _cause: metrics.group_restarts.inc())
+                            config.max_models, on_restart=lambda _cause: metrics.group_restart())
         metrics.show_group(group.describe())
         return managers[:1], group
 
     async def start(self) -> None:
-        """Start on the running event loop: recover (a store of its own), listen (a shared one), webhooks, the
-        workers unless this is an API node, retention."""
+        """Start on the running event loop: take the store's announcements, recover (a store of its own),
+        webhooks, queue upkeep, the workers unless this is an API node, retention."""
         store = self.store
-        if not store.shared:  # this process owns the store: whatever was running belongs to the last run
+        store.announce_to(self)
+        if not self.config.shared_store:  # this node owns the store: whatever was running belongs to the last run
             for job_id in await run_in_threadpool(store.recover, self.config.max_attempts):
                 log.warning("job %s was running when the server stopped: %s", job_id, store.logs(job_id)[-1].message)
-        self._listen()
         if self.webhooks is not None:
             await self.webhooks.start()
+        self.upkeep.start()
         if self.pool.local:
+            clear_work_dir(self.config.work_dir)
             self.pool.start()
         self.retention.start()
 
     async def stop(self) -> None:
         await run_in_threadpool(self.retention.stop)
         await run_in_threadpool(self.pool.stop)
+        await run_in_threadpool(self.upkeep.stop)
         if self.webhooks is not None:
             await self.webhooks.stop()
         self.store.close()
 
-    def _listen(self) -> None:
-        """With a shared store, other processes change jobs too: wake this process's idle workers when a job is
-        queued anywhere, its status streams and sync requests when a job changes anywhere, and its webhook sender
-        when a webhook falls due anywhere (polling and the sender's sweep stay the fallback)."""
-        listen = getattr(self.store, "listen", None)
-        if listen is None:
-            return
-        from .pg_store import JOB_CHANNEL, QUEUE_CHANNEL, WEBHOOK_CHANNEL
+    def announce(self, job_id: str, change: Change) -> None:
+        """The store committed a transition of ``job_id`` (called on any thread)."""
+        if change == "queued":
+            self.pool.wake()
+        self.changes.notify(job_id)
+        if change == "ended" and self.webhooks is not None:  # a worker node's: the API nodes deliver it
+            self.webhooks.schedule(job_id)
 
-        webhooks = self.webhooks
-
-        def on_notification(channel: str, job_id: str) -> None:
-            if channel == QUEUE_CHANNEL:
-                self.pool.notify()
-            elif channel == WEBHOOK_CHANNEL and webhooks is not None:
-                webhooks.schedule(job_id)
-            else:
-                self.changes.notify(job_id)
-
-        channels = [QUEUE_CHANNEL, JOB_CHANNEL] + ([WEBHOOK_CHANNEL] if webhooks is not None else [])
-        listen(channels, on_notification, on_connect=self.pool.notify)
-
-
-def _delivered_elsewhere(_job_id: str) -> None:
-    """A worker node's end of a job: its webhook, if any, is the API nodes' to deliver (the store wakes them)."""
+    def missed(self) -> None:
+        """Announcements were lost (a listener reconnected): idle workers look at the queue again; status streams
+        and sync requests re-read on their own within a poll, and webhook deliveries are found by their sweep."""
+        self.pool.wake()
 
 
 def create_app(config: Settings) -> FastAPI:
@@ -239,7 +204,6 @@ def create_app(config: Settings) -> FastAPI:
     app.state.job_context = node.ctx
     app.state.changes = node.changes
     app.state.metrics = node.metrics
-    app.state.webhooks = node.webhooks
     app.state.pool = node.pool
     app.state.auth = auth
     app.state.signer = secrets.signer

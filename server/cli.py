@@ -182,6 +182,8 @@ def _add_node_flags(parser: argparse.ArgumentParser) -> None:
     _setting(parser, "--parallel", "with --devices: the devices form one group serving one job at a time, split as "
              "SPEC: cfg=2, ulysses=N, ring=N or a combination (cfg=2,ulysses=4); the product equals the number of "
              "devices", metavar="SPEC")
+    _setting(parser, "--worker-threads", "run the workers as threads of this process instead of one process per "
+             "device (or per --parallel group): for debugging", nargs="?", const=True, type=_parse_bool)
     _setting(parser, "--max-models", "models kept loaded per device", type=int)
     _setting(parser, "--fetch-allow", "non-public media or LoRA source to permit: CIDR, host or host:port "
              "(repeatable). By default only public addresses are fetched", action="append")

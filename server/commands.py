@@ -236,6 +236,7 @@ def worker(settings: Settings, *, metrics_port: int | None = None) -> int:
     from prometheus_client import start_http_server
 
     from server.app import Node
+    from server.backends import resolve_devices
 
     async def run() -> None:
         node = Node.build(settings, signer=None)  # a worker node signs nothing (server/node_secrets.py)
@@ -246,8 +247,8 @@ def worker(settings: Settings, *, metrics_port: int | None = None) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             asyncio.get_running_loop().add_signal_handler(sig, stopped.set)
         where = (f"{' '.join(settings.devices)} as one job group ({settings.parallel})" if settings.parallel
-                 else ", ".join(str(w.models.device) for w in node.pool.workers))
-        print(f"vace worker on {where} (store: {'shared' if node.store.shared else 'sqlite'})", flush=True)
+                 else ", ".join(str(device) for device in resolve_devices(settings.devices)))
+        print(f"vace worker on {where} (store: {'shared' if settings.shared_store else 'sqlite'})", flush=True)
         await stopped.wait()
         await node.stop()
 

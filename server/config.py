@@ -123,6 +123,10 @@ class Settings(BaseSettings):
     """The models this node's workers take jobs for (default: every model whose weights are present)."""
     no_workers: bool = False
     """An API node: HTTP only, no workers, no model loading (workers elsewhere pull from the shared store)."""
+    worker_threads: bool = False
+    """Run the workers as threads of the node's process instead of one process each (per device, or per job
+    group): for tests that reach into a worker, and debuggers. Processes keep decoding, denoising and encoding off
+    the HTTP process's interpreter lock, and a worker that crashes takes only itself down."""
     lease_seconds: float = 30.0
     """How long a job may run without a sign of life from its worker before another node takes it back."""
     switch_after_s: float = 300.0
@@ -256,7 +260,12 @@ class Settings(BaseSettings):
 
     @property
     def shared_store(self) -> bool:
-        """Whether the store is one that many processes share (PostgreSQL): this process is a node of a fleet."""
+        """Whether the store is one that many nodes share (PostgreSQL): this process is a node of a fleet. The one
+        place that question is asked: a fleet's nodes share secrets they are given (``server/node_secrets.py``),
+        only expired leases say a job is orphaned (never ``JobStore.recover``), and the store's announcements reach
+        every process by themselves. A store of one node (SQLite) is not shared, even by the node's worker
+        processes: the node owns it, recovers its jobs at start and relays its worker processes'
+        announcements."""
         return self.store_url.startswith(("postgresql://", "postgres://"))
 
     @property

@@ -21,8 +21,7 @@ from .files import FileStore
 from .jobs import Job, JobStore
 from .metrics import Metrics
 from .signing import WebhookSigner
-from .webhooks import Webhooks
-from .worker import WorkerPool
+from .worker import Workers
 
 
 def _state(name: str) -> Callable[[Request], Any]:
@@ -48,11 +47,10 @@ def _base_url(request: Request, settings: SettingsDep) -> str:
 
 
 StoreDep = Annotated[JobStore, Depends(_state("store"))]
-PoolDep = Annotated[WorkerPool, Depends(_state("pool"))]
+PoolDep = Annotated[Workers, Depends(_state("pool"))]
 ChangesDep = Annotated[Changes, Depends(_state("changes"))]
 AuthDep = Annotated[Auth, Depends(_state("auth"))]
 FilesDep = Annotated[FileStore, Depends(_state("files"))]
-WebhooksDep = Annotated[Webhooks, Depends(_state("webhooks"))]
 MetricsDep = Annotated[Metrics, Depends(_state("metrics"))]
 JobContextDep = Annotated[JobContext, Depends(_state("job_context"))]
 SignerDep = Annotated[WebhookSigner, Depends(_state("signer"))]

@@ -1,4 +1,4 @@
-"""Wake-ups for the coroutines that wait on a job (status streams, sync requests) when a worker thread changes it.
+"""Wake-ups for the coroutines that wait on a job (status streams, sync requests) when the store announces a change.
 
 The store stays the single source of truth; this only says "look again", so a missed or extra wake-up costs at
 most one poll interval and never correctness.
@@ -35,7 +35,7 @@ class Changes:
         self._lock = threading.Lock()
 
     def notify(self, job_id: str) -> None:
-        """Called from any thread after the store changed ``job_id``."""
+        """Called from any thread after the store announced a change of ``job_id``."""
         with self._lock:
             watches = list(self._watches.get(job_id, ()))
         for watch in watches:

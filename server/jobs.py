@@ -1,15 +1,27 @@
-"""The job store: every request the server accepted, its state, logs and outcome.
+"""The job store: every request the server accepted, its state, logs and outcome, and the one owner of its changes.
 
-SQLite is the embedded default: jobs survive a restart, and a job that was running when the process died is
-re-queued (at the front, in its old place) until it has had ``max_attempts`` runs, then failed with a reason.
-Everything else in the server talks to the :class:`JobStore` protocol only. One process owns a SQLite file at a time
-(an exclusive lock file enforces it), because recovery treats every running job as orphaned.
+Everything else in the server talks to :class:`JobStore` only. Its logic is written once, in SQL that SQLite and
+PostgreSQL both run; the SQLite store (the embedded default, jobs survive a restart) supplies its connection here,
+``server/pg_store.py`` the shared, multi-node one.
 
-The store's logic is written once, in SQL that SQLite and PostgreSQL both run (:class:`SqlJobStore`); the SQLite
-store supplies its connection here and ``server/pg_store.py`` the shared, multi-node one. In a fleet a running job
-is tied to its worker by a lease that the worker renews (``claim(worker_id=..., lease_s=...)``, ``heartbeat``); any
-node hands a job whose lease ran out back to the queue (``requeue_expired``), and a worker that lost its job cannot
-record an outcome for it (``finish(..., worker_id=...)`` returns False).
+**Transitions.** A job is queued, claimed by a worker, reports progress (log lines, its control video), may be asked
+to cancel, may be handed back to the queue, and ends (completed, failed or cancelled). Every one of these goes through
+a method of the store, and the store announces it once it is committed to the one :class:`ChangeSink` the node wired
+(``announce_to``), which wakes idle workers, status streams and sync requests and schedules webhooks. Nobody else
+announces anything. How the announcement travels is the engine's: SQLite's store calls the sink after its commit, in
+the process that wrote (a worker process relays it to its node, ``server/worker_process.py``), and PostgreSQL's
+triggers notify every listening process (``server/pg_store.py``).
+
+**Leases.** A running job is tied to the worker that claimed it by a lease: ``claim(worker_id=..., lease_s=...)``
+stamps the job with the worker's id and a time (``lease_expires_at``) until which the job counts as alive, and the
+worker renews it every third of a lease (``heartbeat``) while it runs the job. A worker that dies, hangs or loses the
+database stops renewing; once the lease has run out, the queue upkeep of any node (``server/upkeep.py``) hands the
+job back to the queue in its old place, the lost run counted (``requeue_expired``), and fails it after
+``max_attempts`` runs, since a job that keeps killing its worker must end. A worker that lost its job that way can
+record nothing more for it: ``heartbeat``, ``finish`` and ``requeue`` with its ``worker_id`` return False, and it
+stops the job. Nodes compare lease times from their own clocks, so in a fleet they must agree (NTP) to well within a
+lease. A store that one node owns (SQLite) also has ``recover``: at its start, every running job is an orphan of the
+last run.
 """
 
 from __future__ import annotations
@@ -23,15 +35,22 @@ import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TextIO
+
+from .schema import migrate_sqlite
 
 Status = Literal["IN_QUEUE", "IN_PROGRESS", "COMPLETED"]
 Outcome = Literal["ok", "error", "cancelled"]
 WebhookState = Literal["pending", "delivered", "failed"]
 Priority = Literal["normal", "low"]
+Change = Literal["queued", "updated", "ended"]
+"""What the store announces about a job: ``queued`` (a worker may claim it: it was submitted or handed back),
+``updated`` (claimed, a log line, its control video, a cancel request) or ``ended`` (completed, failed or
+cancelled: its webhook, if it has one, is due). PostgreSQL announces an end as ``updated`` and, for a job with a
+webhook, ``ended`` when the webhook falls due (again, should a stopping node hand its delivery back)."""
 STATES = ("queued", "running", "completed", "failed", "cancelled")
 LEVELS = ("STDERR", "STDOUT", "ERROR", "INFO", "WARN", "DEBUG")
 """fal's log levels: a status body's ``logs[].level`` is one of these."""
@@ -95,6 +114,16 @@ class Job:
     """When a running job counts as orphaned unless its worker renews the lease (None: no lease, never)."""
 
 
+class ChangeSink(Protocol):
+    """Where the store announces its committed transitions; the node wires one (``JobStore.announce_to``)."""
+
+    def announce(self, job_id: str, change: Change) -> None:
+        """Job ``job_id`` made a transition; called after the commit, from any thread."""
+
+    def missed(self) -> None:
+        """Announcements may have been lost (a listener reconnected): whatever waits on jobs should look again."""
+
+
 @dataclass(frozen=True)
 class LogLine:
     message: str
@@ -102,103 +131,6 @@ class LogLine:
     timestamp: float
 
 
-class JobStore(Protocol):
-    """What the server needs from a job store."""
-
-    shared: bool
-    """Whether other processes use the same store (then only expired leases say a job is orphaned)."""
-
-    def add(self, *, app: str, task: str, model: str, input: dict[str, Any], base_url: str,
-            webhook_url: str | None, owner: str | None = None, priority: Priority = "normal",
-            start_timeout_s: float | None = None, runner_hint: str | None = None) -> Job: ...
-    def get(self, job_id: str) -> Job | None: ...
-    def queue_position(self, job: Job) -> int: ...
-    def claim(self, *, worker_id: str | None = None, lease_s: float | None = None,
-              models: Collection[str] | None = None, loaded: Collection[str] = (), hints: Collection[str] = (),
-              switch_after_s: float = 0.0) -> Job | None: ...
-    def heartbeat(self, job_id: str, worker_id: str, lease_s: float) -> bool: ...
-    def finish(self, job_id: str, *, result: dict[str, Any] | None = None, failure: Failure | None = None,
-               cancelled: bool = False, worker_id: str | None = None) -> bool: ...
-    def requeue(self, job_id: str, reason: str, *, worker_id: str | None = None) -> bool: ...
-    def request_cancel(self, job_id: str) -> Job | None: ...
-    def cancel_requested(self, job_id: str) -> bool: ...
-    def log(self, job_id: str, message: str, level: str = "INFO") -> None: ...
-    def set_control_video(self, job_id: str, url: str | None) -> None: ...
-    def logs(self, job_id: str) -> list[LogLine]: ...
-    def counts(self) -> dict[str, int]: ...
-    def queue_depths(self) -> dict[tuple[str, str, Priority], int]: ...
-    def worker_seen(self, worker_id: str, info: dict[str, Any]) -> None: ...
-    def live_workers(self, seen_after: float) -> list[dict[str, Any]]: ...
-    def recover(self, max_attempts: int) -> list[str]: ...
-    def requeue_expired(self, max_attempts: int) -> list[str]: ...
-    def hand_back(self, job_id: str, worker_id: str, max_attempts: int, cause: str) -> bool: ...
-    def expire_unstarted(self) -> list[str]: ...
-    def pending_webhooks(self) -> list[Job]: ...
-    def claim_webhook(self, job_id: str, node_id: str, lease_s: float) -> Job | None: ...
-    def set_webhook_state(self, job_id: str, state: WebhookState, *, node_id: str | None = None) -> bool: ...
-    def webhook_attempt(self, job_id: str, attempt: int, next_at: float, *, node_id: str, lease_s: float) -> bool: ...
-    def release_webhooks(self, node_id: str) -> int: ...
-    def unfinished(self) -> list[Job]: ...
-    def purge(self, finished_before: float) -> int: ...
-    def rename_owners(self, renamed: Mapping[str, str]) -> int: ...
-    def close(self) -> None: ...
-
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT UNIQUE NOT NULL,
-    app TEXT NOT NULL,
-    task TEXT NOT NULL,
-    model TEXT NOT NULL,
-    input TEXT NOT NULL,
-    base_url TEXT NOT NULL,
-    webhook_url TEXT,
-    webhook_state TEXT,
-    status TEXT NOT NULL,
-    outcome TEXT,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    cancel_requested INTEGER NOT NULL DEFAULT 0,
-    result TEXT,
-    failure TEXT,
-    created_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL,
-    control_video_url TEXT,
-    owner TEXT,
-    priority INTEGER NOT NULL DEFAULT 0,
-    start_deadline REAL,
-    runner_hint TEXT,
-    webhook_attempts INTEGER NOT NULL DEFAULT 0,
-    webhook_next_at REAL,
-    worker_id TEXT,
-    lease_expires_at REAL,
-    webhook_owner TEXT,
-    webhook_lease_until REAL
-);
-CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, seq);
-CREATE TABLE IF NOT EXISTS logs (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    job_id TEXT NOT NULL,
-    timestamp REAL NOT NULL,
-    level TEXT NOT NULL,
-    message TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS logs_job ON logs (job_id, seq);
-CREATE TABLE IF NOT EXISTS workers (
-    id TEXT PRIMARY KEY,
-    info TEXT NOT NULL,
-    last_seen REAL NOT NULL
-);
-"""
-
-
-# Columns added after the first release, with their types, for databases made before them.
-_ADDED_COLUMNS = {
-    "control_video_url": "TEXT", "owner": "TEXT", "priority": "INTEGER NOT NULL DEFAULT 0", "start_deadline": "REAL",
-    "runner_hint": "TEXT", "webhook_attempts": "INTEGER NOT NULL DEFAULT 0", "webhook_next_at": "REAL",
-    "worker_id": "TEXT", "lease_expires_at": "REAL", "webhook_owner": "TEXT", "webhook_lease_until": "REAL",
-}
 _PRIORITIES: dict[str, int] = {"normal": 0, "low": 1}
 
 
@@ -221,13 +153,35 @@ class Connection(Protocol):
     def execute(self, sql: str, args: Sequence[Any] = (), /) -> Cursor: ...
 
 
-class SqlJobStore(ABC):
-    """:class:`JobStore` in SQL that SQLite and PostgreSQL both run, so the two stores cannot drift apart.
+_PRECEDENCE: dict[Change, int] = {"updated": 0, "queued": 1, "ended": 2}
 
-    A subclass supplies transactions (``_tx``), single reads (``_query``) and the row locks its engine needs where
-    several processes share the database: ``_LOCK`` for a row about to be changed on what was read (cancel), and
-    ``_LOCK_SKIP`` for claims and sweeps, which take rows another process holds as not theirs to take. SQLite
-    needs neither (a write transaction locks the whole file).
+
+class Transaction:
+    """One write transaction of the store: its SQL, and the transitions it made, announced once it commits."""
+
+    def __init__(self, db: Connection) -> None:
+        self._db = db
+        self.changes: dict[str, Change] = {}
+        """Per job, the transition to announce: one per job and transaction, the weightiest (a job re-queued with
+        a log line is announced as queued, which wakes its watchers too)."""
+
+    def execute(self, sql: str, args: Sequence[Any] = (), /) -> Cursor:
+        return self._db.execute(sql, args)
+
+    def changed(self, job_id: str, change: Change) -> None:
+        if job_id not in self.changes or _PRECEDENCE[change] > _PRECEDENCE[self.changes[job_id]]:
+            self.changes[job_id] = change
+
+
+class JobStore(ABC):
+    """What the server needs from a job store, in SQL that SQLite and PostgreSQL both run, so that the two stores
+    cannot drift apart; their tables are defined once, in ``server/schema.py``.
+
+    A subclass supplies transactions (``_tx``), single reads (``_query``), the way its transitions reach the
+    node's sink (``announce_to``, ``_committed``) and the row locks its engine needs where several processes share
+    the database: ``_LOCK`` for a row about to be changed on what was read (cancel), and ``_LOCK_SKIP`` for claims
+    and sweeps, which take rows another process holds as not theirs to take. SQLite needs neither (a write
+    transaction locks the whole file).
     """
 
     _LOCK = ""
@@ -235,6 +189,30 @@ class SqlJobStore(ABC):
 
     @abstractmethod
     def close(self) -> None: ...
+
+    @abstractmethod
+    def announce_to(self, sink: ChangeSink) -> None:
+        """Announce every committed transition of a job, made by this process or (a fleet's store) any other, to
+        ``sink``; the node calls this once, before it starts anything that changes jobs."""
+
+    @abstractmethod
+    def _committed(self, changes: Mapping[str, Change]) -> None:
+        """A write transaction committed ``changes`` (job id: transition)."""
+
+    def relayed(self, job_id: str, change: Change) -> None:
+        """A worker process of this node committed a transition that only its own process heard (a store whose
+        announcements stay in the process that wrote, SQLite's) and relayed it here: announce it as if written
+        here."""
+        self._committed({job_id: change})
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[Transaction]:
+        """A write transaction whose transitions are announced once it has committed (never if it rolls back)."""
+        with self._tx() as db:
+            tx = Transaction(db)
+            yield tx
+        if tx.changes:
+            self._committed(tx.changes)
 
     @abstractmethod
     def _tx(self) -> contextlib.AbstractContextManager[Connection]:
@@ -250,13 +228,14 @@ class SqlJobStore(ABC):
         job_id = str(uuid.uuid4())
         now = time.time()
         deadline = now + start_timeout_s if start_timeout_s is not None else None
-        with self._tx() as db:
+        with self._write() as db:
             db.execute(
                 "INSERT INTO jobs (id, app, task, model, input, base_url, webhook_url, status, created_at, owner,"
                 " priority, start_deadline, runner_hint) VALUES (?, ?, ?, ?, ?, ?, ?, 'IN_QUEUE', ?, ?, ?, ?, ?)",
                 (job_id, app, task, model, json.dumps(input), base_url, webhook_url, now, owner,
                  _PRIORITIES[priority], deadline, runner_hint),
             )
+            db.changed(job_id, "queued")
         job = self.get(job_id)
         assert job is not None
         return job
@@ -302,7 +281,7 @@ class SqlJobStore(ABC):
         if warm:
             rank += f" WHEN model IN ({_marks(warm)}) THEN 2"
         rank += " ELSE 3 END"
-        with self._tx() as db:
+        with self._write() as db:
             row = db.execute(
                 "UPDATE jobs SET status = 'IN_PROGRESS', attempts = attempts + 1, started_at = ?, worker_id = ?,"
                 " lease_expires_at = ? WHERE seq = (SELECT seq FROM jobs WHERE status = 'IN_QUEUE' AND"
@@ -310,6 +289,8 @@ class SqlJobStore(ABC):
                 f" LIMIT 1{self._LOCK_SKIP}) RETURNING *",
                 (now, worker_id, lease, now, *only, now - switch_after_s, *hinted, *warm),
             ).fetchone()
+            if row is not None:
+                db.changed(row["id"], "updated")
         return _job(row) if row is not None else None
 
     def heartbeat(self, job_id: str, worker_id: str, lease_s: float) -> bool:
@@ -333,7 +314,7 @@ class SqlJobStore(ABC):
         out and another node took it back) never completes it a second time; a lease that ran out but that no node
         has acted on yet still counts as held. Returns whether it was recorded.
         """
-        with self._tx() as db:
+        with self._write() as db:
             return _complete(db, job_id, result=result, failure=CANCELLED if cancelled else failure,
                              cancelled=cancelled, worker_id=worker_id)
 
@@ -341,7 +322,7 @@ class SqlJobStore(ABC):
         """Give a running job back to the queue, in its old place, without counting the interrupted run (a graceful
         stop). With ``worker_id`` only while that worker holds it. Returns whether the job was handed back."""
         owned = " AND worker_id = ?" if worker_id is not None else ""
-        with self._tx() as db:
+        with self._write() as db:
             handed_back = db.execute(
                 "UPDATE jobs SET status = 'IN_QUEUE', attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END,"
                 f" started_at = NULL, worker_id = NULL, lease_expires_at = NULL WHERE id = ? AND"
@@ -350,6 +331,7 @@ class SqlJobStore(ABC):
             ).rowcount == 1
             if handed_back:
                 _insert_log(db, job_id, reason, "WARN")
+                db.changed(job_id, "queued")
         return handed_back
 
     def request_cancel(self, job_id: str) -> Job | None:
@@ -360,7 +342,7 @@ class SqlJobStore(ABC):
         job = self.get(job_id)
         if job is None or job.status == "COMPLETED":
             return job
-        with self._tx() as db:
+        with self._write() as db:
             status = db.execute(f"SELECT status FROM jobs WHERE id = ?{self._LOCK}", (job_id,)).fetchone()["status"]
             if status == "COMPLETED":  # it ended between the two reads
                 return job
@@ -375,12 +357,13 @@ class SqlJobStore(ABC):
         return bool(rows and rows[0]["cancel_requested"])
 
     def log(self, job_id: str, message: str, level: str = "INFO") -> None:
-        with self._tx() as db:
+        with self._write() as db:
             _insert_log(db, job_id, message, level)
 
     def set_control_video(self, job_id: str, url: str | None) -> None:
-        with self._tx() as db:
-            db.execute("UPDATE jobs SET control_video_url = ? WHERE id = ?", (url, job_id))
+        with self._write() as db:
+            if db.execute("UPDATE jobs SET control_video_url = ? WHERE id = ?", (url, job_id)).rowcount:
+                db.changed(job_id, "updated")
 
     def logs(self, job_id: str) -> list[LogLine]:
         rows = self._query("SELECT message, level, timestamp FROM logs WHERE job_id = ? ORDER BY seq", (job_id,))
@@ -427,8 +410,9 @@ class SqlJobStore(ABC):
         ensures it); where several processes share the database, :meth:`requeue_expired` is the one to call.
         Returns the ids of the jobs it touched.
         """
-        with self._tx() as db:
-            db.execute("UPDATE jobs SET webhook_owner = NULL, webhook_lease_until = NULL WHERE webhook_state = 'pending'")
+        with self._write() as db:
+            db.execute("UPDATE jobs SET webhook_owner = NULL, webhook_lease_until = NULL"
+                       " WHERE webhook_state = 'pending'")
             return self._hand_back(db, "", (), max_attempts, "the server stopped while this job was running")
 
     def requeue_expired(self, max_attempts: int) -> list[str]:
@@ -436,18 +420,21 @@ class SqlJobStore(ABC):
         in their old place, the lost run counted; fail those that already had ``max_attempts``, since a job that
         keeps killing its worker must end. Any node may call it at any time. Returns the ids of the jobs it
         touched."""
-        with self._tx() as db:
+        with self._write() as db:
             return self._hand_back(db, " AND lease_expires_at < ?", (time.time(),), max_attempts,
                                    "the worker running this job stopped renewing its lease")
 
-    def hand_back(self, job_id: str, worker_id: str, max_attempts: int, cause: str) -> bool:
-        """A worker's own word that its run of ``job_id`` was interrupted (a rank of its group died): re-queue it
-        or fail it under the same attempt rules as :meth:`requeue_expired`, now rather than after the lease. Only
-        while ``worker_id`` holds it; returns whether it did."""
-        with self._tx() as db:
-            return bool(self._hand_back(db, " AND id = ? AND worker_id = ?", (job_id, worker_id), max_attempts, cause))
+    def hand_back(self, job_id: str | None, worker_id: str, max_attempts: int, cause: str) -> bool:
+        """Word that ``worker_id``'s run of ``job_id`` was interrupted (a rank of its group died; with None: the
+        worker's process died, whatever it held): re-queue it or fail it under the same attempt rules as
+        :meth:`requeue_expired`, now rather than after the lease. Only while ``worker_id`` holds it; returns
+        whether it did."""
+        where, args = (" AND id = ? AND worker_id = ?", (job_id, worker_id)) if job_id else (" AND worker_id = ?",
+                                                                                            (worker_id,))
+        with self._write() as db:
+            return bool(self._hand_back(db, where, args, max_attempts, cause))
 
-    def _hand_back(self, db: Connection, where: str, args: tuple[Any, ...], max_attempts: int,
+    def _hand_back(self, db: Transaction, where: str, args: tuple[Any, ...], max_attempts: int,
                    cause: str) -> list[str]:
         """Re-queue or fail the running jobs that match ``where``, saying ``cause`` in their logs."""
         touched = []
@@ -460,6 +447,7 @@ class SqlJobStore(ABC):
                 db.execute("UPDATE jobs SET status = 'IN_QUEUE', started_at = NULL, worker_id = NULL,"
                            " lease_expires_at = NULL WHERE id = ?", (job_id,))
                 _insert_log(db, job_id, f"{cause} (run {attempts} of at most {max_attempts}); re-queued", "WARN")
+                db.changed(job_id, "queued")
                 continue
             reason = f"{cause}, {attempts} times; it is not retried again"
             _complete(db, job_id, failure=request_failure(503, reason, "runner_disconnected"))
@@ -471,7 +459,7 @@ class SqlJobStore(ABC):
         returns their ids."""
         now = time.time()
         expired = []
-        with self._tx() as db:
+        with self._write() as db:
             rows = db.execute("SELECT id, start_deadline, created_at FROM jobs WHERE status = 'IN_QUEUE' AND"
                               f" start_deadline <= ? ORDER BY seq{self._LOCK_SKIP}", (now,)).fetchall()
             for row in rows:
@@ -511,7 +499,8 @@ class SqlJobStore(ABC):
         owned = " AND webhook_owner = ?" if node_id is not None else ""
         with self._tx() as db:
             return db.execute(
-                f"UPDATE jobs SET webhook_state = ?, webhook_owner = NULL, webhook_lease_until = NULL WHERE id = ?{owned}",
+                "UPDATE jobs SET webhook_state = ?, webhook_owner = NULL, webhook_lease_until = NULL"
+                f" WHERE id = ?{owned}",
                 (state, job_id, node_id) if node_id is not None else (state, job_id),
             ).rowcount == 1
 
@@ -541,7 +530,7 @@ class SqlJobStore(ABC):
         """Delete the jobs (and their logs) that ended before ``finished_before``; a job whose webhook is still
         being delivered stays until it is. Returns how many were deleted."""
         with self._tx() as db:
-            where = ("status = 'COMPLETED' AND finished_at < ? AND (webhook_state IS NULL OR webhook_state != 'pending')")
+            where = "status = 'COMPLETED' AND finished_at < ? AND (webhook_state IS NULL OR webhook_state != 'pending')"
             db.execute(f"DELETE FROM logs WHERE job_id IN (SELECT id FROM jobs WHERE {where})", (finished_before,))
             return db.execute(f"DELETE FROM jobs WHERE {where}", (finished_before,)).rowcount
 
@@ -558,40 +547,59 @@ class SqlJobStore(ABC):
         return changed
 
 
-class SqliteJobStore(SqlJobStore):
-    """:class:`JobStore` in one SQLite file (WAL mode: readers never wait for the worker's writes)."""
+class SqliteJobStore(JobStore):
+    """:class:`JobStore` in one SQLite file (WAL mode: readers never wait for a writer, and writers in several
+    processes take turns).
 
-    shared = False
-    """One process owns the file: at start, every running job is an orphan of the last run (``recover``)."""
+    The file belongs to one node: the node's process opens it as its ``owner`` (an exclusive lock file enforces one
+    owner, and at start every running job is an orphan of the last run, ``recover``), and the node's worker
+    processes, which the node starts after recovering, open it as members (``owner=False``).
+    """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, owner: bool = True) -> None:
+        self._lock_file = self._lock(path) if owner else None
+        # A write waits for another process's write (each a few milliseconds) rather than failing at once.
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")  # durable across a process crash, which is what we need
+        if owner:
+            migrate_sqlite(self._db)
+        self._mutex = threading.Lock()
+        self._sink: ChangeSink | None = None
+
+    @staticmethod
+    def _lock(path: Path) -> TextIO:
+        """Take the file for this node (the lock is held for the store's life) and create it, owner-only."""
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         lock_path = path.with_name(path.name + ".lock")
-        self._lock_file = os.fdopen(os.open(lock_path, os.O_WRONLY | os.O_CREAT, 0o600), "w")  # held for our life
+        lock_file = os.fdopen(os.open(lock_path, os.O_WRONLY | os.O_CREAT, 0o600), "w")
         try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            self._lock_file.close()
+            lock_file.close()
             raise StoreLockedError(f"{path} is in use by another vace server (one server per data directory)")
         # Prompts, webhook URLs and file URLs are the users' own: the database is its owner's only (SQLite gives
         # its -wal and -shm files the database file's mode).
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
         path.chmod(0o600)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")  # durable across a process crash, which is what we need
-        self._db.executescript(_SCHEMA)
-        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
-        for column, kind in _ADDED_COLUMNS.items():  # a database made before the column existed
-            if column not in columns:
-                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
-        self._mutex = threading.Lock()
+        return lock_file
 
     def close(self) -> None:
         with self._mutex:
             self._db.close()
-            self._lock_file.close()
+            if self._lock_file is not None:
+                self._lock_file.close()
+
+    def announce_to(self, sink: ChangeSink) -> None:
+        """SQLite has no notifications: the store tells ``sink`` itself, after each commit, in the process that
+        wrote. A worker process's sink relays to its node, which announces there (:meth:`relayed`)."""
+        self._sink = sink
+
+    def _committed(self, changes: Mapping[str, Change]) -> None:
+        if self._sink is not None:
+            for job_id, change in changes.items():
+                self._sink.announce(job_id, change)
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -609,25 +617,29 @@ class SqliteJobStore(SqlJobStore):
             return self._db.execute(sql, args).fetchall()
 
 
-def _complete(db: Connection, job_id: str, *, result: dict[str, Any] | None = None,
+def _complete(db: Transaction, job_id: str, *, result: dict[str, Any] | None = None,
               failure: Failure | None = None, cancelled: bool = False, worker_id: str | None = None) -> bool:
     """Mark a job COMPLETED (with ``worker_id``: only while that worker holds it); its webhook (if any) becomes
     due. Returns whether the job was marked."""
     outcome: Outcome = "cancelled" if cancelled else ("ok" if failure is None else "error")
     owned = " AND status = 'IN_PROGRESS' AND worker_id = ?" if worker_id is not None else ""
     args = (outcome, _dumps(result), _dumps(failure.__dict__ if failure else None), time.time(), job_id)
-    return db.execute(
+    ended = db.execute(
         "UPDATE jobs SET status = 'COMPLETED', outcome = ?, result = ?, failure = ?, finished_at = ?,"
         f" webhook_state = CASE WHEN webhook_url IS NULL THEN NULL ELSE 'pending' END WHERE id = ?{owned}",
         (*args, worker_id) if worker_id is not None else args,
     ).rowcount == 1
+    if ended:
+        db.changed(job_id, "ended")
+    return ended
 
 
-def _insert_log(db: Connection, job_id: str, message: str, level: str) -> None:
+def _insert_log(db: Transaction, job_id: str, message: str, level: str) -> None:
     db.execute(
         "INSERT INTO logs (job_id, timestamp, level, message) VALUES (?, ?, ?, ?)",
         (job_id, time.time(), level, message),
     )
+    db.changed(job_id, "updated")
 
 
 def _marks(values: Sequence[Any]) -> str:
@@ -639,32 +651,19 @@ def _dumps(value: Any) -> str | None:
     return None if value is None else json.dumps(value)
 
 
+_DECODE: dict[str, Callable[[Any], Any]] = {
+    "input": json.loads,
+    "result": lambda text: json.loads(text) if text else None,
+    "failure": lambda text: Failure(**json.loads(text)) if text else None,  # older rows lack "headers": the default
+    "priority": lambda rank: "low" if rank else "normal",
+}
+"""How a column's value becomes its ``Job`` field, where the two differ (JSON text, the priority's rank)."""
+
+
 def _job(row: Mapping[str, Any]) -> Job:
-    failure = json.loads(row["failure"]) if row["failure"] else None  # older rows lack "headers": the default
-    return Job(
-        id=row["id"],
-        seq=row["seq"],
-        app=row["app"],
-        task=row["task"],
-        model=row["model"],
-        input=json.loads(row["input"]),
-        base_url=row["base_url"],
-        webhook_url=row["webhook_url"],
-        status=row["status"],
-        outcome=row["outcome"],
-        attempts=row["attempts"],
-        result=json.loads(row["result"]) if row["result"] else None,
-        failure=Failure(**failure) if failure else None,
-        created_at=row["created_at"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        control_video_url=row["control_video_url"],
-        owner=row["owner"],
-        priority="low" if row["priority"] else "normal",
-        start_deadline=row["start_deadline"],
-        runner_hint=row["runner_hint"],
-        webhook_attempts=row["webhook_attempts"],
-        webhook_next_at=row["webhook_next_at"],
-        worker_id=row["worker_id"],
-        lease_expires_at=row["lease_expires_at"],
-    )
+    """A row of the job table as a :class:`Job`: each field read from the column of its name."""
+    return Job(**{f.name: _DECODE.get(f.name, _same)(row[f.name]) for f in fields(Job)})
+
+
+def _same(value: Any) -> Any:
+    return value

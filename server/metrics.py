@@ -1,6 +1,9 @@
 """Prometheus metrics: queue depth and jobs by state (read from the store at scrape time, so they are right after
 a restart too), denoising step time and job duration (observed by the workers), a job group's spec and restarts,
-and GPU memory on CUDA.
+and GPU memory on CUDA (as the workers report it with their heartbeat).
+
+The workers report through :class:`Metrics`' methods; a worker in a process of its own relays the same calls to
+its node (``server/worker_process.py``), so one ``/metrics`` shows every worker of the node.
 
 Each app instance has its own registry, so several servers in one process (tests) do not collide.
 """
@@ -10,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -25,9 +27,9 @@ _JOB_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1200, 2400, 3600)
 
 
 class _StoreCollector(Collector):
-    def __init__(self, store: JobStore, devices: list[torch.device]) -> None:
+    def __init__(self, store: JobStore, gpu_memory: dict[str, tuple[int, int, int]]) -> None:
         self.store = store
-        self.cuda_devices = [d for d in devices if d.type == "cuda"]
+        self.gpu_memory = gpu_memory
 
     def collect(self) -> Iterator[Metric]:
         counts = self.store.counts()
@@ -47,22 +49,23 @@ class _StoreCollector(Collector):
         for state, n in counts.items():
             jobs.add_metric([state], n)
         yield jobs
-        if self.cuda_devices:
+        if self.gpu_memory:
             allocated = GaugeMetricFamily("vace_gpu_memory_allocated_bytes", "Tensor memory in use.", labels=["device"])
             reserved = GaugeMetricFamily("vace_gpu_memory_reserved_bytes", "Memory held by the caching allocator.",
                                          labels=["device"])
             peak = GaugeMetricFamily("vace_gpu_memory_peak_bytes", "Peak tensor memory since start.", labels=["device"])
-            for device in self.cuda_devices:
-                allocated.add_metric([str(device)], torch.cuda.memory_allocated(device))
-                reserved.add_metric([str(device)], torch.cuda.memory_reserved(device))
-                peak.add_metric([str(device)], torch.cuda.max_memory_allocated(device))
+            for device, (in_use, held, highest) in sorted(self.gpu_memory.items()):
+                allocated.add_metric([device], in_use)
+                reserved.add_metric([device], held)
+                peak.add_metric([device], highest)
             yield from (allocated, reserved, peak)
 
 
 class Metrics:
-    """The server's metrics; workers call ``step_seconds`` and ``job_seconds``, retention ``retention_deleted``."""
+    """The server's metrics; workers report through ``step``, ``job``, ``group_restart`` and ``gpu``, retention
+    counts in ``retention_deleted``."""
 
-    def __init__(self, store: JobStore, devices: list[torch.device]) -> None:
+    def __init__(self, store: JobStore) -> None:
         self.registry = CollectorRegistry()
         self.step_seconds = Histogram(
             "vace_step_seconds", "Seconds between consecutive denoising steps.", ["model", "device"],
@@ -88,7 +91,24 @@ class Metrics:
             "vace_group_devices", "This worker's job group (--parallel): its device count, labelled with the spec "
             "and the devices.", ["parallel", "devices"], registry=self.registry,
         )
-        self.registry.register(_StoreCollector(store, devices))
+        self._gpu_memory: dict[str, tuple[int, int, int]] = {}
+        self.registry.register(_StoreCollector(store, self._gpu_memory))
+
+    def step(self, model: str, device: str, seconds: float) -> None:
+        """A denoising step of ``model`` on ``device`` took ``seconds`` (from the end of the previous one)."""
+        self.step_seconds.labels(model, device).observe(seconds)
+
+    def job(self, app: str, task: str, outcome: str, seconds: float) -> None:
+        """A job ended with ``outcome`` (ok, error, cancelled) ``seconds`` after its worker started it."""
+        self.job_seconds.labels(app, task, outcome).observe(seconds)
+
+    def group_restart(self) -> None:
+        """A failed job group was replaced by a new one."""
+        self.group_restarts.inc()
+
+    def gpu(self, device: str, allocated: int, reserved: int, peak: int) -> None:
+        """A worker's CUDA memory on ``device``: in use, held by the caching allocator, and the peak in use."""
+        self._gpu_memory[device] = (allocated, reserved, peak)
 
     def show_group(self, info: dict[str, Any]) -> None:
         """Expose a job group's spec and devices (``WorkerGroup.describe``)."""

@@ -1,27 +1,28 @@
 """The job store in PostgreSQL: one queue and all job state shared by every API and worker node of a fleet.
 
-The logic is :class:`server.jobs.SqlJobStore`'s, the same SQL the SQLite store runs; this module adds what a shared
+The logic is :class:`server.jobs.JobStore`'s, the same SQL the SQLite store runs; this module adds what a shared
 database needs. Any number of processes on any number of machines open the same database at once (no owner lock):
 
 - **Claims** lock the next queued row with ``FOR UPDATE SKIP LOCKED``, so concurrent workers never take the same
   job and never wait for each other; sweeps (lease expiry, start timeouts) skip the rows another node is handling.
-- **Leases** (``claim(worker_id=..., lease_s=...)``, ``heartbeat``, ``requeue_expired``) replace SQLite's crash
-  recovery: :meth:`recover` would take back the jobs that live workers elsewhere are running. Nodes compare lease
-  times from their own clocks, so they must agree (NTP) to well within a lease.
-- **The schema** is created and upgraded on start by the numbered steps in ``_MIGRATIONS``, recorded in the
-  ``schema_migrations`` table; an advisory lock makes nodes that start together apply each step once.
-- **Wake-ups** cross processes with LISTEN/NOTIFY. Triggers notify inside the transaction that made a change, so a
-  notification arrives only once its change is committed and visible, whichever node (or person with psql) made it:
+- **Leases** (explained in ``server/jobs.py``) replace SQLite's crash recovery: :meth:`recover` would take back the
+  jobs that live workers elsewhere are running.
+- **The schema** is created and upgraded on start by the numbered steps of ``server/schema.py`` (the same steps as
+  SQLite's, plus the triggers below); an advisory lock makes nodes that start together apply each step once.
+- **Announcements** (``server/jobs.py``) cross processes with LISTEN/NOTIFY, and only that way: triggers notify
+  inside the transaction that made a change, so a notification arrives only once its change is committed and
+  visible, whichever node (or person with psql) made it, and every node's listener hands it to the node's sink:
 
   ``vace_queue`` (payload: the job id)
       A job became claimable: submitted, handed back after a lost lease or a restart, or requeued on a graceful
       stop. Idle workers listen here instead of polling.
   ``vace_job`` (payload: the job id)
-      A job's status, cancel flag or control video changed, or it got a log line. Status streams, sync requests and
-      webhook senders on API nodes, and the worker running a job (to see a cancel at once), listen here.
+      A job's status, cancel flag or control video changed, or it got a log line: announced as ``updated``, which
+      wakes the status streams and sync requests waiting on it.
   ``vace_webhook`` (payload: the job id)
       A job's webhook fell due and no node holds its delivery: the job ended, or the node delivering it stopped.
-      API nodes listen here: they hold the signing key, and worker nodes deliver nothing.
+      Announced as ``ended``, which schedules its delivery on API nodes (they hold the signing key; worker nodes
+      deliver nothing).
 
   Notifications are not stored: a listener that was disconnected missed them, so :class:`NotificationListener`
   calls its ``on_connect`` after every (re)connection for its owner to re-read what it waits for.
@@ -44,162 +45,55 @@ from psycopg.rows import dict_row, tuple_row
 from psycopg.types.string import TextLoader
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from .jobs import Cursor, SqlJobStore
+from .jobs import Change, ChangeSink, Cursor, JobStore
+from .schema import (
+    JOB_CHANNEL,
+    MIGRATIONS,
+    QUEUE_CHANNEL,
+    SCHEMA_VERSION,
+    VERSIONS_TABLE,
+    WEBHOOK_CHANNEL,
+    StoreUnavailableError,
+    check_version,
+)
 
 log = logging.getLogger(__name__)
 
-QUEUE_CHANNEL = "vace_queue"
-JOB_CHANNEL = "vace_job"
-WEBHOOK_CHANNEL = "vace_webhook"
+_CHANGES: dict[str, Change] = {QUEUE_CHANNEL: "queued", JOB_CHANNEL: "updated", WEBHOOK_CHANNEL: "ended"}
 
 # TCP keepalives: a connection whose peer vanished (a dead network, not a restart) fails in seconds, not hours.
 _KEEPALIVES = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3}
 _MIGRATION_LOCK = 0x7ACE_5C4E  # the advisory lock key that serialises schema changes between nodes
 
-# Append only: a database records the steps it has had, and a step never changes once released.
-_MIGRATIONS: tuple[str, ...] = (
-    # 1: jobs and their logs, the columns of the SQLite store (JSON as jsonb, the cancel flag as a boolean).
-    """
-    CREATE TABLE jobs (
-        seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-        id TEXT UNIQUE NOT NULL,
-        app TEXT NOT NULL,
-        task TEXT NOT NULL,
-        model TEXT NOT NULL,
-        input JSONB NOT NULL,
-        base_url TEXT NOT NULL,
-        webhook_url TEXT,
-        webhook_state TEXT,
-        status TEXT NOT NULL,
-        outcome TEXT,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        cancel_requested BOOLEAN NOT NULL DEFAULT FALSE,
-        result JSONB,
-        failure JSONB,
-        created_at DOUBLE PRECISION NOT NULL,
-        started_at DOUBLE PRECISION,
-        finished_at DOUBLE PRECISION,
-        control_video_url TEXT,
-        owner TEXT,
-        priority SMALLINT NOT NULL DEFAULT 0,
-        start_deadline DOUBLE PRECISION,
-        runner_hint TEXT,
-        webhook_attempts INTEGER NOT NULL DEFAULT 0,
-        webhook_next_at DOUBLE PRECISION
-    );
-    CREATE INDEX jobs_queue ON jobs (priority, seq) WHERE status = 'IN_QUEUE';
-    CREATE INDEX jobs_status ON jobs (status, seq);
-    CREATE INDEX jobs_webhooks ON jobs (seq) WHERE webhook_state = 'pending';
-    CREATE TABLE logs (
-        seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-        job_id TEXT NOT NULL,
-        timestamp DOUBLE PRECISION NOT NULL,
-        level TEXT NOT NULL,
-        message TEXT NOT NULL
-    );
-    CREATE INDEX logs_job ON logs (job_id, seq);
-    """,
-    # 2: leases tie a running job to its worker, so another node can take it back when the worker is gone.
-    """
-    ALTER TABLE jobs ADD COLUMN worker_id TEXT, ADD COLUMN lease_expires_at DOUBLE PRECISION;
-    CREATE INDEX jobs_leases ON jobs (lease_expires_at) WHERE status = 'IN_PROGRESS';
-    """,
-    # 3: LISTEN/NOTIFY wake-ups (the channels are described in the module docstring).
-    f"""
-    CREATE FUNCTION vace_notify_job() RETURNS trigger LANGUAGE plpgsql AS $$
-    BEGIN
-        IF NEW.status = 'IN_QUEUE' AND (TG_OP = 'INSERT' OR OLD.status <> 'IN_QUEUE') THEN
-            PERFORM pg_notify('{QUEUE_CHANNEL}', NEW.id);
-        END IF;
-        IF TG_OP = 'INSERT' OR (OLD.status, OLD.cancel_requested, OLD.control_video_url)
-                IS DISTINCT FROM (NEW.status, NEW.cancel_requested, NEW.control_video_url) THEN
-            PERFORM pg_notify('{JOB_CHANNEL}', NEW.id);
-        END IF;
-        RETURN NULL;
-    END $$;
-    CREATE TRIGGER jobs_notify AFTER INSERT OR UPDATE ON jobs FOR EACH ROW EXECUTE FUNCTION vace_notify_job();
-    CREATE FUNCTION vace_notify_log() RETURNS trigger LANGUAGE plpgsql AS $$
-    BEGIN
-        PERFORM pg_notify('{JOB_CHANNEL}', NEW.job_id);
-        RETURN NULL;
-    END $$;
-    CREATE TRIGGER logs_notify AFTER INSERT ON logs FOR EACH ROW EXECUTE FUNCTION vace_notify_log();
-    """,
-    # 4: the workers' signs of life, for the fleet view of /ready.
-    """
-    CREATE TABLE workers (id TEXT PRIMARY KEY, info JSONB NOT NULL, last_seen DOUBLE PRECISION NOT NULL);
-    """,
-    # 5: the fleet's secrets, one row per name, written once by the first node (no longer: step 7 drops them).
-    """
-    CREATE TABLE secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL);
-    REVOKE ALL ON secrets FROM PUBLIC;
-    """,
-    # 6: webhook delivery claims, so any node resumes a dead node's deliveries and no two nodes deliver one at once.
-    """
-    ALTER TABLE jobs ADD COLUMN webhook_owner TEXT, ADD COLUMN webhook_lease_until DOUBLE PRECISION;
-    """,
-    # 7: the fleet's secrets leave the database, which every node reads (server/node_secrets.py).
-    """
-    DROP TABLE IF EXISTS secrets;
-    """,
-    # 8: wake-ups for webhooks that fall due, so the API nodes deliver those of jobs that worker nodes ended.
-    f"""
-    CREATE OR REPLACE FUNCTION vace_notify_job() RETURNS trigger LANGUAGE plpgsql AS $$
-    BEGIN
-        IF NEW.status = 'IN_QUEUE' AND (TG_OP = 'INSERT' OR OLD.status <> 'IN_QUEUE') THEN
-            PERFORM pg_notify('{QUEUE_CHANNEL}', NEW.id);
-        END IF;
-        IF TG_OP = 'INSERT' OR (OLD.status, OLD.cancel_requested, OLD.control_video_url)
-                IS DISTINCT FROM (NEW.status, NEW.cancel_requested, NEW.control_video_url) THEN
-            PERFORM pg_notify('{JOB_CHANNEL}', NEW.id);
-        END IF;
-        IF NEW.webhook_state = 'pending' AND NEW.webhook_owner IS NULL AND (TG_OP = 'INSERT'
-                OR OLD.webhook_state IS DISTINCT FROM 'pending' OR OLD.webhook_owner IS NOT NULL) THEN
-            PERFORM pg_notify('{WEBHOOK_CHANNEL}', NEW.id);
-        END IF;
-        RETURN NULL;
-    END $$;
-    """,
-)
-SCHEMA_VERSION = len(_MIGRATIONS)
-
-
-class StoreUnavailableError(RuntimeError):
-    """The database cannot be reached, or its schema is newer than this code."""
-
 
 def migrate(conn: psycopg.Connection[Any], to_version: int = SCHEMA_VERSION) -> int:
     """Bring the schema up to ``to_version`` (every step by default); returns the version it had before.
 
-    Safe with several nodes starting at once: the steps run under an advisory lock, each in the transaction that
-    records it. A database newer than this code is refused rather than used with a schema the code does not know.
+    Safe with several nodes starting at once: the steps run under an advisory lock (in the one transaction that
+    records them), so nodes that start together apply each step once.
     """
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
-        conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY,"
-                     " applied_at DOUBLE PRECISION NOT NULL)")
+        conn.execute(VERSIONS_TABLE)
         versions = conn.cursor(row_factory=tuple_row).execute("SELECT COALESCE(MAX(version), 0) FROM"
                                                               " schema_migrations").fetchone()
         current = int(versions[0]) if versions else 0
-        if current > SCHEMA_VERSION:
-            raise StoreUnavailableError(f"the database's schema is version {current}, newer than this server's "
-                                        f"({SCHEMA_VERSION}): upgrade the server")
+        check_version(current)
         for version in range(current + 1, to_version + 1):
-            conn.execute(_MIGRATIONS[version - 1])
+            for statement in MIGRATIONS[version - 1].statements("postgres"):
+                conn.execute(statement)
             conn.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (%s, %s)",
                          (version, time.time()))
     return current
 
 
-class PostgresJobStore(SqlJobStore):
+class PostgresJobStore(JobStore):
     """:class:`server.jobs.JobStore` in a PostgreSQL database that many processes share (see the module docstring).
 
     ``url`` is a libpq URI, ``postgresql://user:password@host:port/database``. Connections come from a pool (one
     per concurrent call, at most ``max_connections``), each checked before use, so after the database restarts
     the next call reconnects; a call in flight when the connection drops raises ``psycopg.OperationalError``.
     """
-
-    shared = True
 
     _LOCK = " FOR UPDATE"
     _LOCK_SKIP = " FOR UPDATE SKIP LOCKED"
@@ -237,9 +131,17 @@ class PostgresJobStore(SqlJobStore):
         with self._pool.connection() as conn:
             return _QmarkConnection(conn).execute(sql, args).fetchall()
 
+    def announce_to(self, sink: ChangeSink) -> None:
+        """Hand ``sink`` every transition any process commits, as the triggers notify them; after a reconnection
+        (notifications sent meanwhile are lost) tell it that it ``missed`` some."""
+        self.listen(_CHANGES, lambda channel, job_id: sink.announce(job_id, _CHANGES[channel]), on_connect=sink.missed)
+
+    def _committed(self, changes: Mapping[str, Change]) -> None:
+        """Nothing to do: the triggers announced ``changes`` when they were made, delivered on commit."""
+
     def notify(self, channel: str, payload: str = "") -> None:
-        """Send a notification on ``channel`` to every listening process (e.g. a worker announcing itself); the
-        store's own changes notify by themselves (module docstring)."""
+        """Send a notification on ``channel`` to every listening process (e.g. a test's marker); the store's own
+        changes notify by themselves (module docstring)."""
         with self._pool.connection() as conn:
             conn.execute("SELECT pg_notify(%s, %s)", (channel, payload))
 

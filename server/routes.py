@@ -1,6 +1,7 @@
 """The fal protocol routes: sync run, queue submit, status (+ SSE stream), result and cancel, for every endpoint.
 
-Routes are thin: they validate with the schema, put jobs in the store, wake the workers and read the store back.
+Routes are thin: they validate with the schema, put jobs in the store and read the store back; the store
+announces what changed (it wakes the workers, and the streams and sync requests waiting here).
 The run and submit routes are registered once per endpoint (below ``ENDPOINTS``: the base endpoint ``/{app}`` and
 ``/{app}/{task}`` for pose, depth, inpainting, outpainting and reframe), each taking its own request model
 (``pipelines.registry.input_model``), so ``/openapi.json`` lists each one with its own body schema, the way the
@@ -13,8 +14,8 @@ fal-client's queue headers are honoured: ``X-Fal-Queue-Priority: low|normal`` (l
 normal one), ``X-Fal-Request-Timeout: S`` (a job not started within S seconds ends with fal's 504
 ``request_timeout`` and ``X-Fal-Request-Timeout-Type: user``, on the queue and the sync route alike) and
 ``X-Fal-Runner-Hint`` (shown in the job's logs; a worker that ran a job with the same hint lately takes it first,
-see ``JobStore.claim``). Status, stream and result reads run off the event
-loop (store reads are blocking SQLite calls).
+see ``JobStore.claim``). Status, stream and result reads run off the event loop: store reads block (a SQLite
+read, or a round trip to PostgreSQL).
 """
 
 from __future__ import annotations
@@ -36,14 +37,14 @@ from pipelines.schema import JobInput, VaceOutput
 
 from . import protocol
 from .auth import API_KEY_HEADER, Caller
-from .deps import BaseUrlDep, CallerDep, ChangesDep, JobContextDep, JobDep, PoolDep, StoreDep, WebhooksDep
+from .deps import BaseUrlDep, CallerDep, ChangesDep, JobContextDep, JobDep, PoolDep, StoreDep
 from .failures import RequestFailed, failure_response
 from .jobs import Job, JobStore, LogLine, Priority, request_failure
 from .request_id import REQUEST_ID_HEADER
 from .webhooks import check_webhook_url
-from .worker import WorkerPool
+from .worker import Workers
 
-SYNC_POLL_S = 5.0  # fallback re-read of a sync job; normally a worker's notification wakes the request first
+SYNC_POLL_S = 5.0  # fallback re-read of a sync job; normally the store's announcement wakes the request first
 STREAM_POLL_S = 1.0  # re-read of a streamed job (queue positions move without a notification)
 REQUESTS = ("/queue/{owner}/{alias}/requests/{request_id}", "/queue/{owner}/{alias}/{task}/requests/{request_id}")
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -132,7 +133,7 @@ def result_response(job: Job) -> JSONResponse:
 
 
 def _enqueue(inp: JobInput, endpoint: Endpoint, options: QueueOptions, webhook: str | None, *, store: JobStore,
-             pool: WorkerPool, ctx: JobContext, caller: Caller, base_url: str) -> Job:
+             pool: Workers, ctx: JobContext, caller: Caller, base_url: str) -> Job:
     """Check a request (and its webhook) and queue it; every refusal comes before anything is stored."""
     # Refused at submission with a 422, never queued.
     check_inputs(inp, endpoint.task, ctx, pool.models, model=endpoint.model)
@@ -146,7 +147,6 @@ def _enqueue(inp: JobInput, endpoint: Endpoint, options: QueueOptions, webhook: 
                     start_timeout_s=options.start_timeout_s, runner_hint=options.runner_hint)
     if options.runner_hint:
         store.log(job.id, f"runner hint: {options.runner_hint}")
-    pool.notify()
     return job
 
 
@@ -271,12 +271,9 @@ def get_result(job: JobDep) -> JSONResponse:
 
 @_both(router.put, *(f"{r}/cancel" for r in REQUESTS), status_code=202, response_model=protocol.CancelResult,
        summary="Cancel: a queued request never runs, a running one stops at its next denoising step")
-def cancel(job: JobDep, store: StoreDep, changes: ChangesDep, webhooks: WebhooksDep) -> JSONResponse:
+def cancel(job: JobDep, store: StoreDep) -> JSONResponse:
     before = store.request_cancel(job.id)
     if before is None or before.status == "COMPLETED":
         body = {"status": "ALREADY_COMPLETED", "detail": f"Request {job.id} has already completed"}
         return JSONResponse(body, status_code=400, headers=_request_id_headers(job))
-    changes.notify(job.id)
-    if before.status == "IN_QUEUE":
-        webhooks.schedule(job.id)
     return JSONResponse({"status": "CANCELLATION_REQUESTED"}, status_code=202, headers=_request_id_headers(job))

@@ -44,8 +44,9 @@ def health() -> dict[str, str]:
 def ready(pool: PoolDep, store: StoreDep, settings: SettingsDep, auth: AuthDep, caller: CallerDep) -> JSONResponse:
     # Workers of any node that renewed their sign of life within a lease: this node's, or a fleet's.
     workers = store.live_workers(time.time() - settings.lease_seconds)
+    devices = pool.devices()  # this node's own workers, as they are now
     served = {m for w in workers for m in w["models_present"]}
-    loaded = pool.loaded_models() | {m for w in workers for m in w["models_loaded"]}
+    loaded = {m for d in devices for m in d["loaded_models"]} | {m for w in workers for m in w["models_loaded"]}
     endpoints = {
         app_id: {"model": model, "tasks": [t for t in ENDPOINT_TASKS if t],
                  "endpoints": [endpoint_id(app_id, t) for t in ENDPOINT_TASKS],  # the base endpoint first
@@ -58,7 +59,7 @@ def ready(pool: PoolDep, store: StoreDep, settings: SettingsDep, auth: AuthDep, 
     # The optional stages never decide readiness: a request that needs a missing one is refused on its own.
     if caller.key_id is not None or not auth.enabled:
         if pool.models is not None:  # this node's own workers (an API node has none)
-            body |= {**pool.models.describe_stages(), "devices": [w.models.describe() for w in pool.workers]}
+            body |= {**pool.models.describe_stages(), "devices": devices}
         body |= {"loras": list(installed_loras(settings.weights_dir))}
     if caller.admin:  # auth off makes every caller one
         body |= {"workers": workers}

@@ -1,18 +1,21 @@
-"""The workers: one thread per device (or per job group of devices), each pulling jobs from the store and running
-``generate()`` on them.
+"""The workers: one per device (or per job group of devices), each pulling jobs from the store and running
+``generate()`` on them. A node runs its workers in processes of their own (``server/worker_process.py``, one
+:class:`WorkerPool` of one worker in each) or, with ``--worker-threads``, as threads of a :class:`WorkerPool` in
+its own process; either way the node sees them through :class:`Workers`.
 
-Model work never runs on the HTTP event loop. A worker reports every log line and denoising step to the store
-(which the status routes read) and wakes the coroutines waiting on the job. Whatever goes wrong in one job ends that
-job with a stated reason and the worker takes the next one: running the device out of memory or the disk out of
-space is named as such, the job's partial files are deleted and its memory released before the next job starts.
-Stopping the server interrupts a running job at its next step and puts it back in the queue without counting that
-run.
+Model work never runs on the HTTP event loop. A worker reports every log line and denoising step to the store,
+which the status routes read and which announces each change to whoever waits on the job. Whatever goes wrong in
+one job ends that job with a stated reason and the worker takes the next one: running the device out of memory or
+the disk out of space is named as such, the job's partial files are deleted and its memory released before the
+next job starts. Stopping the server interrupts a running job at its next step and puts it back in the queue
+without counting that run.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import gc
 import logging
 import os
@@ -23,8 +26,9 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -35,12 +39,11 @@ from pipelines.errors import InputError, JobCancelled
 from pipelines.hooks import JobHooks, Publish
 from pipelines.manifest import MODELS
 from pipelines.registry import input_model
+from pipelines.schema import JobInput
 
-from .events import Changes
 from .failures import failure_of
 from .files import FileStore, private_dir
-from .jobs import Job, JobStore
-from .metrics import Metrics
+from .jobs import Failure, Job, JobStore
 
 if TYPE_CHECKING:  # an API node (no workers here) never loads the model stack; a worker imports it when it runs
     from pipelines.loading import ModelManager
@@ -53,22 +56,100 @@ IDLE_POLL_S = 1.0
 RECORD_RETRY_S = 2.0
 RECENT_HINTS = 32  # runner hints a worker remembers to route later jobs with the same hint to itself
 GROUP_RETRY_S = 10.0  # wait before trying again to start a job group that failed to start
-EXPIRY_POLL_S = 0.5  # how often queued jobs are checked against their start timeout
+
+
+@dataclass(frozen=True)
+class Completed:
+    """The job produced its output."""
+
+    result: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The job failed: ``failure`` is what its result request answers, ``summary`` the last line of its log."""
+
+    failure: Failure
+    summary: str
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    """A user cancelled the running job."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class HandedBack:
+    """The run stopped without an outcome and the job goes back to the queue: ``counted`` as a lost run under the
+    attempt rules (a rank of the job group died) or not (the server is stopping)."""
+
+    reason: str
+    counted: bool
+
+
+@dataclass(frozen=True)
+class Lost:
+    """The job is no longer this worker's (its lease ran out and another node handed it back): nothing to record."""
+
+
+Ending = Completed | Failed | Cancelled | HandedBack | Lost
+"""How one run of a job ended."""
+
+
+class WorkerMetrics(Protocol):
+    """What workers report for the node's metrics (:class:`server.metrics.Metrics`, or its relay in a worker
+    process)."""
+
+    def step(self, model: str, device: str, seconds: float) -> None: ...
+    def job(self, app: str, task: str, outcome: str, seconds: float) -> None: ...
+    def group_restart(self) -> None: ...
+    def gpu(self, device: str, allocated: int, reserved: int, peak: int) -> None: ...
+
+
+class Workers(Protocol):
+    """A node's workers as the rest of the node sees them, threads of its process or processes of their own."""
+
+    local: bool
+    """Whether this node runs jobs (False on an API node: workers elsewhere pull from the shared store)."""
+
+    def start(self) -> None: ...
+    def stop(self, timeout_s: float = 30.0) -> None: ...
+
+    def wake(self) -> None:
+        """A job became claimable: wake the idle workers."""
+
+    def has_weights(self, model: str) -> bool:
+        """Whether ``model`` can be served: its weights are here, or (an API node) workers elsewhere decide."""
+
+    @property
+    def models(self) -> ModelManager | None:
+        """A model manager to check requests against and ask about installed weights (every worker's sees the same
+        weights directory); None on an API node, whose weights directory says nothing about the workers'."""
+
+    def devices(self) -> list[dict[str, Any]]:
+        """Each worker's runtime (``ModelManager.describe``: device, memory mode, loaded models, ...)."""
+
+
+def clear_work_dir(work_dir: Path) -> None:
+    """Delete the scratch files of runs that a crash interrupted; a node does it before its workers start."""
+    shutil.rmtree(work_dir, ignore_errors=True)
+    private_dir(work_dir)
 
 
 class WorkerPool:
-    """The workers of this process and what they share."""
+    """Workers as threads of this process, and what they share: the node's workers with ``--worker-threads``, or
+    the one worker of a worker process."""
 
     def __init__(
         self,
         *,
         store: JobStore,
         files: FileStore,
-        changes: Changes,
-        metrics: Metrics,
+        metrics: WorkerMetrics,
         managers: list[ModelManager],
         work_dir: Path,
-        on_finished: Callable[[str], None],
         ctx: JobContext,
         lease_s: float = 30.0,
         max_attempts: int = 2,
@@ -80,7 +161,6 @@ class WorkerPool:
         """``group``: the devices form one job group, served by one worker (``managers`` then holds rank 0's)."""
         self.store = store
         self.local = local
-        """Whether this process runs jobs (False on an API node: workers elsewhere pull from the shared store)."""
         self.model_filter = models
         self.switch_after_s = switch_after_s
         """The bound on preferring jobs a worker is better placed for (``JobStore.claim``)."""
@@ -88,66 +168,55 @@ class WorkerPool:
         self.lease_s = lease_s
         self.max_attempts = max_attempts
         self.files = files
-        self.changes = changes
         self.metrics = metrics
         self.work_dir = work_dir
-        self.on_finished = on_finished
         self.stopping = threading.Event()
         self.workers = [Worker(self, manager, group) for manager in managers]
-        self._upkeep = threading.Thread(target=self._upkeep_loop, name="vace-queue-upkeep", daemon=True)
+        self._heartbeat = threading.Thread(target=self._heartbeat_loop, name="vace-heartbeat", daemon=True)
 
     def start(self) -> None:
-        shutil.rmtree(self.work_dir, ignore_errors=True)  # inputs of runs that a crash interrupted
-        private_dir(self.work_dir)
         for worker in self.workers:
             worker.start()
-        self._upkeep.start()
+        self._heartbeat.start()
 
-    def _upkeep_loop(self) -> None:
-        """The queue's clockwork, even while every worker is busy with a long job: renew the running jobs' leases
-        (a third of the lease apart), end queued jobs whose start timeout passed, and hand back jobs whose worker
-        stopped renewing (another process, or another machine, that died)."""
-        last_beat = 0.0
-        while not self.stopping.wait(EXPIRY_POLL_S):
+    def _heartbeat_loop(self) -> None:
+        """Renew the running jobs' leases (a third of a lease apart; see ``server/jobs.py``) and the workers' signs
+        of life, on a thread of its own so that it goes on while every worker is busy with a long job; report the
+        devices' memory with them."""
+        while True:
             try:
-                if time.monotonic() - last_beat > self.lease_s / 3:
-                    last_beat = time.monotonic()
-                    for worker in self.workers:
-                        worker.renew_lease()
-                        self.store.worker_seen(worker.id, worker.describe())
-                ended = self.store.expire_unstarted() + self.store.requeue_expired(self.max_attempts)
-            except Exception:
-                log.exception("queue upkeep failed; retrying")
-                continue
-            for job_id in ended:
-                self.changes.notify(job_id)
-                self.on_finished(job_id)
+                for worker in self.workers:
+                    worker.renew_lease()
+                    self.store.worker_seen(worker.id, worker.describe())
+                    if (device := worker.models.device).type == "cuda":
+                        self.metrics.gpu(str(device), torch.cuda.memory_allocated(device),
+                                         torch.cuda.memory_reserved(device), torch.cuda.max_memory_allocated(device))
+            except Exception:  # a database restarting: the next beat comes within the lease
+                log.warning("renewing the workers' leases failed; retrying", exc_info=True)
+            if self.stopping.wait(self.lease_s / 3):
+                return
 
-    def notify(self) -> None:
-        """A job was queued: wake the idle workers."""
+    def wake(self) -> None:
         for worker in self.workers:
             worker.wake.set()
 
     def stop(self, timeout_s: float = 30.0) -> None:
         self.stopping.set()
-        self.notify()
+        self.wake()
         deadline = time.monotonic() + timeout_s
-        for thread in (*self.workers, self._upkeep):
+        for thread in (*self.workers, self._heartbeat):
             if thread.is_alive():
                 thread.join(max(0.0, deadline - time.monotonic()))
 
     def has_weights(self, model: str) -> bool:
-        """Whether ``model`` can be served: its weights are here, or (an API node) workers elsewhere decide."""
         return not self.local or self.workers[0].models.is_present(model)
 
     @property
     def models(self) -> ModelManager | None:
-        """A model manager to ask about installed weights (every worker's sees the same weights directory); None
-        on an API node, whose weights directory says nothing about the workers'."""
         return self.workers[0].models if self.local else None
 
-    def loaded_models(self) -> set[str]:
-        return {key for worker in self.workers for key in worker.models.loaded()}
+    def devices(self) -> list[dict[str, Any]]:
+        return [worker.models.describe() for worker in self.workers] if self.local else []
 
 
 class Worker(threading.Thread):
@@ -163,26 +232,30 @@ class Worker(threading.Thread):
         self.id = f"{socket.gethostname()}:{os.getpid()}:{models.device}:{secrets.token_hex(3)}"
         """Names this worker on the job it runs (its lease); unique across processes and machines."""
         self.current: str | None = None
-        self.lost = threading.Event()
+        self.lost: str | None = None
+        """The last job whose lease this worker found lost: that job stops at its next step. A job id rather than a
+        flag, so that a heartbeat for a job that has just ended cannot stop the next one."""
         self.hints: deque[str] = deque(maxlen=RECENT_HINTS)
         """The runner hints of the jobs this worker ran lately, newest last: later jobs with one of them come here
         first (fal's ``X-Fal-Runner-Hint``: the same runner as the earlier requests with that hint)."""
 
     def describe(self) -> dict[str, Any]:
-        """What the fleet view shows of this worker."""
+        """What the fleet view shows of this worker (with its runtime, which a node shows of its worker processes)."""
         return {"node": socket.gethostname(), "device": str(self.models.device), "current_job": self.current,
                 "models_present": [m for m in MODELS if self.models.is_present(m)
                                    and (not self.pool.model_filter or m in self.pool.model_filter)],
                 "models_loaded": self.models.loaded(),
-                **(self.group.describe() if self.group else {"devices": [str(self.models.device)], "parallel": None})}
+                **(self.group.describe() if self.group else {"devices": [str(self.models.device)], "parallel": None}),
+                "runtime": self.models.describe()}
 
     def renew_lease(self) -> None:
         """Keep the running job's lease; if the store says the job is no longer ours (another node handed it back
         after our lease ran out, e.g. while the database was unreachable), stop it at the next step."""
         job_id = self.current
         if job_id is not None and not self.pool.store.heartbeat(job_id, self.id, self.pool.lease_s):
-            log.warning("job %s is no longer held by %s; stopping it", job_id, self.id)
-            self.lost.set()
+            if self.current == job_id:  # not a job that ended while its heartbeat was on the way
+                log.warning("job %s is no longer held by %s; stopping it", job_id, self.id)
+            self.lost = job_id
 
     def run(self) -> None:
         try:
@@ -205,8 +278,7 @@ class Worker(threading.Thread):
                 self.wake.wait(IDLE_POLL_S)
                 self.wake.clear()
                 continue
-            self.current = job.id
-            self.lost.clear()
+            self.current, self.lost = job.id, None
             if job.runner_hint is not None:  # remembered as the newest
                 with contextlib.suppress(ValueError):
                     self.hints.remove(job.runner_hint)
@@ -215,8 +287,9 @@ class Worker(threading.Thread):
                 self._run(job)
             except Exception:  # the store itself failed; keep the worker alive for the next job
                 log.exception("worker error on job %s", job.id)
-            finally:
-                self.current = None
+            self.current = None
+            with contextlib.suppress(Exception):  # the store is away: the next heartbeat tells it
+                self.pool.store.worker_seen(self.id, self.describe())  # the fleet view sees what the job loaded
 
     def _claim(self) -> Job | None:
         """The next job this worker should run (see ``JobStore.claim`` for the order), or None: none is queued, or
@@ -238,106 +311,130 @@ class Worker(threading.Thread):
             self.pool.store.log(job_id, message, level)
         except Exception:
             log.warning("job %s: could not store the log line %r", job_id, message, exc_info=True)
-        self.pool.changes.notify(job_id)
 
     def _run(self, job: Job) -> None:
-        store, device = self.pool.store, self.models.device
+        """Run ``job``, then record how it ended: two steps, so that everything the store learns of a run's end is
+        written in one place (``_record``)."""
         started = time.perf_counter()
-        self._log(job.id, f"started on {device} (run {job.attempts})")
+        self._log(job.id, f"started on {self.models.device} (run {job.attempts})")
         self._log(job.id, f"worker {self.id}")  # which process and machine holds the job (its lease)
+        self._record(job, self._execute(job), time.perf_counter() - started)
+
+    def _execute(self, job: Job) -> Ending:
+        """Run ``job`` to its end and say how it ended. Whatever the end, the job's scratch files are deleted and
+        its memory released, and a job that did not complete leaves none of its published files behind: all before
+        anything is written to the store, since on a full disk deleting them makes the room for the writes."""
         workdir = self.pool.work_dir / job.id
-        last_step = [0.0]
         published: list[str] = []  # keys of the files this job put in the store
+        ending: Ending | None = None
+        try:
+            ending = self._generate(job, workdir, published)
+            return ending
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+            if not isinstance(ending, Completed):
+                for key in published:
+                    self._delete_file(job.id, key)
+            release_memory(self.models.device)
 
-        def on_step(i: int, total: int) -> None:
-            now = time.perf_counter()
-            if i > 1:
-                self.pool.metrics.step_seconds.labels(job.model, str(device)).observe(now - last_step[0])
-            last_step[0] = now
-            self._log(job.id, f"step {i}/{total}")
-
-        def cancelled() -> bool:
-            if self.pool.stopping.is_set() or self.lost.is_set():
-                return True
-            try:
-                return store.cancel_requested(job.id)
-            except Exception as exc:
-                # The store is away (a database restarting): the job goes on, and its lease says whether it still
-                # belongs to this worker once the store is back.
-                log.warning("job %s: could not check for a cancel: %s", job.id, str(exc).strip())
-                return False
-
-        hooks = JobHooks(
-            log=lambda message: self._log(job.id, message),
-            step=on_step,
-            cancelled=cancelled,
-        )
+    def _generate(self, job: Job, workdir: Path, published: list[str]) -> Ending:
+        """``generate()`` on the job, every exception turned into the ending it means."""
         from pipelines.generate import generate  # the model stack, loaded where jobs run
 
-        outcome, result, failure, ending = "error", None, None, ""
         try:
             workdir.mkdir(mode=0o700, exist_ok=True)
             inp = input_model(job.app, job.task).model_validate(job.input)
-            if not inp.sync_mode:  # sync_mode keeps nothing on the server
-                hooks.control = lambda frames, fps: self._keep_control(job, workdir, frames, fps)
             output = generate(
                 inp, task=job.task, model=job.model, manager=self.models, workdir=workdir,  # type: ignore[arg-type]
-                publish=self._publisher(job, inp.sync_mode, published), hooks=hooks, ctx=self.pool.ctx,
+                publish=self._publisher(job, inp.sync_mode, published), hooks=self._hooks(job, inp, workdir),
+                ctx=self.pool.ctx,
             )
-            result, outcome = output.model_dump(mode="json", exclude_none=True), "ok"
-            ending = f"completed in {time.perf_counter() - started:.1f} s"
+            return Completed(output.model_dump(mode="json", exclude_none=True))
         except (InputError, ValidationError) as exc:  # ValidationError: a stored input this version refuses
             if isinstance(exc, InputError) and exc.type == "content_policy_violation":
                 self._drop_control(job)  # nothing of a flagged job stays on the server
             failure = failure_of(exc)
-            ending = failure.message
+            return Failed(failure, failure.message)
         except JobCancelled as exc:
-            if self.lost.is_set():
-                outcome, ending = "lost", "the job was handed to another worker; stopped without recording it"
-            elif self.pool.stopping.is_set() and not store.cancel_requested(job.id):
-                outcome, ending = "requeue", "the server is stopping; re-queued to run after restart"
-            else:
-                outcome, ending = "cancelled", f"cancelled ({exc})"
+            if self.lost == job.id:
+                return Lost()
+            if self.pool.stopping.is_set() and not self.pool.store.cancel_requested(job.id):
+                return HandedBack("the server is stopping; re-queued to run after restart", counted=False)
+            return Cancelled(f"cancelled ({exc})")
         except Exception as exc:
             cause = self.group.interrupted() if self.group is not None else None
-            if cause is not None:
-                outcome, ending = "interrupted", f"the job group lost a rank: {cause}"
-            else:
-                failure = failure_of(exc, device)
-                if failure.type == "internal_error":  # failure_of logged the traceback under the message's id
-                    log.error("job %s failed: %s", job.id, failure.message)
-                ending = f"failed: {failure.message}"
-        finally:
-            # Before anything is written to the store: on a full disk, deleting the job's files makes the room.
-            shutil.rmtree(workdir, ignore_errors=True)
-            if outcome not in ("ok", "requeue"):
-                for key in published:
-                    self._delete_file(job.id, key)
-            release_memory(device)
-        if outcome == "lost":  # whoever holds the job now records it; a second outcome would be a double completion
-            log.warning("job %s: %s", job.id, ending)
-            return
-        if outcome == "interrupted":  # under the attempt rules, as a job whose worker died
-            log.warning("job %s: %s", job.id, ending)
-            self._record(lambda: store.hand_back(job.id, self.id, self.pool.max_attempts, ending))
-            self.pool.changes.notify(job.id)
-            self.pool.on_finished(job.id)
-            return
-        if outcome == "requeue":
-            self._record(lambda: store.requeue(job.id, ending, worker_id=self.id))
-            self.pool.changes.notify(job.id)
-            return
-        self._log(job.id, ending, {"ok": "INFO", "cancelled": "WARN"}.get(outcome, "ERROR"))
-        recorded = self._record(lambda: store.finish(job.id, result=result, failure=failure,
-                                                     cancelled=outcome == "cancelled", worker_id=self.id))
-        if not recorded:  # the lease was lost at the last moment: the job's new holder records it
+            if cause is not None:  # not the job's fault: it goes back under the attempt rules, as if this worker died
+                return HandedBack(f"the job group lost a rank: {cause}", counted=True)
+            failure = failure_of(exc, self.models.device)
+            if failure.type == "internal_error":  # failure_of logged the traceback under the message's id
+                log.error("job %s failed: %s", job.id, failure.message)
+            return Failed(failure, f"failed: {failure.message}")
+
+    def _hooks(self, job: Job, inp: JobInput, workdir: Path) -> JobHooks:
+        """How ``generate()`` reports to the store while it runs: log lines, steps (timed for the metrics), the
+        control video it made, and whether to stop (a cancel, the server stopping, the job lost to another node)."""
+        device = self.models.device
+        last_step = 0.0
+
+        def step(i: int, total: int) -> None:
+            nonlocal last_step
+            now = time.perf_counter()
+            if i > 1:
+                self.pool.metrics.step(job.model, str(device), now - last_step)
+            last_step = now
+            self._log(job.id, f"step {i}/{total}")
+
+        hooks = JobHooks(log=lambda message: self._log(job.id, message), step=step,
+                         cancelled=lambda: self.must_stop(job.id))
+        if not inp.sync_mode:  # sync_mode keeps nothing on the server
+            hooks.control = lambda frames, fps: self._keep_control(job, workdir, frames, fps)
+        return hooks
+
+    def must_stop(self, job_id: str) -> bool:
+        """Whether the run of ``job_id`` stops at its next step: the server is stopping, this worker lost the job's
+        lease, or a user cancelled it."""
+        if self.pool.stopping.is_set() or self.lost == job_id:
+            return True
+        try:
+            return self.pool.store.cancel_requested(job_id)
+        except Exception as exc:
+            # The store is away (a database restarting): the job goes on, and its lease says whether it still
+            # belongs to this worker once the store is back.
+            log.warning("job %s: could not check for a cancel: %s", job_id, str(exc).strip())
+            return False
+
+    def _record(self, job: Job, ending: Ending, seconds: float) -> None:
+        """Write how the run of ``job`` ended to the store: one transition (ended, or back to the queue), or
+        nothing when the job is no longer this worker's."""
+        store = self.pool.store
+        match ending:
+            case Lost():  # whoever holds the job now records it; a second outcome would be a double completion
+                log.warning("job %s: handed to another worker; stopped without recording it", job.id)
+                return
+            case HandedBack(reason, counted=True):  # under the attempt rules, as a job whose worker died
+                log.warning("job %s: %s", job.id, reason)
+                self._write(lambda: store.hand_back(job.id, self.id, self.pool.max_attempts, reason))
+                return
+            case HandedBack(reason, counted=False):
+                self._write(lambda: store.requeue(job.id, reason, worker_id=self.id))
+                return
+            case Completed(result):
+                line, level, outcome = f"completed in {seconds:.1f} s", "INFO", "ok"
+                finish = functools.partial(store.finish, job.id, result=result, worker_id=self.id)
+            case Failed(failure, summary):
+                line, level, outcome = summary, "ERROR", "error"
+                finish = functools.partial(store.finish, job.id, failure=failure, worker_id=self.id)
+            case Cancelled(reason):
+                line, level, outcome = reason, "WARN", "cancelled"
+                finish = functools.partial(store.finish, job.id, cancelled=True, worker_id=self.id)
+        self._log(job.id, line, level)
+        if not self._write(finish):
+            # The lease was lost at the last moment: the job's new holder records it.
             log.warning("job %s ended here after another worker took it over; its outcome was not recorded", job.id)
             return
-        self.pool.metrics.job_seconds.labels(job.app, job.task, outcome).observe(time.perf_counter() - started)
-        self.pool.changes.notify(job.id)
-        self.pool.on_finished(job.id)
+        self.pool.metrics.job(job.app, job.task, outcome, seconds)
 
-    def _record(self, write: Callable[[], bool]) -> bool:
+    def _write(self, write: Callable[[], bool]) -> bool:
         """Write a job's end to the store, retrying while the store cannot take it (a full disk, a database
         restarting): a job that ended must not stay "running". Returns whether the store took it (False: this
         worker no longer holds the job). Should the server stop first, the job's lease runs out (or restart

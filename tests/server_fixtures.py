@@ -174,9 +174,12 @@ class ServeProcess:
 
 
 class ThreadServer:
-    """The app in uvicorn on a thread of the test process: a real HTTP server whose internals tests can reach."""
+    """The app in uvicorn on a thread of the test process: a real HTTP server whose internals tests can reach, its
+    workers included (they run as threads here, ``--worker-threads``; ``ServeProcess`` runs the default, a worker
+    process per device)."""
 
     def __init__(self, config: Settings) -> None:
+        config = config.model_copy(update={"worker_threads": True})
         self.config = config
         self.app = create_app(config)
         self.server = uvicorn.Server(uvicorn_config(self.app, config, log_level="warning"))

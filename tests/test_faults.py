@@ -1,5 +1,5 @@
 """Faults a long-running server meets: a job that runs the device out of memory, a disk that fills up while a job
-writes, SIGTERM during a job, and the retention sweep. The affected job ends with a stated reason and leaves nothing
+writes, SIGTERM during a job, a heartbeat that comes back after its job ended, and the retention sweep. The affected job ends with a stated reason and leaves nothing
 half-written behind; the server frees what the job held and goes on with the next one.
 """
 
@@ -27,13 +27,17 @@ from server_fixtures import (  # noqa: F401
     SMALL_JOB, ServeProcess, ThreadServer, control_videos, free_port, require, server_weights, wait_until,
 )
 
+from pipelines.context import JobContext
 from pipelines.encode import encode_video
+from pipelines.loading import ModelManager
 from server import cli
 from server.config import Settings
 from server.files import LocalFileStore
 from server.jobs import Failure, SqliteJobStore
+from server.metrics import Metrics
 from server.retention import Retention, Swept
 from server.failures import failure_of
+from server.worker import WorkerPool
 
 QUEUE = "/queue/fal-ai/wan-vace-14b/pose"
 REQUESTS = "/queue/fal-ai/wan-vace-14b/requests"
@@ -211,6 +215,32 @@ def test_sigterm_during_a_job_requeues_it_and_it_runs_after_restart(
             assert client.get(f"{REQUESTS}/{running}").json()["prompt"] == "interrupted"
     finally:
         server.stop()
+
+
+def test_a_heartbeat_for_a_job_that_just_ended_does_not_stop_the_next(tmp_path: Path, models: ModelManager) -> None:
+    """A worker renews its running job's lease on a thread of its own. When the job ends while a renewal is on its
+    way (slow while the database restarts), the renewal finds the job no longer running: that must stop nothing but
+    that job, not the one the worker took next (which would then be left running, unrecorded, until its lease ran
+    out; twice, and it failed as runner_disconnected)."""
+    store = SqliteJobStore(tmp_path / "jobs.sqlite3")
+    pool = WorkerPool(store=store, files=LocalFileStore(tmp_path / "files", tmp_path / "uploads", 1024),
+                      metrics=Metrics(store), managers=[models], work_dir=tmp_path / "work",
+                      ctx=JobContext())
+    worker = pool.workers[0]
+    try:
+        ended, following = (store.add(app="fal-ai/wan-vace-14b", task="pose", model="wan-vace-14b",
+                                      input={"prompt": "x"}, base_url="http://h", webhook_url=None) for _ in range(2))
+        assert store.claim(worker_id=worker.id, lease_s=30).id == ended.id  # type: ignore[union-attr]
+        worker.current = ended.id  # the heartbeat thread reads it ...
+        assert store.finish(ended.id, result={"seed": 1}, worker_id=worker.id)
+        assert store.claim(worker_id=worker.id, lease_s=30).id == following.id  # type: ignore[union-attr]
+        worker.renew_lease()  # ... and its renewal comes back after the job ended and the worker took the next one
+        worker.current = following.id
+        assert worker.must_stop(ended.id) and not worker.must_stop(following.id)
+        store.request_cancel(following.id)
+        assert worker.must_stop(following.id)
+    finally:
+        store.close()
 
 
 def test_retention_deletes_old_files_uploads_and_finished_jobs(tmp_path: Path) -> None:

@@ -7,6 +7,8 @@ node B; a worker killed with SIGKILL in
 the middle of a job loses nothing: the other worker takes the job over when its lease runs out and completes it,
 exactly once; a cancel sent to node B stops a job running in a worker process at its next step; PostgreSQL restarted
 with jobs queued and running loses nothing either: every node reconnects and every job completes exactly once.
+An API node alone, with no worker alive anywhere, still keeps the queue: it ends a job whose start timeout passed
+and hands a dead worker's job back.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from server.commands import make_secrets
 from server.config import Settings
 from server.falclient import use_server
 from server.node_secrets import SECRET_FILE, SIGNING_KEY_FILE
+from server.pg_store import PostgresJobStore
 
 POSE = "fal-ai/wan-vace-14b/pose"
 REQUESTS = "/queue/fal-ai/wan-vace-14b/requests"
@@ -40,7 +43,8 @@ LEASE_S = 3.0
 
 
 class WorkerProcess:
-    """``vace worker`` as a child process (the real CLI), which a test can kill outright."""
+    """``vace worker`` as a child process (the real CLI) in a process group of its own, with its worker process, which
+    a test can kill outright."""
 
     def __init__(self, store: str, files: str, weights: Path, data_dir: Path) -> None:
         self.data_dir = data_dir
@@ -55,6 +59,13 @@ class WorkerProcess:
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def runs(self, worker_id: str) -> bool:
+        """Whether the worker ``HOST:PID:DEVICE:TOKEN`` is one of this node's (its process is in this group)."""
+        try:
+            return os.getpgid(int(worker_id.split(":")[1])) == self.proc.pid
+        except ProcessLookupError:
+            return False
 
     def kill(self) -> None:
         os.killpg(self.proc.pid, signal.SIGKILL)
@@ -117,7 +128,7 @@ def test_fal_client_on_one_node_results_on_another(fleet: Any, control_videos: d
 
     ready = wait_until(fleet_view, 60, "both workers in the fleet view")
     assert all(e["weights_present"] for e in ready["endpoints"].values())
-    assert {f":{w.proc.pid}:" for w in workers} <= {":" + h["id"].split(":")[1] + ":" for h in ready["workers"]}
+    assert all(any(w.runs(h["id"]) for h in ready["workers"]) for w in workers)
     for name in ("RUN_URL_FORMAT", "QUEUE_URL_FORMAT", "REST_URL", "CDN_URL", "REALTIME_URL_FORMAT"):
         monkeypatch.setattr(fal_module, name, getattr(fal_module, name))
     use_server(node_a.url)
@@ -163,14 +174,15 @@ def test_a_killed_worker_loses_nothing_and_a_cancel_reaches_a_worker(fleet: Any,
     doomed = httpx.post(f"{node_a.url}/queue/{POSE}", json=long_job, timeout=30).json()["request_id"]
     running = wait_until(lambda: next((m for m in messages(status(node_b, doomed)) if m.startswith("worker ")),
                                       None), 120, "the job to start")
-    victim = next(w for w in workers if f":{w.proc.pid}:" in running)
+    victim = next(w for w in workers if w.runs(running.removeprefix("worker ")))
     wait_until(lambda: any(m.startswith("step 2/") for m in messages(status(node_b, doomed))), 120, "step 2")
     victim.kill()
     done = wait_until(lambda: (s := status(node_b, doomed))["status"] == "COMPLETED" and s, 300, "the takeover")
     assert done.get("error_type") is None, done
     starts = [m for m in messages(done) if m.startswith("started on")]
     holders = [m for m in messages(done) if m.startswith("worker ")]
-    assert starts[-1].endswith("(run 2)") and len(holders) == 2 and f":{victim.proc.pid}:" not in holders[1]
+    assert starts[-1].endswith("(run 2)") and len(holders) == 2
+    assert any(w is not victim and w.runs(holders[1].removeprefix("worker ")) for w in workers)
     assert sum(m.startswith("completed in") for m in messages(done)) == 1
     assert httpx.get(f"{node_a.url}{REQUESTS}/{doomed}", timeout=30).status_code == 200
 
@@ -220,3 +232,38 @@ def _submit(node: ThreadServer, job: dict[str, Any]) -> str | None:
     except httpx.HTTPError:
         return None
     return answer.json()["request_id"] if answer.status_code == 200 else None
+
+
+def test_an_api_node_alone_keeps_the_queue(pg_url: str, control_videos: dict[str, Path],  # noqa: F811
+                                           tmp_path: Path) -> None:
+    """The fleet's workers are all down (scaled to zero): no worker process is alive, one died holding a job. The
+    API node still answers a request whose start timeout passed with fal's 504 (``X-Fal-Request-Timeout-Type:
+    user``, on the queue and the sync route) and hands the dead worker's job back once its lease ran out (#23)."""
+    video = "data:video/mp4;base64," + base64.b64encode(control_videos["pose"].read_bytes()).decode()
+    job = {"prompt": "x", "video_url": video, **SMALL_JOB}
+    dead_worker = PostgresJobStore(pg_url)
+    try:
+        lost = dead_worker.add(app="fal-ai/wan-vace-14b", task="pose", model="wan-vace-14b", input=job,
+                               base_url="http://h", webhook_url=None)
+        assert dead_worker.claim(worker_id="dead-worker", lease_s=LEASE_S).id == lost.id  # type: ignore[union-attr]
+        make_secrets(tmp_path / "api-secrets")
+        config = Settings(weights_dir=tmp_path / "no-weights", data_dir=tmp_path / "api", port=free_port(),
+                          store=pg_url, no_workers=True, lease_seconds=LEASE_S, secrets_dir=tmp_path / "api-secrets")
+        with ThreadServer(config) as node:
+            timeout = {"x-fal-request-timeout": "1"}
+            queued = httpx.post(f"{node.url}/queue/{POSE}", json=job, headers=timeout, timeout=30)
+            request_id = queued.json()["request_id"]
+            sync = httpx.post(f"{node.url}/{POSE}", json=job, headers=timeout, timeout=30)
+            assert sync.status_code == 504 and sync.json()["error_type"] == "request_timeout"
+            assert sync.headers["x-fal-request-timeout-type"] == "user"
+            ended = wait_until(lambda: (s := status(node, request_id))["status"] == "COMPLETED" and s, 10,
+                               "the queued job to time out")
+            assert ended["error_type"] == "request_timeout"
+            result = httpx.get(f"{node.url}{REQUESTS}/{request_id}", timeout=30)
+            assert result.status_code == 504 and result.headers["x-fal-request-timeout-type"] == "user"
+
+            back = wait_until(lambda: (s := status(node, lost.id))["status"] == "IN_QUEUE" and s, 3 * LEASE_S,
+                              "the dead worker's job to be handed back")
+            assert "stopped renewing its lease (run 1 of at most 2); re-queued" in messages(back)[-1]
+    finally:
+        dead_worker.close()

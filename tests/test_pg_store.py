@@ -1,6 +1,6 @@
 """What only the shared PostgreSQL store has to get right: concurrent claims from several processes (SKIP LOCKED),
-schema migrations, LISTEN/NOTIFY wake-ups, a database restart under a running store, and webhook deliveries taken
-over from a node that died.
+queue upkeep on several nodes at once, schema migrations, LISTEN/NOTIFY wake-ups, a database restart under a
+running store, and webhook deliveries taken over from a node that died.
 
 The store's protocol itself (both stores) is tested in test_server_store.py.
 """
@@ -82,6 +82,38 @@ def test_concurrent_claims_from_two_processes_never_share_a_job(pg_url: str) -> 
     assert all(per_process), "both processes should have claimed jobs"
     assert store.counts()["running"] == len(jobs)
     store.close()
+
+
+def test_nodes_sweeping_at_once_end_or_hand_back_each_job_once(pg_url: str) -> None:
+    """Every node runs the queue upkeep (server/upkeep.py); three nodes sweeping the same expired leases and start
+    timeouts at the same moment touch each job once: one "re-queued" line and one attempt per lost job."""
+    stores = [PostgresJobStore(pg_url) for _ in range(3)]
+    lost = [add(stores[0]).id for _ in range(30)]
+    for _ in lost:
+        stores[0].claim(worker_id="dead", lease_s=0.01)
+    late = [stores[0].add(app="fal-ai/wan-vace-14b", task="pose", model="wan-vace-14b", input={}, base_url="http://h",
+                          webhook_url=None, start_timeout_s=0).id for _ in range(30)]
+    time.sleep(0.05)
+    start = threading.Barrier(len(stores))
+    touched: list[str] = []
+
+    def sweep(store: PostgresJobStore) -> None:
+        start.wait()
+        touched.extend(store.expire_unstarted() + store.requeue_expired(max_attempts=3))
+
+    threads = [threading.Thread(target=sweep, args=(store,)) for store in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(touched) == sorted(lost + late)
+    for job_id in lost:
+        job = stores[1].get(job_id)
+        assert job is not None and job.status == "IN_QUEUE" and job.attempts == 1
+        assert sum("re-queued" in line.message for line in stores[1].logs(job_id)) == 1
+    assert all(len(stores[2].logs(job_id)) == 1 for job_id in late)
+    for store in stores:
+        store.close()
 
 
 def test_claim_skips_a_row_another_transaction_holds(pg_url: str) -> None:
