@@ -3,12 +3,18 @@
 ffmpeg runs as our own subprocess rather than through ``imageio_ffmpeg.write_frames`` so that every flag is
 explicit and a failed encode (bad exit status) raises instead of leaving a broken file behind. Frames are
 streamed to ffmpeg's stdin one at a time, so a long output never exists as one array.
+
+Two H.264 encoders write the same kind of file (MP4, yuv420p, BT.709 tags, ``+faststart``): libx264 on the CPU and
+NVENC on the job's own GPU (``pipelines/codecs.py`` decides which a worker uses). The RGB to YUV conversion is
+ffmpeg's swscale on the CPU for both, so colours do not depend on the encoder; each maps fal's ``video_quality``
+and ``video_write_mode`` through its own table below (README, "Encoding": how the NVENC values were chosen).
 """
 
 from __future__ import annotations
 
 import errno
 import itertools
+import re
 import subprocess
 import tempfile
 import zipfile
@@ -16,6 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Literal
 
 import cv2
 import imageio_ffmpeg
@@ -27,6 +34,66 @@ from preprocessors.frames import check_frame
 QUALITY_CRF: dict[str, int] = {"low": 28, "medium": 23, "high": 18, "maximum": 10}
 # video_write_mode -> x264 preset (encode speed against file size at the same quality).
 WRITE_MODE_PRESET: dict[str, str] = {"fast": "veryfast", "balanced": "medium", "small": "slower"}
+# video_quality -> NVENC target quality (``-cq`` under VBR rate control): x264's CRF + 5. NVENC's CQ caps the QP it
+# spends on hard frames and goes about 5 lower on easy ones, where CRF sits at its value, so CQ = CRF + 5 lands near
+# x264's QP, and so its quality and size, on the level's content (README, "Encoding").
+NVENC_CQ: dict[str, int] = {"low": 33, "medium": 28, "high": 23, "maximum": 15}
+# video_write_mode -> NVENC preset, p1 (fastest) to p7 (slowest, smallest at the same CQ); NVIDIA's medium is p4.
+NVENC_PRESET: dict[str, str] = {"fast": "p2", "balanced": "p4", "small": "p7"}
+NVENC_LOOKAHEAD = 20
+"""Frames NVENC's rate control looks ahead (x264 medium looks 40 ahead); without it H.264 NVENC spends bits badly
+around B-frames and scene changes."""
+NVENC_SIDES = (145, 4096)
+"""The smallest and largest width or height H.264 NVENC takes (smaller frames fail with "Frame Dimension less than
+the minimum supported value"); a file outside goes through libx264."""
+
+EncoderName = Literal["libx264", "h264_nvenc"]
+
+
+@dataclass(frozen=True)
+class Encoder:
+    """An H.264 encoder of the bundled ffmpeg: ``libx264`` on the CPU, or ``h264_nvenc`` on CUDA device ``gpu``
+    (the index torch calls ``cuda:N``; ffmpeg's ``-gpu N`` counts the same CUDA devices)."""
+
+    name: EncoderName = "libx264"
+    gpu: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.name == "h264_nvenc") != (self.gpu is not None) or (self.gpu is not None and self.gpu < 0):
+            raise ValueError(f"h264_nvenc needs a GPU index and libx264 none, got {self.name} with gpu={self.gpu}")
+
+    def __str__(self) -> str:
+        return self.name if self.gpu is None else f"{self.name} on GPU {self.gpu}"
+
+    def codec_args(self, quality: str, write_mode: str) -> list[str]:
+        """The ffmpeg output flags that pick this encoder and its rate control for fal's two fields."""
+        if quality not in QUALITY_CRF:
+            raise ValueError(f"quality must be one of {sorted(QUALITY_CRF)}, got {quality!r}")
+        if write_mode not in WRITE_MODE_PRESET:
+            raise ValueError(f"write_mode must be one of {sorted(WRITE_MODE_PRESET)}, got {write_mode!r}")
+        if self.gpu is None:
+            return ["-c:v", "libx264", "-preset", WRITE_MODE_PRESET[write_mode], "-crf", str(QUALITY_CRF[quality])]
+        # -b:v 0: no average bitrate target (h264_nvenc's default is 2 Mbit/s), so CQ alone sets the size.
+        return ["-c:v", "h264_nvenc", "-gpu", str(self.gpu), "-preset", NVENC_PRESET[write_mode], "-tune", "hq",
+                "-rc", "vbr", "-cq", str(NVENC_CQ[quality]), "-b:v", "0", "-rc-lookahead", str(NVENC_LOOKAHEAD)]
+
+    def for_size(self, width: int, height: int) -> Encoder:
+        """This encoder, or libx264 for a frame size NVENC does not take."""
+        low, high = NVENC_SIDES
+        if self.gpu is None or (low <= width <= high and low <= height <= high):
+            return self
+        return LIBX264
+
+
+LIBX264 = Encoder()
+
+
+class EncodeError(RuntimeError):
+    """ffmpeg failed to encode a file; ``reason`` is its own account (:func:`failure_reason`)."""
+
+    def __init__(self, path: Path, encoder: Encoder, reason: str) -> None:
+        super().__init__(f"ffmpeg failed to encode {path.name} with {encoder}: {reason}")
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -38,20 +105,20 @@ class EncodedVideo:
     num_frames: int
     duration: float
     file_size: int
+    encoder: Encoder = LIBX264
+    """The encoder that wrote the file (libx264 where NVENC was asked for a size it does not take)."""
 
 
 def encode_video(
-    frames: Iterable[np.ndarray], path: Path, fps: float, quality: str = "high", write_mode: str = "balanced"
+    frames: Iterable[np.ndarray], path: Path, fps: float, quality: str = "high", write_mode: str = "balanced",
+    encoder: Encoder = LIBX264,
 ) -> EncodedVideo:
-    """Encode uint8 HxWx3 RGB frames (same size, even width and height) to an MP4 at ``path``.
+    """Encode uint8 HxWx3 RGB frames (same size, even width and height) to an MP4 at ``path`` with ``encoder``.
 
     yuv420p and ``+faststart`` make the file play in browsers while still downloading; the BT.709 matrix and
     tags keep colours the same in players that assume HD colour for untagged video and those that do not.
     """
-    if quality not in QUALITY_CRF:
-        raise ValueError(f"quality must be one of {sorted(QUALITY_CRF)}, got {quality!r}")
-    if write_mode not in WRITE_MODE_PRESET:
-        raise ValueError(f"write_mode must be one of {sorted(WRITE_MODE_PRESET)}, got {write_mode!r}")
+    codec = encoder.codec_args(quality, write_mode)  # refuses unknown levels before ffmpeg starts
     if not fps > 0:
         raise ValueError(f"fps must be positive, got {fps}")
     stream = iter(frames)
@@ -61,12 +128,14 @@ def encode_video(
     height, width = check_frame(first)
     if width % 2 or height % 2:
         raise ValueError(f"yuv420p needs even width and height, got {width}x{height}")
+    if (sized := encoder.for_size(width, height)) != encoder:
+        encoder, codec = sized, sized.codec_args(quality, write_mode)
     cmd = [
         imageio_ffmpeg.get_ffmpeg_exe(),
         "-hide_banner", "-loglevel", "error", "-y",
         "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}",
         "-framerate", str(Fraction(fps).limit_denominator(1001)), "-i", "pipe:0",
-        "-an", "-c:v", "libx264", "-preset", WRITE_MODE_PRESET[write_mode], "-crf", str(QUALITY_CRF[quality]),
+        "-an", *codec,
         "-vf", "scale=out_color_matrix=bt709:out_range=tv",
         "-colorspace", "bt709", "-color_primaries", "bt709", "-color_trc", "bt709",
         "-pix_fmt", "yuv420p", "-movflags", "+faststart", str(path),
@@ -94,7 +163,7 @@ def encode_video(
             path.unlink(missing_ok=True)
             if "No space left on device" in message:  # the caller reports a full disk as such, not as a bug
                 raise OSError(errno.ENOSPC, f"no space left on device while encoding {path.name}")
-            raise RuntimeError(f"ffmpeg failed to encode {path.name}: {message[-500:]}")
+            raise EncodeError(path, encoder, failure_reason(message))
     return EncodedVideo(
         path=path,
         width=width,
@@ -103,7 +172,18 @@ def encode_video(
         num_frames=num_frames,
         duration=num_frames / fps,
         file_size=path.stat().st_size,
+        encoder=encoder,
     )
+
+
+def failure_reason(log: str) -> str:
+    """Why ffmpeg failed: the first line of its error log, without the ``[component @ 0x...]`` prefixes. ffmpeg
+    states the cause first (``Cannot load libcuda.so.1``, ``OpenEncodeSessionEx failed: unsupported device``); the
+    lines after it only say that opening the encoder or device failed."""
+    for line in log.splitlines():
+        if text := re.sub(r"^(\[[^\]]*\]\s*)+", "", line).strip():
+            return text[:300]
+    return "no error message"
 
 
 def write_frames_zip(frames: Iterable[np.ndarray], path: Path) -> Path:
@@ -118,9 +198,10 @@ def write_frames_zip(frames: Iterable[np.ndarray], path: Path) -> Path:
     return path
 
 
-def write_control_video(frames: Iterable[np.ndarray], path: Path, fps: float, quality: str = "high") -> EncodedVideo:
+def write_control_video(frames: Iterable[np.ndarray], path: Path, fps: float, quality: str = "high",
+                        encoder: Encoder = LIBX264) -> EncodedVideo:
     """A pose or depth control video as a playable MP4, whatever the input's size: an odd width or height is
     cropped by its last pixel (yuv420p needs even sizes), which a control video for people to look at can spare.
     Shared by ``vace preprocess`` and the server, which keeps the control a ``preprocess=true`` job made."""
     even = (frame[: frame.shape[0] // 2 * 2, : frame.shape[1] // 2 * 2] for frame in frames)
-    return encode_video(even, path, fps, quality=quality, write_mode="fast")
+    return encode_video(even, path, fps, quality=quality, write_mode="fast", encoder=encoder)

@@ -108,7 +108,7 @@ def generate(
         for i, url in enumerate(getattr(inp, "ref_image_urls", None) or [])  # reframe has none
     ] or None
     loras = fetch_loras(inp, model, workdir, ctx, manager.weights_dir)
-    source = prepare(inp, job, workdir, ctx, first or last)
+    source = prepare(inp, job, workdir, ctx, first or last, codecs=manager.codecs)
     timing, width, height, info, plan = source.timing, source.width, source.height, source.info, source.plan
     hooks.log(
         (f"input {info.width}x{info.height}, {info.num_frames} frames at {info.fps:g} fps; " if info else
@@ -169,10 +169,12 @@ def generate(
         output = itertools.islice(parts.interpolator.interpolate(frames, timing.n_between), timing.output_frames)
     if inp.return_frames_zip:
         output = list(output)  # encoded and zipped: materialise once rather than interpolate twice
-    hooks.log(f"encoding ({inp.video_quality} quality, {inp.video_write_mode} write mode)")
-    encoded = encode_video(
-        output, workdir / "video.mp4", timing.output_fps, quality=inp.video_quality, write_mode=inp.video_write_mode
-    )
+    encoder = manager.codecs.encoder.for_size(width, height)
+    hooks.log(f"encoding with {encoder} ({inp.video_quality} quality, {inp.video_write_mode} write mode)")
+    encoded = encode_video(output, workdir / "video.mp4", timing.output_fps, quality=inp.video_quality,
+                           write_mode=inp.video_write_mode, encoder=encoder)
+    if encoded.fallback:
+        hooks.log(f"{encoder} did not open ({encoded.fallback}): encoded with {encoded.encoder} instead")
     video = VideoFile(
         url=publish(encoded.path, "video/mp4"),
         content_type="video/mp4",

@@ -29,6 +29,7 @@ from transformers import AutoTokenizer, UMT5EncoderModel
 from preprocessors.base import Preprocessor
 
 from .annotators import make_preprocessor
+from .codecs import Codecs, choose_codecs
 from .errors import InputError
 from .interpolation import FrameInterpolator, load_interpolator
 from .lora_hotswap import LoraSlots, add_slot
@@ -139,6 +140,11 @@ class ModelManager:
         self.device = torch.device(device) if device is not None else default_device()
         self.dtype = dtype or default_dtype(self.device)
         self.runtime = runtime or RuntimeConfig()
+        # First, so that a worker that cannot have the encoder it was told to use refuses before loading anything.
+        # Ranks past 0 of a job group neither decode nor encode: they try nothing.
+        follower = "rank 0 of the job group decodes and encodes"
+        self.codecs = (choose_codecs(self.runtime.encoder, self.device) if group is None or group.rank == 0
+                       else Codecs(encoder_reason=follower, decoder_reason=follower))
         self.memory_mode = resolve_memory_mode(self.runtime.memory_mode, self.device)
         self.group = group
         self.attention = resolve_attention(self.runtime.attention, self.device,
@@ -170,6 +176,7 @@ class ModelManager:
             "attention_backend": self.attention,
             "compile": self.compiles,
             "lora_slot_rank": self.lora_slot_rank,
+            **self.codecs.describe(),
             "loaded_models": list(self._models),
             "loaded_stages": [name for name, loaded in stages.items() if loaded],
         }

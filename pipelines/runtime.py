@@ -18,7 +18,8 @@ Attention: on CUDA the fastest installed backend (FlashAttention 3, FlashAttenti
 SDPA) through diffusers' ``set_attention_backend``; PyTorch SDPA elsewhere.
 
 The same config carries the server-wide settings of the two optional job stages: the safety checker's threshold and
-the prompt expander (none, an OpenAI-compatible chat endpoint, or a local causal LM from the weights directory).
+the prompt expander (none, an OpenAI-compatible chat endpoint, or a local causal LM from the weights directory), and
+the video encoder (``pipelines/codecs.py`` resolves it per worker).
 
 This module holds the settings and how ``auto`` resolves; it imports torch but no diffusers, because the server's
 config (an API node's too) reads it. Putting a module in place is ``loading.place_module``.
@@ -37,6 +38,7 @@ from .manifest import DEFAULT_ANNOTATORS
 log = logging.getLogger(__name__)
 
 MEMORY_MODES = ("auto", "full", "fp8", "group_offload", "model_offload")
+ENCODER_SETTINGS = ("auto", "libx264", "nvenc")  # --encoder; pipelines/codecs.py resolves it per worker
 COMPILABLE_MODES = ("full", "model_offload")  # modes whose hooks torch.compile(fullgraph=True) traces
 PROMPT_EXPANDERS = ("none", "openai", "local")
 GIB = 1024**3
@@ -69,10 +71,13 @@ class RuntimeConfig:
     expander_api_key: str | None = field(default=None, repr=False)  # sent as a bearer token; kept out of logs
     expander_timeout_s: float = 30.0
     expander_max_tokens: int = 256  # bounds the expanded prompt (UMT5 reads at most 512 tokens of it anyway)
+    encoder: str = "auto"  # auto (NVENC on the worker's GPU where its trial encode passes) | libx264 | nvenc
 
     def __post_init__(self) -> None:
         if self.memory_mode not in MEMORY_MODES:
             raise ValueError(f"memory_mode must be one of {MEMORY_MODES}, got {self.memory_mode!r}")
+        if self.encoder not in ENCODER_SETTINGS:
+            raise ValueError(f"encoder must be one of {ENCODER_SETTINGS}, got {self.encoder!r}")
         if not 0.0 <= self.safety_threshold <= 1.0:
             raise ValueError(f"safety_threshold must be between 0 and 1, got {self.safety_threshold}")
         if self.prompt_expander not in PROMPT_EXPANDERS:

@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image
 
 from .canvas import Placement
+from .codecs import Codecs
 from .conditioning import Conditioning, build_conditioning, grey_frames
 from .context import JobContext
 from .family import BASE_RATIO, BASE_SIDES, BASE_TRIM, BASE_ZOOM, Recipe, base_job, inpainting_mask
@@ -122,9 +123,10 @@ class Source:
 
 
 def prepare(inp: JobInput, job: TaskJob, workdir: Path, ctx: JobContext,
-            frame_image: Image.Image | None = None) -> Source:
+            frame_image: Image.Image | None = None, *, codecs: Codecs | None = None) -> Source:
     """Fetch the video (and mask), plan the frames and build ``job``'s source (rules in the module docstring).
-    ``frame_image``: the first or last frame image, which sizes a job without video."""
+    ``frame_image``: the first or last frame image, which sizes a job without video. ``codecs``: the worker's,
+    whose NVDEC then decodes the video where it suits (``Codecs.decode_gpu``); None decodes on the CPU."""
     if job.recipe == "text":
         timing = _temporal(inp, round_frames(inp.num_frames), float(inp.frames_per_second))
         width, height = output_size(inp.resolution, inp.aspect_ratio, *(frame_image.size if frame_image else
@@ -139,7 +141,7 @@ def prepare(inp: JobInput, job: TaskJob, workdir: Path, ctx: JobContext,
                        match_input_frames_per_second=inp.match_input_frames_per_second)
     timing = _temporal(inp, plan.num_frames, plan.fps)
     indices = [plan.source_indices[j] for j in timing.control_indices]
-    frames = read_frames(video_path, indices)
+    frames = read_frames(video_path, indices, nvdec_gpu=codecs.decode_gpu(info) if codecs else None)
     source = Source(timing, *output_size(inp.resolution, inp.aspect_ratio, info.width, info.height), frames, None,
                     info, plan)
     log = source.notes.append

@@ -3,10 +3,17 @@
 Inputs can be long (minutes of 1080p), while a job needs at most a few hundred frames, so frames are streamed
 from one ffmpeg process and only the requested ones are kept; nothing here holds a whole video or float frames.
 Anything ffmpeg cannot read becomes ``InputError(field, ..., "video_decode_error")`` instead of a traceback.
+
+Large inputs can be decoded by NVDEC on the job's GPU (``nvdec_gpu``; ``pipelines/codecs.py`` says whether a worker
+may). The CPU decoder stays the reference: NVDEC is used only where it yields the very frames the CPU would (H.264,
+HEVC, VP9 and AV1 decoding is bit-exact by specification; NVDEC hands over NV12, which ``format=yuv420p`` turns
+back into the CPU decoder's planes before the same RGB conversion), and a decode on it that fails or ends early is
+done again on the CPU. Counts and timestamps come from the demuxer, the same for both.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Generator, Iterator, Sequence
 from contextlib import closing
@@ -19,11 +26,19 @@ import numpy as np
 
 from .errors import InputError
 
+log = logging.getLogger(__name__)
+
 DECODE_ERROR = "video_decode_error"
 
 # Same stream as count_frames_and_secs (first video stream), and every decoded frame exactly once, so a probe's
 # num_frames is the number of frames iter_frames yields even for variable-frame-rate files.
 _OUTPUT_PARAMS = ["-map", "0:v:0", "-fps_mode", "passthrough"]
+NVDEC_CODECS = frozenset({"h264", "hevc", "vp9", "av1"})
+"""Codecs NVDEC decodes on every GPU generation the bundled ffmpeg supports (AV1 from Ampere; on older cards
+ffmpeg falls back to its CPU decoder by itself)."""
+NVDEC_MIN_PIXELS = 1280 * 720
+"""Below 720p the CPU decodes a job's few hundred frames in about the time NVDEC takes to start (a CUDA context and
+a decoder per ffmpeg process), so only larger inputs go to the GPU."""
 
 
 @dataclass(frozen=True)
@@ -33,6 +48,27 @@ class VideoInfo:
     fps: float
     num_frames: int
     duration: float
+    codec: str = ""
+    """ffmpeg's name of the stream's codec (``h264``)."""
+    pix_fmt: str = ""
+    """ffmpeg's name of the decoded pixel format (``yuv420p``)."""
+
+
+def nvdec_suits(info: VideoInfo) -> bool:
+    """Whether NVDEC pays for this input and gives the CPU decoder's frames: a codec it decodes, 8-bit 4:2:0 with
+    limited range (the only format whose NV12 round trip is lossless), at least 720p."""
+    return info.codec in NVDEC_CODECS and info.pix_fmt == "yuv420p" and info.width * info.height >= NVDEC_MIN_PIXELS
+
+
+def decode_params(nvdec_gpu: int | None) -> tuple[list[str], list[str]]:
+    """ffmpeg's input and output flags for decoding on the CPU (``None``) or on NVDEC of CUDA device ``nvdec_gpu``.
+
+    ``-hwaccel cuda`` without an output format copies each frame back to memory as NV12 (and falls back to the CPU
+    decoder where NVDEC cannot take the stream); ``format=yuv420p`` makes it the planes the CPU decoder gives, so
+    the RGB conversion after it is the same code on the same values."""
+    if nvdec_gpu is None:
+        return [], list(_OUTPUT_PARAMS)
+    return ["-hwaccel", "cuda", "-hwaccel_device", str(nvdec_gpu)], [*_OUTPUT_PARAMS, "-vf", "format=yuv420p"]
 
 
 def probe_video(path: Path, field: str = "video_url") -> VideoInfo:
@@ -49,15 +85,17 @@ def probe_video(path: Path, field: str = "video_url") -> VideoInfo:
     if fps <= 0:
         raise InputError(field, "the video's frame rate cannot be determined", DECODE_ERROR)
     width, height = meta["size"]
-    return VideoInfo(width=width, height=height, fps=fps, num_frames=num_frames, duration=num_frames / fps)
+    return VideoInfo(width=width, height=height, fps=fps, num_frames=num_frames, duration=num_frames / fps,
+                     codec=str(meta.get("codec", "")), pix_fmt=str(meta.get("pix_fmt", "")).split("(")[0].strip())
 
 
-def iter_frames(path: Path, field: str = "video_url") -> Iterator[np.ndarray]:
-    """Yield every frame as a read-only uint8 HxWx3 RGB array (a view on ffmpeg's bytes: copy before editing).
+def iter_frames(path: Path, field: str = "video_url", nvdec_gpu: int | None = None) -> Iterator[np.ndarray]:
+    """Yield every frame as a read-only uint8 HxWx3 RGB array (a view on ffmpeg's bytes: copy before editing),
+    decoded on the CPU or (``nvdec_gpu``) on that GPU's NVDEC.
 
     Closing the generator early stops ffmpeg.
     """
-    meta, frames = _start_decoder(path, field)
+    meta, frames = _start_decoder(path, field, nvdec_gpu)
     width, height = meta["size"]
     with closing(frames):
         while True:
@@ -70,8 +108,10 @@ def iter_frames(path: Path, field: str = "video_url") -> Iterator[np.ndarray]:
             yield np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3)
 
 
-def read_frames(path: Path, indices: Sequence[int], field: str = "video_url") -> list[np.ndarray]:
-    """The frames at ``indices`` (non-decreasing, repeats allowed), decoding the stream once.
+def read_frames(path: Path, indices: Sequence[int], field: str = "video_url",
+                nvdec_gpu: int | None = None) -> list[np.ndarray]:
+    """The frames at ``indices`` (non-decreasing, repeats allowed), decoding the stream once (on that GPU's NVDEC
+    with ``nvdec_gpu``; a decode there that fails or ends before the last index is done again on the CPU).
 
     Indices past the end get the last frame, so a plan made from a slightly optimistic frame count still works.
     Repeated indices share one (read-only) array.
@@ -80,9 +120,24 @@ def read_frames(path: Path, indices: Sequence[int], field: str = "video_url") ->
         return []
     if indices[0] < 0 or any(b < a for a, b in zip(indices, indices[1:])):
         raise ValueError("indices must be non-negative and non-decreasing")
+    if nvdec_gpu is not None:
+        try:
+            picked, complete = _pick(path, indices, field, nvdec_gpu)
+        except InputError as exc:
+            log.warning("NVDEC on GPU %d could not decode %s (%s); decoding it on the CPU", nvdec_gpu, path.name,
+                        exc.msg)
+        else:
+            if complete:
+                return picked
+            log.warning("NVDEC on GPU %d ended %s early; decoding it on the CPU", nvdec_gpu, path.name)
+    return _pick(path, indices, field, None)[0]
+
+
+def _pick(path: Path, indices: Sequence[int], field: str, nvdec_gpu: int | None) -> tuple[list[np.ndarray], bool]:
+    """``read_frames``'s one pass; also says whether the stream reached the last index."""
     picked: list[np.ndarray] = []
     last: np.ndarray | None = None
-    with closing(iter_frames(path, field)) as frames:
+    with closing(iter_frames(path, field, nvdec_gpu)) as frames:
         for i, frame in enumerate(frames):
             last = frame
             while len(picked) < len(indices) and indices[len(picked)] == i:
@@ -91,17 +146,21 @@ def read_frames(path: Path, indices: Sequence[int], field: str = "video_url") ->
                 break
     if last is None:
         raise InputError(field, "the video contains no frames", DECODE_ERROR)
+    complete = len(picked) == len(indices)
     picked.extend([last] * (len(indices) - len(picked)))
-    return picked
+    return picked, complete
 
 
-def _start_decoder(path: Path, field: str) -> tuple[dict[str, Any], Generator[bytes, None, None]]:
+def _start_decoder(path: Path, field: str,
+                   nvdec_gpu: int | None = None) -> tuple[dict[str, Any], Generator[bytes, None, None]]:
     """Start ffmpeg and read its header; the caller owns (and must close) the returned frame generator."""
     if not path.is_file():
         raise InputError(field, "video file not found", DECODE_ERROR)
     if path.stat().st_size == 0:
         raise InputError(field, "the video file is empty", DECODE_ERROR)
-    frames = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24", output_params=_OUTPUT_PARAMS)
+    input_params, output_params = decode_params(nvdec_gpu)
+    frames = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24", input_params=input_params,
+                                        output_params=output_params)
     try:
         meta = next(frames)
     except (OSError, RuntimeError, ValueError, IndexError) as exc:  # the last two: a header with no video stream

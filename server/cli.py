@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from pipelines.limits import Limits
 from pipelines.manifest import DEFAULT_DOWNLOAD, ENTRIES, MODELS, TASK_ANNOTATORS, canonical_key
 from pipelines.registry import DEFAULT_MODEL_FOR_TASK, TASKS, EndpointTask
-from pipelines.runtime import MEMORY_MODES, PROMPT_EXPANDERS
+from pipelines.runtime import ENCODER_SETTINGS, MEMORY_MODES, PROMPT_EXPANDERS
 from pipelines.schema import JobInput
 
 from . import commands
@@ -154,6 +154,9 @@ def _add_runtime_flags(parser: argparse.ArgumentParser) -> None:
     _setting(parser, "--expander-model", "openai: the model name to ask for; local: an LM folder (default: the "
              "manifest's)")
     _setting(parser, "--expander-timeout", "seconds to wait for the expander before keeping the prompt", type=float)
+    _setting(parser, "--encoder", "H.264 encoder of the outputs: auto (NVENC on the worker's GPU where a trial encode "
+             "passes, else libx264), libx264, or nvenc (refuse to start where NVENC cannot run)",
+             choices=ENCODER_SETTINGS)
     _setting(parser, "--lora-cache-dir", "where downloaded LoRA files are kept between jobs (default: "
              "<data-dir>/lora-cache)")
     _setting(parser, "--lora-cache-gb", "size past which the least recently used cached LoRAs are deleted",

@@ -142,7 +142,8 @@ def preprocess_to_file(settings: Settings, task: Task, video: str, output: Path,
         path = fetch_to_file(video, "video_url", Path(workdir), JobContext())
         info = probe_video(path)
         preprocessor = models.preprocessor(task, annotator)
-        encoded = write_control_video(preprocessor.process(iter_frames(path)), output, info.fps, quality="maximum")
+        frames = preprocessor.process(iter_frames(path, nvdec_gpu=models.codecs.decode_gpu(info)))
+        encoded = write_control_video(frames, output, info.fps, quality="maximum", encoder=models.codecs.encoder)
     print(f"{task} control video: {encoded.path} ({encoded.width}x{encoded.height}, "
           f"{encoded.num_frames} frames at {encoded.fps:g} fps)")
     return 0
@@ -195,6 +196,7 @@ def exposure_refusal(settings: Settings, insecure_no_auth: bool = False) -> str 
 def serve(settings: Settings, *, insecure_no_auth: bool = False, log_level: str = "info",
           access_log: bool = False) -> int:
     """Run the server in the foreground; refuses to serve other machines without keys unless told to."""
+    from pipelines.codecs import EncoderUnavailable
     from server.app import serve as run_server
     from server.jobs import StoreLockedError
     from server.node_secrets import SecretsError
@@ -208,6 +210,9 @@ def serve(settings: Settings, *, insecure_no_auth: bool = False, log_level: str 
     except (StoreLockedError, SecretsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except EncoderUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         # Ctrl-C is how this foreground server is stopped: uvicorn shuts down gracefully, then raises the signal it
         # caught again, which Python turns into KeyboardInterrupt: a stop asked for, not a crash with a traceback.
@@ -235,6 +240,7 @@ def worker(settings: Settings, *, metrics_port: int | None = None) -> int:
 
     from prometheus_client import start_http_server
 
+    from pipelines.codecs import EncoderUnavailable
     from server.app import Node
     from server.backends import resolve_devices
 
@@ -252,5 +258,9 @@ def worker(settings: Settings, *, metrics_port: int | None = None) -> int:
         await stopped.wait()
         await node.stop()
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    except EncoderUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0

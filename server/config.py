@@ -151,6 +151,9 @@ class Settings(BaseSettings):
     expander_model: str | None = None
     expander_api_key: str | None = Field(None, repr=False)
     expander_timeout: float = 30.0
+    encoder: str = "auto"
+    """The H.264 encoder of every worker's outputs: ``auto`` (NVENC on the worker's own GPU where a trial encode
+    passes, else libx264), ``libx264``, or ``nvenc`` (a worker where NVENC cannot run refuses to start)."""
 
     limits: Annotated[Limits, NoDecode, BeforeValidator(_limits)] = Limits()
     """Input limits (download size/time, video length/size, image size, data URIs, prompt, references)."""
@@ -218,8 +221,8 @@ class Settings(BaseSettings):
 
     @property
     def runtime(self) -> RuntimeConfig:
-        """Memory mode, attention backend, compilation, default annotators and the optional stages of every
-        worker's models."""
+        """Memory mode, attention backend, compilation, default annotators, the optional stages and the video
+        encoder of every worker's models."""
         return RuntimeConfig(
             memory_mode=self.memory_mode, attention=self.attention, compile=self.compile,
             lora_max_rank=self.lora_max_rank,
@@ -227,6 +230,7 @@ class Settings(BaseSettings):
             safety_threshold=self.safety_threshold, prompt_expander=self.prompt_expander,
             expander_url=self.expander_url, expander_model=self.expander_model,
             expander_api_key=self.expander_api_key, expander_timeout_s=self.expander_timeout,
+            encoder="auto" if self.no_workers else self.encoder,  # an API node encodes nothing: nothing to refuse
         )
 
     @property

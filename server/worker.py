@@ -455,7 +455,7 @@ class Worker(threading.Thread):
         from pipelines.encode import write_control_video
 
         try:
-            encoded = write_control_video(frames, workdir / "control.mp4", fps)
+            encoded = write_control_video(frames, workdir / "control.mp4", fps, encoder=self.models.codecs.encoder)
             url = self.pool.files.output_url(self.pool.files.adopt(encoded.path, "control.mp4"), job.base_url)
         except Exception as exc:  # a full disk, an encoder error, an unreachable bucket: none is worth the job
             self._log(job.id, f"could not keep the control video: {exc}", "WARN")
