@@ -111,7 +111,7 @@ def trial_frames() -> list[np.ndarray]:
 @functools.cache
 def probe_nvenc(gpu: int) -> str | None:
     """Why NVENC cannot encode on CUDA device ``gpu`` (ffmpeg's own words), or None when it can: a trial encode
-    through ``encode_video`` with the flags jobs use, whose output must hold every frame."""
+    through ``encode_video`` with the flags jobs use, which NVENC must write, every frame of it."""
     with tempfile.TemporaryDirectory(prefix="vace-nvenc-") as folder:
         path = Path(folder) / "trial.mp4"
         try:
@@ -121,6 +121,8 @@ def probe_nvenc(gpu: int) -> str | None:
             return exc.reason
         except (OSError, InputError) as exc:  # a full disk; a file ffmpeg wrote but cannot read
             return str(exc)
+    if encoded.fallback is not None:
+        return encoded.fallback
     if frames != encoded.num_frames:
         return f"the trial file holds {frames} of {encoded.num_frames} frames"
     return None

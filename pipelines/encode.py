@@ -12,13 +12,16 @@ and ``video_write_mode`` through its own table below (README, "Encoding": how th
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import itertools
+import logging
+import os
 import re
 import subprocess
 import tempfile
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -30,13 +33,15 @@ import numpy as np
 
 from preprocessors.frames import check_frame
 
+log = logging.getLogger(__name__)
+
 # video_quality -> x264 constant rate factor (lower = better and larger; VACE's own writer uses 10).
 QUALITY_CRF: dict[str, int] = {"low": 28, "medium": 23, "high": 18, "maximum": 10}
 # video_write_mode -> x264 preset (encode speed against file size at the same quality).
 WRITE_MODE_PRESET: dict[str, str] = {"fast": "veryfast", "balanced": "medium", "small": "slower"}
-# video_quality -> NVENC target quality (``-cq`` under VBR rate control): x264's CRF + 5. NVENC's CQ caps the QP it
-# spends on hard frames and goes about 5 lower on easy ones, where CRF sits at its value, so CQ = CRF + 5 lands near
-# x264's QP, and so its quality and size, on the level's content (README, "Encoding").
+# video_quality -> NVENC target quality (``-cq`` under VBR rate control): x264's CRF + 5. On easy frames NVENC's QP
+# sits about 5 below its CQ where x264's sits at its CRF (both rise on hard frames), so CQ = CRF + 5 lands near
+# x264's QP, and so near its quality and size, at each level (README, "Encoding").
 NVENC_CQ: dict[str, int] = {"low": 33, "medium": 28, "high": 23, "maximum": 15}
 # video_write_mode -> NVENC preset, p1 (fastest) to p7 (slowest, smallest at the same CQ); NVIDIA's medium is p4.
 NVENC_PRESET: dict[str, str] = {"fast": "p2", "balanced": "p4", "small": "p7"}
@@ -106,7 +111,10 @@ class EncodedVideo:
     duration: float
     file_size: int
     encoder: Encoder = LIBX264
-    """The encoder that wrote the file (libx264 where NVENC was asked for a size it does not take)."""
+    """The encoder that wrote the file."""
+    fallback: str | None = None
+    """Why it is not the encoder asked for, or None: NVENC does not take the size, or did not open (ffmpeg's
+    reason)."""
 
 
 def encode_video(
@@ -117,8 +125,13 @@ def encode_video(
 
     yuv420p and ``+faststart`` make the file play in browsers while still downloading; the BT.709 matrix and
     tags keep colours the same in players that assume HD colour for untagged video and those that do not.
+
+    NVENC can fail to open where the worker's trial passed (the job left too little GPU memory, the driver went
+    away): until ffmpeg reports the encoder open, the frames sent are kept, and should it not open, libx264
+    encodes them and the rest, so a job that took minutes of GPU time still gets its video (``fallback`` says
+    why). NVENC failing later, like libx264 failing, raises :class:`EncodeError`.
     """
-    codec = encoder.codec_args(quality, write_mode)  # refuses unknown levels before ffmpeg starts
+    encoder.codec_args(quality, write_mode)  # refuses unknown levels before ffmpeg starts
     if not fps > 0:
         raise ValueError(f"fps must be positive, got {fps}")
     stream = iter(frames)
@@ -128,11 +141,40 @@ def encode_video(
     height, width = check_frame(first)
     if width % 2 or height % 2:
         raise ValueError(f"yuv420p needs even width and height, got {width}x{height}")
-    if (sized := encoder.for_size(width, height)) != encoder:
-        encoder, codec = sized, sized.codec_args(quality, write_mode)
+    pending = itertools.chain([first], stream)
+    fallback = None
+    if encoder != LIBX264 and encoder.for_size(width, height) == LIBX264:
+        low, high = NVENC_SIDES
+        fallback = f"{encoder.name} takes {low} to {high} pixels a side, not {width}x{height}"
+    elif encoder != LIBX264:
+        try:
+            return _run_ffmpeg(pending, path, fps, (height, width), encoder.codec_args(quality, write_mode),
+                               encoder, kept=[])
+        except _NotOpened as failed:
+            fallback = failed.reason
+            log.warning("%s did not open (%s); encoding %s with libx264", encoder, fallback, path.name)
+            pending = itertools.chain(failed.kept, stream)
+    encoded = _run_ffmpeg(pending, path, fps, (height, width), LIBX264.codec_args(quality, write_mode), LIBX264)
+    return dataclasses.replace(encoded, fallback=fallback)
+
+
+class _NotOpened(Exception):
+    """ffmpeg could not open the encoder; ``kept`` holds every frame sent to it."""
+
+    def __init__(self, reason: str, kept: list[np.ndarray]) -> None:
+        super().__init__(reason)
+        self.reason, self.kept = reason, kept
+
+
+def _run_ffmpeg(frames: Iterator[np.ndarray], path: Path, fps: float, shape: tuple[int, int], codec: list[str],
+                encoder: Encoder, kept: list[np.ndarray] | None = None) -> EncodedVideo:
+    """One ffmpeg run. With ``kept`` (a list), the frames sent are kept in it until ffmpeg has opened the encoder
+    (its log shows the output's header, which ffmpeg writes once every encoder is open, before any packet), and
+    a failure before that raises :class:`_NotOpened` with them."""
+    height, width = shape
     cmd = [
         imageio_ffmpeg.get_ffmpeg_exe(),
-        "-hide_banner", "-loglevel", "error", "-y",
+        "-hide_banner", "-nostats", "-loglevel", "level+info", "-y",
         "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}",
         "-framerate", str(Fraction(fps).limit_denominator(1001)), "-i", "pipe:0",
         "-an", *codec,
@@ -140,16 +182,26 @@ def encode_video(
         "-colorspace", "bt709", "-color_primaries", "bt709", "-color_trc", "bt709",
         "-pix_fmt", "yuv420p", "-movflags", "+faststart", str(path),
     ]  # fmt: skip
-    num_frames = 0
+    num_frames, stopped = 0, False
     with tempfile.TemporaryFile() as log:  # a file, not a pipe: ffmpeg can never block on a full stderr pipe
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log)
         assert proc.stdin is not None
         try:
             with proc.stdin:
-                for frame in itertools.chain([first], stream):
-                    check_frame(frame, (height, width))
+                for frame in frames:
+                    check_frame(frame, shape)
+                    if kept is not None:
+                        kept.append(frame)
                     proc.stdin.write(np.ascontiguousarray(frame).data)
                     num_frames += 1
+                    if kept is not None:
+                        # pread: the log's file offset is shared with ffmpeg, which appends at it.
+                        head = os.pread(log.fileno(), 1 << 16, 0)
+                        if b"Output #0" in head:
+                            kept = None  # open: nothing left to fall back for
+                        elif b"[error]" in head or b"[fatal]" in head:
+                            stopped = True  # ffmpeg would read the whole input before exiting
+                            break
         except BrokenPipeError:
             pass  # ffmpeg quit early; its exit status and log below say why
         except BaseException:
@@ -157,12 +209,14 @@ def encode_video(
             proc.wait()
             path.unlink(missing_ok=True)
             raise
-        if proc.wait() != 0:
+        if proc.wait() != 0 or stopped:
             log.seek(0)
             message = log.read().decode(errors="replace")
             path.unlink(missing_ok=True)
             if "No space left on device" in message:  # the caller reports a full disk as such, not as a bug
                 raise OSError(errno.ENOSPC, f"no space left on device while encoding {path.name}")
+            if kept is not None:
+                raise _NotOpened(failure_reason(message), kept)
             raise EncodeError(path, encoder, failure_reason(message))
     return EncodedVideo(
         path=path,
@@ -177,12 +231,14 @@ def encode_video(
 
 
 def failure_reason(log: str) -> str:
-    """Why ffmpeg failed: the first line of its error log, without the ``[component @ 0x...]`` prefixes. ffmpeg
-    states the cause first (``Cannot load libcuda.so.1``, ``OpenEncodeSessionEx failed: unsupported device``); the
-    lines after it only say that opening the encoder or device failed."""
-    for line in log.splitlines():
-        if text := re.sub(r"^(\[[^\]]*\]\s*)+", "", line).strip():
-            return text[:300]
+    """Why ffmpeg failed: the first error line of its log (tagged ``[error]`` or ``[fatal]`` at ``level+``
+    log levels; else the first line), without the ``[component @ 0x...]`` prefixes. ffmpeg states the cause first
+    (``Cannot load libcuda.so.1``, ``OpenEncodeSessionEx failed: unsupported device``); the lines after it only say
+    that opening the encoder or device failed."""
+    lines = [line for line in log.splitlines() if line.strip()]
+    errors = [line for line in lines if "[error]" in line or "[fatal]" in line]
+    for line in errors or lines:
+        return re.sub(r"^(\[[^\]]*\]\s*)+", "", line).strip()[:300]
     return "no error message"
 
 

@@ -37,8 +37,9 @@ NVDEC_CODECS = frozenset({"h264", "hevc", "vp9", "av1"})
 """Codecs NVDEC decodes on every GPU generation the bundled ffmpeg supports (AV1 from Ampere; on older cards
 ffmpeg falls back to its CPU decoder by itself)."""
 NVDEC_MIN_PIXELS = 1280 * 720
-"""Below 720p the CPU decodes a job's few hundred frames in about the time NVDEC takes to start (a CUDA context and
-a decoder per ffmpeg process), so only larger inputs go to the GPU."""
+"""Below 720p the CPU should decode a job's few hundred frames in about the time NVDEC takes to start (a CUDA context
+and a decoder per ffmpeg process), so only larger inputs go to the GPU (an estimate: ``bench/encode.py`` has the
+decode rows, not yet run on a GPU)."""
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,9 @@ class VideoInfo:
 
 
 def nvdec_suits(info: VideoInfo) -> bool:
-    """Whether NVDEC pays for this input and gives the CPU decoder's frames: a codec it decodes, 8-bit 4:2:0 with
-    limited range (the only format whose NV12 round trip is lossless), at least 720p."""
+    """Whether NVDEC pays for this input and gives the CPU decoder's frames: a codec it decodes, at least 720p, and
+    ``yuv420p`` (8-bit 4:2:0, limited range), the CPU decoder's format that the NV12 round trip lands on exactly;
+    full-range ``yuvj420p``, 10-bit, 4:2:2 and 4:4:4 inputs stay on the CPU."""
     return info.codec in NVDEC_CODECS and info.pix_fmt == "yuv420p" and info.width * info.height >= NVDEC_MIN_PIXELS
 
 

@@ -17,11 +17,11 @@ import imageio_ffmpeg
 import numpy as np
 import pytest
 import torch
-from server_fixtures import REPO, ThreadServer, free_port
+from server_fixtures import REPO, ThreadServer, free_port, wait_until
 
 from pipelines.codecs import Codecs, EncoderUnavailable, choose_codecs, probe_nvdec, probe_nvenc, trial_frames
 from pipelines.encode import (LIBX264, NVENC_CQ, NVENC_PRESET, NVENC_SIDES, QUALITY_CRF, WRITE_MODE_PRESET,
-                              EncodeError, Encoder, encode_video)
+                              Encoder, encode_video)
 from pipelines.loading import ModelManager
 from pipelines.schema import VideoQuality, VideoWriteMode
 from pipelines.video_io import NVDEC_MIN_PIXELS, VideoInfo, decode_params, iter_frames, probe_video, read_frames
@@ -93,6 +93,7 @@ def test_sizes_nvenc_cannot_take_go_through_libx264(tmp_path: Path) -> None:
     frames = [np.full((48, 64, 3), 40 * i, np.uint8) for i in range(4)]
     encoded = encode_video(frames, tmp_path / "small.mp4", 8.0, encoder=nvenc)
     assert encoded.encoder == LIBX264 and probe_video(encoded.path).num_frames == 4
+    assert encoded.fallback == "h264_nvenc takes 145 to 4096 pixels a side, not 64x48"
 
 
 # ---------------------------------------------------------------- the trial runs, for real
@@ -115,12 +116,20 @@ def test_the_trials_fail_here_and_say_why(caplog: pytest.LogCaptureFixture) -> N
 
 
 @needs_no_cuda
-def test_an_nvenc_encode_fails_with_ffmpegs_reason(tmp_path: Path) -> None:
-    """The flags jobs would use reach ffmpeg's NVENC (it, not argument parsing, is what fails here)."""
-    with pytest.raises(EncodeError, match="with h264_nvenc on GPU 0: Cannot load libcuda") as raised:
-        encode_video(trial_frames(), tmp_path / "nv.mp4", 8.0, quality="maximum", write_mode="small",
-                     encoder=Encoder("h264_nvenc", 0))
-    assert "libcuda" in raised.value.reason and not (tmp_path / "nv.mp4").exists()
+def test_an_nvenc_that_does_not_open_hands_the_frames_to_libx264(tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """The flags jobs use reach ffmpeg's NVENC, which fails to open here as it would on a GPU whose memory the job
+    filled: libx264 then encodes every frame, the ones NVENC was sent first included, and the log says why."""
+    frames = trial_frames()
+    with caplog.at_level("WARNING", logger="pipelines.encode"):
+        encoded = encode_video(iter(frames), tmp_path / "nv.mp4", 8.0, quality="maximum", write_mode="small",
+                               encoder=Encoder("h264_nvenc", 0))
+    assert encoded.encoder == LIBX264 and encoded.fallback == "Cannot load libcuda.so.1"
+    assert "h264_nvenc on GPU 0 did not open (Cannot load libcuda.so.1); encoding nv.mp4 with libx264" in caplog.text
+    direct = encode_video(frames, tmp_path / "x264.mp4", 8.0, quality="maximum", write_mode="small")
+    assert encoded.num_frames == direct.num_frames == len(frames) and encoded.fallback != direct.fallback
+    back, reference = list(iter_frames(encoded.path)), list(iter_frames(direct.path))
+    assert len(back) == len(frames) and all(np.array_equal(a, b) for a, b in zip(back, reference, strict=True))
 
 
 def test_a_cpu_worker_uses_libx264_and_the_cpu_decoder(tmp_path: Path) -> None:
@@ -176,7 +185,12 @@ def test_ready_shows_the_encoder_and_why(tmp_path: Path) -> None:
     config = Settings(weights_dir=tmp_path / "w", data_dir=tmp_path / "d", port=free_port(), encoder="libx264")
     with ThreadServer(config) as server:
         device = httpx.get(f"{server.url}/ready", timeout=30).json()["devices"][0]
+        # The fleet view (what a fleet's API node shows of every worker) says the same.
+        ready = wait_until(lambda: (r := httpx.get(f"{server.url}/ready", timeout=30).json())["workers"] and r, 30,
+                           "the worker to report itself")
     assert device["encoder"] == "libx264" and device["encoder_reason"] == "--encoder libx264"
+    assert ready["workers"][0]["encoder"] == "libx264"
+    assert ready["workers"][0]["encoder_reason"] == "--encoder libx264"
     if NO_CUDA:
         assert device["decoder"] == "cpu" and "runs on the CPU" in device["decoder_reason"]
 
