@@ -4,7 +4,9 @@ and the CPU decoder, each with the reason, for the log and ``/ready``.
 The bundled ffmpeg lists ``h264_nvenc`` and the ``cuda`` hwaccel whether or not they can run: they need the NVIDIA
 driver's ``libcuda``, ``libnvidia-encode`` and ``libnvcuvid`` at run time, a driver new enough for the ffmpeg
 build's NVENC API, and a GPU with the engine (A100, H100 and H200 have NVDEC but no NVENC). So each is tried once
-per worker process and GPU, with a tiny trial run through the same code jobs use, and the answer is kept.
+per process and GPU, with a tiny trial run through the same code jobs use, and the answer is kept: by the node's
+process when it starts (its model managers, one per device, say what the workers will have, so ``--encoder nvenc``
+is refused there, before any worker starts) and by each worker process for its own GPU.
 
 The ``--encoder`` setting: ``auto`` (NVENC where its trial encode passes, else libx264), ``libx264``, or ``nvenc``,
 which refuses to start a worker where NVENC cannot run (:class:`EncoderUnavailable`) rather than quietly encoding

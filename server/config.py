@@ -230,7 +230,7 @@ class Settings(BaseSettings):
             safety_threshold=self.safety_threshold, prompt_expander=self.prompt_expander,
             expander_url=self.expander_url, expander_model=self.expander_model,
             expander_api_key=self.expander_api_key, expander_timeout_s=self.expander_timeout,
-            encoder="auto" if self.no_workers else self.encoder,  # an API node encodes nothing: nothing to refuse
+            encoder=self.encoder,
         )
 
     @property

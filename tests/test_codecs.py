@@ -26,6 +26,7 @@ from pipelines.loading import ModelManager
 from pipelines.schema import VideoQuality, VideoWriteMode
 from pipelines.video_io import NVDEC_MIN_PIXELS, VideoInfo, decode_params, iter_frames, probe_video, read_frames
 from server import cli
+from server.app import create_app
 from server.config import Settings
 
 NO_CUDA = not torch.cuda.is_available()
@@ -173,12 +174,12 @@ def test_the_encoder_flag_and_variable_are_checked(tmp_path: Path, monkeypatch: 
     assert "--encoder {auto,libx264,nvenc}" in capsys.readouterr().out
 
 
-def test_settings_take_the_encoder_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_settings_take_the_encoder_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("VACE_ENCODER", "libx264")
     assert Settings().runtime.encoder == "libx264"
     assert Settings(encoder="nvenc").runtime.encoder == "nvenc"  # a flag wins over the variable
-    # An API node encodes nothing: a fleet-wide VACE_ENCODER=nvenc does not stop it.
-    assert Settings(encoder="nvenc", no_workers=True).runtime.encoder == "auto"
+    # An API node encodes nothing (it builds no model manager): a fleet-wide VACE_ENCODER=nvenc does not stop it.
+    create_app(Settings(encoder="nvenc", no_workers=True, weights_dir=tmp_path / "w", data_dir=tmp_path / "d"))
 
 
 def test_ready_shows_the_encoder_and_why(tmp_path: Path) -> None:
@@ -189,8 +190,8 @@ def test_ready_shows_the_encoder_and_why(tmp_path: Path) -> None:
         ready = wait_until(lambda: (r := httpx.get(f"{server.url}/ready", timeout=30).json())["workers"] and r, 30,
                            "the worker to report itself")
     assert device["encoder"] == "libx264" and device["encoder_reason"] == "--encoder libx264"
-    assert ready["workers"][0]["encoder"] == "libx264"
-    assert ready["workers"][0]["encoder_reason"] == "--encoder libx264"
+    assert ready["workers"][0]["runtime"]["encoder"] == "libx264"
+    assert ready["workers"][0]["runtime"]["encoder_reason"] == "--encoder libx264"
     if NO_CUDA:
         assert device["decoder"] == "cpu" and "runs on the CPU" in device["decoder_reason"]
 
