@@ -2,9 +2,10 @@
 
 After a step the loop has the model's prediction of the clean latents (``LoopScheduler.prediction``: ``x0`` from the
 flow-matching output, not the noisy latents, which stay mostly noise until the last steps). :func:`latent_rgb` turns
-it into RGB with a fixed linear map of the 16 latent channels plus a bias, per latent pixel, at latent resolution,
-then upscales it bilinearly to about ``TARGET_SIDE`` pixels on the long side; :func:`write_webp` writes the frames as
-an animated WebP at the latent frame rate (one latent frame covers four video frames: 4 fps for a 16 fps video).
+it into RGB with a fixed linear map of the 16 latent channels plus a bias, per latent pixel, at latent resolution
+(on the device; only those few pixels are copied to the host); :func:`write_webp` upscales them bilinearly by a whole
+factor to about ``TARGET_SIDE`` pixels on the long side and writes an animated WebP at the latent frame rate (one
+latent frame covers four video frames: 4 fps for a 16 fps video), beside the loop.
 
 The map's numbers are ComfyUI's (``comfy/latent_formats.py``, class ``Wan21``: ``latent_rgb_factors``, 16 x 3, and
 ``latent_rgb_factors_bias``), which its latent previews use for the Wan 2.1 VAE; both of our model families use that
@@ -13,9 +14,9 @@ model-space latents are) and give RGB in about [-1, 1].
 
 Why not a decoder: the Wan VAE's own decoder costs a sizeable share of a step; a tiny distilled one (TAEHV's
 ``taew2_1``) would give sharper previews, but its weights are not among the ones this server installs, so the
-projection is what runs. Cost: the projection is 96 multiply-adds per latent pixel (about 2 x 10^8 FLOPs for a
-480p, 81-frame latent; ``docs/BENCHMARKS.md``), against the ~5 x 10^15 of a step; the encoding runs beside the loop
-(``pipelines.background``).
+projection is what runs. Cost: x0 and the projection are about 130 FLOPs per latent pixel (2 x 10^7 for a 480p,
+81-frame latent; ``bench/resume_cost.py``, ``docs/BENCHMARKS.md``) against the ~5 x 10^15 of a step; the upscaling
+and encoding run beside the loop (``pipelines.background``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 WAN21_LATENT_RGB = torch.tensor([
@@ -56,21 +56,20 @@ WEBP_QUALITY = 60
 
 
 def latent_rgb(latents: torch.Tensor, skip_frames: int = 0) -> np.ndarray:
-    """Normalised latents (1, 16, F, H, W) as uint8 RGB frames (F - ``skip_frames``, h, w, 3), upscaled by a whole
-    factor towards ``TARGET_SIDE``; ``skip_frames`` leading latent frames (the reference images) are left out. Runs
-    on the latents' device; only the small result is copied to the host."""
+    """Normalised latents (1, 16, F, H, W) as uint8 RGB frames (F - ``skip_frames``, H, W, 3) at latent resolution;
+    ``skip_frames`` leading latent frames (the reference images) are left out. Runs on the latents' device; only the
+    small result is copied to the host."""
     x = latents[0, :, skip_frames:].float()
-    rgb = torch.einsum("cfhw,cr->frhw", x, WAN21_LATENT_RGB.to(x.device)) + WAN21_LATENT_RGB_BIAS.to(x.device)[:, None,
-                                                                                                                None]
-    scale = max(1, round(TARGET_SIDE / max(rgb.shape[-2:])))
-    if scale > 1:
-        rgb = F.interpolate(rgb, scale_factor=scale, mode="bilinear", align_corners=False)
-    return ((rgb + 1) * 127.5).clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    rgb = torch.einsum("cfhw,cr->fhwr", x, WAN21_LATENT_RGB.to(x.device)) + WAN21_LATENT_RGB_BIAS.to(x.device)
+    return ((rgb + 1) * 127.5).clamp(0, 255).round().to(torch.uint8).cpu().numpy()
 
 
 def write_webp(frames: np.ndarray, path: Path, video_fps: float) -> Path:
-    """Write ``frames`` as a looping animated WebP at the latent frame rate of a ``video_fps`` video."""
-    images = [Image.fromarray(frame) for frame in frames]
+    """Write latent-resolution ``frames`` as a looping animated WebP at the latent frame rate of a ``video_fps``
+    video, each upscaled bilinearly by a whole factor towards ``TARGET_SIDE``."""
+    height, width = frames.shape[1:3]
+    scale = max(1, round(TARGET_SIDE / max(height, width)))
+    images = [Image.fromarray(frame).resize((width * scale, height * scale), Image.BILINEAR) for frame in frames]
     duration_ms = round(1000 * TEMPORAL_COMPRESSION / video_fps)
     images[0].save(path, format="WEBP", save_all=True, append_images=images[1:], duration=duration_ms, loop=0,
                    quality=WEBP_QUALITY, method=0)

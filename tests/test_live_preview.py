@@ -35,7 +35,7 @@ def test_each_latent_channel_maps_to_its_row_of_the_wan21_factors():
         one[0, channel] = 0.5
         rgb = latent_rgb(one, skip_frames=1)
         want = (0.5 * WAN21_LATENT_RGB[channel] + WAN21_LATENT_RGB_BIAS + 1) * 127.5
-        assert rgb.shape == (2, 4 * 64, 5 * 64, 3)  # the reference frame left out; 5 -> 320 pixels: 64x
+        assert rgb.shape == (2, 4, 5, 3)  # the reference frame left out
         assert np.abs(rgb.astype(float) - want.numpy()).max() <= 0.5 + 1e-3
 
 
@@ -54,11 +54,12 @@ def test_the_prediction_is_the_samplers_own_x0(sampler):
         assert torch.allclose(scheduler.prediction(), sample, atol=1e-6)
 
 
-def test_write_webp_is_an_animated_webp_at_the_latent_frame_rate(tmp_path):
-    frames = np.random.default_rng(0).integers(0, 256, (5, 30, 52, 3), dtype=np.uint8)
+def test_write_webp_is_an_animated_webp_upscaled_at_the_latent_frame_rate(tmp_path):
+    frames = np.random.default_rng(0).integers(0, 256, (5, 30, 52, 3), dtype=np.uint8)  # 416x240 latents
     path = write_webp(frames, tmp_path / "p.webp", video_fps=16)
     with Image.open(path) as image:
-        assert image.format == "WEBP" and image.is_animated and image.n_frames == 5 and image.size == (52, 30)
+        assert image.format == "WEBP" and image.is_animated and image.n_frames == 5
+        assert image.size == (312, 180)  # 6x: the whole factor nearest to 320 pixels on the long side
         image.load()
         assert image.info["duration"] == 250  # four video frames of a 16 fps video per latent frame
 

@@ -1,8 +1,9 @@
 """The playground page (``GET /``) end to end in headless Chromium against a live ``vace serve`` (child process,
 loopback, tiny weights, an API key): the key field, an upload through the upload API, an out-of-range field with the
-server's message next to it, and a small preprocessed job whose progress reaches 100% and whose control and result
-videos load in the page, and whose live preview beside the progress bar changes with the steps. ``tests/js/playground.mjs`` drives the browser (playwright-core from npm, Debian's
-chromium); this module starts the server and checks what the page showed.
+server's message next to it, and a small preprocessed job whose progress reaches 100%, whose live preview beside the
+progress bar changes with the steps, and whose control and result videos load in the page. ``tests/js/playground.mjs``
+drives the browser (playwright-core from npm, Debian's chromium); this module starts the server and checks what the
+page showed.
 
 All of it runs twice: with the server's files in its data directory and in an S3 bucket (moto's server), where the
 page's upload and the JS snippet's @fal-ai/client upload land in the bucket, the job reads its input from there, and
