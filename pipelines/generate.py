@@ -166,7 +166,8 @@ def generate(
                         code_version(), str(group.spec) if group else "none")
     resume = refuse(resume, identity, hooks.log)
     if resume is not None and hooks.checkpoints is not None:
-        hooks.log(f"resumed at step {resume.step}/{resume.total}")
+        hooks.log(f"resumed at step {resume.step}/{resume.total}"
+                  + (f" (the {resume.expert} expert ran the step before)" if resume.expert != "transformer" else ""))
         hooks.checkpoints.resumed(resume.step, resume.total)
     request = DenoiseRequest(inp, cond, prompt, width, height, seed, model, loras, fps=timing.generate_fps,
                              identity=identity, resume=resume)

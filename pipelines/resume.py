@@ -259,15 +259,11 @@ def load_resume(sink: CheckpointSink | None, *, request: str, window: int = 0,
     try:
         state = read_state(path)
     except CorruptCheckpoint as exc:
-        log(f"not resuming from this job's checkpoint: {exc}; starting from step 0")
-        return None
-    for reason in (state.identity.request != request and "it was made for another request",
-                   state.identity.code != code_version() and "it was made by another code version",
-                   state.window != window and f"it belongs to window {state.window}, not {window}"):
-        if reason:
-            log(f"not resuming from this job's checkpoint: {reason}; starting from step 0")
-            return None
-    return state
+        return _not_resuming(str(exc), log)
+    early = Identity(request, state.identity.weights, code_version(), state.identity.layout)  # weights: known later
+    reason = early.mismatch(state.identity, has_cache_state=False) or (
+        f"it belongs to window {state.window}, not {window}" if state.window != window else None)
+    return state if reason is None else _not_resuming(reason, log)
 
 
 def refuse(state: DenoiseState | None, identity: Identity, log: Callable[[str], None]) -> DenoiseState | None:
@@ -275,10 +271,11 @@ def refuse(state: DenoiseState | None, identity: Identity, log: Callable[[str], 
     if state is None:
         return None
     reason = identity.mismatch(state.identity, has_cache_state=state.step_cache is not None)
-    if reason is not None:
-        log(f"not resuming from this job's checkpoint: {reason}; starting from step 0")
-        return None
-    return state
+    return state if reason is None else _not_resuming(reason, log)
+
+
+def _not_resuming(reason: str, log: Callable[[str], None]) -> None:
+    log(f"not resuming from this job's checkpoint: {reason}; starting from step 0")
 
 
 class CheckpointPolicy:

@@ -9,9 +9,9 @@ checkpoint is done twice), not 2n. With the step cache on, the first resumed ste
 (``force_reuse``), so it runs only on the residual the checkpoint carried.
 
 A cfg=2 job group (two processes) stops gracefully after step 2, checkpoints there with both ranks' step cache state,
-and resumes to the same frames. Bad checkpoints (another request, other weights, another code version, a torn or
-altered file) are not used: the job starts at step 0 and the log says why. The server end to end, with a SIGKILLed
-worker process, is ``tests/test_server_resume.py``.
+and resumes to the same frames. Bad checkpoints (another request, other weights, another code version, another
+long-video window, a torn or altered file) are not used: the job starts at step 0 and the log says why. The server
+end to end, with a SIGKILLed worker process, is ``tests/test_server_resume.py``.
 """
 
 from __future__ import annotations
@@ -221,15 +221,20 @@ def test_a_cfg_group_resumes_to_the_same_frames(tiny_weights, cond, tmp_path):
 
 @pytest.mark.parametrize("change, reason", [
     ({"request": "another"}, "it was made for another request"),
-    ({"code": "another"}, "it was made by another code version"),
+    ({"code": "another"}, "it was made for another code version"),
     ({"weights": "another"}, "it was made for other weights"),
+    ({"window": 1}, "it belongs to window 1, not 0"),
 ])
 def test_a_checkpoint_of_something_else_is_not_used(models, cond, tmp_path, change, reason):
     kept = Kept(tmp_path)
     with pytest.raises(Killed):
         run(models, FAMILIES[0], "unipc", False, cond, kept=kept, kill_after=KILLED_AFTER)
     state = read_state(kept.current)
-    write_state(dataclasses.replace(state, identity=dataclasses.replace(state.identity, **change)), kept.current)
+    if "window" in change:
+        state = dataclasses.replace(state, **change)
+    else:
+        state = dataclasses.replace(state, identity=dataclasses.replace(state.identity, **change))
+    write_state(state, kept.current)
     log: list[str] = []
     found = load_resume(kept.sink, request=IDENTITY.request, log=log.append)
     found = refuse(found, IDENTITY, log.append)
