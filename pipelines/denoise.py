@@ -143,12 +143,14 @@ def denoise(
         policy.written(step)
 
     def show(step: int) -> None:
-        """Hand the current prediction of the clean video to the preview sink (skipped while the last one is still
-        being written, but for the last step's)."""
+        """Hand the current prediction of the clean video to the preview sink every ``every_steps`` steps and after
+        the last (skipped while the last one is still being written, but for the last step's)."""
+        if preview is None or (step % preview.every_steps and step != total):
+            return
         if step == total:
             previews.wait()
         prediction = scheduler.prediction()
-        if preview is None or previews.busy() or prediction is None:
+        if previews.busy() or prediction is None:
             return
         frames = latent_rgb(prediction, len(cond.reference_images or ()))
         path = preview.folder / f"preview-{step}.webp"
@@ -162,7 +164,7 @@ def denoise(
         stop, due = decide(step)
         if due:
             checkpoint(step, kw["latents"])
-        if rank == 0 and preview is not None and (step % preview.every_steps == 0 or step == total):
+        if rank == 0:
             show(step)
         if stop:
             raise JobCancelled(f"cancelled after step {step}/{total}")
@@ -188,7 +190,7 @@ def denoise(
                 num_inference_steps=total,
                 guidance_scale=inp.guidance_scale,
                 generator=generator,
-                latents=resume.latents.to(device) if resume is not None else None,
+                latents=resume.latents if resume is not None else None,
                 output_type="np" if rank == 0 else "latent",
                 callback_on_step_end=on_step_end,
             )
