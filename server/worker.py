@@ -10,8 +10,8 @@ the disk out of space is named as such, the job's partial files are deleted and 
 next job starts. Stopping the server interrupts a running job at its next step and puts it back in the queue
 without counting that run.
 
-While a job denoises, its worker keeps a checkpoint of the loop and a live preview of the video in the file store
-(every few steps or seconds, and every few steps; :class:`Intermediates`), each newest one recorded on the job
+While a job denoises, its worker keeps a checkpoint of the loop (every few steps or seconds) and a live preview of
+the video (every few steps) in the file store (:class:`Intermediates`), each newest one recorded on the job
 (``JobStore.set_checkpoint``, ``set_preview``) and the one before deleted. A job handed back (its worker died, lost
 its lease or stopped, a rank of its group died) keeps both, and its next run, on any node, goes on from the
 checkpoint (``pipelines.resume``); a job that ends deletes them.
