@@ -3,7 +3,9 @@ queue worker.
 
 It reads like a diffusers pipeline's ``__call__``, in numbered stages:
 
-1. check: every check that needs no download (``checks.check_inputs``; the server ran it at submission too);
+1. check: every check that needs no download (``checks.check_inputs``; the server ran it at submission too); and
+   the job's last checkpoint read, when its caller keeps them and the run before this one left one (``pipelines.
+   resume``: a job handed back after its worker died or stopped goes on from that step);
 2. fetch and plan: the media and LoRAs made local (each within its limits); the endpoint's source frames and masks
    built (``pipelines.tasks``: pose/depth, inpainting, outpainting, reframe, or no video at all) with the frames,
    size and temporal downsampling planned; the inputs, when asked, screened by the safety checker. Then
@@ -13,7 +15,8 @@ It reads like a diffusers pipeline's ``__call__``, in numbered stages:
    flagged input loads no model. The late checks, which need the plan and those parts, follow in one call
    (``checks.check_plan``);
 3. condition: prompt expansion, the annotator (``preprocess``), the VACE conditioning;
-4. denoise: the ``WanVACEPipeline`` call (``pipelines.denoise``), on every rank of the job group when there is one;
+4. denoise: the ``WanVACEPipeline`` call (``pipelines.denoise``), on every rank of the job group when there is one,
+   from step 0 or from the checkpoint's step once the checkpoint is known to fit the weights and the group;
 5. finish: the safety checker on the output (a flagged job ends before anything is encoded or published),
    interpolation, ffmpeg encoding and publishing.
 
@@ -46,6 +49,7 @@ from .loras import fetch_loras
 from .parallel import GroupMember
 from .prompt_expansion import PromptExpander, expand_prompt
 from .registry import EndpointTask
+from .resume import Identity, code_version, job_weights, load_resume, refuse, request_digest
 from .schema import File, JobInput, VaceOutput, VideoFile
 from .tasks import TaskJob, conditioning, frame_images, prepare
 
@@ -94,9 +98,11 @@ def generate(
     hooks = hooks or JobHooks()
     started = time.perf_counter()
 
-    # 1. Check: everything that needs no download.
+    # 1. Check: everything that needs no download. Read the last run's checkpoint, if it left one.
     job = check_inputs(inp, task, ctx, manager, model=model)
-    seed = inp.seed if inp.seed is not None else secrets.randbelow(2**31)
+    request_id = request_digest(task, model, inp.model_dump(mode="json"))
+    resume = load_resume(hooks.checkpoints, request=request_id, log=hooks.log)
+    seed = inp.seed if inp.seed is not None else resume.seed if resume is not None else secrets.randbelow(2**31)
     for note in job.notes:  # what the endpoint makes of the request, before any download can fail
         hooks.log(note)
 
@@ -135,7 +141,9 @@ def generate(
 
     # 3. Condition: the prompt expanded, the control video made, the VACE conditioning built.
     prompt = inp.prompt
-    if inp.enable_prompt_expansion:
+    if resume is not None:  # the prompt the checkpoint's steps were denoised with, expanded or not
+        prompt = resume.prompt
+    elif inp.enable_prompt_expansion:
         prompt = expand_prompt(parts.prompt_expander, inp.prompt, job.recipe, hooks.log)
     control = source.control
     if parts.annotator is not None:
@@ -154,7 +162,15 @@ def generate(
     group = parts.group
     hooks.log(f"denoising: {inp.num_inference_steps} steps, sampler {inp.sampler}, shift {inp.shift:g}"
               + (f", on {group.spec.world_size} devices ({group.spec})" if group else ""))
-    request = DenoiseRequest(inp, cond, prompt, width, height, seed, model, loras)
+    identity = Identity(request_id, job_weights(parts.model.version, (lora.sha256 for lora in loras)),
+                        code_version(), str(group.spec) if group else "none")
+    resume = refuse(resume, identity, hooks.log)
+    if resume is not None and hooks.checkpoints is not None:
+        hooks.log(f"resumed at step {resume.step}/{resume.total}"
+                  + (f" (the {resume.expert} expert ran the step before)" if resume.expert != "transformer" else ""))
+        hooks.checkpoints.resumed(resume.step, resume.total)
+    request = DenoiseRequest(inp, cond, prompt, width, height, seed, model, loras, fps=timing.generate_fps,
+                             identity=identity, resume=resume)
     if group is not None:
         assert group.send is not None, "generate() runs on rank 0 of a job group"
         group.send(request)

@@ -37,6 +37,7 @@ from .loras import JobLora, apply_loras
 from .manifest import AUXILIARY, MODELS, PROMPT_EXPANDER, SAFETY_CHECKER
 from .parallel import GroupMember, enable_context_parallel
 from .prompt_expansion import LocalExpander, OpenAIExpander, PromptExpander
+from .resume import weights_digest
 from .runtime import COMPILABLE_MODES, RuntimeConfig, resolve_attention, resolve_memory_mode
 from .safety import SafetyChecker
 from .samplers import make_scheduler
@@ -86,6 +87,8 @@ class LoadedModel:
     """The compute dtype (LoRA factors are kept in it)."""
     slots: LoraSlots | None = None
     """The experts' LoRA slots when they are compiled: LoRAs are then hot-swapped into them."""
+    version: str = ""
+    """The digest of the model's files (``pipelines.resume.weights_digest``): what its jobs' checkpoints are for."""
     spoiled: bool = False
     """Set when putting a job's LoRAs on failed past their checks: the manager then loads the model anew."""
 
@@ -352,6 +355,6 @@ class ModelManager:
             if self.memory_mode == "model_offload":
                 pipe.enable_model_cpu_offload(device=self.device)
             slots = LoraSlots(self.lora_slot_rank) if self.lora_slot_rank else None
-            model = LoadedModel(key=key, pipe=pipe, dtype=self.dtype, slots=slots)
+            model = LoadedModel(key=key, pipe=pipe, dtype=self.dtype, slots=slots, version=weights_digest(folder))
             self._models[key] = model
             return model

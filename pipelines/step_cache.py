@@ -18,14 +18,17 @@ same strided tokens as one process), so every rank of a group takes the same dec
 
 State is kept per cache context, which the diffusers pipeline sets per call (``cond`` / ``uncond``), and per
 transformer, so each CFG branch and each expert of a two-expert model decides on its own. The first and the last
-denoising steps are always computed, and so is each expert's first call.
+denoising steps are always computed, and so is each expert's first call. Between two steps that state is what a
+checkpoint keeps of the cache (``StepCacheController.snapshot``; ``pipelines.resume``), so that a resumed job reuses
+exactly the steps the uninterrupted one would have.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Collection, ItemsView, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -55,6 +58,31 @@ class StepCacheController:
     force_reuse: frozenset[int] = frozenset()
     skipped: dict[str, list[int]] = field(default_factory=dict)
     calls: int = 0
+    states: dict[str, _States] = field(default_factory=dict, repr=False)
+    """Each attached transformer's per-context state, by label."""
+    restored: dict[str, dict[str, _BranchState]] = field(default_factory=dict, repr=False)
+    """State from a checkpoint (``restore``) that each transformer takes when the cache is attached to it."""
+
+    def snapshot(self, labels: Collection[str]) -> dict[str, Any]:
+        """This rank's cache state between two steps, for a checkpoint: what was reused so far and, for each
+        transformer in ``labels`` (those with steps still to run) and each cache context, the last signal, the change
+        accumulated since the last computed call and that call's residual, as host copies."""
+        branches = {label: {name: {"previous_signal": _host(state.previous_signal), "accumulated": state.accumulated,
+                                   "residual": _host(state.residual)} for name, state in self.states[label].items()}
+                    for label in labels if label in self.states}
+        return {"calls": self.calls, "skipped": {k: list(v) for k, v in self.skipped.items()}, "branches": branches}
+
+    def restore(self, snapshot: dict[str, Any], device: torch.device) -> None:
+        """Take the state of a :meth:`snapshot`, before the cache is attached, with its tensors on ``device``."""
+        self.calls = snapshot["calls"]
+        self.skipped = {k: list(v) for k, v in snapshot["skipped"].items()}
+        for label, contexts in snapshot["branches"].items():
+            for name, saved in contexts.items():
+                branch = _BranchState()
+                branch.accumulated = saved["accumulated"]
+                for tensor in ("previous_signal", "residual"):
+                    setattr(branch, tensor, saved[tensor].to(device) if saved[tensor] is not None else None)
+                self.restored.setdefault(label, {})[name] = branch
 
     def summary(self) -> str:
         total = sum(len(v) for v in self.skipped.values())
@@ -72,6 +100,20 @@ class _BranchState(BaseState):
         self.block_input: torch.Tensor | None = None
         self.residual: torch.Tensor | None = None
         self.reusing = False
+
+
+class _States(StateManager):
+    """diffusers' per-context state manager, with its states listed and set by context name (for checkpoints)."""
+
+    def items(self) -> ItemsView[str, _BranchState]:
+        return self._state_cache.items()
+
+    def put(self, name: str, state: _BranchState) -> None:
+        self._state_cache[name] = state
+
+
+def _host(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    return None if tensor is None else tensor.detach().to("cpu", copy=True)
 
 
 class _StatefulHook(ModelHook):
@@ -166,7 +208,10 @@ class _CaptureHook(_StatefulHook):
 
 
 def _attach(transformer: WanVACETransformer3DModel, controller: StepCacheController, label: str) -> None:
-    state = StateManager(_BranchState)
+    state = _States(_BranchState)
+    for name, branch in controller.restored.pop(label, {}).items():
+        state.put(name, branch)
+    controller.states[label] = state
     first = transformer.blocks[0]
     hooks: list[tuple[torch.nn.Module, ModelHook, str]] = [
         (transformer.vace_blocks[0], _DecideHook(state, controller, label, first, context_group(transformer)),

@@ -29,7 +29,7 @@ from pipelines.registry import APPS, ENDPOINT_IDS, ENDPOINT_TASKS
 
 from . import preview, routes, service, uploads
 from .auth import Auth
-from .backends import job_context, open_files, open_store, resolve_devices
+from .backends import intermediates, job_context, open_files, open_store, resolve_devices
 from .config import Settings
 from .connections import raise_open_file_limit, uvicorn_config
 from .events import Changes
@@ -103,7 +103,8 @@ class Node:
             pool = WorkerPool(store=store, files=files, metrics=metrics, managers=managers, work_dir=config.work_dir,
                               ctx=ctx, lease_s=config.lease_seconds, max_attempts=config.max_attempts,
                               local=not config.no_workers, models=config.models,
-                              switch_after_s=config.switch_after_s, group=group)
+                              switch_after_s=config.switch_after_s, group=group,
+                              intermediates=intermediates(config))
         else:  # the managers stay here to check requests; each worker process loads its own
             from .worker_process import WorkerProcesses  # the model stack: only a node that runs workers
 

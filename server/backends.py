@@ -1,5 +1,5 @@
 """What every process of a node opens alike, the node's own and its worker processes: the job store, the file store
-and the rules for its jobs, from the settings.
+and the rules for its jobs (and how often they checkpoint and preview), from the settings.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pipelines.context import JobContext
 from .config import Settings
 from .files import FileStore, LocalFileStore
 from .jobs import JobStore, SqliteJobStore
+from .worker import Intermediates
 
 
 def resolve_devices(names: tuple[str, ...]) -> list[torch.device]:
@@ -54,3 +55,9 @@ def job_context(config: Settings, files: FileStore) -> JobContext:
     from remote callers, and its LoRA download cache."""
     return JobContext(limits=config.limits, fetch_allow=config.fetch_allow, webhook_allow=config.webhook_allow,
                       local_files=files.fetch, local_paths=False, lora_cache=config.lora_cache())
+
+
+def intermediates(config: Settings) -> Intermediates:
+    """How often this node's jobs write checkpoints and live previews."""
+    return Intermediates(checkpoint_every_steps=config.checkpoint_every_steps,
+                         checkpoint_every_s=config.checkpoint_every_s, preview_every_steps=config.preview_every_steps)

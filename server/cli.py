@@ -192,6 +192,12 @@ def _add_node_flags(parser: argparse.ArgumentParser) -> None:
              "(repeatable). By default only public addresses are fetched", action="append")
     _setting(parser, "--webhook-allow", "non-public webhook target to permit: CIDR, host or host:port (repeatable; "
              "give every node the same). By default webhooks go to public addresses only", action="append")
+    _setting(parser, "--checkpoint-every-steps", "a running job checkpoints its denoising after this many steps "
+             "(0: by time only); a job handed back resumes from its newest checkpoint", type=int)
+    _setting(parser, "--checkpoint-every-s", "... or after the first step that ends this many seconds after the last "
+             "checkpoint (0: by steps only; both 0: no checkpoints)", type=float)
+    _setting(parser, "--preview-every-steps", "a running job publishes a live preview after every this many steps "
+             "(0: none)", type=int)
     _setting(parser, "--limit", "change an input limit, e.g. max_video_seconds=120 (repeatable). Limits: "
              + ", ".join(f.name for f in fields(Limits)), action="append", metavar="NAME=VALUE")
 
@@ -274,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="the model (default: %(default)s, whose fal app offers this endpoint)")
         one.add_argument("-o", "--output", required=True, help="output .mp4 path")
         one.add_argument("-q", "--quiet", action="store_true", help="no progress bar or logs")
+        one.add_argument("--preview", metavar="FILE", help="write a live preview of the video while it is denoised "
+                         "to FILE: an animated WebP, replaced after every step")
         # Not the serve/worker setting of that name (a group over --devices): this job's own local group, so its
         # dest is no Settings field and settings() leaves it alone.
         one.add_argument("--parallel", dest="job_parallel", metavar="SPEC", help="one job on several devices: "
@@ -333,7 +341,8 @@ def run(args: argparse.Namespace) -> int:
     """Dispatch the parsed command."""
     if args.command == "generate":
         return commands.generate_to_file(settings(args), args.endpoint, _fields(args), Path(args.output),
-                                         model=args.model, quiet=args.quiet, parallel=args.job_parallel)
+                                         model=args.model, quiet=args.quiet, parallel=args.job_parallel,
+                                         preview=Path(args.preview) if args.preview else None)
     if args.command == "preprocess" and args.task in EDIT_TASKS:
         return commands.preprocess_edit_to_dir(args.task, _fields(args), Path(args.output))
     if args.command == "preprocess":

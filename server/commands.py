@@ -1,6 +1,7 @@
 """What each ``vace`` command does, as plain functions of typed arguments (``server/cli.py`` only parses flags).
 
-``generate_to_file`` runs the same ``generate()`` as the server, in-process, with a progress bar;
+``generate_to_file`` runs the same ``generate()`` as the server, in-process, with a progress bar (and, when asked,
+a live preview file replaced after every step);
 ``preprocess_to_file`` writes a control video with the same writer the server uses for the control video a
 ``preprocess=true`` job keeps; ``preprocess_edit_to_dir`` writes what an inpainting, outpainting or reframe job
 conditions the model on (the same ``pipelines.tasks`` steps as the job), as VACE's preprocessing writes it. Each
@@ -71,18 +72,20 @@ def _exit_status(command: Callable[P, int]) -> Callable[P, int]:
 
 @_exit_status
 def generate_to_file(settings: Settings, task: EndpointTask, fields: dict[str, Any], output: Path, *,
-                     model: str | None = None, quiet: bool = False, parallel: str | None = None) -> int:
+                     model: str | None = None, quiet: bool = False, parallel: str | None = None,
+                     preview: Path | None = None) -> int:
     """Run one job of the endpoint ``task`` ("" = the base endpoint) from request ``fields`` and write its video to
     ``output`` (a frames zip, if asked for, beside it); prints the output JSON. ``parallel``: a ``--parallel``
     spec; the job then runs on a local group, this process being rank 0 (CUDA: one GPU per rank, in device order;
-    else CPU processes)."""
+    else CPU processes). ``preview``: an animated WebP of the video being denoised, written after every step (each
+    one written beside it and renamed over it, so a viewer never reads half a file)."""
     import torch
     from tqdm import tqdm
 
     from pipelines.context import JobContext
     from pipelines.generate import generate
     from pipelines.group import job_group
-    from pipelines.hooks import JobHooks
+    from pipelines.hooks import JobHooks, PreviewSink
     from pipelines.loading import ModelManager
     from pipelines.parallel import ParallelSpec
 
@@ -109,6 +112,11 @@ def generate_to_file(settings: Settings, task: EndpointTask, fields: dict[str, A
 
     # Logs go with the progress bar to stderr: stdout carries only the output JSON, so `> result.json` works.
     hooks = JobHooks(log=(lambda m: None) if quiet else (lambda m: bar.write(m, file=sys.stderr)), step=on_step)
+    if preview is not None:
+        preview = preview.resolve()
+        preview.parent.mkdir(parents=True, exist_ok=True)
+        hooks.preview = PreviewSink(every_steps=1, folder=preview.parent,
+                                    publish=lambda path, _step: path.replace(preview))
     try:
         with contextlib.ExitStack() as stack:
             group = None

@@ -176,6 +176,13 @@ class Settings(BaseSettings):
     """One attempt in all: DNS lookup, connect, send, the answer's status."""
     webhook_concurrency: int = Field(16, ge=1)
     """Attempts one node has in flight at once; more wait their turn."""
+    checkpoint_every_steps: int = Field(5, ge=0)
+    """A running job writes a checkpoint of its denoising loop (to the file store) after this many steps since its
+    last one; a job handed back (its worker died or stopped) goes on from its newest checkpoint. 0: by time only."""
+    checkpoint_every_s: float = Field(300.0, ge=0)
+    """... or after the first step that ends this many seconds after its last one. 0: by steps only; both 0: none."""
+    preview_every_steps: int = Field(1, ge=0)
+    """A running job publishes a live preview of what it is denoising after every this many steps. 0: none."""
     retention_hours: float = 168.0
     """Age past which served files, abandoned uploads and finished jobs are deleted; 0 keeps everything."""
     retention_sweep_s: float = 600.0

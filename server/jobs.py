@@ -4,7 +4,8 @@ Everything else in the server talks to :class:`JobStore` only. Its logic is writ
 PostgreSQL both run; the SQLite store (the embedded default, jobs survive a restart) supplies its connection here,
 ``server/pg_store.py`` the shared, multi-node one.
 
-**Transitions.** A job is queued, claimed by a worker, reports progress (log lines, its control video), may be asked
+**Transitions.** A job is queued, claimed by a worker, reports progress (log lines, its control video, its live
+preview and checkpoints), may be asked
 to cancel, may be handed back to the queue, and ends (completed, failed or cancelled). Every one of these goes through
 a method of the store, and the store announces it once it is committed to the one :class:`ChangeSink` the node wired
 (``announce_to``), which wakes idle workers, status streams and sync requests and schedules webhooks. Nobody else
@@ -112,6 +113,13 @@ class Job:
     """The worker that claimed the job last (None: claimed without a lease, or never)."""
     lease_expires_at: float | None = None
     """When a running job counts as orphaned unless its worker renews the lease (None: no lease, never)."""
+    checkpoint_key: str | None = None
+    checkpoint_step: int | None = None
+    """The file-store key of the job's newest checkpoint and the step it resumes at (``pipelines.resume``): kept
+    while the job runs or waits to run again, cleared when it ends."""
+    preview_key: str | None = None
+    preview_step: int | None = None
+    """The file-store key of the job's newest live preview and the step it shows; cleared when the job ends."""
 
 
 class ChangeSink(Protocol):
@@ -364,6 +372,29 @@ class JobStore(ABC):
         with self._write() as db:
             if db.execute("UPDATE jobs SET control_video_url = ? WHERE id = ?", (url, job_id)).rowcount:
                 db.changed(job_id, "updated")
+
+    def set_checkpoint(self, job_id: str, worker_id: str, key: str, step: int) -> tuple[bool, str | None]:
+        """Make ``key`` the newest checkpoint of the job that ``worker_id`` runs (after ``step`` steps). Returns
+        whether it was recorded (not when the job is no longer this worker's) and the key it replaced, whose file the
+        caller deletes."""
+        return self._replace_file(job_id, worker_id, "checkpoint", key, step)
+
+    def set_preview(self, job_id: str, worker_id: str, key: str, step: int) -> tuple[bool, str | None]:
+        """Make ``key`` the newest live preview of the job that ``worker_id`` runs (showing ``step``), announced as
+        an update; returns as :meth:`set_checkpoint` does."""
+        return self._replace_file(job_id, worker_id, "preview", key, step)
+
+    def _replace_file(self, job_id: str, worker_id: str, kind: Literal["checkpoint", "preview"], key: str,
+                      step: int) -> tuple[bool, str | None]:
+        with self._write() as db:
+            row = db.execute(f"SELECT {kind}_key FROM jobs WHERE id = ? AND status = 'IN_PROGRESS' AND worker_id = ?"
+                             f"{self._LOCK}", (job_id, worker_id)).fetchone()
+            if row is None:
+                return False, None
+            db.execute(f"UPDATE jobs SET {kind}_key = ?, {kind}_step = ? WHERE id = ?", (key, step, job_id))
+            if kind == "preview":
+                db.changed(job_id, "updated")
+        return True, row[f"{kind}_key"]
 
     def logs(self, job_id: str) -> list[LogLine]:
         rows = self._query("SELECT message, level, timestamp FROM logs WHERE job_id = ? ORDER BY seq", (job_id,))
@@ -620,12 +651,14 @@ class SqliteJobStore(JobStore):
 def _complete(db: Transaction, job_id: str, *, result: dict[str, Any] | None = None,
               failure: Failure | None = None, cancelled: bool = False, worker_id: str | None = None) -> bool:
     """Mark a job COMPLETED (with ``worker_id``: only while that worker holds it); its webhook (if any) becomes
-    due. Returns whether the job was marked."""
+    due, and it no longer names a checkpoint or a preview (whoever ends it deletes those files; retention sweeps
+    what a job that ended elsewhere left). Returns whether the job was marked."""
     outcome: Outcome = "cancelled" if cancelled else ("ok" if failure is None else "error")
     owned = " AND status = 'IN_PROGRESS' AND worker_id = ?" if worker_id is not None else ""
     args = (outcome, _dumps(result), _dumps(failure.__dict__ if failure else None), time.time(), job_id)
     ended = db.execute(
         "UPDATE jobs SET status = 'COMPLETED', outcome = ?, result = ?, failure = ?, finished_at = ?,"
+        " checkpoint_key = NULL, checkpoint_step = NULL, preview_key = NULL, preview_step = NULL,"
         f" webhook_state = CASE WHEN webhook_url IS NULL THEN NULL ELSE 'pending' END WHERE id = ?{owned}",
         (*args, worker_id) if worker_id is not None else args,
     ).rowcount == 1

@@ -1,6 +1,7 @@
 """Prometheus metrics: queue depth and jobs by state (read from the store at scrape time, so they are right after
-a restart too), denoising step time and job duration (observed by the workers), a job group's spec and restarts,
-and GPU memory on CUDA (as the workers report it with their heartbeat).
+a restart too), denoising step time and job duration (observed by the workers), jobs resumed from a checkpoint and
+the steps that saved, a job group's spec and restarts, and GPU memory on CUDA (as the workers report it with their
+heartbeat).
 
 The workers report through :class:`Metrics`' methods; a worker in a process of its own relays the same calls to
 its node (``server/worker_process.py``), so one ``/metrics`` shows every worker of the node.
@@ -62,8 +63,8 @@ class _StoreCollector(Collector):
 
 
 class Metrics:
-    """The server's metrics; workers report through ``step``, ``job``, ``group_restart`` and ``gpu``, retention
-    counts in ``retention_deleted``."""
+    """The server's metrics; workers report through ``step``, ``job``, ``resumed``, ``group_restart`` and ``gpu``,
+    retention counts in ``retention_deleted``."""
 
     def __init__(self, store: JobStore) -> None:
         self.registry = CollectorRegistry()
@@ -81,6 +82,14 @@ class Metrics:
         )
         self.retention_deleted = Counter(
             "vace_retention_deleted", "Files, abandoned uploads and finished jobs deleted for their age.", ["kind"],
+            registry=self.registry,
+        )
+        self.resumed_jobs = Counter(
+            "vace_resumed_jobs", "Runs of a handed-back job that went on from its checkpoint instead of step 0.",
+            registry=self.registry,
+        )
+        self.resume_steps_saved = Counter(
+            "vace_resume_steps_saved", "Denoising steps that resumed runs did not do again (the checkpoints' steps).",
             registry=self.registry,
         )
         self.group_restarts = Counter(
@@ -101,6 +110,11 @@ class Metrics:
     def job(self, app: str, task: str, outcome: str, seconds: float) -> None:
         """A job ended with ``outcome`` (ok, error, cancelled) ``seconds`` after its worker started it."""
         self.job_seconds.labels(app, task, outcome).observe(seconds)
+
+    def resumed(self, steps: int) -> None:
+        """A job's run went on from its checkpoint after ``steps`` steps."""
+        self.resumed_jobs.inc()
+        self.resume_steps_saved.inc(steps)
 
     def group_restart(self) -> None:
         """A failed job group was replaced by a new one."""

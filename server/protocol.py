@@ -2,9 +2,10 @@
 
 The shapes follow what the fal clients read: every status body carries ``logs`` (fal-client indexes it without a
 default), ``IN_QUEUE`` carries ``queue_position``, ``COMPLETED`` carries ``metrics`` and, for a failed job,
-``error`` and ``error_type``. All URLs are absolute, under the base URL the job was submitted on. One extension:
-``control_video_url``, the control video a ``preprocess=true`` job made, from the moment it exists (the clients
-ignore fields they do not know; the output schema stays fal's).
+``error`` and ``error_type``. All URLs are absolute, under the base URL the job was submitted on. Two extensions:
+``control_video_url``, the control video a ``preprocess=true`` job made, from the moment it exists, and
+``preview_url`` with ``preview_step``, the live preview of a job while it denoises (the clients ignore fields they do
+not know; the output schema stays fal's).
 """
 
 from __future__ import annotations
@@ -52,6 +53,11 @@ class QueueStatus(BaseModel):
     error_type: str | None = None
     control_video_url: str | None = None
     """Extension: the pose/depth control video that ``preprocess=true`` made from the input, once it exists."""
+    preview_url: str | None = None
+    """Extension: while the job denoises, where its live preview is (``GET .../requests/{id}/preview``, an animated
+    WebP of the current prediction of the video, with the same key as the result); gone when the job ends."""
+    preview_step: int | None = None
+    """Extension: the denoising step the live preview shows (a new preview is a new step)."""
 
 
 class CancelResult(BaseModel):
@@ -85,6 +91,10 @@ def job_urls(job: Job) -> dict[str, str]:
     return {"response_url": base, "status_url": f"{base}/status", "cancel_url": f"{base}/cancel"}
 
 
+def preview_url(job: Job) -> str:
+    return f"{job_urls(job)['response_url']}/preview"
+
+
 def log_entries(lines: list[LogLine]) -> list[LogEntry]:
     return [
         LogEntry(
@@ -110,6 +120,8 @@ def status(job: Job, logs: list[LogLine], queue_position: int | None) -> QueueSt
     """The status body of ``job``; ``logs`` are the lines to include (all, only new ones, or none)."""
     body = QueueStatus(status=job.status, request_id=job.id, logs=log_entries(logs),
                        control_video_url=job.control_video_url, **job_urls(job))
+    if job.preview_key is not None:
+        body.preview_url, body.preview_step = preview_url(job), job.preview_step
     if job.status == "IN_QUEUE":
         body.queue_position = queue_position
     elif job.status == "COMPLETED":

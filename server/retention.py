@@ -3,7 +3,10 @@
 A server that runs for months would otherwise fill its disk with outputs nobody fetches again and its job store
 with finished jobs. Age is measured from a file's last write and from a job's end. Files that a queued or running
 job still reads (an upload it names as input) are kept whatever their age, and a job whose webhook is still being
-delivered stays until it is. The same rules apply to a directory and to an S3 bucket (``FileStore.sweep``: an
+delivered stays until it is. The checkpoint and the live preview of a job that is queued or running are kept too
+(a job handed back resumes from its checkpoint however long it waits); a job's worker deletes them when the job
+ends, and what a job that ended elsewhere left (failed after its last lost run, cancelled while queued) is swept
+here by age like any file. The same rules apply to a directory and to an S3 bucket (``FileStore.sweep``: an
 object's age is its last write). The sweep runs on its own thread: it touches the disk, the bucket and the job
 store, which must not block the HTTP event loop.
 """
@@ -69,16 +72,17 @@ class Retention:
     def sweep(self, now: float | None = None) -> Swept:
         """Delete everything older than the cutoff once; returns the counts."""
         cutoff = (time.time() if now is None else now) - self.max_age_s
-        files, uploads = self.files.sweep(cutoff, keep=self._inputs_in_use())
+        files, uploads = self.files.sweep(cutoff, keep=self._in_use())
         jobs = self.store.purge(finished_before=cutoff)
         for kind, n in (("file", files), ("upload", uploads), ("job", jobs)):
             self.deleted.labels(kind).inc(n)
         return Swept(files, uploads, jobs)
 
-    def _inputs_in_use(self) -> set[str]:
-        """The keys of our files that queued and running jobs name as inputs."""
+    def _in_use(self) -> set[str]:
+        """The keys of our files that queued and running jobs name as inputs, and their checkpoints and previews."""
         in_use = set()
         for job in self.store.unfinished():
+            in_use |= {key for key in (job.checkpoint_key, job.preview_key) if key is not None}
             try:
                 refs = input_model(job.app, job.task).model_validate(job.input).media_refs()
             except (ValidationError, KeyError):  # an input (or endpoint) this version refuses: the job reads nothing

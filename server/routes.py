@@ -8,7 +8,7 @@ The run and submit routes are registered once per endpoint (below ``ENDPOINTS``:
 playground and fal's own per-endpoint documents show them. fal-client rebuilds status/result/cancel
 URLs without the task (``/queue/{owner}/{alias}/requests/{id}``), fal's per-endpoint OpenAPI documents name them
 with it (``/queue/{owner}/{alias}/{task}/requests/{id}``): both are served. The SDKs sometimes add a trailing slash,
-so every route also answers with one.
+so every route also answers with one. A running job's live preview is ``.../requests/{id}/preview``.
 
 fal-client's queue headers are honoured: ``X-Fal-Queue-Priority: low|normal`` (low jobs run after every queued
 normal one), ``X-Fal-Request-Timeout: S`` (a job not started within S seconds ends with fal's 504
@@ -20,14 +20,17 @@ read, or a round trip to PostgreSQL).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Security
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from pipelines.checks import check_inputs
@@ -37,8 +40,9 @@ from pipelines.schema import JobInput, VaceOutput
 
 from . import protocol
 from .auth import API_KEY_HEADER, Caller
-from .deps import BaseUrlDep, CallerDep, ChangesDep, JobContextDep, JobDep, PoolDep, StoreDep
+from .deps import BaseUrlDep, CallerDep, ChangesDep, FilesDep, JobContextDep, JobDep, PoolDep, StoreDep
 from .failures import RequestFailed, failure_response
+from .files import file_headers
 from .jobs import Job, JobStore, LogLine, Priority, request_failure
 from .request_id import REQUEST_ID_HEADER
 from .webhooks import check_webhook_url
@@ -46,6 +50,7 @@ from .worker import Workers
 
 SYNC_POLL_S = 5.0  # fallback re-read of a sync job; normally the store's announcement wakes the request first
 STREAM_POLL_S = 1.0  # re-read of a streamed job (queue positions move without a notification)
+MAX_PREVIEW_BYTES = 16 * 1024**2  # a preview is a few hundred KB; the bound is on a corrupt or foreign file
 REQUESTS = ("/queue/{owner}/{alias}/requests/{request_id}", "/queue/{owner}/{alias}/{task}/requests/{request_id}")
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": protocol.ErrorDetail, "description": "Missing or invalid API key"},
@@ -231,7 +236,8 @@ def get_status(job: JobDep, store: StoreDep, logs: str | None = None) -> JSONRes
        summary="Server-sent events: one status per change, closed after COMPLETED")
 async def stream_status(job: JobDep, store: StoreDep, changes: ChangesDep,
                         logs: str | None = None) -> AsyncIterator[ServerSentEvent]:
-    """One event per change of status, queue position, control video or logs (only the new lines each time, as
+    """One event per change of status, queue position, control video, live preview or logs (only the new lines each
+    time, as
     @fal-ai/client accumulates them); ends after COMPLETED. FastAPI sends keep-alive comments while idle, and
     ``x-fal-request-id`` comes from :class:`~server.request_id.RequestIdHeader` (a generator sets no headers)."""
     with_logs, sent_logs, last_key = _wants_logs(logs), 0, None
@@ -241,7 +247,7 @@ async def stream_status(job: JobDep, store: StoreDep, changes: ChangesDep,
             if snapshot is None:
                 return
             current, lines, position = snapshot
-            key = (current.status, position, len(lines), current.control_video_url)
+            key = (current.status, position, len(lines), current.control_video_url, current.preview_key)
             if key != last_key:
                 yield ServerSentEvent(data=protocol.status(current, lines[sent_logs:], position)
                                       .model_dump(exclude_none=True))
@@ -258,6 +264,24 @@ def _snapshot(store: JobStore, job_id: str, with_logs: bool) -> tuple[Job, list[
         return None
     position = store.queue_position(job) if job.status == "IN_QUEUE" else None
     return job, store.logs(job_id) if with_logs else [], position
+
+
+@_both(router.get, *(f"{r}/preview" for r in REQUESTS), response_class=Response,
+       responses={200: {"content": {"image/webp": {}}, "description": "An animated WebP"}},
+       summary="The live preview of a running request (404 until it has one, and once it has ended)")
+def get_preview(job: JobDep, files: FilesDep) -> Response:
+    """The newest preview of the job's denoising (the status body's ``preview_url``), read from the file store here
+    rather than redirected to it, so the preview is answered under the key that may see the job and nothing else."""
+    data = None
+    if job.preview_key is not None:
+        with tempfile.TemporaryDirectory(prefix="vace-preview-") as tmp:
+            path = files.fetch(files.url(job.preview_key, job.base_url), Path(tmp), MAX_PREVIEW_BYTES)
+            with contextlib.suppress(FileNotFoundError):  # replaced just now, or the job ended
+                data = path.read_bytes() if path is not None else None
+    if data is None:
+        raise HTTPException(404, f"Request {job.id} has no preview (yet, or any more)")
+    headers = {**file_headers("preview.webp"), **_request_id_headers(job), "cache-control": "no-store"}
+    return Response(data, media_type="image/webp", headers=headers)
 
 
 @_both(router.get, *REQUESTS, response_model=VaceOutput,

@@ -56,21 +56,23 @@ class Migration:
         return spelled + list(self.postgres if engine == "postgres" else ())
 
 
-def _notify_job(*, webhooks: bool) -> str:
-    """The trigger function that announces a job's transitions on the channels (``webhooks``: from step 8 on)."""
+def _notify_job(*, webhooks: bool, previews: bool = False) -> str:
+    """The trigger function that announces a job's transitions on the channels (``webhooks``: from step 8 on,
+    ``previews``: from step 9 on, a new live preview is announced like a control video)."""
     announce_end = (f"""
         IF NEW.webhook_state = 'pending' AND NEW.webhook_owner IS NULL AND (TG_OP = 'INSERT'
                 OR OLD.webhook_state IS DISTINCT FROM 'pending' OR OLD.webhook_owner IS NOT NULL) THEN
             PERFORM pg_notify('{WEBHOOK_CHANNEL}', NEW.id);
         END IF;""" if webhooks else "")
+    previewed, new_preview = (", OLD.preview_key", ", NEW.preview_key") if previews else ("", "")
     return f"""
     CREATE OR REPLACE FUNCTION vace_notify_job() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
         IF NEW.status = 'IN_QUEUE' AND (TG_OP = 'INSERT' OR OLD.status <> 'IN_QUEUE') THEN
             PERFORM pg_notify('{QUEUE_CHANNEL}', NEW.id);
         END IF;
-        IF TG_OP = 'INSERT' OR (OLD.status, OLD.cancel_requested, OLD.control_video_url)
-                IS DISTINCT FROM (NEW.status, NEW.cancel_requested, NEW.control_video_url) THEN
+        IF TG_OP = 'INSERT' OR (OLD.status, OLD.cancel_requested, OLD.control_video_url{previewed})
+                IS DISTINCT FROM (NEW.status, NEW.cancel_requested, NEW.control_video_url{new_preview}) THEN
             PERFORM pg_notify('{JOB_CHANNEL}', NEW.id);
         END IF;{announce_end}
         RETURN NULL;
@@ -154,6 +156,14 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(postgres=("DROP TABLE IF EXISTS secrets",)),
     # 8: wake-ups for webhooks that fall due, so the API nodes deliver those of jobs that worker nodes ended.
     Migration(postgres=(_notify_job(webhooks=True),)),
+    # 9: a running or handed-back job's newest checkpoint (its file's key and the step it resumes at) and its newest
+    #    live preview (key and step), both files in the file store; a new preview wakes the status streams.
+    Migration(both=(
+        "ALTER TABLE jobs ADD COLUMN checkpoint_key TEXT",
+        "ALTER TABLE jobs ADD COLUMN checkpoint_step INTEGER",
+        "ALTER TABLE jobs ADD COLUMN preview_key TEXT",
+        "ALTER TABLE jobs ADD COLUMN preview_step INTEGER",
+    ), postgres=(_notify_job(webhooks=True, previews=True),)),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 UNNUMBERED_SQLITE = 6

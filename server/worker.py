@@ -9,6 +9,12 @@ one job ends that job with a stated reason and the worker takes the next one: ru
 the disk out of space is named as such, the job's partial files are deleted and its memory released before the
 next job starts. Stopping the server interrupts a running job at its next step and puts it back in the queue
 without counting that run.
+
+While a job denoises, its worker keeps a checkpoint of the loop (every few steps or seconds) and a live preview of
+the video (every few steps) in the file store (:class:`Intermediates`), each newest one recorded on the job
+(``JobStore.set_checkpoint``, ``set_preview``) and the one before deleted. A job handed back (its worker died, lost
+its lease or stopped, a rank of its group died) keeps both, and its next run, on any node, goes on from the
+checkpoint (``pipelines.resume``); a job that ends deletes them.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from pydantic import ValidationError
 
 from pipelines.context import JobContext
 from pipelines.errors import InputError, JobCancelled
-from pipelines.hooks import JobHooks, Publish
+from pipelines.hooks import CheckpointSink, JobHooks, PreviewSink, Publish
 from pipelines.manifest import MODELS
 from pipelines.registry import input_model
 from pipelines.schema import JobInput
@@ -56,6 +62,17 @@ IDLE_POLL_S = 1.0
 RECORD_RETRY_S = 2.0
 RECENT_HINTS = 32  # runner hints a worker remembers to route later jobs with the same hint to itself
 GROUP_RETRY_S = 10.0  # wait before trying again to start a job group that failed to start
+MAX_CHECKPOINT_BYTES = 64 * 1024**3
+"""The largest checkpoint a worker reads back (a 720p job with the step cache on holds a few GB)."""
+
+
+@dataclass(frozen=True)
+class Intermediates:
+    """How often a running job writes a checkpoint and a live preview (the ``Settings`` of the same names)."""
+
+    checkpoint_every_steps: int = 5
+    checkpoint_every_s: float = 300.0
+    preview_every_steps: int = 1
 
 
 @dataclass(frozen=True)
@@ -104,6 +121,7 @@ class WorkerMetrics(Protocol):
 
     def step(self, model: str, device: str, seconds: float) -> None: ...
     def job(self, app: str, task: str, outcome: str, seconds: float) -> None: ...
+    def resumed(self, steps: int) -> None: ...
     def group_restart(self) -> None: ...
     def gpu(self, device: str, allocated: int, reserved: int, peak: int) -> None: ...
 
@@ -157,6 +175,7 @@ class WorkerPool:
         models: tuple[str, ...] = (),
         switch_after_s: float = 0.0,
         group: WorkerGroup | None = None,
+        intermediates: Intermediates = Intermediates(),
     ) -> None:
         """``group``: the devices form one job group, served by one worker (``managers`` then holds rank 0's)."""
         self.store = store
@@ -170,6 +189,7 @@ class WorkerPool:
         self.files = files
         self.metrics = metrics
         self.work_dir = work_dir
+        self.intermediates = intermediates
         self.stopping = threading.Event()
         self.workers = [Worker(self, manager, group) for manager in managers]
         self._heartbeat = threading.Thread(target=self._heartbeat_loop, name="vace-heartbeat", daemon=True)
@@ -322,8 +342,9 @@ class Worker(threading.Thread):
 
     def _execute(self, job: Job) -> Ending:
         """Run ``job`` to its end and say how it ended. Whatever the end, the job's scratch files are deleted and
-        its memory released, and a job that did not complete leaves none of its published files behind: all before
-        anything is written to the store, since on a full disk deleting them makes the room for the writes."""
+        its memory released, a job that did not complete leaves none of its published files behind, and a job that
+        ended (rather than going back to the queue) leaves no checkpoint or preview: all before anything is written
+        to the store, since on a full disk deleting them makes the room for the writes."""
         workdir = self.pool.work_dir / job.id
         published: list[str] = []  # keys of the files this job put in the store
         ending: Ending | None = None
@@ -335,6 +356,8 @@ class Worker(threading.Thread):
             if not isinstance(ending, Completed):
                 for key in published:
                     self._delete_file(job.id, key)
+            if isinstance(ending, (Completed, Failed, Cancelled)):
+                self._drop_intermediates(job)
             release_memory(self.models.device)
 
     def _generate(self, job: Job, workdir: Path, published: list[str]) -> Ending:
@@ -374,21 +397,74 @@ class Worker(threading.Thread):
         """How ``generate()`` reports to the store while it runs: log lines, steps (timed for the metrics), the
         control video it made, and whether to stop (a cancel, the server stopping, the job lost to another node)."""
         device = self.models.device
-        last_step = 0.0
+        last: tuple[int, float] | None = None  # the last step reported and when
 
         def step(i: int, total: int) -> None:
-            nonlocal last_step
+            nonlocal last
             now = time.perf_counter()
-            if i > 1:
-                self.pool.metrics.step(job.model, str(device), now - last_step)
-            last_step = now
+            if last is not None and last[0] == i - 1:  # a resumed run's first step has no step before it here
+                self.pool.metrics.step(job.model, str(device), now - last[1])
+            last = (i, now)
             self._log(job.id, f"step {i}/{total}")
 
         hooks = JobHooks(log=lambda message: self._log(job.id, message), step=step,
-                         cancelled=lambda: self.must_stop(job.id))
+                         cancelled=lambda: self.must_stop(job.id), checkpoints=self._checkpoints(job, workdir))
         if not inp.sync_mode:  # sync_mode keeps nothing on the server
             hooks.control = lambda frames, fps: self._keep_control(job, workdir, frames, fps)
+            hooks.preview = self._previews(job, workdir)
         return hooks
+
+    def _checkpoints(self, job: Job, workdir: Path) -> CheckpointSink | None:
+        """Where ``job``'s checkpoints go: the file store, the newest recorded on the job; the one it had when this
+        run claimed it is the one it resumes from."""
+        every = self.pool.intermediates
+        if not every.checkpoint_every_steps and not every.checkpoint_every_s:
+            return None
+        files = self.pool.files
+
+        def latest() -> Path | None:
+            if job.checkpoint_key is None:
+                return None
+            return files.fetch(files.url(job.checkpoint_key, job.base_url), workdir, MAX_CHECKPOINT_BYTES)
+
+        def keep(path: Path, step: int) -> None:
+            self._replace(job, self.pool.store.set_checkpoint, files.adopt(path, "checkpoint.safetensors"), step)
+            self._log(job.id, f"checkpoint at step {step}")
+
+        return CheckpointSink(every_steps=every.checkpoint_every_steps, every_s=every.checkpoint_every_s,
+                              folder=workdir, keep=keep, latest=latest,
+                              resumed=lambda steps, _total: self.pool.metrics.resumed(steps))
+
+    def _previews(self, job: Job, workdir: Path) -> PreviewSink | None:
+        """Where ``job``'s live previews go: the file store, the newest recorded on the job (its status names it)."""
+        every = self.pool.intermediates.preview_every_steps
+        if not every:
+            return None
+
+        def publish(path: Path, step: int) -> None:
+            self._replace(job, self.pool.store.set_preview, self.pool.files.adopt(path, "preview.webp"), step)
+
+        return PreviewSink(every_steps=every, folder=workdir, publish=publish)
+
+    def _replace(self, job: Job, record: Callable[[str, str, str, int], tuple[bool, str | None]], key: str,
+                 step: int) -> None:
+        """Record the stored file ``key`` as ``job``'s newest of its kind and delete the one it replaces; a file the
+        store did not take (the job is no longer this worker's) is deleted instead."""
+        recorded, replaced = record(job.id, self.id, key, step)
+        stale = replaced if recorded else key
+        if stale is not None:
+            self._delete_file(job.id, stale)
+
+    def _drop_intermediates(self, job: Job) -> None:
+        """Delete the checkpoint and preview of a job that ended (the store forgets them as it records the end)."""
+        try:
+            current = self.pool.store.get(job.id)
+        except Exception:  # the store is away: retention deletes them by age once the job has ended
+            log.warning("job %s: could not look up its checkpoint and preview to delete them", job.id, exc_info=True)
+            return
+        for key in (current.checkpoint_key, current.preview_key) if current is not None else ():
+            if key is not None:
+                self._delete_file(job.id, key)
 
     def must_stop(self, job_id: str) -> bool:
         """Whether the run of ``job_id`` stops at its next step: the server is stopping, this worker lost the job's

@@ -17,8 +17,8 @@ which the two exchange newline-delimited JSON messages (:class:`Channel`):
 - **Announcements.** A SQLite store announces a transition in the process that wrote it (``server/jobs.py``), so a
   worker process relays its store's announcements to the node, which announces them there
   (``JobStore.relayed``). PostgreSQL's triggers reach the node on their own; nothing is relayed then.
-- **Metrics.** The worker's reports (step and job times, group restarts, GPU memory) are relayed to the node's
-  :class:`~server.metrics.Metrics`, so the node's ``/metrics`` shows them.
+- **Metrics.** The worker's reports (step and job times, resumed jobs, group restarts, GPU memory) are relayed to
+  the node's :class:`~server.metrics.Metrics`, so the node's ``/metrics`` shows them.
 - **Ends.** The node stops a worker process by closing its side of the socket, as the process stops when its node is
   gone: like a stopping server, the process hands its running job back (the run not counted) and exits. A worker
   process that dies instead (SIGKILL, a crash) closes its socket without saying so: the node hands the job it held
@@ -42,7 +42,7 @@ from typing import Any
 from pipelines.loading import ModelManager
 from pipelines.parallel import ParallelSpec
 
-from .backends import job_context, open_files, open_store
+from .backends import intermediates, job_context, open_files, open_store
 from .config import Settings
 from .jobs import Change, JobStore
 from .metrics import Metrics
@@ -204,6 +204,8 @@ class _Child:
                     metrics.step(model, device, seconds)
                 case {"job": [str(app), str(task), str(outcome), float(seconds)]}:
                     metrics.job(app, task, outcome, seconds)
+                case {"resumed": int(steps)}:
+                    metrics.resumed(steps)
                 case {"group_restart": _}:
                     metrics.group_restart()
                 case {"gpu": [str(device), int(allocated), int(reserved), int(peak)]}:
@@ -244,6 +246,9 @@ class Relay:
     def job(self, app: str, task: str, outcome: str, seconds: float) -> None:
         self.channel.send(job=[app, task, outcome, seconds])
 
+    def resumed(self, steps: int) -> None:
+        self.channel.send(resumed=steps)
+
     def group_restart(self) -> None:
         self.channel.send(group_restart=True)
 
@@ -277,7 +282,8 @@ def main(fd: int) -> None:
     models = ModelManager(config.weights_dir, device=devices[0], max_models=config.max_models, runtime=config.runtime)
     pool = WorkerPool(store=store, files=files, metrics=relay, managers=[models], work_dir=config.work_dir,
                       ctx=job_context(config, files), lease_s=config.lease_seconds, max_attempts=config.max_attempts,
-                      models=config.models, switch_after_s=config.switch_after_s, group=group)
+                      models=config.models, switch_after_s=config.switch_after_s, group=group,
+                      intermediates=intermediates(config))
     if not config.shared_store:  # a fleet's store reaches the node by itself
         store.announce_to(relay)
     channel.send(hello=[worker.id for worker in pool.workers])

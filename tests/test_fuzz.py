@@ -51,7 +51,8 @@ from server_fixtures import ThreadServer, free_port, server_weights  # noqa: F40
 from server.config import Settings
 
 # Routes whose successful answers are not JSON by design: they still must not fail, and their errors are fal's.
-NOT_JSON = {"/metrics", "/queue/{owner}/{alias}/requests/{request_id}/status/stream", "/files/{token}/{name}"}
+NOT_JSON = {"/metrics", "/queue/{owner}/{alias}/requests/{request_id}/status/stream", "/files/{token}/{name}",
+            "/queue/{owner}/{alias}/requests/{request_id}/preview"}
 CALL_TIMEOUT_S = 120  # a sync run whose generated input happens to be valid runs a real (tiny) generation
 FUZZ_SETTINGS = settings(
     max_examples=8, derandomize=True, deadline=None, database=None, phases=[Phase.explicit, Phase.generate],

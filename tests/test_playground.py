@@ -1,8 +1,9 @@
 """The playground page (``GET /``) end to end in headless Chromium against a live ``vace serve`` (child process,
 loopback, tiny weights, an API key): the key field, an upload through the upload API, an out-of-range field with the
-server's message next to it, and a small preprocessed job whose progress reaches 100% and whose control and result
-videos load in the page. ``tests/js/playground.mjs`` drives the browser (playwright-core from npm, Debian's
-chromium); this module starts the server and checks what the page showed.
+server's message next to it, and a small preprocessed job whose progress reaches 100%, whose live preview beside the
+progress bar changes with the steps, and whose control and result videos load in the page. ``tests/js/playground.mjs``
+drives the browser (playwright-core from npm, Debian's chromium); this module starts the server and checks what the
+page showed.
 
 All of it runs twice: with the server's files in its data directory and in an S3 bucket (moto's server), where the
 page's upload and the JS snippet's @fal-ai/client upload land in the bucket, the job reads its input from there, and
@@ -99,7 +100,7 @@ def test_job_progress_and_videos(page_run: dict[str, Any], server: ServeProcess)
     seen = page_run["progressSeen"]
     assert 50 in seen and seen[-1] == 100 and seen.index(50) < seen.index(100), seen
     assert page_run["progress"] == 100 and page_run["progressText"].startswith("done in")
-    assert "step 1/2" in page_run["log"] and "step 2/2" in page_run["log"]
+    assert all(f"step {i}/4" in page_run["log"] for i in range(1, 5))
     assert page_run["resultReadyState"] >= 1 and page_run["resultSize"] == [416, 240]
     assert page_run["controlVisible"] and page_run["controlReadyState"] >= 1
     assert page_run["decoded"][0] >= 2 and page_run["decoded"][1] >= 2  # a frame of each decoded in the page
@@ -122,10 +123,19 @@ def test_job_progress_and_videos(page_run: dict[str, Any], server: ServeProcess)
     assert set(output) <= {"video", "prompt", "seed", "frames_zip"}
 
 
+def test_live_preview_changes_while_the_job_denoises(page_run: dict[str, Any]) -> None:
+    """The preview element beside the progress bar showed at least two previews of later and later steps, each
+    decoded at latent resolution upscaled (a 416x240 job: 52x30 latents, 6x), while the job was still running."""
+    previews = page_run["previewsSeen"]
+    steps = [p["step"] for p in previews]
+    assert len(set(steps)) >= 2 and steps == sorted(steps) and set(steps) <= {1, 2, 3, 4}, previews
+    assert all(p["shown"] and p["running"] and (p["width"], p["height"]) == (312, 180) for p in previews[:2])
+
+
 def test_snippets_carry_the_exact_request(page_run: dict[str, Any], server: ServeProcess) -> None:
     snippets = page_run["snippets"]
     sent = {"prompt": "a dancer on a beach at sunset", "video_url": page_run["videoUrl"], "num_frames": 17,
-            "num_inference_steps": 2, "seed": 1, "preprocess": True, "acceleration": "none",
+            "num_inference_steps": 4, "seed": 1, "preprocess": True, "acceleration": "none",
             "loras": [{"path": "tiny-wan21", "scale": 0.5}]}  # the LoRA list: "name:scale" lines
     curl = snippets["curl"]
     body = json.loads(curl[curl.index("-d '") + 4:curl.index("'\n#")])

@@ -503,6 +503,27 @@ def test_recovery_frees_the_deliveries_of_the_last_run(open_store: OpenStore) ->
     assert store.claim_webhook(job.id, "this-run", 30) is not None
 
 
+def test_a_checkpoint_and_a_preview_replace_the_last_and_end_with_the_job(store: JobStore) -> None:
+    job = add(store)
+    store.claim(worker_id="w1", lease_s=30)
+    assert store.set_checkpoint(job.id, "w1", "t/c1", 1) == (True, None)
+    assert store.set_checkpoint(job.id, "w1", "t/c2", 2) == (True, "t/c1")  # the caller deletes t/c1
+    assert store.set_preview(job.id, "w1", "t/p2", 2) == (True, None)
+    assert store.set_checkpoint(job.id, "w2", "t/c3", 3) == (False, None)  # not w2's job: the caller deletes t/c3
+    assert store.requeue(job.id, "stopping", worker_id="w1")
+    queued = store.get(job.id)
+    assert queued is not None and queued.status == "IN_QUEUE"
+    assert (queued.checkpoint_key, queued.checkpoint_step, queued.preview_key, queued.preview_step) == (
+        "t/c2", 2, "t/p2", 2)
+    assert store.set_preview(job.id, "w1", "t/p3", 3) == (False, None)  # queued: nobody's
+    claimed = store.claim(worker_id="w2", lease_s=30)
+    assert claimed is not None and (claimed.checkpoint_key, claimed.checkpoint_step) == ("t/c2", 2)
+    assert store.finish(job.id, result={"seed": 1}, worker_id="w2")
+    ended = store.get(job.id)
+    assert ended is not None and (ended.checkpoint_key, ended.checkpoint_step, ended.preview_key,
+                                  ended.preview_step) == (None, None, None, None)
+
+
 class Announcements:
     """A sink that records what the store announces, in order (SQLite calls it after each commit, PostgreSQL's
     listener as the notifications arrive)."""
@@ -542,6 +563,8 @@ def test_every_transition_is_announced_once_committed(store: JobStore) -> None:
     store.log(job.id, "step 1/2")
     sink.expect(job.id, "updated")
     store.set_control_video(job.id, "http://h/files/control.mp4")
+    sink.expect(job.id, "updated")
+    assert store.set_preview(job.id, "w1", "token/preview.webp", 1) == (True, None)  # a new live preview
     sink.expect(job.id, "updated")
     store.request_cancel(job.id)  # running: flagged for its worker, not ended
     sink.expect(job.id, "updated")

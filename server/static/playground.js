@@ -1,7 +1,7 @@
 // The playground: a form generated from the server's /openapi.json (each endpoint's own request schema), uploads
 // through /storage/upload/initiate, a preview of what an edit job conditions the model on (/playground/preview: the
-// mask over the video, the source on its grown or reframed canvas), the queue protocol with the status stream, and
-// the same request as curl / fal-client / @fal-ai/client snippets.
+// mask over the video, the source on its grown or reframed canvas), the queue protocol with the status stream and the
+// job's live preview beside its progress bar, and the same request as curl / fal-client / @fal-ai/client snippets.
 // Plain browser JavaScript, no build step and nothing loaded from other hosts.
 
 const $ = (selector) => document.querySelector(selector);
@@ -21,6 +21,7 @@ const state = {
   ready: {},           // app -> /ready's entry
   authRequired: false,
   running: null,       // {app, requestId, abort}
+  livePreview: { step: null, url: null },  // the live preview shown: its step and its object URL
   preview: { timer: null, seq: 0 },  // the pending conditioning preview and the number of the latest one asked
 };
 
@@ -435,6 +436,29 @@ function showControl(url, task) {
   showVideo("control", url);
 }
 
+/** The job's live preview (an animated WebP of what it is denoising), fetched with the key as the result is, shown
+ * beside the progress bar; a new step replaces it. */
+async function showLivePreview(url, step) {
+  if (step === state.livePreview.step) return;
+  state.livePreview.step = step;
+  const response = await fetch(localPath(url), { headers: headers() });
+  if (!response.ok || step !== state.livePreview.step) return;  // gone with the job's end, or a newer one came
+  const objectUrl = URL.createObjectURL(await response.blob());
+  if (state.livePreview.url) URL.revokeObjectURL(state.livePreview.url);
+  state.livePreview.url = objectUrl;
+  const image = $("#live-preview-image");
+  image.src = objectUrl;
+  image.dataset.step = String(step);
+  $("#live-preview-caption").textContent = `preview after step ${step}`;
+  $("#live-preview").hidden = false;
+}
+
+function hideLivePreview() {
+  if (state.livePreview.url) URL.revokeObjectURL(state.livePreview.url);
+  state.livePreview = { step: null, url: null };
+  $("#live-preview").hidden = true;
+}
+
 function showOutput(output) {
   showVideo("result", output.video.url);
   const v = output.video;
@@ -457,6 +481,7 @@ function resetRun() {
   }
   $("#log").replaceChildren();
   setProgress(0, "");
+  hideLivePreview();
 }
 
 async function submit(event) {
@@ -510,6 +535,7 @@ async function follow(app, task, requestId) {
           $("#progress-text").textContent = `in queue, position ${status.queue_position ?? "?"}`;
         }
         if (status.control_video_url) showControl(status.control_video_url, task || $("#f-task")?.value);
+        if (status.preview_url) showLivePreview(status.preview_url, status.preview_step).catch(() => {});  // skipped
       }
     } catch (error) {
       if (abort.signal.aborted) return;

@@ -1,5 +1,6 @@
 // Drives the playground page (GET /) in headless Chromium against a live vace server, as a person would: API key,
-// upload a video, an out-of-range field, then a small preprocessed job watched to the end. Prints one JSON line
+// upload a video, an out-of-range field, then a small preprocessed job watched to the end (its progress bar and live
+// preview). Prints one JSON line
 // with what the page showed; tests/test_playground.py makes the assertions.
 // Usage: VACE_URL=http://127.0.0.1:PORT VACE_KEY=... node playground.mjs VIDEO.mp4 SCREENSHOT.png
 import { mkdtempSync, rmSync } from "node:fs";
@@ -72,7 +73,7 @@ try {
 
   // The small job, preprocessed so that the control video shows too.
   await page.fill("#f-num_frames", "17");
-  await page.fill("#f-num_inference_steps", "2");
+  await page.fill("#f-num_inference_steps", "4");
   await page.selectOption("#f-acceleration", "none");
   await page.fill("#f-seed", "1");
   await page.check("#f-preprocess");
@@ -81,6 +82,13 @@ try {
     window.progressSeen = [];
     new MutationObserver(() => window.progressSeen.push(document.querySelector("#progress").value))
       .observe(document.querySelector("#progress"), { attributes: true, attributeFilter: ["value"] });
+    // Each image the live preview shows: its step, its size, whether it was on screen and the job still running.
+    window.previewsSeen = [];
+    const image = document.querySelector("#live-preview-image");
+    image.addEventListener("load", () => window.previewsSeen.push({
+      step: Number(image.dataset.step), width: image.naturalWidth, height: image.naturalHeight,
+      shown: !document.querySelector("#live-preview").hidden, running: !document.querySelector("#cancel").hidden,
+    }));
   });
   const started = Date.now();
   await page.click("#submit");
@@ -93,6 +101,7 @@ try {
     const q = (s) => document.querySelector(s);
     return {
       progressSeen: window.progressSeen,
+      previewsSeen: window.previewsSeen,
       progress: q("#progress").value,
       progressText: q("#progress-text").textContent,
       log: q("#log").textContent,
