@@ -9,9 +9,9 @@ optional video and optional masks, and no task-specific fields. Our reading, sin
   that sends every default also sends; any other task needs the video it works on, so it is a 422 naming
   ``video_url``, and so is a mask without a video (nothing to mask).
 The inpainting endpoints take the other precedence (fal: ``mask_image_url`` "ignored if mask_video_url is provided")
-and need one of the two (``inpainting_mask``). A mask image applies to every frame, as VACE's ``mask`` mode does
-(fal tracks it through the clip, "salient mask tracking": not done here yet), and the job log says so;
-``preprocess`` does nothing on inpainting (the log says that too).
+and need one of the two (``inpainting_mask``). A mask image is tracked through the clip as fal's "salient mask
+tracking" and VACE's ``masktrack`` do, or applied to every frame on a server that does not track
+(``pipelines.tracking``); the job log names the mode. ``preprocess`` does nothing on inpainting (the log says so).
 
 * **A video**: ``pose``/``depth`` as on their own endpoints (``preprocess`` as there); ``inpainting`` with
   ``mask_image_url`` if given (fal: "If provided mask video url will be ignored"), else ``mask_video_url``, else a
@@ -92,6 +92,4 @@ def _mask_notes(mask: MaskRef, video_url: str | None, image_url: str | None, pre
     if video_url and image_url:
         ignored = "mask_image_url" if mask.is_video else "mask_video_url"
         notes.append(f"both masks given: {ignored} is ignored, as fal documents for this endpoint")
-    if not mask.is_video:
-        notes.append("mask_image_url: the one mask applies to every frame (VACE's mask mode; it is not tracked)")
     return tuple(notes)

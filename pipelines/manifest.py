@@ -183,6 +183,31 @@ FILM = WeightEntry(
 )
 EXTRAS: dict[str, WeightEntry] = {e.key: e for e in (DWPOSE, MIDAS, OPENPOSE, DEPTH_ANYTHING, RIFE, FILM)}
 
+# Mask trackers: SAM2.1 in transformers' format (``Sam2VideoModel``), which follow an inpainting job's mask image
+# through the clip. One entry per size; the server's ``--mask-tracker`` picks one (small by default: close to
+# base-plus on SAM2's benchmarks at half its size, and next to a 14B video model its cost hardly counts). Each hub
+# repo also holds the original ``.pt`` checkpoint, which is not fetched. The processor's settings are in
+# ``processor_config.json`` (where ``save_pretrained`` writes them all) and, in the hub's repos, also in
+# ``*preprocessor_config.json``.
+_SAM2_FILES = ("config.json", "model.safetensors", "processor_config.json", "*preprocessor_config.json")
+MASK_TRACKERS: dict[str, WeightEntry] = {
+    e.key: e
+    for e in (
+        WeightEntry(
+            key=f"sam2.1-hiera-{size}",
+            folder=f"trackers/sam2.1-hiera-{size}",
+            sources=(Source(f"facebook/sam2.1-hiera-{size}", _SAM2_FILES),),
+            approx_size_gb=size_gb,
+            required=("config.json", "processor_config.json"),
+            required_any=(("model.safetensors",),),
+            notes=f"SAM2.1 Hiera-{size} video segmentation (Meta, Apache-2.0), transformers format: tracks an "
+                  "inpainting mask image through the clip.",
+        )
+        for size, size_gb in (("tiny", 0.16), ("small", 0.18), ("base-plus", 0.32), ("large", 0.9))
+    )
+}
+DEFAULT_MASK_TRACKER = "sam2.1-hiera-small"
+
 # The safety checker and the local prompt-expansion LM: each serves an optional job stage (enable_safety_checker,
 # enable_prompt_expansion with `--prompt-expander local`), so they are fetched only when named.
 SAFETY_CHECKER = "safety-checker"
@@ -269,14 +294,18 @@ INTERPOLATORS: tuple[str, ...] = (RIFE.key, FILM.key)
 # Keys whose spelling changed; `vace weights download --models` still takes the old one.
 RENAMED_KEYS: dict[str, str] = {"depth-anything-v2": DEPTH_ANYTHING.key}
 
-ENTRIES: dict[str, WeightEntry] = {SHARED.key: SHARED, **MODELS, **EXTRAS, **AUXILIARY, **DISTILL_LORAS}
+ENTRIES: dict[str, WeightEntry] = {
+    SHARED.key: SHARED, **MODELS, **EXTRAS, **MASK_TRACKERS, **AUXILIARY, **DISTILL_LORAS
+}
 
 # What `vace weights download` fetches by default: the models behind the fal endpoints, each task's default
-# annotator and both interpolators (the shared text encoder / tokenizer / VAE come with the models).
+# annotator, both interpolators and the default mask tracker (the shared text encoder / tokenizer / VAE come with the
+# models).
 DEFAULT_DOWNLOAD: tuple[str, ...] = (
     *(m.key for m in MODELS.values() if m.endpoint),
     *DEFAULT_ANNOTATORS.values(),
     *INTERPOLATORS,
+    DEFAULT_MASK_TRACKER,
 )
 
 # Weights file names, single-file and sharded, per library.

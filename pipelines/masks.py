@@ -15,6 +15,10 @@ aspect ratio than the video (stretching it would move its edges off what it outl
 pixel of every frame (all black: nothing to generate, almost always an inverted mask) and one that keeps none (all
 white: the video would be ignored entirely, which is text-to-video with extra steps; the base endpoint without
 ``video_url`` does that on purpose).
+
+A mask image a job tracks through the clip (``pipelines.tracking``) is read the same way and becomes the tracker's
+prompt on the first frame (``mask_prompt``); what it tracks is grown as VACE's ``maskaug`` grows masks
+(``expand_mask``) and fitted like every mask (``fitted``).
 """
 
 from __future__ import annotations
@@ -137,3 +141,38 @@ def check_generates(masks: Sequence[np.ndarray], field: str) -> float:
                          "kept; black marks what to keep (for a video from the prompt alone, call the base endpoint "
                          "without video_url)", "mask_full")
     return share
+
+
+def mask_prompt(plane: np.ndarray, video_size: tuple[int, int], field: str) -> np.ndarray:
+    """A mask image's values ``plane`` as the boolean mask (True = regenerate) of a frame of ``video_size`` (width,
+    height), scaled and binarised as every mask is; a 422 on ``field`` when it marks nothing or everything."""
+    prompt = fit_masks([plane], video_size, *video_size)[0]
+    check_generates([prompt], field)
+    return prompt == GENERATE
+
+
+def expand_mask(mask: np.ndarray, ratio: float) -> np.ndarray:
+    """``mask`` (boolean) grown on each side by ``ratio`` of its bounding box's width (left, right) or height (top,
+    bottom), but by at most half the distance to the frame's edge on that side: VACE's ``original_expand``
+    (``vace/annotators/maskaug.py``) with its random per-side factors at 1 and one pass. An empty mask stays empty."""
+    ys, xs = np.nonzero(mask)
+    if ratio <= 0 or xs.size == 0:
+        return mask
+    height, width = mask.shape
+    left, right, top, bottom = xs.min(), xs.max(), ys.min(), ys.max()
+    box_w, box_h = (right - left + 1) * ratio, (bottom - top + 1) * ratio
+    grow_left, grow_right = int(min(box_w, left / 2)), int(min(box_w, (width - right) / 2))
+    grow_up, grow_down = int(min(box_h, top / 2)), int(min(box_h, (height - bottom) / 2))
+    if not grow_left + grow_right + grow_up + grow_down:
+        return mask
+    # A pixel joins the mask when the mask is at most grow_right to its left, grow_left to its right, and so on.
+    kernel = np.ones((grow_up + grow_down + 1, grow_left + grow_right + 1), np.uint8)
+    grown = cv2.dilate(mask.astype(np.uint8), kernel, anchor=(grow_right, grow_down))
+    return grown.astype(bool)
+
+
+
+def fitted(mask: np.ndarray, video_size: tuple[int, int], width: int, height: int) -> np.ndarray:
+    """A boolean mask at the video's size (``video_size``: width, height) as a KEEP/GENERATE mask at ``width`` x
+    ``height``, fitted like every mask."""
+    return fit_masks([np.where(mask, GENERATE, KEEP).astype(np.uint8)], video_size, width, height)[0]

@@ -14,7 +14,9 @@ Two steps, as the job runs them:
   - ``pose``/``depth``: the frames as they are (the annotator, with ``preprocess``, comes later), every pixel
     generated;
   - ``inpainting``: the mask read at the very frames the plan reads of the video (``pipelines.masks``), fitted to
-    the output size like the frames and binarised; what it marks is generated, the rest kept;
+    the output size like the frames and binarised; what it marks is generated, the rest kept. A mask image is
+    tracked from the first planned frame through the others (``pipelines.tracking``) when the job is given a
+    tracker, else applied to every frame as it is;
   - ``outpainting``/``reframe``: the frames placed on the output canvas (``pipelines.outpaint``,
     ``pipelines.reframe``, ``pipelines.canvas``), whose uncovered part is generated;
   - ``text`` (no video): grey frames under an all-white mask, as VACE's ``prepare_source`` builds them: the
@@ -27,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, Protocol
 
 import numpy as np
 from PIL import Image
@@ -46,6 +49,20 @@ from .registry import EndpointTask, Task
 from .schema import InpaintingFunInput, JobInput, OutpaintingInput, ReframeInput, VaceTaskInput
 from .sizing import output_size
 from .video_io import VideoInfo, probe_video, read_frames
+
+MaskMode = Literal["track", "static", "per frame"]
+
+
+class MaskFollower(Protocol):
+    """How one mask image becomes a mask per planned frame: ``pipelines.tracking.MaskTracking`` follows it with SAM2
+    (kept out of this module's imports: an API node validates requests without the model stack)."""
+
+    def masks(self, frames: Sequence[np.ndarray], plane: np.ndarray, field: str, width: int, height: int,
+              log: Callable[[str], None]) -> list[np.ndarray]:
+        """KEEP/GENERATE masks at ``width`` x ``height`` for ``frames`` (the planned frames), from the values
+        ``plane`` of the mask image at its own size; a 422 on ``field`` for one it refuses."""
+        ...
+
 
 NATIVE_SIZE = (832, 480)  # Wan's 480p training size: what a job without video or frame image is sized from
 PLACEHOLDER_PROMPT = "(conditioning only)"  # the schemas require a prompt; it plays no part in the conditioning
@@ -115,6 +132,7 @@ class Source:
     info: VideoInfo | None  # the input video's probe; None without one
     plan: FramePlan | None
     notes: list[str] = field(default_factory=list)  # what the job log says about the choices made here
+    mask_mode: MaskMode | None = None  # inpainting: a tracked mask image, one for every frame, or a mask video
 
     @property
     def video_frames(self) -> list[np.ndarray]:
@@ -123,10 +141,12 @@ class Source:
 
 
 def prepare(inp: JobInput, job: TaskJob, workdir: Path, ctx: JobContext,
-            frame_image: Image.Image | None = None, *, codecs: Codecs | None = None) -> Source:
+            frame_image: Image.Image | None = None, *, codecs: Codecs | None = None,
+            tracking: MaskFollower | None = None) -> Source:
     """Fetch the video (and mask), plan the frames and build ``job``'s source (rules in the module docstring).
     ``frame_image``: the first or last frame image, which sizes a job without video. ``codecs``: the worker's,
-    whose NVDEC then decodes the video where it suits (``Codecs.decode_gpu``); None decodes on the CPU."""
+    whose NVDEC then decodes the video where it suits (``Codecs.decode_gpu``); None decodes on the CPU.
+    ``tracking``: how a mask image is followed through the clip (None: it applies to every frame as it is)."""
     if job.recipe == "text":
         timing = _temporal(inp, round_frames(inp.num_frames), float(inp.frames_per_second))
         width, height = output_size(inp.resolution, inp.aspect_ratio, *(frame_image.size if frame_image else
@@ -147,7 +167,8 @@ def prepare(inp: JobInput, job: TaskJob, workdir: Path, ctx: JobContext,
     log = source.notes.append
     if job.recipe == "inpainting":
         assert job.mask is not None
-        source.masks = _inpainting_masks(job.mask, info, indices, source.width, source.height, workdir, ctx, log)
+        source.masks, source.mask_mode = _inpainting_masks(job.mask, info, frames, indices, source.width,
+                                                           source.height, workdir, ctx, tracking, log)
     elif job.recipe == "outpainting":
         placement = plan_outpaint(info.width, info.height, job.sides, job.ratio, inp.resolution, inp.aspect_ratio)
         log(f"outpainting: {', '.join(job.sides)} grow by {job.ratio:g} of the source's width (left, right) or "
@@ -207,10 +228,13 @@ def describe_placement(p: Placement) -> str:
             f"{p.generated_share:.0%} of the canvas is generated")
 
 
-def _inpainting_masks(mask: MaskRef, info: VideoInfo, indices: Sequence[int], width: int, height: int,
-                      workdir: Path, ctx: JobContext, log: Callable[[str], None]) -> list[np.ndarray]:
-    """The inpainting masks at the output size, one per generated frame: a mask video read at the video frames the
-    plan reads (``indices``), or one mask image for every frame."""
+def _inpainting_masks(mask: MaskRef, info: VideoInfo, frames: list[np.ndarray], indices: Sequence[int], width: int,
+                      height: int, workdir: Path, ctx: JobContext, tracking: MaskFollower | None,
+                      log: Callable[[str], None]) -> tuple[list[np.ndarray], MaskMode]:
+    """The inpainting masks at the output size, one per generated frame, and the mask mode: a mask video read at the
+    video frames the plan reads (``indices``), or one mask image tracked through the planned ``frames`` (with
+    ``tracking``) or applied to every one of them."""
+    mode: MaskMode
     if mask.is_video:
         path = fetch_to_file(mask.url, mask.field, workdir, ctx)
         mask_info = probe_video(path, mask.field)
@@ -218,13 +242,17 @@ def _inpainting_masks(mask: MaskRef, info: VideoInfo, indices: Sequence[int], wi
         planes, notes = read_mask_video(path, mask_info, info, indices, mask.field)
         for note in notes:
             log(note)
-        mode = "per frame (mask video, frame for frame with the video)"
+        mode, how = "per frame", "mask video, frame for frame with the video"
+        masks = fit_masks(planes, (info.width, info.height), width, height)
     else:
         image = load_image(mask.url, mask.field, workdir, ctx)
-        planes = [mask_from_image(image, (info.width, info.height), mask.field)] * len(indices)
-        mode = "static (one mask image for every frame; tracking it through the clip is not done yet)"
-    masks = fit_masks(planes, (info.width, info.height), width, height)
+        plane = mask_from_image(image, (info.width, info.height), mask.field)
+        if tracking is not None:
+            mode, how = "track", "the mask image marks the first frame; SAM2 follows it through the others"
+            masks = tracking.masks(frames, plane, mask.field, width, height, log)
+        else:
+            mode, how = "static", "one mask image for every frame, as VACE's mask mode"
+            masks = fit_masks([plane] * len(indices), (info.width, info.height), width, height)
     share = check_generates(masks, mask.field)
-    log(f"inpainting: mask mode {mode}; {share:.0%} of the pixels are regenerated")
-    return masks
-
+    log(f"inpainting: mask mode {mode} ({how}); {share:.0%} of the pixels are regenerated")
+    return masks, mode

@@ -1,5 +1,5 @@
-"""Annotator and interpolator weights: manifest, check (present / absent / missing / corrupt), zip extraction in
-the downloader (hub faked, no network), and ``vace weights check`` on the tiny weights."""
+"""Annotator, interpolator and mask tracker weights: manifest, check (present / absent / missing / corrupt), zip
+extraction in the downloader (hub faked, no network), and ``vace weights check`` on the tiny weights."""
 
 from __future__ import annotations
 
@@ -17,9 +17,11 @@ from safetensors.torch import save_file
 
 from pipelines.manifest import (
     DEFAULT_DOWNLOAD,
+    DEFAULT_MASK_TRACKER,
     ENTRIES,
     EXTRAS,
     INTERPOLATORS,
+    MASK_TRACKERS,
     MODELS,
     SHARED_FOLDER,
     TASK_ANNOTATORS,
@@ -30,6 +32,7 @@ from weights.check import check
 from weights.records import read_records, sha256_file, write_records
 from weights.report import CORRUPT, MISSING
 from weights.tiny.film import build_tiny_film
+from weights.tiny.tracker import build_tiny_tracker
 
 RIFE_ZIP = "RIFEv4.26_0921.zip"
 
@@ -107,7 +110,10 @@ def test_manifest_extras():
     assert set(EXTRAS) == {"dwpose", "midas", "openpose", "depth_anything_v2", "rife", "film"}
     assert set(EXTRAS) <= set(ENTRIES)
     assert {k for keys in TASK_ANNOTATORS.values() for k in keys} | set(INTERPOLATORS) == set(EXTRAS)
-    assert DEFAULT_DOWNLOAD == ("wan-vace-14b", "wan-22-vace-fun-a14b", "dwpose", "midas", "rife", "film")
+    assert DEFAULT_DOWNLOAD == ("wan-vace-14b", "wan-22-vace-fun-a14b", "dwpose", "midas", "rife", "film",
+                                "sam2.1-hiera-small")
+    assert set(MASK_TRACKERS) == {f"sam2.1-hiera-{size}" for size in ("tiny", "small", "base-plus", "large")}
+    assert MASK_TRACKERS[DEFAULT_MASK_TRACKER].sources[0].repo_id == "facebook/sam2.1-hiera-small"
     assert all(k in ENTRIES for k in DEFAULT_DOWNLOAD)
     assert EXTRAS["rife"].sources[0].extract == ("flownet.pkl",)
     for key, files in FILES.items():  # the test layout matches the manifest's requirements
@@ -341,6 +347,27 @@ def test_download_extras(tmp_path, hub, capsys):
     assert sha256_file(rife / "flownet.pkl") == read_records(rife)["flownet.pkl"]["sha256"]
 
 
+def test_download_a_mask_tracker_takes_its_transformers_files_only(tmp_path, hub):
+    """The hub's SAM2.1 repos hold transformers' files beside Meta's original checkpoint: only the former come, and
+    the folder checks as sound (the files here are a tiny model's, as transformers saves one)."""
+    saved = build_tiny_tracker(tmp_path / "saved")
+    files = {path.name: path.read_bytes() for path in saved.iterdir()}
+    hub.repos["facebook/sam2.1-hiera-small"] = {**files, "preprocessor_config.json": b"{}",
+                                                 "sam2.1_hiera_small.pt": b"the original checkpoint, not fetched",
+                                                 "README.md": b"# SAM 2.1"}
+    wd = tmp_path / "w"
+    dl.download([DEFAULT_MASK_TRACKER], wd)
+    folder = wd / MASK_TRACKERS[DEFAULT_MASK_TRACKER].folder
+    assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == sorted(
+        [*files, "preprocessor_config.json"])
+    report = check(wd, deep=True)
+    assert report.entries[DEFAULT_MASK_TRACKER].status == "ok", report.render()
+    assert report.mask_trackers()[DEFAULT_MASK_TRACKER] == "ok"
+    assert f"Mask trackers (for mask_image_url; the default is {DEFAULT_MASK_TRACKER})" in report.render()
+    (folder / "model.safetensors").write_bytes(files["model.safetensors"][:1000])
+    assert check(wd).entries[DEFAULT_MASK_TRACKER].status == "corrupt"
+
+
 def test_download_unknown_key_fetches_nothing(tmp_path, hub):
     with pytest.raises(ValueError):
         dl.download(["rife", "nope"], tmp_path)
@@ -361,6 +388,6 @@ def test_vace_weights_check_passes_on_tiny_weights(tiny_weights, capsys):
     assert main(["weights", "check", str(tiny_weights)]) == 0
     out = capsys.readouterr().out
     assert "pose: dwpose ok, openpose ok" in out and "depth: midas ok, depth_anything_v2 ok" in out
-    assert "Interpolators: rife ok, film ok" in out
+    assert "Interpolators: rife ok, film ok" in out and f"{DEFAULT_MASK_TRACKER} ok" in out
     report = check(tiny_weights)
     assert all(report.ok_for(k) for k in ENTRIES), report.render()

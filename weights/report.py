@@ -1,7 +1,8 @@
 """What ``vace weights check`` found: problems per entry, entry statuses, and what they mean per endpoint and feature.
 
-Only the models decide whether an endpoint is ready; annotators, interpolators, the safety checker and the
-prompt-expansion LM are reported per feature (``CheckReport.annotators`` / ``interpolators`` / ``auxiliary``).
+Only the models decide whether an endpoint is ready; annotators, interpolators, mask trackers, the safety checker and
+the prompt-expansion LM are reported per feature (``CheckReport.annotators`` / ``interpolators`` / ``mask_trackers`` /
+``auxiliary``).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipelines.manifest import AUXILIARY, INTERPOLATORS, TASK_ANNOTATORS
+from pipelines.manifest import AUXILIARY, DEFAULT_MASK_TRACKER, INTERPOLATORS, MASK_TRACKERS, TASK_ANNOTATORS
 from pipelines.registry import APPS
 
 MISSING = "missing"
@@ -84,6 +85,11 @@ class CheckReport:
         """interpolator key -> status, for those checked."""
         return {k: self.entries[k].status for k in INTERPOLATORS if k in self.entries}
 
+    def mask_trackers(self) -> dict[str, str]:
+        """mask tracker key -> status, for those checked; informational like the annotators (a mask image is
+        tracked with the server's ``--mask-tracker``, the default one unless told otherwise)."""
+        return {k: self.entries[k].status for k in MASK_TRACKERS if k in self.entries}
+
     def auxiliary(self) -> dict[str, str]:
         """safety checker / prompt expander key -> status, for those checked. Informational like the annotators:
         each serves an optional job stage."""
@@ -119,6 +125,9 @@ class CheckReport:
         if interpolators := self.interpolators():
             lines.append("Interpolators: " + ", ".join(f"{k} {s}" for k, s in interpolators.items()))
             lines += [f"  {k}: {note}" for k in interpolators for note in self.entries[k].notes]
+        if trackers := self.mask_trackers():
+            lines.append(f"Mask trackers (for mask_image_url; the default is {DEFAULT_MASK_TRACKER}): "
+                         + ", ".join(f"{k} {s}" for k, s in trackers.items()))
         if auxiliary := self.auxiliary():
             lines.append("Optional stages: " + ", ".join(f"{k} {s}" for k, s in auxiliary.items()))
         return "\n".join(lines)
