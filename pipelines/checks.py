@@ -31,8 +31,8 @@ if TYPE_CHECKING:  # types only: importing these would load torch's distributed 
 
 
 class Host(Protocol):
-    """What the up-front checks ask of the machine that runs the job (its ``ModelManager``): the installed weights
-    and how its transformers are compiled."""
+    """What the up-front checks ask of the machine that runs the job (its ``ModelManager``): the installed weights,
+    how its transformers are compiled and whether it tracks mask images with a tracker it lacks."""
 
     @property
     def weights_dir(self) -> Path: ...
@@ -45,6 +45,8 @@ class Host(Protocol):
 
     def has_safety_checker(self) -> bool: ...
 
+    def missing_mask_tracker(self) -> str | None: ...
+
 
 def check_inputs(inp: JobInput, task: EndpointTask, ctx: JobContext, host: Host | None, *, model: str) -> TaskJob:
     """Every check of a request that needs no download, in one place.
@@ -53,9 +55,11 @@ def check_inputs(inp: JobInput, task: EndpointTask, ctx: JobContext, host: Host 
     (``pipelines.tasks.resolve``, whose answer it returns: a 422 for one that cannot run, e.g. outpainting with no
     side) and the host's rules: input limits, media schemes, the
     annotator matching the task, the LoRAs fitting ``model`` (count, expert, installed names, a LoRA slot when
-    compiled), and the safety checker being installed when asked for (running unchecked would return what the
-    caller asked us to screen). ``host`` is None on a node without workers: what only the weights directory can
-    tell (installed LoRA names, the safety checker, compilation) is then checked by the worker that runs the job.
+    compiled), the safety checker being installed when asked for (running unchecked would return what the
+    caller asked us to screen), and the mask tracker being installed for a mask image on a server that tracks them
+    (applying it unchanged instead would be another job than the one asked for). ``host`` is None on a node without
+    workers: what only the weights directory can tell (installed LoRA names, the safety checker, the mask tracker,
+    compilation) is then checked by the worker that runs the job.
     """
     job = resolve(inp, task)
     limits = ctx.limits
@@ -87,6 +91,10 @@ def check_inputs(inp: JobInput, task: EndpointTask, ctx: JobContext, host: Host 
         raise InputError(
             "enable_safety_checker", "the safety checker's weights are not installed on this server", "not_supported"
         )
+    if job.mask is not None and not job.mask.is_video and (tracker := host.missing_mask_tracker()):
+        raise InputError(job.mask.field, f"this server tracks a mask image through the clip, but its mask tracker "
+                         f"{tracker} is not installed: `vace weights download --models {tracker}` fetches it (or the "
+                         "server runs with --mask-tracking static, applying the image to every frame)", "not_supported")
     return job
 
 

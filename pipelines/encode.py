@@ -261,3 +261,11 @@ def write_control_video(frames: Iterable[np.ndarray], path: Path, fps: float, qu
     Shared by ``vace preprocess`` and the server, which keeps the control a ``preprocess=true`` job made."""
     even = (frame[: frame.shape[0] // 2 * 2, : frame.shape[1] // 2 * 2] for frame in frames)
     return encode_video(even, path, fps, quality=quality, write_mode="fast", encoder=encoder)
+
+
+def write_mask_video(masks: Iterable[np.ndarray], path: Path, fps: float, quality: str = "high",
+                     encoder: Encoder = LIBX264) -> EncodedVideo:
+    """Masks (uint8 HxW, white = generated) as a grey MP4, as VACE's preprocessing writes ``src_mask``: what
+    ``vace preprocess`` of an edit writes and the mask video a job that tracked its mask returns."""
+    return write_control_video((np.repeat(np.asarray(m)[..., None], 3, axis=2) for m in masks), path, fps, quality,
+                               encoder)

@@ -18,7 +18,8 @@ It reads like a diffusers pipeline's ``__call__``, in numbered stages:
 4. denoise: the ``WanVACEPipeline`` call (``pipelines.denoise``), on every rank of the job group when there is one,
    from step 0 or from the checkpoint's step once the checkpoint is known to fit the weights and the group;
 5. finish: the safety checker on the output (a flagged job ends before anything is encoded or published),
-   interpolation, ffmpeg encoding and publishing.
+   interpolation, ffmpeg encoding and publishing; an inpainting job that tracked its mask image also returns the
+   masks it tracked, as ``mask_video`` (an extension of fal's output).
 
 Where a file ends up (a path for the CLI, a served URL or a data URI for the server) is the caller's ``publish``.
 """
@@ -39,7 +40,7 @@ from preprocessors.base import Preprocessor
 from .checks import check_inputs, check_plan
 from .context import JobContext
 from .denoise import DenoiseRequest, run_denoise, to_uint8
-from .encode import encode_video, write_frames_zip
+from .encode import EncodedVideo, encode_video, write_frames_zip, write_mask_video
 from .errors import JobCancelled
 from .fetch import load_image
 from .hooks import JobHooks, Publish
@@ -52,6 +53,8 @@ from .registry import EndpointTask
 from .resume import Identity, code_version, job_weights, load_resume, refuse, request_digest
 from .schema import File, JobInput, VaceOutput, VideoFile
 from .tasks import TaskJob, conditioning, frame_images, prepare
+
+MASK_VIDEO_FILE = "mask.mp4"  # the file name ``publish`` gets for the tracked masks (the CLI writes it beside -o)
 
 
 @dataclass(frozen=True)
@@ -114,7 +117,8 @@ def generate(
         for i, url in enumerate(getattr(inp, "ref_image_urls", None) or [])  # reframe has none
     ] or None
     loras = fetch_loras(inp, model, workdir, ctx, manager.weights_dir)
-    source = prepare(inp, job, workdir, ctx, first or last, codecs=manager.codecs)
+    source = prepare(inp, job, workdir, ctx, first or last, codecs=manager.codecs,
+                     tracking=manager.mask_tracking())
     timing, width, height, info, plan = source.timing, source.width, source.height, source.info, source.plan
     hooks.log(
         (f"input {info.width}x{info.height}, {info.num_frames} frames at {info.fps:g} fps; " if info else
@@ -152,6 +156,7 @@ def generate(
         control = list(parts.annotator.process(control))
         hooks.control(control, timing.generate_fps)
     cond = conditioning(inp, source, control, first, last, refs)
+    tracked = source.masks if source.mask_mode == "track" else None  # returned as the job's mask video
     del control, source
     if hooks.cancelled():
         raise JobCancelled("cancelled before denoising")
@@ -191,17 +196,7 @@ def generate(
                            write_mode=inp.video_write_mode, encoder=encoder)
     if encoded.fallback:
         hooks.log(f"{encoder} did not open ({encoded.fallback}): encoded with {encoded.encoder} instead")
-    video = VideoFile(
-        url=publish(encoded.path, "video/mp4"),
-        content_type="video/mp4",
-        file_name=encoded.path.name,
-        file_size=encoded.file_size,
-        width=encoded.width,
-        height=encoded.height,
-        fps=encoded.fps,
-        duration=encoded.duration,
-        num_frames=encoded.num_frames,
-    )
+    video = _video_file(encoded, publish)
     frames_zip = None
     if inp.return_frames_zip:
         zip_path = write_frames_zip(output, workdir / "frames.zip")
@@ -212,5 +207,25 @@ def generate(
             file_name=zip_path.name,
             file_size=zip_size,
         )
+    mask_video = None
+    if tracked is not None:
+        masks = write_mask_video(tracked, workdir / MASK_VIDEO_FILE, timing.generate_fps, encoder=encoder)
+        mask_video = _video_file(masks, publish)
     hooks.log(f"{task or f'base ({job.recipe})'} job done in {time.perf_counter() - started:.1f} s")
-    return VaceOutput(video=video, prompt=prompt, seed=seed, frames_zip=frames_zip)
+    return VaceOutput(video=video, prompt=prompt, seed=seed, frames_zip=frames_zip, mask_video=mask_video)
+
+
+def _video_file(encoded: EncodedVideo, publish: Publish) -> VideoFile:
+    """The output's description of an encoded video, published (size and length read before ``publish`` may
+    move the file)."""
+    return VideoFile(
+        url=publish(encoded.path, "video/mp4"),
+        content_type="video/mp4",
+        file_name=encoded.path.name,
+        file_size=encoded.file_size,
+        width=encoded.width,
+        height=encoded.height,
+        fps=encoded.fps,
+        duration=encoded.duration,
+        num_frames=encoded.num_frames,
+    )

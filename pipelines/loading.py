@@ -4,8 +4,8 @@ Every model folder is a complete diffusers ``WanVACEPipeline`` folder, but the 1
 VAE are the same for every Wan VACE model, so the folders link them to one place and this manager loads each
 distinct component once (keyed by its resolved path) and builds pipelines around the shared modules. Models are
 loaded on first use and the least recently used transformer is dropped when more than ``max_models`` are resident.
-The helpers of optional job stages (annotators, interpolators, the safety checker, the prompt expander) are loaded
-on first use too and kept.
+The helpers of optional job stages (annotators, interpolators, the mask tracker, the safety checker, the prompt
+expander) are loaded on first use too and kept.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from transformers import AutoTokenizer, UMT5EncoderModel
 
 from preprocessors.base import Preprocessor
+from preprocessors.mask_tracking import Sam2Tracker
 
 from .annotators import make_preprocessor
 from .codecs import Codecs, choose_codecs
@@ -34,13 +35,14 @@ from .errors import InputError
 from .interpolation import FrameInterpolator, load_interpolator
 from .lora_hotswap import LoraSlots, add_slot
 from .loras import JobLora, apply_loras
-from .manifest import AUXILIARY, MODELS, PROMPT_EXPANDER, SAFETY_CHECKER
+from .manifest import AUXILIARY, MASK_TRACKERS, MODELS, PROMPT_EXPANDER, SAFETY_CHECKER
 from .parallel import GroupMember, enable_context_parallel
 from .prompt_expansion import LocalExpander, OpenAIExpander, PromptExpander
 from .resume import weights_digest
 from .runtime import COMPILABLE_MODES, RuntimeConfig, resolve_attention, resolve_memory_mode
 from .safety import SafetyChecker
 from .samplers import make_scheduler
+from .tracking import MaskTracking, load_tracker
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +164,7 @@ class ModelManager:
         self._interpolators: dict[str, FrameInterpolator] = {}
         self._preprocessors: dict[tuple[str, str], Preprocessor] = {}
         self._safety_checker: SafetyChecker | None = None
+        self._mask_tracker: Sam2Tracker | None = None
         self._prompt_expander: PromptExpander | None = None
         self._lock = threading.Lock()
 
@@ -171,6 +174,7 @@ class ModelManager:
         stages = {
             "safety_checker": self._safety_checker is not None,
             "prompt_expander": isinstance(expander, LocalExpander) and expander.loaded,  # a remote one has no load
+            "mask_tracker": self._mask_tracker is not None,
         }
         return {
             "device": str(self.device),
@@ -274,6 +278,32 @@ class ModelManager:
                 )
             return self._safety_checker
 
+    def missing_mask_tracker(self) -> str | None:
+        """The key of the mask tracker this server tracks mask images with when its weights are not installed (a
+        cheap look, without loading it); None when they are, or when mask images are not tracked."""
+        rt = self.runtime
+        installed = (MASK_TRACKERS[rt.mask_tracker].path(self.weights_dir) / "config.json").is_file()
+        return rt.mask_tracker if rt.mask_tracking == "track" and not installed else None
+
+    def mask_tracking(self) -> MaskTracking | None:
+        """How a job tracks a mask image through its clip; None when this server applies it to every frame as it
+        is (``--mask-tracking static``). The tracker itself loads on a job's first use."""
+        rt = self.runtime
+        if rt.mask_tracking != "track":
+            return None
+        return MaskTracking(rt.mask_tracker, self.mask_tracker, rt.mask_expand_ratio, rt.mask_threshold)
+
+    def mask_tracker(self) -> Sam2Tracker:
+        """The SAM2.1 mask tracker, loaded once. In the offload memory modes it waits in host memory and takes the
+        device only while it tracks (before denoising), leaving the device's memory to the video model."""
+        with self._lock:
+            if self._mask_tracker is None:
+                key = self.runtime.mask_tracker
+                log.info("loading mask tracker %s", key)
+                offload = self.memory_mode in ("group_offload", "model_offload")
+                self._mask_tracker = load_tracker(key, self.weights_dir, self.device, offload=offload)
+            return self._mask_tracker
+
     def expander_folder(self) -> Path:
         """The local expansion LM: ``expander_model`` when set (absolute, or relative to the weights directory),
         else the manifest's folder."""
@@ -301,8 +331,8 @@ class ModelManager:
         return None
 
     def describe_stages(self) -> dict[str, dict[str, object]]:
-        """What ``/ready`` reports about the safety checker and prompt expansion: configured, weights present
-        (which devices loaded them is in ``describe``); never the API key."""
+        """What ``/ready`` reports about the safety checker, prompt expansion and mask tracking: configured, weights
+        present (which devices loaded them is in ``describe``); never the API key."""
         rt = self.runtime
         expansion: dict[str, object] = {"backend": rt.prompt_expander, "configured": rt.prompt_expander != "none"}
         if rt.prompt_expander == "openai":
@@ -313,7 +343,11 @@ class ModelManager:
                 "weights_present": (self.expander_folder() / "config.json").is_file(),
             }
         safety = {"weights_present": self.has_safety_checker(), "threshold": rt.safety_threshold}
-        return {"safety_checker": safety, "prompt_expansion": expansion}
+        tracking: dict[str, object] = {"mode": rt.mask_tracking}
+        if rt.mask_tracking == "track":
+            tracking |= {"tracker": rt.mask_tracker, "weights_present": self.missing_mask_tracker() is None,
+                         "expand_ratio": rt.mask_expand_ratio, "threshold": rt.mask_threshold}
+        return {"safety_checker": safety, "prompt_expansion": expansion, "mask_tracking": tracking}
 
     def _drop(self, key: str) -> None:
         del self._models[key]

@@ -17,9 +17,10 @@ tiles; it is switched on for the offload and fp8 modes, where memory is short an
 Attention: on CUDA the fastest installed backend (FlashAttention 3, FlashAttention 2, SageAttention, else cuDNN
 SDPA) through diffusers' ``set_attention_backend``; PyTorch SDPA elsewhere.
 
-The same config carries the server-wide settings of the two optional job stages: the safety checker's threshold and
-the prompt expander (none, an OpenAI-compatible chat endpoint, or a local causal LM from the weights directory), and
-the video encoder (``pipelines/codecs.py`` resolves it per worker).
+The same config carries the server-wide settings of the optional job stages: the safety checker's threshold, the
+prompt expander (none, an OpenAI-compatible chat endpoint, or a local causal LM from the weights directory) and how
+an inpainting mask image becomes a mask per frame (tracked by SAM2.1 or applied as it is: ``pipelines.tracking``),
+and the video encoder (``pipelines/codecs.py`` resolves it per worker).
 
 This module holds the settings and how ``auto`` resolves; it imports torch but no diffusers, because the server's
 config (an API node's too) reads it. Putting a module in place is ``loading.place_module``.
@@ -33,7 +34,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .manifest import DEFAULT_ANNOTATORS
+from .manifest import DEFAULT_ANNOTATORS, DEFAULT_MASK_TRACKER, MASK_TRACKERS
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,11 @@ MEMORY_MODES = ("auto", "full", "fp8", "group_offload", "model_offload")
 ENCODER_SETTINGS = ("auto", "libx264", "nvenc")  # --encoder; pipelines/codecs.py resolves it per worker
 COMPILABLE_MODES = ("full", "model_offload")  # modes whose hooks torch.compile(fullgraph=True) traces
 PROMPT_EXPANDERS = ("none", "openai", "local")
+MASK_TRACKING_MODES = ("track", "static")
+DEFAULT_MASK_EXPAND_RATIO = 0.25
+"""VACE's own inpainting example (``run_vace_pipeline.sh``: ``salientmasktrack`` with ``original_expand`` 0.5) grows
+each side of the mask by a random share of 0.5 of its box, 0.25 on average; we grow every side of every frame's
+mask by that average."""
 GIB = 1024**3
 # Free device memory needed for each mode without offloading, for the largest model (A14B, two experts).
 FULL_MIN_FREE = 90 * GIB  # the A14B in bf16 needs ~85 GB: an 80 GB card takes fp8
@@ -72,6 +78,10 @@ class RuntimeConfig:
     expander_timeout_s: float = 30.0
     expander_max_tokens: int = 256  # bounds the expanded prompt (UMT5 reads at most 512 tokens of it anyway)
     encoder: str = "auto"  # auto (NVENC on the worker's GPU where its trial encode passes) | libx264 | nvenc
+    mask_tracking: str = "track"  # track: SAM2 follows a mask image through the clip; static: every frame as it is
+    mask_tracker: str = DEFAULT_MASK_TRACKER  # which SAM2.1 size (a MASK_TRACKERS key)
+    mask_expand_ratio: float = DEFAULT_MASK_EXPAND_RATIO  # tracked masks grow by this share of their box per side
+    mask_threshold: float = 0.5  # a pixel is the tracked object where SAM2's probability exceeds this
 
     def __post_init__(self) -> None:
         if self.memory_mode not in MEMORY_MODES:
@@ -88,6 +98,14 @@ class RuntimeConfig:
             raise ValueError(f"lora_max_rank must be 0 or more, got {self.lora_max_rank}")
         if self.expander_timeout_s <= 0 or self.expander_max_tokens < 1:
             raise ValueError("the expander timeout and max tokens must be positive")
+        if self.mask_tracking not in MASK_TRACKING_MODES:
+            raise ValueError(f"mask_tracking must be one of {MASK_TRACKING_MODES}, got {self.mask_tracking!r}")
+        if self.mask_tracker not in MASK_TRACKERS:
+            raise ValueError(f"mask_tracker must be one of {sorted(MASK_TRACKERS)}, got {self.mask_tracker!r}")
+        if not 0.0 <= self.mask_expand_ratio <= 1.0:
+            raise ValueError(f"mask_expand_ratio must be between 0 and 1, got {self.mask_expand_ratio}")
+        if not 0.0 < self.mask_threshold < 1.0:
+            raise ValueError(f"mask_threshold must be between 0 and 1 (exclusive), got {self.mask_threshold}")
 
 
 def resolve_memory_mode(requested: str, device: torch.device) -> str:

@@ -361,3 +361,10 @@ class VaceOutput(BaseModel):
     prompt: str = Field(..., description="The prompt actually used (after expansion, when enabled).")
     seed: int
     frames_zip: File | None = None
+    mask_video: VideoFile | None = Field(
+        None,
+        description=(
+            "Extension (not in fal's output): with mask_image_url on a server that tracks masks, the tracked masks "
+            "(white = regenerated), one per generated frame at the generation frame rate."
+        ),
+    )

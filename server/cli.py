@@ -21,9 +21,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from pipelines.limits import Limits
-from pipelines.manifest import DEFAULT_DOWNLOAD, ENTRIES, MODELS, TASK_ANNOTATORS, canonical_key
+from pipelines.manifest import DEFAULT_DOWNLOAD, ENTRIES, MASK_TRACKERS, MODELS, TASK_ANNOTATORS, canonical_key
 from pipelines.registry import DEFAULT_MODEL_FOR_TASK, TASKS, EndpointTask
-from pipelines.runtime import ENCODER_SETTINGS, MEMORY_MODES, PROMPT_EXPANDERS
+from pipelines.runtime import ENCODER_SETTINGS, MASK_TRACKING_MODES, MEMORY_MODES, PROMPT_EXPANDERS
 from pipelines.schema import JobInput
 
 from . import commands
@@ -145,6 +145,7 @@ def _add_runtime_flags(parser: argparse.ArgumentParser) -> None:
              choices=sorted(TASK_ANNOTATORS["pose"]))
     _setting(parser, "--depth-annotator", "default depth annotator for preprocess=true",
              choices=sorted(TASK_ANNOTATORS["depth"]))
+    _add_mask_tracking_flags(parser)
     _setting(parser, "--safety-threshold", "enable_safety_checker flags a job when a frame's unsafe probability "
              "exceeds this", type=float)
     _setting(parser, "--prompt-expander", "what serves enable_prompt_expansion: none, openai (a chat endpoint) or "
@@ -163,6 +164,17 @@ def _add_runtime_flags(parser: argparse.ArgumentParser) -> None:
              type=float)
     _setting(parser, "--lora-cache-url-hours", "how long a LoRA URL's download is reused before the URL is fetched "
              "again (0: every job)", type=float)
+
+
+def _add_mask_tracking_flags(parser: argparse.ArgumentParser) -> None:
+    """How an inpainting mask image becomes a mask per frame (shared by generate, preprocess and serve)."""
+    _setting(parser, "--mask-tracking", "track: SAM2.1 follows an inpainting mask image through the clip; static: "
+             "the image applies to every frame as it is", choices=MASK_TRACKING_MODES)
+    _setting(parser, "--mask-tracker", "the SAM2.1 size that tracks masks", choices=list(MASK_TRACKERS))
+    _setting(parser, "--mask-expand-ratio", "tracked masks grow on each side by this share of their box (VACE's "
+             "original_expand); 0 keeps them as tracked", type=float)
+    _setting(parser, "--mask-threshold", "a pixel belongs to the tracked object where SAM2's probability is above "
+             "this", type=float)
 
 
 def _add_node_flags(parser: argparse.ArgumentParser) -> None:
@@ -308,6 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
         one = pre_tasks.add_parser(task, help=what, description=what)
         one.add_argument("-o", "--output", required=True, help="output folder")
         _add_field_flags(one, commands.cli_input_model(task), CONDITIONING_FIELDS)
+        if task == "inpainting":  # a mask image is tracked through the clip as the job tracks it
+            _setting(one, "--weights-dir", "the weights directory (its mask tracker)")
+            _add_mask_tracking_flags(one)
 
     srv = sub.add_parser("serve", help="run the fal-compatible HTTP server", **_examples(
         "vace serve                     # http://127.0.0.1:8000, weights from ~/.cache/vace/weights, auth off",
@@ -344,7 +359,7 @@ def run(args: argparse.Namespace) -> int:
                                          model=args.model, quiet=args.quiet, parallel=args.job_parallel,
                                          preview=Path(args.preview) if args.preview else None)
     if args.command == "preprocess" and args.task in EDIT_TASKS:
-        return commands.preprocess_edit_to_dir(args.task, _fields(args), Path(args.output))
+        return commands.preprocess_edit_to_dir(settings(args), args.task, _fields(args), Path(args.output))
     if args.command == "preprocess":
         return commands.preprocess_to_file(settings(args), args.task, args.video, Path(args.output), args.annotator)
     if args.command == "serve":

@@ -75,15 +75,16 @@ def generate_to_file(settings: Settings, task: EndpointTask, fields: dict[str, A
                      model: str | None = None, quiet: bool = False, parallel: str | None = None,
                      preview: Path | None = None) -> int:
     """Run one job of the endpoint ``task`` ("" = the base endpoint) from request ``fields`` and write its video to
-    ``output`` (a frames zip, if asked for, beside it); prints the output JSON. ``parallel``: a ``--parallel``
-    spec; the job then runs on a local group, this process being rank 0 (CUDA: one GPU per rank, in device order;
-    else CPU processes). ``preview``: an animated WebP of the video being denoised, written after every step (each
-    one written beside it and renamed over it, so a viewer never reads half a file)."""
+    ``output`` (beside it: a frames zip, if asked for, and the video of a tracked mask); prints the output JSON.
+    ``parallel``: a ``--parallel`` spec; the job then runs on a local group, this process being rank 0 (CUDA: one
+    GPU per rank, in device order; else CPU processes). ``preview``: an animated WebP of the video being denoised,
+    written after every step (each one written beside it and renamed over it, so a viewer never reads half a
+    file)."""
     import torch
     from tqdm import tqdm
 
     from pipelines.context import JobContext
-    from pipelines.generate import generate
+    from pipelines.generate import MASK_VIDEO_FILE, generate
     from pipelines.group import job_group
     from pipelines.hooks import JobHooks, PreviewSink
     from pipelines.loading import ModelManager
@@ -106,7 +107,10 @@ def generate_to_file(settings: Settings, task: EndpointTask, fields: dict[str, A
         bar.refresh()
 
     def publish(path: Path, content_type: str) -> str:
-        target = output if content_type == "video/mp4" else output.with_suffix(path.suffix)
+        if path.name == MASK_VIDEO_FILE:  # OUT.mask.mp4
+            target = output.with_suffix(f".{path.stem}{path.suffix}")
+        else:  # the video itself, or OUT.zip
+            target = output if content_type == "video/mp4" else output.with_suffix(path.suffix)
         shutil.move(path, target)
         return target.as_uri()
 
@@ -158,33 +162,41 @@ def preprocess_to_file(settings: Settings, task: Task, video: str, output: Path,
 
 
 @_exit_status
-def preprocess_edit_to_dir(task: EndpointTask, fields: dict[str, Any], out_dir: Path) -> int:
+def preprocess_edit_to_dir(settings: Settings, task: EndpointTask, fields: dict[str, Any], out_dir: Path) -> int:
     """Write ``src_video.mp4`` (the conditioning frames: the source where it is kept, grey where the model generates)
     and ``src_mask.mp4`` (white = generated) of a ``task`` job with request ``fields`` into ``out_dir``: the same
     frame plan, size, masks and canvas as the job (``pipelines.tasks``), at the frame rate the model generates at.
-    No model is loaded."""
+    A mask image is tracked through the clip with the mask tracker of ``settings`` (the only model loaded), as the
+    job tracks it, so ``src_mask.mp4`` is then the tracked mask video."""
     import numpy as np
 
+    from pipelines.checks import check_inputs
     from pipelines.context import JobContext
-    from pipelines.encode import write_control_video
+    from pipelines.encode import write_control_video, write_mask_video
     from pipelines.tasks import PLACEHOLDER_PROMPT, conditioning, frame_images, prepare, resolve
 
     inp = _validated(task, {"prompt": PLACEHOLDER_PROMPT, **fields})
     if inp is None:
         return 2
     job = resolve(inp, task)
+    ctx = JobContext()
+    tracking = None
+    if job.mask is not None and not job.mask.is_video:
+        from pipelines.loading import ModelManager
+
+        models = ModelManager(settings.weights_dir, runtime=settings.runtime)
+        check_inputs(inp, task, ctx, models, model=DEFAULT_MODEL_FOR_TASK[task])  # its tracker is installed
+        tracking = models.mask_tracking()
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="vace-preprocess-") as workdir:
-        ctx = JobContext()
         first, last = frame_images(inp, Path(workdir), ctx)
-        source = prepare(inp, job, Path(workdir), ctx, first or last)
+        source = prepare(inp, job, Path(workdir), ctx, first or last, tracking=tracking)
         cond = conditioning(inp, source, source.control, first, last)
     for note in (*job.notes, *source.notes):
         print(note)
     fps = source.timing.generate_fps
     video = write_control_video((np.asarray(f) for f in cond.video), out_dir / "src_video.mp4", fps, "maximum")
-    mask = write_control_video((np.repeat(np.asarray(m)[..., None], 3, axis=2) for m in cond.mask),
-                               out_dir / "src_mask.mp4", fps, "maximum")
+    mask = write_mask_video(cond.mask, out_dir / "src_mask.mp4", fps, "maximum")
     print(f"{task} conditioning: {video.path} and {mask.path} ({video.width}x{video.height}, {video.num_frames} "
           f"frames at {fps:g} fps)")
     return 0

@@ -20,8 +20,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from pipelines.limits import Limits
 from pipelines.lora_cache import LoraCache
-from pipelines.manifest import DEFAULT_ANNOTATORS
-from pipelines.runtime import RuntimeConfig
+from pipelines.manifest import DEFAULT_ANNOTATORS, DEFAULT_MASK_TRACKER
+from pipelines.runtime import DEFAULT_MASK_EXPAND_RATIO, RuntimeConfig
 
 CACHE = Path.home() / ".cache" / "vace"
 MAX_PRESIGNED_TTL_S = 7 * 24 * 3600
@@ -154,6 +154,14 @@ class Settings(BaseSettings):
     encoder: str = "auto"
     """The H.264 encoder of every worker's outputs: ``auto`` (NVENC on the worker's own GPU where a trial encode
     passes, else libx264), ``libx264``, or ``nvenc`` (a worker where NVENC cannot run refuses to start)."""
+    mask_tracking: str = "track"
+    """How an inpainting mask image becomes a mask per frame: ``track`` follows it through the clip with SAM2.1
+    (``mask_tracker``), ``static`` applies it to every frame as it is."""
+    mask_tracker: str = DEFAULT_MASK_TRACKER
+    mask_expand_ratio: float = DEFAULT_MASK_EXPAND_RATIO
+    """Tracked masks grow on each side by this share of their box (VACE's ``original_expand``); 0 keeps them."""
+    mask_threshold: float = 0.5
+    """A pixel belongs to the tracked object where SAM2's probability is above this."""
 
     limits: Annotated[Limits, NoDecode, BeforeValidator(_limits)] = Limits()
     """Input limits (download size/time, video length/size, image size, data URIs, prompt, references)."""
@@ -228,8 +236,8 @@ class Settings(BaseSettings):
 
     @property
     def runtime(self) -> RuntimeConfig:
-        """Memory mode, attention backend, compilation, default annotators, the optional stages and the video
-        encoder of every worker's models."""
+        """Memory mode, attention backend, compilation, default annotators, mask tracking, the optional stages and the
+        video encoder of every worker's models."""
         return RuntimeConfig(
             memory_mode=self.memory_mode, attention=self.attention, compile=self.compile,
             lora_max_rank=self.lora_max_rank,
@@ -238,6 +246,8 @@ class Settings(BaseSettings):
             expander_url=self.expander_url, expander_model=self.expander_model,
             expander_api_key=self.expander_api_key, expander_timeout_s=self.expander_timeout,
             encoder=self.encoder,
+            mask_tracking=self.mask_tracking, mask_tracker=self.mask_tracker,
+            mask_expand_ratio=self.mask_expand_ratio, mask_threshold=self.mask_threshold,
         )
 
     @property

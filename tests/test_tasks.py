@@ -2,7 +2,9 @@
 
 Each job's conditioning is recorded as ``generate()`` builds it (the real ``build_conditioning``, called through a
 recorder in ``pipelines.tasks``), so the tests see exactly the frames and masks the pipeline got: inpainting masks
-that follow the frame plan through temporal downsampling, one static mask image, the outpainting canvas, the reframe
+that follow the frame plan through temporal downsampling, a mask image tracked through the planned frames (and
+returned as the job's mask video) or, on a server that does not track, one static mask image, the outpainting
+canvas, the reframe
 of a letterboxed clip (whose kept area has the trimmed picture's shape, not the whole frame's), and
 first-frame-to-video without a video.
 Around them, the stages that run on pose/depth run here too: interpolation, LoRAs, the step cache, the safety
@@ -34,7 +36,7 @@ from pipelines.parallel import ParallelSpec
 from pipelines.registry import input_model
 from pipelines.runtime import RuntimeConfig
 from pipelines.schema import VaceOutput
-from pipelines.video_io import probe_video
+from pipelines.video_io import probe_video, read_frames
 from weights.tiny.samples import SAMPLES, write_sample
 
 FAST = {"num_inference_steps": 2, "acceleration": "none", "seed": 3}
@@ -120,11 +122,13 @@ def test_an_inpainting_mask_video_follows_the_frame_plan_through_downsampling(mo
 
 def test_a_mask_image_on_two_experts_with_loras_step_cache_safety_and_expansion(tiny_weights, clips, tmp_path,
                                                                                 monkeypatch):
-    """One mask image for every frame (VACE's static mask mode, said in the log), on the two-expert model with the
-    other per-job stages on: a LoRA, the step cache, the safety checker and prompt expansion; preprocess does nothing
-    on inpainting and the log says so."""
+    """On a server that does not track masks (``--mask-tracking static``): one mask image for every frame (VACE's
+    static mask mode, said in the log) and no mask video, on the two-expert model with the other per-job stages on:
+    a LoRA, the step cache, the safety checker and prompt expansion; preprocess does nothing on inpainting and the
+    log says so."""
     manager = ModelManager(tiny_weights, device="cpu",
-                           runtime=RuntimeConfig(prompt_expander="local", expander_max_tokens=8))
+                           runtime=RuntimeConfig(prompt_expander="local", expander_max_tokens=8,
+                                                 mask_tracking="static"))
     job = run(manager, tmp_path, monkeypatch, "inpainting", model="wan-22-vace-fun-a14b", video_url=clips["video"],
               mask_image_url=clips["box"], num_frames=17, preprocess=True, loras=[{"path": "tiny-wan22"}],
               acceleration="regular", num_inference_steps=4, enable_safety_checker=True,
@@ -133,12 +137,51 @@ def test_a_mask_image_on_two_experts_with_loras_step_cache_safety_and_expansion(
     assert all(m is job.cond.mask[0] for m in job.cond.mask)  # one mask image, one mask for every frame
     box = job.masks[0] == GENERATE
     assert box[60:180, 100:300].all() and box.sum() == 120 * 200
-    for line in ("preprocess does nothing on inpainting", "mask_image_url: the one mask applies to every frame",
-                 "inpainting: mask mode static", "LoRA 0:", "step cache reused", "safety check: the inputs passed",
+    assert job.out.mask_video is None
+    for line in ("preprocess does nothing on inpainting", "inpainting: mask mode static (one mask image for every",
+                 "LoRA 0:", "step cache reused", "safety check: the inputs passed",
                  "prompt expanded by local", "safety check: the generated video passed"):
         job.logged(line)
     assert job.out.prompt != "a ball in a room"
     assert not any(line.startswith("preprocessing") for line in job.log)
+
+
+def test_a_mask_image_is_tracked_through_the_planned_frames_and_returned_as_a_mask_video(models, clips, tmp_path,
+                                                                                       monkeypatch):
+    """The default server tracks: SAM2 follows the box over the 17 frames the job generates from (that they are
+    the planned frames, also through temporal downsampling, is ``tests/test_mask_tracking.py``'s), every mask grown by the default 0.25 of its box per side (the first one is the drawn box grown:
+    50 px left and right, 30 up and down, where half the distance to the edge allows); what the masks mark is grey in
+    the video; the masks come back as ``mask_video``, one frame per generated frame at the generation frame rate."""
+    job = run(models, tmp_path, monkeypatch, "inpainting", video_url=clips["video"], mask_image_url=clips["box"],
+              mask_video_url=None, num_frames=17)
+    assert len(job.masks) == 17
+    grown = np.zeros((H, W), bool)
+    grown[30:210, 50:350] = True
+    assert np.array_equal(job.masks[0] == GENERATE, grown)
+    assert (job.video[job.masks == GENERATE] == GREY).all()
+    assert job.logged("mask tracking: sam2.1-hiera-small followed the first frame's mask through 17 frames")
+    assert job.logged("inpainting: mask mode track (the mask image marks the first frame")
+    mask_video = job.out.mask_video
+    assert mask_video is not None and (mask_video.num_frames, mask_video.fps) == (17, 16.0)
+    decoded = np.stack([frame[..., 0] >= 128 for frame in read_frames(Path(mask_video.url), list(range(17)))])
+    assert np.mean(decoded == (job.masks == GENERATE)) > 0.995
+    assert video_shape(job.out) == (W, H, 17, 16)
+
+
+def test_a_server_that_tracks_refuses_a_mask_image_without_its_tracker(tmp_path):
+    """No tracker weights: a mask image is refused up front naming the download (not applied to every frame
+    instead); a mask video is fine, and a server that does not track takes the image."""
+    inp = input_model("fal-ai/wan-22-vace-fun-a14b", "inpainting").model_validate(
+        {"prompt": "p", "video_url": "https://e/v.mp4", "mask_image_url": "https://e/m.png"})
+    with pytest.raises(InputError) as err:
+        check_inputs(inp, "inpainting", JobContext(), ModelManager(tmp_path, device="cpu"), model="wan-vace-14b")
+    assert err.value.loc == ("mask_image_url",) and err.value.type == "not_supported"
+    assert "`vace weights download --models sam2.1-hiera-small`" in err.value.msg
+    assert "--mask-tracking static" in err.value.msg
+    static = ModelManager(tmp_path, device="cpu", runtime=RuntimeConfig(mask_tracking="static"))
+    assert check_inputs(inp, "inpainting", JobContext(), static, model="wan-vace-14b").mask.field == "mask_image_url"
+    video = inp.model_copy(update={"mask_image_url": None, "mask_video_url": "https://e/m.mp4"})
+    check_inputs(video, "inpainting", JobContext(), ModelManager(tmp_path, device="cpu"), model="wan-vace-14b")
 
 
 def test_outpainting_places_the_source_on_the_grown_canvas_in_an_offload_mode(tiny_weights, clips, tmp_path,
