@@ -1,6 +1,6 @@
 """``vace generate`` and ``vace preprocess`` for the VACE family, typed as a user types them: each command line runs
 the installed ``vace`` script in a child process (tiny weights for ``generate``; ``preprocess`` of an edit task
-loads no model)."""
+loads no model but the mask tracker, for a mask image)."""
 
 from __future__ import annotations
 
@@ -84,9 +84,31 @@ def test_preprocess_writes_each_edits_conditioning_and_mask_video(folder: Path) 
         assert np.mean((plane[..., 0] >= 128) == (drawn[2 * i][..., 0] >= 128)) > 0.99
 
 
+def test_preprocess_inpainting_tracks_a_mask_image(folder: Path, tiny_weights: Path) -> None:
+    """``vace preprocess inpainting --mask-image`` writes the tracked masks as ``src_mask.mp4`` (the first is the
+    drawn box, grown as the job grows it; the tracker is the tiny one); ``--mask-tracking static`` writes the box
+    unchanged on every frame, and without the tracker's weights the image is refused naming the download."""
+    done = vace(f"preprocess inpainting --weights-dir {tiny_weights} --video clip.mp4 --mask-image box.png "
+                "--num-frames 17 -o tracked", folder)
+    assert done.returncode == 0, done.stderr
+    assert "mask tracking: sam2.1-hiera-small followed the first frame's mask through 17 frames" in done.stdout
+    _, mask = first_frames(folder / "tracked")
+    ys, xs = np.nonzero(mask >= 128)
+    assert (xs.min(), xs.max(), ys.min(), ys.max()) == (50, 349, 30, 209)  # the box, 50 px wider and 30 taller
+    done = vace(f"preprocess inpainting --weights-dir {tiny_weights} --mask-tracking static --video clip.mp4 "
+                "--mask-image box.png --num-frames 17 -o static", folder)
+    assert done.returncode == 0 and "inpainting: mask mode static" in done.stdout, done.stderr
+    frames = read_frames(folder / "static" / "src_mask.mp4", list(range(17)))
+    assert all(np.mean((f[..., 0] >= 128) == (np.asarray(Image.open(folder / "box.png")) == 255)) > 0.99
+               for f in frames)
+    done = vace(f"preprocess inpainting --weights-dir {folder} --video clip.mp4 --mask-image box.png -o none", folder)
+    assert done.returncode == 2 and "vace weights download --models sam2.1-hiera-small" in done.stderr
+
+
 def test_generate_the_base_endpoint_and_inpainting(folder: Path, tiny_weights: Path) -> None:
     """``vace generate t2v`` (the base endpoint, no video) and ``vace generate inpainting`` with a mask image, on the
-    tiny models: each writes its video and prints fal's output JSON."""
+    tiny models: each writes its video and prints fal's output JSON; the tracked mask's video lands beside the
+    inpainted one."""
     done = vace(f"generate t2v --weights-dir {tiny_weights} -q --prompt 'a cat on a sofa' --resolution 240p {FAST} "
                 "-o t2v.mp4", folder)
     assert done.returncode == 0, done.stderr
@@ -98,8 +120,11 @@ def test_generate_the_base_endpoint_and_inpainting(folder: Path, tiny_weights: P
     done = vace(f"generate inpainting --model wan-22-vace-fun-a14b --weights-dir {tiny_weights} --prompt 'a box' "
                 f"--video clip.mp4 --mask-image box.png {FAST} -o inpainted.mp4", folder)
     assert done.returncode == 0, done.stderr
-    assert "inpainting: mask mode static (one mask image for every frame" in done.stderr  # the job log, by the bar
-    assert json.loads(done.stdout)["video"]["url"] == (folder / "inpainted.mp4").as_uri()
+    assert "inpainting: mask mode track (the mask image marks the first frame" in done.stderr  # the job log
+    output = json.loads(done.stdout)
+    assert output["video"]["url"] == (folder / "inpainted.mp4").as_uri()
+    assert output["mask_video"]["url"] == (folder / "inpainted.mask.mp4").as_uri()
+    assert probe_video(folder / "inpainted.mp4").num_frames == probe_video(folder / "inpainted.mask.mp4").num_frames
     assert probe_video(folder / "inpainted.mp4").num_frames == 17
 
 
