@@ -4,7 +4,9 @@
 of it: the output size, the frame plan, the job log's notes (the mask mode, the bars trimmed, where the source lands
 on the canvas, what is ignored) and one frame from the middle of the clip with its mask (white = generated), as PNG
 data URIs the page overlays: the mask over the video for inpainting, the source on its grown canvas for
-outpainting, the trimmed and zoomed picture on the new frame for reframe. It runs the job's own steps
+outpainting, the trimmed and zoomed picture on the new frame for reframe. A mask image on a server that tracks masks
+is shown on the first frame instead, as the job grows it there: what the tracker makes of the later frames only the
+job itself can show (its ``mask_video``). It runs the job's own steps
 (``check_inputs`` and ``pipelines.tasks.prepare``: the same fetch rules, limits, frame plan, masks and geometry), so a
 request the job would refuse is refused here with the same 422 naming the field (a mask that is all black, too
 short, of another shape), and nothing is drawn twice in JavaScript. It needs an API key like the job routes, loads
@@ -16,6 +18,8 @@ from __future__ import annotations
 import base64
 import io
 import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,18 +29,36 @@ from fastapi.concurrency import run_in_threadpool
 from PIL import Image
 from pydantic import ValidationError
 
+from pipelines.checks import check_inputs
 from pipelines.conditioning import GENERATE, fit_frame
 from pipelines.context import JobContext
-from pipelines.checks import check_inputs
+from pipelines.masks import expand_mask, fitted, mask_prompt
 from pipelines.registry import APPS, ENDPOINT_IDS, ENDPOINT_TASKS, EndpointTask, endpoint_id, input_model
 from pipelines.schema import JobInput
 from pipelines.tasks import PLACEHOLDER_PROMPT, frame_images, prepare
 
-from .deps import JobContextDep
+from .deps import JobContextDep, SettingsDep
 from .failures import RequestFailed, failure_of
 
 router = APIRouter(include_in_schema=False)
 _ENDPOINTS: dict[str, tuple[str, EndpointTask]] = {endpoint_id(a, t): (a, t) for a in APPS for t in ENDPOINT_TASKS}
+
+
+@dataclass(frozen=True)
+class FirstFrameOfTracking:
+    """What the preview can show of a mask the job will track without running the tracker: the first frame's mask,
+    which is the mask image grown as the job grows every tracked mask (``pipelines.tracking``), for every frame."""
+
+    expand_ratio: float
+
+    def masks(self, frames: Sequence[np.ndarray], plane: np.ndarray, field: str, width: int, height: int,
+              log: Callable[[str], None]) -> list[np.ndarray]:
+        video_size = (frames[0].shape[1], frames[0].shape[0])
+        first = fitted(expand_mask(mask_prompt(plane, video_size, field), self.expand_ratio), video_size, width,
+                       height)
+        log(f"mask tracking: the preview shows the first frame, where the mask image applies grown by "
+            f"{self.expand_ratio:g} of its box per side; the job follows it through the clip with SAM2")
+        return [first] * len(frames)
 
 
 def _png(array: np.ndarray | Image.Image) -> str:
@@ -47,7 +69,7 @@ def _png(array: np.ndarray | Image.Image) -> str:
 
 
 @router.post("/playground/preview")
-async def preview(ctx: JobContextDep, endpoint: Annotated[str, Query()],
+async def preview(ctx: JobContextDep, settings: SettingsDep, endpoint: Annotated[str, Query()],
                   body: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
     """What a job of ``endpoint`` with request ``body`` would condition the model on (module docstring); a prompt
     may be left out, as it plays no part in that."""
@@ -60,14 +82,17 @@ async def preview(ctx: JobContextDep, endpoint: Annotated[str, Query()],
         inp = input_model(app, task).model_validate(body)
     except ValidationError as exc:
         raise RequestFailed(failure_of(exc)) from None
-    return await run_in_threadpool(_preview, inp, task, APPS[app], ctx)
+    runtime = settings.runtime
+    tracking = FirstFrameOfTracking(runtime.mask_expand_ratio) if runtime.mask_tracking == "track" else None
+    return await run_in_threadpool(_preview, inp, task, APPS[app], ctx, tracking)
 
 
-def _preview(inp: JobInput, task: EndpointTask, model: str, ctx: JobContext) -> dict[str, Any]:
+def _preview(inp: JobInput, task: EndpointTask, model: str, ctx: JobContext,
+             tracking: FirstFrameOfTracking | None) -> dict[str, Any]:
     job = check_inputs(inp, task, ctx, None, model=model)
     with tempfile.TemporaryDirectory(prefix="vace-preview-") as workdir:
         first, last = frame_images(inp, Path(workdir), ctx)
-        source = prepare(inp, job, Path(workdir), ctx, first or last)
+        source = prepare(inp, job, Path(workdir), ctx, first or last, tracking)
     timing = source.timing
     answer: dict[str, Any] = {
         "recipe": job.recipe, "width": source.width, "height": source.height,
@@ -75,10 +100,10 @@ def _preview(inp: JobInput, task: EndpointTask, model: str, ctx: JobContext) -> 
         "output_fps": timing.output_fps, "notes": [*job.notes, *source.notes, *timing.notes],
     }
     if source.info is not None:
-        middle = len(source.control) // 2
-        mask = (source.masks[middle] if source.masks is not None
+        shown = 0 if source.mask_mode == "track" else len(source.control) // 2
+        mask = (source.masks[shown] if source.masks is not None
                 else np.full((source.height, source.width), GENERATE, np.uint8))
-        answer |= {"frame_index": middle, "frame": _png(fit_frame(source.control[middle], source.width,
-                                                                     source.height)),
+        answer |= {"frame_index": shown, "frame": _png(fit_frame(source.control[shown], source.width,
+                                                                    source.height)),
                    "mask": _png(mask), "generated_share": float(np.mean(mask == GENERATE))}
     return answer

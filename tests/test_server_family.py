@@ -83,6 +83,10 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         "square_mask": video_uri(SAMPLES["mask"](320, 320, 33, 16), folder / "square.mp4"),
         "black_mask": video_uri(black, folder / "black.mp4"),
         "white_image": png_uri(np.full((240, 416), 255, np.uint8)),
+        "black_image": png_uri(np.zeros((240, 416), np.uint8)),
+        "square_image": png_uri(np.full((320, 320), 255, np.uint8)),
+        "huge_image": png_uri(np.zeros((8192, 8200), np.uint8)),  # over the 8192x8192-pixel image limit
+        "not_an_image": data_uri(bytes(range(256)) * 64, "image/png"),
         "not_a_video": data_uri(bytes(range(256)) * 64, "video/mp4"),
     }
 
@@ -112,6 +116,9 @@ def test_each_endpoints_openapi_body_matches_fals_schema(client: httpx.Client, e
 
 
 def test_ready_metrics_and_unknown_endpoints_list_every_endpoint(client: httpx.Client) -> None:
+    tracking = client.get("/ready").json()["mask_tracking"]  # the server's, with a key
+    assert tracking == {"mode": "track", "tracker": "sam2.1-hiera-small", "weights_present": True,
+                        "expand_ratio": 0.25, "threshold": 0.5}
     ready = client.get("/ready").json()["endpoints"]
     for app in ("fal-ai/wan-vace-14b", "fal-ai/wan-22-vace-fun-a14b"):
         assert ready[app]["tasks"] == ["pose", "depth", "inpainting", "outpainting", "reframe"]
@@ -164,6 +171,10 @@ def test_requests_that_cannot_run_are_refused_at_submission(client: httpx.Client
     (INPAINT_14B, "mask_video_url", "not_a_video", "video_decode_error", "not a decodable video"),
     (INPAINT_FUN, "mask_video_url", "black_mask", "mask_empty", "black everywhere"),
     (INPAINT_14B, "mask_image_url", "white_image", "mask_full", "white everywhere"),
+    (INPAINT_FUN, "mask_image_url", "black_image", "mask_empty", "black everywhere"),
+    (INPAINT_14B, "mask_image_url", "square_image", "mask_aspect_mismatch", "the mask is 320x320"),
+    (INPAINT_FUN, "mask_image_url", "huge_image", "image_too_large", "8200x8192, over the 67108864-pixel limit"),
+    (INPAINT_14B, "mask_image_url", "not_an_image", "image_load_error", "not a readable image"),
 ])  # fmt: skip
 def test_bad_masks_fail_the_job_with_a_422_naming_the_field(client: httpx.Client, media: dict[str, str],
                                                             endpoint: str, field: str, mask: str, type_: str,
@@ -202,7 +213,8 @@ def png(uri: str) -> np.ndarray:
 def test_the_playground_preview_runs_the_jobs_own_steps(server: ThreadServer, client: httpx.Client,
                                                         media: dict[str, str]) -> None:
     """``/playground/preview``: the output size, the notes and the middle frame with its mask, as the job would
-    build them (no prompt needed); a mask the job would refuse is the same 422; a key is needed."""
+    build them (no prompt needed), or for a mask image the server tracks the first frame's; a mask the job would
+    refuse is the same 422; a key is needed."""
     body = {"video_url": media["video"], "mask_video_url": media["mask"], "num_frames": 17}
     got = client.post("/playground/preview", params={"endpoint": "fal-ai/wan-vace-14b/inpainting"}, json=body).json()
     assert (got["recipe"], got["width"], got["height"], got["generated_frames"], got["frame_index"]) == (
@@ -219,6 +231,14 @@ def test_the_playground_preview_runs_the_jobs_own_steps(server: ThreadServer, cl
     canvas = png(grown["mask"])
     assert (canvas[: grown["height"] // 8] == 255).all() and (canvas[-1] == 0).any()  # the top border is generated
 
+    box = np.zeros((240, 416), np.uint8)
+    box[60:180, 100:300] = 255
+    tracked = client.post("/playground/preview", params={"endpoint": "fal-ai/wan-22-vace-fun-a14b/inpainting"},
+                          json={"video_url": media["video"], "mask_image_url": png_uri(box)}).json()
+    assert tracked["frame_index"] == 0 and any(note.startswith("inpainting: mask mode track") for note in
+                                               tracked["notes"])
+    ys, xs = np.nonzero(png(tracked["mask"]) == 255)  # the box grown as the job grows it: 50 px wider, 30 taller
+    assert (xs.min(), xs.max(), ys.min(), ys.max()) == (50, 349, 30, 209)
     bad = client.post("/playground/preview", params={"endpoint": "fal-ai/wan-22-vace-fun-a14b/inpainting"},
                       json={"video_url": media["video"], "mask_video_url": media["black_mask"]})
     assert detail(bad) == [(["body", "mask_video_url"], "mask_empty")]
