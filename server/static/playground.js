@@ -1,7 +1,8 @@
 // The playground: a form generated from the server's /openapi.json (each endpoint's own request schema), uploads
-// through /storage/upload/initiate, a preview of what an edit job conditions the model on (/playground/preview: the
-// mask over the video, the source on its grown or reframed canvas), the queue protocol with the status stream and the
-// job's live preview beside its progress bar, and the same request as curl / fal-client / @fal-ai/client snippets.
+// through /storage/upload/initiate, a mask painter on the video's first frame for inpainting's mask_image_url, a
+// preview of what an edit job conditions the model on (/playground/preview: the mask over the video, the source on
+// its grown or reframed canvas), the queue protocol with the status stream and the job's live preview beside its
+// progress bar, and the same request as curl / fal-client / @fal-ai/client snippets.
 // Plain browser JavaScript, no build step and nothing loaded from other hosts.
 
 const $ = (selector) => document.querySelector(selector);
@@ -13,6 +14,7 @@ const BASE_LABEL = "(base) text / image to video, or task";
 const PREVIEW_DELAY_MS = 500;
 const WIDE_FIELDS = new Set(["negative_prompt"]);
 const STEP_LINE = /^step (\d+)\/(\d+)$/;
+const PAINT_UNDO_STEPS = 10;  // each step keeps a copy of the mask layer (8 MB at 1080p)
 
 const state = {
   openapi: null,       // the server's /openapi.json
@@ -23,6 +25,7 @@ const state = {
   running: null,       // {app, requestId, abort}
   livePreview: { step: null, url: null },  // the live preview shown: its step and its object URL
   preview: { timer: null, seq: 0 },  // the pending conditioning preview and the number of the latest one asked
+  painter: { tool: "brush", last: null, undo: [], video: "" },  // the mask painter's tool, stroke, undo and frame
 };
 
 // ---------------------------------------------------------------- schema
@@ -148,13 +151,177 @@ function buildMediaField(name, prop, type, required, hint) {
   const uploadButton = el("label", { class: "upload" }, multiple ? "Upload…" : "Upload", file);
   const status = el("div", { class: "hint upload-status", "data-upload-status": name });
   const previews = el("div", { class: "previews", "data-previews": name });
-  file.addEventListener("change", () => uploadFiles(name, file, input, status, multiple));
+  file.addEventListener("change", () => uploadFiles(name, [...file.files], input, status, multiple)
+    .finally(() => { file.value = ""; }));
   input.addEventListener("change", () => showPreviews(name));
+  if (name !== "mask_image_url") {
+    return fieldBox(name, "media wide", labelFor(name, prop, required),
+                    el("div", { class: "media-row" }, input, uploadButton), hint, status, previews);
+  }
+  const paint = el("button", { type: "button", class: "secondary", id: "paint-mask", text: "Paint" });
+  paint.addEventListener("click", () => openPainter().catch((error) => showError(name, String(error))));
   return fieldBox(name, "media wide", labelFor(name, prop, required),
-                  el("div", { class: "media-row" }, input, uploadButton), hint, status, previews);
+                  el("div", { class: "media-row" }, input, uploadButton, paint), hint, status, previews,
+                  buildPainter(input, status));
+}
+
+// ---------------------------------------------------------------- mask painter
+
+/** The painter of ``mask_image_url``: the video's first frame with a mask layer over it, painted with the brush
+(white = regenerate, shown red) and the eraser, in the video's own pixels so the mask has its size; Undo, Clear, and
+"Use this mask", which uploads it as a black-and-white PNG through the upload API and sets the field to its URL.
+Pointer events, so a mouse, a pen and a finger paint alike. */
+function buildPainter(input, status) {
+  const frame = el("video", { id: "painter-frame", muted: true, playsinline: true, preload: "auto" });
+  const layer = el("canvas", { id: "painter-mask", "aria-label": "mask layer: paint what to regenerate" });
+  const tool = (name, label) => {
+    const button = el("button", { type: "button", class: "secondary small", "data-tool": name, text: label,
+                                  "aria-pressed": String(name === state.painter.tool) });
+    button.addEventListener("click", () => {
+      state.painter.tool = name;
+      document.querySelectorAll("[data-tool]").forEach((b) => b.setAttribute("aria-pressed", String(b === button)));
+    });
+    return button;
+  };
+  const size = el("input", { type: "range", id: "painter-size", min: 2, max: 200, value: 32,
+                             "aria-label": "brush size in the video's pixels" });
+  const sizeText = el("span", { class: "hint", id: "painter-size-text", text: "32 px" });
+  size.addEventListener("input", () => { sizeText.textContent = `${size.value} px`; });
+  const action = (id, label, run, primary = false) => {
+    const button = el("button", { type: "button", class: primary ? "small" : "secondary small", id, text: label });
+    button.addEventListener("click", run);
+    return button;
+  };
+  const undo = action("painter-undo", "Undo", () => {
+    const last = state.painter.undo.pop();
+    if (last) layer.getContext("2d").putImageData(last, 0, 0);
+    paintedShare();
+  });
+  const clear = action("painter-clear", "Clear", () => {
+    remember(layer);
+    layer.getContext("2d").clearRect(0, 0, layer.width, layer.height);
+    paintedShare();
+  });
+  const use = action("painter-use", "Use this mask", () => usePaintedMask(layer, input, status), true);
+  const point = (event) => {
+    const box = layer.getBoundingClientRect();
+    return [(event.clientX - box.left) * layer.width / box.width, (event.clientY - box.top) * layer.height / box.height];
+  };
+  layer.addEventListener("pointerdown", (event) => {
+    event.preventDefault();
+    layer.setPointerCapture(event.pointerId);
+    remember(layer);
+    state.painter.last = point(event);
+    stroke(layer, state.painter.last, state.painter.last, Number(size.value));
+  });
+  layer.addEventListener("pointermove", (event) => {
+    if (!state.painter.last) return;
+    const next = point(event);
+    stroke(layer, state.painter.last, next, Number(size.value));
+    state.painter.last = next;
+  });
+  for (const end of ["pointerup", "pointercancel"]) {
+    layer.addEventListener(end, () => {
+      state.painter.last = null;
+      paintedShare();
+    });
+  }
+  return el("div", { id: "painter", class: "painter", hidden: true },
+            el("div", { class: "painter-tools" }, tool("brush", "Brush"), tool("eraser", "Eraser"),
+               el("label", { class: "hint" }, "size ", size), sizeText, undo, clear, use),
+            el("div", { class: "painter-stage" }, frame, layer),
+            el("div", { class: "hint", id: "painter-status",
+                        text: "Paint what to regenerate on the first frame; the job follows it through the clip." }));
+}
+
+/** Keep the mask layer as it is for Undo. */
+function remember(layer) {
+  const undo = state.painter.undo;
+  undo.push(layer.getContext("2d").getImageData(0, 0, layer.width, layer.height));
+  if (undo.length > PAINT_UNDO_STEPS) undo.shift();
+}
+
+/** One segment of a brush (or eraser) stroke, round at its ends, ``width`` video pixels wide. */
+function stroke(layer, [x0, y0], [x1, y1], width) {
+  const c = layer.getContext("2d");
+  c.globalCompositeOperation = state.painter.tool === "eraser" ? "destination-out" : "source-over";
+  c.strokeStyle = c.fillStyle = "rgb(255, 40, 40)";
+  c.lineWidth = width;
+  c.lineCap = c.lineJoin = "round";
+  c.beginPath();
+  c.moveTo(x0, y0);
+  c.lineTo(x1, y1);
+  c.stroke();
+  c.beginPath();
+  c.arc(x1, y1, width / 2, 0, 2 * Math.PI);
+  c.fill();
+}
+
+/** The painted pixels as a mask: white where the layer is painted (at least half opaque), black elsewhere. */
+function paintedPixels(layer) {
+  const painted = layer.getContext("2d").getImageData(0, 0, layer.width, layer.height).data;
+  const mask = new ImageData(layer.width, layer.height);
+  let count = 0;
+  for (let i = 0; i < painted.length; i += 4) {
+    const value = painted[i + 3] >= 128 ? 255 : 0;
+    count += value ? 1 : 0;
+    mask.data[i] = mask.data[i + 1] = mask.data[i + 2] = value;
+    mask.data[i + 3] = 255;
+  }
+  return { mask, share: count / (layer.width * layer.height) };
+}
+
+function paintedShare() {
+  const layer = $("#painter-mask");
+  const { share } = paintedPixels(layer);
+  $("#painter-status").textContent = `${(share * 100).toFixed(1)}% of the first frame painted (regenerated, and `
+    + "followed through the clip)";
+  return share;
+}
+
+/** Show the painter on the chosen video's first frame; a video of another size starts a new mask. */
+async function openPainter() {
+  const [video] = mediaValues("video_url");
+  if (!video) throw new Error("choose the video first: the mask is painted on its first frame");
+  $("#painter").hidden = false;
+  const frame = $("#painter-frame");
+  if (state.painter.video !== video) {
+    state.painter.video = video;
+    const loaded = new Promise((resolve, reject) => {
+      frame.addEventListener("loadeddata", resolve, { once: true });
+      frame.addEventListener("error", () => reject(new Error("the video does not play in this browser")),
+                             { once: true });
+    });
+    frame.src = video;
+    await loaded;
+    frame.currentTime = 0;
+  }
+  const layer = $("#painter-mask");
+  if (layer.width !== frame.videoWidth || layer.height !== frame.videoHeight) {
+    layer.width = frame.videoWidth;
+    layer.height = frame.videoHeight;
+    state.painter.undo = [];
+  }
+  $("#painter").dataset.ready = "1";
+}
+
+async function usePaintedMask(layer, input, status) {
+  clearError("mask_image_url");
+  const { mask, share } = paintedPixels(layer);
+  if (share === 0) return showError("mask_image_url", "nothing is painted: paint what to regenerate");
+  const png = document.createElement("canvas");
+  png.width = layer.width;
+  png.height = layer.height;
+  png.getContext("2d").putImageData(mask, 0, 0);
+  const blob = await new Promise((resolve) => png.toBlob(resolve, "image/png"));
+  await uploadFiles("mask_image_url", [new File([blob], "painted-mask.png", { type: "image/png" })], input, status,
+                    false);
 }
 
 function showPreviews(name) {
+  if (name === "video_url" && $("#painter") && !$("#painter").hidden) {
+    openPainter().catch((error) => showError("mask_image_url", String(error)));  // the new video's first frame
+  }
   const box = document.querySelector(`[data-previews="${name}"]`);
   box.replaceChildren();
   for (const url of mediaValues(name)) {
@@ -302,8 +469,8 @@ async function readError(response) {
   }
 }
 
-async function uploadFiles(name, fileInput, input, status, multiple) {
-  const files = [...fileInput.files];
+/** Upload ``files`` (File objects: chosen, or the painted mask) and put their URLs into ``input``. */
+async function uploadFiles(name, files, input, status, multiple) {
   if (!files.length) return;
   clearError(name);
   clearError("api_key");
@@ -328,12 +495,10 @@ async function uploadFiles(name, fileInput, input, status, multiple) {
     status.textContent = "";
     const message = typeof error.detail === "string" ? error.detail : JSON.stringify(error.detail ?? String(error));
     showError(error.status === 401 ? "api_key" : name, `upload failed: ${message}`);
-    fileInput.value = "";
     return;
   }
   input.value = multiple ? [...mediaValues(name), ...urls].join("\n") : urls[0];
   status.textContent = `uploaded ${files.map((f) => f.name).join(", ")}`;
-  fileInput.value = "";
   showPreviews(name);
   updateSnippets();
   schedulePreview();
@@ -467,6 +632,7 @@ function showOutput(output) {
                 v.file_size && `${(v.file_size / 1e6).toFixed(2)} MB`].filter(Boolean);
   $("#result-meta").textContent = meta.join(" · ");
   $("#result-seed").textContent = String(output.seed);
+  if (output.mask_video) showVideo("mask", output.mask_video.url);
   $("#zip-link").hidden = !output.frames_zip;
   if (output.frames_zip) $("#zip-download").href = output.frames_zip.url;
   $("#result-json").textContent = JSON.stringify(output, null, 2);
@@ -475,7 +641,8 @@ function showOutput(output) {
 function resetRun() {
   $("#results").hidden = true;
   $("#control-figure").hidden = true;
-  for (const id of ["#control-video", "#result-video"]) {
+  $("#mask-figure").hidden = true;
+  for (const id of ["#control-video", "#mask-video", "#result-video"]) {
     $(id).removeAttribute("src");
     $(id).load();
   }
