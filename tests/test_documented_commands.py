@@ -4,7 +4,7 @@ The lines are *extracted*, not copied: a new example in README.md (a ```bash blo
 (``examples:`` in its epilog) is run by this file without touching it. A block is run like a script pasted into a
 shell: its lines in order, in one fresh working directory that holds the files the examples name (``dance.mp4``,
 ``depth.mp4``, ``in.mp4``: tiny control videos; ``street.mp4``, ``car-mask.mp4``, ``letterboxed.mp4``: a clip, an
-inpainting mask for it and a letterboxed clip; ``cat.png``: an image; ``style.safetensors``: a tiny LoRA), with
+inpainting mask for it and a letterboxed clip; ``car-mask.png``: the mask's first frame; ``cat.png``: an image; ``style.safetensors``: a tiny LoRA), with
 ``$HOME`` a fresh directory whose default weights directory (``~/.cache/vace/weights``) holds the session's tiny
 weights, as after ``vace weights download``. ``NAME=value`` and ``export NAME=value`` lines set the block's
 variables, ``$NAME`` is expanded from them and from :data:`USER_SHELL` (also inside single quotes, which no example
@@ -424,6 +424,7 @@ def shell(tmp_path: Path, tiny_weights: Path, request: pytest.FixtureRequest) ->
                        ("car-mask.mp4", "mask"), ("letterboxed.mp4", "letterbox")):
         write_sample(kind, tmp_path / name, num_frames=17)
     Image.fromarray(SAMPLES["depth"](416, 240, 1, 16)[0]).save(tmp_path / "cat.png")
+    Image.fromarray(SAMPLES["mask"](416, 240, 1, 16)[0]).save(tmp_path / "car-mask.png")
     (tmp_path / "style.safetensors").symlink_to(tiny_weights / "loras" / "tiny-wan21.safetensors")
     (tmp_path / "home" / ".cache" / "vace").mkdir(parents=True)
     (tmp_path / "home" / ".cache" / "vace" / "weights").symlink_to(tiny_weights)
