@@ -267,5 +267,4 @@ def write_mask_video(masks: Iterable[np.ndarray], path: Path, fps: float, qualit
                      encoder: Encoder = LIBX264) -> EncodedVideo:
     """Masks (uint8 HxW, white = generated) as a grey MP4, as VACE's preprocessing writes ``src_mask``: what
     ``vace preprocess`` of an edit writes and the mask video a job that tracked its mask returns."""
-    return write_control_video((np.repeat(np.asarray(m)[..., None], 3, axis=2) for m in masks), path, fps, quality,
-                               encoder)
+    return write_control_video((np.repeat(m[..., None], 3, axis=2) for m in masks), path, fps, quality, encoder)

@@ -49,7 +49,8 @@ class _PlannedSession(Sam2VideoInferenceSession):
     def __init__(self, total: int, height: int, width: int, device: torch.device) -> None:
         super().__init__(video_height=height, video_width=width, inference_device=device,
                          inference_state_device=device, video_storage_device=device, dtype=torch.float32)
-        self.processed_frames = {}
+        self.pixels: dict[int, torch.Tensor] = {}  # the frames in hand: the model reads them as processed_frames
+        self.processed_frames = self.pixels
         self.total = total
 
     @property
@@ -122,7 +123,7 @@ class Sam2Tracker:
                     check_frame(frame, (height, width))
                 pixels = self.processor.video_processor(videos=chunk, device=self.device, return_tensors="pt")
                 for offset, frame_pixels in enumerate(pixels.pixel_values_videos[0]):
-                    session.processed_frames[start + offset] = frame_pixels.to(self.device, torch.float32)
+                    session.pixels[start + offset] = frame_pixels.to(self.device, torch.float32)
                 for index in range(start, start + len(chunk)):
                     out = self.model(inference_session=session, frame_idx=index)
                     self._forget(session, index)
@@ -132,7 +133,7 @@ class Sam2Tracker:
     def _forget(self, session: _PlannedSession, index: int) -> None:
         """Drop frame ``index``'s pixels and what no later frame reads: its full-resolution mask logits (the
         memory encoder has consumed them) and the outputs of frames that fell out of the model's history."""
-        session.processed_frames.pop(index, None)
+        session.pixels.pop(index, None)
         for outputs in session.output_dict_per_obj.values():
             tracked = outputs["non_cond_frame_outputs"]
             if index in tracked:

@@ -196,7 +196,7 @@ def preprocess_edit_to_dir(settings: Settings, task: EndpointTask, fields: dict[
         print(note)
     fps = source.timing.generate_fps
     video = write_control_video((np.asarray(f) for f in cond.video), out_dir / "src_video.mp4", fps, "maximum")
-    mask = write_mask_video(cond.mask, out_dir / "src_mask.mp4", fps, "maximum")
+    mask = write_mask_video((np.asarray(m) for m in cond.mask), out_dir / "src_mask.mp4", fps, "maximum")
     print(f"{task} conditioning: {video.path} and {mask.path} ({video.width}x{video.height}, {video.num_frames} "
           f"frames at {fps:g} fps)")
     return 0

@@ -12,6 +12,7 @@ memory-sized tokens). ``real_config`` gives the real sizes' architecture for the
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import Sam2VideoConfig, Sam2VideoModel, Sam2VideoProcessor
@@ -23,7 +24,7 @@ HIDDEN = 128
 MEMORY = 64  # the width the memory attention's cross-attention is built for
 # The Hiera backbone of each SAM2.1 size (the rest of the model is the same for all): blocks per stage, the global
 # attention blocks, the first stage's width and heads (doubled per stage) and the window sizes.
-HIERA = {
+HIERA: dict[str, dict[str, Any]] = {
     "tiny": {"blocks_per_stage": [1, 2, 7, 2], "global_attention_blocks": [5, 7, 9]},
     "small": {"blocks_per_stage": [1, 2, 11, 2], "global_attention_blocks": [7, 10, 13]},
     "base-plus": {"hidden_size": 112, "num_attention_heads": 2, "blocks_per_stage": [2, 3, 16, 3],
