@@ -92,7 +92,7 @@ def _preview(inp: JobInput, task: EndpointTask, model: str, ctx: JobContext,
     job = check_inputs(inp, task, ctx, None, model=model)
     with tempfile.TemporaryDirectory(prefix="vace-preview-") as workdir:
         first, last = frame_images(inp, Path(workdir), ctx)
-        source = prepare(inp, job, Path(workdir), ctx, first or last, tracking)
+        source = prepare(inp, job, Path(workdir), ctx, first or last, tracking=tracking)
     timing = source.timing
     answer: dict[str, Any] = {
         "recipe": job.recipe, "width": source.width, "height": source.height,
