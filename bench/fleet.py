@@ -49,7 +49,7 @@ from server.jobs import Job
 from server.node_secrets import make_secrets
 
 sys.path.insert(0, str(REPO / "tests"))
-from pg_fixtures import PG_BIN, PostgresCluster  # noqa: E402 - the tests' throw-away cluster, found via tests/
+from pg_fixtures import PG_BIN, PostgresCluster
 
 SUBMIT = "/queue/fal-ai/wan-vace-14b/pose"
 REQUESTS = "/queue/fal-ai/wan-vace-14b/requests"

@@ -58,7 +58,8 @@ def main() -> None:
 
         def ours() -> None:
             with tempfile.TemporaryDirectory(dir=tmp) as work:
-                generate(inp, task="pose", model=MODEL, manager=manager, workdir=Path(work), publish=lambda p, c: str(p))
+                generate(inp, task="pose", model=MODEL, manager=manager, workdir=Path(work),
+                         publish=lambda p, c: str(p))
 
         direct()  # warm-up: first-call allocations and lazy imports
         times: dict[str, list[float]] = {"direct diffusers call": [], "generate()": []}

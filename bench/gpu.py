@@ -15,7 +15,7 @@ import shutil
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
         "size": size,
         "warmup": warmup,
         "device": str(device),
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "versions": {
             "torch": torch.__version__,
             "diffusers": diffusers.__version__,

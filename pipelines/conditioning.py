@@ -127,7 +127,7 @@ def build_conditioning(
             if id(m) not in images:
                 images[id(m)] = Image.fromarray(m)
         mask = [images[id(m)] for m in masks]
-        video = [_grey_out(frame, m) for frame, m in zip(video, masks)]
+        video = [_grey_out(frame, m) for frame, m in zip(video, masks, strict=True)]
     end = len(video) - 1 if last_index is None else last_index
     for index, image in ((0, first_frame), (end, last_frame)):
         if image is not None:

@@ -69,10 +69,7 @@ def plan_frames(
 ) -> FramePlan:
     """Plan the output timeline for ``video`` (see the module docstring for the rules)."""
     fps = video.fps if match_input_frames_per_second else float(frames_per_second)
-    if match_input_num_frames:
-        wanted = int(video.num_frames * fps / video.fps + 1e-6)
-    else:
-        wanted = num_frames
+    wanted = int(video.num_frames * fps / video.fps + 1e-6) if match_input_num_frames else num_frames
     n = round_frames(wanted)
     indices = [int(i * video.fps / fps + 1e-6) for i in range(n)]
     last = video.num_frames - 1

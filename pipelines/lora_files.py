@@ -94,14 +94,14 @@ def read_lora_file(path: Path, field: Field) -> LoraFile:
     try:
         with safe_open(path, framework="pt") as f:
             header = f.metadata() or {}
-            tensors = {key: f.get_tensor(key) for key in f.keys()}
+            tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 - safe_open has keys(), no __iter__
     except (SafetensorError, OSError, ValueError) as exc:
         raise InputError(field, f"not a .safetensors file ({str(exc)[:80]}); LoRAs are only read from safetensors, "
                          "never unpickled: convert a .pt/.ckpt file first", LOAD_ERROR) from None
     strength = _Strength.from_header(header.get(HEADER_KEY), field)
     try:
         state_dict = WanVACEPipeline.lora_state_dict(tensors)
-    except Exception as exc:  # diffusers' key converters raise anything from KeyError to ValueError on odd layouts
+    except Exception as exc:  # noqa: BLE001 - diffusers' key converters raise anything from KeyError to ValueError
         raise InputError(field, f"not a Wan LoRA diffusers can read ({type(exc).__name__}: {str(exc)[:160]})",
                          LOAD_ERROR) from None
     ranks = _factor_ranks(state_dict, field)
@@ -211,10 +211,7 @@ def check_fits(lora: LoraFile, layers: Mapping[str, torch.nn.Linear], field: Fie
         if layer is None:
             raise InputError(field, f"the LoRA adapts {name!r:.160}, which is not a linear layer of the Wan VACE "
                              "transformer: a LoRA for another architecture?", LOAD_ERROR)
-        if part == "A.weight":
-            ok = tensor.shape[1] == layer.in_features
-        else:
-            ok = tensor.shape[0] == layer.out_features
+        ok = tensor.shape[1] == layer.in_features if part == "A.weight" else tensor.shape[0] == layer.out_features
         if not ok:
             raise InputError(field, f"shape {tuple(tensor.shape)} of {key!r:.160} does not fit the layer "
                              f"({layer.in_features} -> {layer.out_features}): a LoRA for another model size?",

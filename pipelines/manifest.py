@@ -89,7 +89,7 @@ MODELS: dict[str, ModelEntry] = {
             key="wan-22-vace-fun-a14b",
             folder="wan2.2-vace-fun-a14b",
             endpoint="fal-ai/wan-22-vace-fun-a14b",
-            sources=(Source("linoyts/Wan2.2-VACE-Fun-14B-diffusers", _DIFFUSERS_OWN + ("transformer_2/*",)),),
+            sources=(Source("linoyts/Wan2.2-VACE-Fun-14B-diffusers", (*_DIFFUSERS_OWN, "transformer_2/*")),),
             two_experts=True,
             boundary_ratio=0.875,
             approx_size_gb=70.0,
@@ -252,6 +252,7 @@ LIGHTX2V_WAN21 = "lightx2v-wan21-14b"
 LIGHTNING_WAN22 = "lightning-wan22-a14b"
 _LIGHTX2V_WAN21_FILE = "loras/Wan21_T2V_14B_lightx2v_cfg_step_distill_lora_rank64.safetensors"
 _LIGHTNING_DIR = "Wan2.2-T2V-A14B-4steps-lora-rank64-Seko-V1.1"
+_LIGHTNING_FILES = (f"{_LIGHTNING_DIR}/high_noise_model.safetensors", f"{_LIGHTNING_DIR}/low_noise_model.safetensors")
 DISTILL_LORAS: dict[str, WeightEntry] = {
     e.key: e
     for e in (
@@ -269,14 +270,13 @@ DISTILL_LORAS: dict[str, WeightEntry] = {
         WeightEntry(
             key=LIGHTNING_WAN22,
             folder=f"{LORAS_FOLDER}/lightning",
-            sources=(Source("lightx2v/Wan2.2-Lightning", (f"{_LIGHTNING_DIR}/high_noise_model.safetensors",
-                                                          f"{_LIGHTNING_DIR}/low_noise_model.safetensors")),),
+            sources=(Source("lightx2v/Wan2.2-Lightning", _LIGHTNING_FILES),),
             approx_size_gb=1.2,
-            required=(f"{_LIGHTNING_DIR}/high_noise_model.safetensors", f"{_LIGHTNING_DIR}/low_noise_model.safetensors"),
+            required=_LIGHTNING_FILES,
             notes=(
                 "Wan2.2-Lightning 4-step LoRA pair for the A14B experts (rank 64, Apache-2.0): high_noise_model into "
-                f"transformer (high), low_noise_model into transformer_2 (low). Request names: lightning/{_LIGHTNING_DIR}"
-                "/high_noise_model and .../low_noise_model."
+                "transformer (high), low_noise_model into transformer_2 (low). Request names: "
+                f"lightning/{_LIGHTNING_DIR}/high_noise_model and .../low_noise_model."
             ),
         ),
     )

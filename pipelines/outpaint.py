@@ -58,7 +58,7 @@ class Expansion:
 
 def chosen_sides(left: bool, right: bool, top: bool, bottom: bool) -> tuple[Side, ...]:
     """The sides an outpainting request's ``expand_*`` fields choose."""
-    return tuple(side for side, on in zip(SIDES, (left, right, top, bottom)) if on)
+    return tuple(side for side, on in zip(SIDES, (left, right, top, bottom), strict=True) if on)
 
 
 def check_sides(sides: Collection[Side]) -> None:

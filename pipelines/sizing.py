@@ -23,7 +23,7 @@ MULTIPLE = 16
 
 
 def _round16(x: float) -> int:
-    return max(MULTIPLE, int(round(x / MULTIPLE)) * MULTIPLE)
+    return max(MULTIPLE, round(x / MULTIPLE) * MULTIPLE)
 
 
 def auto_tier(in_width: int, in_height: int) -> str:

@@ -158,7 +158,8 @@ class _DecideHook(_StatefulHook):
             dist.all_reduce(sums, group=self.group)
         return (sums[0] / sums[1]).item()
 
-    def new_forward(self, module: torch.nn.Module, hidden_states, encoder_hidden_states, control_hidden_states, temb, rotary_emb):
+    def new_forward(self, module: torch.nn.Module, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                    control_hidden_states: torch.Tensor, temb: torch.Tensor, rotary_emb: Any) -> Any:
         state: _BranchState = self.state.get_state()
         ctl = self.controller
         ctl.calls += 1
@@ -175,7 +176,8 @@ class _DecideHook(_StatefulHook):
             return hidden_states.new_zeros(()), control_hidden_states
         state.accumulated = 0.0
         state.block_input = hidden_states
-        return self.fn_ref.original_forward(hidden_states, encoder_hidden_states, control_hidden_states, temb, rotary_emb)
+        return self.fn_ref.original_forward(hidden_states, encoder_hidden_states, control_hidden_states, temb,
+                                            rotary_emb)
 
 
 class _SkipHook(_StatefulHook):
@@ -219,7 +221,8 @@ def _attach(transformer: WanVACETransformer3DModel, controller: StepCacheControl
         (transformer.norm_out, _CaptureHook(state), HOOK_NAMES[2]),
     ]
     hooks += [(block, _SkipHook(state, "vace"), HOOK_NAMES[1]) for block in transformer.vace_blocks[1:]]
-    hooks += [(block, _SkipHook(state, "first" if i == 0 else "block"), HOOK_NAMES[1]) for i, block in enumerate(transformer.blocks)]
+    hooks += [(block, _SkipHook(state, "first" if i == 0 else "block"), HOOK_NAMES[1])
+              for i, block in enumerate(transformer.blocks)]
     with outside_context_parallel(transformer):
         for module, hook, name in hooks:
             HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, name)

@@ -13,6 +13,7 @@ done again on the CPU. Counts and timestamps come from the demuxer, the same for
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 from collections.abc import Generator, Iterator, Sequence
@@ -120,7 +121,7 @@ def read_frames(path: Path, indices: Sequence[int], field: str = "video_url",
     """
     if not indices:
         return []
-    if indices[0] < 0 or any(b < a for a, b in zip(indices, indices[1:])):
+    if indices[0] < 0 or any(b < a for a, b in itertools.pairwise(indices)):
         raise ValueError("indices must be non-negative and non-decreasing")
     if nvdec_gpu is not None:
         try:

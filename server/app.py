@@ -261,7 +261,7 @@ def serve(config: Settings, *, log_level: str = "info", access_log: bool = False
     app = create_app(config)
     raise_open_file_limit()
     scheme = "https" if config.tls else "http"
-    print(f"vace server on {scheme}://{hostport} (data: {config.data_dir}; auth {'on' if config.auth_enabled else 'off'})"
-          f"\n{how}", flush=True)
+    auth = "on" if config.auth_enabled else "off"
+    print(f"vace server on {scheme}://{hostport} (data: {config.data_dir}; auth {auth})\n{how}", flush=True)
     uvicorn.Server(uvicorn_config(app, config, log_level=log_level, access_log=access_log,
                                   timeout_graceful_shutdown=5, **ssl)).run()

@@ -27,7 +27,7 @@ import hmac
 import re
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from fastapi.security import APIKeyHeader
 
@@ -121,5 +121,5 @@ class Auth:
             "token": f"{expires}.{self._sign(expires, caller.key_id or '')}",
             "token_type": "Bearer",
             "base_url": base_url,
-            "expires_at": datetime.fromtimestamp(expires, timezone.utc).isoformat(),
+            "expires_at": datetime.fromtimestamp(expires, UTC).isoformat(),
         }

@@ -89,7 +89,6 @@ def generate_to_file(settings: Settings, task: EndpointTask, fields: dict[str, A
     from pipelines.hooks import JobHooks, PreviewSink
     from pipelines.loading import ModelManager
     from pipelines.parallel import ParallelSpec
-
     from pipelines.tasks import resolve
 
     inp = _validated(task, fields)

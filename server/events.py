@@ -7,6 +7,7 @@ most one poll interval and never correctness.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,11 +20,10 @@ class Watch:
         self.loop = loop
         self.event = asyncio.Event()
 
-    async def wait(self, timeout: float) -> None:
-        try:
-            await asyncio.wait_for(self.event.wait(), timeout)
-        except asyncio.TimeoutError:  # the builtin TimeoutError from 3.11 on
-            pass
+    async def wait(self, poll_s: float) -> None:
+        """Return on a change or after ``poll_s``, whichever is first: the caller reads the job either way."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.event.wait(), poll_s)
         self.event.clear()
 
 
@@ -39,10 +39,8 @@ class Changes:
         with self._lock:
             watches = list(self._watches.get(job_id, ()))
         for watch in watches:
-            try:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: the server is stopping
                 watch.loop.call_soon_threadsafe(watch.event.set)
-            except RuntimeError:  # the loop has closed: the server is stopping
-                pass
 
     @contextmanager
     def watch(self, job_id: str) -> Iterator[Watch]:

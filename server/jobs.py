@@ -332,7 +332,8 @@ class JobStore(ABC):
         owned = " AND worker_id = ?" if worker_id is not None else ""
         with self._write() as db:
             handed_back = db.execute(
-                "UPDATE jobs SET status = 'IN_QUEUE', attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END,"
+                "UPDATE jobs SET status = 'IN_QUEUE',"
+                " attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END,"
                 f" started_at = NULL, worker_id = NULL, lease_expires_at = NULL WHERE id = ? AND"
                 f" status = 'IN_PROGRESS'{owned}",
                 (job_id, worker_id) if worker_id is not None else (job_id,),
@@ -541,8 +542,8 @@ class JobStore(ABC):
         past that. Returns False, recording nothing, when the node no longer holds the pending delivery."""
         with self._tx() as db:
             return db.execute(
-                "UPDATE jobs SET webhook_attempts = ?, webhook_next_at = ?, webhook_lease_until = ? WHERE id = ? AND"
-                " webhook_owner = ? AND webhook_state = 'pending'",
+                "UPDATE jobs SET webhook_attempts = ?, webhook_next_at = ?, webhook_lease_until = ?"
+                " WHERE id = ? AND webhook_owner = ? AND webhook_state = 'pending'",
                 (attempt, next_at, next_at + lease_s, job_id, node_id),
             ).rowcount == 1
 
@@ -609,7 +610,7 @@ class SqliteJobStore(JobStore):
             fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             lock_file.close()
-            raise StoreLockedError(f"{path} is in use by another vace server (one server per data directory)")
+            raise StoreLockedError(f"{path} is in use by another vace server (one server per data directory)") from None
         # Prompts, webhook URLs and file URLs are the users' own: the database is its owner's only (SQLite gives
         # its -wal and -shm files the database file's mode).
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))

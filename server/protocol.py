@@ -10,7 +10,7 @@ not know; the output schema stays fal's).
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel
@@ -100,7 +100,7 @@ def log_entries(lines: list[LogLine]) -> list[LogEntry]:
         LogEntry(
             message=line.message,
             level=_fal_level(line.level),
-            timestamp=datetime.fromtimestamp(line.timestamp, timezone.utc).isoformat(),
+            timestamp=datetime.fromtimestamp(line.timestamp, UTC).isoformat(),
         )
         for line in lines
     ]

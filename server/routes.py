@@ -100,7 +100,8 @@ def _queue_options(
     priority: Annotated[str | None, Header(alias="x-fal-queue-priority", description="low or normal")] = None,
     timeout: Annotated[str | None, Header(alias="x-fal-request-timeout",
                                           description="seconds the job may wait to start")] = None,
-    hint: Annotated[str | None, Header(alias="x-fal-runner-hint", description="routing hint, kept with the job")] = None,
+    hint: Annotated[str | None, Header(alias="x-fal-runner-hint",
+                                       description="routing hint, kept with the job")] = None,
 ) -> QueueOptions:
     if priority is not None and priority.strip().lower() not in ("low", "normal"):
         raise _bad_request(f"X-Fal-Queue-Priority must be low or normal, got {priority[:40]!r}")

@@ -44,8 +44,18 @@ from starlette.responses import RedirectResponse, Response
 
 from pipelines.errors import FileTooLarge
 
-from .files import (NAME, TOKEN, FileStore, file_headers, is_key, open_private, private_dir, served_type, url_path,
-                    write_stream)
+from .files import (
+    NAME,
+    TOKEN,
+    FileStore,
+    file_headers,
+    is_key,
+    open_private,
+    private_dir,
+    served_type,
+    url_path,
+    write_stream,
+)
 
 _DELETE_BATCH = 1000  # keys per DeleteObjects call, S3's maximum
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import json
 import logging
 import os
@@ -137,10 +138,8 @@ class Webhooks:
         """Deliver ``job_id``'s webhook if it has one; safe to call from a worker thread."""
         if self._loop is None:
             return
-        try:
+        with contextlib.suppress(RuntimeError):  # the loop has closed; the delivery stays pending for the next start
             self._loop.call_soon_threadsafe(self._spawn, job_id)
-        except RuntimeError:  # the loop has closed; the delivery stays pending for the next start
-            pass
 
     def _spawn(self, job_id: str) -> None:
         """Deliver ``job_id``'s webhook on this loop, unless this node is delivering it already."""

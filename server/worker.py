@@ -320,7 +320,7 @@ class Worker(threading.Thread):
             return self.pool.store.claim(worker_id=self.id, lease_s=self.pool.lease_s, models=servable,
                                          loaded=self.models.loaded(), hints=self.hints,
                                          switch_after_s=self.pool.switch_after_s)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever the store raises while away, the idle wait rides it out
             log.warning("%s could not claim a job: %s; retrying", self.id, str(exc).strip())
             return None
 
@@ -384,7 +384,7 @@ class Worker(threading.Thread):
             if self.pool.stopping.is_set() and not self.pool.store.cancel_requested(job.id):
                 return HandedBack("the server is stopping; re-queued to run after restart", counted=False)
             return Cancelled(f"cancelled ({exc})")
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any other error fails this job (failure_of types it), not the worker
             cause = self.group.interrupted() if self.group is not None else None
             if cause is not None:  # not the job's fault: it goes back under the attempt rules, as if this worker died
                 return HandedBack(f"the job group lost a rank: {cause}", counted=True)
@@ -473,7 +473,7 @@ class Worker(threading.Thread):
             return True
         try:
             return self.pool.store.cancel_requested(job_id)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - see below
             # The store is away (a database restarting): the job goes on, and its lease says whether it still
             # belongs to this worker once the store is back.
             log.warning("job %s: could not check for a cancel: %s", job_id, str(exc).strip())
@@ -533,7 +533,7 @@ class Worker(threading.Thread):
         try:
             encoded = write_control_video(frames, workdir / "control.mp4", fps, encoder=self.models.codecs.encoder)
             url = self.pool.files.output_url(self.pool.files.adopt(encoded.path, "control.mp4"), job.base_url)
-        except Exception as exc:  # a full disk, an encoder error, an unreachable bucket: none is worth the job
+        except Exception as exc:  # noqa: BLE001 - a full disk, an encoder error, an unreachable bucket: none is worth the job
             self._log(job.id, f"could not keep the control video: {exc}", "WARN")
             return
         self.pool.store.set_control_video(job.id, url)

@@ -28,6 +28,7 @@ which the two exchange newline-delimited JSON messages (:class:`Channel`):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import signal
@@ -70,11 +71,8 @@ class Channel:
         """Send ``message``; one the other side can no longer take (it is gone) is dropped, as that side's end is
         handled where its socket closes."""
         data = (json.dumps(message) + "\n").encode()
-        with self._lock:
-            try:
-                self._sock.sendall(data)
-            except OSError:
-                pass
+        with self._lock, contextlib.suppress(OSError):
+            self._sock.sendall(data)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         """The messages received, until the other side closes its end (or dies)."""
@@ -83,10 +81,8 @@ class Channel:
 
     def close_sending(self) -> None:
         """Tell the other side that no more messages come (it stops), while still reading what it sends."""
-        try:
+        with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
 
     def close(self) -> None:
         self._reader.close()

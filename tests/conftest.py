@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from pg_fixtures import pg_cluster, pg_url  # noqa: F401  (fixtures, shared here so a session starts one server)
+
 from pipelines.loading import ModelManager
 from weights.tiny import build_tiny_weights
 from weights.tiny.samples import write_sample

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import psycopg
 import pytest
-
 from server_fixtures import free_port, require
 
 # Debian installs the server outside PATH, one directory per major version.

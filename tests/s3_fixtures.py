@@ -22,7 +22,6 @@ from typing import Any
 
 import httpx
 import pytest
-
 from server_fixtures import free_port, require, wait_until
 
 FILE_STORES = ("directory", "s3")

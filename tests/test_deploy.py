@@ -134,7 +134,7 @@ def test_compose_environment_is_settings_and_standard_aws_variables() -> None:
     for name in ("api", "worker"):
         environment = services[name]["environment"]
         check_variables(set(environment), f"compose {name}")
-        assert AWS_VARIABLES <= set(environment), name
+        assert set(environment) >= AWS_VARIABLES, name
         store = urlsplit(environment["VACE_STORE"])
         database = services[store.hostname]["environment"]  # the store URL names the PostgreSQL service
         assert services[store.hostname]["image"].startswith("postgres:")

@@ -52,14 +52,14 @@ from unittest import mock
 import httpx
 import pytest
 from PIL import Image
+from server_fixtures import free_port, wait_until
+from test_deploy import image_entrypoint
 
 from pipelines.registry import DEFAULT_MODEL_FOR_TASK
 from pipelines.video_io import probe_video
 from server import cli, commands
 from server.config import Settings
 from server.demo import JOBS
-from server_fixtures import free_port, wait_until
-from test_deploy import image_entrypoint
 from weights.tiny.samples import SAMPLES, write_sample
 
 REPO = Path(__file__).resolve().parents[1]

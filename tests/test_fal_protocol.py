@@ -48,7 +48,7 @@ def receiver() -> Iterator[Receiver]:
 
 
 @pytest.fixture(scope="module")
-def server(server_weights: Path, tmp_path_factory: pytest.TempPathFactory,  # noqa: F811
+def server(server_weights: Path, tmp_path_factory: pytest.TempPathFactory,
            receiver: Receiver) -> Iterator[ThreadServer]:
     config = Settings(weights_dir=server_weights, data_dir=tmp_path_factory.mktemp("protocol") / "data",
                       port=free_port(), api_keys=frozenset({KEY}), webhook_allow=(f"127.0.0.1:{receiver.port}",),
@@ -94,7 +94,7 @@ def started_at(client: httpx.Client, request_id: str) -> float:
 
 def test_queue_priority_start_timeout_hint_and_signed_webhooks(
     server: ThreadServer, client: httpx.Client, fal: Any, receiver: Receiver,
-    control_videos: dict[str, Path],  # noqa: F811
+    control_videos: dict[str, Path],
 ) -> None:
     import fal_client
 
@@ -179,7 +179,7 @@ def test_task_inclusive_routes_gateway_id_and_error_bodies(client: httpx.Client)
 
 
 def test_json_under_a_form_content_type_needs_an_authorization_header(
-    client: httpx.Client, server_weights: Path, tmp_path: Path,  # noqa: F811
+    client: httpx.Client, server_weights: Path, tmp_path: Path,
 ) -> None:
     body = json.dumps({"prompt": "x", "video_url": "https://example.com/v.mp4", "num_frames": 500})
     form = {"content-type": "application/x-www-form-urlencoded"}  # what curl -d sends
@@ -235,7 +235,7 @@ def test_a_webhook_redirect_is_not_followed(client: httpx.Client, receiver: Rece
         hidden.close()
 
 
-def test_a_pending_webhook_survives_a_restart(server_weights: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_a_pending_webhook_survives_a_restart(server_weights: Path, tmp_path: Path) -> None:
     hook = Receiver()
     try:
         def config() -> Settings:
@@ -244,8 +244,9 @@ def test_a_pending_webhook_survives_a_restart(server_weights: Path, tmp_path: Pa
 
         hook.plan = [503]
         with ThreadServer(config()) as first:
-            request_id = httpx.post(f"{first.url}/queue/{POSE}", params={"fal_webhook": hook.url},
-                                    json={"prompt": "x", "video_url": "data:video/mp4;base64,AAAA"}).json()["request_id"]
+            submitted = httpx.post(f"{first.url}/queue/{POSE}", params={"fal_webhook": hook.url},
+                                   json={"prompt": "x", "video_url": "data:video/mp4;base64,AAAA"})
+            request_id = submitted.json()["request_id"]
             wait_until(lambda: hook.for_job(request_id), 60, "the first delivery")
         assert len(hook.for_job(request_id)) == 1  # stopped during the back-off
         with ThreadServer(config()):

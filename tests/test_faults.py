@@ -1,6 +1,7 @@
 """Faults a long-running server meets: a job that runs the device out of memory, a disk that fills up while a job
-writes, SIGTERM during a job, a heartbeat that comes back after its job ended, and the retention sweep. The affected job ends with a stated reason and leaves nothing
-half-written behind; the server frees what the job held and goes on with the next one.
+writes, SIGTERM during a job, a heartbeat that comes back after its job ended, and the retention sweep. The affected
+job ends with a stated reason and leaves nothing half-written behind; the server frees what the job held and goes on
+with the next one.
 """
 
 from __future__ import annotations
@@ -21,10 +22,17 @@ import numpy as np
 import pytest
 import torch
 from diffusers import WanVACETransformer3DModel
-from prometheus_client import Counter, CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter
 from s3_fixtures import FILE_STORES, files_setting, s3_server, stored_names  # noqa: F401
 from server_fixtures import (  # noqa: F401
-    SMALL_JOB, ServeProcess, ThreadServer, control_videos, free_port, require, server_weights, wait_until,
+    SMALL_JOB,
+    ServeProcess,
+    ThreadServer,
+    control_videos,
+    free_port,
+    require,
+    server_weights,
+    wait_until,
 )
 
 from pipelines.context import JobContext
@@ -32,11 +40,11 @@ from pipelines.encode import encode_video
 from pipelines.loading import ModelManager
 from server import cli
 from server.config import Settings
+from server.failures import failure_of
 from server.files import LocalFileStore
 from server.jobs import Failure, SqliteJobStore
 from server.metrics import Metrics
 from server.retention import Retention, Swept
-from server.failures import failure_of
 from server.worker import WorkerPool
 
 QUEUE = "/queue/fal-ai/wan-vace-14b/pose"
@@ -69,7 +77,7 @@ def messages(body: dict[str, Any]) -> list[str]:
 
 
 def test_out_of_memory_fails_alone_frees_memory_and_the_next_job_runs(
-    server_weights: Path, control_videos: dict[str, Path], tmp_path: Path,  # noqa: F811
+    server_weights: Path, control_videos: dict[str, Path], tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The first denoising call raises CUDA's out-of-memory error while holding a block of memory, as a job too
@@ -135,7 +143,7 @@ def fill(disk: Path, leave_bytes: int) -> Path:
 
 @pytest.mark.parametrize("file_store", FILE_STORES)
 def test_a_full_disk_fails_the_job_cleanly_and_the_server_goes_on(
-    file_store: str, request: pytest.FixtureRequest, server_weights: Path, control_videos: dict[str, Path],  # noqa: F811
+    file_store: str, request: pytest.FixtureRequest, server_weights: Path, control_videos: dict[str, Path],
     small_disk: Path,
 ) -> None:
     """The server's whole data directory (job store, scratch and, for the directory store, files) sits on a small
@@ -186,7 +194,7 @@ def test_full_disk_errors_are_named_wherever_they_come_from(small_disk: Path) ->
 
 
 def test_sigterm_during_a_job_requeues_it_and_it_runs_after_restart(
-    server_weights: Path, control_videos: dict[str, Path], tmp_path: Path,  # noqa: F811
+    server_weights: Path, control_videos: dict[str, Path], tmp_path: Path,
 ) -> None:
     """SIGTERM stops the real ``vace serve`` process cleanly within seconds, even mid-job: the
     running job goes back to the queue without its interrupted run counting, and runs with the queued one after
@@ -286,7 +294,7 @@ def test_retention_deletes_old_files_uploads_and_finished_jobs(tmp_path: Path) -
 
 
 def test_retention_runs_in_the_live_server(
-    server_weights: Path, tmp_path: Path,  # noqa: F811
+    server_weights: Path, tmp_path: Path,
 ) -> None:
     """With a two-second retention, a failed job and the upload it read disappear from the running server."""
     config = Settings(weights_dir=server_weights, data_dir=tmp_path / "data", port=free_port(),

@@ -165,7 +165,7 @@ def test_complete_is_linear_in_the_parts_listed(tmp_path: Path) -> None:
     assert read(store, key, tmp_path / "job") == b"".join(n.to_bytes(2, "big") for n in range(1, count + 1))
 
 
-def test_a_new_s3_store_deletes_the_spool_of_crashed_processes_only(s3_server: S3Server,  # noqa: F811
+def test_a_new_s3_store_deletes_the_spool_of_crashed_processes_only(s3_server: S3Server,
                                                                      tmp_path: Path) -> None:
     """Bodies spooled by a process that crashed are deleted when the next one starts; those of a process still
     running on the same data directory (an API node beside a worker) are kept."""
@@ -189,7 +189,7 @@ def test_a_new_s3_store_deletes_the_spool_of_crashed_processes_only(s3_server: S
     assert list(started.spool_dir.iterdir()) == []  # a spooled body is deleted once stored
 
 
-def test_an_s3_file_replaced_after_its_size_check_is_refused_past_the_limit(s3_server: S3Server,  # noqa: F811
+def test_an_s3_file_replaced_after_its_size_check_is_refused_past_the_limit(s3_server: S3Server,
                                                                             tmp_path: Path) -> None:
     """A second PUT lands between the job's size check and its download (the HEAD's answer triggers it): the
     download stops at the limit instead of taking the bigger object."""

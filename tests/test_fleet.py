@@ -27,7 +27,14 @@ import httpx
 import pytest
 from s3_fixtures import S3Server, s3_server  # noqa: F401
 from server_fixtures import (  # noqa: F401
-    REPO, SMALL_JOB, Receiver, ThreadServer, control_videos, free_port, server_weights, verify_like_fals_docs,
+    REPO,
+    SMALL_JOB,
+    Receiver,
+    ThreadServer,
+    control_videos,
+    free_port,
+    server_weights,
+    verify_like_fals_docs,
     wait_until,
 )
 
@@ -88,7 +95,7 @@ def receiver() -> Iterator[Receiver]:
 
 
 @pytest.fixture(scope="module")
-def fleet(server_weights: Path, pg_cluster: Any, s3_server: S3Server, receiver: Receiver,  # noqa: F811
+def fleet(server_weights: Path, pg_cluster: Any, s3_server: S3Server, receiver: Receiver,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ThreadServer, ThreadServer, list[WorkerProcess]]]:
     root = tmp_path_factory.mktemp("fleet")
     store, files = pg_cluster.new_database(), s3_server.new_bucket()  # the workers inherit the AWS_* settings
@@ -116,7 +123,7 @@ def messages(body: dict[str, Any]) -> list[str]:
     return [line["message"] for line in body["logs"]]
 
 
-def test_fal_client_on_one_node_results_on_another(fleet: Any, control_videos: dict[str, Path],  # noqa: F811
+def test_fal_client_on_one_node_results_on_another(fleet: Any, control_videos: dict[str, Path],
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     import fal_client
     import fal_client.client as fal_module
@@ -149,7 +156,7 @@ def test_fal_client_on_one_node_results_on_another(fleet: Any, control_videos: d
 
 
 def test_workers_hold_no_secrets_and_the_api_nodes_deliver_their_webhooks(
-    fleet: Any, receiver: Receiver, control_videos: dict[str, Path],  # noqa: F811
+    fleet: Any, receiver: Receiver, control_videos: dict[str, Path],
 ) -> None:
     node_a, node_b, workers = fleet
     video = "data:video/mp4;base64," + base64.b64encode(control_videos["pose"].read_bytes()).decode()
@@ -167,7 +174,7 @@ def test_workers_hold_no_secrets_and_the_api_nodes_deliver_their_webhooks(
 
 
 def test_a_killed_worker_loses_nothing_and_a_cancel_reaches_a_worker(fleet: Any,
-                                                                      control_videos: dict[str, Path]) -> None:  # noqa: F811
+                                                                      control_videos: dict[str, Path]) -> None:
     node_a, node_b, workers = fleet
     video = "data:video/mp4;base64," + base64.b64encode(control_videos["pose"].read_bytes()).decode()
     long_job = {"prompt": "x", "video_url": video, **SMALL_JOB, "num_inference_steps": 20}
@@ -197,8 +204,8 @@ def test_a_killed_worker_loses_nothing_and_a_cancel_reaches_a_worker(fleet: Any,
     assert survivor.proc.poll() is None
 
 
-def test_a_postgresql_restart_under_load_loses_nothing(fleet: Any, pg_cluster: Any,  # noqa: F811
-                                                       control_videos: dict[str, Path]) -> None:  # noqa: F811
+def test_a_postgresql_restart_under_load_loses_nothing(fleet: Any, pg_cluster: Any,
+                                                       control_videos: dict[str, Path]) -> None:
     node_a, node_b, workers = fleet
     alive = [w for w in workers if w.proc.poll() is None]  # an earlier test may have killed one
     video = "data:video/mp4;base64," + base64.b64encode(control_videos["pose"].read_bytes()).decode()
@@ -234,7 +241,7 @@ def _submit(node: ThreadServer, job: dict[str, Any]) -> str | None:
     return answer.json()["request_id"] if answer.status_code == 200 else None
 
 
-def test_an_api_node_alone_keeps_the_queue(pg_url: str, control_videos: dict[str, Path],  # noqa: F811
+def test_an_api_node_alone_keeps_the_queue(pg_url: str, control_videos: dict[str, Path],
                                            tmp_path: Path) -> None:
     """The fleet's workers are all down (scaled to zero): no worker process is alive, one died holding a job. The
     API node still answers a request whose start timeout passed with fal's 504 (``X-Fal-Request-Timeout-Type:

@@ -161,7 +161,7 @@ def loopback_only(real: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @pytest.fixture(scope="module")
-def server(server_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadServer]:  # noqa: F811
+def server(server_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadServer]:
     config = Settings(weights_dir=server_weights, data_dir=tmp_path_factory.mktemp("fuzz-data"), port=free_port(),
                           webhook_attempts=1, max_upload_bytes=1024 * 1024)
     with pytest.MonkeyPatch.context() as patch:

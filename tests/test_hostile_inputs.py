@@ -13,6 +13,7 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import httpx
 import imageio_ffmpeg
@@ -46,7 +47,7 @@ def allowing(*entries: str, **limits: float) -> JobContext:
 class Recorder(BaseHTTPRequestHandler):
     """Serves ``/ok`` (a few bytes), redirects ``/redirect?<url>`` to ``<url>``, and records Host headers."""
 
-    hosts: list[str] = []
+    hosts: ClassVar[list[str]] = []  # one list for the handler instances of all requests
 
     def do_GET(self) -> None:
         type(self).hosts.append(self.headers.get("host", ""))
@@ -196,7 +197,8 @@ def test_allow_list_forms_and_connecting_to_the_vetted_address(
 def test_own_file_urls_and_cli_local_paths_still_work(tmp_path: Path) -> None:
     served = tmp_path / "served.mp4"
     served.write_bytes(b"video bytes")
-    ours = JobContext(local_files=lambda ref, _workdir, _max_bytes: served if ref.startswith("http://127.0.0.1:1/files/") else None)
+    ours = JobContext(local_files=lambda ref, _workdir, _max_bytes:
+                      served if ref.startswith("http://127.0.0.1:1/files/") else None)
     assert fetch_to_file("http://127.0.0.1:1/files/abc/v.mp4", "video_url", tmp_path, ours) == served
     assert fetch_to_file(str(served), "video_url", tmp_path, ours) == served  # the CLI's local paths
     assert fetch_to_file(served.as_uri(), "video_url", tmp_path, ours) == served
@@ -295,7 +297,7 @@ def test_prompt_and_reference_limits(models: ModelManager, tmp_path: Path, small
 
 
 def test_server_refuses_big_bodies_long_prompts_and_private_urls_fal_shaped(
-    server_weights: Path, tmp_path: Path  # noqa: F811
+    server_weights: Path, tmp_path: Path
 ) -> None:
     config = Settings(weights_dir=server_weights, data_dir=tmp_path / "data", port=free_port(),
                           limits=Limits(max_prompt_chars=20, max_ref_images=1), max_body_bytes=4096)
@@ -359,7 +361,8 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "good": good,
         "odd": make_video(d / "odd.mp4", "-pix_fmt", "yuv444p", size="63x47"),
         "odd_ffv1": make_video(d / "odd.mkv", "-c:v", "ffv1", size="65x37"),
-        "10bit": make_video(d / "10bit.mp4", "-c:v", "libx265", "-pix_fmt", "yuv420p10le", "-x265-params", "log-level=error"),
+        "10bit": make_video(d / "10bit.mp4", "-c:v", "libx265", "-pix_fmt", "yuv420p10le",
+                            "-x265-params", "log-level=error"),
         "gray": make_video(d / "gray.mkv", "-c:v", "ffv1", "-pix_fmt", "gray"),
         "alpha": make_video(d / "alpha.mov", "-vf", "format=argb", "-c:v", "qtrle"),
         "alpha_png": make_video(d / "alpha_png.mov", "-vf", "format=rgba", "-c:v", "png"),
@@ -407,7 +410,7 @@ def test_broken_videos_are_refused_before_the_model(
     assert len(err.msg) < 300 and "Traceback" not in err.msg
 
 
-def test_files_cannot_be_walked(server_weights: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_files_cannot_be_walked(server_weights: Path, tmp_path: Path) -> None:
     config = Settings(weights_dir=server_weights, data_dir=tmp_path / "data", port=free_port())
     with ThreadServer(config) as server, httpx.Client(base_url=server.url, timeout=30) as client:
         token = "A" * 32

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import Tensor
 
+from pipelines.frame_plan import NATIVE_FRAMES, frames_to_generate, max_factor, plan_temporal
 from pipelines.interpolation import FrameInterpolator, load_interpolator, weights_path
 from pipelines.interpolation.film import (
     CURRENT_LAYOUT,
@@ -20,7 +21,6 @@ from pipelines.interpolation.film import (
     load_film,
 )
 from pipelines.interpolation.rife import IFNetConfig, load_rife, rife_frames_between
-from pipelines.frame_plan import NATIVE_FRAMES, frames_to_generate, max_factor, plan_temporal
 from weights.tiny import build_tiny_interpolators
 from weights.tiny.film import FILMNet, build_tiny_film
 from weights.tiny.rife import build_tiny_rife
@@ -64,7 +64,7 @@ def test_exact_counts_and_original_frames_unchanged(interpolator: FrameInterpola
     out = list(interpolator.interpolate(iter(frames), k))
     assert len(out) == (len(frames) - 1) * (k + 1) + 1
     assert all(f.shape == (H, W, 3) and f.dtype == np.uint8 for f in out)
-    for i, (frame, copy) in enumerate(zip(frames, copies)):
+    for i, (frame, copy) in enumerate(zip(frames, copies, strict=True)):
         assert out[i * (k + 1)] is frame
         np.testing.assert_array_equal(frame, copy)
 
@@ -104,7 +104,7 @@ def test_batched_equals_one_by_one(weights_dir: Path, kind: str, batch: int) -> 
 
 
 def test_rejects_frames_of_another_size(interpolator: FrameInterpolator) -> None:
-    frames = make_frames(2) + [np.zeros((H, W + 2, 3), np.uint8)]
+    frames = [*make_frames(2), np.zeros((H, W + 2, 3), np.uint8)]
     with pytest.raises(ValueError, match="uint8 HxWx3 of one size"):
         list(interpolator.interpolate(frames, 1))
 
@@ -112,7 +112,7 @@ def test_rejects_frames_of_another_size(interpolator: FrameInterpolator) -> None
 def test_load_interpolator_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown interpolator"):
         load_interpolator("dain", tmp_path)  # type: ignore[arg-type]
-    with pytest.raises(FileNotFoundError, match="flownet.pkl"):
+    with pytest.raises(FileNotFoundError, match=r"flownet\.pkl"):
         load_interpolator("rife", tmp_path)
 
 
@@ -163,7 +163,7 @@ def test_rife_rejects_a_wrong_state_dict(tmp_path: Path, mutate, message: str) -
 def test_rife_rejects_files_that_are_not_state_dicts(tmp_path: Path) -> None:
     garbage = tmp_path / "garbage.pkl"
     garbage.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(ValueError, match="garbage.pkl: not a readable PyTorch checkpoint"):
+    with pytest.raises(ValueError, match=r"garbage\.pkl: not a readable PyTorch checkpoint"):
         load_rife(garbage)
     listed = tmp_path / "list.pkl"
     torch.save([torch.zeros(1)], listed)
@@ -302,7 +302,7 @@ def test_film_interpolator_pads_centred_and_rounds_like_the_port_script_would(tm
     top, left = ph // 2, pw // 2
     padded = torch.nn.functional.pad(x, (left, pw - left, top, ph - top))
     ref = _port_inference(interp.model.net, padded[:1], padded[1:], 2)
-    for got, want in zip(out[1:3], ref):
+    for got, want in zip(out[1:3], ref, strict=True):
         want = (want[0, :, top : top + H, left : left + W] * 255).round().byte().permute(1, 2, 0).numpy()
         np.testing.assert_array_equal(got, want)
     corner = _port_inference(interp.model.net, *torch.nn.functional.pad(x, (0, pw, 0, ph)).split(1), 2)
@@ -316,9 +316,9 @@ def test_film_v100_makes_midpoints_only_and_refuses_other_counts_up_front(tmp_pa
         interp.check_between(n)
         assert len(list(interp.interpolate(make_frames(3), n))) == 2 * (n + 1) + 1
     for n in (2, 4, 5):
-        with pytest.raises(ValueError, match="v1.0.0 layout, which always interpolates at t = 0.5"):
+        with pytest.raises(ValueError, match=r"v1\.0\.0 layout, which always interpolates at t = 0\.5"):
             interp.check_between(n)
-        with pytest.raises(ValueError, match="not 2|not 4|not 5"):
+        with pytest.raises(ValueError, match=r"not 2|not 4|not 5"):
             next(iter(interp.interpolate(make_frames(3), n)))
 
 
@@ -337,11 +337,11 @@ def test_interpolated_frames_are_rounded_not_truncated() -> None:
 def test_film_rejects_non_torchscript_and_foreign_torchscript(tmp_path: Path) -> None:
     state = tmp_path / "state.pt"
     torch.save(FILMNet(filters=4, flow_filters=(4, 4, 8, 8)).state_dict(), state)
-    with pytest.raises(ValueError, match="state.pt: not a TorchScript file"):
+    with pytest.raises(ValueError, match=r"state\.pt: not a TorchScript file"):
         load_film(state)
     other = tmp_path / "conv.pt"
     torch.jit.script(torch.nn.Conv2d(3, 3, 1)).save(str(other))
-    with pytest.raises(ValueError, match="conv.pt: TorchScript file is not FILM"):
+    with pytest.raises(ValueError, match=r"conv\.pt: TorchScript file is not FILM"):
         load_film(other)
 
 

@@ -69,7 +69,7 @@ def test_the_mask_video_follows_the_frame_plan(mask_video: Path) -> None:
     indices = [plan.source_indices[j] for j in timing.control_indices]
     planes, notes = read_mask_video(mask_video, info, info, indices)
     assert notes == [] and len(planes) == len(indices) == timing.generate_frames
-    for index, plane in zip(indices, planes):
+    for index, plane in zip(indices, planes, strict=True):
         columns = np.flatnonzero(plane[24] >= 128)
         assert (columns[0], columns[-1]) == (2 * index, 2 * index + 15)
     # Held frames (the plan runs past the 20-frame video) share one plane.

@@ -153,7 +153,7 @@ def test_every_write_mode_decodes(tmp_path: Path, write_mode: str) -> None:
 def test_colours_survive_a_round_trip(tmp_path: Path) -> None:
     colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (200, 120, 40)]
     path = encode_video([np.full((H, W, 3), c, np.uint8) for c in colours], tmp_path / "c.mp4", 8.0).path
-    for colour, frame in zip(colours, iter_frames(path)):
+    for colour, frame in zip(colours, iter_frames(path), strict=True):
         assert frame.reshape(-1, 3).mean(0) == pytest.approx(colour, abs=4)
 
 
@@ -174,7 +174,7 @@ def test_frames_zip_holds_one_png_per_frame(tmp_path: Path) -> None:
     with zipfile.ZipFile(path) as archive:
         names = archive.namelist()
         assert names == [f"frame_{i:05d}.png" for i in range(N)]
-        for name, level in zip(names, LEVELS):
+        for name, level in zip(names, LEVELS, strict=True):
             img = Image.open(io.BytesIO(archive.read(name)))
             assert img.size == (W, H) and img.mode == "RGB"
             assert np.asarray(img).mean() == pytest.approx(level, abs=0.01)
@@ -243,7 +243,8 @@ def test_http_errors_are_download_errors(tmp_path: Path, http_root: tuple[str, P
 def test_the_contexts_own_files_are_consulted_first(tmp_path: Path, png_bytes: bytes) -> None:
     stored = tmp_path / "stored.png"
     stored.write_bytes(png_bytes)
-    ctx = JobContext(local_files=lambda ref, _workdir, _max_bytes: stored if ref == "http://myserver/files/abc" else None)
+    ctx = JobContext(local_files=lambda ref, _workdir, _max_bytes: stored if ref == "http://myserver/files/abc"
+                     else None)
     assert fetch_to_file("http://myserver/files/abc", "image_url", tmp_path, ctx) == stored
 
 

@@ -53,7 +53,7 @@ def test_auto_aspect_keeps_the_canvas_shape_at_the_tier(sides, resolution) -> No
 @pytest.mark.parametrize("aspect", ["16:9", "9:16", "1:1", "auto"])
 def test_the_source_is_whole_and_the_space_goes_to_the_chosen_sides(sides, aspect) -> None:
     place = plan_outpaint(640, 360, sides, 0.5, "480p", aspect)
-    assert 0 <= place.x and place.x + place.w <= place.width and 0 <= place.y and place.y + place.h <= place.height
+    assert place.x >= 0 and place.x + place.w <= place.width and place.y >= 0 and place.y + place.h <= place.height
     assert place.w / place.h == pytest.approx(640 / 360, rel=0.01)
     left, right = place.x, place.width - place.x - place.w
     top, bottom = place.y, place.height - place.y - place.h

@@ -2,8 +2,9 @@
 
 Each group test starts a real gloo group on loopback (2 processes, 4 for ``cfg=2,ulysses=2``; this process is rank 0,
 as in ``vace generate --parallel``) and runs whole jobs through ``generate()`` on tiny random weights, for both model
-families, with a reference image, first- and last-frame conditioning and the step cache on. The enforced tolerance is ``frames_match``'s: the uint8 frames of the frames
-zip at most one level from the 1-process run's, in at most 0.1% of values (byte-identical with one torch thread).
+families, with a reference image, first- and last-frame conditioning and the step cache on. The enforced tolerance is
+``frames_match``'s: the uint8 frames of the frames zip at most one level from the 1-process run's, in at most 0.1% of
+values (byte-identical with one torch thread).
 """
 
 from __future__ import annotations

@@ -17,8 +17,9 @@ import time
 
 import psycopg
 import pytest
-
 from pg_fixtures import PostgresCluster
+from server_fixtures import REPO, Receiver, free_port, verify_like_fals_docs
+
 from pipelines.context import JobContext
 from server.jobs import Job
 from server.pg_store import (
@@ -32,7 +33,6 @@ from server.pg_store import (
 )
 from server.signing import WebhookSigner, new_signing_key
 from server.webhooks import Webhooks
-from server_fixtures import REPO, Receiver, free_port, verify_like_fals_docs
 
 # One claiming process: opens the store, says it is ready, waits for "go" on stdin, then claims with 4 threads until
 # the queue is empty (each "run" a few ms, so the processes' claims interleave) and prints what each claim returned.
@@ -160,7 +160,7 @@ def test_nodes_starting_together_migrate_once(pg_url: str) -> None:
     def start() -> None:
         try:
             stores.append(PostgresJobStore(pg_url, max_connections=1))
-        except BaseException as e:  # reported below, not lost in the thread
+        except BaseException as e:  # noqa: BLE001 - reported below, not lost in the thread
             errors.append(e)
 
     threads = [threading.Thread(target=start) for _ in range(4)]
@@ -253,7 +253,7 @@ def test_changes_made_by_another_process_wake_listeners(pg_url: str) -> None:
     # and again when the node delivering it stops and hands it back, but not while a node holds it.
     hooked = other.add(app="fal-ai/wan-vace-14b", task="pose", model="wan-vace-14b", input={"prompt": "x"},
                        base_url="http://h", webhook_url="http://hook")
-    assert [other.claim(worker_id="w3", lease_s=30).id for _ in range(2)] == [back.id, hooked.id]  # type: ignore
+    assert [other.claim(worker_id="w3", lease_s=30).id for _ in range(2)] == [back.id, hooked.id]  # type: ignore[union-attr]
     other.notify("vace_test", "hooked claimed")
     notes.until(("vace_test", "hooked claimed"))
     assert other.finish(hooked.id, result={"seed": 1}, worker_id="w3")
@@ -313,7 +313,7 @@ def test_a_live_node_resumes_another_nodes_webhook_once(pg_url: str, end: str) -
         for node in nodes:
             await node.start()
             node.schedule(job.id)  # both nodes learn of the job's end at once
-        while not receiver.for_job(job.id):  # the first attempt was sent (and counted before that)
+        while not receiver.for_job(job.id):  # noqa: ASYNC110 - the receiver is a thread: no event to await
             await asyncio.sleep(0.05)
         with psycopg.connect(pg_url) as conn:
             owner, lease_until = conn.execute("SELECT webhook_owner, webhook_lease_until FROM jobs").fetchone()

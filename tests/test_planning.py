@@ -15,7 +15,8 @@ def info(num_frames: int, fps: float, width: int = 832, height: int = 480) -> Vi
     return VideoInfo(width=width, height=height, fps=fps, num_frames=num_frames, duration=num_frames / fps)
 
 
-@pytest.mark.parametrize("n,expected", [(17, 17), (18, 17), (20, 17), (21, 21), (81, 81), (84, 81), (241, 241), (5, 17), (999, 241)])
+@pytest.mark.parametrize("n,expected", [(17, 17), (18, 17), (20, 17), (21, 21), (81, 81), (84, 81), (241, 241), (5, 17),
+                                        (999, 241)])
 def test_round_frames_to_4k_plus_1(n, expected):
     assert round_frames(n) == expected
 

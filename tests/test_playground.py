@@ -37,7 +37,7 @@ FAL_HOSTS = ("https://queue.fal.run", "https://rest.fal.ai", "https://fal.run")
 
 
 @pytest.fixture(scope="module", params=FILE_STORES)
-def server(request: pytest.FixtureRequest, server_weights: Path,  # noqa: F811
+def server(request: pytest.FixtureRequest, server_weights: Path,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
     running = ServeProcess(server_weights, tmp_path_factory.mktemp("playground") / "data", api_key=API_KEY,
                            files=files_setting(request.param, request)).start()
@@ -51,7 +51,7 @@ def output_prefix(server: ServeProcess) -> str:
 
 
 @pytest.fixture(scope="module")
-def page_run(server: ServeProcess, control_videos: dict[str, Path],  # noqa: F811
+def page_run(server: ServeProcess, control_videos: dict[str, Path],
              tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """One browser session through the page; returns the JSON report ``playground.mjs`` prints."""
     require(CHROMIUM.exists(), f"no Chromium at {CHROMIUM} (make test installs it as root; else apt-get install "

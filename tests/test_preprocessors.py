@@ -277,8 +277,8 @@ def simcc_for(points: dict[int, tuple[float, float, float]], people: int = 1) ->
     simcc_x = np.zeros((people, NUM_WHOLEBODY, 576), np.float32)
     simcc_y = np.zeros((people, NUM_WHOLEBODY, 768), np.float32)
     for k, (x, y, score) in points.items():
-        simcc_x[:, k, int(round(2 * x))] = score
-        simcc_y[:, k, int(round(2 * y))] = score
+        simcc_x[:, k, round(2 * x)] = score
+        simcc_y[:, k, round(2 * y)] = score
     return simcc_x, simcc_y
 
 

@@ -29,12 +29,12 @@ REQUESTS = "/queue/fal-ai/wan-vace-14b/requests"
 
 
 @pytest.fixture(scope="module")
-def bucket(s3_server: S3Server) -> str:  # noqa: F811
+def bucket(s3_server: S3Server) -> str:
     return s3_server.new_bucket()
 
 
 @pytest.fixture(scope="module")
-def server(server_weights: Path, bucket: str, tmp_path_factory: pytest.TempPathFactory,  # noqa: F811
+def server(server_weights: Path, bucket: str, tmp_path_factory: pytest.TempPathFactory,
            ) -> Iterator[ThreadServer]:
     config = Settings(weights_dir=server_weights, data_dir=tmp_path_factory.mktemp("s3-node"), port=free_port(),
                       files=bucket, api_keys=frozenset({API_KEY}), public_url=PUBLIC,
@@ -69,7 +69,7 @@ def s3_endpoint() -> str:
 
 
 def test_upload_flows_put_bytes_in_the_bucket(server: ThreadServer, client: httpx.Client, bucket: str,
-                                               s3_server: S3Server) -> None:  # noqa: F811
+                                               s3_server: S3Server) -> None:
     data = bytes(range(256)) * 400
     urls = client.post("/storage/upload/initiate", json={"file_name": "clip.mp4", "content_type": "video/mp4"}).json()
     assert httpx.put(local(server, urls["upload_url"]), content=data).status_code == 200  # no key: the URL is the grant
@@ -109,8 +109,8 @@ def test_upload_flows_put_bytes_in_the_bucket(server: ThreadServer, client: http
 
 
 def test_a_job_reads_its_upload_from_the_bucket_and_its_output_is_presigned(
-        server: ThreadServer, client: httpx.Client, control_videos: dict[str, Path], bucket: str,  # noqa: F811
-        s3_server: S3Server) -> None:  # noqa: F811
+        server: ThreadServer, client: httpx.Client, control_videos: dict[str, Path], bucket: str,
+        s3_server: S3Server) -> None:
     urls = client.post("/storage/upload/initiate", json={"file_name": "pose.mp4", "content_type": "video/mp4"}).json()
     assert httpx.put(local(server, urls["upload_url"]), content=control_videos["pose"].read_bytes()).status_code == 200
     submitted = client.post("/queue/fal-ai/wan-vace-14b/pose",

@@ -3,14 +3,15 @@
 The tiny safety classifier's last bias favours ``normal``; flipping it makes it flag everything, which is how these
 tests force a flag: on the inputs (refused before any model work), on the output only (flipped during denoising:
 the job fails and nothing is encoded or published) and through the HTTP server (422, no file stored; a queued job's
-control video, kept while it ran, is deleted from the directory or the bucket once its output is flagged). Expansion runs
-through the tiny local LM (the output's prompt is exactly what it generates greedily) and through an
+control video, kept while it ran, is deleted from the directory or the bucket once its output is flagged). Expansion
+runs through the tiny local LM (the output's prompt is exactly what it generates greedily) and through an
 OpenAI-compatible endpoint served on loopback by the test; every kind of expander failure keeps the prompt.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -110,10 +111,8 @@ def chat_server() -> Iterator[tuple[str, list[dict[str, Any]]]]:
             self.send_header("content-type", "application/json")
             self.send_header("content-length", str(len(data)))
             self.end_headers()
-            try:
+            with contextlib.suppress(BrokenPipeError):  # the slow answer's client gave up, as it should
                 self.wfile.write(data)
-            except BrokenPipeError:  # the slow answer's client gave up, as it should
-                pass
 
         def log_message(self, *_args: object) -> None:
             pass

@@ -6,6 +6,7 @@ malformed credentials, what is public, file modes). Live servers on loopback, ti
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
@@ -21,7 +22,13 @@ import httpx
 import pytest
 from diffusers import WanVACETransformer3DModel
 from server_fixtures import (  # noqa: F401
-    SMALL_JOB, ServeProcess, ThreadServer, control_videos, free_port, server_weights, wait_until,
+    SMALL_JOB,
+    ServeProcess,
+    ThreadServer,
+    control_videos,
+    free_port,
+    server_weights,
+    wait_until,
 )
 
 from server import files as files_module
@@ -40,7 +47,7 @@ def auth_header(key: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def keyed(server_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadServer]:  # noqa: F811
+def keyed(server_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadServer]:
     config = Settings(
         weights_dir=server_weights, data_dir=tmp_path_factory.mktemp("sec") / "data", port=free_port(),
         api_keys=frozenset({KEY_A, KEY_B}), admin_keys=frozenset({ADMIN}), max_upload_bytes=1000,
@@ -137,7 +144,7 @@ def _send_chunked(port: int, path: str, total: int, headers: str = "") -> bytes:
         return sock.recv(4096)
 
 
-def test_unauthenticated_bodies_are_refused_before_they_are_read(server_weights: Path, tmp_path: Path  # noqa: F811
+def test_unauthenticated_bodies_are_refused_before_they_are_read(server_weights: Path, tmp_path: Path
                                                                   ) -> None:
     server = ServeProcess(server_weights, tmp_path / "data", api_key=KEY_A).start()
     try:
@@ -246,7 +253,7 @@ def test_upload_urls_expire(keyed: ThreadServer, monkeypatch: pytest.MonkeyPatch
 
 # 4 ------------------------------------------------------------------------------------ connection hygiene
 
-def test_idle_and_slow_header_connections_are_dropped(tmp_path: Path, server_weights: Path) -> None:  # noqa: F811
+def test_idle_and_slow_header_connections_are_dropped(tmp_path: Path, server_weights: Path) -> None:
     config = Settings(weights_dir=server_weights, data_dir=tmp_path / "data", port=free_port(),
                           header_timeout_s=1.0, timeout_keep_alive=30)
     with ThreadServer(config) as server:
@@ -263,10 +270,8 @@ def test_idle_and_slow_header_connections_are_dropped(tmp_path: Path, server_wei
                 break
         for sock in (idle, slow):
             sock.settimeout(5)
-            try:
+            with contextlib.suppress(ConnectionResetError):  # a reset closes it too
                 assert sock.recv(100) == b""  # closed by the server
-            except ConnectionResetError:
-                pass
             sock.close()
         assert time.monotonic() - started < 8
         # A client that keeps its connection between requests is not cut off by the header deadline.
@@ -278,7 +283,7 @@ def test_idle_and_slow_header_connections_are_dropped(tmp_path: Path, server_wei
 
 # 5 ----------------------------------------------------------------------------------------------- hosts
 
-def test_foreign_hosts_are_refused_on_an_auth_off_server(tmp_path: Path, server_weights: Path) -> None:  # noqa: F811
+def test_foreign_hosts_are_refused_on_an_auth_off_server(tmp_path: Path, server_weights: Path) -> None:
     config = Settings(weights_dir=server_weights, data_dir=tmp_path / "data", port=free_port(),
                           allowed_hosts=("studio.lan",))
     with ThreadServer(config) as server:
@@ -314,7 +319,7 @@ def test_other_keys_cannot_see_or_cancel_a_job(keyed: ThreadServer) -> None:
 
 # 7 --------------------------------------------------------------------------------------- revoked keys
 
-def test_a_revoked_keys_upload_token_and_upload_urls_stop_working(server_weights: Path, tmp_path: Path  # noqa: F811
+def test_a_revoked_keys_upload_token_and_upload_urls_stop_working(server_weights: Path, tmp_path: Path
                                                                    ) -> None:
     data_dir = tmp_path / "data"
 
@@ -340,7 +345,7 @@ def test_a_revoked_keys_upload_token_and_upload_urls_stop_working(server_weights
     # A token names its key: another key's token, or one signed under another secret, is not accepted.
     auth = Auth(frozenset({KEY_A, KEY_B}), b"s" * 32)
     token = auth.issue_upload_token(auth.from_key(f"Key {KEY_A}"), "http://x")["token"]  # type: ignore[arg-type]
-    assert auth.from_key_or_token(f"Bearer {token}").key_id == auth.from_key(f"Key {KEY_A}").key_id  # type: ignore
+    assert auth.from_key_or_token(f"Bearer {token}").key_id == auth.from_key(f"Key {KEY_A}").key_id  # type: ignore[union-attr]
     assert Auth(frozenset({KEY_A}), b"t" * 32).from_key_or_token(f"Bearer {token}") is None
 
 
@@ -379,7 +384,7 @@ def test_ready_shows_internals_only_with_a_key(keyed: ThreadServer) -> None:
 
 # 10 --------------------------------------------------------------------------------------------- modes
 
-def test_the_data_directory_is_owner_only_whatever_the_umask(server_weights: Path, tmp_path: Path  # noqa: F811
+def test_the_data_directory_is_owner_only_whatever_the_umask(server_weights: Path, tmp_path: Path
                                                              ) -> None:
     old = os.umask(0o002)
     try:
@@ -410,7 +415,7 @@ def test_the_data_directory_is_owner_only_whatever_the_umask(server_weights: Pat
 @pytest.mark.parametrize("text", ["/srv/vace/data/work/3f9a: permission denied",
                                   "connection to db.internal:5432 refused for role vace"])
 def test_an_unexpected_error_reaches_the_client_as_an_id_not_its_text(
-    keyed: ThreadServer, control_videos: dict[str, Path], monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+    keyed: ThreadServer, control_videos: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture, text: str,
 ) -> None:
     def broken(*_args: object, **_kwargs: object) -> None:
@@ -438,7 +443,7 @@ def test_an_unexpected_error_reaches_the_client_as_an_id_not_its_text(
 @pytest.mark.parametrize("content_type", ["text/plain", "text/plain;charset=UTF-8", "application/x-www-form-urlencoded",
                                           "multipart/form-data; boundary=x", None])
 def test_json_routes_refuse_other_content_types_without_an_authorization_header(
-    server_weights: Path, tmp_path: Path, content_type: str | None,  # noqa: F811
+    server_weights: Path, tmp_path: Path, content_type: str | None,
 ) -> None:
     """What a page on another site can send without a CORS preflight (a "simple" request: text/plain, a form, or
     a typeless Blob) is refused by our own check on an auth-off server, whatever FastAPI's version does."""
@@ -459,7 +464,7 @@ def test_json_routes_refuse_other_content_types_without_an_authorization_header(
         assert with_key.json()["detail"][0]["loc"][-1] == "num_frames"
 
 
-def test_cors_origins_without_keys_are_warned_about_at_start(server_weights: Path, tmp_path: Path,  # noqa: F811
+def test_cors_origins_without_keys_are_warned_about_at_start(server_weights: Path, tmp_path: Path,
                                                              caplog: pytest.LogCaptureFixture) -> None:
     origin = "https://studio.example"
 

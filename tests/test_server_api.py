@@ -34,7 +34,7 @@ REQUESTS = "/queue/fal-ai/wan-vace-14b/requests"
 
 
 @pytest.fixture(scope="module")
-def server(server_weights: Path, tmp_path_factory: pytest.TempPathFactory,  # noqa: F811
+def server(server_weights: Path, tmp_path_factory: pytest.TempPathFactory,
            webhook_receiver: tuple[str, list[dict[str, Any]]]) -> Iterator[ThreadServer]:
     receiver = webhook_receiver[0].split("/")[2]  # webhooks go to public addresses or their allow-list
     config = Settings(
@@ -211,7 +211,8 @@ def test_uploads_both_client_flows(server: ThreadServer, client: httpx.Client) -
     assert httpx.get(f"{server.url}/files/not-a-token/x.mp4").status_code == 404
 
 
-def test_serve_refuses_an_open_host_without_keys(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+def test_serve_refuses_an_open_host_without_keys(monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture) -> None:
     monkeypatch.delenv("VACE_API_KEYS", raising=False)
     assert cli.main(["serve", "--host", "0.0.0.0", "--weights-dir", "/nonexistent"]) == 2
     assert "no API key" in capsys.readouterr().err
@@ -237,7 +238,7 @@ def test_fal_client_over_plain_http_with_the_helper(server: ThreadServer, monkey
 
 
 def test_queue_lifecycle(
-    server: ThreadServer, client: httpx.Client, control_videos: dict[str, Path],  # noqa: F811
+    server: ThreadServer, client: httpx.Client, control_videos: dict[str, Path],
     webhook_receiver: tuple[str, list[dict[str, Any]]],
 ) -> None:
     hook_url, hooks = webhook_receiver
@@ -251,7 +252,7 @@ def test_queue_lifecycle(
     assert sync.headers["x-fal-request-id"] and sync.headers["x-fal-error-type"] == "video_decode_error"
 
     long_job = client.post(QUEUE_POSE, json={"prompt": "long", "video_url": pose_url,
-                                             **{**SMALL_JOB, "num_inference_steps": 50}})
+                                             **SMALL_JOB, "num_inference_steps": 50})
     submitted = long_job.json()
     long_id = submitted["request_id"]
     assert long_job.headers["x-fal-request-id"] == long_id and submitted["status"] == "IN_QUEUE"
@@ -277,7 +278,8 @@ def test_queue_lifecycle(
                     json={"prompt": "a ball", "video_url": depth_url, "return_frames_zip": True, **SMALL_JOB}).json(),
         client.post(QUEUE_POSE, params={"fal_webhook": hook_url},
                     json={"prompt": "x", "video_url": garbage_url, **SMALL_JOB}).json(),
-        client.post(QUEUE_POSE, json={"prompt": "x", "video_url": "http://127.0.0.1:9/missing.mp4", **SMALL_JOB}).json(),
+        client.post(QUEUE_POSE, json={"prompt": "x", "video_url": "http://127.0.0.1:9/missing.mp4",
+                                      **SMALL_JOB}).json(),
     ]
     assert [q["queue_position"] for q in queued] == [0, 1, 2, 3]
     never_id, depth_id, garbage_id, missing_id = (q["request_id"] for q in queued)

@@ -31,7 +31,7 @@ JS_DIR = REPO / "tests" / "js"
 
 
 @pytest.fixture(scope="module")
-def tls_server(server_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:  # noqa: F811
+def tls_server(server_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
     server = ServeProcess(server_weights, tmp_path_factory.mktemp("tls") / "data", tls=True, api_key=API_KEY).start()
     yield server
     server.stop()
@@ -51,7 +51,7 @@ def _video_files(server: ServeProcess) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def fal_results(tls_server: ServeProcess, fal_env: dict[str, str], control_videos: dict[str, Path],  # noqa: F811
+def fal_results(tls_server: ServeProcess, fal_env: dict[str, str], control_videos: dict[str, Path],
                 ) -> dict[str, Any]:
     videos_before = len(_video_files(tls_server))
     env = {k: v for k, v in os.environ.items() if not k.startswith("FAL_")}
@@ -128,7 +128,7 @@ def test_validation_error_through_the_client(fal_results: dict[str, Any]) -> Non
 
 
 def test_upload_file_feeds_a_later_request(tls_server: ServeProcess, fal_results: dict[str, Any],
-                                           control_videos: dict[str, Path]) -> None:  # noqa: F811
+                                           control_videos: dict[str, Path]) -> None:
     uploaded = fal_results["uploaded"]
     assert uploaded.startswith(f"{tls_server.url}/files/") and uploaded.endswith("/pose.mp4")
     assert fetch(tls_server, uploaded) == control_videos["pose"].read_bytes()
@@ -144,7 +144,7 @@ def test_wrong_key_is_refused(tls_server: ServeProcess) -> None:
         assert c.get("/health").status_code == 200
 
 
-def test_js_client_subscribe(tls_server: ServeProcess, control_videos: dict[str, Path]) -> None:  # noqa: F811
+def test_js_client_subscribe(tls_server: ServeProcess, control_videos: dict[str, Path]) -> None:
     require(shutil.which("node") is not None and (JS_DIR / "node_modules" / "@fal-ai" / "client").is_dir(),
             "needs Node and `npm ci` in tests/js (make install does it)")
     env = {**os.environ, "VACE_URL": tls_server.url, "FAL_KEY": API_KEY, "NODE_EXTRA_CA_CERTS": str(tls_server.cert)}
@@ -162,7 +162,7 @@ def test_js_client_subscribe(tls_server: ServeProcess, control_videos: dict[str,
 
 
 @pytest.fixture(scope="module")
-def family_results(tls_server: ServeProcess, fal_env: dict[str, str], control_videos: dict[str, Path],  # noqa: F811
+def family_results(tls_server: ServeProcess, fal_env: dict[str, str], control_videos: dict[str, Path],
                    tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     folder = tmp_path_factory.mktemp("family")
     media = [str(control_videos["depth"])] + [str(write_sample(kind, folder / f"{kind}.mp4", num_frames=17))

@@ -41,7 +41,7 @@ def receiver() -> Iterator[Receiver]:
 
 
 @pytest.fixture(scope="module")
-def server(server_weights: Path, tmp_path_factory: pytest.TempPathFactory,  # noqa: F811
+def server(server_weights: Path, tmp_path_factory: pytest.TempPathFactory,
            receiver: Receiver) -> Iterator[ThreadServer]:
     config = Settings(weights_dir=server_weights, data_dir=tmp_path_factory.mktemp("family-data"), port=free_port(),
                       api_keys=frozenset({API_KEY}), webhook_allow=(f"127.0.0.1:{receiver.port}",),

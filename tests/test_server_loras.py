@@ -14,7 +14,6 @@ import pytest
 import torch
 from safetensors.torch import save_file
 from server_fixtures import SMALL_JOB, ThreadServer, control_videos, free_port, server_weights  # noqa: F401
-
 from test_hostile_loras import write_header_lora
 
 from server.config import Settings
@@ -26,7 +25,7 @@ LORA_LIMIT = 200_000
 
 
 @pytest.fixture(scope="module")
-def client(server_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:  # noqa: F811
+def client(server_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
     config = Settings(weights_dir=server_weights, data_dir=tmp_path_factory.mktemp("lora-data"), port=free_port(),
                       api_keys=frozenset({API_KEY}), limits=[f"max_lora_bytes={LORA_LIMIT}"])
     with ThreadServer(config) as server, httpx.Client(
@@ -54,7 +53,7 @@ def test_installed_loras_are_listed(client):
     assert "loras" not in httpx.get(f"{client.base_url}/ready").json()
 
 
-def test_each_refusal_is_a_422_naming_the_lora_and_the_server_goes_on(client, control_videos, tmp_path):  # noqa: F811
+def test_each_refusal_is_a_422_naming_the_lora_and_the_server_goes_on(client, control_videos, tmp_path):
     video = data_uri(control_videos["pose"].read_bytes())
     buffer = io.BytesIO()
     torch.save({"transformer.blocks.0.attn1.to_q.lora_A.weight": torch.ones(4, 24)}, buffer)

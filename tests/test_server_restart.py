@@ -34,7 +34,7 @@ def running(server: ServeProcess, request_id: str, run: int) -> bool:
     return body["status"] == "IN_PROGRESS" and f"started on cpu (run {run})" in [x["message"] for x in body["logs"]]
 
 
-def test_kill_during_a_job_and_restart(server_weights: Path, control_videos: dict[str, Path],  # noqa: F811
+def test_kill_during_a_job_and_restart(server_weights: Path, control_videos: dict[str, Path],
                                        tmp_path: Path) -> None:
     server = ServeProcess(server_weights, tmp_path / "data").start()
     try:
@@ -73,7 +73,7 @@ def test_kill_during_a_job_and_restart(server_weights: Path, control_videos: dic
 
 
 def test_a_killed_worker_process_hands_its_job_back_and_is_replaced(
-        server_weights: Path, control_videos: dict[str, Path], tmp_path: Path) -> None:  # noqa: F811
+        server_weights: Path, control_videos: dict[str, Path], tmp_path: Path) -> None:
     server = ServeProcess(server_weights, tmp_path / "data").start()
     try:
         video = "data:video/mp4;base64," + base64.b64encode(control_videos["pose"].read_bytes()).decode()

@@ -23,13 +23,13 @@ from frames_match import assert_same_frames
 from PIL import Image
 
 from pipelines import tasks as tasks_module
+from pipelines.checks import check_inputs
 from pipelines.conditioning import GENERATE, GREY, KEEP, Conditioning
 from pipelines.context import JobContext
 from pipelines.errors import InputError
-from pipelines.checks import check_inputs
 from pipelines.generate import generate
-from pipelines.hooks import JobHooks
 from pipelines.group import job_group
+from pipelines.hooks import JobHooks
 from pipelines.loading import ModelManager
 from pipelines.outpaint import plan_outpaint
 from pipelines.parallel import ParallelSpec

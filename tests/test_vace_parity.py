@@ -37,6 +37,6 @@ def test_a_misplaced_source_is_caught() -> None:
     """The comparison can fail: our output shifted by one pixel is not VACE's."""
     case = next(c for c in cases() if c.name.startswith("outpaint 37x23"))
     frames, masks = run_ours(case)
-    shifted = ([f[:, list(range(1, f.shape[1])) + [0]] for f in frames], masks)
+    shifted = ([f[:, [*range(1, f.shape[1]), 0]] for f in frames], masks)
     with pytest.raises(AssertionError):
         compare(case, shifted, GOLDEN[case.name])

@@ -9,6 +9,7 @@ bodies and decompressed bytes are Python objects), so the bounds are exact count
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 import time
@@ -116,10 +117,8 @@ class Hostile:
                     self.send_header("content-encoding", encoding)
                 self.send_header("content-length", str(len(body)))
                 self.end_headers()
-                try:
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client read the status and left
                     self.wfile.write(body)
-                except (BrokenPipeError, ConnectionResetError):  # the client read the status and left, as it should
-                    pass
 
             def log_message(self, *_args: object) -> None:
                 pass
@@ -413,7 +412,7 @@ def test_an_encoded_download_that_fits_is_decoded_and_an_unknown_coding_refused(
     assert exc.value.type == "file_download_error" and "br" in exc.value.msg
 
 
-def test_the_server_refuses_a_compressed_bomb_with_the_usual_422(server_weights: Path, hostile: Hostile,  # noqa: F811
+def test_the_server_refuses_a_compressed_bomb_with_the_usual_422(server_weights: Path, hostile: Hostile,
                                                                  tmp_path: Path) -> None:
     config = Settings(weights_dir=server_weights, data_dir=tmp_path / "data", port=free_port(),
                       fetch_allow=(f"127.0.0.1:{hostile.port}",), limits=Limits(max_download_bytes=MiB))

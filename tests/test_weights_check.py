@@ -275,8 +275,8 @@ class FakeHub:
                 "model_index.json": json.dumps(index22).encode(), **own,
                 "transformer_2/config.json": b'{"dim": 4}',
                 "transformer_2/diffusion_pytorch_model.safetensors": _st_bytes(scratch, {"w2": torch.ones(4)}),
-                **shared},  # fmt: skip
-        }
+                **shared},
+        }  # fmt: skip
         self.commit = "c0ffee" * 6 + "abcd"
         self.calls: list[tuple[str, tuple[str, ...], Path]] = []
         self.fail_metadata = False

@@ -13,7 +13,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from pipelines.manifest import (
     DEFAULT_DOWNLOAD,
@@ -77,7 +76,8 @@ FILES: dict[str, dict[str, bytes]] = {
     "dwpose": {"yolox_l.onnx": b"\x08\x07fake-yolox", "dw-ll_ucoco_384.onnx": b"\x08\x07fake-rtmpose"},
     "midas": {"dpt_hybrid-midas-501f0c75.pt": _torch_bytes(2)},
     "openpose": {"body_pose_model.pth": _torch_bytes(3)},
-    "depth_anything_v2": {"config.json": b'{"model_type": "depth_anything"}', "model.safetensors": _safetensors_bytes()},
+    "depth_anything_v2": {"config.json": b'{"model_type": "depth_anything"}',
+                          "model.safetensors": _safetensors_bytes()},
     "rife": {"flownet.pkl": FLOWNET},
     "film": {"film_net_fp32.pt": _film_bytes()},
 }

@@ -2,8 +2,8 @@
 
 The worker's thread is rank 0 (in this test process, inside the in-process server); the other rank is a spawned
 process talking gloo on loopback. A job's frames equal a single-device server's for the same request and seed
-(within the tolerance of ``frames_match``); SIGKILL of the follower mid-job hands the job back under the attempt rules, the group
-restarts with a new follower and completes the job, again with the same frames. Each group start costs the
+(within the tolerance of ``frames_match``); SIGKILL of the follower mid-job hands the job back under the attempt rules,
+the group restarts with a new follower and completes the job, again with the same frames. Each group start costs the
 follower's imports (~17 s here), so one test runs the whole story on one group server.
 """
 
@@ -44,7 +44,7 @@ def frames_of(server: ThreadServer, request_id: str) -> list[bytes]:
 
 
 @pytest.fixture(scope="module")
-def job(control_videos: dict[str, Path]) -> dict[str, Any]:  # noqa: F811
+def job(control_videos: dict[str, Path]) -> dict[str, Any]:
     video = "data:video/mp4;base64," + base64.b64encode(control_videos["pose"].read_bytes()).decode()
     # Enough steps that the follower can be killed mid-job after the first step is seen.
     return {"prompt": "a dancer", "video_url": video, **SMALL_JOB, "num_inference_steps": 8, "return_frames_zip": True}
@@ -60,7 +60,7 @@ def test_settings_refuse_a_group_that_cannot_form() -> None:
 
 
 def test_a_group_serves_jobs_with_single_device_frames_and_recovers_from_a_lost_rank(
-        server_weights: Path, job: dict[str, Any], tmp_path: Path) -> None:  # noqa: F811
+        server_weights: Path, job: dict[str, Any], tmp_path: Path) -> None:
     with ThreadServer(Settings(weights_dir=server_weights, data_dir=tmp_path / "single", port=free_port())) as one:
         submitted = httpx.post(f"{one.url}{POSE}", json=job, timeout=30).json()["request_id"]
         single = frames_of(one, submitted)

@@ -45,8 +45,8 @@ def _frames(seed: int, n: int, width: int, height: int) -> list[np.ndarray]:
     """Noise-like frames from integer hashing: every pixel differs from its neighbours (a misplaced paste cannot
     match), and the same on every machine and NumPy version (no random generator stream involved)."""
     i, y, x, c = (a.astype(np.uint64) for a in np.ogrid[:n, :height, :width, :3])
-    v = x * np.uint64(2654435761) + y * np.uint64(40503) + c * np.uint64(2246822519) + (i + np.uint64(seed)) * np.uint64(
-        3266489917)
+    v = (x * np.uint64(2654435761) + y * np.uint64(40503) + c * np.uint64(2246822519)
+         + (i + np.uint64(seed)) * np.uint64(3266489917))
     v = (v ^ (v >> np.uint64(13))) * np.uint64(1274126177)
     return list(((v >> np.uint64(16)) % np.uint64(256)).astype(np.uint8))
 

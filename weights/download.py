@@ -98,7 +98,7 @@ def _hub_metadata(entry: WeightEntry, source: Source, token: str | None) -> tupl
     """
     try:
         info = HfApi().model_info(source.repo_id, revision=source.revision, files_metadata=True, token=token)
-    except Exception as e:  # any failure here only costs us the hub checksums
+    except Exception as e:  # noqa: BLE001 - any failure here only costs us the hub checksums
         _log(entry, f"no file metadata from the hub for {source.repo_id} ({type(e).__name__}: {e}); hashing locally")
         return source.revision, {}
     wanted = _selected([s.rfilename for s in info.siblings or []], source)

@@ -108,7 +108,7 @@ class CheckReport:
                          f"~{e.approx_size_gb:g} GB"))  # fmt: skip
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines = [f"Weights in {self.weights_dir}" + (" (deep check: sha256)" if self.deep else "")]
-        lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+        lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
         for e in self.entries.values():
             if e.problems:
                 lines.append(f"\n{e.key} ({e.folder}): {len(e.problems)} problem(s)")

@@ -43,7 +43,7 @@ class DevicePeaks(PeakSampler):
         return bool(self.indices)
 
     def sample(self) -> None:
-        self.peaks = [max(p, torch.cuda.device_memory_used(i)) for p, i in zip(self.peaks, self.indices)]
+        self.peaks = [max(p, torch.cuda.device_memory_used(i)) for p, i in zip(self.peaks, self.indices, strict=True)]
 
     def note(self) -> str:
         if not self.indices:

@@ -38,7 +38,7 @@ def text_table(rows: list[dict]) -> str:
     """The rows as aligned plain text, for the terminal at the end of a run."""
     table = [list(COLUMNS)] + [row_cells(r) for r in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(COLUMNS))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in table)
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in table)
 
 
 COMMON_NOTES = (

@@ -33,7 +33,8 @@ from torch import Tensor, nn
 from preprocessors.frames import check_frame
 
 from ..manifest import FILM, FILM_FILE, RIFE, RIFE_FILE, WeightEntry
-from .film import PAD_MULTIPLE as FILM_PAD_MULTIPLE, FilmModel, film_frames_between, load_film
+from .film import PAD_MULTIPLE as FILM_PAD_MULTIPLE
+from .film import FilmModel, film_frames_between, load_film
 from .rife import load_rife, rife_frames_between
 
 __all__ = ["FrameInterpolator", "InterpolatorKind", "load_interpolator", "weights_path"]
@@ -125,7 +126,7 @@ class FrameInterpolator:
         x = F.pad(x, (left, pw - left, top, ph - top))
         mids = self._between(self.model, x[:-1], x[1:], n, self.batch_size)[..., top : top + h, left : left + w]
         mids = (mids.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 1, 3, 4, 2).cpu().numpy()
-        for frame, between in zip(frames[:-1], mids):
+        for frame, between in zip(frames[:-1], mids, strict=True):
             yield frame
             yield from between
 

@@ -32,9 +32,10 @@ FILM runs in fp32: the port's warp builds its sampling grid in the input dtype, 
 about 0.4 px near the edges of an 832 px frame.
 """
 
+import itertools
 import warnings
 from pathlib import Path
-from typing import Dict, List, Literal, Tuple
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -51,7 +52,7 @@ PAD_MULTIPLE = 2 ** (PYRAMID_LEVELS - 1)
 FilmLayout = Literal["v1.0.0", "v1.0.1", "v1.0.2"]
 CURRENT_LAYOUT: FilmLayout = "v1.0.2"
 
-Step = Tuple[int, int, int, float]  # (target, left, right, dt) on the timeline 0 .. n + 1
+Step = tuple[int, int, int, float]  # (target, left, right, dt) on the timeline 0 .. n + 1
 
 
 def film_state_keys(layout: FilmLayout = CURRENT_LAYOUT) -> set[str]:
@@ -101,11 +102,11 @@ class FilmModel(nn.Module):
             raise ValueError(f"FILM layout {self.layout} takes one dt per call, got {dt.tolist()}")
         return self.net(img0, img1, dt[:1].view(1, 1))
 
-    def steps_per_call(self, steps: List[Step]) -> List[List[Step]]:
+    def steps_per_call(self, steps: list[Step]) -> list[list[Step]]:
         """``steps`` split into groups that may share a call: all together, or one group per ``dt``."""
         if self.per_item_dt:
             return [steps]
-        groups: Dict[float, List[Step]] = {}
+        groups: dict[float, list[Step]] = {}
         for step in steps:
             groups.setdefault(step[3], []).append(step)
         return list(groups.values())
@@ -161,7 +162,7 @@ def _layout(path: Path, net: torch.jit.ScriptModule) -> FilmLayout:
     raise ValueError(f"{path}: film_net file that takes neither a (B, 1) nor a (1, 1) dt; not a known layout")
 
 
-def _midpoint_rounds(n: int) -> List[List[Step]]:
+def _midpoint_rounds(n: int) -> list[list[Step]]:
     """The port's recursive-midpoint schedule for ``n`` frames between positions 0 and ``n + 1``, in rounds.
 
     Picks, one at a time, the missing frame whose time is closest to the middle of the known pair around it, ties
@@ -173,10 +174,10 @@ def _midpoint_rounds(n: int) -> List[List[Step]]:
     times = torch.linspace(0, 1, n + 2)
     known, missing = [0, n + 1], list(range(1, n + 1))
     depth = {0: 0, n + 1: 0}
-    rounds: List[List[Step]] = []
+    rounds: list[list[Step]] = []
     while missing:
-        best: Tuple[float, int, int, int, float] | None = None
-        for left, right in zip(known[:-1], known[1:]):
+        best: tuple[float, int, int, int, float] | None = None
+        for left, right in itertools.pairwise(known):
             span = times[right] - times[left]
             for target in (m for m in missing if left < m < right):
                 dt = (times[target] - times[left]) / span
@@ -211,7 +212,7 @@ def film_frames_between(model: FilmModel, img0: Tensor, img1: Tensor, n: int, ma
     return torch.stack([frames[i] for i in range(1, n + 1)], 1)
 
 
-def _run_group(model: FilmModel, frames: Dict[int, Tensor], steps: List[Step], b: int, max_batch: int) -> None:
+def _run_group(model: FilmModel, frames: dict[int, Tensor], steps: list[Step], b: int, max_batch: int) -> None:
     """Add the frames of ``steps``, for all ``b`` pairs, to ``frames``; ``max_batch`` network items at a time."""
     left = torch.cat([frames[s[1]] for s in steps])
     right = torch.cat([frames[s[2]] for s in steps])

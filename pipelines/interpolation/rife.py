@@ -178,21 +178,18 @@ class IFNet(nn.Module):
         f0, f1 = features[:b], features[b:]
         src0, src1 = torch.cat((img0, f0), 1), torch.cat((img1, f1), 1)  # warped together: one grid per flow
         grid = _pixel_grid(h, w, img0.device)
-        flow = mask = carried = None
-        for i, scale in enumerate(self.config.scales):
-            block: _Block = getattr(self, f"block{i}")
-            if flow is None:
-                out = block(torch.cat((img0, img1, f0, f1, t), 1), None, scale)
-                flow = out[:, :4]
-            else:
-                parts = [warped0[:, :3], warped1[:, :3], warped0[:, 3:], warped1[:, 3:], t, mask]
-                if self.config.carries_features:
-                    parts.append(carried)
-                out = block(torch.cat(parts, 1), flow, scale)
-                flow = flow + out[:, :4]
-            mask, carried = out[:, 4:5], out[:, 5:]
+        blocks: list[_Block] = [getattr(self, f"block{i}") for i in range(len(self.config.scales))]
+        out = blocks[0](torch.cat((img0, img1, f0, f1, t), 1), None, self.config.scales[0])  # the first sees no flow
+        flow = out[:, :4]
+        for block, scale in zip(blocks[1:], self.config.scales[1:], strict=True):
             warped0, warped1 = _warp(src0, flow[:, :2], grid), _warp(src1, flow[:, 2:4], grid)
-        alpha = torch.sigmoid(mask)
+            parts = [warped0[:, :3], warped1[:, :3], warped0[:, 3:], warped1[:, 3:], t, out[:, 4:5]]  # ..., mask
+            if self.config.carries_features:
+                parts.append(out[:, 5:])
+            out = block(torch.cat(parts, 1), flow, scale)
+            flow = flow + out[:, :4]
+        warped0, warped1 = _warp(src0, flow[:, :2], grid), _warp(src1, flow[:, 2:4], grid)
+        alpha = torch.sigmoid(out[:, 4:5])
         return warped0[:, :3] * alpha + warped1[:, :3] * (1 - alpha)
 
 

@@ -160,7 +160,8 @@ def build_tiny_annotators(weights_dir: Path, seed: int = 0) -> Path:
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
 
-    detector, estimator = DWPOSE.path(weights_dir, DWPOSE_DETECTOR_FILE), DWPOSE.path(weights_dir, DWPOSE_ESTIMATOR_FILE)
+    detector = DWPOSE.path(weights_dir, DWPOSE_DETECTOR_FILE)
+    estimator = DWPOSE.path(weights_dir, DWPOSE_ESTIMATOR_FILE)
     _export(TinyYolox(), torch.zeros(1, 3, DET_SIZE, DET_SIZE), detector, ["images"], ["output"], False)
     _export(TinyRtmPose(), torch.zeros(1, 3, POSE_HEIGHT, POSE_WIDTH), estimator, ["input"],
             ["simcc_x", "simcc_y"], True)  # fmt: skip

@@ -27,8 +27,8 @@ No ``from __future__ import annotations`` here: TorchScript reads the annotation
 """
 
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -116,8 +116,8 @@ class _Tower(nn.Module):
             cin = cout
         self.convs = nn.ModuleList(stages)
 
-    def forward(self, image: Tensor, depth: int) -> List[Tensor]:
-        out: List[Tensor] = []
+    def forward(self, image: Tensor, depth: int) -> list[Tensor]:
+        out: list[Tensor] = []
         x = image
         for j, stage in enumerate(self.convs):  # TorchScript unrolls this loop and allows no `break`
             if j < depth:
@@ -132,14 +132,14 @@ class _CascadedFeatures(nn.Module):
         self.extract_sublevels = _Tower(filters)
         self.sub_levels = SUB_LEVELS  # TorchScript reads no module globals
 
-    def forward(self, pyramid: List[Tensor]) -> List[Tensor]:
+    def forward(self, pyramid: list[Tensor]) -> list[Tensor]:
         levels = len(pyramid)
-        towers: List[List[Tensor]] = []
+        towers: list[list[Tensor]] = []
         for i, image in enumerate(pyramid):
             towers.append(self.extract_sublevels(image, min(levels - i, self.sub_levels)))
-        out: List[Tensor] = []
+        out: list[Tensor] = []
         for i in range(levels):
-            parts: List[Tensor] = []
+            parts: list[Tensor] = []
             for j in range(min(i + 1, self.sub_levels)):
                 parts.append(towers[i - j][j])
             out.append(torch.cat(parts, 1))
@@ -176,11 +176,11 @@ class _FlowPyramid(nn.Module):
         self._predictors = nn.ModuleList(heads[:-1][::-1])  # coarse to fine, as they run
         self.specialized = len(heads) - 1
 
-    def forward(self, a: List[Tensor], b: List[Tensor]) -> List[Tensor]:
+    def forward(self, a: list[Tensor], b: list[Tensor]) -> list[Tensor]:
         """Accumulated flows, finest level first."""
         levels = len(a)
         flow = self._predictor(a[-1], b[-1])
-        flows: List[Tensor] = [flow]
+        flows: list[Tensor] = [flow]
         for i in range(levels - 2, self.specialized - 1, -1):
             flow = _upsample_flow(flow, a[i])
             flow = flow + self._predictor(a[i], _warp(b[i], flow))
@@ -211,7 +211,7 @@ class _Fusion(nn.Module):
         self.convs = nn.ModuleList(levels)
         self.output_conv = nn.Conv2d(filters, 3, 1)
 
-    def forward(self, pyramid: List[Tensor]) -> Tensor:
+    def forward(self, pyramid: list[Tensor]) -> Tensor:
         x = pyramid[-1]
         for k, level in enumerate(self.convs):
             skip = pyramid[len(pyramid) - 2 - k]
@@ -228,7 +228,7 @@ class FILMNet(nn.Module):
     def __init__(
         self,
         filters: int = 64,
-        flow_filters: Tuple[int, ...] = (32, 64, 128, 256),
+        flow_filters: tuple[int, ...] = (32, 64, 128, 256),
         layout: FilmLayout = CURRENT_LAYOUT,
     ) -> None:
         super().__init__()
@@ -254,16 +254,16 @@ class FILMNet(nn.Module):
         else:
             dt = torch.full_like(batch_dt, 0.5)[:, 0]
         image = torch.cat((x0, x1))  # both images through one pass of every stage
-        images: List[Tensor] = [image]
+        images: list[Tensor] = [image]
         for _ in range(self.pyramid_levels - 1):
             image = F.avg_pool2d(image, 2, 2)
             images.append(image)
         features = self.extract(images)
-        swapped: List[Tensor] = []
+        swapped: list[Tensor] = []
         for f in features:
             swapped.append(torch.cat((f[b:], f[:b])))
         flows = self.predict_flow(features, swapped)  # first half: flow 0->1, second half: flow 1->0
-        aligned: List[Tensor] = []
+        aligned: list[Tensor] = []
         for i in range(self.fusion_levels):
             to0 = flows[i][b:] * dt  # where the frame at dt reads image 0
             to1 = flows[i][:b] * (1 - dt)  # and image 1
@@ -275,7 +275,7 @@ class FILMNet(nn.Module):
 def build_tiny_film(
     path: Path,
     filters: int = 4,
-    flow_filters: Tuple[int, ...] = (4, 4, 8, 8),
+    flow_filters: tuple[int, ...] = (4, 4, 8, 8),
     seed: int = 0,
     layout: FilmLayout = CURRENT_LAYOUT,
 ) -> Path:

@@ -22,7 +22,8 @@ RANK = 4
 TINY_LORAS = {"tiny-wan21": 1, "tiny-wan22": 2}
 
 
-def lora_weights(transformer: torch.nn.Module, seed: int, rank: int = RANK, std: float = 0.3) -> dict[str, torch.Tensor]:
+def lora_weights(transformer: torch.nn.Module, seed: int, rank: int = RANK,
+                 std: float = 0.3) -> dict[str, torch.Tensor]:
     """Random LoRA factors for every linear layer of ``transformer``'s blocks, keyed without the ``transformer.``
     prefix (as ``save_lora_weights`` takes them)."""
     generator = torch.Generator().manual_seed(seed)

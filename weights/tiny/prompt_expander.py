@@ -12,7 +12,6 @@ from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen2Tokenizer
 
 from .wan import WORDS
 
-
 # ChatML turns as Qwen2.5's own template renders them for a conversation with a system message and no tools.
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"

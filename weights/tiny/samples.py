@@ -43,7 +43,7 @@ def pose_frames(width: int, height: int, num_frames: int, fps: float) -> list[np
     for i in range(num_frames):
         frame = np.zeros((height, width, 3), np.uint8)
         points = _skeleton(i / fps, width, height)
-        for (a, b), colour in zip(LIMBS, COLOURS):
+        for (a, b), colour in zip(LIMBS, COLOURS, strict=True):
             cv2.line(frame, points[a], points[b], colour, max(2, height // 60))
         for p in points.values():
             cv2.circle(frame, p, max(2, height // 80), (255, 255, 255), -1)
@@ -95,7 +95,8 @@ def letterbox_frames(width: int, height: int, num_frames: int, fps: float) -> li
 SAMPLES = {"pose": pose_frames, "depth": depth_frames, "mask": mask_frames, "letterbox": letterbox_frames}
 
 
-def write_sample(kind: str, path: Path, width: int = 416, height: int = 240, num_frames: int = 33, fps: float = 16) -> Path:
+def write_sample(kind: str, path: Path, width: int = 416, height: int = 240, num_frames: int = 33,
+                 fps: float = 16) -> Path:
     """Write the synthetic video ``kind`` (a key of ``SAMPLES``) to ``path``."""
     encode_video(SAMPLES[kind](width, height, num_frames, fps), path, fps, quality="maximum")
     return path
