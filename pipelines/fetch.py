@@ -175,7 +175,8 @@ def load_image(ref: str, field: Field, workdir: Path, ctx: JobContext) -> Image.
         raise InputError(field, f"not a readable image: {_brief(ref)}", IMAGE_ERROR) from None
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
         rgba = img.convert("RGBA")
-        if rgba.getchannel("A").getextrema()[0] < 255:
+        # PIL's stubs type getextrema() for images of any band count; one band gives (min, max).
+        if rgba.getchannel("A").getextrema()[0] < 255:  # type: ignore[operator]
             return rgba
     return img.convert("RGB")
 

@@ -75,10 +75,10 @@ class JobParts:
 
 def resolve_parts(manager: ModelManager, inp: JobInput, job: TaskJob, model: str, *, interpolates: bool) -> JobParts:
     """Load (or take from ``manager``, which keeps them) what the job needs, and nothing it does not."""
-    preprocess = job.control_task is not None and getattr(inp, "preprocess", False)
+    preprocess = job.control_task if getattr(inp, "preprocess", False) else None
     return JobParts(
         model=manager.get(model),
-        annotator=manager.preprocessor(job.control_task, getattr(inp, "annotator", None)) if preprocess else None,
+        annotator=manager.preprocessor(preprocess, getattr(inp, "annotator", None)) if preprocess else None,
         interpolator=manager.interpolator(inp.interpolator_model) if interpolates else None,
         prompt_expander=manager.prompt_expander() if inp.enable_prompt_expansion else None,
         group=manager.group,
@@ -179,11 +179,13 @@ def generate(
     if group is not None:
         assert group.send is not None, "generate() runs on rank 0 of a job group"
         group.send(request)
-    frames = to_uint8(run_denoise(parts.model, request, hooks, group))
+    denoised = run_denoise(parts.model, request, hooks, group)
+    assert denoised is not None  # rank 0 decodes
+    frames = to_uint8(denoised)
 
     # 5. Finish: the output screened, interpolated, encoded and published.
     if checker is not None:  # before anything is encoded or published: nothing flagged leaves the job
-        score = checker.check_output(frames)
+        score = checker.check_output(list(frames))
         hooks.log(f"safety check: the generated video passed (highest unsafe score {score:.2f})")
     output: Iterable[np.ndarray] = frames
     if parts.interpolator is not None:

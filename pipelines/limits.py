@@ -7,6 +7,7 @@ before any model work, and each refusal is an ``InputError`` (fal's 422 body on 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
+from typing import Any
 
 from .errors import InputError
 from .video_io import VideoInfo
@@ -36,7 +37,7 @@ class Limits:
         """These limits with ``NAME=VALUE`` settings applied (``vace serve --limit``); ValueError names the
         known limits when a name or value is wrong."""
         types = {f.name: f.type for f in fields(self)}
-        changes: dict[str, float | int] = {}
+        changes: dict[str, Any] = {}  # each value of its field's type, read from the field
         for setting in settings:
             name, _, value = setting.partition("=")
             name = name.strip()

@@ -17,11 +17,12 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import diffusers
 import torch
 import transformers
-from diffusers import AutoencoderKLWan, WanVACEPipeline, WanVACETransformer3DModel
+from diffusers import AutoencoderKLWan, ModelMixin, WanVACEPipeline, WanVACETransformer3DModel
 from diffusers.hooks import apply_group_offloading
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from transformers import AutoTokenizer, UMT5EncoderModel
@@ -51,19 +52,22 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+M = TypeVar("M", bound=torch.nn.Module)
+
+
 def default_dtype(device: torch.device) -> torch.dtype:
     """bf16 on GPUs (what the Wan models are trained and served in), fp32 on CPU where bf16 is slow."""
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
-def place_module(module: torch.nn.Module, mode: str, device: torch.device, compute_dtype: torch.dtype, *,
-                 fp8: bool) -> torch.nn.Module:
+def place_module(module: M, mode: str, device: torch.device, compute_dtype: torch.dtype, *, fp8: bool) -> M:
     """Put one large module (a transformer or the text encoder) on ``device`` the way ``mode`` says.
 
     ``fp8`` marks modules that support float8 storage (diffusers models); others stay in the compute dtype.
     ``model_offload`` leaves the module on the CPU: the pipeline's offload hooks move it when used.
     """
     if mode == "fp8" and fp8:
+        assert isinstance(module, ModelMixin)  # layerwise casting is the diffusers models' own
         module.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=compute_dtype)
         return module.to(device)
     if mode == "group_offload":
@@ -342,7 +346,7 @@ class ModelManager:
                 "model": str(self.expander_folder()),
                 "weights_present": (self.expander_folder() / "config.json").is_file(),
             }
-        safety = {"weights_present": self.has_safety_checker(), "threshold": rt.safety_threshold}
+        safety: dict[str, object] = {"weights_present": self.has_safety_checker(), "threshold": rt.safety_threshold}
         tracking: dict[str, object] = {"mode": rt.mask_tracking}
         if rt.mask_tracking == "track":
             tracking |= {"tracker": rt.mask_tracker, "weights_present": self.missing_mask_tracker() is None,

@@ -228,7 +228,9 @@ def linear_layers(expert: WanVACETransformer3DModel) -> dict[str, torch.nn.Linea
         if name.startswith(adapted):  # named_modules goes depth first: an adapted layer's parts come right after it
             continue
         if isinstance(module, LoraLayer):
-            layers[name], adapted = module.get_base_layer(), (f"{name}.",)
+            base, adapted = module.get_base_layer(), (f"{name}.",)
+            if isinstance(base, torch.nn.Linear):
+                layers[name] = base
         elif isinstance(module, torch.nn.Linear):
             layers[name] = module
     return layers

@@ -67,9 +67,9 @@ def clear_slot(expert: WanVACETransformer3DModel) -> None:
     """Zero every factor of the slot: the layers then add exactly nothing."""
     for module in expert.modules():
         if isinstance(module, LoraLayer) and SLOT in module.lora_A:
-            module.lora_A[SLOT].weight.zero_()
-            module.lora_B[SLOT].weight.zero_()
-            module.lora_B[SLOT].bias.zero_()
+            for factor in (module.lora_A[SLOT], module.lora_B[SLOT]):
+                for tensor in factor.parameters():  # A's weight, B's weight and bias
+                    tensor.zero_()
 
 
 def stack_loras(parts: Sequence[tuple[JobLora, float, LoraFile]], rank: int) -> dict[str, torch.Tensor]:

@@ -99,10 +99,10 @@ def _fetch_one(lora: LoraWeight, field: tuple[str, int, str], workdir: Path, ctx
             check_download(downloaded, field, folders)
             cached = cache.add(lora.path, downloaded)
         return cache.link(cached, workdir), cached.sha256
-    path = lora_at_path(lora, ctx) or find_named(weights_dir, lora.path)  # the operator's files: no size limit
-    if path is None:  # checked before; the file went away since
+    named = lora_at_path(lora, ctx) or find_named(weights_dir, lora.path)  # the operator's files: no size limit
+    if named is None:  # checked before; the file went away since
         raise InputError(field, f"no LoRA named {lora.path!r}", "lora_not_found")
-    return path, sha256_file(path)
+    return named, sha256_file(named)
 
 
 def read_lora(lora: JobLora, expert: WanVACETransformer3DModel) -> LoraFile:

@@ -247,7 +247,7 @@ class _CfgHook(ModelHook):
         self.pending = None
         return module
 
-    def new_forward(self, module: torch.nn.Module, *args, **kwargs):
+    def new_forward(self, module: WanVACETransformer3DModel, *args: Any, **kwargs: Any) -> tuple[torch.Tensor]:
         branch = self.state.context.name
         if branch not in ("cond", "uncond"):
             raise RuntimeError(f"CFG parallelism needs the pipeline's cond/uncond calls, got {branch!r}")
@@ -261,6 +261,7 @@ class _CfgHook(ModelHook):
                 self.pending = torch.empty(shape, dtype=hidden.dtype, device=hidden.device)
             return (self.pending,)
         cond = self.pending
+        assert cond is not None  # the pipeline calls the cond branch first
         uncond = self.fn_ref.original_forward(*args, **kwargs)[0] if mine else torch.empty_like(cond)
         dist.all_gather([cond, uncond], (uncond if mine else cond).clone(),
                         group=self.group.cfg_group)

@@ -19,7 +19,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 from PIL import Image
-from transformers import AutoImageProcessor, AutoModelForImageClassification
+from transformers import AutoImageProcessor, AutoModelForImageClassification, BaseImageProcessor, PreTrainedModel
 
 from .conditioning import flatten_alpha
 from .errors import InputError
@@ -46,7 +46,7 @@ class SafetyChecker:
     """A loaded classifier and the threshold above which an image's unsafe probability flags the job."""
 
     def __init__(
-        self, model: torch.nn.Module, processor: object, threshold: float, device: torch.device
+        self, model: PreTrainedModel, processor: BaseImageProcessor, threshold: float, device: torch.device
     ) -> None:
         labels = {int(i): str(name).lower() for i, name in model.config.id2label.items()}
         self.unsafe_ids = sorted(i for i, name in labels.items() if name in UNSAFE_LABELS)

@@ -35,6 +35,7 @@ import torch.distributed as dist
 from diffusers import WanVACETransformer3DModel
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
+from diffusers.models.transformers.transformer_wan import WanTransformerBlock
 
 from .parallel import context_group, outside_context_parallel
 
@@ -133,8 +134,8 @@ class _StatefulHook(ModelHook):
 class _DecideHook(_StatefulHook):
     """On ``vace_blocks[0]``: decide whether this call reuses the residual; if so, return a zero hint."""
 
-    def __init__(self, state: StateManager, controller: StepCacheController, label: str, first_block: torch.nn.Module,
-                 group: dist.ProcessGroup | None):
+    def __init__(self, state: StateManager, controller: StepCacheController, label: str,
+                 first_block: WanTransformerBlock, group: dist.ProcessGroup | None):
         super().__init__(state)
         self.controller = controller
         self.label = label
@@ -188,7 +189,7 @@ class _SkipHook(_StatefulHook):
         super().__init__(state)
         self.kind = kind  # "vace", "first" or "block"
 
-    def new_forward(self, module: torch.nn.Module, *args, **kwargs):
+    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         state: _BranchState = self.state.get_state()
         if not state.reusing:
             return self.fn_ref.original_forward(*args, **kwargs)
@@ -201,9 +202,10 @@ class _SkipHook(_StatefulHook):
 class _CaptureHook(_StatefulHook):
     """On ``norm_out``: remember the residual of a computed call (its input minus the blocks' input)."""
 
-    def new_forward(self, module: torch.nn.Module, hidden_states: torch.Tensor):
+    def new_forward(self, module: torch.nn.Module, hidden_states: torch.Tensor) -> Any:
         state: _BranchState = self.state.get_state()
         if not state.reusing:
+            assert state.block_input is not None  # the deciding hook kept it when this call began
             state.residual = hidden_states - state.block_input.float()
             state.block_input = None
         return self.fn_ref.original_forward(hidden_states)

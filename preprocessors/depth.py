@@ -101,8 +101,8 @@ class MidasPreprocessor(DepthPreprocessor):
         pixels = torch.from_numpy(np.stack(resized)).to(self.device).permute(0, 3, 1, 2).contiguous()
         pixels = pixels.float() / 127.5 - 1.0
         depth = torch.cat([self.model(frame[None]) for frame in pixels])  # one frame per call: see the docstring
-        depth = normalize_depth(depth).cpu().numpy()
-        return self.map(lambda d: _three_channels(cv2.resize(d, (width, height), interpolation=cv2.INTER_AREA)), depth)
+        maps = normalize_depth(depth).cpu().numpy()
+        return self.map(lambda d: _three_channels(cv2.resize(d, (width, height), interpolation=cv2.INTER_AREA)), maps)
 
 
 def load_midas(path: Path) -> torch.nn.Module:

@@ -69,7 +69,10 @@ def run_demo(weights_dir: Path, out_dir: Path) -> list[Path]:
             shutil.move(path, destination)
             return destination.as_uri()
 
-        hooks = JobHooks(log=lambda m, name=name: print(f"[{name}] {m}"))
+        def log(message: str, name: str = name) -> None:
+            print(f"[{name}] {message}")
+
+        hooks = JobHooks(log=log)
         with tempfile.TemporaryDirectory(prefix="vace-demo-") as workdir:
             result = generate(
                 inp, task=task, model=model, manager=models, workdir=Path(workdir), publish=publish, hooks=hooks

@@ -149,7 +149,8 @@ class StoreLockedError(RuntimeError):
 class Cursor(Protocol):
     """The part of a DB-API cursor the store uses (sqlite3's and psycopg's both fit); rows read by column name."""
 
-    rowcount: int
+    @property
+    def rowcount(self) -> int: ...  # read-only on both drivers' cursors
 
     def fetchone(self) -> Any: ...
     def fetchall(self) -> list[Any]: ...

@@ -40,7 +40,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row, tuple_row
 from psycopg.types.string import TextLoader
 from psycopg_pool import ConnectionPool, PoolTimeout
@@ -181,7 +181,8 @@ class NotificationListener:
     def _run(self) -> None:
         while not self._stopping.is_set():
             try:
-                with psycopg.connect(self.url, autocommit=True, connect_timeout=5, **_KEEPALIVES) as conn:
+                conninfo = make_conninfo(self.url, connect_timeout=5, **_KEEPALIVES)
+                with psycopg.connect(conninfo, autocommit=True) as conn:
                     for channel in self.channels:
                         conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
                     self._call(self.on_connect)
@@ -213,7 +214,7 @@ class _QmarkConnection:
         self._conn = conn
 
     def execute(self, sql: str, args: Sequence[Any] = (), /) -> Cursor:
-        return self._conn.execute(_to_psycopg(sql), args)  # type: ignore[arg-type]
+        return self._conn.execute(_to_psycopg(sql), args)
 
 
 @functools.lru_cache(maxsize=256)

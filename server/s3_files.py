@@ -33,7 +33,7 @@ import secrets
 import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import quote, urlsplit
 
 import anyio
@@ -56,6 +56,9 @@ from .files import (
     url_path,
     write_stream,
 )
+
+if TYPE_CHECKING:  # the S3 API's shapes, from the boto3 stubs of the `dev` extra
+    from mypy_boto3_s3.type_defs import ObjectIdentifierTypeDef, ObjectTypeDef
 
 _DELETE_BATCH = 1000  # keys per DeleteObjects call, S3's maximum
 
@@ -232,13 +235,13 @@ class S3FileStore(FileStore):
                 str(path), self.bucket, self._object(key), ExtraArgs=self._object_args(key.rpartition("/")[2])))
         return size
 
-    def _objects(self, prefix: str) -> Iterator[dict[str, Any]]:
+    def _objects(self, prefix: str) -> Iterator[ObjectTypeDef]:
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
             yield from page.get("Contents", [])
 
     def _delete_all(self, names: list[str]) -> None:
         for start in range(0, len(names), _DELETE_BATCH):
-            batch = [{"Key": name} for name in names[start:start + _DELETE_BATCH]]
+            batch: list[ObjectIdentifierTypeDef] = [{"Key": name} for name in names[start:start + _DELETE_BATCH]]
             self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
 
     def sweep(self, cutoff: float, keep: set[str]) -> tuple[int, int]:

@@ -541,7 +541,8 @@ class Worker(threading.Thread):
 
     def _drop_control(self, job: Job) -> None:
         """Delete the control video kept for ``job`` and take its URL off the job."""
-        url = self.pool.store.get(job.id).control_video_url
+        stored = self.pool.store.get(job.id)
+        url = stored.control_video_url if stored is not None else None  # a job deleted meanwhile kept nothing
         key = self.pool.files.key_of(url) if url else None
         if key is not None:
             self._delete_file(job.id, key)

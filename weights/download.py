@@ -15,6 +15,7 @@ import shutil
 import stat
 import zipfile
 import zlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -244,12 +245,12 @@ def _record(
     _log(entry, f"recorded {len(records)} file(s) in {folder.name}/.vace-files.json")
 
 
-def _selected(names, source: Source) -> set[str]:
+def _selected(names: Iterable[str], source: Source) -> set[str]:
     """The names that the source's allow_patterns select, matched exactly as snapshot_download matches them."""
     return set(filter_repo_objects(list(names), allow_patterns=list(source.allow_patterns)))
 
 
-def _files(folder: Path):
+def _files(folder: Path) -> Iterator[Path]:
     """Regular files under folder, not following symlinks, skipping hidden names (.cache, records)."""
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]

@@ -9,16 +9,11 @@ from __future__ import annotations
 import abc
 import contextlib
 import gc
-import resource
 import threading
 import time
 
+import psutil  # always there: accelerate, a dependency of the project, requires it
 import torch
-
-try:
-    import psutil
-except ImportError:  # peak RSS then falls back to the process's lifetime maximum
-    psutil = None
 
 
 class PeakSampler(abc.ABC):
@@ -63,9 +58,7 @@ class RssPeak(PeakSampler):
     peak = 0
 
     def _rss(self) -> int:
-        if psutil is not None:
-            return psutil.Process().memory_info().rss
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB, lifetime maximum
+        return psutil.Process().memory_info().rss
 
     def start(self) -> bool:
         self.peak = self._rss()

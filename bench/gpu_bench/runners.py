@@ -25,7 +25,7 @@ from .plan import PROMPT, SEED, SHIFT
 Runner = Callable[[Conditioning, VaceInput, int, int, Callable[[], None]], StepCacheController | None]
 
 
-def job_input(steps: int, acceleration: str, num_frames: int, fields: Mapping[str, object] | None = None
+def job_input(steps: int, acceleration: str | None, num_frames: int, fields: Mapping[str, object] | None = None
               ) -> VaceInput:
     """The request fields ``denoise()`` reads; everything else keeps the fal schema's defaults (CFG 5, unipc) unless
     ``fields`` sets it (they win over the arguments too)."""
@@ -87,6 +87,7 @@ def ours_runner(loaded: LoadedModel, loras: Sequence[JobLora] = ()) -> Runner:
         cond: Conditioning, inp: VaceInput, width: int, height: int, step: Callable[[], None]
     ) -> StepCacheController | None:
         pipe = loaded.pipeline(make_scheduler(inp.sampler, inp.shift), loras)
+        assert inp.acceleration is not None  # the schema reads null as the default
         threshold = THRESHOLDS[inp.acceleration]
         cache = StepCacheController(threshold, inp.num_inference_steps) if threshold is not None else None
         hooks = JobHooks(step=lambda _i, _n: step())

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Generic, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -48,7 +48,9 @@ _WEIGHTS: dict[str, tuple[WeightEntry, str]] = {RIFE.key: (RIFE, RIFE_FILE), FIL
 # little and costs memory.
 _BATCH = {("rife", "cuda"): 16, ("film", "cuda"): 4, ("rife", "cpu"): 2, ("film", "cpu"): 2}
 
-Between = Callable[[nn.Module, Tensor, Tensor, int, int], Tensor]
+M = TypeVar("M", bound=nn.Module)
+Between = Callable[[M, Tensor, Tensor, int, int], Tensor]
+"""A network's frames between pairs: ``between(model, img0, img1, n, max_batch)``."""
 
 
 def weights_path(kind: InterpolatorKind, weights_dir: Path) -> Path:
@@ -59,7 +61,7 @@ def weights_path(kind: InterpolatorKind, weights_dir: Path) -> Path:
     return entry.path(weights_dir, name)
 
 
-class FrameInterpolator:
+class FrameInterpolator(Generic[M]):
     """A loaded interpolation network plus the streaming, batching, padding and uint8 conversion around it.
 
     ``batch_size`` is both the number of pairs read before the network runs and the most frames one network call
@@ -70,8 +72,8 @@ class FrameInterpolator:
     def __init__(
         self,
         kind: InterpolatorKind,
-        model: nn.Module,
-        between: Between,
+        model: M,
+        between: Between[M],
         *,
         device: torch.device,
         dtype: torch.dtype,
@@ -125,15 +127,15 @@ class FrameInterpolator:
         top, left = (ph // 2, pw // 2) if self.pad_centred else (0, 0)
         x = F.pad(x, (left, pw - left, top, ph - top))
         mids = self._between(self.model, x[:-1], x[1:], n, self.batch_size)[..., top : top + h, left : left + w]
-        mids = (mids.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 1, 3, 4, 2).cpu().numpy()
-        for frame, between in zip(frames[:-1], mids, strict=True):
+        made = (mids.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 1, 3, 4, 2).cpu().numpy()
+        for frame, between in zip(frames[:-1], made, strict=True):
             yield frame
             yield from between
 
 
 def load_interpolator(
     kind: InterpolatorKind, weights_dir: Path, device: torch.device | str = "cpu", *, batch_size: int | None = None
-) -> FrameInterpolator:
+) -> FrameInterpolator[Any]:
     """Load ``kind``'s weights from ``weights_dir`` onto ``device``.
 
     Raises FileNotFoundError when the file is absent and ValueError (naming the file) when it is not a valid
@@ -145,17 +147,12 @@ def load_interpolator(
             f"{kind} weights not found at {path} (run `vace weights download` or `vace weights tiny`)"
         )
     device = torch.device(device)
-    model: nn.Module
-    between: Between
-    if kind == "rife":
-        net = load_rife(path)
-        model, between, multiple = net, rife_frames_between, net.config.pad_multiple
-        dtype = torch.float16 if device.type == "cuda" else torch.float32
-    else:
-        model, between, multiple, dtype = load_film(path), film_frames_between, FILM_PAD_MULTIPLE, torch.float32
-    model = model.to(device=device, dtype=dtype)
     size = batch_size or _BATCH[(kind, "cuda" if device.type == "cuda" else "cpu")]
-    return FrameInterpolator(
-        kind, model, between, device=device, dtype=dtype, pad_multiple=multiple, batch_size=size,
-        pad_centred=kind == "film",
-    )
+    if kind == "rife":
+        dtype = torch.float16 if device.type == "cuda" else torch.float32
+        rife = load_rife(path).to(device=device, dtype=dtype)
+        return FrameInterpolator(kind, rife, rife_frames_between, device=device, dtype=dtype,
+                                 pad_multiple=rife.config.pad_multiple, batch_size=size)
+    film = load_film(path).to(device=device, dtype=torch.float32)
+    return FrameInterpolator(kind, film, film_frames_between, device=device, dtype=torch.float32,
+                             pad_multiple=FILM_PAD_MULTIPLE, batch_size=size, pad_centred=True)

@@ -180,10 +180,10 @@ def _midpoint_rounds(n: int) -> list[list[Step]]:
         for left, right in itertools.pairwise(known):
             span = times[right] - times[left]
             for target in (m for m in missing if left < m < right):
-                dt = (times[target] - times[left]) / span
-                off = float((dt - 0.5).abs())
+                at = (times[target] - times[left]) / span
+                off = float((at - 0.5).abs())
                 if best is None or off < best[0]:
-                    best = (off, target, left, right, float(dt))
+                    best = (off, target, left, right, float(at))
         assert best is not None
         _, target, left, right, dt = best
         depth[target] = max(depth[left], depth[right]) + 1

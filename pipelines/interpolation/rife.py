@@ -74,7 +74,7 @@ class IFNetConfig:
         """Read the layout from a (prefix-free) state dict; KeyError names the first key a v4.x file must have."""
         head = state["encode.cnn0.weight"].shape[0]
         features = state["encode.cnn3.weight"].shape[1]  # ConvTranspose2d weights are (in, out, kh, kw)
-        widths = []
+        widths: list[int] = []
         while f"block{len(widths)}.conv0.1.0.weight" in state:
             widths.append(state[f"block{len(widths)}.conv0.1.0.weight"].shape[0])
         outputs = state["block0.lastconv.0.weight"].shape[1] // 4  # PixelShuffle(2) folds 4 channels into 1

@@ -151,7 +151,7 @@ class _FlowHead(nn.Module):
 
     def __init__(self, cin: int, width: int, layout: FilmLayout) -> None:
         super().__init__()
-        convs = [_Conv(cin if i == 0 else width, width, 3) for i in range(FLOW_CONVS)]
+        convs: list[nn.Module] = [_Conv(cin if i == 0 else width, width, 3) for i in range(FLOW_CONVS)]
         convs += [_Conv(width, width // 2, 1), _output_conv(width // 2, 2, 1, layout)]
         self._convs = nn.ModuleList(convs)
 
@@ -216,8 +216,9 @@ class _Fusion(nn.Module):
         for k, level in enumerate(self.convs):
             skip = pyramid[len(pyramid) - 2 - k]
             x = F.interpolate(x, size=[skip.shape[2], skip.shape[3]], mode="nearest")
-            x = level[0](x)
-            x = level[2](level[1](torch.cat((skip, x), 1)))
+            # torch types a ModuleList's items as Module; each level here is a ModuleList of three convs
+            x = level[0](x)  # type: ignore[index]
+            x = level[2](level[1](torch.cat((skip, x), 1)))  # type: ignore[index]
         return self.output_conv(x)
 
 
