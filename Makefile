@@ -2,17 +2,21 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
 STAMP := $(VENV)/.installed
 WEIGHTS_DIR ?= $(HOME)/.cache/vace/weights
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install demo test serve bench clean
+.PHONY: install demo test lint format serve bench clean
 
-$(STAMP): pyproject.toml
+# The versions in uv.lock, exactly (--locked: a pyproject.toml change without `uv lock` fails here, not later). uv
+# itself comes from PyPI with the venv's pip; --inexact leaves it, pip and what was added by hand in place.
+# Without uv: `.venv/bin/pip install -e ".[test,dev]"` resolves the same requirements anew.
+$(STAMP): pyproject.toml uv.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[test]"
+	test -x $(UV) || $(PY) -m pip install -q "uv>=0.13,<0.14"
+	$(UV) sync --locked --inexact --extra test --extra dev
 	if [ -f tests/js/package.json ]; then cd tests/js && npm ci --no-audit --no-fund --loglevel=error; fi
 	touch $(STAMP)
 
@@ -32,6 +36,17 @@ test: $(STAMP)
 		$(ENGINES) >/dev/null; fi
 	$(PY) -m pytest -q
 
+# Lint, import order, formatting and types; the rules are in pyproject.toml. CI runs this before the tests.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+# Rewrites the tree: the formatter, then the lint fixes ruff calls safe. What is left, `make lint` names.
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
 serve: $(STAMP)
 	$(VENV)/bin/vace serve --weights-dir $(WEIGHTS_DIR) --host $(HOST) --port $(PORT)
 
@@ -39,4 +54,4 @@ bench: $(STAMP)
 	$(PY) bench/generate_overhead.py
 
 clean:
-	rm -rf $(VENV) tiny-weights out .pytest_cache
+	rm -rf $(VENV) tiny-weights out .pytest_cache .mypy_cache .ruff_cache
