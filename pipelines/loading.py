@@ -52,12 +52,12 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-M = TypeVar("M", bound=torch.nn.Module)
-
-
 def default_dtype(device: torch.device) -> torch.dtype:
     """bf16 on GPUs (what the Wan models are trained and served in), fp32 on CPU where bf16 is slow."""
     return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+M = TypeVar("M", bound=torch.nn.Module)
 
 
 def place_module(module: M, mode: str, device: torch.device, compute_dtype: torch.dtype, *, fp8: bool) -> M:
