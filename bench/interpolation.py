@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipelines.interpolation import load_interpolator, weights_path
+from pipelines.interpolation import InterpolatorKind, load_interpolator, weights_path
 from weights.tiny.film import build_tiny_film
 from weights.tiny.rife import build_tiny_rife
 
@@ -37,8 +37,8 @@ def _write_real_size(root: Path) -> None:
     build_tiny_film(weights_path("film", root), filters=64, flow_filters=(32, 64, 128, 256))
 
 
-def _run(root: Path, kind: str, device: str, frames: int) -> str:
-    interp = load_interpolator(kind, root, device)  # type: ignore[arg-type]
+def _run(root: Path, kind: InterpolatorKind, device: str, frames: int) -> str:
+    interp = load_interpolator(kind, root, device)
     params = sum(p.numel() for p in interp.model.parameters()) / 1e6
     for _ in interp.interpolate(_frames(2), 1):  # warm-up: allocator, cuDNN / oneDNN kernel choice
         pass

@@ -33,7 +33,7 @@ from preprocessors.mask_tracking import Sam2Tracker
 from .annotators import make_preprocessor
 from .codecs import Codecs, choose_codecs
 from .errors import InputError
-from .interpolation import FrameInterpolator, load_interpolator
+from .interpolation import FrameInterpolator, InterpolatorKind, load_interpolator
 from .lora_hotswap import LoraSlots, add_slot
 from .loras import JobLora, apply_loras
 from .manifest import AUXILIARY, MASK_TRACKERS, MODELS, PROMPT_EXPANDER, SAFETY_CHECKER
@@ -248,12 +248,12 @@ class ModelManager:
             model.compile_repeated_blocks(fullgraph=True)  # once per loaded model, i.e. once per process
         return model
 
-    def interpolator(self, kind: str) -> FrameInterpolator:
+    def interpolator(self, kind: InterpolatorKind) -> FrameInterpolator:
         """The RIFE or FILM interpolator, loaded once from ``weights_dir/interpolation``."""
         with self._lock:
             if kind not in self._interpolators:
                 log.info("loading %s interpolator", kind)
-                self._interpolators[kind] = load_interpolator(kind, self.weights_dir, self.device)  # type: ignore[arg-type]
+                self._interpolators[kind] = load_interpolator(kind, self.weights_dir, self.device)
             return self._interpolators[kind]
 
     def preprocessor(self, task: str, annotator: str | None = None) -> Preprocessor:

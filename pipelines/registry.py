@@ -33,6 +33,14 @@ DEFAULT_MODEL_FOR_TASK: dict[EndpointTask, str] = {
 }
 
 
+def endpoint_task(task: str) -> EndpointTask:
+    """``task`` (a stored job's, read back as text) as the endpoint task it names; ValueError for none."""
+    for known in ENDPOINT_TASKS:
+        if task == known:
+            return known
+    raise ValueError(f"no endpoint task {task!r}; expected one of {ENDPOINT_TASKS}")
+
+
 def endpoint_id(app: str, task: str) -> str:
     """fal's id of an endpoint: ``fal-ai/wan-vace-14b/pose``, or the app alone for the base endpoint."""
     return f"{app}/{task}" if task else app

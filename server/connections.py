@@ -74,6 +74,7 @@ def h11_protocol(deadlines: Deadlines) -> type[H11Protocol]:
         _answered_at = 0.0
         """When the connection opened or its last response ended: the start of the overall deadlines."""
 
+        # uvicorn's H11Protocol narrows asyncio's BaseTransport to the Transport it is always given; so must we.
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             self.flow = _WatchedFlow(transport, self._waiting_from_now)

@@ -125,8 +125,8 @@ def status(job: Job, logs: list[LogLine], queue_position: int | None) -> QueueSt
     if job.status == "IN_QUEUE":
         body.queue_position = queue_position
     elif job.status == "COMPLETED":
-        ran = job.started_at is not None and job.finished_at is not None
-        body.metrics = {"inference_time": job.finished_at - job.started_at} if ran else {}  # type: ignore[operator]
+        started, finished = job.started_at, job.finished_at
+        body.metrics = {"inference_time": finished - started} if started is not None and finished is not None else {}
         if job.failure is not None:
             body.error = job.failure.message
             body.error_type = job.failure.type

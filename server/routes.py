@@ -206,6 +206,7 @@ def _with_body(route: Callable[..., Any], model: type[JobInput]) -> Callable[...
         return route(*args, **kwargs)
 
     endpoint: Callable[..., Any] = call_async if inspect.iscoroutinefunction(route) else call
+    # A function type declares no __signature__, yet inspect (and so FastAPI) reads the one set here.
     endpoint.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
     endpoint.__doc__ = route.__doc__
     return endpoint

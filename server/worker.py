@@ -44,7 +44,7 @@ from pipelines.context import JobContext
 from pipelines.errors import InputError, JobCancelled
 from pipelines.hooks import CheckpointSink, JobHooks, PreviewSink, Publish
 from pipelines.manifest import MODELS
-from pipelines.registry import input_model
+from pipelines.registry import endpoint_task, input_model
 from pipelines.schema import JobInput
 
 from .failures import failure_of
@@ -368,7 +368,7 @@ class Worker(threading.Thread):
             workdir.mkdir(mode=0o700, exist_ok=True)
             inp = input_model(job.app, job.task).model_validate(job.input)
             output = generate(
-                inp, task=job.task, model=job.model, manager=self.models, workdir=workdir,  # type: ignore[arg-type]
+                inp, task=endpoint_task(job.task), model=job.model, manager=self.models, workdir=workdir,
                 publish=self._publisher(job, inp.sync_mode, published), hooks=self._hooks(job, inp, workdir),
                 ctx=self.pool.ctx,
             )

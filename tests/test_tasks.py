@@ -33,7 +33,7 @@ from pipelines.hooks import JobHooks
 from pipelines.loading import ModelManager
 from pipelines.outpaint import plan_outpaint
 from pipelines.parallel import ParallelSpec
-from pipelines.registry import input_model
+from pipelines.registry import ENDPOINT_TASKS, endpoint_task, input_model
 from pipelines.runtime import RuntimeConfig
 from pipelines.schema import VaceOutput
 from pipelines.video_io import probe_video, read_frames
@@ -268,3 +268,9 @@ def test_inpainting_on_a_job_group_equals_one_process(tiny_weights, models, clip
     assert (parallel.masks == single.masks).all()
     assert_same_frames(zip_frames(parallel.out.frames_zip.url), zip_frames(single.out.frames_zip.url),
                        "inpainting ulysses=2")
+
+
+def test_a_stored_task_reads_back_as_its_endpoint_task() -> None:
+    assert [endpoint_task(task) for task in ENDPOINT_TASKS] == list(ENDPOINT_TASKS)
+    with pytest.raises(ValueError, match="no endpoint task 'posture'"):
+        endpoint_task("posture")

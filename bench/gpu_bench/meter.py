@@ -11,6 +11,7 @@ import contextlib
 import gc
 import threading
 import time
+from typing import Self
 
 import psutil  # always there: accelerate, a dependency of the project, requires it
 import torch
@@ -37,7 +38,7 @@ class PeakSampler(abc.ABC):
         while not self._stop.wait(self.interval):
             self.sample()
 
-    def __enter__(self):  # type: ignore[no-untyped-def]
+    def __enter__(self) -> Self:
         self._stop.clear()
         self._thread = None
         if self.start():

@@ -153,10 +153,12 @@ def _layout(path: Path, net: torch.jit.ScriptModule) -> FilmLayout:
     probe = torch.zeros(2, 3, PAD_MULTIPLE, PAD_MULTIPLE)
     with torch.inference_mode(), torch.jit.optimized_execution(False), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a failing probe may warn about the broadcast first
-        for layout, dt in (("v1.0.2", torch.tensor([[0.25], [0.75]])), ("v1.0.1", torch.full((1, 1), 0.5))):
+        probes: tuple[tuple[FilmLayout, Tensor], ...] = (
+            ("v1.0.2", torch.tensor([[0.25], [0.75]])), ("v1.0.1", torch.full((1, 1), 0.5)))
+        for layout, dt in probes:
             try:
                 if net(probe, probe, dt).shape == probe.shape:
-                    return layout  # type: ignore[return-value]
+                    return layout
             except RuntimeError:  # v1.0.1 cannot broadcast (2,) against the width
                 continue
     raise ValueError(f"{path}: film_net file that takes neither a (B, 1) nor a (1, 1) dt; not a known layout")
