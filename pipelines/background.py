@@ -38,5 +38,5 @@ class Background:
     def _guarded(self, work: Callable[[], None]) -> None:
         try:
             work()
-        except Exception as exc:  # a full disk, an unreachable bucket: the next piece may fare better
+        except Exception as exc:  # noqa: BLE001 - a full disk, an unreachable bucket: the next piece may fare better
             self.log(f"could not write a {self.what}: {exc}")

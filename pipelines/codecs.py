@@ -151,7 +151,7 @@ def probe_nvdec(gpu: int) -> str | None:
             gpu_frames = list(iter_frames(path, nvdec_gpu=gpu))
         except InputError as exc:
             return exc.msg
-    if len(gpu_frames) != len(cpu) or any(not np.array_equal(a, b) for a, b in zip(cpu, gpu_frames)):
+    if len(gpu_frames) != len(cpu) or any(not np.array_equal(a, b) for a, b in zip(cpu, gpu_frames, strict=True)):
         return "its frames differ from the CPU decoder's"
     return None
 

@@ -170,14 +170,14 @@ def denoise(
             raise JobCancelled(f"cancelled after step {step}/{total}")
         return {}
 
-    split_cfg = group is not None and group.spec.cfg == 2 and inp.guidance_scale > 1
+    cfg_group = group if group is not None and group.spec.cfg == 2 and inp.guidance_scale > 1 else None
     pipe.scheduler = scheduler
     try:
         with contextlib.ExitStack() as stack:
             if cache is not None:
                 stack.enter_context(step_cache(experts, cache))
-            if split_cfg:
-                stack.enter_context(cfg_parallel(list(experts.values()), group))
+            if cfg_group is not None:
+                stack.enter_context(cfg_parallel(list(experts.values()), cfg_group))
             result = pipe(
                 prompt=prompt,
                 negative_prompt=inp.negative_prompt,
@@ -209,6 +209,7 @@ def run_denoise(model: LoadedModel, request: DenoiseRequest, hooks: JobHooks | N
     ``denoise``)."""
     inp = request.inp
     pipe = model.pipeline(make_scheduler(inp.sampler, inp.shift), request.loras)
+    assert inp.acceleration is not None  # the schema reads null as the default
     threshold = THRESHOLDS[inp.acceleration]
     cache = StepCacheController(threshold, inp.num_inference_steps) if threshold is not None else None
     return denoise(pipe, request.cond, inp, prompt=request.prompt, width=request.width, height=request.height,

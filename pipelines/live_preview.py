@@ -69,7 +69,8 @@ def write_webp(frames: np.ndarray, path: Path, video_fps: float) -> Path:
     video, each upscaled bilinearly by a whole factor towards ``TARGET_SIDE``."""
     height, width = frames.shape[1:3]
     scale = max(1, round(TARGET_SIDE / max(height, width)))
-    images = [Image.fromarray(frame).resize((width * scale, height * scale), Image.BILINEAR) for frame in frames]
+    size = (width * scale, height * scale)
+    images = [Image.fromarray(frame).resize(size, Image.Resampling.BILINEAR) for frame in frames]
     duration_ms = round(1000 * TEMPORAL_COMPRESSION / video_fps)
     images[0].save(path, format="WEBP", save_all=True, append_images=images[1:], duration=duration_ms, loop=0,
                    quality=WEBP_QUALITY, method=0)

@@ -251,7 +251,7 @@ def load_resume(sink: CheckpointSink | None, *, request: str, window: int = 0,
         return None
     try:
         path = sink.latest()
-    except Exception as exc:  # a bucket unreachable: starting over costs time, failing the job costs the job
+    except Exception as exc:  # noqa: BLE001 - a bucket unreachable: starting over costs time, failing costs the job
         log(f"could not read this job's checkpoint ({exc}); starting from step 0")
         return None
     if path is None:
@@ -274,8 +274,10 @@ def refuse(state: DenoiseState | None, identity: Identity, log: Callable[[str], 
     return state if reason is None else _not_resuming(reason, log)
 
 
-def _not_resuming(reason: str, log: Callable[[str], None]) -> None:
+def _not_resuming(reason: str, log: Callable[[str], None]) -> DenoiseState | None:
+    """No checkpoint to go on from (None, for the caller to return), with ``reason`` logged."""
     log(f"not resuming from this job's checkpoint: {reason}; starting from step 0")
+    return None
 
 
 class CheckpointPolicy:
@@ -359,7 +361,7 @@ def _tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
 
 def _chunks(tensor: torch.Tensor, size: int = 64 << 20) -> Iterator[memoryview]:
     """The tensor's bytes in pieces, without a second copy of a large one."""
-    data = memoryview(tensor.contiguous().reshape(-1).view(torch.uint8).numpy())
+    data = tensor.contiguous().reshape(-1).view(torch.uint8).numpy().data
     for start in range(0, len(data), size):
         yield data[start:start + size]
 

@@ -83,7 +83,7 @@ class TaskJob:
     @property
     def control_task(self) -> Task | None:
         """The control task whose annotator ``preprocess`` runs (pose, depth), or None when it does nothing."""
-        return self.recipe if self.recipe in ("pose", "depth") else None  # type: ignore[return-value]
+        return self.recipe if self.recipe in ("pose", "depth") else None
 
 
 def resolve(inp: JobInput, task: EndpointTask) -> TaskJob:
@@ -147,6 +147,7 @@ def prepare(inp: JobInput, job: TaskJob, workdir: Path, ctx: JobContext,
     ``frame_image``: the first or last frame image, which sizes a job without video. ``codecs``: the worker's,
     whose NVDEC then decodes the video where it suits (``Codecs.decode_gpu``); None decodes on the CPU.
     ``tracking``: how a mask image is followed through the clip (None: it applies to every frame as it is)."""
+    assert inp.frames_per_second is not None  # the schema reads null as the default
     if job.recipe == "text":
         timing = _temporal(inp, round_frames(inp.num_frames), float(inp.frames_per_second))
         width, height = output_size(inp.resolution, inp.aspect_ratio, *(frame_image.size if frame_image else

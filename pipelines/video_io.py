@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 import logging
 import re
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Generator, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,7 +92,8 @@ def probe_video(path: Path, field: str = "video_url") -> VideoInfo:
                      codec=str(meta.get("codec", "")), pix_fmt=str(meta.get("pix_fmt", "")).split("(")[0].strip())
 
 
-def iter_frames(path: Path, field: str = "video_url", nvdec_gpu: int | None = None) -> Iterator[np.ndarray]:
+def iter_frames(path: Path, field: str = "video_url",
+                nvdec_gpu: int | None = None) -> Generator[np.ndarray, None, None]:
     """Yield every frame as a read-only uint8 HxWx3 RGB array (a view on ffmpeg's bytes: copy before editing),
     decoded on the CPU or (``nvdec_gpu``) on that GPU's NVDEC.
 

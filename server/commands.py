@@ -116,10 +116,13 @@ def generate_to_file(settings: Settings, task: EndpointTask, fields: dict[str, A
     # Logs go with the progress bar to stderr: stdout carries only the output JSON, so `> result.json` works.
     hooks = JobHooks(log=(lambda m: None) if quiet else (lambda m: bar.write(m, file=sys.stderr)), step=on_step)
     if preview is not None:
-        preview = preview.resolve()
-        preview.parent.mkdir(parents=True, exist_ok=True)
-        hooks.preview = PreviewSink(every_steps=1, folder=preview.parent,
-                                    publish=lambda path, _step: path.replace(preview))
+        preview_file = preview.resolve()
+        preview_file.parent.mkdir(parents=True, exist_ok=True)
+
+        def show_preview(path: Path, _step: int) -> None:
+            path.replace(preview_file)
+
+        hooks.preview = PreviewSink(every_steps=1, folder=preview_file.parent, publish=show_preview)
     try:
         with contextlib.ExitStack() as stack:
             group = None

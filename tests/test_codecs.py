@@ -20,8 +20,16 @@ import torch
 from server_fixtures import REPO, ThreadServer, free_port, wait_until
 
 from pipelines.codecs import Codecs, EncoderUnavailable, choose_codecs, probe_nvdec, probe_nvenc, trial_frames
-from pipelines.encode import (LIBX264, NVENC_CQ, NVENC_PRESET, NVENC_SIDES, QUALITY_CRF, WRITE_MODE_PRESET,
-                              Encoder, encode_video)
+from pipelines.encode import (
+    LIBX264,
+    NVENC_CQ,
+    NVENC_PRESET,
+    NVENC_SIDES,
+    QUALITY_CRF,
+    WRITE_MODE_PRESET,
+    Encoder,
+    encode_video,
+)
 from pipelines.loading import ModelManager
 from pipelines.schema import VideoQuality, VideoWriteMode
 from pipelines.video_io import NVDEC_MIN_PIXELS, VideoInfo, decode_params, iter_frames, probe_video, read_frames
@@ -53,7 +61,7 @@ def test_both_encoders_map_every_fal_level() -> None:
             x264 = LIBX264.codec_args(quality, mode)
             assert x264 == ["-c:v", "libx264", "-preset", WRITE_MODE_PRESET[mode], "-crf", str(QUALITY_CRF[quality])]
             args = nvenc.codec_args(quality, mode)
-            flags = dict(zip(args[::2], args[1::2]))
+            flags = dict(zip(args[::2], args[1::2], strict=True))
             assert flags == {"-c:v": "h264_nvenc", "-gpu": "2", "-preset": NVENC_PRESET[mode], "-tune": "hq",
                              "-rc": "vbr", "-cq": str(NVENC_CQ[quality]), "-b:v": "0", "-rc-lookahead": "20"}
     # Lower quality, higher quantiser, on both; NVENC's CQ is x264's CRF + 5 (README, "Encoding").
@@ -69,7 +77,8 @@ def test_readme_tables_are_the_codes() -> None:
     quality_rows = re.findall(r"^\| (low|medium|high|maximum) \| (\d+) \| (\d+) \|", readme, re.MULTILINE)
     rows = {name: (int(crf), int(cq)) for name, crf, cq in quality_rows}
     assert rows == {q: (QUALITY_CRF[q], NVENC_CQ[q]) for q in QUALITY_CRF}
-    presets = {m[0]: (m[1], m[2]) for m in re.findall(r"^\| (fast|balanced|small) \| (\w+) \| (p\d) \|", readme, re.MULTILINE)}
+    preset_rows = re.findall(r"^\| (fast|balanced|small) \| (\w+) \| (p\d) \|", readme, re.MULTILINE)
+    presets = {m[0]: (m[1], m[2]) for m in preset_rows}
     assert presets == {m: (WRITE_MODE_PRESET[m], NVENC_PRESET[m]) for m in WRITE_MODE_PRESET}
 
 
@@ -209,7 +218,7 @@ def test_nvdec_arguments_and_which_inputs_take_it() -> None:
 
     codecs = Codecs(nvdec_gpu=2)
     assert codecs.decode_gpu(info(1280, 720)) == 2 and codecs.decode_gpu(info(1920, 1080, "hevc")) == 2
-    assert 1280 * 720 == NVDEC_MIN_PIXELS and codecs.decode_gpu(info(832, 480)) is None
+    assert NVDEC_MIN_PIXELS == 1280 * 720 and codecs.decode_gpu(info(832, 480)) is None
     assert codecs.decode_gpu(info(1920, 1080, pix_fmt="yuv444p")) is None
     assert codecs.decode_gpu(info(1920, 1080, pix_fmt="yuvj420p")) is None
     assert codecs.decode_gpu(info(1920, 1080, codec="prores")) is None
@@ -232,9 +241,10 @@ def test_nvdecs_nv12_frames_become_the_cpu_decoders(tmp_path: Path) -> None:
     assert (info.codec, info.pix_fmt, info.width, info.height) == ("h264", "yuv420p", 320, 180)
     cpu = _decode(path, None)
     through_nv12 = _decode(path, "format=nv12," + decode_params(0)[1][-1])
-    assert len(cpu) == len(through_nv12) == 8 and all(np.array_equal(a, b) for a, b in zip(cpu, through_nv12))
+    assert len(cpu) == len(through_nv12) == 8
+    assert all(np.array_equal(a, b) for a, b in zip(cpu, through_nv12, strict=True))
     direct = _decode(path, "format=nv12")
-    assert max(int(np.abs(a.astype(int) - b).max()) for a, b in zip(cpu, direct)) > 10
+    assert max(int(np.abs(a.astype(int) - b).max()) for a, b in zip(cpu, direct, strict=True)) > 10
 
 
 @needs_no_cuda

@@ -32,8 +32,18 @@ from pipelines.group import job_group
 from pipelines.hooks import CheckpointSink, JobHooks
 from pipelines.loading import ModelManager
 from pipelines.parallel import ParallelSpec
-from pipelines.resume import (SCHEDULER_STATE, CheckpointPolicy, Identity, code_version, load_resume, read_state,
-                              refuse, restore_scheduler, scheduler_state, write_state)
+from pipelines.resume import (
+    SCHEDULER_STATE,
+    CheckpointPolicy,
+    Identity,
+    code_version,
+    load_resume,
+    read_state,
+    refuse,
+    restore_scheduler,
+    scheduler_state,
+    write_state,
+)
 from pipelines.runtime import RuntimeConfig
 from pipelines.samplers import make_scheduler
 from pipelines.schema import VaceInput

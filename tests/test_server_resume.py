@@ -57,7 +57,7 @@ def frames(client: Any, output: dict[str, Any]) -> np.ndarray:
 
 
 def test_a_killed_worker_process_resumes_at_its_checkpoint_with_the_same_frames(
-        server_weights: Path, control_videos: dict[str, Path], tmp_path: Path) -> None:  # noqa: F811
+        server_weights: Path, control_videos: dict[str, Path], tmp_path: Path) -> None:
     data = tmp_path / "data"
     server = ServeProcess(server_weights, data, api_key=KEY,
                           extra_args=["--api-key", OTHER_KEY, "--checkpoint-every-steps", "1"]).start()
