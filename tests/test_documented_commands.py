@@ -1,14 +1,14 @@
 """Every command line the README's shell blocks and the ``vace ... --help`` examples show, run as a user types it.
 
 The lines are *extracted*, not copied: a new example in README.md (a ```bash block) or in a subcommand's help
-(``examples:`` in its epilog) is run by this file without touching it. A block is run like a script pasted into a
-shell: its lines in order, in one fresh working directory that holds the files the examples name (``dance.mp4``,
-``depth.mp4``, ``in.mp4``: tiny control videos; ``street.mp4``, ``car-mask.mp4``, ``letterboxed.mp4``: a clip, an
-inpainting mask for it and a letterboxed clip; ``car-mask.png``: the mask's first frame; ``cat.png``: an image; ``style.safetensors``: a tiny LoRA), with
-``$HOME`` a fresh directory whose default weights directory (``~/.cache/vace/weights``) holds the session's tiny
-weights, as after ``vace weights download``. ``NAME=value`` and ``export NAME=value`` lines set the block's
-variables, ``$NAME`` is expanded from them and from :data:`USER_SHELL` (also inside single quotes, which no example
-uses), and a leading ``NAME=value`` is that command's environment. A test's id is the block's source: the README
+(``examples:`` in its epilog) is run by this file without touching it. A block is run like a script pasted into a shell:
+its lines in order, in one fresh working directory that holds the files the examples name (``dance.mp4``, ``depth.mp4``,
+``in.mp4``: tiny control videos; ``street.mp4``, ``car-mask.mp4``, ``letterboxed.mp4``: a clip, an inpainting mask for
+it and a letterboxed clip; ``car-mask.png``: the mask's first frame; ``cat.png``: an image; ``style.safetensors``: a
+tiny LoRA), with ``$HOME`` a fresh directory whose default weights directory (``~/.cache/vace/weights``) holds the
+session's tiny weights, as after ``vace weights download``. ``NAME=value`` and ``export NAME=value`` lines set the
+block's variables, ``$NAME`` is expanded from them and from :data:`USER_SHELL` (also inside single quotes, which no
+example uses), and a leading ``NAME=value`` is that command's environment. A test's id is the block's source: the README
 line of its fence, or the ``--help`` it comes from.
 
 - ``vace ...`` and ``.venv/bin/vace ...`` run the installed console script (this interpreter's ``bin/vace``);

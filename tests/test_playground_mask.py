@@ -25,7 +25,7 @@ API_KEY = "mask-painter-key"
 
 
 @pytest.fixture(scope="module")
-def server(server_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:  # noqa: F811
+def server(server_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
     running = ServeProcess(server_weights, tmp_path_factory.mktemp("mask-painter") / "data", api_key=API_KEY).start()
     yield running
     running.stop()

@@ -148,10 +148,11 @@ def test_a_mask_image_on_two_experts_with_loras_step_cache_safety_and_expansion(
 
 def test_a_mask_image_is_tracked_through_the_planned_frames_and_returned_as_a_mask_video(models, clips, tmp_path,
                                                                                        monkeypatch):
-    """The default server tracks: SAM2 follows the box over the 17 frames the job generates from (that they are
-    the planned frames, also through temporal downsampling, is ``tests/test_mask_tracking.py``'s), every mask grown by the default 0.25 of its box per side (the first one is the drawn box grown:
-    50 px left and right, 30 up and down, where half the distance to the edge allows); what the masks mark is grey in
-    the video; the masks come back as ``mask_video``, one frame per generated frame at the generation frame rate."""
+    """The default server tracks: SAM2 follows the box over the 17 frames the job generates from (that they are the
+    planned frames, also through temporal downsampling, is ``tests/test_mask_tracking.py``'s), every mask grown by the
+    default 0.25 of its box per side (the first one is the drawn box grown: 50 px left and right, 30 up and down, where
+    half the distance to the edge allows); what the masks mark is grey in the video; the masks come back as
+    ``mask_video``, one frame per generated frame at the generation frame rate."""
     job = run(models, tmp_path, monkeypatch, "inpainting", video_url=clips["video"], mask_image_url=clips["box"],
               mask_video_url=None, num_frames=17)
     assert len(job.masks) == 17
