@@ -43,7 +43,7 @@ def health() -> dict[str, str]:
                               "installed LoRAs; with an admin key (or auth off) the live workers")
 def ready(pool: PoolDep, store: StoreDep, settings: SettingsDep, auth: AuthDep, caller: CallerDep) -> JSONResponse:
     # Workers of any node that renewed their sign of life within a lease: this node's, or a fleet's.
-    workers = store.live_workers(time.time() - settings.lease_seconds)
+    workers = store.live_workers(time.time() - settings.lease_s)
     devices = pool.devices()  # this node's own workers, as they are now
     served = {m for w in workers for m in w["models_present"]}
     loaded = {m for d in devices for m in d["loaded_models"]} | {m for w in workers for m in w["models_loaded"]}
