@@ -102,7 +102,7 @@ class Node:
         if config.no_workers or config.worker_threads:
             pool = WorkerPool(store=store, files=files, metrics=metrics, managers=managers, work_dir=config.work_dir,
                               ctx=ctx, lease_s=config.lease_s, max_attempts=config.max_attempts,
-                              local=not config.no_workers, models=config.models,
+                              runs_jobs=not config.no_workers, models=config.models,
                               switch_after_s=config.switch_after_s, group=group,
                               intermediates=intermediates(config))
         else:  # the managers stay here to check requests; each worker process loads its own
@@ -144,7 +144,7 @@ class Node:
         if self.webhooks is not None:
             await self.webhooks.start()
         self.upkeep.start()
-        if self.pool.local:
+        if self.pool.runs_jobs:
             clear_work_dir(self.config.work_dir)
             self.pool.start()
         self.retention.start()

@@ -50,7 +50,7 @@ def ready(pool: PoolDep, store: StoreDep, settings: SettingsDep, auth: AuthDep, 
     endpoints = {
         app_id: {"model": model, "tasks": [t for t in ENDPOINT_TASKS if t],
                  "endpoints": [endpoint_id(app_id, t) for t in ENDPOINT_TASKS],  # the base endpoint first
-                 "weights_present": model in served or (pool.local and pool.has_weights(model)),
+                 "weights_present": model in served or (pool.runs_jobs and pool.has_weights(model)),
                  "loaded": model in loaded}
         for app_id, model in APPS.items()
     }

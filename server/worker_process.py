@@ -96,7 +96,7 @@ class Channel:
 class WorkerProcesses:
     """The node's worker processes (:class:`~server.worker.Workers`): started, supervised and replaced here."""
 
-    local = True
+    runs_jobs = True
 
     def __init__(self, config: Settings, store: JobStore, metrics: Metrics, managers: list[ModelManager]) -> None:
         """``managers``: one per device, never loading anything here: they check requests against the weights
