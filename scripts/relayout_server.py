@@ -82,6 +82,12 @@ PACKAGES: dict[str, str] = {
     "Imports no other layer of the server.",
 }
 """New package -> the docstring of its ``__init__.py``."""
+FIXUPS: dict[str, tuple[str, str]] = {
+    "server.service": ('Path(__file__).parent / "static"', 'Path(__file__).parents[1] / "static"'),
+}
+"""Moved module -> (text, replacement) for its paths relative to its own file: the playground's ``static/`` stays
+in ``server/`` (package data of ``server``). A moved module that uses ``__file__`` and is not listed here stops
+the script, since its paths would break silently."""
 TEXT_SUFFIXES = (".py", ".md", ".toml", ".txt", ".yaml", ".yml", ".cfg", ".ini", ".sh", ".env", ".js", ".html")
 TEXT_NAMES = ("Dockerfile", "Makefile", "run")
 
@@ -219,6 +225,12 @@ def main(argv: list[str] | None = None) -> int:
             continue
         new = rewrite_names(text, moves)
         if path in modules:
+            module = modules[path][0]
+            if module in moves and "__file__" in new:
+                if module not in FIXUPS or FIXUPS[module][0] not in new:
+                    print(f"error: {path_of(module)} uses __file__ and moves; add its paths to FIXUPS", file=sys.stderr)
+                    return 1
+                new = new.replace(*FIXUPS[module])
             new = rewrite_imports(new, *modules[path], moves)
         if new != text:
             contents[path] = new
