@@ -15,14 +15,16 @@ they open) import any of them:
 ``server/worker_group.py`` imports nothing from ``server/``: it moves to ``pipelines/``, beside the job group it keeps
 serving. The map is :data:`MOVES`, read from each module's imports (``tests/import_graph.py``).
 
-What the script does, with ``git mv`` so history follows the files: every ``server.OLD`` dotted name and
-``server/OLD.py`` path in the tracked text files (code, strings such as ``python -m server.worker_process``, tests,
-docs, the README, Dockerfile, deploy files) becomes the new one; every relative import, and every
-``from server import OLD``, is resolved against the importing module's old place and written again for its new
-one (relative where it was relative and stays inside ``server/``); each new package gets an ``__init__.py`` that
-says what its layer is; then ``ruff`` puts the rewritten imports in order, where it is installed. A move whose
-source is gone is done already, so running the script again changes nothing. It refuses a tree with uncommitted
-changes, so its own changes can be reviewed as one diff.
+What the script does, with ``git mv`` so history follows the files: every import of a moved module is written
+again for where it and its importer now live (a relative one resolved against the importer's old place, and kept
+relative where it stays inside its top package; ``from server import OLD`` split by the new packages); every
+``server.OLD`` dotted name and ``server/OLD.py`` path in prose (the docs, the README, deploy files, and the strings
+and comments of Python files, such as ``python -m server.worker_process``) becomes the new one, but never a name in
+code, where ``server.files`` may be an attribute of a variable; each new package gets an ``__init__.py`` that says
+what its layer is; ``ruff`` puts the rewritten imports in order, where it is installed; and the Python lines the
+longer names pushed past 120 characters are listed, to be rewrapped by hand. A move whose source is gone is done
+already, so running the script again changes nothing. It refuses a tree with uncommitted changes, so its own
+changes can be reviewed as one diff.
 
 Run from the repository root: ``python scripts/relayout_server.py`` (``--dry-run`` prints the moves only).
 """
@@ -31,10 +33,12 @@ from __future__ import annotations
 
 import argparse
 import ast
+import io
 import re
 import shutil
 import subprocess
 import sys
+import tokenize
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,11 +110,25 @@ def pending() -> dict[str, str]:
 
 
 def rewrite_names(text: str, moves: dict[str, str]) -> str:
-    """Dotted module names (``server.jobs``, ``server.jobs.JobStore``) and paths (``server/jobs.py``)."""
+    """Dotted module names (``server.jobs``, ``server.jobs.JobStore``) and paths (``server/jobs.py``) in prose."""
     for old, new in sorted(moves.items(), key=lambda item: -len(item[0])):
         text = re.sub(rf"(?<![\w.]){re.escape(old)}(?!\w)", new, text)
         text = re.sub(rf"(?<!\w){re.escape(path_of(old).as_posix())}", path_of(new).as_posix(), text)
     return text
+
+
+def rewrite_python_prose(source: str, moves: dict[str, str]) -> str:
+    """:func:`rewrite_names` in a Python file's strings and comments only: in code, ``server.files`` may be the
+    attribute of a variable named ``server`` (imports are :func:`rewrite_imports`' job)."""
+    prose = {tokenize.STRING, tokenize.COMMENT, getattr(tokenize, "FSTRING_MIDDLE", tokenize.STRING)}
+    starts = [0]
+    for line in source.splitlines(keepends=True):
+        starts.append(starts[-1] + len(line))
+    spans = [(starts[t.start[0] - 1] + t.start[1], starts[t.end[0] - 1] + t.end[1])
+             for t in tokenize.generate_tokens(io.StringIO(source).readline) if t.type in prose]
+    for start, end in reversed(spans):
+        source = source[:start] + rewrite_names(source[start:end], moves) + source[end:]
+    return source
 
 
 def _absolute(module: str, is_package: bool, node: ast.ImportFrom) -> str:
@@ -136,18 +154,25 @@ def _written(target: str, importer: str, importer_is_package: bool, relative: bo
 
 
 def rewrite_imports(source: str, old_module: str, is_package: bool, moves: dict[str, str]) -> str:
-    """The relative imports of ``old_module`` (and its ``from server import X``) written for where it and what it
-    imports now live. Absolute dotted imports are :func:`rewrite_names`' job."""
+    """The imports of ``old_module`` written for where it and what it imports now live: relative ones resolved
+    against its old place, ``from server import OLD`` split by the new packages, ``import server.OLD`` renamed."""
     new_module = moves.get(old_module, old_module)
     crossed = new_module.split(".")[0] != old_module.split(".")[0]  # moved to another top package
+    parents = {old.rpartition(".")[0] for old in moves}
     lines = source.splitlines(keepends=True)
     edits: list[tuple[int, int, int, int, str]] = []  # (line, col, end line, end col, text), 1-based lines
     for node in ast.walk(ast.parse(source)):
-        if not isinstance(node, ast.ImportFrom) or node.end_lineno is None or node.end_col_offset is None:
+        if not isinstance(node, (ast.Import, ast.ImportFrom)) or node.end_lineno is None or node.end_col_offset is None:
             continue
         end_line = node.end_lineno
+        col, end_col = _chars(lines[node.lineno - 1], node.col_offset), _chars(lines[end_line - 1], node.end_col_offset)
+        if isinstance(node, ast.Import):
+            if any(_renamed(alias.name, moves) != alias.name for alias in node.names):
+                names = [_renamed(a.name, moves) + (f" as {a.asname}" if a.asname else "") for a in node.names]
+                edits.append((node.lineno, col, end_line, end_col, f"import {', '.join(names)}"))
+            continue
         base = _absolute(old_module, is_package, node)
-        if not (node.level or base in {m.rpartition(".")[0] for m in moves} or crossed):
+        if not (node.level or crossed or base in parents or _renamed(base, moves) != base):
             continue
         groups: dict[str, list[str]] = {}  # new "from" module -> the names imported from it, as written
         for alias in node.names:
@@ -157,10 +182,9 @@ def rewrite_imports(source: str, old_module: str, is_package: bool, moves: dict[
                 parent, _, leaf = moves[submodule].rpartition(".")
                 groups.setdefault(parent, []).append(leaf + (f" as {alias.asname}" if alias.asname else ""))
             else:
-                groups.setdefault(moves.get(base, base), []).append(name)
+                groups.setdefault(_renamed(base, moves), []).append(name)
         relative = bool(node.level) or (crossed and base.split(".")[0] == new_module.split(".")[0])
         heads = {target: _written(target, new_module, is_package, relative) for target in groups}
-        col, end_col = _chars(lines[node.lineno - 1], node.col_offset), _chars(lines[end_line - 1], node.end_col_offset)
         original = "".join(lines[node.lineno - 1: end_line])[col:]
         original = original[: len(original) - (len(lines[end_line - 1]) - end_col)]
         as_written = [alias.name + (f" as {alias.asname}" if alias.asname else "") for alias in node.names]
@@ -178,6 +202,14 @@ def rewrite_imports(source: str, old_module: str, is_package: bool, moves: dict[
         before, after = lines[line - 1][:col], lines[end_line - 1][end_col:]
         lines[line - 1: end_line] = [before + text + after]
     return "".join(lines)
+
+
+def _renamed(module: str, moves: dict[str, str]) -> str:
+    """``module``'s new name: a moved module, or a name inside one (``server.jobs.JobStore``), follows it."""
+    for old, new in moves.items():
+        if module == old or module.startswith(f"{old}."):
+            return new + module[len(old):]
+    return module
 
 
 def _chars(line: str, byte_offset: int) -> int:
@@ -201,6 +233,29 @@ def python_modules() -> dict[Path, tuple[str, bool]]:
     return found
 
 
+def rewritten(moves: dict[str, str]) -> tuple[dict[Path, str], dict[Path, set[str]]]:
+    """The new text of every tracked text file the moves change (by its path before the moves), and its old lines.
+    Stops (SystemExit) at a moved module whose paths relative to its own file are not in :data:`FIXUPS`."""
+    modules = python_modules()
+    contents, originals = {}, {}
+    for path in text_files():
+        try:
+            text = path.read_text()
+        except (UnicodeDecodeError, FileNotFoundError):
+            continue
+        new = rewrite_python_prose(text, moves) if path in modules else rewrite_names(text, moves)
+        if path in modules:
+            module = modules[path][0]
+            if module in moves and "__file__" in new:
+                if module not in FIXUPS or FIXUPS[module][0] not in new:
+                    raise SystemExit(f"error: {path_of(module)} uses __file__ and moves; add its paths to FIXUPS")
+                new = new.replace(*FIXUPS[module])
+            new = rewrite_imports(new, *modules[path], moves)
+        if new != text:
+            contents[path], originals[path] = new, set(text.splitlines())
+    return contents, originals
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dry-run", action="store_true", help="print the moves, change nothing")
@@ -216,24 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     if git("status", "--porcelain", "--untracked-files=no").strip():
         print("error: the tree has uncommitted changes; commit or stash them first", file=sys.stderr)
         return 1
-    modules = python_modules()
-    contents = {}
-    for path in text_files():
-        try:
-            text = path.read_text()
-        except (UnicodeDecodeError, FileNotFoundError):
-            continue
-        new = rewrite_names(text, moves)
-        if path in modules:
-            module = modules[path][0]
-            if module in moves and "__file__" in new:
-                if module not in FIXUPS or FIXUPS[module][0] not in new:
-                    print(f"error: {path_of(module)} uses __file__ and moves; add its paths to FIXUPS", file=sys.stderr)
-                    return 1
-                new = new.replace(*FIXUPS[module])
-            new = rewrite_imports(new, *modules[path], moves)
-        if new != text:
-            contents[path] = new
+    contents, originals = rewritten(moves)
     for package, doc in PACKAGES.items():
         init = ROOT / path_of(package).with_suffix("") / "__init__.py"
         if not init.exists():
@@ -254,6 +292,11 @@ def main(argv: list[str] | None = None) -> int:
     if ruff and python:  # the rewritten imports in isort's order; the code's line length
         subprocess.run([ruff, "check", "--quiet", "--select", "I", "--fix", "--line-length", "120", *python],
                        cwd=ROOT, check=False)
+    long_lines = [f"{moved.get(path, path).relative_to(ROOT)}:{number}" for path in contents if path.suffix == ".py"
+                  for number, line in enumerate(moved.get(path, path).read_text().splitlines(), 1)
+                  if len(line) > 120 and line not in originals[path]]
+    if long_lines:
+        print(f"{len(long_lines)} lines now exceed 120 characters; rewrap them:", *long_lines, sep="\n  ")
     print(f"moved {len(moves)} modules, rewrote {len(contents)} files; review with `git diff --cached -M` and "
           "`git diff`, then run the tests")
     return 0
