@@ -34,7 +34,7 @@ class Limits:
     """Size of one LoRA file: larger than media files, since a rank-128 LoRA of a 14B model is ~1.2 GB in fp32."""
 
     def with_settings(self, settings: list[str]) -> Limits:
-        """These limits with ``NAME=VALUE`` settings applied (``vace serve --limit``); ValueError names the
+        """These limits with ``NAME=VALUE`` settings applied (``vace serve --limits``); ValueError names the
         known limits when a name or value is wrong."""
         types = {f.name: f.type for f in fields(self)}
         changes: dict[str, Any] = {}  # each value of its field's type, read from the field

@@ -30,19 +30,21 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from dataclasses import dataclass, field
+from typing import Literal, Self, get_args
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from .manifest import DEFAULT_ANNOTATORS, DEFAULT_MASK_TRACKER, MASK_TRACKERS
+from .manifest import DEFAULT_ANNOTATORS, DEFAULT_MASK_TRACKER, MASK_TRACKERS, TASK_ANNOTATORS
 
 log = logging.getLogger(__name__)
 
-MEMORY_MODES = ("auto", "full", "fp8", "group_offload", "model_offload")
-ENCODER_SETTINGS = ("auto", "libx264", "nvenc")  # --encoder; pipelines/codecs.py resolves it per worker
+MemoryMode = Literal["auto", "full", "fp8", "group_offload", "model_offload"]
+EncoderSetting = Literal["auto", "libx264", "nvenc"]
+ENCODER_SETTINGS: tuple[str, ...] = get_args(EncoderSetting)  # pipelines/codecs.py resolves one per worker
 COMPILABLE_MODES = ("full", "model_offload")  # modes whose hooks torch.compile(fullgraph=True) traces
-PROMPT_EXPANDERS = ("none", "openai", "local")
-MASK_TRACKING_MODES = ("track", "static")
+PromptExpander = Literal["none", "openai", "local"]
+MaskTrackingMode = Literal["track", "static"]
 DEFAULT_MASK_EXPAND_RATIO = 0.25
 """VACE's own inpainting example (``run_vace_pipeline.sh``: ``salientmasktrack`` with ``original_expand`` 0.5) grows
 each side of the mask by a random share of 0.5 of its box, 0.25 on average; we grow every side of every frame's
@@ -55,57 +57,93 @@ FP8_MIN_FREE = 40 * GIB
 CUDA_ATTENTION = (("_flash_3", "flash_attn_interface"), ("flash", "flash_attn"), ("sage", "sageattention"))
 
 
-@dataclass(frozen=True)
-class RuntimeConfig:
-    """Server-wide settings for placing models; every field has a working automatic default."""
+class RuntimeSettings(BaseModel):
+    """How the models sit on the device, and the optional job stages.
 
-    memory_mode: str = "auto"
+    The fields are settings of every command that loads a model: ``server.config.Settings`` inherits them, so each
+    is a ``VACE_*`` variable and a flag of ``vace generate``, ``preprocess``, ``serve`` and ``worker``, whose help
+    is the docstring below it (written for ``--help``: plain text)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    memory_mode: MemoryMode = "auto"
+    """full | fp8 | group_offload | model_offload; auto picks by free device memory (CPU: full)."""
     attention: str = "auto"
+    """The diffusers attention backend; auto picks the fastest installed (CUDA), PyTorch SDPA elsewhere."""
     compile: bool = False
+    """torch.compile the repeated transformer blocks (CUDA; memory modes full and model_offload)."""
+    lora_max_rank: int = Field(64, ge=0)
+    """With compile: the rank of each expert's LoRA slot compiled into every job, the most a job's LoRAs may add up
+    to on one layer; 0: no slot, and a compiled server refuses LoRAs."""
+    vae_tiling: bool | None = None
+    """Decode frames in overlapping VAE tiles; unset: on for the memory-saving modes (offload, fp8), where memory is
+    short and 720p decoding would peak highest."""
+    pose_annotator: str = Field(DEFAULT_ANNOTATORS["pose"], description="The pose annotator of preprocess=true when "
+                                f"a request names none: {' | '.join(TASK_ANNOTATORS['pose'])}.")
+    depth_annotator: str = Field(DEFAULT_ANNOTATORS["depth"], description="The depth annotator of preprocess=true "
+                                 f"when a request names none: {' | '.join(TASK_ANNOTATORS['depth'])}.")
+    safety_threshold: float = Field(0.5, ge=0, le=1)
+    """enable_safety_checker flags a job when a frame's unsafe probability exceeds this."""
+    prompt_expander: PromptExpander = "none"
+    """What serves enable_prompt_expansion: none, openai (an OpenAI-compatible chat endpoint) or local (the causal LM
+    in the weights directory)."""
+    expander_url: str | None = None
+    """openai: the API base, e.g. http://127.0.0.1:11434/v1 (Ollama)."""
+    expander_model: str | None = None
+    """openai: the model name to ask for; local: an LM folder in the weights directory (default: the manifest's)."""
+    expander_api_key: str | None = Field(None, repr=False)
+    """openai: the endpoint's API key, sent as a bearer token and kept out of logs."""
+    expander_timeout_s: float = Field(30.0, gt=0)
+    """Seconds to wait for the expander before keeping the prompt as written."""
+    expander_max_tokens: int = Field(256, ge=1)
+    """Bounds the expanded prompt (UMT5 reads at most 512 tokens of it anyway)."""
+    encoder: EncoderSetting = "auto"
+    """The H.264 encoder of every worker's outputs: auto (NVENC on the worker's own GPU where a trial encode
+    passes, else libx264), libx264, or nvenc (a worker where NVENC cannot run refuses to start)."""
+    mask_tracking: MaskTrackingMode = "track"
+    """How an inpainting mask image becomes a mask per frame: track follows it through the clip with SAM2.1
+    (mask-tracker), static applies it to every frame as it is."""
+    mask_tracker: str = Field(DEFAULT_MASK_TRACKER, description="The SAM2.1 size that tracks masks: "
+                              f"{' | '.join(MASK_TRACKERS)}.")
+    mask_expand_ratio: float = Field(DEFAULT_MASK_EXPAND_RATIO, ge=0, le=1)
+    """Tracked masks grow on each side by this share of their box (VACE's original_expand); 0 keeps them."""
+    mask_threshold: float = Field(0.5, gt=0, lt=1)
+    """A pixel belongs to the tracked object where SAM2's probability is above this."""
+
+    @field_validator("mask_tracker")
+    @classmethod
+    def _known_tracker(cls, name: str) -> str:
+        if name not in MASK_TRACKERS:
+            raise ValueError(f"{name!r} is no mask tracker; known: {', '.join(MASK_TRACKERS)}")
+        return name
+
+    @field_validator("pose_annotator", "depth_annotator")
+    @classmethod
+    def _known_annotator(cls, name: str, info: ValidationInfo) -> str:
+        task = (info.field_name or "").removesuffix("_annotator")
+        if name not in TASK_ANNOTATORS[task]:
+            raise ValueError(f"{name!r} is no {task} annotator; known: {', '.join(TASK_ANNOTATORS[task])}")
+        return name
+
+    @model_validator(mode="after")
+    def _expander_reachable(self) -> Self:
+        """An openai expander without its endpoint is refused at start, not at a job's first expansion."""
+        if self.prompt_expander == "openai" and not (self.expander_url and self.expander_model):
+            raise ValueError("the openai prompt expander needs an expander URL and model name")
+        return self
+
+    @property
+    def annotators(self) -> dict[str, str]:
+        """Task -> the annotator a ``preprocess=true`` job of that task runs when its request names none."""
+        return {"pose": self.pose_annotator, "depth": self.depth_annotator}
+
+
+class RuntimeConfig(RuntimeSettings):
+    """What a model manager is built with: the settings, and what only tests set."""
+
     compile_devices: tuple[str, ...] = ("cuda",)
     """Device types ``compile`` takes effect on: CUDA, where it pays; the tests add ``cpu`` to compile the tiny
     models through the same path."""
-    lora_max_rank: int = 64
-    """With ``compile``: the rank of each expert's LoRA slot (``pipelines.lora_hotswap``), the most a job's LoRAs
-    may add up to on one layer; 0: no slot, and a compiled server refuses LoRAs."""
-    vae_tiling: bool | None = None  # None: on for the memory-saving modes
-    annotators: tuple[tuple[str, str], ...] = tuple(DEFAULT_ANNOTATORS.items())  # task -> default annotator
-    safety_threshold: float = 0.5  # a frame is flagged when the classifier's unsafe probability exceeds this
-    prompt_expander: str = "none"  # none | openai (a chat endpoint) | local (a causal LM in the weights dir)
-    expander_url: str | None = None  # OpenAI-compatible base URL, e.g. http://127.0.0.1:11434/v1 (Ollama)
-    expander_model: str | None = None  # openai: the model name to ask for; local: a folder (default: the manifest's)
-    expander_api_key: str | None = field(default=None, repr=False)  # sent as a bearer token; kept out of logs
-    expander_timeout_s: float = 30.0
-    expander_max_tokens: int = 256  # bounds the expanded prompt (UMT5 reads at most 512 tokens of it anyway)
-    encoder: str = "auto"  # auto (NVENC on the worker's GPU where its trial encode passes) | libx264 | nvenc
-    mask_tracking: str = "track"  # track: SAM2 follows a mask image through the clip; static: every frame as it is
-    mask_tracker: str = DEFAULT_MASK_TRACKER  # which SAM2.1 size (a MASK_TRACKERS key)
-    mask_expand_ratio: float = DEFAULT_MASK_EXPAND_RATIO  # tracked masks grow by this share of their box per side
-    mask_threshold: float = 0.5  # a pixel is the tracked object where SAM2's probability exceeds this
-
-    def __post_init__(self) -> None:
-        if self.memory_mode not in MEMORY_MODES:
-            raise ValueError(f"memory_mode must be one of {MEMORY_MODES}, got {self.memory_mode!r}")
-        if self.encoder not in ENCODER_SETTINGS:
-            raise ValueError(f"encoder must be one of {ENCODER_SETTINGS}, got {self.encoder!r}")
-        if not 0.0 <= self.safety_threshold <= 1.0:
-            raise ValueError(f"safety_threshold must be between 0 and 1, got {self.safety_threshold}")
-        if self.prompt_expander not in PROMPT_EXPANDERS:
-            raise ValueError(f"prompt_expander must be one of {PROMPT_EXPANDERS}, got {self.prompt_expander!r}")
-        if self.prompt_expander == "openai" and not (self.expander_url and self.expander_model):
-            raise ValueError("the openai prompt expander needs an expander URL and model name")
-        if self.lora_max_rank < 0:
-            raise ValueError(f"lora_max_rank must be 0 or more, got {self.lora_max_rank}")
-        if self.expander_timeout_s <= 0 or self.expander_max_tokens < 1:
-            raise ValueError("the expander timeout and max tokens must be positive")
-        if self.mask_tracking not in MASK_TRACKING_MODES:
-            raise ValueError(f"mask_tracking must be one of {MASK_TRACKING_MODES}, got {self.mask_tracking!r}")
-        if self.mask_tracker not in MASK_TRACKERS:
-            raise ValueError(f"mask_tracker must be one of {sorted(MASK_TRACKERS)}, got {self.mask_tracker!r}")
-        if not 0.0 <= self.mask_expand_ratio <= 1.0:
-            raise ValueError(f"mask_expand_ratio must be between 0 and 1, got {self.mask_expand_ratio}")
-        if not 0.0 < self.mask_threshold < 1.0:
-            raise ValueError(f"mask_threshold must be between 0 and 1 (exclusive), got {self.mask_threshold}")
 
 
 def resolve_memory_mode(requested: str, device: torch.device) -> str:

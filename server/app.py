@@ -94,15 +94,15 @@ class Node:
         managers, group = cls._workers(config, metrics) if not config.no_workers else ([], None)
         webhooks = None if signer is None else Webhooks(
             store, signer, ctx, attempts=config.webhook_attempts, backoff_s=config.webhook_backoff_s,
-            timeout_s=config.webhook_timeout_s, lease_s=config.lease_seconds, concurrency=config.webhook_concurrency,
+            timeout_s=config.webhook_timeout_s, lease_s=config.lease_s, concurrency=config.webhook_concurrency,
             on_outcome=lambda outcome: metrics.webhook_deliveries.labels(outcome).inc())
         if config.fetch_allow and not config.webhook_allow:
             log.info("--fetch-allow permits media sources only; non-public webhook targets need --webhook-allow")
         pool: Workers
         if config.no_workers or config.worker_threads:
             pool = WorkerPool(store=store, files=files, metrics=metrics, managers=managers, work_dir=config.work_dir,
-                              ctx=ctx, lease_s=config.lease_seconds, max_attempts=config.max_attempts,
-                              local=not config.no_workers, models=config.models,
+                              ctx=ctx, lease_s=config.lease_s, max_attempts=config.max_attempts,
+                              runs_jobs=not config.no_workers, models=config.models,
                               switch_after_s=config.switch_after_s, group=group,
                               intermediates=intermediates(config))
         else:  # the managers stay here to check requests; each worker process loads its own
@@ -144,7 +144,7 @@ class Node:
         if self.webhooks is not None:
             await self.webhooks.start()
         self.upkeep.start()
-        if self.pool.local:
+        if self.pool.runs_jobs:
             clear_work_dir(self.config.work_dir)
             self.pool.start()
         self.retention.start()
@@ -222,8 +222,8 @@ def create_app(config: Settings) -> FastAPI:
     )
     if config.cors_origins:  # outermost, so a preflight is answered before the guard asks for a key
         if not config.auth_enabled:
-            log.warning("--cors-origin %s without an API key: pages from %s can submit, read and cancel every "
-                        "job of this server and upload to it; set --api-key, or drop --cors-origin",
+            log.warning("--cors-origins %s without an API key: pages from %s can submit, read and cancel every "
+                        "job of this server and upload to it; set --api-keys, or drop --cors-origins",
                         ",".join(config.cors_origins), "any origin" if "*" in config.cors_origins else "there")
         app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["*"],
                            allow_headers=["*"], expose_headers=["x-fal-request-id", "x-fal-error-type"],

@@ -8,7 +8,7 @@ stops working when the key is removed from the server. Keyed rather than a plain
 job store, which in a fleet every node reads (GPU workers included) and backups copy: without the secret, which only
 API nodes hold, a reader of the store can neither test a guessed key against them nor tell that two deployments
 share a key. Releases before this one recorded a plain SHA-256 (:func:`legacy_key_id`); an HTTP node renames the
-rows of its configured keys on start (``Auth.renamed_owners``). Admin keys (``--admin-key``) are API keys that may
+rows of its configured keys on start (``Auth.renamed_owners``). Admin keys (``--admin-keys``) are API keys that may
 see every job.
 
 fal-client uploads in two steps: it trades its key for a CDN token (``POST /storage/auth/token``) and then sends

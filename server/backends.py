@@ -46,7 +46,7 @@ def open_files(config: Settings) -> FileStore:
         from .s3_files import S3FileStore
 
         return S3FileStore(config.files_bucket, max_bytes=config.max_upload_bytes, spool_dir=config.data_dir / "spool",
-                           url_ttl_s=config.files_url_ttl, public_url=config.files_public_url)
+                           url_ttl_s=config.files_url_ttl_s, public_url=config.files_public_url)
     return LocalFileStore(config.files_dir, config.uploads_dir, config.max_upload_bytes)
 
 

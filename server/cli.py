@@ -1,10 +1,13 @@
 """The ``vace`` command line: flags in, one call to ``server/commands.py`` (or the weights tools) out.
 
-Flags that set a :class:`~server.config.Settings` field are named after it and have no default of their own: a flag
-not given leaves the field to its ``VACE_*`` environment variable, then to the default in ``Settings``. Every field
-of an endpoint's fal schema is a flag of ``vace generate TASK`` named after it (``--num_frames 33`` or
-``--num-frames 33``): ``pose``, ``depth``, ``inpainting``, ``outpainting``, ``reframe``, and ``base`` (alias
-``t2v``) for the base endpoint. ``vace preprocess TASK`` writes what a job of that task conditions the model on.
+The settings flags are made from the settings classes (``server/config.py``), as the request flags are from the
+request schema: each field is the flag ``--FIELD`` (dashes for underscores), its help the field's docstring with its
+``VACE_*`` variable and default, and it has no default of its own: a flag not given leaves the field to its
+environment variable, then to the class's default. ``generate`` and ``preprocess`` take the job settings,
+``worker`` the node's, ``serve`` all of them. Every field of an endpoint's fal schema is a flag of
+``vace generate TASK`` named after it (``--num_frames 33`` or ``--num-frames 33``): ``pose``, ``depth``,
+``inpainting``, ``outpainting``, ``reframe``, and ``base`` (alias ``t2v``) for the base endpoint.
+``vace preprocess TASK`` writes what a job of that task conditions the model on.
 """
 
 from __future__ import annotations
@@ -14,20 +17,23 @@ import logging
 import os
 import sys
 import typing
-from dataclasses import fields
+from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic.fields import FieldInfo
 
 from pipelines.limits import Limits
-from pipelines.manifest import DEFAULT_DOWNLOAD, ENTRIES, MASK_TRACKERS, MODELS, TASK_ANNOTATORS, canonical_key
+from pipelines.manifest import DEFAULT_DOWNLOAD, ENTRIES, MODELS, TASK_ANNOTATORS, canonical_key
 from pipelines.registry import DEFAULT_MODEL_FOR_TASK, TASKS, EndpointTask
-from pipelines.runtime import ENCODER_SETTINGS, MASK_TRACKING_MODES, MEMORY_MODES, PROMPT_EXPANDERS
+from pipelines.runtime import RuntimeSettings
 from pipelines.schema import JobInput
 
 from . import commands
-from .config import Settings
+from .config import RENAMED, JobSettings, NodeSettings, Settings, renamed_value
+
+log = logging.getLogger(__name__)
 
 # Fields with their own short flag names in the CLI.
 FIELD_ALIASES = {"video_url": "--video", "prompt": "--prompt", "mask_video_url": "--mask",
@@ -54,6 +60,15 @@ CONDITIONING_FIELDS = frozenset({
     "trim_borders", "zoom_factor", "first_frame_url", "last_frame_url", "transparency_mode",
 })
 EXPERT_NAMES = ("high", "low", "both")
+LAYERS: tuple[type[RuntimeSettings], ...] = (RuntimeSettings, JobSettings, NodeSettings, Settings)
+"""The settings classes, each a layer over the one before: their fields are the flags of generate and preprocess
+(JobSettings), worker (NodeSettings) and serve (Settings)."""
+SINGULAR_FLAGS = {"api_key": "api_keys", "admin_key": "admin_keys", "allowed_host": "allowed_hosts",
+                  "cors_origin": "cors_origins", "limit": "limits"}
+"""Flags of list settings that were singular before every flag took its setting's name: still accepted."""
+ENV_ONLY = frozenset({"expander_api_key"})
+"""Settings without a flag: secrets that a command line would show to every user of the machine (``ps``). The
+server's own API keys keep their flag for compatibility; its help says to prefer the variable."""
 
 
 class SettingsError(ValueError):
@@ -69,15 +84,77 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
-def _setting(parser: argparse.ArgumentParser, flag: str, help_text: str, **kwargs: Any) -> None:
-    """A flag for the ``Settings`` field of the same name; its help names the environment variable and default."""
-    name = flag.lstrip("-").replace("-", "_")
-    field = {"api_key": "api_keys", "admin_key": "admin_keys", "allowed_host": "allowed_hosts",
-             "cors_origin": "cors_origins", "limit": "limits"}.get(name, name)
-    default = Settings.model_fields[field].default
-    shown = f"; default {default}" if default not in (None, (), frozenset(), "") and field != "limits" else ""
-    parser.add_argument(flag, dest=field, default=argparse.SUPPRESS,
-                        help=f"{help_text} (env VACE_{field.upper()}{shown})", **kwargs)
+def _shown(default: Any) -> str:
+    """A setting's default as ``--help`` shows it ("" for none: the help says what unset means)."""
+    if default is None or default in ((), frozenset(), ""):
+        return ""
+    if isinstance(default, bool):
+        return str(default).lower()
+    if isinstance(default, float):
+        return f"{default:g}"
+    if isinstance(default, (tuple, frozenset)):
+        return " ".join(sorted(default) if isinstance(default, frozenset) else default)
+    if isinstance(default, Path):
+        return str(default).replace(str(Path.home()), "~", 1)
+    if is_dataclass(default):
+        return ", ".join(f"{f.name}={getattr(default, f.name)}" for f in fields(default))
+    return str(default)
+
+
+def _add_setting(group: argparse._ArgumentGroup, name: str, info: FieldInfo) -> None:
+    """The flag ``--NAME`` of the setting ``name``: its help is the field's docstring, the environment variable and
+    the default. Argparse only splits lists and reads numbers; ``Settings`` checks every value (one set of rules)."""
+    shown = _shown(info.default)
+    kinds = (info.annotation, *typing.get_args(info.annotation))
+    kwargs: dict[str, Any] = {}
+    if bool in kinds:
+        kwargs = {"nargs": "?", "const": True, "metavar": "true|false"}
+    elif any(typing.get_origin(kind) in (tuple, frozenset) for kind in kinds) or info.annotation is Limits:
+        singular = name.upper().removesuffix("S") if info.annotation is not Limits else "NAME=VALUE"
+        kwargs = {"nargs": "+", "action": "extend", "metavar": singular}
+    elif typing.get_origin(info.annotation) is typing.Literal:
+        kwargs = {"choices": typing.get_args(info.annotation)}
+    elif info.annotation in (int, float):
+        kwargs = {"type": info.annotation}
+    help_text = f"{info.description or ''} (env VACE_{name.upper()}{'; default ' + shown if shown else ''})"
+    group.add_argument(f"--{name.replace('_', '-')}", dest=name, default=argparse.SUPPRESS,
+                       help=help_text.replace("%", "%%"), **kwargs)
+
+
+class _OldFlag(argparse.Action):
+    """A setting's flag from before its rename (:data:`server.config.RENAMED`, :data:`SINGULAR_FLAGS`): its value,
+    in the new unit, goes to the new setting, with a warning that names it."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        old = (option_string or "").lstrip("-").replace("-", "_")
+        if old in RENAMED:
+            setattr(namespace, self.dest, renamed_value(old, values)[1])
+            return
+        log.warning("--%s is renamed --%s; the old name still works for now", old.replace("_", "-"),
+                    self.dest.replace("_", "-"))
+        setattr(namespace, self.dest, [*getattr(namespace, self.dest, []), *values])
+
+
+def _add_settings(parser: argparse.ArgumentParser, layer: type[RuntimeSettings]) -> None:
+    """A flag for every field of the settings class ``layer`` (``server/config.py``), a group of them per layer
+    below it, and the old flags of renamed ones, hidden. A flag has no default of its own: one not given leaves the
+    field to its ``VACE_*`` environment variable, then to the class's default."""
+    named: set[str] = set()
+    for cls in LAYERS[:LAYERS.index(layer) + 1]:
+        own = {name: info for name, info in cls.model_fields.items() if name not in named}
+        named |= own.keys()
+        env_only = [f"VACE_{name.upper()} (environment only): {own[name].description}"
+                    for name in ENV_ONLY & own.keys()]
+        group = parser.add_argument_group(f"settings: {(cls.__doc__ or '').splitlines()[0].rstrip('.')}",
+                                          " ".join(env_only).replace("%", "%%") or None)
+        for name, info in own.items():
+            if name not in ENV_ONLY:
+                _add_setting(group, name, info)
+    for old, new in {**{old: new for old, (new, _) in RENAMED.items()}, **SINGULAR_FLAGS}.items():
+        if new in named:
+            parser.add_argument(f"--{old.replace('_', '-')}", dest=new, action=_OldFlag, default=argparse.SUPPRESS,
+                                nargs="+" if old in SINGULAR_FLAGS else None, help=argparse.SUPPRESS)
 
 
 def settings(args: argparse.Namespace) -> Settings:
@@ -131,123 +208,6 @@ def _add_field_flags(parser: argparse.ArgumentParser, model: type[JobInput],
             parser.add_argument(*flags, dest=name, help=help_text)
 
 
-def _add_runtime_flags(parser: argparse.ArgumentParser) -> None:
-    """Where the weights are and how models sit on the device (shared by generate, preprocess and serve)."""
-    _setting(parser, "--weights-dir", "the weights directory")
-    _setting(parser, "--memory-mode", "full | fp8 | group_offload | model_offload; auto picks by free VRAM",
-             choices=MEMORY_MODES)
-    _setting(parser, "--attention", "diffusers attention backend; auto picks the fastest installed")
-    _setting(parser, "--compile", "torch.compile the repeated transformer blocks on CUDA", nargs="?", const=True,
-             type=_parse_bool)
-    _setting(parser, "--lora-max-rank", "with --compile: the most a job's LoRAs may add up to in rank on one "
-             "layer (the size of the LoRA slot compiled into every job); 0 refuses LoRAs", type=int)
-    _setting(parser, "--pose-annotator", "default pose annotator for preprocess=true",
-             choices=sorted(TASK_ANNOTATORS["pose"]))
-    _setting(parser, "--depth-annotator", "default depth annotator for preprocess=true",
-             choices=sorted(TASK_ANNOTATORS["depth"]))
-    _add_mask_tracking_flags(parser)
-    _setting(parser, "--safety-threshold", "enable_safety_checker flags a job when a frame's unsafe probability "
-             "exceeds this", type=float)
-    _setting(parser, "--prompt-expander", "what serves enable_prompt_expansion: none, openai (a chat endpoint) or "
-             "local (the LM in the weights dir)", choices=PROMPT_EXPANDERS)
-    _setting(parser, "--expander-url", "OpenAI-compatible API base for --prompt-expander openai, e.g. "
-             "http://127.0.0.1:11434/v1; its key comes from VACE_EXPANDER_API_KEY")
-    _setting(parser, "--expander-model", "openai: the model name to ask for; local: an LM folder (default: the "
-             "manifest's)")
-    _setting(parser, "--expander-timeout", "seconds to wait for the expander before keeping the prompt", type=float)
-    _setting(parser, "--encoder", "H.264 encoder of the outputs: auto (NVENC on the worker's GPU where a trial encode "
-             "passes, else libx264), libx264, or nvenc (refuse to start where NVENC cannot run)",
-             choices=ENCODER_SETTINGS)
-    _setting(parser, "--lora-cache-dir", "where downloaded LoRA files are kept between jobs (default: "
-             "<data-dir>/lora-cache)")
-    _setting(parser, "--lora-cache-gb", "size past which the least recently used cached LoRAs are deleted",
-             type=float)
-    _setting(parser, "--lora-cache-url-hours", "how long a LoRA URL's download is reused before the URL is fetched "
-             "again (0: every job)", type=float)
-
-
-def _add_mask_tracking_flags(parser: argparse.ArgumentParser) -> None:
-    """How an inpainting mask image becomes a mask per frame (shared by generate, preprocess and serve)."""
-    _setting(parser, "--mask-tracking", "track: SAM2.1 follows an inpainting mask image through the clip; static: "
-             "the image applies to every frame as it is", choices=MASK_TRACKING_MODES)
-    _setting(parser, "--mask-tracker", "the SAM2.1 size that tracks masks", choices=list(MASK_TRACKERS))
-    _setting(parser, "--mask-expand-ratio", "tracked masks grow on each side by this share of their box (VACE's "
-             "original_expand); 0 keeps them as tracked", type=float)
-    _setting(parser, "--mask-threshold", "a pixel belongs to the tracked object where SAM2's probability is above "
-             "this", type=float)
-
-
-def _add_node_flags(parser: argparse.ArgumentParser) -> None:
-    """Where a node keeps jobs and files (shared by the API and worker nodes of a fleet)."""
-    _setting(parser, "--data-dir", "the node's own data: the SQLite store, files, certificate, secrets")
-    _setting(parser, "--store", "the job store: sqlite:///ABS/PATH (default: the data directory's jobs.sqlite3) or "
-             "postgresql://user:pass@host:port/db, shared by many processes")
-    _setting(parser, "--files", "a directory for files/ and uploads/ (default: the data directory; a shared mount "
-             "for a fleet) or s3://bucket/prefix (connection from the standard AWS_* variables)")
-    _setting(parser, "--files-url-ttl", "S3 files: seconds a presigned output URL stays valid (at most 604800, 7 days)",
-             type=int)
-    _setting(parser, "--files-public-url", "S3 files: a public base URL serving the bucket's objects (a CDN); output "
-             "URLs become this + '/' + the object key instead of presigned URLs")
-    _setting(parser, "--lease-seconds", "how long a running job may go without a sign of life from its worker "
-             "before another node takes it back", type=float)
-    _setting(parser, "--switch-after-s", "seconds a queued job may be passed over for newer ones of a model a worker "
-             "has loaded (or of a runner hint it ran lately) before it goes first regardless; 0: plain FIFO",
-             type=float)
-    _setting(parser, "--devices", "one worker per device, e.g. cuda:0 cuda:1 (default: all GPUs or cpu)", nargs="+")
-    _setting(parser, "--parallel", "with --devices: the devices form one group serving one job at a time, split as "
-             "SPEC: cfg=2, ulysses=N, ring=N or a combination (cfg=2,ulysses=4); the product equals the number of "
-             "devices", metavar="SPEC")
-    _setting(parser, "--worker-threads", "run the workers as threads of this process instead of one process per "
-             "device (or per --parallel group): for debugging", nargs="?", const=True, type=_parse_bool)
-    _setting(parser, "--max-models", "models kept loaded per device", type=int)
-    _setting(parser, "--fetch-allow", "non-public media or LoRA source to permit: CIDR, host or host:port "
-             "(repeatable). By default only public addresses are fetched", action="append")
-    _setting(parser, "--webhook-allow", "non-public webhook target to permit: CIDR, host or host:port (repeatable; "
-             "give every node the same). By default webhooks go to public addresses only", action="append")
-    _setting(parser, "--checkpoint-every-steps", "a running job checkpoints its denoising after this many steps "
-             "(0: by time only); a job handed back resumes from its newest checkpoint", type=int)
-    _setting(parser, "--checkpoint-every-s", "... or after the first step that ends this many seconds after the last "
-             "checkpoint (0: by steps only; both 0: no checkpoints)", type=float)
-    _setting(parser, "--preview-every-steps", "a running job publishes a live preview after every this many steps "
-             "(0: none)", type=int)
-    _setting(parser, "--limit", "change an input limit, e.g. max_video_seconds=120 (repeatable). Limits: "
-             + ", ".join(f.name for f in fields(Limits)), action="append", metavar="NAME=VALUE")
-
-
-def _add_serve_flags(srv: argparse.ArgumentParser) -> None:
-    _setting(srv, "--host", "address to bind (loopback only by default)")
-    _setting(srv, "--port", "port", type=int)
-    _setting(srv, "--tls", "https with a self-signed certificate made on first start", nargs="?", const=True,
-             type=_parse_bool)
-    _setting(srv, "--public-url", "base URL for the URLs the server hands out (behind a proxy)")
-    _setting(srv, "--api-key", "accepted 'Authorization: Key ...' value (repeatable)", action="append")
-    _setting(srv, "--api-keys-file", "file with one API key per line")
-    _setting(srv, "--admin-key", "an API key that also sees and cancels every key's jobs (repeatable)",
-             action="append")
-    _setting(srv, "--secrets-dir", "where the node secret and webhook signing key are (default: the data directory, "
-             "made there on first start); a fleet's API nodes share one, made with `vace secrets DIR`")
-    srv.add_argument("--insecure-no-auth", action="store_true", help="allow a non-loopback --host without keys")
-    _setting(srv, "--allowed-host", "a Host name to answer besides loopback names, the bound address and "
-             "--public-url's host (repeatable; '*' answers any). Without API keys other hosts are refused (DNS "
-             "rebinding); with keys any host is answered unless this is given", action="append", metavar="NAME")
-    _setting(srv, "--cors-origin", "a browser origin allowed to call the API directly, e.g. https://app.example.com "
-             "(repeatable; '*' any origin; default none)", action="append", metavar="ORIGIN")
-    _setting(srv, "--limit-concurrency", "connections plus running requests past which new requests get a 503",
-             type=int)
-    _setting(srv, "--timeout-keep-alive", "seconds an idle keep-alive connection stays open", type=int)
-    _setting(srv, "--header-timeout-s", "seconds a connection may take to send a request's headers", type=float)
-    _setting(srv, "--read-timeout-s", "seconds a client may stay silent while the server waits for its bytes (or "
-             "for it to take the response's)", type=float)
-    _setting(srv, "--unread-body-timeout-s", "seconds the rest of a refused, unread request body is read and "
-             "dropped before the connection is closed", type=float)
-    _setting(srv, "--no-workers", "an API node: HTTP only, no workers (workers elsewhere pull from --store)",
-             nargs="?", const=True, type=_parse_bool)
-    srv.add_argument("--access-log", action="store_true", help="log every HTTP request")
-    _setting(srv, "--max-body-bytes", "largest JSON request body", type=int)
-    _setting(srv, "--retention-hours", "delete served files, abandoned uploads and finished jobs older than this "
-             "(0 keeps everything)", type=float)
-
-
 def _examples(*lines: str) -> dict[str, Any]:
     """``add_parser`` keywords for a help text that ends with these command lines, kept as written.
     ``tests/test_documented_commands.py`` runs every one of them, so each must work as typed."""
@@ -299,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
         one.add_argument("--parallel", dest="job_parallel", metavar="SPEC", help="one job on several devices: "
                          "cfg=2, ulysses=N, ring=N or a combination (cfg=2,ulysses=4); on CPU as that many local "
                          "processes, on CUDA one GPU each")
-        _add_runtime_flags(one)
+        _add_settings(one, JobSettings)
         _add_field_flags(one, commands.cli_input_model(task))
 
     pre = sub.add_parser("preprocess", help="write what a job conditions the model on: the pose or depth control "
@@ -312,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
         one.add_argument("--video", required=True, help="input video: path, http(s) URL or data URI")
         one.add_argument("--annotator", help=" | ".join(TASK_ANNOTATORS[task]))
         one.add_argument("-o", "--output", required=True, help="output .mp4 path")
-        _add_runtime_flags(one)
+        _add_settings(one, JobSettings)
     for task in EDIT_TASKS:
         what = (f"write the conditioning video (src_video.mp4: the source with what is generated in grey) and the "
                 f"mask video (src_mask.mp4: white = generated) of a {task} job, as VACE's vace_preproccess.py "
@@ -321,24 +281,21 @@ def build_parser() -> argparse.ArgumentParser:
         one.add_argument("-o", "--output", required=True, help="output folder")
         _add_field_flags(one, commands.cli_input_model(task), CONDITIONING_FIELDS)
         if task == "inpainting":  # a mask image is tracked through the clip as the job tracks it
-            _setting(one, "--weights-dir", "the weights directory (its mask tracker)")
-            _add_mask_tracking_flags(one)
+            _add_settings(one, JobSettings)
 
     srv = sub.add_parser("serve", help="run the fal-compatible HTTP server", **_examples(
         "vace serve                     # http://127.0.0.1:8000, weights from ~/.cache/vace/weights, auth off",
         "VACE_API_KEYS=change-me vace serve --host 0.0.0.0 --tls --public-url https://vace.example.com"))
-    _add_runtime_flags(srv)
-    _add_node_flags(srv)
-    _add_serve_flags(srv)
+    srv.add_argument("--insecure-no-auth", action="store_true", help="allow a non-loopback --host without keys")
+    srv.add_argument("--access-log", action="store_true", help="log every HTTP request")
+    _add_settings(srv, Settings)
 
     wrk = sub.add_parser("worker", help="a worker node: run jobs from a shared --store, no public HTTP", **_examples(
         "vace worker --store postgresql://vace:secret@db:5432/vace --files /shared/vace --metrics-port 9100",
         "vace worker --store postgresql://vace:secret@db:5432/vace --files /shared/vace --devices cuda:0 cuda:1 "
         "--parallel ulysses=2"))
-    _add_runtime_flags(wrk)
-    _add_node_flags(wrk)
-    _setting(wrk, "--models", "the models to take jobs for (default: every model with weights present)", nargs="+")
     wrk.add_argument("--metrics-port", type=int, help="serve Prometheus metrics (and a health check) on this port")
+    _add_settings(wrk, NodeSettings)
 
     keys = sub.add_parser("secrets", help="make a fleet's node secret and webhook signing key for its API nodes",
                           **_examples("vace secrets ./fleet-secrets   # then on every API node: vace serve --store "

@@ -211,7 +211,7 @@ def exposure_refusal(settings: Settings, insecure_no_auth: bool = False) -> str 
 
     if settings.auth_enabled or is_loopback(settings.host) or insecure_no_auth:
         return None
-    return (f"{settings.host} is reachable from other machines and no API key is set; pass --api-key KEY "
+    return (f"{settings.host} is reachable from other machines and no API key is set; pass --api-keys KEY "
             "(or VACE_API_KEYS), or --insecure-no-auth to serve without auth anyway")
 
 

@@ -1,6 +1,6 @@
 """Connection hygiene for uvicorn: deadlines for every moment a connection makes the server wait on its client.
 
-uvicorn closes idle keep-alive connections after ``timeout_keep_alive`` and answers 503 past ``limit_concurrency``,
+uvicorn closes idle keep-alive connections after ``keep_alive_timeout_s`` and answers 503 past ``limit_concurrency``,
 but any byte from the client cancels its keep-alive timer and nothing else times a client out. A connection that
 sends headers one byte a minute, declares a body and never sends it, or keeps trickling the unread body of a request
 the server already refused (a 401 answers before any body is read) holds its slot for ever, and ``limit_concurrency``
@@ -157,7 +157,7 @@ def uvicorn_config(app: Any, config: Settings, **kwargs: Any) -> uvicorn.Config:
     """The uvicorn settings of a server: connection limits and timeouts from ``config``."""
     return uvicorn.Config(
         app, host=config.host, port=config.port, http=h11_protocol(Deadlines.of(config)),
-        limit_concurrency=config.limit_concurrency, timeout_keep_alive=config.timeout_keep_alive, **kwargs,
+        limit_concurrency=config.limit_concurrency, timeout_keep_alive=config.keep_alive_timeout_s, **kwargs,
     )
 
 

@@ -132,7 +132,7 @@ class RequestGuard:
         headers = Headers(scope=scope)
         if not self.hosts.allows(headers.get("host")):
             host = headers.get("host", "")
-            message = (f"Host {host!r} is not accepted by this server: start it with --allowed-host "
+            message = (f"Host {host!r} is not accepted by this server: start it with --allowed-hosts "
                        f"{_hostname(host) or 'NAME'} (or --public-url URL) to serve requests addressed to it")
             await JSONResponse({"detail": message}, status_code=400)(scope, receive, send)
             return

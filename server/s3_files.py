@@ -16,7 +16,7 @@ the parts of a multipart upload are separate objects, joined through the node at
 
 Reading: ``GET /files/<key>`` answers a 307 redirect to a fresh presigned GET URL (or the public base URL), so the
 ``/files/`` URLs that uploads hand out stay valid however long the file is kept; a job's output URLs are presigned
-(``--files-url-ttl``, at most SigV4's 7 days) or public-base URLs. Objects are stored with the type they are served
+(``--files-url-ttl-s``, at most SigV4's 7 days) or public-base URLs. Objects are stored with the type they are served
 with (:func:`server.files.served_type`) and, unless passive media, an attachment disposition, and presigned URLs
 ask for the same again; the bucket is another origin than the API, so even a file opened anyway runs nowhere near
 the playground's API key. Jobs read their inputs (our ``/files/`` URLs, presigned or public URLs of our objects)
@@ -122,7 +122,7 @@ class S3FileStore(FileStore):
 
     def __init__(self, url: str, *, max_bytes: int, spool_dir: Path, url_ttl_s: int,
                  public_url: str | None = None) -> None:
-        """``url_ttl_s``: how long presigned URLs live, within SigV4's seven days (``Settings.files_url_ttl`` checks
+        """``url_ttl_s``: how long presigned URLs live, within SigV4's seven days (``Settings.files_url_ttl_s`` checks
         the operator's setting)."""
         self.bucket, self.prefix = parse_s3_url(url)
         self.max_bytes = max_bytes

@@ -43,14 +43,14 @@ def health() -> dict[str, str]:
                               "installed LoRAs; with an admin key (or auth off) the live workers")
 def ready(pool: PoolDep, store: StoreDep, settings: SettingsDep, auth: AuthDep, caller: CallerDep) -> JSONResponse:
     # Workers of any node that renewed their sign of life within a lease: this node's, or a fleet's.
-    workers = store.live_workers(time.time() - settings.lease_seconds)
+    workers = store.live_workers(time.time() - settings.lease_s)
     devices = pool.devices()  # this node's own workers, as they are now
     served = {m for w in workers for m in w["models_present"]}
     loaded = {m for d in devices for m in d["loaded_models"]} | {m for w in workers for m in w["models_loaded"]}
     endpoints = {
         app_id: {"model": model, "tasks": [t for t in ENDPOINT_TASKS if t],
                  "endpoints": [endpoint_id(app_id, t) for t in ENDPOINT_TASKS],  # the base endpoint first
-                 "weights_present": model in served or (pool.local and pool.has_weights(model)),
+                 "weights_present": model in served or (pool.runs_jobs and pool.has_weights(model)),
                  "loaded": model in loaded}
         for app_id, model in APPS.items()
     }

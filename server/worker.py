@@ -129,7 +129,7 @@ class WorkerMetrics(Protocol):
 class Workers(Protocol):
     """A node's workers as the rest of the node sees them, threads of its process or processes of their own."""
 
-    local: bool
+    runs_jobs: bool
     """Whether this node runs jobs (False on an API node: workers elsewhere pull from the shared store)."""
 
     def start(self) -> None: ...
@@ -171,7 +171,7 @@ class WorkerPool:
         ctx: JobContext,
         lease_s: float = 30.0,
         max_attempts: int = 2,
-        local: bool = True,
+        runs_jobs: bool = True,
         models: tuple[str, ...] = (),
         switch_after_s: float = 0.0,
         group: WorkerGroup | None = None,
@@ -179,7 +179,7 @@ class WorkerPool:
     ) -> None:
         """``group``: the devices form one job group, served by one worker (``managers`` then holds rank 0's)."""
         self.store = store
-        self.local = local
+        self.runs_jobs = runs_jobs
         self.model_filter = models
         self.switch_after_s = switch_after_s
         """The bound on preferring jobs a worker is better placed for (``JobStore.claim``)."""
@@ -229,14 +229,14 @@ class WorkerPool:
                 thread.join(max(0.0, deadline - time.monotonic()))
 
     def has_weights(self, model: str) -> bool:
-        return not self.local or self.workers[0].models.is_present(model)
+        return not self.runs_jobs or self.workers[0].models.is_present(model)
 
     @property
     def models(self) -> ModelManager | None:
-        return self.workers[0].models if self.local else None
+        return self.workers[0].models if self.runs_jobs else None
 
     def devices(self) -> list[dict[str, Any]]:
-        return [worker.models.describe() for worker in self.workers] if self.local else []
+        return [worker.models.describe() for worker in self.workers] if self.runs_jobs else []
 
 
 class Worker(threading.Thread):

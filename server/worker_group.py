@@ -39,37 +39,37 @@ class WorkerGroup:
         self.devices = [str(d) for d in devices]
         self.weights_dir, self.runtime, self.max_models = weights_dir, runtime, max_models
         self.on_restart = on_restart
-        self.local: Followers | None = None
+        self.followers: Followers | None = None
         """The running group (None before the first and between two)."""
-        self.models: ModelManager | None = None
+        self.manager: ModelManager | None = None
 
     def ready(self) -> ModelManager:
         """Rank 0's models in a group that can take a job: the running group, or a new one in place of one that
         is not whole or not in step."""
-        if self.local is not None and self.models is not None:
-            cause = self.local.failed() or (None if self.local.in_step(IN_STEP_WAIT_S)
+        if self.followers is not None and self.manager is not None:
+            cause = self.followers.failed() or (None if self.followers.in_step(IN_STEP_WAIT_S)
                                              else "the other ranks did not finish the last job")
             if cause is None:
-                return self.models
+                return self.manager
             log.warning("job group %s on %s: %s; starting a new group", self.spec, ", ".join(self.devices), cause)
             self.close()
             self.on_restart(cause)
-        self.local = Followers(self.spec, self.weights_dir, self.runtime, self.devices)
-        group = self.local.start()
-        self.models = ModelManager(self.weights_dir, device=self.devices[0], max_models=self.max_models,
+        self.followers = Followers(self.spec, self.weights_dir, self.runtime, self.devices)
+        group = self.followers.start()
+        self.manager = ModelManager(self.weights_dir, device=self.devices[0], max_models=self.max_models,
                                    runtime=self.runtime, group=group)
         log.info("job group %s on %s started", self.spec, ", ".join(self.devices))
-        return self.models
+        return self.manager
 
     def interrupted(self) -> str | None:
         """After rank 0's job raised: which rank exited during it (the job was interrupted, not at fault), if any."""
-        return self.local.failed(EXIT_WAIT_S) if self.local is not None else None
+        return self.followers.failed(EXIT_WAIT_S) if self.followers is not None else None
 
     def describe(self) -> dict[str, Any]:
         """What the fleet view and the metrics show of the group."""
         return {"devices": self.devices, "parallel": str(self.spec)}
 
     def close(self) -> None:
-        if self.local is not None:
-            self.local.close()
-        self.local, self.models = None, None
+        if self.followers is not None:
+            self.followers.close()
+        self.followers, self.manager = None, None

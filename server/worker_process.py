@@ -92,7 +92,7 @@ class Channel:
 class WorkerProcesses:
     """The node's worker processes (:class:`~server.worker.Workers`): started, supervised and replaced here."""
 
-    local = True
+    runs_jobs = True
 
     def __init__(self, config: Settings, store: JobStore, metrics: Metrics, managers: list[ModelManager]) -> None:
         """``managers``: one per device, never loading anything here: they check requests against the weights
@@ -132,7 +132,7 @@ class WorkerProcesses:
     def devices(self) -> list[dict[str, Any]]:
         """As the worker processes last told the store (with their signs of life, and after each job)."""
         ours = {worker_id for child in self._children for worker_id in child.worker_ids}
-        live = self.store.live_workers(time.time() - self.config.lease_seconds)
+        live = self.store.live_workers(time.time() - self.config.lease_s)
         return [worker["runtime"] for worker in live if worker["id"] in ours]
 
 
@@ -277,7 +277,7 @@ def main(fd: int) -> None:
                             config.max_models, on_restart=lambda _cause: relay.group_restart())
     models = ModelManager(config.weights_dir, device=devices[0], max_models=config.max_models, runtime=config.runtime)
     pool = WorkerPool(store=store, files=files, metrics=relay, managers=[models], work_dir=config.work_dir,
-                      ctx=job_context(config, files), lease_s=config.lease_seconds, max_attempts=config.max_attempts,
+                      ctx=job_context(config, files), lease_s=config.lease_s, max_attempts=config.max_attempts,
                       models=config.models, switch_after_s=config.switch_after_s, group=group,
                       intermediates=intermediates(config))
     if not config.shared_store:  # a fleet's store reaches the node by itself

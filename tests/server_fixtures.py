@@ -124,7 +124,7 @@ class ServeProcess:
         if self.tls:
             args.append("--tls")
         if self.api_key:
-            args += ["--api-key", self.api_key]
+            args += ["--api-keys", self.api_key]
         if self.files:
             args += ["--files", self.files]
         args += self.extra_args

@@ -4,6 +4,7 @@ layer of an API node stays clear of the model stack."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -22,6 +23,45 @@ def test_packages_import_one_way() -> None:
     assert cycles(folders) == []
     assert folders["preprocessors"] == set()  # the annotators take paths and frames; pipelines imports them
     assert "server" not in folders["pipelines"] | folders["weights"]
+
+
+def _relayout_moves() -> dict[str, str]:
+    """``scripts/relayout_server.py``'s map of server modules to their layer's folder (read, not run)."""
+    spec = importlib.util.spec_from_file_location("relayout_server", ROOT / "scripts" / "relayout_server.py")
+    assert spec and spec.loader
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script.MOVES
+
+
+def server_layers() -> dict[str, set[str]]:
+    """The layers of ``server/`` and the layers each imports: a module's layer is its folder under ``server/``
+    (``api``, ``runtime``, ``fal``, ``store``, ``files``), the folder ``scripts/relayout_server.py`` moves it to
+    while it has not run; a module at the top (app, cli, config, ...) is a layer of its own."""
+    moves = _relayout_moves()
+
+    def layer(module: str) -> str | None:
+        parts = moves.get(module, module).split(".")
+        if parts[0] != "server" or len(parts) == 1:
+            return None
+        return parts[1] if len(parts) > 2 else ".".join(parts)
+
+    layers: dict[str, set[str]] = {}
+    for module, imported in module_graph().items():
+        if (own := layer(module)) is not None:
+            layers.setdefault(own, set()).update(x for x in map(layer, imported) if x not in (None, own))
+    return layers
+
+
+def test_server_layers_import_one_way() -> None:
+    """HTTP over the runtime, both over fal's shapes, those over the stores; no layer imports one above it (the
+    settings and what they open are imported from any layer)."""
+    layers = server_layers()
+    assert cycles(layers) == []
+    assert layers["store"] == set() and layers["files"] == set() and layers["fal"] == {"store"}
+    assert "api" not in layers["runtime"]
+    assert {"api", "runtime"} & (layers["server.config"] | layers["server.backends"]) == set()
+    assert {"api", "runtime", "fal", "store", "files"} <= set(layers)
 
 
 def test_the_graph_sees_deferred_and_relative_imports(tmp_path: Path) -> None:

@@ -174,7 +174,7 @@ def test_the_encoder_flag_and_variable_are_checked(tmp_path: Path, monkeypatch: 
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("VACE_ENCODER", "h265")
     assert cli.main(["serve", "--weights-dir", str(tmp_path), "--data-dir", str(tmp_path)]) == 2
-    assert "encoder must be one of ('auto', 'libx264', 'nvenc')" in capsys.readouterr().err
+    assert "encoder: Input should be 'auto', 'libx264' or 'nvenc'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["serve", "--encoder", "h265"])
     assert "invalid choice: 'h265'" in capsys.readouterr().err

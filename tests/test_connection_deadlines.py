@@ -39,7 +39,7 @@ BIG_FILE = 16 * 1024**2  # larger than the kernel's socket buffers on loopback (
 def server(server_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
     """A keyed server with short deadlines and a keep-alive timeout long enough never to be what closes a socket."""
     flags = ["--limit-concurrency", str(LIMIT), "--read-timeout-s", str(GAP_S), "--header-timeout-s", str(HEADER_S),
-             "--unread-body-timeout-s", str(UNREAD_S), "--timeout-keep-alive", "60"]
+             "--unread-body-timeout-s", str(UNREAD_S), "--keep-alive-timeout-s", "60"]
     running = ServeProcess(server_weights, tmp_path_factory.mktemp("deadlines") / "data", api_key=KEY,
                            extra_args=flags).start()
     yield running

@@ -298,7 +298,7 @@ def test_retention_runs_in_the_live_server(
 ) -> None:
     """With a two-second retention, a failed job and the upload it read disappear from the running server."""
     config = Settings(weights_dir=server_weights, data_dir=tmp_path / "data", port=free_port(),
-                          retention_hours=2.0 / 3600, retention_sweep_s=0.2)
+                          retention_s=2.0, retention_sweep_s=0.2)
     with ThreadServer(config) as server, httpx.Client(base_url=server.url, timeout=60) as client:
         urls = client.post("/storage/upload/initiate", json={"file_name": "bad.mp4"}).json()
         assert httpx.put(urls["upload_url"], content=b"not a video").status_code == 200
@@ -316,10 +316,10 @@ def test_serve_flags_for_limits_and_retention(monkeypatch: pytest.MonkeyPatch,
     seen: list[Settings] = []
     monkeypatch.setattr("server.app.serve", lambda config, **_: seen.append(config))
     monkeypatch.delenv("VACE_LIMITS", raising=False)
-    args = ["serve", "--weights-dir", "/nonexistent", "--retention-hours", "0.5",
-            "--limit", "max_video_seconds=120", "--limit", "max_ref_images=2"]
+    args = ["serve", "--weights-dir", "/nonexistent", "--retention-s", "1800",
+            "--limits", "max_video_seconds=120", "max_ref_images=2"]
     assert cli.main(args) == 0
     assert seen[0].retention_s == 1800 and seen[0].limits.max_video_seconds == 120
     assert seen[0].limits.max_ref_images == 2 and seen[0].limits.max_prompt_chars == 5000
-    assert cli.main(["serve", "--weights-dir", "/nonexistent", "--limit", "max_frames=3"]) == 2
+    assert cli.main(["serve", "--weights-dir", "/nonexistent", "--limits", "max_frames=3"]) == 2
     assert "unknown limit 'max_frames'" in capsys.readouterr().err

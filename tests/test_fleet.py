@@ -57,7 +57,7 @@ class WorkerProcess:
         self.data_dir = data_dir
         self.log_path = data_dir.parent / f"{data_dir.name}-worker.log"
         args = [sys.executable, "-m", "server.cli", "worker", "--store", store, "--files", files,
-                "--weights-dir", str(weights), "--data-dir", str(data_dir), "--lease-seconds", str(LEASE_S)]
+                "--weights-dir", str(weights), "--data-dir", str(data_dir), "--lease-s", str(LEASE_S)]
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
@@ -103,7 +103,7 @@ def fleet(server_weights: Path, pg_cluster: Any, s3_server: S3Server, receiver: 
 
     def api_node(name: str) -> ThreadServer:
         return ThreadServer(Settings(weights_dir=root / "no-weights", data_dir=root / name, port=free_port(),
-                                     store=store, files=files, no_workers=True, lease_seconds=LEASE_S,
+                                     store=store, files=files, no_workers=True, lease_s=LEASE_S,
                                      secrets_dir=root / "api-secrets", webhook_allow=(f"127.0.0.1:{receiver.port}",)))
 
     with api_node("api-a") as node_a, api_node("api-b") as node_b:
@@ -255,7 +255,7 @@ def test_an_api_node_alone_keeps_the_queue(pg_url: str, control_videos: dict[str
         assert dead_worker.claim(worker_id="dead-worker", lease_s=LEASE_S).id == lost.id  # type: ignore[union-attr]
         make_secrets(tmp_path / "api-secrets")
         config = Settings(weights_dir=tmp_path / "no-weights", data_dir=tmp_path / "api", port=free_port(),
-                          store=pg_url, no_workers=True, lease_seconds=LEASE_S, secrets_dir=tmp_path / "api-secrets")
+                          store=pg_url, no_workers=True, lease_s=LEASE_S, secrets_dir=tmp_path / "api-secrets")
         with ThreadServer(config) as node:
             timeout = {"x-fal-request-timeout": "1"}
             queued = httpx.post(f"{node.url}/queue/{POSE}", json=job, headers=timeout, timeout=30)

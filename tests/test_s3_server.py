@@ -38,7 +38,7 @@ def server(server_weights: Path, bucket: str, tmp_path_factory: pytest.TempPathF
            ) -> Iterator[ThreadServer]:
     config = Settings(weights_dir=server_weights, data_dir=tmp_path_factory.mktemp("s3-node"), port=free_port(),
                       files=bucket, api_keys=frozenset({API_KEY}), public_url=PUBLIC,
-                      max_upload_bytes=4 * 1024 * 1024, files_url_ttl=900)
+                      max_upload_bytes=4 * 1024 * 1024, files_url_ttl_s=900)
     with ThreadServer(config) as running:
         yield running
 
@@ -60,7 +60,7 @@ def served(server: ThreadServer, file_url: str) -> httpx.Response:
     assert redirect.status_code == 307, redirect.text
     location = redirect.headers["location"]
     assert location.startswith(f"{s3_endpoint()}/") and "X-Amz-Signature=" in location
-    assert "X-Amz-Expires=900" in location  # --files-url-ttl
+    assert "X-Amz-Expires=900" in location  # --files-url-ttl-s
     return httpx.get(location, timeout=30)
 
 
@@ -141,7 +141,8 @@ def test_a_presigned_url_lifetime_past_seven_days_is_refused_at_startup() -> Non
     """SigV4 caps presigned URLs at seven days, and stores refuse a longer one only when it is used: the setting is
     checked before a node starts (``vace worker`` takes the same flag)."""
     for command in ("serve", "worker"):
-        args = cli.build_parser().parse_args([command, "--files", "s3://b/p", "--files-url-ttl", "604801"])
-        with pytest.raises(cli.SettingsError, match="files_url_ttl: Input should be less than or equal to 604800"):
+        args = cli.build_parser().parse_args([command, "--files", "s3://b/p", "--files-url-ttl-s", "604801"])
+        with pytest.raises(cli.SettingsError, match="files_url_ttl_s: Input should be less than or equal to 604800"):
             cli.settings(args)
-    assert cli.settings(cli.build_parser().parse_args(["serve", "--files-url-ttl", "604800"])).files_url_ttl == 604800
+    args = cli.build_parser().parse_args(["serve", "--files-url-ttl-s", "604800"])
+    assert cli.settings(args).files_url_ttl_s == 604800

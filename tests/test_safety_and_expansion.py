@@ -246,7 +246,7 @@ def test_runtime_flags(monkeypatch):
     monkeypatch.setenv("VACE_PROMPT_EXPANDER", "openai")
     args = cli.build_parser().parse_args(
         ["serve", "--expander-url", "http://127.0.0.1:11434/v1", "--expander-model", "qwen2.5:7b",
-         "--safety-threshold", "0.8", "--expander-timeout", "5"]
+         "--safety-threshold", "0.8", "--expander-timeout-s", "5"]
     )
     runtime = cli.settings(args).runtime
     assert (runtime.prompt_expander, runtime.expander_url, runtime.expander_model) == (

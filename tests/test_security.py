@@ -255,7 +255,7 @@ def test_upload_urls_expire(keyed: ThreadServer, monkeypatch: pytest.MonkeyPatch
 
 def test_idle_and_slow_header_connections_are_dropped(tmp_path: Path, server_weights: Path) -> None:
     config = Settings(weights_dir=server_weights, data_dir=tmp_path / "data", port=free_port(),
-                          header_timeout_s=1.0, timeout_keep_alive=30)
+                          header_timeout_s=1.0, keep_alive_timeout_s=30)
     with ThreadServer(config) as server:
         idle = socket.create_connection(("127.0.0.1", config.port))
         slow = socket.create_connection(("127.0.0.1", config.port))

@@ -129,10 +129,7 @@ def test_complete_layout_is_ok(tmp_path):
     assert all(report.entries[k].status == "ok" for k in (SHARED_FOLDER, *MODELS)), report.render()
     assert all(report.entries[k].status == "absent" for k in EXTRAS)  # no annotators: endpoints are still ready
     assert report.ok
-    for key, entry in MODELS.items():
-        assert report.ok_for(key)
-        if entry.endpoint:
-            assert report.ok_for(entry.endpoint)
+    assert all(report.ok_for(key) for key in MODELS)
     assert report.endpoints() == {"fal-ai/wan-vace-14b": ["wan-vace-14b"],
                                   "fal-ai/wan-22-vace-fun-a14b": ["wan-22-vace-fun-a14b"]}  # fmt: skip
     text = report.render()
@@ -146,7 +143,7 @@ def test_absent_model_is_not_an_error(tmp_path):
     report = check(tmp_path)
     assert report.entries["wan-vace-1.3b"].status == "absent"
     assert not report.ok_for("wan-vace-1.3b")
-    assert report.ok and report.ok_for("fal-ai/wan-vace-14b")
+    assert report.ok and report.endpoints()["fal-ai/wan-vace-14b"] == ["wan-vace-14b"]
 
 
 def test_missing_shard(tmp_path):
@@ -155,7 +152,7 @@ def test_missing_shard(tmp_path):
     report = check(tmp_path)
     assert report.entries["wan-vace-14b"].status == "missing"
     assert SHARD in _paths(report, "wan-vace-14b", MISSING)
-    assert not report.ok_for("wan-vace-14b") and not report.ok_for("fal-ai/wan-vace-14b")
+    assert not report.ok_for("wan-vace-14b") and report.endpoints()["fal-ai/wan-vace-14b"] == []
     assert report.ok_for("wan-22-vace-fun-a14b")
     assert "NOT READY" in report.render()
 

@@ -80,7 +80,7 @@ def test_a_group_serves_jobs_with_single_device_frames_and_recovers_from_a_lost_
         assert any("on 2 devices (ulysses=2)" in m for m in messages(server, first)[1])
 
         group = server.app.state.pool.workers[0].group
-        follower = group.local.processes[0]
+        follower = group.followers.processes[0]
         doomed = httpx.post(f"{server.url}{POSE}", json=job, timeout=30).json()["request_id"]
         wait_until(lambda: any(m.startswith("step 1/") for m in messages(server, doomed)[1]), 120, "a step")
         os.kill(follower.pid, signal.SIGKILL)
@@ -89,5 +89,5 @@ def test_a_group_serves_jobs_with_single_device_frames_and_recovers_from_a_lost_
         lost = [m for m in logs if "the job group lost a rank" in m]
         assert lost == ["the job group lost a rank: rank 1 (cpu) exited with code -9 (run 1 of at most 2); re-queued"]
         assert [m for m in logs if m.startswith("started on")] == ["started on cpu (run 1)", "started on cpu (run 2)"]
-        assert group.local.processes[0].pid != follower.pid
+        assert group.followers.processes[0].pid != follower.pid
         assert "vace_group_restarts_total 1.0" in httpx.get(f"{server.url}/metrics", timeout=30).text

@@ -64,11 +64,8 @@ class CheckReport:
     entries: dict[str, EntryReport]
 
     def ok_for(self, key: str) -> bool:
-        """True when entry ``key`` is complete and sound; ``key`` may also be a fal app id (any serving model ok)."""
-        if key in self.entries:
-            return self.entries[key].ok
-        model = APPS.get(key)
-        return model in self.entries and self.entries[model].ok
+        """True when entry ``key`` was checked and is complete and sound."""
+        return key in self.entries and self.entries[key].ok
 
     def endpoints(self) -> dict[str, list[str]]:
         """fal app id -> keys of the models that could serve it right now (empty list: not servable)."""
