@@ -49,8 +49,8 @@ def clip(width: int, height: int, frames: int) -> list[np.ndarray]:
     out = []
     for i in range(frames):
         x = 4 * frames - 2 * i
-        a = layers[0][frames: frames + height, 4 * i: 4 * i + width]
-        b = layers[1][2 * i: 2 * i + height, x: x + width]
+        a = layers[0][frames : frames + height, 4 * i : 4 * i + width]
+        b = layers[1][2 * i : 2 * i + height, x : x + width]
         out.append(cv2.addWeighted(a, 0.6, b, 0.4, 0.0))
     return out
 
@@ -84,8 +84,11 @@ def encode_rows(frames: list[np.ndarray], fps: float, encoder: Encoder, modes: l
         for quality in QUALITY_CRF:
             path = folder / f"{encoder.name}-{quality}-{mode}.mp4"
             encoded, seconds, cpu = measured(functools.partial(encode_video, frames, path, fps, quality, mode, encoder))
-            print(f"{encoded.encoder!s:18} {quality:8} {mode:9} {seconds:8.2f} {cpu:8.2f} "
-                  f"{encoded.file_size / 1e6:8.2f} {psnr(frames, path):8.2f}", flush=True)
+            print(
+                f"{encoded.encoder!s:18} {quality:8} {mode:9} {seconds:8.2f} {cpu:8.2f} "
+                f"{encoded.file_size / 1e6:8.2f} {psnr(frames, path):8.2f}",
+                flush=True,
+            )
             if quality == "high" and mode == modes[0]:
                 keep = path
     return keep
@@ -100,8 +103,11 @@ def main() -> None:
     parser.add_argument("--write-modes", nargs="+", default=["balanced"], choices=list(WRITE_MODE_PRESET))
     parser.add_argument("--gpu", type=int, default=0, help="the CUDA device whose NVENC and NVDEC are measured")
     args = parser.parse_args()
-    print(f"{args.width}x{args.height}, {args.frames} frames at {args.fps:g} fps; bundled ffmpeg "
-          f"{imageio_ffmpeg.get_ffmpeg_version()}; {os.cpu_count()} CPUs", flush=True)
+    print(
+        f"{args.width}x{args.height}, {args.frames} frames at {args.fps:g} fps; bundled ffmpeg "
+        f"{imageio_ffmpeg.get_ffmpeg_version()}; {os.cpu_count()} CPUs",
+        flush=True,
+    )
     frames = clip(args.width, args.height, args.frames)
     nvenc_failure, nvdec_failure = probe_nvenc(args.gpu), probe_nvdec(args.gpu)
     print(f"{'encoder':18} {'quality':8} {'write':9} {'seconds':>8} {'cpu s':>8} {'MB':>8} {'PSNR dB':>8}")
@@ -112,8 +118,9 @@ def main() -> None:
         else:
             print(f"h264_nvenc on GPU {args.gpu}: unavailable here: {nvenc_failure}")
         info = probe_video(decode_me)
-        print(f"\ndecoding the libx264 high file ({info.width}x{info.height}, {info.num_frames} frames) with "
-              "read_frames")
+        print(
+            f"\ndecoding the libx264 high file ({info.width}x{info.height}, {info.num_frames} frames) with read_frames"
+        )
         print(f"{'decoder':18} {'seconds':>8} {'cpu s':>8} {'frames':>8}")
         decode_row("cpu", decode_me, info, None)
         if nvdec_failure is None:

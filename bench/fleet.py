@@ -88,9 +88,24 @@ def start_worker(store: str, files: Path, weights: Path, data_dir: Path) -> subp
     log_path = data_dir.parent / f"{data_dir.name}.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "worker", "--store", store, "--files", str(files),
-             "--weights-dir", str(weights), "--data-dir", str(data_dir)],
-            cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "server.cli",
+                "worker",
+                "--store",
+                store,
+                "--files",
+                str(files),
+                "--weights-dir",
+                str(weights),
+                "--data-dir",
+                str(data_dir),
+            ],
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     deadline = time.monotonic() + 180
     while "vace worker on" not in log_path.read_text(errors="replace"):
@@ -132,8 +147,10 @@ def load(base: str, video_url: str, args: argparse.Namespace) -> Load:
     latencies: list[float] = []
     errors: list[str] = []
     clients = [httpx.Client(base_url=base, timeout=60) for _ in range(args.clients)]
-    threads = [threading.Thread(target=poll, args=(clients[c], ids[c :: args.clients], args.interval, latencies,
-                                                   errors)) for c in range(args.clients)]
+    threads = [
+        threading.Thread(target=poll, args=(clients[c], ids[c :: args.clients], args.interval, latencies, errors))
+        for c in range(args.clients)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -196,8 +213,19 @@ def fleet(weights: Path, root: Path, video: Path, store: str, args: argparse.Nam
     files, port = root / "shared-files", free_port()
     base = f"http://127.0.0.1:{port}"
     make_secrets(root / "api-secrets")  # an API node of a fleet is given them; the workers get none
-    api = start_server(root / "no-weights", root / "api", port, root / "api.log", "--store", store, "--files",
-                       str(files), "--no-workers", "--secrets-dir", str(root / "api-secrets"))
+    api = start_server(
+        root / "no-weights",
+        root / "api",
+        port,
+        root / "api.log",
+        "--store",
+        store,
+        "--files",
+        str(files),
+        "--no-workers",
+        "--secrets-dir",
+        str(root / "api-secrets"),
+    )
     with running(api), running(start_worker(store, files, weights, root / "worker-1")):
         with httpx.Client(base_url=base, timeout=60) as client:
             video_url = upload(client, "pose.mp4", video.read_bytes())
@@ -212,8 +240,13 @@ def fleet(weights: Path, root: Path, video: Path, store: str, args: argparse.Nam
     busy_workers = {job.worker_id for job in two_jobs}
     if len(busy_workers) != 2:
         raise SystemExit(f"the two-worker load ran on {busy_workers}")
-    return {"claim_ms": claim_ms(claimed), "one": one, "two": two, "rate_one": jobs_per_min(one_jobs),
-            "rate_two": jobs_per_min(two_jobs)}
+    return {
+        "claim_ms": claim_ms(claimed),
+        "one": one,
+        "two": two,
+        "rate_one": jobs_per_min(one_jobs),
+        "rate_two": jobs_per_min(two_jobs),
+    }
 
 
 def warm_up(base: str, video_url: str, store: str, pid: int, rounds: int = 5) -> None:
@@ -224,8 +257,9 @@ def warm_up(base: str, video_url: str, store: str, pid: int, rounds: int = 5) ->
             pair = [submit(client, video_url) for _ in range(2)]
             for job_id in pair:
                 wait_completed(client, job_id)
-            if any(job.worker_id and os.getpgid(int(job.worker_id.split(":")[1])) == pid
-                   for job in read_jobs(store, pair)):
+            if any(
+                job.worker_id and os.getpgid(int(job.worker_id.split(":")[1])) == pid for job in read_jobs(store, pair)
+            ):
                 return
     raise SystemExit(f"worker {pid} took none of {2 * rounds} warm-up jobs")
 
@@ -239,8 +273,9 @@ def main() -> None:
     parser.add_argument("--weights-dir", type=Path)
     args = parser.parse_args()
     if PG_BIN is None:
-        raise SystemExit("PostgreSQL server binaries not found under /usr/lib/postgresql/*/bin "
-                         "(apt-get install postgresql)")
+        raise SystemExit(
+            "PostgreSQL server binaries not found under /usr/lib/postgresql/*/bin (apt-get install postgresql)"
+        )
     os.environ["OMP_NUM_THREADS"] = "1"  # one torch thread in every process this bench starts
     os.environ.pop("VACE_API_KEYS", None)
 
@@ -264,30 +299,45 @@ def main() -> None:
 
 def report(args: argparse.Namespace, single: dict[str, Any], shared: dict[str, Any], wall_s: float) -> None:
     errors = single["status"].errors + shared["one"].errors + shared["two"].errors
-    print(f"fleet bench: {args.jobs} jobs per throughput run (17 frames 416x240, 2 steps, tiny weights), "
-          f"{args.claims} claims, {args.clients} clients polling every {args.interval:g} s, {os.cpu_count()} CPU "
-          f"cores, one torch thread per process; {wall_s:.0f} s in all")
-    print(f"  throughput: 1 worker process {shared['rate_one']:.1f} jobs/min, 2 worker processes "
-          f"{shared['rate_two']:.1f} jobs/min, ratio {shared['rate_two'] / shared['rate_one']:.2f}; "
-          f"single process (1 in-process worker) {single['rate']:.1f} jobs/min")
-    print(f"  claim latency p50 / p99 ms: PostgreSQL (worker process) {p50_p99(shared['claim_ms'])}, "
-          f"SQLite (in-process worker) {p50_p99(single['claim_ms'])}")
-    for name, run in (("single process, worker in it", single["status"]), ("API node, 1 busy worker process",
-                      shared["one"]), ("API node, 2 busy worker processes", shared["two"])):
-        print(f"  status latency, {name}: p50 / p99 {p50_p99(run.status_ms)} ms, max {max(run.status_ms):.1f} ms "
-              f"({len(run.status_ms)} requests)")
+    print(
+        f"fleet bench: {args.jobs} jobs per throughput run (17 frames 416x240, 2 steps, tiny weights), "
+        f"{args.claims} claims, {args.clients} clients polling every {args.interval:g} s, {os.cpu_count()} CPU "
+        f"cores, one torch thread per process; {wall_s:.0f} s in all"
+    )
+    print(
+        f"  throughput: 1 worker process {shared['rate_one']:.1f} jobs/min, 2 worker processes "
+        f"{shared['rate_two']:.1f} jobs/min, ratio {shared['rate_two'] / shared['rate_one']:.2f}; "
+        f"single process (1 in-process worker) {single['rate']:.1f} jobs/min"
+    )
+    print(
+        f"  claim latency p50 / p99 ms: PostgreSQL (worker process) {p50_p99(shared['claim_ms'])}, "
+        f"SQLite (in-process worker) {p50_p99(single['claim_ms'])}"
+    )
+    for name, run in (
+        ("single process, worker in it", single["status"]),
+        ("API node, 1 busy worker process", shared["one"]),
+        ("API node, 2 busy worker processes", shared["two"]),
+    ):
+        print(
+            f"  status latency, {name}: p50 / p99 {p50_p99(run.status_ms)} ms, max {max(run.status_ms):.1f} ms "
+            f"({len(run.status_ms)} requests)"
+        )
     print("\n| jobs/min, 1 worker process | 2 worker processes | ratio | single process |")
     print("|---|---|---|---|")
-    print(f"| {shared['rate_one']:.1f} | {shared['rate_two']:.1f} | {shared['rate_two'] / shared['rate_one']:.2f} "
-          f"| {single['rate']:.1f} |")
+    print(
+        f"| {shared['rate_one']:.1f} | {shared['rate_two']:.1f} | {shared['rate_two'] / shared['rate_one']:.2f} "
+        f"| {single['rate']:.1f} |"
+    )
     print("\n| claim latency p50 / p99 ms | PostgreSQL, worker process | SQLite, in-process worker |")
     print("|---|---|---|")
     print(f"| {args.claims} jobs | {p50_p99(shared['claim_ms'])} | {p50_p99(single['claim_ms'])} |")
     print("\n| setup | status p50 / p99 / max ms | requests |")
     print("|---|---|---|")
-    for name, run in (("one `vace serve` (SQLite), its worker in the HTTP process", single["status"]),
-                      ("API node (PostgreSQL), 1 busy `vace worker` process", shared["one"]),
-                      ("API node (PostgreSQL), 2 busy `vace worker` processes", shared["two"])):
+    for name, run in (
+        ("one `vace serve` (SQLite), its worker in the HTTP process", single["status"]),
+        ("API node (PostgreSQL), 1 busy `vace worker` process", shared["one"]),
+        ("API node (PostgreSQL), 2 busy `vace worker` processes", shared["two"]),
+    ):
         print(f"| {name} | {p50_p99(run.status_ms)} / {max(run.status_ms):.1f} | {len(run.status_ms)} |")
     for problem in errors[:10]:
         print(f"  ! {problem}")

@@ -42,8 +42,12 @@ def main() -> None:
         video = write_sample("pose", tmp / "pose.mp4", num_frames=args.frames)
         manager = ModelManager(weights)
         inp = VaceInput(
-            prompt="a person dancing", video_url=str(video), num_frames=args.frames,
-            num_inference_steps=args.steps, seed=1, acceleration="none",
+            prompt="a person dancing",
+            video_url=str(video),
+            num_frames=args.frames,
+            num_inference_steps=args.steps,
+            seed=1,
+            acceleration="none",
         )
         loaded = manager.get(MODEL)
         control = [Image.fromarray(f) for f in read_frames(video, range(args.frames))]
@@ -51,15 +55,23 @@ def main() -> None:
         def direct() -> None:
             pipe = loaded.pipeline(make_scheduler("unipc", inp.shift))
             pipe(
-                prompt=inp.prompt, negative_prompt=inp.negative_prompt, video=control, height=240, width=416,
-                num_frames=args.frames, num_inference_steps=args.steps, guidance_scale=inp.guidance_scale,
-                generator=torch.Generator().manual_seed(1), output_type="np",
+                prompt=inp.prompt,
+                negative_prompt=inp.negative_prompt,
+                video=control,
+                height=240,
+                width=416,
+                num_frames=args.frames,
+                num_inference_steps=args.steps,
+                guidance_scale=inp.guidance_scale,
+                generator=torch.Generator().manual_seed(1),
+                output_type="np",
             )
 
         def ours() -> None:
             with tempfile.TemporaryDirectory(dir=tmp) as work:
-                generate(inp, task="pose", model=MODEL, manager=manager, workdir=Path(work),
-                         publish=lambda p, c: str(p))
+                generate(
+                    inp, task="pose", model=MODEL, manager=manager, workdir=Path(work), publish=lambda p, c: str(p)
+                )
 
         direct()  # warm-up: first-call allocations and lazy imports
         times: dict[str, list[float]] = {"direct diffusers call": [], "generate()": []}
@@ -69,8 +81,10 @@ def main() -> None:
                 fn()
                 times[name].append(time.perf_counter() - start)
 
-    print(f"tiny {MODEL}, 416x240, {args.frames} frames, {args.steps} steps, {args.runs} interleaved runs, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"tiny {MODEL}, 416x240, {args.frames} frames, {args.steps} steps, {args.runs} interleaved runs, "
+        f"{torch.get_num_threads()} threads"
+    )
     for name, values in times.items():
         print(f"  {name:24s} median {statistics.median(values):6.2f} s  (min {min(values):.2f}, max {max(values):.2f})")
     ratio = statistics.median(times["generate()"]) / statistics.median(times["direct diffusers call"])

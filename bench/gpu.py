@@ -87,6 +87,8 @@ def prepare_weights(
         shutil.rmtree(root, ignore_errors=True)
         raise SystemExit(f"building the weights failed: {failure}")
     return records, True
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Denoising speed and memory of Wan VACE: plain diffusers vs this server, in one run "
@@ -151,8 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     for i, model in enumerate(models):
         # A quick CPU run compares the second model's two experts only through diffusers vs the step cache.
         parts = [p for p in args.parts if p in ("baseline", "accel")] if args.quick and not real and i else args.parts
-        phases += plan_phases(model, parts, extras, cuda, args.budget_gib,
-                              torch.cuda.device_count() if cuda else 1)
+        phases += plan_phases(model, parts, extras, cuda, args.budget_gib, torch.cuda.device_count() if cuda else 1)
     print(
         f"bench/gpu.py: {size} models on {device}; models {', '.join(models)}; jobs {', '.join(jobs)}; {steps} steps; "
         f"attention auto={default_backend}, also {', '.join(extras) or 'none'}; {len(phases)} configurations"

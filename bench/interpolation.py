@@ -61,8 +61,10 @@ def main() -> None:
     parser.add_argument("--film-cpu-frames", type=int, default=2, help="FILM is ~20x slower than RIFE on CPU")
     parser.add_argument("--gpu-frames", type=int, default=33)
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
-          + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no CUDA"))
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
+        + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no CUDA")
+    )
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         _write_real_size(root)

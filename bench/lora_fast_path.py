@@ -27,21 +27,27 @@ RECIPE = {"num_inference_steps": 4, "guidance_scale": 1.0, "sampler": "unipc", "
 
 def recipe_loras(model: str) -> list[dict[str, object]]:
     """The manifest's distillation LoRAs as a request names them (tiny stand-ins on tiny weights)."""
+
     def name(key: str, index: int) -> str:
         entry = DISTILL_LORAS[key]
         return f"{entry.folder.removeprefix('loras/')}/{entry.required[index].removesuffix('.safetensors')}"
 
     if model == "wan-vace-14b":
         return [{"path": name(LIGHTX2V_WAN21, 0)}]
-    return [{"path": name(LIGHTNING_WAN22, 0), "transformer": "high"},
-            {"path": name(LIGHTNING_WAN22, 1), "transformer": "low"}]
+    return [
+        {"path": name(LIGHTNING_WAN22, 0), "transformer": "high"},
+        {"path": name(LIGHTNING_WAN22, 1), "transformer": "low"},
+    ]
 
 
 def count_calls(manager: ModelManager, model: str, video: Path, fields: dict[str, object]) -> int:
     pipe = manager.get(model).pipe
     calls = []
-    hooks = [expert.register_forward_pre_hook(lambda *_a: calls.append(1))
-             for expert in (pipe.transformer, pipe.transformer_2) if expert is not None]
+    hooks = [
+        expert.register_forward_pre_hook(lambda *_a: calls.append(1))
+        for expert in (pipe.transformer, pipe.transformer_2)
+        if expert is not None
+    ]
     with tempfile.TemporaryDirectory() as work:
         inp = VaceInput(prompt="a person dancing", video_url=str(video), num_frames=17, seed=1, **fields)
         generate(inp, task="pose", model=model, manager=manager, workdir=Path(work), publish=lambda p, _t: str(p))
@@ -58,8 +64,10 @@ def main() -> None:
         weights = args.weights_dir or build_tiny_weights(Path(scratch) / "weights")
         video = write_sample("pose", Path(scratch) / "pose.mp4", num_frames=17)
         manager = ModelManager(weights, device="cpu")
-        print("| model | recipe (4 steps, guidance 1, LoRA) | default (30 steps, guidance 5, step cache) | "
-              "default without step cache | ratio (no cache) |")
+        print(
+            "| model | recipe (4 steps, guidance 1, LoRA) | default (30 steps, guidance 5, step cache) | "
+            "default without step cache | ratio (no cache) |"
+        )
         print("|---|---|---|---|---|")
         for model in ("wan-vace-14b", "wan-22-vace-fun-a14b"):
             recipe = count_calls(manager, model, video, {**RECIPE, "loras": recipe_loras(model)})

@@ -77,8 +77,10 @@ def main() -> None:
     frames, prompt = clip(args.frames, width, height)
     device = torch.device(args.device)
     print(f"# bench/mask_tracking.py {' '.join(sys.argv[1:])}")
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
-          f"threads {torch.get_num_threads()}, device {device}; {args.frames} frames of {width}x{height}")
+    print(
+        f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
+        f"threads {torch.get_num_threads()}, device {device}; {args.frames} frames of {width}x{height}"
+    )
     for size in args.sizes:
         torch.manual_seed(0)
         model = Sam2VideoModel(real_config(size)).eval()
@@ -87,9 +89,12 @@ def main() -> None:
         fps = frames_per_second(tracker, frames, prompt)
         flop = flop_per_frame(tracker, frames, prompt)
         share = JOB_FRAMES * flop / (JOB_FRAMES * flop + DENOISE_FLOP)
-        print(f"sam2.1-hiera-{size:<10} {params:6.1f} M params  {fps:7.2f} frames/s  ({JOB_FRAMES / fps:6.1f} s for "
-              f"{JOB_FRAMES} frames)  {flop / 1e9:7.1f} GFLOP/frame  share of an {JOB_FRAMES}-frame 480p job "
-              f"{share:.3%}", flush=True)
+        print(
+            f"sam2.1-hiera-{size:<10} {params:6.1f} M params  {fps:7.2f} frames/s  ({JOB_FRAMES / fps:6.1f} s for "
+            f"{JOB_FRAMES} frames)  {flop / 1e9:7.1f} GFLOP/frame  share of an {JOB_FRAMES}-frame 480p job "
+            f"{share:.3%}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

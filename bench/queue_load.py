@@ -49,9 +49,23 @@ def start_server(weights: Path, data_dir: Path, port: int, log_path: Path, *flag
     answers."""
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "serve", "--weights-dir", str(weights), "--data-dir", str(data_dir),
-             "--port", str(port), *flags],
-            cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "server.cli",
+                "serve",
+                "--weights-dir",
+                str(weights),
+                "--data-dir",
+                str(data_dir),
+                "--port",
+                str(port),
+                *flags,
+            ],
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
             env={k: v for k, v in os.environ.items() if k != "VACE_API_KEYS"},
         )
     deadline = time.monotonic() + 180
@@ -93,8 +107,14 @@ def upload(client: httpx.Client, name: str, data: bytes) -> str:
     return urls["file_url"]
 
 
-def poll(client: httpx.Client, ids: list[str], interval: float, latencies: list[float], errors: list[str],
-         deadline: float = math.inf) -> None:
+def poll(
+    client: httpx.Client,
+    ids: list[str],
+    interval: float,
+    latencies: list[float],
+    errors: list[str],
+    deadline: float = math.inf,
+) -> None:
     """One client: a status request every ``interval`` seconds, round-robin over its unfinished jobs, until all
     have completed or ``time.monotonic()`` passes ``deadline``."""
     pending = list(ids)
@@ -168,15 +188,23 @@ def run(args: argparse.Namespace, base: str, video: Path) -> None:
 
     ms = [x * 1000 for x in latencies]
     submit_ms = [x * 1000 for x in submit_latencies]
-    print(f"queue load: {args.jobs} jobs (17 frames 416x240, 2 steps, tiny weights), {args.clients} clients polling "
-          f"every {args.interval:g} s, 1 worker ({os.cpu_count()} CPU cores)")
+    print(
+        f"queue load: {args.jobs} jobs (17 frames 416x240, 2 steps, tiny weights), {args.clients} clients polling "
+        f"every {args.interval:g} s, 1 worker ({os.cpu_count()} CPU cores)"
+    )
     print(f"  completed: {args.jobs - len(lost)}/{args.jobs}, lost or failed: {len(lost)}, poll errors: {len(errors)}")
-    print(f"  wall time: {elapsed:.1f} s, throughput: {args.jobs / elapsed * 60:.1f} jobs/min "
-          f"({elapsed / args.jobs:.2f} s/job)")
-    print(f"  status requests: {len(ms)} ({len(ms) / elapsed:.0f}/s), latency p50 {percentile(ms, 50):.1f} ms, "
-          f"p99 {percentile(ms, 99):.1f} ms, max {max(ms):.1f} ms, mean {statistics.mean(ms):.1f} ms")
-    print(f"  submit latency: p50 {percentile(submit_ms, 50):.1f} ms, p99 {percentile(submit_ms, 99):.1f} ms; "
-          f"queue_position at submit: first {positions[0]}, last {positions[-1]}")
+    print(
+        f"  wall time: {elapsed:.1f} s, throughput: {args.jobs / elapsed * 60:.1f} jobs/min "
+        f"({elapsed / args.jobs:.2f} s/job)"
+    )
+    print(
+        f"  status requests: {len(ms)} ({len(ms) / elapsed:.0f}/s), latency p50 {percentile(ms, 50):.1f} ms, "
+        f"p99 {percentile(ms, 99):.1f} ms, max {max(ms):.1f} ms, mean {statistics.mean(ms):.1f} ms"
+    )
+    print(
+        f"  submit latency: p50 {percentile(submit_ms, 50):.1f} ms, p99 {percentile(submit_ms, 99):.1f} ms; "
+        f"queue_position at submit: first {positions[0]}, last {positions[-1]}"
+    )
     for line in metrics.splitlines():
         if line.startswith(("vace_jobs{", "vace_job_duration_seconds_sum", "vace_job_duration_seconds_count")):
             print(f"  {line}")

@@ -86,23 +86,32 @@ class Timers:
 
 def run(manager: ModelManager, cond: Any, steps: int, folder: Path | None) -> tuple[list[float], int]:
     """One denoise call; returns the step report times and the size of the last checkpoint file (0: none)."""
-    inp = VaceInput(prompt="a person dancing", video_url="https://example.com/v.mp4", num_inference_steps=steps,
-                    acceleration="regular")
+    inp = VaceInput(
+        prompt="a person dancing",
+        video_url="https://example.com/v.mp4",
+        num_inference_steps=steps,
+        acceleration="regular",
+    )
     times: list[float] = []
     sizes: list[int] = []
     hooks = JobHooks(step=lambda _i, _n: times.append(time.perf_counter()))
     if folder is not None:
-        hooks.checkpoints = CheckpointSink(every_steps=1, every_s=0, folder=folder,
-                                           keep=lambda path, _step: sizes.append(path.stat().st_size),
-                                           latest=lambda: None)
+        hooks.checkpoints = CheckpointSink(
+            every_steps=1,
+            every_s=0,
+            folder=folder,
+            keep=lambda path, _step: sizes.append(path.stat().st_size),
+            latest=lambda: None,
+        )
         hooks.preview = PreviewSink(every_steps=1, folder=folder, publish=lambda path, _step: path.unlink())
     pipe = manager.get("wan-vace-14b").pipeline(make_scheduler("unipc", inp.shift))
     threshold = THRESHOLDS["regular"]
     assert threshold is not None  # "regular" caches
     cache = StepCacheController(threshold, steps)
     identity = Identity("bench", "bench", code_version())
-    denoise_module.denoise(pipe, cond, inp, prompt=inp.prompt, width=416, height=240, seed=1, hooks=hooks,
-                           cache=cache, identity=identity)
+    denoise_module.denoise(
+        pipe, cond, inp, prompt=inp.prompt, width=416, height=240, seed=1, hooks=hooks, cache=cache, identity=identity
+    )
     return times, (sizes[-1] if sizes else 0)
 
 
@@ -137,21 +146,29 @@ def main() -> None:
     step_ms = 1000 * float(np.mean(np.diff(plain)))
     both_ms = 1000 * float(np.mean(np.diff(both)))
     blocking_ckpt = timers.ms("snapshot") + timers.ms("scheduler_state")
-    print(f"\n## Measured on tiny weights (CPU: {platform.processor() or platform.machine()}, 1 thread, "
-          f"{args.steps} steps, 416x240x17, UniPC, step cache regular)\n")
-    print(f"A step: {step_ms:.1f} ms; with a checkpoint and a preview after every step: {both_ms:.1f} ms "
-          f"(the work beside the loop shares the CPU with it). A checkpoint file here: {size / 1e6:.2f} MB.\n")
+    print(
+        f"\n## Measured on tiny weights (CPU: {platform.processor() or platform.machine()}, 1 thread, "
+        f"{args.steps} steps, 416x240x17, UniPC, step cache regular)\n"
+    )
+    print(
+        f"A step: {step_ms:.1f} ms; with a checkpoint and a preview after every step: {both_ms:.1f} ms "
+        f"(the work beside the loop shares the CPU with it). A checkpoint file here: {size / 1e6:.2f} MB.\n"
+    )
     print("| part | runs | ms per call | share of a step |\n|---|---|---|---|")
-    for label, where, ms in (("checkpoint: host copies", "in the loop", blocking_ckpt),
-                             ("checkpoint: file, digest, store", "beside the loop", timers.ms("keep_checkpoint")),
-                             ("preview: x0 projection, host copy", "in the loop", timers.ms("latent_rgb")),
-                             ("preview: upscaling, WebP encoding", "beside the loop", timers.ms("write_webp"))):
+    for label, where, ms in (
+        ("checkpoint: host copies", "in the loop", blocking_ckpt),
+        ("checkpoint: file, digest, store", "beside the loop", timers.ms("keep_checkpoint")),
+        ("preview: x0 projection, host copy", "in the loop", timers.ms("latent_rgb")),
+        ("preview: upscaling, WebP encoding", "beside the loop", timers.ms("write_webp")),
+    ):
         print(f"| {label} | {where} | {ms:.1f} | {ms / step_ms:.1%} |")
 
     w, h, f = SIZES["480p/81"]
     flops = preview_flops(w, h, f)
-    print(f"\n## Preview on a GPU (computed)\n\nAt 480p/81: {flops:.2e} FLOPs per preview against "
-          f"{STEP_FLOPS_480P:.0e} per step: {flops / STEP_FLOPS_480P:.1e} of a step.")
+    print(
+        f"\n## Preview on a GPU (computed)\n\nAt 480p/81: {flops:.2e} FLOPs per preview against "
+        f"{STEP_FLOPS_480P:.0e} per step: {flops / STEP_FLOPS_480P:.1e} of a step."
+    )
 
 
 if __name__ == "__main__":

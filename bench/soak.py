@@ -95,8 +95,13 @@ def failing_urls(client: httpx.Client, base: str, video: bytes, rng: random.Rand
 
 
 def plan(args: argparse.Namespace, video_url: str, bad_urls: list[str], rng: random.Random) -> list[Request]:
-    counts = {"valid": args.valid, "rejected": args.rejected, "failing": args.failing,
-              "cancel-queued": args.cancel_queued, "cancel-running": args.cancel_running}
+    counts = {
+        "valid": args.valid,
+        "rejected": args.rejected,
+        "failing": args.failing,
+        "cancel-queued": args.cancel_queued,
+        "cancel-running": args.cancel_running,
+    }
     kinds = [kind for kind, n in counts.items() for _ in range(n)]
     rng.shuffle(kinds)
     bad_bodies, seen = rejected_bodies(video_url), Counter[str]()
@@ -159,9 +164,13 @@ def is_fal_422(response: httpx.Response) -> bool:
     if response.status_code != 422:
         return False
     detail = response.json().get("detail")
-    return isinstance(detail, list) and bool(detail) and all(
-        isinstance(d.get("loc"), list) and isinstance(d.get("msg"), str) and isinstance(d.get("type"), str)
-        for d in detail
+    return (
+        isinstance(detail, list)
+        and bool(detail)
+        and all(
+            isinstance(d.get("loc"), list) and isinstance(d.get("msg"), str) and isinstance(d.get("type"), str)
+            for d in detail
+        )
     )
 
 
@@ -229,8 +238,11 @@ def run(args: argparse.Namespace, base: str, video: bytes, pgid: int) -> None:
             response = client.post(SUBMIT, json=req.body)
             submit_latencies.append(time.perf_counter() - t)
             if req.kind == "rejected":
-                req.outcome = "rejected (422)" if is_fal_422(response) else (
-                    f"! submission answered HTTP {response.status_code} {response.text[:200]}")
+                req.outcome = (
+                    "rejected (422)"
+                    if is_fal_422(response)
+                    else (f"! submission answered HTTP {response.status_code} {response.text[:200]}")
+                )
                 continue
             if response.status_code != 200:
                 req.outcome = f"! submission answered HTTP {response.status_code} {response.text[:200]}"
@@ -246,8 +258,9 @@ def run(args: argparse.Namespace, base: str, video: bytes, pgid: int) -> None:
     clients = [httpx.Client(base_url=base, timeout=60) for _ in range(args.clients + 1)]
     ids = [req.request_id for req in accepted]
     threads = [
-        threading.Thread(target=poll, args=(clients[c], ids[c :: args.clients], args.interval, latencies, errors,
-                                            deadline))
+        threading.Thread(
+            target=poll, args=(clients[c], ids[c :: args.clients], args.interval, latencies, errors, deadline)
+        )
         for c in range(args.clients)
     ]
     running = [req for req in accepted if req.kind == "cancel-running"]
@@ -269,22 +282,33 @@ def run(args: argparse.Namespace, base: str, video: bytes, pgid: int) -> None:
     report(args, requests, errors, latencies, submit_latencies, elapsed, (rss_start, peak[0], rss_end))
 
 
-def report(args: argparse.Namespace, requests: list[Request], errors: list[str], latencies: list[float],
-           submit_latencies: list[float], elapsed: float, rss: tuple[int, int, int]) -> None:
+def report(
+    args: argparse.Namespace,
+    requests: list[Request],
+    errors: list[str],
+    latencies: list[float],
+    submit_latencies: list[float],
+    elapsed: float,
+    rss: tuple[int, int, int],
+) -> None:
     outcomes = Counter((req.kind, req.outcome) for req in requests if not req.outcome.startswith("!"))
     lost = [req for req in requests if req.outcome.startswith("!")]
     ms = [x * 1000 for x in latencies]
     submit_ms = [x * 1000 for x in submit_latencies]
     mib = [x / 1024 for x in rss]
     kinds = Counter(req.kind for req in requests)
-    print(f"soak: {len(requests)} requests ({', '.join(f'{kinds[k]} {k}' for k in KINDS)}; seed {args.seed}), "
-          f"{args.clients} clients polling every {args.interval:g} s, 1 worker ({os.cpu_count()} CPU cores)")
+    print(
+        f"soak: {len(requests)} requests ({', '.join(f'{kinds[k]} {k}' for k in KINDS)}; seed {args.seed}), "
+        f"{args.clients} clients polling every {args.interval:g} s, 1 worker ({os.cpu_count()} CPU cores)"
+    )
     for (kind, outcome), n in sorted(outcomes.items(), key=lambda item: KINDS.index(item[0][0])):
         print(f"  {kind:15} {outcome:27} {n}")
     print(f"  lost: {len(lost)}, other errors (5xx, bad status or cancel answers): {len(errors)}")
     print(f"  wall time: {elapsed:.1f} s")
-    print(f"  status requests: {len(ms)} ({len(ms) / elapsed:.0f}/s), latency p50 {percentile(ms, 50):.1f} ms, "
-          f"p99 {percentile(ms, 99):.1f} ms, max {max(ms):.1f} ms")
+    print(
+        f"  status requests: {len(ms)} ({len(ms) / elapsed:.0f}/s), latency p50 {percentile(ms, 50):.1f} ms, "
+        f"p99 {percentile(ms, 99):.1f} ms, max {max(ms):.1f} ms"
+    )
     print(f"  submit latency: p50 {percentile(submit_ms, 50):.1f} ms, p99 {percentile(submit_ms, 99):.1f} ms")
     print(f"  server RSS: {mib[0]:.0f} MiB after startup, {mib[1]:.0f} MiB peak, {mib[2]:.0f} MiB after the last job")
     for req in lost[:10]:
@@ -297,16 +321,20 @@ def report(args: argparse.Namespace, requests: list[Request], errors: list[str],
 
     cancelled = ("cancelled before running", "cancelled while running")
     early = count("cancel-queued", "finished before the cancel") + count("cancel-running", "finished before the cancel")
-    print("\n| requests | valid ok | rejected 422 | failed 422 | cancelled (queued / running kind) "
-          "| finished before cancel | lost | status p50 / p99 / max ms | submit p50 / p99 ms | wall s "
-          "| RSS start / peak / end MiB |")
+    print(
+        "\n| requests | valid ok | rejected 422 | failed 422 | cancelled (queued / running kind) "
+        "| finished before cancel | lost | status p50 / p99 / max ms | submit p50 / p99 ms | wall s "
+        "| RSS start / peak / end MiB |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    print(f"| {len(requests)} | {count('valid', 'ok')} | {count('rejected', 'rejected (422)')} "
-          f"| {count('failing', 'failed (422)')} "
-          f"| {count('cancel-queued', *cancelled)} / {count('cancel-running', *cancelled)} "
-          f"| {early} | {len(lost)} | {percentile(ms, 50):.1f} / {percentile(ms, 99):.1f} / {max(ms):.1f} "
-          f"| {percentile(submit_ms, 50):.1f} / {percentile(submit_ms, 99):.1f} | {elapsed:.0f} "
-          f"| {mib[0]:.0f} / {mib[1]:.0f} / {mib[2]:.0f} |")
+    print(
+        f"| {len(requests)} | {count('valid', 'ok')} | {count('rejected', 'rejected (422)')} "
+        f"| {count('failing', 'failed (422)')} "
+        f"| {count('cancel-queued', *cancelled)} / {count('cancel-running', *cancelled)} "
+        f"| {early} | {len(lost)} | {percentile(ms, 50):.1f} / {percentile(ms, 99):.1f} / {max(ms):.1f} "
+        f"| {percentile(submit_ms, 50):.1f} / {percentile(submit_ms, 99):.1f} | {elapsed:.0f} "
+        f"| {mib[0]:.0f} / {mib[1]:.0f} / {mib[2]:.0f} |"
+    )
     if lost or errors:
         raise SystemExit(1)
 

@@ -36,22 +36,35 @@ def main() -> None:
         for _ in range(args.runs):
             for factor in times:
                 inp = VaceInput(
-                    prompt="a person dancing", video_url=str(video), num_frames=241, seed=1, acceleration="none",
-                    num_inference_steps=args.steps, temporal_downsample_factor=factor,
+                    prompt="a person dancing",
+                    video_url=str(video),
+                    num_frames=241,
+                    seed=1,
+                    acceleration="none",
+                    num_inference_steps=args.steps,
+                    temporal_downsample_factor=factor,
                     interpolator_model=args.interpolator,
                 )
                 with tempfile.TemporaryDirectory(dir=tmp) as work:
                     start = time.perf_counter()
-                    out = generate(inp, task="pose", model="wan-vace-14b", manager=manager, workdir=Path(work),
-                                   publish=lambda p, c: str(p))
+                    out = generate(
+                        inp,
+                        task="pose",
+                        model="wan-vace-14b",
+                        manager=manager,
+                        workdir=Path(work),
+                        publish=lambda p, c: str(p),
+                    )
                     times[factor].append(time.perf_counter() - start)
                 assert out.video.num_frames == 241
 
-    print(f"tiny wan-vace-14b, 416x240, 241 output frames, {args.steps} steps, {args.interpolator}, "
-          f"{args.runs} runs each")
+    print(
+        f"tiny wan-vace-14b, 416x240, 241 output frames, {args.steps} steps, {args.interpolator}, {args.runs} runs each"
+    )
     for factor, values in times.items():
-        print(f"  f={factor}: median {statistics.median(values):6.1f} s  "
-              f"(min {min(values):.1f}, max {max(values):.1f})")
+        print(
+            f"  f={factor}: median {statistics.median(values):6.1f} s  (min {min(values):.1f}, max {max(values):.1f})"
+        )
     print(f"  f=2 / f=0 time ratio: {statistics.median(times[2]) / statistics.median(times[0]):.3f}")
 
 

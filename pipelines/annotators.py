@@ -35,8 +35,12 @@ Loader = Callable[[Path, Device, int | None], Preprocessor]
 
 
 def _dwpose(weights_dir: Path, device: Device, batch_size: int | None) -> Preprocessor:
-    return DWPosePreprocessor.load(DWPOSE.path(weights_dir, DWPOSE_DETECTOR_FILE),
-                                   DWPOSE.path(weights_dir, DWPOSE_ESTIMATOR_FILE), device, batch_size)
+    return DWPosePreprocessor.load(
+        DWPOSE.path(weights_dir, DWPOSE_DETECTOR_FILE),
+        DWPOSE.path(weights_dir, DWPOSE_ESTIMATOR_FILE),
+        device,
+        batch_size,
+    )
 
 
 def _openpose(weights_dir: Path, device: Device, batch_size: int | None) -> Preprocessor:

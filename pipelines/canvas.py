@@ -57,8 +57,11 @@ class Placement:
         fh, fw = frame.shape[:2]
         if (fw, fh) != (self.w, self.h):
             shrink = self.w * self.h < fw * fh
-            frame = cv2.resize(np.ascontiguousarray(frame), (self.w, self.h),
-                               interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
+            frame = cv2.resize(
+                np.ascontiguousarray(frame),
+                (self.w, self.h),
+                interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC,
+            )
         canvas = np.full((self.height, self.width, 3), GREY, np.uint8)
         x0, y0, x1, y1 = self._visible()
         canvas[y0:y1, x0:x1] = frame[y0 - self.y : y1 - self.y, x0 - self.x : x1 - self.x]

@@ -64,15 +64,24 @@ def check_inputs(inp: JobInput, task: EndpointTask, ctx: JobContext, host: Host 
     job = resolve(inp, task)
     limits = ctx.limits
     if len(inp.prompt) > limits.max_prompt_chars:
-        raise InputError("prompt", f"the prompt is {len(inp.prompt)} characters, over the "
-                         f"{limits.max_prompt_chars}-character limit", "prompt_too_long")
+        raise InputError(
+            "prompt",
+            f"the prompt is {len(inp.prompt)} characters, over the {limits.max_prompt_chars}-character limit",
+            "prompt_too_long",
+        )
     if inp.negative_prompt and len(inp.negative_prompt) > limits.max_prompt_chars:
-        raise InputError("negative_prompt", f"the negative prompt is over the {limits.max_prompt_chars}-character "
-                         "limit", "prompt_too_long")
+        raise InputError(
+            "negative_prompt",
+            f"the negative prompt is over the {limits.max_prompt_chars}-character limit",
+            "prompt_too_long",
+        )
     refs = getattr(inp, "ref_image_urls", None)  # reframe has none
     if refs and len(refs) > limits.max_ref_images:
-        raise InputError("ref_image_urls", f"{len(refs)} reference images, over the limit of "
-                         f"{limits.max_ref_images}", "too_many_reference_images")
+        raise InputError(
+            "ref_image_urls",
+            f"{len(refs)} reference images, over the limit of {limits.max_ref_images}",
+            "too_many_reference_images",
+        )
     for loc, ref in inp.media_refs():
         check_ref_scheme(ref, loc, ctx)
     control = job.control_task
@@ -85,21 +94,36 @@ def check_inputs(inp: JobInput, task: EndpointTask, ctx: JobContext, host: Host 
     if host is None:
         return job
     if inp.loras and host.compiles and not host.lora_slot_rank:
-        raise InputError("loras", "this server compiles its transformers (--compile) without a LoRA slot "
-                         "(--lora-max-rank 0), and a LoRA would recompile them", "not_supported")
+        raise InputError(
+            "loras",
+            "this server compiles its transformers (--compile) without a LoRA slot "
+            "(--lora-max-rank 0), and a LoRA would recompile them",
+            "not_supported",
+        )
     if inp.enable_safety_checker and not host.has_safety_checker():
         raise InputError(
             "enable_safety_checker", "the safety checker's weights are not installed on this server", "not_supported"
         )
     if job.mask is not None and not job.mask.is_video and (tracker := host.missing_mask_tracker()):
-        raise InputError(job.mask.field, f"this server tracks a mask image through the clip, but its mask tracker "
-                         f"{tracker} is not installed: `vace weights download --models {tracker}` fetches it (or the "
-                         "server runs with --mask-tracking static, applying the image to every frame)", "not_supported")
+        raise InputError(
+            job.mask.field,
+            f"this server tracks a mask image through the clip, but its mask tracker "
+            f"{tracker} is not installed: `vace weights download --models {tracker}` fetches it (or the "
+            "server runs with --mask-tracking static, applying the image to every frame)",
+            "not_supported",
+        )
     return job
 
 
-def check_plan(timing: TemporalPlan, *, width: int, height: int, extra_latent_frames: int,
-               interpolator: FrameInterpolator | None, group: GroupMember | None) -> None:
+def check_plan(
+    timing: TemporalPlan,
+    *,
+    width: int,
+    height: int,
+    extra_latent_frames: int,
+    interpolator: FrameInterpolator | None,
+    group: GroupMember | None,
+) -> None:
     """The late checks, before minutes of denoising: the interpolator can make the planned number of frames between
     each pair (FILM's v1.0.0 file makes midpoints only), and the job group can split the transformer sequence
     evenly (``extra_latent_frames``: one per reference image)."""

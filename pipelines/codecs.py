@@ -62,8 +62,12 @@ class Codecs:
     def describe(self) -> dict[str, object]:
         """What ``/ready`` shows per device."""
         decoder = "cpu" if self.nvdec_gpu is None else f"nvdec on GPU {self.nvdec_gpu} (inputs of 720p and more)"
-        return {"encoder": str(self.encoder), "encoder_reason": self.encoder_reason,
-                "decoder": decoder, "decoder_reason": self.decoder_reason}
+        return {
+            "encoder": str(self.encoder),
+            "encoder_reason": self.encoder_reason,
+            "decoder": decoder,
+            "decoder_reason": self.decoder_reason,
+        }
 
 
 def choose_codecs(setting: str, device: torch.device) -> Codecs:
@@ -98,8 +102,13 @@ def choose_codecs(setting: str, device: torch.device) -> Codecs:
     codecs = Codecs(encoder, encoder_reason, nvdec_gpu, decoder_reason)
     level = logging.WARNING if encoder == LIBX264 and setting == "auto" else logging.INFO
     log.log(level, "%s: encoder %s (%s)", device, encoder, encoder_reason)
-    log.log(logging.INFO if nvdec_gpu is not None else logging.WARNING, "%s: decoder %s (%s)", device,
-            "nvdec" if nvdec_gpu is not None else "cpu", decoder_reason)
+    log.log(
+        logging.INFO if nvdec_gpu is not None else logging.WARNING,
+        "%s: decoder %s (%s)",
+        device,
+        "nvdec" if nvdec_gpu is not None else "cpu",
+        decoder_reason,
+    )
     return codecs
 
 
@@ -137,9 +146,25 @@ def probe_nvdec(gpu: int) -> str | None:
     through the jobs' path (``iter_frames``) to exactly the CPU decoder's frames."""
     with tempfile.TemporaryDirectory(prefix="vace-nvdec-") as folder:
         path = encode_video(trial_frames(), Path(folder) / "trial.mp4", TRIAL_FPS).path
-        cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-hwaccel", "cuda",
-               "-hwaccel_device", str(gpu), "-hwaccel_output_format", "cuda", "-i", str(path),
-               "-vf", "hwdownload,format=nv12", "-f", "null", "-"]
+        cmd = [
+            imageio_ffmpeg.get_ffmpeg_exe(),
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-hwaccel",
+            "cuda",
+            "-hwaccel_device",
+            str(gpu),
+            "-hwaccel_output_format",
+            "cuda",
+            "-i",
+            str(path),
+            "-vf",
+            "hwdownload,format=nv12",
+            "-f",
+            "null",
+            "-",
+        ]
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=TRIAL_TIMEOUT_S, check=False)
         except subprocess.TimeoutExpired:
@@ -154,4 +179,3 @@ def probe_nvdec(gpu: int) -> str | None:
     if len(gpu_frames) != len(cpu) or any(not np.array_equal(a, b) for a, b in zip(cpu, gpu_frames, strict=True)):
         return "its frames differ from the CPU decoder's"
     return None
-

@@ -85,9 +85,11 @@ def denoise(
     ``resume``: go on from that checkpoint's step, with its latents, sampler, step cache and generator state;
     checkpoints are written (to ``hooks.checkpoints``) only with an ``identity`` to write in them."""
     total = inp.num_inference_steps
-    experts = {"high-noise": pipe.transformer, "low-noise": pipe.transformer_2} if pipe.transformer_2 else {
-        "transformer": pipe.transformer
-    }
+    experts = (
+        {"high-noise": pipe.transformer, "low-noise": pipe.transformer_2}
+        if pipe.transformer_2
+        else {"transformer": pipe.transformer}
+    )
     rank = group.rank if group is not None else 0
     start = resume.step if resume is not None else 0
     device = pipe._execution_device
@@ -110,8 +112,7 @@ def denoise(
         if pipe.transformer_2 is None:
             return "transformer"
         t = scheduler.inner.timesteps[index]
-        return "high-noise" if boundary is None or t >= boundary * scheduler.config.num_train_timesteps else \
-            "low-noise"
+        return "high-noise" if boundary is None or t >= boundary * scheduler.config.num_train_timesteps else "low-noise"
 
     def decide(step: int) -> tuple[bool, bool]:
         """Whether every rank stops after ``step``, and whether it checkpoints first (rank 0 decides both: when the
@@ -135,10 +136,19 @@ def denoise(
             dist.gather_object(cache_state, cache_states, dst=0)
         if rank != 0 or sink is None or policy is None or identity is None:
             return
-        state = DenoiseState(identity=identity, step=step, total=total, window=0, seed=seed, prompt=prompt,
-                             expert=expert_at(step - 1), latents=latents.detach().to("cpu", copy=True),
-                             generator=generator.get_state(), scheduler=scheduler_state(scheduler.inner),
-                             step_cache=cache_states)
+        state = DenoiseState(
+            identity=identity,
+            step=step,
+            total=total,
+            window=0,
+            seed=seed,
+            prompt=prompt,
+            expert=expert_at(step - 1),
+            latents=latents.detach().to("cpu", copy=True),
+            generator=generator.get_state(),
+            scheduler=scheduler_state(scheduler.inner),
+            step_cache=cache_states,
+        )
         checkpoints.run(lambda: keep_checkpoint(state, sink))
         policy.written(step)
 
@@ -203,8 +213,9 @@ def denoise(
     return result.frames[0] if rank == 0 else None
 
 
-def run_denoise(model: LoadedModel, request: DenoiseRequest, hooks: JobHooks | None = None,
-                group: GroupMember | None = None) -> np.ndarray | None:
+def run_denoise(
+    model: LoadedModel, request: DenoiseRequest, hooks: JobHooks | None = None, group: GroupMember | None = None
+) -> np.ndarray | None:
     """One request's pipeline call on ``model`` (the request's), with its scheduler, LoRAs and step cache (see
     ``denoise``)."""
     inp = request.inp
@@ -212,6 +223,18 @@ def run_denoise(model: LoadedModel, request: DenoiseRequest, hooks: JobHooks | N
     assert inp.acceleration is not None  # the schema reads null as the default
     threshold = THRESHOLDS[inp.acceleration]
     cache = StepCacheController(threshold, inp.num_inference_steps) if threshold is not None else None
-    return denoise(pipe, request.cond, inp, prompt=request.prompt, width=request.width, height=request.height,
-                   seed=request.seed, hooks=hooks or JobHooks(), cache=cache, group=group, fps=request.fps,
-                   identity=request.identity, resume=request.resume)
+    return denoise(
+        pipe,
+        request.cond,
+        inp,
+        prompt=request.prompt,
+        width=request.width,
+        height=request.height,
+        seed=request.seed,
+        hooks=hooks or JobHooks(),
+        cache=cache,
+        group=group,
+        fps=request.fps,
+        identity=request.identity,
+        resume=request.resume,
+    )

@@ -79,8 +79,24 @@ class Encoder:
         if self.gpu is None:
             return ["-c:v", "libx264", "-preset", WRITE_MODE_PRESET[write_mode], "-crf", str(QUALITY_CRF[quality])]
         # -b:v 0: no average bitrate target (h264_nvenc's default is 2 Mbit/s), so CQ alone sets the size.
-        return ["-c:v", "h264_nvenc", "-gpu", str(self.gpu), "-preset", NVENC_PRESET[write_mode], "-tune", "hq",
-                "-rc", "vbr", "-cq", str(NVENC_CQ[quality]), "-b:v", "0", "-rc-lookahead", str(NVENC_LOOKAHEAD)]
+        return [
+            "-c:v",
+            "h264_nvenc",
+            "-gpu",
+            str(self.gpu),
+            "-preset",
+            NVENC_PRESET[write_mode],
+            "-tune",
+            "hq",
+            "-rc",
+            "vbr",
+            "-cq",
+            str(NVENC_CQ[quality]),
+            "-b:v",
+            "0",
+            "-rc-lookahead",
+            str(NVENC_LOOKAHEAD),
+        ]
 
     def for_size(self, width: int, height: int) -> Encoder:
         """This encoder, or libx264 for a frame size NVENC does not take."""
@@ -118,7 +134,11 @@ class EncodedVideo:
 
 
 def encode_video(
-    frames: Iterable[np.ndarray], path: Path, fps: float, quality: str = "high", write_mode: str = "balanced",
+    frames: Iterable[np.ndarray],
+    path: Path,
+    fps: float,
+    quality: str = "high",
+    write_mode: str = "balanced",
     encoder: Encoder = LIBX264,
 ) -> EncodedVideo:
     """Encode uint8 HxWx3 RGB frames (same size, even width and height) to an MP4 at ``path`` with ``encoder``.
@@ -148,8 +168,9 @@ def encode_video(
         fallback = f"{encoder.name} takes {low} to {high} pixels a side, not {width}x{height}"
     elif encoder != LIBX264:
         try:
-            return _run_ffmpeg(pending, path, fps, (height, width), encoder.codec_args(quality, write_mode),
-                               encoder, kept=[])
+            return _run_ffmpeg(
+                pending, path, fps, (height, width), encoder.codec_args(quality, write_mode), encoder, kept=[]
+            )
         except _NotOpened as failed:
             fallback = failed.reason
             log.warning("%s did not open (%s); encoding %s with libx264", encoder, fallback, path.name)
@@ -166,8 +187,15 @@ class _NotOpened(Exception):
         self.reason, self.kept = reason, kept
 
 
-def _run_ffmpeg(frames: Iterator[np.ndarray], path: Path, fps: float, shape: tuple[int, int], codec: list[str],
-                encoder: Encoder, kept: list[np.ndarray] | None = None) -> EncodedVideo:
+def _run_ffmpeg(
+    frames: Iterator[np.ndarray],
+    path: Path,
+    fps: float,
+    shape: tuple[int, int],
+    codec: list[str],
+    encoder: Encoder,
+    kept: list[np.ndarray] | None = None,
+) -> EncodedVideo:
     """One ffmpeg run. With ``kept`` (a list), the frames sent are kept in it until ffmpeg has opened the encoder
     (its log shows the output's header, which ffmpeg writes once every encoder is open, before any packet), and
     a failure before that raises :class:`_NotOpened` with them."""
@@ -254,8 +282,9 @@ def write_frames_zip(frames: Iterable[np.ndarray], path: Path) -> Path:
     return path
 
 
-def write_control_video(frames: Iterable[np.ndarray], path: Path, fps: float, quality: str = "high",
-                        encoder: Encoder = LIBX264) -> EncodedVideo:
+def write_control_video(
+    frames: Iterable[np.ndarray], path: Path, fps: float, quality: str = "high", encoder: Encoder = LIBX264
+) -> EncodedVideo:
     """A pose or depth control video as a playable MP4, whatever the input's size: an odd width or height is
     cropped by its last pixel (yuv420p needs even sizes), which a control video for people to look at can spare.
     Shared by ``vace preprocess`` and the server, which keeps the control a ``preprocess=true`` job made."""
@@ -263,8 +292,9 @@ def write_control_video(frames: Iterable[np.ndarray], path: Path, fps: float, qu
     return encode_video(even, path, fps, quality=quality, write_mode="fast", encoder=encoder)
 
 
-def write_mask_video(masks: Iterable[np.ndarray], path: Path, fps: float, quality: str = "high",
-                     encoder: Encoder = LIBX264) -> EncodedVideo:
+def write_mask_video(
+    masks: Iterable[np.ndarray], path: Path, fps: float, quality: str = "high", encoder: Encoder = LIBX264
+) -> EncodedVideo:
     """Masks (uint8 HxW, white = generated) as a grey MP4, as VACE's preprocessing writes ``src_mask``: what
     ``vace preprocess`` of an edit writes and the mask video a job that tracked its mask returns."""
     return write_control_video((np.repeat(m[..., None], 3, axis=2) for m in masks), path, fps, quality, encoder)

@@ -52,12 +52,21 @@ def base_job(inp: VaceTaskInput) -> BaseJob:
     mask = choose_mask(inp.mask_video_url, inp.mask_image_url, image_wins=True)
     if inp.video_url is None:
         if inp.task != "depth":
-            raise InputError("video_url", f"task={inp.task} needs a video_url; leave task out (or depth) for text-, "
-                             "reference- or first/last-frame-to-video", "missing_video")
+            raise InputError(
+                "video_url",
+                f"task={inp.task} needs a video_url; leave task out (or depth) for text-, "
+                "reference- or first/last-frame-to-video",
+                "missing_video",
+            )
         if mask is not None:
             raise InputError(mask.field, "a mask needs the video_url it masks", "missing_video")
-        kind = ("reference-to-video" if inp.ref_image_urls else
-                "first/last-frame-to-video" if inp.first_frame_url or inp.last_frame_url else "text-to-video")
+        kind = (
+            "reference-to-video"
+            if inp.ref_image_urls
+            else "first/last-frame-to-video"
+            if inp.first_frame_url or inp.last_frame_url
+            else "text-to-video"
+        )
         ignored = ("preprocess is ignored (there is no video to preprocess)",) if inp.preprocess else ()
         return BaseJob("text", notes=(f"no video_url: {kind}", *ignored))
     notes: list[str] = []

@@ -31,6 +31,7 @@ from .errors import Field, FileTooLarge, InputError
 DOWNLOAD_ERROR = "file_download_error"
 IMAGE_ERROR = "image_load_error"
 
+
 def _public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     """Whether ``ip`` is an ordinary internet address (not private, loopback, link-local incl. cloud metadata,
     multicast, reserved, unspecified, shared/CGNAT, ...); IPv4-mapped/compatible IPv6 is judged as its IPv4."""
@@ -43,8 +44,9 @@ def _public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
             return False
         if int(ip) >> 32 == 0:  # deprecated IPv4-compatible ::a.b.c.d, and :: / ::1
             return False
-    return ip.is_global and not (ip.is_multicast or ip.is_reserved or ip.is_unspecified or ip.is_loopback
-                                 or ip.is_link_local or ip.is_private)
+    return ip.is_global and not (
+        ip.is_multicast or ip.is_reserved or ip.is_unspecified or ip.is_loopback or ip.is_link_local or ip.is_private
+    )
 
 
 def vetted_address(url: str, field: Field, allow: tuple[str, ...]) -> tuple[str, str, int]:
@@ -77,8 +79,9 @@ def vetted_address(url: str, field: Field, allow: tuple[str, ...]) -> tuple[str,
     return host, addresses[0], port
 
 
-def pinned_request(client: httpx.Client | httpx.AsyncClient, method: str, url: str,
-                   vetted: tuple[str, str, int], **kwargs: Any) -> httpx.Request:
+def pinned_request(
+    client: httpx.Client | httpx.AsyncClient, method: str, url: str, vetted: tuple[str, str, int], **kwargs: Any
+) -> httpx.Request:
     """A request for ``url`` that connects to the address :func:`vetted_address` checked, not to whatever a second
     DNS answer says, while the Host header and the TLS server name stay the URL's own host. It asks for the answer
     as stored (``Accept-Encoding: identity``), never compressed (:mod:`pipelines.answers`)."""
@@ -94,8 +97,12 @@ def check_ref_scheme(ref: str, field: Field, ctx: JobContext) -> None:
     """Refuse refs that would make a server read its own disk: with ``ctx.local_paths`` off, only http(s) URLs
     (ours included, which are then read from the file store) and data URIs are inputs."""
     if not ctx.local_paths and url_scheme(ref) not in ("http", "https", "data"):
-        raise InputError(field, "only http(s) URLs and data URIs are accepted; upload local files first "
-                         "(POST /storage/upload/initiate, or fal_client.upload_file)", DOWNLOAD_ERROR)
+        raise InputError(
+            field,
+            "only http(s) URLs and data URIs are accepted; upload local files first "
+            "(POST /storage/upload/initiate, or fal_client.upload_file)",
+            DOWNLOAD_ERROR,
+        )
 
 
 def url_scheme(url: str) -> str:
@@ -107,7 +114,12 @@ def url_scheme(url: str) -> str:
 
 
 def fetch_to_file(
-    ref: str, field: Field, workdir: Path, ctx: JobContext, *, max_bytes: int | None = None,
+    ref: str,
+    field: Field,
+    workdir: Path,
+    ctx: JobContext,
+    *,
+    max_bytes: int | None = None,
     timeout_s: float | None = None,
 ) -> Path:
     """Return a local file holding the bytes ``ref`` points to.
@@ -226,8 +238,7 @@ def _suffix(url_path: str, mime: str | None) -> str:
     return ""
 
 
-def _download(url: str, field: Field, workdir: Path, max_bytes: int, timeout_s: float,
-              ctx: JobContext) -> Path:
+def _download(url: str, field: Field, workdir: Path, max_bytes: int, timeout_s: float, ctx: JobContext) -> Path:
     """Stream ``url`` to a file, enforcing ``max_bytes`` on the bytes as they inflate (a compressed answer is undone
     piece by piece: :func:`~pipelines.answers.read_answer`) and an overall deadline (httpx's timeout is per read).
 

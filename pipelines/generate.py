@@ -117,12 +117,15 @@ def generate(
         for i, url in enumerate(getattr(inp, "ref_image_urls", None) or [])  # reframe has none
     ] or None
     loras = fetch_loras(inp, model, workdir, ctx, manager.weights_dir)
-    source = prepare(inp, job, workdir, ctx, first or last, codecs=manager.codecs,
-                     tracking=manager.mask_tracking())
+    source = prepare(inp, job, workdir, ctx, first or last, codecs=manager.codecs, tracking=manager.mask_tracking())
     timing, width, height, info, plan = source.timing, source.width, source.height, source.info, source.plan
     hooks.log(
-        (f"input {info.width}x{info.height}, {info.num_frames} frames at {info.fps:g} fps; " if info else
-         "no input video; ") + f"output {timing.output_frames} frames at {timing.output_fps:g} fps, {width}x{height}, "
+        (
+            f"input {info.width}x{info.height}, {info.num_frames} frames at {info.fps:g} fps; "
+            if info
+            else "no input video; "
+        )
+        + f"output {timing.output_frames} frames at {timing.output_fps:g} fps, {width}x{height}, "
         f"seed {seed}"
     )
     if plan is not None and plan.held_frames:
@@ -140,8 +143,14 @@ def generate(
         hooks.log(f"safety check: the inputs passed (highest unsafe score {score:.2f})")
     hooks.log(f"loading {model}")
     parts = resolve_parts(manager, inp, job, model, interpolates=timing.interpolates)
-    check_plan(timing, width=width, height=height, extra_latent_frames=len(refs or ()),
-               interpolator=parts.interpolator, group=parts.group)
+    check_plan(
+        timing,
+        width=width,
+        height=height,
+        extra_latent_frames=len(refs or ()),
+        interpolator=parts.interpolator,
+        group=parts.group,
+    )
 
     # 3. Condition: the prompt expanded, the control video made, the VACE conditioning built.
     prompt = inp.prompt
@@ -151,8 +160,9 @@ def generate(
         prompt = expand_prompt(parts.prompt_expander, inp.prompt, job.recipe, hooks.log)
     control = source.control
     if parts.annotator is not None:
-        hooks.log(f"preprocessing {len(control)} frames into {job.control_task} control "
-                  f"({type(parts.annotator).__name__})")
+        hooks.log(
+            f"preprocessing {len(control)} frames into {job.control_task} control ({type(parts.annotator).__name__})"
+        )
         control = list(parts.annotator.process(control))
         hooks.control(control, timing.generate_fps)
     cond = conditioning(inp, source, control, first, last, refs)
@@ -165,17 +175,26 @@ def generate(
     for lora in loras:
         hooks.log(f"LoRA {lora.index}: {lora.sha256[:12]} at scale {lora.scale:g} on {' and '.join(lora.experts)}")
     group = parts.group
-    hooks.log(f"denoising: {inp.num_inference_steps} steps, sampler {inp.sampler}, shift {inp.shift:g}"
-              + (f", on {group.spec.world_size} devices ({group.spec})" if group else ""))
-    identity = Identity(request_id, job_weights(parts.model.version, (lora.sha256 for lora in loras)),
-                        code_version(), str(group.spec) if group else "none")
+    hooks.log(
+        f"denoising: {inp.num_inference_steps} steps, sampler {inp.sampler}, shift {inp.shift:g}"
+        + (f", on {group.spec.world_size} devices ({group.spec})" if group else "")
+    )
+    identity = Identity(
+        request_id,
+        job_weights(parts.model.version, (lora.sha256 for lora in loras)),
+        code_version(),
+        str(group.spec) if group else "none",
+    )
     resume = refuse(resume, identity, hooks.log)
     if resume is not None and hooks.checkpoints is not None:
-        hooks.log(f"resumed at step {resume.step}/{resume.total}"
-                  + (f" (the {resume.expert} expert ran the step before)" if resume.expert != "transformer" else ""))
+        hooks.log(
+            f"resumed at step {resume.step}/{resume.total}"
+            + (f" (the {resume.expert} expert ran the step before)" if resume.expert != "transformer" else "")
+        )
         hooks.checkpoints.resumed(resume.step, resume.total)
-    request = DenoiseRequest(inp, cond, prompt, width, height, seed, model, loras, fps=timing.generate_fps,
-                             identity=identity, resume=resume)
+    request = DenoiseRequest(
+        inp, cond, prompt, width, height, seed, model, loras, fps=timing.generate_fps, identity=identity, resume=resume
+    )
     if group is not None:
         assert group.send is not None, "generate() runs on rank 0 of a job group"
         group.send(request)
@@ -194,8 +213,14 @@ def generate(
         output = list(output)  # encoded and zipped: materialise once rather than interpolate twice
     encoder = manager.codecs.encoder.for_size(width, height)
     hooks.log(f"encoding with {encoder} ({inp.video_quality} quality, {inp.video_write_mode} write mode)")
-    encoded = encode_video(output, workdir / "video.mp4", timing.output_fps, quality=inp.video_quality,
-                           write_mode=inp.video_write_mode, encoder=encoder)
+    encoded = encode_video(
+        output,
+        workdir / "video.mp4",
+        timing.output_fps,
+        quality=inp.video_quality,
+        write_mode=inp.video_write_mode,
+        encoder=encoder,
+    )
     if encoded.fallback:
         hooks.log(f"{encoder} did not open ({encoded.fallback}): encoded with {encoded.encoder} instead")
     video = _video_file(encoded, publish)

@@ -84,13 +84,21 @@ def _join(rank: int, spec: ParallelSpec, store_path: Path, device: str) -> Group
         os.environ["GLOO_SOCKET_IFNAME"] = os.environ["NCCL_SOCKET_IFNAME"] = loopback
     store = dist.FileStore(str(store_path), spec.world_size)
     store.set_timeout(COLLECTIVE_TIMEOUT)
-    dist.init_process_group(backend(device_type), store=store, rank=rank, world_size=spec.world_size,
-                            timeout=COLLECTIVE_TIMEOUT)
+    dist.init_process_group(
+        backend(device_type), store=store, rank=rank, world_size=spec.world_size, timeout=COLLECTIVE_TIMEOUT
+    )
     return init_group(spec, device_type)
 
 
-def _follower(index: int, spec: ParallelSpec, store_path: Path, weights_dir: Path, devices: Sequence[str],
-              runtime: RuntimeConfig, pipes: Sequence[Connection]) -> None:
+def _follower(
+    index: int,
+    spec: ParallelSpec,
+    store_path: Path,
+    weights_dir: Path,
+    devices: Sequence[str],
+    runtime: RuntimeConfig,
+    pipes: Sequence[Connection],
+) -> None:
     """Ranks 1..: load models on their device and run every request rank 0 sends, answering each when done, until
     rank 0 sends None or its process is gone. Any other error ends the process: rank 0 then restarts the group."""
     rank, pipe = index + 1, pipes[index]
@@ -117,8 +125,9 @@ class Followers:
 
     A process has one default process group, so it is rank 0 of one group at a time (``start`` refuses a second)."""
 
-    def __init__(self, spec: ParallelSpec, weights_dir: Path, runtime: RuntimeConfig,
-                 devices: Sequence[str] | None = None) -> None:
+    def __init__(
+        self, spec: ParallelSpec, weights_dir: Path, runtime: RuntimeConfig, devices: Sequence[str] | None = None
+    ) -> None:
         self.devices = list(devices or ["cpu"] * spec.world_size)
         spec.check_devices(len(self.devices))
         spec.check_device_type(torch.device(self.devices[0]).type)
@@ -139,9 +148,11 @@ class Followers:
         ends = [mp.Pipe() for _ in range(self.spec.world_size - 1)]
         self._pipes = [ours for ours, _ in ends]
         context = mp.start_processes(
-            _follower, args=(self.spec, store_path, self.weights_dir, self.devices, self.runtime,
-                             [t for _, t in ends]),
-            nprocs=self.spec.world_size - 1, join=False, start_method="spawn",
+            _follower,
+            args=(self.spec, store_path, self.weights_dir, self.devices, self.runtime, [t for _, t in ends]),
+            nprocs=self.spec.world_size - 1,
+            join=False,
+            start_method="spawn",
         )
         self.processes = list(context.processes)
         for _, theirs in ends:
@@ -216,8 +227,9 @@ class Followers:
 
 
 @contextlib.contextmanager
-def job_group(spec: ParallelSpec, weights_dir: Path, runtime: RuntimeConfig,
-              devices: Sequence[str] | None = None) -> Iterator[GroupMember]:
+def job_group(
+    spec: ParallelSpec, weights_dir: Path, runtime: RuntimeConfig, devices: Sequence[str] | None = None
+) -> Iterator[GroupMember]:
     """Run ``spec``'s group for the duration of the block, this process as rank 0 (see ``Followers``)."""
     followers = Followers(spec, weights_dir, runtime, devices)
     try:

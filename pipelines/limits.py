@@ -56,11 +56,20 @@ class Limits:
 def check_video_limits(info: VideoInfo, limits: Limits, field: str = "video_url") -> None:
     """Limits on the decoded input video, checked right after probing (before any frame is decoded to RGB)."""
     if info.width * info.height > limits.max_video_pixels:
-        raise InputError(field, f"the video is {info.width}x{info.height}, over the {limits.max_video_pixels}-pixel "
-                         "limit", "video_too_large")
+        raise InputError(
+            field,
+            f"the video is {info.width}x{info.height}, over the {limits.max_video_pixels}-pixel limit",
+            "video_too_large",
+        )
     if info.num_frames > limits.max_video_frames:
-        raise InputError(field, f"the video has {info.num_frames} frames, over the limit of "
-                         f"{limits.max_video_frames}", "video_too_long")
+        raise InputError(
+            field,
+            f"the video has {info.num_frames} frames, over the limit of {limits.max_video_frames}",
+            "video_too_long",
+        )
     if info.duration > limits.max_video_seconds:
-        raise InputError(field, f"the video lasts {info.duration:.1f} s, over the limit of "
-                         f"{limits.max_video_seconds:g} s", "video_too_long")
+        raise InputError(
+            field,
+            f"the video lasts {info.duration:.1f} s, over the limit of {limits.max_video_seconds:g} s",
+            "video_too_long",
+        )

@@ -27,24 +27,26 @@ import numpy as np
 import torch
 from PIL import Image
 
-WAN21_LATENT_RGB = torch.tensor([
-    [-0.1299, -0.1692, 0.2932],
-    [0.0671, 0.0406, 0.0442],
-    [0.3568, 0.2548, 0.1747],
-    [0.0372, 0.2344, 0.1420],
-    [0.0313, 0.0189, -0.0328],
-    [0.0296, -0.0956, -0.0665],
-    [-0.3477, -0.4059, -0.2925],
-    [0.0166, 0.1902, 0.1975],
-    [-0.0412, 0.0267, -0.1364],
-    [-0.1293, 0.0740, 0.1636],
-    [0.0680, 0.3019, 0.1128],
-    [0.0032, 0.0581, 0.0639],
-    [-0.1251, 0.0927, 0.1699],
-    [0.0060, -0.0633, 0.0005],
-    [0.3477, 0.2275, 0.2950],
-    [0.1984, 0.0913, 0.1861],
-])
+WAN21_LATENT_RGB = torch.tensor(
+    [
+        [-0.1299, -0.1692, 0.2932],
+        [0.0671, 0.0406, 0.0442],
+        [0.3568, 0.2548, 0.1747],
+        [0.0372, 0.2344, 0.1420],
+        [0.0313, 0.0189, -0.0328],
+        [0.0296, -0.0956, -0.0665],
+        [-0.3477, -0.4059, -0.2925],
+        [0.0166, 0.1902, 0.1975],
+        [-0.0412, 0.0267, -0.1364],
+        [-0.1293, 0.0740, 0.1636],
+        [0.0680, 0.3019, 0.1128],
+        [0.0032, 0.0581, 0.0639],
+        [-0.1251, 0.0927, 0.1699],
+        [0.0060, -0.0633, 0.0005],
+        [0.3477, 0.2275, 0.2950],
+        [0.1984, 0.0913, 0.1861],
+    ]
+)
 """Latent channel -> (R, G, B): ComfyUI ``comfy/latent_formats.py`` ``Wan21.latent_rgb_factors``."""
 WAN21_LATENT_RGB_BIAS = torch.tensor([-0.1835, -0.0868, -0.3360])
 """ComfyUI ``comfy/latent_formats.py`` ``Wan21.latent_rgb_factors_bias``."""
@@ -72,6 +74,14 @@ def write_webp(frames: np.ndarray, path: Path, video_fps: float) -> Path:
     size = (width * scale, height * scale)
     images = [Image.fromarray(frame).resize(size, Image.Resampling.BILINEAR) for frame in frames]
     duration_ms = round(1000 * TEMPORAL_COMPRESSION / video_fps)
-    images[0].save(path, format="WEBP", save_all=True, append_images=images[1:], duration=duration_ms, loop=0,
-                   quality=WEBP_QUALITY, method=0)
+    images[0].save(
+        path,
+        format="WEBP",
+        save_all=True,
+        append_images=images[1:],
+        duration=duration_ms,
+        loop=0,
+        quality=WEBP_QUALITY,
+        method=0,
+    )
     return path

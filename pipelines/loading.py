@@ -74,8 +74,12 @@ def place_module(module: M, mode: str, device: torch.device, compute_dtype: torc
         # low_cpu_mem_usage pins each layer when it is copied instead of keeping a pinned copy of every weight
         # beside the original: the A14B would otherwise need ~160 GB of host memory.
         apply_group_offloading(
-            module, onload_device=device, offload_device=torch.device("cpu"), offload_type="leaf_level",
-            use_stream=device.type == "cuda", low_cpu_mem_usage=True,
+            module,
+            onload_device=device,
+            offload_device=torch.device("cpu"),
+            offload_type="leaf_level",
+            use_stream=device.type == "cuda",
+            low_cpu_mem_usage=True,
         )
         return module
     if mode == "model_offload":
@@ -152,17 +156,25 @@ class ModelManager:
         # First, so that a worker that cannot have the encoder it was told to use refuses before loading anything.
         # Ranks past 0 of a job group neither decode nor encode: they try nothing.
         follower = "rank 0 of the job group decodes and encodes"
-        self.codecs = (choose_codecs(self.runtime.encoder, self.device) if group is None or group.rank == 0
-                       else Codecs(encoder_reason=follower, decoder_reason=follower))
+        self.codecs = (
+            choose_codecs(self.runtime.encoder, self.device)
+            if group is None or group.rank == 0
+            else Codecs(encoder_reason=follower, decoder_reason=follower)
+        )
         self.memory_mode = resolve_memory_mode(self.runtime.memory_mode, self.device)
         self.group = group
-        self.attention = resolve_attention(self.runtime.attention, self.device,
-                                           context_parallel=group is not None and group.spec.context > 1)
+        self.attention = resolve_attention(
+            self.runtime.attention, self.device, context_parallel=group is not None and group.spec.context > 1
+        )
         # Offload hooks of one pipeline cover the shared modules: with model offload only one pipeline may live.
         self.max_models = 1 if self.memory_mode == "model_offload" else max_models
         if self.runtime.compile and self.memory_mode not in COMPILABLE_MODES:
-            log.warning("--compile is off in memory mode %s: dynamo cannot trace its hooks with fullgraph=True "
-                        "(compile works in %s)", self.memory_mode, " and ".join(COMPILABLE_MODES))
+            log.warning(
+                "--compile is off in memory mode %s: dynamo cannot trace its hooks with fullgraph=True "
+                "(compile works in %s)",
+                self.memory_mode,
+                " and ".join(COMPILABLE_MODES),
+            )
         self._components: dict[tuple[str, Path], object] = {}
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
         self._interpolators: dict[str, FrameInterpolator] = {}
@@ -197,8 +209,11 @@ class ModelManager:
         """Whether transformers are compiled: ``--compile`` takes effect on CUDA only (unless a test says so) and in
         the memory modes whose hooks dynamo traces; fp8's layerwise casting and group offload's onload hooks make
         the first compiled job fail (checked on CPU), so there the server runs uncompiled instead of failing."""
-        return (self.runtime.compile and self.device.type in self.runtime.compile_devices
-                and self.memory_mode in COMPILABLE_MODES)
+        return (
+            self.runtime.compile
+            and self.device.type in self.runtime.compile_devices
+            and self.memory_mode in COMPILABLE_MODES
+        )
 
     @property
     def lora_slot_rank(self) -> int:
@@ -349,8 +364,12 @@ class ModelManager:
         safety: dict[str, object] = {"weights_present": self.has_safety_checker(), "threshold": rt.safety_threshold}
         tracking: dict[str, object] = {"mode": rt.mask_tracking}
         if rt.mask_tracking == "track":
-            tracking |= {"tracker": rt.mask_tracker, "weights_present": self.missing_mask_tracker() is None,
-                         "expand_ratio": rt.mask_expand_ratio, "threshold": rt.mask_threshold}
+            tracking |= {
+                "tracker": rt.mask_tracker,
+                "weights_present": self.missing_mask_tracker() is None,
+                "expand_ratio": rt.mask_expand_ratio,
+                "threshold": rt.mask_threshold,
+            }
         return {"safety_checker": safety, "prompt_expansion": expansion, "mask_tracking": tracking}
 
     def _drop(self, key: str) -> None:

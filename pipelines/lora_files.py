@@ -96,14 +96,19 @@ def read_lora_file(path: Path, field: Field) -> LoraFile:
             header = f.metadata() or {}
             tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 - safe_open has keys(), no __iter__
     except (SafetensorError, OSError, ValueError) as exc:
-        raise InputError(field, f"not a .safetensors file ({str(exc)[:80]}); LoRAs are only read from safetensors, "
-                         "never unpickled: convert a .pt/.ckpt file first", LOAD_ERROR) from None
+        raise InputError(
+            field,
+            f"not a .safetensors file ({str(exc)[:80]}); LoRAs are only read from safetensors, "
+            "never unpickled: convert a .pt/.ckpt file first",
+            LOAD_ERROR,
+        ) from None
     strength = _Strength.from_header(header.get(HEADER_KEY), field)
     try:
         state_dict = WanVACEPipeline.lora_state_dict(tensors)
     except Exception as exc:  # noqa: BLE001 - diffusers' key converters raise anything from KeyError to ValueError
-        raise InputError(field, f"not a Wan LoRA diffusers can read ({type(exc).__name__}: {str(exc)[:160]})",
-                         LOAD_ERROR) from None
+        raise InputError(
+            field, f"not a Wan LoRA diffusers can read ({type(exc).__name__}: {str(exc)[:160]})", LOAD_ERROR
+        ) from None
     ranks = _factor_ranks(state_dict, field)
     return LoraFile(state_dict, ranks, {layer: strength.alpha(layer, rank) for layer, rank in ranks.items()})
 
@@ -116,15 +121,19 @@ def _factor_ranks(state_dict: Mapping[str, torch.Tensor], field: Field) -> dict[
     for key, tensor in state_dict.items():
         match = LORA_KEY.fullmatch(key)
         if match is None:
-            raise InputError(field, f"key {key!r:.160} is not a LoRA weight of a Wan transformer: a LoRA for another "
-                             "architecture?", LOAD_ERROR)
+            raise InputError(
+                field,
+                f"key {key!r:.160} is not a LoRA weight of a Wan transformer: a LoRA for another architecture?",
+                LOAD_ERROR,
+            )
         layer, part = match["module"], match["part"]
         parts.setdefault(layer, set()).add(part)
         if not tensor.is_floating_point():
             raise InputError(field, f"{key!r:.160} holds {tensor.dtype} values, not floating point", LOAD_ERROR)
         if tensor.ndim != (1 if part == "B.bias" else 2):
-            raise InputError(field, f"{key!r:.160} has shape {tuple(tensor.shape)}, not that of a LoRA factor",
-                             LOAD_ERROR)
+            raise InputError(
+                field, f"{key!r:.160} has shape {tuple(tensor.shape)}, not that of a LoRA factor", LOAD_ERROR
+            )
         if part == "B.bias":
             continue
         rank = tensor.shape[0] if part == "A.weight" else tensor.shape[1]
@@ -134,8 +143,9 @@ def _factor_ranks(state_dict: Mapping[str, torch.Tensor], field: Field) -> dict[
         raise InputError(field, "the file holds no LoRA weights for a Wan transformer", LOAD_ERROR)
     for layer, found in parts.items():
         if ("A.weight" in found) != ("B.weight" in found):
-            raise InputError(field, f"the LoRA has only one of the two factors (lora_A, lora_B) of {layer!r:.160}",
-                             LOAD_ERROR)
+            raise InputError(
+                field, f"the LoRA has only one of the two factors (lora_A, lora_B) of {layer!r:.160}", LOAD_ERROR
+            )
     rank = _most_common(ranks)
     return {layer: ranks.get(layer, rank) for layer in parts}  # a bias-only layer: its adapter's zero factors
 
@@ -163,11 +173,11 @@ class _Strength:
         patterns = header.get(PREFIX + "alpha_pattern") or {}
         rslora = header.get(PREFIX + "use_rslora") or False
         if not isinstance(patterns, dict) or not all(isinstance(key, str) for key in patterns):
-            raise InputError(field, "alpha_pattern in the file's header is not a map of layer names to numbers",
-                             LOAD_ERROR)
+            raise InputError(
+                field, "alpha_pattern in the file's header is not a map of layer names to numbers", LOAD_ERROR
+            )
         if not isinstance(rslora, bool):
-            raise InputError(field, f"use_rslora in the file's header is {rslora!r:.40}, not true or false",
-                             LOAD_ERROR)
+            raise InputError(field, f"use_rslora in the file's header is {rslora!r:.40}, not true or false", LOAD_ERROR)
         pairs = tuple((key, _number(value, f"alpha_pattern[{key!r:.80}]", field)) for key, value in patterns.items())
         return cls(None if alpha is None else _number(alpha, "lora_alpha", field), pairs, rslora)
 
@@ -209,13 +219,20 @@ def check_fits(lora: LoraFile, layers: Mapping[str, torch.nn.Linear], field: Fie
         name, part = match["module"], match["part"]
         layer = layers.get(name)
         if layer is None:
-            raise InputError(field, f"the LoRA adapts {name!r:.160}, which is not a linear layer of the Wan VACE "
-                             "transformer: a LoRA for another architecture?", LOAD_ERROR)
+            raise InputError(
+                field,
+                f"the LoRA adapts {name!r:.160}, which is not a linear layer of the Wan VACE "
+                "transformer: a LoRA for another architecture?",
+                LOAD_ERROR,
+            )
         ok = tensor.shape[1] == layer.in_features if part == "A.weight" else tensor.shape[0] == layer.out_features
         if not ok:
-            raise InputError(field, f"shape {tuple(tensor.shape)} of {key!r:.160} does not fit the layer "
-                             f"({layer.in_features} -> {layer.out_features}): a LoRA for another model size?",
-                             LOAD_ERROR)
+            raise InputError(
+                field,
+                f"shape {tuple(tensor.shape)} of {key!r:.160} does not fit the layer "
+                f"({layer.in_features} -> {layer.out_features}): a LoRA for another model size?",
+                LOAD_ERROR,
+            )
 
 
 def linear_layers(expert: WanVACETransformer3DModel) -> dict[str, torch.nn.Linear]:

@@ -57,8 +57,9 @@ def add_slot(expert: WanVACETransformer3DModel, rank: int, dtype: torch.dtype) -
         zeros[f"{PREFIX}{name}.lora_B.bias"] = torch.zeros(layer.out_features, dtype=dtype)
     # Converts the adapter's scalings to tensors once it is loaded, so a swap never changes a Python number.
     expert.enable_lora_hotswap(target_rank=rank)
-    WanVACEPipeline.load_lora_into_transformer(zeros, transformer=expert, adapter_name=SLOT,
-                                               metadata=_slot_metadata(rank, list(layers)))
+    WanVACEPipeline.load_lora_into_transformer(
+        zeros, transformer=expert, adapter_name=SLOT, metadata=_slot_metadata(rank, list(layers))
+    )
     cast_factors(expert, SLOT, dtype)
 
 
@@ -87,9 +88,13 @@ def stack_loras(parts: Sequence[tuple[JobLora, float, LoraFile]], rank: int) -> 
             if part == "A.weight":
                 used[layer] = used.get(layer, 0) + tensor.shape[0]
                 if used[layer] > rank:
-                    raise InputError(lora.field, f"rank {tensor.shape[0]} on {layer!r} brings this job's LoRAs to "
-                                     f"rank {used[layer]} there, over this server's --lora-max-rank {rank} (it "
-                                     "compiles its transformers, whose LoRA slot has that rank)", RANK_ERROR)
+                    raise InputError(
+                        lora.field,
+                        f"rank {tensor.shape[0]} on {layer!r} brings this job's LoRAs to "
+                        f"rank {used[layer]} there, over this server's --lora-max-rank {rank} (it "
+                        "compiles its transformers, whose LoRA slot has that rank)",
+                        RANK_ERROR,
+                    )
                 factors.setdefault(layer, {}).setdefault("A", []).append(tensor.float())
             elif part == "B.weight":
                 factors.setdefault(layer, {}).setdefault("B", []).append(tensor.float() * factor)
@@ -140,8 +145,13 @@ class LoraSlots:
             self._holding.pop(name, None)
             if state:
                 layers = {key.removeprefix(PREFIX).rsplit(".lora_", 1)[0] for key in state}
-                pipe.load_lora_into_transformer(state, transformer=experts[name], adapter_name=SLOT,
-                                                metadata=_slot_metadata(self.rank, sorted(layers)), hotswap=True)
+                pipe.load_lora_into_transformer(
+                    state,
+                    transformer=experts[name],
+                    adapter_name=SLOT,
+                    metadata=_slot_metadata(self.rank, sorted(layers)),
+                    hotswap=True,
+                )
             else:
                 clear_slot(experts[name])
             self._holding[name] = wanted

@@ -62,11 +62,19 @@ def check_loras(inp: JobInput, model: str, ctx: JobContext, weights_dir: Path | 
     two_experts = MODELS[model].two_experts
     for i, lora in enumerate(loras):
         if lora.transformer == "low" and not two_experts:
-            raise InputError(("loras", i, "transformer"), f"{model} has one transformer: use both or high, low is "
-                             "only for the low-noise expert of wan-22-vace-fun-a14b", "not_supported")
+            raise InputError(
+                ("loras", i, "transformer"),
+                f"{model} has one transformer: use both or high, low is "
+                "only for the low-noise expert of wan-22-vace-fun-a14b",
+                "not_supported",
+            )
         if lora.is_ref or lora_at_path(lora, ctx) is not None or weights_dir is None:
             continue
         if find_named(weights_dir, lora.path) is None:
             where = "a local file, " if ctx.local_paths else ""
-            raise InputError(("loras", i, "path"), f"{lora.path!r} is not {where}an http(s) URL, a data URI or the "
-                             f"name of an installed LoRA (GET /loras lists them)", "lora_not_found")
+            raise InputError(
+                ("loras", i, "path"),
+                f"{lora.path!r} is not {where}an http(s) URL, a data URI or the "
+                f"name of an installed LoRA (GET /loras lists them)",
+                "lora_not_found",
+            )

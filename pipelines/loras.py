@@ -82,8 +82,14 @@ def fetch_loras(inp: JobInput, model: str, workdir: Path, ctx: JobContext, weigh
     return loras
 
 
-def _fetch_one(lora: LoraWeight, field: tuple[str, int, str], workdir: Path, ctx: JobContext, weights_dir: Path,
-               folders: Sequence[Path]) -> tuple[Path, str]:
+def _fetch_one(
+    lora: LoraWeight,
+    field: tuple[str, int, str],
+    workdir: Path,
+    ctx: JobContext,
+    weights_dir: Path,
+    folders: Sequence[Path],
+) -> tuple[Path, str]:
     """The local file and sha256 of one LoRA: downloads through the cache when there is one, checked against the
     transformers in ``folders`` before the cache keeps them."""
     limit = ctx.limits.max_lora_bytes
@@ -138,8 +144,9 @@ def _adapters(expert: WanVACETransformer3DModel) -> set[str]:
     return set(getattr(expert, "peft_config", {}) or {})
 
 
-def _load_adapter(pipe: WanVACEPipeline, expert: WanVACETransformer3DModel, adapter: str, lora_file: LoraFile,
-                  dtype: torch.dtype) -> None:
+def _load_adapter(
+    pipe: WanVACEPipeline, expert: WanVACETransformer3DModel, adapter: str, lora_file: LoraFile, dtype: torch.dtype
+) -> None:
     """Load one adapter with diffusers into ``expert``, in the memory mode the model runs in, with the adapter config
     built from its tensors (``LoraFile.adapter_metadata``), never the file's.
 
@@ -150,8 +157,13 @@ def _load_adapter(pipe: WanVACEPipeline, expert: WanVACETransformer3DModel, adap
     needs the pipeline. The factors are kept in the compute dtype (:func:`cast_factors`).
     """
     model_offload = isinstance(getattr(expert, "_hf_hook", None), CpuOffload)
-    pipe.load_lora_into_transformer(dict(lora_file.state_dict), transformer=expert, adapter_name=adapter,
-                                    metadata=lora_file.adapter_metadata(), _pipeline=None if model_offload else pipe)
+    pipe.load_lora_into_transformer(
+        dict(lora_file.state_dict),
+        transformer=expert,
+        adapter_name=adapter,
+        metadata=lora_file.adapter_metadata(),
+        _pipeline=None if model_offload else pipe,
+    )
     cast_factors(expert, adapter, dtype)
 
 

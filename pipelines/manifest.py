@@ -138,8 +138,7 @@ MIDAS = WeightEntry(
     approx_size_gb=0.49,
     required=(MIDAS_FILE,),
     notes=(
-        "MiDaS DPT-Hybrid, VACE's depth annotator (controlnet-aux DPTDepthModel). Same file as "
-        "VACE-Annotators depth/."
+        "MiDaS DPT-Hybrid, VACE's depth annotator (controlnet-aux DPTDepthModel). Same file as VACE-Annotators depth/."
     ),
 )
 OPENPOSE = WeightEntry(
@@ -201,7 +200,7 @@ MASK_TRACKERS: dict[str, WeightEntry] = {
             required=("config.json", "processor_config.json"),
             required_any=(("model.safetensors",),),
             notes=f"SAM2.1 Hiera-{size} video segmentation (Meta, Apache-2.0), transformers format: tracks an "
-                  "inpainting mask image through the clip.",
+            "inpainting mask image through the clip.",
         )
         for size, size_gb in (("tiny", 0.16), ("small", 0.18), ("base-plus", 0.32), ("large", 0.9))
     )
@@ -218,8 +217,11 @@ AUXILIARY: dict[str, WeightEntry] = {
         WeightEntry(
             key=SAFETY_CHECKER,
             folder="safety/nsfw_image_detection",
-            sources=(Source("Falconsai/nsfw_image_detection",
-                            ("config.json", "model.safetensors", "preprocessor_config.json")),),
+            sources=(
+                Source(
+                    "Falconsai/nsfw_image_detection", ("config.json", "model.safetensors", "preprocessor_config.json")
+                ),
+            ),
             approx_size_gb=0.34,
             required=("config.json", "preprocessor_config.json"),
             required_any=(("model.safetensors",),),
@@ -295,7 +297,12 @@ INTERPOLATORS: tuple[str, ...] = (RIFE.key, FILM.key)
 RENAMED_KEYS: dict[str, str] = {"depth-anything-v2": DEPTH_ANYTHING.key}
 
 ENTRIES: dict[str, WeightEntry] = {
-    SHARED.key: SHARED, **MODELS, **EXTRAS, **MASK_TRACKERS, **AUXILIARY, **DISTILL_LORAS
+    SHARED.key: SHARED,
+    **MODELS,
+    **EXTRAS,
+    **MASK_TRACKERS,
+    **AUXILIARY,
+    **DISTILL_LORAS,
 }
 
 # What `vace weights download` fetches by default: the models behind the fal endpoints, each task's default

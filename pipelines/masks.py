@@ -63,9 +63,12 @@ def check_aspect(field: str, mask_size: tuple[int, int], video_size: tuple[int, 
     """Refuse a mask whose aspect ratio is not the video's (sizes are (width, height))."""
     (mw, mh), (vw, vh) = mask_size, video_size
     if abs((mw / mh) / (vw / vh) - 1) > ASPECT_TOLERANCE:
-        raise InputError(field, f"the mask is {mw}x{mh} (aspect {mw / mh:.3f}) but the video is {vw}x{vh} (aspect "
-                         f"{vw / vh:.3f}): a mask must have the video's aspect ratio; it is scaled, never stretched",
-                         "mask_aspect_mismatch")
+        raise InputError(
+            field,
+            f"the mask is {mw}x{mh} (aspect {mw / mh:.3f}) but the video is {vw}x{vh} (aspect "
+            f"{vw / vh:.3f}): a mask must have the video's aspect ratio; it is scaled, never stretched",
+            "mask_aspect_mismatch",
+        )
 
 
 def mask_plane(frame: np.ndarray) -> np.ndarray:
@@ -80,21 +83,28 @@ def mask_from_image(image: Image.Image, video_size: tuple[int, int], field: str 
     return mask_plane(np.asarray(flatten_alpha(image, "black")))
 
 
-def read_mask_video(path: Path, mask: VideoInfo, video: VideoInfo, indices: Sequence[int],
-                    field: str = "mask_video_url") -> tuple[list[np.ndarray], list[str]]:
+def read_mask_video(
+    path: Path, mask: VideoInfo, video: VideoInfo, indices: Sequence[int], field: str = "mask_video_url"
+) -> tuple[list[np.ndarray], list[str]]:
     """The mask planes for the video frames at ``indices`` (the frame plan's reads of the source, in order) at the
     mask's own size, and log lines. ``mask`` is the probed mask video (the caller checks it against the input
     limits first, as for the video)."""
     check_aspect(field, (mask.width, mask.height), (video.width, video.height))
     needed = max(indices) + 1
     if mask.num_frames < needed:
-        raise InputError(field, f"the mask video has {mask.num_frames} frames but the job uses the video's frames up "
-                         f"to #{needed - 1} ({needed} frames; the video has {video.num_frames}): a mask video must "
-                         "cover them, frame for frame", "mask_too_short")
+        raise InputError(
+            field,
+            f"the mask video has {mask.num_frames} frames but the job uses the video's frames up "
+            f"to #{needed - 1} ({needed} frames; the video has {video.num_frames}): a mask video must "
+            "cover them, frame for frame",
+            "mask_too_short",
+        )
     notes = []
     if mask.num_frames != video.num_frames:
-        notes.append(f"the mask video has {mask.num_frames} frames, the video {video.num_frames}: masks follow "
-                     "the video frame for frame from its first frame")
+        notes.append(
+            f"the mask video has {mask.num_frames} frames, the video {video.num_frames}: masks follow "
+            "the video frame for frame from its first frame"
+        )
     planes: dict[int, np.ndarray] = {}
     out = []
     for frame in read_frames(path, indices, field):
@@ -134,12 +144,20 @@ def check_generates(masks: Sequence[np.ndarray], field: str) -> float:
             shares[id(m)] = np.count_nonzero(m == GENERATE) / m.size
     share = sum(shares[id(m)] for m in masks) / max(1, len(masks))
     if share == 0:
-        raise InputError(field, "the mask is black everywhere (keep every pixel): there is nothing to generate; "
-                         "white marks what to regenerate", "mask_empty")
+        raise InputError(
+            field,
+            "the mask is black everywhere (keep every pixel): there is nothing to generate; "
+            "white marks what to regenerate",
+            "mask_empty",
+        )
     if share == 1:
-        raise InputError(field, "the mask is white everywhere (regenerate every pixel): nothing of the video would be "
-                         "kept; black marks what to keep (for a video from the prompt alone, call the base endpoint "
-                         "without video_url)", "mask_full")
+        raise InputError(
+            field,
+            "the mask is white everywhere (regenerate every pixel): nothing of the video would be "
+            "kept; black marks what to keep (for a video from the prompt alone, call the base endpoint "
+            "without video_url)",
+            "mask_full",
+        )
     return share
 
 
@@ -169,7 +187,6 @@ def expand_mask(mask: np.ndarray, ratio: float) -> np.ndarray:
     kernel = np.ones((grow_up + grow_down + 1, grow_left + grow_right + 1), np.uint8)
     grown = cv2.dilate(mask.astype(np.uint8), kernel, anchor=(grow_right, grow_down))
     return grown.astype(bool)
-
 
 
 def fitted(mask: np.ndarray, video_size: tuple[int, int], width: int, height: int) -> np.ndarray:

@@ -64,19 +64,27 @@ def chosen_sides(left: bool, right: bool, top: bool, bottom: bool) -> tuple[Side
 def check_sides(sides: Collection[Side]) -> None:
     """A 422 for a request that chooses no side (checked at submission too, before the video's size is known)."""
     if not sides:
-        raise InputError("expand_left", "no side to expand: set at least one of expand_left, expand_right, "
-                         "expand_top, expand_bottom (they all default to false)", "nothing_to_expand")
+        raise InputError(
+            "expand_left",
+            "no side to expand: set at least one of expand_left, expand_right, "
+            "expand_top, expand_bottom (they all default to false)",
+            "nothing_to_expand",
+        )
 
 
 def expansion(src_w: int, src_h: int, sides: Collection[Side], ratio: float) -> Expansion:
     """VACE's borders for ``sides`` at ``ratio``; a 422 when they add nothing."""
     check_sides(sides)
     horizontal, vertical = int(ratio * src_w), int(ratio * src_h)
-    exp = Expansion(src_w, src_h, *((horizontal if side in ("left", "right") else vertical) if side in sides else 0
-                                    for side in SIDES))
+    exp = Expansion(
+        src_w,
+        src_h,
+        *((horizontal if side in ("left", "right") else vertical) if side in sides else 0 for side in SIDES),
+    )
     if exp.canvas_w == src_w and exp.canvas_h == src_h:
-        raise InputError("expand_ratio", f"expand_ratio={ratio:g} adds no pixel to a {src_w}x{src_h} video",
-                         "nothing_to_expand")
+        raise InputError(
+            "expand_ratio", f"expand_ratio={ratio:g} adds no pixel to a {src_w}x{src_h} video", "nothing_to_expand"
+        )
     return exp
 
 
@@ -104,12 +112,14 @@ def _share(extra: int, before: int, after: int) -> int:
 def outpaint_placement(exp: Expansion, scale: float, width: int, height: int) -> Placement:
     """The source scaled by ``scale`` on a ``width`` x ``height`` canvas (at least the scaled expanded canvas)."""
     w, h = min(width, round(exp.src_w * scale)), min(height, round(exp.src_h * scale))
-    return Placement(width, height, _share(width - w, exp.left, exp.right), _share(height - h, exp.top, exp.bottom),
-                     w, h)
+    return Placement(
+        width, height, _share(width - w, exp.left, exp.right), _share(height - h, exp.top, exp.bottom), w, h
+    )
 
 
-def plan_outpaint(src_w: int, src_h: int, sides: Collection[Side], ratio: float, resolution: str,
-                  aspect_ratio: str) -> Placement:
+def plan_outpaint(
+    src_w: int, src_h: int, sides: Collection[Side], ratio: float, resolution: str, aspect_ratio: str
+) -> Placement:
     """Everything above in one call: the placement of a ``src_w`` x ``src_h`` video for an outpainting request."""
     exp = expansion(src_w, src_h, sides, ratio)
     return outpaint_placement(exp, *outpaint_size(exp, resolution, aspect_ratio))

@@ -79,8 +79,10 @@ class ParallelSpec:
         for part in text.replace(" ", "").split(","):
             match = re.fullmatch(r"(cfg|ulysses|ring)=(\d+)", part)
             if match is None:
-                raise ValueError(f"{part!r} in --parallel {text!r}: expected cfg=N, ulysses=N or ring=N, "
-                                 "comma-separated (e.g. cfg=2,ulysses=4)")
+                raise ValueError(
+                    f"{part!r} in --parallel {text!r}: expected cfg=N, ulysses=N or ring=N, "
+                    "comma-separated (e.g. cfg=2,ulysses=4)"
+                )
             if match[1] in values:
                 raise ValueError(f"--parallel {text!r} names {match[1]} twice")
             values[match[1]] = int(match[2])
@@ -97,21 +99,25 @@ class ParallelSpec:
 
     def check_devices(self, count: int) -> None:
         if count != self.world_size:
-            raise ValueError(f"--parallel {self} needs {self.world_size} devices (the product of its degrees), "
-                             f"got {count}")
+            raise ValueError(
+                f"--parallel {self} needs {self.world_size} devices (the product of its degrees), got {count}"
+            )
 
     def check_device_type(self, device_type: str) -> None:
         """Ring attention merges partial attention outputs by their log-sum-exp; diffusers' only CPU attention
         backend (PyTorch SDPA, "native") does not return it, and aten's flash kernel that does is CUDA-only."""
         if self.ring > 1 and device_type != "cuda":
-            raise ValueError(f"--parallel {self}: ring attention needs CUDA devices (diffusers' CPU attention "
-                             "returns no log-sum-exp); use ulysses on CPU")
+            raise ValueError(
+                f"--parallel {self}: ring attention needs CUDA devices (diffusers' CPU attention "
+                "returns no log-sum-exp); use ulysses on CPU"
+            )
 
     def check_heads(self, heads: int) -> None:
         """Ulysses gives each rank ``heads / ulysses`` whole attention heads."""
         if heads % self.ulysses:
-            raise ValueError(f"--parallel {self}: the model's {heads} attention heads do not divide by "
-                             f"ulysses={self.ulysses}")
+            raise ValueError(
+                f"--parallel {self}: the model's {heads} attention heads do not divide by ulysses={self.ulysses}"
+            )
 
     def check_tokens(self, num_frames: int, extra_latent_frames: int, tokens_per_frame: int) -> None:
         """Refuse a sequence the group cannot split evenly, naming the nearest frame count that can be split.
@@ -122,8 +128,11 @@ class ParallelSpec:
         latents = (num_frames - 1) // 4 + 1 + extra_latent_frames
         if latents * tokens_per_frame % degree == 0:
             return
-        fits = [f for f in range(1, num_frames + 4 * degree + 1)
-                if ((f - 1) // 4 + 1 + extra_latent_frames) * tokens_per_frame % degree == 0 and f % 4 == 1]
+        fits = [
+            f
+            for f in range(1, num_frames + 4 * degree + 1)
+            if ((f - 1) // 4 + 1 + extra_latent_frames) * tokens_per_frame % degree == 0 and f % 4 == 1
+        ]
         nearest = min(fits, key=lambda f: (abs(f - num_frames), f))
         raise ValueError(
             f"the transformer sequence has {latents * tokens_per_frame} tokens ({latents} latent frames of "
@@ -132,8 +141,9 @@ class ParallelSpec:
         )
 
     def __str__(self) -> str:
-        parts = [f"{name}={n}" for name, n in (("cfg", self.cfg), ("ulysses", self.ulysses), ("ring", self.ring))
-                 if n > 1]
+        parts = [
+            f"{name}={n}" for name, n in (("cfg", self.cfg), ("ulysses", self.ulysses), ("ring", self.ring)) if n > 1
+        ]
         return ",".join(parts) or "none"
 
 
@@ -263,8 +273,7 @@ class _CfgHook(ModelHook):
         cond = self.pending
         assert cond is not None  # the pipeline calls the cond branch first
         uncond = self.fn_ref.original_forward(*args, **kwargs)[0] if mine else torch.empty_like(cond)
-        dist.all_gather([cond, uncond], (uncond if mine else cond).clone(),
-                        group=self.group.cfg_group)
+        dist.all_gather([cond, uncond], (uncond if mine else cond).clone(), group=self.group.cfg_group)
         self.pending = None
         return (uncond,)
 

@@ -52,9 +52,9 @@ CONTROL_HINTS = {  # per recipe of pipelines.tasks: what the model is given besi
     "pose": "pose (the people's motion is fixed by their skeletons)",
     "depth": "depth (the scene's shapes and the camera path are fixed by the depth map)",
     "inpainting": "none in the masked region (the video is kept outside it; describe the whole scene as it should "
-                  "look, including what fills the region)",
+    "look, including what fills the region)",
     "outpainting": "none beyond the frame (the video is kept in the middle of a larger frame; describe the whole "
-                   "wider scene)",
+    "wider scene)",
     "reframe": "none beyond the frame (the same footage in a new frame shape; describe the whole scene)",
     "text": "none (the whole video comes from the prompt, and from reference or first/last frame images if given)",
 }
@@ -113,8 +113,13 @@ class OpenAIExpander:
             "stream": False,
         }
         deadline = time.monotonic() + self.timeout_s
-        with httpx.stream("POST", f"{self.url.rstrip('/')}/chat/completions", json=body,
-                          headers={**IDENTITY, **headers}, timeout=self.timeout_s) as response:
+        with httpx.stream(
+            "POST",
+            f"{self.url.rstrip('/')}/chat/completions",
+            json=body,
+            headers={**IDENTITY, **headers},
+            timeout=self.timeout_s,
+        ) as response:
             response.raise_for_status()
             answer = b"".join(read_answer(response, self.max_answer_bytes, deadline))
         return json.loads(answer)["choices"][0]["message"]["content"]
@@ -175,8 +180,10 @@ def expand_prompt(expander: PromptExpander | None, prompt: str, task: str, log: 
     try:
         expanded = clean_answer(expander.expand(prompt, task))
     except Exception as exc:  # noqa: BLE001 - any expander failure falls back; the job must not fail for it
-        log(f"warning: prompt expansion with {expander.name} failed ({type(exc).__name__}: {exc}); "
-            "using the prompt as given")
+        log(
+            f"warning: prompt expansion with {expander.name} failed ({type(exc).__name__}: {exc}); "
+            "using the prompt as given"
+        )
         return prompt
     if not expanded:
         log(f"warning: prompt expansion with {expander.name} gave an empty answer; using the prompt as given")

@@ -113,8 +113,9 @@ def reframe_placement(src_w: int, src_h: int, bars: Bars, width: int, height: in
     return Placement(width, height, (width - w) // 2, (height - h) // 2, w, h, crop)
 
 
-def plan_reframe(frames: Sequence[np.ndarray], trim_borders: bool, zoom_factor: float, resolution: str,
-                 aspect_ratio: str) -> tuple[Placement, Bars]:
+def plan_reframe(
+    frames: Sequence[np.ndarray], trim_borders: bool, zoom_factor: float, resolution: str, aspect_ratio: str
+) -> tuple[Placement, Bars]:
     """Everything above in one call: the placement of the clip whose (planned) frames are ``frames``, and the bars
     trimmed (for the job log)."""
     height, width = frames[0].shape[:2]

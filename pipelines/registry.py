@@ -28,8 +28,12 @@ APPS: dict[str, str] = {entry.endpoint: key for key, entry in MODELS.items() if 
 # The model `vace generate TASK` runs when no --model is given: each task on the fal app that offers it (fal offers
 # inpainting, outpainting, reframe and the base endpoint on the 14B app).
 DEFAULT_MODEL_FOR_TASK: dict[EndpointTask, str] = {
-    "": "wan-vace-14b", "pose": "wan-vace-14b", "depth": "wan-22-vace-fun-a14b", "inpainting": "wan-vace-14b",
-    "outpainting": "wan-vace-14b", "reframe": "wan-vace-14b",
+    "": "wan-vace-14b",
+    "pose": "wan-vace-14b",
+    "depth": "wan-22-vace-fun-a14b",
+    "inpainting": "wan-vace-14b",
+    "outpainting": "wan-vace-14b",
+    "reframe": "wan-vace-14b",
 }
 
 

@@ -54,8 +54,14 @@ FORMAT = 1
 """The layout of a checkpoint file; a file of another layout is not read (the code digest changes with it too)."""
 
 SCHEDULER_STATE: dict[type[SchedulerMixin], tuple[str, ...]] = {
-    UniPCMultistepScheduler: ("model_outputs", "timestep_list", "lower_order_nums", "last_sample", "this_order",
-                              "_step_index"),
+    UniPCMultistepScheduler: (
+        "model_outputs",
+        "timestep_list",
+        "lower_order_nums",
+        "last_sample",
+        "this_order",
+        "_step_index",
+    ),
     DPMSolverMultistepScheduler: ("model_outputs", "lower_order_nums", "_step_index"),
     FlowMatchEulerDiscreteScheduler: ("_step_index",),
 }
@@ -83,8 +89,11 @@ class Identity:
 
     def mismatch(self, other: Identity, *, has_cache_state: bool) -> str | None:
         """Why a checkpoint made under ``other`` cannot continue under this identity, or None when it can."""
-        for name, what in (("request", "another request"), ("weights", "other weights"),
-                           ("code", "another code version")):
+        for name, what in (
+            ("request", "another request"),
+            ("weights", "other weights"),
+            ("code", "another code version"),
+        ):
             if getattr(self, name) != getattr(other, name):
                 return f"it was made for {what}"
         if has_cache_state and self.layout != other.layout:
@@ -175,8 +184,13 @@ class LoopScheduler:
     Everything else is the sampler's own (attribute reads go through to it).
     """
 
-    def __init__(self, scheduler: SchedulerMixin, start: int = 0, state: dict[str, Any] | None = None,
-                 device: torch.device | None = None) -> None:
+    def __init__(
+        self,
+        scheduler: SchedulerMixin,
+        start: int = 0,
+        state: dict[str, Any] | None = None,
+        device: torch.device | None = None,
+    ) -> None:
         self.inner = scheduler
         self.start = start
         self._state, self._device = state, device
@@ -188,7 +202,7 @@ class LoopScheduler:
 
     @property
     def timesteps(self) -> torch.Tensor:
-        return self.inner.timesteps[self.start:]
+        return self.inner.timesteps[self.start :]
 
     def set_timesteps(self, *args: Any, **kwargs: Any) -> None:
         self.inner.set_timesteps(*args, **kwargs)
@@ -213,13 +227,27 @@ class LoopScheduler:
 def write_state(state: DenoiseState, path: Path) -> None:
     """Write ``state`` to ``path`` (a safetensors file; the caller makes it visible atomically)."""
     tensors: dict[str, torch.Tensor] = {}
-    meta = _flatten({
-        "identity": asdict(state.identity), "step": state.step, "total": state.total, "window": state.window,
-        "seed": state.seed, "prompt": state.prompt, "expert": state.expert, "latents": state.latents,
-        "generator": state.generator, "scheduler": state.scheduler, "step_cache": state.step_cache,
-    }, tensors)
-    save_file(tensors, str(path), metadata={"format": str(FORMAT), "state": json.dumps(meta),
-                                            "sha256": _tensor_digest(tensors)})
+    meta = _flatten(
+        {
+            "identity": asdict(state.identity),
+            "step": state.step,
+            "total": state.total,
+            "window": state.window,
+            "seed": state.seed,
+            "prompt": state.prompt,
+            "expert": state.expert,
+            "latents": state.latents,
+            "generator": state.generator,
+            "scheduler": state.scheduler,
+            "step_cache": state.step_cache,
+        },
+        tensors,
+    )
+    save_file(
+        tensors,
+        str(path),
+        metadata={"format": str(FORMAT), "state": json.dumps(meta), "sha256": _tensor_digest(tensors)},
+    )
 
 
 def read_state(path: Path) -> DenoiseState:
@@ -243,8 +271,9 @@ def read_state(path: Path) -> DenoiseState:
         raise CorruptCheckpoint(f"its state does not parse ({exc})") from None
 
 
-def load_resume(sink: CheckpointSink | None, *, request: str, window: int = 0,
-                log: Callable[[str], None]) -> DenoiseState | None:
+def load_resume(
+    sink: CheckpointSink | None, *, request: str, window: int = 0, log: Callable[[str], None]
+) -> DenoiseState | None:
     """The job's latest checkpoint when there is one that this request, this code and this window can go on from;
     the weights and the group's layout are checked once the model is resolved (:func:`refuse`)."""
     if sink is None:
@@ -262,7 +291,8 @@ def load_resume(sink: CheckpointSink | None, *, request: str, window: int = 0,
         return _not_resuming(str(exc), log)
     early = Identity(request, state.identity.weights, code_version(), state.identity.layout)  # weights: known later
     reason = early.mismatch(state.identity, has_cache_state=False) or (
-        f"it belongs to window {state.window}, not {window}" if state.window != window else None)
+        f"it belongs to window {state.window}, not {window}" if state.window != window else None
+    )
     return state if reason is None else _not_resuming(reason, log)
 
 
@@ -284,8 +314,9 @@ class CheckpointPolicy:
     """When the loop writes a checkpoint: after every ``every_steps`` steps, or the first step ``every_s`` seconds
     after the last checkpoint (or the start), whichever comes first; never after the last step."""
 
-    def __init__(self, every_steps: int, every_s: float, total: int, start: int = 0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, every_steps: int, every_s: float, total: int, start: int = 0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.every_steps, self.every_s, self.total = every_steps, every_s, total
         self.clock = clock
         self.last_step, self.last_time = start, clock()
@@ -294,7 +325,8 @@ class CheckpointPolicy:
         if step >= self.total or step <= self.last_step:
             return False
         return (self.every_steps > 0 and step - self.last_step >= self.every_steps) or (
-            self.every_s > 0 and self.clock() - self.last_time >= self.every_s)
+            self.every_s > 0 and self.clock() - self.last_time >= self.every_s
+        )
 
     def written(self, step: int) -> None:
         self.last_step, self.last_time = step, self.clock()
@@ -363,5 +395,4 @@ def _chunks(tensor: torch.Tensor, size: int = 64 << 20) -> Iterator[memoryview]:
     """The tensor's bytes in pieces, without a second copy of a large one."""
     data = tensor.contiguous().reshape(-1).view(torch.uint8).numpy().data
     for start in range(0, len(data), size):
-        yield data[start:start + size]
-
+        yield data[start : start + size]

@@ -78,10 +78,16 @@ class RuntimeSettings(BaseModel):
     vae_tiling: bool | None = None
     """Decode frames in overlapping VAE tiles; unset: on for the memory-saving modes (offload, fp8), where memory is
     short and 720p decoding would peak highest."""
-    pose_annotator: str = Field(DEFAULT_ANNOTATORS["pose"], description="The pose annotator of preprocess=true when "
-                                f"a request names none: {' | '.join(TASK_ANNOTATORS['pose'])}.")
-    depth_annotator: str = Field(DEFAULT_ANNOTATORS["depth"], description="The depth annotator of preprocess=true "
-                                 f"when a request names none: {' | '.join(TASK_ANNOTATORS['depth'])}.")
+    pose_annotator: str = Field(
+        DEFAULT_ANNOTATORS["pose"],
+        description="The pose annotator of preprocess=true when "
+        f"a request names none: {' | '.join(TASK_ANNOTATORS['pose'])}.",
+    )
+    depth_annotator: str = Field(
+        DEFAULT_ANNOTATORS["depth"],
+        description="The depth annotator of preprocess=true "
+        f"when a request names none: {' | '.join(TASK_ANNOTATORS['depth'])}.",
+    )
     safety_threshold: float = Field(0.5, ge=0, le=1)
     """enable_safety_checker flags a job when a frame's unsafe probability exceeds this."""
     prompt_expander: PromptExpander = "none"
@@ -103,8 +109,9 @@ class RuntimeSettings(BaseModel):
     mask_tracking: MaskTrackingMode = "track"
     """How an inpainting mask image becomes a mask per frame: track follows it through the clip with SAM2.1
     (mask-tracker), static applies it to every frame as it is."""
-    mask_tracker: str = Field(DEFAULT_MASK_TRACKER, description="The SAM2.1 size that tracks masks: "
-                              f"{' | '.join(MASK_TRACKERS)}.")
+    mask_tracker: str = Field(
+        DEFAULT_MASK_TRACKER, description=f"The SAM2.1 size that tracks masks: {' | '.join(MASK_TRACKERS)}."
+    )
     mask_expand_ratio: float = Field(DEFAULT_MASK_EXPAND_RATIO, ge=0, le=1)
     """Tracked masks grow on each side by this share of their box (VACE's original_expand); 0 keeps them."""
     mask_threshold: float = Field(0.5, gt=0, lt=1)

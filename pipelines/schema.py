@@ -86,7 +86,11 @@ class VaceFields(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     URL_FIELDS: ClassVar[tuple[str, ...]] = (
-        "video_url", "mask_video_url", "mask_image_url", "first_frame_url", "last_frame_url",
+        "video_url",
+        "mask_video_url",
+        "mask_image_url",
+        "first_frame_url",
+        "last_frame_url",
     )
 
     def media_refs(self) -> list[tuple[FieldLoc, str]]:
@@ -259,8 +263,9 @@ class VaceTaskInput(MaskFields, PreprocessFields, ReferenceFields, GenerationFie
         return None if isinstance(value, str) and not value.strip() else value
 
 
-class InpaintingFunInput(MaskFields, PreprocessFields, ReferenceFields, GenerationFields, ClipFields,
-                         SourceVideoField, PromptField):
+class InpaintingFunInput(
+    MaskFields, PreprocessFields, ReferenceFields, GenerationFields, ClipFields, SourceVideoField, PromptField
+):
     """Request body of ``fal-ai/wan-22-vace-fun-a14b/inpainting``, where ``mask_video_url`` is optional."""
 
 
@@ -303,8 +308,10 @@ class LongReframeInput(FramingFields, GenerationFields, SourceVideoField):
 
     paste_back: bool = Field(True, description="Whether to paste back the reframed scene to the original video.")
     scene_threshold: float = Field(
-        30, ge=0, le=100, description="Threshold for scene detection sensitivity (0-100). Lower values detect more "
-        "scenes."
+        30,
+        ge=0,
+        le=100,
+        description="Threshold for scene detection sensitivity (0-100). Lower values detect more scenes.",
     )
     enable_auto_downsample: bool = _with_default(GenerationFields, "enable_auto_downsample", True)
     auto_downsample_min_fps: float = _with_default(GenerationFields, "auto_downsample_min_fps", 6)

@@ -68,9 +68,18 @@ class StepCacheController:
         """This rank's cache state between two steps, for a checkpoint: what was reused so far and, for each
         transformer in ``labels`` (those with steps still to run) and each cache context, the last signal, the change
         accumulated since the last computed call and that call's residual, as host copies."""
-        branches = {label: {name: {"previous_signal": _host(state.previous_signal), "accumulated": state.accumulated,
-                                   "residual": _host(state.residual)} for name, state in self.states[label].items()}
-                    for label in labels if label in self.states}
+        branches = {
+            label: {
+                name: {
+                    "previous_signal": _host(state.previous_signal),
+                    "accumulated": state.accumulated,
+                    "residual": _host(state.residual),
+                }
+                for name, state in self.states[label].items()
+            }
+            for label in labels
+            if label in self.states
+        }
         return {"calls": self.calls, "skipped": {k: list(v) for k, v in self.skipped.items()}, "branches": branches}
 
     def restore(self, snapshot: dict[str, Any], device: torch.device) -> None:
@@ -134,8 +143,14 @@ class _StatefulHook(ModelHook):
 class _DecideHook(_StatefulHook):
     """On ``vace_blocks[0]``: decide whether this call reuses the residual; if so, return a zero hint."""
 
-    def __init__(self, state: StateManager, controller: StepCacheController, label: str,
-                 first_block: WanTransformerBlock, group: dist.ProcessGroup | None):
+    def __init__(
+        self,
+        state: StateManager,
+        controller: StepCacheController,
+        label: str,
+        first_block: WanTransformerBlock,
+        group: dist.ProcessGroup | None,
+    ):
         super().__init__(state)
         self.controller = controller
         self.label = label
@@ -159,8 +174,15 @@ class _DecideHook(_StatefulHook):
             dist.all_reduce(sums, group=self.group)
         return (sums[0] / sums[1]).item()
 
-    def new_forward(self, module: torch.nn.Module, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
-                    control_hidden_states: torch.Tensor, temb: torch.Tensor, rotary_emb: Any) -> Any:
+    def new_forward(
+        self,
+        module: torch.nn.Module,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        control_hidden_states: torch.Tensor,
+        temb: torch.Tensor,
+        rotary_emb: Any,
+    ) -> Any:
         state: _BranchState = self.state.get_state()
         ctl = self.controller
         ctl.calls += 1
@@ -177,8 +199,9 @@ class _DecideHook(_StatefulHook):
             return hidden_states.new_zeros(()), control_hidden_states
         state.accumulated = 0.0
         state.block_input = hidden_states
-        return self.fn_ref.original_forward(hidden_states, encoder_hidden_states, control_hidden_states, temb,
-                                            rotary_emb)
+        return self.fn_ref.original_forward(
+            hidden_states, encoder_hidden_states, control_hidden_states, temb, rotary_emb
+        )
 
 
 class _SkipHook(_StatefulHook):
@@ -218,13 +241,18 @@ def _attach(transformer: WanVACETransformer3DModel, controller: StepCacheControl
     controller.states[label] = state
     first = transformer.blocks[0]
     hooks: list[tuple[torch.nn.Module, ModelHook, str]] = [
-        (transformer.vace_blocks[0], _DecideHook(state, controller, label, first, context_group(transformer)),
-         HOOK_NAMES[0]),
+        (
+            transformer.vace_blocks[0],
+            _DecideHook(state, controller, label, first, context_group(transformer)),
+            HOOK_NAMES[0],
+        ),
         (transformer.norm_out, _CaptureHook(state), HOOK_NAMES[2]),
     ]
     hooks += [(block, _SkipHook(state, "vace"), HOOK_NAMES[1]) for block in transformer.vace_blocks[1:]]
-    hooks += [(block, _SkipHook(state, "first" if i == 0 else "block"), HOOK_NAMES[1])
-              for i, block in enumerate(transformer.blocks)]
+    hooks += [
+        (block, _SkipHook(state, "first" if i == 0 else "block"), HOOK_NAMES[1])
+        for i, block in enumerate(transformer.blocks)
+    ]
     with outside_context_parallel(transformer):
         for module, hook, name in hooks:
             HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, name)

@@ -57,8 +57,15 @@ class MaskFollower(Protocol):
     """How one mask image becomes a mask per planned frame: ``pipelines.tracking.MaskTracking`` follows it with SAM2
     (kept out of this module's imports: an API node validates requests without the model stack)."""
 
-    def masks(self, frames: Sequence[np.ndarray], plane: np.ndarray, field: str, width: int, height: int,
-              log: Callable[[str], None]) -> list[np.ndarray]:
+    def masks(
+        self,
+        frames: Sequence[np.ndarray],
+        plane: np.ndarray,
+        field: str,
+        width: int,
+        height: int,
+        log: Callable[[str], None],
+    ) -> list[np.ndarray]:
         """KEEP/GENERATE masks at ``width`` x ``height`` for ``frames`` (the planned frames), from the values
         ``plane`` of the mask image at its own size; a 422 on ``field`` for one it refuses."""
         ...
@@ -92,8 +99,15 @@ def resolve(inp: JobInput, task: EndpointTask) -> TaskJob:
     if task == "":
         assert isinstance(inp, VaceTaskInput)
         base = base_job(inp)
-        return TaskJob(base.recipe, base.mask, BASE_SIDES if base.recipe == "outpainting" else (), BASE_RATIO,
-                       BASE_TRIM, BASE_ZOOM, base.notes + _text_notes(inp, base.recipe))
+        return TaskJob(
+            base.recipe,
+            base.mask,
+            BASE_SIDES if base.recipe == "outpainting" else (),
+            BASE_RATIO,
+            BASE_TRIM,
+            BASE_ZOOM,
+            base.notes + _text_notes(inp, base.recipe),
+        )
     if task == "inpainting":
         assert isinstance(inp, InpaintingFunInput)
         mask, notes = inpainting_mask(inp)
@@ -140,9 +154,16 @@ class Source:
         return self.control if self.info is not None else []
 
 
-def prepare(inp: JobInput, job: TaskJob, workdir: Path, ctx: JobContext,
-            frame_image: Image.Image | None = None, *, codecs: Codecs | None = None,
-            tracking: MaskFollower | None = None) -> Source:
+def prepare(
+    inp: JobInput,
+    job: TaskJob,
+    workdir: Path,
+    ctx: JobContext,
+    frame_image: Image.Image | None = None,
+    *,
+    codecs: Codecs | None = None,
+    tracking: MaskFollower | None = None,
+) -> Source:
     """Fetch the video (and mask), plan the frames and build ``job``'s source (rules in the module docstring).
     ``frame_image``: the first or last frame image, which sizes a job without video. ``codecs``: the worker's,
     whose NVDEC then decodes the video where it suits (``Codecs.decode_gpu``); None decodes on the CPU.
@@ -150,30 +171,39 @@ def prepare(inp: JobInput, job: TaskJob, workdir: Path, ctx: JobContext,
     assert inp.frames_per_second is not None  # the schema reads null as the default
     if job.recipe == "text":
         timing = _temporal(inp, round_frames(inp.num_frames), float(inp.frames_per_second))
-        width, height = output_size(inp.resolution, inp.aspect_ratio, *(frame_image.size if frame_image else
-                                                                         NATIVE_SIZE))
+        width, height = output_size(
+            inp.resolution, inp.aspect_ratio, *(frame_image.size if frame_image else NATIVE_SIZE)
+        )
         return Source(timing, width, height, grey_frames(timing.generate_frames, width, height), None, None, None)
     assert inp.video_url is not None  # resolve() refused a recipe with video but without one
     video_path = fetch_to_file(inp.video_url, "video_url", workdir, ctx)
     info = probe_video(video_path)
     check_video_limits(info, ctx.limits)
-    plan = plan_frames(info, num_frames=inp.num_frames, frames_per_second=inp.frames_per_second,
-                       match_input_num_frames=inp.match_input_num_frames,
-                       match_input_frames_per_second=inp.match_input_frames_per_second)
+    plan = plan_frames(
+        info,
+        num_frames=inp.num_frames,
+        frames_per_second=inp.frames_per_second,
+        match_input_num_frames=inp.match_input_num_frames,
+        match_input_frames_per_second=inp.match_input_frames_per_second,
+    )
     timing = _temporal(inp, plan.num_frames, plan.fps)
     indices = [plan.source_indices[j] for j in timing.control_indices]
     frames = read_frames(video_path, indices, nvdec_gpu=codecs.decode_gpu(info) if codecs else None)
-    source = Source(timing, *output_size(inp.resolution, inp.aspect_ratio, info.width, info.height), frames, None,
-                    info, plan)
+    source = Source(
+        timing, *output_size(inp.resolution, inp.aspect_ratio, info.width, info.height), frames, None, info, plan
+    )
     log = source.notes.append
     if job.recipe == "inpainting":
         assert job.mask is not None
-        source.masks, source.mask_mode = _inpainting_masks(job.mask, info, frames, indices, source.width,
-                                                           source.height, workdir, ctx, tracking, log)
+        source.masks, source.mask_mode = _inpainting_masks(
+            job.mask, info, frames, indices, source.width, source.height, workdir, ctx, tracking, log
+        )
     elif job.recipe == "outpainting":
         placement = plan_outpaint(info.width, info.height, job.sides, job.ratio, inp.resolution, inp.aspect_ratio)
-        log(f"outpainting: {', '.join(job.sides)} grow by {job.ratio:g} of the source's width (left, right) or "
-            "height (top, bottom); " + describe_placement(placement))
+        log(
+            f"outpainting: {', '.join(job.sides)} grow by {job.ratio:g} of the source's width (left, right) or "
+            "height (top, bottom); " + describe_placement(placement)
+        )
         _place(source, placement)
     elif job.recipe == "reframe":
         placement, bars = plan_reframe(frames, job.trim, job.zoom, inp.resolution, inp.aspect_ratio)
@@ -182,8 +212,9 @@ def prepare(inp: JobInput, job: TaskJob, workdir: Path, ctx: JobContext,
         elif placement.crop is None:
             log("reframe: no letterbox or pillarbox bars found")
         else:
-            log(f"reframe: bars trimmed (top {bars.top}, bottom {bars.bottom}, left {bars.left}, right {bars.right} "
-                "px)")
+            log(
+                f"reframe: bars trimmed (top {bars.top}, bottom {bars.bottom}, left {bars.left}, right {bars.right} px)"
+            )
         log(f"reframe: zoom {job.zoom:g}; " + describe_placement(placement))
         if placement.generated_share == 0:
             log("reframe: the picture covers the whole canvas, nothing around it is generated")
@@ -198,22 +229,40 @@ def frame_images(inp: JobInput, workdir: Path, ctx: JobContext) -> tuple[Image.I
     return first, last
 
 
-def conditioning(inp: JobInput, source: Source, control: Sequence[np.ndarray], first: Image.Image | None,
-                 last: Image.Image | None, refs: list[Image.Image] | None = None) -> Conditioning:
+def conditioning(
+    inp: JobInput,
+    source: Source,
+    control: Sequence[np.ndarray],
+    first: Image.Image | None,
+    last: Image.Image | None,
+    refs: list[Image.Image] | None = None,
+) -> Conditioning:
     """The VACE conditioning of ``source`` with ``control`` as its frames (the source's own, or the annotator's),
     its masks, the first/last frame images and the reference images."""
     timing = source.timing
-    return build_conditioning(control, source.width, source.height, masks=source.masks, first_frame=first,
-                              last_frame=last, last_index=timing.generate_frames - 1 - timing.held_frames,
-                              reference_images=refs, transparency_mode=inp.transparency_mode)
+    return build_conditioning(
+        control,
+        source.width,
+        source.height,
+        masks=source.masks,
+        first_frame=first,
+        last_frame=last,
+        last_index=timing.generate_frames - 1 - timing.held_frames,
+        reference_images=refs,
+        transparency_mode=inp.transparency_mode,
+    )
 
 
 def _temporal(inp: JobInput, frames: int, fps: float) -> TemporalPlan:
     """The request's generation and interpolation plan for a timeline of ``frames`` at ``fps``."""
-    return plan_temporal(frames, fps, num_interpolated_frames=inp.num_interpolated_frames,
-                         temporal_downsample_factor=inp.temporal_downsample_factor,
-                         enable_auto_downsample=inp.enable_auto_downsample,
-                         auto_downsample_min_fps=inp.auto_downsample_min_fps)
+    return plan_temporal(
+        frames,
+        fps,
+        num_interpolated_frames=inp.num_interpolated_frames,
+        temporal_downsample_factor=inp.temporal_downsample_factor,
+        enable_auto_downsample=inp.enable_auto_downsample,
+        auto_downsample_min_fps=inp.auto_downsample_min_fps,
+    )
 
 
 def _place(source: Source, placement: Placement) -> None:
@@ -225,13 +274,24 @@ def _place(source: Source, placement: Placement) -> None:
 
 def describe_placement(p: Placement) -> str:
     """The job log's account of where the source lands on the canvas."""
-    return (f"the source ({p.w}x{p.h}) is placed at ({p.x}, {p.y}) on the {p.width}x{p.height} output; "
-            f"{p.generated_share:.0%} of the canvas is generated")
+    return (
+        f"the source ({p.w}x{p.h}) is placed at ({p.x}, {p.y}) on the {p.width}x{p.height} output; "
+        f"{p.generated_share:.0%} of the canvas is generated"
+    )
 
 
-def _inpainting_masks(mask: MaskRef, info: VideoInfo, frames: list[np.ndarray], indices: Sequence[int], width: int,
-                      height: int, workdir: Path, ctx: JobContext, tracking: MaskFollower | None,
-                      log: Callable[[str], None]) -> tuple[list[np.ndarray], MaskMode]:
+def _inpainting_masks(
+    mask: MaskRef,
+    info: VideoInfo,
+    frames: list[np.ndarray],
+    indices: Sequence[int],
+    width: int,
+    height: int,
+    workdir: Path,
+    ctx: JobContext,
+    tracking: MaskFollower | None,
+    log: Callable[[str], None],
+) -> tuple[list[np.ndarray], MaskMode]:
     """The inpainting masks at the output size, one per generated frame, and the mask mode: a mask video read at the
     video frames the plan reads (``indices``), or one mask image tracked through the planned ``frames`` (with
     ``tracking``) or applied to every one of them."""

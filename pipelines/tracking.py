@@ -47,8 +47,15 @@ class MaskTracking:
     expand_ratio: float
     threshold: float
 
-    def masks(self, frames: Sequence[np.ndarray], plane: np.ndarray, field: str, width: int, height: int,
-              log: Callable[[str], None]) -> list[np.ndarray]:
+    def masks(
+        self,
+        frames: Sequence[np.ndarray],
+        plane: np.ndarray,
+        field: str,
+        width: int,
+        height: int,
+        log: Callable[[str], None],
+    ) -> list[np.ndarray]:
         """KEEP/GENERATE masks at ``width`` x ``height``, one per frame of ``frames`` (the planned frames at the
         video's size): the mask image's values ``plane`` binarised at the video's size, tracked from the first
         frame, grown and fitted (module docstring). A 422 on ``field`` for a mask that marks nothing or
@@ -61,9 +68,11 @@ class MaskTracking:
         for tracked in tracker.track(frames, prompt, self.threshold):
             masks.append(fitted(expand_mask(tracked, self.expand_ratio), video_size, width, height))
         seconds = time.perf_counter() - started
-        log(f"mask tracking: {self.key} followed the first frame's mask through {len(frames)} frames in "
+        log(
+            f"mask tracking: {self.key} followed the first frame's mask through {len(frames)} frames in "
             f"{seconds:.1f} s ({len(frames) / max(seconds, 1e-9):.1f} frames/s); masks grown by "
-            f"{self.expand_ratio:g} of their box per side, object where SAM2's probability > {self.threshold:g}")
+            f"{self.expand_ratio:g} of their box per side, object where SAM2's probability > {self.threshold:g}"
+        )
         return masks
 
 

@@ -88,12 +88,20 @@ def probe_video(path: Path, field: str = "video_url") -> VideoInfo:
     if fps <= 0:
         raise InputError(field, "the video's frame rate cannot be determined", DECODE_ERROR)
     width, height = meta["size"]
-    return VideoInfo(width=width, height=height, fps=fps, num_frames=num_frames, duration=num_frames / fps,
-                     codec=str(meta.get("codec", "")), pix_fmt=str(meta.get("pix_fmt", "")).split("(")[0].strip())
+    return VideoInfo(
+        width=width,
+        height=height,
+        fps=fps,
+        num_frames=num_frames,
+        duration=num_frames / fps,
+        codec=str(meta.get("codec", "")),
+        pix_fmt=str(meta.get("pix_fmt", "")).split("(")[0].strip(),
+    )
 
 
-def iter_frames(path: Path, field: str = "video_url",
-                nvdec_gpu: int | None = None) -> Generator[np.ndarray, None, None]:
+def iter_frames(
+    path: Path, field: str = "video_url", nvdec_gpu: int | None = None
+) -> Generator[np.ndarray, None, None]:
     """Yield every frame as a read-only uint8 HxWx3 RGB array (a view on ffmpeg's bytes: copy before editing),
     decoded on the CPU or (``nvdec_gpu``) on that GPU's NVDEC.
 
@@ -112,8 +120,9 @@ def iter_frames(path: Path, field: str = "video_url",
             yield np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3)
 
 
-def read_frames(path: Path, indices: Sequence[int], field: str = "video_url",
-                nvdec_gpu: int | None = None) -> list[np.ndarray]:
+def read_frames(
+    path: Path, indices: Sequence[int], field: str = "video_url", nvdec_gpu: int | None = None
+) -> list[np.ndarray]:
     """The frames at ``indices`` (non-decreasing, repeats allowed), decoding the stream once (on that GPU's NVDEC
     with ``nvdec_gpu``; a decode there that fails or ends before the last index is done again on the CPU).
 
@@ -128,8 +137,9 @@ def read_frames(path: Path, indices: Sequence[int], field: str = "video_url",
         try:
             picked, complete = _pick(path, indices, field, nvdec_gpu)
         except InputError as exc:
-            log.warning("NVDEC on GPU %d could not decode %s (%s); decoding it on the CPU", nvdec_gpu, path.name,
-                        exc.msg)
+            log.warning(
+                "NVDEC on GPU %d could not decode %s (%s); decoding it on the CPU", nvdec_gpu, path.name, exc.msg
+            )
         else:
             if complete:
                 return picked
@@ -155,16 +165,18 @@ def _pick(path: Path, indices: Sequence[int], field: str, nvdec_gpu: int | None)
     return picked, complete
 
 
-def _start_decoder(path: Path, field: str,
-                   nvdec_gpu: int | None = None) -> tuple[dict[str, Any], Generator[bytes, None, None]]:
+def _start_decoder(
+    path: Path, field: str, nvdec_gpu: int | None = None
+) -> tuple[dict[str, Any], Generator[bytes, None, None]]:
     """Start ffmpeg and read its header; the caller owns (and must close) the returned frame generator."""
     if not path.is_file():
         raise InputError(field, "video file not found", DECODE_ERROR)
     if path.stat().st_size == 0:
         raise InputError(field, "the video file is empty", DECODE_ERROR)
     input_params, output_params = decode_params(nvdec_gpu)
-    frames = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24", input_params=input_params,
-                                        output_params=output_params)
+    frames = imageio_ffmpeg.read_frames(
+        str(path), pix_fmt="rgb24", input_params=input_params, output_params=output_params
+    )
     try:
         meta = next(frames)
     except (OSError, RuntimeError, ValueError, IndexError) as exc:  # the last two: a header with no video stream

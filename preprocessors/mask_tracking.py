@@ -47,8 +47,14 @@ class _PlannedSession(Sam2VideoInferenceSession):
     clip's length, as ``init_video_session(video=...)``'s session does, while holding only the frames in hand."""
 
     def __init__(self, total: int, height: int, width: int, device: torch.device) -> None:
-        super().__init__(video_height=height, video_width=width, inference_device=device,
-                         inference_state_device=device, video_storage_device=device, dtype=torch.float32)
+        super().__init__(
+            video_height=height,
+            video_width=width,
+            inference_device=device,
+            inference_state_device=device,
+            video_storage_device=device,
+            dtype=torch.float32,
+        )
         self.pixels: dict[int, torch.Tensor] = {}  # the frames in hand: the model reads them as processed_frames
         self.processed_frames = self.pixels
         self.total = total
@@ -61,8 +67,9 @@ class _PlannedSession(Sam2VideoInferenceSession):
 class Sam2Tracker:
     """SAM2.1 video propagation of one first-frame mask, loaded once and run per clip."""
 
-    def __init__(self, model: Sam2VideoModel, processor: Sam2VideoProcessor, device: torch.device, *,
-                 offload: bool = False) -> None:
+    def __init__(
+        self, model: Sam2VideoModel, processor: Sam2VideoProcessor, device: torch.device, *, offload: bool = False
+    ) -> None:
         """``offload``: keep the model in host memory between clips and on ``device`` only while it tracks (the
         server's offload memory modes, where the video model needs the device's memory)."""
         self.model = model.eval()
@@ -95,8 +102,9 @@ class Sam2Tracker:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
 
-    def track(self, frames: Sequence[np.ndarray], first_mask: np.ndarray, threshold: float = 0.5
-              ) -> Iterator[np.ndarray]:
+    def track(
+        self, frames: Sequence[np.ndarray], first_mask: np.ndarray, threshold: float = 0.5
+    ) -> Iterator[np.ndarray]:
         """Boolean masks of the object ``first_mask`` marks on ``frames[0]`` (True = the object), one per frame at
         the frames' size, in order: ``first_mask`` itself, then SAM2's where its probability exceeds ``threshold``."""
         if not 0.0 < threshold < 1.0:
@@ -111,14 +119,16 @@ class Sam2Tracker:
         prepared ``CHUNK_FRAMES`` at a time, so a long clip never has all of them in memory."""
         height, width = check_frame(frames[0])
         if first_mask.shape != (height, width) or first_mask.dtype != np.bool_:
-            raise ValueError(f"the first mask must be a {width}x{height} boolean array, got {first_mask.dtype} "
-                             f"{first_mask.shape}")
+            raise ValueError(
+                f"the first mask must be a {width}x{height} boolean array, got {first_mask.dtype} {first_mask.shape}"
+            )
         with self._on_device():
             session = _PlannedSession(len(frames), height, width, self.device)
-            self.processor.add_inputs_to_inference_session(session, frame_idx=0, obj_ids=OBJECT_ID,
-                                                           input_masks=first_mask)
+            self.processor.add_inputs_to_inference_session(
+                session, frame_idx=0, obj_ids=OBJECT_ID, input_masks=first_mask
+            )
             for start in range(0, len(frames), CHUNK_FRAMES):
-                chunk = list(frames[start:start + CHUNK_FRAMES])
+                chunk = list(frames[start : start + CHUNK_FRAMES])
                 for frame in chunk:
                     check_frame(frame, (height, width))
                 pixels = self.processor.video_processor(videos=chunk, device=self.device, return_tensors="pt")
@@ -127,8 +137,9 @@ class Sam2Tracker:
                 for index in range(start, start + len(chunk)):
                     out = self.model(inference_session=session, frame_idx=index)
                     self._forget(session, index)
-                    yield self.processor.post_process_masks([out.pred_masks], original_sizes=[[height, width]],
-                                                            binarize=False)[0][0, 0]
+                    yield self.processor.post_process_masks(
+                        [out.pred_masks], original_sizes=[[height, width]], binarize=False
+                    )[0][0, 0]
 
     def _forget(self, session: _PlannedSession, index: int) -> None:
         """Drop frame ``index``'s pixels and what no later frame reads: its full-resolution mask logits (the

@@ -72,8 +72,17 @@ MOVES: dict[str, str] = {
     "server.worker_group": "pipelines.worker_group",
 }
 """Old module -> new module."""
-TOP = frozenset({"server.app", "server.cli", "server.commands", "server.config", "server.backends", "server.demo",
-                 "server.falclient"})
+TOP = frozenset(
+    {
+        "server.app",
+        "server.cli",
+        "server.commands",
+        "server.config",
+        "server.backends",
+        "server.demo",
+        "server.falclient",
+    }
+)
 """The modules that stay at the top of ``server/``: a node, the command line, the settings and what they open, the
 demo and the fal-client helper (a documented import path). A flat module in neither map stops the script: its
 layer is a decision, not a default."""
@@ -129,8 +138,11 @@ def rewrite_python_prose(source: str, moves: dict[str, str]) -> str:
     starts = [0]
     for line in source.splitlines(keepends=True):
         starts.append(starts[-1] + len(line))
-    spans = [(starts[t.start[0] - 1] + t.start[1], starts[t.end[0] - 1] + t.end[1])
-             for t in tokenize.generate_tokens(io.StringIO(source).readline) if t.type in prose]
+    spans = [
+        (starts[t.start[0] - 1] + t.start[1], starts[t.end[0] - 1] + t.end[1])
+        for t in tokenize.generate_tokens(io.StringIO(source).readline)
+        if t.type in prose
+    ]
     for start, end in reversed(spans):
         source = source[:start] + rewrite_names(source[start:end], moves) + source[end:]
     return source
@@ -190,22 +202,23 @@ def rewrite_imports(source: str, old_module: str, is_package: bool, moves: dict[
                 groups.setdefault(_renamed(base, moves), []).append(name)
         relative = bool(node.level) or (crossed and base.split(".")[0] == new_module.split(".")[0])
         heads = {target: _written(target, new_module, is_package, relative) for target in groups}
-        original = "".join(lines[node.lineno - 1: end_line])[col:]
+        original = "".join(lines[node.lineno - 1 : end_line])[col:]
         original = original[: len(original) - (len(lines[end_line - 1]) - end_col)]
         as_written = [alias.name + (f" as {alias.asname}" if alias.asname else "") for alias in node.names]
         if len(groups) == 1 and next(iter(groups.values())) == as_written:
             # the same names from one place: change the "from" part only, comments and wrapping kept
             head = re.match(r"from\s+[\w.]+\s+import", original)
             assert head, original
-            text = f"from {heads[next(iter(groups))]} import" + original[head.end():]
+            text = f"from {heads[next(iter(groups))]} import" + original[head.end() :]
         else:  # ``from . import a, b`` whose modules went to different packages: one import per package
-            text = f"\n{' ' * col}".join(f"from {heads[target]} import {', '.join(names)}"
-                                          for target, names in groups.items())
+            text = f"\n{' ' * col}".join(
+                f"from {heads[target]} import {', '.join(names)}" for target, names in groups.items()
+            )
         if text != original:
             edits.append((node.lineno, col, end_line, end_col, text))
     for line, col, end_line, end_col, text in sorted(edits, reverse=True):
         before, after = lines[line - 1][:col], lines[end_line - 1][end_col:]
-        lines[line - 1: end_line] = [before + text + after]
+        lines[line - 1 : end_line] = [before + text + after]
     return "".join(lines)
 
 
@@ -213,7 +226,7 @@ def _renamed(module: str, moves: dict[str, str]) -> str:
     """``module``'s new name: a moved module, or a name inside one (``server.jobs.JobStore``), follows it."""
     for old, new in moves.items():
         if module == old or module.startswith(f"{old}."):
-            return new + module[len(old):]
+            return new + module[len(old) :]
     return module
 
 
@@ -224,8 +237,11 @@ def _chars(line: str, byte_offset: int) -> int:
 
 def text_files() -> list[Path]:
     """The tracked text files whose references are rewritten: all but this script, whose map must stay."""
-    return [ROOT / name for name in git("ls-files").splitlines()
-            if (name.endswith(TEXT_SUFFIXES) or Path(name).name in TEXT_NAMES) and ROOT / name != Path(__file__)]
+    return [
+        ROOT / name
+        for name in git("ls-files").splitlines()
+        if (name.endswith(TEXT_SUFFIXES) or Path(name).name in TEXT_NAMES) and ROOT / name != Path(__file__)
+    ]
 
 
 def python_modules() -> dict[Path, tuple[str, bool]]:
@@ -265,8 +281,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dry-run", action="store_true", help="print the moves, change nothing")
     args = parser.parse_args(argv)
-    unplaced = sorted(f"server/{path.name}" for path in (ROOT / "server").glob("*.py")
-                      if f"server.{path.stem}" not in MOVES.keys() | TOP and path.stem != "__init__")
+    unplaced = sorted(
+        f"server/{path.name}"
+        for path in (ROOT / "server").glob("*.py")
+        if f"server.{path.stem}" not in MOVES.keys() | TOP and path.stem != "__init__"
+    )
     if unplaced:
         print(f"error: {', '.join(unplaced)}: in no layer; add to MOVES (or TOP)", file=sys.stderr)
         return 1
@@ -300,15 +319,22 @@ def main(argv: list[str] | None = None) -> int:
     python += [str((ROOT / path_of(package).with_suffix("") / "__init__.py").relative_to(ROOT)) for package in PACKAGES]
     ruff = shutil.which("ruff") or shutil.which("ruff", path=str(Path(sys.executable).parent))
     if ruff and python:  # the rewritten imports in isort's order; the code's line length
-        subprocess.run([ruff, "check", "--quiet", "--select", "I", "--fix", "--line-length", "120", *python],
-                       cwd=ROOT, check=False)
-    long_lines = [f"{moved.get(path, path).relative_to(ROOT)}:{number}" for path in contents if path.suffix == ".py"
-                  for number, line in enumerate(moved.get(path, path).read_text().splitlines(), 1)
-                  if len(line) > 120 and line not in originals[path]]
+        subprocess.run(
+            [ruff, "check", "--quiet", "--select", "I", "--fix", "--line-length", "120", *python], cwd=ROOT, check=False
+        )
+    long_lines = [
+        f"{moved.get(path, path).relative_to(ROOT)}:{number}"
+        for path in contents
+        if path.suffix == ".py"
+        for number, line in enumerate(moved.get(path, path).read_text().splitlines(), 1)
+        if len(line) > 120 and line not in originals[path]
+    ]
     if long_lines:
         print(f"{len(long_lines)} lines now exceed 120 characters; rewrap them:", *long_lines, sep="\n  ")
-    print(f"moved {len(moves)} modules, rewrote {len(contents)} files; review with `git diff --cached -M` and "
-          "`git diff`, then run the tests")
+    print(
+        f"moved {len(moves)} modules, rewrote {len(contents)} files; review with `git diff --cached -M` and "
+        "`git diff`, then run the tests"
+    )
     return 0
 
 

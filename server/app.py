@@ -92,25 +92,51 @@ class Node:
         changes = Changes()
         metrics = Metrics(store)
         managers, group = cls._workers(config, metrics) if not config.no_workers else ([], None)
-        webhooks = None if signer is None else Webhooks(
-            store, signer, ctx, attempts=config.webhook_attempts, backoff_s=config.webhook_backoff_s,
-            timeout_s=config.webhook_timeout_s, lease_s=config.lease_s, concurrency=config.webhook_concurrency,
-            on_outcome=lambda outcome: metrics.webhook_deliveries.labels(outcome).inc())
+        webhooks = (
+            None
+            if signer is None
+            else Webhooks(
+                store,
+                signer,
+                ctx,
+                attempts=config.webhook_attempts,
+                backoff_s=config.webhook_backoff_s,
+                timeout_s=config.webhook_timeout_s,
+                lease_s=config.lease_s,
+                concurrency=config.webhook_concurrency,
+                on_outcome=lambda outcome: metrics.webhook_deliveries.labels(outcome).inc(),
+            )
+        )
         if config.fetch_allow and not config.webhook_allow:
             log.info("--fetch-allow permits media sources only; non-public webhook targets need --webhook-allow")
         pool: Workers
         if config.no_workers or config.worker_threads:
-            pool = WorkerPool(store=store, files=files, metrics=metrics, managers=managers, work_dir=config.work_dir,
-                              ctx=ctx, lease_s=config.lease_s, max_attempts=config.max_attempts,
-                              runs_jobs=not config.no_workers, models=config.models,
-                              switch_after_s=config.switch_after_s, group=group,
-                              intermediates=intermediates(config))
+            pool = WorkerPool(
+                store=store,
+                files=files,
+                metrics=metrics,
+                managers=managers,
+                work_dir=config.work_dir,
+                ctx=ctx,
+                lease_s=config.lease_s,
+                max_attempts=config.max_attempts,
+                runs_jobs=not config.no_workers,
+                models=config.models,
+                switch_after_s=config.switch_after_s,
+                group=group,
+                intermediates=intermediates(config),
+            )
         else:  # the managers stay here to check requests; each worker process loads its own
             from .worker_process import WorkerProcesses  # the model stack: only a node that runs workers
 
             pool = WorkerProcesses(config, store, metrics, managers)
-        retention = Retention(store, files, max_age_s=config.retention_s, interval_s=config.retention_sweep_s,
-                              deleted=metrics.retention_deleted)
+        retention = Retention(
+            store,
+            files,
+            max_age_s=config.retention_s,
+            interval_s=config.retention_sweep_s,
+            deleted=metrics.retention_deleted,
+        )
         upkeep = Upkeep(store, max_attempts=config.max_attempts)
         return cls(config, store, files, ctx, changes, metrics, webhooks, pool, upkeep, retention)
 
@@ -123,13 +149,21 @@ class Node:
 
         from .worker_group import WorkerGroup
 
-        managers = [ModelManager(config.weights_dir, device=d, max_models=config.max_models, runtime=config.runtime)
-                    for d in resolve_devices(config.devices)]
+        managers = [
+            ModelManager(config.weights_dir, device=d, max_models=config.max_models, runtime=config.runtime)
+            for d in resolve_devices(config.devices)
+        ]
         if not config.parallel:
             return managers, None
         # One worker, rank 0 on the first device; until its group starts, a plain manager there.
-        group = WorkerGroup(ParallelSpec.parse(config.parallel), config.devices, config.weights_dir, config.runtime,
-                            config.max_models, on_restart=lambda _cause: metrics.group_restart())
+        group = WorkerGroup(
+            ParallelSpec.parse(config.parallel),
+            config.devices,
+            config.weights_dir,
+            config.runtime,
+            config.max_models,
+            on_restart=lambda _cause: metrics.group_restart(),
+        )
         metrics.show_group(group.describe())
         return managers[:1], group
 
@@ -178,8 +212,9 @@ def create_app(config: Settings) -> FastAPI:
     node = Node.build(config, secrets.signer)
     auth = Auth(config.api_keys, secrets.secret, config.admin_keys)
     if renamed := node.store.rename_owners(auth.renamed_owners):
-        log.warning("renamed the owner of %d jobs from an earlier release's unkeyed hash of the key to its keyed id",
-                    renamed)
+        log.warning(
+            "renamed the owner of %d jobs from an earlier release's unkeyed hash of the key to its keyed id", renamed
+        )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -193,9 +228,9 @@ def create_app(config: Settings) -> FastAPI:
         title="vace-server",
         version="0.1.0",
         summary="Self-hosted, fal-compatible Wan VACE: pose, depth, inpainting, outpainting, reframe and text/image "
-                "to video",
-        description="fal's HTTP protocol for " + ", ".join(
-            f"`{a}`, `{a}/{{{'|'.join(t for t in ENDPOINT_TASKS if t)}}}`" for a in APPS)
+        "to video",
+        description="fal's HTTP protocol for "
+        + ", ".join(f"`{a}`, `{a}/{{{'|'.join(t for t in ENDPOINT_TASKS if t)}}}`" for a in APPS)
         + ". Authenticate with `Authorization: Key <key>` when the server has API keys.",
         lifespan=lifespan,
     )
@@ -216,18 +251,28 @@ def create_app(config: Settings) -> FastAPI:
     app.add_middleware(RequestIdHeader)
     files = node.files
     app.add_middleware(
-        RequestGuard, auth=auth, hosts=HostPolicy(config.accepted_hosts()),
+        RequestGuard,
+        auth=auth,
+        hosts=HostPolicy(config.accepted_hosts()),
         upload_is_open=lambda upload_id: (u := files.pending(upload_id)) is not None and auth.is_active(u.owner),
         limits={Body.JSON: config.max_body_bytes, Body.UPLOAD: config.max_upload_bytes, Body.PARTS: PARTS_BODY_BYTES},
     )
     if config.cors_origins:  # outermost, so a preflight is answered before the guard asks for a key
         if not config.auth_enabled:
-            log.warning("--cors-origins %s without an API key: pages from %s can submit, read and cancel every "
-                        "job of this server and upload to it; set --api-keys, or drop --cors-origins",
-                        ",".join(config.cors_origins), "any origin" if "*" in config.cors_origins else "there")
-        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["*"],
-                           allow_headers=["*"], expose_headers=["x-fal-request-id", "x-fal-error-type"],
-                           allow_credentials=False)
+            log.warning(
+                "--cors-origins %s without an API key: pages from %s can submit, read and cancel every "
+                "job of this server and upload to it; set --api-keys, or drop --cors-origins",
+                ",".join(config.cors_origins),
+                "any origin" if "*" in config.cors_origins else "there",
+            )
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(config.cors_origins),
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=["x-fal-request-id", "x-fal-error-type"],
+            allow_credentials=False,
+        )
 
     @app.exception_handler(RequestValidationError)
     @app.exception_handler(InputError)
@@ -255,7 +300,8 @@ def serve(config: Settings, *, log_level: str = "info", access_log: bool = False
         cert, key = ensure_certificate(config.tls_dir, certificate_names(config.host, public_host))
         ssl = {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
         how = "fal-client environment:\n" + "\n".join(
-            f"  export {line}" for line in fal_client_env(hostport, cert, config.auth_enabled))
+            f"  export {line}" for line in fal_client_env(hostport, cert, config.auth_enabled)
+        )
     else:
         how = f'fal-client: from server.falclient import use_server; use_server("http://{hostport}")'
     app = create_app(config)
@@ -263,5 +309,6 @@ def serve(config: Settings, *, log_level: str = "info", access_log: bool = False
     scheme = "https" if config.tls else "http"
     auth = "on" if config.auth_enabled else "off"
     print(f"vace server on {scheme}://{hostport} (data: {config.data_dir}; auth {auth})\n{how}", flush=True)
-    uvicorn.Server(uvicorn_config(app, config, log_level=log_level, access_log=access_log,
-                                  timeout_graceful_shutdown=5, **ssl)).run()
+    uvicorn.Server(
+        uvicorn_config(app, config, log_level=log_level, access_log=access_log, timeout_graceful_shutdown=5, **ssl)
+    ).run()

@@ -32,8 +32,12 @@ from datetime import UTC, datetime
 from fastapi.security import APIKeyHeader
 
 UPLOAD_TOKEN_TTL_S = 3600
-API_KEY_HEADER = APIKeyHeader(name="Authorization", auto_error=False, scheme_name="FalKey",
-                              description="`Key <your key>`, when the server has API keys")
+API_KEY_HEADER = APIKeyHeader(
+    name="Authorization",
+    auto_error=False,
+    scheme_name="FalKey",
+    description="`Key <your key>`, when the server has API keys",
+)
 """The key as an OpenAPI security scheme; the request guard (``server/guard.py``) enforces it before any body."""
 _TOKEN_RE = re.compile(r"([0-9]{1,12})\.([0-9a-f]{64})", re.ASCII)
 

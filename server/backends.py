@@ -45,19 +45,33 @@ def open_files(config: Settings) -> FileStore:
     if config.files_bucket:
         from .s3_files import S3FileStore
 
-        return S3FileStore(config.files_bucket, max_bytes=config.max_upload_bytes, spool_dir=config.data_dir / "spool",
-                           url_ttl_s=config.files_url_ttl_s, public_url=config.files_public_url)
+        return S3FileStore(
+            config.files_bucket,
+            max_bytes=config.max_upload_bytes,
+            spool_dir=config.data_dir / "spool",
+            url_ttl_s=config.files_url_ttl_s,
+            public_url=config.files_public_url,
+        )
     return LocalFileStore(config.files_dir, config.uploads_dir, config.max_upload_bytes)
 
 
 def job_context(config: Settings, files: FileStore) -> JobContext:
     """This node's rules for its jobs: its limits and allow-lists, its own files read from the store, no local paths
     from remote callers, and its LoRA download cache."""
-    return JobContext(limits=config.limits, fetch_allow=config.fetch_allow, webhook_allow=config.webhook_allow,
-                      local_files=files.fetch, local_paths=False, lora_cache=config.lora_cache())
+    return JobContext(
+        limits=config.limits,
+        fetch_allow=config.fetch_allow,
+        webhook_allow=config.webhook_allow,
+        local_files=files.fetch,
+        local_paths=False,
+        lora_cache=config.lora_cache(),
+    )
 
 
 def intermediates(config: Settings) -> Intermediates:
     """How often this node's jobs write checkpoints and live previews."""
-    return Intermediates(checkpoint_every_steps=config.checkpoint_every_steps,
-                         checkpoint_every_s=config.checkpoint_every_s, preview_every_steps=config.preview_every_steps)
+    return Intermediates(
+        checkpoint_every_steps=config.checkpoint_every_steps,
+        checkpoint_every_s=config.checkpoint_every_s,
+        preview_every_steps=config.preview_every_steps,
+    )

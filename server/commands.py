@@ -56,6 +56,7 @@ def print_input_error(detail: list[dict[str, Any]]) -> None:
 
 def _exit_status(command: Callable[P, int]) -> Callable[P, int]:
     """A command that reports a job's refusal (2, per field) or failure (1, one line) instead of a traceback."""
+
     @functools.wraps(command)
     def reporting(*args: P.args, **kwargs: P.kwargs) -> int:
         try:
@@ -71,9 +72,17 @@ def _exit_status(command: Callable[P, int]) -> Callable[P, int]:
 
 
 @_exit_status
-def generate_to_file(settings: Settings, task: EndpointTask, fields: dict[str, Any], output: Path, *,
-                     model: str | None = None, quiet: bool = False, parallel: str | None = None,
-                     preview: Path | None = None) -> int:
+def generate_to_file(
+    settings: Settings,
+    task: EndpointTask,
+    fields: dict[str, Any],
+    output: Path,
+    *,
+    model: str | None = None,
+    quiet: bool = False,
+    parallel: str | None = None,
+    preview: Path | None = None,
+) -> int:
     """Run one job of the endpoint ``task`` ("" = the base endpoint) from request ``fields`` and write its video to
     ``output`` (beside it: a frames zip, if asked for, and the video of a tracked mask); prints the output JSON.
     ``parallel``: a ``--parallel`` spec; the job then runs on a local group, this process being rank 0 (CUDA: one
@@ -128,14 +137,26 @@ def generate_to_file(settings: Settings, task: EndpointTask, fields: dict[str, A
             group = None
             if parallel:
                 spec = ParallelSpec.parse(parallel)
-                devices = ([f"cuda:{i}" for i in range(spec.world_size)] if torch.cuda.is_available()
-                           else ["cpu"] * spec.world_size)
+                devices = (
+                    [f"cuda:{i}" for i in range(spec.world_size)]
+                    if torch.cuda.is_available()
+                    else ["cpu"] * spec.world_size
+                )
                 group = stack.enter_context(job_group(spec, settings.weights_dir, settings.runtime, devices))
-            models = ModelManager(settings.weights_dir, device=devices[0] if group else None, runtime=settings.runtime,
-                                  group=group)
+            models = ModelManager(
+                settings.weights_dir, device=devices[0] if group else None, runtime=settings.runtime, group=group
+            )
             workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="vace-job-"))
-            result = generate(inp, task=task, model=model, manager=models, workdir=Path(workdir), publish=publish,
-                              hooks=hooks, ctx=JobContext(lora_cache=settings.lora_cache()))
+            result = generate(
+                inp,
+                task=task,
+                model=model,
+                manager=models,
+                workdir=Path(workdir),
+                publish=publish,
+                hooks=hooks,
+                ctx=JobContext(lora_cache=settings.lora_cache()),
+            )
     finally:
         bar.close()
     print(result.model_dump_json(indent=2, exclude_none=True))
@@ -158,8 +179,10 @@ def preprocess_to_file(settings: Settings, task: Task, video: str, output: Path,
         preprocessor = models.preprocessor(task, annotator)
         frames = preprocessor.process(iter_frames(path, nvdec_gpu=models.codecs.decode_gpu(info)))
         encoded = write_control_video(frames, output, info.fps, quality="maximum", encoder=models.codecs.encoder)
-    print(f"{task} control video: {encoded.path} ({encoded.width}x{encoded.height}, "
-          f"{encoded.num_frames} frames at {encoded.fps:g} fps)")
+    print(
+        f"{task} control video: {encoded.path} ({encoded.width}x{encoded.height}, "
+        f"{encoded.num_frames} frames at {encoded.fps:g} fps)"
+    )
     return 0
 
 
@@ -199,8 +222,10 @@ def preprocess_edit_to_dir(settings: Settings, task: EndpointTask, fields: dict[
     fps = source.timing.generate_fps
     video = write_control_video((np.asarray(f) for f in cond.video), out_dir / "src_video.mp4", fps, "maximum")
     mask = write_mask_video((np.asarray(m) for m in cond.mask), out_dir / "src_mask.mp4", fps, "maximum")
-    print(f"{task} conditioning: {video.path} and {mask.path} ({video.width}x{video.height}, {video.num_frames} "
-          f"frames at {fps:g} fps)")
+    print(
+        f"{task} conditioning: {video.path} and {mask.path} ({video.width}x{video.height}, {video.num_frames} "
+        f"frames at {fps:g} fps)"
+    )
     return 0
 
 
@@ -211,12 +236,15 @@ def exposure_refusal(settings: Settings, insecure_no_auth: bool = False) -> str 
 
     if settings.auth_enabled or is_loopback(settings.host) or insecure_no_auth:
         return None
-    return (f"{settings.host} is reachable from other machines and no API key is set; pass --api-keys KEY "
-            "(or VACE_API_KEYS), or --insecure-no-auth to serve without auth anyway")
+    return (
+        f"{settings.host} is reachable from other machines and no API key is set; pass --api-keys KEY "
+        "(or VACE_API_KEYS), or --insecure-no-auth to serve without auth anyway"
+    )
 
 
-def serve(settings: Settings, *, insecure_no_auth: bool = False, log_level: str = "info",
-          access_log: bool = False) -> int:
+def serve(
+    settings: Settings, *, insecure_no_auth: bool = False, log_level: str = "info", access_log: bool = False
+) -> int:
     """Run the server in the foreground; refuses to serve other machines without keys unless told to."""
     from pipelines.codecs import EncoderUnavailable
     from server.app import serve as run_server
@@ -248,8 +276,10 @@ def make_secrets(folder: Path) -> int:
     from server.node_secrets import make_secrets as make
 
     written = make(folder)
-    print(f"{folder}: {'wrote ' + ' and '.join(written) if written else 'both files exist already; kept them'}. "
-          "Give this folder (the same files) to every API node as --secrets-dir; never to worker nodes.")
+    print(
+        f"{folder}: {'wrote ' + ' and '.join(written) if written else 'both files exist already; kept them'}. "
+        "Give this folder (the same files) to every API node as --secrets-dir; never to worker nodes."
+    )
     return 0
 
 
@@ -274,8 +304,11 @@ def worker(settings: Settings, *, metrics_port: int | None = None) -> int:
         stopped = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             asyncio.get_running_loop().add_signal_handler(sig, stopped.set)
-        where = (f"{' '.join(settings.devices)} as one job group ({settings.parallel})" if settings.parallel
-                 else ", ".join(str(device) for device in resolve_devices(settings.devices)))
+        where = (
+            f"{' '.join(settings.devices)} as one job group ({settings.parallel})"
+            if settings.parallel
+            else ", ".join(str(device) for device in resolve_devices(settings.devices))
+        )
         print(f"vace worker on {where} (store: {'shared' if settings.shared_store else 'sqlite'})", flush=True)
         await stopped.wait()
         await node.stop()

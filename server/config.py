@@ -38,9 +38,12 @@ MAX_PRESIGNED_TTL_S = 7 * 24 * 3600
 """SigV4 presigned URLs are valid for at most seven days; stores refuse a longer ``X-Amz-Expires`` only when the URL
 is used, so a longer ``--files-url-ttl-s`` is refused here, at startup."""
 RENAMED: dict[str, tuple[str, int]] = {
-    "lease_seconds": ("lease_s", 1), "files_url_ttl": ("files_url_ttl_s", 1),
-    "expander_timeout": ("expander_timeout_s", 1), "timeout_keep_alive": ("keep_alive_timeout_s", 1),
-    "retention_hours": ("retention_s", 3600), "lora_cache_url_hours": ("lora_cache_url_s", 3600),
+    "lease_seconds": ("lease_s", 1),
+    "files_url_ttl": ("files_url_ttl_s", 1),
+    "expander_timeout": ("expander_timeout_s", 1),
+    "timeout_keep_alive": ("keep_alive_timeout_s", 1),
+    "retention_hours": ("retention_s", 3600),
+    "lora_cache_url_hours": ("lora_cache_url_s", 3600),
 }
 """Settings renamed when every duration became seconds with ``_s``: old name -> (new name, seconds per old unit).
 Operators' scripts and deployments name the old ones, so ``VACE_<OLD>`` and ``--<old>`` are still read, converted,
@@ -82,9 +85,14 @@ def renamed_value(old: str, value: Any) -> tuple[str, Any]:
     """A value given under a setting's old name (see :data:`RENAMED`) as (new name, value in the new unit), with
     the warning that tells the operator the new name."""
     new, factor = RENAMED[old]
-    log.warning("%s (VACE_%s) is renamed %s (VACE_%s)%s; the old name still works for now",
-                f"--{old.replace('_', '-')}", old.upper(), f"--{new.replace('_', '-')}", new.upper(),
-                f", in seconds: {old} x {factor}" if factor != 1 else "")
+    log.warning(
+        "%s (VACE_%s) is renamed %s (VACE_%s)%s; the old name still works for now",
+        f"--{old.replace('_', '-')}",
+        old.upper(),
+        f"--{new.replace('_', '-')}",
+        new.upper(),
+        f", in seconds: {old} x {factor}" if factor != 1 else "",
+    )
     return new, float(value) * factor if factor != 1 else value
 
 
@@ -114,8 +122,11 @@ class JobSettings(RuntimeSettings):
 
     def lora_cache(self) -> LoraCache:
         """The LoRA download cache of this process's jobs."""
-        return LoraCache(self.lora_cache_dir or self.data_dir / "lora-cache", int(self.lora_cache_gb * 1024**3),
-                         self.lora_cache_url_s)
+        return LoraCache(
+            self.lora_cache_dir or self.data_dir / "lora-cache",
+            int(self.lora_cache_gb * 1024**3),
+            self.lora_cache_url_s,
+        )
 
 
 class NodeSettings(JobSettings):
@@ -242,8 +253,9 @@ class _RenamedEnv(PydanticBaseSettingsSource):
 
     def __call__(self) -> dict[str, Any]:
         environ = {name.upper(): value for name, value in os.environ.items()}
-        return dict(renamed_value(old, environ[f"VACE_{old.upper()}"]) for old in RENAMED
-                    if f"VACE_{old.upper()}" in environ)
+        return dict(
+            renamed_value(old, environ[f"VACE_{old.upper()}"]) for old in RENAMED if f"VACE_{old.upper()}" in environ
+        )
 
 
 class Settings(BaseSettings, NodeSettings):
@@ -284,7 +296,7 @@ class Settings(BaseSettings, NodeSettings):
     """An API node: HTTP only, no workers, no model loading (workers elsewhere pull from the shared store)."""
     limit_concurrency: int = 512
     """Open connections plus running requests past which new requests get a 503 (uvicorn's limit)."""
-    keep_alive_timeout_s: float = Field(5.0, gt=0)
+    keep_alive_timeout_s: int = Field(5, gt=0)
     """Seconds an idle keep-alive connection stays open."""
     header_timeout_s: float = Field(10.0, gt=0)
     """Seconds a connection may take to send a request's line and headers (from its opening or the end of the
@@ -307,11 +319,14 @@ class Settings(BaseSettings, NodeSettings):
     """Attempts one node has in flight at once; more wait their turn."""
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
-                                   env_settings: PydanticBaseSettingsSource,
-                                   dotenv_settings: PydanticBaseSettingsSource,
-                                   file_secret_settings: PydanticBaseSettingsSource,
-                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
         """pydantic-settings' sources, with the old names of renamed settings after the environment's."""
         return init_settings, env_settings, _RenamedEnv(settings_cls), dotenv_settings, file_secret_settings
 
@@ -321,8 +336,10 @@ class Settings(BaseSettings, NodeSettings):
         """Add the keys of ``api_keys_file`` to ``api_keys``."""
         if isinstance(data, dict) and data.get("api_keys_file"):
             lines = Path(data["api_keys_file"]).read_text().splitlines()
-            data = {**data, "api_keys": [*_items(data.get("api_keys", [])),
-                                         *_items([line.split("#", 1)[0] for line in lines])]}
+            data = {
+                **data,
+                "api_keys": [*_items(data.get("api_keys", [])), *_items([line.split("#", 1)[0] for line in lines])],
+            }
         return data
 
     @property

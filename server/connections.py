@@ -156,8 +156,13 @@ def h11_protocol(deadlines: Deadlines) -> type[H11Protocol]:
 def uvicorn_config(app: Any, config: Settings, **kwargs: Any) -> uvicorn.Config:
     """The uvicorn settings of a server: connection limits and timeouts from ``config``."""
     return uvicorn.Config(
-        app, host=config.host, port=config.port, http=h11_protocol(Deadlines.of(config)),
-        limit_concurrency=config.limit_concurrency, timeout_keep_alive=config.keep_alive_timeout_s, **kwargs,
+        app,
+        host=config.host,
+        port=config.port,
+        http=h11_protocol(Deadlines.of(config)),
+        limit_concurrency=config.limit_concurrency,
+        timeout_keep_alive=config.keep_alive_timeout_s,
+        **kwargs,
     )
 
 
@@ -165,5 +170,4 @@ def raise_open_file_limit() -> None:
     """Let this process hold as many descriptors as the hard limit allows (the soft default is often 1024)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY or soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else max(soft, 65536),
-                                                    hard))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else max(soft, 65536), hard))

@@ -27,10 +27,16 @@ EDIT = {"num_frames": 17, "resolution": "240p"}
 JOBS: dict[str, tuple[EndpointTask, dict[str, str], dict[str, Any]]] = {
     "pose": ("pose", {"video_url": "pose"}, {"prompt": "a person dancing in a park, cinematic", "num_frames": 33}),
     "depth": ("depth", {"video_url": "depth"}, {"prompt": "a golden ball rolling in a room", "num_frames": 33}),
-    "inpainting": ("inpainting", {"video_url": "depth", "mask_image_url": "mask-image"},
-                   {"prompt": "a red apple rolling in a room", "mask_video_url": None, **EDIT}),
-    "outpainting": ("outpainting", {"video_url": "depth"},
-                    {"prompt": "a ball rolling in a wide hall", "expand_left": True, "expand_right": True, **EDIT}),
+    "inpainting": (
+        "inpainting",
+        {"video_url": "depth", "mask_image_url": "mask-image"},
+        {"prompt": "a red apple rolling in a room", "mask_video_url": None, **EDIT},
+    ),
+    "outpainting": (
+        "outpainting",
+        {"video_url": "depth"},
+        {"prompt": "a ball rolling in a wide hall", "expand_left": True, "expand_right": True, **EDIT},
+    ),
     "reframe": ("reframe", {"video_url": "letterbox"}, {"aspect_ratio": "9:16", **EDIT}),
     "t2v": ("", {}, {"prompt": "a cat asleep on a sofa, morning light", **EDIT}),
 }
@@ -60,9 +66,15 @@ def run_demo(weights_dir: Path, out_dir: Path) -> list[Path]:
         model = DEFAULT_MODEL_FOR_TASK[task]
         target = out_dir / f"{name}-{model}.mp4"
         app = next(app for app, key in APPS.items() if key == model)
-        inp = input_model(app, task).model_validate({
-            **{field: str(inputs[kind]) for field, kind in media.items()}, "num_inference_steps": 4, "seed": 42,
-            "acceleration": "none", **fields})
+        inp = input_model(app, task).model_validate(
+            {
+                **{field: str(inputs[kind]) for field, kind in media.items()},
+                "num_inference_steps": 4,
+                "seed": 42,
+                "acceleration": "none",
+                **fields,
+            }
+        )
 
         def publish(path: Path, _content_type: str, target: Path = target) -> str:
             destination = target.with_suffix(".mask.mp4") if path.name == MASK_VIDEO_FILE else target
@@ -77,8 +89,10 @@ def run_demo(weights_dir: Path, out_dir: Path) -> list[Path]:
             result = generate(
                 inp, task=task, model=model, manager=models, workdir=Path(workdir), publish=publish, hooks=hooks
             )
-        print(f"{name} on {model}: {target} ({result.video.width}x{result.video.height}, "
-              f"{result.video.num_frames} frames at {result.video.fps:g} fps, seed {result.seed})")
+        print(
+            f"{name} on {model}: {target} ({result.video.width}x{result.video.height}, "
+            f"{result.video.num_frames} frames at {result.video.fps:g} fps, seed {result.seed})"
+        )
         if result.mask_video is not None:
             print(f"  the tracked mask: {result.mask_video.url}")
         for field, kind in media.items():

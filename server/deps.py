@@ -26,6 +26,7 @@ from .worker import Workers
 
 def _state(name: str) -> Callable[[Request], Any]:
     """A dependency returning the app's shared object ``name`` (set on ``app.state`` by ``create_app``)."""
+
     def shared(request: Request) -> Any:
         return getattr(request.app.state, name)
 
@@ -58,15 +59,17 @@ CallerDep = Annotated[Caller, Depends(_caller)]
 BaseUrlDep = Annotated[str, Depends(_base_url)]
 
 
-def _job(request: Request, owner: str, alias: str, request_id: str, store: StoreDep, auth: AuthDep,
-         caller: CallerDep) -> Job:
+def _job(
+    request: Request, owner: str, alias: str, request_id: str, store: StoreDep, auth: AuthDep, caller: CallerDep
+) -> Job:
     """The job a request path names, if it exists under that app (and task, when the path names one) and the
     caller's key made it (or is an admin key); 404 otherwise, the same answer for "no such job" and "not yours".
     A plain function: FastAPI runs it off the event loop, as the store read blocks."""
     app, task = f"{owner}/{alias}", request.path_params.get("task")
     if app not in APPS or (task is not None and task not in ENDPOINT_TASKS):
-        raise HTTPException(404, f"unknown endpoint {app}{'/' + task if task else ''}; this server serves "
-                                 + ", ".join(ENDPOINT_IDS))
+        raise HTTPException(
+            404, f"unknown endpoint {app}{'/' + task if task else ''}; this server serves " + ", ".join(ENDPOINT_IDS)
+        )
     job = store.get(request_id)
     if job is None or job.app != app or (task is not None and job.task != task) or not auth.can_see(caller, job.owner):
         raise HTTPException(404, f"Request {request_id} not found")

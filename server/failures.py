@@ -61,30 +61,43 @@ def failure_of(exc: BaseException, device: torch.device | str = "the device") ->
         return Failure(422, {"detail": exc.detail()}, str(exc), exc.type)
     if isinstance(exc, (RequestValidationError, ValidationError)):
         # A stored input revalidated by a worker has field locs; a request's already start at body or query.
-        errors = [e if isinstance(exc, RequestValidationError) else {**e, "loc": ("body", *e["loc"])}
-                  for e in exc.errors()]
+        errors = [
+            e if isinstance(exc, RequestValidationError) else {**e, "loc": ("body", *e["loc"])} for e in exc.errors()
+        ]
         detail = validation_detail(errors)
         return Failure(422, {"detail": detail}, f"invalid input: {detail}", detail[0]["type"] if detail else "")
     if isinstance(exc, torch.OutOfMemoryError):  # torch's text names other processes on the device: logged only
         log.error("out of memory on %s: %s", device, str(exc).strip())
-        return request_failure(500, f"out of memory on {device}; try fewer frames, a lower resolution, or start the "
-                               "server with a lower --memory-mode (fp8, group_offload, model_offload)",
-                               "runner_server_error")
+        return request_failure(
+            500,
+            f"out of memory on {device}; try fewer frames, a lower resolution, or start the "
+            "server with a lower --memory-mode (fp8, group_offload, model_offload)",
+            "runner_server_error",
+        )
     if _disk_full(exc):
         log.error("out of disk space: %s", exc)
-        return request_failure(500, "out of disk space: the server ran out of disk space while running this job; "
-                               "nothing of it was kept", "runner_server_error")
+        return request_failure(
+            500,
+            "out of disk space: the server ran out of disk space while running this job; nothing of it was kept",
+            "runner_server_error",
+        )
     error_id = secrets.token_hex(6)
     log.error("internal error %s", error_id, exc_info=exc)
-    return request_failure(500, f"internal error {error_id}: the request failed on the server; its log has the "
-                           "details under this id", "internal_error")
+    return request_failure(
+        500,
+        f"internal error {error_id}: the request failed on the server; its log has the details under this id",
+        "internal_error",
+    )
 
 
 def failure_response(failure: Failure, headers: dict[str, str] | None = None) -> JSONResponse:
     """The HTTP answer of a failed request: its status, body and headers, with its error type in a header as fal
     sends it."""
-    return JSONResponse(failure.body, status_code=failure.status_code,
-                        headers={**(headers or {}), **failure.headers, ERROR_TYPE_HEADER: failure.type})
+    return JSONResponse(
+        failure.body,
+        status_code=failure.status_code,
+        headers={**(headers or {}), **failure.headers, ERROR_TYPE_HEADER: failure.type},
+    )
 
 
 def _disk_full(exc: BaseException | None) -> bool:

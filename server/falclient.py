@@ -39,7 +39,9 @@ def use_server(url: str, *, key: str | None = None, ca_file: str | os.PathLike[s
     client.QUEUE_URL_FORMAT = f"{base}/queue/"
     client.REST_URL = base
     client.CDN_URL = base
-    client.REALTIME_URL_FORMAT = f"{'wss' if parts.scheme == 'https' else 'ws'}://{parts.netloc}{parts.path.rstrip('/')}/"
+    client.REALTIME_URL_FORMAT = (
+        f"{'wss' if parts.scheme == 'https' else 'ws'}://{parts.netloc}{parts.path.rstrip('/')}/"
+    )
     if key is not None:
         os.environ["FAL_KEY"] = key
     else:

@@ -254,8 +254,10 @@ class FileStore(ABC):
         missing = listed - received.keys()
         unlisted = received.keys() - listed
         if missing or unlisted:
-            raise ValueError(f"the listed parts must be exactly the parts uploaded: not uploaded {_some(missing)}, "
-                             f"uploaded but not listed {_some(unlisted)}")
+            raise ValueError(
+                f"the listed parts must be exactly the parts uploaded: not uploaded {_some(missing)}, "
+                f"uploaded but not listed {_some(unlisted)}"
+            )
         if sum(received.values()) > self.max_bytes:
             raise UploadTooLarge(f"upload is larger than the {self.max_bytes}-byte limit")
         self._join(upload_id, sorted(part_numbers), upload.key)

@@ -57,8 +57,12 @@ _READ = frozenset({"GET", "HEAD"})
 _PUT = frozenset({"PUT"})
 _POST = frozenset({"POST"})
 RULES: list[tuple[frozenset[str], re.Pattern[str], Access, Body]] = [
-    (_READ, re.compile(r"/(health|ready|metrics|openapi\.json|docs|docs/oauth2-redirect|redoc|playground/config)?"),
-     Access.OPEN, Body.JSON),
+    (
+        _READ,
+        re.compile(r"/(health|ready|metrics|openapi\.json|docs|docs/oauth2-redirect|redoc|playground/config)?"),
+        Access.OPEN,
+        Body.JSON,
+    ),
     (_READ, re.compile(r"/static/.*"), Access.OPEN, Body.JSON),
     (_READ, re.compile(r"/\.well-known/jwks\.json"), Access.OPEN, Body.JSON),
     (_READ, re.compile(r"/files/[^/]+/[^/]+"), Access.OPEN, Body.JSON),
@@ -85,8 +89,9 @@ class BodyTooLarge(HTTPException):
     the app's handlers instead of calling it a parse error."""
 
     def __init__(self, limit: int) -> None:
-        super().__init__(413, [{"loc": ["body"], "msg": f"request body is over the {limit}-byte limit",
-                                "type": "request_too_large"}])
+        super().__init__(
+            413, [{"loc": ["body"], "msg": f"request body is over the {limit}-byte limit", "type": "request_too_large"}]
+        )
 
 
 class HostPolicy:
@@ -117,8 +122,15 @@ def _hostname(host_header: str) -> str:
 class RequestGuard:
     """ASGI middleware: host and credentials, checked before the app sees the request."""
 
-    def __init__(self, app: ASGIApp, *, auth: Auth, hosts: HostPolicy, upload_is_open: Callable[[str], bool],
-                 limits: dict[Body, int]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        auth: Auth,
+        hosts: HostPolicy,
+        upload_is_open: Callable[[str], bool],
+        limits: dict[Body, int],
+    ) -> None:
         self.app = app
         self.auth = auth
         self.hosts = hosts
@@ -132,8 +144,10 @@ class RequestGuard:
         headers = Headers(scope=scope)
         if not self.hosts.allows(headers.get("host")):
             host = headers.get("host", "")
-            message = (f"Host {host!r} is not accepted by this server: start it with --allowed-hosts "
-                       f"{_hostname(host) or 'NAME'} (or --public-url URL) to serve requests addressed to it")
+            message = (
+                f"Host {host!r} is not accepted by this server: start it with --allowed-hosts "
+                f"{_hostname(host) or 'NAME'} (or --public-url URL) to serve requests addressed to it"
+            )
             await JSONResponse({"detail": message}, status_code=400)(scope, receive, send)
             return
         access, body, upload_id = rule_of(scope["method"], scope["path"])
@@ -146,18 +160,27 @@ class RequestGuard:
         else:
             caller = self.auth.from_key(authorization)
         if caller is None and access in (Access.KEY, Access.UPLOAD_TOKEN):
-            message = ("Missing or invalid API key or upload token: send 'Authorization: Key <your key>' or a "
-                       "token from POST /storage/auth/token" if access is Access.UPLOAD_TOKEN
-                       else "Missing or invalid API key: send the header 'Authorization: Key <your key>'")
-            await JSONResponse({"detail": message}, status_code=401,
-                               headers={"WWW-Authenticate": "Key"})(scope, receive, send)
+            message = (
+                "Missing or invalid API key or upload token: send 'Authorization: Key <your key>' or a "
+                "token from POST /storage/auth/token"
+                if access is Access.UPLOAD_TOKEN
+                else "Missing or invalid API key: send the header 'Authorization: Key <your key>'"
+            )
+            await JSONResponse({"detail": message}, status_code=401, headers={"WWW-Authenticate": "Key"})(
+                scope, receive, send
+            )
             return
         scope.setdefault("state", {})["caller"] = caller or ANONYMOUS
         if body is not Body.UPLOAD and authorization and not _is_json(headers.get("content-type", "")):
             _set_header(scope, b"content-type", b"application/json")
         elif body is Body.JSON and _has_body(headers) and not _is_json(headers.get("content-type", "")):
-            detail = [{"loc": ["header", "content-type"], "type": "unsupported_media_type",
-                       "msg": "a JSON body needs 'Content-Type: application/json' (or an Authorization header)"}]
+            detail = [
+                {
+                    "loc": ["header", "content-type"],
+                    "type": "unsupported_media_type",
+                    "msg": "a JSON body needs 'Content-Type: application/json' (or an Authorization header)",
+                }
+            ]
             await JSONResponse({"detail": detail}, status_code=415)(scope, receive, send)
             return
         limit = self.limits[body]

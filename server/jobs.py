@@ -231,9 +231,20 @@ class JobStore(ABC):
     def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[Mapping[str, Any]]:
         """The rows of one read."""
 
-    def add(self, *, app: str, task: str, model: str, input: dict[str, Any], base_url: str,
-            webhook_url: str | None, owner: str | None = None, priority: Priority = "normal",
-            start_timeout_s: float | None = None, runner_hint: str | None = None) -> Job:
+    def add(
+        self,
+        *,
+        app: str,
+        task: str,
+        model: str,
+        input: dict[str, Any],
+        base_url: str,
+        webhook_url: str | None,
+        owner: str | None = None,
+        priority: Priority = "normal",
+        start_timeout_s: float | None = None,
+        runner_hint: str | None = None,
+    ) -> Job:
         job_id = str(uuid.uuid4())
         now = time.time()
         deadline = now + start_timeout_s if start_timeout_s is not None else None
@@ -241,8 +252,20 @@ class JobStore(ABC):
             db.execute(
                 "INSERT INTO jobs (id, app, task, model, input, base_url, webhook_url, status, created_at, owner,"
                 " priority, start_deadline, runner_hint) VALUES (?, ?, ?, ?, ?, ?, ?, 'IN_QUEUE', ?, ?, ?, ?, ?)",
-                (job_id, app, task, model, json.dumps(input), base_url, webhook_url, now, owner,
-                 _PRIORITIES[priority], deadline, runner_hint),
+                (
+                    job_id,
+                    app,
+                    task,
+                    model,
+                    json.dumps(input),
+                    base_url,
+                    webhook_url,
+                    now,
+                    owner,
+                    _PRIORITIES[priority],
+                    deadline,
+                    runner_hint,
+                ),
             )
             db.changed(job_id, "queued")
         job = self.get(job_id)
@@ -257,13 +280,22 @@ class JobStore(ABC):
         """How many queued jobs run before ``job`` (0: it is next): every queued job of a higher priority, and the
         older ones of its own."""
         rank = _PRIORITIES[job.priority]
-        rows = self._query("SELECT COUNT(*) AS n FROM jobs WHERE status = 'IN_QUEUE' AND (priority < ? OR"
-                           " (priority = ? AND seq < ?))", (rank, rank, job.seq))
+        rows = self._query(
+            "SELECT COUNT(*) AS n FROM jobs WHERE status = 'IN_QUEUE' AND (priority < ? OR (priority = ? AND seq < ?))",
+            (rank, rank, job.seq),
+        )
         return int(rows[0]["n"])
 
-    def claim(self, *, worker_id: str | None = None, lease_s: float | None = None,
-              models: Collection[str] | None = None, loaded: Collection[str] = (), hints: Collection[str] = (),
-              switch_after_s: float = 0.0) -> Job | None:
+    def claim(
+        self,
+        *,
+        worker_id: str | None = None,
+        lease_s: float | None = None,
+        models: Collection[str] | None = None,
+        loaded: Collection[str] = (),
+        hints: Collection[str] = (),
+        switch_after_s: float = 0.0,
+    ) -> Job | None:
         """Take the next queued job (normal before low, oldest first) and mark it running (one more attempt).
 
         ``worker_id`` and ``lease_s`` tie the job to its worker for ``lease_s`` seconds, renewed by
@@ -310,13 +342,23 @@ class JobStore(ABC):
         but that no node has acted on yet is renewed.
         """
         with self._tx() as db:
-            return db.execute(
-                "UPDATE jobs SET lease_expires_at = ? WHERE id = ? AND status = 'IN_PROGRESS' AND worker_id = ?",
-                (time.time() + lease_s, job_id, worker_id),
-            ).rowcount == 1
+            return (
+                db.execute(
+                    "UPDATE jobs SET lease_expires_at = ? WHERE id = ? AND status = 'IN_PROGRESS' AND worker_id = ?",
+                    (time.time() + lease_s, job_id, worker_id),
+                ).rowcount
+                == 1
+            )
 
-    def finish(self, job_id: str, *, result: dict[str, Any] | None = None, failure: Failure | None = None,
-               cancelled: bool = False, worker_id: str | None = None) -> bool:
+    def finish(
+        self,
+        job_id: str,
+        *,
+        result: dict[str, Any] | None = None,
+        failure: Failure | None = None,
+        cancelled: bool = False,
+        worker_id: str | None = None,
+    ) -> bool:
         """Record a job's end: ``result`` on success, else ``failure`` (``cancelled`` marks a user's cancel).
 
         With ``worker_id`` only while that worker still holds the job, so a worker that lost it (its lease ran
@@ -324,21 +366,30 @@ class JobStore(ABC):
         has acted on yet still counts as held. Returns whether it was recorded.
         """
         with self._write() as db:
-            return _complete(db, job_id, result=result, failure=CANCELLED if cancelled else failure,
-                             cancelled=cancelled, worker_id=worker_id)
+            return _complete(
+                db,
+                job_id,
+                result=result,
+                failure=CANCELLED if cancelled else failure,
+                cancelled=cancelled,
+                worker_id=worker_id,
+            )
 
     def requeue(self, job_id: str, reason: str, *, worker_id: str | None = None) -> bool:
         """Give a running job back to the queue, in its old place, without counting the interrupted run (a graceful
         stop). With ``worker_id`` only while that worker holds it. Returns whether the job was handed back."""
         owned = " AND worker_id = ?" if worker_id is not None else ""
         with self._write() as db:
-            handed_back = db.execute(
-                "UPDATE jobs SET status = 'IN_QUEUE',"
-                " attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END,"
-                f" started_at = NULL, worker_id = NULL, lease_expires_at = NULL WHERE id = ? AND"
-                f" status = 'IN_PROGRESS'{owned}",
-                (job_id, worker_id) if worker_id is not None else (job_id,),
-            ).rowcount == 1
+            handed_back = (
+                db.execute(
+                    "UPDATE jobs SET status = 'IN_QUEUE',"
+                    " attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END,"
+                    f" started_at = NULL, worker_id = NULL, lease_expires_at = NULL WHERE id = ? AND"
+                    f" status = 'IN_PROGRESS'{owned}",
+                    (job_id, worker_id) if worker_id is not None else (job_id,),
+                ).rowcount
+                == 1
+            )
             if handed_back:
                 _insert_log(db, job_id, reason, "WARN")
                 db.changed(job_id, "queued")
@@ -386,11 +437,14 @@ class JobStore(ABC):
         an update; returns as :meth:`set_checkpoint` does."""
         return self._replace_file(job_id, worker_id, "preview", key, step)
 
-    def _replace_file(self, job_id: str, worker_id: str, kind: Literal["checkpoint", "preview"], key: str,
-                      step: int) -> tuple[bool, str | None]:
+    def _replace_file(
+        self, job_id: str, worker_id: str, kind: Literal["checkpoint", "preview"], key: str, step: int
+    ) -> tuple[bool, str | None]:
         with self._write() as db:
-            row = db.execute(f"SELECT {kind}_key FROM jobs WHERE id = ? AND status = 'IN_PROGRESS' AND worker_id = ?"
-                             f"{self._LOCK}", (job_id, worker_id)).fetchone()
+            row = db.execute(
+                f"SELECT {kind}_key FROM jobs WHERE id = ? AND status = 'IN_PROGRESS' AND worker_id = ?{self._LOCK}",
+                (job_id, worker_id),
+            ).fetchone()
             if row is None:
                 return False, None
             db.execute(f"UPDATE jobs SET {kind}_key = ?, {kind}_step = ? WHERE id = ?", (key, step, job_id))
@@ -418,17 +472,20 @@ class JobStore(ABC):
     def queue_depths(self) -> dict[tuple[str, str, Priority], int]:
         """Queued jobs per ``(app, task, priority)``: what an autoscaler scales GPU workers on (only the keys that
         have jobs)."""
-        rows = self._query("SELECT app, task, priority, COUNT(*) AS n FROM jobs WHERE status = 'IN_QUEUE'"
-                           " GROUP BY app, task, priority")
+        rows = self._query(
+            "SELECT app, task, priority, COUNT(*) AS n FROM jobs WHERE status = 'IN_QUEUE' GROUP BY app, task, priority"
+        )
         return {(r["app"], r["task"], "low" if r["priority"] else "normal"): int(r["n"]) for r in rows}
 
     def worker_seen(self, worker_id: str, info: dict[str, Any]) -> None:
         """Record that a worker is alive and what it holds (``info``: node, device, models, current job), for the
         fleet view of ``/ready``."""
         with self._tx() as db:
-            db.execute("INSERT INTO workers (id, info, last_seen) VALUES (?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
-                       " info = excluded.info, last_seen = excluded.last_seen",
-                       (worker_id, json.dumps(info), time.time()))
+            db.execute(
+                "INSERT INTO workers (id, info, last_seen) VALUES (?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
+                " info = excluded.info, last_seen = excluded.last_seen",
+                (worker_id, json.dumps(info), time.time()),
+            )
 
     def live_workers(self, seen_after: float) -> list[dict[str, Any]]:
         """The workers seen since ``seen_after``, each ``info`` with its ``id`` and ``last_seen``."""
@@ -444,8 +501,9 @@ class JobStore(ABC):
         Returns the ids of the jobs it touched.
         """
         with self._write() as db:
-            db.execute("UPDATE jobs SET webhook_owner = NULL, webhook_lease_until = NULL"
-                       " WHERE webhook_state = 'pending'")
+            db.execute(
+                "UPDATE jobs SET webhook_owner = NULL, webhook_lease_until = NULL WHERE webhook_state = 'pending'"
+            )
             return self._hand_back(db, "", (), max_attempts, "the server stopped while this job was running")
 
     def requeue_expired(self, max_attempts: int) -> list[str]:
@@ -454,31 +512,42 @@ class JobStore(ABC):
         keeps killing its worker must end. Any node may call it at any time. Returns the ids of the jobs it
         touched."""
         with self._write() as db:
-            return self._hand_back(db, " AND lease_expires_at < ?", (time.time(),), max_attempts,
-                                   "the worker running this job stopped renewing its lease")
+            return self._hand_back(
+                db,
+                " AND lease_expires_at < ?",
+                (time.time(),),
+                max_attempts,
+                "the worker running this job stopped renewing its lease",
+            )
 
     def hand_back(self, job_id: str | None, worker_id: str, max_attempts: int, cause: str) -> bool:
         """Word that ``worker_id``'s run of ``job_id`` was interrupted (a rank of its group died; with None: the
         worker's process died, whatever it held): re-queue it or fail it under the same attempt rules as
         :meth:`requeue_expired`, now rather than after the lease. Only while ``worker_id`` holds it; returns
         whether it did."""
-        where, args = (" AND id = ? AND worker_id = ?", (job_id, worker_id)) if job_id else (" AND worker_id = ?",
-                                                                                            (worker_id,))
+        where, args = (
+            (" AND id = ? AND worker_id = ?", (job_id, worker_id)) if job_id else (" AND worker_id = ?", (worker_id,))
+        )
         with self._write() as db:
             return bool(self._hand_back(db, where, args, max_attempts, cause))
 
-    def _hand_back(self, db: Transaction, where: str, args: tuple[Any, ...], max_attempts: int,
-                   cause: str) -> list[str]:
+    def _hand_back(
+        self, db: Transaction, where: str, args: tuple[Any, ...], max_attempts: int, cause: str
+    ) -> list[str]:
         """Re-queue or fail the running jobs that match ``where``, saying ``cause`` in their logs."""
         touched = []
-        rows = db.execute(f"SELECT id, attempts FROM jobs WHERE status = 'IN_PROGRESS'{where}"
-                          f" ORDER BY seq{self._LOCK_SKIP}", args).fetchall()
+        rows = db.execute(
+            f"SELECT id, attempts FROM jobs WHERE status = 'IN_PROGRESS'{where} ORDER BY seq{self._LOCK_SKIP}", args
+        ).fetchall()
         for row in rows:
             job_id, attempts = row["id"], row["attempts"]
             touched.append(job_id)
             if attempts < max_attempts:
-                db.execute("UPDATE jobs SET status = 'IN_QUEUE', started_at = NULL, worker_id = NULL,"
-                           " lease_expires_at = NULL WHERE id = ?", (job_id,))
+                db.execute(
+                    "UPDATE jobs SET status = 'IN_QUEUE', started_at = NULL, worker_id = NULL,"
+                    " lease_expires_at = NULL WHERE id = ?",
+                    (job_id,),
+                )
                 _insert_log(db, job_id, f"{cause} (run {attempts} of at most {max_attempts}); re-queued", "WARN")
                 db.changed(job_id, "queued")
                 continue
@@ -493,13 +562,19 @@ class JobStore(ABC):
         now = time.time()
         expired = []
         with self._write() as db:
-            rows = db.execute("SELECT id, start_deadline, created_at FROM jobs WHERE status = 'IN_QUEUE' AND"
-                              f" start_deadline <= ? ORDER BY seq{self._LOCK_SKIP}", (now,)).fetchall()
+            rows = db.execute(
+                "SELECT id, start_deadline, created_at FROM jobs WHERE status = 'IN_QUEUE' AND"
+                f" start_deadline <= ? ORDER BY seq{self._LOCK_SKIP}",
+                (now,),
+            ).fetchall()
             for row in rows:
                 waited = row["start_deadline"] - row["created_at"]
                 reason = f"the request did not start within its start timeout of {waited:g} s"
-                _complete(db, row["id"], failure=request_failure(504, reason, "request_timeout",
-                                                                 **{"x-fal-request-timeout-type": "user"}))
+                _complete(
+                    db,
+                    row["id"],
+                    failure=request_failure(504, reason, "request_timeout", **{"x-fal-request-timeout-type": "user"}),
+                )
                 _insert_log(db, row["id"], reason, "ERROR")
                 expired.append(row["id"])
         return expired
@@ -507,8 +582,11 @@ class JobStore(ABC):
     def pending_webhooks(self) -> list[Job]:
         """The webhooks still to deliver that no node is delivering: never claimed, or the claim ran out (the node
         that held it died or lost the database)."""
-        rows = self._query("SELECT * FROM jobs WHERE webhook_state = 'pending' AND (webhook_lease_until IS NULL OR"
-                           " webhook_lease_until < ?) ORDER BY seq", (time.time(),))
+        rows = self._query(
+            "SELECT * FROM jobs WHERE webhook_state = 'pending' AND (webhook_lease_until IS NULL OR"
+            " webhook_lease_until < ?) ORDER BY seq",
+            (time.time(),),
+        )
         return [_job(r) for r in rows]
 
     def claim_webhook(self, job_id: str, node_id: str, lease_s: float) -> Job | None:
@@ -531,29 +609,38 @@ class JobStore(ABC):
         whose claim was taken over records nothing). Returns whether it was recorded."""
         owned = " AND webhook_owner = ?" if node_id is not None else ""
         with self._tx() as db:
-            return db.execute(
-                "UPDATE jobs SET webhook_state = ?, webhook_owner = NULL, webhook_lease_until = NULL"
-                f" WHERE id = ?{owned}",
-                (state, job_id, node_id) if node_id is not None else (state, job_id),
-            ).rowcount == 1
+            return (
+                db.execute(
+                    "UPDATE jobs SET webhook_state = ?, webhook_owner = NULL, webhook_lease_until = NULL"
+                    f" WHERE id = ?{owned}",
+                    (state, job_id, node_id) if node_id is not None else (state, job_id),
+                ).rowcount
+                == 1
+            )
 
     def webhook_attempt(self, job_id: str, attempt: int, next_at: float, *, node_id: str, lease_s: float) -> bool:
         """Count delivery attempt ``attempt`` (1-based) before it is sent, so that a node dying during it has used
         it up; should it fail, the next is due at ``next_at``, and node ``node_id`` keeps its claim until ``lease_s``
         past that. Returns False, recording nothing, when the node no longer holds the pending delivery."""
         with self._tx() as db:
-            return db.execute(
-                "UPDATE jobs SET webhook_attempts = ?, webhook_next_at = ?, webhook_lease_until = ?"
-                " WHERE id = ? AND webhook_owner = ? AND webhook_state = 'pending'",
-                (attempt, next_at, next_at + lease_s, job_id, node_id),
-            ).rowcount == 1
+            return (
+                db.execute(
+                    "UPDATE jobs SET webhook_attempts = ?, webhook_next_at = ?, webhook_lease_until = ?"
+                    " WHERE id = ? AND webhook_owner = ? AND webhook_state = 'pending'",
+                    (attempt, next_at, next_at + lease_s, job_id, node_id),
+                ).rowcount
+                == 1
+            )
 
     def release_webhooks(self, node_id: str) -> int:
         """Give up the deliveries node ``node_id`` holds (it is stopping): any live node takes them up at its next
         sweep, when their back-off ends, instead of after the claim runs out. Returns how many were released."""
         with self._tx() as db:
-            return db.execute("UPDATE jobs SET webhook_owner = NULL, webhook_lease_until = NULL WHERE"
-                              " webhook_state = 'pending' AND webhook_owner = ?", (node_id,)).rowcount
+            return db.execute(
+                "UPDATE jobs SET webhook_owner = NULL, webhook_lease_until = NULL WHERE"
+                " webhook_state = 'pending' AND webhook_owner = ?",
+                (node_id,),
+            ).rowcount
 
     def unfinished(self) -> list[Job]:
         """Queued and running jobs, oldest first."""
@@ -573,10 +660,12 @@ class JobStore(ABC):
         pairs, changed = list(renamed.items()), 0
         with self._tx() as db:
             for start in range(0, len(pairs), 500):  # one scan per 500 keys, within both engines' parameter limits
-                chunk = pairs[start:start + 500]
+                chunk = pairs[start : start + 500]
                 cases, marks = " ".join("WHEN ? THEN ?" for _ in chunk), ", ".join("?" for _ in chunk)
-                changed += db.execute(f"UPDATE jobs SET owner = CASE owner {cases} END WHERE owner IN ({marks})",
-                                      (*[v for pair in chunk for v in pair], *[old for old, _ in chunk])).rowcount
+                changed += db.execute(
+                    f"UPDATE jobs SET owner = CASE owner {cases} END WHERE owner IN ({marks})",
+                    (*[v for pair in chunk for v in pair], *[old for old, _ in chunk]),
+                ).rowcount
         return changed
 
 
@@ -650,20 +739,30 @@ class SqliteJobStore(JobStore):
             return self._db.execute(sql, args).fetchall()
 
 
-def _complete(db: Transaction, job_id: str, *, result: dict[str, Any] | None = None,
-              failure: Failure | None = None, cancelled: bool = False, worker_id: str | None = None) -> bool:
+def _complete(
+    db: Transaction,
+    job_id: str,
+    *,
+    result: dict[str, Any] | None = None,
+    failure: Failure | None = None,
+    cancelled: bool = False,
+    worker_id: str | None = None,
+) -> bool:
     """Mark a job COMPLETED (with ``worker_id``: only while that worker holds it); its webhook (if any) becomes
     due, and it no longer names a checkpoint or a preview (whoever ends it deletes those files; retention sweeps
     what a job that ended elsewhere left). Returns whether the job was marked."""
     outcome: Outcome = "cancelled" if cancelled else ("ok" if failure is None else "error")
     owned = " AND status = 'IN_PROGRESS' AND worker_id = ?" if worker_id is not None else ""
     args = (outcome, _dumps(result), _dumps(failure.__dict__ if failure else None), time.time(), job_id)
-    ended = db.execute(
-        "UPDATE jobs SET status = 'COMPLETED', outcome = ?, result = ?, failure = ?, finished_at = ?,"
-        " checkpoint_key = NULL, checkpoint_step = NULL, preview_key = NULL, preview_step = NULL,"
-        f" webhook_state = CASE WHEN webhook_url IS NULL THEN NULL ELSE 'pending' END WHERE id = ?{owned}",
-        (*args, worker_id) if worker_id is not None else args,
-    ).rowcount == 1
+    ended = (
+        db.execute(
+            "UPDATE jobs SET status = 'COMPLETED', outcome = ?, result = ?, failure = ?, finished_at = ?,"
+            " checkpoint_key = NULL, checkpoint_step = NULL, preview_key = NULL, preview_step = NULL,"
+            f" webhook_state = CASE WHEN webhook_url IS NULL THEN NULL ELSE 'pending' END WHERE id = ?{owned}",
+            (*args, worker_id) if worker_id is not None else args,
+        ).rowcount
+        == 1
+    )
     if ended:
         db.changed(job_id, "ended")
     return ended

@@ -38,8 +38,10 @@ class _StoreCollector(Collector):
         depth.add_metric([], counts["queued"])
         yield depth
         per_endpoint = GaugeMetricFamily(
-            "vace_queue_depth_by_endpoint", "Jobs waiting in the (shared) queue per endpoint and priority: the "
-            "signal to scale GPU workers on.", labels=["app", "task", "priority"])
+            "vace_queue_depth_by_endpoint",
+            "Jobs waiting in the (shared) queue per endpoint and priority: the signal to scale GPU workers on.",
+            labels=["app", "task", "priority"],
+        )
         depths = self.store.queue_depths()
         for app in APPS:
             for task in ENDPOINT_TASKS:  # "" is the base endpoint
@@ -52,8 +54,9 @@ class _StoreCollector(Collector):
         yield jobs
         if self.gpu_memory:
             allocated = GaugeMetricFamily("vace_gpu_memory_allocated_bytes", "Tensor memory in use.", labels=["device"])
-            reserved = GaugeMetricFamily("vace_gpu_memory_reserved_bytes", "Memory held by the caching allocator.",
-                                         labels=["device"])
+            reserved = GaugeMetricFamily(
+                "vace_gpu_memory_reserved_bytes", "Memory held by the caching allocator.", labels=["device"]
+            )
             peak = GaugeMetricFamily("vace_gpu_memory_peak_bytes", "Peak tensor memory since start.", labels=["device"])
             for device, (in_use, held, highest) in sorted(self.gpu_memory.items()):
                 allocated.add_metric([device], in_use)
@@ -69,36 +72,52 @@ class Metrics:
     def __init__(self, store: JobStore) -> None:
         self.registry = CollectorRegistry()
         self.step_seconds = Histogram(
-            "vace_step_seconds", "Seconds between consecutive denoising steps.", ["model", "device"],
-            buckets=_STEP_BUCKETS, registry=self.registry,
+            "vace_step_seconds",
+            "Seconds between consecutive denoising steps.",
+            ["model", "device"],
+            buckets=_STEP_BUCKETS,
+            registry=self.registry,
         )
         self.job_seconds = Histogram(
-            "vace_job_duration_seconds", "Seconds from a job's start on a worker to its end.",
-            ["app", "task", "outcome"], buckets=_JOB_BUCKETS, registry=self.registry,
+            "vace_job_duration_seconds",
+            "Seconds from a job's start on a worker to its end.",
+            ["app", "task", "outcome"],
+            buckets=_JOB_BUCKETS,
+            registry=self.registry,
         )
         self.webhook_deliveries = Counter(
-            "vace_webhook_deliveries", "Webhook delivery outcomes: delivered, retried (an attempt failed, another "
-            "follows) and failed (the last attempt failed).", ["outcome"], registry=self.registry,
+            "vace_webhook_deliveries",
+            "Webhook delivery outcomes: delivered, retried (an attempt failed, another "
+            "follows) and failed (the last attempt failed).",
+            ["outcome"],
+            registry=self.registry,
         )
         self.retention_deleted = Counter(
-            "vace_retention_deleted", "Files, abandoned uploads and finished jobs deleted for their age.", ["kind"],
+            "vace_retention_deleted",
+            "Files, abandoned uploads and finished jobs deleted for their age.",
+            ["kind"],
             registry=self.registry,
         )
         self.resumed_jobs = Counter(
-            "vace_resumed_jobs", "Runs of a handed-back job that went on from its checkpoint instead of step 0.",
+            "vace_resumed_jobs",
+            "Runs of a handed-back job that went on from its checkpoint instead of step 0.",
             registry=self.registry,
         )
         self.resume_steps_saved = Counter(
-            "vace_resume_steps_saved", "Denoising steps that resumed runs did not do again (the checkpoints' steps).",
+            "vace_resume_steps_saved",
+            "Denoising steps that resumed runs did not do again (the checkpoints' steps).",
             registry=self.registry,
         )
         self.group_restarts = Counter(
-            "vace_group_restarts", "Job groups replaced by a new one because a rank exited or fell out of step.",
+            "vace_group_restarts",
+            "Job groups replaced by a new one because a rank exited or fell out of step.",
             registry=self.registry,
         )
         self._group = Gauge(
-            "vace_group_devices", "This worker's job group (--parallel): its device count, labelled with the spec "
-            "and the devices.", ["parallel", "devices"], registry=self.registry,
+            "vace_group_devices",
+            "This worker's job group (--parallel): its device count, labelled with the spec and the devices.",
+            ["parallel", "devices"],
+            registry=self.registry,
         )
         self._gpu_memory: dict[str, tuple[int, int, int]] = {}
         self.registry.register(_StoreCollector(store, self._gpu_memory))

@@ -74,21 +74,26 @@ def load_secrets(folder: Path, *, shared_store: bool) -> NodeSecrets:
             f"an API node of a fleet (a shared --store) needs the fleet's secrets, and {folder} has no "
             f"{' and no '.join(missing)}: make them once with `vace secrets DIR`, give that folder to every API node "
             "(a Kubernetes Secret or compose secret mounted there) and start them with --secrets-dir DIR "
-            "(VACE_SECRETS_DIR); worker nodes need none")
+            "(VACE_SECRETS_DIR); worker nodes need none"
+        )
     path = folder / SECRET_FILE
     try:
         secret = bytes.fromhex(path.read_text().strip())
     except (UnicodeDecodeError, ValueError):
         secret = b""
     if len(secret) < MIN_SECRET_BYTES:
-        raise SecretsError(f"{path} must hold at least {MIN_SECRET_BYTES} random bytes as hex (`vace secrets DIR` "
-                           "writes one; so does `openssl rand -hex 32`)")
+        raise SecretsError(
+            f"{path} must hold at least {MIN_SECRET_BYTES} random bytes as hex (`vace secrets DIR` "
+            "writes one; so does `openssl rand -hex 32`)"
+        )
     path = folder / SIGNING_KEY_FILE
     try:
         return NodeSecrets(secret, WebhookSigner(path.read_bytes(), secret))
     except (ValueError, TypeError) as exc:
-        raise SecretsError(f"{path} is not an unencrypted ED25519 private key in PEM ({exc}); `vace secrets DIR` "
-                           "writes one, so does `openssl genpkey -algorithm ed25519`") from None
+        raise SecretsError(
+            f"{path} is not an unencrypted ED25519 private key in PEM ({exc}); `vace secrets DIR` "
+            "writes one, so does `openssl genpkey -algorithm ed25519`"
+        ) from None
 
 
 def _new_secret() -> bytes:

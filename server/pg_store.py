@@ -75,15 +75,17 @@ def migrate(conn: psycopg.Connection[Any], to_version: int = SCHEMA_VERSION) -> 
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
         conn.execute(VERSIONS_TABLE)
-        versions = conn.cursor(row_factory=tuple_row).execute("SELECT COALESCE(MAX(version), 0) FROM"
-                                                              " schema_migrations").fetchone()
+        versions = (
+            conn.cursor(row_factory=tuple_row)
+            .execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+            .fetchone()
+        )
         current = int(versions[0]) if versions else 0
         check_version(current)
         for version in range(current + 1, to_version + 1):
             for statement in MIGRATIONS[version - 1].statements("postgres"):
                 conn.execute(statement)
-            conn.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (%s, %s)",
-                         (version, time.time()))
+            conn.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (%s, %s)", (version, time.time()))
     return current
 
 
@@ -102,8 +104,13 @@ class PostgresJobStore(JobStore):
         self.url = url
         self._listeners: list[NotificationListener] = []
         self._pool = ConnectionPool(
-            url, min_size=1, max_size=max_connections, open=False, check=ConnectionPool.check_connection,
-            kwargs={"autocommit": True, "row_factory": dict_row, **_KEEPALIVES}, configure=_configure,
+            url,
+            min_size=1,
+            max_size=max_connections,
+            open=False,
+            check=ConnectionPool.check_connection,
+            kwargs={"autocommit": True, "row_factory": dict_row, **_KEEPALIVES},
+            configure=_configure,
             name="vace-jobs",
         )
         try:
@@ -113,8 +120,9 @@ class PostgresJobStore(JobStore):
         except BaseException as e:
             self._pool.close()
             if isinstance(e, PoolTimeout):
-                raise StoreUnavailableError(f"cannot connect to PostgreSQL at {_where(url)} within "
-                                            f"{connect_timeout_s:g} s") from e
+                raise StoreUnavailableError(
+                    f"cannot connect to PostgreSQL at {_where(url)} within {connect_timeout_s:g} s"
+                ) from e
             raise
 
     def close(self) -> None:
@@ -145,8 +153,13 @@ class PostgresJobStore(JobStore):
         with self._pool.connection() as conn:
             conn.execute("SELECT pg_notify(%s, %s)", (channel, payload))
 
-    def listen(self, channels: Iterable[str], callback: Callable[[str, str], None], *,
-               on_connect: Callable[[], None] | None = None) -> NotificationListener:
+    def listen(
+        self,
+        channels: Iterable[str],
+        callback: Callable[[str, str], None],
+        *,
+        on_connect: Callable[[], None] | None = None,
+    ) -> NotificationListener:
         """Start a :class:`NotificationListener` on this database; the store stops it when it closes."""
         listener = NotificationListener(self.url, channels, callback, on_connect=on_connect).start()
         self._listeners.append(listener)
@@ -163,8 +176,15 @@ class NotificationListener:
     goes on.
     """
 
-    def __init__(self, url: str, channels: Iterable[str], callback: Callable[[str, str], None], *,
-                 on_connect: Callable[[], None] | None = None, retry_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        url: str,
+        channels: Iterable[str],
+        callback: Callable[[str, str], None],
+        *,
+        on_connect: Callable[[], None] | None = None,
+        retry_s: float = 0.5,
+    ) -> None:
         self.url, self.channels, self.callback, self.on_connect = url, tuple(channels), callback, on_connect
         self.retry_s = retry_s
         self._stopping = threading.Event()
@@ -192,8 +212,12 @@ class NotificationListener:
                             self._call(functools.partial(self.callback, note.channel, note.payload))
             except psycopg.OperationalError as e:
                 if not self._stopping.is_set():
-                    log.warning("listening for %s at %s: %s; reconnecting", ", ".join(self.channels),
-                                _where(self.url), str(e).strip())
+                    log.warning(
+                        "listening for %s at %s: %s; reconnecting",
+                        ", ".join(self.channels),
+                        _where(self.url),
+                        str(e).strip(),
+                    )
                     self._stopping.wait(self.retry_s)
 
     @staticmethod

@@ -51,13 +51,21 @@ class FirstFrameOfTracking:
 
     expand_ratio: float
 
-    def masks(self, frames: Sequence[np.ndarray], plane: np.ndarray, field: str, width: int, height: int,
-              log: Callable[[str], None]) -> list[np.ndarray]:
+    def masks(
+        self,
+        frames: Sequence[np.ndarray],
+        plane: np.ndarray,
+        field: str,
+        width: int,
+        height: int,
+        log: Callable[[str], None],
+    ) -> list[np.ndarray]:
         video_size = (frames[0].shape[1], frames[0].shape[0])
-        first = fitted(expand_mask(mask_prompt(plane, video_size, field), self.expand_ratio), video_size, width,
-                       height)
-        log(f"mask tracking: the preview shows the first frame, where the mask image applies grown by "
-            f"{self.expand_ratio:g} of its box per side; the job follows it through the clip with SAM2")
+        first = fitted(expand_mask(mask_prompt(plane, video_size, field), self.expand_ratio), video_size, width, height)
+        log(
+            f"mask tracking: the preview shows the first frame, where the mask image applies grown by "
+            f"{self.expand_ratio:g} of its box per side; the job follows it through the clip with SAM2"
+        )
         return [first] * len(frames)
 
 
@@ -69,8 +77,12 @@ def _png(array: np.ndarray | Image.Image) -> str:
 
 
 @router.post("/playground/preview")
-async def preview(ctx: JobContextDep, settings: SettingsDep, endpoint: Annotated[str, Query()],
-                  body: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
+async def preview(
+    ctx: JobContextDep,
+    settings: SettingsDep,
+    endpoint: Annotated[str, Query()],
+    body: Annotated[dict[str, Any], Body()],
+) -> dict[str, Any]:
     """What a job of ``endpoint`` with request ``body`` would condition the model on (module docstring); a prompt
     may be left out, as it plays no part in that."""
     if endpoint not in _ENDPOINTS:
@@ -87,23 +99,34 @@ async def preview(ctx: JobContextDep, settings: SettingsDep, endpoint: Annotated
     return await run_in_threadpool(_preview, inp, task, APPS[app], ctx, tracking)
 
 
-def _preview(inp: JobInput, task: EndpointTask, model: str, ctx: JobContext,
-             tracking: FirstFrameOfTracking | None) -> dict[str, Any]:
+def _preview(
+    inp: JobInput, task: EndpointTask, model: str, ctx: JobContext, tracking: FirstFrameOfTracking | None
+) -> dict[str, Any]:
     job = check_inputs(inp, task, ctx, None, model=model)
     with tempfile.TemporaryDirectory(prefix="vace-preview-") as workdir:
         first, last = frame_images(inp, Path(workdir), ctx)
         source = prepare(inp, job, Path(workdir), ctx, first or last, tracking=tracking)
     timing = source.timing
     answer: dict[str, Any] = {
-        "recipe": job.recipe, "width": source.width, "height": source.height,
-        "generated_frames": timing.generate_frames, "output_frames": timing.output_frames,
-        "output_fps": timing.output_fps, "notes": [*job.notes, *source.notes, *timing.notes],
+        "recipe": job.recipe,
+        "width": source.width,
+        "height": source.height,
+        "generated_frames": timing.generate_frames,
+        "output_frames": timing.output_frames,
+        "output_fps": timing.output_fps,
+        "notes": [*job.notes, *source.notes, *timing.notes],
     }
     if source.info is not None:
         shown = 0 if source.mask_mode == "track" else len(source.control) // 2
-        mask = (source.masks[shown] if source.masks is not None
-                else np.full((source.height, source.width), GENERATE, np.uint8))
-        answer |= {"frame_index": shown, "frame": _png(fit_frame(source.control[shown], source.width,
-                                                                    source.height)),
-                   "mask": _png(mask), "generated_share": float(np.mean(mask == GENERATE))}
+        mask = (
+            source.masks[shown]
+            if source.masks is not None
+            else np.full((source.height, source.width), GENERATE, np.uint8)
+        )
+        answer |= {
+            "frame_index": shown,
+            "frame": _png(fit_frame(source.control[shown], source.width, source.height)),
+            "mask": _png(mask),
+            "generated_share": float(np.mean(mask == GENERATE)),
+        }
     return answer

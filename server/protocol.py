@@ -112,14 +112,18 @@ def _fal_level(level: str) -> str:
 
 
 def submitted(job: Job, queue_position: int) -> QueueSubmitted:
-    return QueueSubmitted(request_id=job.id, gateway_request_id=job.id, queue_position=queue_position,
-                          **job_urls(job))
+    return QueueSubmitted(request_id=job.id, gateway_request_id=job.id, queue_position=queue_position, **job_urls(job))
 
 
 def status(job: Job, logs: list[LogLine], queue_position: int | None) -> QueueStatus:
     """The status body of ``job``; ``logs`` are the lines to include (all, only new ones, or none)."""
-    body = QueueStatus(status=job.status, request_id=job.id, logs=log_entries(logs),
-                       control_video_url=job.control_video_url, **job_urls(job))
+    body = QueueStatus(
+        status=job.status,
+        request_id=job.id,
+        logs=log_entries(logs),
+        control_video_url=job.control_video_url,
+        **job_urls(job),
+    )
     if job.preview_key is not None:
         body.preview_url, body.preview_step = preview_url(job), job.preview_step
     if job.status == "IN_QUEUE":

@@ -41,8 +41,9 @@ class Swept:
 class Retention:
     """Deletes what is older than ``max_age_s`` every ``interval_s`` seconds (never, when ``max_age_s`` is 0)."""
 
-    def __init__(self, store: JobStore, files: FileStore, *, max_age_s: float, interval_s: float,
-                 deleted: Counter) -> None:
+    def __init__(
+        self, store: JobStore, files: FileStore, *, max_age_s: float, interval_s: float, deleted: Counter
+    ) -> None:
         self.store, self.files = store, files
         self.max_age_s, self.interval_s = max_age_s, interval_s
         self.deleted = deleted
@@ -66,8 +67,12 @@ class Retention:
                 log.exception("retention sweep failed")
                 continue
             if swept != Swept():
-                log.info("retention: deleted %d files, %d abandoned uploads, %d finished jobs",
-                         swept.files, swept.uploads, swept.jobs)
+                log.info(
+                    "retention: deleted %d files, %d abandoned uploads, %d finished jobs",
+                    swept.files,
+                    swept.uploads,
+                    swept.jobs,
+                )
 
     def sweep(self, now: float | None = None) -> Swept:
         """Delete everything older than the cutoff once; returns the counts."""

@@ -98,10 +98,12 @@ def _bad_request(message: str) -> RequestFailed:
 
 def _queue_options(
     priority: Annotated[str | None, Header(alias="x-fal-queue-priority", description="low or normal")] = None,
-    timeout: Annotated[str | None, Header(alias="x-fal-request-timeout",
-                                          description="seconds the job may wait to start")] = None,
-    hint: Annotated[str | None, Header(alias="x-fal-runner-hint",
-                                       description="routing hint, kept with the job")] = None,
+    timeout: Annotated[
+        str | None, Header(alias="x-fal-request-timeout", description="seconds the job may wait to start")
+    ] = None,
+    hint: Annotated[
+        str | None, Header(alias="x-fal-runner-hint", description="routing hint, kept with the job")
+    ] = None,
 ) -> QueueOptions:
     if priority is not None and priority.strip().lower() not in ("low", "normal"):
         raise _bad_request(f"X-Fal-Queue-Priority must be low or normal, got {priority[:40]!r}")
@@ -138,29 +140,61 @@ def result_response(job: Job) -> JSONResponse:
     return failure_response(job.failure, _request_id_headers(job))
 
 
-def _enqueue(inp: JobInput, endpoint: Endpoint, options: QueueOptions, webhook: str | None, *, store: JobStore,
-             pool: Workers, ctx: JobContext, caller: Caller, base_url: str) -> Job:
+def _enqueue(
+    inp: JobInput,
+    endpoint: Endpoint,
+    options: QueueOptions,
+    webhook: str | None,
+    *,
+    store: JobStore,
+    pool: Workers,
+    ctx: JobContext,
+    caller: Caller,
+    base_url: str,
+) -> Job:
     """Check a request (and its webhook) and queue it; every refusal comes before anything is stored."""
     # Refused at submission with a 422, never queued.
     check_inputs(inp, endpoint.task, ctx, pool.models, model=endpoint.model)
     if webhook is not None:
         check_webhook_url(webhook, ctx)
     if not pool.has_weights(endpoint.model):
-        raise HTTPException(503, f"the weights of {endpoint.model} (serving {endpoint.app}) are not installed on "
-                                 f"this server; run `vace weights download --models {endpoint.model}`")
-    job = store.add(app=endpoint.app, task=endpoint.task, model=endpoint.model, input=inp.model_dump(mode="json"),
-                    base_url=base_url, webhook_url=webhook, owner=caller.key_id, priority=options.priority,
-                    start_timeout_s=options.start_timeout_s, runner_hint=options.runner_hint)
+        raise HTTPException(
+            503,
+            f"the weights of {endpoint.model} (serving {endpoint.app}) are not installed on "
+            f"this server; run `vace weights download --models {endpoint.model}`",
+        )
+    job = store.add(
+        app=endpoint.app,
+        task=endpoint.task,
+        model=endpoint.model,
+        input=inp.model_dump(mode="json"),
+        base_url=base_url,
+        webhook_url=webhook,
+        owner=caller.key_id,
+        priority=options.priority,
+        start_timeout_s=options.start_timeout_s,
+        runner_hint=options.runner_hint,
+    )
     if options.runner_hint:
         store.log(job.id, f"runner hint: {options.runner_hint}")
     return job
 
 
-async def run(inp: JobInput, endpoint: EndpointDep, options: QueueOptionsDep, store: StoreDep, pool: PoolDep,
-              changes: ChangesDep, ctx: JobContextDep, caller: CallerDep, base_url: BaseUrlDep) -> JSONResponse:
+async def run(
+    inp: JobInput,
+    endpoint: EndpointDep,
+    options: QueueOptionsDep,
+    store: StoreDep,
+    pool: PoolDep,
+    changes: ChangesDep,
+    ctx: JobContextDep,
+    caller: CallerDep,
+    base_url: BaseUrlDep,
+) -> JSONResponse:
     """Run a job and wait for its output (like ``fal.run``)."""
-    job = await run_in_threadpool(_enqueue, inp, endpoint, options, None, store=store, pool=pool, ctx=ctx,
-                                  caller=caller, base_url=base_url)
+    job = await run_in_threadpool(
+        _enqueue, inp, endpoint, options, None, store=store, pool=pool, ctx=ctx, caller=caller, base_url=base_url
+    )
     with changes.watch(job.id) as watch:
         while True:
             current = await run_in_threadpool(store.get, job.id)
@@ -169,21 +203,32 @@ async def run(inp: JobInput, endpoint: EndpointDep, options: QueueOptionsDep, st
             await watch.wait(SYNC_POLL_S)
 
 
-def submit(inp: JobInput, endpoint: EndpointDep, options: QueueOptionsDep, store: StoreDep, pool: PoolDep,
-           ctx: JobContextDep, caller: CallerDep, base_url: BaseUrlDep,
-           fal_webhook: str | None = Query(None, description="URL that receives the result when the job ends "
-                                                             "(public addresses only, as for media)"),
-           ) -> JSONResponse:
+def submit(
+    inp: JobInput,
+    endpoint: EndpointDep,
+    options: QueueOptionsDep,
+    store: StoreDep,
+    pool: PoolDep,
+    ctx: JobContextDep,
+    caller: CallerDep,
+    base_url: BaseUrlDep,
+    fal_webhook: str | None = Query(
+        None, description="URL that receives the result when the job ends (public addresses only, as for media)"
+    ),
+) -> JSONResponse:
     """Queue a job (like ``queue.fal.run``)."""
-    job = _enqueue(inp, endpoint, options, fal_webhook, store=store, pool=pool, ctx=ctx, caller=caller,
-                   base_url=base_url)
+    job = _enqueue(
+        inp, endpoint, options, fal_webhook, store=store, pool=pool, ctx=ctx, caller=caller, base_url=base_url
+    )
     body = protocol.submitted(job, store.queue_position(job))
     return JSONResponse(body.model_dump(), headers=_request_id_headers(job))
 
 
-def _both(method: Callable[..., Callable[[Callable[..., Any]], Callable[..., Any]]], *paths: str,
-          **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def _both(
+    method: Callable[..., Callable[[Callable[..., Any]], Callable[..., Any]]], *paths: str, **kwargs: Any
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """A route decorator for each of ``paths`` and its ``path/`` form (left out of the schema)."""
+
     def register(fn: Callable[..., Any]) -> Callable[..., Any]:
         for path in paths:
             method(path + "/", include_in_schema=False, **kwargs)(fn)
@@ -216,28 +261,50 @@ def _register_endpoints() -> None:
     """The run and submit routes of every endpoint, each with its own path, request model and operation id."""
     for e in ENDPOINTS:
         model, op = input_model(e.app, e.task), f"{e.model}_{e.task or 'base'}"
-        _both(router.post, f"/{e.id}", response_model=VaceOutput, operation_id=f"run_{op}",
-              summary=f"Run {e.id} and wait for the output")(_with_body(run, model))
-        _both(router.post, f"/queue/{e.id}", response_model=protocol.QueueSubmitted,
-              operation_id=f"submit_{op}", summary=f"Queue a {e.id} job")(_with_body(submit, model))
+        _both(
+            router.post,
+            f"/{e.id}",
+            response_model=VaceOutput,
+            operation_id=f"run_{op}",
+            summary=f"Run {e.id} and wait for the output",
+        )(_with_body(run, model))
+        _both(
+            router.post,
+            f"/queue/{e.id}",
+            response_model=protocol.QueueSubmitted,
+            operation_id=f"submit_{op}",
+            summary=f"Queue a {e.id} job",
+        )(_with_body(submit, model))
 
 
 _register_endpoints()
 
 
-@_both(router.get, *(f"{r}/status" for r in REQUESTS), response_model=protocol.QueueStatus,
-       summary="Status of a queued request (202 while queued or running, 200 when completed)")
+@_both(
+    router.get,
+    *(f"{r}/status" for r in REQUESTS),
+    response_model=protocol.QueueStatus,
+    summary="Status of a queued request (202 while queued or running, 200 when completed)",
+)
 def get_status(job: JobDep, store: StoreDep, logs: str | None = None) -> JSONResponse:
     position = store.queue_position(job) if job.status == "IN_QUEUE" else None
     body = protocol.status(job, store.logs(job.id) if _wants_logs(logs) else [], position)
-    return JSONResponse(body.model_dump(exclude_none=True), status_code=200 if job.status == "COMPLETED" else 202,
-                        headers=_request_id_headers(job))
+    return JSONResponse(
+        body.model_dump(exclude_none=True),
+        status_code=200 if job.status == "COMPLETED" else 202,
+        headers=_request_id_headers(job),
+    )
 
 
-@_both(router.get, *(f"{r}/status/stream" for r in REQUESTS), response_class=EventSourceResponse,
-       summary="Server-sent events: one status per change, closed after COMPLETED")
-async def stream_status(job: JobDep, store: StoreDep, changes: ChangesDep,
-                        logs: str | None = None) -> AsyncIterator[ServerSentEvent]:
+@_both(
+    router.get,
+    *(f"{r}/status/stream" for r in REQUESTS),
+    response_class=EventSourceResponse,
+    summary="Server-sent events: one status per change, closed after COMPLETED",
+)
+async def stream_status(
+    job: JobDep, store: StoreDep, changes: ChangesDep, logs: str | None = None
+) -> AsyncIterator[ServerSentEvent]:
     """One event per change of status, queue position, control video, live preview or logs (only the new lines each
     time, as
     @fal-ai/client accumulates them); ends after COMPLETED. FastAPI sends keep-alive comments while idle, and
@@ -251,8 +318,9 @@ async def stream_status(job: JobDep, store: StoreDep, changes: ChangesDep,
             current, lines, position = snapshot
             key = (current.status, position, len(lines), current.control_video_url, current.preview_key)
             if key != last_key:
-                yield ServerSentEvent(data=protocol.status(current, lines[sent_logs:], position)
-                                      .model_dump(exclude_none=True))
+                yield ServerSentEvent(
+                    data=protocol.status(current, lines[sent_logs:], position).model_dump(exclude_none=True)
+                )
                 sent_logs, last_key = len(lines), key
             if current.status == "COMPLETED":
                 return
@@ -268,9 +336,13 @@ def _snapshot(store: JobStore, job_id: str, with_logs: bool) -> tuple[Job, list[
     return job, store.logs(job_id) if with_logs else [], position
 
 
-@_both(router.get, *(f"{r}/preview" for r in REQUESTS), response_class=Response,
-       responses={200: {"content": {"image/webp": {}}, "description": "An animated WebP"}},
-       summary="The live preview of a running request (404 until it has one, and once it has ended)")
+@_both(
+    router.get,
+    *(f"{r}/preview" for r in REQUESTS),
+    response_class=Response,
+    responses={200: {"content": {"image/webp": {}}, "description": "An animated WebP"}},
+    summary="The live preview of a running request (404 until it has one, and once it has ended)",
+)
 def get_preview(job: JobDep, files: FilesDep) -> Response:
     """The newest preview of the job's denoising (the status body's ``preview_url``), read from the file store here
     rather than redirected to it, so the preview is answered under the key that may see the job and nothing else."""
@@ -286,17 +358,27 @@ def get_preview(job: JobDep, files: FilesDep) -> Response:
     return Response(data, media_type="image/webp", headers=headers)
 
 
-@_both(router.get, *REQUESTS, response_model=VaceOutput,
-       summary="The output, or the request's own error status and body if it failed")
+@_both(
+    router.get,
+    *REQUESTS,
+    response_model=VaceOutput,
+    summary="The output, or the request's own error status and body if it failed",
+)
 def get_result(job: JobDep) -> JSONResponse:
     if job.status != "COMPLETED":
-        return JSONResponse({"detail": "Request is still in progress"}, status_code=400,
-                            headers=_request_id_headers(job))
+        return JSONResponse(
+            {"detail": "Request is still in progress"}, status_code=400, headers=_request_id_headers(job)
+        )
     return result_response(job)
 
 
-@_both(router.put, *(f"{r}/cancel" for r in REQUESTS), status_code=202, response_model=protocol.CancelResult,
-       summary="Cancel: a queued request never runs, a running one stops at its next denoising step")
+@_both(
+    router.put,
+    *(f"{r}/cancel" for r in REQUESTS),
+    status_code=202,
+    response_model=protocol.CancelResult,
+    summary="Cancel: a queued request never runs, a running one stops at its next denoising step",
+)
 def cancel(job: JobDep, store: StoreDep) -> JSONResponse:
     before = store.request_cancel(job.id)
     if before is None or before.status == "COMPLETED":

@@ -120,8 +120,9 @@ def _copy_at_most(src: Any, out: BinaryIO, limit: int) -> int:
 class S3FileStore(FileStore):
     """Files and uploads in one bucket under one prefix, shared by every node that names it."""
 
-    def __init__(self, url: str, *, max_bytes: int, spool_dir: Path, url_ttl_s: int,
-                 public_url: str | None = None) -> None:
+    def __init__(
+        self, url: str, *, max_bytes: int, spool_dir: Path, url_ttl_s: int, public_url: str | None = None
+    ) -> None:
         """``url_ttl_s``: how long presigned URLs live, within SigV4's seven days (``Settings.files_url_ttl_s`` checks
         the operator's setting)."""
         self.bucket, self.prefix = parse_s3_url(url)
@@ -186,8 +187,9 @@ class S3FileStore(FileStore):
 
     def adopt(self, src: Path, file_name: str) -> str:
         key = self.new_key(file_name)
-        self.client.upload_file(str(src), self.bucket, self._object(key),
-                                ExtraArgs=self._object_args(key.rpartition("/")[2]))
+        self.client.upload_file(
+            str(src), self.bucket, self._object(key), ExtraArgs=self._object_args(key.rpartition("/")[2])
+        )
         src.unlink()
         return key
 
@@ -231,8 +233,11 @@ class S3FileStore(FileStore):
 
     async def receive(self, key: str, chunks: AsyncIterator[bytes]) -> int:
         async with self._spooled(chunks, self.max_bytes) as (path, size, _etag):
-            await anyio.to_thread.run_sync(lambda: self.client.upload_file(
-                str(path), self.bucket, self._object(key), ExtraArgs=self._object_args(key.rpartition("/")[2])))
+            await anyio.to_thread.run_sync(
+                lambda: self.client.upload_file(
+                    str(path), self.bucket, self._object(key), ExtraArgs=self._object_args(key.rpartition("/")[2])
+                )
+            )
         return size
 
     def _objects(self, prefix: str) -> Iterator[ObjectTypeDef]:
@@ -241,17 +246,20 @@ class S3FileStore(FileStore):
 
     def _delete_all(self, names: list[str]) -> None:
         for start in range(0, len(names), _DELETE_BATCH):
-            batch: list[ObjectIdentifierTypeDef] = [{"Key": name} for name in names[start:start + _DELETE_BATCH]]
+            batch: list[ObjectIdentifierTypeDef] = [{"Key": name} for name in names[start : start + _DELETE_BATCH]]
             self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
 
     def sweep(self, cutoff: float, keep: set[str]) -> tuple[int, int]:
         files_prefix = f"{self.prefix}files/"
-        old_files = [obj["Key"] for obj in self._objects(files_prefix)
-                     if obj["LastModified"].timestamp() < cutoff and obj["Key"][len(files_prefix):] not in keep]
+        old_files = [
+            obj["Key"]
+            for obj in self._objects(files_prefix)
+            if obj["LastModified"].timestamp() < cutoff and obj["Key"][len(files_prefix) :] not in keep
+        ]
         uploads: dict[str, bool] = {}  # upload id -> whether every piece of it is past the cutoff
         uploads_prefix = f"{self.prefix}uploads/"
         for obj in self._objects(uploads_prefix):
-            upload_id = obj["Key"][len(uploads_prefix):].partition("/")[0]
+            upload_id = obj["Key"][len(uploads_prefix) :].partition("/")[0]
             uploads[upload_id] = uploads.get(upload_id, True) and obj["LastModified"].timestamp() < cutoff
         abandoned = [upload_id for upload_id, old in uploads.items() if old]
         self._delete_all(old_files)
@@ -279,13 +287,17 @@ class S3FileStore(FileStore):
 
     def _part_sizes(self, upload_id: str) -> dict[int, int]:
         first = len(self._upload_object(upload_id, "part-"))
-        return {int(obj["Key"][first:]): obj["Size"] for obj in self._objects(self._upload_object(upload_id, "part-"))
-                if obj["Key"][first:].isdigit()}
+        return {
+            int(obj["Key"][first:]): obj["Size"]
+            for obj in self._objects(self._upload_object(upload_id, "part-"))
+            if obj["Key"][first:].isdigit()
+        }
 
     async def _put_part(self, upload_id: str, part_number: int, chunks: AsyncIterator[bytes], max_bytes: int) -> str:
         async with self._spooled(chunks, max_bytes) as (path, _size, etag):
-            await anyio.to_thread.run_sync(self.client.upload_file, str(path), self.bucket,
-                                           self._part_object(upload_id, part_number))
+            await anyio.to_thread.run_sync(
+                self.client.upload_file, str(path), self.bucket, self._part_object(upload_id, part_number)
+            )
         return etag
 
     def _delete_part(self, upload_id: str, part_number: int) -> None:
@@ -298,7 +310,8 @@ class S3FileStore(FileStore):
                 for n in part_numbers:  # appended in turn (download_fileobj writes at offsets from the start)
                     body = self.client.get_object(Bucket=self.bucket, Key=self._part_object(upload_id, n))["Body"]
                     shutil.copyfileobj(body, out, 1024 * 1024)
-            self.client.upload_file(str(joined), self.bucket, self._object(key),
-                                    ExtraArgs=self._object_args(key.rpartition("/")[2]))
+            self.client.upload_file(
+                str(joined), self.bucket, self._object(key), ExtraArgs=self._object_args(key.rpartition("/")[2])
+            )
         finally:
             joined.unlink(missing_ok=True)

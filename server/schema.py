@@ -32,8 +32,9 @@ _TYPES: dict[Engine, dict[str, str]] = {
     "sqlite": {"{serial}": "INTEGER PRIMARY KEY AUTOINCREMENT", "{json}": "TEXT"},
     "postgres": {"{serial}": "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", "{json}": "JSONB"},
 }
-VERSIONS_TABLE = ("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY,"
-                  " applied_at DOUBLE PRECISION NOT NULL)")
+VERSIONS_TABLE = (
+    "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)"
+)
 
 
 class StoreUnavailableError(RuntimeError):
@@ -59,11 +60,15 @@ class Migration:
 def _notify_job(*, webhooks: bool, previews: bool = False) -> str:
     """The trigger function that announces a job's transitions on the channels (``webhooks``: from step 8 on,
     ``previews``: from step 9 on, a new live preview is announced like a control video)."""
-    announce_end = (f"""
+    announce_end = (
+        f"""
         IF NEW.webhook_state = 'pending' AND NEW.webhook_owner IS NULL AND (TG_OP = 'INSERT'
                 OR OLD.webhook_state IS DISTINCT FROM 'pending' OR OLD.webhook_owner IS NOT NULL) THEN
             PERFORM pg_notify('{WEBHOOK_CHANNEL}', NEW.id);
-        END IF;""" if webhooks else "")
+        END IF;"""
+        if webhooks
+        else ""
+    )
     previewed, new_preview = (", OLD.preview_key", ", NEW.preview_key") if previews else ("", "")
     return f"""
     CREATE OR REPLACE FUNCTION vace_notify_job() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -81,8 +86,9 @@ def _notify_job(*, webhooks: bool, previews: bool = False) -> str:
 
 MIGRATIONS: tuple[Migration, ...] = (
     # 1: jobs and their logs.
-    Migration(both=(
-        """CREATE TABLE jobs (
+    Migration(
+        both=(
+            """CREATE TABLE jobs (
             seq {serial},
             id TEXT UNIQUE NOT NULL,
             app TEXT NOT NULL,
@@ -109,61 +115,73 @@ MIGRATIONS: tuple[Migration, ...] = (
             webhook_attempts INTEGER NOT NULL DEFAULT 0,
             webhook_next_at DOUBLE PRECISION
         )""",
-        "CREATE INDEX jobs_queue ON jobs (priority, seq) WHERE status = 'IN_QUEUE'",
-        "CREATE INDEX jobs_status ON jobs (status, seq)",
-        "CREATE INDEX jobs_webhooks ON jobs (seq) WHERE webhook_state = 'pending'",
-        """CREATE TABLE logs (
+            "CREATE INDEX jobs_queue ON jobs (priority, seq) WHERE status = 'IN_QUEUE'",
+            "CREATE INDEX jobs_status ON jobs (status, seq)",
+            "CREATE INDEX jobs_webhooks ON jobs (seq) WHERE webhook_state = 'pending'",
+            """CREATE TABLE logs (
             seq {serial},
             job_id TEXT NOT NULL,
             timestamp DOUBLE PRECISION NOT NULL,
             level TEXT NOT NULL,
             message TEXT NOT NULL
         )""",
-        "CREATE INDEX logs_job ON logs (job_id, seq)",
-    )),
+            "CREATE INDEX logs_job ON logs (job_id, seq)",
+        )
+    ),
     # 2: leases tie a running job to its worker, so that another node can take it back when the worker is gone.
-    Migration(both=(
-        "ALTER TABLE jobs ADD COLUMN worker_id TEXT",
-        "ALTER TABLE jobs ADD COLUMN lease_expires_at DOUBLE PRECISION",
-        "CREATE INDEX jobs_leases ON jobs (lease_expires_at) WHERE status = 'IN_PROGRESS'",
-    )),
+    Migration(
+        both=(
+            "ALTER TABLE jobs ADD COLUMN worker_id TEXT",
+            "ALTER TABLE jobs ADD COLUMN lease_expires_at DOUBLE PRECISION",
+            "CREATE INDEX jobs_leases ON jobs (lease_expires_at) WHERE status = 'IN_PROGRESS'",
+        )
+    ),
     # 3: PostgreSQL announces transitions to every process with triggers (SQLite's store calls its sink itself).
-    Migration(postgres=(
-        _notify_job(webhooks=False),
-        "CREATE TRIGGER jobs_notify AFTER INSERT OR UPDATE ON jobs FOR EACH ROW EXECUTE FUNCTION vace_notify_job()",
-        f"""CREATE FUNCTION vace_notify_log() RETURNS trigger LANGUAGE plpgsql AS $$
+    Migration(
+        postgres=(
+            _notify_job(webhooks=False),
+            "CREATE TRIGGER jobs_notify AFTER INSERT OR UPDATE ON jobs FOR EACH ROW EXECUTE FUNCTION vace_notify_job()",
+            f"""CREATE FUNCTION vace_notify_log() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
             PERFORM pg_notify('{JOB_CHANNEL}', NEW.job_id);
             RETURN NULL;
         END $$""",
-        "CREATE TRIGGER logs_notify AFTER INSERT ON logs FOR EACH ROW EXECUTE FUNCTION vace_notify_log()",
-    )),
+            "CREATE TRIGGER logs_notify AFTER INSERT ON logs FOR EACH ROW EXECUTE FUNCTION vace_notify_log()",
+        )
+    ),
     # 4: the workers' signs of life, for the fleet view of /ready.
-    Migration(both=(
-        "CREATE TABLE workers (id TEXT PRIMARY KEY, info {json} NOT NULL, last_seen DOUBLE PRECISION NOT NULL)",
-    )),
+    Migration(
+        both=("CREATE TABLE workers (id TEXT PRIMARY KEY, info {json} NOT NULL, last_seen DOUBLE PRECISION NOT NULL)",)
+    ),
     # 5: the fleet's secrets, one row per name, written once by the first node (no longer: step 7 drops them).
-    Migration(postgres=(
-        "CREATE TABLE secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL)",
-        "REVOKE ALL ON secrets FROM PUBLIC",
-    )),
+    Migration(
+        postgres=(
+            "CREATE TABLE secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL)",
+            "REVOKE ALL ON secrets FROM PUBLIC",
+        )
+    ),
     # 6: webhook delivery claims, so any node resumes a dead node's deliveries and no two nodes deliver one at once.
-    Migration(both=(
-        "ALTER TABLE jobs ADD COLUMN webhook_owner TEXT",
-        "ALTER TABLE jobs ADD COLUMN webhook_lease_until DOUBLE PRECISION",
-    )),
+    Migration(
+        both=(
+            "ALTER TABLE jobs ADD COLUMN webhook_owner TEXT",
+            "ALTER TABLE jobs ADD COLUMN webhook_lease_until DOUBLE PRECISION",
+        )
+    ),
     # 7: the fleet's secrets leave the database, which every node reads (server/node_secrets.py).
     Migration(postgres=("DROP TABLE IF EXISTS secrets",)),
     # 8: wake-ups for webhooks that fall due, so the API nodes deliver those of jobs that worker nodes ended.
     Migration(postgres=(_notify_job(webhooks=True),)),
     # 9: a running or handed-back job's newest checkpoint (its file's key and the step it resumes at) and its newest
     #    live preview (key and step), both files in the file store; a new preview wakes the status streams.
-    Migration(both=(
-        "ALTER TABLE jobs ADD COLUMN checkpoint_key TEXT",
-        "ALTER TABLE jobs ADD COLUMN checkpoint_step INTEGER",
-        "ALTER TABLE jobs ADD COLUMN preview_key TEXT",
-        "ALTER TABLE jobs ADD COLUMN preview_step INTEGER",
-    ), postgres=(_notify_job(webhooks=True, previews=True),)),
+    Migration(
+        both=(
+            "ALTER TABLE jobs ADD COLUMN checkpoint_key TEXT",
+            "ALTER TABLE jobs ADD COLUMN checkpoint_step INTEGER",
+            "ALTER TABLE jobs ADD COLUMN preview_key TEXT",
+            "ALTER TABLE jobs ADD COLUMN preview_step INTEGER",
+        ),
+        postgres=(_notify_job(webhooks=True, previews=True),),
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 UNNUMBERED_SQLITE = 6
@@ -173,8 +191,10 @@ UNNUMBERED_SQLITE = 6
 def check_version(current: int) -> None:
     """Refuse a database whose schema is newer than this code."""
     if current > SCHEMA_VERSION:
-        raise StoreUnavailableError(f"the database's schema is version {current}, newer than this server's "
-                                    f"({SCHEMA_VERSION}): upgrade the server")
+        raise StoreUnavailableError(
+            f"the database's schema is version {current}, newer than this server's "
+            f"({SCHEMA_VERSION}): upgrade the server"
+        )
 
 
 def migrate_sqlite(db: sqlite3.Connection) -> int:
@@ -211,23 +231,27 @@ def _number_old_sqlite(db: sqlite3.Connection) -> None:
     try:
         model.execute(VERSIONS_TABLE)
         _apply(model, range(1, UNNUMBERED_SQLITE + 1))
-        for table, sql in model.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table' AND"
-                                        " name NOT IN ('schema_migrations', 'sqlite_sequence')").fetchall():
+        for table, sql in model.execute(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'table' AND"
+            " name NOT IN ('schema_migrations', 'sqlite_sequence')"
+        ).fetchall():
             have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
             if not have:
                 db.execute(sql)
                 continue
             for _, column, kind, not_null, default, _ in model.execute(f"PRAGMA table_info({table})"):
                 if column not in have:
-                    constraints = (" NOT NULL" if not_null else "") + (f" DEFAULT {default}" if default is not None
-                                                                       else "")
+                    constraints = (" NOT NULL" if not_null else "") + (
+                        f" DEFAULT {default}" if default is not None else ""
+                    )
                     db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}{constraints}")
         indexes = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
-        for index, sql in model.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index'"
-                                        " AND sql IS NOT NULL"):
+        for index, sql in model.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"):
             if index not in indexes:
                 db.execute(sql)
-        db.executemany("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
-                       [(version, time.time()) for version in range(1, UNNUMBERED_SQLITE + 1)])
+        db.executemany(
+            "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
+            [(version, time.time()) for version in range(1, UNNUMBERED_SQLITE + 1)],
+        )
     finally:
         model.close()

@@ -25,9 +25,11 @@ from .metrics import CONTENT_TYPE
 STATIC_DIR = Path(__file__).parent / "static"
 # The playground loads nothing from other hosts; its requests go to this server only (media may come from
 # anywhere the user points it at, like the public URL the server hands out).
-PLAYGROUND_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self'; "
-                  "img-src * data: blob:; media-src * data: blob:; object-src 'none'; base-uri 'none'; "
-                  "frame-ancestors 'none'")
+PLAYGROUND_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    "img-src * data: blob:; media-src * data: blob:; object-src 'none'; base-uri 'none'; "
+    "frame-ancestors 'none'"
+)
 
 
 router = APIRouter(tags=["service"])
@@ -38,9 +40,12 @@ def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/ready", summary="Per endpoint: can a live worker (here or, in a fleet, anywhere) serve it, is its model "
-                              "loaded; with a key (or auth off) also the safety checker, prompt expansion, devices and "
-                              "installed LoRAs; with an admin key (or auth off) the live workers")
+@router.get(
+    "/ready",
+    summary="Per endpoint: can a live worker (here or, in a fleet, anywhere) serve it, is its model "
+    "loaded; with a key (or auth off) also the safety checker, prompt expansion, devices and "
+    "installed LoRAs; with an admin key (or auth off) the live workers",
+)
 def ready(pool: PoolDep, store: StoreDep, settings: SettingsDep, auth: AuthDep, caller: CallerDep) -> JSONResponse:
     # Workers of any node that renewed their sign of life within a lease: this node's, or a fleet's.
     workers = store.live_workers(time.time() - settings.lease_s)
@@ -48,10 +53,13 @@ def ready(pool: PoolDep, store: StoreDep, settings: SettingsDep, auth: AuthDep, 
     served = {m for w in workers for m in w["models_present"]}
     loaded = {m for d in devices for m in d["loaded_models"]} | {m for w in workers for m in w["models_loaded"]}
     endpoints = {
-        app_id: {"model": model, "tasks": [t for t in ENDPOINT_TASKS if t],
-                 "endpoints": [endpoint_id(app_id, t) for t in ENDPOINT_TASKS],  # the base endpoint first
-                 "weights_present": model in served or (pool.runs_jobs and pool.has_weights(model)),
-                 "loaded": model in loaded}
+        app_id: {
+            "model": model,
+            "tasks": [t for t in ENDPOINT_TASKS if t],
+            "endpoints": [endpoint_id(app_id, t) for t in ENDPOINT_TASKS],  # the base endpoint first
+            "weights_present": model in served or (pool.runs_jobs and pool.has_weights(model)),
+            "loaded": model in loaded,
+        }
         for app_id, model in APPS.items()
     }
     any_ready = any(e["weights_present"] for e in endpoints.values())
@@ -66,11 +74,16 @@ def ready(pool: PoolDep, store: StoreDep, settings: SettingsDep, auth: AuthDep, 
     return JSONResponse(body, status_code=200 if any_ready else 503)
 
 
-@router.get("/loras", summary="The LoRAs installed in the weights directory, by the names requests give as a "
-                              "LoRA's path")
+@router.get(
+    "/loras", summary="The LoRAs installed in the weights directory, by the names requests give as a LoRA's path"
+)
 def loras(settings: SettingsDep) -> dict[str, list[dict[str, object]]]:
-    return {"loras": [{"name": name, "file_size": path.stat().st_size}
-                      for name, path in installed_loras(settings.weights_dir).items()]}
+    return {
+        "loras": [
+            {"name": name, "file_size": path.stat().st_size}
+            for name, path in installed_loras(settings.weights_dir).items()
+        ]
+    }
 
 
 @router.get("/metrics", summary="Prometheus metrics")

@@ -30,8 +30,9 @@ def signed_message(request_id: str, user_id: str, timestamp: str, body: bytes) -
 
 def new_signing_key() -> bytes:
     """A new ED25519 private key, as unencrypted PKCS#8 PEM (what ``WebhookSigner`` takes)."""
-    return Ed25519PrivateKey.generate().private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                      serialization.NoEncryption())
+    return Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 class WebhookSigner:
@@ -60,5 +61,9 @@ class WebhookSigner:
         timestamp = str(int(time.time() if now is None else now))
         user_id = self.user_id(owner)
         signature = self._key.sign(signed_message(request_id, user_id, timestamp, body)).hex()
-        return {"x-fal-webhook-request-id": request_id, "x-fal-webhook-user-id": user_id,
-                "x-fal-webhook-timestamp": timestamp, "x-fal-webhook-signature": signature}
+        return {
+            "x-fal-webhook-request-id": request_id,
+            "x-fal-webhook-user-id": user_id,
+            "x-fal-webhook-timestamp": timestamp,
+            "x-fal-webhook-signature": signature,
+        }

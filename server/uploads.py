@@ -95,10 +95,15 @@ async def _complete(files: FileStore, upload_id: str, body: CompleteUpload) -> s
         raise HTTPException(409, ALREADY_RECEIVED) from None
 
 
-@router.post("/storage/upload/initiate", response_model=UploadUrls,
-             summary="Start an upload: PUT the bytes to upload_url")
-@router.post("/storage/upload/initiate-multipart", response_model=UploadUrls, operation_id="initiate_multipart",
-             summary="Start a multipart upload: PUT upload_url/<n> per part, then POST upload_url/complete")
+@router.post(
+    "/storage/upload/initiate", response_model=UploadUrls, summary="Start an upload: PUT the bytes to upload_url"
+)
+@router.post(
+    "/storage/upload/initiate-multipart",
+    response_model=UploadUrls,
+    operation_id="initiate_multipart",
+    summary="Start a multipart upload: PUT upload_url/<n> per part, then POST upload_url/complete",
+)
 def initiate(body: InitiateUpload, files: FilesDep, caller: CallerDep, base_url: BaseUrlDep) -> UploadUrls:
     key = files.new_key(body.file_name, body.content_type)
     upload_id = files.start_upload(key, caller.key_id)
@@ -106,8 +111,9 @@ def initiate(body: InitiateUpload, files: FilesDep, caller: CallerDep, base_url:
 
 
 @router.put("/storage/upload/{upload_id}", summary="The bytes of an upload started with /storage/upload/initiate")
-async def put_upload(upload_id: str, request: Request, files: FilesDep, auth: AuthDep,
-                     base_url: BaseUrlDep) -> dict[str, str]:
+async def put_upload(
+    upload_id: str, request: Request, files: FilesDep, auth: AuthDep, base_url: BaseUrlDep
+) -> dict[str, str]:
     key = await run_in_threadpool(_pending, files, auth, upload_id)
     await _receive(files, key, request.stream())
     await run_in_threadpool(files.end_upload, upload_id)
@@ -115,15 +121,17 @@ async def put_upload(upload_id: str, request: Request, files: FilesDep, auth: Au
 
 
 @router.put("/storage/upload/{upload_id}/{part_number}", summary="One part of a multipart upload")
-async def put_part(upload_id: str, part_number: PartNumber, request: Request, files: FilesDep,
-                   auth: AuthDep) -> JSONResponse:
+async def put_part(
+    upload_id: str, part_number: PartNumber, request: Request, files: FilesDep, auth: AuthDep
+) -> JSONResponse:
     await run_in_threadpool(_pending, files, auth, upload_id)
     return await _receive_part(files, upload_id, part_number, request)
 
 
 @router.post("/storage/upload/{upload_id}/complete", summary="Join the parts of a multipart upload")
-async def complete_storage(upload_id: str, body: CompleteUpload, files: FilesDep, auth: AuthDep,
-                           base_url: BaseUrlDep) -> dict[str, str]:
+async def complete_storage(
+    upload_id: str, body: CompleteUpload, files: FilesDep, auth: AuthDep, base_url: BaseUrlDep
+) -> dict[str, str]:
     await run_in_threadpool(_pending, files, auth, upload_id)
     return {"file_url": files.url(await _complete(files, upload_id, body), base_url)}
 
@@ -149,15 +157,17 @@ def upload_multipart(request: Request, files: FilesDep, caller: CallerDep, base_
 
 
 @router.put("/files/{token}/{name}/multipart/{upload_id}/{part_number}", summary="One part (fal-client)")
-async def put_file_part(token: str, name: str, upload_id: str, part_number: PartNumber, request: Request,
-                        files: FilesDep, auth: AuthDep) -> JSONResponse:
+async def put_file_part(
+    token: str, name: str, upload_id: str, part_number: PartNumber, request: Request, files: FilesDep, auth: AuthDep
+) -> JSONResponse:
     await run_in_threadpool(_pending, files, auth, upload_id, f"{token}/{name}")
     return await _receive_part(files, upload_id, part_number, request)
 
 
 @router.post("/files/{token}/{name}/multipart/{upload_id}/complete", summary="Join the parts (fal-client)")
-async def complete_file(token: str, name: str, upload_id: str, body: CompleteUpload, files: FilesDep,
-                        auth: AuthDep, base_url: BaseUrlDep) -> dict[str, str]:
+async def complete_file(
+    token: str, name: str, upload_id: str, body: CompleteUpload, files: FilesDep, auth: AuthDep, base_url: BaseUrlDep
+) -> dict[str, str]:
     await run_in_threadpool(_pending, files, auth, upload_id, f"{token}/{name}")
     return {"access_url": files.url(await _complete(files, upload_id, body), base_url)}
 

@@ -76,8 +76,19 @@ def webhook_body(job: Job) -> dict[str, Any]:
 class Webhooks:
     """Schedules deliveries from any thread; runs them on the loop it was started on."""
 
-    def __init__(self, store: JobStore, signer: WebhookSigner, ctx: JobContext, *, attempts: int, backoff_s: float,
-                 timeout_s: float, lease_s: float, concurrency: int, on_outcome: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        signer: WebhookSigner,
+        ctx: JobContext,
+        *,
+        attempts: int,
+        backoff_s: float,
+        timeout_s: float,
+        lease_s: float,
+        concurrency: int,
+        on_outcome: Callable[[str], None],
+    ) -> None:
         self.store = store
         self.signer = signer
         self.ctx = ctx
@@ -169,8 +180,9 @@ class Webhooks:
                 # Counted before it is sent, with when the next is due, and the claim renewed past it: the attempt
                 # ends within the claim, and a node that dies during it has used it up.
                 next_at = time.time() + (0.0 if last else self.delay_after(attempt))
-                if not await asyncio.to_thread(self.store.webhook_attempt, job_id, attempt, next_at,
-                                               node_id=self.node_id, lease_s=self.claim_s):
+                if not await asyncio.to_thread(
+                    self.store.webhook_attempt, job_id, attempt, next_at, node_id=self.node_id, lease_s=self.claim_s
+                ):
                     log.warning("webhook for %s was taken over by another node; leaving it to that one", job_id)
                     return
                 reason = await self._attempt(job, body)
@@ -184,8 +196,12 @@ class Webhooks:
             self.on_outcome("retried")
             await asyncio.sleep(max(0.0, next_at - time.time()))
         if await asyncio.to_thread(self.store.set_webhook_state, job_id, "failed", node_id=self.node_id):
-            await asyncio.to_thread(self.store.log, job_id, f"webhook delivery to {job.webhook_url} failed after "
-                                    f"{self.attempts} attempts", "ERROR")
+            await asyncio.to_thread(
+                self.store.log,
+                job_id,
+                f"webhook delivery to {job.webhook_url} failed after {self.attempts} attempts",
+                "ERROR",
+            )
             self.on_outcome("failed")
 
     async def _attempt(self, job: Job, body: bytes) -> str | None:

@@ -209,8 +209,12 @@ class WorkerPool:
                     worker.renew_lease()
                     self.store.worker_seen(worker.id, worker.describe())
                     if (device := worker.models.device).type == "cuda":
-                        self.metrics.gpu(str(device), torch.cuda.memory_allocated(device),
-                                         torch.cuda.memory_reserved(device), torch.cuda.max_memory_allocated(device))
+                        self.metrics.gpu(
+                            str(device),
+                            torch.cuda.memory_allocated(device),
+                            torch.cuda.memory_reserved(device),
+                            torch.cuda.max_memory_allocated(device),
+                        )
             except Exception:  # a database restarting: the next beat comes within the lease
                 log.warning("renewing the workers' leases failed; retrying", exc_info=True)
             if self.stopping.wait(self.lease_s / 3):
@@ -261,12 +265,19 @@ class Worker(threading.Thread):
 
     def describe(self) -> dict[str, Any]:
         """What the fleet view shows of this worker (with its runtime, which a node shows of its worker processes)."""
-        return {"node": socket.gethostname(), "device": str(self.models.device), "current_job": self.current,
-                "models_present": [m for m in MODELS if self.models.is_present(m)
-                                   and (not self.pool.model_filter or m in self.pool.model_filter)],
-                "models_loaded": self.models.loaded(),
-                **(self.group.describe() if self.group else {"devices": [str(self.models.device)], "parallel": None}),
-                "runtime": self.models.describe()}
+        return {
+            "node": socket.gethostname(),
+            "device": str(self.models.device),
+            "current_job": self.current,
+            "models_present": [
+                m
+                for m in MODELS
+                if self.models.is_present(m) and (not self.pool.model_filter or m in self.pool.model_filter)
+            ],
+            "models_loaded": self.models.loaded(),
+            **(self.group.describe() if self.group else {"devices": [str(self.models.device)], "parallel": None}),
+            "runtime": self.models.describe(),
+        }
 
     def renew_lease(self) -> None:
         """Keep the running job's lease; if the store says the job is no longer ours (another node handed it back
@@ -314,12 +325,20 @@ class Worker(threading.Thread):
     def _claim(self) -> Job | None:
         """The next job this worker should run (see ``JobStore.claim`` for the order), or None: none is queued, or
         the store cannot be reached right now (a database restarting), which the idle wait then rides out."""
-        servable = [model for model in MODELS if self.models.is_present(model)
-                    and (not self.pool.model_filter or model in self.pool.model_filter)]
+        servable = [
+            model
+            for model in MODELS
+            if self.models.is_present(model) and (not self.pool.model_filter or model in self.pool.model_filter)
+        ]
         try:
-            return self.pool.store.claim(worker_id=self.id, lease_s=self.pool.lease_s, models=servable,
-                                         loaded=self.models.loaded(), hints=self.hints,
-                                         switch_after_s=self.pool.switch_after_s)
+            return self.pool.store.claim(
+                worker_id=self.id,
+                lease_s=self.pool.lease_s,
+                models=servable,
+                loaded=self.models.loaded(),
+                hints=self.hints,
+                switch_after_s=self.pool.switch_after_s,
+            )
         except Exception as exc:  # noqa: BLE001 - whatever the store raises while away, the idle wait rides it out
             log.warning("%s could not claim a job: %s; retrying", self.id, str(exc).strip())
             return None
@@ -368,8 +387,13 @@ class Worker(threading.Thread):
             workdir.mkdir(mode=0o700, exist_ok=True)
             inp = input_model(job.app, job.task).model_validate(job.input)
             output = generate(
-                inp, task=endpoint_task(job.task), model=job.model, manager=self.models, workdir=workdir,
-                publish=self._publisher(job, inp.sync_mode, published), hooks=self._hooks(job, inp, workdir),
+                inp,
+                task=endpoint_task(job.task),
+                model=job.model,
+                manager=self.models,
+                workdir=workdir,
+                publish=self._publisher(job, inp.sync_mode, published),
+                hooks=self._hooks(job, inp, workdir),
                 ctx=self.pool.ctx,
             )
             return Completed(output.model_dump(mode="json", exclude_none=True))
@@ -407,8 +431,12 @@ class Worker(threading.Thread):
             last = (i, now)
             self._log(job.id, f"step {i}/{total}")
 
-        hooks = JobHooks(log=lambda message: self._log(job.id, message), step=step,
-                         cancelled=lambda: self.must_stop(job.id), checkpoints=self._checkpoints(job, workdir))
+        hooks = JobHooks(
+            log=lambda message: self._log(job.id, message),
+            step=step,
+            cancelled=lambda: self.must_stop(job.id),
+            checkpoints=self._checkpoints(job, workdir),
+        )
         if not inp.sync_mode:  # sync_mode keeps nothing on the server
             hooks.control = lambda frames, fps: self._keep_control(job, workdir, frames, fps)
             hooks.preview = self._previews(job, workdir)
@@ -431,9 +459,14 @@ class Worker(threading.Thread):
             self._replace(job, self.pool.store.set_checkpoint, files.adopt(path, "checkpoint.safetensors"), step)
             self._log(job.id, f"checkpoint at step {step}")
 
-        return CheckpointSink(every_steps=every.checkpoint_every_steps, every_s=every.checkpoint_every_s,
-                              folder=workdir, keep=keep, latest=latest,
-                              resumed=lambda steps, _total: self.pool.metrics.resumed(steps))
+        return CheckpointSink(
+            every_steps=every.checkpoint_every_steps,
+            every_s=every.checkpoint_every_s,
+            folder=workdir,
+            keep=keep,
+            latest=latest,
+            resumed=lambda steps, _total: self.pool.metrics.resumed(steps),
+        )
 
     def _previews(self, job: Job, workdir: Path) -> PreviewSink | None:
         """Where ``job``'s live previews go: the file store, the newest recorded on the job (its status names it)."""
@@ -446,8 +479,9 @@ class Worker(threading.Thread):
 
         return PreviewSink(every_steps=every, folder=workdir, publish=publish)
 
-    def _replace(self, job: Job, record: Callable[[str, str, str, int], tuple[bool, str | None]], key: str,
-                 step: int) -> None:
+    def _replace(
+        self, job: Job, record: Callable[[str, str, str, int], tuple[bool, str | None]], key: str, step: int
+    ) -> None:
         """Record the stored file ``key`` as ``job``'s newest of its kind and delete the one it replaces; a file the
         store did not take (the job is no longer this worker's) is deleted instead."""
         recorded, replaced = record(job.id, self.id, key, step)

@@ -32,8 +32,15 @@ EXIT_WAIT_S = 2.0
 class WorkerGroup:
     """The job group of one worker: its spec and devices, and the models of rank 0 in the running group."""
 
-    def __init__(self, spec: ParallelSpec, devices: Sequence[str], weights_dir: Path, runtime: RuntimeConfig,
-                 max_models: int, on_restart: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        spec: ParallelSpec,
+        devices: Sequence[str],
+        weights_dir: Path,
+        runtime: RuntimeConfig,
+        max_models: int,
+        on_restart: Callable[[str], None],
+    ) -> None:
         """``on_restart(cause)``: told each time a failed group is replaced (metrics)."""
         self.spec = spec
         self.devices = [str(d) for d in devices]
@@ -47,8 +54,9 @@ class WorkerGroup:
         """Rank 0's models in a group that can take a job: the running group, or a new one in place of one that
         is not whole or not in step."""
         if self.followers is not None and self.manager is not None:
-            cause = self.followers.failed() or (None if self.followers.in_step(IN_STEP_WAIT_S)
-                                             else "the other ranks did not finish the last job")
+            cause = self.followers.failed() or (
+                None if self.followers.in_step(IN_STEP_WAIT_S) else "the other ranks did not finish the last job"
+            )
             if cause is None:
                 return self.manager
             log.warning("job group %s on %s: %s; starting a new group", self.spec, ", ".join(self.devices), cause)
@@ -56,8 +64,9 @@ class WorkerGroup:
             self.on_restart(cause)
         self.followers = Followers(self.spec, self.weights_dir, self.runtime, self.devices)
         group = self.followers.start()
-        self.manager = ModelManager(self.weights_dir, device=self.devices[0], max_models=self.max_models,
-                                   runtime=self.runtime, group=group)
+        self.manager = ModelManager(
+            self.weights_dir, device=self.devices[0], max_models=self.max_models, runtime=self.runtime, group=group
+        )
         log.info("job group %s on %s started", self.spec, ", ".join(self.devices))
         return self.manager
 

@@ -145,8 +145,9 @@ class _Child:
         self.worker_ids: list[str] = []
         self.proc: subprocess.Popen[bytes] | None = None
         self.channel: Channel | None = None
-        self.thread = threading.Thread(target=self._supervise, name=f"vace-worker-process-{'+'.join(devices)}",
-                                       daemon=True)
+        self.thread = threading.Thread(
+            target=self._supervise, name=f"vace-worker-process-{'+'.join(devices)}", daemon=True
+        )
 
     def send(self, **message: Any) -> None:
         if (channel := self.channel) is not None:
@@ -179,13 +180,17 @@ class _Child:
 
     def _spawn(self) -> None:
         ours, theirs = socket.socketpair()
-        self.proc = subprocess.Popen([sys.executable, "-m", "server.worker_process", str(theirs.fileno())],
-                                     pass_fds=(theirs.fileno(),))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "server.worker_process", str(theirs.fileno())], pass_fds=(theirs.fileno(),)
+        )
         theirs.close()
         self.worker_ids = []
         self.channel = Channel(ours)
-        self.channel.send(settings=self.processes.config.model_dump(mode="json"), devices=self.devices,
-                          log_level=logging.getLogger().getEffectiveLevel() or logging.WARNING)
+        self.channel.send(
+            settings=self.processes.config.model_dump(mode="json"),
+            devices=self.devices,
+            log_level=logging.getLogger().getEffectiveLevel() or logging.WARNING,
+        )
 
     def _serve(self, channel: Channel) -> None:
         """Take the process's messages until its socket closes."""
@@ -273,13 +278,29 @@ def main(fd: int) -> None:
     files = open_files(config)
     group = None
     if config.parallel:
-        group = WorkerGroup(ParallelSpec.parse(config.parallel), devices, config.weights_dir, config.runtime,
-                            config.max_models, on_restart=lambda _cause: relay.group_restart())
+        group = WorkerGroup(
+            ParallelSpec.parse(config.parallel),
+            devices,
+            config.weights_dir,
+            config.runtime,
+            config.max_models,
+            on_restart=lambda _cause: relay.group_restart(),
+        )
     models = ModelManager(config.weights_dir, device=devices[0], max_models=config.max_models, runtime=config.runtime)
-    pool = WorkerPool(store=store, files=files, metrics=relay, managers=[models], work_dir=config.work_dir,
-                      ctx=job_context(config, files), lease_s=config.lease_s, max_attempts=config.max_attempts,
-                      models=config.models, switch_after_s=config.switch_after_s, group=group,
-                      intermediates=intermediates(config))
+    pool = WorkerPool(
+        store=store,
+        files=files,
+        metrics=relay,
+        managers=[models],
+        work_dir=config.work_dir,
+        ctx=job_context(config, files),
+        lease_s=config.lease_s,
+        max_attempts=config.max_attempts,
+        models=config.models,
+        switch_after_s=config.switch_after_s,
+        group=group,
+        intermediates=intermediates(config),
+    )
     if not config.shared_store:  # a fleet's store reaches the node by itself
         store.announce_to(relay)
     channel.send(hello=[worker.id for worker in pool.workers])

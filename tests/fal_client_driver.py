@@ -49,8 +49,10 @@ def main(pose: str, depth: str, server_url: str) -> dict[str, Any]:
     # subscribe, with logs through on_queue_update
     updates: list[dict[str, Any]] = []
     out["subscribe"] = fal_client.subscribe(
-        POSE_14B, {"prompt": "a dancer", "video_url": fal_client.encode_file(pose), **SMALL},
-        with_logs=True, on_queue_update=lambda s: updates.append(describe(s)),
+        POSE_14B,
+        {"prompt": "a dancer", "video_url": fal_client.encode_file(pose), **SMALL},
+        with_logs=True,
+        on_queue_update=lambda s: updates.append(describe(s)),
     )
     out["subscribe_updates"] = updates
 
@@ -69,16 +71,19 @@ def main(pose: str, depth: str, server_url: str) -> dict[str, Any]:
     out["submit_result"] = fal_client.result(DEPTH_A14B, handle.request_id)
 
     # run (sync), with sync_mode: data URIs, nothing kept on the server
-    out["run"] = fal_client.run(DEPTH_14B, {"prompt": "sync", "video_url": fal_client.encode_file(depth),
-                                            "sync_mode": True, **SMALL})
-    out["run_invalid"] = http_error(lambda: fal_client.run(POSE_14B, {"prompt": "x", "video_url": "https://e/v.mp4",
-                                                                      "num_frames": 5}))
+    out["run"] = fal_client.run(
+        DEPTH_14B, {"prompt": "sync", "video_url": fal_client.encode_file(depth), "sync_mode": True, **SMALL}
+    )
+    out["run_invalid"] = http_error(
+        lambda: fal_client.run(POSE_14B, {"prompt": "x", "video_url": "https://e/v.mp4", "num_frames": 5})
+    )
 
     # upload_file through the helper, feeding a later request
     use_server(server_url, key=os.environ["FAL_KEY"], ca_file=os.environ["SSL_CERT_FILE"])
     out["uploaded"] = fal_client.upload_file(pose)
-    out["upload_subscribe"] = fal_client.subscribe(POSE_A14B, {"prompt": "from upload", "video_url": out["uploaded"],
-                                                               **SMALL})
+    out["upload_subscribe"] = fal_client.subscribe(
+        POSE_A14B, {"prompt": "from upload", "video_url": out["uploaded"], **SMALL}
+    )
     return out
 
 
@@ -95,27 +100,47 @@ def family(server_url: str, video: str, mask: str, letterbox: str) -> dict[str, 
     for app in APPS:
         seen: list[dict[str, Any]] = []
         out[f"{app} base"] = fal_client.subscribe(
-            app, {"prompt": "a cat on a sofa", "resolution": "240p", **SMALL}, with_logs=True,
-            on_queue_update=lambda s, seen=seen: seen.append(describe(s)))
+            app,
+            {"prompt": "a cat on a sofa", "resolution": "240p", **SMALL},
+            with_logs=True,
+            on_queue_update=lambda s, seen=seen: seen.append(describe(s)),
+        )
         out[f"{app} base logs"] = seen[-1]["logs"]
 
-        handle = fal_client.submit(f"{app}/inpainting", {"prompt": "a red ball", "video_url": video_url,
-                                                         "mask_video_url": mask_url, **SMALL})
+        handle = fal_client.submit(
+            f"{app}/inpainting", {"prompt": "a red ball", "video_url": video_url, "mask_video_url": mask_url, **SMALL}
+        )
         while not isinstance(fal_client.status(f"{app}/inpainting", handle.request_id), fal_client.Completed):
             time.sleep(0.2)
-        out[f"{app} inpainting logs"] = describe(fal_client.status(f"{app}/inpainting", handle.request_id,
-                                                                   with_logs=True))["logs"]
+        out[f"{app} inpainting logs"] = describe(
+            fal_client.status(f"{app}/inpainting", handle.request_id, with_logs=True)
+        )["logs"]
         out[f"{app} inpainting"] = fal_client.result(f"{app}/inpainting", handle.request_id)
 
-        out[f"{app} outpainting"] = fal_client.run(f"{app}/outpainting", {
-            "prompt": "a wide room", "video_url": video_url, "expand_left": True, "expand_right": True,
-            "resolution": "240p", **SMALL})
+        out[f"{app} outpainting"] = fal_client.run(
+            f"{app}/outpainting",
+            {
+                "prompt": "a wide room",
+                "video_url": video_url,
+                "expand_left": True,
+                "expand_right": True,
+                "resolution": "240p",
+                **SMALL,
+            },
+        )
 
         seen = []
         out[f"{app} reframe"] = fal_client.subscribe(
-            f"{app}/reframe", {"video_url": letterbox_url, "aspect_ratio": "1:1", "resolution": "240p",
-                               **{k: v for k, v in SMALL.items() if k != "num_frames"}},
-            with_logs=True, on_queue_update=lambda s, seen=seen: seen.append(describe(s)))
+            f"{app}/reframe",
+            {
+                "video_url": letterbox_url,
+                "aspect_ratio": "1:1",
+                "resolution": "240p",
+                **{k: v for k, v in SMALL.items() if k != "num_frames"},
+            },
+            with_logs=True,
+            on_queue_update=lambda s, seen=seen: seen.append(describe(s)),
+        )
         out[f"{app} reframe logs"] = seen[-1]["logs"]
     return out
 

@@ -18,8 +18,9 @@ from typing import Any
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared/reference/fal-vace-family.md"
 HEADER = ["field", "type", "req", "default", "range (OpenAPI)", "meaning (fal text)"]
-POSE_DEPTH = [f"{app}/{task}" for app in ("fal-ai/wan-vace-14b", "fal-ai/wan-22-vace-fun-a14b")
-              for task in ("pose", "depth")]
+POSE_DEPTH = [
+    f"{app}/{task}" for app in ("fal-ai/wan-vace-14b", "fal-ai/wan-22-vace-fun-a14b") for task in ("pose", "depth")
+]
 
 
 @dataclass(frozen=True)
@@ -90,8 +91,14 @@ def load_reference(path: Path = REFERENCE) -> dict[str, dict[str, Row]]:
         for field, type_, req, default, range_, _meaning in table:
             name = re.match(r"`(\w+)`", field).group(1)
             is_base = endpoint == "fal-ai/wan-vace-14b"
-            out[name] = Row(name, type_, req == "**required**", default.strip("`"), range_,
-                            name in nullable or (is_base and name in base_only))
+            out[name] = Row(
+                name,
+                type_,
+                req == "**required**",
+                default.strip("`"),
+                range_,
+                name in nullable or (is_base and name in base_only),
+            )
         return out
 
     shared: dict[str, Row] | None = None
@@ -110,9 +117,17 @@ def load_reference(path: Path = REFERENCE) -> dict[str, dict[str, Row]]:
             endpoints[endpoint] = rows(tables[0], endpoint)
             continue
         assert shared is not None, "section 1 must come first"
-        fields = {name: Row(r.field, r.type, r.required, r.default, r.range,
-                            r.nullable or (endpoint == "fal-ai/wan-vace-14b" and name in base_only))
-                  for name, r in shared.items()}
+        fields = {
+            name: Row(
+                r.field,
+                r.type,
+                r.required,
+                r.default,
+                r.range,
+                r.nullable or (endpoint == "fal-ai/wan-vace-14b" and name in base_only),
+            )
+            for name, r in shared.items()
+        }
         for line in body:
             absent = re.match(r"- `(\w+)`: \*\*absent\*\* here", line)
             if absent:
@@ -135,8 +150,9 @@ def _number(text: str) -> float:
     return float(text)
 
 
-def compare(endpoint: str, schema: dict[str, Any], rows: dict[str, Row], negative_prompt: str,
-            allowed: dict[str, str]) -> list[str]:
+def compare(
+    endpoint: str, schema: dict[str, Any], rows: dict[str, Row], negative_prompt: str, allowed: dict[str, str]
+) -> list[str]:
     """Every difference between fal's ``rows`` and the JSON ``schema`` of our request model (empty when they match
     field for field). ``allowed`` names our deliberate differences (field -> reason): those fields' ranges are not
     compared. Fields of ours that fal lacks are the caller's to check."""

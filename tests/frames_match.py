@@ -30,4 +30,5 @@ def assert_same_frames(got: list[bytes], want: list[bytes], what: str) -> None:
     diff = np.abs(a - b)
     differing = float((diff > 0).mean())
     assert diff.max() <= MAX_LEVELS and differing <= MAX_DIFFERING, (
-        f"{what}: frames differ by up to {diff.max()} levels in {differing:.2%} of values")
+        f"{what}: frames differ by up to {diff.max()} levels in {differing:.2%} of values"
+    )

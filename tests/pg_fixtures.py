@@ -42,16 +42,28 @@ class PostgresCluster:
         if self._owner is not None:
             os.chown(self.root, self._owner.pw_uid, self._owner.pw_gid)
         self._names = itertools.count(1)
-        self._run("initdb", "-D", str(self.data), "-U", _SUPERUSER, "--auth=trust", "-E", "UTF8", "--no-sync",
-                  "--no-instructions")
+        self._run(
+            "initdb",
+            "-D",
+            str(self.data),
+            "-U",
+            _SUPERUSER,
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+            "--no-instructions",
+        )
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://{_SUPERUSER}@127.0.0.1:{self.port}/{database}"
 
     def start(self) -> None:
         # Durability is not under test here: no fsync makes each commit cheap on the shared test machine.
-        options = (f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} -c fsync=off"
-                   " -c synchronous_commit=off -c full_page_writes=off")
+        options = (
+            f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} -c fsync=off"
+            " -c synchronous_commit=off -c full_page_writes=off"
+        )
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "start")
 
     def stop(self, mode: str = "fast") -> None:
@@ -95,16 +107,17 @@ def _server_owner() -> pwd.struct_passwd | None:
     try:
         return pwd.getpwnam(_OWNER)
     except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", _OWNER],
-                       check=True)
+        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", _OWNER], check=True)
         return pwd.getpwnam(_OWNER)
 
 
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[PostgresCluster]:
     """The session's PostgreSQL server (skips without the binaries; fails in CI)."""
-    require(PG_BIN is not None, "PostgreSQL server binaries not found under /usr/lib/postgresql/*/bin "
-                                "(apt-get install postgresql)")
+    require(
+        PG_BIN is not None,
+        "PostgreSQL server binaries not found under /usr/lib/postgresql/*/bin (apt-get install postgresql)",
+    )
     assert PG_BIN is not None
     cluster = PostgresCluster(PG_BIN)
     try:

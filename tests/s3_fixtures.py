@@ -38,8 +38,11 @@ class S3Server:
         self.log_path = log_path
         self._names = itertools.count(1)
         with log_path.open("ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-                                         stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         wait_until(self._answers, 60, "the moto S3 server", interval_s=0.2)
 
     def _answers(self) -> bool:
@@ -78,8 +81,10 @@ class S3Server:
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    require(importlib.util.find_spec("moto") is not None and importlib.util.find_spec("flask") is not None,
-            "moto[server] is not installed (pip install -e .[test])")
+    require(
+        importlib.util.find_spec("moto") is not None and importlib.util.find_spec("flask") is not None,
+        "moto[server] is not installed (pip install -e .[test])",
+    )
     server = S3Server(tmp_path_factory.mktemp("s3") / "moto.log")
     saved = {name: os.environ.get(name) for name in (*AWS_ENV, "AWS_ENDPOINT_URL")}
     os.environ.update(AWS_ENV, AWS_ENDPOINT_URL=server.endpoint)

@@ -89,8 +89,17 @@ def keyed_client(url: str, key: str) -> httpx.Client:
 class ServeProcess:
     """``vace serve`` as a child process (the real CLI), which a test can kill outright."""
 
-    def __init__(self, weights: Path, data_dir: Path, *, tls: bool = False, api_key: str | None = None,
-                 port: int | None = None, files: str | None = None, extra_args: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        weights: Path,
+        data_dir: Path,
+        *,
+        tls: bool = False,
+        api_key: str | None = None,
+        port: int | None = None,
+        files: str | None = None,
+        extra_args: Sequence[str] = (),
+    ) -> None:
         """``extra_args``: more ``vace serve`` flags (``--read-timeout-s 1``, ...)."""
         self.weights, self.data_dir, self.tls, self.api_key, self.files = weights, data_dir, tls, api_key, files
         self.extra_args = list(extra_args)
@@ -119,8 +128,18 @@ class ServeProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def start(self, timeout_s: float = 180) -> ServeProcess:
-        args = [sys.executable, "-m", "server.cli", "serve", "--weights-dir", str(self.weights),
-                "--data-dir", str(self.data_dir), "--port", str(self.port)]
+        args = [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "serve",
+            "--weights-dir",
+            str(self.weights),
+            "--data-dir",
+            str(self.data_dir),
+            "--port",
+            str(self.port),
+        ]
         if self.tls:
             args.append("--tls")
         if self.api_key:
@@ -133,8 +152,9 @@ class ServeProcess:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
         env.pop("VACE_API_KEYS", None)
         with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
 
         def healthy() -> bool:
             assert self.proc is not None
@@ -243,13 +263,20 @@ def verify_like_fals_docs(headers: dict[str, str], body: bytes, jwks: dict[str, 
     timestamp = headers["x-fal-webhook-timestamp"]
     if abs((time.time() if now is None else now) - int(timestamp)) > 300:
         return False
-    message = "\n".join([headers["x-fal-webhook-request-id"], headers["x-fal-webhook-user-id"], timestamp,
-                         hashlib.sha256(body).hexdigest()]).encode()
+    message = "\n".join(
+        [
+            headers["x-fal-webhook-request-id"],
+            headers["x-fal-webhook-user-id"],
+            timestamp,
+            hashlib.sha256(body).hexdigest(),
+        ]
+    ).encode()
     for key in jwks["keys"]:
         x = key["x"] + "=" * (-len(key["x"]) % 4)
         try:
             Ed25519PublicKey.from_public_bytes(base64.urlsafe_b64decode(x)).verify(
-                bytes.fromhex(headers["x-fal-webhook-signature"]), message)
+                bytes.fromhex(headers["x-fal-webhook-signature"]), message
+            )
             return True
         except (InvalidSignature, ValueError):
             continue

@@ -102,8 +102,14 @@ def test_an_api_node_validates_and_queues_without_the_model_stack(tmp_path: Path
     """An API node (``vace serve --no-workers``) answers and runs the host's checks (``pipelines.checks``) without
     importing diffusers, onnxruntime or the annotators: only a node that runs workers loads them."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    run = subprocess.run([sys.executable, "-c", API_NODE, str(tmp_path / "data"), str(tmp_path / "no-weights")],
-                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    run = subprocess.run(
+        [sys.executable, "-c", API_NODE, str(tmp_path / "data"), str(tmp_path / "no-weights")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     answer = json.loads(run.stdout.strip().splitlines()[-1])
     assert answer["queued"]["status"] == "IN_QUEUE"

@@ -19,12 +19,34 @@ from server.cli import main
 
 def test_generate_writes_the_video_and_prints_the_fal_output(tiny_weights, pose_video, tmp_path, capsys):
     out = tmp_path / "result.mp4"
-    code = main([
-        "generate", "depth", "--model", "wan-vace-14b", "--weights-dir", str(tiny_weights), "-q",
-        "--video", str(pose_video), "--prompt", "a robot walking", "--num-frames", "17",
-        "--num_inference_steps", "2", "--seed", "5", "--acceleration", "none", "--frames_per_second", "12",
-        "--return_frames_zip", "-o", str(out),
-    ])
+    code = main(
+        [
+            "generate",
+            "depth",
+            "--model",
+            "wan-vace-14b",
+            "--weights-dir",
+            str(tiny_weights),
+            "-q",
+            "--video",
+            str(pose_video),
+            "--prompt",
+            "a robot walking",
+            "--num-frames",
+            "17",
+            "--num_inference_steps",
+            "2",
+            "--seed",
+            "5",
+            "--acceleration",
+            "none",
+            "--frames_per_second",
+            "12",
+            "--return_frames_zip",
+            "-o",
+            str(out),
+        ]
+    )
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["seed"] == 5 and printed["prompt"] == "a robot walking"
@@ -35,29 +57,63 @@ def test_generate_writes_the_video_and_prints_the_fal_output(tiny_weights, pose_
 
 
 def test_out_of_range_flag_is_a_one_line_error(tiny_weights, pose_video, tmp_path, capsys):
-    code = main([
-        "generate", "pose", "--weights-dir", str(tiny_weights), "--video", str(pose_video), "--prompt", "p",
-        "--num_frames", "300", "-o", str(tmp_path / "x.mp4"),
-    ])
+    code = main(
+        [
+            "generate",
+            "pose",
+            "--weights-dir",
+            str(tiny_weights),
+            "--video",
+            str(pose_video),
+            "--prompt",
+            "p",
+            "--num_frames",
+            "300",
+            "-o",
+            str(tmp_path / "x.mp4"),
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "num_frames" in err and "less than or equal to 241" in err and "Traceback" not in err
 
 
 def test_missing_video_is_a_download_error(tiny_weights, tmp_path, capsys):
-    code = main([
-        "generate", "pose", "--weights-dir", str(tiny_weights), "--video", str(tmp_path / "nope.mp4"),
-        "--prompt", "p", "-o", str(tmp_path / "x.mp4"),
-    ])
+    code = main(
+        [
+            "generate",
+            "pose",
+            "--weights-dir",
+            str(tiny_weights),
+            "--video",
+            str(tmp_path / "nope.mp4"),
+            "--prompt",
+            "p",
+            "-o",
+            str(tmp_path / "x.mp4"),
+        ]
+    )
     assert code == 2
     assert "video_url" in capsys.readouterr().err
 
 
 def test_missing_weights_say_how_to_get_them(pose_video, tmp_path, capsys):
-    code = main([
-        "generate", "pose", "--weights-dir", str(tmp_path / "empty"), "--video", str(pose_video), "--prompt", "p",
-        "--num_inference_steps", "2", "-o", str(tmp_path / "x.mp4"),
-    ])
+    code = main(
+        [
+            "generate",
+            "pose",
+            "--weights-dir",
+            str(tmp_path / "empty"),
+            "--video",
+            str(pose_video),
+            "--prompt",
+            "p",
+            "--num_inference_steps",
+            "2",
+            "-o",
+            str(tmp_path / "x.mp4"),
+        ]
+    )
     assert code == 1
     assert "vace weights download" in capsys.readouterr().err
 
@@ -77,10 +133,20 @@ def test_weights_check_passes_on_a_complete_dir_and_fails_on_a_broken_one(tiny_w
 
 def test_preprocess_writes_a_control_video_of_the_same_shape(tiny_weights, pose_video, tmp_path, capsys):
     out = tmp_path / "control.mp4"
-    code = main([
-        "preprocess", "depth", "--annotator", "depth_anything_v2", "--weights-dir", str(tiny_weights),
-        "--video", str(pose_video), "-o", str(out),
-    ])
+    code = main(
+        [
+            "preprocess",
+            "depth",
+            "--annotator",
+            "depth_anything_v2",
+            "--weights-dir",
+            str(tiny_weights),
+            "--video",
+            str(pose_video),
+            "-o",
+            str(out),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     source, control = probe_video(pose_video), probe_video(out)
     assert (control.num_frames, control.width, control.height) == (source.num_frames, source.width, source.height)
@@ -96,8 +162,23 @@ def test_preprocess_writes_a_control_video_for_an_odd_sized_input(tiny_weights, 
     import imageio_ffmpeg
 
     odd = tmp_path / "odd.mp4"
-    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i",
-                    "testsrc2=size=65x47:rate=8", "-frames:v", "5", "-pix_fmt", "yuv444p", str(odd)], check=True)
+    subprocess.run(
+        [
+            imageio_ffmpeg.get_ffmpeg_exe(),
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=65x47:rate=8",
+            "-frames:v",
+            "5",
+            "-pix_fmt",
+            "yuv444p",
+            str(odd),
+        ],
+        check=True,
+    )
     out = tmp_path / "control.mp4"
     assert main(["preprocess", "depth", "--video", str(odd), "--weights-dir", str(tiny_weights), "-o", str(out)]) == 0
     info = probe_video(out)
@@ -111,8 +192,9 @@ def test_generate_parallel_is_the_jobs_own_group_not_the_servers_setting(monkeyp
     from server.cli import build_parser, settings
 
     monkeypatch.delenv("VACE_PARALLEL", raising=False)
-    args = build_parser().parse_args(["generate", "pose", "--video", "v.mp4", "--prompt", "p", "--parallel",
-                                      "cfg=2", "-o", "x.mp4"])
+    args = build_parser().parse_args(
+        ["generate", "pose", "--video", "v.mp4", "--prompt", "p", "--parallel", "cfg=2", "-o", "x.mp4"]
+    )
     assert args.job_parallel == "cfg=2"
     assert settings(args).parallel is None
 
@@ -136,8 +218,10 @@ def test_every_setting_is_a_serve_flag_with_its_help_variable_and_default():
         assert info.description, f"{name} has no docstring to be its help"
         parts = [f"VACE_{name.upper()}", info.description]
         if name not in ENV_ONLY:
-            parts += [f"--{name.replace('_', '-')}", *([f"default{_shown(info.default)})"] if _shown(info.default)
-                                                      else [])]
+            parts += [
+                f"--{name.replace('_', '-')}",
+                *([f"default{_shown(info.default)})"] if _shown(info.default) else []),
+            ]
         for part in parts:
             assert re.sub(r"\s+", "", part) in text, f"{name}: {part!r} is not in vace serve --help"
     assert "default~/.cache/vace/weights" in text and "default604800)" in text  # a path and a duration, as written
@@ -157,8 +241,11 @@ def test_each_command_takes_its_layer_of_settings():
     from server.config import JobSettings, NodeSettings, Settings
 
     parser = build_parser()
-    worker, generate, preprocess = (_flags(parser, "worker"), _flags(parser, "generate", "base"),
-                                    _flags(parser, "preprocess", "depth"))
+    worker, generate, preprocess = (
+        _flags(parser, "worker"),
+        _flags(parser, "generate", "base"),
+        _flags(parser, "preprocess", "depth"),
+    )
     for name in Settings.model_fields.keys() - ENV_ONLY:
         flag = f"--{name.replace('_', '-')}"  # generate's --parallel is the job's own, not the setting
         assert (worker.get(flag) == name) == (name in NodeSettings.model_fields), name
@@ -177,10 +264,36 @@ def test_flag_values_reach_settings(monkeypatch):
         assert serve[f"--{name.replace('_', '-')}"] == name
     monkeypatch.setenv("VACE_PORT", "9")
     monkeypatch.delenv("VACE_API_KEYS", raising=False)
-    given = settings(parser.parse_args([
-        "serve", "--tls", "--no-workers", "false", "--port", "8123", "--lease-s", "12.5", "--data-dir", "/tmp/d",
-        "--memory-mode", "fp8", "--api-keys", "a", "b", "--api-keys", "c", "--limits", "max_ref_images=2",
-        "--retention-s", "60", "--devices", "cpu", "cpu"]))
+    given = settings(
+        parser.parse_args(
+            [
+                "serve",
+                "--tls",
+                "--no-workers",
+                "false",
+                "--port",
+                "8123",
+                "--lease-s",
+                "12.5",
+                "--data-dir",
+                "/tmp/d",
+                "--memory-mode",
+                "fp8",
+                "--api-keys",
+                "a",
+                "b",
+                "--api-keys",
+                "c",
+                "--limits",
+                "max_ref_images=2",
+                "--retention-s",
+                "60",
+                "--devices",
+                "cpu",
+                "cpu",
+            ]
+        )
+    )
     assert (given.tls, given.no_workers, given.port, given.lease_s) == (True, False, 8123, 12.5)
     assert (given.data_dir, given.memory_mode, given.api_keys) == (Path("/tmp/d"), "fp8", {"a", "b", "c"})
     assert (given.limits.max_ref_images, given.retention_s, given.devices) == (2, 60, ("cpu", "cpu"))
@@ -207,8 +320,21 @@ def test_renamed_settings_still_read_their_old_names_with_a_warning(monkeypatch,
     monkeypatch.delenv("VACE_RETENTION_HOURS")
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        args = build_parser().parse_args(["serve", "--lora-cache-url-hours", "0.5", "--api-key", "k1", "--api-key",
-                                          "k2", "--timeout-keep-alive", "9", "--limit", "max_loras=1"])
+        args = build_parser().parse_args(
+            [
+                "serve",
+                "--lora-cache-url-hours",
+                "0.5",
+                "--api-key",
+                "k1",
+                "--api-key",
+                "k2",
+                "--timeout-keep-alive",
+                "9",
+                "--limit",
+                "max_loras=1",
+            ]
+        )
     given = settings(args)
     assert (given.lora_cache_url_s, given.api_keys, given.keep_alive_timeout_s) == (1800, {"k1", "k2"}, 9)
     assert given.limits.max_loras == 1
@@ -222,7 +348,7 @@ def test_the_readme_configuration_table_names_every_setting():
     from server.config import Settings
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    table = readme[readme.index("### Configuration"):readme.index("### Endpoints")]
+    table = readme[readme.index("### Configuration") : readme.index("### Endpoints")]
     for name in Settings.model_fields:
         assert f"VACE_{name.upper()}" in table, name
         assert name in ENV_ONLY or re.search(rf"`--{name.replace('_', '-')}[ `\]]", table), name

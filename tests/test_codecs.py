@@ -44,8 +44,15 @@ needs_no_cuda = pytest.mark.skipif(not NO_CUDA, reason="checks what a machine wi
 def run_vace(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """The ``vace`` command line as a user runs it, in a child process."""
     environ = {name: value for name, value in os.environ.items() if name != "VACE_ENCODER"} | (env or {})
-    return subprocess.run([sys.executable, "-m", "server.cli", *args], cwd=REPO, env=environ, capture_output=True,
-                          text=True, timeout=300, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "server.cli", *args],
+        cwd=REPO,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 # ---------------------------------------------------------------- the tables
@@ -62,8 +69,16 @@ def test_both_encoders_map_every_fal_level() -> None:
             assert x264 == ["-c:v", "libx264", "-preset", WRITE_MODE_PRESET[mode], "-crf", str(QUALITY_CRF[quality])]
             args = nvenc.codec_args(quality, mode)
             flags = dict(zip(args[::2], args[1::2], strict=True))
-            assert flags == {"-c:v": "h264_nvenc", "-gpu": "2", "-preset": NVENC_PRESET[mode], "-tune": "hq",
-                             "-rc": "vbr", "-cq": str(NVENC_CQ[quality]), "-b:v": "0", "-rc-lookahead": "20"}
+            assert flags == {
+                "-c:v": "h264_nvenc",
+                "-gpu": "2",
+                "-preset": NVENC_PRESET[mode],
+                "-tune": "hq",
+                "-rc": "vbr",
+                "-cq": str(NVENC_CQ[quality]),
+                "-b:v": "0",
+                "-rc-lookahead": "20",
+            }
     # Lower quality, higher quantiser, on both; NVENC's CQ is x264's CRF + 5 (README, "Encoding").
     order = ["maximum", "high", "medium", "low"]
     assert [QUALITY_CRF[q] for q in order] == sorted(QUALITY_CRF.values())
@@ -126,14 +141,21 @@ def test_the_trials_fail_here_and_say_why(caplog: pytest.LogCaptureFixture) -> N
 
 
 @needs_no_cuda
-def test_an_nvenc_that_does_not_open_hands_the_frames_to_libx264(tmp_path: Path,
-                                                                 caplog: pytest.LogCaptureFixture) -> None:
+def test_an_nvenc_that_does_not_open_hands_the_frames_to_libx264(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """The flags jobs use reach ffmpeg's NVENC, which fails to open here as it would on a GPU whose memory the job
     filled: libx264 then encodes every frame, the ones NVENC was sent first included, and the log says why."""
     frames = trial_frames()
     with caplog.at_level("WARNING", logger="pipelines.encode"):
-        encoded = encode_video(iter(frames), tmp_path / "nv.mp4", 8.0, quality="maximum", write_mode="small",
-                               encoder=Encoder("h264_nvenc", 0))
+        encoded = encode_video(
+            iter(frames),
+            tmp_path / "nv.mp4",
+            8.0,
+            quality="maximum",
+            write_mode="small",
+            encoder=Encoder("h264_nvenc", 0),
+        )
     assert encoded.encoder == LIBX264 and encoded.fallback == "Cannot load libcuda.so.1"
     assert "h264_nvenc on GPU 0 did not open (Cannot load libcuda.so.1); encoding nv.mp4 with libx264" in caplog.text
     direct = encode_video(frames, tmp_path / "x264.mp4", 8.0, quality="maximum", write_mode="small")
@@ -170,8 +192,9 @@ def test_forcing_nvenc_refuses_to_start_the_server(tmp_path: Path) -> None:
         assert "error: --encoder nvenc: NVENC's trial encode on cuda:0 failed: Cannot load libcuda.so.1" in env.stderr
 
 
-def test_the_encoder_flag_and_variable_are_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_encoder_flag_and_variable_are_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("VACE_ENCODER", "h265")
     assert cli.main(["serve", "--weights-dir", str(tmp_path), "--data-dir", str(tmp_path)]) == 2
     assert "encoder: Input should be 'auto', 'libx264' or 'nvenc'" in capsys.readouterr().err
@@ -196,8 +219,11 @@ def test_ready_shows_the_encoder_and_why(tmp_path: Path) -> None:
     with ThreadServer(config) as server:
         device = httpx.get(f"{server.url}/ready", timeout=30).json()["devices"][0]
         # The fleet view (what a fleet's API node shows of every worker) says the same.
-        ready = wait_until(lambda: (r := httpx.get(f"{server.url}/ready", timeout=30).json())["workers"] and r, 30,
-                           "the worker to report itself")
+        ready = wait_until(
+            lambda: (r := httpx.get(f"{server.url}/ready", timeout=30).json())["workers"] and r,
+            30,
+            "the worker to report itself",
+        )
     assert device["encoder"] == "libx264" and device["encoder_reason"] == "--encoder libx264"
     assert ready["workers"][0]["runtime"]["encoder"] == "libx264"
     assert ready["workers"][0]["runtime"]["encoder_reason"] == "--encoder libx264"
@@ -210,8 +236,10 @@ def test_ready_shows_the_encoder_and_why(tmp_path: Path) -> None:
 
 def test_nvdec_arguments_and_which_inputs_take_it() -> None:
     assert decode_params(None) == ([], ["-map", "0:v:0", "-fps_mode", "passthrough"])
-    assert decode_params(3) == (["-hwaccel", "cuda", "-hwaccel_device", "3"],
-                                ["-map", "0:v:0", "-fps_mode", "passthrough", "-vf", "format=yuv420p"])
+    assert decode_params(3) == (
+        ["-hwaccel", "cuda", "-hwaccel_device", "3"],
+        ["-map", "0:v:0", "-fps_mode", "passthrough", "-vf", "format=yuv420p"],
+    )
 
     def info(width: int, height: int, codec: str = "h264", pix_fmt: str = "yuv420p") -> VideoInfo:
         return VideoInfo(width, height, 25.0, 100, 4.0, codec=codec, pix_fmt=pix_fmt)

@@ -38,10 +38,21 @@ BIG_FILE = 16 * 1024**2  # larger than the kernel's socket buffers on loopback (
 @pytest.fixture(scope="module")
 def server(server_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
     """A keyed server with short deadlines and a keep-alive timeout long enough never to be what closes a socket."""
-    flags = ["--limit-concurrency", str(LIMIT), "--read-timeout-s", str(GAP_S), "--header-timeout-s", str(HEADER_S),
-             "--unread-body-timeout-s", str(UNREAD_S), "--keep-alive-timeout-s", "60"]
-    running = ServeProcess(server_weights, tmp_path_factory.mktemp("deadlines") / "data", api_key=KEY,
-                           extra_args=flags).start()
+    flags = [
+        "--limit-concurrency",
+        str(LIMIT),
+        "--read-timeout-s",
+        str(GAP_S),
+        "--header-timeout-s",
+        str(HEADER_S),
+        "--unread-body-timeout-s",
+        str(UNREAD_S),
+        "--keep-alive-timeout-s",
+        "60",
+    ]
+    running = ServeProcess(
+        server_weights, tmp_path_factory.mktemp("deadlines") / "data", api_key=KEY, extra_args=flags
+    ).start()
     yield running
     running.stop()
 
@@ -105,8 +116,7 @@ def _content_length(data: bytes) -> int:
     return 0
 
 
-def _seconds_until_closed(sock: socket.socket, drip: bytes, every_s: float, started: float, give_up_s: float
-                          ) -> float:
+def _seconds_until_closed(sock: socket.socket, drip: bytes, every_s: float, started: float, give_up_s: float) -> float:
     """Send ``drip`` a byte at a time until the server closes ``sock``; seconds from ``started`` until it did (inf:
     it never did)."""
     sent = 0
@@ -121,7 +131,7 @@ def _seconds_until_closed(sock: socket.socket, drip: bytes, every_s: float, star
             continue
         if drip:
             try:
-                sock.send(drip[sent % len(drip):sent % len(drip) + 1])
+                sock.send(drip[sent % len(drip) : sent % len(drip) + 1])
             except (BrokenPipeError, ConnectionResetError):
                 return time.monotonic() - started
             sent += 1
@@ -211,7 +221,6 @@ def test_a_client_that_stops_taking_a_response_is_closed_after_the_gap(server: S
                 received += len(chunk)
         assert received < BIG_FILE
     assert served_after <= GAP_S + SLACK_S, f"a normal request waited {served_after:.1f} s"
-
 
 
 def test_slow_but_steady_clients_are_not_cut_off(server: ServeProcess) -> None:

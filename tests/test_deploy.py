@@ -64,8 +64,9 @@ def compose() -> dict[str, Any]:
 def manifests() -> list[dict[str, Any]]:
     """Every Kubernetes object that kustomization.yaml lists, in order."""
     kustomization = yaml.safe_load((KUBERNETES / "kustomization.yaml").read_text())
-    return [doc for name in kustomization["resources"]
-            for doc in yaml.safe_load_all((KUBERNETES / name).read_text()) if doc]
+    return [
+        doc for name in kustomization["resources"] for doc in yaml.safe_load_all((KUBERNETES / name).read_text()) if doc
+    ]
 
 
 def objects(kind: str) -> dict[str, dict[str, Any]]:
@@ -181,11 +182,14 @@ def test_kubernetes_commands_parse_and_probes_hit_their_ports() -> None:
     ports = {p["name"]: p["containerPort"] for p in found["vace-api"]["ports"]}
     probes = {found["vace-api"][probe]["httpGet"]["path"] for probe in ("livenessProbe", "readinessProbe")}
     assert probes == {"/health", "/ready"}
-    assert all(ports[found["vace-api"][probe]["httpGet"]["port"]] == api.port
-               for probe in ("livenessProbe", "readinessProbe"))
+    assert all(
+        ports[found["vace-api"][probe]["httpGet"]["port"]] == api.port for probe in ("livenessProbe", "readinessProbe")
+    )
     service = objects("Service")["vace-api"]
-    assert service["spec"]["selector"].items() <= objects("Deployment")["vace-api"]["spec"]["template"]["metadata"][
-        "labels"].items()
+    assert (
+        service["spec"]["selector"].items()
+        <= objects("Deployment")["vace-api"]["spec"]["template"]["metadata"]["labels"].items()
+    )
     assert {p["targetPort"] for p in service["spec"]["ports"]} <= set(ports)
 
     worker_ports = {p["name"]: p["containerPort"] for p in found["vace-worker"]["ports"]}
@@ -216,7 +220,7 @@ def test_kubernetes_nodes_get_only_the_secrets_they_need() -> None:
     # The API pods: the same, and their own Secret as owner-only files where the settings look for them.
     api = found["vace-api"]
     assert {s["secretRef"]["name"] for s in api["envFrom"]} == {"vace-node"}
-    (volume, source), = secret_volumes("vace-api").items()
+    ((volume, source),) = secret_volumes("vace-api").items()
     assert source["defaultMode"] == 0o400
     assert set(secrets[source["secretName"]]["stringData"]) == {"api-keys", SECRET_FILE, SIGNING_KEY_FILE}
     (mount,) = [m for m in api["volumeMounts"] if m["name"] == volume]

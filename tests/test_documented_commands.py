@@ -192,11 +192,18 @@ class Shell:
     def environment(self, extra: dict[str, str]) -> dict[str, str]:
         """What a command sees: this process's environment without ``VACE_*``, the block's home and exports."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("VACE_")}
-        return {**env, "HOME": str(self.cwd / "home"), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
-                **self.exported, **extra}
+        return {
+            **env,
+            "HOME": str(self.cwd / "home"),
+            "PYTHONUNBUFFERED": "1",
+            "OMP_NUM_THREADS": "1",
+            **self.exported,
+            **extra,
+        }
 
     def expand(self, token: str, strict: bool) -> str:
         """``$NAME`` expanded; unknown names fail a line that runs, and stay as written in one that is skipped."""
+
         def value(match: re.Match[str]) -> str:
             name = match.group(1) or match.group(2)
             if strict:
@@ -284,7 +291,7 @@ def docker_vace_argv(argv: list[str]) -> tuple[list[str], dict[str, str]] | None
     env = dict(argv[i + 1].split("=", 1) for i, arg in enumerate(argv[:-1]) if arg == "-e" and "=" in argv[i + 1])
     at = next(i for i, arg in enumerate(argv) if arg in CONTAINERS and argv[i - 1] not in ("--name", "-v", "-e"))
     own_entrypoint = "--entrypoint" in argv and argv[argv.index("--entrypoint") + 1] == "vace"
-    return (argv[at + 1:] if own_entrypoint else image_entrypoint()[1:] + argv[at + 1:]), env
+    return (argv[at + 1 :] if own_entrypoint else image_entrypoint()[1:] + argv[at + 1 :]), env
 
 
 def check_skipped(command: Command, shell: Shell) -> None:
@@ -305,8 +312,9 @@ def check_skipped(command: Command, shell: Shell) -> None:
 def run_to_end(line: str, shell: Shell, argv: list[str], env: dict[str, str], timeout_s: float) -> str:
     """Run a command to its end; it must exit 0. Returns what it printed on stdout."""
     done = subprocess.run(argv, cwd=shell.cwd, env=env, capture_output=True, text=True, timeout=timeout_s, check=False)
-    assert done.returncode == 0, (f"`{line}` (run as {shlex.join(argv)}) exited {done.returncode}:\n"
-                                  f"{(done.stdout + done.stderr)[-4000:]}")
+    assert done.returncode == 0, (
+        f"`{line}` (run as {shlex.join(argv)}) exited {done.returncode}:\n{(done.stdout + done.stderr)[-4000:]}"
+    )
     return done.stdout
 
 
@@ -327,8 +335,9 @@ class LongRunning:
 
     def __init__(self, line: str, argv: list[str], cwd: Path, env: dict[str, str]) -> None:
         self.line, self.argv = line, argv
-        self.proc = subprocess.Popen(argv, cwd=cwd, env=env, text=True, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            argv, cwd=cwd, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+        )
         self.output: list[str] = []
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
@@ -396,8 +405,9 @@ def run_command(command: Command, shell: Shell) -> None:
         kind = args.command
     elif argv[0] == "make":
         run_argv = make_argv(argv)
-        args, settings = check_vace_argv(make_recipe_vace_argv(command.documented, shell, env),
-                                         shell.environment(command.documented_env))
+        args, settings = check_vace_argv(
+            make_recipe_vace_argv(command.documented, shell, env), shell.environment(command.documented_env)
+        )
         kind = args.command
     else:
         pytest.fail(f"`{command.line}` is neither run here (vace, make) nor in SKIPPED")
@@ -422,16 +432,26 @@ def run_command(command: Command, shell: Shell) -> None:
 def shell(tmp_path: Path, tiny_weights: Path, request: pytest.FixtureRequest) -> Shell:
     """A fresh working directory with the files the examples name, and a home whose default weights directory
     holds the tiny weights."""
-    for name, kind in (("dance.mp4", "pose"), ("in.mp4", "pose"), ("depth.mp4", "depth"), ("street.mp4", "depth"),
-                       ("car-mask.mp4", "mask"), ("letterboxed.mp4", "letterbox")):
+    for name, kind in (
+        ("dance.mp4", "pose"),
+        ("in.mp4", "pose"),
+        ("depth.mp4", "depth"),
+        ("street.mp4", "depth"),
+        ("car-mask.mp4", "mask"),
+        ("letterboxed.mp4", "letterbox"),
+    ):
         write_sample(kind, tmp_path / name, num_frames=17)
     Image.fromarray(SAMPLES["depth"](416, 240, 1, 16)[0]).save(tmp_path / "cat.png")
     Image.fromarray(SAMPLES["mask"](416, 240, 1, 16)[0]).save(tmp_path / "car-mask.png")
     (tmp_path / "style.safetensors").symlink_to(tiny_weights / "loras" / "tiny-wan21.safetensors")
     (tmp_path / "home" / ".cache" / "vace").mkdir(parents=True)
     (tmp_path / "home" / ".cache" / "vace" / "weights").symlink_to(tiny_weights)
-    return Shell(cwd=tmp_path, weights=tiny_weights, pg_url=lambda: request.getfixturevalue("pg_url"),
-                 variables={**USER_SHELL, "PWD": str(tmp_path)})
+    return Shell(
+        cwd=tmp_path,
+        weights=tiny_weights,
+        pg_url=lambda: request.getfixturevalue("pg_url"),
+        variables={**USER_SHELL, "PWD": str(tmp_path)},
+    )
 
 
 @pytest.mark.parametrize("block", BLOCKS, ids=[block.source for block in BLOCKS])

@@ -48,11 +48,19 @@ def receiver() -> Iterator[Receiver]:
 
 
 @pytest.fixture(scope="module")
-def server(server_weights: Path, tmp_path_factory: pytest.TempPathFactory,
-           receiver: Receiver) -> Iterator[ThreadServer]:
-    config = Settings(weights_dir=server_weights, data_dir=tmp_path_factory.mktemp("protocol") / "data",
-                      port=free_port(), api_keys=frozenset({KEY}), webhook_allow=(f"127.0.0.1:{receiver.port}",),
-                      webhook_attempts=3, webhook_backoff_s=0.3, cors_origins=(ORIGIN,))
+def server(
+    server_weights: Path, tmp_path_factory: pytest.TempPathFactory, receiver: Receiver
+) -> Iterator[ThreadServer]:
+    config = Settings(
+        weights_dir=server_weights,
+        data_dir=tmp_path_factory.mktemp("protocol") / "data",
+        port=free_port(),
+        api_keys=frozenset({KEY}),
+        webhook_allow=(f"127.0.0.1:{receiver.port}",),
+        webhook_attempts=3,
+        webhook_backoff_s=0.3,
+        cors_origins=(ORIGIN,),
+    )
     with ThreadServer(config) as running:
         yield running
 
@@ -93,7 +101,10 @@ def started_at(client: httpx.Client, request_id: str) -> float:
 
 
 def test_queue_priority_start_timeout_hint_and_signed_webhooks(
-    server: ThreadServer, client: httpx.Client, fal: Any, receiver: Receiver,
+    server: ThreadServer,
+    client: httpx.Client,
+    fal: Any,
+    receiver: Receiver,
     control_videos: dict[str, Path],
 ) -> None:
     import fal_client
@@ -151,8 +162,11 @@ def test_queue_priority_start_timeout_hint_and_signed_webhooks(
 
 
 def test_task_inclusive_routes_gateway_id_and_error_bodies(client: httpx.Client) -> None:
-    submitted = client.post(f"/queue/{POSE}", json={"prompt": "x", "video_url": "data:video/mp4;base64,AAAA",
-                                                    **SMALL_JOB}, headers={"x-fal-queue-priority": "low"}).json()
+    submitted = client.post(
+        f"/queue/{POSE}",
+        json={"prompt": "x", "video_url": "data:video/mp4;base64,AAAA", **SMALL_JOB},
+        headers={"x-fal-queue-priority": "low"},
+    ).json()
     request_id = submitted["request_id"]
     assert submitted["gateway_request_id"] == request_id
     for path in (f"/queue/{APP}", f"/queue/{POSE}"):  # fal-client's form and fal's per-endpoint OpenAPI form
@@ -170,16 +184,22 @@ def test_task_inclusive_routes_gateway_id_and_error_bodies(client: httpx.Client)
     cancel = client.put(f"/queue/{POSE}/requests/{request_id}/cancel")
     assert cancel.status_code == 400 and cancel.json()["status"] == "ALREADY_COMPLETED"
 
-    for header, value in (("x-fal-request-timeout", "soon"), ("x-fal-request-timeout", "-3"),
-                          ("x-fal-queue-priority", "urgent")):
-        bad = client.post(f"/queue/{POSE}", json={"prompt": "x", "video_url": "https://example.com/v.mp4"},
-                          headers={header: value})
+    for header, value in (
+        ("x-fal-request-timeout", "soon"),
+        ("x-fal-request-timeout", "-3"),
+        ("x-fal-queue-priority", "urgent"),
+    ):
+        bad = client.post(
+            f"/queue/{POSE}", json={"prompt": "x", "video_url": "https://example.com/v.mp4"}, headers={header: value}
+        )
         assert bad.status_code == 400 and bad.json()["error_type"] == "bad_request", (header, bad.text)
         assert bad.headers["x-fal-error-type"] == "bad_request" and header in bad.json()["detail"].lower()
 
 
 def test_json_under_a_form_content_type_needs_an_authorization_header(
-    client: httpx.Client, server_weights: Path, tmp_path: Path,
+    client: httpx.Client,
+    server_weights: Path,
+    tmp_path: Path,
 ) -> None:
     body = json.dumps({"prompt": "x", "video_url": "https://example.com/v.mp4", "num_frames": 500})
     form = {"content-type": "application/x-www-form-urlencoded"}  # what curl -d sends
@@ -191,8 +211,9 @@ def test_json_under_a_form_content_type_needs_an_authorization_header(
         assert no_auth.status_code == 415 and no_auth.json()["detail"][0]["loc"] == ["header", "content-type"]
         with_auth = httpx.post(f"{open_server.url}/queue/{POSE}", content=body, headers={**form, **AUTH})
         assert with_auth.json()["detail"][0]["loc"] == ["body", "num_frames"]
-        preflight = httpx.options(f"{open_server.url}/queue/{POSE}", headers={
-            "origin": ORIGIN, "access-control-request-method": "POST"})
+        preflight = httpx.options(
+            f"{open_server.url}/queue/{POSE}", headers={"origin": ORIGIN, "access-control-request-method": "POST"}
+        )
         assert "access-control-allow-origin" not in preflight.headers  # CORS is opt-in
 
 
@@ -207,15 +228,25 @@ def test_cors_preflight_for_allowed_origins_only(server: ThreadServer) -> None:
     assert answer.headers["access-control-allow-origin"] == ORIGIN
 
 
-@pytest.mark.parametrize("target", [
-    "http://127.0.0.1:{other}/hook", "http://localhost:{other}/hook", "http://10.1.2.3/hook",
-    "http://169.254.169.254/latest/meta-data/", "http://2130706433/hook", "http://[::1]/hook", "http://0x7f.1/hook",
-    "ftp://example.com/hook", "file:///etc/passwd",
-])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "http://127.0.0.1:{other}/hook",
+        "http://localhost:{other}/hook",
+        "http://10.1.2.3/hook",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://2130706433/hook",
+        "http://[::1]/hook",
+        "http://0x7f.1/hook",
+        "ftp://example.com/hook",
+        "file:///etc/passwd",
+    ],
+)
 def test_webhooks_to_private_targets_are_refused_at_submission(client: httpx.Client, target: str) -> None:
     url = target.format(other=free_port())
-    refused = client.post(f"/queue/{POSE}", params={"fal_webhook": url},
-                          json={"prompt": "x", "video_url": "https://example.com/v.mp4"})
+    refused = client.post(
+        f"/queue/{POSE}", params={"fal_webhook": url}, json={"prompt": "x", "video_url": "https://example.com/v.mp4"}
+    )
     assert refused.status_code == 422, refused.text
     assert refused.json()["detail"][0]["loc"] == ["query", "fal_webhook"]
 
@@ -225,10 +256,16 @@ def test_a_webhook_redirect_is_not_followed(client: httpx.Client, receiver: Rece
     try:
         receiver.redirect_to = hidden.url
         hook = f"http://127.0.0.1:{receiver.port}/redirect"
-        request_id = client.post(f"/queue/{POSE}", params={"fal_webhook": hook},
-                                 json={"prompt": "x", "video_url": "data:video/mp4;base64,AAAA"}).json()["request_id"]
-        wait_until(lambda: any("webhook delivery" in m for m in messages(status(client, request_id))), 60,
-                   "the webhook to give up")
+        request_id = client.post(
+            f"/queue/{POSE}",
+            params={"fal_webhook": hook},
+            json={"prompt": "x", "video_url": "data:video/mp4;base64,AAAA"},
+        ).json()["request_id"]
+        wait_until(
+            lambda: any("webhook delivery" in m for m in messages(status(client, request_id))),
+            60,
+            "the webhook to give up",
+        )
         assert len([d for d in receiver.deliveries if json.loads(d[1])["request_id"] == request_id]) == 3
         assert hidden.deliveries == []
     finally:
@@ -238,14 +275,24 @@ def test_a_webhook_redirect_is_not_followed(client: httpx.Client, receiver: Rece
 def test_a_pending_webhook_survives_a_restart(server_weights: Path, tmp_path: Path) -> None:
     hook = Receiver()
     try:
+
         def config() -> Settings:
-            return Settings(weights_dir=server_weights, data_dir=tmp_path / "data", port=free_port(),
-                            webhook_allow=(f"127.0.0.1:{hook.port}",), webhook_attempts=4, webhook_backoff_s=2.0)
+            return Settings(
+                weights_dir=server_weights,
+                data_dir=tmp_path / "data",
+                port=free_port(),
+                webhook_allow=(f"127.0.0.1:{hook.port}",),
+                webhook_attempts=4,
+                webhook_backoff_s=2.0,
+            )
 
         hook.plan = [503]
         with ThreadServer(config()) as first:
-            submitted = httpx.post(f"{first.url}/queue/{POSE}", params={"fal_webhook": hook.url},
-                                   json={"prompt": "x", "video_url": "data:video/mp4;base64,AAAA"})
+            submitted = httpx.post(
+                f"{first.url}/queue/{POSE}",
+                params={"fal_webhook": hook.url},
+                json={"prompt": "x", "video_url": "data:video/mp4;base64,AAAA"},
+            )
             request_id = submitted.json()["request_id"]
             wait_until(lambda: hook.for_job(request_id), 60, "the first delivery")
         assert len(hook.for_job(request_id)) == 1  # stopped during the back-off

@@ -35,8 +35,12 @@ def test_a_mask_without_a_video_is_refused() -> None:
 
 
 def test_inpainting_takes_the_image_over_the_video_as_fal_documents_here() -> None:
-    both = job(video_url="https://e/v.mp4", task="inpainting", mask_video_url="https://e/m.mp4",
-               mask_image_url="https://e/m.png")
+    both = job(
+        video_url="https://e/v.mp4",
+        task="inpainting",
+        mask_video_url="https://e/m.mp4",
+        mask_image_url="https://e/m.png",
+    )
     assert both.mask == MaskRef("mask_image_url", "https://e/m.png") and "mask_video_url is ignored" in both.notes[0]
     assert len(both.notes) == 1  # how the image becomes a mask per frame is the job's to say (tracked or not)
     assert job(video_url="https://e/v.mp4", task="inpainting", mask_video_url="https://e/m.mp4").mask.is_video

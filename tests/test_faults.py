@@ -68,8 +68,9 @@ def status(client: httpx.Client, request_id: str) -> dict[str, Any]:
 
 
 def finished(client: httpx.Client, request_id: str, timeout_s: float = 300) -> dict[str, Any]:
-    return wait_until(lambda: (s := status(client, request_id))["status"] == "COMPLETED" and s, timeout_s,
-                      f"job {request_id} to end")
+    return wait_until(
+        lambda: (s := status(client, request_id))["status"] == "COMPLETED" and s, timeout_s, f"job {request_id} to end"
+    )
 
 
 def messages(body: dict[str, Any]) -> list[str]:
@@ -77,7 +78,9 @@ def messages(body: dict[str, Any]) -> list[str]:
 
 
 def test_out_of_memory_fails_alone_frees_memory_and_the_next_job_runs(
-    server_weights: Path, control_videos: dict[str, Path], tmp_path: Path,
+    server_weights: Path,
+    control_videos: dict[str, Path],
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The first denoising call raises CUDA's out-of-memory error while holding a block of memory, as a job too
@@ -143,7 +146,10 @@ def fill(disk: Path, leave_bytes: int) -> Path:
 
 @pytest.mark.parametrize("file_store", FILE_STORES)
 def test_a_full_disk_fails_the_job_cleanly_and_the_server_goes_on(
-    file_store: str, request: pytest.FixtureRequest, server_weights: Path, control_videos: dict[str, Path],
+    file_store: str,
+    request: pytest.FixtureRequest,
+    server_weights: Path,
+    control_videos: dict[str, Path],
     small_disk: Path,
 ) -> None:
     """The server's whole data directory (job store, scratch and, for the directory store, files) sits on a small
@@ -168,8 +174,7 @@ def test_a_full_disk_fails_the_job_cleanly_and_the_server_goes_on(
         assert stored_names(files, data) == ["pose.mp4"] and not any((data / "work").iterdir())
 
         filler.unlink()
-        again = finished(client, submit(client, video, "room again", return_frames_zip=True,
-                                        video_quality="maximum"))
+        again = finished(client, submit(client, video, "room again", return_frames_zip=True, video_quality="maximum"))
         assert "error_type" not in again
         assert stored_names(files, data) == ["frames.zip", "pose.mp4", "video.mp4"]
 
@@ -194,7 +199,9 @@ def test_full_disk_errors_are_named_wherever_they_come_from(small_disk: Path) ->
 
 
 def test_sigterm_during_a_job_requeues_it_and_it_runs_after_restart(
-    server_weights: Path, control_videos: dict[str, Path], tmp_path: Path,
+    server_weights: Path,
+    control_videos: dict[str, Path],
+    tmp_path: Path,
 ) -> None:
     """SIGTERM stops the real ``vace serve`` process cleanly within seconds, even mid-job: the
     running job goes back to the queue without its interrupted run counting, and runs with the queued one after
@@ -231,13 +238,27 @@ def test_a_heartbeat_for_a_job_that_just_ended_does_not_stop_the_next(tmp_path: 
     that job, not the one the worker took next (which would then be left running, unrecorded, until its lease ran
     out; twice, and it failed as runner_disconnected)."""
     store = SqliteJobStore(tmp_path / "jobs.sqlite3")
-    pool = WorkerPool(store=store, files=LocalFileStore(tmp_path / "files", tmp_path / "uploads", 1024),
-                      metrics=Metrics(store), managers=[models], work_dir=tmp_path / "work",
-                      ctx=JobContext())
+    pool = WorkerPool(
+        store=store,
+        files=LocalFileStore(tmp_path / "files", tmp_path / "uploads", 1024),
+        metrics=Metrics(store),
+        managers=[models],
+        work_dir=tmp_path / "work",
+        ctx=JobContext(),
+    )
     worker = pool.workers[0]
     try:
-        ended, following = (store.add(app="fal-ai/wan-vace-14b", task="pose", model="wan-vace-14b",
-                                      input={"prompt": "x"}, base_url="http://h", webhook_url=None) for _ in range(2))
+        ended, following = (
+            store.add(
+                app="fal-ai/wan-vace-14b",
+                task="pose",
+                model="wan-vace-14b",
+                input={"prompt": "x"},
+                base_url="http://h",
+                webhook_url=None,
+            )
+            for _ in range(2)
+        )
         assert store.claim(worker_id=worker.id, lease_s=30).id == ended.id  # type: ignore[union-attr]
         worker.current = ended.id  # the heartbeat thread reads it ...
         assert store.finish(ended.id, result={"seed": 1}, worker_id=worker.id)
@@ -265,9 +286,14 @@ def test_retention_deletes_old_files_uploads_and_finished_jobs(tmp_path: Path) -
         return files.url(key, "http://vace.test"), files.files_dir / key
 
     def add(video_url: str, webhook_url: str | None = None) -> str:
-        return store.add(app="fal-ai/wan-vace-14b", task="pose", model="wan-vace-14b",
-                         input={"prompt": "x", "video_url": video_url}, base_url="http://vace.test",
-                         webhook_url=webhook_url).id
+        return store.add(
+            app="fal-ai/wan-vace-14b",
+            task="pose",
+            model="wan-vace-14b",
+            input={"prompt": "x", "video_url": video_url},
+            base_url="http://vace.test",
+            webhook_url=webhook_url,
+        ).id
 
     old_output_url, old_output = stored("video.mp4")
     _, fresh_output = stored("fresh.mp4")
@@ -294,11 +320,13 @@ def test_retention_deletes_old_files_uploads_and_finished_jobs(tmp_path: Path) -
 
 
 def test_retention_runs_in_the_live_server(
-    server_weights: Path, tmp_path: Path,
+    server_weights: Path,
+    tmp_path: Path,
 ) -> None:
     """With a two-second retention, a failed job and the upload it read disappear from the running server."""
-    config = Settings(weights_dir=server_weights, data_dir=tmp_path / "data", port=free_port(),
-                          retention_s=2.0, retention_sweep_s=0.2)
+    config = Settings(
+        weights_dir=server_weights, data_dir=tmp_path / "data", port=free_port(), retention_s=2.0, retention_sweep_s=0.2
+    )
     with ThreadServer(config) as server, httpx.Client(base_url=server.url, timeout=60) as client:
         urls = client.post("/storage/upload/initiate", json={"file_name": "bad.mp4"}).json()
         assert httpx.put(urls["upload_url"], content=b"not a video").status_code == 200
@@ -311,13 +339,20 @@ def test_retention_runs_in_the_live_server(
         assert 'vace_retention_deleted_total{kind="file"} 1.0' in metrics
 
 
-def test_serve_flags_for_limits_and_retention(monkeypatch: pytest.MonkeyPatch,
-                                              capsys: pytest.CaptureFixture) -> None:
+def test_serve_flags_for_limits_and_retention(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     seen: list[Settings] = []
     monkeypatch.setattr("server.app.serve", lambda config, **_: seen.append(config))
     monkeypatch.delenv("VACE_LIMITS", raising=False)
-    args = ["serve", "--weights-dir", "/nonexistent", "--retention-s", "1800",
-            "--limits", "max_video_seconds=120", "max_ref_images=2"]
+    args = [
+        "serve",
+        "--weights-dir",
+        "/nonexistent",
+        "--retention-s",
+        "1800",
+        "--limits",
+        "max_video_seconds=120",
+        "max_ref_images=2",
+    ]
     assert cli.main(args) == 0
     assert seen[0].retention_s == 1800 and seen[0].limits.max_video_seconds == 120
     assert seen[0].limits.max_ref_images == 2 and seen[0].limits.max_prompt_chars == 5000

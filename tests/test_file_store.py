@@ -95,8 +95,9 @@ def test_adopted_outputs_get_a_url_that_serves_them(store: FileStore, tmp_path: 
     assert read(store, key, tmp_path / "job") == b"\x00\x00\x00\x18ftypisom"
 
 
-def test_multipart_uploads_count_parts_together_and_join_exactly_the_parts_sent(store: FileStore,
-                                                                                 tmp_path: Path) -> None:
+def test_multipart_uploads_count_parts_together_and_join_exactly_the_parts_sent(
+    store: FileStore, tmp_path: Path
+) -> None:
     key = store.new_key("parts.bin")
     upload_id = store.start_upload(key, owner="key-1")
     pending = store.pending(upload_id)
@@ -165,8 +166,7 @@ def test_complete_is_linear_in_the_parts_listed(tmp_path: Path) -> None:
     assert read(store, key, tmp_path / "job") == b"".join(n.to_bytes(2, "big") for n in range(1, count + 1))
 
 
-def test_a_new_s3_store_deletes_the_spool_of_crashed_processes_only(s3_server: S3Server,
-                                                                     tmp_path: Path) -> None:
+def test_a_new_s3_store_deletes_the_spool_of_crashed_processes_only(s3_server: S3Server, tmp_path: Path) -> None:
     """Bodies spooled by a process that crashed are deleted when the next one starts; those of a process still
     running on the same data directory (an API node beside a worker) are kept."""
     spool = tmp_path / "spool"
@@ -189,8 +189,9 @@ def test_a_new_s3_store_deletes_the_spool_of_crashed_processes_only(s3_server: S
     assert list(started.spool_dir.iterdir()) == []  # a spooled body is deleted once stored
 
 
-def test_an_s3_file_replaced_after_its_size_check_is_refused_past_the_limit(s3_server: S3Server,
-                                                                            tmp_path: Path) -> None:
+def test_an_s3_file_replaced_after_its_size_check_is_refused_past_the_limit(
+    s3_server: S3Server, tmp_path: Path
+) -> None:
     """A second PUT lands between the job's size check and its download (the HEAD's answer triggers it): the
     download stops at the limit instead of taking the bigger object."""
     store = S3FileStore(s3_server.new_bucket(), max_bytes=LIMIT, spool_dir=tmp_path / "spool", url_ttl_s=600)
@@ -224,6 +225,7 @@ def test_a_local_file_never_changes_once_received(tmp_path: Path) -> None:
             yield b"x" * 500
 
         async with anyio.create_task_group() as tasks:
+
             async def late() -> None:
                 with pytest.raises(FileExistsError):
                     await store.receive(key, slow())

@@ -56,11 +56,31 @@ class WorkerProcess:
     def __init__(self, store: str, files: str, weights: Path, data_dir: Path) -> None:
         self.data_dir = data_dir
         self.log_path = data_dir.parent / f"{data_dir.name}-worker.log"
-        args = [sys.executable, "-m", "server.cli", "worker", "--store", store, "--files", files,
-                "--weights-dir", str(weights), "--data-dir", str(data_dir), "--lease-s", str(LEASE_S)]
+        args = [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "worker",
+            "--store",
+            store,
+            "--files",
+            files,
+            "--weights-dir",
+            str(weights),
+            "--data-dir",
+            str(data_dir),
+            "--lease-s",
+            str(LEASE_S),
+        ]
         with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                         env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+            self.proc = subprocess.Popen(
+                args,
+                cwd=REPO,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"},
+            )
         wait_until(lambda: "vace worker on" in self.output() or self.proc.poll() is not None, 120, "vace worker")
         assert self.proc.poll() is None, self.output()
 
@@ -95,16 +115,31 @@ def receiver() -> Iterator[Receiver]:
 
 
 @pytest.fixture(scope="module")
-def fleet(server_weights: Path, pg_cluster: Any, s3_server: S3Server, receiver: Receiver,
-          tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ThreadServer, ThreadServer, list[WorkerProcess]]]:
+def fleet(
+    server_weights: Path,
+    pg_cluster: Any,
+    s3_server: S3Server,
+    receiver: Receiver,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[ThreadServer, ThreadServer, list[WorkerProcess]]]:
     root = tmp_path_factory.mktemp("fleet")
     store, files = pg_cluster.new_database(), s3_server.new_bucket()  # the workers inherit the AWS_* settings
     make_secrets(root / "api-secrets")  # what the operator hands to every API node, and to no worker
 
     def api_node(name: str) -> ThreadServer:
-        return ThreadServer(Settings(weights_dir=root / "no-weights", data_dir=root / name, port=free_port(),
-                                     store=store, files=files, no_workers=True, lease_s=LEASE_S,
-                                     secrets_dir=root / "api-secrets", webhook_allow=(f"127.0.0.1:{receiver.port}",)))
+        return ThreadServer(
+            Settings(
+                weights_dir=root / "no-weights",
+                data_dir=root / name,
+                port=free_port(),
+                store=store,
+                files=files,
+                no_workers=True,
+                lease_s=LEASE_S,
+                secrets_dir=root / "api-secrets",
+                webhook_allow=(f"127.0.0.1:{receiver.port}",),
+            )
+        )
 
     with api_node("api-a") as node_a, api_node("api-b") as node_b:
         workers = [WorkerProcess(store, files, server_weights, root / f"worker-{i}") for i in (1, 2)]
@@ -123,12 +158,14 @@ def messages(body: dict[str, Any]) -> list[str]:
     return [line["message"] for line in body["logs"]]
 
 
-def test_fal_client_on_one_node_results_on_another(fleet: Any, control_videos: dict[str, Path],
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fal_client_on_one_node_results_on_another(
+    fleet: Any, control_videos: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     import fal_client
     import fal_client.client as fal_module
 
     node_a, node_b, workers = fleet
+
     def fleet_view() -> dict[str, Any] | None:  # an API node has no weights: its readiness is the workers'
         answer = httpx.get(f"{node_b.url}/ready", timeout=30)
         return answer.json() if answer.status_code == 200 and len(answer.json()["workers"]) == 2 else None
@@ -156,12 +193,18 @@ def test_fal_client_on_one_node_results_on_another(fleet: Any, control_videos: d
 
 
 def test_workers_hold_no_secrets_and_the_api_nodes_deliver_their_webhooks(
-    fleet: Any, receiver: Receiver, control_videos: dict[str, Path],
+    fleet: Any,
+    receiver: Receiver,
+    control_videos: dict[str, Path],
 ) -> None:
     node_a, node_b, workers = fleet
     video = "data:video/mp4;base64," + base64.b64encode(control_videos["pose"].read_bytes()).decode()
-    answer = httpx.post(f"{node_a.url}/queue/{POSE}", params={"fal_webhook": receiver.url},
-                        json={"prompt": "x", "video_url": video, **SMALL_JOB}, timeout=30)
+    answer = httpx.post(
+        f"{node_a.url}/queue/{POSE}",
+        params={"fal_webhook": receiver.url},
+        json={"prompt": "x", "video_url": video, **SMALL_JOB},
+        timeout=30,
+    )
     request_id = answer.json()["request_id"]
     done = wait_until(lambda: (s := status(node_b, request_id))["status"] == "COMPLETED" and s, 300, "the job")
     assert any(m.startswith("worker ") for m in messages(done))  # a worker process ran it
@@ -173,14 +216,18 @@ def test_workers_hold_no_secrets_and_the_api_nodes_deliver_their_webhooks(
         assert not {p.name for p in worker.data_dir.rglob("*")} & {SECRET_FILE, SIGNING_KEY_FILE}
 
 
-def test_a_killed_worker_loses_nothing_and_a_cancel_reaches_a_worker(fleet: Any,
-                                                                      control_videos: dict[str, Path]) -> None:
+def test_a_killed_worker_loses_nothing_and_a_cancel_reaches_a_worker(
+    fleet: Any, control_videos: dict[str, Path]
+) -> None:
     node_a, node_b, workers = fleet
     video = "data:video/mp4;base64," + base64.b64encode(control_videos["pose"].read_bytes()).decode()
     long_job = {"prompt": "x", "video_url": video, **SMALL_JOB, "num_inference_steps": 20}
     doomed = httpx.post(f"{node_a.url}/queue/{POSE}", json=long_job, timeout=30).json()["request_id"]
-    running = wait_until(lambda: next((m for m in messages(status(node_b, doomed)) if m.startswith("worker ")),
-                                      None), 120, "the job to start")
+    running = wait_until(
+        lambda: next((m for m in messages(status(node_b, doomed)) if m.startswith("worker ")), None),
+        120,
+        "the job to start",
+    )
     victim = next(w for w in workers if w.runs(running.removeprefix("worker ")))
     wait_until(lambda: any(m.startswith("step 2/") for m in messages(status(node_b, doomed))), 120, "step 2")
     victim.kill()
@@ -194,8 +241,9 @@ def test_a_killed_worker_loses_nothing_and_a_cancel_reaches_a_worker(fleet: Any,
     assert httpx.get(f"{node_a.url}{REQUESTS}/{doomed}", timeout=30).status_code == 200
 
     survivor = next(w for w in workers if w is not victim)
-    cancelled = httpx.post(f"{node_a.url}/queue/{POSE}", json={**long_job, "num_inference_steps": 50},
-                           timeout=30).json()["request_id"]
+    cancelled = httpx.post(
+        f"{node_a.url}/queue/{POSE}", json={**long_job, "num_inference_steps": 50}, timeout=30
+    ).json()["request_id"]
     wait_until(lambda: any(m.startswith("step 1/") for m in messages(status(node_b, cancelled))), 120, "a step")
     assert httpx.put(f"{node_b.url}{REQUESTS}/{cancelled}/cancel", timeout=30).status_code == 202
     ended = wait_until(lambda: (s := status(node_a, cancelled))["status"] == "COMPLETED" and s, 60, "the cancel")
@@ -204,15 +252,17 @@ def test_a_killed_worker_loses_nothing_and_a_cancel_reaches_a_worker(fleet: Any,
     assert survivor.proc.poll() is None
 
 
-def test_a_postgresql_restart_under_load_loses_nothing(fleet: Any, pg_cluster: Any,
-                                                       control_videos: dict[str, Path]) -> None:
+def test_a_postgresql_restart_under_load_loses_nothing(
+    fleet: Any, pg_cluster: Any, control_videos: dict[str, Path]
+) -> None:
     node_a, node_b, workers = fleet
     alive = [w for w in workers if w.proc.poll() is None]  # an earlier test may have killed one
     video = "data:video/mp4;base64," + base64.b64encode(control_videos["pose"].read_bytes()).decode()
     job = {"prompt": "x", "video_url": video, **SMALL_JOB, "num_inference_steps": 4}
     ids = [httpx.post(f"{node_a.url}/queue/{POSE}", json=job, timeout=30).json()["request_id"] for _ in range(3)]
-    wait_until(lambda: any(m.startswith("step 2/") for i in ids for m in messages(status(node_b, i))), 120,
-               "a job running")
+    wait_until(
+        lambda: any(m.startswith("step 2/") for i in ids for m in messages(status(node_b, i))), 120, "a job running"
+    )
     pg_cluster.restart()  # every connection of both API nodes and both workers drops, mid-job and with jobs queued
 
     def ended(request_id: str) -> dict[str, Any] | None:
@@ -241,8 +291,7 @@ def _submit(node: ThreadServer, job: dict[str, Any]) -> str | None:
     return answer.json()["request_id"] if answer.status_code == 200 else None
 
 
-def test_an_api_node_alone_keeps_the_queue(pg_url: str, control_videos: dict[str, Path],
-                                           tmp_path: Path) -> None:
+def test_an_api_node_alone_keeps_the_queue(pg_url: str, control_videos: dict[str, Path], tmp_path: Path) -> None:
     """The fleet's workers are all down (scaled to zero): no worker process is alive, one died holding a job. The
     API node still answers a request whose start timeout passed with fal's 504 (``X-Fal-Request-Timeout-Type:
     user``, on the queue and the sync route) and hands the dead worker's job back once its lease ran out (#23)."""
@@ -250,12 +299,25 @@ def test_an_api_node_alone_keeps_the_queue(pg_url: str, control_videos: dict[str
     job = {"prompt": "x", "video_url": video, **SMALL_JOB}
     dead_worker = PostgresJobStore(pg_url)
     try:
-        lost = dead_worker.add(app="fal-ai/wan-vace-14b", task="pose", model="wan-vace-14b", input=job,
-                               base_url="http://h", webhook_url=None)
+        lost = dead_worker.add(
+            app="fal-ai/wan-vace-14b",
+            task="pose",
+            model="wan-vace-14b",
+            input=job,
+            base_url="http://h",
+            webhook_url=None,
+        )
         assert dead_worker.claim(worker_id="dead-worker", lease_s=LEASE_S).id == lost.id  # type: ignore[union-attr]
         make_secrets(tmp_path / "api-secrets")
-        config = Settings(weights_dir=tmp_path / "no-weights", data_dir=tmp_path / "api", port=free_port(),
-                          store=pg_url, no_workers=True, lease_s=LEASE_S, secrets_dir=tmp_path / "api-secrets")
+        config = Settings(
+            weights_dir=tmp_path / "no-weights",
+            data_dir=tmp_path / "api",
+            port=free_port(),
+            store=pg_url,
+            no_workers=True,
+            lease_s=LEASE_S,
+            secrets_dir=tmp_path / "api-secrets",
+        )
         with ThreadServer(config) as node:
             timeout = {"x-fal-request-timeout": "1"}
             queued = httpx.post(f"{node.url}/queue/{POSE}", json=job, headers=timeout, timeout=30)
@@ -263,14 +325,18 @@ def test_an_api_node_alone_keeps_the_queue(pg_url: str, control_videos: dict[str
             sync = httpx.post(f"{node.url}/{POSE}", json=job, headers=timeout, timeout=30)
             assert sync.status_code == 504 and sync.json()["error_type"] == "request_timeout"
             assert sync.headers["x-fal-request-timeout-type"] == "user"
-            ended = wait_until(lambda: (s := status(node, request_id))["status"] == "COMPLETED" and s, 10,
-                               "the queued job to time out")
+            ended = wait_until(
+                lambda: (s := status(node, request_id))["status"] == "COMPLETED" and s, 10, "the queued job to time out"
+            )
             assert ended["error_type"] == "request_timeout"
             result = httpx.get(f"{node.url}{REQUESTS}/{request_id}", timeout=30)
             assert result.status_code == 504 and result.headers["x-fal-request-timeout-type"] == "user"
 
-            back = wait_until(lambda: (s := status(node, lost.id))["status"] == "IN_QUEUE" and s, 3 * LEASE_S,
-                              "the dead worker's job to be handed back")
+            back = wait_until(
+                lambda: (s := status(node, lost.id))["status"] == "IN_QUEUE" and s,
+                3 * LEASE_S,
+                "the dead worker's job to be handed back",
+            )
             assert "stopped renewing its lease (run 1 of at most 2); re-queued" in messages(back)[-1]
     finally:
         dead_worker.close()

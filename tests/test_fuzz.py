@@ -51,12 +51,21 @@ from server_fixtures import ThreadServer, free_port, server_weights  # noqa: F40
 from server.config import Settings
 
 # Routes whose successful answers are not JSON by design: they still must not fail, and their errors are fal's.
-NOT_JSON = {"/metrics", "/queue/{owner}/{alias}/requests/{request_id}/status/stream", "/files/{token}/{name}",
-            "/queue/{owner}/{alias}/requests/{request_id}/preview"}
+NOT_JSON = {
+    "/metrics",
+    "/queue/{owner}/{alias}/requests/{request_id}/status/stream",
+    "/files/{token}/{name}",
+    "/queue/{owner}/{alias}/requests/{request_id}/preview",
+}
 CALL_TIMEOUT_S = 120  # a sync run whose generated input happens to be valid runs a real (tiny) generation
 FUZZ_SETTINGS = settings(
-    max_examples=8, derandomize=True, deadline=None, database=None, phases=[Phase.explicit, Phase.generate],
-    suppress_health_check=list(HealthCheck), print_blob=False,
+    max_examples=8,
+    derandomize=True,
+    deadline=None,
+    database=None,
+    phases=[Phase.explicit, Phase.generate],
+    suppress_health_check=list(HealthCheck),
+    print_blob=False,
 )
 MEDIA_FIELDS = ("video_url", "first_frame_url", "last_frame_url")
 # Media refs that pass the schema and the scheme check, and fail only when a job fetches or decodes them.
@@ -162,8 +171,13 @@ def loopback_only(real: Callable[..., Any]) -> Callable[..., Any]:
 
 @pytest.fixture(scope="module")
 def server(server_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadServer]:
-    config = Settings(weights_dir=server_weights, data_dir=tmp_path_factory.mktemp("fuzz-data"), port=free_port(),
-                          webhook_attempts=1, max_upload_bytes=1024 * 1024)
+    config = Settings(
+        weights_dir=server_weights,
+        data_dir=tmp_path_factory.mktemp("fuzz-data"),
+        port=free_port(),
+        webhook_attempts=1,
+        max_upload_bytes=1024 * 1024,
+    )
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(socket, "getaddrinfo", loopback_only(socket.getaddrinfo))
         with ThreadServer(config) as running:
@@ -173,7 +187,9 @@ def server(server_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> It
 def fal_detail_items(detail: object) -> bool:
     """Whether ``detail`` is fal's validation list: objects with ``loc`` (list), ``msg`` and ``type`` (strings)."""
     return isinstance(detail, list) and all(
-        isinstance(item, dict) and isinstance(item.get("loc"), list) and isinstance(item.get("msg"), str)
+        isinstance(item, dict)
+        and isinstance(item.get("loc"), list)
+        and isinstance(item.get("msg"), str)
         and isinstance(item.get("type"), str)
         for item in detail
     )
@@ -209,8 +225,7 @@ def fuzz(operation: APIOperation, mode: GenerationMode, seen: Seen, base: str) -
         steer(case, data, seen, base)
         response = case.call(timeout=CALL_TIMEOUT_S)
         wrong = problem(response.status_code, response.text, json_expected)
-        assert wrong is None, (f"{wrong}: {response.status_code} {response.text[:500]!r}\n"
-                               f"{case.as_curl_command()}")
+        assert wrong is None, f"{wrong}: {response.status_code} {response.text[:500]!r}\n{case.as_curl_command()}"
         seen.record(case.formatted_path, response)
 
     run()

@@ -27,8 +27,12 @@ FAST = {"num_inference_steps": 2, "acceleration": "none"}
 
 
 def run_job(
-    models: ModelManager, tmp_path: Path, model: str = "wan-vace-14b", task: str = "pose",
-    hooks: JobHooks | None = None, **fields,
+    models: ModelManager,
+    tmp_path: Path,
+    model: str = "wan-vace-14b",
+    task: str = "pose",
+    hooks: JobHooks | None = None,
+    **fields,
 ) -> VaceOutput:
     """Run generate() with files published into ``tmp_path/out``; URLs are the published paths."""
     out_dir = tmp_path / "out"
@@ -66,8 +70,18 @@ def test_families_tasks_samplers_and_encodings(
     video = pose_video if task == "pose" else depth_video
     log: list[str] = []
     out = run_job(
-        models, tmp_path, model, task, hooks=JobHooks(log=log.append), video_url=str(video), num_frames=17,
-        frames_per_second=fps, sampler=sampler, video_quality=quality, video_write_mode=write_mode, seed=seed,
+        models,
+        tmp_path,
+        model,
+        task,
+        hooks=JobHooks(log=log.append),
+        video_url=str(video),
+        num_frames=17,
+        frames_per_second=fps,
+        sampler=sampler,
+        video_quality=quality,
+        video_write_mode=write_mode,
+        seed=seed,
     )
     info = probe_video(Path(out.video.url))
     assert (info.width, info.height, info.num_frames) == (416, 240, 17)
@@ -164,8 +178,14 @@ def test_reference_images_and_first_last_frames(models, tmp_path, pose_video, mo
     common = {"video_url": str(pose_video), "num_frames": 17, "return_frames_zip": True, "seed": 3}
     plain = run_job(models, tmp_path / "plain", **common)
     refs = run_job(models, tmp_path / "refs", ref_image_urls=[str(ref), str(ref)], **common)
-    ends = run_job(models, tmp_path / "ends", first_frame_url=str(first), last_frame_url=str(last),
-                   transparency_mode="white", **common)
+    ends = run_job(
+        models,
+        tmp_path / "ends",
+        first_frame_url=str(first),
+        last_frame_url=str(last),
+        transparency_mode="white",
+        **common,
+    )
     outputs = [zip_frames(o.frames_zip.url) for o in (plain, refs, ends)]
     # Reference images become extra latent frames that are removed before decoding.
     assert [probe_video(Path(o.video.url)).num_frames for o in (plain, refs, ends)] == [17, 17, 17]
@@ -237,8 +257,13 @@ def test_interpolated_frames_keep_the_generated_ones_in_place(models, tmp_path, 
 def test_temporal_downsampling_generates_fewer_frames_and_restores_the_length(models, tmp_path, pose_video):
     log: list[str] = []
     out = run_job(
-        models, tmp_path, hooks=JobHooks(log=log.append), video_url=str(pose_video), num_frames=49,
-        temporal_downsample_factor=2, interpolator_model="film",
+        models,
+        tmp_path,
+        hooks=JobHooks(log=log.append),
+        video_url=str(pose_video),
+        num_frames=49,
+        temporal_downsample_factor=2,
+        interpolator_model="film",
     )
     info = probe_video(Path(out.video.url))
     assert (info.num_frames, info.fps) == (49, 16)
@@ -248,8 +273,14 @@ def test_temporal_downsampling_generates_fewer_frames_and_restores_the_length(mo
 def test_auto_downsample_picks_the_smallest_factor_that_fits(models, tmp_path, pose_video):
     log: list[str] = []
     out = run_job(
-        models, tmp_path, hooks=JobHooks(log=log.append), video_url=str(pose_video), num_frames=97,
-        enable_auto_downsample=True, auto_downsample_min_fps=8, interpolator_model="film",
+        models,
+        tmp_path,
+        hooks=JobHooks(log=log.append),
+        video_url=str(pose_video),
+        num_frames=97,
+        enable_auto_downsample=True,
+        auto_downsample_min_fps=8,
+        interpolator_model="film",
     )
     assert (out.video.num_frames, out.video.fps) == (97, 16)
     assert any("f=1" in line for line in log)
@@ -266,8 +297,15 @@ def test_preprocess_turns_the_input_into_the_control_video(models, tmp_path, mod
     encode_video([np.roll(gradient, 8 * i, axis=1) for i in range(17)], rgb, 16)
     log: list[str] = []
     out = run_job(
-        models, tmp_path, model, task, hooks=JobHooks(log=log.append), video_url=str(rgb), num_frames=17,
-        preprocess=True, annotator=annotator,
+        models,
+        tmp_path,
+        model,
+        task,
+        hooks=JobHooks(log=log.append),
+        video_url=str(rgb),
+        num_frames=17,
+        preprocess=True,
+        annotator=annotator,
     )
     assert (out.video.num_frames, out.video.width, out.video.height) == (17, 416, 240)
     expected = "DWPosePreprocessor" if task == "pose" else "DepthAnythingPreprocessor"
@@ -284,7 +322,14 @@ def test_film_v100_file_refuses_a_count_it_cannot_make_before_denoising(tiny_wei
     build_tiny_film(weights_path("film", weights), layout="v1.0.0")
     log: list[str] = []
     with pytest.raises(InputError, match=r"v1\.0\.0 layout") as err:
-        run_job(ModelManager(weights, device="cpu"), tmp_path, hooks=JobHooks(log=log.append),
-                video_url=str(pose_video), num_frames=17, num_interpolated_frames=2, interpolator_model="film")
+        run_job(
+            ModelManager(weights, device="cpu"),
+            tmp_path,
+            hooks=JobHooks(log=log.append),
+            video_url=str(pose_video),
+            num_frames=17,
+            num_interpolated_frames=2,
+            interpolator_model="film",
+        )
     assert err.value.loc == ("interpolator_model",)
     assert not any("denoising" in line for line in log)

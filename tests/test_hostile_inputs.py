@@ -88,31 +88,35 @@ def refused(url: str, tmp_path: Path, ctx: JobContext = DEFAULT) -> InputError:
 
 # ---------------------------------------------------------------- SSRF
 
-@pytest.mark.parametrize("url", [
-    "http://127.0.0.1:{port}/ok",
-    "http://localhost:{port}/ok",
-    "http://2130706433:{port}/ok",  # decimal 127.0.0.1
-    "http://0x7f.1:{port}/ok",  # hex + short form
-    "http://017700000001:{port}/ok",  # octal
-    "http://127.1:{port}/ok",
-    "http://[::1]:{port}/ok",
-    "http://[::ffff:127.0.0.1]:{port}/ok",  # IPv4-mapped IPv6
-    "http://[::ffff:7f00:1]:{port}/ok",
-    "http://0.0.0.0:{port}/ok",
-    "http://10.0.0.1/",
-    "http://10.255.255.254:8080/x.mp4",
-    "http://172.16.0.1/",
-    "http://192.168.1.1/",
-    "http://100.64.0.1/",  # shared address space
-    "http://100.100.100.200/latest/meta-data/",  # Alibaba cloud metadata
-    "http://169.254.169.254/latest/meta-data/",  # AWS/GCP/Azure metadata
-    "http://[fd00:ec2::254]/latest/meta-data/",  # AWS metadata over IPv6
-    "http://[fe80::1]/",
-    "http://224.0.0.1/",
-    "http://240.0.0.1/",
-    "http://[::]/",
-    "https://127.0.0.1:{port}/ok",
-])
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:{port}/ok",
+        "http://localhost:{port}/ok",
+        "http://2130706433:{port}/ok",  # decimal 127.0.0.1
+        "http://0x7f.1:{port}/ok",  # hex + short form
+        "http://017700000001:{port}/ok",  # octal
+        "http://127.1:{port}/ok",
+        "http://[::1]:{port}/ok",
+        "http://[::ffff:127.0.0.1]:{port}/ok",  # IPv4-mapped IPv6
+        "http://[::ffff:7f00:1]:{port}/ok",
+        "http://0.0.0.0:{port}/ok",
+        "http://10.0.0.1/",
+        "http://10.255.255.254:8080/x.mp4",
+        "http://172.16.0.1/",
+        "http://192.168.1.1/",
+        "http://100.64.0.1/",  # shared address space
+        "http://100.100.100.200/latest/meta-data/",  # Alibaba cloud metadata
+        "http://169.254.169.254/latest/meta-data/",  # AWS/GCP/Azure metadata
+        "http://[fd00:ec2::254]/latest/meta-data/",  # AWS metadata over IPv6
+        "http://[fe80::1]/",
+        "http://224.0.0.1/",
+        "http://240.0.0.1/",
+        "http://[::]/",
+        "https://127.0.0.1:{port}/ok",
+    ],
+)
 def test_private_addresses_are_refused(url: str, tmp_path: Path, two_servers: tuple[int, int]) -> None:
     before = len(Recorder.hosts)
     err = refused(url.format(port=two_servers[0]), tmp_path)
@@ -197,8 +201,9 @@ def test_allow_list_forms_and_connecting_to_the_vetted_address(
 def test_own_file_urls_and_cli_local_paths_still_work(tmp_path: Path) -> None:
     served = tmp_path / "served.mp4"
     served.write_bytes(b"video bytes")
-    ours = JobContext(local_files=lambda ref, _workdir, _max_bytes:
-                      served if ref.startswith("http://127.0.0.1:1/files/") else None)
+    ours = JobContext(
+        local_files=lambda ref, _workdir, _max_bytes: served if ref.startswith("http://127.0.0.1:1/files/") else None
+    )
     assert fetch_to_file("http://127.0.0.1:1/files/abc/v.mp4", "video_url", tmp_path, ours) == served
     assert fetch_to_file(str(served), "video_url", tmp_path, ours) == served  # the CLI's local paths
     assert fetch_to_file(served.as_uri(), "video_url", tmp_path, ours) == served
@@ -210,6 +215,7 @@ def test_own_file_urls_and_cli_local_paths_still_work(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- limits
 
+
 def test_download_size_and_time_limits(tmp_path: Path, two_servers: tuple[int, int]) -> None:
     a, _ = two_servers
     assert "limit" in refused(f"http://127.0.0.1:{a}/ok", tmp_path, allowing("127.0.0.1", max_download_bytes=5)).msg
@@ -219,8 +225,12 @@ def test_download_size_and_time_limits(tmp_path: Path, two_servers: tuple[int, i
     slow.listen(1)
     try:
         with pytest.raises(InputError) as exc:
-            fetch_to_file(f"http://127.0.0.1:{slow.getsockname()[1]}/x.mp4", "video_url", tmp_path,
-                          allowing("127.0.0.1", download_timeout_s=0.5))
+            fetch_to_file(
+                f"http://127.0.0.1:{slow.getsockname()[1]}/x.mp4",
+                "video_url",
+                tmp_path,
+                allowing("127.0.0.1", download_timeout_s=0.5),
+            )
         assert "timed out" in exc.value.msg and exc.value.type == "file_download_error"
     finally:
         slow.close()
@@ -255,13 +265,30 @@ def job(models: ModelManager, tmp_path: Path, ctx: JobContext = DEFAULT, **field
         return str(path.replace(out / path.name))
 
     inp = VaceInput(**{"prompt": "a person dancing", **FAST, **fields})
-    return generate(inp, task="pose", model="wan-vace-14b", manager=models, workdir=work, publish=publish,
-                    hooks=JobHooks(), ctx=ctx)
+    return generate(
+        inp, task="pose", model="wan-vace-14b", manager=models, workdir=work, publish=publish, hooks=JobHooks(), ctx=ctx
+    )
 
 
 def make_video(path: Path, *args: str, size: str = "64x48", frames: int = 5, rate: int = 8) -> Path:
-    subprocess.run([FFMPEG, "-v", "error", "-y", "-f", "lavfi", "-i", f"testsrc2=size={size}:rate={rate}",
-                    "-frames:v", str(frames), *args, str(path)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            FFMPEG,
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            f"testsrc2=size={size}:rate={rate}",
+            "-frames:v",
+            str(frames),
+            *args,
+            str(path),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return path
 
 
@@ -270,8 +297,9 @@ def small_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_video(tmp_path_factory.mktemp("v") / "small.mp4", "-pix_fmt", "yuv420p", size="64x48", frames=9)
 
 
-def expect_refusal(models: ModelManager, tmp_path: Path, ctx: JobContext, loc: tuple, type_: str,
-                   **fields: object) -> InputError:
+def expect_refusal(
+    models: ModelManager, tmp_path: Path, ctx: JobContext, loc: tuple, type_: str, **fields: object
+) -> InputError:
     with pytest.raises(InputError) as exc:
         job(models, tmp_path, ctx, **fields)
     assert exc.value.loc == loc and exc.value.type == type_, exc.value
@@ -280,27 +308,54 @@ def expect_refusal(models: ModelManager, tmp_path: Path, ctx: JobContext, loc: t
 
 def test_video_limits(models: ModelManager, tmp_path: Path, small_video: Path) -> None:
     for limits in (Limits(max_video_pixels=64 * 48 - 1), Limits(max_video_frames=8), Limits(max_video_seconds=1.0)):
-        expect_refusal(models, tmp_path, JobContext(limits=limits), ("video_url",),
-                       "video_too_large" if limits.max_video_pixels < 9999 else "video_too_long",
-                       video_url=str(small_video))
+        expect_refusal(
+            models,
+            tmp_path,
+            JobContext(limits=limits),
+            ("video_url",),
+            "video_too_large" if limits.max_video_pixels < 9999 else "video_too_long",
+            video_url=str(small_video),
+        )
 
 
 def test_prompt_and_reference_limits(models: ModelManager, tmp_path: Path, small_video: Path) -> None:
     ctx = allowing(max_prompt_chars=10, max_ref_images=2)
     expect_refusal(models, tmp_path, ctx, ("prompt",), "prompt_too_long", video_url=str(small_video), prompt="x" * 11)
-    expect_refusal(models, tmp_path, ctx, ("negative_prompt",), "prompt_too_long", video_url=str(small_video),
-                   prompt="ok", negative_prompt="y" * 11)
+    expect_refusal(
+        models,
+        tmp_path,
+        ctx,
+        ("negative_prompt",),
+        "prompt_too_long",
+        video_url=str(small_video),
+        prompt="ok",
+        negative_prompt="y" * 11,
+    )
     img = tmp_path / "ref.png"
     Image.new("RGB", (8, 8)).save(img)
-    expect_refusal(models, tmp_path, ctx, ("ref_image_urls",), "too_many_reference_images",
-                   video_url=str(small_video), prompt="ok", negative_prompt="", ref_image_urls=[str(img)] * 3)
+    expect_refusal(
+        models,
+        tmp_path,
+        ctx,
+        ("ref_image_urls",),
+        "too_many_reference_images",
+        video_url=str(small_video),
+        prompt="ok",
+        negative_prompt="",
+        ref_image_urls=[str(img)] * 3,
+    )
 
 
 def test_server_refuses_big_bodies_long_prompts_and_private_urls_fal_shaped(
     server_weights: Path, tmp_path: Path
 ) -> None:
-    config = Settings(weights_dir=server_weights, data_dir=tmp_path / "data", port=free_port(),
-                          limits=Limits(max_prompt_chars=20, max_ref_images=1), max_body_bytes=4096)
+    config = Settings(
+        weights_dir=server_weights,
+        data_dir=tmp_path / "data",
+        port=free_port(),
+        limits=Limits(max_prompt_chars=20, max_ref_images=1),
+        max_body_bytes=4096,
+    )
     with ThreadServer(config) as server, httpx.Client(base_url=server.url, timeout=30) as client:
         url = "/fal-ai/wan-vace-14b/pose"
         big = client.post(url, json={"prompt": "x", "video_url": "data:video/mp4;base64," + "A" * 8000})
@@ -316,18 +371,32 @@ def test_server_refuses_big_bodies_long_prompts_and_private_urls_fal_shaped(
 
         for body, loc, type_ in (
             ({"prompt": "x" * 21, "video_url": "https://example.com/v.mp4"}, ["body", "prompt"], "prompt_too_long"),
-            ({"prompt": "x", "negative_prompt": "", "video_url": "https://example.com/v.mp4",
-              "ref_image_urls": ["https://example.com/a.png"] * 2}, ["body", "ref_image_urls"],
-             "too_many_reference_images"),
+            (
+                {
+                    "prompt": "x",
+                    "negative_prompt": "",
+                    "video_url": "https://example.com/v.mp4",
+                    "ref_image_urls": ["https://example.com/a.png"] * 2,
+                },
+                ["body", "ref_image_urls"],
+                "too_many_reference_images",
+            ),
         ):
             for path in (url, "/queue" + url):  # refused at submission: nothing is queued
                 r = client.post(path, json=body)
                 assert r.status_code == 422 and r.json()["detail"][0]["loc"] == loc
                 assert r.json()["detail"][0]["type"] == type_
         # a private URL is refused by the job itself (the same 422 body), before any model work
-        r = client.post(url, json={"prompt": "x", "negative_prompt": "",
-                                   "video_url": "http://169.254.169.254/latest/meta-data/",
-                                   "num_frames": 17, "num_inference_steps": 2})
+        r = client.post(
+            url,
+            json={
+                "prompt": "x",
+                "negative_prompt": "",
+                "video_url": "http://169.254.169.254/latest/meta-data/",
+                "num_frames": 17,
+                "num_inference_steps": 2,
+            },
+        )
         assert r.status_code == 422, r.text
         assert r.json()["detail"][0]["type"] == "file_download_error" and "non-public" in r.json()["detail"][0]["msg"]
 
@@ -341,6 +410,7 @@ def test_server_refuses_big_bodies_long_prompts_and_private_urls_fal_shaped(
 
 # ---------------------------------------------------------------- hostile media
 
+
 @pytest.fixture(scope="module")
 def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Unusual but valid videos (each should generate) and broken ones (each should be refused)."""
@@ -352,24 +422,50 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (d / "garbage.bin").write_bytes(b"\x00\x01not a video at all" * 50)
     (d / "text.mp4").write_text("hello, I am a text file\n" * 20)
     (d / "empty.mp4").write_bytes(b"")
-    subprocess.run([FFMPEG, "-v", "error", "-y", "-f", "lavfi", "-i", "sine=d=1", "-c:a", "aac", str(d / "audio.m4a")],
-                   check=True, capture_output=True)
-    subprocess.run([FFMPEG, "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=64x48:rate=8", "-frames:v", "0",
-                    "-pix_fmt", "yuv420p", str(d / "zero_frames.mp4")], check=True, capture_output=True)
+    subprocess.run(
+        [FFMPEG, "-v", "error", "-y", "-f", "lavfi", "-i", "sine=d=1", "-c:a", "aac", str(d / "audio.m4a")],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [
+            FFMPEG,
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=64x48:rate=8",
+            "-frames:v",
+            "0",
+            "-pix_fmt",
+            "yuv420p",
+            str(d / "zero_frames.mp4"),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return {
         "zero_frames": d / "zero_frames.mp4",
         "good": good,
         "odd": make_video(d / "odd.mp4", "-pix_fmt", "yuv444p", size="63x47"),
         "odd_ffv1": make_video(d / "odd.mkv", "-c:v", "ffv1", size="65x37"),
-        "10bit": make_video(d / "10bit.mp4", "-c:v", "libx265", "-pix_fmt", "yuv420p10le",
-                            "-x265-params", "log-level=error"),
+        "10bit": make_video(
+            d / "10bit.mp4", "-c:v", "libx265", "-pix_fmt", "yuv420p10le", "-x265-params", "log-level=error"
+        ),
         "gray": make_video(d / "gray.mkv", "-c:v", "ffv1", "-pix_fmt", "gray"),
         "alpha": make_video(d / "alpha.mov", "-vf", "format=argb", "-c:v", "qtrle"),
         "alpha_png": make_video(d / "alpha_png.mov", "-vf", "format=rgba", "-c:v", "png"),
-        "vfr": make_video(d / "vfr.mp4", "-vf", "setpts='PTS+if(gt(N,4),N*3,0)'", "-fps_mode", "vfr", "-pix_fmt",
-                          "yuv420p", frames=9),
-        "corrupt": d / "corrupt.mp4", "truncated": d / "truncated.mp4", "garbage": d / "garbage.bin",
-        "text": d / "text.mp4", "empty": d / "empty.mp4", "audio": d / "audio.m4a",
+        "vfr": make_video(
+            d / "vfr.mp4", "-vf", "setpts='PTS+if(gt(N,4),N*3,0)'", "-fps_mode", "vfr", "-pix_fmt", "yuv420p", frames=9
+        ),
+        "corrupt": d / "corrupt.mp4",
+        "truncated": d / "truncated.mp4",
+        "garbage": d / "garbage.bin",
+        "text": d / "text.mp4",
+        "empty": d / "empty.mp4",
+        "audio": d / "audio.m4a",
     }
 
 
@@ -387,17 +483,33 @@ def test_unusual_videos_decode_to_rgb24(media: dict[str, Path], name: str) -> No
 
 def test_an_odd_sized_variable_rate_alpha_video_generates(models: ModelManager, tmp_path: Path) -> None:
     """One job covers the decode-path cases above at once (a job costs seconds, a decode milliseconds)."""
-    video = make_video(tmp_path / "odd_alpha_vfr.mov", "-vf", "format=argb,setpts='PTS+if(gt(N,4),N*3,0)'",
-                       "-fps_mode", "vfr", "-c:v", "qtrle", size="63x47", frames=9)
+    video = make_video(
+        tmp_path / "odd_alpha_vfr.mov",
+        "-vf",
+        "format=argb,setpts='PTS+if(gt(N,4),N*3,0)'",
+        "-fps_mode",
+        "vfr",
+        "-c:v",
+        "qtrle",
+        size="63x47",
+        frames=9,
+    )
     out = job(models, tmp_path, video_url=str(video))
     assert out.video.num_frames == 17 and out.video.width % 16 == 0 and out.video.height % 16 == 0
 
 
-@pytest.mark.parametrize("name,type_", [
-    ("corrupt", "video_decode_error"), ("truncated", "video_decode_error"), ("garbage", "video_decode_error"),
-    ("text", "video_decode_error"), ("audio", "video_decode_error"), ("empty", "file_download_error"),
-    ("zero_frames", "video_decode_error"),
-])
+@pytest.mark.parametrize(
+    "name,type_",
+    [
+        ("corrupt", "video_decode_error"),
+        ("truncated", "video_decode_error"),
+        ("garbage", "video_decode_error"),
+        ("text", "video_decode_error"),
+        ("audio", "video_decode_error"),
+        ("empty", "file_download_error"),
+        ("zero_frames", "video_decode_error"),
+    ],
+)
 def test_broken_videos_are_refused_before_the_model(
     models: ModelManager, tmp_path: Path, media: dict[str, Path], name: str, type_: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -419,12 +531,23 @@ def test_files_cannot_be_walked(server_weights: Path, tmp_path: Path) -> None:
         (config.files_dir / token / "clip.mp4.partial").write_bytes(b"in progress")
         assert client.get(f"/files/{token}/clip.mp4").content == b"secret video"
         (tmp_path / "data" / "outside.txt").write_text("outside the store")
-        for path in ("/files", "/files/", f"/files/{token}", f"/files/{token}/", f"/files/{token[:-1]}/clip.mp4",
-                     f"/files/{token}/..%2f..%2fjobs.sqlite3", f"/files/{token}/%2e%2e%2f%2e%2e%2foutside.txt",
-                     "/files/%2e%2e/outside.txt", f"/files/{token}/%2e%2e", "/files/..%2f..%2foutside.txt/x",
-                     f"/files/{token}/.%2e/outside.txt", f"/files/{token}/..%5c..%5coutside.txt",
-                     f"/files/{token}/clip.mp4%00.txt", "/files/%2e%2e%2f%2e%2e/outside.txt",
-                     f"/files/{token}/clip.mp4.partial"):
+        for path in (
+            "/files",
+            "/files/",
+            f"/files/{token}",
+            f"/files/{token}/",
+            f"/files/{token[:-1]}/clip.mp4",
+            f"/files/{token}/..%2f..%2fjobs.sqlite3",
+            f"/files/{token}/%2e%2e%2f%2e%2e%2foutside.txt",
+            "/files/%2e%2e/outside.txt",
+            f"/files/{token}/%2e%2e",
+            "/files/..%2f..%2foutside.txt/x",
+            f"/files/{token}/.%2e/outside.txt",
+            f"/files/{token}/..%5c..%5coutside.txt",
+            f"/files/{token}/clip.mp4%00.txt",
+            "/files/%2e%2e%2f%2e%2e/outside.txt",
+            f"/files/{token}/clip.mp4.partial",
+        ):
             r = client.get(path)
             assert r.status_code in (404, 405), (path, r.status_code)
             assert not any(s in r.content for s in (b"outside the store", b"SQLite", b"secret", b"in progress"))

@@ -78,12 +78,19 @@ REFUSED = {
 }
 
 
-def write_header_lora(path: Path, options: dict[str, object] | None = None, raw: str | None = None,
-                      tensors: dict[str, torch.Tensor] = TENSORS) -> Path:
+def write_header_lora(
+    path: Path,
+    options: dict[str, object] | None = None,
+    raw: str | None = None,
+    tensors: dict[str, torch.Tensor] = TENSORS,
+) -> Path:
     """A diffusers-layout LoRA whose header carries ``CLEAN`` with ``options`` on top (or the ``raw`` text)."""
     header = {f"transformer.{key}": value for key, value in (CLEAN | (options or {})).items()}
-    save_file(tensors, path, metadata={"lora_adapter_metadata": raw if raw is not None else json.dumps(header),
-                                       "format": "pt"})
+    save_file(
+        tensors,
+        path,
+        metadata={"lora_adapter_metadata": raw if raw is not None else json.dumps(header), "format": "pt"},
+    )
     return path
 
 
@@ -139,8 +146,12 @@ def test_header_options_are_ignored_and_never_touch_the_base_weights(manager, co
         assert all(torch.equal(hostile[name], clean[name]) for name in clean), case
         assert_base_unchanged(manager.get(A14B), base, case)  # with the adapter on: its base layers
         config = manager.get(A14B).transformer.peft_config[f"lora_{sha256_file(path)}"]
-        assert (config.init_lora_weights, config.use_dora, config.r, config.fan_in_fan_out) == (True, False, RANK,
-                                                                                                 False), case
+        assert (config.init_lora_weights, config.use_dora, config.r, config.fan_in_fan_out) == (
+            True,
+            False,
+            RANK,
+            False,
+        ), case
         assert not config.layer_replication and not config.modules_to_save and config.bias == "none", case
     np.testing.assert_array_equal(frames(manager, cond, []), plain)
     assert_base_unchanged(manager.get(A14B), base, "after a plain job")
@@ -148,8 +159,10 @@ def test_header_options_are_ignored_and_never_touch_the_base_weights(manager, co
 
 def test_unreadable_strengths_are_refused_and_change_nothing(manager, cond, fresh, tmp_path):
     base, plain = fresh
-    cases = {case: write_header_lora(tmp_path / f"{i}.safetensors", options)
-             for i, (case, options) in enumerate(REFUSED.items())}
+    cases = {
+        case: write_header_lora(tmp_path / f"{i}.safetensors", options)
+        for i, (case, options) in enumerate(REFUSED.items())
+    }
     cases["not json"] = write_header_lora(tmp_path / "raw.safetensors", raw="{'lora_alpha': 4")
     cases["not an object"] = write_header_lora(tmp_path / "list.safetensors", raw="[4]")
     mixed = dict(TENSORS, **{"transformer.blocks.0.attn1.to_q.lora_B.weight": torch.ones(24, 3)})
@@ -168,8 +181,11 @@ def test_unreadable_strengths_are_refused_and_change_nothing(manager, cond, fres
 def _adapter_layers(model: LoadedModel, path: Path) -> dict[str, tuple[int, float]]:
     """(rank, scaling) of each layer of the high-noise expert that carries the adapter of ``path``."""
     adapter = f"lora_{sha256_file(path)}"
-    return {name: (module.r[adapter], module.scaling[adapter]) for name, module in model.transformer.named_modules()
-            if isinstance(module, peft.tuners.lora.LoraLayer) and adapter in module.r}
+    return {
+        name: (module.r[adapter], module.scaling[adapter])
+        for name, module in model.transformer.named_modules()
+        if isinstance(module, peft.tuners.lora.LoraLayer) and adapter in module.r
+    }
 
 
 def test_well_formed_files_load_with_the_ranks_and_alphas_they_state(tiny_weights, manager, cond, tmp_path):
@@ -181,8 +197,12 @@ def test_well_formed_files_load_with_the_ranks_and_alphas_they_state(tiny_weight
     for layer in narrow:  # rank 2 on two layers
         mixed[f"transformer.{layer}.lora_A.weight"] = TENSORS[f"transformer.{layer}.lora_A.weight"][:2]
         mixed[f"transformer.{layer}.lora_B.weight"] = TENSORS[f"transformer.{layer}.lora_B.weight"][:, :2].contiguous()
-    patterns = {"rank_pattern": {f"^{layer}": 2 for layer in narrow}, "lora_alpha": 3,
-                "alpha_pattern": {"^blocks.0.attn1.to_q": 1, "attn2.to_k": 6}, "use_rslora": True}
+    patterns = {
+        "rank_pattern": {f"^{layer}": 2 for layer in narrow},
+        "lora_alpha": 3,
+        "alpha_pattern": {"^blocks.0.attn1.to_q": 1, "attn2.to_k": 6},
+        "use_rslora": True,
+    }
 
     def pattern_scaling(layer: str) -> float:
         alpha = 1 if layer == "blocks.0.attn1.to_q" else 6 if layer.endswith(".attn2.to_k") else 3
@@ -204,8 +224,9 @@ def test_well_formed_files_load_with_the_ranks_and_alphas_they_state(tiny_weight
             assert scaling == pytest.approx(scaling_of(layer)) == lora.scaling(layer), (case, layer)
         reference = ModelManager(tiny_weights, device="cpu").get(A14B).pipe  # diffusers with the file's header
         reference.load_lora_weights(str(path), adapter_name="reference")
-        torch.testing.assert_close(ours["transformer"], expert_outputs(reference)["transformer"], rtol=0, atol=1e-6,
-                                   msg=case)
+        torch.testing.assert_close(
+            ours["transformer"], expert_outputs(reference)["transformer"], rtol=0, atol=1e-6, msg=case
+        )
 
 
 def test_a_load_that_fails_halfway_reloads_the_model(manager, cond, fresh, tmp_path, monkeypatch):
@@ -238,14 +259,23 @@ def test_whole_jobs_after_hostile_files_equal_a_fresh_managers(tiny_weights, pos
     used = ModelManager(tiny_weights, device="cpu")
     high = write_header_lora(tmp_path / "high.safetensors", IGNORED["pissa"] | IGNORED["layer_replication"])
     low = write_header_lora(tmp_path / "low.safetensors", IGNORED["olora"] | IGNORED["higher r"])
-    run_job(used, tmp_path / "hostile", pose_video, loras=[{"path": str(high), "transformer": "high"},
-                                                          {"path": str(low), "transformer": "low"}])
+    run_job(
+        used,
+        tmp_path / "hostile",
+        pose_video,
+        loras=[{"path": str(high), "transformer": "high"}, {"path": str(low), "transformer": "low"}],
+    )
     with pytest.raises(InputError):
-        run_job(used, tmp_path / "nan", pose_video,
-                loras=[{"path": str(write_header_lora(tmp_path / "nan.safetensors", REFUSED["nan alpha"]))}])
+        run_job(
+            used,
+            tmp_path / "nan",
+            pose_video,
+            loras=[{"path": str(write_header_lora(tmp_path / "nan.safetensors", REFUSED["nan alpha"]))}],
+        )
     after = run_job(used, tmp_path / "after", pose_video)
-    np.testing.assert_array_equal(after, run_job(ModelManager(tiny_weights, device="cpu"), tmp_path / "fresh",
-                                                 pose_video))
+    np.testing.assert_array_equal(
+        after, run_job(ModelManager(tiny_weights, device="cpu"), tmp_path / "fresh", pose_video)
+    )
 
 
 @pytest.fixture()
@@ -288,8 +318,10 @@ def test_the_cache_keeps_only_files_that_pass_the_checks(tiny_weights, file_host
     ctx = JobContext(fetch_allow=("127.0.0.1",), local_paths=False, lora_cache=cache)
     (folder / "garbage.safetensors").write_bytes(os.urandom(4096))
     write_header_lora(folder / "nan.safetensors", REFUSED["nan alpha"])
-    wide = {"transformer.blocks.0.attn1.to_q.lora_A.weight": torch.ones(4, 48),
-            "transformer.blocks.0.attn1.to_q.lora_B.weight": torch.ones(48, 4)}
+    wide = {
+        "transformer.blocks.0.attn1.to_q.lora_A.weight": torch.ones(4, 48),
+        "transformer.blocks.0.attn1.to_q.lora_B.weight": torch.ones(48, 4),
+    }
     write_header_lora(folder / "wide.safetensors", tensors=wide)
     for name in ("garbage.safetensors", "nan.safetensors", "wide.safetensors"):
         for attempt in range(2):

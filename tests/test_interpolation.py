@@ -185,8 +185,15 @@ def test_rife_with_zero_flow_and_mask_heads_is_the_even_blend(weights_dir: Path)
     torch.testing.assert_close(out, (a + b) / 2, atol=1e-5, rtol=0)  # grid_sample at exact pixel centres
 
     frames = make_frames(3)
-    interp = FrameInterpolator("rife", net, rife_frames_between, device=torch.device("cpu"), dtype=torch.float32,
-                               pad_multiple=net.config.pad_multiple, batch_size=2)
+    interp = FrameInterpolator(
+        "rife",
+        net,
+        rife_frames_between,
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+        pad_multiple=net.config.pad_multiple,
+        batch_size=2,
+    )
     out_frames = list(interp.interpolate(frames, 1))
     for i in range(2):
         expected = (frames[i].astype(float) + frames[i + 1]) / 2
@@ -324,11 +331,19 @@ def test_film_v100_makes_midpoints_only_and_refuses_other_counts_up_front(tmp_pa
 
 def test_interpolated_frames_are_rounded_not_truncated() -> None:
     """Both references truncate (``.byte()``); we round on purpose (see the package docstring)."""
+
     def between(model: torch.nn.Module, a: Tensor, b: Tensor, n: int, max_batch: int) -> Tensor:
         return torch.full((a.shape[0], n, *a.shape[1:]), 0.7 / 255)
 
-    interp = FrameInterpolator("rife", torch.nn.Identity(), between, device=torch.device("cpu"),
-                               dtype=torch.float32, pad_multiple=64, batch_size=2)
+    interp = FrameInterpolator(
+        "rife",
+        torch.nn.Identity(),
+        between,
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+        pad_multiple=64,
+        batch_size=2,
+    )
     out = list(interp.interpolate(make_frames(2), 1))
     assert (out[1] == 1).all()  # truncation would give 0
 
@@ -391,8 +406,9 @@ def test_downsample_and_interpolation_combine_in_one_pass() -> None:
     ],
 )
 def test_auto_downsample_choice_and_reason(frames: int, fps: float, min_fps: float, f: int, reason: str) -> None:
-    plan = plan_temporal(frames, fps, enable_auto_downsample=True, auto_downsample_min_fps=min_fps,
-                         temporal_downsample_factor=3)
+    plan = plan_temporal(
+        frames, fps, enable_auto_downsample=True, auto_downsample_min_fps=min_fps, temporal_downsample_factor=3
+    )
     assert plan.downsample_factor == f
     assert reason in plan.notes[0] and "temporal_downsample_factor=3 ignored" in plan.notes[0]
     assert (plan.output_frames, plan.output_fps) == (frames, fps)
@@ -401,8 +417,9 @@ def test_auto_downsample_choice_and_reason(frames: int, fps: float, min_fps: flo
 @pytest.mark.parametrize("frames", [17, 21, 33, 77, 81, 121, 161, 241])
 def test_plan_invariants_for_every_combination(frames: int) -> None:
     for fps, k, f, auto in itertools.product((8, 16, 30), range(6), range(6), (False, True)):
-        plan = plan_temporal(frames, fps, num_interpolated_frames=k, temporal_downsample_factor=f,
-                             enable_auto_downsample=auto)
+        plan = plan_temporal(
+            frames, fps, num_interpolated_frames=k, temporal_downsample_factor=f, enable_auto_downsample=auto
+        )
         g, step = plan.generate_frames, plan.n_between + 1
         assert g % 4 == 1 and 17 <= g <= 241
         if auto and g > NATIVE_FRAMES:  # only when a larger f would drop below 15 fps or is not possible

@@ -82,10 +82,18 @@ def test_the_loop_previews_every_n_steps_and_the_last(models, tmp_path):
 
 
 def test_vace_generate_writes_the_preview_file(tiny_weights, pose_video, tmp_path):
-    command = (f"generate pose --video {pose_video} --prompt 'a dancer' --weights-dir {tiny_weights} "
-               "--num-frames 17 --num-inference-steps 2 --acceleration none --seed 4 --preview live.webp -o out.mp4")
-    done = subprocess.run([str(VACE), *shlex.split(command)], cwd=tmp_path, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}, timeout=600)
+    command = (
+        f"generate pose --video {pose_video} --prompt 'a dancer' --weights-dir {tiny_weights} "
+        "--num-frames 17 --num-inference-steps 2 --acceleration none --seed 4 --preview live.webp -o out.mp4"
+    )
+    done = subprocess.run(
+        [str(VACE), *shlex.split(command)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     with Image.open(tmp_path / "live.webp") as image:
         assert image.is_animated and image.n_frames == 5 and image.size == (312, 180)

@@ -60,8 +60,9 @@ def job_lora(path: Path, scale: float = 1.0, experts: tuple[str, ...] = BOTH, in
     return JobLora(index, path, sha256_file(path), scale, experts)
 
 
-def frames(manager: ModelManager, cond: Conditioning, job_loras: list[JobLora], model: str = A14B,
-           **fields: object) -> np.ndarray:
+def frames(
+    manager: ModelManager, cond: Conditioning, job_loras: list[JobLora], model: str = A14B, **fields: object
+) -> np.ndarray:
     inp = VaceInput(prompt="a person dancing", video_url="x", num_inference_steps=2, num_frames=17, **fields)
     pipe = manager.get(model).pipeline(make_scheduler("unipc", 5.0), job_loras)
     return denoise(pipe, cond, inp, prompt=inp.prompt, width=W, height=H, seed=3, hooks=JobHooks())
@@ -95,8 +96,10 @@ def expert_outputs(pipe: WanVACEPipeline) -> dict[str, torch.Tensor]:
     x, text = torch.randn(1, 16, 2, 8, 8, generator=g), torch.randn(1, 4, 32, generator=g)
     control = torch.randn(1, 96, 2, 8, 8, generator=g)
     with torch.no_grad():
-        return {name: getattr(pipe, name)(x, torch.tensor([500]), text, control_hidden_states=control,
-                                          return_dict=False)[0] for name in BOTH}
+        return {
+            name: getattr(pipe, name)(x, torch.tensor([500]), text, control_hidden_states=control, return_dict=False)[0]
+            for name in BOTH
+        }
 
 
 def test_high_and_low_go_into_their_expert_only(manager, cond, loras, plain):
@@ -121,8 +124,11 @@ def test_high_and_low_go_into_their_expert_only(manager, cond, loras, plain):
 def test_the_same_set_stays_loaded_and_only_scales_change(manager, cond, loras, plain, monkeypatch):
     loads = []
     original = WanVACEPipeline.load_lora_into_transformer.__func__
-    monkeypatch.setattr(WanVACEPipeline, "load_lora_into_transformer",
-                        classmethod(lambda cls, *a, **kw: loads.append(kw["adapter_name"]) or original(cls, *a, **kw)))
+    monkeypatch.setattr(
+        WanVACEPipeline,
+        "load_lora_into_transformer",
+        classmethod(lambda cls, *a, **kw: loads.append(kw["adapter_name"]) or original(cls, *a, **kw)),
+    )
     lora = loras["tiny-wan21"]
     frames(manager, cond, [])
     first = frames(manager, cond, [job_lora(lora)])
@@ -144,8 +150,16 @@ def run_job(models: ModelManager, tmp_path: Path, video: Path, **fields: object)
     def publish(path: Path, _content_type: str) -> str:
         return str(path.replace(out / path.name))
 
-    inp = VaceInput(prompt="a person dancing", video_url=str(video), num_frames=17, num_inference_steps=2,
-                    acceleration="none", seed=5, return_frames_zip=True, **fields)
+    inp = VaceInput(
+        prompt="a person dancing",
+        video_url=str(video),
+        num_frames=17,
+        num_inference_steps=2,
+        acceleration="none",
+        seed=5,
+        return_frames_zip=True,
+        **fields,
+    )
     result = generate(inp, task="pose", model=A14B, manager=models, workdir=work, publish=publish)
     with zipfile.ZipFile(result.frames_zip.url) as zf:
         return np.stack([np.asarray(Image.open(io.BytesIO(zf.read(n)))) for n in sorted(zf.namelist())])
@@ -164,8 +178,16 @@ def test_the_original_wan_key_layout_is_converted(manager, cond, tmp_path):
     """A LoRA saved with the original Wan names (as ComfyUI and musubi-tuner users have them) loads like the
     same LoRA in diffusers' names."""
     weights = lora_weights(build_transformer(), seed=7)
-    names = {"attn1": "self_attn", "attn2": "cross_attn", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "o",
-             "ffn.net.0.proj": "ffn.0", "ffn.net.2": "ffn.2"}
+    names = {
+        "attn1": "self_attn",
+        "attn2": "cross_attn",
+        "to_q": "q",
+        "to_k": "k",
+        "to_v": "v",
+        "to_out.0": "o",
+        "ffn.net.0.proj": "ffn.0",
+        "ffn.net.2": "ffn.2",
+    }
     original = {}
     for key, tensor in weights.items():
         module, part = key.rsplit(".lora_", 1)
@@ -174,8 +196,11 @@ def test_the_original_wan_key_layout_is_converted(manager, cond, tmp_path):
         original[f"diffusion_model.{module}.{'lora_down' if part.startswith('A') else 'lora_up'}.weight"] = tensor
     save_file(original, tmp_path / "wan.safetensors")
     ours = write_lora(tmp_path / "diffusers.safetensors", weights)
-    np.testing.assert_allclose(frames(manager, cond, [job_lora(tmp_path / "wan.safetensors")]),
-                               frames(manager, cond, [job_lora(ours)]), atol=1e-6)
+    np.testing.assert_allclose(
+        frames(manager, cond, [job_lora(tmp_path / "wan.safetensors")]),
+        frames(manager, cond, [job_lora(ours)]),
+        atol=1e-6,
+    )
 
 
 def _refusal(manager: ModelManager, cond: Conditioning, path: Path) -> InputError:
@@ -188,14 +213,23 @@ def test_refused_files_name_the_lora_and_leave_the_model_plain(manager, cond, pl
     pickled = tmp_path / "pickled.safetensors"
     torch.save({"transformer.blocks.0.attn1.to_q.lora_A.weight": torch.ones(4, 24)}, pickled)
     wider = tmp_path / "wider.safetensors"  # the same layers at another width: another model size
-    write_lora(wider, {"blocks.0.attn1.to_q.lora_A.weight": torch.ones(4, 48),
-                       "blocks.0.attn1.to_q.lora_B.weight": torch.ones(48, 4)})
+    write_lora(
+        wider,
+        {
+            "blocks.0.attn1.to_q.lora_A.weight": torch.ones(4, 48),
+            "blocks.0.attn1.to_q.lora_B.weight": torch.ones(48, 4),
+        },
+    )
     unet = tmp_path / "unet.safetensors"  # another architecture's layer names
     save_file({"unet.down_blocks.0.attentions.0.proj_in.lora_A.weight": torch.ones(4, 24)}, unet)
     half = tmp_path / "half.safetensors"  # a down factor without its up factor
     save_file({"transformer.blocks.0.attn1.to_q.lora_A.weight": torch.ones(4, 24)}, half)
-    for path, words in ((pickled, "not a .safetensors file"), (wider, "does not fit"), (unet, "another architecture"),
-                        (half, "only one of the two factors")):
+    for path, words in (
+        (pickled, "not a .safetensors file"),
+        (wider, "does not fit"),
+        (unet, "another architecture"),
+        (half, "only one of the two factors"),
+    ):
         error = _refusal(manager, cond, path)
         assert error.loc == ("loras", 0, "path") and error.type == "lora_load_error" and words in error.msg, path
     np.testing.assert_array_equal(frames(manager, cond, []), plain)
@@ -214,8 +248,11 @@ def test_up_front_checks(manager):
     assert check(path="file:///etc/passwd").type == "file_download_error"
     assert check(WAN21, transformer="low").loc == ("loras", 0, "transformer")
     assert check(ctx=JobContext(limits=Limits(max_loras=0), local_paths=False)).type == "too_many_loras"
-    for fine in ({"path": "tiny-wan21", "transformer": "high"}, {"path": "tiny-wan22.safetensors"},
-                 {"path": "https://example.com/l.safetensors"}):
+    for fine in (
+        {"path": "tiny-wan21", "transformer": "high"},
+        {"path": "tiny-wan22.safetensors"},
+        {"path": "https://example.com/l.safetensors"},
+    ):
         inp = VaceInput(prompt="x", video_url="https://example.com/v.mp4", loras=[fine])
         check_inputs(inp, "pose", JobContext(local_paths=False), manager, model=WAN21)
 
@@ -326,14 +363,16 @@ def _alpha_lora(path: Path, alpha: float) -> Path:
     """A tiny LoRA whose adapter config scales it by alpha / rank != 1."""
     weights = lora_weights(build_transformer(), seed=5, std=0.2)
     targets = sorted({key.rsplit(".lora_", 1)[0] for key in weights})
-    WanVACEPipeline.save_lora_weights(path.parent, transformer_lora_layers=weights, weight_name=path.name,
-                                      transformer_lora_adapter_metadata={"r": 4, "lora_alpha": alpha,
-                                                                         "target_modules": targets})
+    WanVACEPipeline.save_lora_weights(
+        path.parent,
+        transformer_lora_layers=weights,
+        weight_name=path.name,
+        transformer_lora_adapter_metadata={"r": 4, "lora_alpha": alpha, "target_modules": targets},
+    )
     return path
 
 
-def test_compiled_transformers_swap_loras_without_recompiling(compiled, manager, cond, loras, tmp_path,
-                                                              monkeypatch):
+def test_compiled_transformers_swap_loras_without_recompiling(compiled, manager, cond, loras, tmp_path, monkeypatch):
     """With --compile, LoRAs are hot-swapped into each expert's slot: new LoRAs, sets and scales run on the blocks
     compiled by the first job, give the uncompiled server's frames (to float rounding), and a job without LoRAs
     after them gives exactly the frames of a fresh compiled server."""

@@ -73,9 +73,9 @@ def recipe(folder: Path, frames: list[np.ndarray], mask: np.ndarray) -> list[tor
     model(inference_session=session, frame_idx=0)
     masks = {}
     for output in model.propagate_in_video_iterator(session):
-        logits = processor.post_process_masks([output.pred_masks], original_sizes=[[session.video_height,
-                                                                                      session.video_width]],
-                                              binarize=False)[0]
+        logits = processor.post_process_masks(
+            [output.pred_masks], original_sizes=[[session.video_height, session.video_width]], binarize=False
+        )[0]
         masks[output.frame_idx] = logits[0, 0]
     return [masks[i] for i in range(len(frames))]
 
@@ -105,8 +105,9 @@ def test_tracked_masks_are_transformers_recipe(tracker: Sam2Tracker, tracker_dir
     assert f"followed the first frame's mask through {num_frames} frames" in log[0]
 
 
-def test_the_session_holds_a_chunk_of_pixels_and_a_bounded_history(tracker: Sam2Tracker,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_session_holds_a_chunk_of_pixels_and_a_bounded_history(
+    tracker: Sam2Tracker, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """At no point of a 40-frame clip does the session hold more than one chunk of frame pixels or more than the
     model's history of per-frame outputs, nor a full-resolution mask logit of a frame it has passed."""
     sessions = []
@@ -121,8 +122,9 @@ def test_the_session_holds_a_chunk_of_pixels_and_a_bounded_history(tracker: Sam2
     held = []
     for _ in tracker.track(frames, box_mask() == 255):
         outputs = sessions[0].output_dict_per_obj[0]["non_cond_frame_outputs"]
-        held.append((len(sessions[0].processed_frames), len(outputs),
-                     sum("high_res_masks" in out for out in outputs.values())))
+        held.append(
+            (len(sessions[0].processed_frames), len(outputs), sum("high_res_masks" in out for out in outputs.values()))
+        )
     assert len(held) == 40
     assert max(p for p, _, _ in held) <= CHUNK_FRAMES and max(o for _, o, _ in held) == tracker.history
     assert not any(logits for _, _, logits in held)
@@ -135,8 +137,14 @@ def test_a_job_tracks_only_its_planned_frames(tracker: Sam2Tracker, tracker_dir:
     encode_video(clip(50), video, 24.0, quality="maximum")
     mask_png = tmp_path / "mask.png"
     Image.fromarray(box_mask()).save(mask_png)
-    inp = InpaintingFunInput(prompt="a ball", video_url=str(video), mask_image_url=str(mask_png), num_frames=33,
-                             temporal_downsample_factor=1, resolution="240p")
+    inp = InpaintingFunInput(
+        prompt="a ball",
+        video_url=str(video),
+        mask_image_url=str(mask_png),
+        num_frames=33,
+        temporal_downsample_factor=1,
+        resolution="240p",
+    )
     source = prepare(inp, resolve(inp, "inpainting"), tmp_path, JobContext(), tracking=unexpanded(tracker))
     assert source.mask_mode == "track" and source.masks is not None
     plan, timing = source.plan, source.timing
@@ -165,10 +173,12 @@ def test_growing_is_vaces_original_expand_at_full_strength() -> None:
     assert expand_mask(mask, 0.0) is mask and not expand_mask(np.zeros((4, 4), bool), 0.5).any()
 
 
-@pytest.mark.parametrize("plane,type_", [(np.zeros((H, W), np.uint8), "mask_empty"),
-                                         (np.full((H, W), 255, np.uint8), "mask_full")])
-def test_a_mask_that_marks_nothing_or_everything_is_refused_before_the_tracker_loads(plane: np.ndarray,
-                                                                                     type_: str) -> None:
+@pytest.mark.parametrize(
+    "plane,type_", [(np.zeros((H, W), np.uint8), "mask_empty"), (np.full((H, W), 255, np.uint8), "mask_full")]
+)
+def test_a_mask_that_marks_nothing_or_everything_is_refused_before_the_tracker_loads(
+    plane: np.ndarray, type_: str
+) -> None:
     def never() -> Sam2Tracker:
         raise AssertionError("the tracker was loaded")
 

@@ -63,8 +63,9 @@ def test_the_mask_video_follows_the_frame_plan(mask_video: Path) -> None:
     """The source plays at 10 fps; the job runs at 5 fps with temporal downsampling: the mask frames read are the
     video frames read, index for index."""
     info = probe_video(mask_video)
-    plan = plan_frames(info, num_frames=17, frames_per_second=5, match_input_num_frames=False,
-                       match_input_frames_per_second=False)
+    plan = plan_frames(
+        info, num_frames=17, frames_per_second=5, match_input_num_frames=False, match_input_frames_per_second=False
+    )
     timing = plan_temporal(plan.num_frames, plan.fps, temporal_downsample_factor=1)
     indices = [plan.source_indices[j] for j in timing.control_indices]
     planes, notes = read_mask_video(mask_video, info, info, indices)

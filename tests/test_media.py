@@ -243,8 +243,9 @@ def test_http_errors_are_download_errors(tmp_path: Path, http_root: tuple[str, P
 def test_the_contexts_own_files_are_consulted_first(tmp_path: Path, png_bytes: bytes) -> None:
     stored = tmp_path / "stored.png"
     stored.write_bytes(png_bytes)
-    ctx = JobContext(local_files=lambda ref, _workdir, _max_bytes: stored if ref == "http://myserver/files/abc"
-                     else None)
+    ctx = JobContext(
+        local_files=lambda ref, _workdir, _max_bytes: stored if ref == "http://myserver/files/abc" else None
+    )
     assert fetch_to_file("http://myserver/files/abc", "image_url", tmp_path, ctx) == stored
 
 

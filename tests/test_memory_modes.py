@@ -29,8 +29,9 @@ def job(pose_video):
     return inp, build_conditioning(read_frames(pose_video, range(17)), 416, 240)
 
 
-def frames(manager: ModelManager, job, model: str = "wan-22-vace-fun-a14b", loras: Sequence[JobLora] = ()
-           ) -> np.ndarray:
+def frames(
+    manager: ModelManager, job, model: str = "wan-22-vace-fun-a14b", loras: Sequence[JobLora] = ()
+) -> np.ndarray:
     inp, cond = job
     pipe = manager.get(model).pipeline(make_scheduler("unipc", inp.shift), loras)
     return denoise(pipe, cond, inp, prompt=inp.prompt, width=416, height=240, seed=4, hooks=JobHooks())
@@ -54,8 +55,10 @@ def full(full_manager, job):
 def job_loras(tiny_weights) -> list[JobLora]:
     """Two LoRAs, one on both experts and one on the low-noise expert only."""
     files = installed_loras(tiny_weights)
-    return [JobLora(0, files["tiny-wan21"], sha256_file(files["tiny-wan21"]), 0.8, ("transformer", "transformer_2")),
-            JobLora(1, files["tiny-wan22"], sha256_file(files["tiny-wan22"]), 1.0, ("transformer_2",))]
+    return [
+        JobLora(0, files["tiny-wan21"], sha256_file(files["tiny-wan21"]), 0.8, ("transformer", "transformer_2")),
+        JobLora(1, files["tiny-wan22"], sha256_file(files["tiny-wan22"]), 1.0, ("transformer_2",)),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -130,8 +133,9 @@ def test_automatic_choices_on_cpu():
         RuntimeConfig(memory_mode="tiny")
 
 
-@pytest.mark.parametrize("mode,compiles", [("full", True), ("model_offload", True), ("fp8", False),
-                                           ("group_offload", False)])
+@pytest.mark.parametrize(
+    "mode,compiles", [("full", True), ("model_offload", True), ("fp8", False), ("group_offload", False)]
+)
 def test_compile_applies_only_in_modes_it_can_trace(tiny_weights, mode, compiles):
     """fp8's casting hooks and group offload's onload hooks fail a fullgraph compile on the first job: those modes
     run uncompiled (and say so in /ready) instead of failing every job."""

@@ -30,8 +30,15 @@ REQUESTS = "/queue/fal-ai/wan-vace-14b/requests"
 
 def api_node(tmp_path: Path, store: str, secrets_dir: Path | None, name: str = "api") -> Settings:
     """An API node of a fleet on ``store`` (HTTP only: it needs no weights)."""
-    return Settings(weights_dir=tmp_path / "no-weights", data_dir=tmp_path / name, port=free_port(), store=store,
-                    no_workers=True, api_keys=frozenset({KEY, OTHER_KEY}), secrets_dir=secrets_dir)
+    return Settings(
+        weights_dir=tmp_path / "no-weights",
+        data_dir=tmp_path / name,
+        port=free_port(),
+        store=store,
+        no_workers=True,
+        api_keys=frozenset({KEY, OTHER_KEY}),
+        secrets_dir=secrets_dir,
+    )
 
 
 def test_a_server_of_its_own_makes_them_as_owner_only_files(tmp_path: Path) -> None:
@@ -42,8 +49,9 @@ def test_a_server_of_its_own_makes_them_as_owner_only_files(tmp_path: Path) -> N
     assert again.secret == first.secret and again.signer.jwks() == first.signer.jwks()
 
 
-def test_a_fleet_api_node_without_them_refuses_to_start(pg_url: str, tmp_path: Path,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_fleet_api_node_without_them_refuses_to_start(
+    pg_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SecretsError, match="vace secrets DIR"):
         create_app(api_node(tmp_path, pg_url, None))
     assert not (tmp_path / "api" / SECRET_FILE).exists()  # nothing made: another node would have others
@@ -88,8 +96,9 @@ def database_text(url: str) -> str:
     """Every row of every table of the database, as a reader with the nodes' role sees them."""
     rows = []
     with psycopg.connect(url) as conn:
-        tables = [t for (t,) in conn.execute("SELECT table_name FROM information_schema.tables"
-                                             " WHERE table_schema = 'public'")]
+        tables = [
+            t for (t,) in conn.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")
+        ]
         for table in tables:
             rows += [repr(row) for row in conn.execute(f'SELECT * FROM "{table}"')]  # our own table names
     return "\n".join(tables + rows)
@@ -108,14 +117,18 @@ def test_a_database_reader_finds_no_secrets_and_cannot_match_keys_to_jobs(pg_url
     with ThreadServer(config) as node:
         submitted = {}
         for key in (KEY, OTHER_KEY):
-            answer = httpx.post(f"{node.url}/queue/fal-ai/wan-vace-14b/pose",
-                                params={"fal_webhook": "http://127.0.0.1:9/hook"},
-                                json={"prompt": "x", "video_url": "https://example.com/v.mp4"},
-                                headers={"authorization": f"Key {key}"}, timeout=30)
+            answer = httpx.post(
+                f"{node.url}/queue/fal-ai/wan-vace-14b/pose",
+                params={"fal_webhook": "http://127.0.0.1:9/hook"},
+                json={"prompt": "x", "video_url": "https://example.com/v.mp4"},
+                headers={"authorization": f"Key {key}"},
+                timeout=30,
+            )
             assert answer.status_code == 200, answer.text
             submitted[key] = answer.json()["request_id"]
-        token = httpx.post(f"{node.url}/storage/auth/token", headers={"authorization": f"Key {KEY}"},
-                           timeout=30).json()["token"]
+        token = httpx.post(
+            f"{node.url}/storage/auth/token", headers={"authorization": f"Key {KEY}"}, timeout=30
+        ).json()["token"]
 
     dump = database_text(pg_url)
     secret_hex = (folder / SECRET_FILE).read_text().strip()
@@ -134,7 +147,8 @@ def test_a_database_reader_finds_no_secrets_and_cannot_match_keys_to_jobs(pg_url
 
 @pytest.mark.parametrize("engine", ["sqlite", "postgres"])
 def test_jobs_recorded_under_an_earlier_releases_unkeyed_hash_stay_their_keys(
-        engine: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    engine: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     """A database of the release that kept secrets in PostgreSQL and recorded owners as a plain SHA-256: the first
     HTTP node of this release drops the secrets and renames its keys' jobs, whose owner checks keep working."""
     folder = tmp_path / "fleet-secrets"
@@ -147,15 +161,26 @@ def test_jobs_recorded_under_an_earlier_releases_unkeyed_hash_stay_their_keys(
             conn.execute("INSERT INTO secrets (name, value, created_at) VALUES ('secret', %s, 0)", ("cd" * 32,))
     old = PostgresJobStore(url) if url is not None else SqliteJobStore(config.jobs_db)
     try:
-        ids = {name: old.add(app="fal-ai/wan-vace-14b", task="pose", model="wan-vace-14b", input={"prompt": "x"},
-                             base_url="http://h", webhook_url=None, owner=legacy_key_id(key)).id
-               for name, key in (("mine", KEY), ("theirs", OTHER_KEY), ("gone", "a key no longer configured"))}
+        ids = {
+            name: old.add(
+                app="fal-ai/wan-vace-14b",
+                task="pose",
+                model="wan-vace-14b",
+                input={"prompt": "x"},
+                base_url="http://h",
+                webhook_url=None,
+                owner=legacy_key_id(key),
+            ).id
+            for name, key in (("mine", KEY), ("theirs", OTHER_KEY), ("gone", "a key no longer configured"))
+        }
     finally:
         old.close()
     with ThreadServer(config) as node:
+
         def status(name: str, key: str) -> int:
-            return httpx.get(f"{node.url}{REQUESTS}/{ids[name]}/status", headers={"authorization": f"Key {key}"},
-                             timeout=30).status_code
+            return httpx.get(
+                f"{node.url}{REQUESTS}/{ids[name]}/status", headers={"authorization": f"Key {key}"}, timeout=30
+            ).status_code
 
         assert (status("mine", KEY), status("theirs", OTHER_KEY)) == (202, 202)
         assert (status("mine", OTHER_KEY), status("theirs", KEY), status("gone", KEY)) == (404, 404, 404)

@@ -57,8 +57,12 @@ def test_the_source_is_whole_and_the_space_goes_to_the_chosen_sides(sides, aspec
     assert place.w / place.h == pytest.approx(640 / 360, rel=0.01)
     left, right = place.x, place.width - place.x - place.w
     top, bottom = place.y, place.height - place.y - place.h
-    for side, space, other in (("left", left, right), ("right", right, left), ("top", top, bottom),
-                               ("bottom", bottom, top)):
+    for side, space, other in (
+        ("left", left, right),
+        ("right", right, left),
+        ("top", top, bottom),
+        ("bottom", bottom, top),
+    ):
         horizontal = side in ("left", "right")
         axis_chosen = any(s in sides for s in (("left", "right") if horizontal else ("top", "bottom")))
         if side in sides:

@@ -35,8 +35,12 @@ def test_spec_parsing_and_refusals():
     assert ParallelSpec.parse("cfg=2,ulysses=4") == ParallelSpec(cfg=2, ulysses=4)
     assert ParallelSpec.parse("ring=2, ulysses=2").world_size == 4
     assert str(ParallelSpec.parse("ulysses=4,cfg=2")) == "cfg=2,ulysses=4"
-    for bad, words in (("cfg=3", "cfg must be 1 or 2"), ("tp=2", "expected cfg=N"), ("ulysses=2,ulysses=2", "twice"),
-                       ("ulysses=0", "at least 1")):
+    for bad, words in (
+        ("cfg=3", "cfg must be 1 or 2"),
+        ("tp=2", "expected cfg=N"),
+        ("ulysses=2,ulysses=2", "twice"),
+        ("ulysses=0", "at least 1"),
+    ):
         with pytest.raises(ValueError, match=words):
             ParallelSpec.parse(bad)
     with pytest.raises(ValueError, match="needs 4 devices"):
@@ -69,13 +73,29 @@ def reference_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def run_job(models: ModelManager, model: str, video: Path, ref: Path, workdir: Path) -> list[bytes]:
     """A pose job with a reference image, first- and last-frame conditioning and the step cache on; its frames as
     the zip's PNG bytes."""
-    inp = VaceInput(prompt="a person dancing", video_url=str(video), num_frames=17, num_inference_steps=3, seed=5,
-                    acceleration="regular", ref_image_urls=[str(ref)], first_frame_url=str(ref),
-                    last_frame_url=str(ref), return_frames_zip=True)
+    inp = VaceInput(
+        prompt="a person dancing",
+        video_url=str(video),
+        num_frames=17,
+        num_inference_steps=3,
+        seed=5,
+        acceleration="regular",
+        ref_image_urls=[str(ref)],
+        first_frame_url=str(ref),
+        last_frame_url=str(ref),
+        return_frames_zip=True,
+    )
     workdir.mkdir(parents=True)
     log: list[str] = []
-    generate(inp, task="pose", model=model, manager=models, workdir=workdir, publish=lambda p, _t: str(p),
-             hooks=JobHooks(log=log.append))
+    generate(
+        inp,
+        task="pose",
+        model=model,
+        manager=models,
+        workdir=workdir,
+        publish=lambda p, _t: str(p),
+        hooks=JobHooks(log=log.append),
+    )
     assert any("step cache reused" in line and "reused 0 " not in line for line in log), log
     with zipfile.ZipFile(workdir / "frames.zip") as z:
         return [z.read(name) for name in sorted(z.namelist())]
@@ -105,14 +125,14 @@ def _listening(pids: list[int]) -> list[ipaddress.IPv4Address | ipaddress.IPv6Ad
             with contextlib.suppress(OSError):
                 target = os.readlink(fd)
                 if target.startswith("socket:["):
-                    inodes.add(target[len("socket:["):-1])
+                    inodes.add(target[len("socket:[") : -1])
     found: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
     for table in ("tcp", "tcp6"):
         for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
             fields = line.split()
             if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
                 raw = bytes.fromhex(fields[1].partition(":")[0])  # 32-bit words in host (little-endian) order
-                packed = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+                packed = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
                 found.append(ipaddress.ip_address(packed))
     return found
 
@@ -121,9 +141,14 @@ def assert_listens_on_loopback_only(pids: list[int]) -> None:
     """No socket of the group may listen on a wildcard (0.0.0.0, ::) or any other non-loopback address."""
     addresses = _listening(pids)
     assert addresses, "no listening socket found: gloo's ranks listen on loopback"
-    exposed = [a for a in addresses
-               if not (a.is_loopback or (isinstance(a, ipaddress.IPv6Address) and a.ipv4_mapped is not None
-                                         and a.ipv4_mapped.is_loopback))]
+    exposed = [
+        a
+        for a in addresses
+        if not (
+            a.is_loopback
+            or (isinstance(a, ipaddress.IPv6Address) and a.ipv4_mapped is not None and a.ipv4_mapped.is_loopback)
+        )
+    ]
     assert not exposed, f"the group listens on {exposed}"
 
 

@@ -56,15 +56,29 @@ print(json.dumps(claims), flush=True)
 
 
 def add(store: PostgresJobStore) -> Job:
-    return store.add(app="fal-ai/wan-vace-14b", task="pose", model="wan-vace-14b", input={"prompt": "x"},
-                     base_url="http://h", webhook_url=None)
+    return store.add(
+        app="fal-ai/wan-vace-14b",
+        task="pose",
+        model="wan-vace-14b",
+        input={"prompt": "x"},
+        base_url="http://h",
+        webhook_url=None,
+    )
 
 
 def test_concurrent_claims_from_two_processes_never_share_a_job(pg_url: str) -> None:
     store = PostgresJobStore(pg_url)
     jobs = {add(store).id for _ in range(120)}
-    claimers = [subprocess.Popen([sys.executable, "-c", _CLAIMER, pg_url, f"p{n}"], cwd=REPO, text=True,
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE) for n in range(2)]
+    claimers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _CLAIMER, pg_url, f"p{n}"],
+            cwd=REPO,
+            text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        for n in range(2)
+    ]
     try:
         for proc in claimers:
             assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
@@ -91,8 +105,20 @@ def test_nodes_sweeping_at_once_end_or_hand_back_each_job_once(pg_url: str) -> N
     lost = [add(stores[0]).id for _ in range(30)]
     for _ in lost:
         stores[0].claim(worker_id="dead", lease_s=0.01)
-    late = [stores[0].add(app="fal-ai/wan-vace-14b", task="pose", model="wan-vace-14b", input={}, base_url="http://h",
-                          webhook_url=None, start_timeout_s=0).id for _ in range(30)]
+    late = [
+        stores[0]
+        .add(
+            app="fal-ai/wan-vace-14b",
+            task="pose",
+            model="wan-vace-14b",
+            input={},
+            base_url="http://h",
+            webhook_url=None,
+            start_timeout_s=0,
+        )
+        .id
+        for _ in range(30)
+    ]
     time.sleep(0.05)
     start = threading.Barrier(len(stores))
     touched: list[str] = []
@@ -133,11 +159,13 @@ def test_claim_skips_a_row_another_transaction_holds(pg_url: str) -> None:
 def test_schema_from_an_older_version_is_upgraded(pg_url: str) -> None:
     with psycopg.connect(pg_url, autocommit=True) as conn:
         assert migrate(conn, to_version=1) == 0  # a database made by the first release: no leases, no triggers
-        conn.execute("INSERT INTO jobs (id, app, task, model, input, base_url, status, created_at, attempts,"
-                     " started_at) VALUES ('old-running', 'fal-ai/wan-vace-14b', 'pose', 'wan-vace-14b',"
-                     " '{\"prompt\": \"old\"}', 'http://h', 'IN_PROGRESS', 1.0, 1, 2.0),"
-                     " ('old-queued', 'fal-ai/wan-vace-14b', 'pose', 'wan-vace-14b', '{}', 'http://h', 'IN_QUEUE',"
-                     " 3.0, 0, NULL)")
+        conn.execute(
+            "INSERT INTO jobs (id, app, task, model, input, base_url, status, created_at, attempts,"
+            " started_at) VALUES ('old-running', 'fal-ai/wan-vace-14b', 'pose', 'wan-vace-14b',"
+            " '{\"prompt\": \"old\"}', 'http://h', 'IN_PROGRESS', 1.0, 1, 2.0),"
+            " ('old-queued', 'fal-ai/wan-vace-14b', 'pose', 'wan-vace-14b', '{}', 'http://h', 'IN_QUEUE',"
+            " 3.0, 0, NULL)"
+        )
     store = PostgresJobStore(pg_url)
     with psycopg.connect(pg_url) as conn:
         versions = [v for (v,) in conn.execute("SELECT version FROM schema_migrations ORDER BY version")]
@@ -219,8 +247,9 @@ class Notes:
 def test_changes_made_by_another_process_wake_listeners(pg_url: str) -> None:
     listening, other = PostgresJobStore(pg_url), PostgresJobStore(pg_url)  # an API node and a worker node
     notes = Notes()
-    listening.listen([QUEUE_CHANNEL, JOB_CHANNEL, WEBHOOK_CHANNEL, "vace_test"], notes.received,
-                     on_connect=notes.on_connect)
+    listening.listen(
+        [QUEUE_CHANNEL, JOB_CHANNEL, WEBHOOK_CHANNEL, "vace_test"], notes.received, on_connect=notes.on_connect
+    )
     assert notes.connected.wait(10)
 
     started = time.monotonic()
@@ -251,8 +280,14 @@ def test_changes_made_by_another_process_wake_listeners(pg_url: str) -> None:
 
     # A worker node ends a job with a webhook: the API nodes (which hold the signing key) are woken to deliver it,
     # and again when the node delivering it stops and hands it back, but not while a node holds it.
-    hooked = other.add(app="fal-ai/wan-vace-14b", task="pose", model="wan-vace-14b", input={"prompt": "x"},
-                       base_url="http://h", webhook_url="http://hook")
+    hooked = other.add(
+        app="fal-ai/wan-vace-14b",
+        task="pose",
+        model="wan-vace-14b",
+        input={"prompt": "x"},
+        base_url="http://h",
+        webhook_url="http://hook",
+    )
     assert [other.claim(worker_id="w3", lease_s=30).id for _ in range(2)] == [back.id, hooked.id]  # type: ignore[union-attr]
     other.notify("vace_test", "hooked claimed")
     notes.until(("vace_test", "hooked claimed"))
@@ -261,7 +296,9 @@ def test_changes_made_by_another_process_wake_listeners(pg_url: str) -> None:
     assert listening.release_webhooks("api-1") == 1
     other.notify("vace_test", "released")
     assert [n for n in notes.until(("vace_test", "released")) if n[0] == WEBHOOK_CHANNEL] == [
-        (WEBHOOK_CHANNEL, hooked.id), (WEBHOOK_CHANNEL, hooked.id)]
+        (WEBHOOK_CHANNEL, hooked.id),
+        (WEBHOOK_CHANNEL, hooked.id),
+    ]
     other.close()
     listening.close()
 
@@ -299,15 +336,32 @@ def test_a_live_node_resumes_another_nodes_webhook_once(pg_url: str, end: str) -
     receiver = Receiver()
     receiver.plan = [503]
     stores = [PostgresJobStore(pg_url) for _ in range(2)]
-    job = stores[0].add(app="fal-ai/wan-vace-14b", task="pose", model="wan-vace-14b", input={"prompt": "x"},
-                        base_url="http://h", webhook_url=receiver.url)
+    job = stores[0].add(
+        app="fal-ai/wan-vace-14b",
+        task="pose",
+        model="wan-vace-14b",
+        input={"prompt": "x"},
+        base_url="http://h",
+        webhook_url=receiver.url,
+    )
     stores[0].claim()
     stores[0].finish(job.id, result={"seed": 1})
     signer = WebhookSigner(new_signing_key(), b"fleet secret")  # one fleet: the same key on both (node_secrets)
     outcomes: list[str] = []
-    nodes = [Webhooks(store, signer, JobContext(webhook_allow=(f"127.0.0.1:{receiver.port}",)), attempts=3,
-                      backoff_s=1.0, timeout_s=1.0, lease_s=0.6, concurrency=4, on_outcome=outcomes.append)
-             for store in stores]
+    nodes = [
+        Webhooks(
+            store,
+            signer,
+            JobContext(webhook_allow=(f"127.0.0.1:{receiver.port}",)),
+            attempts=3,
+            backoff_s=1.0,
+            timeout_s=1.0,
+            lease_s=0.6,
+            concurrency=4,
+            on_outcome=outcomes.append,
+        )
+        for store in stores
+    ]
 
     async def scenario() -> float:
         for node in nodes:

@@ -15,44 +15,70 @@ def info(num_frames: int, fps: float, width: int = 832, height: int = 480) -> Vi
     return VideoInfo(width=width, height=height, fps=fps, num_frames=num_frames, duration=num_frames / fps)
 
 
-@pytest.mark.parametrize("n,expected", [(17, 17), (18, 17), (20, 17), (21, 21), (81, 81), (84, 81), (241, 241), (5, 17),
-                                        (999, 241)])
+@pytest.mark.parametrize(
+    "n,expected", [(17, 17), (18, 17), (20, 17), (21, 21), (81, 81), (84, 81), (241, 241), (5, 17), (999, 241)]
+)
 def test_round_frames_to_4k_plus_1(n, expected):
     assert round_frames(n) == expected
 
 
 def test_resampling_to_a_lower_fps_keeps_real_speed():
-    plan = plan_frames(info(90, 30), num_frames=33, frames_per_second=15, match_input_num_frames=False,
-                       match_input_frames_per_second=False)
+    plan = plan_frames(
+        info(90, 30),
+        num_frames=33,
+        frames_per_second=15,
+        match_input_num_frames=False,
+        match_input_frames_per_second=False,
+    )
     assert plan.num_frames == 33 and plan.fps == 15
     assert plan.source_indices[:4] == [0, 2, 4, 6] and plan.source_indices[-1] == 64
     assert plan.held_frames == 0
 
 
 def test_short_input_holds_its_last_frame():
-    plan = plan_frames(info(10, 16), num_frames=17, frames_per_second=16, match_input_num_frames=False,
-                       match_input_frames_per_second=False)
+    plan = plan_frames(
+        info(10, 16),
+        num_frames=17,
+        frames_per_second=16,
+        match_input_num_frames=False,
+        match_input_frames_per_second=False,
+    )
     assert plan.source_indices == list(range(10)) + [9] * 7
     assert plan.held_frames == 7
 
 
 def test_match_input_num_frames_covers_the_input_at_output_fps():
-    plan = plan_frames(info(90, 30), num_frames=81, frames_per_second=16, match_input_num_frames=True,
-                       match_input_frames_per_second=False)
+    plan = plan_frames(
+        info(90, 30),
+        num_frames=81,
+        frames_per_second=16,
+        match_input_num_frames=True,
+        match_input_frames_per_second=False,
+    )
     assert plan.num_frames == 45  # 3 s at 16 fps = 48 frames -> 4k+1
     assert plan.fps == 16 and plan.held_frames == 0
 
 
 def test_match_both_keeps_the_input_timeline():
-    plan = plan_frames(info(50, 25), num_frames=81, frames_per_second=16, match_input_num_frames=True,
-                       match_input_frames_per_second=True)
+    plan = plan_frames(
+        info(50, 25),
+        num_frames=81,
+        frames_per_second=16,
+        match_input_num_frames=True,
+        match_input_frames_per_second=True,
+    )
     assert plan.num_frames == 49 and plan.fps == 25
     assert plan.source_indices == list(range(49))
 
 
 def test_match_input_fps_only():
-    plan = plan_frames(info(300, 24), num_frames=81, frames_per_second=16, match_input_num_frames=False,
-                       match_input_frames_per_second=True)
+    plan = plan_frames(
+        info(300, 24),
+        num_frames=81,
+        frames_per_second=16,
+        match_input_num_frames=False,
+        match_input_frames_per_second=True,
+    )
     assert (plan.num_frames, plan.fps) == (81, 24)
     assert plan.source_indices == list(range(81))
 
@@ -83,10 +109,21 @@ def test_every_size_is_a_multiple_of_16():
 
 @pytest.mark.parametrize(
     "field,value",
-    [("num_frames", 16), ("num_frames", 242), ("frames_per_second", 31), ("guidance_scale", 0.5),
-     ("num_inference_steps", 51), ("shift", 16), ("sampler", "ddim"), ("resolution", "1080p"),
-     ("aspect_ratio", "4:3"), ("num_interpolated_frames", 6), ("video_quality", "ultra"), ("seed", -1),
-     ("num_frames", "many")],
+    [
+        ("num_frames", 16),
+        ("num_frames", 242),
+        ("frames_per_second", 31),
+        ("guidance_scale", 0.5),
+        ("num_inference_steps", 51),
+        ("shift", 16),
+        ("sampler", "ddim"),
+        ("resolution", "1080p"),
+        ("aspect_ratio", "4:3"),
+        ("num_interpolated_frames", 6),
+        ("video_quality", "ultra"),
+        ("seed", -1),
+        ("num_frames", "many"),
+    ],
 )
 def test_out_of_range_fields_are_rejected_with_their_location(field, value):
     with pytest.raises(ValidationError) as err:
@@ -97,7 +134,12 @@ def test_out_of_range_fields_are_rejected_with_their_location(field, value):
 def test_defaults_follow_fal():
     inp = VaceInput(prompt="p", video_url="v.mp4")
     assert (inp.num_frames, inp.frames_per_second, inp.num_inference_steps, inp.guidance_scale, inp.shift) == (
-        81, 16, 30, 5.0, 5.0)
+        81,
+        16,
+        30,
+        5.0,
+        5.0,
+    )
     assert (inp.sampler, inp.resolution, inp.aspect_ratio, inp.acceleration) == ("unipc", "auto", "auto", "regular")
     assert (inp.video_quality, inp.video_write_mode, inp.interpolator_model) == ("high", "balanced", "film")
     assert inp.seed is None and inp.negative_prompt

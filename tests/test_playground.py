@@ -37,10 +37,15 @@ FAL_HOSTS = ("https://queue.fal.run", "https://rest.fal.ai", "https://fal.run")
 
 
 @pytest.fixture(scope="module", params=FILE_STORES)
-def server(request: pytest.FixtureRequest, server_weights: Path,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
-    running = ServeProcess(server_weights, tmp_path_factory.mktemp("playground") / "data", api_key=API_KEY,
-                           files=files_setting(request.param, request)).start()
+def server(
+    request: pytest.FixtureRequest, server_weights: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServeProcess]:
+    running = ServeProcess(
+        server_weights,
+        tmp_path_factory.mktemp("playground") / "data",
+        api_key=API_KEY,
+        files=files_setting(request.param, request),
+    ).start()
     yield running
     running.stop()
 
@@ -51,17 +56,25 @@ def output_prefix(server: ServeProcess) -> str:
 
 
 @pytest.fixture(scope="module")
-def page_run(server: ServeProcess, control_videos: dict[str, Path],
-             tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def page_run(
+    server: ServeProcess, control_videos: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
     """One browser session through the page; returns the JSON report ``playground.mjs`` prints."""
-    require(CHROMIUM.exists(), f"no Chromium at {CHROMIUM} (make test installs it as root; else apt-get install "
-            "chromium)")
+    require(
+        CHROMIUM.exists(), f"no Chromium at {CHROMIUM} (make test installs it as root; else apt-get install chromium)"
+    )
     assert shutil.which("node"), "Node.js is needed to drive the browser"
     assert (JS_DIR / "node_modules" / "playwright-core").is_dir(), "run `npm ci` in tests/js (make test does)"
     screenshot = tmp_path_factory.mktemp("screens") / "playground.png"
     env = {**os.environ, "VACE_URL": server.url, "VACE_KEY": API_KEY, "CHROMIUM": str(CHROMIUM)}
-    proc = subprocess.run(["node", "playground.mjs", str(control_videos["pose"]), str(screenshot)], cwd=JS_DIR,
-                          env=env, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(
+        ["node", "playground.mjs", str(control_videos["pose"]), str(screenshot)],
+        cwd=JS_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     lines = proc.stdout.strip().splitlines()
     assert proc.returncode == 0 and lines, f"{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
     report = json.loads(lines[-1])
@@ -79,8 +92,13 @@ def test_page_is_local_and_built_from_the_schema(page_run: dict[str, Any], serve
     assert all(url.startswith(output_prefix(server)) and "X-Amz-Signature=" in url for url in foreign), foreign
     assert bool(foreign) == bool(server.files)
     assert page_run["apps"] == ["fal-ai/wan-vace-14b", "fal-ai/wan-22-vace-fun-a14b"]
-    assert page_run["formDefaults"] == {"num_frames": "81", "num_frames_max": "241", "sampler": "unipc",
-                                        "sampler_options": ["unipc", "dpm++", "euler"], "preprocess": False}
+    assert page_run["formDefaults"] == {
+        "num_frames": "81",
+        "num_frames_max": "241",
+        "sampler": "unipc",
+        "sampler_options": ["unipc", "dpm++", "euler"],
+        "preprocess": False,
+    }
 
 
 def test_api_key_field_and_upload(page_run: dict[str, Any], server: ServeProcess) -> None:
@@ -134,11 +152,18 @@ def test_live_preview_changes_while_the_job_denoises(page_run: dict[str, Any]) -
 
 def test_snippets_carry_the_exact_request(page_run: dict[str, Any], server: ServeProcess) -> None:
     snippets = page_run["snippets"]
-    sent = {"prompt": "a dancer on a beach at sunset", "video_url": page_run["videoUrl"], "num_frames": 17,
-            "num_inference_steps": 4, "seed": 1, "preprocess": True, "acceleration": "none",
-            "loras": [{"path": "tiny-wan21", "scale": 0.5}]}  # the LoRA list: "name:scale" lines
+    sent = {
+        "prompt": "a dancer on a beach at sunset",
+        "video_url": page_run["videoUrl"],
+        "num_frames": 17,
+        "num_inference_steps": 4,
+        "seed": 1,
+        "preprocess": True,
+        "acceleration": "none",
+        "loras": [{"path": "tiny-wan21", "scale": 0.5}],
+    }  # the LoRA list: "name:scale" lines
     curl = snippets["curl"]
-    body = json.loads(curl[curl.index("-d '") + 4:curl.index("'\n#")])
+    body = json.loads(curl[curl.index("-d '") + 4 : curl.index("'\n#")])
     assert body == sent
     assert f"{server.url}/queue/fal-ai/wan-vace-14b/pose" in curl and "Authorization: Key $FAL_KEY" in curl
     python = snippets["python"]
@@ -156,8 +181,14 @@ def test_js_snippet_runs_as_printed(page_run: dict[str, Any], server: ServeProce
     script = JS_DIR / f"snippet-{tmp_path.name}.mjs"  # beside node_modules, so the import resolves
     script.write_text(page_run["snippets"]["js"] + "\nconsole.log(await fal.storage.upload(new Blob(['x'])));\n")
     try:
-        proc = subprocess.run(["node", script.name], cwd=JS_DIR, env={**os.environ, "FAL_KEY": API_KEY},
-                              capture_output=True, text=True, timeout=240)
+        proc = subprocess.run(
+            ["node", script.name],
+            cwd=JS_DIR,
+            env={**os.environ, "FAL_KEY": API_KEY},
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
     finally:
         script.unlink()
     assert proc.returncode == 0, f"{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"

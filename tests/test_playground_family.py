@@ -28,16 +28,18 @@ API_KEY = "family-playground-key"
 
 @pytest.fixture(scope="module")
 def server(server_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
-    running = ServeProcess(server_weights, tmp_path_factory.mktemp("family-playground") / "data",
-                           api_key=API_KEY).start()
+    running = ServeProcess(
+        server_weights, tmp_path_factory.mktemp("family-playground") / "data", api_key=API_KEY
+    ).start()
     yield running
     running.stop()
 
 
 @pytest.fixture(scope="module")
 def page_run(server: ServeProcess, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    require(CHROMIUM.exists(), f"no Chromium at {CHROMIUM} (make test installs it as root; else apt-get install "
-            "chromium)")
+    require(
+        CHROMIUM.exists(), f"no Chromium at {CHROMIUM} (make test installs it as root; else apt-get install chromium)"
+    )
     assert shutil.which("node") and (JS_DIR / "node_modules" / "playwright-core").is_dir(), "run `npm ci` in tests/js"
     folder = tmp_path_factory.mktemp("family-page")
     media = [write_sample(kind, folder / f"{kind}.mp4", num_frames=17) for kind in ("depth", "mask")]
@@ -45,8 +47,14 @@ def page_run(server: ServeProcess, tmp_path_factory: pytest.TempPathFactory) -> 
     media.append(write_sample("letterbox", folder / "letterbox.mp4", num_frames=17))
     screenshot = folder / "playground-family.png"
     env = {**os.environ, "VACE_URL": server.url, "VACE_KEY": API_KEY, "CHROMIUM": str(CHROMIUM)}
-    proc = subprocess.run(["node", "playground_family.mjs", *map(str, media), str(screenshot)], cwd=JS_DIR, env=env,
-                          capture_output=True, text=True, timeout=420)
+    proc = subprocess.run(
+        ["node", "playground_family.mjs", *map(str, media), str(screenshot)],
+        cwd=JS_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=420,
+    )
     lines = proc.stdout.strip().splitlines()
     assert proc.returncode == 0 and lines, f"{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
     report = json.loads(lines[-1])

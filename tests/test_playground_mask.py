@@ -33,15 +33,22 @@ def server(server_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> It
 
 @pytest.fixture(scope="module")
 def page_run(server: ServeProcess, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    require(CHROMIUM.exists(), f"no Chromium at {CHROMIUM} (make test installs it as root; else apt-get install "
-            "chromium)")
+    require(
+        CHROMIUM.exists(), f"no Chromium at {CHROMIUM} (make test installs it as root; else apt-get install chromium)"
+    )
     assert shutil.which("node") and (JS_DIR / "node_modules" / "playwright-core").is_dir(), "run `npm ci` in tests/js"
     folder = tmp_path_factory.mktemp("mask-page")
     clip = write_sample("depth", folder / "clip.mp4", num_frames=17)
     screenshot = folder / "playground-mask.png"
     env = {**os.environ, "VACE_URL": server.url, "VACE_KEY": API_KEY, "CHROMIUM": str(CHROMIUM)}
-    proc = subprocess.run(["node", "playground_mask.mjs", str(clip), str(screenshot)], cwd=JS_DIR, env=env,
-                          capture_output=True, text=True, timeout=480)
+    proc = subprocess.run(
+        ["node", "playground_mask.mjs", str(clip), str(screenshot)],
+        cwd=JS_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=480,
+    )
     lines = proc.stdout.strip().splitlines()
     assert proc.returncode == 0 and lines, f"{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
     report = json.loads(lines[-1])

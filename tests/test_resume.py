@@ -72,13 +72,20 @@ def one_thread() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def cond():
     rng = np.random.default_rng(0)
-    return build_conditioning([rng.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8) for _ in range(FRAMES)],
-                              WIDTH, HEIGHT)
+    return build_conditioning(
+        [rng.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8) for _ in range(FRAMES)], WIDTH, HEIGHT
+    )
 
 
 def job_input(sampler: str = "unipc", **fields) -> VaceInput:
-    return VaceInput(prompt="a dancer", video_url="https://example.com/v.mp4", num_inference_steps=STEPS,
-                     sampler=sampler, guidance_scale=5.0, **fields)
+    return VaceInput(
+        prompt="a dancer",
+        video_url="https://example.com/v.mp4",
+        num_inference_steps=STEPS,
+        sampler=sampler,
+        guidance_scale=5.0,
+        **fields,
+    )
 
 
 class Kept:
@@ -90,8 +97,14 @@ class Kept:
         self.steps: list[int] = []
         self.current: Path | None = None
         self.resumes: list[tuple[int, int]] = []
-        self.sink = CheckpointSink(every_steps=every_steps, every_s=0, folder=folder, keep=self.keep,
-                                   latest=lambda: self.current, resumed=lambda k, n: self.resumes.append((k, n)))
+        self.sink = CheckpointSink(
+            every_steps=every_steps,
+            every_s=0,
+            folder=folder,
+            keep=self.keep,
+            latest=lambda: self.current,
+            resumed=lambda k, n: self.resumes.append((k, n)),
+        )
 
     def keep(self, path: Path, step: int) -> None:
         kept = self.folder / f"kept-{step}.safetensors"
@@ -108,8 +121,11 @@ class Calls:
     def __init__(self, models: ModelManager, key: str) -> None:
         loaded = models.get(key)
         self.count = 0
-        self.handles = [t.register_forward_pre_hook(self.called) for t in (loaded.transformer, loaded.transformer_2)
-                        if t is not None]
+        self.handles = [
+            t.register_forward_pre_hook(self.called)
+            for t in (loaded.transformer, loaded.transformer_2)
+            if t is not None
+        ]
 
     def called(self, *_args: object) -> None:
         self.count += 1
@@ -119,21 +135,42 @@ class Calls:
             handle.remove()
 
 
-def run(models: ModelManager, key: str, sampler: str, cached: bool, cond, *, kept: Kept | None = None,
-        kill_after: int | None = None, resume=None, log: list[str] | None = None) -> np.ndarray:
+def run(
+    models: ModelManager,
+    key: str,
+    sampler: str,
+    cached: bool,
+    cond,
+    *,
+    kept: Kept | None = None,
+    kill_after: int | None = None,
+    resume=None,
+    log: list[str] | None = None,
+) -> np.ndarray:
     inp = job_input(sampler)
     pipe = models.get(key).pipeline(make_scheduler(sampler, inp.shift))
-    controller = (StepCacheController(THRESHOLDS["regular"], STEPS, force_reuse=frozenset({EVERY}))
-                  if cached else None)
+    controller = StepCacheController(THRESHOLDS["regular"], STEPS, force_reuse=frozenset({EVERY})) if cached else None
 
     def step(i: int, _total: int) -> None:
         if i == kill_after:
             raise Killed()
 
-    hooks = JobHooks(step=step, log=(log.append if log is not None else lambda _m: None),
-                     checkpoints=kept.sink if kept else None)
-    return denoise(pipe, cond, inp, prompt=inp.prompt, width=WIDTH, height=HEIGHT, seed=SEED, hooks=hooks,
-                   cache=controller, identity=IDENTITY, resume=resume)
+    hooks = JobHooks(
+        step=step, log=(log.append if log is not None else lambda _m: None), checkpoints=kept.sink if kept else None
+    )
+    return denoise(
+        pipe,
+        cond,
+        inp,
+        prompt=inp.prompt,
+        width=WIDTH,
+        height=HEIGHT,
+        seed=SEED,
+        hooks=hooks,
+        cache=controller,
+        identity=IDENTITY,
+        resume=resume,
+    )
 
 
 @pytest.mark.parametrize("cached", [False, True], ids=["cache-off", "cache-on"])
@@ -198,8 +235,9 @@ def test_a_graceful_stop_checkpoints_at_its_step(models, cond, tmp_path):
     done: list[int] = []
     hooks = JobHooks(step=lambda i, _n: done.append(i), cancelled=lambda: len(done) >= 3, checkpoints=kept.sink)
     with pytest.raises(JobCancelled):
-        denoise(pipe, cond, inp, prompt=inp.prompt, width=WIDTH, height=HEIGHT, seed=SEED, hooks=hooks,
-                identity=IDENTITY)
+        denoise(
+            pipe, cond, inp, prompt=inp.prompt, width=WIDTH, height=HEIGHT, seed=SEED, hooks=hooks, identity=IDENTITY
+        )
     assert kept.steps == [3] and read_state(kept.current).step == 3
 
 
@@ -212,8 +250,9 @@ def test_a_cfg_group_resumes_to_the_same_frames(tiny_weights, cond, tmp_path):
         manager = ModelManager(tiny_weights, device="cpu", group=group)
 
         def call(hooks: JobHooks, resume=None) -> np.ndarray:
-            request = DenoiseRequest(inp, cond, inp.prompt, WIDTH, HEIGHT, SEED, FAMILIES[0], [], identity=identity,
-                                     resume=resume)
+            request = DenoiseRequest(
+                inp, cond, inp.prompt, WIDTH, HEIGHT, SEED, FAMILIES[0], [], identity=identity, resume=resume
+            )
             group.send(request)
             return run_denoise(manager.get(FAMILIES[0]), request, hooks, group)
 
@@ -229,12 +268,15 @@ def test_a_cfg_group_resumes_to_the_same_frames(tiny_weights, cond, tmp_path):
     assert np.array_equal(resumed, whole)
 
 
-@pytest.mark.parametrize("change, reason", [
-    ({"request": "another"}, "it was made for another request"),
-    ({"code": "another"}, "it was made for another code version"),
-    ({"weights": "another"}, "it was made for other weights"),
-    ({"window": 1}, "it belongs to window 1, not 0"),
-])
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        ({"request": "another"}, "it was made for another request"),
+        ({"code": "another"}, "it was made for another code version"),
+        ({"weights": "another"}, "it was made for other weights"),
+        ({"window": 1}, "it belongs to window 1, not 0"),
+    ],
+)
 def test_a_checkpoint_of_something_else_is_not_used(models, cond, tmp_path, change, reason):
     kept = Kept(tmp_path)
     with pytest.raises(Killed):

@@ -34,11 +34,21 @@ def bucket(s3_server: S3Server) -> str:
 
 
 @pytest.fixture(scope="module")
-def server(server_weights: Path, bucket: str, tmp_path_factory: pytest.TempPathFactory,
-           ) -> Iterator[ThreadServer]:
-    config = Settings(weights_dir=server_weights, data_dir=tmp_path_factory.mktemp("s3-node"), port=free_port(),
-                      files=bucket, api_keys=frozenset({API_KEY}), public_url=PUBLIC,
-                      max_upload_bytes=4 * 1024 * 1024, files_url_ttl_s=900)
+def server(
+    server_weights: Path,
+    bucket: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[ThreadServer]:
+    config = Settings(
+        weights_dir=server_weights,
+        data_dir=tmp_path_factory.mktemp("s3-node"),
+        port=free_port(),
+        files=bucket,
+        api_keys=frozenset({API_KEY}),
+        public_url=PUBLIC,
+        max_upload_bytes=4 * 1024 * 1024,
+        files_url_ttl_s=900,
+    )
     with ThreadServer(config) as running:
         yield running
 
@@ -51,7 +61,7 @@ def client(server: ThreadServer) -> Iterator[httpx.Client]:
 
 def local(server: ThreadServer, url: str) -> str:
     assert url.startswith(PUBLIC + "/"), url
-    return server.url + url[len(PUBLIC):]
+    return server.url + url[len(PUBLIC) :]
 
 
 def served(server: ThreadServer, file_url: str) -> httpx.Response:
@@ -68,8 +78,9 @@ def s3_endpoint() -> str:
     return os.environ["AWS_ENDPOINT_URL"]  # set by the s3_server fixture
 
 
-def test_upload_flows_put_bytes_in_the_bucket(server: ThreadServer, client: httpx.Client, bucket: str,
-                                               s3_server: S3Server) -> None:
+def test_upload_flows_put_bytes_in_the_bucket(
+    server: ThreadServer, client: httpx.Client, bucket: str, s3_server: S3Server
+) -> None:
     data = bytes(range(256)) * 400
     urls = client.post("/storage/upload/initiate", json={"file_name": "clip.mp4", "content_type": "video/mp4"}).json()
     assert httpx.put(local(server, urls["upload_url"]), content=data).status_code == 200  # no key: the URL is the grant
@@ -96,10 +107,20 @@ def test_upload_flows_put_bytes_in_the_bucket(server: ThreadServer, client: http
     cdn["content-type"], cdn["x-fal-file-name"] = "video/mp4", "v.mp4"
     started = httpx.post(f"{server.url}/files/upload/multipart", headers=cdn).json()
     base = local(server, started["access_url"])
-    parts = [{"partNumber": n, "etag": httpx.put(f"{base}/multipart/{started['uploadId']}/{n}", content=bytes([n]) * 10,
-                                                 headers=cdn).headers["etag"]} for n in (2, 1)]
-    completed = httpx.post(f"{base}/multipart/{started['uploadId']}/complete", json={"parts": parts},
-                           headers={"authorization": cdn["authorization"]})
+    parts = [
+        {
+            "partNumber": n,
+            "etag": httpx.put(
+                f"{base}/multipart/{started['uploadId']}/{n}", content=bytes([n]) * 10, headers=cdn
+            ).headers["etag"],
+        }
+        for n in (2, 1)
+    ]
+    completed = httpx.post(
+        f"{base}/multipart/{started['uploadId']}/complete",
+        json={"parts": parts},
+        headers={"authorization": cdn["authorization"]},
+    )
     assert completed.status_code == 200 and served(server, started["access_url"]).content == b"\x01" * 10 + b"\x02" * 10
 
     too_big = client.post("/storage/upload/initiate", json={"file_name": "huge.bin"}).json()
@@ -109,15 +130,19 @@ def test_upload_flows_put_bytes_in_the_bucket(server: ThreadServer, client: http
 
 
 def test_a_job_reads_its_upload_from_the_bucket_and_its_output_is_presigned(
-        server: ThreadServer, client: httpx.Client, control_videos: dict[str, Path], bucket: str,
-        s3_server: S3Server) -> None:
+    server: ThreadServer, client: httpx.Client, control_videos: dict[str, Path], bucket: str, s3_server: S3Server
+) -> None:
     urls = client.post("/storage/upload/initiate", json={"file_name": "pose.mp4", "content_type": "video/mp4"}).json()
     assert httpx.put(local(server, urls["upload_url"]), content=control_videos["pose"].read_bytes()).status_code == 200
-    submitted = client.post("/queue/fal-ai/wan-vace-14b/pose",
-                            json={"prompt": "a dancer", "video_url": urls["file_url"], **SMALL_JOB}).json()
+    submitted = client.post(
+        "/queue/fal-ai/wan-vace-14b/pose", json={"prompt": "a dancer", "video_url": urls["file_url"], **SMALL_JOB}
+    ).json()
     request_id = submitted["request_id"]
-    done = wait_until(lambda: (s := client.get(f"{REQUESTS}/{request_id}/status").json())["status"] == "COMPLETED"
-                      and s, 300, "the job")
+    done = wait_until(
+        lambda: (s := client.get(f"{REQUESTS}/{request_id}/status").json())["status"] == "COMPLETED" and s,
+        300,
+        "the job",
+    )
     assert done.get("error_type") is None, done
     result = client.get(f"{REQUESTS}/{request_id}").json()
     video_url = result["video"]["url"]
@@ -128,8 +153,13 @@ def test_a_job_reads_its_upload_from_the_bucket_and_its_output_is_presigned(
     assert httpx.get(local(server, abandoned["file_url"])).status_code == 404  # initiated, never sent
 
     registry = CollectorRegistry()
-    retention = Retention(server.app.state.store, server.app.state.files, max_age_s=3600, interval_s=60,
-                          deleted=Counter("deleted", "test", ["kind"], registry=registry))
+    retention = Retention(
+        server.app.state.store,
+        server.app.state.files,
+        max_age_s=3600,
+        interval_s=60,
+        deleted=Counter("deleted", "test", ["kind"], registry=registry),
+    )
     assert retention.sweep(time.time() - 3600).files == 0  # nothing is an hour old yet
     swept = retention.sweep(time.time() + 7200)
     assert swept.files >= 2 and swept.uploads >= 1  # at least the input and the output video; the upload never sent

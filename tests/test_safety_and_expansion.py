@@ -141,8 +141,9 @@ def test_flagged_input_is_refused_before_any_model_work(tiny_weights, tmp_path, 
     manager = ModelManager(tiny_weights, device="cpu")  # its own checker: flipping it leaves the session's alone
     log: list[str] = []
     with flagging(manager.safety_checker()), pytest.raises(InputError) as err:
-        run_job(manager, tmp_path, hooks=JobHooks(log=log.append), video_url=str(pose_video),
-                enable_safety_checker=True)
+        run_job(
+            manager, tmp_path, hooks=JobHooks(log=log.append), video_url=str(pose_video), enable_safety_checker=True
+        )
     assert (err.value.type, err.value.loc) == ("content_policy_violation", ("video_url",))
     assert err.value.detail()[0]["loc"] == ["body", "video_url"]
     assert manager.loaded() == [] and not any(line.startswith("loading") for line in log)
@@ -160,8 +161,9 @@ def test_flagged_output_publishes_nothing_and_http_expansion(tiny_weights, tmp_p
     """Inputs pass; the classifier turns during denoising, so only the generated frames are flagged. The prompt was
     expanded by the loopback endpoint first (with our system prompt, the user's prompt and the key)."""
     url, received = chat_server
-    runtime = RuntimeConfig(prompt_expander="openai", expander_url=f"{url}/ok/v1", expander_model="tiny-chat",
-                            expander_api_key="sk-test")
+    runtime = RuntimeConfig(
+        prompt_expander="openai", expander_url=f"{url}/ok/v1", expander_model="tiny-chat", expander_api_key="sk-test"
+    )
     manager = ModelManager(tiny_weights, device="cpu", runtime=runtime)
     checker = manager.safety_checker()  # this manager's own: it stays flipped
     log: list[str] = []
@@ -173,8 +175,16 @@ def test_flagged_output_publishes_nothing_and_http_expansion(tiny_weights, tmp_p
 
     hooks = JobHooks(log=log.append, step=on_step)
     with pytest.raises(InputError) as err:
-        run_job(manager, tmp_path, hooks=hooks, video_url=str(pose_video), num_frames=17, seed=3,
-                enable_safety_checker=True, enable_prompt_expansion=True)
+        run_job(
+            manager,
+            tmp_path,
+            hooks=hooks,
+            video_url=str(pose_video),
+            num_frames=17,
+            seed=3,
+            enable_safety_checker=True,
+            enable_prompt_expansion=True,
+        )
     assert err.value.type == "content_policy_violation" and err.value.detail()[0]["loc"] == ["body"]
     assert any(line.startswith("safety check: the inputs passed") for line in log)
     expanded = [line for line in log if line.startswith(f"prompt expanded by tiny-chat at {url}/ok/v1")]
@@ -198,14 +208,23 @@ def test_local_expansion_with_the_checker_passing(tiny_weights, tmp_path, pose_v
     runtime = RuntimeConfig(prompt_expander="local", expander_max_tokens=12)
     manager = ModelManager(tiny_weights, device="cpu", runtime=runtime)
     log: list[str] = []
-    out = run_job(manager, tmp_path, hooks=JobHooks(log=log.append), video_url=str(pose_video), num_frames=17,
-                  seed=5, enable_safety_checker=True, enable_prompt_expansion=True)
+    out = run_job(
+        manager,
+        tmp_path,
+        hooks=JobHooks(log=log.append),
+        video_url=str(pose_video),
+        num_frames=17,
+        seed=5,
+        enable_safety_checker=True,
+        enable_prompt_expansion=True,
+    )
 
     folder = tiny_weights / AUXILIARY[PROMPT_EXPANDER].folder
     tokenizer, lm = AutoTokenizer.from_pretrained(folder), AutoModelForCausalLM.from_pretrained(folder)
-    inputs = tokenizer.apply_chat_template(chat_messages("a person dancing", "pose"), add_generation_prompt=True,
-                                           return_tensors="pt", return_dict=True)
-    generated = lm.generate(**inputs, max_new_tokens=12, do_sample=False)[0, inputs["input_ids"].shape[1]:]
+    inputs = tokenizer.apply_chat_template(
+        chat_messages("a person dancing", "pose"), add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+    generated = lm.generate(**inputs, max_new_tokens=12, do_sample=False)[0, inputs["input_ids"].shape[1] :]
     assert 0 < len(generated) <= 12
     expected = clean_answer(tokenizer.decode(generated, skip_special_tokens=True))
     assert expected and out.prompt == expected != "a person dancing"
@@ -245,12 +264,24 @@ def test_runtime_flags(monkeypatch):
     monkeypatch.setenv("VACE_EXPANDER_API_KEY", "sk-env")
     monkeypatch.setenv("VACE_PROMPT_EXPANDER", "openai")
     args = cli.build_parser().parse_args(
-        ["serve", "--expander-url", "http://127.0.0.1:11434/v1", "--expander-model", "qwen2.5:7b",
-         "--safety-threshold", "0.8", "--expander-timeout-s", "5"]
+        [
+            "serve",
+            "--expander-url",
+            "http://127.0.0.1:11434/v1",
+            "--expander-model",
+            "qwen2.5:7b",
+            "--safety-threshold",
+            "0.8",
+            "--expander-timeout-s",
+            "5",
+        ]
     )
     runtime = cli.settings(args).runtime
     assert (runtime.prompt_expander, runtime.expander_url, runtime.expander_model) == (
-        "openai", "http://127.0.0.1:11434/v1", "qwen2.5:7b")
+        "openai",
+        "http://127.0.0.1:11434/v1",
+        "qwen2.5:7b",
+    )
     assert (runtime.expander_api_key, runtime.safety_threshold, runtime.expander_timeout_s) == ("sk-env", 0.8, 5.0)
     assert "sk-env" not in repr(runtime)
     with pytest.raises(cli.SettingsError, match="needs an expander URL"):
@@ -264,22 +295,39 @@ def test_server_refuses_a_flagged_job_and_stores_nothing(tiny_weights, tmp_path,
     url, _ = chat_server
     weights = tmp_path / "weights"
     weights.mkdir()
-    config = Settings(weights_dir=weights_variant(tiny_weights, weights, "flagging"), data_dir=tmp_path / "data",
-                      port=free_port(), devices=("cpu",), prompt_expander="openai", expander_url=f"{url}/ok/v1",
-                      expander_model="tiny-chat", expander_api_key="sk-secret")
+    config = Settings(
+        weights_dir=weights_variant(tiny_weights, weights, "flagging"),
+        data_dir=tmp_path / "data",
+        port=free_port(),
+        devices=("cpu",),
+        prompt_expander="openai",
+        expander_url=f"{url}/ok/v1",
+        expander_model="tiny-chat",
+        expander_api_key="sk-secret",
+    )
     video = "data:video/mp4;base64," + base64.b64encode(pose_video.read_bytes()).decode()
     with ThreadServer(config) as server, httpx.Client(base_url=server.url, timeout=120) as client:
         ready = client.get("/ready")
         body = ready.json()
         assert body["safety_checker"] == {"weights_present": True, "threshold": 0.5}
-        assert body["prompt_expansion"] == {"backend": "openai", "configured": True, "url": f"{url}/ok/v1",
-                                            "model": "tiny-chat"}
+        assert body["prompt_expansion"] == {
+            "backend": "openai",
+            "configured": True,
+            "url": f"{url}/ok/v1",
+            "model": "tiny-chat",
+        }
         assert "sk-secret" not in ready.text
 
-        response = client.post("/fal-ai/wan-vace-14b/pose", json={
-            "prompt": "a person dancing", "video_url": video, "enable_safety_checker": True, "num_frames": 17,
-            "num_inference_steps": 2,
-        })
+        response = client.post(
+            "/fal-ai/wan-vace-14b/pose",
+            json={
+                "prompt": "a person dancing",
+                "video_url": video,
+                "enable_safety_checker": True,
+                "num_frames": 17,
+                "num_inference_steps": 2,
+            },
+        )
         assert response.status_code == 422, response.text
         detail = response.json()["detail"]
         assert detail[0]["type"] == "content_policy_violation" and detail[0]["loc"] == ["body", "video_url"]
@@ -289,20 +337,30 @@ def test_server_refuses_a_flagged_job_and_stores_nothing(tiny_weights, tmp_path,
 
 
 @pytest.mark.parametrize("file_store", FILE_STORES)
-def test_a_flagged_output_deletes_the_control_video_kept_for_it(file_store, request, tiny_weights, tmp_path,
-                                                                pose_video):
+def test_a_flagged_output_deletes_the_control_video_kept_for_it(
+    file_store, request, tiny_weights, tmp_path, pose_video
+):
     """With ``preprocess=true`` the control video is stored (and its URL shown) as soon as preprocessing made it.
     The classifier is flipped while the job denoises, after its inputs passed: the output is flagged, and the worker
     deletes the control video and takes its URL off the job, so nothing of the flagged job stays."""
     files = files_setting(file_store, request)
-    config = Settings(weights_dir=tiny_weights, data_dir=tmp_path / "data", port=free_port(), devices=("cpu",),
-                      files=files)
+    config = Settings(
+        weights_dir=tiny_weights, data_dir=tmp_path / "data", port=free_port(), devices=("cpu",), files=files
+    )
     video = "data:video/mp4;base64," + base64.b64encode(pose_video.read_bytes()).decode()
     with ThreadServer(config) as server, httpx.Client(base_url=server.url, timeout=60) as client:
         checker = server.app.state.pool.workers[0].models.safety_checker()  # the worker's own, loaded once
-        job = client.post("/queue/fal-ai/wan-vace-14b/pose", json={
-            "prompt": "a person dancing", "video_url": video, **SMALL_JOB, "num_inference_steps": 20,
-            "preprocess": True, "enable_safety_checker": True}).json()["request_id"]
+        job = client.post(
+            "/queue/fal-ai/wan-vace-14b/pose",
+            json={
+                "prompt": "a person dancing",
+                "video_url": video,
+                **SMALL_JOB,
+                "num_inference_steps": 20,
+                "preprocess": True,
+                "enable_safety_checker": True,
+            },
+        ).json()["request_id"]
         status_url = f"/queue/fal-ai/wan-vace-14b/requests/{job}/status?logs=1"
 
         def denoising() -> dict[str, Any] | None:
@@ -313,8 +371,9 @@ def test_a_flagged_output_deletes_the_control_video_kept_for_it(file_store, requ
         assert httpx.get(control_url, follow_redirects=True, timeout=30).status_code == 200
         assert stored_names(files, config.data_dir) == ["control.mp4"]
         with flagging(checker):
-            done = wait_until(lambda: (s := client.get(status_url).json())["status"] == "COMPLETED" and s, 120,
-                              "the job to end")
+            done = wait_until(
+                lambda: (s := client.get(status_url).json())["status"] == "COMPLETED" and s, 120, "the job to end"
+            )
         assert done["error_type"] == "content_policy_violation" and "control_video_url" not in done
         assert any(line["message"].startswith("safety check: the inputs passed") for line in done["logs"])
         assert stored_names(files, config.data_dir) == []

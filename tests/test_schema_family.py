@@ -66,10 +66,19 @@ def test_the_comparison_catches_a_difference(reference: dict) -> None:
     schema["properties"]["trim_borders"]["default"] = False
     schema["required"] = [*schema.get("required", []), "prompt"]
     schema["properties"]["first_frame_url"] = {"type": "string"}
-    problems = compare("reframe", schema, reference["fal-ai/wan-vace-14b/reframe"],
-                       negative_prompt_default(REFERENCE.read_text()), ALLOWED)
+    problems = compare(
+        "reframe",
+        schema,
+        reference["fal-ai/wan-vace-14b/reframe"],
+        negative_prompt_default(REFERENCE.read_text()),
+        ALLOWED,
+    )
     assert {p.split(":")[0] for p in problems} == {
-        "reframe zoom_factor", "reframe trim_borders", "reframe prompt", "reframe first_frame_url"}
+        "reframe zoom_factor",
+        "reframe trim_borders",
+        "reframe prompt",
+        "reframe first_frame_url",
+    }
 
 
 def test_required_but_nullable_mask_video_url() -> None:
@@ -116,11 +125,18 @@ def test_reframe_and_outpainting_fields() -> None:
 
 
 def test_media_refs_cover_the_new_url_fields() -> None:
-    inp = InpaintingInput.model_validate({
-        "prompt": "p", "video_url": "https://e/v.mp4", "mask_video_url": "https://e/m.mp4",
-        "mask_image_url": "https://e/m.png", "ref_image_urls": ["https://e/r.png"],
-    })
+    inp = InpaintingInput.model_validate(
+        {
+            "prompt": "p",
+            "video_url": "https://e/v.mp4",
+            "mask_video_url": "https://e/m.mp4",
+            "mask_image_url": "https://e/m.png",
+            "ref_image_urls": ["https://e/r.png"],
+        }
+    )
     assert inp.media_refs() == [
-        ("video_url", "https://e/v.mp4"), ("mask_video_url", "https://e/m.mp4"),
-        ("mask_image_url", "https://e/m.png"), (("ref_image_urls", 0), "https://e/r.png"),
+        ("video_url", "https://e/v.mp4"),
+        ("mask_video_url", "https://e/m.mp4"),
+        ("mask_image_url", "https://e/m.png"),
+        (("ref_image_urls", 0), "https://e/r.png"),
     ]

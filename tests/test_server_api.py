@@ -34,14 +34,20 @@ REQUESTS = "/queue/fal-ai/wan-vace-14b/requests"
 
 
 @pytest.fixture(scope="module")
-def server(server_weights: Path, tmp_path_factory: pytest.TempPathFactory,
-           webhook_receiver: tuple[str, list[dict[str, Any]]]) -> Iterator[ThreadServer]:
+def server(
+    server_weights: Path, tmp_path_factory: pytest.TempPathFactory, webhook_receiver: tuple[str, list[dict[str, Any]]]
+) -> Iterator[ThreadServer]:
     receiver = webhook_receiver[0].split("/")[2]  # webhooks go to public addresses or their allow-list
     config = Settings(
         webhook_allow=(receiver,),
-        weights_dir=server_weights, data_dir=tmp_path_factory.mktemp("api-data"), port=free_port(),
-        api_keys=frozenset({API_KEY}), public_url=PUBLIC, max_upload_bytes=4 * 1024 * 1024,
-        webhook_attempts=3, webhook_backoff_s=0.2,
+        weights_dir=server_weights,
+        data_dir=tmp_path_factory.mktemp("api-data"),
+        port=free_port(),
+        api_keys=frozenset({API_KEY}),
+        public_url=PUBLIC,
+        max_upload_bytes=4 * 1024 * 1024,
+        webhook_attempts=3,
+        webhook_backoff_s=0.2,
     )
     with ThreadServer(config) as running:
         yield running
@@ -79,7 +85,7 @@ def webhook_receiver() -> Iterator[tuple[str, list[dict[str, Any]]]]:
 def local(server: ThreadServer, url: str) -> str:
     """A URL the server handed out (under the unresolvable public URL), as reachable from the test."""
     assert url.startswith(PUBLIC + "/"), url
-    return server.url + url[len(PUBLIC):]
+    return server.url + url[len(PUBLIC) :]
 
 
 def upload(client: httpx.Client, server: ThreadServer, data: bytes, name: str, content_type: str) -> str:
@@ -152,8 +158,14 @@ def test_missing_fields_bad_json_unknown_routes(client: httpx.Client) -> None:
 
 def test_openapi_ready_metrics_index(client: httpx.Client) -> None:
     spec = client.get("/openapi.json").json()
-    for path in (POSE, "/fal-ai/wan-22-vace-fun-a14b/depth", QUEUE_DEPTH, "/storage/upload/initiate",
-                 "/queue/{owner}/{alias}/requests/{request_id}/status", "/queue/{owner}/{alias}/requests/{request_id}"):
+    for path in (
+        POSE,
+        "/fal-ai/wan-22-vace-fun-a14b/depth",
+        QUEUE_DEPTH,
+        "/storage/upload/initiate",
+        "/queue/{owner}/{alias}/requests/{request_id}/status",
+        "/queue/{owner}/{alias}/requests/{request_id}",
+    ):
         assert path in spec["paths"], path
     schema = spec["components"]["schemas"]["VaceInput"]
     assert {"prompt", "video_url"} <= set(schema["required"])
@@ -211,8 +223,9 @@ def test_uploads_both_client_flows(server: ThreadServer, client: httpx.Client) -
     assert httpx.get(f"{server.url}/files/not-a-token/x.mp4").status_code == 404
 
 
-def test_serve_refuses_an_open_host_without_keys(monkeypatch: pytest.MonkeyPatch,
-                                                 capsys: pytest.CaptureFixture) -> None:
+def test_serve_refuses_an_open_host_without_keys(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     monkeypatch.delenv("VACE_API_KEYS", raising=False)
     assert cli.main(["serve", "--host", "0.0.0.0", "--weights-dir", "/nonexistent"]) == 2
     assert "no API key" in capsys.readouterr().err
@@ -238,7 +251,9 @@ def test_fal_client_over_plain_http_with_the_helper(server: ThreadServer, monkey
 
 
 def test_queue_lifecycle(
-    server: ThreadServer, client: httpx.Client, control_videos: dict[str, Path],
+    server: ThreadServer,
+    client: httpx.Client,
+    control_videos: dict[str, Path],
     webhook_receiver: tuple[str, list[dict[str, Any]]],
 ) -> None:
     hook_url, hooks = webhook_receiver
@@ -251,8 +266,9 @@ def test_queue_lifecycle(
     assert sync.status_code == 422 and sync.json()["detail"][0]["type"] == "video_decode_error"
     assert sync.headers["x-fal-request-id"] and sync.headers["x-fal-error-type"] == "video_decode_error"
 
-    long_job = client.post(QUEUE_POSE, json={"prompt": "long", "video_url": pose_url,
-                                             **SMALL_JOB, "num_inference_steps": 50})
+    long_job = client.post(
+        QUEUE_POSE, json={"prompt": "long", "video_url": pose_url, **SMALL_JOB, "num_inference_steps": 50}
+    )
     submitted = long_job.json()
     long_id = submitted["request_id"]
     assert long_job.headers["x-fal-request-id"] == long_id and submitted["status"] == "IN_QUEUE"
@@ -274,12 +290,17 @@ def test_queue_lifecycle(
 
     queued = [
         client.post(QUEUE_POSE, json={"prompt": "never runs", "video_url": pose_url, **SMALL_JOB}).json(),
-        client.post(QUEUE_DEPTH, params={"fal_webhook": hook_url},
-                    json={"prompt": "a ball", "video_url": depth_url, "return_frames_zip": True, **SMALL_JOB}).json(),
-        client.post(QUEUE_POSE, params={"fal_webhook": hook_url},
-                    json={"prompt": "x", "video_url": garbage_url, **SMALL_JOB}).json(),
-        client.post(QUEUE_POSE, json={"prompt": "x", "video_url": "http://127.0.0.1:9/missing.mp4",
-                                      **SMALL_JOB}).json(),
+        client.post(
+            QUEUE_DEPTH,
+            params={"fal_webhook": hook_url},
+            json={"prompt": "a ball", "video_url": depth_url, "return_frames_zip": True, **SMALL_JOB},
+        ).json(),
+        client.post(
+            QUEUE_POSE, params={"fal_webhook": hook_url}, json={"prompt": "x", "video_url": garbage_url, **SMALL_JOB}
+        ).json(),
+        client.post(
+            QUEUE_POSE, json={"prompt": "x", "video_url": "http://127.0.0.1:9/missing.mp4", **SMALL_JOB}
+        ).json(),
     ]
     assert [q["queue_position"] for q in queued] == [0, 1, 2, 3]
     never_id, depth_id, garbage_id, missing_id = (q["request_id"] for q in queued)
@@ -298,8 +319,10 @@ def test_queue_lifecycle(
     steps = [int(m.split()[1].split("/")[0]) for m in messages(done) if m.startswith("step ")]
     assert done["error_type"] == "client_cancelled" and max(steps) < 50
     result = client.get(f"{REQUESTS}/{long_id}")
-    assert result.status_code == 499 and result.json() == {"detail": "Request was cancelled",
-                                                           "error_type": "client_cancelled"}
+    assert result.status_code == 499 and result.json() == {
+        "detail": "Request was cancelled",
+        "error_type": "client_cancelled",
+    }
     assert result.headers["x-fal-error-type"] == "client_cancelled"
     assert client.put(f"{REQUESTS}/{long_id}/cancel").json()["status"] == "ALREADY_COMPLETED"
 
@@ -308,12 +331,18 @@ def test_queue_lifecycle(
     streamed = [line["message"] for e in events for line in e["logs"]]  # each event carries only new lines
     assert streamed == messages(done)
 
-    finished = wait_until(lambda: (s := status(client, missing_id, logs=False))["status"] == "COMPLETED" and s,
-                          300, "the queued jobs to finish")
+    finished = wait_until(
+        lambda: (s := status(client, missing_id, logs=False))["status"] == "COMPLETED" and s,
+        300,
+        "the queued jobs to finish",
+    )
     # The worker has the pose model loaded, so the pose jobs may pass the depth job (scheduling): it may end last.
     depth_requests = "/queue/fal-ai/wan-22-vace-fun-a14b/requests"
-    wait_until(lambda: client.get(f"{depth_requests}/{depth_id}/status").json()["status"] == "COMPLETED", 300,
-               "the depth job to finish")
+    wait_until(
+        lambda: client.get(f"{depth_requests}/{depth_id}/status").json()["status"] == "COMPLETED",
+        300,
+        "the depth job to finish",
+    )
     assert finished["logs"] == [] and finished["error_type"] == "file_download_error"
     output = client.get(f"/queue/fal-ai/wan-22-vace-fun-a14b/requests/{depth_id}").json()
     assert output["prompt"] == "a ball" and output["seed"] == 1
@@ -340,8 +369,12 @@ def test_queue_lifecycle(
     assert by_id[garbage_id]["status"] == "ERROR" and by_id[garbage_id]["payload"] == garbage.json()
 
     metrics = client.get("/metrics").text
-    for line in ('vace_jobs{state="cancelled"} 2.0', 'vace_jobs{state="completed"} 1.0',
-                 'vace_jobs{state="failed"} 4.0', "vace_queue_depth 0.0"):
+    for line in (
+        'vace_jobs{state="cancelled"} 2.0',
+        'vace_jobs{state="completed"} 1.0',
+        'vace_jobs{state="failed"} 4.0',
+        "vace_queue_depth 0.0",
+    ):
         assert line in metrics
     assert 'vace_job_duration_seconds_count{app="fal-ai/wan-22-vace-fun-a14b",outcome="ok",task="depth"} 1.0' in metrics
     assert 'vace_step_seconds_count{device="cpu",model="wan-vace-14b"}' in metrics

@@ -40,8 +40,11 @@ def tls_server(server_weights: Path, tmp_path_factory: pytest.TempPathFactory) -
 @pytest.fixture(scope="module")
 def fal_env(tls_server: ServeProcess) -> dict[str, str]:
     """The ``export NAME=value`` lines ``vace serve --tls`` printed, with our key for the placeholder."""
-    printed = dict(re.findall(r"^  export (FAL_RUN_HOST|FAL_QUEUE_RUN_HOST|SSL_CERT_FILE|FAL_KEY)=(\S+)",
-                              tls_server.output(), re.M))
+    printed = dict(
+        re.findall(
+            r"^  export (FAL_RUN_HOST|FAL_QUEUE_RUN_HOST|SSL_CERT_FILE|FAL_KEY)=(\S+)", tls_server.output(), re.M
+        )
+    )
     assert set(printed) == {"FAL_RUN_HOST", "FAL_QUEUE_RUN_HOST", "SSL_CERT_FILE", "FAL_KEY"}, tls_server.output()
     return {**printed, "FAL_KEY": API_KEY}
 
@@ -51,14 +54,26 @@ def _video_files(server: ServeProcess) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def fal_results(tls_server: ServeProcess, fal_env: dict[str, str], control_videos: dict[str, Path],
-                ) -> dict[str, Any]:
+def fal_results(
+    tls_server: ServeProcess,
+    fal_env: dict[str, str],
+    control_videos: dict[str, Path],
+) -> dict[str, Any]:
     videos_before = len(_video_files(tls_server))
     env = {k: v for k, v in os.environ.items() if not k.startswith("FAL_")}
     proc = subprocess.run(
-        [sys.executable, str(REPO / "tests" / "fal_client_driver.py"), str(control_videos["pose"]),
-         str(control_videos["depth"]), tls_server.url],
-        env={**env, **fal_env, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=600, cwd=REPO,
+        [
+            sys.executable,
+            str(REPO / "tests" / "fal_client_driver.py"),
+            str(control_videos["pose"]),
+            str(control_videos["depth"]),
+            tls_server.url,
+        ],
+        env={**env, **fal_env, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
     )
     assert proc.returncode == 0, f"{proc.stderr[-4000:]}\n--- server ---\n{tls_server.output()[-3000:]}"
     results = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -108,8 +123,11 @@ def test_submit_status_result_and_cancel(tls_server: ServeProcess, fal_results: 
     after = fal_results["doomed_after"]
     assert after["type"] == "Completed" and after["error_type"] == "client_cancelled"
     assert not any(line.startswith("started") for line in after["logs"])  # it never ran
-    assert fal_results["doomed_result"] == {"status_code": 499, "message": "Request was cancelled",
-                                            "error_type": "client_cancelled"}
+    assert fal_results["doomed_result"] == {
+        "status_code": 499,
+        "message": "Request was cancelled",
+        "error_type": "client_cancelled",
+    }
 
 
 def test_run_with_sync_mode_returns_data_uris_and_keeps_nothing(fal_results: dict[str, Any]) -> None:
@@ -127,8 +145,9 @@ def test_validation_error_through_the_client(fal_results: dict[str, Any]) -> Non
     assert [(d["loc"], d["type"]) for d in error["message"]] == [(["body", "num_frames"], "greater_than_equal")]
 
 
-def test_upload_file_feeds_a_later_request(tls_server: ServeProcess, fal_results: dict[str, Any],
-                                           control_videos: dict[str, Path]) -> None:
+def test_upload_file_feeds_a_later_request(
+    tls_server: ServeProcess, fal_results: dict[str, Any], control_videos: dict[str, Path]
+) -> None:
     uploaded = fal_results["uploaded"]
     assert uploaded.startswith(f"{tls_server.url}/files/") and uploaded.endswith("/pose.mp4")
     assert fetch(tls_server, uploaded) == control_videos["pose"].read_bytes()
@@ -145,11 +164,19 @@ def test_wrong_key_is_refused(tls_server: ServeProcess) -> None:
 
 
 def test_js_client_subscribe(tls_server: ServeProcess, control_videos: dict[str, Path]) -> None:
-    require(shutil.which("node") is not None and (JS_DIR / "node_modules" / "@fal-ai" / "client").is_dir(),
-            "needs Node and `npm ci` in tests/js (make install does it)")
+    require(
+        shutil.which("node") is not None and (JS_DIR / "node_modules" / "@fal-ai" / "client").is_dir(),
+        "needs Node and `npm ci` in tests/js (make install does it)",
+    )
     env = {**os.environ, "VACE_URL": tls_server.url, "FAL_KEY": API_KEY, "NODE_EXTRA_CA_CERTS": str(tls_server.cert)}
-    proc = subprocess.run(["node", "subscribe.mjs", "fal-ai/wan-vace-14b/pose", str(control_videos["pose"])],
-                          cwd=JS_DIR, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        ["node", "subscribe.mjs", "fal-ai/wan-vace-14b/pose", str(control_videos["pose"])],
+        cwd=JS_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, f"{proc.stderr[-4000:]}\n--- server ---\n{tls_server.output()[-3000:]}"
     seen = json.loads(proc.stdout.strip().splitlines()[-1])
     assert seen["videoUrl"].startswith(f"{tls_server.url}/files/")
@@ -162,23 +189,33 @@ def test_js_client_subscribe(tls_server: ServeProcess, control_videos: dict[str,
 
 
 @pytest.fixture(scope="module")
-def family_results(tls_server: ServeProcess, fal_env: dict[str, str], control_videos: dict[str, Path],
-                   tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def family_results(
+    tls_server: ServeProcess,
+    fal_env: dict[str, str],
+    control_videos: dict[str, Path],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, Any]:
     folder = tmp_path_factory.mktemp("family")
-    media = [str(control_videos["depth"])] + [str(write_sample(kind, folder / f"{kind}.mp4", num_frames=17))
-                                              for kind in ("mask", "letterbox")]
+    media = [str(control_videos["depth"])] + [
+        str(write_sample(kind, folder / f"{kind}.mp4", num_frames=17)) for kind in ("mask", "letterbox")
+    ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("FAL_")}
     proc = subprocess.run(
         [sys.executable, str(REPO / "tests" / "fal_client_driver.py"), "family", tls_server.url, *media],
-        env={**env, **fal_env, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=1200, cwd=REPO,
+        env={**env, **fal_env, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        cwd=REPO,
     )
     assert proc.returncode == 0, f"{proc.stderr[-4000:]}\n--- server ---\n{tls_server.output()[-3000:]}"
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.parametrize("app", ["fal-ai/wan-vace-14b", "fal-ai/wan-22-vace-fun-a14b"])
-def test_every_family_endpoint_through_fal_client(tls_server: ServeProcess, family_results: dict[str, Any],
-                                                  app: str) -> None:
+def test_every_family_endpoint_through_fal_client(
+    tls_server: ServeProcess, family_results: dict[str, Any], app: str
+) -> None:
     """Each endpoint's output has the geometry its task implies, a video the server serves, and the job log its
     decisions: text-to-video at 240p; inpainting at the source's size, the mask followed frame by frame;
     outpainting left and right by a quarter (624x240 scaled into the 240p tier, rounded up to 16: 512x208);

@@ -41,11 +41,17 @@ def receiver() -> Iterator[Receiver]:
 
 
 @pytest.fixture(scope="module")
-def server(server_weights: Path, tmp_path_factory: pytest.TempPathFactory,
-           receiver: Receiver) -> Iterator[ThreadServer]:
-    config = Settings(weights_dir=server_weights, data_dir=tmp_path_factory.mktemp("family-data"), port=free_port(),
-                      api_keys=frozenset({API_KEY}), webhook_allow=(f"127.0.0.1:{receiver.port}",),
-                      webhook_attempts=1)
+def server(
+    server_weights: Path, tmp_path_factory: pytest.TempPathFactory, receiver: Receiver
+) -> Iterator[ThreadServer]:
+    config = Settings(
+        weights_dir=server_weights,
+        data_dir=tmp_path_factory.mktemp("family-data"),
+        port=free_port(),
+        api_keys=frozenset({API_KEY}),
+        webhook_allow=(f"127.0.0.1:{receiver.port}",),
+        webhook_attempts=1,
+    )
     with ThreadServer(config) as running:
         yield running
 
@@ -117,8 +123,13 @@ def test_each_endpoints_openapi_body_matches_fals_schema(client: httpx.Client, e
 
 def test_ready_metrics_and_unknown_endpoints_list_every_endpoint(client: httpx.Client) -> None:
     tracking = client.get("/ready").json()["mask_tracking"]  # the server's, with a key
-    assert tracking == {"mode": "track", "tracker": "sam2.1-hiera-small", "weights_present": True,
-                        "expand_ratio": 0.25, "threshold": 0.5}
+    assert tracking == {
+        "mode": "track",
+        "tracker": "sam2.1-hiera-small",
+        "weights_present": True,
+        "expand_ratio": 0.25,
+        "threshold": 0.5,
+    }
     ready = client.get("/ready").json()["endpoints"]
     for app in ("fal-ai/wan-vace-14b", "fal-ai/wan-22-vace-fun-a14b"):
         assert ready[app]["tasks"] == ["pose", "depth", "inpainting", "outpainting", "reframe"]
@@ -157,8 +168,9 @@ def test_ready_metrics_and_unknown_endpoints_list_every_endpoint(client: httpx.C
     ("/fal-ai/wan-22-vace-fun-a14b/reframe", {"video_url": "https://e/v.mp4", "zoom_factor": 0.95},
      ["body", "zoom_factor"], "less_than_equal"),
 ])  # fmt: skip
-def test_requests_that_cannot_run_are_refused_at_submission(client: httpx.Client, path: str, body: dict, loc: list,
-                                                            type_: str) -> None:
+def test_requests_that_cannot_run_are_refused_at_submission(
+    client: httpx.Client, path: str, body: dict, loc: list, type_: str
+) -> None:
     body = {"prompt": "a ball", **body}
     for route in (path, f"/queue{path}"):
         got = detail(client.post(route, json=body))
@@ -176,9 +188,9 @@ def test_requests_that_cannot_run_are_refused_at_submission(client: httpx.Client
     (INPAINT_FUN, "mask_image_url", "huge_image", "image_too_large", "8200x8192, over the 67108864-pixel limit"),
     (INPAINT_14B, "mask_image_url", "not_an_image", "image_load_error", "not a readable image"),
 ])  # fmt: skip
-def test_bad_masks_fail_the_job_with_a_422_naming_the_field(client: httpx.Client, media: dict[str, str],
-                                                            endpoint: str, field: str, mask: str, type_: str,
-                                                            words: str) -> None:
+def test_bad_masks_fail_the_job_with_a_422_naming_the_field(
+    client: httpx.Client, media: dict[str, str], endpoint: str, field: str, mask: str, type_: str, words: str
+) -> None:
     body = {"prompt": "a ball", "video_url": media["video"], "mask_video_url": None, field: media[mask], **SMALL}
     response = client.post(endpoint, json=body)
     assert detail(response) == [(["body", field], type_)]
@@ -186,14 +198,24 @@ def test_bad_masks_fail_the_job_with_a_422_naming_the_field(client: httpx.Client
 
 
 def test_a_queued_bad_mask_fails_with_its_422_through_status_result_and_webhook(
-        client: httpx.Client, media: dict[str, str], receiver: Receiver) -> None:
+    client: httpx.Client, media: dict[str, str], receiver: Receiver
+) -> None:
     """The base endpoint's inpainting (the image wins over the video there): the job is queued, then fails on the
     mask image; its status, result and webhook carry the 422 naming ``mask_image_url``, and the log says why."""
-    body = {"prompt": "a ball", "task": "inpainting", "video_url": media["video"], "mask_video_url": media["mask"],
-            "mask_image_url": media["white_image"], **SMALL}
+    body = {
+        "prompt": "a ball",
+        "task": "inpainting",
+        "video_url": media["video"],
+        "mask_video_url": media["mask"],
+        "mask_image_url": media["white_image"],
+        **SMALL,
+    }
     submitted = client.post("/queue/fal-ai/wan-vace-14b", params={"fal_webhook": receiver.url}, json=body).json()
-    status = wait_until(lambda: (s := client.get(submitted["status_url"], params={"logs": 1}).json())["status"]
-                        == "COMPLETED" and s, 120, "the job to fail")
+    status = wait_until(
+        lambda: (s := client.get(submitted["status_url"], params={"logs": 1}).json())["status"] == "COMPLETED" and s,
+        120,
+        "the job to fail",
+    )
     assert status["error_type"] == "mask_full"
     logs = [line["message"] for line in status["logs"]]
     assert "both masks given: mask_video_url is ignored, as fal documents for this endpoint" in logs
@@ -210,40 +232,58 @@ def png(uri: str) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(payload))))
 
 
-def test_the_playground_preview_runs_the_jobs_own_steps(server: ThreadServer, client: httpx.Client,
-                                                        media: dict[str, str]) -> None:
+def test_the_playground_preview_runs_the_jobs_own_steps(
+    server: ThreadServer, client: httpx.Client, media: dict[str, str]
+) -> None:
     """``/playground/preview``: the output size, the notes and the middle frame with its mask, as the job would
     build them (no prompt needed), or for a mask image the server tracks the first frame's; a mask the job would
     refuse is the same 422; a key is needed."""
     body = {"video_url": media["video"], "mask_video_url": media["mask"], "num_frames": 17}
     got = client.post("/playground/preview", params={"endpoint": "fal-ai/wan-vace-14b/inpainting"}, json=body).json()
     assert (got["recipe"], got["width"], got["height"], got["generated_frames"], got["frame_index"]) == (
-        "inpainting", 416, 240, 17, 8)
+        "inpainting",
+        416,
+        240,
+        17,
+        8,
+    )
     assert any(note.startswith("inpainting: mask mode per frame") for note in got["notes"])
     drawn = SAMPLES["mask"](416, 240, 33, 16)[8][..., 0] >= 128  # frame 8 of the clip at 16 fps
     mask = png(got["mask"]) == 255
     assert np.mean(mask == drawn) > 0.99 and got["generated_share"] == pytest.approx(mask.mean())
     assert png(got["frame"]).shape == (240, 416, 3)
 
-    grown = client.post("/playground/preview", params={"endpoint": "fal-ai/wan-22-vace-fun-a14b/outpainting"},
-                        json={"video_url": media["video"], "expand_top": True, "resolution": "240p"}).json()
+    grown = client.post(
+        "/playground/preview",
+        params={"endpoint": "fal-ai/wan-22-vace-fun-a14b/outpainting"},
+        json={"video_url": media["video"], "expand_top": True, "resolution": "240p"},
+    ).json()
     assert any("is placed at" in note for note in grown["notes"])
     canvas = png(grown["mask"])
     assert (canvas[: grown["height"] // 8] == 255).all() and (canvas[-1] == 0).any()  # the top border is generated
 
     box = np.zeros((240, 416), np.uint8)
     box[60:180, 100:300] = 255
-    tracked = client.post("/playground/preview", params={"endpoint": "fal-ai/wan-22-vace-fun-a14b/inpainting"},
-                          json={"video_url": media["video"], "mask_image_url": png_uri(box)}).json()
-    assert tracked["frame_index"] == 0 and any(note.startswith("inpainting: mask mode track") for note in
-                                               tracked["notes"])
+    tracked = client.post(
+        "/playground/preview",
+        params={"endpoint": "fal-ai/wan-22-vace-fun-a14b/inpainting"},
+        json={"video_url": media["video"], "mask_image_url": png_uri(box)},
+    ).json()
+    assert tracked["frame_index"] == 0 and any(
+        note.startswith("inpainting: mask mode track") for note in tracked["notes"]
+    )
     ys, xs = np.nonzero(png(tracked["mask"]) == 255)  # the box grown as the job grows it: 50 px wider, 30 taller
     assert (xs.min(), xs.max(), ys.min(), ys.max()) == (50, 349, 30, 209)
-    bad = client.post("/playground/preview", params={"endpoint": "fal-ai/wan-22-vace-fun-a14b/inpainting"},
-                      json={"video_url": media["video"], "mask_video_url": media["black_mask"]})
+    bad = client.post(
+        "/playground/preview",
+        params={"endpoint": "fal-ai/wan-22-vace-fun-a14b/inpainting"},
+        json={"video_url": media["video"], "mask_video_url": media["black_mask"]},
+    )
     assert detail(bad) == [(["body", "mask_video_url"], "mask_empty")]
     text = client.post("/playground/preview", params={"endpoint": "fal-ai/wan-vace-14b"}, json={}).json()
     assert (text["recipe"], text["width"], text["height"]) == ("text", 832, 480) and "frame" not in text
     assert client.post("/playground/preview", params={"endpoint": "fal-ai/x"}, json={}).status_code == 404
-    assert httpx.post(f"{server.url}/playground/preview", params={"endpoint": "fal-ai/wan-vace-14b"},
-                      json={}).status_code == 401
+    assert (
+        httpx.post(f"{server.url}/playground/preview", params={"endpoint": "fal-ai/wan-vace-14b"}, json={}).status_code
+        == 401
+    )

@@ -26,11 +26,17 @@ LORA_LIMIT = 200_000
 
 @pytest.fixture(scope="module")
 def client(server_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
-    config = Settings(weights_dir=server_weights, data_dir=tmp_path_factory.mktemp("lora-data"), port=free_port(),
-                      api_keys=frozenset({API_KEY}), limits=[f"max_lora_bytes={LORA_LIMIT}"])
-    with ThreadServer(config) as server, httpx.Client(
-        base_url=server.url, headers={"authorization": f"Key {API_KEY}"}, timeout=120
-    ) as c:
+    config = Settings(
+        weights_dir=server_weights,
+        data_dir=tmp_path_factory.mktemp("lora-data"),
+        port=free_port(),
+        api_keys=frozenset({API_KEY}),
+        limits=[f"max_lora_bytes={LORA_LIMIT}"],
+    )
+    with (
+        ThreadServer(config) as server,
+        httpx.Client(base_url=server.url, headers={"authorization": f"Key {API_KEY}"}, timeout=120) as c,
+    ):
         yield c
 
 
@@ -57,8 +63,16 @@ def test_each_refusal_is_a_422_naming_the_lora_and_the_server_goes_on(client, co
     video = data_uri(control_videos["pose"].read_bytes())
     buffer = io.BytesIO()
     torch.save({"transformer.blocks.0.attn1.to_q.lora_A.weight": torch.ones(4, 24)}, buffer)
-    wider = _bytes(lambda p: write_lora(p, {"blocks.0.attn1.to_q.lora_A.weight": torch.ones(4, 48),
-                                            "blocks.0.attn1.to_q.lora_B.weight": torch.ones(48, 4)}), tmp_path)
+    wider = _bytes(
+        lambda p: write_lora(
+            p,
+            {
+                "blocks.0.attn1.to_q.lora_A.weight": torch.ones(4, 48),
+                "blocks.0.attn1.to_q.lora_B.weight": torch.ones(48, 4),
+            },
+        ),
+        tmp_path,
+    )
     oversized = _bytes(lambda p: save_file({"x": torch.zeros(LORA_LIMIT // 4 + 1)}, p), tmp_path)
     nan_alpha = _bytes(lambda p: write_header_lora(p, {"lora_alpha": math.nan}), tmp_path)
     refused = [
@@ -70,15 +84,28 @@ def test_each_refusal_is_a_422_naming_the_lora_and_the_server_goes_on(client, co
         ("private address", "http://127.0.0.1:9/style.safetensors", "file_download_error"),
     ]
     for case, path, error_type in refused:
-        body = {"prompt": "a person dancing", "video_url": video, **SMALL_JOB,
-                "loras": [{"path": "tiny-wan21", "transformer": "low"}, {"path": path}]}
+        body = {
+            "prompt": "a person dancing",
+            "video_url": video,
+            **SMALL_JOB,
+            "loras": [{"path": "tiny-wan21", "transformer": "low"}, {"path": path}],
+        }
         response = client.post(POSE, json=body)
         assert response.status_code == 422, (case, response.text)
         (detail,) = response.json()["detail"]
         assert detail["loc"] == ["body", "loras", 1, "path"] and detail["type"] == error_type, (case, detail)
     pissa = _bytes(lambda p: write_header_lora(p, {"init_lora_weights": "pissa"}), tmp_path)  # the option ignored
-    done = client.post(POSE, json={"prompt": "a person dancing", "video_url": video, **SMALL_JOB,
-                                   "loras": [{"path": "tiny-wan22", "scale": 0.7, "transformer": "high"},
-                                             {"path": data_uri(pissa), "transformer": "low"}]})
+    done = client.post(
+        POSE,
+        json={
+            "prompt": "a person dancing",
+            "video_url": video,
+            **SMALL_JOB,
+            "loras": [
+                {"path": "tiny-wan22", "scale": 0.7, "transformer": "high"},
+                {"path": data_uri(pissa), "transformer": "low"},
+            ],
+        },
+    )
     assert done.status_code == 200, done.text
     assert done.json()["video"]["num_frames"] == 17

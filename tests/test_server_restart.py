@@ -34,8 +34,7 @@ def running(server: ServeProcess, request_id: str, run: int) -> bool:
     return body["status"] == "IN_PROGRESS" and f"started on cpu (run {run})" in [x["message"] for x in body["logs"]]
 
 
-def test_kill_during_a_job_and_restart(server_weights: Path, control_videos: dict[str, Path],
-                                       tmp_path: Path) -> None:
+def test_kill_during_a_job_and_restart(server_weights: Path, control_videos: dict[str, Path], tmp_path: Path) -> None:
     server = ServeProcess(server_weights, tmp_path / "data").start()
     try:
         with server.client() as c:
@@ -59,8 +58,11 @@ def test_kill_during_a_job_and_restart(server_weights: Path, control_videos: dic
         with server.client() as c:
             result = c.get(f"{REQUESTS}/{doomed}")
             assert result.status_code == 503 and "2 times" in result.json()["detail"]
-        done = wait_until(lambda: (s := status(server, survivor))["status"] == "COMPLETED" and s, 300,
-                          "the queued job to run after the restart")
+        done = wait_until(
+            lambda: (s := status(server, survivor))["status"] == "COMPLETED" and s,
+            300,
+            "the queued job to run after the restart",
+        )
         assert "error" not in done
         with server.client() as c:
             output = c.get(f"{REQUESTS}/{survivor}").json()
@@ -71,30 +73,38 @@ def test_kill_during_a_job_and_restart(server_weights: Path, control_videos: dic
         server.stop()
 
 
-
 def test_a_killed_worker_process_hands_its_job_back_and_is_replaced(
-        server_weights: Path, control_videos: dict[str, Path], tmp_path: Path) -> None:
+    server_weights: Path, control_videos: dict[str, Path], tmp_path: Path
+) -> None:
     server = ServeProcess(server_weights, tmp_path / "data").start()
     try:
         video = "data:video/mp4;base64," + base64.b64encode(control_videos["pose"].read_bytes()).decode()
         with server.client() as c:
-            doomed = c.post("/queue/fal-ai/wan-vace-14b/pose", json={"prompt": "x", "video_url": video, **SMALL_JOB,
-                                                                      "num_inference_steps": 8}).json()["request_id"]
+            doomed = c.post(
+                "/queue/fal-ai/wan-vace-14b/pose",
+                json={"prompt": "x", "video_url": video, **SMALL_JOB, "num_inference_steps": 8},
+            ).json()["request_id"]
 
         def holder(body: dict[str, Any], run: int) -> int | None:
             """The pid of the process that holds run ``run``, from its ``worker HOST:PID:DEVICE:TOKEN`` line."""
             lines = [x["message"] for x in body["logs"] if x["message"].startswith("worker ")]
             return int(lines[run - 1].split(":")[1]) if len(lines) >= run else None
 
-        wait_until(lambda: any(x["message"].startswith("step 1/") for x in status(server, doomed)["logs"]), 120,
-                   "the job's first step")
+        wait_until(
+            lambda: any(x["message"].startswith("step 1/") for x in status(server, doomed)["logs"]),
+            120,
+            "the job's first step",
+        )
         worker = holder(status(server, doomed), 1)
         assert worker is not None and worker != server.proc.pid  # type: ignore[union-attr]  # not the HTTP process
         os.kill(worker, signal.SIGKILL)
         with server.client() as c:
             assert c.get("/health").status_code == 200  # the server itself goes on
-        done = wait_until(lambda: (s := status(server, doomed))["status"] == "COMPLETED" and s, 300,
-                          "the job to complete in a new worker process")
+        done = wait_until(
+            lambda: (s := status(server, doomed))["status"] == "COMPLETED" and s,
+            300,
+            "the job to complete in a new worker process",
+        )
         messages = [x["message"] for x in done["logs"]]
         assert "the worker process on cpu exited (killed by SIGKILL) (run 1 of at most 2); re-queued" in messages
         assert "error" not in done and sum(m.startswith("completed in") for m in messages) == 1
@@ -109,11 +119,14 @@ def test_a_killed_worker_process_hands_its_job_back_and_is_replaced(
         for _ in range(5):
             time.sleep(1.2)  # the worker is idle again, waiting
             with server.client() as c:
-                job = c.post("/queue/fal-ai/wan-vace-14b/pose", json={"prompt": "x", **SMALL_JOB,
-                             "video_url": "data:video/mp4;base64,AAAA"}).json()["request_id"]
+                job = c.post(
+                    "/queue/fal-ai/wan-vace-14b/pose",
+                    json={"prompt": "x", **SMALL_JOB, "video_url": "data:video/mp4;base64,AAAA"},
+                ).json()["request_id"]
             wait_until(lambda j=job: status(server, j)["status"] == "COMPLETED", 60, "a failing job to end")
-            with contextlib.closing(sqlite3.connect(f"file:{tmp_path / 'data' / 'jobs.sqlite3'}?mode=ro",
-                                                    uri=True)) as db:
+            with contextlib.closing(
+                sqlite3.connect(f"file:{tmp_path / 'data' / 'jobs.sqlite3'}?mode=ro", uri=True)
+            ) as db:
                 waits.append(db.execute("SELECT started_at - created_at FROM jobs WHERE id = ?", (job,)).fetchone()[0])
         assert max(waits) < 0.25, waits
     finally:

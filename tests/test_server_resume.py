@@ -57,18 +57,30 @@ def frames(client: Any, output: dict[str, Any]) -> np.ndarray:
 
 
 def test_a_killed_worker_process_resumes_at_its_checkpoint_with_the_same_frames(
-        server_weights: Path, control_videos: dict[str, Path], tmp_path: Path) -> None:
+    server_weights: Path, control_videos: dict[str, Path], tmp_path: Path
+) -> None:
     data = tmp_path / "data"
-    server = ServeProcess(server_weights, data, api_key=KEY,
-                          extra_args=["--api-key", OTHER_KEY, "--checkpoint-every-steps", "1"]).start()
+    server = ServeProcess(
+        server_weights, data, api_key=KEY, extra_args=["--api-key", OTHER_KEY, "--checkpoint-every-steps", "1"]
+    ).start()
     try:
         video = "data:video/mp4;base64," + base64.b64encode(control_videos["pose"].read_bytes()).decode()
-        job = {"prompt": "a dancer", "video_url": video, "num_frames": 17, "num_inference_steps": STEPS,
-               "acceleration": "regular", "seed": 3, "return_frames_zip": True}
+        job = {
+            "prompt": "a dancer",
+            "video_url": video,
+            "num_frames": 17,
+            "num_inference_steps": STEPS,
+            "acceleration": "regular",
+            "seed": 3,
+            "return_frames_zip": True,
+        }
         with server.client() as c:
             doomed = c.post("/queue/fal-ai/wan-vace-14b/pose", json=job).json()["request_id"]
-            running = wait_until(lambda: (s := status(c, doomed)).get("preview_url") and (
-                checkpoint_step(data, doomed) or 0) >= 2 and s, 300, "a preview and a checkpoint after step 2")
+            running = wait_until(
+                lambda: (s := status(c, doomed)).get("preview_url") and (checkpoint_step(data, doomed) or 0) >= 2 and s,
+                300,
+                "a preview and a checkpoint after step 2",
+            )
             worker = int(next(m for m in messages(running) if m.startswith("worker ")).split(":")[1])
             os.kill(worker, signal.SIGKILL)
             saved = checkpoint_step(data, doomed)
@@ -84,21 +96,26 @@ def test_a_killed_worker_process_resumes_at_its_checkpoint_with_the_same_frames(
             other = c.get(f"{REQUESTS}/{doomed}/preview", headers={"authorization": f"Key {OTHER_KEY}"})
             assert other.status_code == 404
 
-            done = wait_until(lambda: (s := status(c, doomed))["status"] == "COMPLETED" and s, 300,
-                              "the job to complete in the replacement worker process")
+            done = wait_until(
+                lambda: (s := status(c, doomed))["status"] == "COMPLETED" and s,
+                300,
+                "the job to complete in the replacement worker process",
+            )
             lines = messages(done)
             assert "error" not in done and f"resumed at step {saved}/{STEPS}" in lines
-            second_run = lines[lines.index(f"resumed at step {saved}/{STEPS}"):]
+            second_run = lines[lines.index(f"resumed at step {saved}/{STEPS}") :]
             assert [m for m in second_run if re.fullmatch(r"step \d+/\d+", m)] == [
-                f"step {i}/{STEPS}" for i in range(saved + 1, STEPS + 1)]
+                f"step {i}/{STEPS}" for i in range(saved + 1, STEPS + 1)
+            ]
             assert "preview_url" not in done and c.get(f"{REQUESTS}/{doomed}/preview").status_code == 404
 
             # The same request, uninterrupted.
             whole = c.post("/queue/fal-ai/wan-vace-14b/pose", json=job).json()["request_id"]
             wait_until(lambda: status(c, whole)["status"] == "COMPLETED", 300, "the uninterrupted job")
             assert not any(m.startswith("resumed") for m in messages(status(c, whole)))
-            assert np.array_equal(frames(c, c.get(f"{REQUESTS}/{doomed}").json()),
-                                  frames(c, c.get(f"{REQUESTS}/{whole}").json()))
+            assert np.array_equal(
+                frames(c, c.get(f"{REQUESTS}/{doomed}").json()), frames(c, c.get(f"{REQUESTS}/{whole}").json())
+            )
             metrics = c.get("/metrics").text
         assert "vace_resumed_jobs_total 1.0" in metrics
         assert f"vace_resume_steps_saved_total {float(saved)}" in metrics
@@ -113,8 +130,14 @@ def test_retention_keeps_the_checkpoint_of_a_job_waiting_to_run_again(tmp_path: 
     store = SqliteJobStore(tmp_path / "jobs.sqlite3")
     files = LocalFileStore(tmp_path / "files", tmp_path / "uploads", max_bytes=1 << 20)
     try:
-        job = store.add(app="fal-ai/wan-vace-14b", task="pose", model="wan-vace-14b", input={"prompt": "x"},
-                        base_url="http://127.0.0.1", webhook_url=None)
+        job = store.add(
+            app="fal-ai/wan-vace-14b",
+            task="pose",
+            model="wan-vace-14b",
+            input={"prompt": "x"},
+            base_url="http://127.0.0.1",
+            webhook_url=None,
+        )
         assert store.claim(worker_id="w", lease_s=30) is not None
         keys = {}
         for kind, record in (("checkpoint", store.set_checkpoint), ("preview", store.set_preview)):
@@ -128,8 +151,13 @@ def test_retention_keeps_the_checkpoint_of_a_job_waiting_to_run_again(tmp_path: 
         orphan.write_bytes(b"x")
         orphan_key = files.adopt(orphan, "checkpoint.safetensors")  # a job's that ended elsewhere
 
-        retention = Retention(store, files, max_age_s=1, interval_s=60,
-                              deleted=Counter("deleted", "test", ["kind"], registry=CollectorRegistry()))
+        retention = Retention(
+            store,
+            files,
+            max_age_s=1,
+            interval_s=60,
+            deleted=Counter("deleted", "test", ["kind"], registry=CollectorRegistry()),
+        )
         swept = retention.sweep(now=time.time() + 10)
         assert swept.files == 1 and files.path(orphan_key) is None
         assert all(files.path(key) is not None for key in keys.values())

@@ -29,6 +29,7 @@ OpenStore = Callable[[], JobStore]
 def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OpenStore]:
     """Opens the test's own database (each call a new store on the same database); closes them all at the end."""
     if request.param == "sqlite":
+
         def open_one() -> JobStore:
             return SqliteJobStore(tmp_path / "jobs.sqlite3")
     else:
@@ -38,6 +39,7 @@ def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OpenS
 
         def open_one() -> JobStore:
             return PostgresJobStore(url)
+
     opened: list[JobStore] = []
 
     def open_store() -> JobStore:
@@ -55,8 +57,15 @@ def store(open_store: OpenStore) -> JobStore:
 
 
 def add(store: JobStore, webhook: str | None = None, **options: object) -> Job:
-    return store.add(app="fal-ai/wan-vace-14b", task="pose", model="wan-vace-14b", input={"prompt": "x"},
-                     base_url="http://h", webhook_url=webhook, **options)  # type: ignore[arg-type]
+    return store.add(
+        app="fal-ai/wan-vace-14b",
+        task="pose",
+        model="wan-vace-14b",
+        input={"prompt": "x"},
+        base_url="http://h",
+        webhook_url=webhook,
+        **options,
+    )  # type: ignore[arg-type]
 
 
 def test_fifo_claim_and_queue_positions(store: JobStore) -> None:
@@ -76,8 +85,10 @@ def test_normal_priority_before_low_then_fifo(store: JobStore) -> None:
     normal2 = add(store)
     assert store.get(low1.id).priority == "low"  # type: ignore[union-attr]
     assert [store.queue_position(j) for j in (normal1, normal2, low1, low2)] == [0, 1, 2, 3]
-    assert store.queue_depths() == {("fal-ai/wan-vace-14b", "pose", "normal"): 2,
-                                    ("fal-ai/wan-vace-14b", "pose", "low"): 2}
+    assert store.queue_depths() == {
+        ("fal-ai/wan-vace-14b", "pose", "normal"): 2,
+        ("fal-ai/wan-vace-14b", "pose", "low"): 2,
+    }
     assert [store.claim().id for _ in range(4)] == [normal1.id, normal2.id, low1.id, low2.id]  # type: ignore[union-attr]
     assert store.claim() is None
 
@@ -87,7 +98,11 @@ def test_fields_kept_as_given(store: JobStore) -> None:
     again = store.get(job.id)
     assert again == job
     assert (again.owner, again.runner_hint, again.webhook_url, again.input) == (  # type: ignore[union-attr]
-        "key-1", "gpu-a", "http://hook", {"prompt": "x"})
+        "key-1",
+        "gpu-a",
+        "http://hook",
+        {"prompt": "x"},
+    )
     assert again.start_deadline == pytest.approx(again.created_at + 60)  # type: ignore[union-attr,operator]
     store.set_control_video(job.id, "http://h/files/control.mp4")
     assert store.get(job.id).control_video_url == "http://h/files/control.mp4"  # type: ignore[union-attr]
@@ -154,16 +169,21 @@ def test_results_logs_and_failures_persist(open_store: OpenStore) -> None:
     store.log(ok.id, "slow step", "WARN")
     assert store.finish(ok.id, result={"video": {"url": "u"}, "seed": 1, "prompt": "x"})
     store.claim()
-    store.finish(bad.id, failure=Failure(422, {"detail": [{"loc": ["body", "video_url"]}]}, "bad", "video_decode_error",
-                                         {"x-fal-error": "1"}))
+    store.finish(
+        bad.id,
+        failure=Failure(
+            422, {"detail": [{"loc": ["body", "video_url"]}]}, "bad", "video_decode_error", {"x-fal-error": "1"}
+        ),
+    )
     store.close()
     store = open_store()
     assert store.get(ok.id).result["seed"] == 1  # type: ignore[union-attr,index]
     assert [(line.message, line.level) for line in store.logs(ok.id)] == [("step 1/2", "INFO"), ("slow step", "WARN")]
     assert store.logs(ok.id)[0].timestamp <= store.logs(ok.id)[1].timestamp
     failure = store.get(bad.id).failure  # type: ignore[union-attr]
-    assert failure == Failure(422, {"detail": [{"loc": ["body", "video_url"]}]}, "bad", "video_decode_error",
-                              {"x-fal-error": "1"})
+    assert failure == Failure(
+        422, {"detail": [{"loc": ["body", "video_url"]}]}, "bad", "video_decode_error", {"x-fal-error": "1"}
+    )
     assert store.counts()["completed"] == 1 and store.counts()["failed"] == 1
 
 
@@ -204,8 +224,14 @@ def test_webhook_state_retries_and_retention(store: JobStore) -> None:
 
 def test_claim_only_for_the_models_a_worker_serves(store: JobStore) -> None:
     pose = add(store)
-    depth = store.add(app="fal-ai/wan-22-vace-fun-a14b", task="depth", model="wan-22-vace-fun-a14b",
-                      input={"prompt": "y"}, base_url="http://h", webhook_url=None)
+    depth = store.add(
+        app="fal-ai/wan-22-vace-fun-a14b",
+        task="depth",
+        model="wan-22-vace-fun-a14b",
+        input={"prompt": "y"},
+        base_url="http://h",
+        webhook_url=None,
+    )
     assert store.claim(models=[]) is None
     assert store.claim(models=["wan-22-vace-fun-a14b"]).id == depth.id  # type: ignore[union-attr]
     assert store.claim(models=["wan-22-vace-fun-a14b"]) is None
@@ -328,17 +354,23 @@ def test_sqlite_database_of_the_previous_release_opens_and_is_numbered(tmp_path:
     path = tmp_path / "jobs.sqlite3"
     with contextlib.closing(sqlite3.connect(path)) as db, db:
         db.executescript(PREVIOUS_SQLITE_SCHEMA)
-        db.execute("INSERT INTO jobs (id, app, task, model, input, base_url, webhook_url, status, created_at, attempts,"
-                   " started_at, priority, worker_id, lease_expires_at) VALUES ('running', 'fal-ai/wan-vace-14b',"
-                   " 'pose', 'wan-vace-14b', '{\"prompt\": \"old\"}', 'http://h', 'http://hook', 'IN_PROGRESS', 1.0, 1,"
-                   " 2.0, 1, 'w0', 3.0)")
+        db.execute(
+            "INSERT INTO jobs (id, app, task, model, input, base_url, webhook_url, status, created_at, attempts,"
+            " started_at, priority, worker_id, lease_expires_at) VALUES ('running', 'fal-ai/wan-vace-14b',"
+            " 'pose', 'wan-vace-14b', '{\"prompt\": \"old\"}', 'http://h', 'http://hook', 'IN_PROGRESS', 1.0, 1,"
+            " 2.0, 1, 'w0', 3.0)"
+        )
         db.execute("INSERT INTO logs (job_id, timestamp, level, message) VALUES ('running', 2.0, 'INFO', 'step 1/2')")
     store = SqliteJobStore(path)
     try:
         assert sqlite_versions(path) == list(range(1, SCHEMA_VERSION + 1))
         old = store.get("running")
         assert old is not None and (old.input, old.priority, old.webhook_url, old.worker_id) == (
-            {"prompt": "old"}, "low", "http://hook", "w0")
+            {"prompt": "old"},
+            "low",
+            "http://hook",
+            "w0",
+        )
         assert [line.message for line in store.logs("running")] == ["step 1/2"]
         assert store.recover(max_attempts=2) == ["running"]
         assert store.claim(worker_id="w1", lease_s=30).id == "running"  # type: ignore[union-attr]
@@ -355,14 +387,16 @@ def test_sqlite_database_of_the_first_release_gains_what_it_lacks(tmp_path: Path
     """A file made before most columns, the logs and the workers existed gains them on open."""
     path = tmp_path / "jobs.sqlite3"
     with contextlib.closing(sqlite3.connect(path)) as db, db:
-        db.executescript("CREATE TABLE jobs (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL,"
-                         " app TEXT NOT NULL, task TEXT NOT NULL, model TEXT NOT NULL, input TEXT NOT NULL,"
-                         " base_url TEXT NOT NULL, webhook_url TEXT, webhook_state TEXT, status TEXT NOT NULL,"
-                         " outcome TEXT, attempts INTEGER NOT NULL DEFAULT 0, cancel_requested INTEGER NOT NULL"
-                         " DEFAULT 0, result TEXT, failure TEXT, created_at REAL NOT NULL, started_at REAL,"
-                         " finished_at REAL);"
-                         "INSERT INTO jobs (id, app, task, model, input, base_url, status, created_at)"
-                         " VALUES ('old', 'a', 'pose', 'm', '{}', 'http://h', 'IN_QUEUE', 1.0);")
+        db.executescript(
+            "CREATE TABLE jobs (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL,"
+            " app TEXT NOT NULL, task TEXT NOT NULL, model TEXT NOT NULL, input TEXT NOT NULL,"
+            " base_url TEXT NOT NULL, webhook_url TEXT, webhook_state TEXT, status TEXT NOT NULL,"
+            " outcome TEXT, attempts INTEGER NOT NULL DEFAULT 0, cancel_requested INTEGER NOT NULL"
+            " DEFAULT 0, result TEXT, failure TEXT, created_at REAL NOT NULL, started_at REAL,"
+            " finished_at REAL);"
+            "INSERT INTO jobs (id, app, task, model, input, base_url, status, created_at)"
+            " VALUES ('old', 'a', 'pose', 'm', '{}', 'http://h', 'IN_QUEUE', 1.0);"
+        )
     store = SqliteJobStore(path)
     try:
         assert store.get("old").priority == "normal"  # type: ignore[union-attr]  # the column's default
@@ -391,18 +425,23 @@ def test_both_engines_make_one_job_table(tmp_path: Path, pg_url: str) -> None:
     SqliteJobStore(tmp_path / "jobs.sqlite3").close()
     PostgresJobStore(pg_url).close()
     with contextlib.closing(sqlite3.connect(tmp_path / "jobs.sqlite3")) as db:
-        tables = [t for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'"
-                                           " AND name != 'sqlite_sequence'")]
+        tables = [
+            t
+            for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name != 'sqlite_sequence'")
+        ]
         in_sqlite = {t: [row[1] for row in db.execute(f"PRAGMA table_info({t})")] for t in tables}
     with psycopg.connect(pg_url) as conn:
-        rows = conn.execute("SELECT table_name, column_name FROM information_schema.columns WHERE table_schema ="
-                            " 'public' ORDER BY table_name, ordinal_position").fetchall()
+        rows = conn.execute(
+            "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema ="
+            " 'public' ORDER BY table_name, ordinal_position"
+        ).fetchall()
     in_postgres: dict[str, list[str]] = {}
     for table, column in rows:
         in_postgres.setdefault(table, []).append(column)
     assert in_sqlite == in_postgres
     assert set(in_sqlite["jobs"]) - {"webhook_state", "cancel_requested", "webhook_owner", "webhook_lease_until"} == {
-        f.name for f in fields(Job)}
+        f.name for f in fields(Job)
+    }
 
 
 def test_workers_signs_of_life(store: JobStore) -> None:
@@ -415,8 +454,15 @@ def test_workers_signs_of_life(store: JobStore) -> None:
 
 
 def add_for(store: JobStore, model: str, **options: object) -> Job:
-    return store.add(app="fal-ai/x", task="pose", model=model, input={"prompt": "x"}, base_url="http://h",
-                     webhook_url=None, **options)  # type: ignore[arg-type]
+    return store.add(
+        app="fal-ai/x",
+        task="pose",
+        model=model,
+        input={"prompt": "x"},
+        base_url="http://h",
+        webhook_url=None,
+        **options,
+    )  # type: ignore[arg-type]
 
 
 def test_a_worker_prefers_its_loaded_model_but_not_past_the_bound(store: JobStore) -> None:
@@ -514,14 +560,22 @@ def test_a_checkpoint_and_a_preview_replace_the_last_and_end_with_the_job(store:
     queued = store.get(job.id)
     assert queued is not None and queued.status == "IN_QUEUE"
     assert (queued.checkpoint_key, queued.checkpoint_step, queued.preview_key, queued.preview_step) == (
-        "t/c2", 2, "t/p2", 2)
+        "t/c2",
+        2,
+        "t/p2",
+        2,
+    )
     assert store.set_preview(job.id, "w1", "t/p3", 3) == (False, None)  # queued: nobody's
     claimed = store.claim(worker_id="w2", lease_s=30)
     assert claimed is not None and (claimed.checkpoint_key, claimed.checkpoint_step) == ("t/c2", 2)
     assert store.finish(job.id, result={"seed": 1}, worker_id="w2")
     ended = store.get(job.id)
-    assert ended is not None and (ended.checkpoint_key, ended.checkpoint_step, ended.preview_key,
-                                  ended.preview_step) == (None, None, None, None)
+    assert ended is not None and (
+        ended.checkpoint_key,
+        ended.checkpoint_step,
+        ended.preview_key,
+        ended.preview_step,
+    ) == (None, None, None, None)
 
 
 class Announcements:

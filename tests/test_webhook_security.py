@@ -175,8 +175,14 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
 
 def finished(store: Store, webhook_url: str) -> Job:
     """A job that has ended, its webhook due."""
-    job = store.add(app="fal-ai/wan-vace-14b", task="pose", model="wan-vace-14b", input={"prompt": "x"},
-                    base_url="http://h", webhook_url=webhook_url)
+    job = store.add(
+        app="fal-ai/wan-vace-14b",
+        task="pose",
+        model="wan-vace-14b",
+        input={"prompt": "x"},
+        base_url="http://h",
+        webhook_url=webhook_url,
+    )
     claimed = store.claim()
     assert claimed is not None and claimed.id == job.id
     store.finish(job.id, result={"seed": 1})
@@ -185,10 +191,21 @@ def finished(store: Store, webhook_url: str) -> Job:
 
 def node(store: Store, outcomes: list[str], *allow: str, **settings: Any) -> Webhooks:
     """A node's webhook sender that may deliver to ``allow`` (and nothing else on loopback)."""
-    options: dict[str, Any] = {"attempts": 1, "backoff_s": 0.05, "timeout_s": 5.0, "lease_s": 1.0,
-                               "concurrency": 16, **settings}
-    return Webhooks(store, WebhookSigner(new_signing_key(), b"secret"), JobContext(webhook_allow=allow),
-                    on_outcome=outcomes.append, **options)
+    options: dict[str, Any] = {
+        "attempts": 1,
+        "backoff_s": 0.05,
+        "timeout_s": 5.0,
+        "lease_s": 1.0,
+        "concurrency": 16,
+        **settings,
+    }
+    return Webhooks(
+        store,
+        WebhookSigner(new_signing_key(), b"secret"),
+        JobContext(webhook_allow=allow),
+        on_outcome=outcomes.append,
+        **options,
+    )
 
 
 async def until(predicate: Callable[[], bool], timeout_s: float, what: str) -> float:
@@ -201,6 +218,7 @@ async def until(predicate: Callable[[], bool], timeout_s: float, what: str) -> f
 
 
 # ------------------------------------------------------------------------------------------- webhook answers
+
 
 @pytest.mark.parametrize("status", [200, 503])
 def test_a_receivers_gzip_bomb_is_never_read(hostile: Hostile, tmp_path: Path, status: int) -> None:
@@ -291,8 +309,9 @@ def test_at_most_the_cap_of_deliveries_run_at_once(hostile: Hostile, tmp_path: P
     assert Settings.model_fields["webhook_concurrency"].default == 16
 
 
-def test_a_stalled_resolver_holds_up_only_its_own_deliveries(hostile: Hostile, tmp_path: Path,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_stalled_resolver_holds_up_only_its_own_deliveries(
+    hostile: Hostile, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Four deliveries whose host name never resolves (getaddrinfo cannot be interrupted) do not hold up a fifth,
     nor the store calls on the loop's executor (two threads here, as on a small machine); each of their attempts
     still ends within the timeout, the lookup included."""
@@ -310,8 +329,9 @@ def test_a_stalled_resolver_holds_up_only_its_own_deliveries(hostile: Hostile, t
     slow = [finished(store, f"http://stalled.test:{hostile.port}/hook") for _ in range(4)]
     outcomes: list[str] = []
     timeout_s = 1.0
-    sender = node(store, outcomes, f"127.0.0.1:{hostile.port}", "stalled.test", attempts=2, timeout_s=timeout_s,
-                  backoff_s=30.0)
+    sender = node(
+        store, outcomes, f"127.0.0.1:{hostile.port}", "stalled.test", attempts=2, timeout_s=timeout_s, backoff_s=30.0
+    )
 
     async def deliver() -> tuple[float, float]:
         asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(2))
@@ -356,8 +376,17 @@ def test_webhook_targets_have_their_own_allow_list(hostile: Hostile, tmp_path: P
     store = SqliteJobStore(tmp_path / "jobs.sqlite3")
     job = finished(store, hook)  # accepted by a node that allowed it; delivered by one that allows media only
     outcomes: list[str] = []
-    sender = Webhooks(store, WebhookSigner(new_signing_key(), b"secret"), media_only, attempts=1, backoff_s=0.05,
-                      timeout_s=5.0, lease_s=1.0, concurrency=4, on_outcome=outcomes.append)
+    sender = Webhooks(
+        store,
+        WebhookSigner(new_signing_key(), b"secret"),
+        media_only,
+        attempts=1,
+        backoff_s=0.05,
+        timeout_s=5.0,
+        lease_s=1.0,
+        concurrency=4,
+        on_outcome=outcomes.append,
+    )
 
     async def deliver() -> None:
         await sender.start()
@@ -374,6 +403,7 @@ def test_webhook_targets_have_their_own_allow_list(hostile: Hostile, tmp_path: P
 
 
 # ---------------------------------------------------------------------------------------------- downloads
+
 
 @pytest.mark.parametrize("encoding", ["gzip", "gzip, gzip", "x-gzip", "deflate", "deflate, gzip"])
 def test_a_compressed_download_is_counted_as_it_inflates(hostile: Hostile, tmp_path: Path, encoding: str) -> None:
@@ -401,8 +431,9 @@ def test_a_compressed_download_is_counted_as_it_inflates(hostile: Hostile, tmp_p
     assert "2097152-byte limit" in lora.value.msg
 
 
-def test_an_encoded_download_that_fits_is_decoded_and_an_unknown_coding_refused(hostile: Hostile,
-                                                                                tmp_path: Path) -> None:
+def test_an_encoded_download_that_fits_is_decoded_and_an_unknown_coding_refused(
+    hostile: Hostile, tmp_path: Path
+) -> None:
     ctx = JobContext(fetch_allow=("127.0.0.1",))
     for encoding in ("gzip", "deflate", "gzip, deflate", "identity"):
         url = f"{hostile.base}/media.txt?text=hello&encoding={quote(encoding)}"
@@ -412,16 +443,29 @@ def test_an_encoded_download_that_fits_is_decoded_and_an_unknown_coding_refused(
     assert exc.value.type == "file_download_error" and "br" in exc.value.msg
 
 
-def test_the_server_refuses_a_compressed_bomb_with_the_usual_422(server_weights: Path, hostile: Hostile,
-                                                                 tmp_path: Path) -> None:
-    config = Settings(weights_dir=server_weights, data_dir=tmp_path / "data", port=free_port(),
-                      fetch_allow=(f"127.0.0.1:{hostile.port}",), limits=Limits(max_download_bytes=MiB))
+def test_the_server_refuses_a_compressed_bomb_with_the_usual_422(
+    server_weights: Path, hostile: Hostile, tmp_path: Path
+) -> None:
+    config = Settings(
+        weights_dir=server_weights,
+        data_dir=tmp_path / "data",
+        port=free_port(),
+        fetch_allow=(f"127.0.0.1:{hostile.port}",),
+        limits=Limits(max_download_bytes=MiB),
+    )
     bomb("gzip, gzip")
     with ThreadServer(config) as server:
         started = time.monotonic()
-        answer = httpx.post(f"{server.url}/fal-ai/wan-vace-14b/pose", timeout=60, json={
-            "prompt": "x", "video_url": f"{hostile.base}/media?encoding={quote('gzip, gzip')}",
-            "num_frames": 17, "num_inference_steps": 2})
+        answer = httpx.post(
+            f"{server.url}/fal-ai/wan-vace-14b/pose",
+            timeout=60,
+            json={
+                "prompt": "x",
+                "video_url": f"{hostile.base}/media?encoding={quote('gzip, gzip')}",
+                "num_frames": 17,
+                "num_inference_steps": 2,
+            },
+        )
         assert time.monotonic() - started < 20
     assert answer.status_code == 422, answer.text
     detail = answer.json()["detail"][0]

@@ -49,8 +49,10 @@ def _diffusers_component(folder: Path, sharded: bool = False) -> None:
     if not sharded:
         _safetensors(folder / "diffusion_pytorch_model.safetensors", {"w": torch.randn(4, 4)})
         return
-    shards = {"diffusion_pytorch_model-00001-of-00002.safetensors": {"a.w": torch.randn(4, 4)},
-              "diffusion_pytorch_model-00002-of-00002.safetensors": {"b.w": torch.randn(8), "b.b": torch.randn(2)}}
+    shards = {
+        "diffusion_pytorch_model-00001-of-00002.safetensors": {"a.w": torch.randn(4, 4)},
+        "diffusion_pytorch_model-00002-of-00002.safetensors": {"b.w": torch.randn(8), "b.b": torch.randn(2)},
+    }
     for name, tensors in shards.items():
         _safetensors(folder / name, tensors)
     weight_map = {t: name for name, tensors in shards.items() for t in tensors}

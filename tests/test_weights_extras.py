@@ -76,8 +76,10 @@ FILES: dict[str, dict[str, bytes]] = {
     "dwpose": {"yolox_l.onnx": b"\x08\x07fake-yolox", "dw-ll_ucoco_384.onnx": b"\x08\x07fake-rtmpose"},
     "midas": {"dpt_hybrid-midas-501f0c75.pt": _torch_bytes(2)},
     "openpose": {"body_pose_model.pth": _torch_bytes(3)},
-    "depth_anything_v2": {"config.json": b'{"model_type": "depth_anything"}',
-                          "model.safetensors": _safetensors_bytes()},
+    "depth_anything_v2": {
+        "config.json": b'{"model_type": "depth_anything"}',
+        "model.safetensors": _safetensors_bytes(),
+    },
     "rife": {"flownet.pkl": FLOWNET},
     "film": {"film_net_fp32.pt": _film_bytes()},
 }
@@ -110,8 +112,15 @@ def test_manifest_extras():
     assert set(EXTRAS) == {"dwpose", "midas", "openpose", "depth_anything_v2", "rife", "film"}
     assert set(EXTRAS) <= set(ENTRIES)
     assert {k for keys in TASK_ANNOTATORS.values() for k in keys} | set(INTERPOLATORS) == set(EXTRAS)
-    assert DEFAULT_DOWNLOAD == ("wan-vace-14b", "wan-22-vace-fun-a14b", "dwpose", "midas", "rife", "film",
-                                "sam2.1-hiera-small")
+    assert DEFAULT_DOWNLOAD == (
+        "wan-vace-14b",
+        "wan-22-vace-fun-a14b",
+        "dwpose",
+        "midas",
+        "rife",
+        "film",
+        "sam2.1-hiera-small",
+    )
     assert set(MASK_TRACKERS) == {f"sam2.1-hiera-{size}" for size in ("tiny", "small", "base-plus", "large")}
     assert MASK_TRACKERS[DEFAULT_MASK_TRACKER].sources[0].repo_id == "facebook/sam2.1-hiera-small"
     assert all(k in ENTRIES for k in DEFAULT_DOWNLOAD)
@@ -352,14 +361,18 @@ def test_download_a_mask_tracker_takes_its_transformers_files_only(tmp_path, hub
     the folder checks as sound (the files here are a tiny model's, as transformers saves one)."""
     saved = build_tiny_tracker(tmp_path / "saved")
     files = {path.name: path.read_bytes() for path in saved.iterdir()}
-    hub.repos["facebook/sam2.1-hiera-small"] = {**files, "preprocessor_config.json": b"{}",
-                                                 "sam2.1_hiera_small.pt": b"the original checkpoint, not fetched",
-                                                 "README.md": b"# SAM 2.1"}
+    hub.repos["facebook/sam2.1-hiera-small"] = {
+        **files,
+        "preprocessor_config.json": b"{}",
+        "sam2.1_hiera_small.pt": b"the original checkpoint, not fetched",
+        "README.md": b"# SAM 2.1",
+    }
     wd = tmp_path / "w"
     dl.download([DEFAULT_MASK_TRACKER], wd)
     folder = wd / MASK_TRACKERS[DEFAULT_MASK_TRACKER].folder
     assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == sorted(
-        [*files, "preprocessor_config.json"])
+        [*files, "preprocessor_config.json"]
+    )
     report = check(wd, deep=True)
     assert report.entries[DEFAULT_MASK_TRACKER].status == "ok", report.render()
     assert report.mask_trackers()[DEFAULT_MASK_TRACKER] == "ok"

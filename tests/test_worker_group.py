@@ -51,26 +51,37 @@ def job(control_videos: dict[str, Path]) -> dict[str, Any]:
 
 
 def test_settings_refuse_a_group_that_cannot_form() -> None:
-    for settings, words in (({"parallel": "ulysses=2"}, "--parallel needs --devices"),
-                            ({"parallel": "cfg=2,ulysses=2", "devices": ["cpu", "cpu"]}, "needs 4 devices"),
-                            ({"parallel": "ulysses=2", "devices": ["cpu", "cuda:0"]}, "all of one kind"),
-                            ({"parallel": "ring=2", "devices": ["cpu", "cpu"]}, "ring attention needs CUDA")):
+    for settings, words in (
+        ({"parallel": "ulysses=2"}, "--parallel needs --devices"),
+        ({"parallel": "cfg=2,ulysses=2", "devices": ["cpu", "cpu"]}, "needs 4 devices"),
+        ({"parallel": "ulysses=2", "devices": ["cpu", "cuda:0"]}, "all of one kind"),
+        ({"parallel": "ring=2", "devices": ["cpu", "cpu"]}, "ring attention needs CUDA"),
+    ):
         with pytest.raises(ValueError, match=words):
             Settings(**settings)
 
 
 def test_a_group_serves_jobs_with_single_device_frames_and_recovers_from_a_lost_rank(
-        server_weights: Path, job: dict[str, Any], tmp_path: Path) -> None:
+    server_weights: Path, job: dict[str, Any], tmp_path: Path
+) -> None:
     with ThreadServer(Settings(weights_dir=server_weights, data_dir=tmp_path / "single", port=free_port())) as one:
         submitted = httpx.post(f"{one.url}{POSE}", json=job, timeout=30).json()["request_id"]
         single = frames_of(one, submitted)
     assert len(single) == 17
 
-    config = Settings(weights_dir=server_weights, data_dir=tmp_path / "group", port=free_port(), devices=["cpu", "cpu"],
-                      parallel="ulysses=2")
+    config = Settings(
+        weights_dir=server_weights,
+        data_dir=tmp_path / "group",
+        port=free_port(),
+        devices=["cpu", "cpu"],
+        parallel="ulysses=2",
+    )
     with ThreadServer(config) as server:
-        ready = wait_until(lambda: (r := httpx.get(f"{server.url}/ready", timeout=30).json())["workers"] and r, 30,
-                           "the worker's sign of life")
+        ready = wait_until(
+            lambda: (r := httpx.get(f"{server.url}/ready", timeout=30).json())["workers"] and r,
+            30,
+            "the worker's sign of life",
+        )
         assert [(w["devices"], w["parallel"]) for w in ready["workers"]] == [(["cpu", "cpu"], "ulysses=2")]
         metrics = httpx.get(f"{server.url}/metrics", timeout=30).text
         assert 'vace_group_devices{devices="cpu,cpu",parallel="ulysses=2"} 2.0' in metrics

@@ -45,8 +45,12 @@ def _frames(seed: int, n: int, width: int, height: int) -> list[np.ndarray]:
     """Noise-like frames from integer hashing: every pixel differs from its neighbours (a misplaced paste cannot
     match), and the same on every machine and NumPy version (no random generator stream involved)."""
     i, y, x, c = (a.astype(np.uint64) for a in np.ogrid[:n, :height, :width, :3])
-    v = (x * np.uint64(2654435761) + y * np.uint64(40503) + c * np.uint64(2246822519)
-         + (i + np.uint64(seed)) * np.uint64(3266489917))
+    v = (
+        x * np.uint64(2654435761)
+        + y * np.uint64(40503)
+        + c * np.uint64(2246822519)
+        + (i + np.uint64(seed)) * np.uint64(3266489917)
+    )
     v = (v ^ (v >> np.uint64(13))) * np.uint64(1274126177)
     return list(((v >> np.uint64(16)) % np.uint64(256)).astype(np.uint8))
 
@@ -56,27 +60,42 @@ def cases() -> list[Case]:
     16, one side, opposite sides, all four, ratios whose ``int()`` truncates, and masks hard and soft."""
     out = []
     for w, h, sides, ratio, keep in [
-        (32, 16, ["left", "right"], 0.25, 1), (32, 32, ["left", "right", "top", "bottom"], 0.25, 1),
-        (32, 32, ["top"], 0.5, 1), (37, 23, ["left", "bottom"], 0.3, 1), (41, 29, ["right"], 0.77, 1),
+        (32, 16, ["left", "right"], 0.25, 1),
+        (32, 32, ["left", "right", "top", "bottom"], 0.25, 1),
+        (32, 32, ["top"], 0.5, 1),
+        (37, 23, ["left", "bottom"], 0.3, 1),
+        (41, 29, ["right"], 0.77, 1),
         (30, 18, ["left", "right", "top", "bottom"], 1.0, 1),
-        (50, 30, ["left", "top"], 0.3, 16), (45, 27, ["right", "left", "bottom"], 0.2, 16),
-        (50, 30, ["left"], 0.3, 16), (40, 20, ["top", "bottom"], 0.25, 16),
+        (50, 30, ["left", "top"], 0.3, 16),
+        (45, 27, ["right", "left", "bottom"], 0.2, 16),
+        (50, 30, ["left"], 0.3, 16),
+        (40, 20, ["top", "bottom"], 0.25, 16),
     ]:
-        out.append(Case(f"outpaint {w}x{h} {'+'.join(sides)} {ratio:g} pad{keep}", "outpainting",
-                        {"sides": sides, "ratio": ratio, "keep_padding_ratio": keep}, _frames(len(out), 1, w, h)))
+        out.append(
+            Case(
+                f"outpaint {w}x{h} {'+'.join(sides)} {ratio:g} pad{keep}",
+                "outpainting",
+                {"sides": sides, "ratio": ratio, "keep_padding_ratio": keep},
+                _frames(len(out), 1, w, h),
+            )
+        )
     for w, h, soft in [(32, 16, False), (33, 21, False), (40, 24, True)]:
         mask = np.zeros((h, w), np.uint8)
         mask[h // 4 : 3 * h // 4, w // 3 : 2 * w // 3] = 255
         if soft:  # a feathered edge: every level from 0 to 255 somewhere
             mask = np.clip(np.abs(np.arange(w)[None, :] - w / 2) * -12 + 255, 0, 255).astype(np.uint8)
             mask = np.repeat(mask, h, axis=0)
-        out.append(Case(f"inpaint mask {w}x{h} {'soft' if soft else 'hard'}", "inpainting", {},
-                        _frames(len(out), 2, w, h), mask))
+        out.append(
+            Case(
+                f"inpaint mask {w}x{h} {'soft' if soft else 'hard'}", "inpainting", {}, _frames(len(out), 2, w, h), mask
+            )
+        )
     out.append(Case("frameref firstlastframe 40x24", "frameref", {"expand_num": 3}, _frames(len(out), 2, 40, 24)))
     return out
 
 
 # --- VACE's side --------------------------------------------------------------------------------------------------
+
 
 def load_annotators(vace_root: Path) -> types.ModuleType:
     """VACE's annotator modules as a package of their own, without running ``vace/annotators/__init__.py``."""
@@ -97,21 +116,25 @@ def run_vace(annotators: types.ModuleType, case: Case) -> tuple[list[np.ndarray]
     """VACE's conditioning frames and masks for ``case``, with its video configs (``video_preproccess.py``)."""
     if case.kind == "outpainting":
         anno = annotators.outpainting.OutpaintingVideoAnnotator(
-            {"RETURN_MASK": True, "KEEP_PADDING_RATIO": case.params["keep_padding_ratio"], "MASK_COLOR": "gray"})
-        out = anno.forward(case.frames, expand_ratio=case.params["ratio"],
-                           direction=[VACE_SIDES[s] for s in case.params["sides"]])
+            {"RETURN_MASK": True, "KEEP_PADDING_RATIO": case.params["keep_padding_ratio"], "MASK_COLOR": "gray"}
+        )
+        out = anno.forward(
+            case.frames, expand_ratio=case.params["ratio"], direction=[VACE_SIDES[s] for s in case.params["sides"]]
+        )
         return out["frames"], out["masks"]
     if case.kind == "inpainting":
         anno = annotators.inpainting.InpaintingVideoAnnotator({"MODE": "mask"})
         out = anno.forward(frames=case.frames, mask=case.mask, mode="mask")
         return out["frames"], out["masks"]
     anno = annotators.frameref.FrameRefExpandAnnotator({"MODE": "firstlastframe"})
-    out = anno.forward(image=case.frames[0], image_2=case.frames[1], mode="firstlastframe",
-                       expand_num=case.params["expand_num"])
+    out = anno.forward(
+        image=case.frames[0], image_2=case.frames[1], mode="firstlastframe", expand_num=case.params["expand_num"]
+    )
     return out["frames"], out["masks"]
 
 
 # --- ours ---------------------------------------------------------------------------------------------------------
+
 
 def _ceil(x: int, multiple: int) -> int:
     return -(-x // multiple) * multiple
@@ -131,15 +154,20 @@ def run_ours(case: Case) -> tuple[list[np.ndarray], list[np.ndarray]]:
         frames, masks = case.frames, fit_masks([case.mask] * len(case.frames), (width, height), width, height)
     else:
         n = case.params["expand_num"] + 2
-        cond = build_conditioning(grey_frames(n, width, height), width, height,
-                                  first_frame=Image.fromarray(case.frames[0]),
-                                  last_frame=Image.fromarray(case.frames[1]))
+        cond = build_conditioning(
+            grey_frames(n, width, height),
+            width,
+            height,
+            first_frame=Image.fromarray(case.frames[0]),
+            last_frame=Image.fromarray(case.frames[1]),
+        )
         return [np.asarray(v) for v in cond.video], [np.asarray(m) for m in cond.mask]
     cond = build_conditioning(frames, width, height, masks=masks)
     return [np.asarray(v) for v in cond.video], [np.asarray(m) for m in cond.mask]
 
 
 # --- the comparison -----------------------------------------------------------------------------------------------
+
 
 def expected_difference(case: Case, vace_masks: list[np.ndarray]) -> str | None:
     """Why ours may differ from VACE's output for ``case`` (None: it must be equal), checked by ``compare``."""
@@ -151,15 +179,17 @@ def expected_difference(case: Case, vace_masks: list[np.ndarray]) -> str | None:
         exp = expansion(case.frames[0].shape[1], case.frames[0].shape[0], case.params["sides"], case.params["ratio"])
         height, width = vace_masks[0].shape
         unchosen = (width > exp.canvas_w and exp.left + exp.right == 0) or (
-            height > exp.canvas_h and exp.top + exp.bottom == 0)
+            height > exp.canvas_h and exp.top + exp.bottom == 0
+        )
         if unchosen:
             return "unchosen"  # VACE puts the rounding on the right/bottom, grey yet marked keep; ours centres it
     return None
 
 
-def compare(case: Case, ours: tuple[list[np.ndarray], list[np.ndarray]],
-            vace: tuple[list[np.ndarray], list[np.ndarray]]) -> str:
-    """"equal", or the documented difference when it is exactly that; raises AssertionError otherwise."""
+def compare(
+    case: Case, ours: tuple[list[np.ndarray], list[np.ndarray]], vace: tuple[list[np.ndarray], list[np.ndarray]]
+) -> str:
+    """ "equal", or the documented difference when it is exactly that; raises AssertionError otherwise."""
     (our_frames, our_masks), (vace_frames, vace_masks) = ours, vace
     assert len(our_frames) == len(vace_frames) and len(our_masks) == len(vace_masks), case.name
     why = expected_difference(case, vace_masks)
@@ -199,8 +229,10 @@ def compare(case: Case, ours: tuple[list[np.ndarray], list[np.ndarray]],
     assert (ours_v[:, rest] == GREY).all() and (ours_m[:, rest] == 255).all(), f"{case.name}: our rounding"
     # VACE: grey pixels there, under its keep rectangle stretched over them (the mask as in the source's last line)
     assert (vace_v[:, height:] == GREY).all() and (vace_m[:, height:] == vace_m[:, height - 1 : height]).all()
-    return (f"differs as documented: the {extra} rounding {'rows' if vertical else 'columns'} of the unchosen axis "
-            "are split around the source and generated here, after it and kept (grey) in VACE")
+    return (
+        f"differs as documented: the {extra} rounding {'rows' if vertical else 'columns'} of the unchosen axis "
+        "are split around the source and generated here, after it and kept (grey) in VACE"
+    )
 
 
 def save(path: Path, results: list[tuple[Case, tuple[list[np.ndarray], list[np.ndarray]]]]) -> None:

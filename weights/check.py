@@ -221,8 +221,11 @@ class _Checker:
             owner = None
             if os.path.isfile(os.path.join(real_dir, RECORD_FILE)):
                 owner = real_dir
-            elif (real_dir != self.top and os.path.dirname(real_dir) != real_dir
-                  and os.path.commonpath([real_dir, self.top]) == self.top):
+            elif (
+                real_dir != self.top
+                and os.path.dirname(real_dir) != real_dir
+                and os.path.commonpath([real_dir, self.top]) == self.top
+            ):
                 owner = self._owner(os.path.dirname(real_dir))
             self._owners[real_dir] = owner
         return self._owners[real_dir]

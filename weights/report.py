@@ -123,8 +123,10 @@ class CheckReport:
             lines.append("Interpolators: " + ", ".join(f"{k} {s}" for k, s in interpolators.items()))
             lines += [f"  {k}: {note}" for k in interpolators for note in self.entries[k].notes]
         if trackers := self.mask_trackers():
-            lines.append(f"Mask trackers (for mask_image_url; the default is {DEFAULT_MASK_TRACKER}): "
-                         + ", ".join(f"{k} {s}" for k, s in trackers.items()))
+            lines.append(
+                f"Mask trackers (for mask_image_url; the default is {DEFAULT_MASK_TRACKER}): "
+                + ", ".join(f"{k} {s}" for k, s in trackers.items())
+            )
         if auxiliary := self.auxiliary():
             lines.append("Optional stages: " + ", ".join(f"{k} {s}" for k, s in auxiliary.items()))
         return "\n".join(lines)

@@ -83,8 +83,16 @@ def run_group_phase(settings: Settings, phase: Phase, emit: Emit) -> None:
         manager.get(phase.model)
         emit({"type": "load", "what": f"{phase.title()} (rank 0)", "seconds": time.perf_counter() - started})
         peaks = DevicePeaks(devices)
-        bench_config(settings, phase, group_runner(manager, group, phase.model, peaks), manager.attention, ["none"],
-                     conds, emit, note_of=peaks.note)
+        bench_config(
+            settings,
+            phase,
+            group_runner(manager, group, phase.model, peaks),
+            manager.attention,
+            ["none"],
+            conds,
+            emit,
+            note_of=peaks.note,
+        )
     except Exception as exc:  # noqa: BLE001 - one configuration failing must not stop the matrix
         row = Row(MODEL_NAMES[phase.model], "-", f"ours, {phase.parallel}", phase.attention, phase.memory_label())
         row.note = f"group failed, {short_error(exc)}"

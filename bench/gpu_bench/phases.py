@@ -136,8 +136,16 @@ def bench_config(
         measure(row, runner, conds[job], job_input(settings.steps, accel, JOBS[job][2]), job, device, emit, note_of)
 
 
-def measure(row: Row, runner: Runner, cond: Conditioning, inp: VaceInput, job: str, device: torch.device,
-            emit: Emit, note_of: Callable[[], str] | None = None) -> None:
+def measure(
+    row: Row,
+    runner: Runner,
+    cond: Conditioning,
+    inp: VaceInput,
+    job: str,
+    device: torch.device,
+    emit: Emit,
+    note_of: Callable[[], str] | None = None,
+) -> None:
     """One pipeline call measured into ``row`` (a failure becomes its note; ``note_of`` adds to a success's),
     then emitted."""
     width, height, _frames = JOBS[job]
@@ -168,38 +176,57 @@ def distill_stand_ins(loaded: LoadedModel, folder: Path) -> list[JobLora]:
     experts = [("transformer",), ("transformer_2",)] if loaded.transformer_2 is not None else [("transformer",)]
     loras = []
     for index, expert in enumerate(experts):
-        path = write_lora(folder / f"distill-{index}.safetensors",
-                          lora_weights(getattr(loaded.pipe, expert[0]), seed=index, rank=DISTILL_RANK, std=0.01),
-                          rank=DISTILL_RANK)
+        path = write_lora(
+            folder / f"distill-{index}.safetensors",
+            lora_weights(getattr(loaded.pipe, expert[0]), seed=index, rank=DISTILL_RANK, std=0.01),
+            rank=DISTILL_RANK,
+        )
         loras.append(JobLora(index, path, sha256_file(path), 1.0, expert))
     return loras
 
 
-def bench_fast_path(settings: Settings, phase: Phase, loaded: LoadedModel, attention: str,
-                    conds: dict[str, Conditioning], emit: Emit) -> None:
+def bench_fast_path(
+    settings: Settings, phase: Phase, loaded: LoadedModel, attention: str, conds: dict[str, Conditioning], emit: Emit
+) -> None:
     """Seconds per job of the README's fast path (4 steps, guidance 1, unipc, shift 5, a distillation LoRA; here a
     random stand-in of the same rank and layers) against the default request (30 steps, guidance 5, the default
     step cache), each job whole with the models loaded. The LoRAs are put on first and stay on for the recipe's rows,
     as on a server that serves the recipe job after job; the default rows then run with them taken off."""
     device = torch.device(settings.device)
     default = VaceInput(prompt=PROMPT, video_url="-")
-    requests = [("fast path: 4 steps, guidance 1, distill LoRA", True, RECIPE),
-                (f"default request: {default.num_inference_steps} steps, guidance {default.guidance_scale:g}, "
-                 f"acceleration {default.acceleration}", False, {})]
+    requests = [
+        ("fast path: 4 steps, guidance 1, distill LoRA", True, RECIPE),
+        (
+            f"default request: {default.num_inference_steps} steps, guidance {default.guidance_scale:g}, "
+            f"acceleration {default.acceleration}",
+            False,
+            {},
+        ),
+    ]
     with tempfile.TemporaryDirectory() as folder:
         started = time.perf_counter()
         loras = distill_stand_ins(loaded, Path(folder))
         loaded.pipeline(make_scheduler("unipc", SHIFT), loras)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        emit({"type": "load", "what": f"{MODEL_NAMES[phase.model]}: making and loading the rank-{DISTILL_RANK} LoRA "
-              "stand-in(s)", "seconds": time.perf_counter() - started})
+        emit(
+            {
+                "type": "load",
+                "what": f"{MODEL_NAMES[phase.model]}: making and loading the rank-{DISTILL_RANK} LoRA stand-in(s)",
+                "seconds": time.perf_counter() - started,
+            }
+        )
         runs = []
         for label, with_loras, fields in requests:
             for job in settings.jobs:
                 inp = job_input(default.num_inference_steps, default.acceleration, JOBS[job][2], fields)
-                row = Row(MODEL_NAMES[phase.model], job_label(job, inp.num_inference_steps), f"ours, {label}",
-                          attention, phase.memory_label())
+                row = Row(
+                    MODEL_NAMES[phase.model],
+                    job_label(job, inp.num_inference_steps),
+                    f"ours, {label}",
+                    attention,
+                    phase.memory_label(),
+                )
                 runs.append((row, ours_runner(loaded, loras if with_loras else ()), inp, job))
         if settings.warmup:
             width, height, frames, steps = WARMUP

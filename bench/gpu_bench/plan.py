@@ -89,8 +89,9 @@ def attention_backends(device: torch.device, requested: list[str] | None) -> tup
     return default, [b for b in dict.fromkeys(candidates) if b != default]
 
 
-def plan_phases(model: str, parts: list[str], extra_backends: list[str], cuda: bool, budget_gib: float,
-                devices: int = 1) -> list[Phase]:
+def plan_phases(
+    model: str, parts: list[str], extra_backends: list[str], cuda: bool, budget_gib: float, devices: int = 1
+) -> list[Phase]:
     """One model's configurations for the requested ``parts``; the accelerations and the other attention backends
     share the ``full`` configuration's load (the backends are switched on the loaded transformers). ``devices``: how
     many GPUs the parallel rows may use (on CPU, two processes and no ring attention, which needs CUDA)."""
@@ -109,6 +110,11 @@ def plan_phases(model: str, parts: list[str], extra_backends: list[str], cuda: b
         phases.append(Phase(model, "ours", "full", fast_path=True))
     if "parallel" in parts:
         limit = devices if cuda else 2
-        phases += [Phase(model, "ours", "full", parallel=spec) for n, specs in PARALLEL_SPECS.items() if n <= limit
-                   for spec in specs if cuda or "ring" not in spec]
+        phases += [
+            Phase(model, "ours", "full", parallel=spec)
+            for n, specs in PARALLEL_SPECS.items()
+            if n <= limit
+            for spec in specs
+            if cuda or "ring" not in spec
+        ]
     return phases

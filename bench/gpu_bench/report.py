@@ -16,8 +16,17 @@ START, END = "<!-- bench/gpu.py start -->", "<!-- bench/gpu.py end -->"
 DATA_PREFIX, DATA_SUFFIX = "<!-- bench/gpu.py data: ", " -->"
 
 COLUMNS = (
-    "model", "job", "pipeline", "attention", "memory",
-    "s/step", "end-to-end s", "peak GPU GiB", "peak RSS GiB", "cache reused", "note",
+    "model",
+    "job",
+    "pipeline",
+    "attention",
+    "memory",
+    "s/step",
+    "end-to-end s",
+    "peak GPU GiB",
+    "peak RSS GiB",
+    "cache reused",
+    "note",
 )
 
 
@@ -28,9 +37,17 @@ def _num(value: object, digits: int = 2) -> str:
 def row_cells(row: dict) -> list[str]:
     """A row (as stored in a block's data) in the order of ``COLUMNS``."""
     return [
-        str(row["model"]), str(row["job"]), str(row["pipeline"]), str(row["attention"]), str(row["memory"]),
-        _num(row["s_per_step"], 3), _num(row["e2e_s"]), _num(row["peak_gpu_gib"]), _num(row["peak_rss_gib"]),
-        str(row["reused"]), str(row["note"]),
+        str(row["model"]),
+        str(row["job"]),
+        str(row["pipeline"]),
+        str(row["attention"]),
+        str(row["memory"]),
+        _num(row["s_per_step"], 3),
+        _num(row["e2e_s"]),
+        _num(row["peak_gpu_gib"]),
+        _num(row["peak_rss_gib"]),
+        str(row["reused"]),
+        str(row["note"]),
     ]
 
 
@@ -80,7 +97,8 @@ def notes(data: dict) -> list[str]:
             "nothing about GPU speed or memory."
         ]
     out.append(
-        "Each configuration was warmed up with one 2-step 320x192x5 call." if data.get("warmup", True)
+        "Each configuration was warmed up with one 2-step 320x192x5 call."
+        if data.get("warmup", True)
         else "No warm-up call: the first row of each configuration includes first-call costs."
     )
     if data["kind"] == "cuda":

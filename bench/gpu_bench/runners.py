@@ -25,8 +25,9 @@ from .plan import PROMPT, SEED, SHIFT
 Runner = Callable[[Conditioning, VaceInput, int, int, Callable[[], None]], StepCacheController | None]
 
 
-def job_input(steps: int, acceleration: str | None, num_frames: int, fields: Mapping[str, object] | None = None
-              ) -> VaceInput:
+def job_input(
+    steps: int, acceleration: str | None, num_frames: int, fields: Mapping[str, object] | None = None
+) -> VaceInput:
     """The request fields ``denoise()`` reads; everything else keeps the fal schema's defaults (CFG 5, unipc) unless
     ``fields`` sets it (they win over the arguments too)."""
     request: dict[str, object] = {

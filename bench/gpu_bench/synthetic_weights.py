@@ -31,9 +31,22 @@ WEIGHTS_FORMAT = 1
 # Wan2.1 VACE 14B's transformer (also each expert of Wan2.2 VACE-Fun A14B): 17.3 B parameters; UMT5-XXL's encoder:
 # 5.7 B (the stand-in tokenizer's ids all fall inside its vocabulary); the Wan VAE.
 REAL = tiny.WanSize(
-    vocab_size=256384, text_dim=4096, text_kv=64, text_ff=10240, text_layers=24, text_heads=64, text_buckets=32,
-    text_max_distance=128, heads=40, head_dim=128, ffn_dim=13824, layers=40, vace_layers=(0, 5, 10, 15, 20, 25, 30, 35),
-    vae_base_dim=96, vae_dim_mult=(1, 2, 4, 4), vae_res_blocks=2,
+    vocab_size=256384,
+    text_dim=4096,
+    text_kv=64,
+    text_ff=10240,
+    text_layers=24,
+    text_heads=64,
+    text_buckets=32,
+    text_max_distance=128,
+    heads=40,
+    head_dim=128,
+    ffn_dim=13824,
+    layers=40,
+    vace_layers=(0, 5, 10, 15, 20, 25, 30, 35),
+    vae_base_dim=96,
+    vae_dim_mult=(1, 2, 4, 4),
+    vae_res_blocks=2,
 )
 
 

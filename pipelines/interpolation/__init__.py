@@ -151,8 +151,23 @@ def load_interpolator(
     if kind == "rife":
         dtype = torch.float16 if device.type == "cuda" else torch.float32
         rife = load_rife(path).to(device=device, dtype=dtype)
-        return FrameInterpolator(kind, rife, rife_frames_between, device=device, dtype=dtype,
-                                 pad_multiple=rife.config.pad_multiple, batch_size=size)
+        return FrameInterpolator(
+            kind,
+            rife,
+            rife_frames_between,
+            device=device,
+            dtype=dtype,
+            pad_multiple=rife.config.pad_multiple,
+            batch_size=size,
+        )
     film = load_film(path).to(device=device, dtype=torch.float32)
-    return FrameInterpolator(kind, film, film_frames_between, device=device, dtype=torch.float32,
-                             pad_multiple=FILM_PAD_MULTIPLE, batch_size=size, pad_centred=True)
+    return FrameInterpolator(
+        kind,
+        film,
+        film_frames_between,
+        device=device,
+        dtype=torch.float32,
+        pad_multiple=FILM_PAD_MULTIPLE,
+        batch_size=size,
+        pad_centred=True,
+    )

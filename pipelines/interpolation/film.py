@@ -154,7 +154,9 @@ def _layout(path: Path, net: torch.jit.ScriptModule) -> FilmLayout:
     with torch.inference_mode(), torch.jit.optimized_execution(False), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a failing probe may warn about the broadcast first
         probes: tuple[tuple[FilmLayout, Tensor], ...] = (
-            ("v1.0.2", torch.tensor([[0.25], [0.75]])), ("v1.0.1", torch.full((1, 1), 0.5)))
+            ("v1.0.2", torch.tensor([[0.25], [0.75]])),
+            ("v1.0.1", torch.full((1, 1), 0.5)),
+        )
         for layout, dt in probes:
             try:
                 if net(probe, probe, dt).shape == probe.shape:

@@ -57,7 +57,7 @@ class IFNetConfig:
     @property
     def scales(self) -> tuple[int, ...]:
         """Downscale of each block, coarse to fine (16, 8, 4, 2, 1 for five blocks)."""
-        return tuple(2 ** i for i in reversed(range(len(self.block_widths))))
+        return tuple(2**i for i in reversed(range(len(self.block_widths))))
 
     @property
     def pad_multiple(self) -> int:

@@ -202,11 +202,15 @@ class _Fusion(nn.Module):
         cin = _aligned_channels(FUSION_LEVELS - 1, filters)
         for i in reversed(range(FUSION_LEVELS - 1)):
             width = filters << min(i, SPECIALIZED_LEVELS)
-            levels.append(nn.ModuleList([
-                _output_conv(cin, width, 2, layout),
-                _Conv(_aligned_channels(i, filters) + width, width, 3),
-                _Conv(width, width, 3),
-            ]))
+            levels.append(
+                nn.ModuleList(
+                    [
+                        _output_conv(cin, width, 2, layout),
+                        _Conv(_aligned_channels(i, filters) + width, width, 3),
+                        _Conv(width, width, 3),
+                    ]
+                )
+            )
             cin = width
         self.convs = nn.ModuleList(levels)
         self.output_conv = nn.Conv2d(filters, 3, 1)

@@ -22,8 +22,9 @@ RANK = 4
 TINY_LORAS = {"tiny-wan21": 1, "tiny-wan22": 2}
 
 
-def lora_weights(transformer: torch.nn.Module, seed: int, rank: int = RANK,
-                 std: float = 0.3) -> dict[str, torch.Tensor]:
+def lora_weights(
+    transformer: torch.nn.Module, seed: int, rank: int = RANK, std: float = 0.3
+) -> dict[str, torch.Tensor]:
     """Random LoRA factors for every linear layer of ``transformer``'s blocks, keyed without the ``transformer.``
     prefix (as ``save_lora_weights`` takes them)."""
     generator = torch.Generator().manual_seed(seed)
@@ -39,7 +40,9 @@ def write_lora(path: Path, weights: dict[str, torch.Tensor], rank: int = RANK) -
     """Save ``weights`` as a diffusers LoRA file with its adapter metadata (rank, alpha, target modules)."""
     targets = sorted({key.rsplit(".lora_", 1)[0] for key in weights})
     WanVACEPipeline.save_lora_weights(
-        path.parent, transformer_lora_layers=weights, weight_name=path.name,
+        path.parent,
+        transformer_lora_layers=weights,
+        weight_name=path.name,
         transformer_lora_adapter_metadata={"r": rank, "lora_alpha": rank, "target_modules": targets},
     )
     return path

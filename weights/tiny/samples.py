@@ -18,8 +18,19 @@ from pipelines.encode import encode_video
 # OpenPose-18 limbs (pairs of keypoint indices) and their colours, as the pose annotators draw them.
 LIMBS = [(1, 2), (1, 5), (2, 3), (3, 4), (5, 6), (6, 7), (1, 8), (8, 9), (9, 10), (1, 11), (11, 12), (12, 13), (1, 0)]
 COLOURS = [
-    (255, 0, 0), (255, 85, 0), (255, 170, 0), (255, 255, 0), (170, 255, 0), (85, 255, 0), (0, 255, 0),
-    (0, 255, 85), (0, 255, 170), (0, 255, 255), (0, 170, 255), (0, 85, 255), (0, 0, 255),
+    (255, 0, 0),
+    (255, 85, 0),
+    (255, 170, 0),
+    (255, 255, 0),
+    (170, 255, 0),
+    (85, 255, 0),
+    (0, 255, 0),
+    (0, 255, 85),
+    (0, 255, 170),
+    (0, 255, 255),
+    (0, 170, 255),
+    (0, 85, 255),
+    (0, 0, 255),
 ]
 
 
@@ -29,11 +40,20 @@ def _skeleton(t: float, width: int, height: int) -> dict[int, tuple[int, int]]:
     s = height / 10
     swing = math.sin(t * 2 * math.pi)
     base = {
-        0: (0, -4.2), 1: (0, -3.4), 2: (-0.6, -3.3), 5: (0.6, -3.3), 8: (-0.35, -1.0), 11: (0.35, -1.0),
-        3: (-0.7 + 0.4 * swing, -2.3), 4: (-0.6 + 0.7 * swing, -1.4),
-        6: (0.7 - 0.4 * swing, -2.3), 7: (0.6 - 0.7 * swing, -1.4),
-        9: (-0.35 + 0.5 * swing, 0.6), 10: (-0.35 + 0.9 * swing, 2.2),
-        12: (0.35 - 0.5 * swing, 0.6), 13: (0.35 - 0.9 * swing, 2.2),
+        0: (0, -4.2),
+        1: (0, -3.4),
+        2: (-0.6, -3.3),
+        5: (0.6, -3.3),
+        8: (-0.35, -1.0),
+        11: (0.35, -1.0),
+        3: (-0.7 + 0.4 * swing, -2.3),
+        4: (-0.6 + 0.7 * swing, -1.4),
+        6: (0.7 - 0.4 * swing, -2.3),
+        7: (0.6 - 0.7 * swing, -1.4),
+        9: (-0.35 + 0.5 * swing, 0.6),
+        10: (-0.35 + 0.9 * swing, 2.2),
+        12: (0.35 - 0.5 * swing, 0.6),
+        13: (0.35 - 0.9 * swing, 2.2),
     }
     return {k: (int(cx + x * s), int(height * 0.55 + y * s)) for k, (x, y) in base.items()}
 
@@ -95,8 +115,9 @@ def letterbox_frames(width: int, height: int, num_frames: int, fps: float) -> li
 SAMPLES = {"pose": pose_frames, "depth": depth_frames, "mask": mask_frames, "letterbox": letterbox_frames}
 
 
-def write_sample(kind: str, path: Path, width: int = 416, height: int = 240, num_frames: int = 33,
-                 fps: float = 16) -> Path:
+def write_sample(
+    kind: str, path: Path, width: int = 416, height: int = 240, num_frames: int = 33, fps: float = 16
+) -> Path:
     """Write the synthetic video ``kind`` (a key of ``SAMPLES``) to ``path``."""
     encode_video(SAMPLES[kind](width, height, num_frames, fps), path, fps, quality="maximum")
     return path

@@ -27,13 +27,25 @@ MEMORY = 64  # the width the memory attention's cross-attention is built for
 HIERA: dict[str, dict[str, Any]] = {
     "tiny": {"blocks_per_stage": [1, 2, 7, 2], "global_attention_blocks": [5, 7, 9]},
     "small": {"blocks_per_stage": [1, 2, 11, 2], "global_attention_blocks": [7, 10, 13]},
-    "base-plus": {"hidden_size": 112, "num_attention_heads": 2, "blocks_per_stage": [2, 3, 16, 3],
-                  "embed_dim_per_stage": [112, 224, 448, 896], "num_attention_heads_per_stage": [2, 4, 8, 16],
-                  "global_attention_blocks": [12, 16, 20], "window_positional_embedding_background_size": [14, 14]},
-    "large": {"hidden_size": 144, "num_attention_heads": 2, "blocks_per_stage": [2, 6, 36, 4],
-              "embed_dim_per_stage": [144, 288, 576, 1152], "num_attention_heads_per_stage": [2, 4, 8, 16],
-              "global_attention_blocks": [23, 33, 43], "window_positional_embedding_background_size": [7, 7],
-              "window_size_per_stage": [8, 4, 16, 8]},
+    "base-plus": {
+        "hidden_size": 112,
+        "num_attention_heads": 2,
+        "blocks_per_stage": [2, 3, 16, 3],
+        "embed_dim_per_stage": [112, 224, 448, 896],
+        "num_attention_heads_per_stage": [2, 4, 8, 16],
+        "global_attention_blocks": [12, 16, 20],
+        "window_positional_embedding_background_size": [14, 14],
+    },
+    "large": {
+        "hidden_size": 144,
+        "num_attention_heads": 2,
+        "blocks_per_stage": [2, 6, 36, 4],
+        "embed_dim_per_stage": [144, 288, 576, 1152],
+        "num_attention_heads_per_stage": [2, 4, 8, 16],
+        "global_attention_blocks": [23, 33, 43],
+        "window_positional_embedding_background_size": [7, 7],
+        "window_size_per_stage": [8, 4, 16, 8],
+    },
 }
 
 
@@ -48,28 +60,49 @@ def real_config(size: str) -> Sam2VideoConfig:
 def tiny_config() -> Sam2VideoConfig:
     """SAM2's structure at a 64x64 input and small widths: about a million parameters."""
     size = TINY_SIZE
-    backbone = {"model_type": "sam2_hiera_det_model", "hidden_size": 8, "num_attention_heads": 1,
-                "image_size": [size, size], "blocks_per_stage": [1, 1, 2, 1], "embed_dim_per_stage": [8, 16, 32, 64],
-                "num_attention_heads_per_stage": [1, 1, 1, 1], "window_size_per_stage": [4, 4, 2, 2],
-                "global_attention_blocks": [3], "window_positional_embedding_background_size": [2, 2]}
+    backbone = {
+        "model_type": "sam2_hiera_det_model",
+        "hidden_size": 8,
+        "num_attention_heads": 1,
+        "image_size": [size, size],
+        "blocks_per_stage": [1, 1, 2, 1],
+        "embed_dim_per_stage": [8, 16, 32, 64],
+        "num_attention_heads_per_stage": [1, 1, 1, 1],
+        "window_size_per_stage": [4, 4, 2, 2],
+        "global_attention_blocks": [3],
+        "window_positional_embedding_background_size": [2, 2],
+    }
     features = [[size // 4, size // 4], [size // 8, size // 8], [size // 16, size // 16]]
     return Sam2VideoConfig(
-        vision_config={"backbone_config": backbone, "backbone_channel_list": [64, 32, 16, 8],
-                       "backbone_feature_sizes": features, "fpn_hidden_size": HIDDEN},
+        vision_config={
+            "backbone_config": backbone,
+            "backbone_channel_list": [64, 32, 16, 8],
+            "backbone_feature_sizes": features,
+            "fpn_hidden_size": HIDDEN,
+        },
         prompt_encoder_config={"hidden_size": HIDDEN, "image_size": size, "patch_size": 16},
-        mask_decoder_config={"hidden_size": HIDDEN, "mlp_dim": 64, "num_attention_heads": 2,
-                             "iou_head_hidden_dim": 32},
-        image_size=size, memory_attention_hidden_size=HIDDEN, memory_attention_num_layers=1,
-        memory_attention_feed_forward_hidden_size=64, memory_attention_rope_feat_sizes=features[-1],
-        memory_encoder_hidden_size=HIDDEN, memory_encoder_output_channels=MEMORY, mask_downsampler_embed_dim=HIDDEN,
-        memory_fuser_num_layers=1, memory_fuser_embed_dim=HIDDEN, memory_fuser_intermediate_dim=64,
+        mask_decoder_config={"hidden_size": HIDDEN, "mlp_dim": 64, "num_attention_heads": 2, "iou_head_hidden_dim": 32},
+        image_size=size,
+        memory_attention_hidden_size=HIDDEN,
+        memory_attention_num_layers=1,
+        memory_attention_feed_forward_hidden_size=64,
+        memory_attention_rope_feat_sizes=features[-1],
+        memory_encoder_hidden_size=HIDDEN,
+        memory_encoder_output_channels=MEMORY,
+        mask_downsampler_embed_dim=HIDDEN,
+        memory_fuser_num_layers=1,
+        memory_fuser_embed_dim=HIDDEN,
+        memory_fuser_intermediate_dim=64,
     )
 
 
 def processor_for(size: int) -> Sam2VideoProcessor:
     """SAM2's processor (ImageNet normalisation, frames resized to ``size`` squared, mask logits at a quarter)."""
-    return Sam2VideoProcessor(Sam2ImageProcessor(size={"longest_edge": size}, mask_size={"longest_edge": size // 4}),
-                              Sam2VideoVideoProcessor(size={"height": size, "width": size}), target_size=size)
+    return Sam2VideoProcessor(
+        Sam2ImageProcessor(size={"longest_edge": size}, mask_size={"longest_edge": size // 4}),
+        Sam2VideoVideoProcessor(size={"height": size, "width": size}),
+        target_size=size,
+    )
 
 
 def build_tiny_tracker(folder: Path, seed: int = 0) -> Path:

@@ -45,9 +45,22 @@ class WanSize:
 
 
 TINY = WanSize(
-    vocab_size=None, text_dim=32, text_kv=8, text_ff=64, text_layers=2, text_heads=4, text_buckets=8,
-    text_max_distance=16, heads=2, head_dim=12, ffn_dim=32, layers=3, vace_layers=(0, 2),
-    vae_base_dim=3, vae_dim_mult=(1, 1, 1, 1), vae_res_blocks=1,
+    vocab_size=None,
+    text_dim=32,
+    text_kv=8,
+    text_ff=64,
+    text_layers=2,
+    text_heads=4,
+    text_buckets=8,
+    text_max_distance=16,
+    heads=2,
+    head_dim=12,
+    ffn_dim=32,
+    layers=3,
+    vace_layers=(0, 2),
+    vae_base_dim=3,
+    vae_dim_mult=(1, 1, 1, 1),
+    vae_res_blocks=1,
 )
 
 # A small English vocabulary, so that different prompts give different embeddings.
