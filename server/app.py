@@ -29,7 +29,7 @@ from pipelines.registry import APPS, ENDPOINT_IDS, ENDPOINT_TASKS
 
 from . import preview, routes, service, uploads
 from .auth import Auth
-from .backends import intermediates, job_context, open_files, open_store, resolve_devices
+from .backends import job_context, open_files, open_store, resolve_devices
 from .config import Settings
 from .connections import raise_open_file_limit, uvicorn_config
 from .events import Changes
@@ -45,7 +45,7 @@ from .signing import WebhookSigner
 from .tls import certificate_names, client_hostport, ensure_certificate, fal_client_env
 from .upkeep import Upkeep
 from .webhooks import Webhooks
-from .worker import WorkerPool, Workers, clear_work_dir
+from .worker import Intermediates, WorkerPool, Workers, clear_work_dir
 
 if TYPE_CHECKING:  # see Node._workers
     from pipelines.loading import ModelManager
@@ -124,7 +124,7 @@ class Node:
                 models=config.models,
                 switch_after_s=config.switch_after_s,
                 group=group,
-                intermediates=intermediates(config),
+                intermediates=Intermediates.of(config),
             )
         else:  # the managers stay here to check requests; each worker process loads its own
             from .worker_process import WorkerProcesses  # the model stack: only a node that runs workers

@@ -13,7 +13,6 @@ from pipelines.context import JobContext
 from .config import Settings
 from .files import FileStore, LocalFileStore
 from .jobs import JobStore, SqliteJobStore
-from .worker import Intermediates
 
 
 def resolve_devices(names: tuple[str, ...]) -> list[torch.device]:
@@ -65,13 +64,4 @@ def job_context(config: Settings, files: FileStore) -> JobContext:
         local_files=files.fetch,
         local_paths=False,
         lora_cache=config.lora_cache(),
-    )
-
-
-def intermediates(config: Settings) -> Intermediates:
-    """How often this node's jobs write checkpoints and live previews."""
-    return Intermediates(
-        checkpoint_every_steps=config.checkpoint_every_steps,
-        checkpoint_every_s=config.checkpoint_every_s,
-        preview_every_steps=config.preview_every_steps,
     )

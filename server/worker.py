@@ -47,6 +47,7 @@ from pipelines.manifest import MODELS
 from pipelines.registry import endpoint_task, input_model
 from pipelines.schema import JobInput
 
+from .config import Settings
 from .failures import failure_of
 from .files import FileStore, private_dir
 from .jobs import Failure, Job, JobStore
@@ -73,6 +74,11 @@ class Intermediates:
     checkpoint_every_steps: int = 5
     checkpoint_every_s: float = 300.0
     preview_every_steps: int = 1
+
+    @classmethod
+    def of(cls, config: Settings) -> Intermediates:
+        """This node's: from its settings."""
+        return cls(config.checkpoint_every_steps, config.checkpoint_every_s, config.preview_every_steps)
 
 
 @dataclass(frozen=True)

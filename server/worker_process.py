@@ -43,11 +43,11 @@ from typing import Any
 from pipelines.loading import ModelManager
 from pipelines.parallel import ParallelSpec
 
-from .backends import intermediates, job_context, open_files, open_store
+from .backends import job_context, open_files, open_store
 from .config import Settings
 from .jobs import Change, JobStore
 from .metrics import Metrics
-from .worker import WorkerPool
+from .worker import Intermediates, WorkerPool
 from .worker_group import WorkerGroup
 
 log = logging.getLogger(__name__)
@@ -299,7 +299,7 @@ def main(fd: int) -> None:
         models=config.models,
         switch_after_s=config.switch_after_s,
         group=group,
-        intermediates=intermediates(config),
+        intermediates=Intermediates.of(config),
     )
     if not config.shared_store:  # a fleet's store reaches the node by itself
         store.announce_to(relay)
