@@ -112,7 +112,7 @@ def served_metric_names(tmp_path: Path) -> set[str]:
     """The sample names a node's /metrics renders (its real registry over a real, empty store)."""
     store = SqliteJobStore(tmp_path / "jobs.sqlite3")
     try:
-        text = Metrics(store, []).render().decode()
+        text = Metrics(store).render().decode()
     finally:
         store.close()
     return {sample.name for family in text_string_to_metric_families(text) for sample in family.samples}
