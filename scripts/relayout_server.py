@@ -21,8 +21,8 @@ relative where it stays inside its top package; ``from server import OLD`` split
 ``server.OLD`` dotted name and ``server/OLD.py`` path in prose (the docs, the README, deploy files, and the strings
 and comments of Python files, such as ``python -m server.worker_process``) becomes the new one, but never a name in
 code, where ``server.files`` may be an attribute of a variable; each new package gets an ``__init__.py`` that says
-what its layer is; ``ruff`` puts the rewritten imports in order, where it is installed; and the Python lines the
-longer names pushed past 120 characters are listed, to be rewrapped by hand. A move whose source is gone is done
+what its layer is; prose lines the longer names pushed past 120 characters are rewrapped; and ``ruff`` puts the
+rewritten imports in order and formats the rewritten files, where it is installed. A move whose source is gone is done
 already, so running the script again changes nothing. It refuses a tree with uncommitted changes, so its own
 changes can be reviewed as one diff.
 
@@ -106,6 +106,8 @@ FIXUPS: dict[str, tuple[str, str]] = {
 """Moved module -> (text, replacement) for its paths relative to its own file: the playground's ``static/`` stays
 in ``server/`` (package data of ``server``). A moved module that uses ``__file__`` and is not listed here stops
 the script, since its paths would break silently."""
+LINE_LENGTH = 120
+"""The code's line length (``pyproject.toml``'s ruff setting): prose that a longer name pushes past it is rewrapped."""
 TEXT_SUFFIXES = (".py", ".md", ".toml", ".txt", ".yaml", ".yml", ".cfg", ".ini", ".sh", ".env", ".js", ".html")
 TEXT_NAMES = ("Dockerfile", "Makefile", "run")
 
@@ -254,6 +256,57 @@ def python_modules() -> dict[Path, tuple[str, bool]]:
     return found
 
 
+def _prose_lines(source: str) -> set[int]:
+    """The numbers (1-based) of the lines that are all prose: inside a triple-quoted string, or a comment alone."""
+    lines: set[int] = set()
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == tokenize.STRING and token.string.lstrip("rbuRBU").startswith(('"""', "'''")):
+            lines.update(range(token.start[0], token.end[0] + 1))
+        elif token.type == tokenize.COMMENT and not token.line[: token.start[1]].strip():
+            lines.add(token.start[0])
+    return lines
+
+
+def rewrap(source: str, keep: set[str]) -> str:
+    """``source`` with the prose lines that the longer names pushed past :data:`LINE_LENGTH` (those not in
+    ``keep``, the file's old lines) broken at a space: the rest goes to the front of the next line where that one
+    continues the paragraph (same indentation or comment, not a new list item), else onto a line of its own."""
+    lines = source.splitlines(keepends=True)
+    while True:
+        prose = _prose_lines("".join(lines))
+        todo = [
+            i
+            for i, line in enumerate(lines)
+            if len(line.rstrip("\n")) > LINE_LENGTH
+            and line.rstrip("\n") not in keep
+            and i + 1 in prose
+            and " " in line.strip()
+        ]
+        todo = [i for i in todo if lines[i].rfind(" ", 0, LINE_LENGTH + 1) > len(lines[i]) - len(lines[i].lstrip())]
+        if not todo:
+            return "".join(lines)
+        i = todo[0]
+        line = lines[i].rstrip("\n")
+        cut = line.rfind(" ", 0, LINE_LENGTH + 1)
+        head, tail = line[:cut].rstrip(), line[cut + 1 :]
+        body = line.lstrip()
+        marker = "# " if body.startswith("#") else ""
+        indent = len(line) - len(body) + (2 if body.lstrip("# ").startswith(("- ", "* ")) else 0)
+        prefix = " " * indent + marker
+        following = lines[i + 1].rstrip("\n") if i + 1 < len(lines) else ""
+        continues = (
+            i + 2 in prose
+            and following.startswith(prefix)
+            and following[len(prefix) :].strip()
+            and not following[len(prefix)].isspace()
+            and not following[len(prefix) :].startswith(("- ", "* ", "..", ":", '"""'))
+        )
+        if continues:
+            lines[i : i + 2] = [head + "\n", f"{prefix}{tail} {following[len(prefix) :]}\n"]
+        else:
+            lines[i : i + 1] = [head + "\n", f"{prefix}{tail}\n"]
+
+
 def rewritten(moves: dict[str, str]) -> tuple[dict[Path, str], dict[Path, set[str]]]:
     """The new text of every tracked text file the moves change (by its path before the moves), and its old lines.
     Stops (SystemExit) at a moved module whose paths relative to its own file are not in :data:`FIXUPS`."""
@@ -271,7 +324,7 @@ def rewritten(moves: dict[str, str]) -> tuple[dict[Path, str], dict[Path, set[st
                 if module not in FIXUPS or FIXUPS[module][0] not in new:
                     raise SystemExit(f"error: {path_of(module)} uses __file__ and moves; add its paths to FIXUPS")
                 new = new.replace(*FIXUPS[module])
-            new = rewrite_imports(new, *modules[path], moves)
+            new = rewrap(rewrite_imports(new, *modules[path], moves), set(text.splitlines()))
         if new != text:
             contents[path], originals[path] = new, set(text.splitlines())
     return contents, originals
@@ -318,19 +371,18 @@ def main(argv: list[str] | None = None) -> int:
     python = [str(moved.get(p, p).relative_to(ROOT)) for p in contents if p.suffix == ".py"]
     python += [str((ROOT / path_of(package).with_suffix("") / "__init__.py").relative_to(ROOT)) for package in PACKAGES]
     ruff = shutil.which("ruff") or shutil.which("ruff", path=str(Path(sys.executable).parent))
-    if ruff and python:  # the rewritten imports in isort's order; the code's line length
-        subprocess.run(
-            [ruff, "check", "--quiet", "--select", "I", "--fix", "--line-length", "120", *python], cwd=ROOT, check=False
-        )
+    if ruff and python:  # the rewritten imports in isort's order, and the project's format
+        subprocess.run([ruff, "check", "--quiet", "--select", "I", "--fix", *python], cwd=ROOT, check=False)
+        subprocess.run([ruff, "format", "--quiet", *python], cwd=ROOT, check=False)
     long_lines = [
         f"{moved.get(path, path).relative_to(ROOT)}:{number}"
         for path in contents
         if path.suffix == ".py"
         for number, line in enumerate(moved.get(path, path).read_text().splitlines(), 1)
-        if len(line) > 120 and line not in originals[path]
+        if len(line) > LINE_LENGTH and line not in originals[path]
     ]
-    if long_lines:
-        print(f"{len(long_lines)} lines now exceed 120 characters; rewrap them:", *long_lines, sep="\n  ")
+    if long_lines:  # code, or prose without a space to break at: rare enough for a person
+        print(f"{len(long_lines)} lines now exceed {LINE_LENGTH} characters; rewrap them:", *long_lines, sep="\n  ")
     print(
         f"moved {len(moves)} modules, rewrote {len(contents)} files; review with `git diff --cached -M` and "
         "`git diff`, then run the tests"
