@@ -30,11 +30,18 @@ demo: $(STAMP)
 # the tests that need them say what to install and skip (in CI, CI=true, they fail instead).
 ENGINES := $(if $(wildcard /usr/bin/chromium),,chromium) $(if $(wildcard /usr/lib/postgresql/*/bin/pg_ctl),,postgresql)
 
+# Two pytest workers keep two cores busy: most tests wait on a child process (a server, a CLI run, a worker) that
+# runs one torch thread. The `serial` tests (deadlines, latencies) run afterwards on an otherwise idle machine.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
 	@if [ -n "$(strip $(ENGINES))" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 		$(ENGINES) >/dev/null; fi
-	$(PY) -m pytest -q
+	status=0; \
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not serial" || status=$$?; \
+	$(PY) -m pytest -q -m serial || status=$$?; \
+	exit $$status
 
 # Lint, import order, formatting and types; the rules are in pyproject.toml. CI runs this before the tests.
 lint: $(STAMP)

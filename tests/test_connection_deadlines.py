@@ -26,6 +26,8 @@ import httpx
 import pytest
 from server_fixtures import ServeProcess, server_weights  # noqa: F401
 
+pytestmark = pytest.mark.serial  # deadlines and latencies: run with no other test beside it (Makefile)
+
 KEY = "deadline-key-1234"
 POSE_QUEUE = "/queue/fal-ai/wan-vace-14b/pose"
 LIMIT = 5  # --limit-concurrency: the attack sockets of each test

@@ -34,6 +34,8 @@ from server.pg_store import (
 from server.signing import WebhookSigner, new_signing_key
 from server.webhooks import Webhooks
 
+pytestmark = pytest.mark.serial  # deadlines and latencies: run with no other test beside it (Makefile)
+
 # One claiming process: opens the store, says it is ready, waits for "go" on stdin, then claims with 4 threads until
 # the queue is empty (each "run" a few ms, so the processes' claims interleave) and prints what each claim returned.
 _CLAIMER = """

@@ -37,6 +37,8 @@ from server.auth import Auth
 from server.config import Settings
 from server.files import LocalFileStore
 
+pytestmark = pytest.mark.serial  # deadlines and latencies: run with no other test beside it (Makefile)
+
 KEY_A, KEY_B, ADMIN = "key-a-1234", "key-b-5678", "admin-key-9"
 POSE_QUEUE = "/queue/fal-ai/wan-vace-14b/pose"
 REQUESTS = "/queue/fal-ai/wan-vace-14b/requests"

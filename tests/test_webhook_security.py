@@ -39,6 +39,8 @@ from server.pg_store import PostgresJobStore
 from server.signing import WebhookSigner, new_signing_key
 from server.webhooks import Webhooks, check_webhook_url
 
+pytestmark = pytest.mark.serial  # deadlines and latencies: run with no other test beside it (Makefile)
+
 MiB = 1024**2
 BOMB_BYTES = 64 * MiB
 """What a receiver's gzip answer inflates to: far past any bound below, so reading it shows at once."""
