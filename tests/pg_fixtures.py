@@ -107,11 +107,12 @@ def _server_owner() -> pwd.struct_passwd | None:
     try:
         return pwd.getpwnam(_OWNER)
     except KeyError:
-        # Two test workers may both add it: useradd's 9 says the other one did.
-        added = subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", _OWNER], check=False)
-        if added.returncode not in (0, 9):
-            raise RuntimeError(f"useradd {_OWNER} failed ({added.returncode})")
-        return pwd.getpwnam(_OWNER)
+        pass
+    # Two test workers may both add it: useradd's 9 says the other one did.
+    command = ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", _OWNER]
+    if (status := subprocess.run(command, check=False).returncode) not in (0, 9):
+        raise RuntimeError(f"useradd {_OWNER} failed ({status})")
+    return pwd.getpwnam(_OWNER)
 
 
 @pytest.fixture(scope="session")
