@@ -185,6 +185,11 @@ def init_group(spec: ParallelSpec, device_type: str) -> GroupMember:
     if dist.get_world_size() != spec.world_size:
         raise ValueError(f"--parallel {spec} needs {spec.world_size} processes, the group has {dist.get_world_size()}")
     mesh = dist.init_device_mesh(device_type, (spec.cfg, spec.ring, spec.ulysses), mesh_dim_names=MESH_DIMS)
+    # diffusers flattens ring x ulysses when a transformer loads, and making that mesh makes process groups, which
+    # every rank must do together. Rank 0 loads its models before it sends a follower the request that makes the
+    # follower load its own, so a flatten there would wait forever (until the collective timeout). Made here, by all
+    # ranks as they join, the mesh is cached on the root mesh and diffusers' flatten returns it.
+    mesh["ring", "ulysses"]._flatten()
     return GroupMember(spec, mesh)
 
 
