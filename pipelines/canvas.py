@@ -10,7 +10,7 @@ frame, so there is one mask for the whole video.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import cv2
@@ -18,6 +18,7 @@ import numpy as np
 
 from .conditioning import GENERATE, GREY, KEEP
 from .sizing import MULTIPLE
+from .streams import once_each
 
 
 @dataclass(frozen=True)
@@ -67,13 +68,18 @@ class Placement:
         canvas[y0:y1, x0:x1] = frame[y0 - self.y : y1 - self.y, x0 - self.x : x1 - self.x]
         return canvas
 
-    def render_all(self, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Every frame on the canvas; a frame repeated (a held last frame) is rendered once."""
-        done: dict[int, np.ndarray] = {}
-        for frame in frames:
-            if id(frame) not in done:
-                done[id(frame)] = self.render(frame)
-        return [done[id(frame)] for frame in frames]
+    def paste(self, generated: np.ndarray, original: np.ndarray) -> np.ndarray:
+        """An output frame with the source frame ``original`` pasted back where it lands (``paste_back``): only the
+        area around it stays generated. The model keeps that area too, but through the VAE and, with temporal
+        downsampling, by interpolation; pasting makes it the source's own pixels (at the output's scale)."""
+        out = np.array(generated)
+        x0, y0, x1, y1 = self._visible()
+        out[y0:y1, x0:x1] = self.render(original)[y0:y1, x0:x1]
+        return out
+
+    def render_all(self, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """Every frame on the canvas, as they are taken; a frame repeated (a held last frame) is rendered once."""
+        return once_each(self.render, frames)
 
 
 def rounding_gap(width: int, height: int) -> tuple[float, float]:

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -22,7 +23,7 @@ from .frame_plan import TemporalPlan
 from .lora_names import check_loras
 from .manifest import TASK_ANNOTATORS
 from .registry import EndpointTask
-from .schema import JobInput
+from .schema import EndpointInput
 from .tasks import TaskJob, resolve
 
 if TYPE_CHECKING:  # types only: importing these would load torch's distributed stack and the interpolators
@@ -48,7 +49,8 @@ class Host(Protocol):
     def missing_mask_tracker(self) -> str | None: ...
 
 
-def check_inputs(inp: JobInput, task: EndpointTask, ctx: JobContext, host: Host | None, *, model: str) -> TaskJob:
+def check_inputs(inp: EndpointInput, task: EndpointTask, ctx: JobContext, host: Host | None, *, model: str
+                 ) -> TaskJob:
     """Every check of a request that needs no download, in one place.
 
     Field ranges and types are the schema's; this adds what the endpoint's task makes of the request
@@ -115,18 +117,13 @@ def check_inputs(inp: JobInput, task: EndpointTask, ctx: JobContext, host: Host 
     return job
 
 
-def check_plan(
-    timing: TemporalPlan,
-    *,
-    width: int,
-    height: int,
-    extra_latent_frames: int,
-    interpolator: FrameInterpolator | None,
-    group: GroupMember | None,
-) -> None:
+def check_plan(timing: TemporalPlan, *, width: int, height: int, extra_latent_frames: int,
+               interpolator: FrameInterpolator | None, group: GroupMember | None,
+               window_lengths: Iterable[int]) -> None:
     """The late checks, before minutes of denoising: the interpolator can make the planned number of frames between
-    each pair (FILM's v1.0.0 file makes midpoints only), and the job group can split the transformer sequence
-    evenly (``extra_latent_frames``: one per reference image)."""
+    each pair (FILM's v1.0.0 file makes midpoints only), and the job group can split the transformer sequence of
+    each window (``window_lengths``: their frame counts) evenly (``extra_latent_frames``: one per reference
+    image)."""
     if interpolator is not None and timing.interpolates:
         try:
             interpolator.check_between(timing.n_between)
@@ -134,6 +131,7 @@ def check_plan(
             raise InputError("interpolator_model", str(e)) from e
     if group is not None:
         try:
-            group.spec.check_tokens(timing.generate_frames, extra_latent_frames, (height // 16) * (width // 16))
+            for frames in sorted(set(window_lengths)):
+                group.spec.check_tokens(frames, extra_latent_frames, (height // 16) * (width // 16))
         except ValueError as e:
             raise InputError("num_frames", str(e), "not_supported") from e

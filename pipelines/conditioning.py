@@ -106,14 +106,20 @@ def build_conditioning(
     last_index: int | None = None,
     reference_images: list[Image.Image] | None = None,
     transparency_mode: str = "content_aware",
+    kept_frames: Sequence[np.ndarray] = (),
 ) -> Conditioning:
-    """Frames, mask and references for one job; every frame is exactly ``width`` x ``height``.
+    """Frames, mask and references for one job (or one window of a long one, ``pipelines.windows``); every frame is
+    exactly ``width`` x ``height``.
 
     ``masks`` (one uint8 ``height`` x ``width`` array of KEEP/GENERATE per frame, as ``pipelines.masks`` and
     ``pipelines.canvas`` make them) turn the job into an edit of ``control_frames``; without them every pixel is
     generated. A mask array repeated for several frames becomes one image. ``last_index`` places the last frame
     earlier than the final position, for generated videos that run past the end of the control video (temporal
     downsampling rounds their length up) and are cut back after interpolation.
+
+    ``kept_frames`` come first, whole and under a black mask (VACE's ``firstclip`` extension: a later window of a long
+    job continues the frames the output already has); ``masks``, ``first_frame`` and the control frames follow them,
+    and ``last_index`` counts them too.
     """
     video = [fit_frame(f, width, height) for f in control_frames]
     generate = Image.new("L", (width, height), GENERATE)
@@ -128,6 +134,8 @@ def build_conditioning(
                 images[id(m)] = Image.fromarray(m)
         mask = [images[id(m)] for m in masks]
         video = [_grey_out(frame, m) for frame, m in zip(video, masks, strict=True)]
+    video = [fit_frame(f, width, height) for f in kept_frames] + video
+    mask = [keep] * len(kept_frames) + mask
     end = len(video) - 1 if last_index is None else last_index
     for index, image in ((0, first_frame), (end, last_frame)):
         if image is not None:

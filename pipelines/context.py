@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .limits import Limits
 from .lora_cache import LoraCache
+from .windows import WindowSettings
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -54,6 +55,8 @@ class JobContext:
     """Whether local paths and ``file://`` URLs are inputs (the CLI) or refused (a server's remote callers)."""
     lora_cache: LoraCache | None = None
     """Where downloaded LoRA files are kept between jobs; None downloads a LoRA URL anew for each job."""
+    windows: WindowSettings = WindowSettings()
+    """How a job longer than one pass of the model is cut into windows (``pipelines.windows``)."""
 
     def __post_init__(self) -> None:
         for entry in (*self.fetch_allow, *self.webhook_allow):

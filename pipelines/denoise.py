@@ -52,6 +52,8 @@ class DenoiseRequest:
     """What this job's checkpoints are valid for; None: the call writes none."""
     resume: DenoiseState | None = None
     """The checkpoint the call goes on from (each rank takes its own step cache state from it)."""
+    window: int = 0
+    """The long job's window this call denoises (``pipelines.windows``), which its checkpoints name."""
 
 
 def to_uint8(frames: np.ndarray) -> np.ndarray:
@@ -74,6 +76,7 @@ def denoise(
     fps: float = 16.0,
     identity: Identity | None = None,
     resume: DenoiseState | None = None,
+    window: int = 0,
 ) -> np.ndarray | None:
     """Run the diffusers pipeline, with the step cache when given; returns float frames (N, H, W, 3) in [0, 1].
 
@@ -136,19 +139,10 @@ def denoise(
             dist.gather_object(cache_state, cache_states, dst=0)
         if rank != 0 or sink is None or policy is None or identity is None:
             return
-        state = DenoiseState(
-            identity=identity,
-            step=step,
-            total=total,
-            window=0,
-            seed=seed,
-            prompt=prompt,
-            expert=expert_at(step - 1),
-            latents=latents.detach().to("cpu", copy=True),
-            generator=generator.get_state(),
-            scheduler=scheduler_state(scheduler.inner),
-            step_cache=cache_states,
-        )
+        state = DenoiseState(identity=identity, step=step, total=total, window=window, seed=seed, prompt=prompt,
+                             expert=expert_at(step - 1), latents=latents.detach().to("cpu", copy=True),
+                             generator=generator.get_state(), scheduler=scheduler_state(scheduler.inner),
+                             step_cache=cache_states)
         checkpoints.run(lambda: keep_checkpoint(state, sink))
         policy.written(step)
 
@@ -223,18 +217,6 @@ def run_denoise(
     assert inp.acceleration is not None  # the schema reads null as the default
     threshold = THRESHOLDS[inp.acceleration]
     cache = StepCacheController(threshold, inp.num_inference_steps) if threshold is not None else None
-    return denoise(
-        pipe,
-        request.cond,
-        inp,
-        prompt=request.prompt,
-        width=request.width,
-        height=request.height,
-        seed=request.seed,
-        hooks=hooks or JobHooks(),
-        cache=cache,
-        group=group,
-        fps=request.fps,
-        identity=request.identity,
-        resume=request.resume,
-    )
+    return denoise(pipe, request.cond, inp, prompt=request.prompt, width=request.width, height=request.height,
+                   seed=request.seed, hooks=hooks or JobHooks(), cache=cache, group=group, fps=request.fps,
+                   identity=request.identity, resume=request.resume, window=request.window)

@@ -270,15 +270,36 @@ def failure_reason(log: str) -> str:
     return "no error message"
 
 
+class FramesZip:
+    """A zip of PNG frames (``frame_00000.png``, ...) for ``return_frames_zip``, written frame by frame as the job
+    makes them; stored, since PNG is compressed."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.count = 0
+        self._archive = zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED)
+
+    def add(self, frame: np.ndarray) -> None:
+        check_frame(frame)
+        ok, png = cv2.imencode(".png", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        if not ok:
+            raise RuntimeError(f"PNG encoding failed for frame {self.count}")
+        self._archive.writestr(f"frame_{self.count:05d}.png", png.tobytes())
+        self.count += 1
+
+    def close(self) -> Path:
+        self._archive.close()
+        return self.path
+
+
 def write_frames_zip(frames: Iterable[np.ndarray], path: Path) -> Path:
-    """Zip the frames as ``frame_00000.png``, ... for ``return_frames_zip``; stored, since PNG is compressed."""
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:
-        for i, frame in enumerate(frames):
-            check_frame(frame)
-            ok, png = cv2.imencode(".png", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-            if not ok:
-                raise RuntimeError(f"PNG encoding failed for frame {i}")
-            archive.writestr(f"frame_{i:05d}.png", png.tobytes())
+    """Zip the frames as ``frame_00000.png``, ... (see ``FramesZip``)."""
+    archive = FramesZip(path)
+    try:
+        for frame in frames:
+            archive.add(frame)
+    finally:
+        archive.close()
     return path
 
 

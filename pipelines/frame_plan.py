@@ -4,12 +4,14 @@ are interpolated afterwards. Two steps, each a pure function of the request and 
 **Timeline** (``plan_frames``). The input video is resampled in time to the output frame rate at real speed: output
 frame ``i`` shows the input at ``i / fps_out`` seconds. ``match_input_frames_per_second`` takes the input's frame
 rate as the output's, and ``match_input_num_frames`` makes the output cover the whole input at that rate instead of
-using ``num_frames``. The count is then clamped to 17..241 and rounded down to ``4k+1`` (the Wan VAE packs 4 frames
-per latent after the first). When the input is shorter than the output, its last frame is held; the plan says how
-many frames that was so it can be logged.
+using ``num_frames``: exactly as many frames as that takes (the input's own count when the rates match, as fal's field
+promises), whatever the model's length rules; the generation plan below makes a valid length and the output is cut
+back to this one. ``num_frames`` is clamped to 17..241 and rounded down to ``4k+1`` (the Wan VAE packs 4 frames per
+latent after the first). When the input is shorter than the output, its last frame is held; the plan says how many
+frames that was so it can be logged.
 
 **Generation and interpolation** (``plan_temporal``). Its input is that control timeline: ``N`` frames at ``fps``
-(17 <= N <= 241). The rules:
+(any N >= 1). The rules:
 
 * ``num_interpolated_frames = k`` inserts k frames between each pair of output frames and multiplies the output
   fps by k + 1, so the duration stays: N frames at fps become (N - 1)(k + 1) + 1 frames at fps * (k + 1).
@@ -21,9 +23,10 @@ many frames that was so it can be logged.
   ``auto_downsample_min_fps``. When no f fits both, it takes the largest f that keeps the fps (the shortest
   generation the fps floor allows). The plan's notes say which f it chose and why, for the job log.
 
-Rounding: the model generates 4m + 1 frames, 17..241 (the Wan VAE packs 4 frames per latent after the first). The
+Rounding: the model generates 4m + 1 frames, at least 17 (the Wan VAE packs 4 frames per latent after the first;
+more than one pass of the model runs as windows, ``pipelines.windows``). The
 generated count G is the smallest such count that covers the timeline, G >= ceil((N - 1) / (f + 1)) + 1. When
-(N - 1) is not a multiple of 4(f + 1) this overshoots: the last generated frames sit past the control video's end
+(N - 1) is not a multiple of 4(f + 1), or N is below 17, this overshoots: the last generated frames sit past the control video's end
 (they take its last frame; ``held_frames`` counts them) and the interpolated output is cut back to exactly the
 planned length, so the count and fps above are exact. f is also capped so the shortened video still needs the
 model's minimum of 17 frames (f <= 4 at N = 81, f = 0 at N = 17): beyond that, downsampling would only generate
@@ -38,7 +41,7 @@ from dataclasses import dataclass
 from .video_io import VideoInfo
 
 MIN_FRAMES = 17
-MAX_FRAMES = 241
+MAX_FRAMES = 241  # the longest single pass a request can ask for (num_frames)
 NATIVE_FRAMES = 81
 MAX_FACTOR = 5
 
@@ -69,8 +72,10 @@ def plan_frames(
 ) -> FramePlan:
     """Plan the output timeline for ``video`` (see the module docstring for the rules)."""
     fps = video.fps if match_input_frames_per_second else float(frames_per_second)
-    wanted = int(video.num_frames * fps / video.fps + 1e-6) if match_input_num_frames else num_frames
-    n = round_frames(wanted)
+    if match_input_num_frames:  # exact: the generation plan rounds what it generates, not this
+        n = max(1, int(video.num_frames * fps / video.fps + 1e-6))
+    else:
+        n = round_frames(num_frames)
     indices = [int(i * video.fps / fps + 1e-6) for i in range(n)]
     last = video.num_frames - 1
     held = sum(1 for j in indices if j > last)
@@ -84,7 +89,7 @@ class TemporalPlan:
     frames: int  # N: control timeline frames at ``fps`` (what the request asked for before k)
     fps: float
     downsample_factor: int  # f actually used
-    generate_frames: int  # G: frames the model generates (4m + 1, 17..241)
+    generate_frames: int  # G: frames the model generates (4m + 1, at least 17; in windows past one pass)
     generate_fps: float  # fps / (f + 1): the frame rate of the generated video
     control_indices: tuple[int, ...]  # for each generated frame, its frame of the N-frame control video
     held_frames: int  # generated frames past the control video's end (they repeat its last frame)
@@ -147,8 +152,8 @@ def plan_temporal(
     auto_downsample_min_fps: float = 15.0,
 ) -> TemporalPlan:
     """Plan generation and interpolation for an ``frames``-frame control timeline at ``fps``."""
-    if not MIN_FRAMES <= frames <= MAX_FRAMES:
-        raise ValueError(f"frames must be in {MIN_FRAMES}..{MAX_FRAMES}, got {frames}")
+    if frames < 1:
+        raise ValueError(f"a timeline has at least one frame, got {frames}")
     fps = float(fps)
     k, requested = num_interpolated_frames, temporal_downsample_factor
     if not 0 <= k <= MAX_FACTOR or not 0 <= requested <= MAX_FACTOR:

@@ -11,8 +11,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 Publish = Callable[[Path, str], str]
 """Turns a finished local file (path, content type) into the URL the output reports."""
 
@@ -23,13 +21,16 @@ def _ignore(*_args: object) -> None:
 
 @dataclass
 class JobHooks:
-    """How a job talks to its caller: log lines, step progress, the cancel flag and, with ``preprocess=true``, the
-    control video it made (uint8 RGB frames and their frame rate), which the server keeps for the playground."""
+    """How a job talks to its caller: log lines, progress (``window(i, n)`` as each window of a job longer than one
+    pass starts, ``step(j, m)`` after each denoising step of the current window), the cancel flag and, with
+    ``preprocess=true``, the control video it made (an MP4 in the job's work directory, and its frame rate), which
+    the server keeps for the playground; None: no one keeps it, so the job does not write it."""
 
     log: Callable[[str], None] = _ignore
     step: Callable[[int, int], None] = _ignore
+    window: Callable[[int, int], None] = _ignore
     cancelled: Callable[[], bool] = field(default=lambda: False)
-    control: Callable[[list[np.ndarray], float], None] = _ignore
+    control: Callable[[Path, float], None] | None = None
     checkpoints: CheckpointSink | None = None
     """Where the denoising loop's checkpoints go and come from (``pipelines.resume``); None: the job keeps none."""
     preview: PreviewSink | None = None

@@ -23,7 +23,7 @@ prompt on the first frame (``mask_prompt``); what it tracks is grown as VACE's `
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +33,8 @@ from PIL import Image
 
 from .conditioning import GENERATE, KEEP, fit_frame, flatten_alpha
 from .errors import InputError
-from .video_io import VideoInfo, read_frames
+from .streams import once_each
+from .video_io import VideoInfo, pick_frames
 
 THRESHOLD = 128  # mask values from here up are white (VACE: m > 0.5 with m = value / 255)
 ASPECT_TOLERANCE = 0.01  # relative: 1920x1088 (encoder padding) passes as 1920x1080, 4:3 never as 16:9
@@ -83,12 +84,12 @@ def mask_from_image(image: Image.Image, video_size: tuple[int, int], field: str 
     return mask_plane(np.asarray(flatten_alpha(image, "black")))
 
 
-def read_mask_video(
-    path: Path, mask: VideoInfo, video: VideoInfo, indices: Sequence[int], field: str = "mask_video_url"
-) -> tuple[list[np.ndarray], list[str]]:
+def read_mask_video(path: Path, mask: VideoInfo, video: VideoInfo, indices: Sequence[int],
+                    field: str = "mask_video_url") -> tuple[Iterator[np.ndarray], list[str]]:
     """The mask planes for the video frames at ``indices`` (the frame plan's reads of the source, in order) at the
-    mask's own size, and log lines. ``mask`` is the probed mask video (the caller checks it against the input
-    limits first, as for the video)."""
+    mask's own size, read as they are taken (a long job's masks are never held at once), and log lines. ``mask`` is
+    the probed mask video (the caller checks it against the input limits first, as for the video). The checks on
+    the mask's shape and length come first, before any frame is read."""
     check_aspect(field, (mask.width, mask.height), (video.width, video.height))
     needed = max(indices) + 1
     if mask.num_frames < needed:
@@ -101,48 +102,42 @@ def read_mask_video(
         )
     notes = []
     if mask.num_frames != video.num_frames:
-        notes.append(
-            f"the mask video has {mask.num_frames} frames, the video {video.num_frames}: masks follow "
-            "the video frame for frame from its first frame"
-        )
-    planes: dict[int, np.ndarray] = {}
-    out = []
-    for frame in read_frames(path, indices, field):
-        if id(frame) not in planes:  # a held frame is one array: one plane
-            planes[id(frame)] = mask_plane(frame)
-        out.append(planes[id(frame)])
-    return out, notes
+        notes.append(f"the mask video has {mask.num_frames} frames, the video {video.num_frames}: masks follow "
+                     "the video frame for frame from its first frame")
+    return once_each(mask_plane, pick_frames(path, indices, field)), notes
 
 
-def fit_masks(planes: Sequence[np.ndarray], video_size: tuple[int, int], width: int, height: int) -> list[np.ndarray]:
-    """Binary KEEP/GENERATE masks at ``width`` x ``height`` for mask planes of the video's aspect ratio.
+def fit_masks(planes: Iterable[np.ndarray], video_size: tuple[int, int], width: int, height: int
+              ) -> Iterator[np.ndarray]:
+    """Binary KEEP/GENERATE masks at ``width`` x ``height`` for mask planes of the video's aspect ratio, one per
+    plane as they are taken.
 
     Each plane is scaled to the video's size (``video_size``, (width, height)) and then cropped and scaled exactly
     as ``fit_frame`` does with the video's frames, so mask and frame pixels stay aligned; binarised after resizing,
     as the model does. A plane repeated (a mask image, a held frame) is fitted once and its mask repeated.
     """
     vw, vh = video_size
-    fitted: dict[int, np.ndarray] = {}
-    for plane in planes:
-        if id(plane) in fitted:
-            continue
+
+    def fit(plane: np.ndarray) -> np.ndarray:
         arr = plane
         if arr.shape != (vh, vw):
             shrink = vw * vh < arr.shape[0] * arr.shape[1]
             arr = cv2.resize(arr, (vw, vh), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
         arr = np.asarray(fit_frame(arr, width, height))
-        fitted[id(plane)] = np.where(arr >= THRESHOLD, GENERATE, KEEP).astype(np.uint8)
-    return [fitted[id(plane)] for plane in planes]
+        return np.where(arr >= THRESHOLD, GENERATE, KEEP).astype(np.uint8)
+
+    return once_each(fit, planes)
 
 
-def check_generates(masks: Sequence[np.ndarray], field: str) -> float:
+def check_generates(masks: Iterable[np.ndarray], field: str) -> float:
     """The share of pixels the masks regenerate; a 422 when it is none (an all-black mask: nothing to do) or all
     (an all-white mask: nothing of the video is used)."""
-    shares: dict[int, float] = {}
+    total, count, last = 0.0, 0, None
     for m in masks:
-        if id(m) not in shares:
-            shares[id(m)] = np.count_nonzero(m == GENERATE) / m.size
-    share = sum(shares[id(m)] for m in masks) / max(1, len(masks))
+        if last is None or last[0] is not m:  # a run of one mask is counted once
+            last = m, np.count_nonzero(m == GENERATE) / m.size
+        total, count = total + last[1], count + 1
+    share = total / max(1, count)
     if share == 0:
         raise InputError(
             field,

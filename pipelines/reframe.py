@@ -25,12 +25,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
 from .canvas import Placement, rounding_gap
 from .sizing import output_size
 
+T = TypeVar("T")
 MAX_SAMPLES = 16
 LINE_SHARE = 0.98  # share of a line's pixels that must match the bar colour
 COLOUR_TOLERANCE = 24  # per channel, in levels (ffmpeg's cropdetect uses 24 as its black limit too)
@@ -52,7 +54,8 @@ class Bars:
         return self.left, self.top, width - self.right, height - self.bottom
 
 
-def _samples(frames: Sequence[np.ndarray], count: int) -> list[np.ndarray]:
+def sample_evenly(frames: Sequence[T], count: int) -> list[T]:
+    """Up to ``count`` items spread evenly over ``frames``, the first and the last among them."""
     if len(frames) <= count:
         return list(frames)
     return [frames[round(i * (len(frames) - 1) / (count - 1))] for i in range(count)]
@@ -76,7 +79,7 @@ def _edge_bar(lines: list[np.ndarray]) -> tuple[int, np.ndarray | None]:
 
 def detect_bars(frames: Sequence[np.ndarray]) -> Bars:
     """The letterbox/pillarbox bars of a clip, from up to 16 frames sampled evenly over ``frames`` (uint8 RGB)."""
-    sampled = _samples(frames, MAX_SAMPLES)
+    sampled = sample_evenly(frames, MAX_SAMPLES)
     height, width = sampled[0].shape[:2]
     edges = {
         "top": list(sampled),

@@ -271,11 +271,11 @@ def read_state(path: Path) -> DenoiseState:
         raise CorruptCheckpoint(f"its state does not parse ({exc})") from None
 
 
-def load_resume(
-    sink: CheckpointSink | None, *, request: str, window: int = 0, log: Callable[[str], None]
-) -> DenoiseState | None:
-    """The job's latest checkpoint when there is one that this request, this code and this window can go on from;
-    the weights and the group's layout are checked once the model is resolved (:func:`refuse`)."""
+def load_resume(sink: CheckpointSink | None, *, request: str, window: int | None = 0,
+                log: Callable[[str], None]) -> DenoiseState | None:
+    """The job's latest checkpoint when there is one that this request, this code and this window (None: whichever
+    window it belongs to, for a long job that sorts its windows out itself) can go on from; the weights and the
+    group's layout are checked once the model is resolved (:func:`refuse`)."""
     if sink is None:
         return None
     try:
@@ -291,7 +291,7 @@ def load_resume(
         return _not_resuming(str(exc), log)
     early = Identity(request, state.identity.weights, code_version(), state.identity.layout)  # weights: known later
     reason = early.mismatch(state.identity, has_cache_state=False) or (
-        f"it belongs to window {state.window}, not {window}" if state.window != window else None
+        f"it belongs to window {state.window}, not {window}" if window is not None and state.window != window else None
     )
     return state if reason is None else _not_resuming(reason, log)
 

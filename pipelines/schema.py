@@ -136,6 +136,13 @@ class GenerationFields(VaceFields):
         "content_aware", description="How transparent areas of first/last frame images are filled."
     )
     return_frames_zip: bool = Field(False, description="Also return a zip of the frames as PNG files.")
+    keep_audio: bool = Field(
+        True,
+        description=(
+            "Extension (not in fal's schema): copy the input video's sound into the output, cut to its length (the "
+            "output keeps the input's timeline: frame i shows the input at i / fps); false leaves it silent."
+        ),
+    )
     loras: list[LoraWeight] | None = Field(
         None,
         description=(
@@ -238,6 +245,19 @@ class FramingFields(VaceFields):
     )
 
 
+class PasteBackField(VaceFields):
+    """Long-reframe's paste-back, an extension on outpainting and reframe."""
+
+    paste_back: bool = Field(
+        False,
+        description=(
+            "Extension (long-reframe's field): paste the source's own pixels back where it lands on the canvas, so "
+            "only the new area is generated; not with num_interpolated_frames (frames between the input's have no "
+            "source pixels)."
+        ),
+    )
+
+
 class VaceInput(PreprocessFields, ReferenceFields, GenerationFields, ClipFields, SourceVideoField, PromptField):
     """Request body of ``fal-ai/wan-vace-14b/{pose,depth}`` and ``fal-ai/wan-22-vace-fun-a14b/{pose,depth}``."""
 
@@ -276,7 +296,7 @@ class InpaintingInput(InpaintingFunInput):
     mask_video_url: str | None = Field(..., description=MaskFields.model_fields["mask_video_url"].description)
 
 
-class OutpaintingInput(ReferenceFields, GenerationFields, ClipFields, SourceVideoField, PromptField):
+class OutpaintingInput(PasteBackField, ReferenceFields, GenerationFields, ClipFields, SourceVideoField, PromptField):
     """Request body of ``fal-ai/{wan-vace-14b,wan-22-vace-fun-a14b}/outpainting`` (no ``preprocess``)."""
 
     expand_left: bool = Field(False, description="Whether to expand the video to the left.")
@@ -294,7 +314,7 @@ class OutpaintingInput(ReferenceFields, GenerationFields, ClipFields, SourceVide
     )
 
 
-class ReframeInput(FramingFields, GenerationFields, ClipFields, SourceVideoField):
+class ReframeInput(PasteBackField, FramingFields, GenerationFields, ClipFields, SourceVideoField):
     """Request body of ``fal-ai/{wan-vace-14b,wan-22-vace-fun-a14b}/reframe``: no ``preprocess``, no
     ``ref_image_urls``, an optional prompt and the whole input by default (``match_input_*`` true)."""
 
@@ -306,7 +326,10 @@ class LongReframeInput(FramingFields, GenerationFields, SourceVideoField):
     """Request body of ``fal-ai/wan-vace-apps/long-reframe``: reframe of a long video scene by scene, so no single
     clip timeline (no ``num_frames``, ``frames_per_second``, ``match_input_*``, first/last frame, interpolation)."""
 
-    paste_back: bool = Field(True, description="Whether to paste back the reframed scene to the original video.")
+    paste_back: bool = Field(
+        True, description="Whether to paste back the reframed scene to the original video: the source's own pixels "
+        "where it lands on the canvas, so only the new area is generated."
+    )
     scene_threshold: float = Field(
         30,
         ge=0,
@@ -340,6 +363,10 @@ JobInput = VaceInput | VaceTaskInput | InpaintingFunInput | OutpaintingInput | R
 """The request of a job ``generate()`` runs: the model of one served endpoint (``pipelines.registry.input_model``).
 They all have the clip timeline and the generation fields; the task-specific ones (masks, ``expand_*``, ``zoom_factor``,
 ``preprocess``, ``ref_image_urls``) only where the endpoint has them."""
+
+EndpointInput = JobInput | LongReframeInput
+"""The request of any served endpoint: long-reframe's has no clip timeline of its own (each scene runs as a reframe
+request, ``pipelines.scenes.scene_input``)."""
 
 
 class File(BaseModel):
@@ -375,3 +402,15 @@ class VaceOutput(BaseModel):
             "(white = regenerated), one per generated frame at the generation frame rate."
         ),
     )
+
+
+class LongReframeOutput(BaseModel):
+    """Response body of ``fal-ai/wan-vace-apps/long-reframe``: fal's is the video alone; ``frames_zip`` comes only
+    when ``return_frames_zip`` (a field of fal's request) asks for it."""
+
+    video: VideoFile
+    frames_zip: File | None = None
+
+
+OUTPUT_MODELS: dict[str, type[BaseModel]] = {"fal-ai/wan-vace-apps/long-reframe": LongReframeOutput}
+"""The endpoints whose response body is not ``VaceOutput``."""

@@ -1,14 +1,15 @@
 """Video decoding with imageio-ffmpeg's bundled ffmpeg, one uint8 frame at a time.
 
-Inputs can be long (minutes of 1080p), while a job needs at most a few hundred frames, so frames are streamed
-from one ffmpeg process and only the requested ones are kept; nothing here holds a whole video or float frames.
+Inputs can be long (minutes of 1080p), so frames are streamed from one ffmpeg process and only the requested ones are
+kept, as they are taken (``pick_frames``: a long job reads its input window by window); nothing here holds a whole
+video or float frames.
 Anything ffmpeg cannot read becomes ``InputError(field, ..., "video_decode_error")`` instead of a traceback.
 
 Large inputs can be decoded by NVDEC on the job's GPU (``nvdec_gpu``; ``pipelines/codecs.py`` says whether a worker
 may). The CPU decoder stays the reference: NVDEC is used only where it yields the very frames the CPU would (H.264,
 HEVC, VP9 and AV1 decoding is bit-exact by specification; NVDEC hands over NV12, which ``format=yuv420p`` turns
-back into the CPU decoder's planes before the same RGB conversion), and a decode on it that fails or ends early is
-done again on the CPU. Counts and timestamps come from the demuxer, the same for both.
+back into the CPU decoder's planes before the same RGB conversion), and where a decode on it fails or ends early the
+CPU decoder goes on from the frame it stopped at. Counts and timestamps come from the demuxer, the same for both.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import itertools
 import logging
 import re
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,45 +125,60 @@ def read_frames(
     path: Path, indices: Sequence[int], field: str = "video_url", nvdec_gpu: int | None = None
 ) -> list[np.ndarray]:
     """The frames at ``indices`` (non-decreasing, repeats allowed), decoding the stream once (on that GPU's NVDEC
-    with ``nvdec_gpu``; a decode there that fails or ends before the last index is done again on the CPU).
+    with ``nvdec_gpu``; see ``pick_frames`` for when the CPU takes over).
 
     Indices past the end get the last frame, so a plan made from a slightly optimistic frame count still works.
     Repeated indices share one (read-only) array.
     """
-    if not indices:
-        return []
-    if indices[0] < 0 or any(b < a for a, b in itertools.pairwise(indices)):
+    with closing(pick_frames(path, indices, field, nvdec_gpu)) as picked:
+        return list(picked)
+
+
+def pick_frames(path: Path, indices: Iterable[int], field: str = "video_url",
+                nvdec_gpu: int | None = None) -> Generator[np.ndarray, None, None]:
+    """``read_frames`` one frame at a time: the decoder runs only as far as the frames taken so far, so a long job
+    reads its video window by window without holding it. Close the generator to stop ffmpeg early."""
+    wanted = iter(indices)
+    index = next(wanted, None)
+    if index is None:
+        return
+    if index < 0:
         raise ValueError("indices must be non-negative and non-decreasing")
-    if nvdec_gpu is not None:
-        try:
-            picked, complete = _pick(path, indices, field, nvdec_gpu)
-        except InputError as exc:
-            log.warning(
-                "NVDEC on GPU %d could not decode %s (%s); decoding it on the CPU", nvdec_gpu, path.name, exc.msg
-            )
-        else:
-            if complete:
-                return picked
-            log.warning("NVDEC on GPU %d ended %s early; decoding it on the CPU", nvdec_gpu, path.name)
-    return _pick(path, indices, field, None)[0]
-
-
-def _pick(path: Path, indices: Sequence[int], field: str, nvdec_gpu: int | None) -> tuple[list[np.ndarray], bool]:
-    """``read_frames``'s one pass; also says whether the stream reached the last index."""
-    picked: list[np.ndarray] = []
     last: np.ndarray | None = None
-    with closing(iter_frames(path, field, nvdec_gpu)) as frames:
+    with closing(_decoded(path, field, nvdec_gpu)) as frames:
         for i, frame in enumerate(frames):
             last = frame
-            while len(picked) < len(indices) and indices[len(picked)] == i:
-                picked.append(frame)
-            if len(picked) == len(indices):
-                break
+            while index == i:
+                yield frame
+                previous, index = index, next(wanted, None)
+                if index is None:
+                    return
+                if index < previous:
+                    raise ValueError("indices must be non-negative and non-decreasing")
     if last is None:
         raise InputError(field, "the video contains no frames", DECODE_ERROR)
-    complete = len(picked) == len(indices)
-    picked.extend([last] * (len(indices) - len(picked)))
-    return picked, complete
+    yield last
+    yield from (last for _ in wanted)
+
+
+def _decoded(path: Path, field: str, nvdec_gpu: int | None) -> Generator[np.ndarray, None, None]:
+    """Every frame of the video in order: from NVDEC when ``nvdec_gpu`` is given, and from the CPU decoder (the
+    reference, whose frames NVDEC's equal) from where a decode on NVDEC failed, or ended while frames are still
+    asked for."""
+    done = 0
+    if nvdec_gpu is not None:
+        try:
+            with closing(iter_frames(path, field, nvdec_gpu)) as frames:
+                for frame in frames:
+                    yield frame
+                    done += 1
+            log.warning("NVDEC on GPU %d ended %s after %d frames; decoding the rest on the CPU", nvdec_gpu,
+                        path.name, done)
+        except InputError as exc:
+            log.warning("NVDEC on GPU %d could not decode %s (%s); decoding the rest on the CPU", nvdec_gpu,
+                        path.name, exc.msg)
+    with closing(iter_frames(path, field)) as frames:
+        yield from itertools.islice(frames, done, None)
 
 
 def _start_decoder(

@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipelines.context import JobContext
 from pipelines.errors import InputError
-from pipelines.registry import APPS, ENDPOINT_IDS, ENDPOINT_TASKS
+from pipelines.registry import APP_TASKS, ENDPOINT_IDS
 
 from . import preview, routes, service, uploads
 from .auth import Auth
@@ -228,9 +228,10 @@ def create_app(config: Settings) -> FastAPI:
         title="vace-server",
         version="0.1.0",
         summary="Self-hosted, fal-compatible Wan VACE: pose, depth, inpainting, outpainting, reframe and text/image "
-        "to video",
-        description="fal's HTTP protocol for "
-        + ", ".join(f"`{a}`, `{a}/{{{'|'.join(t for t in ENDPOINT_TASKS if t)}}}`" for a in APPS)
+                "to video",
+        description="fal's HTTP protocol for " + ", ".join(
+            ("`{a}`, " if "" in tasks else "") + f"`{a}/{{{'|'.join(t for t in tasks if t)}}}`"
+            for a, tasks in APP_TASKS.items())
         + ". Authenticate with `Authorization: Key <key>` when the server has API keys.",
         lifespan=lifespan,
     )

@@ -56,7 +56,7 @@ def open_files(config: Settings) -> FileStore:
 
 def job_context(config: Settings, files: FileStore) -> JobContext:
     """This node's rules for its jobs: its limits and allow-lists, its own files read from the store, no local paths
-    from remote callers, and its LoRA download cache."""
+    from remote callers, its LoRA download cache and its windows for long jobs."""
     return JobContext(
         limits=config.limits,
         fetch_allow=config.fetch_allow,
@@ -64,4 +64,5 @@ def job_context(config: Settings, files: FileStore) -> JobContext:
         local_files=files.fetch,
         local_paths=False,
         lora_cache=config.lora_cache(),
+        windows=config.windows,
     )

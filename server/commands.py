@@ -23,22 +23,22 @@ from typing import Any, ParamSpec
 from pydantic import ValidationError
 
 from pipelines.errors import InputError, JobCancelled
-from pipelines.registry import DEFAULT_MODEL_FOR_TASK, EndpointTask, Task, input_model
-from pipelines.schema import JobInput
+from pipelines.registry import APPS_APP, DEFAULT_MODEL_FOR_TASK, EndpointTask, Task, input_model
+from pipelines.schema import EndpointInput
 
 from .config import Settings
 
 P = ParamSpec("P")
 
 
-def cli_input_model(task: EndpointTask) -> type[JobInput]:
+def cli_input_model(task: EndpointTask) -> type[EndpointInput]:
     """The request model whose fields are ``vace generate TASK``'s flags: the 2.2-Fun app's, which is the 14B app's
     but for 14B inpainting's requirement that the ``mask_video_url`` key be present (even null), which means
-    nothing for a flag left out. Either model runs it."""
-    return input_model("fal-ai/wan-22-vace-fun-a14b", task)
+    nothing for a flag left out. Either model runs it. Long-reframe's is its own app's."""
+    return input_model(APPS_APP if task == "long-reframe" else "fal-ai/wan-22-vace-fun-a14b", task)
 
 
-def _validated(task: EndpointTask, fields: dict[str, Any]) -> JobInput | None:
+def _validated(task: EndpointTask, fields: dict[str, Any]) -> EndpointInput | None:
     """``fields`` as ``task``'s request, or None after printing why not (one line per field)."""
     try:
         return cli_input_model(task).model_validate(fields)
@@ -107,11 +107,18 @@ def generate_to_file(
     model = model or DEFAULT_MODEL_FOR_TASK[task]
     output = output.resolve()
     output.parent.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=inp.num_inference_steps, desc=f"{task or 'base'} ({model})", unit="step", disable=quiet)
+    desc = f"{task or 'base'} ({model})"
+    bar = tqdm(total=inp.num_inference_steps, desc=desc, unit="step", disable=quiet)
+    before = 0  # the steps of the windows before the current one: the bar covers the whole job
+
+    def on_window(i: int, n: int) -> None:
+        nonlocal before
+        before = (i - 1) * inp.num_inference_steps
+        bar.total = n * inp.num_inference_steps
+        bar.set_description(f"{desc} window {i}/{n}")
 
     def on_step(i: int, total: int) -> None:
-        bar.total = total
-        bar.n = i
+        bar.n = before + i
         bar.refresh()
 
     def publish(path: Path, content_type: str) -> str:
@@ -123,7 +130,8 @@ def generate_to_file(
         return target.as_uri()
 
     # Logs go with the progress bar to stderr: stdout carries only the output JSON, so `> result.json` works.
-    hooks = JobHooks(log=(lambda m: None) if quiet else (lambda m: bar.write(m, file=sys.stderr)), step=on_step)
+    hooks = JobHooks(log=(lambda m: None) if quiet else (lambda m: bar.write(m, file=sys.stderr)), step=on_step,
+                     window=on_window)
     if preview is not None:
         preview_file = preview.resolve()
         preview_file.parent.mkdir(parents=True, exist_ok=True)
@@ -147,16 +155,9 @@ def generate_to_file(
                 settings.weights_dir, device=devices[0] if group else None, runtime=settings.runtime, group=group
             )
             workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="vace-job-"))
-            result = generate(
-                inp,
-                task=task,
-                model=model,
-                manager=models,
-                workdir=Path(workdir),
-                publish=publish,
-                hooks=hooks,
-                ctx=JobContext(lora_cache=settings.lora_cache()),
-            )
+            ctx = JobContext(lora_cache=settings.lora_cache(), windows=settings.windows)
+            result = generate(inp, task=task, model=model, manager=models, workdir=Path(workdir), publish=publish,
+                              hooks=hooks, ctx=ctx)
     finally:
         bar.close()
     print(result.model_dump_json(indent=2, exclude_none=True))
@@ -190,15 +191,20 @@ def preprocess_to_file(settings: Settings, task: Task, video: str, output: Path,
 def preprocess_edit_to_dir(settings: Settings, task: EndpointTask, fields: dict[str, Any], out_dir: Path) -> int:
     """Write ``src_video.mp4`` (the conditioning frames: the source where it is kept, grey where the model generates)
     and ``src_mask.mp4`` (white = generated) of a ``task`` job with request ``fields`` into ``out_dir``: the same
-    frame plan, size, masks and canvas as the job (``pipelines.tasks``), at the frame rate the model generates at.
-    A mask image is tracked through the clip with the mask tracker of ``settings`` (the only model loaded), as the
-    job tracks it, so ``src_mask.mp4`` is then the tracked mask video."""
+    frame plan, size, masks and canvas as the job (``pipelines.tasks``), at the frame rate the model generates at,
+    made and written a window at a time as a long job reads its video. A mask image is tracked through the clip with
+    the mask tracker of ``settings`` (the only model loaded), as the job tracks it, so ``src_mask.mp4`` is then the
+    tracked mask video."""
+    from collections.abc import Iterator
+
     import numpy as np
 
     from pipelines.checks import check_inputs
     from pipelines.context import JobContext
     from pipelines.encode import write_control_video, write_mask_video
+    from pipelines.streams import FrameSink
     from pipelines.tasks import PLACEHOLDER_PROMPT, conditioning, frame_images, prepare, resolve
+    from pipelines.windows import DEFAULT_FRAMES
 
     inp = _validated(task, {"prompt": PLACEHOLDER_PROMPT, **fields})
     if inp is None:
@@ -216,16 +222,29 @@ def preprocess_edit_to_dir(settings: Settings, task: EndpointTask, fields: dict[
     with tempfile.TemporaryDirectory(prefix="vace-preprocess-") as workdir:
         first, last = frame_images(inp, Path(workdir), ctx)
         source = prepare(inp, job, Path(workdir), ctx, first or last, tracking=tracking)
-        cond = conditioning(inp, source, source.control, first, last)
+        fps, total = source.timing.generate_fps, source.timing.generate_frames
+        masks = FrameSink(lambda frames: write_mask_video(frames, out_dir / "src_mask.mp4", fps, "maximum"))
+
+        def video_frames() -> Iterator[np.ndarray]:
+            for start in range(0, total, DEFAULT_FRAMES):
+                cond = conditioning(inp, source, *source.take(min(DEFAULT_FRAMES, total - start)), first, last,
+                                    start=start)
+                for frame, mask in zip(cond.video, cond.mask, strict=True):
+                    masks.put(np.asarray(mask))
+                    yield np.asarray(frame)
+
+        try:
+            video = write_control_video(video_frames(), out_dir / "src_video.mp4", fps, "maximum")
+            mask = masks.close()
+        except BaseException:
+            masks.abort()
+            raise
+        finally:
+            source.close()
     for note in (*job.notes, *source.notes):
         print(note)
-    fps = source.timing.generate_fps
-    video = write_control_video((np.asarray(f) for f in cond.video), out_dir / "src_video.mp4", fps, "maximum")
-    mask = write_mask_video((np.asarray(m) for m in cond.mask), out_dir / "src_mask.mp4", fps, "maximum")
-    print(
-        f"{task} conditioning: {video.path} and {mask.path} ({video.width}x{video.height}, {video.num_frames} "
-        f"frames at {fps:g} fps)"
-    )
+    print(f"{task} conditioning: {video.path} and {mask.path} ({video.width}x{video.height}, {video.num_frames} "
+          f"frames at {fps:g} fps)")
     return 0
 
 

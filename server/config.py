@@ -30,6 +30,7 @@ from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource
 from pipelines.limits import Limits
 from pipelines.lora_cache import LoraCache
 from pipelines.runtime import RuntimeConfig, RuntimeSettings
+from pipelines.windows import DEFAULT_FRAMES, DEFAULT_OVERLAP, WindowSettings
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,21 @@ class JobSettings(RuntimeSettings):
     """Size in GB past which the least recently used cached LoRA files are deleted."""
     lora_cache_url_s: float = 3600.0
     """Seconds a LoRA URL's download is reused before the URL is fetched again (0: every job)."""
+    window_frames: int = DEFAULT_FRAMES
+    """Frames one pass of the model generates: a longer job (match_input_num_frames on a long video) runs as
+    consecutive windows of this many (4k+1, 17..241; pipelines/windows.py)."""
+    window_overlap: int = DEFAULT_OVERLAP
+    """Frames of the output each later window continues from, kept as they are (4k+1, fewer than window_frames)."""
+
+    @model_validator(mode="after")
+    def _check_windows(self) -> JobSettings:
+        self.windows  # noqa: B018 - WindowSettings refuses lengths the model cannot run now, not at the first long job
+        return self
+
+    @property
+    def windows(self) -> WindowSettings:
+        """How jobs longer than one pass are cut into windows."""
+        return WindowSettings(frames=self.window_frames, overlap=self.window_overlap)
 
     @property
     def runtime(self) -> RuntimeConfig:

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from fastapi import Depends, HTTPException, Request
 
 from pipelines.context import JobContext
-from pipelines.registry import APPS, ENDPOINT_IDS, ENDPOINT_TASKS
+from pipelines.registry import APP_TASKS, ENDPOINT_IDS
 
 from .auth import Auth, Caller
 from .config import Settings
@@ -66,10 +66,9 @@ def _job(
     caller's key made it (or is an admin key); 404 otherwise, the same answer for "no such job" and "not yours".
     A plain function: FastAPI runs it off the event loop, as the store read blocks."""
     app, task = f"{owner}/{alias}", request.path_params.get("task")
-    if app not in APPS or (task is not None and task not in ENDPOINT_TASKS):
-        raise HTTPException(
-            404, f"unknown endpoint {app}{'/' + task if task else ''}; this server serves " + ", ".join(ENDPOINT_IDS)
-        )
+    if app not in APP_TASKS or (task is not None and task not in APP_TASKS[app]):
+        raise HTTPException(404, f"unknown endpoint {app}{'/' + task if task else ''}; this server serves "
+                                 + ", ".join(ENDPOINT_IDS))
     job = store.get(request_id)
     if job is None or job.app != app or (task is not None and job.task != task) or not auth.can_see(caller, job.owner):
         raise HTTPException(404, f"Request {request_id} not found")

@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from pipelines.registry import APPS, ENDPOINT_TASKS
+from pipelines.registry import APP_TASKS
 
 from .jobs import JobStore
 
@@ -43,8 +43,8 @@ class _StoreCollector(Collector):
             labels=["app", "task", "priority"],
         )
         depths = self.store.queue_depths()
-        for app in APPS:
-            for task in ENDPOINT_TASKS:  # "" is the base endpoint
+        for app, tasks in APP_TASKS.items():
+            for task in tasks:  # "" is the base endpoint
                 for priority in ("normal", "low"):
                     per_endpoint.add_metric([app, task, priority], depths.get((app, task, priority), 0))
         yield per_endpoint

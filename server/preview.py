@@ -9,8 +9,9 @@ is shown on the first frame instead, as the job grows it there: what the tracker
 job itself can show (its ``mask_video``). It runs the job's own steps
 (``check_inputs`` and ``pipelines.tasks.prepare``: the same fetch rules, limits, frame plan, masks and geometry), so a
 request the job would refuse is refused here with the same 422 naming the field (a mask that is all black, too
-short, of another shape), and nothing is drawn twice in JavaScript. It needs an API key like the job routes, loads
-no model and keeps nothing.
+short, of another shape), and nothing is drawn twice in JavaScript. A long reframe finds its scenes as the job does
+and shows the scene around the middle of the video, with that scene's own framing. It needs an API key like the job
+routes, loads no model and keeps nothing.
 """
 
 from __future__ import annotations
@@ -33,15 +34,16 @@ from pipelines.checks import check_inputs
 from pipelines.conditioning import GENERATE, fit_frame
 from pipelines.context import JobContext
 from pipelines.masks import expand_mask, fitted, mask_prompt
-from pipelines.registry import APPS, ENDPOINT_IDS, ENDPOINT_TASKS, EndpointTask, endpoint_id, input_model
-from pipelines.schema import JobInput
-from pipelines.tasks import PLACEHOLDER_PROMPT, frame_images, prepare
+from pipelines.registry import APP_TASKS, APPS, ENDPOINT_IDS, EndpointTask, endpoint_id, input_model
+from pipelines.scenes import describe_scenes, detect_scenes, scene_input, scene_sources
+from pipelines.schema import EndpointInput, LongReframeInput
+from pipelines.tasks import PLACEHOLDER_PROMPT, fetch_video, frame_images, prepare
 
 from .deps import JobContextDep, SettingsDep
 from .failures import RequestFailed, failure_of
 
 router = APIRouter(include_in_schema=False)
-_ENDPOINTS: dict[str, tuple[str, EndpointTask]] = {endpoint_id(a, t): (a, t) for a in APPS for t in ENDPOINT_TASKS}
+_ENDPOINTS: dict[str, tuple[str, EndpointTask]] = {endpoint_id(a, t): (a, t) for a in APPS for t in APP_TASKS[a]}
 
 
 @dataclass(frozen=True)
@@ -99,34 +101,35 @@ async def preview(
     return await run_in_threadpool(_preview, inp, task, APPS[app], ctx, tracking)
 
 
-def _preview(
-    inp: JobInput, task: EndpointTask, model: str, ctx: JobContext, tracking: FirstFrameOfTracking | None
-) -> dict[str, Any]:
+def _preview(inp: EndpointInput, task: EndpointTask, model: str, ctx: JobContext,
+             tracking: FirstFrameOfTracking | None) -> dict[str, Any]:
     job = check_inputs(inp, task, ctx, None, model=model)
+    notes = list(job.notes)
     with tempfile.TemporaryDirectory(prefix="vace-preview-") as workdir:
-        first, last = frame_images(inp, Path(workdir), ctx)
-        source = prepare(inp, job, Path(workdir), ctx, first or last, tracking=tracking)
+        if isinstance(inp, LongReframeInput):
+            clip_inp = scene_input(inp)
+            video_path, info = fetch_video(clip_inp, Path(workdir), ctx)
+            scenes = detect_scenes(video_path, info, inp.scene_threshold)
+            notes.append(describe_scenes(scenes, inp.scene_threshold))
+            scene = next(s for s in scenes if s[0] <= info.num_frames // 2 < s[1])
+            source = scene_sources(clip_inp, job, Path(workdir), ctx, video_path, info, [scene])[0]
+        else:
+            first, last = frame_images(inp, Path(workdir), ctx)
+            source = prepare(inp, job, Path(workdir), ctx, first or last, tracking=tracking)
+        shown = 0 if source.mask_mode == "track" else source.timing.generate_frames // 2
+        try:
+            source.skip(shown)
+            frames, masks = source.take(1)
+        finally:
+            source.close()
     timing = source.timing
     answer: dict[str, Any] = {
-        "recipe": job.recipe,
-        "width": source.width,
-        "height": source.height,
-        "generated_frames": timing.generate_frames,
-        "output_frames": timing.output_frames,
-        "output_fps": timing.output_fps,
-        "notes": [*job.notes, *source.notes, *timing.notes],
+        "recipe": job.recipe, "width": source.width, "height": source.height,
+        "generated_frames": timing.generate_frames, "output_frames": timing.output_frames,
+        "output_fps": timing.output_fps, "notes": [*notes, *source.notes, *timing.notes],
     }
     if source.info is not None:
-        shown = 0 if source.mask_mode == "track" else len(source.control) // 2
-        mask = (
-            source.masks[shown]
-            if source.masks is not None
-            else np.full((source.height, source.width), GENERATE, np.uint8)
-        )
-        answer |= {
-            "frame_index": shown,
-            "frame": _png(fit_frame(source.control[shown], source.width, source.height)),
-            "mask": _png(mask),
-            "generated_share": float(np.mean(mask == GENERATE)),
-        }
+        mask = masks[0] if masks is not None else np.full((source.height, source.width), GENERATE, np.uint8)
+        answer |= {"frame_index": shown, "frame": _png(fit_frame(frames[0], source.width, source.height)),
+                   "mask": _png(mask), "generated_share": float(np.mean(mask == GENERATE))}
     return answer

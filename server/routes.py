@@ -35,8 +35,8 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from pipelines.checks import check_inputs
 from pipelines.context import JobContext
-from pipelines.registry import APPS, ENDPOINT_TASKS, EndpointTask, endpoint_id, input_model
-from pipelines.schema import JobInput, VaceOutput
+from pipelines.registry import APP_TASKS, APPS, EndpointTask, endpoint_id, input_model
+from pipelines.schema import OUTPUT_MODELS, JobInput, VaceOutput
 
 from . import protocol
 from .auth import API_KEY_HEADER, Caller
@@ -70,7 +70,7 @@ class Endpoint:
         return endpoint_id(self.app, self.task)
 
 
-ENDPOINTS = [Endpoint(app, model, task) for app, model in APPS.items() for task in ENDPOINT_TASKS]
+ENDPOINTS = [Endpoint(app, model, task) for app, model in APPS.items() for task in APP_TASKS[app]]
 _BY_PATH = {f"{prefix}/{e.id}": e for e in ENDPOINTS for prefix in ("", "/queue")}
 
 
@@ -261,20 +261,10 @@ def _register_endpoints() -> None:
     """The run and submit routes of every endpoint, each with its own path, request model and operation id."""
     for e in ENDPOINTS:
         model, op = input_model(e.app, e.task), f"{e.model}_{e.task or 'base'}"
-        _both(
-            router.post,
-            f"/{e.id}",
-            response_model=VaceOutput,
-            operation_id=f"run_{op}",
-            summary=f"Run {e.id} and wait for the output",
-        )(_with_body(run, model))
-        _both(
-            router.post,
-            f"/queue/{e.id}",
-            response_model=protocol.QueueSubmitted,
-            operation_id=f"submit_{op}",
-            summary=f"Queue a {e.id} job",
-        )(_with_body(submit, model))
+        _both(router.post, f"/{e.id}", response_model=OUTPUT_MODELS.get(e.id, VaceOutput), operation_id=f"run_{op}",
+              summary=f"Run {e.id} and wait for the output")(_with_body(run, model))
+        _both(router.post, f"/queue/{e.id}", response_model=protocol.QueueSubmitted,
+              operation_id=f"submit_{op}", summary=f"Queue a {e.id} job")(_with_body(submit, model))
 
 
 _register_endpoints()

@@ -17,7 +17,7 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from pipelines.lora_names import installed_loras
-from pipelines.registry import APPS, ENDPOINT_TASKS, endpoint_id
+from pipelines.registry import APP_TASKS, APPS, endpoint_id
 
 from .deps import AuthDep, CallerDep, MetricsDep, PoolDep, SettingsDep, SignerDep, StoreDep
 from .metrics import CONTENT_TYPE
@@ -53,13 +53,10 @@ def ready(pool: PoolDep, store: StoreDep, settings: SettingsDep, auth: AuthDep, 
     served = {m for w in workers for m in w["models_present"]}
     loaded = {m for d in devices for m in d["loaded_models"]} | {m for w in workers for m in w["models_loaded"]}
     endpoints = {
-        app_id: {
-            "model": model,
-            "tasks": [t for t in ENDPOINT_TASKS if t],
-            "endpoints": [endpoint_id(app_id, t) for t in ENDPOINT_TASKS],  # the base endpoint first
-            "weights_present": model in served or (pool.runs_jobs and pool.has_weights(model)),
-            "loaded": model in loaded,
-        }
+        app_id: {"model": model, "tasks": [t for t in APP_TASKS[app_id] if t],
+                 "endpoints": [endpoint_id(app_id, t) for t in APP_TASKS[app_id]],  # the base endpoint first
+                 "weights_present": model in served or (pool.runs_jobs and pool.has_weights(model)),
+                 "loaded": model in loaded}
         for app_id, model in APPS.items()
     }
     any_ready = any(e["weights_present"] for e in endpoints.values())

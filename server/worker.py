@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-import numpy as np
 import torch
 from pydantic import ValidationError
 
@@ -46,6 +45,7 @@ from pipelines.hooks import CheckpointSink, JobHooks, PreviewSink, Publish
 from pipelines.manifest import MODELS
 from pipelines.registry import endpoint_task, input_model
 from pipelines.schema import JobInput
+from pipelines.windows import WINDOWS_DIR
 
 from .config import Settings
 from .failures import failure_of
@@ -154,6 +154,16 @@ class Workers(Protocol):
 
     def devices(self) -> list[dict[str, Any]]:
         """Each worker's runtime (``ModelManager.describe``: device, memory mode, loaded models, ...)."""
+
+
+def clear_scratch(workdir: Path, keep: str | None = None) -> None:
+    """Delete a job's work directory, or everything in it but the entry ``keep``."""
+    if keep is None or not (workdir / keep).exists():
+        shutil.rmtree(workdir, ignore_errors=True)
+        return
+    for entry in workdir.iterdir():
+        if entry.name != keep:
+            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
 
 
 def clear_work_dir(work_dir: Path) -> None:
@@ -366,10 +376,12 @@ class Worker(threading.Thread):
         self._record(job, self._execute(job), time.perf_counter() - started)
 
     def _execute(self, job: Job) -> Ending:
-        """Run ``job`` to its end and say how it ended. Whatever the end, the job's scratch files are deleted and
-        its memory released, a job that did not complete leaves none of its published files behind, and a job that
-        ended (rather than going back to the queue) leaves no checkpoint or preview: all before anything is written
-        to the store, since on a full disk deleting them makes the room for the writes."""
+        """Run ``job`` to its end and say how it ended. Whatever the end, the job's scratch files are deleted (but
+        for the windows a long job finished, when it goes back to the queue: its next run on this node takes them,
+        ``pipelines.window_outputs``) and its memory released, a job that did not complete leaves none of its
+        published files behind, and a job that ended (rather than going back to the queue) leaves no checkpoint or
+        preview: all before anything is written to the store, since on a full disk deleting them makes the room for
+        the writes."""
         workdir = self.pool.work_dir / job.id
         published: list[str] = []  # keys of the files this job put in the store
         ending: Ending | None = None
@@ -377,7 +389,7 @@ class Worker(threading.Thread):
             ending = self._generate(job, workdir, published)
             return ending
         finally:
-            shutil.rmtree(workdir, ignore_errors=True)
+            clear_scratch(workdir, keep=WINDOWS_DIR if isinstance(ending, HandedBack) else None)
             if not isinstance(ending, Completed):
                 for key in published:
                     self._delete_file(job.id, key)
@@ -437,14 +449,11 @@ class Worker(threading.Thread):
             last = (i, now)
             self._log(job.id, f"step {i}/{total}")
 
-        hooks = JobHooks(
-            log=lambda message: self._log(job.id, message),
-            step=step,
-            cancelled=lambda: self.must_stop(job.id),
-            checkpoints=self._checkpoints(job, workdir),
-        )
+        hooks = JobHooks(log=lambda message: self._log(job.id, message), step=step,
+                         window=lambda i, n: self._log(job.id, f"window {i}/{n}"),
+                         cancelled=lambda: self.must_stop(job.id), checkpoints=self._checkpoints(job, workdir))
         if not inp.sync_mode:  # sync_mode keeps nothing on the server
-            hooks.control = lambda frames, fps: self._keep_control(job, workdir, frames, fps)
+            hooks.control = lambda path, fps: self._keep_control(job, path, fps)
             hooks.preview = self._previews(job, workdir)
         return hooks
 
@@ -563,21 +572,19 @@ class Worker(threading.Thread):
             if self.pool.stopping.wait(RECORD_RETRY_S):
                 return False
 
-    def _keep_control(self, job: Job, workdir: Path, frames: list[np.ndarray], fps: float) -> None:
-        """Store the control video that preprocessing made and put its URL on the job (the status body shows it).
+    def _keep_control(self, job: Job, path: Path, fps: float) -> None:
+        """Store the control video that preprocessing made (``path``, written by the job) and put its URL on the job
+        (the status body shows it).
 
         It is a preview for people, not part of the output: failing to keep it is logged and the job goes on.
         """
-        from pipelines.encode import write_control_video
-
         try:
-            encoded = write_control_video(frames, workdir / "control.mp4", fps, encoder=self.models.codecs.encoder)
-            url = self.pool.files.output_url(self.pool.files.adopt(encoded.path, "control.mp4"), job.base_url)
-        except Exception as exc:  # noqa: BLE001 - a full disk, an encoder error, an unreachable bucket: none is worth the job
+            url = self.pool.files.output_url(self.pool.files.adopt(path, "control.mp4"), job.base_url)
+        except Exception as exc:  # noqa: BLE001 - a full disk, an unreachable bucket: none is worth the job
             self._log(job.id, f"could not keep the control video: {exc}", "WARN")
             return
         self.pool.store.set_control_video(job.id, url)
-        self._log(job.id, f"control video kept ({encoded.num_frames} frames at {fps:g} fps)")
+        self._log(job.id, f"control video kept (at {fps:g} fps)")
 
     def _drop_control(self, job: Job) -> None:
         """Delete the control video kept for ``job`` and take its URL off the job."""

@@ -4,7 +4,8 @@ Run by tests/test_server_clients.py in a fresh process, because fal-client reads
 ``FAL_QUEUE_RUN_HOST`` (and httpx ``SSL_CERT_FILE``) at import: the environment is the one ``vace serve --tls``
 printed. Usage: ``python fal_client_driver.py POSE_VIDEO DEPTH_VIDEO SERVER_URL`` (pose and depth), or
 ``python fal_client_driver.py family SERVER_URL VIDEO MASK_VIDEO LETTERBOXED_VIDEO`` (the rest of the VACE family:
-the base endpoint, inpainting, outpainting and reframe on both apps).
+the base endpoint, inpainting, outpainting and reframe on both apps), or ``python fal_client_driver.py long
+SERVER_URL VIDEO`` (``fal-ai/wan-vace-apps/long-reframe``).
 """
 
 from __future__ import annotations
@@ -145,8 +146,23 @@ def family(server_url: str, video: str, mask: str, letterbox: str) -> dict[str, 
     return out
 
 
+def long_reframe(server_url: str, video: str) -> dict[str, Any]:
+    """``fal-ai/wan-vace-apps/long-reframe`` through subscribe (with logs) on an uploaded clip, fal's defaults but
+    for the output shape and the small job."""
+    use_server(server_url, key=os.environ["FAL_KEY"], ca_file=os.environ["SSL_CERT_FILE"])
+    seen: list[dict[str, Any]] = []
+    output = fal_client.subscribe(
+        "fal-ai/wan-vace-apps/long-reframe",
+        {"video_url": fal_client.upload_file(video), "aspect_ratio": "1:1", "resolution": "240p",
+         **{k: v for k, v in SMALL.items() if k != "num_frames"}},
+        with_logs=True, on_queue_update=lambda s: seen.append(describe(s)))
+    return {"output": output, "logs": seen[-1]["logs"]}
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "family":
         print(json.dumps(family(*sys.argv[2:6])))
+    elif sys.argv[1] == "long":
+        print(json.dumps(long_reframe(*sys.argv[2:4])))
     else:
         print(json.dumps(main(*sys.argv[1:4])))

@@ -24,7 +24,8 @@ line of its fence, or the ``--help`` it comes from.
 - :data:`SUBSTITUTE` replaces the few tokens that name things only the user's machine has (weights path, database,
   shared mount, ports); :data:`LOOPBACK` binds ``127.0.0.1`` where an example binds every interface, after the
   in-process check above passed the documented host.
-- Cost bound: every ``generate`` line runs with :data:`COST_BOUND` appended (argparse takes the last value), so a
+- Cost bound: every ``generate`` line runs with :data:`COST_BOUND` appended (argparse takes the last value; the
+  fields its endpoint has: long-reframe has no ``num_frames``, and its input clips are 17 frames), so a
   job is 17 frames at 240p with 2 steps whatever the example asks for; the example's own values are still checked
   by the schema before the run. The subprocesses run one torch thread each (``OMP_NUM_THREADS=1``), as the server
   tests do on the shared cores.
@@ -82,7 +83,7 @@ default port comes from ``VACE_PORT``, set to the same free port."""
 LOOPBACK = {"0.0.0.0": "127.0.0.1"}
 """Substituted for the run only: the suite opens no port beyond loopback. A server line with such a host is first
 asked, in-process and as documented, whether ``vace serve`` would refuse it (no API key)."""
-COST_BOUND = ["--num-frames", "17", "--num-inference-steps", "2", "--resolution", "240p"]
+COST_BOUND = {"num_frames": "17", "num_inference_steps": "2", "resolution": "240p"}
 SKIPPED: dict[str, str] = {
     r"^make test\b": "the suite itself: run from inside the suite it would recurse",
     r"^make (lint|format)\b": "CI runs `make lint` before the suite (.ci/run); `make format` rewrites the tree",
@@ -396,12 +397,18 @@ def check_outputs(line: str, args: argparse.Namespace, cwd: Path, printed: str) 
             assert frames == fields.get("num_frames", 17) and str(video) in printed, f"`{line}`: {name}"
 
 
+def cost_bound(endpoint: str) -> list[str]:
+    """The :data:`COST_BOUND` flags of the fields the endpoint has."""
+    fields = commands.cli_input_model(endpoint).model_fields  # type: ignore[arg-type]
+    return [arg for name, value in COST_BOUND.items() if name in fields for arg in (f"--{name}", value)]
+
+
 def run_command(command: Command, shell: Shell) -> None:
     """Run one documented command line to its end, or for a server or worker up and (Ctrl-C) down."""
     argv, env = command.argv, shell.environment(command.env)
     if argv[0] in ("vace", ".venv/bin/vace"):
         args, settings = check_vace_argv(command.documented[1:], shell.environment(command.documented_env))
-        run_argv = [str(VACE), *argv[1:], *(COST_BOUND if args.command == "generate" else [])]
+        run_argv = [str(VACE), *argv[1:], *(cost_bound(args.endpoint) if args.command == "generate" else [])]
         kind = args.command
     elif argv[0] == "make":
         run_argv = make_argv(argv)

@@ -116,7 +116,7 @@ def test_match_input_frames_and_fps(models, tmp_path):
         models, tmp_path, video_url=str(clip), match_input_num_frames=True, match_input_frames_per_second=True
     )
     info = probe_video(Path(out.video.url))
-    assert info.num_frames == 29  # 30 input frames, rounded down to 4k+1
+    assert info.num_frames == 30 and out.video.num_frames == 30  # exactly the input's: 33 generated, 3 cut
     assert info.fps == pytest.approx(24)
 
 

@@ -68,7 +68,8 @@ def test_the_mask_video_follows_the_frame_plan(mask_video: Path) -> None:
     )
     timing = plan_temporal(plan.num_frames, plan.fps, temporal_downsample_factor=1)
     indices = [plan.source_indices[j] for j in timing.control_indices]
-    planes, notes = read_mask_video(mask_video, info, info, indices)
+    stream, notes = read_mask_video(mask_video, info, info, indices)
+    planes = list(stream)
     assert notes == [] and len(planes) == len(indices) == timing.generate_frames
     for index, plane in zip(indices, planes, strict=True):
         columns = np.flatnonzero(plane[24] >= 128)
@@ -107,13 +108,13 @@ def test_fitting_binarises_at_half_grey_and_aligns_with_the_frames() -> None:
     assert set(np.unique(mask)) == {KEEP, GENERATE}
     assert np.array_equal(mask == GENERATE, fitted_frame >= 128)
     levels = np.array([[127, 128]], np.uint8)
-    assert fit_masks([levels], (2, 1), 2, 1)[0].tolist() == [[KEEP, GENERATE]]  # VACE's model: m > 0.5
+    assert next(fit_masks([levels], (2, 1), 2, 1)).tolist() == [[KEEP, GENERATE]]  # VACE's model: m > 0.5
 
 
 def test_one_plane_for_every_frame_is_fitted_once() -> None:
     plane = np.full((H, W), 255, np.uint8)
     plane[0, 0] = 0
-    masks = fit_masks([plane] * 5, (W, H), W, H)
+    masks = list(fit_masks([plane] * 5, (W, H), W, H))
     assert all(m is masks[0] for m in masks)
     assert check_generates(masks, "mask_image_url") == pytest.approx(1 - 1 / (W * H))
 
@@ -146,7 +147,7 @@ def test_edit_conditioning_greys_what_is_generated() -> None:
     frames = [np.full((H, W, 3), 10 * (i + 1), np.uint8) for i in range(4)]
     plane = np.zeros((H, W), np.uint8)
     plane[8:24, 8:40] = 255
-    masks = fit_masks([plane] * 4, (W, H), W, H)
+    masks = list(fit_masks([plane] * 4, (W, H), W, H))
     first = Image.new("RGB", (W, H), (1, 2, 3))
     cond = build_conditioning(frames, W, H, masks=masks, first_frame=first)
     arr = [np.asarray(v) for v in cond.video]

@@ -89,5 +89,5 @@ def test_render_pastes_the_source_on_grey_with_a_black_rectangle() -> None:
     assert (out[:4] == GREY).all() and (out[36:] == GREY).all() and (out[:, :8] == GREY).all()
     assert (mask[4:36, 8:56] == KEEP).all() and (mask == GENERATE).sum() == 64 * 48 - 48 * 32
     assert place.generated_share == pytest.approx(1 - 48 * 32 / (64 * 48))
-    frames = place.render_all([frame, frame, frame[::-1].copy()])
+    frames = list(place.render_all([frame, frame, frame[::-1].copy()]))
     assert frames[0] is frames[1] and frames[2] is not frames[0]

@@ -22,8 +22,15 @@ from pipelines.schema import (
 
 # Our deliberate differences from fal's schema, with the reason (the README says the same).
 ALLOWED = {"seed": "bounded to 0..2^63-1, the range of a torch generator seed; fal publishes no range"}
-# Fields fal does not have: extensions of ours. annotator goes with preprocess.
-EXTENSIONS = {"loras"}
+# Fields fal does not have: extensions of ours. annotator goes with preprocess, paste_back (long-reframe's) with
+# outpainting and reframe.
+EXTENSIONS = {"loras", "keep_audio"}
+
+
+def extensions(rows: dict) -> set[str]:
+    """The extensions of an endpoint whose fal fields are ``rows``."""
+    return EXTENSIONS | ({"annotator"} if "preprocess" in rows else set()) | (
+        {"paste_back"} if {"expand_ratio", "zoom_factor"} & set(rows) else set())
 NOT_SERVED = {"fal-ai/wan-vace-apps/video-edit"}  # an instruction-edit app, not part of this round
 
 
@@ -53,8 +60,7 @@ def test_each_model_matches_fals_schema_field_for_field(reference: dict, endpoin
     model = INPUT_MODELS[endpoint]
     schema = model.model_json_schema()
     problems = compare(endpoint, schema, rows, negative_prompt_default(REFERENCE.read_text()), ALLOWED)
-    extensions = EXTENSIONS | ({"annotator"} if "preprocess" in rows else set())
-    extra = set(schema["properties"]) - set(rows) - extensions
+    extra = set(schema["properties"]) - set(rows) - extensions(rows)
     assert not extra, f"{endpoint}: fields fal does not have: {sorted(extra)}"
     assert not problems, "\n".join(problems)
 

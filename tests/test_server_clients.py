@@ -3,7 +3,8 @@
 fal-client (Python) runs in a fresh process with exactly the environment lines the server printed; it covers
 subscribe, submit/status/result, cancel, run and upload_file (through ``server.falclient.use_server``) on both apps
 and both tasks, and then every other endpoint of the VACE family on both apps (the base endpoint without a video,
-inpainting with an uploaded mask video, outpainting, reframe of a letterboxed clip).
+inpainting with an uploaded mask video, outpainting, reframe of a letterboxed clip), and long-reframe of a clip of three
+scenes. The server runs windows of 17 frames (``--window-frames``), so the long reframe's scenes are windows too.
 @fal-ai/client (JS, from npm) uploads and subscribes through a ``requestMiddleware``.
 """
 
@@ -22,8 +23,10 @@ from typing import Any
 
 import httpx
 import pytest
+from scene_clips import write_three_scenes
 from server_fixtures import REPO, ServeProcess, control_videos, require, server_weights  # noqa: F401
 
+from pipelines.audio import audio_codec
 from weights.tiny.samples import write_sample
 
 API_KEY = "client-test-key"
@@ -32,7 +35,8 @@ JS_DIR = REPO / "tests" / "js"
 
 @pytest.fixture(scope="module")
 def tls_server(server_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
-    server = ServeProcess(server_weights, tmp_path_factory.mktemp("tls") / "data", tls=True, api_key=API_KEY).start()
+    server = ServeProcess(server_weights, tmp_path_factory.mktemp("tls") / "data", tls=True, api_key=API_KEY,
+                          extra_args=["--window-frames", "17", "--window-overlap", "5"]).start()
     yield server
     server.stop()
 
@@ -234,3 +238,28 @@ def test_every_family_endpoint_through_fal_client(
     assert "reframe: bars trimmed (top 30, bottom 30, left 0, right 0 px)" in logs["reframe"]
     placed = "reframe: zoom 0; the source (320x138) is placed at (0, 91)"
     assert any(line.startswith(placed) for line in logs["reframe"])
+
+
+def test_long_reframe_through_fal_client(tls_server: ServeProcess, fal_env: dict[str, str],
+                                         tmp_path_factory: pytest.TempPathFactory) -> None:
+    """fal's long-reframe app through subscribe: a clip of three scenes (60 frames at 16 fps, with sound) comes back
+    as fal's output (the video alone) with the clip's 60 frames and its sound, each scene reframed (in two windows
+    of 17 frames: the status lines count the job's six) and the log naming the scenes."""
+    clip = write_three_scenes(tmp_path_factory.mktemp("long") / "scenes.mp4")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FAL_")}
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "fal_client_driver.py"), "long", tls_server.url, str(clip)],
+        env={**env, **fal_env, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=1200, cwd=REPO,
+    )
+    assert proc.returncode == 0, f"{proc.stderr[-4000:]}\n--- server ---\n{tls_server.output()[-3000:]}"
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    output, logs = seen["output"], seen["logs"]
+    assert set(output) == {"video"}
+    video = output["video"]
+    assert (video["width"], video["height"], video["num_frames"], video["fps"]) == (320, 320, 60, 16)
+    body = fetch(tls_server, video["url"])
+    downloaded = tmp_path_factory.mktemp("long-out") / "out.mp4"
+    downloaded.write_bytes(body)
+    assert audio_codec(downloaded) == "aac"
+    assert any(line.startswith("3 scenes found (scene_threshold 30)") for line in logs)
+    assert [line for line in logs if line.startswith("window ")] == [f"window {i}/6" for i in range(1, 7)]

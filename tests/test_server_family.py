@@ -21,7 +21,7 @@ import pytest
 from fal_reference import REFERENCE, compare, load_reference, negative_prompt_default
 from PIL import Image
 from server_fixtures import Receiver, ThreadServer, free_port, keyed_client, require, server_weights, wait_until  # noqa: F401
-from test_schema_family import ALLOWED, EXTENSIONS
+from test_schema_family import ALLOWED, extensions
 
 from pipelines.encode import encode_video
 from pipelines.registry import ENDPOINT_IDS
@@ -116,7 +116,7 @@ def test_each_endpoints_openapi_body_matches_fals_schema(client: httpx.Client, e
         schema = spec["components"]["schemas"][ref.rsplit("/", 1)[1]]
         problems = compare(endpoint, schema, rows, negative_prompt_default(REFERENCE.read_text()), ALLOWED)
         assert not problems, "\n".join(problems)
-        extra = set(schema["properties"]) - set(rows) - EXTENSIONS - ({"annotator"} if "preprocess" in rows else set())
+        extra = set(schema["properties"]) - set(rows) - extensions(rows)
         assert not extra, f"{endpoint}: fields fal does not have: {sorted(extra)}"
     assert bodies[0] == bodies[1]
 

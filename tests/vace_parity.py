@@ -148,10 +148,11 @@ def run_ours(case: Case) -> tuple[list[np.ndarray], list[np.ndarray]]:
         exp: Expansion = expansion(width, height, case.params["sides"], case.params["ratio"])
         keep = case.params["keep_padding_ratio"]
         place = outpaint_placement(exp, 1.0, _ceil(exp.canvas_w, keep), _ceil(exp.canvas_h, keep))
-        frames, masks = place.render_all(case.frames), [place.mask()] * len(case.frames)
+        frames, masks = list(place.render_all(case.frames)), [place.mask()] * len(case.frames)
         width, height = place.width, place.height
     elif case.kind == "inpainting":
-        frames, masks = case.frames, fit_masks([case.mask] * len(case.frames), (width, height), width, height)
+        frames = case.frames
+        masks = list(fit_masks([case.mask] * len(case.frames), (width, height), width, height))
     else:
         n = case.params["expand_num"] + 2
         cond = build_conditioning(

@@ -15,6 +15,7 @@ const PREVIEW_DELAY_MS = 500;
 const WIDE_FIELDS = new Set(["negative_prompt"]);
 const STEP_LINE = /^step (\d+)\/(\d+)$/;
 const PAINT_UNDO_STEPS = 10;  // each step keeps a copy of the mask layer (8 MB at 1080p)
+const WINDOW_LINE = /^window (\d+)\/(\d+)$/;  // a job longer than one pass: its windows, each with its steps
 
 const state = {
   openapi: null,       // the server's /openapi.json
@@ -26,6 +27,7 @@ const state = {
   livePreview: { step: null, url: null },  // the live preview shown: its step and its object URL
   preview: { timer: null, seq: 0 },  // the pending conditioning preview and the number of the latest one asked
   painter: { tool: "brush", last: null, undo: [], video: "" },  // the mask painter's tool, stroke, undo and frame
+  window: { i: 1, n: 1 },  // the running job's current window, from its log: the bar covers every window
 };
 
 // ---------------------------------------------------------------- schema
@@ -571,14 +573,21 @@ function setProgress(percent, text) {
 
 function addLogs(lines, replace) {
   const log = $("#log");
-  if (replace) log.replaceChildren();
+  if (replace) {
+    log.replaceChildren();
+    state.window = { i: 1, n: 1 };
+  }
   for (const line of lines) {
     const time = line.timestamp ? new Date(line.timestamp).toLocaleTimeString() : "";
     log.append(el("div", { class: line.level, text: `${time} ${line.level.padEnd(7)} ${line.message}` }));
+    const win = line.message.match(WINDOW_LINE);
+    if (win) state.window = { i: Number(win[1]), n: Number(win[2]) };
     const step = line.message.match(STEP_LINE);
     if (step) {
-      const [i, n] = [Number(step[1]), Number(step[2])];
-      setProgress(Math.round((100 * i) / n), `denoising step ${i}/${n}`);
+      const [i, m] = [Number(step[1]), Number(step[2])];
+      const { i: w, n } = state.window;
+      setProgress(Math.round((100 * ((w - 1) * m + i)) / (n * m)),
+                  n > 1 ? `window ${w}/${n}, denoising step ${i}/${m}` : `denoising step ${i}/${m}`);
     } else if (line.message.startsWith("encoding")) {
       $("#progress-text").textContent = line.message;
     } else if ($("#progress").value === 0) {
