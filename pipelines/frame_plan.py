@@ -24,11 +24,10 @@ frames that was so it can be logged.
   generation the fps floor allows). The plan's notes say which f it chose and why, for the job log.
 
 Rounding: the model generates 4m + 1 frames, at least 17 (the Wan VAE packs 4 frames per latent after the first;
-more than one pass of the model runs as windows, ``pipelines.windows``). The
-generated count G is the smallest such count that covers the timeline, G >= ceil((N - 1) / (f + 1)) + 1. When
-(N - 1) is not a multiple of 4(f + 1), or N is below 17, this overshoots: the last generated frames sit past the control video's end
-(they take its last frame; ``held_frames`` counts them) and the interpolated output is cut back to exactly the
-planned length, so the count and fps above are exact. f is also capped so the shortened video still needs the
+more than one pass of the model runs as windows, ``pipelines.windows``). The generated count G is the smallest such
+count that covers the timeline, G >= ceil((N - 1) / (f + 1)) + 1. When (N - 1) is not a multiple of 4(f + 1), or N
+is below 17, this overshoots: the last generated frames sit past the control video's end (they take its last frame;
+``held_frames`` counts them) and the interpolated output is cut back to exactly the planned length, so the count and fps above are exact. f is also capped so the shortened video still needs the
 model's minimum of 17 frames (f <= 4 at N = 81, f = 0 at N = 17): beyond that, downsampling would only generate
 frames past the end of the video. A capped f is noted too.
 """
@@ -72,10 +71,8 @@ def plan_frames(
 ) -> FramePlan:
     """Plan the output timeline for ``video`` (see the module docstring for the rules)."""
     fps = video.fps if match_input_frames_per_second else float(frames_per_second)
-    if match_input_num_frames:  # exact: the generation plan rounds what it generates, not this
-        n = max(1, int(video.num_frames * fps / video.fps + 1e-6))
-    else:
-        n = round_frames(num_frames)
+    # match_input_num_frames is exact: the generation plan rounds what it generates, not the timeline.
+    n = max(1, int(video.num_frames * fps / video.fps + 1e-6)) if match_input_num_frames else round_frames(num_frames)
     indices = [int(i * video.fps / fps + 1e-6) for i in range(n)]
     last = video.num_frames - 1
     held = sum(1 for j in indices if j > last)

@@ -51,7 +51,7 @@ from .audio import add_audio
 from .checks import check_inputs, check_plan
 from .context import JobContext
 from .denoise import DenoiseRequest, run_denoise, to_uint8
-from .encode import Encoder, EncodedVideo, FramesZip, encode_video, write_control_video, write_mask_video
+from .encode import EncodedVideo, Encoder, FramesZip, encode_video, write_control_video, write_mask_video
 from .errors import JobCancelled
 from .fetch import load_image
 from .hooks import JobHooks, Publish
@@ -86,7 +86,6 @@ from .tasks import (
 from .video_io import read_frames
 from .window_outputs import WindowOutputs
 from .windows import Window, describe_windows, plan_windows, window_seed
-
 
 MASK_VIDEO_FILE = "mask.mp4"  # the file name ``publish`` gets for the tracked masks (the CLI writes it beside -o)
 OUTPUT_ONLY = {"keep_audio", "return_frames_zip", "sync_mode", "video_quality", "video_write_mode", "paste_back"}
@@ -143,7 +142,7 @@ class ControlVideo:
                 encoded, self.sink = self.sink.close(), None
                 assert self.hooks.control is not None
                 self.hooks.control(encoded.path, self.fps)
-        except Exception as exc:  # a full disk, an encoder error: not worth the job
+        except Exception as exc:  # noqa: BLE001 - a full disk, an encoder error: a preview is not worth the job
             self.hooks.log(f"could not keep the control video: {exc}")
             self.abort()
 
@@ -324,7 +323,7 @@ def _generate(inp: JobInput, task: EndpointTask, job: TaskJob, clips: list[Sourc
         hooks.log(f"safety check: the inputs passed (highest unsafe score {score:.2f})")
     hooks.log(f"loading {model}")
     parts = resolve_parts(manager, inp, job, model, interpolates=any(s.timing.interpolates for s in clips))
-    for source, planned in zip(clips, windows):
+    for source, planned in zip(clips, windows, strict=True):
         check_plan(source.timing, width=width, height=height, extra_latent_frames=len(refs or ()),
                    interpolator=parts.interpolator, group=parts.group, window_lengths={w.length for w in planned})
     if job.paste_back:

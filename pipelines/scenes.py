@@ -77,7 +77,7 @@ def scene_sources(inp: ReframeInput, job: TaskJob, workdir: Path, ctx: JobContex
     shared = pick_frames(video_path, [i for scene in indices for i in scene], nvdec_gpu=nvdec_gpu)
     clips: list[Source] = []
     try:
-        for k, (plan, scene, (a, b)) in enumerate(zip(plans, indices, scenes)):
+        for k, (plan, scene, (a, b)) in enumerate(zip(plans, indices, scenes, strict=True)):
             source = clip(inp, job, workdir, ctx, video_path, info, plan, frames=itertools.islice(shared, len(scene)),
                           samples=next(samples), nvdec_gpu=nvdec_gpu)
             source.decoders.append(shared)

@@ -52,7 +52,7 @@ class FrameSink(Generic[T]):
     def _run(self, write: Callable[[Iterator[np.ndarray]], T]) -> None:
         try:
             self._result = write(self._frames())
-        except BaseException as exc:  # handed to the job's thread by put/close
+        except BaseException as exc:  # noqa: BLE001 - whatever the writer raised is the job's: put/close re-raise it
             self._error = exc
         while not self._ended:  # a writer that stopped early: take what the job still hands over, up to its end
             item = self._queue.get()

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
@@ -304,8 +304,9 @@ def clip(inp: JobInput, job: TaskJob, workdir: Path, ctx: JobContext, video_path
 
 
 def paste_originals(clips: Sequence[Source]) -> None:
-    """Give each clip the input frames of its output timeline for ``paste_back``: one frame per output frame (no frames are interpolated between the input's: ``resolve`` refuses that), from one decoder
-    the clips share (a long reframe's scenes follow each other through the input)."""
+    """Give each clip the input frames of its output timeline for ``paste_back``: one frame per output frame (no
+    frames are interpolated between the input's: ``resolve`` refuses that), from one decoder the clips share (a long
+    reframe's scenes follow each other through the input)."""
     head = clips[0]
     assert head.video_path is not None
     wanted = [i for c in clips if c.plan is not None for i in c.plan.source_indices]
