@@ -27,9 +27,10 @@ Rounding: the model generates 4m + 1 frames, at least 17 (the Wan VAE packs 4 fr
 more than one pass of the model runs as windows, ``pipelines.windows``). The generated count G is the smallest such
 count that covers the timeline, G >= ceil((N - 1) / (f + 1)) + 1. When (N - 1) is not a multiple of 4(f + 1), or N
 is below 17, this overshoots: the last generated frames sit past the control video's end (they take its last frame;
-``held_frames`` counts them) and the interpolated output is cut back to exactly the planned length, so the count and fps above are exact. f is also capped so the shortened video still needs the
-model's minimum of 17 frames (f <= 4 at N = 81, f = 0 at N = 17): beyond that, downsampling would only generate
-frames past the end of the video. A capped f is noted too.
+``held_frames`` counts them) and the interpolated output is cut back to exactly the planned length, so the count and
+fps above are exact. f is also capped so the shortened video still needs the model's minimum of 17 frames (f <= 4
+at N = 81, f = 0 at N = 17): beyond that, downsampling would only generate frames past the end of the video. A capped
+f is noted too.
 """
 
 from __future__ import annotations

@@ -138,7 +138,7 @@ def test_each_window_continues_the_output_bit_for_bit(models, clip, tmp_path, mo
     assert windows == [(1, 3), (2, 3), (3, 3)] and len(job.conds) == 3
     assert any(line.startswith("33 frames in 3 windows of up to 17") for line in job.log)
     control = [np.asarray(fit_frame(f, 416, 240)) for f in read_frames(clip, list(range(33)))]
-    for cond, window in zip(range(3), plan_windows(33, SMALL_WINDOWS)):
+    for cond, window in enumerate(plan_windows(33, SMALL_WINDOWS)):
         video, masks = job.video(cond), job.masks(cond)
         assert len(video) == window.length
         assert np.array_equal(video[: window.kept], job.frames[window.start : window.start + window.kept])
@@ -171,7 +171,7 @@ def test_an_inpainting_mask_and_temporal_downsampling_follow_the_whole_timeline(
     drawn = [np.asarray(fit_frame(f, 416, 240))[..., 0] >= 128 for f in read_frames(Path(mask), range(49))]
     second = job.masks(1)
     assert (second[:9] == KEEP).all()
-    assert all(np.mean((m == GENERATE) == drawn[2 * p]) > 0.995 for m, p in zip(second[9:], range(17, 25)))
+    assert all(np.mean((m == GENERATE) == drawn[2 * p]) > 0.995 for m, p in zip(second[9:], range(17, 25), strict=True))
     assert np.array_equal(job.video(1)[:9], job.frames[16:49:2][:9])  # the output's generated frames 16..32 (8-16)
     assert (len(job.frames), job.out.video.num_frames, job.out.video.fps) == (49, 49, 16)
     assert frame_times(job.out.video.url) == pytest.approx([i / 16 for i in range(49)], abs=1e-3)
@@ -215,7 +215,8 @@ def test_long_reframe_reframes_each_scene_keeps_the_length_and_the_sound(models,
     assert any(line.startswith("3 scenes found (scene_threshold 30), frames 0-19, 20-39, 40-59") for line in job.log)
     assert any(line.startswith("scene 3/3 (frames 40-59): reframe: bars trimmed (top 0, bottom 0, left 42")
                for line in job.log)
-    assert (job.out.video.num_frames, job.out.video.fps, job.out.video.width, job.out.video.height) == (60, 16, 320, 320)
+    video = job.out.video
+    assert (video.num_frames, video.fps, video.width, video.height) == (60, 16, 320, 320)
     assert len(job.conds) == 6 and all(len(c.video) == 17 for c in job.conds)
     source = read_frames(three_scenes, range(60))
     for a, b in ((0, 20), (20, 40), (40, 60)):
