@@ -29,9 +29,28 @@ VACE = [sys.executable, "-m", "server.cli"]
 
 def run_job(video: Path, weights: Path, out: Path, steps: int) -> tuple[float, int]:
     """One job in a child process: its wall time (s) and peak RSS (bytes)."""
-    command = [*VACE, "generate", "pose", "--video", str(video), "--prompt", "a person walking", "-q",
-               "--match_input_num_frames", "--match_input_frames_per_second", "--num_inference_steps", str(steps),
-               "--acceleration", "none", "--seed", "1", "--weights-dir", str(weights), "-o", str(out)]
+    command = [
+        *VACE,
+        "generate",
+        "pose",
+        "--video",
+        str(video),
+        "--prompt",
+        "a person walking",
+        "-q",
+        "--match_input_num_frames",
+        "--match_input_frames_per_second",
+        "--num_inference_steps",
+        str(steps),
+        "--acceleration",
+        "none",
+        "--seed",
+        "1",
+        "--weights-dir",
+        str(weights),
+        "-o",
+        str(out),
+    ]
     start = time.perf_counter()
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -65,8 +84,10 @@ def main() -> None:
     for frames, windows, seconds, rss in rows:
         print(f"| {frames} | {windows} | {rss / 2**20:.0f} | {seconds:.1f} | {seconds / frames:.3f} |")
     (f0, _, t0, r0), (f1, _, t1, r1) = rows[0], rows[-1]
-    print(f"peak RSS {f1} / {f0} frames: {r1 / r0:.2f}x; marginal time per frame from {f0} to {f1}: "
-          f"{(t1 - t0) / (f1 - f0):.3f} s")
+    print(
+        f"peak RSS {f1} / {f0} frames: {r1 / r0:.2f}x; marginal time per frame from {f0} to {f1}: "
+        f"{(t1 - t0) / (f1 - f0):.3f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -25,8 +25,13 @@ AAC_BITRATE = "192k"
 
 def audio_codec(path: Path) -> str | None:
     """The codec of ``path``'s first audio stream (ffmpeg's name), or None when it has none."""
-    probe = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", str(path)],
-                           capture_output=True, text=True, errors="replace", check=False)
+    probe = subprocess.run(
+        [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", str(path)],
+        capture_output=True,
+        text=True,
+        errors="replace",
+        check=False,
+    )
     match = re.search(r"Stream #\d+:\d+[^:]*: Audio: (\w+)", probe.stderr)
     return match.group(1) if match else None
 
@@ -41,14 +46,37 @@ def add_audio(video: Path, source: Path, duration: float) -> str:
     for how in attempts:
         with tempfile.NamedTemporaryFile(dir=video.parent, suffix=".mp4", delete=False) as handle:
             muxed = Path(handle.name)
-        command = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-i", str(video),
-                   "-i", str(source), "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy", "-c:a", *how,
-                   "-t", f"{duration:.6f}", "-movflags", "+faststart", str(muxed)]
+        command = [
+            imageio_ffmpeg.get_ffmpeg_exe(),
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-i",
+            str(video),
+            "-i",
+            str(source),
+            "-map",
+            "0:v:0",
+            "-map",
+            "1:a:0",
+            "-c:v",
+            "copy",
+            "-c:a",
+            *how,
+            "-t",
+            f"{duration:.6f}",
+            "-movflags",
+            "+faststart",
+            str(muxed),
+        ]
         done = subprocess.run(command, capture_output=True, text=True, errors="replace", check=False)
         if done.returncode == 0:
             muxed.replace(video)
-            return (f"the input's sound ({codec}) is copied into the video" if how == ["copy"] else
-                    f"the input's sound ({codec}, which an MP4 does not play) is re-encoded to AAC") + \
-                f", cut to {duration:.2f} s"
+            return (
+                f"the input's sound ({codec}) is copied into the video"
+                if how == ["copy"]
+                else f"the input's sound ({codec}, which an MP4 does not play) is re-encoded to AAC"
+            ) + f", cut to {duration:.2f} s"
         muxed.unlink(missing_ok=True)
     raise RuntimeError(f"ffmpeg could not add the input's sound ({codec}): {done.stderr.strip()[-300:]}")

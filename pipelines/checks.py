@@ -49,8 +49,7 @@ class Host(Protocol):
     def missing_mask_tracker(self) -> str | None: ...
 
 
-def check_inputs(inp: EndpointInput, task: EndpointTask, ctx: JobContext, host: Host | None, *, model: str
-                 ) -> TaskJob:
+def check_inputs(inp: EndpointInput, task: EndpointTask, ctx: JobContext, host: Host | None, *, model: str) -> TaskJob:
     """Every check of a request that needs no download, in one place.
 
     Field ranges and types are the schema's; this adds what the endpoint's task makes of the request
@@ -117,9 +116,16 @@ def check_inputs(inp: EndpointInput, task: EndpointTask, ctx: JobContext, host: 
     return job
 
 
-def check_plan(timing: TemporalPlan, *, width: int, height: int, extra_latent_frames: int,
-               interpolator: FrameInterpolator | None, group: GroupMember | None,
-               window_lengths: Iterable[int]) -> None:
+def check_plan(
+    timing: TemporalPlan,
+    *,
+    width: int,
+    height: int,
+    extra_latent_frames: int,
+    interpolator: FrameInterpolator | None,
+    group: GroupMember | None,
+    window_lengths: Iterable[int],
+) -> None:
     """The late checks, before minutes of denoising: the interpolator can make the planned number of frames between
     each pair (FILM's v1.0.0 file makes midpoints only), and the job group can split the transformer sequence of
     each window (``window_lengths``: their frame counts) evenly (``extra_latent_frames``: one per reference

@@ -139,10 +139,19 @@ def denoise(
             dist.gather_object(cache_state, cache_states, dst=0)
         if rank != 0 or sink is None or policy is None or identity is None:
             return
-        state = DenoiseState(identity=identity, step=step, total=total, window=window, seed=seed, prompt=prompt,
-                             expert=expert_at(step - 1), latents=latents.detach().to("cpu", copy=True),
-                             generator=generator.get_state(), scheduler=scheduler_state(scheduler.inner),
-                             step_cache=cache_states)
+        state = DenoiseState(
+            identity=identity,
+            step=step,
+            total=total,
+            window=window,
+            seed=seed,
+            prompt=prompt,
+            expert=expert_at(step - 1),
+            latents=latents.detach().to("cpu", copy=True),
+            generator=generator.get_state(),
+            scheduler=scheduler_state(scheduler.inner),
+            step_cache=cache_states,
+        )
         checkpoints.run(lambda: keep_checkpoint(state, sink))
         policy.written(step)
 
@@ -217,6 +226,19 @@ def run_denoise(
     assert inp.acceleration is not None  # the schema reads null as the default
     threshold = THRESHOLDS[inp.acceleration]
     cache = StepCacheController(threshold, inp.num_inference_steps) if threshold is not None else None
-    return denoise(pipe, request.cond, inp, prompt=request.prompt, width=request.width, height=request.height,
-                   seed=request.seed, hooks=hooks or JobHooks(), cache=cache, group=group, fps=request.fps,
-                   identity=request.identity, resume=request.resume, window=request.window)
+    return denoise(
+        pipe,
+        request.cond,
+        inp,
+        prompt=request.prompt,
+        width=request.width,
+        height=request.height,
+        seed=request.seed,
+        hooks=hooks or JobHooks(),
+        cache=cache,
+        group=group,
+        fps=request.fps,
+        identity=request.identity,
+        resume=request.resume,
+        window=request.window,
+    )

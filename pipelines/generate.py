@@ -129,7 +129,8 @@ class ControlVideo:
     def __init__(self, path: Path, fps: float, hooks: JobHooks, encoder: Encoder) -> None:
         self.path, self.fps, self.hooks = path, fps, hooks
         self.sink: FrameSink[EncodedVideo] | None = FrameSink(
-            lambda frames: write_control_video(frames, path, fps, encoder=encoder), name="vace-control-video")
+            lambda frames: write_control_video(frames, path, fps, encoder=encoder), name="vace-control-video"
+        )
 
     def add(self, frames: Sequence[np.ndarray], last: bool) -> None:
         """The annotator's frames of one window; ``last``: the job's last window, the video is whole."""
@@ -178,8 +179,15 @@ class Denoiser:
     resume: DenoiseState | None
     """The checkpoint the job goes on from: its window from its step, the windows before it finished."""
 
-    def frames(self, source: Source, windows: Sequence[Window], *, first: Image.Image | None,
-               last: Image.Image | None, refs: list[Image.Image] | None) -> Iterator[np.ndarray]:
+    def frames(
+        self,
+        source: Source,
+        windows: Sequence[Window],
+        *,
+        first: Image.Image | None,
+        last: Image.Image | None,
+        refs: list[Image.Image] | None,
+    ) -> Iterator[np.ndarray]:
         """The generated frames of ``source``, in order, window by window as they are taken. Each window after the
         first keeps the frames the output already has in its overlap (the very arrays yielded before) and yields
         only its new ones."""
@@ -196,26 +204,38 @@ class Denoiser:
                 control = list(annotator.process(control))
                 if self.control_video is not None:
                     self.control_video.add(control, last=w.index + 1 == self.total)
-            kept = list(recent)[len(recent) - w.kept:] if w.kept else []
+            kept = list(recent)[len(recent) - w.kept :] if w.kept else []
             new = self.outputs.load(w.index)
             if new is not None:
                 hooks.log(f"window {w.index + 1}: its frames from an earlier run of this job are used")
             elif resume is not None and w.index < resume.window:
-                hooks.log(f"window {w.index + 1} was finished by an earlier run, whose frames are not on this node: "
-                          "made again (its seed makes the same frames)")
+                hooks.log(
+                    f"window {w.index + 1} was finished by an earlier run, whose frames are not on this node: "
+                    "made again (its seed makes the same frames)"
+                )
             if new is None:
                 cond = conditioning(self.inp, source, control, masks, first, last, refs, start=w.start, kept=kept)
                 del control, masks
                 request = DenoiseRequest(
-                    self.inp, cond, self.prompt, self.width, self.height, window_seed(self.seed, w.index), self.model,
-                    self.loras, fps=source.timing.generate_fps, identity=self.identity,
-                    resume=resume if resume is not None and resume.window == w.index else None, window=w.index)
+                    self.inp,
+                    cond,
+                    self.prompt,
+                    self.width,
+                    self.height,
+                    window_seed(self.seed, w.index),
+                    self.model,
+                    self.loras,
+                    fps=source.timing.generate_fps,
+                    identity=self.identity,
+                    resume=resume if resume is not None and resume.window == w.index else None,
+                    window=w.index,
+                )
                 if group is not None:
                     assert group.send is not None, "generate() runs on rank 0 of a job group"
                     group.send(request)
                 denoised = run_denoise(self.parts.model, request, hooks, group)
                 assert denoised is not None  # rank 0 decodes
-                new = to_uint8(denoised)[w.kept:]
+                new = to_uint8(denoised)[w.kept :]
                 del cond, request
                 if self.checker is not None:  # before its frames go on to be encoded: nothing flagged leaves the job
                     highest = max(highest, self.checker.check_output(list(new)))
@@ -270,28 +290,71 @@ def generate(
         video_path, info = fetch_video(clip_inp, workdir, ctx)
         scenes = detect_scenes(video_path, info, inp.scene_threshold)
         hooks.log(describe_scenes(scenes, inp.scene_threshold))
-        clips = scene_sources(clip_inp, job, workdir, ctx, video_path, info, scenes,
-                              nvdec_gpu=manager.codecs.decode_gpu(info))
+        clips = scene_sources(
+            clip_inp, job, workdir, ctx, video_path, info, scenes, nvdec_gpu=manager.codecs.decode_gpu(info)
+        )
     else:
-        clips = [prepare(clip_inp, job, workdir, ctx, first or last, codecs=manager.codecs,
-                         tracking=manager.mask_tracking())]
-    identity = {"input": inp.model_dump(mode="json", exclude=OUTPUT_ONLY), "task": task, "model": model,
-                "seed": seed, "windows": dataclasses.asdict(ctx.windows)}
+        clips = [
+            prepare(clip_inp, job, workdir, ctx, first or last, codecs=manager.codecs, tracking=manager.mask_tracking())
+        ]
+    identity = {
+        "input": inp.model_dump(mode="json", exclude=OUTPUT_ONLY),
+        "task": task,
+        "model": model,
+        "seed": seed,
+        "windows": dataclasses.asdict(ctx.windows),
+    }
     try:
-        return _generate(clip_inp, task, job, clips, seed=seed, first=first, last=last, refs=refs, loras=loras,
-                         model=model, manager=manager, workdir=workdir, publish=publish, hooks=hooks, ctx=ctx,
-                         started=started, outputs=WindowOutputs(workdir, identity), request_id=request_id,
-                         resume=resume, long_reframe=isinstance(inp, LongReframeInput))
+        return _generate(
+            clip_inp,
+            task,
+            job,
+            clips,
+            seed=seed,
+            first=first,
+            last=last,
+            refs=refs,
+            loras=loras,
+            model=model,
+            manager=manager,
+            workdir=workdir,
+            publish=publish,
+            hooks=hooks,
+            ctx=ctx,
+            started=started,
+            outputs=WindowOutputs(workdir, identity),
+            request_id=request_id,
+            resume=resume,
+            long_reframe=isinstance(inp, LongReframeInput),
+        )
     finally:
         for source in clips:
             source.close()
 
 
-def _generate(inp: JobInput, task: EndpointTask, job: TaskJob, clips: list[Source], *, seed: int,
-              first: Image.Image | None, last: Image.Image | None, refs: list[Image.Image] | None,
-              loras: Sequence[JobLora], model: str, manager: ModelManager, workdir: Path, publish: Publish,
-              hooks: JobHooks, ctx: JobContext, started: float, outputs: WindowOutputs, request_id: str,
-              resume: DenoiseState | None, long_reframe: bool) -> VaceOutput | LongReframeOutput:
+def _generate(
+    inp: JobInput,
+    task: EndpointTask,
+    job: TaskJob,
+    clips: list[Source],
+    *,
+    seed: int,
+    first: Image.Image | None,
+    last: Image.Image | None,
+    refs: list[Image.Image] | None,
+    loras: Sequence[JobLora],
+    model: str,
+    manager: ModelManager,
+    workdir: Path,
+    publish: Publish,
+    hooks: JobHooks,
+    ctx: JobContext,
+    started: float,
+    outputs: WindowOutputs,
+    request_id: str,
+    resume: DenoiseState | None,
+    long_reframe: bool,
+) -> VaceOutput | LongReframeOutput:
     """``generate()`` from its planned clips on (the rest of stage 2 and stages 3 to 5): one clip, or a long
     reframe's scenes, whose outputs follow each other in one video."""
     head = clips[0]
@@ -299,8 +362,12 @@ def _generate(inp: JobInput, task: EndpointTask, job: TaskJob, clips: list[Sourc
     output_frames = sum(source.timing.output_frames for source in clips)
     output_fps = head.timing.output_fps
     hooks.log(
-        (f"input {info.width}x{info.height}, {info.num_frames} frames at {info.fps:g} fps; " if info else
-         "no input video; ") + f"output {output_frames} frames at {output_fps:g} fps, {width}x{height}, seed {seed}"
+        (
+            f"input {info.width}x{info.height}, {info.num_frames} frames at {info.fps:g} fps; "
+            if info
+            else "no input video; "
+        )
+        + f"output {output_frames} frames at {output_fps:g} fps, {width}x{height}, seed {seed}"
     )
     windows: list[list[Window]] = []
     for source in clips:
@@ -324,8 +391,15 @@ def _generate(inp: JobInput, task: EndpointTask, job: TaskJob, clips: list[Sourc
     hooks.log(f"loading {model}")
     parts = resolve_parts(manager, inp, job, model, interpolates=any(s.timing.interpolates for s in clips))
     for source, planned in zip(clips, windows, strict=True):
-        check_plan(source.timing, width=width, height=height, extra_latent_frames=len(refs or ()),
-                   interpolator=parts.interpolator, group=parts.group, window_lengths={w.length for w in planned})
+        check_plan(
+            source.timing,
+            width=width,
+            height=height,
+            extra_latent_frames=len(refs or ()),
+            interpolator=parts.interpolator,
+            group=parts.group,
+            window_lengths={w.length for w in planned},
+        )
     if job.paste_back:
         paste_originals(clips)
 
@@ -339,29 +413,55 @@ def _generate(inp: JobInput, task: EndpointTask, job: TaskJob, clips: list[Sourc
     total = sum(map(len, windows))
     control_video = None
     if parts.annotator is not None:
-        hooks.log(f"preprocessing {head.timing.generate_frames} frames into {job.control_task} control "
-                  f"({type(parts.annotator).__name__})" + (", window by window" if total > 1 else ""))
+        hooks.log(
+            f"preprocessing {head.timing.generate_frames} frames into {job.control_task} control "
+            f"({type(parts.annotator).__name__})" + (", window by window" if total > 1 else "")
+        )
         if hooks.control is not None:
-            control_video = ControlVideo(workdir / "control.mp4", head.timing.generate_fps, hooks,
-                                         manager.codecs.encoder)
+            control_video = ControlVideo(
+                workdir / "control.mp4", head.timing.generate_fps, hooks, manager.codecs.encoder
+            )
     for lora in loras:
         hooks.log(f"LoRA {lora.index}: {lora.sha256[:12]} at scale {lora.scale:g} on {' and '.join(lora.experts)}")
     group = parts.group
-    hooks.log(f"denoising: {inp.num_inference_steps} steps, sampler {inp.sampler}, shift {inp.shift:g}"
-              + (f", on {group.spec.world_size} devices ({group.spec})" if group else ""))
+    hooks.log(
+        f"denoising: {inp.num_inference_steps} steps, sampler {inp.sampler}, shift {inp.shift:g}"
+        + (f", on {group.spec.world_size} devices ({group.spec})" if group else "")
+    )
     for planned in windows:
         if len(planned) > 1:
             hooks.log(describe_windows(planned, ctx.windows) + f"; window seeds derived from seed {seed}")
-    identity = Identity(request_id, job_weights(parts.model.version, (lora.sha256 for lora in loras)),
-                        code_version(), str(group.spec) if group else "none")
+    identity = Identity(
+        request_id,
+        job_weights(parts.model.version, (lora.sha256 for lora in loras)),
+        code_version(),
+        str(group.spec) if group else "none",
+    )
     resume = refuse(resume, identity, hooks.log)
     if resume is not None and hooks.checkpoints is not None:
-        hooks.log(f"resumed at step {resume.step}/{resume.total}"
-                  + (f" of window {resume.window + 1}/{total}" if total > 1 else "")
-                  + (f" (the {resume.expert} expert ran the step before)" if resume.expert != "transformer" else ""))
+        hooks.log(
+            f"resumed at step {resume.step}/{resume.total}"
+            + (f" of window {resume.window + 1}/{total}" if total > 1 else "")
+            + (f" (the {resume.expert} expert ran the step before)" if resume.expert != "transformer" else "")
+        )
         hooks.checkpoints.resumed(resume.step, resume.total)
-    denoiser = Denoiser(parts, inp, prompt, width, height, seed, model, loras, hooks, checker, control_video, total,
-                        outputs, identity, resume)
+    denoiser = Denoiser(
+        parts,
+        inp,
+        prompt,
+        width,
+        height,
+        seed,
+        model,
+        loras,
+        hooks,
+        checker,
+        control_video,
+        total,
+        outputs,
+        identity,
+        resume,
+    )
 
     # 5. Finish: each clip's output interpolated over its whole timeline, cut to it and pasted back onto; the clips
     # one after the other, encoded (and zipped) as they come; the input's sound added.
@@ -381,11 +481,18 @@ def _generate(inp: JobInput, task: EndpointTask, job: TaskJob, clips: list[Sourc
     if archive is not None:
         output = _zipped(output, archive)
     encoder = manager.codecs.encoder.for_size(width, height)
-    hooks.log(f"encoding with {encoder} as the frames come ({inp.video_quality} quality, {inp.video_write_mode} write "
-              "mode)")
+    hooks.log(
+        f"encoding with {encoder} as the frames come ({inp.video_quality} quality, {inp.video_write_mode} write mode)"
+    )
     try:
-        encoded = encode_video(output, workdir / "video.mp4", output_fps, quality=inp.video_quality,
-                               write_mode=inp.video_write_mode, encoder=encoder)
+        encoded = encode_video(
+            output,
+            workdir / "video.mp4",
+            output_fps,
+            quality=inp.video_quality,
+            write_mode=inp.video_write_mode,
+            encoder=encoder,
+        )
     finally:
         if control_video is not None:
             control_video.abort()  # a job that failed before its last window: the control video is not whole
@@ -408,8 +515,9 @@ def _generate(inp: JobInput, task: EndpointTask, job: TaskJob, clips: list[Sourc
         )
     mask_video = None
     if head.tracked_masks is not None:
-        masks = write_mask_video(head.tracked_masks, workdir / MASK_VIDEO_FILE, head.timing.generate_fps,
-                                 encoder=encoder)
+        masks = write_mask_video(
+            head.tracked_masks, workdir / MASK_VIDEO_FILE, head.timing.generate_fps, encoder=encoder
+        )
         mask_video = _video_file(masks, publish)
     hooks.log(f"{task or f'base ({job.recipe})'} job done in {time.perf_counter() - started:.1f} s")
     if long_reframe:

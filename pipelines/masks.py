@@ -84,8 +84,9 @@ def mask_from_image(image: Image.Image, video_size: tuple[int, int], field: str 
     return mask_plane(np.asarray(flatten_alpha(image, "black")))
 
 
-def read_mask_video(path: Path, mask: VideoInfo, video: VideoInfo, indices: Sequence[int],
-                    field: str = "mask_video_url") -> tuple[Iterator[np.ndarray], list[str]]:
+def read_mask_video(
+    path: Path, mask: VideoInfo, video: VideoInfo, indices: Sequence[int], field: str = "mask_video_url"
+) -> tuple[Iterator[np.ndarray], list[str]]:
     """The mask planes for the video frames at ``indices`` (the frame plan's reads of the source, in order) at the
     mask's own size, read as they are taken (a long job's masks are never held at once), and log lines. ``mask`` is
     the probed mask video (the caller checks it against the input limits first, as for the video). The checks on
@@ -102,13 +103,16 @@ def read_mask_video(path: Path, mask: VideoInfo, video: VideoInfo, indices: Sequ
         )
     notes = []
     if mask.num_frames != video.num_frames:
-        notes.append(f"the mask video has {mask.num_frames} frames, the video {video.num_frames}: masks follow "
-                     "the video frame for frame from its first frame")
+        notes.append(
+            f"the mask video has {mask.num_frames} frames, the video {video.num_frames}: masks follow "
+            "the video frame for frame from its first frame"
+        )
     return once_each(mask_plane, pick_frames(path, indices, field)), notes
 
 
-def fit_masks(planes: Iterable[np.ndarray], video_size: tuple[int, int], width: int, height: int
-              ) -> Iterator[np.ndarray]:
+def fit_masks(
+    planes: Iterable[np.ndarray], video_size: tuple[int, int], width: int, height: int
+) -> Iterator[np.ndarray]:
     """Binary KEEP/GENERATE masks at ``width`` x ``height`` for mask planes of the video's aspect ratio, one per
     plane as they are taken.
 

@@ -29,16 +29,23 @@ APPS_APP = "fal-ai/wan-vace-apps"
 
 # fal app id -> the model that serves it.
 APPS: dict[str, str] = {entry.endpoint: key for key, entry in MODELS.items() if entry.endpoint} | {
-    APPS_APP: "wan-vace-14b"}
+    APPS_APP: "wan-vace-14b"
+}
 # fal app id -> its endpoints (tasks).
 APP_TASKS: dict[str, tuple[EndpointTask, ...]] = {
-    app: ("long-reframe",) if app == APPS_APP else ENDPOINT_TASKS for app in APPS}
+    app: ("long-reframe",) if app == APPS_APP else ENDPOINT_TASKS for app in APPS
+}
 
 # The model `vace generate TASK` runs when no --model is given: each task on the fal app that offers it (fal offers
 # inpainting, outpainting, reframe and the base endpoint on the 14B app).
 DEFAULT_MODEL_FOR_TASK: dict[EndpointTask, str] = {
-    "": "wan-vace-14b", "pose": "wan-vace-14b", "depth": "wan-22-vace-fun-a14b", "inpainting": "wan-vace-14b",
-    "outpainting": "wan-vace-14b", "reframe": "wan-vace-14b", "long-reframe": "wan-vace-14b",
+    "": "wan-vace-14b",
+    "pose": "wan-vace-14b",
+    "depth": "wan-22-vace-fun-a14b",
+    "inpainting": "wan-vace-14b",
+    "outpainting": "wan-vace-14b",
+    "reframe": "wan-vace-14b",
+    "long-reframe": "wan-vace-14b",
 }
 
 
@@ -63,4 +70,3 @@ def input_model(app: str, task: str) -> type[EndpointInput]:
     """The request model of an endpoint (``KeyError`` for one not served)."""
     model = INPUT_MODELS[endpoint_id(app, task)]
     return model  # type: ignore[return-value]  # every served endpoint's model is an EndpointInput
-

@@ -271,8 +271,9 @@ def read_state(path: Path) -> DenoiseState:
         raise CorruptCheckpoint(f"its state does not parse ({exc})") from None
 
 
-def load_resume(sink: CheckpointSink | None, *, request: str, window: int | None = 0,
-                log: Callable[[str], None]) -> DenoiseState | None:
+def load_resume(
+    sink: CheckpointSink | None, *, request: str, window: int | None = 0, log: Callable[[str], None]
+) -> DenoiseState | None:
     """The job's latest checkpoint when there is one that this request, this code and this window (None: whichever
     window it belongs to, for a long job that sorts its windows out itself) can go on from; the weights and the
     group's layout are checked once the model is resolved (:func:`refuse`)."""

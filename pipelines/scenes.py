@@ -58,17 +58,28 @@ def detect_scenes(path: Path, info: VideoInfo, threshold: float) -> list[tuple[i
 def describe_scenes(scenes: Sequence[tuple[int, int]], threshold: float) -> str:
     """The job log's account of the scenes found."""
     shown = ", ".join(f"{a}-{b - 1}" for a, b in scenes[:MAX_LOGGED])
-    return (f"{len(scenes)} scene{'s' if len(scenes) != 1 else ''} found (scene_threshold {threshold:g}), frames "
-            f"{shown}{', ...' if len(scenes) > MAX_LOGGED else ''}; each is reframed on its own")
+    return (
+        f"{len(scenes)} scene{'s' if len(scenes) != 1 else ''} found (scene_threshold {threshold:g}), frames "
+        f"{shown}{', ...' if len(scenes) > MAX_LOGGED else ''}; each is reframed on its own"
+    )
 
 
-def scene_sources(inp: ReframeInput, job: TaskJob, workdir: Path, ctx: JobContext, video_path: Path,
-                  info: VideoInfo, scenes: Sequence[tuple[int, int]], nvdec_gpu: int | None = None) -> list[Source]:
+def scene_sources(
+    inp: ReframeInput,
+    job: TaskJob,
+    workdir: Path,
+    ctx: JobContext,
+    video_path: Path,
+    info: VideoInfo,
+    scenes: Sequence[tuple[int, int]],
+    nvdec_gpu: int | None = None,
+) -> list[Source]:
     """Each scene as a clip of its own (its frames at the input's rate, its own bars and placement), the clips
     reading the input through one decoder (on ``nvdec_gpu``'s NVDEC, or the CPU), forward, as the job takes their
     frames (``tasks.Source``)."""
-    plans = [FramePlan(num_frames=b - a, fps=info.fps, source_indices=list(range(a, b)), held_frames=0)
-             for a, b in scenes]
+    plans = [
+        FramePlan(num_frames=b - a, fps=info.fps, source_indices=list(range(a, b)), held_frames=0) for a, b in scenes
+    ]
     indices = []
     for plan in plans:
         timing = temporal_plan(inp, plan.num_frames, plan.fps)
@@ -78,8 +89,18 @@ def scene_sources(inp: ReframeInput, job: TaskJob, workdir: Path, ctx: JobContex
     clips: list[Source] = []
     try:
         for k, (plan, scene, (a, b)) in enumerate(zip(plans, indices, scenes, strict=True)):
-            source = clip(inp, job, workdir, ctx, video_path, info, plan, frames=itertools.islice(shared, len(scene)),
-                          samples=next(samples), nvdec_gpu=nvdec_gpu)
+            source = clip(
+                inp,
+                job,
+                workdir,
+                ctx,
+                video_path,
+                info,
+                plan,
+                frames=itertools.islice(shared, len(scene)),
+                samples=next(samples),
+                nvdec_gpu=nvdec_gpu,
+            )
             source.decoders.append(shared)
             source.notes[:] = [f"scene {k + 1}/{len(scenes)} (frames {a}-{b - 1}): {note}" for note in source.notes]
             clips.append(source)
@@ -94,8 +115,9 @@ def scene_sources(inp: ReframeInput, job: TaskJob, workdir: Path, ctx: JobContex
 def scene_input(inp: LongReframeInput) -> ReframeInput:
     """The reframe request each scene runs as: the same fields, the scene's own frames at the input's frame rate."""
     fields = inp.model_dump(exclude={"scene_threshold"})
-    return ReframeInput.model_validate({**fields, "match_input_num_frames": True,
-                                       "match_input_frames_per_second": True})
+    return ReframeInput.model_validate(
+        {**fields, "match_input_num_frames": True, "match_input_frames_per_second": True}
+    )
 
 
 def grouped_frames(path: Path, groups: Sequence[Sequence[int]]) -> Generator[list[np.ndarray], None, None]:

@@ -327,8 +327,9 @@ class LongReframeInput(FramingFields, GenerationFields, SourceVideoField):
     clip timeline (no ``num_frames``, ``frames_per_second``, ``match_input_*``, first/last frame, interpolation)."""
 
     paste_back: bool = Field(
-        True, description="Whether to paste back the reframed scene to the original video: the source's own pixels "
-        "where it lands on the canvas, so only the new area is generated."
+        True,
+        description="Whether to paste back the reframed scene to the original video: the source's own pixels "
+        "where it lands on the canvas, so only the new area is generated.",
     )
     scene_threshold: float = Field(
         30,

@@ -155,8 +155,11 @@ def _paste_back(inp: OutpaintingInput | ReframeInput | LongReframeInput) -> bool
     """Whether the job pastes the source back; a 422 where interpolated frames between the input's would have
     nothing to paste."""
     if inp.paste_back and getattr(inp, "num_interpolated_frames", 0):
-        raise InputError("paste_back", "paste_back keeps the source's own pixels in every output frame, and the frames "
-                         "num_interpolated_frames inserts between the input's have none; use one or the other")
+        raise InputError(
+            "paste_back",
+            "paste_back keeps the source's own pixels in every output frame, and the frames "
+            "num_interpolated_frames inserts between the input's have none; use one or the other",
+        )
     return inp.paste_back
 
 
@@ -238,15 +241,29 @@ def prepare(
     assert inp.frames_per_second is not None  # the schema reads null as the default
     if job.recipe == "text":
         timing = temporal_plan(inp, round_frames(inp.num_frames), float(inp.frames_per_second))
-        width, height = output_size(inp.resolution, inp.aspect_ratio, *(frame_image.size if frame_image else
-                                                                         NATIVE_SIZE))
+        width, height = output_size(
+            inp.resolution, inp.aspect_ratio, *(frame_image.size if frame_image else NATIVE_SIZE)
+        )
         return Source(timing, width, height, itertools.repeat(grey_frames(1, width, height)[0]), None, None, None)
     video_path, info = fetch_video(inp, workdir, ctx)
-    plan = plan_frames(info, num_frames=inp.num_frames, frames_per_second=inp.frames_per_second,
-                       match_input_num_frames=inp.match_input_num_frames,
-                       match_input_frames_per_second=inp.match_input_frames_per_second)
-    return clip(inp, job, workdir, ctx, video_path, info, plan, tracking=tracking,
-                nvdec_gpu=codecs.decode_gpu(info) if codecs else None)
+    plan = plan_frames(
+        info,
+        num_frames=inp.num_frames,
+        frames_per_second=inp.frames_per_second,
+        match_input_num_frames=inp.match_input_num_frames,
+        match_input_frames_per_second=inp.match_input_frames_per_second,
+    )
+    return clip(
+        inp,
+        job,
+        workdir,
+        ctx,
+        video_path,
+        info,
+        plan,
+        tracking=tracking,
+        nvdec_gpu=codecs.decode_gpu(info) if codecs else None,
+    )
 
 
 def fetch_video(inp: JobInput, workdir: Path, ctx: JobContext) -> tuple[Path, VideoInfo]:
@@ -258,29 +275,50 @@ def fetch_video(inp: JobInput, workdir: Path, ctx: JobContext) -> tuple[Path, Vi
     return video_path, info
 
 
-def clip(inp: JobInput, job: TaskJob, workdir: Path, ctx: JobContext, video_path: Path, info: VideoInfo,
-         plan: FramePlan, *, frames: Iterator[np.ndarray] | None = None, samples: list[np.ndarray] | None = None,
-         tracking: MaskFollower | None = None, nvdec_gpu: int | None = None) -> Source:
+def clip(
+    inp: JobInput,
+    job: TaskJob,
+    workdir: Path,
+    ctx: JobContext,
+    video_path: Path,
+    info: VideoInfo,
+    plan: FramePlan,
+    *,
+    frames: Iterator[np.ndarray] | None = None,
+    samples: list[np.ndarray] | None = None,
+    tracking: MaskFollower | None = None,
+    nvdec_gpu: int | None = None,
+) -> Source:
     """The source of the frames of ``video_path`` that ``plan`` reads (the whole job's, or one scene's of a long
     reframe). ``frames``: the input frames at the generated positions, from a decoder the caller shares between
     clips (default: a decoder of this clip's own); ``samples``: reframe's bar detection frames, when the caller
     read them (default: read here); ``tracking`` and ``nvdec_gpu``: as ``prepare`` takes them."""
     timing = temporal_plan(inp, plan.num_frames, plan.fps)
     indices = [plan.source_indices[j] for j in timing.control_indices]
-    source = Source(timing, *output_size(inp.resolution, inp.aspect_ratio, info.width, info.height),
-                    pick_frames(video_path, indices, nvdec_gpu=nvdec_gpu) if frames is None else frames, None, info,
-                    plan, video_path, indices, nvdec_gpu=nvdec_gpu)
+    source = Source(
+        timing,
+        *output_size(inp.resolution, inp.aspect_ratio, info.width, info.height),
+        pick_frames(video_path, indices, nvdec_gpu=nvdec_gpu) if frames is None else frames,
+        None,
+        info,
+        plan,
+        video_path,
+        indices,
+        nvdec_gpu=nvdec_gpu,
+    )
     log = source.notes.append
     try:
         if job.recipe == "inpainting":
             assert job.mask is not None
-            source.masks, source.mask_mode = _inpainting_masks(job.mask, info, source, indices, workdir, ctx,
-                                                               tracking, log)
+            source.masks, source.mask_mode = _inpainting_masks(
+                job.mask, info, source, indices, workdir, ctx, tracking, log
+            )
         elif job.recipe == "outpainting":
-            placement = plan_outpaint(info.width, info.height, job.sides, job.ratio, inp.resolution,
-                                      inp.aspect_ratio)
-            log(f"outpainting: {', '.join(job.sides)} grow by {job.ratio:g} of the source's width (left, right) or "
-                "height (top, bottom); " + describe_placement(placement))
+            placement = plan_outpaint(info.width, info.height, job.sides, job.ratio, inp.resolution, inp.aspect_ratio)
+            log(
+                f"outpainting: {', '.join(job.sides)} grow by {job.ratio:g} of the source's width (left, right) or "
+                "height (top, bottom); " + describe_placement(placement)
+            )
             _place(source, placement)
         elif job.recipe == "reframe":
             if samples is None:
@@ -291,8 +329,10 @@ def clip(inp: JobInput, job: TaskJob, workdir: Path, ctx: JobContext, video_path
             elif placement.crop is None:
                 log("reframe: no letterbox or pillarbox bars found")
             else:
-                log(f"reframe: bars trimmed (top {bars.top}, bottom {bars.bottom}, left {bars.left}, right "
-                    f"{bars.right} px)")
+                log(
+                    f"reframe: bars trimmed (top {bars.top}, bottom {bars.bottom}, left {bars.left}, right "
+                    f"{bars.right} px)"
+                )
             log(f"reframe: zoom {job.zoom:g}; " + describe_placement(placement))
             if placement.generated_share == 0:
                 log("reframe: the picture covers the whole canvas, nothing around it is generated")
@@ -329,9 +369,18 @@ def frame_images(inp: JobInput, workdir: Path, ctx: JobContext) -> tuple[Image.I
     return first, last
 
 
-def conditioning(inp: JobInput, source: Source, control: Sequence[np.ndarray], masks: Sequence[np.ndarray] | None,
-                 first: Image.Image | None, last: Image.Image | None, refs: list[Image.Image] | None = None, *,
-                 start: int = 0, kept: Sequence[np.ndarray] = ()) -> Conditioning:
+def conditioning(
+    inp: JobInput,
+    source: Source,
+    control: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray] | None,
+    first: Image.Image | None,
+    last: Image.Image | None,
+    refs: list[Image.Image] | None = None,
+    *,
+    start: int = 0,
+    kept: Sequence[np.ndarray] = (),
+) -> Conditioning:
     """The VACE conditioning of generated positions ``start`` .. of ``source``: the frames the output already has
     there (``kept``, a later window of a long job), then ``control`` (the source's own frames there, or the
     annotator's) under ``masks`` (None: all generated); the first/last frame images where their positions fall
@@ -339,10 +388,18 @@ def conditioning(inp: JobInput, source: Source, control: Sequence[np.ndarray], m
     timing = source.timing
     first_at, last_at = 0, timing.generate_frames - 1 - timing.held_frames
     new_from, stop = start + len(kept), start + len(kept) + len(control)
-    return build_conditioning(control, source.width, source.height, masks=masks,
-                              first_frame=first if new_from <= first_at < stop else None,
-                              last_frame=last if new_from <= last_at < stop else None, last_index=last_at - start,
-                              reference_images=refs, transparency_mode=inp.transparency_mode, kept_frames=kept)
+    return build_conditioning(
+        control,
+        source.width,
+        source.height,
+        masks=masks,
+        first_frame=first if new_from <= first_at < stop else None,
+        last_frame=last if new_from <= last_at < stop else None,
+        last_index=last_at - start,
+        reference_images=refs,
+        transparency_mode=inp.transparency_mode,
+        kept_frames=kept,
+    )
 
 
 def temporal_plan(inp: JobInput, frames: int, fps: float) -> TemporalPlan:
@@ -373,9 +430,16 @@ def describe_placement(p: Placement) -> str:
     )
 
 
-def _inpainting_masks(mask: MaskRef, info: VideoInfo, source: Source, indices: Sequence[int], workdir: Path,
-                      ctx: JobContext, tracking: MaskFollower | None,
-                      log: Callable[[str], None]) -> tuple[Iterator[np.ndarray], MaskMode]:
+def _inpainting_masks(
+    mask: MaskRef,
+    info: VideoInfo,
+    source: Source,
+    indices: Sequence[int],
+    workdir: Path,
+    ctx: JobContext,
+    tracking: MaskFollower | None,
+    log: Callable[[str], None],
+) -> tuple[Iterator[np.ndarray], MaskMode]:
     """The inpainting masks at the output size, one per generated frame as they are taken, and the mask mode: a mask
     video read at the video frames the plan reads (``indices``), or one mask image tracked through the planned
     frames (with ``tracking``) or applied to every one of them. A mask that generates nothing or everything is
@@ -400,8 +464,9 @@ def _inpainting_masks(mask: MaskRef, info: VideoInfo, source: Source, indices: S
         plane = mask_from_image(image, size, mask.field)
         if tracking is not None:
             mode, how = "track", "the mask image marks the first frame; SAM2 follows it through the others"
-            masks = source.tracked_masks = tracking.masks(source.input_frames(range(len(indices))), plane,
-                                                          mask.field, width, height, log)
+            masks = source.tracked_masks = tracking.masks(
+                source.input_frames(range(len(indices))), plane, mask.field, width, height, log
+            )
             share = check_generates(masks, mask.field)
         else:
             mode, how = "static", "one mask image for every frame, as VACE's mask mode"

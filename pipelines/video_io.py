@@ -134,8 +134,9 @@ def read_frames(
         return list(picked)
 
 
-def pick_frames(path: Path, indices: Iterable[int], field: str = "video_url",
-                nvdec_gpu: int | None = None) -> Generator[np.ndarray, None, None]:
+def pick_frames(
+    path: Path, indices: Iterable[int], field: str = "video_url", nvdec_gpu: int | None = None
+) -> Generator[np.ndarray, None, None]:
     """``read_frames`` one frame at a time: the decoder runs only as far as the frames taken so far, so a long job
     reads its video window by window without holding it. Close the generator to stop ffmpeg early."""
     wanted = iter(indices)
@@ -172,11 +173,13 @@ def _decoded(path: Path, field: str, nvdec_gpu: int | None) -> Generator[np.ndar
                 for frame in frames:
                     yield frame
                     done += 1
-            log.warning("NVDEC on GPU %d ended %s after %d frames; decoding the rest on the CPU", nvdec_gpu,
-                        path.name, done)
+            log.warning(
+                "NVDEC on GPU %d ended %s after %d frames; decoding the rest on the CPU", nvdec_gpu, path.name, done
+            )
         except InputError as exc:
-            log.warning("NVDEC on GPU %d could not decode %s (%s); decoding the rest on the CPU", nvdec_gpu,
-                        path.name, exc.msg)
+            log.warning(
+                "NVDEC on GPU %d could not decode %s (%s); decoding the rest on the CPU", nvdec_gpu, path.name, exc.msg
+            )
     with closing(iter_frames(path, field)) as frames:
         yield from itertools.islice(frames, done, None)
 

@@ -45,11 +45,14 @@ class WindowSettings:
 
     def __post_init__(self) -> None:
         if not (MIN_FRAMES <= self.frames <= MAX_FRAMES and self.frames % 4 == 1):
-            raise ValueError(f"window frames must be 4k+1 in {MIN_FRAMES}..{MAX_FRAMES} (the model's lengths), got "
-                             f"{self.frames}")
+            raise ValueError(
+                f"window frames must be 4k+1 in {MIN_FRAMES}..{MAX_FRAMES} (the model's lengths), got {self.frames}"
+            )
         if not (1 <= self.overlap < self.frames and self.overlap % 4 == 1):
-            raise ValueError(f"window overlap must be 4k+1 and less than the window's {self.frames} frames (so each "
-                             f"window is 4k+1 frames long), got {self.overlap}")
+            raise ValueError(
+                f"window overlap must be 4k+1 and less than the window's {self.frames} frames (so each "
+                f"window is 4k+1 frames long), got {self.overlap}"
+            )
 
 
 @dataclass(frozen=True)
@@ -79,15 +82,18 @@ def plan_windows(generate_frames: int, settings: WindowSettings, first_index: in
     windows = [Window(first_index, 0, min(settings.frames, generate_frames), 0)]
     while (end := windows[-1].stop) < generate_frames:
         start = min(end - settings.overlap, generate_frames - MIN_FRAMES)
-        windows.append(Window(first_index + len(windows), start, min(start + settings.frames, generate_frames),
-                              end - start))
+        windows.append(
+            Window(first_index + len(windows), start, min(start + settings.frames, generate_frames), end - start)
+        )
     return windows
 
 
 def describe_windows(windows: list[Window], settings: WindowSettings) -> str:
     """The job log's account of a clip's windows."""
-    return (f"{windows[-1].stop} frames in {len(windows)} windows of up to {settings.frames}, each after the first "
-            f"conditioned on the last {settings.overlap} frames of the output before it")
+    return (
+        f"{windows[-1].stop} frames in {len(windows)} windows of up to {settings.frames}, each after the first "
+        f"conditioned on the last {settings.overlap} frames of the output before it"
+    )
 
 
 def window_seed(seed: int, index: int) -> int:

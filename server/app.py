@@ -228,10 +228,12 @@ def create_app(config: Settings) -> FastAPI:
         title="vace-server",
         version="0.1.0",
         summary="Self-hosted, fal-compatible Wan VACE: pose, depth, inpainting, outpainting, reframe and text/image "
-                "to video",
-        description="fal's HTTP protocol for " + ", ".join(
+        "to video",
+        description="fal's HTTP protocol for "
+        + ", ".join(
             ("`{a}`, " if "" in tasks else "") + f"`{a}/{{{'|'.join(t for t in tasks if t)}}}`"
-            for a, tasks in APP_TASKS.items())
+            for a, tasks in APP_TASKS.items()
+        )
         + ". Authenticate with `Authorization: Key <key>` when the server has API keys.",
         lifespan=lifespan,
     )

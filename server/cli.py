@@ -45,9 +45,15 @@ FIELD_ALIASES = {
 }
 # `vace generate NAME`: the endpoint each name runs ("" = the base endpoint; `t2v` is an alias of `base`), and what
 # it does.
-GENERATE_TASKS: dict[str, EndpointTask] = {"pose": "pose", "depth": "depth", "inpainting": "inpainting",
-                                           "outpainting": "outpainting", "reframe": "reframe", "base": "",
-                                           "long-reframe": "long-reframe"}
+GENERATE_TASKS: dict[str, EndpointTask] = {
+    "pose": "pose",
+    "depth": "depth",
+    "inpainting": "inpainting",
+    "outpainting": "outpainting",
+    "reframe": "reframe",
+    "base": "",
+    "long-reframe": "long-reframe",
+}
 TASK_HELP: dict[EndpointTask, str] = {
     "pose": "pose-controlled video to video: --video is a pose video (or any video, with --preprocess)",
     "depth": "depth-controlled video to video: --video is a depth video (or any video, with --preprocess)",
@@ -55,9 +61,9 @@ TASK_HELP: dict[EndpointTask, str] = {
     "outpainting": "grow --video's frame on the --expand-* sides by --expand-ratio and generate the new border",
     "reframe": "the same footage in a new frame shape (--aspect-ratio): bars trimmed, the rest of the canvas generated",
     "": "the base endpoint: text, reference (--ref_image_urls) or first/last-frame to video without --video; with a "
-        "video, --task says what it is for",
+    "video, --task says what it is for",
     "long-reframe": "a long --video reframed scene by scene (fal-ai/wan-vace-apps/long-reframe): scene cuts found, "
-                    "each scene reframed with its own framing, the whole length and the sound kept",
+    "each scene reframed with its own framing, the whole length and the sound kept",
 }
 EDIT_TASKS: tuple[EndpointTask, ...] = ("inpainting", "outpainting", "reframe")
 # The fields that shape a job's conditioning (what `vace preprocess` of an edit task writes), where its task has them.
@@ -234,8 +240,9 @@ def parse_lora(text: str) -> dict[str, Any]:
     return lora
 
 
-def _add_field_flags(parser: argparse.ArgumentParser, model: type[EndpointInput],
-                     only: frozenset[str] | None = None) -> None:
+def _add_field_flags(
+    parser: argparse.ArgumentParser, model: type[EndpointInput], only: frozenset[str] | None = None
+) -> None:
     """One flag per field of ``model`` (or of its fields in ``only``; ``loras``: a repeatable ``--lora``); values are
     validated by the schema itself, not by argparse."""
     if only is None and "loras" in model.model_fields:

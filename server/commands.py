@@ -130,8 +130,9 @@ def generate_to_file(
         return target.as_uri()
 
     # Logs go with the progress bar to stderr: stdout carries only the output JSON, so `> result.json` works.
-    hooks = JobHooks(log=(lambda m: None) if quiet else (lambda m: bar.write(m, file=sys.stderr)), step=on_step,
-                     window=on_window)
+    hooks = JobHooks(
+        log=(lambda m: None) if quiet else (lambda m: bar.write(m, file=sys.stderr)), step=on_step, window=on_window
+    )
     if preview is not None:
         preview_file = preview.resolve()
         preview_file.parent.mkdir(parents=True, exist_ok=True)
@@ -156,8 +157,16 @@ def generate_to_file(
             )
             workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="vace-job-"))
             ctx = JobContext(lora_cache=settings.lora_cache(), windows=settings.windows)
-            result = generate(inp, task=task, model=model, manager=models, workdir=Path(workdir), publish=publish,
-                              hooks=hooks, ctx=ctx)
+            result = generate(
+                inp,
+                task=task,
+                model=model,
+                manager=models,
+                workdir=Path(workdir),
+                publish=publish,
+                hooks=hooks,
+                ctx=ctx,
+            )
     finally:
         bar.close()
     print(result.model_dump_json(indent=2, exclude_none=True))
@@ -227,8 +236,9 @@ def preprocess_edit_to_dir(settings: Settings, task: EndpointTask, fields: dict[
 
         def video_frames() -> Iterator[np.ndarray]:
             for start in range(0, total, DEFAULT_FRAMES):
-                cond = conditioning(inp, source, *source.take(min(DEFAULT_FRAMES, total - start)), first, last,
-                                    start=start)
+                cond = conditioning(
+                    inp, source, *source.take(min(DEFAULT_FRAMES, total - start)), first, last, start=start
+                )
                 for frame, mask in zip(cond.video, cond.mask, strict=True):
                     masks.put(np.asarray(mask))
                     yield np.asarray(frame)
@@ -243,8 +253,10 @@ def preprocess_edit_to_dir(settings: Settings, task: EndpointTask, fields: dict[
             source.close()
     for note in (*job.notes, *source.notes):
         print(note)
-    print(f"{task} conditioning: {video.path} and {mask.path} ({video.width}x{video.height}, {video.num_frames} "
-          f"frames at {fps:g} fps)")
+    print(
+        f"{task} conditioning: {video.path} and {mask.path} ({video.width}x{video.height}, {video.num_frames} "
+        f"frames at {fps:g} fps)"
+    )
     return 0
 
 

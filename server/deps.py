@@ -67,8 +67,9 @@ def _job(
     A plain function: FastAPI runs it off the event loop, as the store read blocks."""
     app, task = f"{owner}/{alias}", request.path_params.get("task")
     if app not in APP_TASKS or (task is not None and task not in APP_TASKS[app]):
-        raise HTTPException(404, f"unknown endpoint {app}{'/' + task if task else ''}; this server serves "
-                                 + ", ".join(ENDPOINT_IDS))
+        raise HTTPException(
+            404, f"unknown endpoint {app}{'/' + task if task else ''}; this server serves " + ", ".join(ENDPOINT_IDS)
+        )
     job = store.get(request_id)
     if job is None or job.app != app or (task is not None and job.task != task) or not auth.can_see(caller, job.owner):
         raise HTTPException(404, f"Request {request_id} not found")

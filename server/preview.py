@@ -101,8 +101,9 @@ async def preview(
     return await run_in_threadpool(_preview, inp, task, APPS[app], ctx, tracking)
 
 
-def _preview(inp: EndpointInput, task: EndpointTask, model: str, ctx: JobContext,
-             tracking: FirstFrameOfTracking | None) -> dict[str, Any]:
+def _preview(
+    inp: EndpointInput, task: EndpointTask, model: str, ctx: JobContext, tracking: FirstFrameOfTracking | None
+) -> dict[str, Any]:
     job = check_inputs(inp, task, ctx, None, model=model)
     notes = list(job.notes)
     with tempfile.TemporaryDirectory(prefix="vace-preview-") as workdir:
@@ -124,12 +125,20 @@ def _preview(inp: EndpointInput, task: EndpointTask, model: str, ctx: JobContext
             source.close()
     timing = source.timing
     answer: dict[str, Any] = {
-        "recipe": job.recipe, "width": source.width, "height": source.height,
-        "generated_frames": timing.generate_frames, "output_frames": timing.output_frames,
-        "output_fps": timing.output_fps, "notes": [*notes, *source.notes, *timing.notes],
+        "recipe": job.recipe,
+        "width": source.width,
+        "height": source.height,
+        "generated_frames": timing.generate_frames,
+        "output_frames": timing.output_frames,
+        "output_fps": timing.output_fps,
+        "notes": [*notes, *source.notes, *timing.notes],
     }
     if source.info is not None:
         mask = masks[0] if masks is not None else np.full((source.height, source.width), GENERATE, np.uint8)
-        answer |= {"frame_index": shown, "frame": _png(fit_frame(frames[0], source.width, source.height)),
-                   "mask": _png(mask), "generated_share": float(np.mean(mask == GENERATE))}
+        answer |= {
+            "frame_index": shown,
+            "frame": _png(fit_frame(frames[0], source.width, source.height)),
+            "mask": _png(mask),
+            "generated_share": float(np.mean(mask == GENERATE)),
+        }
     return answer

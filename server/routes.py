@@ -261,10 +261,20 @@ def _register_endpoints() -> None:
     """The run and submit routes of every endpoint, each with its own path, request model and operation id."""
     for e in ENDPOINTS:
         model, op = input_model(e.app, e.task), f"{e.model}_{e.task or 'base'}"
-        _both(router.post, f"/{e.id}", response_model=OUTPUT_MODELS.get(e.id, VaceOutput), operation_id=f"run_{op}",
-              summary=f"Run {e.id} and wait for the output")(_with_body(run, model))
-        _both(router.post, f"/queue/{e.id}", response_model=protocol.QueueSubmitted,
-              operation_id=f"submit_{op}", summary=f"Queue a {e.id} job")(_with_body(submit, model))
+        _both(
+            router.post,
+            f"/{e.id}",
+            response_model=OUTPUT_MODELS.get(e.id, VaceOutput),
+            operation_id=f"run_{op}",
+            summary=f"Run {e.id} and wait for the output",
+        )(_with_body(run, model))
+        _both(
+            router.post,
+            f"/queue/{e.id}",
+            response_model=protocol.QueueSubmitted,
+            operation_id=f"submit_{op}",
+            summary=f"Queue a {e.id} job",
+        )(_with_body(submit, model))
 
 
 _register_endpoints()

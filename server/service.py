@@ -53,10 +53,13 @@ def ready(pool: PoolDep, store: StoreDep, settings: SettingsDep, auth: AuthDep, 
     served = {m for w in workers for m in w["models_present"]}
     loaded = {m for d in devices for m in d["loaded_models"]} | {m for w in workers for m in w["models_loaded"]}
     endpoints = {
-        app_id: {"model": model, "tasks": [t for t in APP_TASKS[app_id] if t],
-                 "endpoints": [endpoint_id(app_id, t) for t in APP_TASKS[app_id]],  # the base endpoint first
-                 "weights_present": model in served or (pool.runs_jobs and pool.has_weights(model)),
-                 "loaded": model in loaded}
+        app_id: {
+            "model": model,
+            "tasks": [t for t in APP_TASKS[app_id] if t],
+            "endpoints": [endpoint_id(app_id, t) for t in APP_TASKS[app_id]],  # the base endpoint first
+            "weights_present": model in served or (pool.runs_jobs and pool.has_weights(model)),
+            "loaded": model in loaded,
+        }
         for app_id, model in APPS.items()
     }
     any_ready = any(e["weights_present"] for e in endpoints.values())

@@ -449,9 +449,13 @@ class Worker(threading.Thread):
             last = (i, now)
             self._log(job.id, f"step {i}/{total}")
 
-        hooks = JobHooks(log=lambda message: self._log(job.id, message), step=step,
-                         window=lambda i, n: self._log(job.id, f"window {i}/{n}"),
-                         cancelled=lambda: self.must_stop(job.id), checkpoints=self._checkpoints(job, workdir))
+        hooks = JobHooks(
+            log=lambda message: self._log(job.id, message),
+            step=step,
+            window=lambda i, n: self._log(job.id, f"window {i}/{n}"),
+            cancelled=lambda: self.must_stop(job.id),
+            checkpoints=self._checkpoints(job, workdir),
+        )
         if not inp.sync_mode:  # sync_mode keeps nothing on the server
             hooks.control = lambda path, fps: self._keep_control(job, path, fps)
             hooks.preview = self._previews(job, workdir)

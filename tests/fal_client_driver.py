@@ -153,9 +153,15 @@ def long_reframe(server_url: str, video: str) -> dict[str, Any]:
     seen: list[dict[str, Any]] = []
     output = fal_client.subscribe(
         "fal-ai/wan-vace-apps/long-reframe",
-        {"video_url": fal_client.upload_file(video), "aspect_ratio": "1:1", "resolution": "240p",
-         **{k: v for k, v in SMALL.items() if k != "num_frames"}},
-        with_logs=True, on_queue_update=lambda s: seen.append(describe(s)))
+        {
+            "video_url": fal_client.upload_file(video),
+            "aspect_ratio": "1:1",
+            "resolution": "240p",
+            **{k: v for k, v in SMALL.items() if k != "num_frames"},
+        },
+        with_logs=True,
+        on_queue_update=lambda s: seen.append(describe(s)),
+    )
     return {"output": output, "logs": seen[-1]["logs"]}
 
 

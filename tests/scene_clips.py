@@ -16,8 +16,27 @@ def write_three_scenes(path: Path, seconds: float = 1.25) -> Path:
     command = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y"]
     for source in SOURCES:
         command += ["-f", "lavfi", "-i", f"{source}=size=416x240:rate=16:duration={seconds}"]
-    command += ["-f", "lavfi", "-i", f"sine=frequency=440:duration={3 * seconds + 1}", "-filter_complex",
-                "[0:v][1:v][2:v]concat=n=3:v=1:a=0[v]", "-map", "[v]", "-map", "3:a", "-c:v", "libx264", "-pix_fmt",
-                "yuv420p", "-crf", "10", "-c:a", "aac", "-shortest", str(path)]
+    command += [
+        "-f",
+        "lavfi",
+        "-i",
+        f"sine=frequency=440:duration={3 * seconds + 1}",
+        "-filter_complex",
+        "[0:v][1:v][2:v]concat=n=3:v=1:a=0[v]",
+        "-map",
+        "[v]",
+        "-map",
+        "3:a",
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        "yuv420p",
+        "-crf",
+        "10",
+        "-c:a",
+        "aac",
+        "-shortest",
+        str(path),
+    ]
     subprocess.run(command, check=True)
     return path

@@ -432,8 +432,9 @@ def test_plan_invariants_for_every_combination(frames: int) -> None:
         assert plan.held_frames == sum(i * (plan.downsample_factor + 1) > frames - 1 for i in range(g))
 
 
-@pytest.mark.parametrize("frames,generate,held", [(120, 121, 1), (10, 17, 7), (1, 17, 16), (118, 121, 3),
-                                                   (1200, 1201, 1)])
+@pytest.mark.parametrize(
+    "frames,generate,held", [(120, 121, 1), (10, 17, 7), (1, 17, 16), (118, 121, 3), (1200, 1201, 1)]
+)
 def test_a_timeline_of_any_length_generates_the_next_valid_length(frames: int, generate: int, held: int) -> None:
     """``match_input_num_frames`` plans the input's exact count, however long (past one pass it runs as windows):
     the model makes the next 4k+1 length (at least 17) and the frames past the timeline's end are cut."""

@@ -81,8 +81,9 @@ class Job:
     def __init__(self, out: Any, conds: list[Conditioning], log: list[str]) -> None:
         self.out, self.conds, self.log = out, conds, log
         with zipfile.ZipFile(out.frames_zip.url) as archive:
-            self.frames = np.stack([np.asarray(Image.open(io.BytesIO(archive.read(n))).convert("RGB"))
-                                    for n in sorted(archive.namelist())])
+            self.frames = np.stack(
+                [np.asarray(Image.open(io.BytesIO(archive.read(n))).convert("RGB")) for n in sorted(archive.namelist())]
+            )
 
     def video(self, i: int) -> np.ndarray:
         return np.stack([np.asarray(f) for f in self.conds[i].video])
@@ -91,9 +92,16 @@ class Job:
         return np.stack([np.asarray(m) for m in self.conds[i].mask])
 
 
-def run(models: ModelManager, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, task: str,
-        windows: WindowSettings = SMALL_WINDOWS, hooks: JobHooks | None = None, app: str = "fal-ai/wan-vace-14b",
-        **fields: Any) -> Job:
+def run(
+    models: ModelManager,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    task: str,
+    windows: WindowSettings = SMALL_WINDOWS,
+    hooks: JobHooks | None = None,
+    app: str = "fal-ai/wan-vace-14b",
+    **fields: Any,
+) -> Job:
     conds: list[Conditioning] = []
     real = tasks_module.build_conditioning
 
@@ -108,15 +116,27 @@ def run(models: ModelManager, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, t
     log: list[str] = []
     hooks = hooks or JobHooks()
     hooks.log = log.append
-    out = generate(inp, task=task, model="wan-vace-14b", manager=models, workdir=workdir,
-                   publish=lambda p, _t: str(p), hooks=hooks, ctx=JobContext(windows=windows))
+    out = generate(
+        inp,
+        task=task,
+        model="wan-vace-14b",
+        manager=models,
+        workdir=workdir,
+        publish=lambda p, _t: str(p),
+        hooks=hooks,
+        ctx=JobContext(windows=windows),
+    )
     return Job(out, conds, log)
 
 
 def frame_times(path: str) -> list[float]:
     """The presentation time of every frame of an encoded video, as ffmpeg's showinfo filter reports them."""
-    proc = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", path, "-vf", "showinfo", "-f",
-                           "null", "-"], capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", path, "-vf", "showinfo", "-f", "null", "-"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return [float(t) for t in re.findall(r"pts_time:([0-9.]+)", proc.stderr)]
 
 
@@ -133,8 +153,15 @@ def test_each_window_continues_the_output_bit_for_bit(models, clip, tmp_path, mo
     has the 33 frames the output has, one per 1/16 s. Each finished window is kept, and a second run of the job
     takes them instead of denoising."""
     windows: list[tuple[int, int]] = []
-    job = run(models, tmp_path, monkeypatch, "pose", video_url=str(clip), match_input_num_frames=True,
-              hooks=JobHooks(window=lambda i, n: windows.append((i, n))))
+    job = run(
+        models,
+        tmp_path,
+        monkeypatch,
+        "pose",
+        video_url=str(clip),
+        match_input_num_frames=True,
+        hooks=JobHooks(window=lambda i, n: windows.append((i, n))),
+    )
     assert windows == [(1, 3), (2, 3), (3, 3)] and len(job.conds) == 3
     assert any(line.startswith("33 frames in 3 windows of up to 17") for line in job.log)
     control = [np.asarray(fit_frame(f, 416, 240)) for f in read_frames(clip, list(range(33)))]
@@ -152,21 +179,30 @@ def test_each_window_continues_the_output_bit_for_bit(models, clip, tmp_path, mo
     again = run(models, tmp_path, monkeypatch, "pose", video_url=str(clip), match_input_num_frames=True)
     assert again.conds == [] and np.array_equal(again.frames, job.frames)
     assert [line for line in again.log if "earlier run" in line] == [
-        f"window {i}: its frames from an earlier run of this job are used" for i in (1, 2, 3)]
+        f"window {i}: its frames from an earlier run of this job are used" for i in (1, 2, 3)
+    ]
     identity = {"input": {"video_url": str(clip)}, "seed": 5}
     assert WindowOutputs(tmp_path, identity).folder != WindowOutputs(tmp_path, {**identity, "seed": 6}).folder
 
 
-def test_an_inpainting_mask_and_temporal_downsampling_follow_the_whole_timeline(models, tmp_path, monkeypatch
-                                                                                ) -> None:
+def test_an_inpainting_mask_and_temporal_downsampling_follow_the_whole_timeline(models, tmp_path, monkeypatch) -> None:
     """49 frames with temporal_downsample_factor=1: 25 generated frames (video and mask frames 0, 2, ..., 48) in two
     windows (0-16, 8-24), FILM interpolating over the whole timeline back to 49 frames, none doubled or dropped at
     the seam: the second window's new frames take the mask frames of their own positions, its kept ones none."""
     folder = tmp_path / "clips"
     folder.mkdir()
     video, mask = (str(write_sample(kind, folder / f"{kind}.mp4", num_frames=49)) for kind in ("depth", "mask"))
-    job = run(models, tmp_path, monkeypatch, "inpainting", video_url=video, mask_video_url=mask, num_frames=49,
-              temporal_downsample_factor=1, interpolator_model="film")
+    job = run(
+        models,
+        tmp_path,
+        monkeypatch,
+        "inpainting",
+        video_url=video,
+        mask_video_url=mask,
+        num_frames=49,
+        temporal_downsample_factor=1,
+        interpolator_model="film",
+    )
     assert [len(c.video) for c in job.conds] == [17, 17]
     drawn = [np.asarray(fit_frame(f, 416, 240))[..., 0] >= 128 for f in read_frames(Path(mask), range(49))]
     second = job.masks(1)
@@ -180,8 +216,11 @@ def test_an_inpainting_mask_and_temporal_downsampling_follow_the_whole_timeline(
 def test_cancel_stops_at_the_next_step_of_the_current_window(models, clip, tmp_path, monkeypatch) -> None:
     steps: list[tuple[int, int]] = []
     windows: list[tuple[int, int]] = []
-    hooks = JobHooks(step=lambda i, n: steps.append((i, n)), window=lambda i, n: windows.append((i, n)),
-                     cancelled=lambda: len(windows) == 2 and len(steps) >= 3)
+    hooks = JobHooks(
+        step=lambda i, n: steps.append((i, n)),
+        window=lambda i, n: windows.append((i, n)),
+        cancelled=lambda: len(windows) == 2 and len(steps) >= 3,
+    )
     with pytest.raises(JobCancelled, match="after step 1/2"):
         run(models, tmp_path, monkeypatch, "pose", hooks=hooks, video_url=str(clip), num_frames=25)
     assert windows == [(1, 2), (2, 2)] and steps == [(1, 2), (2, 2), (1, 2)]
@@ -203,18 +242,28 @@ def test_three_scenes_are_found_and_the_default_threshold_maps_to_the_detector(t
     assert detect_scenes(three_scenes, info, 100) == [(0, 60)]  # nothing is that different
 
 
-def test_long_reframe_reframes_each_scene_keeps_the_length_and_the_sound(models, three_scenes, tmp_path,
-                                                                         monkeypatch) -> None:
+def test_long_reframe_reframes_each_scene_keeps_the_length_and_the_sound(
+    models, three_scenes, tmp_path, monkeypatch
+) -> None:
     """Reframed to 1:1 at 240p (320x320) with fal's long-reframe defaults (auto downsample, which 20-frame scenes
     do not need; paste_back): three scenes, each with its own framing (the third's bar trimmed) and two windows
     (21 frames generated, cut to 20), 60 frames out of 60 in, the source's own pixels where it lands, and the
     input's AAC sound copied in, cut to the video's 3.75 s."""
-    job = run(models, tmp_path, monkeypatch, "long-reframe", video_url=str(three_scenes), aspect_ratio="1:1",
-              resolution="240p", app="fal-ai/wan-vace-apps")
+    job = run(
+        models,
+        tmp_path,
+        monkeypatch,
+        "long-reframe",
+        video_url=str(three_scenes),
+        aspect_ratio="1:1",
+        resolution="240p",
+        app="fal-ai/wan-vace-apps",
+    )
     assert isinstance(job.out, LongReframeOutput)
     assert any(line.startswith("3 scenes found (scene_threshold 30), frames 0-19, 20-39, 40-59") for line in job.log)
-    assert any(line.startswith("scene 3/3 (frames 40-59): reframe: bars trimmed (top 0, bottom 0, left 42")
-               for line in job.log)
+    assert any(
+        line.startswith("scene 3/3 (frames 40-59): reframe: bars trimmed (top 0, bottom 0, left 42") for line in job.log
+    )
     video = job.out.video
     assert (video.num_frames, video.fps, video.width, video.height) == (60, 16, 320, 320)
     assert len(job.conds) == 6 and all(len(c.video) == 17 for c in job.conds)
@@ -228,7 +277,16 @@ def test_long_reframe_reframes_each_scene_keeps_the_length_and_the_sound(models,
     assert any(line.startswith("the input's sound (aac) is copied into the video, cut to 3.75 s") for line in job.log)
     # Again without the sound (keep_audio=false): the windows of the first run are taken (the encoding is no part of
     # what decides them), the video is silent.
-    silent = run(models, tmp_path, monkeypatch, "long-reframe", video_url=str(three_scenes), aspect_ratio="1:1",
-                 resolution="240p", app="fal-ai/wan-vace-apps", keep_audio=False)
+    silent = run(
+        models,
+        tmp_path,
+        monkeypatch,
+        "long-reframe",
+        video_url=str(three_scenes),
+        aspect_ratio="1:1",
+        resolution="240p",
+        app="fal-ai/wan-vace-apps",
+        keep_audio=False,
+    )
     assert silent.conds == [] and np.array_equal(silent.frames, job.frames)
     assert audio_codec(Path(silent.out.video.url)) is None

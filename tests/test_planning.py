@@ -48,22 +48,37 @@ def test_short_input_holds_its_last_frame():
 
 
 def test_match_input_num_frames_covers_the_input_at_output_fps():
-    plan = plan_frames(info(90, 30), num_frames=81, frames_per_second=16, match_input_num_frames=True,
-                       match_input_frames_per_second=False)
+    plan = plan_frames(
+        info(90, 30),
+        num_frames=81,
+        frames_per_second=16,
+        match_input_num_frames=True,
+        match_input_frames_per_second=False,
+    )
     assert plan.num_frames == 48  # 3 s at 16 fps, exactly: the generation plan rounds, not the timeline
     assert plan.fps == 16 and plan.held_frames == 0 and plan.source_indices[-1] == 88
 
 
 def test_match_both_keeps_the_input_timeline():
-    plan = plan_frames(info(50, 25), num_frames=81, frames_per_second=16, match_input_num_frames=True,
-                       match_input_frames_per_second=True)
+    plan = plan_frames(
+        info(50, 25),
+        num_frames=81,
+        frames_per_second=16,
+        match_input_num_frames=True,
+        match_input_frames_per_second=True,
+    )
     assert plan.num_frames == 50 and plan.fps == 25  # the input's own frame count, as fal's field promises
     assert plan.source_indices == list(range(50))
 
 
 def test_match_input_of_a_short_input_is_its_own_length():
-    plan = plan_frames(info(10, 16), num_frames=81, frames_per_second=16, match_input_num_frames=True,
-                       match_input_frames_per_second=True)
+    plan = plan_frames(
+        info(10, 16),
+        num_frames=81,
+        frames_per_second=16,
+        match_input_num_frames=True,
+        match_input_frames_per_second=True,
+    )
     assert (plan.num_frames, plan.held_frames, plan.source_indices) == (10, 0, list(range(10)))
 
 

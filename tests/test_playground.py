@@ -92,8 +92,13 @@ def test_page_is_local_and_built_from_the_schema(page_run: dict[str, Any], serve
     assert all(url.startswith(output_prefix(server)) and "X-Amz-Signature=" in url for url in foreign), foreign
     assert bool(foreign) == bool(server.files)
     assert page_run["apps"] == ["fal-ai/wan-vace-14b", "fal-ai/wan-22-vace-fun-a14b", "fal-ai/wan-vace-apps"]
-    assert page_run["formDefaults"] == {"num_frames": "81", "num_frames_max": "241", "sampler": "unipc",
-                                        "sampler_options": ["unipc", "dpm++", "euler"], "preprocess": False}
+    assert page_run["formDefaults"] == {
+        "num_frames": "81",
+        "num_frames_max": "241",
+        "sampler": "unipc",
+        "sampler_options": ["unipc", "dpm++", "euler"],
+        "preprocess": False,
+    }
 
 
 def test_api_key_field_and_upload(page_run: dict[str, Any], server: ServeProcess) -> None:

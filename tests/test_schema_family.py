@@ -29,8 +29,13 @@ EXTENSIONS = {"loras", "keep_audio"}
 
 def extensions(rows: dict) -> set[str]:
     """The extensions of an endpoint whose fal fields are ``rows``."""
-    return EXTENSIONS | ({"annotator"} if "preprocess" in rows else set()) | (
-        {"paste_back"} if {"expand_ratio", "zoom_factor"} & set(rows) else set())
+    return (
+        EXTENSIONS
+        | ({"annotator"} if "preprocess" in rows else set())
+        | ({"paste_back"} if {"expand_ratio", "zoom_factor"} & set(rows) else set())
+    )
+
+
 NOT_SERVED = {"fal-ai/wan-vace-apps/video-edit"}  # an instruction-edit app, not part of this round
 
 

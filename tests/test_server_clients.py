@@ -35,8 +35,13 @@ JS_DIR = REPO / "tests" / "js"
 
 @pytest.fixture(scope="module")
 def tls_server(server_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
-    server = ServeProcess(server_weights, tmp_path_factory.mktemp("tls") / "data", tls=True, api_key=API_KEY,
-                          extra_args=["--window-frames", "17", "--window-overlap", "5"]).start()
+    server = ServeProcess(
+        server_weights,
+        tmp_path_factory.mktemp("tls") / "data",
+        tls=True,
+        api_key=API_KEY,
+        extra_args=["--window-frames", "17", "--window-overlap", "5"],
+    ).start()
     yield server
     server.stop()
 
@@ -240,8 +245,9 @@ def test_every_family_endpoint_through_fal_client(
     assert any(line.startswith(placed) for line in logs["reframe"])
 
 
-def test_long_reframe_through_fal_client(tls_server: ServeProcess, fal_env: dict[str, str],
-                                         tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_long_reframe_through_fal_client(
+    tls_server: ServeProcess, fal_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> None:
     """fal's long-reframe app through subscribe: a clip of three scenes (60 frames at 16 fps, with sound) comes back
     as fal's output (the video alone) with the clip's 60 frames and its sound, each scene reframed (in two windows
     of 17 frames: the status lines count the job's six) and the log naming the scenes."""
@@ -249,7 +255,11 @@ def test_long_reframe_through_fal_client(tls_server: ServeProcess, fal_env: dict
     env = {k: v for k, v in os.environ.items() if not k.startswith("FAL_")}
     proc = subprocess.run(
         [sys.executable, str(REPO / "tests" / "fal_client_driver.py"), "long", tls_server.url, str(clip)],
-        env={**env, **fal_env, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=1200, cwd=REPO,
+        env={**env, **fal_env, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        cwd=REPO,
     )
     assert proc.returncode == 0, f"{proc.stderr[-4000:]}\n--- server ---\n{tls_server.output()[-3000:]}"
     seen = json.loads(proc.stdout.strip().splitlines()[-1])
