@@ -162,8 +162,12 @@ def clear_scratch(workdir: Path, keep: str | None = None) -> None:
         shutil.rmtree(workdir, ignore_errors=True)
         return
     for entry in workdir.iterdir():
-        if entry.name != keep:
-            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+        if entry.name == keep:
+            continue
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
 
 
 def clear_work_dir(work_dir: Path) -> None:
