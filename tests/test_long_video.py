@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from scene_clips import write_three_scenes
+from test_resume import Kept
 
 from pipelines import tasks as tasks_module
 from pipelines.audio import audio_codec
@@ -213,18 +214,39 @@ def test_an_inpainting_mask_and_temporal_downsampling_follow_the_whole_timeline(
     assert frame_times(job.out.video.url) == pytest.approx([i / 16 for i in range(49)], abs=1e-3)
 
 
-def test_cancel_stops_at_the_next_step_of_the_current_window(models, clip, tmp_path, monkeypatch) -> None:
+def test_cancel_stops_at_the_next_step_of_the_current_window_and_the_job_resumes_there(
+    models, clip, tmp_path, monkeypatch
+) -> None:
+    """25 frames in two windows: a stop after step 1 of window 2 leaves nothing published and a checkpoint of that
+    window's loop (``pipelines.resume``); the next run takes window 1 from the work directory and denoises only
+    window 2's step 2."""
     steps: list[tuple[int, int]] = []
     windows: list[tuple[int, int]] = []
+    kept = Kept(tmp_path / "checkpoints", every_steps=5)
     hooks = JobHooks(
         step=lambda i, n: steps.append((i, n)),
         window=lambda i, n: windows.append((i, n)),
         cancelled=lambda: len(windows) == 2 and len(steps) >= 3,
+        checkpoints=kept.sink,
     )
     with pytest.raises(JobCancelled, match="after step 1/2"):
         run(models, tmp_path, monkeypatch, "pose", hooks=hooks, video_url=str(clip), num_frames=25)
     assert windows == [(1, 2), (2, 2)] and steps == [(1, 2), (2, 2), (1, 2)]
     assert not list((tmp_path / "work").glob("*.mp4"))  # the partial video is gone, nothing was published
+    assert kept.steps == [1]  # written as the job stopped: window 2 after its step 1
+    steps.clear()
+    job = run(
+        models,
+        tmp_path,
+        monkeypatch,
+        "pose",
+        hooks=JobHooks(step=lambda i, n: steps.append((i, n)), checkpoints=kept.sink),
+        video_url=str(clip),
+        num_frames=25,
+    )
+    assert steps == [(2, 2)] and len(job.frames) == 25 and kept.resumes == [(1, 2)]
+    assert "window 1: its frames from an earlier run of this job are used" in job.log
+    assert any(line.startswith("resumed at step 1/2 of window 2/2") for line in job.log)
 
 
 # Long reframe, scene by scene, with the input's sound ---------------------------------------------------------------
