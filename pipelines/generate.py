@@ -276,7 +276,11 @@ def generate(
     seed = inp.seed if inp.seed is not None else resume.seed if resume is not None else secrets.randbelow(2**31)
     for note in job.notes:  # what the endpoint makes of the request, before any download can fail
         hooks.log(note)
-    clip_inp = scene_input(inp) if isinstance(inp, LongReframeInput) else inp
+    clip_inp: JobInput
+    if isinstance(inp, LongReframeInput):
+        scene_inp = clip_inp = scene_input(inp)
+    else:
+        scene_inp, clip_inp = None, inp
 
     # 2. Fetch, plan and screen; then resolve the job's parts and run the late checks.
     hooks.log("fetching inputs")
@@ -286,12 +290,12 @@ def generate(
         for i, url in enumerate(getattr(clip_inp, "ref_image_urls", None) or [])  # reframe has none
     ] or None
     loras = fetch_loras(clip_inp, model, workdir, ctx, manager.weights_dir)
-    if isinstance(inp, LongReframeInput):
-        video_path, info = fetch_video(clip_inp, workdir, ctx)
+    if isinstance(inp, LongReframeInput) and scene_inp is not None:
+        video_path, info = fetch_video(scene_inp, workdir, ctx)
         scenes = detect_scenes(video_path, info, inp.scene_threshold)
         hooks.log(describe_scenes(scenes, inp.scene_threshold))
         clips = scene_sources(
-            clip_inp, job, workdir, ctx, video_path, info, scenes, nvdec_gpu=manager.codecs.decode_gpu(info)
+            scene_inp, job, workdir, ctx, video_path, info, scenes, nvdec_gpu=manager.codecs.decode_gpu(info)
         )
     else:
         clips = [

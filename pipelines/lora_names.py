@@ -14,7 +14,7 @@ from pathlib import Path
 from .context import JobContext
 from .errors import InputError
 from .manifest import LORAS_FOLDER, MODELS
-from .schema import JobInput, LoraWeight
+from .schema import EndpointInput, LoraWeight
 
 SUFFIX = ".safetensors"
 # A LoRA name: folders and a file name under loras/, none starting with a dot (so no "..", no hidden files).
@@ -53,7 +53,7 @@ def lora_at_path(lora: LoraWeight, ctx: JobContext) -> Path | None:
     return path if path.is_file() else None
 
 
-def check_loras(inp: JobInput, model: str, ctx: JobContext, weights_dir: Path | None) -> None:
+def check_loras(inp: EndpointInput, model: str, ctx: JobContext, weights_dir: Path | None) -> None:
     """The up-front checks of a request's LoRAs (their URL schemes are checked with the other media refs); without
     a ``weights_dir`` (a node without workers) installed names are left to the worker."""
     loras = inp.loras or []

@@ -163,7 +163,7 @@ def check_generates(masks: Iterable[np.ndarray], field: str) -> float:
 def mask_prompt(plane: np.ndarray, video_size: tuple[int, int], field: str) -> np.ndarray:
     """A mask image's values ``plane`` as the boolean mask (True = regenerate) of a frame of ``video_size`` (width,
     height), scaled and binarised as every mask is; a 422 on ``field`` when it marks nothing or everything."""
-    prompt = fit_masks([plane], video_size, *video_size)[0]
+    prompt = next(fit_masks([plane], video_size, *video_size))
     check_generates([prompt], field)
     return prompt == GENERATE
 
@@ -191,4 +191,4 @@ def expand_mask(mask: np.ndarray, ratio: float) -> np.ndarray:
 def fitted(mask: np.ndarray, video_size: tuple[int, int], width: int, height: int) -> np.ndarray:
     """A boolean mask at the video's size (``video_size``: width, height) as a KEEP/GENERATE mask at ``width`` x
     ``height``, fitted like every mask."""
-    return fit_masks([np.where(mask, GENERATE, KEEP).astype(np.uint8)], video_size, width, height)[0]
+    return next(fit_masks([np.where(mask, GENERATE, KEEP).astype(np.uint8)], video_size, width, height))

@@ -130,11 +130,11 @@ def resolve(inp: EndpointInput, task: EndpointTask) -> TaskJob:
         return TaskJob(
             base.recipe,
             base.mask,
-            BASE_SIDES if base.recipe == "outpainting" else (),
-            BASE_RATIO,
-            BASE_TRIM,
-            BASE_ZOOM,
-            base.notes + _text_notes(inp, base.recipe),
+            sides=BASE_SIDES if base.recipe == "outpainting" else (),
+            ratio=BASE_RATIO,
+            trim=BASE_TRIM,
+            zoom=BASE_ZOOM,
+            notes=base.notes + _text_notes(inp, base.recipe),
         )
     if task == "inpainting":
         assert isinstance(inp, InpaintingFunInput)
@@ -148,13 +148,15 @@ def resolve(inp: EndpointInput, task: EndpointTask) -> TaskJob:
     if task in ("reframe", "long-reframe"):  # long-reframe: each scene is a reframe (pipelines.scenes)
         assert isinstance(inp, (ReframeInput, LongReframeInput))
         return TaskJob("reframe", trim=inp.trim_borders, zoom=inp.zoom_factor, paste_back=_paste_back(inp))
+    assert task in ("pose", "depth")
     return TaskJob(task)
 
 
 def _paste_back(inp: OutpaintingInput | ReframeInput | LongReframeInput) -> bool:
     """Whether the job pastes the source back; a 422 where interpolated frames between the input's would have
     nothing to paste."""
-    if inp.paste_back and getattr(inp, "num_interpolated_frames", 0):
+    interpolated: int = getattr(inp, "num_interpolated_frames", 0)  # long-reframe has no such field
+    if inp.paste_back and interpolated:
         raise InputError(
             "paste_back",
             "paste_back keeps the source's own pixels in every output frame, and the frames "
@@ -470,8 +472,8 @@ def _inpainting_masks(
             share = check_generates(masks, mask.field)
         else:
             mode, how = "static", "one mask image for every frame, as VACE's mask mode"
-            fitted = next(fit_masks([plane], size, width, height))
-            share = check_generates([fitted], mask.field)
-            masks = itertools.repeat(fitted, len(indices))
+            static = next(fit_masks([plane], size, width, height))
+            share = check_generates([static], mask.field)
+            masks = itertools.repeat(static, len(indices))
     log(f"inpainting: mask mode {mode} ({how}); {share:.0%} of the pixels are regenerated")
     return iter(masks), mode

@@ -211,6 +211,7 @@ def preprocess_edit_to_dir(settings: Settings, task: EndpointTask, fields: dict[
     from pipelines.checks import check_inputs
     from pipelines.context import JobContext
     from pipelines.encode import write_control_video, write_mask_video
+    from pipelines.schema import LongReframeInput
     from pipelines.streams import FrameSink
     from pipelines.tasks import PLACEHOLDER_PROMPT, conditioning, frame_images, prepare, resolve
     from pipelines.windows import DEFAULT_FRAMES
@@ -218,6 +219,7 @@ def preprocess_edit_to_dir(settings: Settings, task: EndpointTask, fields: dict[
     inp = _validated(task, {"prompt": PLACEHOLDER_PROMPT, **fields})
     if inp is None:
         return 2
+    assert not isinstance(inp, LongReframeInput)  # an edit task's request
     job = resolve(inp, task)
     ctx = JobContext()
     tracking = None

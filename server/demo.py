@@ -48,6 +48,7 @@ def run_demo(weights_dir: Path, out_dir: Path) -> list[Path]:
     from pipelines.hooks import JobHooks
     from pipelines.loading import ModelManager
     from pipelines.registry import input_model
+    from pipelines.schema import VaceOutput
     from weights.tiny import build_tiny_weights
 
     if not (weights_dir / SHARED_FOLDER).is_dir():
@@ -89,6 +90,7 @@ def run_demo(weights_dir: Path, out_dir: Path) -> list[Path]:
             result = generate(
                 inp, task=task, model=model, manager=models, workdir=Path(workdir), publish=publish, hooks=hooks
             )
+        assert isinstance(result, VaceOutput)  # the demo runs no long reframe
         print(
             f"{name} on {model}: {target} ({result.video.width}x{result.video.height}, "
             f"{result.video.num_frames} frames at {result.video.fps:g} fps, seed {result.seed})"

@@ -36,7 +36,7 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pipelines.checks import check_inputs
 from pipelines.context import JobContext
 from pipelines.registry import APP_TASKS, APPS, EndpointTask, endpoint_id, input_model
-from pipelines.schema import OUTPUT_MODELS, JobInput, VaceOutput
+from pipelines.schema import OUTPUT_MODELS, EndpointInput, VaceOutput
 
 from . import protocol
 from .auth import API_KEY_HEADER, Caller
@@ -141,7 +141,7 @@ def result_response(job: Job) -> JSONResponse:
 
 
 def _enqueue(
-    inp: JobInput,
+    inp: EndpointInput,
     endpoint: Endpoint,
     options: QueueOptions,
     webhook: str | None,
@@ -181,7 +181,7 @@ def _enqueue(
 
 
 async def run(
-    inp: JobInput,
+    inp: EndpointInput,
     endpoint: EndpointDep,
     options: QueueOptionsDep,
     store: StoreDep,
@@ -204,7 +204,7 @@ async def run(
 
 
 def submit(
-    inp: JobInput,
+    inp: EndpointInput,
     endpoint: EndpointDep,
     options: QueueOptionsDep,
     store: StoreDep,
@@ -238,7 +238,7 @@ def _both(
     return register
 
 
-def _with_body(route: Callable[..., Any], model: type[JobInput]) -> Callable[..., Any]:
+def _with_body(route: Callable[..., Any], model: type[EndpointInput]) -> Callable[..., Any]:
     """``route`` with ``model`` as the type of its ``inp`` parameter, which FastAPI validates the body with and
     documents in ``/openapi.json``: one route function serves every endpoint, each with its own request model."""
     signature = inspect.signature(route, eval_str=True)

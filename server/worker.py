@@ -44,7 +44,7 @@ from pipelines.errors import InputError, JobCancelled
 from pipelines.hooks import CheckpointSink, JobHooks, PreviewSink, Publish
 from pipelines.manifest import MODELS
 from pipelines.registry import endpoint_task, input_model
-from pipelines.schema import JobInput
+from pipelines.schema import EndpointInput
 from pipelines.windows import WINDOWS_DIR
 
 from .config import Settings
@@ -439,7 +439,7 @@ class Worker(threading.Thread):
                 log.error("job %s failed: %s", job.id, failure.message)
             return Failed(failure, f"failed: {failure.message}")
 
-    def _hooks(self, job: Job, inp: JobInput, workdir: Path) -> JobHooks:
+    def _hooks(self, job: Job, inp: EndpointInput, workdir: Path) -> JobHooks:
         """How ``generate()`` reports to the store while it runs: log lines, steps (timed for the metrics), the
         control video it made, and whether to stop (a cancel, the server stopping, the job lost to another node)."""
         device = self.models.device
