@@ -178,6 +178,8 @@ class Denoiser:
     """What this job's checkpoints are valid for."""
     resume: DenoiseState | None
     """The checkpoint the job goes on from: its window from its step, the windows before it finished."""
+    highest: float = 0.0
+    """The highest unsafe score the safety checker gave a window so far."""
 
     def frames(
         self,
@@ -192,7 +194,7 @@ class Denoiser:
         first keeps the frames the output already has in its overlap (the very arrays yielded before) and yields
         only its new ones."""
         recent: deque[np.ndarray] = deque(maxlen=max(w.kept for w in windows) or 1)
-        group, hooks, annotator, highest = self.parts.group, self.hooks, self.parts.annotator, 0.0
+        group, hooks, annotator = self.parts.group, self.hooks, self.parts.annotator
         resume = self.resume
         for w in windows:
             if self.total > 1:
@@ -238,12 +240,12 @@ class Denoiser:
                 new = to_uint8(denoised)[w.kept :]
                 del cond, request
                 if self.checker is not None:  # before its frames go on to be encoded: nothing flagged leaves the job
-                    highest = max(highest, self.checker.check_output(list(new)))
+                    self.highest = max(self.highest, self.checker.check_output(list(new)))
                 self.outputs.save(w.index, new)
+            if self.checker is not None and w.index + 1 == self.total:  # said here: the stream may stop at its end
+                hooks.log(f"safety check: the generated video passed (highest unsafe score {self.highest:.2f})")
             recent.extend(new)
             yield from new
-        if self.checker is not None:
-            hooks.log(f"safety check: the generated video passed (highest unsafe score {highest:.2f})")
 
 
 def _zipped(frames: Iterable[np.ndarray], archive: FramesZip) -> Iterator[np.ndarray]:
