@@ -43,10 +43,10 @@ from typing import Any
 import httpx
 from queue_load import JOB, REPO, free_port, percentile, poll, start_server, upload
 
+from server.api.node_secrets import make_secrets
 from server.backends import open_store
 from server.config import Settings
-from server.jobs import Job
-from server.node_secrets import make_secrets
+from server.store.jobs import Job
 
 sys.path.insert(0, str(REPO / "tests"))
 from pg_fixtures import PG_BIN, PostgresCluster

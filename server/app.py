@@ -1,5 +1,5 @@
 """The FastAPI app of ``vace serve``: builds the store, files, workers, webhooks, retention, auth and metrics, puts
-them on ``app.state`` (routes reach them through ``server/deps.py``), includes the fal routes (``routes.py``), the
+them on ``app.state`` (routes reach them through ``server/api/deps.py``), includes the fal routes (``routes.py``), the
 upload routes (``uploads.py``), the service routes and playground (``service.py``) and the playground's
 conditioning preview (``preview.py``), guards every request (``guard.py``) and shapes errors like fal's; ``serve()``
 runs it in uvicorn.
@@ -27,30 +27,29 @@ from pipelines.context import JobContext
 from pipelines.errors import InputError
 from pipelines.registry import APP_TASKS, ENDPOINT_IDS
 
-from . import preview, routes, service, uploads
-from .auth import Auth
+from .api import preview, routes, service, uploads
+from .api.auth import Auth
+from .api.connections import raise_open_file_limit, uvicorn_config
+from .api.events import Changes
+from .api.guard import Body, HostPolicy, RequestGuard
+from .api.node_secrets import load_secrets
+from .api.request_id import RequestIdHeader
+from .api.tls import certificate_names, client_hostport, ensure_certificate, fal_client_env
 from .backends import job_context, open_files, open_store, resolve_devices
 from .config import Settings
-from .connections import raise_open_file_limit, uvicorn_config
-from .events import Changes
-from .failures import RequestFailed, failure_of, failure_response
-from .files import FileStore, private_dir
-from .guard import Body, HostPolicy, RequestGuard
-from .jobs import Change, JobStore
-from .metrics import Metrics
-from .node_secrets import load_secrets
-from .request_id import RequestIdHeader
-from .retention import Retention
-from .signing import WebhookSigner
-from .tls import certificate_names, client_hostport, ensure_certificate, fal_client_env
-from .upkeep import Upkeep
-from .webhooks import Webhooks
-from .worker import Intermediates, WorkerPool, Workers, clear_work_dir
+from .fal.failures import RequestFailed, failure_of, failure_response
+from .files.store import FileStore, private_dir
+from .runtime.metrics import Metrics
+from .runtime.retention import Retention
+from .runtime.signing import WebhookSigner
+from .runtime.upkeep import Upkeep
+from .runtime.webhooks import Webhooks
+from .runtime.worker import Intermediates, WorkerPool, Workers, clear_work_dir
+from .store.jobs import Change, JobStore
 
 if TYPE_CHECKING:  # see Node._workers
     from pipelines.loading import ModelManager
-
-    from .worker_group import WorkerGroup
+    from pipelines.worker_group import WorkerGroup
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +61,9 @@ class Node:
     """What one process of the server holds, HTTP aside: the store, files, workers, webhooks, queue upkeep and
     retention. An API node (``--no-workers``) and a worker node (``vace worker``) hold the same things and start
     the same services, workers aside, but for the webhook signing key: only a node that answers HTTP has it
-    (``server/node_secrets.py``), so only such a node delivers webhooks.
+    (``server/api/node_secrets.py``), so only such a node delivers webhooks.
 
-    The node is the sink of the store's announcements (``server/jobs.py``), wired once at start: a job that
+    The node is the sink of the store's announcements (``server/store/jobs.py``), wired once at start: a job that
     became claimable wakes this node's idle workers, any change wakes the status streams and sync requests waiting
     on the job, and an ended job's webhook is scheduled.
     """
@@ -127,7 +126,7 @@ class Node:
                 intermediates=Intermediates.of(config),
             )
         else:  # the managers stay here to check requests; each worker process loads its own
-            from .worker_process import WorkerProcesses  # the model stack: only a node that runs workers
+            from .runtime.worker_process import WorkerProcesses  # the model stack: only a node that runs workers
 
             pool = WorkerProcesses(config, store, metrics, managers)
         retention = Retention(
@@ -146,8 +145,7 @@ class Node:
         runs workers imports the model stack: an API node validates and queues without diffusers or the annotators."""
         from pipelines.loading import ModelManager
         from pipelines.parallel import ParallelSpec
-
-        from .worker_group import WorkerGroup
+        from pipelines.worker_group import WorkerGroup
 
         managers = [
             ModelManager(config.weights_dir, device=d, max_models=config.max_models, runtime=config.runtime)

@@ -11,8 +11,8 @@ import torch
 from pipelines.context import JobContext
 
 from .config import Settings
-from .files import FileStore, LocalFileStore
-from .jobs import JobStore, SqliteJobStore
+from .files.store import FileStore, LocalFileStore
+from .store.jobs import JobStore, SqliteJobStore
 
 
 def resolve_devices(names: tuple[str, ...]) -> list[torch.device]:
@@ -32,7 +32,7 @@ def open_store(config: Settings, *, owner: bool = True) -> JobStore:
     if url.startswith("sqlite:///"):
         return SqliteJobStore(Path(url.removeprefix("sqlite://")), owner=owner)
     if config.shared_store:
-        from .pg_store import PostgresJobStore
+        from .store.postgres import PostgresJobStore
 
         return PostgresJobStore(url)
     raise ValueError(f"--store must be sqlite:///ABS/PATH or postgresql://..., got {url.split('://')[0]}://...")
@@ -42,7 +42,7 @@ def open_files(config: Settings) -> FileStore:
     """The file store ``--files`` names: a directory (default: the data directory) or ``s3://bucket/prefix``, which
     many API and worker nodes share (its connection comes from the standard AWS variables)."""
     if config.files_bucket:
-        from .s3_files import S3FileStore
+        from .files.s3 import S3FileStore
 
         return S3FileStore(
             config.files_bucket,

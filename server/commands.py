@@ -280,9 +280,9 @@ def serve(
 ) -> int:
     """Run the server in the foreground; refuses to serve other machines without keys unless told to."""
     from pipelines.codecs import EncoderUnavailable
+    from server.api.node_secrets import SecretsError
     from server.app import serve as run_server
-    from server.jobs import StoreLockedError
-    from server.node_secrets import SecretsError
+    from server.store.jobs import StoreLockedError
 
     refusal = exposure_refusal(settings, insecure_no_auth)
     if refusal:
@@ -306,7 +306,7 @@ def serve(
 def make_secrets(folder: Path) -> int:
     """Write a fleet's node secret and webhook signing key into ``folder`` (the missing ones), for the operator to
     hand to every API node."""
-    from server.node_secrets import make_secrets as make
+    from server.api.node_secrets import make_secrets as make
 
     written = make(folder)
     print(
@@ -330,7 +330,7 @@ def worker(settings: Settings, *, metrics_port: int | None = None) -> int:
     from server.backends import resolve_devices
 
     async def run() -> None:
-        node = Node.build(settings, signer=None)  # a worker node signs nothing (server/node_secrets.py)
+        node = Node.build(settings, signer=None)  # a worker node signs nothing (server/api/node_secrets.py)
         await node.start()
         if metrics_port is not None:
             start_http_server(metrics_port, registry=node.metrics.registry)

@@ -232,7 +232,7 @@ class NodeSettings(JobSettings):
     @property
     def shared_store(self) -> bool:
         """Whether the store is one that many nodes share (PostgreSQL): this process is a node of a fleet. The one
-        place that question is asked: a fleet's nodes share secrets they are given (``server/node_secrets.py``),
+        place that question is asked: a fleet's nodes share secrets they are given (``server/api/node_secrets.py``),
         only expired leases say a job is orphaned (never ``JobStore.recover``), and the store's announcements reach
         every process by themselves. A store of one node (SQLite) is not shared, even by the node's worker
         processes: the node owns it, recovers its jobs at start and relays its worker processes'

@@ -115,7 +115,7 @@ def stored_names(files: str | None, data_dir: Path) -> list[str]:
         return sorted(path.name for path in (data_dir / "files").rglob("*") if path.is_file())
     import boto3
 
-    from server.s3_files import parse_s3_url
+    from server.files.s3 import parse_s3_url
 
     bucket, prefix = parse_s3_url(files)
     pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}files/")

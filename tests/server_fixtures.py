@@ -28,9 +28,9 @@ import uvicorn
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from server.api.connections import uvicorn_config
 from server.app import create_app
 from server.config import Settings
-from server.connections import uvicorn_config
 from weights.tiny import build_tiny_weights
 from weights.tiny.samples import write_sample
 

@@ -1,4 +1,4 @@
-"""No connection state lets a client hold a slot past a deadline (``server/connections.py``; issue #28).
+"""No connection state lets a client hold a slot past a deadline (``server/api/connections.py``; issue #28).
 
 Each attack opens ``--limit-concurrency`` raw sockets against a real ``vace serve`` on loopback that all do the same
 thing: a request whose body was refused unread (401) and then never comes, comes in part, or trickles in slower or

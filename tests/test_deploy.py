@@ -20,11 +20,11 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from server.api.node_secrets import SECRET_FILE, SIGNING_KEY_FILE
 from server.cli import build_parser
 from server.config import Settings
-from server.jobs import SqliteJobStore
-from server.metrics import Metrics
-from server.node_secrets import SECRET_FILE, SIGNING_KEY_FILE
+from server.runtime.metrics import Metrics
+from server.store.jobs import SqliteJobStore
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"

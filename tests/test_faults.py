@@ -40,12 +40,12 @@ from pipelines.encode import encode_video
 from pipelines.loading import ModelManager
 from server import cli
 from server.config import Settings
-from server.failures import failure_of
-from server.files import LocalFileStore
-from server.jobs import Failure, SqliteJobStore
-from server.metrics import Metrics
-from server.retention import Retention, Swept
-from server.worker import WorkerPool
+from server.fal.failures import failure_of
+from server.files.store import LocalFileStore
+from server.runtime.metrics import Metrics
+from server.runtime.retention import Retention, Swept
+from server.runtime.worker import WorkerPool
+from server.store.jobs import Failure, SqliteJobStore
 
 QUEUE = "/queue/fal-ai/wan-vace-14b/pose"
 REQUESTS = "/queue/fal-ai/wan-vace-14b/requests"

@@ -22,8 +22,8 @@ from s3_fixtures import S3Server, s3_server  # noqa: F401
 from pipelines.context import JobContext
 from pipelines.errors import FileTooLarge, InputError
 from pipelines.fetch import fetch_to_file
-from server.files import FileStore, LocalFileStore, UploadTooLarge
-from server.s3_files import S3FileStore
+from server.files.s3 import S3FileStore
+from server.files.store import FileStore, LocalFileStore, UploadTooLarge
 
 BASE = "http://vace.test"
 LIMIT = 1000

@@ -38,11 +38,11 @@ from server_fixtures import (  # noqa: F401
     wait_until,
 )
 
+from server.api.node_secrets import SECRET_FILE, SIGNING_KEY_FILE
 from server.commands import make_secrets
 from server.config import Settings
 from server.falclient import use_server
-from server.node_secrets import SECRET_FILE, SIGNING_KEY_FILE
-from server.pg_store import PostgresJobStore
+from server.store.postgres import PostgresJobStore
 
 POSE = "fal-ai/wan-vace-14b/pose"
 REQUESTS = "/queue/fal-ai/wan-vace-14b/requests"

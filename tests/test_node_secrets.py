@@ -1,4 +1,4 @@
-"""The node secret and the webhook signing key (``server/node_secrets.py``): owner-only files made on first start by
+"""The node secret and the webhook signing key (``server/api/node_secrets.py``): owner-only files made on first start by
 a server with a store of its own; given by the operator to a fleet's API nodes (the same files on each, so a token
 minted by one node works on another and a webhook signed by one verifies against any node's JWKS), never made by
 them; held by no worker node and kept out of the database, where every node and every backup could read them. The
@@ -16,13 +16,13 @@ import pytest
 from server_fixtures import ThreadServer, free_port, verify_like_fals_docs
 
 from server import cli, commands
+from server.api.auth import Auth, key_id, legacy_key_id
+from server.api.node_secrets import SECRET_FILE, SIGNING_KEY_FILE, SecretsError, load_secrets
 from server.app import create_app
-from server.auth import Auth, key_id, legacy_key_id
 from server.config import Settings
-from server.jobs import SqliteJobStore
-from server.node_secrets import SECRET_FILE, SIGNING_KEY_FILE, SecretsError, load_secrets
-from server.pg_store import PostgresJobStore, migrate
-from server.signing import new_signing_key
+from server.runtime.signing import new_signing_key
+from server.store.jobs import SqliteJobStore
+from server.store.postgres import PostgresJobStore, migrate
 
 KEY, OTHER_KEY = "key-of-a-user", "key-of-another-user"
 REQUESTS = "/queue/fal-ai/wan-vace-14b/requests"

@@ -21,8 +21,10 @@ from pg_fixtures import PostgresCluster
 from server_fixtures import REPO, Receiver, free_port, verify_like_fals_docs
 
 from pipelines.context import JobContext
-from server.jobs import Job
-from server.pg_store import (
+from server.runtime.signing import WebhookSigner, new_signing_key
+from server.runtime.webhooks import Webhooks
+from server.store.jobs import Job
+from server.store.postgres import (
     JOB_CHANNEL,
     QUEUE_CHANNEL,
     SCHEMA_VERSION,
@@ -31,8 +33,6 @@ from server.pg_store import (
     StoreUnavailableError,
     migrate,
 )
-from server.signing import WebhookSigner, new_signing_key
-from server.webhooks import Webhooks
 
 pytestmark = pytest.mark.serial  # deadlines and latencies: run with no other test beside it (Makefile)
 
@@ -40,7 +40,7 @@ pytestmark = pytest.mark.serial  # deadlines and latencies: run with no other te
 # the queue is empty (each "run" a few ms, so the processes' claims interleave) and prints what each claim returned.
 _CLAIMER = """
 import json, sys, threading, time
-from server.pg_store import PostgresJobStore
+from server.store.postgres import PostgresJobStore
 store = PostgresJobStore(sys.argv[1], max_connections=4)
 print("ready", flush=True)
 sys.stdin.readline()
@@ -101,8 +101,8 @@ def test_concurrent_claims_from_two_processes_never_share_a_job(pg_url: str) -> 
 
 
 def test_nodes_sweeping_at_once_end_or_hand_back_each_job_once(pg_url: str) -> None:
-    """Every node runs the queue upkeep (server/upkeep.py); three nodes sweeping the same expired leases and start
-    timeouts at the same moment touch each job once: one "re-queued" line and one attempt per lost job."""
+    """Every node runs the queue upkeep (server/runtime/upkeep.py); three nodes sweeping the same expired leases and
+    start timeouts at the same moment touch each job once: one "re-queued" line and one attempt per lost job."""
     stores = [PostgresJobStore(pg_url) for _ in range(3)]
     lost = [add(stores[0]).id for _ in range(30)]
     for _ in lost:

@@ -1,8 +1,8 @@
 """The Python version the project declares (``requires-python``) is one it can run on, and the README says so.
 
-``server/webhooks.py`` uses ``asyncio.timeout`` (3.11), which ``>=3.10`` once let a 3.10 install take and then fail
-on every webhook delivery. What this checks cheaply: the interpreter running the suite (CI's) meets the floor, every
-source file parses with the grammar of the floor version, and the README states the same floor. What it cannot
+``server/runtime/webhooks.py`` uses ``asyncio.timeout`` (3.11), which ``>=3.10`` once let a 3.10 install take and then
+fail on every webhook delivery. What this checks cheaply: the interpreter running the suite (CI's) meets the floor,
+every source file parses with the grammar of the floor version, and the README states the same floor. What it cannot
 check: a standard-library name newer than the floor used inside a function, when the suite runs on a newer Python;
 run on the floor version itself (the project's venv is 3.11) the suite catches those wherever the tests reach them.
 """

@@ -21,7 +21,7 @@ from server_fixtures import SMALL_JOB, ThreadServer, control_videos, free_port, 
 
 from server import cli
 from server.config import Settings
-from server.retention import Retention
+from server.runtime.retention import Retention
 
 API_KEY = "s3-test-key"
 PUBLIC = "http://vace.invalid"  # never resolves: whatever the server reads of its own, it reads from the bucket

@@ -31,11 +31,11 @@ from server_fixtures import (  # noqa: F401
     wait_until,
 )
 
-from server import files as files_module
+from server.api.auth import Auth
 from server.app import create_app
-from server.auth import Auth
 from server.config import Settings
-from server.files import LocalFileStore
+from server.files import store as files_module
+from server.files.store import LocalFileStore
 
 pytestmark = pytest.mark.serial  # deadlines and latencies: run with no other test beside it (Makefile)
 

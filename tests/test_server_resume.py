@@ -28,9 +28,9 @@ from PIL import Image
 from prometheus_client import CollectorRegistry, Counter
 from server_fixtures import ServeProcess, control_videos, server_weights, wait_until  # noqa: F401
 
-from server.files import LocalFileStore
-from server.jobs import SqliteJobStore
-from server.retention import Retention
+from server.files.store import LocalFileStore
+from server.runtime.retention import Retention
+from server.store.jobs import SqliteJobStore
 
 REQUESTS = "/queue/fal-ai/wan-vace-14b/requests"
 KEY, OTHER_KEY = "resume-key", "someone-else"

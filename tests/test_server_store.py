@@ -19,8 +19,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from server.jobs import Change, Failure, Job, JobStore, SqliteJobStore, StoreLockedError
-from server.schema import SCHEMA_VERSION, StoreUnavailableError
+from server.store.jobs import Change, Failure, Job, JobStore, SqliteJobStore, StoreLockedError
+from server.store.schema import SCHEMA_VERSION, StoreUnavailableError
 
 OpenStore = Callable[[], JobStore]
 
@@ -33,7 +33,7 @@ def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OpenS
         def open_one() -> JobStore:
             return SqliteJobStore(tmp_path / "jobs.sqlite3")
     else:
-        from server.pg_store import PostgresJobStore
+        from server.store.postgres import PostgresJobStore
 
         url = request.getfixturevalue("pg_url")
 
@@ -321,7 +321,8 @@ def test_one_sqlite_server_per_database(tmp_path: Path) -> None:
     SqliteJobStore(tmp_path / "jobs.sqlite3").close()
 
 
-# The SQLite schema of the releases before numbered migrations (server/jobs.py until 2026-12), as they left a file.
+# The SQLite schema of the releases before numbered migrations (server/store/jobs.py until 2026-12), as they left a
+# file.
 PREVIOUS_SQLITE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, app TEXT NOT NULL, task TEXT NOT NULL,
@@ -418,9 +419,9 @@ def test_a_newer_sqlite_schema_is_refused(tmp_path: Path) -> None:
 
 
 def test_both_engines_make_one_job_table(tmp_path: Path, pg_url: str) -> None:
-    """One definition (server/schema.py): SQLite and PostgreSQL get the same tables and columns, and every column of
-    the job table is a field of Job."""
-    from server.pg_store import PostgresJobStore
+    """One definition (server/store/schema.py): SQLite and PostgreSQL get the same tables and columns, and every column
+    of the job table is a field of Job."""
+    from server.store.postgres import PostgresJobStore
 
     SqliteJobStore(tmp_path / "jobs.sqlite3").close()
     PostgresJobStore(pg_url).close()

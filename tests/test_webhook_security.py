@@ -34,10 +34,10 @@ from pipelines.fetch import fetch_to_file
 from pipelines.limits import Limits
 from pipelines.prompt_expansion import OpenAIExpander, expand_prompt
 from server.config import Settings
-from server.jobs import Job, SqliteJobStore
-from server.pg_store import PostgresJobStore
-from server.signing import WebhookSigner, new_signing_key
-from server.webhooks import Webhooks, check_webhook_url
+from server.runtime.signing import WebhookSigner, new_signing_key
+from server.runtime.webhooks import Webhooks, check_webhook_url
+from server.store.jobs import Job, SqliteJobStore
+from server.store.postgres import PostgresJobStore
 
 pytestmark = pytest.mark.serial  # deadlines and latencies: run with no other test beside it (Makefile)
 

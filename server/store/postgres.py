@@ -1,15 +1,15 @@
 """The job store in PostgreSQL: one queue and all job state shared by every API and worker node of a fleet.
 
-The logic is :class:`server.jobs.JobStore`'s, the same SQL the SQLite store runs; this module adds what a shared
+The logic is :class:`server.store.jobs.JobStore`'s, the same SQL the SQLite store runs; this module adds what a shared
 database needs. Any number of processes on any number of machines open the same database at once (no owner lock):
 
 - **Claims** lock the next queued row with ``FOR UPDATE SKIP LOCKED``, so concurrent workers never take the same
   job and never wait for each other; sweeps (lease expiry, start timeouts) skip the rows another node is handling.
-- **Leases** (explained in ``server/jobs.py``) replace SQLite's crash recovery: :meth:`recover` would take back the
-  jobs that live workers elsewhere are running.
-- **The schema** is created and upgraded on start by the numbered steps of ``server/schema.py`` (the same steps as
+- **Leases** (explained in ``server/store/jobs.py``) replace SQLite's crash recovery: :meth:`recover` would take back
+  the jobs that live workers elsewhere are running.
+- **The schema** is created and upgraded on start by the numbered steps of ``server/store/schema.py`` (the same steps as
   SQLite's, plus the triggers below); an advisory lock makes nodes that start together apply each step once.
-- **Announcements** (``server/jobs.py``) cross processes with LISTEN/NOTIFY, and only that way: triggers notify
+- **Announcements** (``server/store/jobs.py``) cross processes with LISTEN/NOTIFY, and only that way: triggers notify
   inside the transaction that made a change, so a notification arrives only once its change is committed and
   visible, whichever node (or person with psql) made it, and every node's listener hands it to the node's sink:
 
@@ -90,7 +90,8 @@ def migrate(conn: psycopg.Connection[Any], to_version: int = SCHEMA_VERSION) -> 
 
 
 class PostgresJobStore(JobStore):
-    """:class:`server.jobs.JobStore` in a PostgreSQL database that many processes share (see the module docstring).
+    """:class:`server.store.jobs.JobStore` in a PostgreSQL database that many processes share (see the module
+    docstring).
 
     ``url`` is a libpq URI, ``postgresql://user:password@host:port/database``. Connections come from a pool (one
     per concurrent call, at most ``max_connections``), each checked before use, so after the database restarts

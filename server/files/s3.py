@@ -17,7 +17,7 @@ the parts of a multipart upload are separate objects, joined through the node at
 Reading: ``GET /files/<key>`` answers a 307 redirect to a fresh presigned GET URL (or the public base URL), so the
 ``/files/`` URLs that uploads hand out stay valid however long the file is kept; a job's output URLs are presigned
 (``--files-url-ttl-s``, at most SigV4's 7 days) or public-base URLs. Objects are stored with the type they are served
-with (:func:`server.files.served_type`) and, unless passive media, an attachment disposition, and presigned URLs
+with (:func:`server.files.store.served_type`) and, unless passive media, an attachment disposition, and presigned URLs
 ask for the same again; the bucket is another origin than the API, so even a file opened anyway runs nowhere near
 the playground's API key. Jobs read their inputs (our ``/files/`` URLs, presigned or public URLs of our objects)
 with boto3 into their work directory, never through a public round trip.
@@ -44,7 +44,7 @@ from starlette.responses import RedirectResponse, Response
 
 from pipelines.errors import FileTooLarge
 
-from .files import (
+from .store import (
     NAME,
     TOKEN,
     FileStore,

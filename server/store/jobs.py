@@ -2,7 +2,7 @@
 
 Everything else in the server talks to :class:`JobStore` only. Its logic is written once, in SQL that SQLite and
 PostgreSQL both run; the SQLite store (the embedded default, jobs survive a restart) supplies its connection here,
-``server/pg_store.py`` the shared, multi-node one.
+``server/store/postgres.py`` the shared, multi-node one.
 
 **Transitions.** A job is queued, claimed by a worker, reports progress (log lines, its control video, its live
 preview and checkpoints), may be asked
@@ -10,14 +10,14 @@ to cancel, may be handed back to the queue, and ends (completed, failed or cance
 a method of the store, and the store announces it once it is committed to the one :class:`ChangeSink` the node wired
 (``announce_to``), which wakes idle workers, status streams and sync requests and schedules webhooks. Nobody else
 announces anything. How the announcement travels is the engine's: SQLite's store calls the sink after its commit, in
-the process that wrote (a worker process relays it to its node, ``server/worker_process.py``), and PostgreSQL's
-triggers notify every listening process (``server/pg_store.py``).
+the process that wrote (a worker process relays it to its node, ``server/runtime/worker_process.py``), and PostgreSQL's
+triggers notify every listening process (``server/store/postgres.py``).
 
 **Leases.** A running job is tied to the worker that claimed it by a lease: ``claim(worker_id=..., lease_s=...)``
 stamps the job with the worker's id and a time (``lease_expires_at``) until which the job counts as alive, and the
 worker renews it every third of a lease (``heartbeat``) while it runs the job. A worker that dies, hangs or loses the
-database stops renewing; once the lease has run out, the queue upkeep of any node (``server/upkeep.py``) hands the
-job back to the queue in its old place, the lost run counted (``requeue_expired``), and fails it after
+database stops renewing; once the lease has run out, the queue upkeep of any node (``server/runtime/upkeep.py``) hands
+the job back to the queue in its old place, the lost run counted (``requeue_expired``), and fails it after
 ``max_attempts`` runs, since a job that keeps killing its worker must end. A worker that lost its job that way can
 record nothing more for it: ``heartbeat``, ``finish`` and ``requeue`` with its ``worker_id`` return False, and it
 stops the job. Nodes compare lease times from their own clocks, so in a fleet they must agree (NTP) to well within a
@@ -60,7 +60,7 @@ LEVELS = ("STDERR", "STDOUT", "ERROR", "INFO", "WARN", "DEBUG")
 @dataclass(frozen=True)
 class Failure:
     """Why a job did not produce output: the HTTP status, body and headers its result request answers with, and
-    the error type (one of fal's where one fits; see ``server/failures.py``)."""
+    the error type (one of fal's where one fits; see ``server/fal/failures.py``)."""
 
     status_code: int
     body: dict[str, Any]
@@ -184,7 +184,7 @@ class Transaction:
 
 class JobStore(ABC):
     """What the server needs from a job store, in SQL that SQLite and PostgreSQL both run, so that the two stores
-    cannot drift apart; their tables are defined once, in ``server/schema.py``.
+    cannot drift apart; their tables are defined once, in ``server/store/schema.py``.
 
     A subclass supplies transactions (``_tx``), single reads (``_query``), the way its transitions reach the
     node's sink (``announce_to``, ``_committed``) and the row locks its engine needs where several processes share
@@ -656,7 +656,7 @@ class JobStore(ABC):
 
     def rename_owners(self, renamed: Mapping[str, str]) -> int:
         """Record the jobs of owner ``old`` as ``renamed[old]``'s (owner ids as earlier releases made them, see
-        ``server/auth.py``); returns how many jobs changed. Idempotent: a renamed job no longer matches."""
+        ``server/api/auth.py``); returns how many jobs changed. Idempotent: a renamed job no longer matches."""
         pairs, changed = list(renamed.items()), 0
         with self._tx() as db:
             for start in range(0, len(pairs), 500):  # one scan per 500 keys, within both engines' parameter limits

@@ -1,8 +1,8 @@
 """Who holds the node secret and the webhook signing key, and where they come from.
 
-The node secret keys the HMACs of ``server/auth.py`` and ``server/signing.py``: the owner ids that jobs and uploads
-record for API keys, upload tokens, webhook user ids. The signing key signs webhooks. Both are needed only by the
-nodes that answer HTTP, and they are kept from everything else:
+The node secret keys the HMACs of ``server/api/auth.py`` and ``server/runtime/signing.py``: the owner ids that jobs and
+uploads record for API keys, upload tokens, webhook user ids. The signing key signs webhooks. Both are needed only by
+the nodes that answer HTTP, and they are kept from everything else:
 
 - A server with a store of its own (SQLite, the zero-setup default) keeps them as owner-only files in its data
   directory, ``secret`` and ``webhook-ed25519.pem``, made on first start: one server, one directory.
@@ -16,7 +16,7 @@ nodes that answer HTTP, and they are kept from everything else:
   (the API nodes do, woken by the store when a job's webhook falls due).
 - The database holds neither. Every node, GPU workers included, connects with the role that reads its tables, so a
   secret stored there is every node's (and every backup's); earlier releases kept them in a table ``secrets``,
-  which schema step 7 (``server/pg_store.py``) drops.
+  which schema step 7 (``server/store/postgres.py``) drops.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .files import private_dir
-from .signing import WebhookSigner, new_signing_key
+from ..files.store import private_dir
+from ..runtime.signing import WebhookSigner, new_signing_key
 
 SECRET_FILE = "secret"
 SIGNING_KEY_FILE = "webhook-ed25519.pem"

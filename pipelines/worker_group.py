@@ -16,10 +16,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipelines.group import Followers
-from pipelines.loading import ModelManager
-from pipelines.parallel import ParallelSpec
-from pipelines.runtime import RuntimeConfig
+from .group import Followers
+from .loading import ModelManager
+from .parallel import ParallelSpec
+from .runtime import RuntimeConfig
 
 log = logging.getLogger(__name__)
 

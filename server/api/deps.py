@@ -14,14 +14,14 @@ from fastapi import Depends, HTTPException, Request
 from pipelines.context import JobContext
 from pipelines.registry import APP_TASKS, ENDPOINT_IDS
 
+from ..config import Settings
+from ..files.store import FileStore
+from ..runtime.metrics import Metrics
+from ..runtime.signing import WebhookSigner
+from ..runtime.worker import Workers
+from ..store.jobs import Job, JobStore
 from .auth import Auth, Caller
-from .config import Settings
 from .events import Changes
-from .files import FileStore
-from .jobs import Job, JobStore
-from .metrics import Metrics
-from .signing import WebhookSigner
-from .worker import Workers
 
 
 def _state(name: str) -> Callable[[Request], Any]:
@@ -35,7 +35,7 @@ def _state(name: str) -> Callable[[Request], Any]:
 
 
 def _caller(request: Request) -> Caller:
-    """Who sent the request, as the request guard found it (``server/guard.py``) before the body was read."""
+    """Who sent the request, as the request guard found it (``server/api/guard.py``) before the body was read."""
     return request.state.caller
 
 

@@ -5,8 +5,8 @@ opens it, in order, each in the transaction that records it; a database newer th
 than used with a schema the code does not know. Each step is SQL that SQLite and PostgreSQL both run, with two
 types spelled per engine (``{serial}``, an auto-numbered primary key; ``{json}``, a JSON document: jsonb in
 PostgreSQL, text in SQLite), plus what only PostgreSQL has: the triggers that announce changes to every process
-(``server/pg_store.py``) and, for a while, the fleet's secrets (steps 5 and 7). A new column of the job table is a
-new step here and a field of ``server.jobs.Job``, nothing else. Steps are append only: a released step never
+(``server/store/postgres.py``) and, for a while, the fleet's secrets (steps 5 and 7). A new column of the job table is a
+new step here and a field of ``server.store.jobs.Job``, nothing else. Steps are append only: a released step never
 changes, since databases record that they have had it.
 
 SQLite databases made before the steps were numbered (releases up to 2026-12) hold the tables of steps 1 to
@@ -26,7 +26,7 @@ Engine = Literal["sqlite", "postgres"]
 QUEUE_CHANNEL = "vace_queue"
 JOB_CHANNEL = "vace_job"
 WEBHOOK_CHANNEL = "vace_webhook"
-"""PostgreSQL's notification channels, one per kind of announcement (``server/pg_store.py`` describes them)."""
+"""PostgreSQL's notification channels, one per kind of announcement (``server/store/postgres.py`` describes them)."""
 
 _TYPES: dict[Engine, dict[str, str]] = {
     "sqlite": {"{serial}": "INTEGER PRIMARY KEY AUTOINCREMENT", "{json}": "TEXT"},
@@ -167,7 +167,7 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE jobs ADD COLUMN webhook_lease_until DOUBLE PRECISION",
         )
     ),
-    # 7: the fleet's secrets leave the database, which every node reads (server/node_secrets.py).
+    # 7: the fleet's secrets leave the database, which every node reads (server/api/node_secrets.py).
     Migration(postgres=("DROP TABLE IF EXISTS secrets",)),
     # 8: wake-ups for webhooks that fall due, so the API nodes deliver those of jobs that worker nodes ended.
     Migration(postgres=(_notify_job(webhooks=True),)),

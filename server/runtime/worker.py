@@ -1,5 +1,5 @@
 """The workers: one per device (or per job group of devices), each pulling jobs from the store and running
-``generate()`` on them. A node runs its workers in processes of their own (``server/worker_process.py``, one
+``generate()`` on them. A node runs its workers in processes of their own (``server/runtime/worker_process.py``, one
 :class:`WorkerPool` of one worker in each) or, with ``--worker-threads``, as threads of a :class:`WorkerPool` in
 its own process; either way the node sees them through :class:`Workers`.
 
@@ -47,15 +47,14 @@ from pipelines.registry import endpoint_task, input_model
 from pipelines.schema import EndpointInput
 from pipelines.windows import WINDOWS_DIR
 
-from .config import Settings
-from .failures import failure_of
-from .files import FileStore, private_dir
-from .jobs import Failure, Job, JobStore
+from ..config import Settings
+from ..fal.failures import failure_of
+from ..files.store import FileStore, private_dir
+from ..store.jobs import Failure, Job, JobStore
 
 if TYPE_CHECKING:  # an API node (no workers here) never loads the model stack; a worker imports it when it runs
     from pipelines.loading import ModelManager
-
-    from .worker_group import WorkerGroup
+    from pipelines.worker_group import WorkerGroup
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +121,7 @@ Ending = Completed | Failed | Cancelled | HandedBack | Lost
 
 
 class WorkerMetrics(Protocol):
-    """What workers report for the node's metrics (:class:`server.metrics.Metrics`, or its relay in a worker
+    """What workers report for the node's metrics (:class:`server.runtime.metrics.Metrics`, or its relay in a worker
     process)."""
 
     def step(self, model: str, device: str, seconds: float) -> None: ...
@@ -220,8 +219,8 @@ class WorkerPool:
         self._heartbeat.start()
 
     def _heartbeat_loop(self) -> None:
-        """Renew the running jobs' leases (a third of a lease apart; see ``server/jobs.py``) and the workers' signs
-        of life, on a thread of its own so that it goes on while every worker is busy with a long job; report the
+        """Renew the running jobs' leases (a third of a lease apart; see ``server/store/jobs.py``) and the workers'
+        signs of life, on a thread of its own so that it goes on while every worker is busy with a long job; report the
         devices' memory with them."""
         while True:
             try:
@@ -264,7 +263,7 @@ class WorkerPool:
 
 
 class Worker(threading.Thread):
-    """Runs one job at a time on one device, or on the devices of its job group (`server/worker_group.py`)."""
+    """Runs one job at a time on one device, or on the devices of its job group (`pipelines/worker_group.py`)."""
 
     def __init__(self, pool: WorkerPool, models: ModelManager, group: WorkerGroup | None = None) -> None:
         super().__init__(name=f"vace-worker-{models.device}", daemon=True)

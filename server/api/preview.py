@@ -39,8 +39,8 @@ from pipelines.scenes import describe_scenes, detect_scenes, scene_input, scene_
 from pipelines.schema import EndpointInput, LongReframeInput
 from pipelines.tasks import PLACEHOLDER_PROMPT, fetch_video, frame_images, prepare
 
+from ..fal.failures import RequestFailed, failure_of
 from .deps import JobContextDep, SettingsDep
-from .failures import RequestFailed, failure_of
 
 router = APIRouter(include_in_schema=False)
 _ENDPOINTS: dict[str, tuple[str, EndpointTask]] = {endpoint_id(a, t): (a, t) for a in APPS for t in APP_TASKS[a]}

@@ -2,7 +2,7 @@
 short-lived upload tokens bound to the key that minted them.
 
 Auth is off when no key is configured (the CLI only allows that on a loopback address). A caller is known by its
-key's ``key_id``, an HMAC of the key under the node secret (``server/node_secrets.py``): jobs and uploads record it,
+key's ``key_id``, an HMAC of the key under the node secret (``server/api/node_secrets.py``): jobs and uploads record it,
 so one key cannot read or cancel another key's jobs, and everything a key handed out (upload tokens, upload URLs)
 stops working when the key is removed from the server. Keyed rather than a plain hash because the ids sit in the
 job store, which in a fleet every node reads (GPU workers included) and backups copy: without the secret, which only
@@ -38,7 +38,7 @@ API_KEY_HEADER = APIKeyHeader(
     scheme_name="FalKey",
     description="`Key <your key>`, when the server has API keys",
 )
-"""The key as an OpenAPI security scheme; the request guard (``server/guard.py``) enforces it before any body."""
+"""The key as an OpenAPI security scheme; the request guard (``server/api/guard.py``) enforces it before any body."""
 _TOKEN_RE = re.compile(r"([0-9]{1,12})\.([0-9a-f]{64})", re.ASCII)
 
 

@@ -1,7 +1,7 @@
 """Queue upkeep: the clockwork of the job queue, a service of every node (API node, worker node, ``vace serve``).
 
 Two things happen to jobs with nobody asking: a queued job whose start timeout (``X-Fal-Request-Timeout``) passes
-ends with fal's 504, and a running job whose lease ran out (its worker died; see ``server/jobs.py``) goes back to
+ends with fal's 504, and a running job whose lease ran out (its worker died; see ``server/store/jobs.py``) goes back to
 the queue. Neither may depend on a worker being alive here: a fleet whose workers are all down (scaled to zero,
 crashed) must still answer a timed-out request and hand a dead worker's job back for the next one. So every node
 runs this loop, on a thread of its own (store calls block). Several nodes running it at once is safe: each sweep is
@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from .jobs import JobStore
+from ..store.jobs import JobStore
 
 log = logging.getLogger(__name__)
 

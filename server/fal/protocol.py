@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from .jobs import LEVELS, Job, LogLine
+from ..store.jobs import LEVELS, Job, LogLine
 
 
 class LogEntry(BaseModel):

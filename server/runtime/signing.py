@@ -6,7 +6,7 @@ timestamp (seconds) and the hex SHA-256 of the raw body; the signature goes in `
 the other three in ``X-Fal-Webhook-Request-Id``, ``X-Fal-Webhook-User-Id`` and ``X-Fal-Webhook-Timestamp``;
 receivers fetch the public keys as a JWKS document (``kty: OKP``, ``crv: Ed25519``, ``x`` base64url) and refuse
 timestamps more than five minutes off. Ours: the key pair is made on first start and kept (owner-only) in the data
-directory, or given to a fleet's API nodes by the operator (``server/node_secrets.py``); the public key is served
+directory, or given to a fleet's API nodes by the operator (``server/api/node_secrets.py``); the public key is served
 at ``/.well-known/jwks.json``. The user id is a keyed hash of the submitting API key's id: stable per key, and no
 clue to the key itself.
 """

@@ -8,9 +8,9 @@
   ``PUT <access_url>/multipart/<id>/<n>`` (ETag header) and ``POST <access_url>/multipart/<id>/complete``.
 
 The upload URLs carry a random id that authorizes the PUTs (the JS client sends them without credentials); the
-request guard (``server/guard.py``) refuses an unknown, expired or revoked id, and a body over its limit, before
+request guard (``server/api/guard.py``) refuses an unknown, expired or revoked id, and a body over its limit, before
 any body is read. The bytes go through these routes into the file store whichever it is (a directory or an S3
-bucket: see ``server/s3_files.py`` for why not presigned PUTs), and the URLs handed out are ``/files/`` URLs of
+bucket: see ``server/files/s3.py`` for why not presigned PUTs), and the URLs handed out are ``/files/`` URLs of
 this server.
 """
 
@@ -25,9 +25,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
+from ..files.store import MAX_PARTS, FileStore, UploadTooLarge
 from .auth import Auth
 from .deps import AuthDep, BaseUrlDep, CallerDep, FilesDep
-from .files import MAX_PARTS, FileStore, UploadTooLarge
 
 
 class InitiateUpload(BaseModel):

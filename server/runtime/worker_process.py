@@ -6,19 +6,19 @@ encodes holding the interpreter lock for long stretches, which delays every stat
 its own it shares nothing with the event loop (vLLM runs its engine core apart from its API server for the same
 reason), and a crash in a native library takes down only that worker.
 
-The node starts each worker process as ``python -m server.worker_process FD`` with one end of a socket pair, over
-which the two exchange newline-delimited JSON messages (:class:`Channel`):
+The node starts each worker process as ``python -m server.runtime.worker_process FD`` with one end of a socket pair,
+over which the two exchange newline-delimited JSON messages (:class:`Channel`):
 
 - **Setup.** The node's first message gives the process its settings and its devices. The process opens the store
   and files as the node does (``server/backends.py``; a SQLite file as a member of the node that owns it), runs one
-  :class:`~server.worker.WorkerPool` of one worker, and says which worker ids it runs.
+  :class:`~server.runtime.worker.WorkerPool` of one worker, and says which worker ids it runs.
 - **Wake-ups.** When a job becomes claimable, the node's sink (``server/app.py``) wakes its worker processes over
   their sockets: no polling, and no latency beyond a local socket.
-- **Announcements.** A SQLite store announces a transition in the process that wrote it (``server/jobs.py``), so a
+- **Announcements.** A SQLite store announces a transition in the process that wrote it (``server/store/jobs.py``), so a
   worker process relays its store's announcements to the node, which announces them there
   (``JobStore.relayed``). PostgreSQL's triggers reach the node on their own; nothing is relayed then.
 - **Metrics.** The worker's reports (step and job times, resumed jobs, group restarts, GPU memory) are relayed to
-  the node's :class:`~server.metrics.Metrics`, so the node's ``/metrics`` shows them.
+  the node's :class:`~server.runtime.metrics.Metrics`, so the node's ``/metrics`` shows them.
 - **Ends.** The node stops a worker process by closing its side of the socket, as the process stops when its node is
   gone: like a stopping server, the process hands its running job back (the run not counted) and exits. A worker
   process that dies instead (SIGKILL, a crash) closes its socket without saying so: the node hands the job it held
@@ -42,13 +42,13 @@ from typing import Any
 
 from pipelines.loading import ModelManager
 from pipelines.parallel import ParallelSpec
+from pipelines.worker_group import WorkerGroup
 
-from .backends import job_context, open_files, open_store
-from .config import Settings
-from .jobs import Change, JobStore
+from ..backends import job_context, open_files, open_store
+from ..config import Settings
+from ..store.jobs import Change, JobStore
 from .metrics import Metrics
 from .worker import Intermediates, WorkerPool
-from .worker_group import WorkerGroup
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class Channel:
 
 
 class WorkerProcesses:
-    """The node's worker processes (:class:`~server.worker.Workers`): started, supervised and replaced here."""
+    """The node's worker processes (:class:`~server.runtime.worker.Workers`): started, supervised and replaced here."""
 
     runs_jobs = True
 
@@ -181,7 +181,7 @@ class _Child:
     def _spawn(self) -> None:
         ours, theirs = socket.socketpair()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "server.worker_process", str(theirs.fileno())], pass_fds=(theirs.fileno(),)
+            [sys.executable, "-m", "server.runtime.worker_process", str(theirs.fileno())], pass_fds=(theirs.fileno(),)
         )
         theirs.close()
         self.worker_ids = []
@@ -230,7 +230,8 @@ def _exit_status(code: int) -> str:
 
 class Relay:
     """A worker process's line to its node: the store's announcements (a SQLite store's) and the worker's metrics
-    go over the channel (a :class:`~server.jobs.ChangeSink` and a :class:`~server.worker.WorkerMetrics`)."""
+    go over the channel (a :class:`~server.store.jobs.ChangeSink` and a
+    :class:`~server.runtime.worker.WorkerMetrics`)."""
 
     def __init__(self, channel: Channel) -> None:
         self.channel = channel

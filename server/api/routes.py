@@ -38,15 +38,15 @@ from pipelines.context import JobContext
 from pipelines.registry import APP_TASKS, APPS, EndpointTask, endpoint_id, input_model
 from pipelines.schema import OUTPUT_MODELS, EndpointInput, VaceOutput
 
-from . import protocol
+from ..fal import protocol
+from ..fal.failures import RequestFailed, failure_response
+from ..files.store import file_headers
+from ..runtime.webhooks import check_webhook_url
+from ..runtime.worker import Workers
+from ..store.jobs import Job, JobStore, LogLine, Priority, request_failure
 from .auth import API_KEY_HEADER, Caller
 from .deps import BaseUrlDep, CallerDep, ChangesDep, FilesDep, JobContextDep, JobDep, PoolDep, StoreDep
-from .failures import RequestFailed, failure_response
-from .files import file_headers
-from .jobs import Job, JobStore, LogLine, Priority, request_failure
 from .request_id import REQUEST_ID_HEADER
-from .webhooks import check_webhook_url
-from .worker import Workers
 
 SYNC_POLL_S = 5.0  # fallback re-read of a sync job; normally the store's announcement wakes the request first
 STREAM_POLL_S = 1.0  # re-read of a streamed job (queue positions move without a notification)
@@ -308,7 +308,7 @@ async def stream_status(
     """One event per change of status, queue position, control video, live preview or logs (only the new lines each
     time, as
     @fal-ai/client accumulates them); ends after COMPLETED. FastAPI sends keep-alive comments while idle, and
-    ``x-fal-request-id`` comes from :class:`~server.request_id.RequestIdHeader` (a generator sets no headers)."""
+    ``x-fal-request-id`` comes from :class:`~server.api.request_id.RequestIdHeader` (a generator sets no headers)."""
     with_logs, sent_logs, last_key = _wants_logs(logs), 0, None
     with changes.watch(job.id) as watch:
         while True:

@@ -1,5 +1,5 @@
 """Webhook delivery: when a job submitted with ``?fal_webhook=URL`` ends, POST fal's webhook body to that URL,
-signed the way fal signs it (``server/signing.py``).
+signed the way fal signs it (``server/runtime/signing.py``).
 
 The target is vetted like media (``pipelines/fetch.py``), under its own allow-list: public addresses only (or the
 ``--webhook-allow`` list), checked after DNS at submission and again at every attempt, and the connection goes to
@@ -44,7 +44,7 @@ from pipelines.context import JobContext
 from pipelines.errors import InputError
 from pipelines.fetch import pinned_request, url_scheme, vetted_address
 
-from .jobs import Job, JobStore
+from ..store.jobs import Job, JobStore
 from .signing import WebhookSigner
 
 log = logging.getLogger(__name__)

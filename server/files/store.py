@@ -7,7 +7,7 @@ shown as a file URL: holding the upload URL is what authorizes the PUT, as with 
 key (``FileStore.key_of``) so a job reads its inputs from the store without an HTTP round trip to itself.
 
 Two stores share these rules: a directory (:class:`LocalFileStore`, the default) and an S3 bucket
-(``server/s3_files.py``). Either way upload bytes pass through the API, so the size limits, the guard's
+(``server/files/s3.py``). Either way upload bytes pass through the API, so the size limits, the guard's
 auth-before-body and the upload URLs' expiry apply to both.
 
 Files served on the API's own origin could run anything a browser would run (HTML, SVG, XML, scripts) with the
@@ -119,7 +119,7 @@ class FileStore(ABC):
 
     This class holds the rules every store shares (names, keys, upload markers, the size limit of an upload and of
     its parts counted together, which parts make a complete upload); :class:`LocalFileStore` keeps the bytes in a
-    directory, ``server.s3_files.S3FileStore`` in an S3 bucket. ``open_files`` in ``server/app.py`` picks one from
+    directory, ``server.files.store.s3.S3FileStore`` in an S3 bucket. ``open_files`` in ``server/app.py`` picks one from
     ``--files``.
     """
 

@@ -4,7 +4,7 @@ the steps that saved, a job group's spec and restarts, and GPU memory on CUDA (a
 heartbeat).
 
 The workers report through :class:`Metrics`' methods; a worker in a process of its own relays the same calls to
-its node (``server/worker_process.py``), so one ``/metrics`` shows every worker of the node.
+its node (``server/runtime/worker_process.py``), so one ``/metrics`` shows every worker of the node.
 
 Each app instance has its own registry, so several servers in one process (tests) do not collide.
 """
@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector
 
 from pipelines.registry import APP_TASKS
 
-from .jobs import JobStore
+from ..store.jobs import JobStore
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _STEP_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 40, 80)

@@ -19,10 +19,10 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from pipelines.lora_names import installed_loras
 from pipelines.registry import APP_TASKS, APPS, endpoint_id
 
+from ..runtime.metrics import CONTENT_TYPE
 from .deps import AuthDep, CallerDep, MetricsDep, PoolDep, SettingsDep, SignerDep, StoreDep
-from .metrics import CONTENT_TYPE
 
-STATIC_DIR = Path(__file__).parent / "static"
+STATIC_DIR = Path(__file__).parents[1] / "static"
 # The playground loads nothing from other hosts; its requests go to this server only (media may come from
 # anywhere the user points it at, like the public URL the server hands out).
 PLAYGROUND_CSP = (

@@ -23,8 +23,8 @@ from pydantic import ValidationError
 
 from pipelines.registry import input_model
 
-from .files import FileStore
-from .jobs import JobStore
+from ..files.store import FileStore
+from ..store.jobs import JobStore
 
 log = logging.getLogger(__name__)
 

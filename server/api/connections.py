@@ -35,7 +35,7 @@ import uvicorn
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from .config import Settings
+from ..config import Settings
 
 
 @dataclass(frozen=True)

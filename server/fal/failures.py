@@ -37,7 +37,7 @@ from pydantic import ValidationError
 
 from pipelines.errors import InputError
 
-from .jobs import Failure, request_failure
+from ..store.jobs import Failure, request_failure
 from .protocol import validation_detail
 
 log = logging.getLogger(__name__)
