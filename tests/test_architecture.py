@@ -4,7 +4,6 @@ layer of an API node stays clear of the model stack."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -25,23 +24,13 @@ def test_packages_import_one_way() -> None:
     assert "server" not in folders["pipelines"] | folders["weights"]
 
 
-def _relayout_moves() -> dict[str, str]:
-    """``scripts/relayout_server.py``'s map of server modules to their layer's folder (read, not run)."""
-    spec = importlib.util.spec_from_file_location("relayout_server", ROOT / "scripts" / "relayout_server.py")
-    assert spec and spec.loader
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script.MOVES
-
-
 def server_layers() -> dict[str, set[str]]:
     """The layers of ``server/`` and the layers each imports: a module's layer is its folder under ``server/``
-    (``api``, ``runtime``, ``fal``, ``store``, ``files``), the folder ``scripts/relayout_server.py`` moves it to
-    while it has not run; a module at the top (app, cli, config, ...) is a layer of its own."""
-    moves = _relayout_moves()
+    (``api``, ``runtime``, ``fal``, ``store``, ``files``); a module at the top (app, cli, config, ...) is a layer of
+    its own."""
 
     def layer(module: str) -> str | None:
-        parts = moves.get(module, module).split(".")
+        parts = module.split(".")
         if parts[0] != "server" or len(parts) == 1:
             return None
         return parts[1] if len(parts) > 2 else ".".join(parts)
