@@ -133,7 +133,8 @@ def test_complete_layout_is_ok(tmp_path):
     assert report.ok
     assert all(report.ok_for(key) for key in MODELS)
     assert report.endpoints() == {"fal-ai/wan-vace-14b": ["wan-vace-14b"],
-                                  "fal-ai/wan-22-vace-fun-a14b": ["wan-22-vace-fun-a14b"]}  # fmt: skip
+                                  "fal-ai/wan-22-vace-fun-a14b": ["wan-22-vace-fun-a14b"],
+                                  "fal-ai/wan-vace-apps": ["wan-vace-14b"]}  # fmt: skip
     text = report.render()
     assert "wan-22-vace-fun-a14b" in text and "ready" in text
     assert report.entries["wan-vace-14b"].files >= 8  # own files plus the linked shared ones
