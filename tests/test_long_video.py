@@ -271,16 +271,9 @@ def test_long_reframe_reframes_each_scene_keeps_the_length_and_the_sound(
     do not need; paste_back): three scenes, each with its own framing (the third's bar trimmed) and two windows
     (21 frames generated, cut to 20), 60 frames out of 60 in, the source's own pixels where it lands, and the
     input's AAC sound copied in, cut to the video's 3.75 s."""
-    job = run(
-        models,
-        tmp_path,
-        monkeypatch,
-        "long-reframe",
-        video_url=str(three_scenes),
-        aspect_ratio="1:1",
-        resolution="240p",
-        app="fal-ai/wan-vace-apps",
-    )
+    request = {"video_url": str(three_scenes), "aspect_ratio": "1:1", "resolution": "240p"}
+    request["app"] = "fal-ai/wan-vace-apps"
+    job = run(models, tmp_path, monkeypatch, "long-reframe", **request)
     assert isinstance(job.out, LongReframeOutput)
     assert any(line.startswith("3 scenes found (scene_threshold 30), frames 0-19, 20-39, 40-59") for line in job.log)
     assert any(
@@ -299,16 +292,6 @@ def test_long_reframe_reframes_each_scene_keeps_the_length_and_the_sound(
     assert any(line.startswith("the input's sound (aac) is copied into the video, cut to 3.75 s") for line in job.log)
     # Again without the sound (keep_audio=false): the windows of the first run are taken (the encoding is no part of
     # what decides them), the video is silent.
-    silent = run(
-        models,
-        tmp_path,
-        monkeypatch,
-        "long-reframe",
-        video_url=str(three_scenes),
-        aspect_ratio="1:1",
-        resolution="240p",
-        app="fal-ai/wan-vace-apps",
-        keep_audio=False,
-    )
+    silent = run(models, tmp_path, monkeypatch, "long-reframe", **request, keep_audio=False)
     assert silent.conds == [] and np.array_equal(silent.frames, job.frames)
     assert audio_codec(Path(silent.out.video.url)) is None
